@@ -1,0 +1,52 @@
+//! The i8042 keyboard controller, reduced to what a guest booted with `reboot=k`
+//! uses: writing 0xfe to port 0x64 pulses the CPU reset line, which ends the VM.
+
+use crate::devices::bus::BusDevice;
+use crate::devices::Trigger;
+use vm_superio::I8042Device;
+
+/// i8042 at ports 0x60-0x64.
+pub struct I8042 {
+    inner: I8042Device<Trigger>,
+}
+
+impl I8042 {
+    /// A controller that signals `reset` when the guest resets the CPU.
+    pub fn new(reset: Trigger) -> Self {
+        I8042 {
+            inner: I8042Device::new(reset),
+        }
+    }
+}
+
+impl BusDevice for I8042 {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if let (Ok(offset), [b]) = (u8::try_from(offset), data) {
+            *b = self.inner.read(offset);
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if let (Ok(offset), [b]) = (u8::try_from(offset), data) {
+            if let Err(e) = self.inner.write(offset, *b) {
+                tracing::error!("signalling guest reset: {e}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reset_command_signals() {
+        let t = Trigger::new().unwrap();
+        let evt = t.0.try_clone().unwrap();
+        let mut dev = I8042::new(t);
+        dev.write(0, &[0xfe]);
+        assert!(evt.read().is_err()); // nothing yet (non-blocking)
+        dev.write(4, &[0xfe]);
+        assert_eq!(evt.read().unwrap(), 1);
+    }
+}

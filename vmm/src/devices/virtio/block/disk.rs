@@ -1,0 +1,79 @@
+//! The file behind a drive.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// Sector size of the virtio-blk protocol.
+pub const SECTOR_SIZE: u64 = 512;
+
+/// Errors opening or using a backing file.
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    /// The file cannot be opened.
+    #[error("cannot open drive file {0}: {1}")]
+    Open(PathBuf, std::io::Error),
+    /// The file's size cannot be read.
+    #[error("cannot stat drive file {0}: {1}")]
+    Stat(PathBuf, std::io::Error),
+}
+
+/// An open backing file.
+#[derive(Debug)]
+pub struct Disk {
+    file: File,
+    path: PathBuf,
+    size: u64,
+    read_only: bool,
+}
+
+impl Disk {
+    /// Opens `path` for reading, and for writing unless `read_only`.
+    pub fn open(path: &Path, read_only: bool) -> Result<Self, DiskError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(!read_only)
+            .open(path)
+            .map_err(|e| DiskError::Open(path.to_owned(), e))?;
+        let size = file
+            .metadata()
+            .map_err(|e| DiskError::Stat(path.to_owned(), e))?
+            .len();
+        Ok(Disk {
+            file,
+            path: path.to_owned(),
+            size,
+            read_only,
+        })
+    }
+
+    /// Capacity in whole sectors (a partial last sector is not exposed).
+    pub fn sectors(&self) -> u64 {
+        self.size / SECTOR_SIZE
+    }
+
+    /// Whether writes are refused.
+    pub fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// The backing file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Reads exactly `buf.len()` bytes at `offset`.
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.file.read_exact_at(buf, offset)
+    }
+
+    /// Writes all of `buf` at `offset`.
+    pub fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        self.file.write_all_at(buf, offset)
+    }
+
+    /// Flushes written data to stable storage.
+    pub fn flush(&self) -> std::io::Result<()> {
+        self.file.sync_data()
+    }
+}

@@ -1,0 +1,210 @@
+//! virtio-blk backed by a host file: read-only or read-write, flush, and a
+//! backing file that can be swapped while the guest runs (the guest is told
+//! through a configuration-change interrupt and re-reads the capacity).
+
+mod disk;
+mod request;
+
+pub use disk::{Disk, DiskError};
+
+use super::{
+    device_type, drain_queue, ActivateError, IrqTrigger, VirtioDevice, INT_CONFIG, INT_VRING,
+    VIRTIO_F_VERSION_1,
+};
+use event_manager::{EventOps, Events, MutEventSubscriber};
+use std::path::Path;
+use std::sync::Arc;
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
+
+const QUEUE_SIZE: u16 = 256;
+const QUEUE_SIZES: &[u16] = &[QUEUE_SIZE];
+const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << 2;
+const VIRTIO_BLK_F_RO: u64 = 1 << 5;
+const VIRTIO_BLK_F_FLUSH: u64 = 1 << 9;
+/// Length of the serial number returned by `VIRTIO_BLK_T_GET_ID`.
+pub const ID_BYTES: usize = 20;
+
+struct Active {
+    mem: GuestMemoryMmap,
+    queue: Queue,
+    irq: Arc<IrqTrigger>,
+}
+
+/// A virtio block device.
+pub struct Block {
+    id: String,
+    disk: Disk,
+    queue_evts: Vec<EventFd>,
+    acked_features: u64,
+    config_generation: u32,
+    /// Kept across resets so a swap can always signal the driver.
+    irq: Option<Arc<IrqTrigger>>,
+    active: Option<Active>,
+}
+
+impl Block {
+    /// A drive named `id` backed by `disk`.
+    pub fn new(id: String, disk: Disk) -> std::io::Result<Self> {
+        Ok(Block {
+            id,
+            disk,
+            queue_evts: vec![EventFd::new(libc::EFD_NONBLOCK)?],
+            acked_features: 0,
+            config_generation: 0,
+            irq: None,
+            active: None,
+        })
+    }
+
+    /// The drive's ID.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The backing disk.
+    pub fn disk(&self) -> &Disk {
+        &self.disk
+    }
+
+    /// Replaces the backing file. The read-only mode of a drive is fixed at boot
+    /// (the driver negotiated it), so the new file is opened the same way. In-flight
+    /// requests completed before the swap; later ones see the new file.
+    pub fn swap(&mut self, path: &Path) -> Result<(), DiskError> {
+        let disk = Disk::open(path, self.disk.read_only())?;
+        tracing::info!(
+            drive = %self.id,
+            path = %path.display(),
+            sectors = disk.sectors(),
+            "swapped drive backing file"
+        );
+        self.disk = disk;
+        self.config_generation = self.config_generation.wrapping_add(1);
+        if let Some(irq) = &self.irq {
+            irq.trigger(INT_CONFIG);
+        }
+        Ok(())
+    }
+
+    fn config_space(&self) -> [u8; 16] {
+        let mut cfg = [0u8; 16];
+        cfg[..8].copy_from_slice(&self.disk.sectors().to_le_bytes());
+        // size_max (offset 8) left 0: unused without VIRTIO_BLK_F_SIZE_MAX.
+        cfg[12..16].copy_from_slice(&u32::from(QUEUE_SIZE - 2).to_le_bytes());
+        cfg
+    }
+
+    fn process_queue(&mut self) {
+        let Some(a) = self.active.as_mut() else {
+            return;
+        };
+        let disk = &mut self.disk;
+        let id = &self.id;
+        if drain_queue(&mut a.queue, &a.mem, |chain, mem| {
+            request::execute(chain, mem, disk, id)
+        }) {
+            a.irq.trigger(INT_VRING);
+        }
+    }
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u32 {
+        device_type::BLOCK
+    }
+    fn queue_max_sizes(&self) -> &[u16] {
+        QUEUE_SIZES
+    }
+    fn avail_features(&self) -> u64 {
+        let ro = if self.disk.read_only() {
+            VIRTIO_BLK_F_RO
+        } else {
+            0
+        };
+        VIRTIO_F_VERSION_1 | VIRTIO_BLK_F_SEG_MAX | VIRTIO_BLK_F_FLUSH | ro
+    }
+    fn set_acked_features(&mut self, features: u64) {
+        self.acked_features = features;
+    }
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        super::read_config_bytes(&self.config_space(), offset, data);
+    }
+    fn queue_events(&self) -> &[EventFd] {
+        &self.queue_evts
+    }
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        mut queues: Vec<Queue>,
+        irq: Arc<IrqTrigger>,
+    ) -> Result<(), ActivateError> {
+        if queues.len() != 1 {
+            return Err(ActivateError::QueueCount {
+                expected: 1,
+                got: queues.len(),
+            });
+        }
+        let queue = queues.remove(0);
+        self.irq = Some(irq.clone());
+        self.active = Some(Active { mem, queue, irq });
+        Ok(())
+    }
+    fn reset(&mut self) {
+        self.active = None;
+    }
+    fn config_generation(&self) -> u32 {
+        self.config_generation
+    }
+}
+
+impl MutEventSubscriber for Block {
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        if events.event_set().contains(EventSet::IN) {
+            let _ = self.queue_evts[0].read();
+            self.process_queue();
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.queue_evts[0], EventSet::IN)) {
+            tracing::error!("registering virtio-blk queue event: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn swap_changes_capacity_and_signals() {
+        let mut a = tempfile::NamedTempFile::new().unwrap();
+        a.write_all(&[0u8; 4096]).unwrap();
+        let mut b = tempfile::NamedTempFile::new().unwrap();
+        b.write_all(&[0u8; 8192]).unwrap();
+        let mut blk = Block::new("d".into(), Disk::open(a.path(), false).unwrap()).unwrap();
+        let mut cap = [0u8; 8];
+        blk.read_config(0, &mut cap);
+        assert_eq!(u64::from_le_bytes(cap), 8);
+        let irq = Arc::new(IrqTrigger::new().unwrap());
+        blk.irq = Some(irq.clone());
+        blk.swap(b.path()).unwrap();
+        blk.read_config(0, &mut cap);
+        assert_eq!(u64::from_le_bytes(cap), 16);
+        assert_eq!(blk.config_generation(), 1);
+        assert_eq!(irq.status() & INT_CONFIG, INT_CONFIG);
+        // A missing file leaves the old one in place.
+        assert!(blk.swap(Path::new("/nonexistent/disk.img")).is_err());
+        assert_eq!(blk.disk().sectors(), 16);
+    }
+
+    #[test]
+    fn read_only_is_advertised() {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        let blk = Block::new("d".into(), Disk::open(f.path(), true).unwrap()).unwrap();
+        assert_ne!(blk.avail_features() & VIRTIO_BLK_F_RO, 0);
+    }
+}
