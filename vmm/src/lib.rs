@@ -2,7 +2,15 @@
 //!
 //! Layers, lowest first; each imports only those below it:
 //! `arch` (boot layout) → `vstate` (KVM VM, vCPUs, memory) → `devices` →
-//! `builder` (config → running VM) → `control` (the control socket) → `main`.
+//! `config` → `builder` (config → running VM) → `runner` (event loop, control
+//! socket) → `cli`.
 
 pub mod arch;
+pub mod builder;
+pub mod cli;
+pub mod config;
+pub mod control;
 pub mod devices;
+pub mod runner;
+pub mod seccomp;
+pub mod vstate;

@@ -63,7 +63,6 @@ pub fn memmap(mem_size: u64) -> Vec<hvm_memmap_table_entry> {
 pub fn configure(
     mem: &GuestMemoryMmap,
     mem_size: u64,
-    cmdline_size: usize,
     initrd: Option<Initrd>,
 ) -> Result<(), PvhError> {
     let map = memmap(mem_size);
@@ -75,7 +74,6 @@ pub fn configure(
         memmap_entries: map.len() as u32,
         ..Default::default()
     };
-    let _ = cmdline_size;
     if initrd.is_some() {
         start_info.nr_modules = 1;
         start_info.modlist_paddr = PVH_MODLIST_START;

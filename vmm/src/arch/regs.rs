@@ -91,7 +91,8 @@ pub fn setup_regs(vcpu: &VcpuFd, entry: u64) -> Result<(), RegsError> {
         rbx: PVH_INFO_START,
         ..Default::default()
     };
-    vcpu.set_regs(&regs).map_err(|e| RegsError::Kvm("KVM_SET_REGS", e))
+    vcpu.set_regs(&regs)
+        .map_err(|e| RegsError::Kvm("KVM_SET_REGS", e))
 }
 
 /// Writes the boot GDT and IDT into guest memory (once per VM).
@@ -137,7 +138,8 @@ pub fn setup_fpu(vcpu: &VcpuFd) -> Result<(), RegsError> {
         mxcsr: 0x1f80,
         ..Default::default()
     };
-    vcpu.set_fpu(&fpu).map_err(|e| RegsError::Kvm("KVM_SET_FPU", e))
+    vcpu.set_fpu(&fpu)
+        .map_err(|e| RegsError::Kvm("KVM_SET_FPU", e))
 }
 
 /// Sets the MSRs a freshly reset CPU would have, with write-back MTRR default.
@@ -205,7 +207,10 @@ mod tests {
         assert_eq!(code.base, 0);
         assert_eq!(code.limit, 0xffff_ffff);
         assert_eq!(code.type_, 0xb);
-        assert_eq!((code.present, code.s, code.db, code.l, code.g), (1, 1, 1, 0, 1));
+        assert_eq!(
+            (code.present, code.s, code.db, code.l, code.g),
+            (1, 1, 1, 0, 1)
+        );
         assert_eq!(code.selector, 8);
         let data = segment_from_gdt(BOOT_GDT[2], 2);
         assert_eq!(data.type_, 0x3);

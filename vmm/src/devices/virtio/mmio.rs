@@ -133,7 +133,9 @@ impl MmioTransport {
             .collect();
         let mem = self.mem.clone();
         let irq = self.irq.clone();
-        let event_idx = self.driver_features & (1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX) != 0;
+        let event_idx = self.driver_features
+            & (1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX)
+            != 0;
         let queues = queues
             .into_iter()
             .map(|mut q| {
@@ -369,7 +371,11 @@ mod tests {
         w(&mut t, 0x20, (1 << 5) | (1 << 6)); // bit 6 not offered: dropped
         w(&mut t, 0x24, 1);
         w(&mut t, 0x20, 1);
-        w(&mut t, 0x70, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
+        w(
+            &mut t,
+            0x70,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
+        );
         assert_ne!(r(&mut t, 0x70) & STATUS_FEATURES_OK, 0);
         assert_eq!(dev.lock().unwrap().acked, (1 << 5) | VIRTIO_F_VERSION_1);
         w(&mut t, 0x30, 0);
@@ -392,7 +398,11 @@ mod tests {
         w(&mut t, 0x70, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
         w(&mut t, 0x24, 1);
         w(&mut t, 0x20, 1);
-        w(&mut t, 0x70, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
+        w(
+            &mut t,
+            0x70,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
+        );
         w(&mut t, 0x38, 7); // not a power of two
         w(&mut t, 0x80, 0xffff_0000); // outside guest memory
         w(&mut t, 0x44, 1);
@@ -406,7 +416,11 @@ mod tests {
     fn features_without_version_1_are_refused() {
         let (_, mut t) = setup();
         w(&mut t, 0x70, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
-        w(&mut t, 0x70, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
+        w(
+            &mut t,
+            0x70,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
+        );
         assert_eq!(r(&mut t, 0x70) & STATUS_FEATURES_OK, 0);
     }
 

@@ -1,8 +1,6 @@
 //! virtio-rng: fills guest buffers from the host's `getrandom(2)`.
 
-use super::{
-    device_type, drain_queue, ActivateError, Chain, IrqTrigger, VirtioDevice, INT_VRING,
-};
+use super::{device_type, drain_queue, ActivateError, Chain, IrqTrigger, VirtioDevice, INT_VRING};
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use std::io::Write;
 use std::sync::Arc;
@@ -47,13 +45,7 @@ impl Rng {
         let mut filled = 0;
         while filled < len {
             // SAFETY: `buf[filled..]` is valid writable memory of the given length.
-            let n = unsafe {
-                libc::getrandom(
-                    buf[filled..].as_mut_ptr().cast(),
-                    len - filled,
-                    0,
-                )
-            };
+            let n = unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), len - filled, 0) };
             if n <= 0 {
                 break;
             }
@@ -100,12 +92,14 @@ impl VirtioDevice for Rng {
         mut queues: Vec<Queue>,
         irq: Arc<IrqTrigger>,
     ) -> Result<(), ActivateError> {
-        let queue = queues.pop().filter(|_| queues.is_empty()).ok_or(
-            ActivateError::QueueCount {
-                expected: 1,
-                got: queues.len() + 1,
-            },
-        )?;
+        let queue =
+            queues
+                .pop()
+                .filter(|_| queues.is_empty())
+                .ok_or(ActivateError::QueueCount {
+                    expected: 1,
+                    got: queues.len() + 1,
+                })?;
         self.active = Some(Active { mem, queue, irq });
         Ok(())
     }

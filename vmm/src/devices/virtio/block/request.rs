@@ -6,8 +6,8 @@
 use super::disk::{Disk, SECTOR_SIZE};
 use super::ID_BYTES;
 use crate::devices::virtio::Chain;
-use vm_memory::GuestMemoryMmap;
 use std::io::{Read, Write};
+use vm_memory::GuestMemoryMmap;
 
 const VIRTIO_BLK_T_IN: u32 = 0;
 const VIRTIO_BLK_T_OUT: u32 = 1;
@@ -178,7 +178,11 @@ mod tests {
         let n = run(
             &m,
             &mut d,
-            &[desc(HDR, 16, false), desc(DATA, 1024, true), desc(STATUS, 1, true)],
+            &[
+                desc(HDR, 16, false),
+                desc(DATA, 1024, true),
+                desc(STATUS, 1, true),
+            ],
         );
         assert_eq!(n, 1025);
         assert_eq!(status(&m), VIRTIO_BLK_S_OK);
@@ -197,7 +201,11 @@ mod tests {
         let n = run(
             &m,
             &mut d,
-            &[desc(HDR, 16, false), desc(DATA, 512, false), desc(STATUS, 1, true)],
+            &[
+                desc(HDR, 16, false),
+                desc(DATA, 512, false),
+                desc(STATUS, 1, true),
+            ],
         );
         assert_eq!((n, status(&m)), (1, VIRTIO_BLK_S_OK));
         header(&m, VIRTIO_BLK_T_FLUSH, 0);
@@ -218,7 +226,11 @@ mod tests {
             run(
                 &m,
                 &mut d,
-                &[desc(HDR, 16, false), desc(DATA, len, true), desc(STATUS, 1, true)],
+                &[
+                    desc(HDR, 16, false),
+                    desc(DATA, len, true),
+                    desc(STATUS, 1, true),
+                ],
             );
             assert_eq!(status(&m), VIRTIO_BLK_S_IOERR, "sector {sector} len {len}");
         }
@@ -232,7 +244,11 @@ mod tests {
         run(
             &m,
             &mut d,
-            &[desc(HDR, 16, false), desc(DATA, 512, false), desc(STATUS, 1, true)],
+            &[
+                desc(HDR, 16, false),
+                desc(DATA, 512, false),
+                desc(STATUS, 1, true),
+            ],
         );
         assert_eq!(status(&m), VIRTIO_BLK_S_IOERR);
         assert_eq!(std::fs::read(f.path()).unwrap()[0], 0);
@@ -250,7 +266,11 @@ mod tests {
         assert_eq!(status(&m), VIRTIO_BLK_S_IOERR);
         // Descriptor pointing outside guest memory.
         assert_eq!(
-            run(&m, &mut d, &[desc(HDR, 16, false), desc(0xffff_0000, 512, true)]),
+            run(
+                &m,
+                &mut d,
+                &[desc(HDR, 16, false), desc(0xffff_0000, 512, true)]
+            ),
             0
         );
         // Huge length wrapping past the end of memory.
@@ -268,7 +288,11 @@ mod tests {
         let n = run(
             &m,
             &mut d,
-            &[desc(HDR, 16, false), desc(DATA, 20, true), desc(STATUS, 1, true)],
+            &[
+                desc(HDR, 16, false),
+                desc(DATA, 20, true),
+                desc(STATUS, 1, true),
+            ],
         );
         assert_eq!(n, 21);
         let mut id = [0u8; 8];

@@ -1,0 +1,228 @@
+//! virtio-net on a tap device, implemented in the VMM (this host has no
+//! vhost-net). No offloads are negotiated, so every frame is a plain Ethernet
+//! frame behind a 12-byte `virtio_net_hdr_v1` that the tap understands as is.
+
+mod tap;
+
+pub use tap::{Tap, TapError};
+
+use super::{device_type, drain_queue, ActivateError, IrqTrigger, VirtioDevice, INT_VRING};
+use event_manager::{EventOps, Events, MutEventSubscriber};
+use std::io::{ErrorKind, Read, Write};
+use std::sync::Arc;
+use tap::VNET_HDR_LEN;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
+
+const RX: usize = 0;
+const TX: usize = 1;
+const QUEUE_SIZES: &[u16] = &[256, 256];
+const VIRTIO_NET_F_MAC: u64 = 1 << 5;
+/// Largest frame plus header we move (64 KiB frame, as tap allows).
+const MAX_FRAME: usize = 65562;
+const TAP_EVENT: u32 = 2;
+
+struct Active {
+    mem: GuestMemoryMmap,
+    queues: Vec<Queue>,
+    irq: Arc<IrqTrigger>,
+}
+
+/// A virtio network card.
+pub struct Net {
+    tap: Tap,
+    mac: [u8; 6],
+    queue_evts: Vec<EventFd>,
+    acked_features: u64,
+    active: Option<Active>,
+    /// A frame read from the tap while the guest had no receive buffer.
+    pending_rx: Option<Vec<u8>>,
+    buf: Vec<u8>,
+}
+
+fn random_mac() -> [u8; 6] {
+    let mut mac = [0u8; 6];
+    // SAFETY: `mac` is valid writable memory of the given length.
+    let n = unsafe { libc::getrandom(mac.as_mut_ptr().cast(), mac.len(), 0) };
+    if n != mac.len() as isize {
+        mac = [0, 0, 0, 0, 0, std::process::id() as u8];
+    }
+    mac[0] = (mac[0] & 0xfe) | 0x02; // unicast, locally administered
+    mac
+}
+
+impl Net {
+    /// A card on tap `tap_name` with `mac` (random if `None`).
+    pub fn new(tap_name: &str, mac: Option<[u8; 6]>) -> Result<Self, TapError> {
+        let tap = Tap::open(tap_name)?;
+        let evt = || EventFd::new(libc::EFD_NONBLOCK).map_err(TapError::Open);
+        Ok(Net {
+            tap,
+            mac: mac.unwrap_or_else(random_mac),
+            queue_evts: vec![evt()?, evt()?],
+            acked_features: 0,
+            active: None,
+            pending_rx: None,
+            buf: vec![0u8; MAX_FRAME],
+        })
+    }
+
+    /// The guest's MAC address.
+    pub fn mac(&self) -> [u8; 6] {
+        self.mac
+    }
+
+    /// Moves frames from the tap into guest receive buffers until either runs out.
+    fn process_rx(&mut self) {
+        let Some(a) = self.active.as_mut() else {
+            return;
+        };
+        let mut used = false;
+        loop {
+            let frame = match self.pending_rx.take() {
+                Some(f) => f,
+                None => match self.tap.read_frame(&mut self.buf) {
+                    Ok(n) if n >= VNET_HDR_LEN => self.buf[..n].to_vec(),
+                    Ok(_) => continue,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        tracing::warn!("reading tap {}: {e}", self.tap.name());
+                        break;
+                    }
+                },
+            };
+            let rxq = &mut a.queues[RX];
+            let Some(chain) = rxq.pop_descriptor_chain(&a.mem) else {
+                // No buffer: keep the frame until the guest posts one (rx kick).
+                self.pending_rx = Some(frame);
+                break;
+            };
+            let head = chain.head_index();
+            let written = match chain.writer(&a.mem) {
+                Ok(mut w) if w.available_bytes() >= frame.len() => match w.write_all(&frame) {
+                    Ok(()) => frame.len() as u32,
+                    Err(_) => 0,
+                },
+                _ => {
+                    tracing::debug!("guest rx buffer too small for a {}-byte frame", frame.len());
+                    0
+                }
+            };
+            if rxq.add_used(&a.mem, head, written).is_err() {
+                break;
+            }
+            used = true;
+        }
+        if used && a.queues[RX].needs_notification(&a.mem).unwrap_or(true) {
+            a.irq.trigger(INT_VRING);
+        }
+    }
+
+    /// Sends every frame the guest queued for transmission.
+    fn process_tx(&mut self) {
+        let Some(a) = self.active.as_mut() else {
+            return;
+        };
+        let tap = &mut self.tap;
+        let buf = &mut self.buf;
+        let notify = drain_queue(&mut a.queues[TX], &a.mem, |chain, mem| {
+            let Ok(mut reader) = chain.reader(mem) else {
+                return 0;
+            };
+            let len = reader.available_bytes();
+            if !(VNET_HDR_LEN..=MAX_FRAME).contains(&len) {
+                tracing::debug!("dropping a {len}-byte tx frame");
+                return 0;
+            }
+            if reader.read_exact(&mut buf[..len]).is_ok() {
+                if let Err(e) = tap.write_frame(&buf[..len]) {
+                    tracing::debug!("tap write: {e}");
+                }
+            }
+            0
+        });
+        if notify {
+            a.irq.trigger(INT_VRING);
+        }
+    }
+}
+
+impl VirtioDevice for Net {
+    fn device_type(&self) -> u32 {
+        device_type::NET
+    }
+    fn queue_max_sizes(&self) -> &[u16] {
+        QUEUE_SIZES
+    }
+    fn avail_features(&self) -> u64 {
+        super::VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MAC
+    }
+    fn set_acked_features(&mut self, features: u64) {
+        self.acked_features = features;
+    }
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        super::read_config_bytes(&self.mac, offset, data);
+    }
+    fn queue_events(&self) -> &[EventFd] {
+        &self.queue_evts
+    }
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        queues: Vec<Queue>,
+        irq: Arc<IrqTrigger>,
+    ) -> Result<(), ActivateError> {
+        if queues.len() != QUEUE_SIZES.len() {
+            return Err(ActivateError::QueueCount {
+                expected: QUEUE_SIZES.len(),
+                got: queues.len(),
+            });
+        }
+        self.active = Some(Active { mem, queues, irq });
+        // Frames may have queued on the tap before the driver was ready.
+        self.process_rx();
+        Ok(())
+    }
+    fn reset(&mut self) {
+        self.active = None;
+        self.pending_rx = None;
+    }
+}
+
+impl MutEventSubscriber for Net {
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        match events.data() {
+            d if d == RX as u32 => {
+                let _ = self.queue_evts[RX].read();
+                self.process_rx();
+            }
+            d if d == TX as u32 => {
+                let _ = self.queue_evts[TX].read();
+                self.process_tx();
+            }
+            TAP_EVENT => self.process_rx(),
+            _ => {}
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        let regs = [
+            Events::with_data(&self.queue_evts[RX], RX as u32, EventSet::IN),
+            Events::with_data(&self.queue_evts[TX], TX as u32, EventSet::IN),
+            // Edge-triggered: the tap stays readable while the guest has no
+            // buffers; we resume on the next rx kick instead of spinning.
+            Events::with_data(
+                &self.tap,
+                TAP_EVENT,
+                EventSet::IN | EventSet::EDGE_TRIGGERED,
+            ),
+        ];
+        for ev in regs {
+            if let Err(e) = ops.add(ev) {
+                tracing::error!("registering virtio-net event: {e}");
+            }
+        }
+    }
+}

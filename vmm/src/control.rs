@@ -1,0 +1,377 @@
+//! The control socket: newline-delimited JSON over a unix stream socket, served
+//! on the VMM's event loop. One request per line, one response line each; a
+//! connection may carry many requests.
+//!
+//! Requests:
+//! - `{"cmd":"status"}` → `{"ok":true,"state":"running"|"paused","vcpus":N,"mem_mib":M,"drives":[{"id","path","read_only","sectors"}]}`
+//! - `{"cmd":"pause"}`, `{"cmd":"resume"}` → `{"ok":true}`
+//! - `{"cmd":"swap_drive","id":"ID","path":"FILE"}` → `{"ok":true,"sectors":N}`:
+//!   the drive's backing file is replaced and the guest gets a config-change interrupt
+//! - `{"cmd":"shutdown","timeout_ms":N}` → `{"ok":true}`: asks the guest to power
+//!   off (a connection to its vsock port [`GUEST_POWER_PORT`]); if it has not
+//!   after `timeout_ms` (default 5000), the VMM stops it and exits with status 2
+//!
+//! Errors: `{"ok":false,"error":"..."}`.
+
+use crate::builder::VmParts;
+use crate::vstate::vcpu::RunState;
+use event_manager::{EventOps, Events, MutEventSubscriber};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use vmm_sys_util::epoll::EventSet;
+
+/// Guest vsock port whose connection asks the guest init to power off.
+pub const GUEST_POWER_PORT: u32 = 1023;
+/// Longest request line accepted.
+const MAX_LINE: usize = 64 * 1024;
+const DEFAULT_SHUTDOWN_MS: u64 = 5000;
+const LISTENER: u32 = 0;
+
+/// Errors setting up the control socket.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// Another process serves this path.
+    #[error("control socket {0} is in use by another process")]
+    Busy(PathBuf),
+    /// The socket cannot be created.
+    #[error("cannot bind control socket {0}: {1}")]
+    Bind(PathBuf, std::io::Error),
+}
+
+/// Binds a unix listener at `path` with mode 0600. A live socket there is an
+/// error; a stale file left by a dead process is replaced.
+pub fn bind_unix(path: &Path) -> Result<UnixListener, ControlError> {
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            return Err(ControlError::Busy(path.to_owned()));
+        }
+        std::fs::remove_file(path).map_err(|e| ControlError::Bind(path.to_owned(), e))?;
+    }
+    let listener = UnixListener::bind(path).map_err(|e| ControlError::Bind(path.to_owned(), e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| ControlError::Bind(path.to_owned(), e))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| ControlError::Bind(path.to_owned(), e))?;
+    Ok(listener)
+}
+
+/// A request.
+#[derive(Debug, Deserialize, PartialEq)]
+#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// Report state.
+    Status,
+    /// Pause the vCPUs.
+    Pause,
+    /// Resume the vCPUs.
+    Resume,
+    /// Replace a drive's backing file.
+    SwapDrive {
+        /// Drive ID.
+        id: String,
+        /// New backing file.
+        path: PathBuf,
+    },
+    /// Graceful shutdown.
+    Shutdown {
+        /// How long the guest gets before it is stopped.
+        #[serde(default)]
+        timeout_ms: Option<u64>,
+    },
+}
+
+#[derive(Serialize)]
+struct DriveStatus {
+    id: String,
+    path: PathBuf,
+    read_only: bool,
+    sectors: u64,
+}
+
+/// State shared between the control server and the run loop.
+#[derive(Default)]
+pub struct Lifecycle {
+    /// When set, the VM is stopped at this instant unless it ended before.
+    pub shutdown_deadline: Mutex<Option<Instant>>,
+}
+
+struct Conn {
+    stream: UnixStream,
+    buf: Vec<u8>,
+}
+
+/// The control socket server (an event-loop subscriber).
+pub struct ControlServer {
+    listener: UnixListener,
+    path: PathBuf,
+    conns: HashMap<i32, Conn>,
+    vm: Arc<VmParts>,
+    lifecycle: Arc<Lifecycle>,
+}
+
+impl ControlServer {
+    /// Serves `listener` (bound at `path`) for `vm`.
+    pub fn new(
+        listener: UnixListener,
+        path: PathBuf,
+        vm: Arc<VmParts>,
+        lifecycle: Arc<Lifecycle>,
+    ) -> Self {
+        ControlServer {
+            listener,
+            path,
+            conns: HashMap::new(),
+            vm,
+            lifecycle,
+        }
+    }
+
+    /// Executes one request line.
+    pub fn handle_line(&mut self, line: &[u8]) -> serde_json::Value {
+        match serde_json::from_slice::<Request>(line) {
+            Ok(req) => match self.execute(req) {
+                Ok(v) => v,
+                Err(e) => serde_json::json!({"ok": false, "error": e}),
+            },
+            Err(e) => serde_json::json!({"ok": false, "error": format!("bad request: {e}")}),
+        }
+    }
+
+    fn execute(&mut self, req: Request) -> Result<serde_json::Value, String> {
+        match req {
+            Request::Status => {
+                let state = match self.vm.vcpus.state() {
+                    RunState::Running => "running",
+                    RunState::Paused => "paused",
+                    RunState::Stopped => "stopped",
+                };
+                let mut drives: Vec<DriveStatus> = self
+                    .vm
+                    .drives
+                    .values()
+                    .map(|d| {
+                        let d = d.lock().unwrap_or_else(|e| e.into_inner());
+                        DriveStatus {
+                            id: d.id().to_owned(),
+                            path: d.disk().path().to_owned(),
+                            read_only: d.disk().read_only(),
+                            sectors: d.disk().sectors(),
+                        }
+                    })
+                    .collect();
+                drives.sort_by(|a, b| a.id.cmp(&b.id));
+                Ok(serde_json::json!({
+                    "ok": true, "state": state, "vcpus": self.vm.vcpu_count,
+                    "mem_mib": self.vm.mem_mib, "drives": drives,
+                }))
+            }
+            Request::Pause => {
+                self.vm
+                    .vcpus
+                    .pause(Duration::from_secs(2))
+                    .map_err(|e| e.to_string())?;
+                Ok(serde_json::json!({"ok": true}))
+            }
+            Request::Resume => {
+                self.vm.vcpus.resume();
+                Ok(serde_json::json!({"ok": true}))
+            }
+            Request::SwapDrive { id, path } => {
+                let drive = self
+                    .vm
+                    .drives
+                    .get(&id)
+                    .ok_or_else(|| format!("no drive with id {id:?}"))?;
+                let mut drive = drive.lock().unwrap_or_else(|e| e.into_inner());
+                drive.swap(&path).map_err(|e| e.to_string())?;
+                Ok(serde_json::json!({"ok": true, "sectors": drive.disk().sectors()}))
+            }
+            Request::Shutdown { timeout_ms } => {
+                let timeout = Duration::from_millis(timeout_ms.unwrap_or(DEFAULT_SHUTDOWN_MS));
+                *self
+                    .lifecycle
+                    .shutdown_deadline
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + timeout);
+                if self.vm.vcpus.state() == RunState::Paused {
+                    self.vm.vcpus.resume();
+                }
+                match &self.vm.vsock_uds {
+                    Some(uds) => ask_guest_to_power_off(uds.clone()),
+                    None => tracing::warn!("no vsock: cannot ask the guest to power off"),
+                }
+                Ok(serde_json::json!({"ok": true}))
+            }
+        }
+    }
+
+    fn accept(&mut self, ops: &mut EventOps) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    if stream.set_nonblocking(true).is_err() {
+                        continue;
+                    }
+                    let fd = stream.as_raw_fd();
+                    if let Err(e) = ops.add(Events::with_data(&stream, fd as u32, EventSet::IN)) {
+                        tracing::warn!("control connection: {e}");
+                        continue;
+                    }
+                    self.conns.insert(
+                        fd,
+                        Conn {
+                            stream,
+                            buf: Vec::new(),
+                        },
+                    );
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    tracing::warn!("control accept: {e}");
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Reads what the client sent; answers complete lines. Returns false when the
+    /// connection should close.
+    fn serve(&mut self, fd: i32) -> bool {
+        let Some(mut conn) = self.conns.remove(&fd) else {
+            return false;
+        };
+        let mut chunk = [0u8; 4096];
+        let open = loop {
+            match conn.stream.read(&mut chunk) {
+                Ok(0) => break false,
+                Ok(n) => conn.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break true,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => break false,
+            }
+        };
+        while let Some(pos) = conn.buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = conn.buf.drain(..=pos).collect();
+            let reply = self.handle_line(&line[..line.len() - 1]);
+            let mut out = reply.to_string().into_bytes();
+            out.push(b'\n');
+            // Replies are small; a client that does not read them is dropped.
+            conn.stream.set_nonblocking(false).ok();
+            conn.stream
+                .set_write_timeout(Some(Duration::from_secs(1)))
+                .ok();
+            let sent = conn.stream.write_all(&out).is_ok();
+            conn.stream.set_nonblocking(true).ok();
+            if !sent {
+                return false;
+            }
+        }
+        if conn.buf.len() > MAX_LINE {
+            return false;
+        }
+        if open {
+            self.conns.insert(fd, conn);
+        }
+        open
+    }
+}
+
+/// Opens a hybrid-vsock connection to the guest's power port on a short-lived
+/// thread (the event loop this runs on must keep serving the vsock device).
+fn ask_guest_to_power_off(uds: PathBuf) {
+    let spawned = std::thread::Builder::new()
+        .name("poweroff".into())
+        .spawn(move || {
+            let result = (|| -> std::io::Result<()> {
+                let mut s = UnixStream::connect(&uds)?;
+                s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                s.write_all(format!("CONNECT {GUEST_POWER_PORT}\n").as_bytes())?;
+                let mut reply = [0u8; 32];
+                let n = s.read(&mut reply)?;
+                if !reply[..n].starts_with(b"OK ") {
+                    return Err(std::io::Error::other("guest refused the power port"));
+                }
+                Ok(())
+            })();
+            if let Err(e) = result {
+                tracing::warn!("asking the guest to power off: {e}");
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("spawning the power-off thread: {e}");
+    }
+}
+
+impl MutEventSubscriber for ControlServer {
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        if events.data() == LISTENER && events.fd() == self.listener.as_raw_fd() {
+            self.accept(ops);
+            return;
+        }
+        let fd = events.fd();
+        if !self.serve(fd) {
+            let _ = ops.remove(Events::empty_raw(fd));
+            self.conns.remove(&fd);
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::with_data(&self.listener, LISTENER, EventSet::IN)) {
+            tracing::error!("registering the control socket: {e}");
+        }
+    }
+}
+
+impl Drop for ControlServer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_parsing() {
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"cmd":"status"}"#).unwrap(),
+            Request::Status
+        );
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"cmd":"swap_drive","id":"a","path":"/b"}"#)
+                .unwrap(),
+            Request::SwapDrive {
+                id: "a".into(),
+                path: "/b".into()
+            }
+        );
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"cmd":"shutdown"}"#).unwrap(),
+            Request::Shutdown { timeout_ms: None }
+        );
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"explode"}"#).is_err());
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"swap_drive","id":"a"}"#).is_err());
+    }
+
+    #[test]
+    fn busy_and_stale_sockets() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ctl.sock");
+        let live = bind_unix(&path).unwrap();
+        assert!(matches!(bind_unix(&path), Err(ControlError::Busy(_))));
+        drop(live); // file stays behind, nobody listens: stale
+        let again = bind_unix(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        drop(again);
+    }
+}
