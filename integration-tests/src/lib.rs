@@ -1,0 +1,313 @@
+//! Test harness: boots `vmlet-vmm` guests on real KVM and talks to them.
+//!
+//! Inputs come from the environment (set by `scripts/test.sh`):
+//! `VMLET_KERNEL` (guest vmlinux), `VMLET_TEST_INITRAMFS` (vmlet-init plus
+//! busybox), `VMLET_VMM` (the vmlet-vmm binary; defaults to the workspace's
+//! debug build). Guest-booting tests need KVM that can run a standard kernel;
+//! they fail loudly where there is none (run them through `scripts/with-kvm.sh`).
+
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a guest may take to boot. Generous: inside a TCG machine a boot
+/// takes seconds and these machines are shared.
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+/// Guest agent vsock port.
+pub const AGENT_PORT: u32 = 1024;
+
+fn env_path(name: &str) -> PathBuf {
+    match std::env::var_os(name) {
+        Some(p) => PathBuf::from(p),
+        None => panic!("{name} is not set: run the tests through scripts/test.sh"),
+    }
+}
+
+/// Panics unless `/dev/kvm` can boot a standard guest kernel here.
+pub fn require_kvm() {
+    let hw = Path::new("/sys/module/kvm_intel").exists() || Path::new("/sys/module/kvm_amd").exists();
+    assert!(
+        hw && Path::new("/dev/kvm").exists(),
+        "no hardware-virtualized KVM here (kvm_intel/kvm_amd not loaded): run through scripts/with-kvm.sh"
+    );
+}
+
+/// Path of the vmlet-vmm binary.
+pub fn vmm_binary() -> PathBuf {
+    std::env::var_os("VMLET_VMM").map(PathBuf::from).unwrap_or_else(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/vmlet-vmm")
+    })
+}
+
+/// Guest kernel.
+pub fn kernel() -> PathBuf {
+    env_path("VMLET_KERNEL")
+}
+
+/// Test initramfs (vmlet-init and busybox).
+pub fn initramfs() -> PathBuf {
+    env_path("VMLET_TEST_INITRAMFS")
+}
+
+/// How to boot a guest.
+#[derive(Clone, Debug)]
+pub struct GuestConfig {
+    /// vCPUs.
+    pub vcpus: u8,
+    /// Memory in MiB.
+    pub mem_mib: u64,
+    /// `--drive` values.
+    pub drives: Vec<String>,
+    /// `--net` values.
+    pub net: Vec<String>,
+    /// Run the VMM in this network namespace.
+    pub netns: Option<String>,
+    /// Extra flags.
+    pub extra: Vec<String>,
+}
+
+impl Default for GuestConfig {
+    fn default() -> Self {
+        GuestConfig {
+            vcpus: 1,
+            mem_mib: 256,
+            drives: Vec::new(),
+            net: Vec::new(),
+            netns: None,
+            extra: Vec::new(),
+        }
+    }
+}
+
+/// A running guest. Killed on drop.
+pub struct Guest {
+    child: Child,
+    /// Scratch directory holding the sockets and the serial log.
+    pub dir: tempfile::TempDir,
+    /// Serial console log.
+    pub serial: PathBuf,
+    /// Hybrid vsock socket.
+    pub vsock: PathBuf,
+    /// Control socket.
+    pub control: PathBuf,
+}
+
+impl Guest {
+    /// Boots a guest and waits until vmlet-init is ready.
+    pub fn boot(cfg: GuestConfig) -> Guest {
+        require_kvm();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let serial = dir.path().join("serial.log");
+        let vsock = dir.path().join("vsock.sock");
+        let control = dir.path().join("control.sock");
+        let mut cmd = match &cfg.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(vmm_binary());
+                c
+            }
+            None => Command::new(vmm_binary()),
+        };
+        cmd.arg("--kernel")
+            .arg(kernel())
+            .arg("--initramfs")
+            .arg(initramfs())
+            .args(["--vcpus", &cfg.vcpus.to_string()])
+            .args(["--mem-mib", &cfg.mem_mib.to_string()])
+            .arg("--serial")
+            .arg(&serial)
+            .arg("--vsock")
+            .arg(format!("cid=3,uds={}", vsock.display()))
+            .arg("--control-socket")
+            .arg(&control);
+        for d in &cfg.drives {
+            cmd.arg("--drive").arg(d);
+        }
+        for n in &cfg.net {
+            cmd.arg("--net").arg(n);
+        }
+        cmd.args(&cfg.extra);
+        cmd.stdin(Stdio::null()).stdout(Stdio::inherit()).stderr(Stdio::inherit());
+        let child = cmd.spawn().expect("spawn vmlet-vmm");
+        let mut guest = Guest {
+            child,
+            dir,
+            serial,
+            vsock,
+            control,
+        };
+        guest.wait_for_serial("vmlet-init: ready", BOOT_TIMEOUT);
+        guest
+    }
+
+    /// The serial log so far.
+    pub fn serial_log(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.serial).unwrap_or_default()).into_owned()
+    }
+
+    /// Waits until `needle` shows up on the serial console.
+    pub fn wait_for_serial(&mut self, needle: &str, timeout: Duration) {
+        let start = Instant::now();
+        loop {
+            if self.serial_log().contains(needle) {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "vmlet-vmm exited ({status}) before {needle:?}; serial:\n{}",
+                    self.serial_log()
+                );
+            }
+            if start.elapsed() > timeout {
+                panic!("no {needle:?} within {timeout:?}; serial:\n{}", self.serial_log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Opens a hybrid-vsock stream to guest `port`.
+    pub fn connect(&self, port: u32) -> std::io::Result<UnixStream> {
+        let mut s = UnixStream::connect(&self.vsock)?;
+        s.set_read_timeout(Some(Duration::from_secs(60)))?;
+        s.write_all(format!("CONNECT {port}\n").as_bytes())?;
+        let mut line = Vec::new();
+        let mut b = [0u8; 1];
+        while b[0] != b'\n' {
+            if s.read(&mut b)? == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionRefused,
+                    format!("vsock port {port}: closed before OK"),
+                ));
+            }
+            line.push(b[0]);
+        }
+        let line = String::from_utf8_lossy(&line);
+        if !line.starts_with("OK ") {
+            return Err(std::io::Error::other(format!("vsock CONNECT answered {line:?}")));
+        }
+        Ok(s)
+    }
+
+    /// Sends `CONNECT <port>` without waiting for the answer.
+    pub fn connect_nowait(&self, port: u32) -> UnixStream {
+        let mut s = UnixStream::connect(&self.vsock).expect("connect to the vsock socket");
+        s.write_all(format!("CONNECT {port}\n").as_bytes()).expect("send CONNECT");
+        s
+    }
+
+    /// A client for the guest agent.
+    pub fn agent(&self) -> Agent {
+        Agent::new(self.connect(AGENT_PORT).expect("connect to the guest agent"))
+    }
+
+    /// Runs a command in the guest and returns (status, stdout, stderr).
+    pub fn run(&self, script: &str) -> (i64, String, String) {
+        let r = self.agent().request(json!({"op": "run", "argv": ["/bin/sh", "-c", script]}));
+        assert_eq!(r["ok"], true, "run {script:?}: {r}");
+        (
+            r["status"].as_i64().unwrap_or(-1),
+            r["stdout"].as_str().unwrap_or_default().to_owned(),
+            r["stderr"].as_str().unwrap_or_default().to_owned(),
+        )
+    }
+
+    /// Runs a command in the guest that must succeed; returns its stdout.
+    pub fn run_ok(&self, script: &str) -> String {
+        let (status, out, err) = self.run(script);
+        assert_eq!(status, 0, "{script:?} failed: stdout {out:?} stderr {err:?}");
+        out
+    }
+
+    /// Sends one control-socket request.
+    pub fn control(&self, req: Value) -> Value {
+        let s = UnixStream::connect(&self.control).expect("connect to the control socket");
+        s.set_read_timeout(Some(Duration::from_secs(30))).ok();
+        let mut agent = Agent::new(s);
+        agent.request(req)
+    }
+
+    /// Waits for the VMM to exit.
+    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for vmlet-vmm") {
+                return status;
+            }
+            if start.elapsed() > timeout {
+                panic!("vmlet-vmm still running after {timeout:?}; serial:\n{}", self.serial_log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Whether the VMM process still runs.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Newline-delimited JSON client (the guest agent and the control socket speak it).
+pub struct Agent {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl Agent {
+    /// Wraps a connected stream.
+    pub fn new(stream: UnixStream) -> Agent {
+        let writer = stream.try_clone().expect("clone stream");
+        Agent {
+            reader: BufReader::new(stream),
+            writer,
+        }
+    }
+
+    /// Sends one request and reads one response line.
+    pub fn request(&mut self, req: Value) -> Value {
+        let mut line = req.to_string();
+        line.push('\n');
+        self.writer.write_all(line.as_bytes()).expect("send request");
+        let mut resp = String::new();
+        self.reader.read_line(&mut resp).expect("read response");
+        serde_json::from_str(&resp).unwrap_or_else(|e| panic!("bad response {resp:?}: {e}"))
+    }
+
+    /// The raw stream (after a mode switch such as echo).
+    pub fn into_stream(self) -> UnixStream {
+        assert!(self.reader.buffer().is_empty(), "unread response bytes");
+        self.writer
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so a failure is reproducible.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Runs the VMM with `args` and returns (status, stderr).
+pub fn vmm_output(args: &[&str]) -> (std::process::ExitStatus, String) {
+    let out = Command::new(vmm_binary())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run vmlet-vmm");
+    (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
+}

@@ -1,0 +1,246 @@
+//! vmlet-vmm end to end: real guests on real KVM.
+
+use serde_json::json;
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::os::unix::net::UnixListener;
+use std::process::Command;
+use std::time::Duration;
+use vmlet_integration_tests::{pattern, Guest, GuestConfig};
+
+const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn poweroff(mut guest: Guest) {
+    let r = guest.agent().request(json!({"op": "poweroff"}));
+    assert_eq!(r["ok"], true, "{r}");
+    let status = guest.wait(EXIT_TIMEOUT);
+    assert_eq!(status.code(), Some(0), "guest poweroff must end the VMM with 0");
+}
+
+#[test]
+fn boots_with_one_vcpu_and_powers_off_cleanly() {
+    let guest = Guest::boot(GuestConfig::default());
+    let log = guest.serial_log();
+    assert!(log.contains("vmlet-init: started"), "init marker missing:\n{log}");
+    assert_eq!(guest.run_ok("grep -c ^processor /proc/cpuinfo").trim(), "1");
+    let r = guest.agent().request(json!({"op": "ping"}));
+    assert_eq!(r["ok"], true);
+    // Entropy comes from virtio-rng.
+    let rng = guest.run_ok("cat /sys/class/misc/hw_random/rng_current");
+    assert!(rng.contains("virtio"), "rng_current: {rng}");
+    guest.run_ok("head -c 64 /dev/hwrng | wc -c | grep -qx 64");
+    poweroff(guest);
+}
+
+#[test]
+fn boots_with_two_vcpus_and_sees_both() {
+    let guest = Guest::boot(GuestConfig {
+        vcpus: 2,
+        ..Default::default()
+    });
+    assert_eq!(guest.run_ok("grep -c ^processor /proc/cpuinfo").trim(), "2");
+    assert_eq!(guest.run_ok("cat /sys/devices/system/cpu/online").trim(), "0-1");
+    poweroff(guest);
+}
+
+#[test]
+fn block_devices_read_write_and_read_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let rw = dir.path().join("rw.img");
+    let ro = dir.path().join("ro.img");
+    let content = pattern(1 << 20, 7);
+    std::fs::write(&rw, &content).unwrap();
+    std::fs::write(&ro, pattern(64 << 10, 9)).unwrap();
+    let guest = Guest::boot(GuestConfig {
+        drives: vec![
+            format!("id=data,path={}", rw.display()),
+            format!("id=image,path={},ro", ro.display()),
+        ],
+        ..Default::default()
+    });
+    // vda is `data`: the guest reads back what the host wrote.
+    assert_eq!(guest.run_ok("cat /sys/block/vda/size").trim(), "2048");
+    let sum = guest.run_ok("dd if=/dev/vda bs=4096 count=16 2>/dev/null | md5sum");
+    let host = Command::new("sh")
+        .arg("-c")
+        .arg(format!("head -c 65536 {} | md5sum", rw.display()))
+        .output()
+        .unwrap();
+    assert_eq!(
+        sum.split_whitespace().next(),
+        String::from_utf8_lossy(&host.stdout).split_whitespace().next()
+    );
+    // The guest writes at 512 KiB and flushes; the host sees it.
+    guest.run_ok("echo -n vmlet-block-write | dd of=/dev/vda bs=512 seek=1024 conv=fsync 2>/dev/null");
+    let mut got = [0u8; 17];
+    std::fs::File::open(&rw).unwrap().read_exact_at(&mut got, 512 * 1024).unwrap();
+    assert_eq!(&got, b"vmlet-block-write");
+    // vdb is read-only: the kernel refuses writes and the file is untouched.
+    assert_eq!(guest.run_ok("cat /sys/block/vdb/ro").trim(), "1");
+    let (status, _, _) = guest.run("echo x | dd of=/dev/vdb bs=512 count=1 conv=fsync 2>/dev/null");
+    assert_ne!(status, 0);
+    assert_eq!(std::fs::read(&ro).unwrap(), pattern(64 << 10, 9));
+    poweroff(guest);
+}
+
+#[test]
+fn swapped_drive_shows_new_size_and_content() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.img");
+    let b = dir.path().join("b.img");
+    std::fs::write(&a, vec![b'A'; 4096]).unwrap();
+    let mut bcontent = vec![b'B'; 12288];
+    bcontent[..9].copy_from_slice(b"second-fs");
+    std::fs::write(&b, &bcontent).unwrap();
+    let guest = Guest::boot(GuestConfig {
+        drives: vec![format!("id=slot0,path={},ro", a.display())],
+        ..Default::default()
+    });
+    assert_eq!(guest.run_ok("cat /sys/block/vda/size").trim(), "8");
+    assert_eq!(guest.run_ok("head -c 4 /dev/vda"), "AAAA");
+    let r = guest.control(json!({"cmd": "swap_drive", "id": "slot0", "path": b}));
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["sectors"], 24);
+    // The config-change interrupt makes the guest re-read the capacity.
+    let mut size = String::new();
+    for _ in 0..100 {
+        size = guest.run_ok("cat /sys/block/vda/size").trim().to_owned();
+        if size == "24" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(size, "24");
+    // Drop the page cache of the old content, then read the new file.
+    assert_eq!(
+        guest.run_ok("echo 3 > /proc/sys/vm/drop_caches; head -c 9 /dev/vda"),
+        "second-fs"
+    );
+    let status = guest.control(json!({"cmd": "status"}));
+    assert_eq!(status["drives"][0]["path"], b.to_str().unwrap());
+    // Errors name the problem and leave the drive alone.
+    let r = guest.control(json!({"cmd": "swap_drive", "id": "nope", "path": b}));
+    assert_eq!(r["ok"], false);
+    assert!(r["error"].as_str().unwrap().contains("nope"));
+    let r = guest.control(json!({"cmd": "swap_drive", "id": "slot0", "path": "/nonexistent"}));
+    assert_eq!(r["ok"], false);
+    assert_eq!(guest.run_ok("cat /sys/block/vda/size").trim(), "24");
+    poweroff(guest);
+}
+
+#[test]
+fn vsock_round_trips_one_mib_both_ways() {
+    let guest = Guest::boot(GuestConfig::default());
+    let data = pattern(1 << 20, 42);
+
+    // Host-initiated: the guest echoes on its agent port.
+    let mut agent = guest.agent();
+    let r = agent.request(json!({"op": "echo"}));
+    assert_eq!(r["ok"], true);
+    let stream = agent.into_stream();
+    let mut writer = stream.try_clone().unwrap();
+    let sent = data.clone();
+    let w = std::thread::spawn(move || {
+        writer.write_all(&sent).unwrap();
+        writer.shutdown(std::net::Shutdown::Write).unwrap();
+    });
+    let mut back = Vec::new();
+    let mut reader = stream;
+    reader.read_to_end(&mut back).unwrap();
+    w.join().unwrap();
+    assert_eq!(back.len(), data.len());
+    assert!(back == data, "host-initiated echo corrupted data");
+
+    // Guest-initiated: the guest connects to host port 5000 (<uds>_5000).
+    let listener = UnixListener::bind(format!("{}_5000", guest.vsock.display())).unwrap();
+    let mut agent = guest.agent();
+    let ask = std::thread::spawn(move || agent.request(json!({"op": "connect_echo", "port": 5000})));
+    let (conn, _) = listener.accept().unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut writer = conn.try_clone().unwrap();
+    let sent = data.clone();
+    let w = std::thread::spawn(move || {
+        writer.write_all(&sent).unwrap();
+        writer.shutdown(std::net::Shutdown::Write).unwrap();
+    });
+    let mut back = Vec::new();
+    let mut reader = conn;
+    reader.read_to_end(&mut back).unwrap();
+    w.join().unwrap();
+    assert!(back == data, "guest-initiated echo corrupted data ({} bytes back)", back.len());
+    let r = ask.join().unwrap();
+    assert_eq!(r["bytes"], 1 << 20, "{r}");
+
+    // A port nobody listens on is refused, and the device keeps working.
+    assert!(guest.connect(4321).is_err());
+    guest.run_ok("true");
+    poweroff(guest);
+}
+
+struct Netns(String);
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn sh(cmd: &str) {
+    let st = Command::new("sh").arg("-c").arg(cmd).status().unwrap();
+    assert!(st.success(), "{cmd}");
+}
+
+#[test]
+fn network_on_a_tap_in_a_netns_answers_ping() {
+    let ns = Netns(format!("vmlet-test-{}", std::process::id()));
+    sh(&format!("ip netns add {}", ns.0));
+    sh(&format!(
+        "ip -n {n} link set lo up && ip -n {n} tuntap add vmtap0 mode tap && \
+         ip -n {n} addr add 10.77.0.1/24 dev vmtap0 && ip -n {n} link set vmtap0 up",
+        n = ns.0
+    ));
+    let guest = Guest::boot(GuestConfig {
+        net: vec!["tap=vmtap0,mac=02:00:00:77:00:02".into()],
+        netns: Some(ns.0.clone()),
+        ..Default::default()
+    });
+    let mac = guest.run_ok("cat /sys/class/net/eth0/address");
+    assert_eq!(mac.trim(), "02:00:00:77:00:02");
+    guest.run_ok("ip addr add 10.77.0.2/24 dev eth0 && ip link set eth0 up");
+    guest.run_ok("ping -c 3 -W 10 10.77.0.1");
+    sh(&format!("ip netns exec {} ping -c 3 -W 10 10.77.0.2", ns.0));
+    poweroff(guest);
+}
+
+#[test]
+fn control_socket_pause_resume_and_graceful_shutdown() {
+    let mut guest = Guest::boot(GuestConfig::default());
+    let s = guest.control(json!({"cmd": "status"}));
+    assert_eq!(s["state"], "running", "{s}");
+    assert_eq!(s["mem_mib"], 256);
+    assert_eq!(guest.control(json!({"cmd": "pause"}))["ok"], true);
+    assert_eq!(guest.control(json!({"cmd": "status"}))["state"], "paused");
+    // While paused the guest does not answer; after resume it does.
+    let mut agent_stream = guest.connect_nowait(vmlet_integration_tests::AGENT_PORT);
+    agent_stream.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
+    let mut b = [0u8; 1];
+    assert!(agent_stream.read(&mut b).is_err(), "a paused guest answered");
+    assert_eq!(guest.control(json!({"cmd": "resume"}))["ok"], true);
+    assert_eq!(guest.run_ok("echo alive").trim(), "alive");
+    let bad = guest.control(json!({"cmd": "explode"}));
+    assert_eq!(bad["ok"], false);
+    assert_eq!(guest.control(json!({"cmd": "shutdown", "timeout_ms": 30000}))["ok"], true);
+    let status = guest.wait(EXIT_TIMEOUT);
+    assert_eq!(status.code(), Some(0), "graceful shutdown: guest powered off itself");
+    assert!(!guest.control.exists(), "control socket removed on exit");
+}
+
+#[test]
+fn shutdown_of_an_unresponsive_guest_is_forced_after_the_timeout() {
+    let mut guest = Guest::boot(GuestConfig::default());
+    // 1 ms is far less than a vsock round trip to the guest: the VMM must stop it.
+    let r = guest.control(json!({"cmd": "shutdown", "timeout_ms": 1}));
+    assert_eq!(r["ok"], true);
+    let status = guest.wait(EXIT_TIMEOUT);
+    assert_eq!(status.code(), Some(2), "forced stop exits with 2");
+}

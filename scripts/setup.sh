@@ -1,0 +1,31 @@
+#!/bin/bash
+# Installs what vmlet needs to build and test on Debian 12 (run as root).
+# Idempotent: packages already present are not fetched again.
+set -euo pipefail
+
+packages=(
+    # guest kernel build
+    linux-source-6.1 bc bison flex libelf-dev libssl-dev make gcc xz-utils
+    # initramfs and guest images
+    busybox-static cpio erofs-utils e2fsprogs
+    # KVM entry point (QEMU TCG machine with nested KVM, virtiofsd) and the boot benchmark peer
+    qemu-system-x86 kmod
+    # networking tests
+    iproute2 iputils-ping
+    # gRPC code generation (later crates)
+    protobuf-compiler
+)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: installing ${missing[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >&2 || true
+    apt-get install -y -qq "${missing[@]}" >&2
+fi
+if ! command -v cargo >/dev/null; then
+    echo "setup: cargo not found; install Rust (rustup, stable toolchain) first" >&2
+    exit 1
+fi
