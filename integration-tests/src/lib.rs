@@ -28,7 +28,8 @@ fn env_path(name: &str) -> PathBuf {
 
 /// Panics unless `/dev/kvm` can boot a standard guest kernel here.
 pub fn require_kvm() {
-    let hw = Path::new("/sys/module/kvm_intel").exists() || Path::new("/sys/module/kvm_amd").exists();
+    let hw =
+        Path::new("/sys/module/kvm_intel").exists() || Path::new("/sys/module/kvm_amd").exists();
     assert!(
         hw && Path::new("/dev/kvm").exists(),
         "no hardware-virtualized KVM here (kvm_intel/kvm_amd not loaded): run through scripts/with-kvm.sh"
@@ -37,9 +38,9 @@ pub fn require_kvm() {
 
 /// Path of the vmlet-vmm binary.
 pub fn vmm_binary() -> PathBuf {
-    std::env::var_os("VMLET_VMM").map(PathBuf::from).unwrap_or_else(|| {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/vmlet-vmm")
-    })
+    std::env::var_os("VMLET_VMM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/vmlet-vmm"))
 }
 
 /// Guest kernel.
@@ -130,7 +131,9 @@ impl Guest {
             cmd.arg("--net").arg(n);
         }
         cmd.args(&cfg.extra);
-        cmd.stdin(Stdio::null()).stdout(Stdio::inherit()).stderr(Stdio::inherit());
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit());
         let child = cmd.spawn().expect("spawn vmlet-vmm");
         let mut guest = Guest {
             child,
@@ -162,7 +165,10 @@ impl Guest {
                 );
             }
             if start.elapsed() > timeout {
-                panic!("no {needle:?} within {timeout:?}; serial:\n{}", self.serial_log());
+                panic!(
+                    "no {needle:?} within {timeout:?}; serial:\n{}",
+                    self.serial_log()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -186,7 +192,9 @@ impl Guest {
         }
         let line = String::from_utf8_lossy(&line);
         if !line.starts_with("OK ") {
-            return Err(std::io::Error::other(format!("vsock CONNECT answered {line:?}")));
+            return Err(std::io::Error::other(format!(
+                "vsock CONNECT answered {line:?}"
+            )));
         }
         Ok(s)
     }
@@ -194,18 +202,24 @@ impl Guest {
     /// Sends `CONNECT <port>` without waiting for the answer.
     pub fn connect_nowait(&self, port: u32) -> UnixStream {
         let mut s = UnixStream::connect(&self.vsock).expect("connect to the vsock socket");
-        s.write_all(format!("CONNECT {port}\n").as_bytes()).expect("send CONNECT");
+        s.write_all(format!("CONNECT {port}\n").as_bytes())
+            .expect("send CONNECT");
         s
     }
 
     /// A client for the guest agent.
     pub fn agent(&self) -> Agent {
-        Agent::new(self.connect(AGENT_PORT).expect("connect to the guest agent"))
+        Agent::new(
+            self.connect(AGENT_PORT)
+                .expect("connect to the guest agent"),
+        )
     }
 
     /// Runs a command in the guest and returns (status, stdout, stderr).
     pub fn run(&self, script: &str) -> (i64, String, String) {
-        let r = self.agent().request(json!({"op": "run", "argv": ["/bin/sh", "-c", script]}));
+        let r = self
+            .agent()
+            .request(json!({"op": "run", "argv": ["/bin/sh", "-c", script]}));
         assert_eq!(r["ok"], true, "run {script:?}: {r}");
         (
             r["status"].as_i64().unwrap_or(-1),
@@ -217,7 +231,10 @@ impl Guest {
     /// Runs a command in the guest that must succeed; returns its stdout.
     pub fn run_ok(&self, script: &str) -> String {
         let (status, out, err) = self.run(script);
-        assert_eq!(status, 0, "{script:?} failed: stdout {out:?} stderr {err:?}");
+        assert_eq!(
+            status, 0,
+            "{script:?} failed: stdout {out:?} stderr {err:?}"
+        );
         out
     }
 
@@ -237,7 +254,10 @@ impl Guest {
                 return status;
             }
             if start.elapsed() > timeout {
-                panic!("vmlet-vmm still running after {timeout:?}; serial:\n{}", self.serial_log());
+                panic!(
+                    "vmlet-vmm still running after {timeout:?}; serial:\n{}",
+                    self.serial_log()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -276,7 +296,9 @@ impl Agent {
     pub fn request(&mut self, req: Value) -> Value {
         let mut line = req.to_string();
         line.push('\n');
-        self.writer.write_all(line.as_bytes()).expect("send request");
+        self.writer
+            .write_all(line.as_bytes())
+            .expect("send request");
         let mut resp = String::new();
         self.reader.read_line(&mut resp).expect("read response");
         serde_json::from_str(&resp).unwrap_or_else(|e| panic!("bad response {resp:?}: {e}"))
@@ -309,5 +331,8 @@ pub fn vmm_output(args: &[&str]) -> (std::process::ExitStatus, String) {
         .stdin(Stdio::null())
         .output()
         .expect("run vmlet-vmm");
-    (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }

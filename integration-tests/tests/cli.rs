@@ -18,7 +18,10 @@ fn assert_one_line_error(args: &[&str], needle: &str) {
 #[test]
 fn missing_and_unreadable_kernel() {
     assert_one_line_error(&[], "no kernel given");
-    assert_one_line_error(&["--kernel", "/nonexistent/vmlinux"], "/nonexistent/vmlinux");
+    assert_one_line_error(
+        &["--kernel", "/nonexistent/vmlinux"],
+        "/nonexistent/vmlinux",
+    );
     assert_one_line_error(&["--kernel", "/etc/hostname"], "cannot load kernel");
 }
 
@@ -26,7 +29,10 @@ fn missing_and_unreadable_kernel() {
 fn bad_sizes() {
     let k = kernel();
     let k = k.to_str().unwrap();
-    assert_one_line_error(&["--kernel", k, "--mem-mib", "1"], "mem_mib must be between");
+    assert_one_line_error(
+        &["--kernel", k, "--mem-mib", "1"],
+        "mem_mib must be between",
+    );
     assert_one_line_error(&["--kernel", k, "--vcpus", "0"], "vcpus must be between");
     assert_one_line_error(&["--kernel", k, "--vcpus", "200"], "vcpus must be between");
     assert_one_line_error(
@@ -34,7 +40,10 @@ fn bad_sizes() {
         "invalid MAC address",
     );
     assert_one_line_error(&["--kernel", k, "--vsock", "cid=1,uds=/tmp/x"], "cid");
-    assert_one_line_error(&["--kernel", k, "--drive", "id=a,path=/nonexistent"], "/nonexistent");
+    assert_one_line_error(
+        &["--kernel", k, "--drive", "id=a,path=/nonexistent"],
+        "/nonexistent",
+    );
 }
 
 #[test]
@@ -53,7 +62,12 @@ fn busy_control_socket() {
     let _live = UnixListener::bind(&path).unwrap();
     let k = kernel();
     assert_one_line_error(
-        &["--kernel", k.to_str().unwrap(), "--control-socket", path.to_str().unwrap()],
+        &[
+            "--kernel",
+            k.to_str().unwrap(),
+            "--control-socket",
+            path.to_str().unwrap(),
+        ],
         "in use",
     );
 }

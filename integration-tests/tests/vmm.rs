@@ -14,14 +14,21 @@ fn poweroff(mut guest: Guest) {
     let r = guest.agent().request(json!({"op": "poweroff"}));
     assert_eq!(r["ok"], true, "{r}");
     let status = guest.wait(EXIT_TIMEOUT);
-    assert_eq!(status.code(), Some(0), "guest poweroff must end the VMM with 0");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "guest poweroff must end the VMM with 0"
+    );
 }
 
 #[test]
 fn boots_with_one_vcpu_and_powers_off_cleanly() {
     let guest = Guest::boot(GuestConfig::default());
     let log = guest.serial_log();
-    assert!(log.contains("vmlet-init: started"), "init marker missing:\n{log}");
+    assert!(
+        log.contains("vmlet-init: started"),
+        "init marker missing:\n{log}"
+    );
     assert_eq!(guest.run_ok("grep -c ^processor /proc/cpuinfo").trim(), "1");
     let r = guest.agent().request(json!({"op": "ping"}));
     assert_eq!(r["ok"], true);
@@ -39,7 +46,10 @@ fn boots_with_two_vcpus_and_sees_both() {
         ..Default::default()
     });
     assert_eq!(guest.run_ok("grep -c ^processor /proc/cpuinfo").trim(), "2");
-    assert_eq!(guest.run_ok("cat /sys/devices/system/cpu/online").trim(), "0-1");
+    assert_eq!(
+        guest.run_ok("cat /sys/devices/system/cpu/online").trim(),
+        "0-1"
+    );
     poweroff(guest);
 }
 
@@ -68,12 +78,19 @@ fn block_devices_read_write_and_read_only() {
         .unwrap();
     assert_eq!(
         sum.split_whitespace().next(),
-        String::from_utf8_lossy(&host.stdout).split_whitespace().next()
+        String::from_utf8_lossy(&host.stdout)
+            .split_whitespace()
+            .next()
     );
     // The guest writes at 512 KiB and flushes; the host sees it.
-    guest.run_ok("echo -n vmlet-block-write | dd of=/dev/vda bs=512 seek=1024 conv=fsync 2>/dev/null");
+    guest.run_ok(
+        "echo -n vmlet-block-write | dd of=/dev/vda bs=512 seek=1024 conv=fsync 2>/dev/null",
+    );
     let mut got = [0u8; 17];
-    std::fs::File::open(&rw).unwrap().read_exact_at(&mut got, 512 * 1024).unwrap();
+    std::fs::File::open(&rw)
+        .unwrap()
+        .read_exact_at(&mut got, 512 * 1024)
+        .unwrap();
     assert_eq!(&got, b"vmlet-block-write");
     // vdb is read-only: the kernel refuses writes and the file is untouched.
     assert_eq!(guest.run_ok("cat /sys/block/vdb/ro").trim(), "1");
@@ -154,9 +171,11 @@ fn vsock_round_trips_one_mib_both_ways() {
     // Guest-initiated: the guest connects to host port 5000 (<uds>_5000).
     let listener = UnixListener::bind(format!("{}_5000", guest.vsock.display())).unwrap();
     let mut agent = guest.agent();
-    let ask = std::thread::spawn(move || agent.request(json!({"op": "connect_echo", "port": 5000})));
+    let ask =
+        std::thread::spawn(move || agent.request(json!({"op": "connect_echo", "port": 5000})));
     let (conn, _) = listener.accept().unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
     let mut writer = conn.try_clone().unwrap();
     let sent = data.clone();
     let w = std::thread::spawn(move || {
@@ -167,7 +186,11 @@ fn vsock_round_trips_one_mib_both_ways() {
     let mut reader = conn;
     reader.read_to_end(&mut back).unwrap();
     w.join().unwrap();
-    assert!(back == data, "guest-initiated echo corrupted data ({} bytes back)", back.len());
+    assert!(
+        back == data,
+        "guest-initiated echo corrupted data ({} bytes back)",
+        back.len()
+    );
     let r = ask.join().unwrap();
     assert_eq!(r["bytes"], 1 << 20, "{r}");
 
@@ -222,16 +245,28 @@ fn control_socket_pause_resume_and_graceful_shutdown() {
     assert_eq!(guest.control(json!({"cmd": "status"}))["state"], "paused");
     // While paused the guest does not answer; after resume it does.
     let mut agent_stream = guest.connect_nowait(vmlet_integration_tests::AGENT_PORT);
-    agent_stream.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
+    agent_stream
+        .set_read_timeout(Some(Duration::from_millis(1500)))
+        .unwrap();
     let mut b = [0u8; 1];
-    assert!(agent_stream.read(&mut b).is_err(), "a paused guest answered");
+    assert!(
+        agent_stream.read(&mut b).is_err(),
+        "a paused guest answered"
+    );
     assert_eq!(guest.control(json!({"cmd": "resume"}))["ok"], true);
     assert_eq!(guest.run_ok("echo alive").trim(), "alive");
     let bad = guest.control(json!({"cmd": "explode"}));
     assert_eq!(bad["ok"], false);
-    assert_eq!(guest.control(json!({"cmd": "shutdown", "timeout_ms": 30000}))["ok"], true);
+    assert_eq!(
+        guest.control(json!({"cmd": "shutdown", "timeout_ms": 30000}))["ok"],
+        true
+    );
     let status = guest.wait(EXIT_TIMEOUT);
-    assert_eq!(status.code(), Some(0), "graceful shutdown: guest powered off itself");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "graceful shutdown: guest powered off itself"
+    );
     assert!(!guest.control.exists(), "control socket removed on exit");
 }
 

@@ -10,6 +10,7 @@ use crate::devices::virtio::block::{Block, Disk, DiskError};
 use crate::devices::virtio::mmio::{MmioTransport, NOTIFY_REG_OFFSET};
 use crate::devices::virtio::net::Net;
 use crate::devices::virtio::rng::Rng;
+use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::{IrqTrigger, VirtioDevice};
 use crate::devices::Trigger;
 use crate::vstate::memory::{self, MemoryError};
@@ -280,7 +281,11 @@ pub fn build(
                 .map_err(|e| BuildError::Device(format!("net {}", n.tap), e.to_string()))?;
             wiring.add(&format!("net {}", n.tap), Arc::new(Mutex::new(net)))?;
         }
-        // VSOCK-WIRING
+        if let Some(v) = &config.vsock {
+            let vsock = Vsock::new(v.cid, &v.uds_path)
+                .map_err(|e| BuildError::Device("vsock".into(), e.to_string()))?;
+            wiring.add("vsock", Arc::new(Mutex::new(vsock)))?;
+        }
         if config.rng {
             let rng = Rng::new().map_err(|e| BuildError::Device("rng".into(), e.to_string()))?;
             wiring.add("rng", Arc::new(Mutex::new(rng)))?;

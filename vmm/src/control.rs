@@ -243,11 +243,17 @@ impl ControlServer {
     }
 
     /// Reads what the client sent; answers complete lines. Returns false when the
-    /// connection should close.
+    /// connection should close (the caller removes it from epoll before closing it).
     fn serve(&mut self, fd: i32) -> bool {
         let Some(mut conn) = self.conns.remove(&fd) else {
             return false;
         };
+        let open = self.serve_conn(&mut conn);
+        self.conns.insert(fd, conn);
+        open
+    }
+
+    fn serve_conn(&mut self, conn: &mut Conn) -> bool {
         let mut chunk = [0u8; 4096];
         let open = loop {
             match conn.stream.read(&mut chunk) {
@@ -274,13 +280,7 @@ impl ControlServer {
                 return false;
             }
         }
-        if conn.buf.len() > MAX_LINE {
-            return false;
-        }
-        if open {
-            self.conns.insert(fd, conn);
-        }
-        open
+        open && conn.buf.len() <= MAX_LINE
     }
 }
 
@@ -318,7 +318,10 @@ impl MutEventSubscriber for ControlServer {
         }
         let fd = events.fd();
         if !self.serve(fd) {
-            let _ = ops.remove(Events::empty_raw(fd));
+            // Leave epoll while the fd is still open, then close it.
+            if let Err(e) = ops.remove(Events::empty_raw(fd)) {
+                tracing::warn!("control connection: {e}");
+            }
             self.conns.remove(&fd);
         }
     }

@@ -47,7 +47,7 @@ pub fn run(config: &VmConfig) -> Result<i32, RunError> {
     };
     let vcpu_filter = filters.as_ref().map(|f| f.1.clone());
     let mut vmm = builder::build(config, move || match &vcpu_filter {
-        Some(f) => seccomp::apply(f).map_err(|e| e.to_string()),
+        Some(f) => seccomp::apply(ThreadKind::Vcpu, f).map_err(|e| e.to_string()),
         None => Ok(()),
     })?;
 
@@ -66,7 +66,7 @@ pub fn run(config: &VmConfig) -> Result<i32, RunError> {
     vmm.event_manager.add_subscriber(Arc::new(Mutex::new(exit)));
 
     if let Some((vmm_filter, _)) = &filters {
-        seccomp::apply(vmm_filter)?;
+        seccomp::apply(ThreadKind::Vmm, vmm_filter)?;
     }
     let mut code = None;
     while !exited.load(Ordering::SeqCst) {

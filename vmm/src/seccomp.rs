@@ -81,6 +81,7 @@ const VMM_SYSCALLS: &[i64] = &[
     libc::SYS_sendmsg,
     libc::SYS_sendto,
     libc::SYS_set_robust_list,
+    libc::SYS_setsockopt,
     libc::SYS_shutdown,
     libc::SYS_sigaltstack,
     libc::SYS_socket,
@@ -94,10 +95,17 @@ const VMM_SYSCALLS: &[i64] = &[
 ];
 
 /// Syscalls of a vCPU thread: `KVM_RUN` (and nothing else through ioctl),
-/// eventfd and console writes from device exits, and the runtime basics.
+/// eventfd and console writes from device exits, what a virtio device does when
+/// the driver activates or resets it from a register write (touch its backend
+/// sockets, close connections), and the runtime basics.
 const VCPU_SYSCALLS: &[i64] = &[
     libc::SYS_brk,
     libc::SYS_clock_gettime,
+    libc::SYS_close,
+    libc::SYS_fcntl,
+    libc::SYS_recvfrom,
+    libc::SYS_sendto,
+    libc::SYS_shutdown,
     libc::SYS_exit,
     libc::SYS_exit_group,
     libc::SYS_fsync,
@@ -139,10 +147,16 @@ pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
         ThreadKind::Vmm => allow_all(VMM_SYSCALLS),
         ThreadKind::Vcpu => allow_all(VCPU_SYSCALLS),
     };
-    if kind == ThreadKind::Vcpu {
-        let kvm_run = SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, KVM_RUN)?;
-        rules.insert(libc::SYS_ioctl, vec![SeccompRule::new(vec![kvm_run])?]);
-    }
+    let ioctl_is = |req: u64| -> Result<SeccompRule, SeccompError> {
+        let cond = SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, req)?;
+        Ok(SeccompRule::new(vec![cond])?)
+    };
+    let ioctls = match kind {
+        // std's `set_nonblocking` on accepted sockets uses FIONBIO.
+        ThreadKind::Vmm => vec![ioctl_is(libc::FIONBIO)?, ioctl_is(libc::FIOCLEX)?],
+        ThreadKind::Vcpu => vec![ioctl_is(KVM_RUN)?],
+    };
+    rules.insert(libc::SYS_ioctl, ioctls);
     let filter = SeccompFilter::new(
         rules,
         SeccompAction::Trap,
@@ -150,6 +164,12 @@ pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
         TargetArch::x86_64,
     )?;
     Ok(filter.try_into()?)
+}
+
+thread_local! {
+    /// The kind of filter this thread runs under, for the violation report:
+    /// b'm' (VMM), b'c' (vCPU), 0 before any filter.
+    static KIND: std::cell::Cell<u8> = const { std::cell::Cell::new(0) };
 }
 
 extern "C" fn report_violation(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
@@ -162,7 +182,12 @@ extern "C" fn report_violation(_: libc::c_int, info: *mut libc::siginfo_t, _: *m
         // at least 128 bytes long.
         unsafe { std::ptr::read_unaligned((info as *const u8).add(24) as *const i32) }
     };
-    let mut msg = *b"vmlet-vmm: seccomp: forbidden syscall 000000\n";
+    let mut msg = *b"vmlet-vmm: seccomp: forbidden syscall 000000 on a ? thread\n";
+    msg[50] = match KIND.with(|k| k.get()) {
+        b'm' => b'M',
+        b'c' => b'C',
+        _ => b'?',
+    };
     let mut n = nr.unsigned_abs();
     for i in (38..44).rev() {
         msg[i] = b'0' + (n % 10) as u8;
@@ -181,8 +206,15 @@ pub fn install_violation_handler() -> Result<(), SeccompError> {
         .map_err(SeccompError::Handler)
 }
 
-/// Installs `filter` on the calling thread (threads it spawns inherit it).
-pub fn apply(filter: &BpfProgram) -> Result<(), SeccompError> {
+/// Installs `filter` (built for `kind`) on the calling thread; threads it spawns
+/// inherit it.
+pub fn apply(kind: ThreadKind, filter: &BpfProgram) -> Result<(), SeccompError> {
+    KIND.with(|k| {
+        k.set(match kind {
+            ThreadKind::Vmm => b'm',
+            ThreadKind::Vcpu => b'c',
+        })
+    });
     seccompiler::apply_filter(filter)?;
     Ok(())
 }
@@ -214,7 +246,7 @@ mod tests {
         for kind in [ThreadKind::Vmm, ThreadKind::Vcpu] {
             let prog = filter(kind).unwrap();
             let code = in_child(|| {
-                if apply(&prog).is_err() {
+                if apply(kind, &prog).is_err() {
                     return 1;
                 }
                 // Allowed: getpid-free path, a plain write to stderr of nothing.
@@ -234,7 +266,7 @@ mod tests {
         install_violation_handler().unwrap();
         let prog = filter(ThreadKind::Vcpu).unwrap();
         let code = in_child(|| {
-            if apply(&prog).is_err() {
+            if apply(ThreadKind::Vcpu, &prog).is_err() {
                 return 1;
             }
             // KVM_RUN on a bad fd is allowed through the filter and fails with EBADF.
@@ -255,7 +287,7 @@ mod tests {
     fn allowed_calls_pass() {
         let prog = filter(ThreadKind::Vmm).unwrap();
         let code = in_child(|| {
-            if apply(&prog).is_err() {
+            if apply(ThreadKind::Vmm, &prog).is_err() {
                 return 1;
             }
             // SAFETY: getpid and a zero-length write are harmless.

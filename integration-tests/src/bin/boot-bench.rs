@@ -57,7 +57,13 @@ fn vmlet_cmd(a: &Args) -> Command {
         .arg(&a.kernel)
         .arg("--initramfs")
         .arg(&a.initramfs)
-        .args(["--mem-mib", &MEM_MIB.to_string(), "--vcpus", "1", "--no-rng"])
+        .args([
+            "--mem-mib",
+            &MEM_MIB.to_string(),
+            "--vcpus",
+            "1",
+            "--no-rng",
+        ])
         .args(["--cmdline", CMDLINE, "--serial", "stdout"]);
     c
 }
@@ -127,7 +133,9 @@ struct Sample {
 }
 
 fn measure(mut cmd: Command) -> Result<Sample, String> {
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
     let start = Instant::now();
     let mut child: Child = cmd.spawn().map_err(|e| format!("spawn: {e}"))?;
     let pid = child.id();
@@ -182,7 +190,10 @@ fn main() {
     };
     let (mut ours, mut qemu, mut ours_mem, mut qemu_mem) = (vec![], vec![], vec![], vec![]);
     for i in 0..args.runs {
-        for (name, cmd) in [("vmlet-vmm", vmlet_cmd(&args)), ("qemu-microvm", qemu_cmd(&args))] {
+        for (name, cmd) in [
+            ("vmlet-vmm", vmlet_cmd(&args)),
+            ("qemu-microvm", qemu_cmd(&args)),
+        ] {
             match measure(cmd) {
                 Ok(s) => {
                     println!(

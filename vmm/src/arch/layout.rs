@@ -56,6 +56,12 @@ pub const IOAPIC_PINS: u32 = 24;
 /// Most vCPUs the MP table in the EBDA has room for.
 pub const MAX_VCPUS: u8 = 32;
 
+// The PVH structures (56-byte start info, 32-byte module entries, 24-byte memory
+// map entries) must not overlap each other or the command line.
+const _: () = assert!(PVH_INFO_START + 56 <= PVH_MODLIST_START);
+const _: () = assert!(PVH_MODLIST_START + 32 <= PVH_MEMMAP_START);
+const _: () = assert!(PVH_MEMMAP_START + 24 * PVH_MEMMAP_MAX_ENTRIES as u64 <= CMDLINE_START);
+
 /// RAM ranges `(start, size)` for `mem_size` bytes of guest memory, split around the
 /// 32-bit MMIO gap.
 pub fn ram_ranges(mem_size: u64) -> Vec<(u64, u64)> {
@@ -83,12 +89,5 @@ mod tests {
                 (MMIO_GAP_END, (4 << 30) - MMIO_GAP_START)
             ]
         );
-    }
-
-    #[test]
-    fn pvh_tables_do_not_overlap() {
-        assert!(PVH_INFO_START + 56 <= PVH_MODLIST_START);
-        assert!(PVH_MODLIST_START + 32 <= PVH_MEMMAP_START);
-        assert!(PVH_MEMMAP_START + 24 * PVH_MEMMAP_MAX_ENTRIES as u64 <= CMDLINE_START);
     }
 }

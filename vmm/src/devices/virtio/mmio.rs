@@ -252,7 +252,7 @@ impl BusDevice for MmioTransport {
                 .read_config(offset - CONFIG_SPACE_OFFSET, data);
             return;
         }
-        if data.len() != 4 || offset % 4 != 0 {
+        if data.len() != 4 || !offset.is_multiple_of(4) {
             data.fill(0);
             return;
         }
@@ -268,7 +268,7 @@ impl BusDevice for MmioTransport {
         let Ok(bytes) = <[u8; 4]>::try_from(data) else {
             return;
         };
-        if offset % 4 == 0 && self.status & STATUS_FAILED == 0 || offset == 0x70 {
+        if offset.is_multiple_of(4) && (self.status & STATUS_FAILED == 0 || offset == 0x70) {
             self.write_reg(offset, u32::from_le_bytes(bytes));
         }
     }

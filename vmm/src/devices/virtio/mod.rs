@@ -137,6 +137,32 @@ pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
     data[..n].copy_from_slice(&config[offset..offset + n]);
 }
 
+/// A descriptor chain popped from a queue, borrowing guest memory.
+pub type Chain<'a> = virtio_queue::DescriptorChain<&'a GuestMemoryMmap>;
+
+/// Drains `queue`, handing each chain to `handle` (which returns the number of
+/// bytes it wrote into the chain) and returning the chain as used. Returns true
+/// if the driver wants an interrupt. A malformed ring stops the drain; it never
+/// loops or panics, since virtio-queue bounds every chain by the queue size.
+pub fn drain_queue(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    mut handle: impl FnMut(Chain<'_>, &GuestMemoryMmap) -> u32,
+) -> bool {
+    use virtio_queue::QueueT;
+    let mut used_any = false;
+    while let Some(chain) = queue.pop_descriptor_chain(mem) {
+        let head = chain.head_index();
+        let len = handle(chain, mem);
+        if let Err(e) = queue.add_used(mem, head, len) {
+            tracing::warn!("returning a used descriptor: {e}");
+            break;
+        }
+        used_any = true;
+    }
+    used_any && queue.needs_notification(mem).unwrap_or(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,30 +189,4 @@ mod tests {
         irq.ack(INT_VRING);
         assert_eq!(irq.status(), INT_CONFIG);
     }
-}
-
-/// A descriptor chain popped from a queue, borrowing guest memory.
-pub type Chain<'a> = virtio_queue::DescriptorChain<&'a GuestMemoryMmap>;
-
-/// Drains `queue`, handing each chain to `handle` (which returns the number of
-/// bytes it wrote into the chain) and returning the chain as used. Returns true
-/// if the driver wants an interrupt. A malformed ring stops the drain; it never
-/// loops or panics, since virtio-queue bounds every chain by the queue size.
-pub fn drain_queue(
-    queue: &mut Queue,
-    mem: &GuestMemoryMmap,
-    mut handle: impl FnMut(Chain<'_>, &GuestMemoryMmap) -> u32,
-) -> bool {
-    use virtio_queue::QueueT;
-    let mut used_any = false;
-    while let Some(chain) = queue.pop_descriptor_chain(mem) {
-        let head = chain.head_index();
-        let len = handle(chain, mem);
-        if let Err(e) = queue.add_used(mem, head, len) {
-            tracing::warn!("returning a used descriptor: {e}");
-            break;
-        }
-        used_any = true;
-    }
-    used_any && queue.needs_notification(mem).unwrap_or(true)
 }

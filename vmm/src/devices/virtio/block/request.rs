@@ -29,7 +29,7 @@ fn check_range(disk: &Disk, sector: u64, len: usize) -> bool {
     let Some(start) = sector.checked_mul(SECTOR_SIZE) else {
         return false;
     };
-    len as u64 % SECTOR_SIZE == 0
+    (len as u64).is_multiple_of(SECTOR_SIZE)
         && start
             .checked_add(len as u64)
             .is_some_and(|end| end <= disk.sectors() * SECTOR_SIZE)
