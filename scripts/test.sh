@@ -33,5 +33,5 @@ export VMLET_KERNEL=$kernel
 export VMLET_TEST_INITRAMFS=$initramfs
 export VMLET_VMM=$repo/target/debug/vmlet-vmm
 scripts/with-kvm.sh --timeout 3600 -- \
-    cargo test --offline -p vmlet-integration-tests -- --test-threads=2
+    cargo test --offline -p vmlet-integration-tests -- --test-threads=1
 step "all tests passed"

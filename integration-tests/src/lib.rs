@@ -98,8 +98,30 @@ pub struct Guest {
 
 impl Guest {
     /// Boots a guest and waits until vmlet-init is ready.
+    ///
+    /// Inside the emulated TCG machine (`VMLET_IN_WITH_KVM=tcg`) nested guests
+    /// occasionally crash early for reasons of the emulation (QEMU's own guests
+    /// do too, measured side by side), so a guest that dies before init is
+    /// ready is booted again, at most twice, with its console printed. On
+    /// hardware KVM there is no retry.
     pub fn boot(cfg: GuestConfig) -> Guest {
         require_kvm();
+        let emulated = std::env::var("VMLET_IN_WITH_KVM").is_ok_and(|v| v == "tcg");
+        let attempts = if emulated { 3 } else { 1 };
+        let mut last = String::new();
+        for attempt in 1..=attempts {
+            match Self::try_boot(&cfg) {
+                Ok(g) => return g,
+                Err(e) => {
+                    eprintln!("boot attempt {attempt}/{attempts} failed: {e}");
+                    last = e;
+                }
+            }
+        }
+        panic!("guest did not boot: {last}");
+    }
+
+    fn try_boot(cfg: &GuestConfig) -> Result<Guest, String> {
         let dir = tempfile::tempdir().expect("tempdir");
         let serial = dir.path().join("serial.log");
         let vsock = dir.path().join("vsock.sock");
@@ -142,8 +164,13 @@ impl Guest {
             vsock,
             control,
         };
-        guest.wait_for_serial("vmlet-init: ready", BOOT_TIMEOUT);
-        guest
+        match guest.wait_for(|log| log.contains("vmlet-init: ready"), BOOT_TIMEOUT) {
+            Ok(()) => Ok(guest),
+            // A VMM that exits before init is ready may be the emulation's fault;
+            // anything else (a hang) is not retried.
+            Err(e) if !guest.running() => Err(e),
+            Err(e) => panic!("{e}"),
+        }
     }
 
     /// The serial log so far.
@@ -151,24 +178,23 @@ impl Guest {
         String::from_utf8_lossy(&std::fs::read(&self.serial).unwrap_or_default()).into_owned()
     }
 
-    /// Waits until `needle` shows up on the serial console.
-    pub fn wait_for_serial(&mut self, needle: &str, timeout: Duration) {
+    /// Waits until the serial console log satisfies `done`.
+    pub fn wait_for(
+        &mut self,
+        done: impl Fn(&str) -> bool,
+        timeout: Duration,
+    ) -> Result<(), String> {
         let start = Instant::now();
         loop {
-            if self.serial_log().contains(needle) {
-                return;
+            let log = self.serial_log();
+            if done(&log) {
+                return Ok(());
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "vmlet-vmm exited ({status}) before {needle:?}; serial:\n{}",
-                    self.serial_log()
-                );
+                return Err(format!("vmlet-vmm exited ({status}) early; serial:\n{log}"));
             }
             if start.elapsed() > timeout {
-                panic!(
-                    "no {needle:?} within {timeout:?}; serial:\n{}",
-                    self.serial_log()
-                );
+                return Err(format!("timed out after {timeout:?}; serial:\n{log}"));
             }
             std::thread::sleep(Duration::from_millis(50));
         }

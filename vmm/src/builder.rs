@@ -244,8 +244,11 @@ pub fn build(
     let serial = SerialConsole::new(serial_irq, serial_output(config)?);
     pio.insert(Arc::new(Mutex::new(serial)), 0x3f8, 8)
         .map_err(|e| BuildError::Device("serial".into(), e.to_string()))?;
-    let reset = eventfd()?;
-    let reset_evt = reset.0.try_clone().map_err(BuildError::EventFd)?;
+    let reset = ResetLine {
+        evt: eventfd()?.0,
+        control: control.clone(),
+    };
+    let reset_evt = reset.evt.try_clone().map_err(BuildError::EventFd)?;
     pio.insert(Arc::new(Mutex::new(I8042::new(reset))), 0x60, 5)
         .map_err(|e| BuildError::Device("i8042".into(), e.to_string()))?;
     event_manager.add_subscriber(Arc::new(Mutex::new(ResetWatcher {
@@ -331,6 +334,24 @@ pub fn build(
         _vm: vm,
         _mem: mem,
     })
+}
+
+/// The i8042 reset line: records that the guest asked for a reset (so the triple
+/// fault that may follow is not taken for a crash) and wakes the event loop.
+struct ResetLine {
+    evt: vmm_sys_util::eventfd::EventFd,
+    control: Arc<VcpuControl>,
+}
+
+impl vm_superio::Trigger for ResetLine {
+    type E = std::io::Error;
+
+    fn trigger(&self) -> std::io::Result<()> {
+        self.control
+            .reset_requested
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.evt.write(1)
+    }
 }
 
 /// Ends the VM when the guest resets the CPU through the i8042.

@@ -7,7 +7,7 @@ use crate::arch::{cpuid, regs};
 use crate::devices::bus::Bus;
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use std::cell::Cell;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -67,6 +67,9 @@ pub struct VcpuControl {
     /// Signalled (by any vCPU) when the VM should end; `exit_code` says why.
     pub exit_evt: EventFd,
     exit_code: AtomicI32,
+    /// Set when the guest asked for a reset (i8042); a triple fault after that is
+    /// the expected end of a reboot, before it a crash.
+    pub reset_requested: AtomicBool,
 }
 
 impl VcpuControl {
@@ -80,6 +83,7 @@ impl VcpuControl {
             changed: Condvar::new(),
             exit_evt: EventFd::new(libc::EFD_NONBLOCK)?,
             exit_code: AtomicI32::new(exit_code::GUEST_SHUTDOWN),
+            reset_requested: AtomicBool::new(false),
         })
     }
 
@@ -221,8 +225,13 @@ impl Vcpu {
                         self.mmio.write(addr, data);
                     }
                     VcpuExit::Shutdown | VcpuExit::Hlt => {
-                        tracing::info!("vCPU {}: guest shut down", self.index);
-                        self.control.request_exit(exit_code::GUEST_SHUTDOWN);
+                        if self.control.reset_requested.load(Ordering::SeqCst) {
+                            tracing::info!("vCPU {}: guest reset", self.index);
+                            self.control.request_exit(exit_code::GUEST_SHUTDOWN);
+                        } else {
+                            tracing::error!("vCPU {}: guest triple fault (crash)", self.index);
+                            self.control.request_exit(exit_code::ERROR);
+                        }
                         break;
                     }
                     VcpuExit::SystemEvent(kind, _) => {

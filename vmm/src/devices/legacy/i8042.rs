@@ -2,24 +2,26 @@
 //! uses: writing 0xfe to port 0x64 pulses the CPU reset line, which ends the VM.
 
 use crate::devices::bus::BusDevice;
-use crate::devices::Trigger;
-use vm_superio::I8042Device;
+use vm_superio::{I8042Device, Trigger};
 
 /// i8042 at ports 0x60-0x64.
-pub struct I8042 {
-    inner: I8042Device<Trigger>,
+pub struct I8042<T: Trigger> {
+    inner: I8042Device<T>,
 }
 
-impl I8042 {
+impl<T: Trigger> I8042<T> {
     /// A controller that signals `reset` when the guest resets the CPU.
-    pub fn new(reset: Trigger) -> Self {
+    pub fn new(reset: T) -> Self {
         I8042 {
             inner: I8042Device::new(reset),
         }
     }
 }
 
-impl BusDevice for I8042 {
+impl<T: Trigger + Send> BusDevice for I8042<T>
+where
+    T::E: std::fmt::Display,
+{
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         if let (Ok(offset), [b]) = (u8::try_from(offset), data) {
             *b = self.inner.read(offset);
@@ -38,6 +40,7 @@ impl BusDevice for I8042 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::devices::Trigger;
 
     #[test]
     fn reset_command_signals() {
