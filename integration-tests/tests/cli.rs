@@ -73,6 +73,19 @@ fn busy_control_socket() {
 }
 
 #[test]
+fn busy_vsock_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vsock.sock");
+    let _live = UnixListener::bind(&path).unwrap();
+    let k = kernel();
+    let vsock = format!("cid=3,uds={}", path.display());
+    assert_one_line_error(
+        &["--kernel", k.to_str().unwrap(), "--vsock", &vsock],
+        "vsock",
+    );
+}
+
+#[test]
 fn no_kvm_device() {
     // Hide /dev/kvm in a private mount namespace.
     let k = kernel();

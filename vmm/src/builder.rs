@@ -30,8 +30,9 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 /// The kernel command line vmlet always passes. `reboot=k` makes a guest reboot
 /// or poweroff go through the i8042 reset, which ends the VMM.
+/// (The guest kernel has neither PCI nor modules, so no `pci=off`/`nomodules`.)
 pub const BASE_CMDLINE: &str =
-    "console=ttyS0 reboot=k panic=1 pci=off nomodules 8250.nr_uarts=1 tsc=reliable no_timer_check";
+    "console=ttyS0 reboot=k panic=1 8250.nr_uarts=1 tsc=reliable no_timer_check";
 
 /// The event loop's subscriber type.
 pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
@@ -220,6 +221,7 @@ pub fn build(
     vcpu_setup: impl Fn() -> Result<(), String> + Clone + Send + 'static,
 ) -> Result<Vmm, BuildError> {
     config.validate()?;
+    let started = std::time::Instant::now();
     let mem_size = config.mem_mib << 20;
     let vm = Vm::new()?;
     let mem = memory::create(mem_size)?;
@@ -321,6 +323,11 @@ pub fn build(
         handles.push(vcpu.start(vcpu_setup.clone())?);
     }
     let vcpus = Vcpus::new(handles, control.clone());
+    tracing::info!(
+        "VM built and {} vCPU(s) started in {:?}",
+        config.vcpus,
+        started.elapsed()
+    );
     Ok(Vmm {
         event_manager,
         parts: Arc::new(VmParts {

@@ -129,7 +129,7 @@ pub enum ConfigError {
     #[error("invalid MAC address {0:?} (expected aa:bb:cc:dd:ee:ff)")]
     Mac(String),
     /// Bad vsock CID.
-    #[error("vsock cid must be at least 3, got {0}")]
+    #[error("vsock cid must be between 3 and 4294967294, got {0}")]
     Cid(u64),
     /// More devices than IRQ lines.
     #[error("too many devices: {0} virtio devices, at most {1}")]
@@ -206,7 +206,7 @@ impl VmConfig {
             }
         }
         if let Some(v) = &self.vsock {
-            if v.cid < 3 || v.cid > u64::from(u32::MAX) {
+            if v.cid < 3 || v.cid >= u64::from(u32::MAX) {
                 return Err(ConfigError::Cid(v.cid));
             }
         }
