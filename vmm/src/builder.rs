@@ -13,6 +13,7 @@ use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::{IrqTrigger, VirtioDevice};
 use crate::devices::Trigger;
+use crate::image::MappedImage;
 use crate::vstate::memory::{self, MemoryError};
 use crate::vstate::vcpu::{install_kick_handler, Vcpu, VcpuControl, VcpuError, Vcpus};
 use crate::vstate::vm::{Vm, VmError};
@@ -23,7 +24,7 @@ use linux_loader::loader::elf::{Elf, PvhBootCapability};
 use linux_loader::loader::KernelLoader;
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::Write;
+use std::io::{Seek, Write};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -136,15 +137,21 @@ fn load_initramfs(
     kernel_end: u64,
 ) -> Result<pvh::Initrd, BuildError> {
     let err = |m: String| BuildError::Initramfs(path.clone(), m);
-    let mut file = File::open(path).map_err(|e| err(e.to_string()))?;
-    let size = file.metadata().map_err(|e| err(e.to_string()))?.len();
+    let file = File::open(path).map_err(|e| err(e.to_string()))?;
+    let mut image = MappedImage::new(file).map_err(|e| err(e.to_string()))?;
+    let size = image
+        .seek(std::io::SeekFrom::End(0))
+        .map_err(|e| err(e.to_string()))?;
+    image
+        .seek(std::io::SeekFrom::Start(0))
+        .map_err(|e| err(e.to_string()))?;
     let low_end = mem_size.min(MMIO_GAP_START);
     let addr = low_end
         .checked_sub(size)
         .map(|a| a & !0xfff)
         .filter(|a| *a >= kernel_end)
         .ok_or_else(|| err(format!("{size} bytes do not fit in guest memory")))?;
-    mem.read_exact_volatile_from(GuestAddress(addr), &mut file, size as usize)
+    mem.read_exact_volatile_from(GuestAddress(addr), &mut image, size as usize)
         .map_err(|e| err(e.to_string()))?;
     Ok(pvh::Initrd { addr, size })
 }

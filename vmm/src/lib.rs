@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod devices;
+pub mod image;
 pub mod runner;
 pub mod seccomp;
 pub mod vstate;
