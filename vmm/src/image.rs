@@ -105,8 +105,8 @@ impl ReadVolatile for MappedImage {
         let mut done = 0u64;
         let mappable = want.min(self.len.saturating_sub(self.pos)) & !(PAGE - 1);
         if mappable > 0
-            && self.pos % PAGE == 0
-            && (dst as u64) % PAGE == 0
+            && self.pos.is_multiple_of(PAGE)
+            && (dst as u64).is_multiple_of(PAGE)
             && self.map_at(dst, mappable)
         {
             self.pos += mappable;
