@@ -96,21 +96,36 @@ fn qemu_cmd(a: &Args) -> Command {
     c
 }
 
-/// Rss (KiB) of the mapping exactly `MEM_MIB` MiB long: the guest memory.
+/// Resident KiB of guest memory: the run of adjacent mappings that together
+/// span exactly `MEM_MIB` MiB (vmlet-vmm maps kernel and initramfs pages into its
+/// guest memory, which splits that mapping; QEMU's is a single one).
 fn guest_rss_kib(pid: u32) -> Option<u64> {
     let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).ok()?;
-    let mut in_guest = false;
+    let mut vmas: Vec<(u64, u64, u64)> = Vec::new(); // start, end, rss
     for line in smaps.lines() {
-        if let Some((range, _)) = line.split_once(' ') {
-            if let Some((s, e)) = range.split_once('-') {
-                if let (Ok(s), Ok(e)) = (u64::from_str_radix(s, 16), u64::from_str_radix(e, 16)) {
-                    in_guest = e - s == MEM_MIB << 20;
-                    continue;
-                }
+        let first = line.split_whitespace().next().unwrap_or("");
+        if let Some((s, e)) = first.split_once('-') {
+            if let (Ok(s), Ok(e)) = (u64::from_str_radix(s, 16), u64::from_str_radix(e, 16)) {
+                vmas.push((s, e, 0));
+                continue;
             }
         }
-        if in_guest && line.starts_with("Rss:") {
-            return line.split_whitespace().nth(1)?.parse().ok();
+        if line.starts_with("Rss:") {
+            let kib = line.split_whitespace().nth(1)?.parse().ok()?;
+            vmas.last_mut()?.2 = kib;
+        }
+    }
+    let target = MEM_MIB << 20;
+    for i in 0..vmas.len() {
+        let (start, mut end, mut rss) = vmas[i];
+        let mut j = i + 1;
+        while end - start < target && j < vmas.len() && vmas[j].0 == end {
+            end = vmas[j].1;
+            rss += vmas[j].2;
+            j += 1;
+        }
+        if end - start == target {
+            return Some(rss);
         }
     }
     None

@@ -93,6 +93,12 @@ pub enum ActivateError {
     Backend(String),
 }
 
+/// Takes exactly `N` queues from those the transport activated.
+pub fn take_queues<const N: usize>(queues: Vec<Queue>) -> Result<[Queue; N], ActivateError> {
+    let got = queues.len();
+    <[Queue; N]>::try_from(queues).map_err(|_| ActivateError::QueueCount { expected: N, got })
+}
+
 /// What the virtio-mmio transport needs from a device.
 pub trait VirtioDevice: Send {
     /// virtio device type ID.

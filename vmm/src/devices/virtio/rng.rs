@@ -1,6 +1,9 @@
 //! virtio-rng: fills guest buffers from the host's `getrandom(2)`.
 
-use super::{device_type, drain_queue, ActivateError, Chain, IrqTrigger, VirtioDevice, INT_VRING};
+use super::{
+    device_type, drain_queue, take_queues, ActivateError, Chain, IrqTrigger, VirtioDevice,
+    INT_VRING,
+};
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use std::io::Write;
 use std::sync::Arc;
@@ -89,17 +92,10 @@ impl VirtioDevice for Rng {
     fn activate(
         &mut self,
         mem: GuestMemoryMmap,
-        mut queues: Vec<Queue>,
+        queues: Vec<Queue>,
         irq: Arc<IrqTrigger>,
     ) -> Result<(), ActivateError> {
-        let queue =
-            queues
-                .pop()
-                .filter(|_| queues.is_empty())
-                .ok_or(ActivateError::QueueCount {
-                    expected: 1,
-                    got: queues.len() + 1,
-                })?;
+        let [queue] = take_queues(queues)?;
         self.active = Some(Active { mem, queue, irq });
         Ok(())
     }

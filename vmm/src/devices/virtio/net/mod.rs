@@ -26,7 +26,7 @@ const TAP_EVENT: u32 = 2;
 
 struct Active {
     mem: GuestMemoryMmap,
-    queues: Vec<Queue>,
+    queues: [Queue; 2],
     irq: Arc<IrqTrigger>,
 }
 
@@ -174,12 +174,7 @@ impl VirtioDevice for Net {
         queues: Vec<Queue>,
         irq: Arc<IrqTrigger>,
     ) -> Result<(), ActivateError> {
-        if queues.len() != QUEUE_SIZES.len() {
-            return Err(ActivateError::QueueCount {
-                expected: QUEUE_SIZES.len(),
-                got: queues.len(),
-            });
-        }
+        let queues = super::take_queues::<2>(queues)?;
         self.active = Some(Active { mem, queues, irq });
         // Frames may have queued on the tap before the driver was ready.
         self.process_rx();

@@ -259,10 +259,7 @@ impl VirtioDevice for Vsock {
         queues: Vec<Queue>,
         irq: Arc<IrqTrigger>,
     ) -> Result<(), ActivateError> {
-        let got = queues.len();
-        let Ok([rx, tx, _ev]) = <[Queue; 3]>::try_from(queues) else {
-            return Err(ActivateError::QueueCount { expected: 3, got });
-        };
+        let [rx, tx, _ev] = super::take_queues(queues)?;
         self.active = Some(Active { mem, rx, tx, irq });
         Ok(())
     }
