@@ -120,10 +120,12 @@ fn eventfd() -> Result<Trigger, BuildError> {
 }
 
 fn load_kernel(config: &VmConfig, mem: &GuestMemoryMmap) -> Result<(u64, u64), BuildError> {
-    let mut file =
-        File::open(&config.kernel).map_err(|e| BuildError::KernelOpen(config.kernel.clone(), e))?;
-    let result = Elf::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START)))
+    let open_err = |e| BuildError::KernelOpen(config.kernel.clone(), e);
+    let file = File::open(&config.kernel).map_err(open_err)?;
+    let mut image = MappedImage::new(file).map_err(open_err)?;
+    let result = Elf::load(mem, None, &mut image, Some(GuestAddress(HIMEM_START)))
         .map_err(|e| BuildError::KernelLoad(config.kernel.clone(), e))?;
+    tracing::debug!("kernel: {} bytes mapped", image.mapped_bytes());
     match result.pvh_boot_cap {
         PvhBootCapability::PvhEntryPresent(entry) => Ok((entry.0, result.kernel_end)),
         _ => Err(BuildError::NoPvh(config.kernel.clone())),
