@@ -1,7 +1,9 @@
 //! Guest RAM: anonymous private mappings, split around the 32-bit MMIO gap.
 
 use crate::arch::layout::ram_ranges;
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::{
+    GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress,
+};
 
 /// Errors creating guest memory.
 #[derive(Debug, thiserror::Error)]
@@ -22,8 +24,22 @@ pub fn create(mem_size: u64) -> Result<GuestMemoryMmap, MemoryError> {
         .into_iter()
         .map(|(start, size)| (GuestAddress(start), size as usize))
         .collect();
-    GuestMemoryMmap::from_ranges(&ranges).map_err(|source| MemoryError::Map {
+    let mem = GuestMemoryMmap::from_ranges(&ranges).map_err(|source| MemoryError::Map {
         size_mib: mem_size >> 20,
         source,
-    })
+    })?;
+    for region in mem.iter() {
+        let Ok(host) = region.get_host_address(MemoryRegionAddress(0)) else {
+            continue;
+        };
+        // Transparent huge pages let KVM map guest RAM with 2 MiB pages: fewer
+        // nested page faults while the guest boots. Advice only; failure is fine.
+        // SAFETY: the range is exactly one mapping owned by `mem`; madvise does
+        // not change its contents.
+        let r = unsafe { libc::madvise(host.cast(), region.len() as usize, libc::MADV_HUGEPAGE) };
+        if r != 0 {
+            tracing::debug!("MADV_HUGEPAGE: {}", std::io::Error::last_os_error());
+        }
+    }
+    Ok(mem)
 }
