@@ -350,3 +350,33 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    //! Arbitrary TX buffers from the guest: parsing never panics, and an accepted
+    //! packet's payload always fits what the guest actually provided.
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+        #[test]
+        fn arbitrary_buffers_never_panic(
+            mut bytes in proptest::collection::vec(any::<u8>(), 0..512),
+            stream in any::<bool>(),
+            op in 0u16..9,
+            claimed_extra in 0usize..64,
+        ) {
+            if bytes.len() >= HDR_LEN && stream {
+                bytes[28..30].copy_from_slice(&TYPE_STREAM.to_le_bytes());
+                bytes[30..32].copy_from_slice(&op.to_le_bytes());
+            }
+            let mut data = vec![0u8; MAX_PKT_DATA];
+            // The guest's descriptors may claim more than they hold.
+            let available = bytes.len() + claimed_extra;
+            if let Ok((hdr, _op)) = read_packet(&mut bytes.as_slice(), available, &mut data) {
+                prop_assert!(HDR_LEN + hdr.len as usize <= bytes.len());
+            }
+        }
+    }
+}
