@@ -279,3 +279,14 @@ fn shutdown_of_an_unresponsive_guest_is_forced_after_the_timeout() {
     let status = guest.wait(EXIT_TIMEOUT);
     assert_eq!(status.code(), Some(2), "forced stop exits with 2");
 }
+
+#[test]
+fn sigterm_stops_the_vm_and_removes_its_sockets() {
+    let mut guest = Guest::boot(GuestConfig::default());
+    assert!(guest.control.exists() && guest.vsock.exists());
+    guest.signal(libc::SIGTERM);
+    let status = guest.wait(EXIT_TIMEOUT);
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM));
+    assert!(!guest.control.exists(), "control socket left behind");
+    assert!(!guest.vsock.exists(), "vsock socket left behind");
+}

@@ -3,7 +3,8 @@
 //! non-zero.
 //!
 //! Exit status: 0 the guest powered off or reset; 1 error; 2 the guest did not
-//! power off within the graceful-shutdown timeout and was stopped.
+//! power off within the graceful-shutdown timeout and was stopped; 128 + N when
+//! signal N (SIGTERM, SIGINT) stopped it.
 
 use crate::config::{DriveConfig, NetConfig, SerialOutput, VmConfig, VsockConfig};
 use clap::Parser;

@@ -14,4 +14,5 @@ pub mod devices;
 pub mod image;
 pub mod runner;
 pub mod seccomp;
+pub mod signals;
 pub mod vstate;

@@ -5,9 +5,10 @@ use crate::builder::{self, BuildError};
 use crate::config::VmConfig;
 use crate::control::{bind_unix, ControlServer, Lifecycle};
 use crate::seccomp::{self, ThreadKind};
+use crate::signals::TermSignals;
 use crate::vstate::vcpu::{exit_code, VcpuControl};
 use event_manager::{EventOps, Events, MutEventSubscriber, SubscriberOps};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use vmm_sys_util::epoll::EventSet;
@@ -24,6 +25,9 @@ pub enum RunError {
     /// The control socket could not be set up.
     #[error(transparent)]
     Control(#[from] crate::control::ControlError),
+    /// Termination signals could not be redirected to the event loop.
+    #[error("setting up signal handling: {0}")]
+    Signals(std::io::Error),
     /// Seccomp could not be set up.
     #[error(transparent)]
     Seccomp(#[from] seccomp::SeccompError),
@@ -45,6 +49,10 @@ pub fn run(config: &VmConfig) -> Result<i32, RunError> {
     } else {
         None
     };
+    // Block the termination signals before any thread exists, so all inherit it.
+    let exited = Arc::new(AtomicBool::new(false));
+    let signal = Arc::new(AtomicI32::new(0));
+    let term = TermSignals::new(exited.clone(), signal.clone()).map_err(RunError::Signals)?;
     let vcpu_filter = filters.as_ref().map(|f| f.1.clone());
     let mut vmm = builder::build(config, move || match &vcpu_filter {
         Some(f) => seccomp::apply(ThreadKind::Vcpu, f).map_err(|e| e.to_string()),
@@ -60,10 +68,10 @@ pub fn run(config: &VmConfig) -> Result<i32, RunError> {
     let control = vmm.parts.control.clone();
     let exit = ExitWatch {
         control: control.clone(),
-        exited: Arc::new(AtomicBool::new(false)),
+        exited: exited.clone(),
     };
-    let exited = exit.exited.clone();
     vmm.event_manager.add_subscriber(Arc::new(Mutex::new(exit)));
+    vmm.event_manager.add_subscriber(Arc::new(Mutex::new(term)));
 
     if let Some((vmm_filter, _)) = &filters {
         seccomp::apply(ThreadKind::Vmm, vmm_filter)?;
@@ -86,6 +94,10 @@ pub fn run(config: &VmConfig) -> Result<i32, RunError> {
         }
     }
     vmm.parts.vcpus.stop();
+    let signal = signal.load(Ordering::SeqCst);
+    if signal != 0 {
+        return Ok(128 + signal);
+    }
     Ok(code.unwrap_or_else(|| control.exit_code()))
 }
 
