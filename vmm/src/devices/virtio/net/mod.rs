@@ -42,6 +42,17 @@ pub struct Net {
     buf: Vec<u8>,
 }
 
+/// Errors creating a network card.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// The tap device cannot be used.
+    #[error(transparent)]
+    Tap(#[from] TapError),
+    /// A queue eventfd cannot be created.
+    #[error("creating a queue eventfd: {0}")]
+    EventFd(std::io::Error),
+}
+
 fn random_mac() -> [u8; 6] {
     let mut mac = [0u8; 6];
     // SAFETY: `mac` is valid writable memory of the given length.
@@ -55,9 +66,9 @@ fn random_mac() -> [u8; 6] {
 
 impl Net {
     /// A card on tap `tap_name` with `mac` (random if `None`).
-    pub fn new(tap_name: &str, mac: Option<[u8; 6]>) -> Result<Self, TapError> {
+    pub fn new(tap_name: &str, mac: Option<[u8; 6]>) -> Result<Self, NetError> {
         let tap = Tap::open(tap_name)?;
-        let evt = || EventFd::new(libc::EFD_NONBLOCK).map_err(TapError::Open);
+        let evt = || EventFd::new(libc::EFD_NONBLOCK).map_err(NetError::EventFd);
         Ok(Net {
             tap,
             mac: mac.unwrap_or_else(random_mac),
