@@ -24,7 +24,7 @@ use linux_loader::loader::elf::{Elf, PvhBootCapability};
 use linux_loader::loader::KernelLoader;
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{Seek, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -141,12 +141,7 @@ fn load_initramfs(
     let err = |m: String| BuildError::Initramfs(path.clone(), m);
     let file = File::open(path).map_err(|e| err(e.to_string()))?;
     let mut image = MappedImage::new(file).map_err(|e| err(e.to_string()))?;
-    let size = image
-        .seek(std::io::SeekFrom::End(0))
-        .map_err(|e| err(e.to_string()))?;
-    image
-        .seek(std::io::SeekFrom::Start(0))
-        .map_err(|e| err(e.to_string()))?;
+    let size = image.len();
     let low_end = mem_size.min(MMIO_GAP_START);
     let addr = low_end
         .checked_sub(size)
@@ -391,12 +386,5 @@ impl MutEventSubscriber for ResetWatcher {
         )) {
             tracing::error!("watching the reset line: {e}");
         }
-    }
-}
-
-impl Vmm {
-    /// Guest memory size and vCPU count, for status reports.
-    pub fn summary(&self) -> (u64, u8) {
-        (self.parts.mem_mib, self.parts.vcpu_count)
     }
 }

@@ -210,11 +210,11 @@ impl VmConfig {
                 return Err(ConfigError::Cid(v.cid));
             }
         }
-        let layout = crate::arch::layout::IOAPIC_PINS - crate::arch::layout::VIRTIO_IRQ_BASE;
-        if self.virtio_device_count() > layout as usize {
+        let irqs = crate::arch::layout::IOAPIC_PINS - crate::arch::layout::VIRTIO_IRQ_BASE;
+        if self.virtio_device_count() > irqs as usize {
             return Err(ConfigError::TooManyDevices(
                 self.virtio_device_count(),
-                layout as usize,
+                irqs as usize,
             ));
         }
         Ok(())

@@ -14,13 +14,13 @@
 //! Errors: `{"ok":false,"error":"..."}`.
 
 use crate::builder::VmParts;
+use crate::uds::BindError;
 use crate::vstate::vcpu::RunState;
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -41,26 +41,17 @@ pub enum ControlError {
     #[error("control socket {0} is in use by another process")]
     Busy(PathBuf),
     /// The socket cannot be created.
-    #[error("cannot bind control socket {0}: {1}")]
-    Bind(PathBuf, std::io::Error),
+    #[error("cannot bind the control socket: {0}")]
+    Bind(BindError),
 }
 
-/// Binds a unix listener at `path` with mode 0600. A live socket there is an
-/// error; a stale file left by a dead process is replaced.
+/// Binds the control socket at `path` (mode 0600). A live socket there is an
+/// error; a stale one left by a dead process is replaced.
 pub fn bind_unix(path: &Path) -> Result<UnixListener, ControlError> {
-    if path.exists() {
-        if UnixStream::connect(path).is_ok() {
-            return Err(ControlError::Busy(path.to_owned()));
-        }
-        std::fs::remove_file(path).map_err(|e| ControlError::Bind(path.to_owned(), e))?;
-    }
-    let listener = UnixListener::bind(path).map_err(|e| ControlError::Bind(path.to_owned(), e))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| ControlError::Bind(path.to_owned(), e))?;
-    listener
-        .set_nonblocking(true)
-        .map_err(|e| ControlError::Bind(path.to_owned(), e))?;
-    Ok(listener)
+    crate::uds::bind(path).map_err(|e| match e {
+        BindError::InUse(p) => ControlError::Busy(p),
+        other => ControlError::Bind(other),
+    })
 }
 
 /// A request.
@@ -344,6 +335,7 @@ impl Drop for ControlServer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn request_parsing() {

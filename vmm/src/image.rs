@@ -39,6 +39,16 @@ impl MappedImage {
         })
     }
 
+    /// Size of the file.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the file is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     /// Bytes placed by mapping so far (the rest was copied).
     pub fn mapped_bytes(&self) -> u64 {
         self.mapped_bytes

@@ -15,4 +15,5 @@ pub mod image;
 pub mod runner;
 pub mod seccomp;
 pub mod signals;
+pub mod uds;
 pub mod vstate;

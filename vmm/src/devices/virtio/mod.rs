@@ -107,8 +107,9 @@ pub trait VirtioDevice: Send {
     fn queue_max_sizes(&self) -> &[u16];
     /// Feature bits offered to the driver.
     fn avail_features(&self) -> u64;
-    /// Feature bits the driver accepted (a subset of `avail_features`).
-    fn set_acked_features(&mut self, features: u64);
+    /// Feature bits the driver accepted (a subset of `avail_features`). Only
+    /// devices whose behaviour depends on them need to keep them.
+    fn set_acked_features(&mut self, _features: u64) {}
     /// Reads from the device configuration space; out-of-range bytes read as 0.
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// Writes to the device configuration space (ignored by default).

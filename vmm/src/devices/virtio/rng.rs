@@ -25,7 +25,6 @@ struct Active {
 /// The entropy device.
 pub struct Rng {
     queue_evts: Vec<EventFd>,
-    acked_features: u64,
     active: Option<Active>,
 }
 
@@ -34,7 +33,6 @@ impl Rng {
     pub fn new() -> std::io::Result<Self> {
         Ok(Rng {
             queue_evts: vec![EventFd::new(libc::EFD_NONBLOCK)?],
-            acked_features: 0,
             active: None,
         })
     }
@@ -79,9 +77,6 @@ impl VirtioDevice for Rng {
     }
     fn avail_features(&self) -> u64 {
         super::VIRTIO_F_VERSION_1
-    }
-    fn set_acked_features(&mut self, features: u64) {
-        self.acked_features = features;
     }
     fn read_config(&self, _offset: u64, data: &mut [u8]) {
         data.fill(0);

@@ -38,10 +38,11 @@ pub struct Block {
     id: String,
     disk: Disk,
     queue_evts: Vec<EventFd>,
-    acked_features: u64,
     config_generation: u32,
     /// Kept across resets so a swap can always signal the driver.
     irq: Option<Arc<IrqTrigger>>,
+    /// Data is copied through this between guest memory and the file.
+    bounce: Vec<u8>,
     active: Option<Active>,
 }
 
@@ -52,9 +53,9 @@ impl Block {
             id,
             disk,
             queue_evts: vec![EventFd::new(libc::EFD_NONBLOCK)?],
-            acked_features: 0,
             config_generation: 0,
             irq: None,
+            bounce: request::bounce_buffer(),
             active: None,
         })
     }
@@ -102,8 +103,9 @@ impl Block {
         };
         let disk = &mut self.disk;
         let id = &self.id;
+        let bounce = &mut self.bounce;
         if drain_queue(&mut a.queue, &a.mem, |chain, mem| {
-            request::execute(chain, mem, disk, id)
+            request::execute(chain, mem, disk, id, bounce)
         }) {
             a.irq.trigger(INT_VRING);
         }
@@ -124,9 +126,6 @@ impl VirtioDevice for Block {
             0
         };
         VIRTIO_F_VERSION_1 | VIRTIO_BLK_F_SEG_MAX | VIRTIO_BLK_F_FLUSH | ro
-    }
-    fn set_acked_features(&mut self, features: u64) {
-        self.acked_features = features;
     }
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         super::read_config_bytes(&self.config_space(), offset, data);

@@ -35,14 +35,19 @@ fn check_range(disk: &Disk, sector: u64, len: usize) -> bool {
             .is_some_and(|end| end <= disk.sectors() * SECTOR_SIZE)
 }
 
-fn read_into(disk: &Disk, sector: u64, out: &mut impl Write, len: usize) -> Outcome {
-    if !check_range(disk, sector, len) {
+fn read_into(
+    disk: &Disk,
+    sector: u64,
+    out: &mut impl Write,
+    len: usize,
+    buf: &mut [u8],
+) -> Outcome {
+    if !check_range(disk, sector, len) || buf.is_empty() {
         return Outcome::Done(VIRTIO_BLK_S_IOERR, 0);
     }
-    let mut buf = vec![0u8; len.min(CHUNK)];
     let mut done = 0;
     while done < len {
-        let n = (len - done).min(CHUNK);
+        let n = (len - done).min(buf.len());
         let offset = sector * SECTOR_SIZE + done as u64;
         if disk.read_at(&mut buf[..n], offset).is_err() || out.write_all(&buf[..n]).is_err() {
             return Outcome::Done(VIRTIO_BLK_S_IOERR, done);
@@ -52,14 +57,19 @@ fn read_into(disk: &Disk, sector: u64, out: &mut impl Write, len: usize) -> Outc
     Outcome::Done(VIRTIO_BLK_S_OK, done)
 }
 
-fn write_from(disk: &Disk, sector: u64, input: &mut impl Read, len: usize) -> Outcome {
-    if disk.read_only() || !check_range(disk, sector, len) {
+fn write_from(
+    disk: &Disk,
+    sector: u64,
+    input: &mut impl Read,
+    len: usize,
+    buf: &mut [u8],
+) -> Outcome {
+    if disk.read_only() || !check_range(disk, sector, len) || buf.is_empty() {
         return Outcome::Done(VIRTIO_BLK_S_IOERR, 0);
     }
-    let mut buf = vec![0u8; len.min(CHUNK)];
     let mut done = 0;
     while done < len {
-        let n = (len - done).min(CHUNK);
+        let n = (len - done).min(buf.len());
         let offset = sector * SECTOR_SIZE + done as u64;
         if input.read_exact(&mut buf[..n]).is_err() || disk.write_at(&buf[..n], offset).is_err() {
             return Outcome::Done(VIRTIO_BLK_S_IOERR, 0);
@@ -69,10 +79,21 @@ fn write_from(disk: &Disk, sector: u64, input: &mut impl Read, len: usize) -> Ou
     Outcome::Done(VIRTIO_BLK_S_OK, 0)
 }
 
-/// Executes the request in `chain` against `disk`; returns the bytes written
-/// into the chain (data plus the status byte), or 0 if the chain has no room for
-/// a status byte at all.
-pub fn execute(chain: Chain<'_>, mem: &GuestMemoryMmap, disk: &mut Disk, id: &str) -> u32 {
+/// A bounce buffer for [`execute`], allocated once per drive.
+pub fn bounce_buffer() -> Vec<u8> {
+    vec![0u8; CHUNK]
+}
+
+/// Executes the request in `chain` against `disk`, copying data through `buf`
+/// (from [`bounce_buffer`]); returns the bytes written into the chain (data plus
+/// the status byte), or 0 if the chain has no room for a status byte at all.
+pub fn execute(
+    chain: Chain<'_>,
+    mem: &GuestMemoryMmap,
+    disk: &mut Disk,
+    id: &str,
+    buf: &mut [u8],
+) -> u32 {
     let (Ok(mut reader), Ok(mut writer)) = (chain.clone().reader(mem), chain.writer(mem)) else {
         return 0;
     };
@@ -92,10 +113,10 @@ pub fn execute(chain: Chain<'_>, mem: &GuestMemoryMmap, disk: &mut Disk, id: &st
         sector_bytes.copy_from_slice(&header[8..16]);
         let sector = u64::from_le_bytes(sector_bytes);
         match kind {
-            VIRTIO_BLK_T_IN => read_into(disk, sector, &mut writer, data_len),
+            VIRTIO_BLK_T_IN => read_into(disk, sector, &mut writer, data_len, buf),
             VIRTIO_BLK_T_OUT => {
                 let len = reader.available_bytes();
-                write_from(disk, sector, &mut reader, len)
+                write_from(disk, sector, &mut reader, len, buf)
             }
             VIRTIO_BLK_T_FLUSH => match disk.flush() {
                 Ok(()) => Outcome::Done(VIRTIO_BLK_S_OK, 0),
@@ -163,7 +184,7 @@ mod tests {
     fn run(mem: &GuestMemoryMmap, d: &mut Disk, descs: &[RawDescriptor]) -> u32 {
         let q = MockSplitQueue::new(mem, 16);
         let chain = q.build_desc_chain(descs).unwrap();
-        execute(chain, mem, d, "drive-id")
+        execute(chain, mem, d, "drive-id", &mut bounce_buffer())
     }
 
     fn status(mem: &GuestMemoryMmap) -> u8 {
@@ -315,7 +336,7 @@ mod tests {
             0,
         ));
         let chain = q.build_multiple_desc_chains(&[a, b]).unwrap();
-        let _ = execute(chain, &m, &mut d, "x");
+        let _ = execute(chain, &m, &mut d, "x", &mut bounce_buffer());
     }
 }
 
@@ -360,7 +381,7 @@ mod fuzz {
             let q = MockSplitQueue::new(&mem, 16);
             if let Ok(chain) = q.build_desc_chain(&raw) {
                 let writable: u64 = descs.iter().filter(|d| d.2).map(|d| u64::from(d.1)).sum();
-                let used = execute(chain, &mem, &mut disk, "fuzz");
+                let used = execute(chain, &mem, &mut disk, "fuzz", &mut bounce_buffer());
                 prop_assert!(u64::from(used) <= writable);
             }
             // The backing file never grows or shrinks.

@@ -35,11 +35,11 @@ pub struct Net {
     tap: Tap,
     mac: [u8; 6],
     queue_evts: Vec<EventFd>,
-    acked_features: u64,
     active: Option<Active>,
-    /// A frame read from the tap while the guest had no receive buffer.
-    pending_rx: Option<Vec<u8>>,
-    buf: Vec<u8>,
+    /// Length of a frame left in `rx_buf` while the guest had no receive buffer.
+    pending_rx: Option<usize>,
+    rx_buf: Vec<u8>,
+    tx_buf: Vec<u8>,
 }
 
 /// Errors creating a network card.
@@ -73,10 +73,10 @@ impl Net {
             tap,
             mac: mac.unwrap_or_else(random_mac),
             queue_evts: vec![evt()?, evt()?],
-            acked_features: 0,
             active: None,
             pending_rx: None,
-            buf: vec![0u8; MAX_FRAME],
+            rx_buf: vec![0u8; MAX_FRAME],
+            tx_buf: vec![0u8; MAX_FRAME],
         })
     }
 
@@ -92,10 +92,10 @@ impl Net {
         };
         let mut used = false;
         loop {
-            let frame = match self.pending_rx.take() {
-                Some(f) => f,
-                None => match self.tap.read_frame(&mut self.buf) {
-                    Ok(n) if n >= VNET_HDR_LEN => self.buf[..n].to_vec(),
+            let len = match self.pending_rx.take() {
+                Some(len) => len,
+                None => match self.tap.read_frame(&mut self.rx_buf) {
+                    Ok(n) if n >= VNET_HDR_LEN => n,
                     Ok(_) => continue,
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                     Err(e) => {
@@ -107,12 +107,13 @@ impl Net {
             let rxq = &mut a.queues[RX];
             let Some(chain) = rxq.pop_descriptor_chain(&a.mem) else {
                 // No buffer: keep the frame until the guest posts one (rx kick).
-                self.pending_rx = Some(frame);
+                self.pending_rx = Some(len);
                 break;
             };
             let head = chain.head_index();
+            let frame = &self.rx_buf[..len];
             let written = match chain.writer(&a.mem) {
-                Ok(mut w) if w.available_bytes() >= frame.len() => match w.write_all(&frame) {
+                Ok(mut w) if w.available_bytes() >= frame.len() => match w.write_all(frame) {
                     Ok(()) => frame.len() as u32,
                     Err(_) => 0,
                 },
@@ -137,7 +138,7 @@ impl Net {
             return;
         };
         let tap = &mut self.tap;
-        let buf = &mut self.buf;
+        let buf = &mut self.tx_buf;
         let notify = drain_queue(&mut a.queues[TX], &a.mem, |chain, mem| {
             let Ok(mut reader) = chain.reader(mem) else {
                 return 0;
@@ -169,9 +170,6 @@ impl VirtioDevice for Net {
     }
     fn avail_features(&self) -> u64 {
         super::VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MAC
-    }
-    fn set_acked_features(&mut self, features: u64) {
-        self.acked_features = features;
     }
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         super::read_config_bytes(&self.mac, offset, data);

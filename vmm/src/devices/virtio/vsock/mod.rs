@@ -78,11 +78,21 @@ struct Active {
 pub struct Vsock {
     guest_cid: u64,
     queue_evts: Vec<EventFd>,
-    acked_features: u64,
     active: Option<Active>,
     muxer: Muxer,
     /// Bounce buffer for one packet's payload.
     buf: Vec<u8>,
+}
+
+impl From<crate::uds::BindError> for VsockError {
+    fn from(e: crate::uds::BindError) -> Self {
+        use crate::uds::BindError;
+        match e {
+            BindError::InUse(p) => VsockError::InUse(p),
+            BindError::NotASocket(p) => VsockError::NotASocket(p),
+            BindError::Io { path, source } => VsockError::Bind { path, source },
+        }
+    }
 }
 
 impl std::fmt::Debug for Vsock {
@@ -115,7 +125,6 @@ impl Vsock {
         Ok(Vsock {
             guest_cid,
             queue_evts,
-            acked_features: 0,
             active: None,
             muxer: Muxer::new(guest_cid, uds_path)?,
             buf: vec![0u8; MAX_PKT_DATA],
@@ -243,9 +252,6 @@ impl VirtioDevice for Vsock {
     }
     fn avail_features(&self) -> u64 {
         VIRTIO_F_VERSION_1
-    }
-    fn set_acked_features(&mut self, features: u64) {
-        self.acked_features = features;
     }
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         super::read_config_bytes(&self.guest_cid.to_le_bytes(), offset, data);

@@ -21,7 +21,7 @@ use std::ffi::OsString;
 use std::io::{ErrorKind, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -97,7 +97,7 @@ impl Muxer {
     /// Binds the listener at `uds_path`. A stale socket file (nobody listening)
     /// is replaced; a live one is an error.
     pub fn new(guest_cid: u64, uds_path: &Path) -> Result<Self, VsockError> {
-        let listener = bind_listener(uds_path)?;
+        let listener = crate::uds::bind(uds_path)?;
         let meta = std::fs::metadata(uds_path).map_err(|source| VsockError::Bind {
             path: uds_path.to_owned(),
             source,
@@ -574,29 +574,6 @@ fn parse_connect(line: &[u8]) -> Option<u32> {
     }
     let port = words.next()?.parse::<u32>().ok()?;
     words.next().is_none().then_some(port)
-}
-
-fn bind_listener(path: &Path) -> Result<UnixListener, VsockError> {
-    let bind_err = |source| VsockError::Bind {
-        path: path.to_owned(),
-        source,
-    };
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => match UnixStream::connect(path) {
-            Ok(_) => return Err(VsockError::InUse(path.to_owned())),
-            Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
-                tracing::info!("vsock: removing stale socket {}", path.display());
-                std::fs::remove_file(path).map_err(bind_err)?;
-            }
-            Err(e) => return Err(bind_err(e)),
-        },
-        Ok(_) => return Err(VsockError::NotASocket(path.to_owned())),
-        Err(e) if e.kind() == ErrorKind::NotFound => {}
-        Err(e) => return Err(bind_err(e)),
-    }
-    let listener = UnixListener::bind(path).map_err(bind_err)?;
-    listener.set_nonblocking(true).map_err(bind_err)?;
-    Ok(listener)
 }
 
 fn set_nonblocking(fd: RawFd) -> std::io::Result<()> {
