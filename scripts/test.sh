@@ -32,6 +32,20 @@ step "end-to-end tests on KVM"
 export VMLET_KERNEL=$kernel
 export VMLET_TEST_INITRAMFS=$initramfs
 export VMLET_VMM=$repo/target/debug/vmlet-vmm
-scripts/with-kvm.sh --timeout 3600 -- \
-    cargo test --offline -p vmlet-integration-tests -- --test-threads=1
+# The suite takes about 2 minutes. In the emulated machine the nested setup
+# occasionally wedges the machine's own kernel (soft lockups in KVM threads) or
+# kills it; the entry point then exits 124 (timeout) or 125 (machine died), and
+# the suite runs once more. A test failure (any other status) is never retried.
+run_e2e() {
+    scripts/with-kvm.sh --timeout 900 -- \
+        cargo test --offline -p vmlet-integration-tests -- --test-threads=1
+}
+status=0
+run_e2e || status=$?
+if [ "$status" = 124 ] || [ "$status" = 125 ]; then
+    echo "=== the KVM machine hung or died (status $status): running the end-to-end tests again" >&2
+    status=0
+    run_e2e || status=$?
+fi
+[ "$status" = 0 ] || exit "$status"
 step "all tests passed"
