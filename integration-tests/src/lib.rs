@@ -6,7 +6,11 @@
 //! debug build). Guest-booting tests need KVM that can run a standard kernel;
 //! they fail loudly where there is none (run them through `scripts/with-kvm.sh`).
 
-use serde_json::{json, Value};
+pub mod agent;
+pub mod images;
+
+pub use agent::GuestAgent;
+use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -233,24 +237,23 @@ impl Guest {
         s
     }
 
-    /// A client for the guest agent.
-    pub fn agent(&self) -> Agent {
-        Agent::new(
-            self.connect(AGENT_PORT)
-                .expect("connect to the guest agent"),
-        )
+    /// A client for the guest agent's gRPC services.
+    pub fn agent(&self) -> GuestAgent {
+        GuestAgent::connect(&self.vsock).unwrap_or_else(|e| {
+            panic!(
+                "connect to the guest agent: {e}; serial:\n{}",
+                self.serial_log()
+            )
+        })
     }
 
     /// Runs a command in the guest and returns (status, stdout, stderr).
     pub fn run(&self, script: &str) -> (i64, String, String) {
-        let r = self
-            .agent()
-            .request(json!({"op": "run", "argv": ["/bin/sh", "-c", script]}));
-        assert_eq!(r["ok"], true, "run {script:?}: {r}");
+        let r = self.agent().run(script);
         (
-            r["status"].as_i64().unwrap_or(-1),
-            r["stdout"].as_str().unwrap_or_default().to_owned(),
-            r["stderr"].as_str().unwrap_or_default().to_owned(),
+            i64::from(r.exit_code),
+            String::from_utf8_lossy(&r.stdout).into_owned(),
+            String::from_utf8_lossy(&r.stderr).into_owned(),
         )
     }
 
@@ -268,8 +271,8 @@ impl Guest {
     pub fn control(&self, req: Value) -> Value {
         let s = UnixStream::connect(&self.control).expect("connect to the control socket");
         s.set_read_timeout(Some(Duration::from_secs(30))).ok();
-        let mut agent = Agent::new(s);
-        agent.request(req)
+        let mut client = JsonLines::new(s);
+        client.request(req)
     }
 
     /// Waits for the VMM to exit.
@@ -309,17 +312,17 @@ impl Drop for Guest {
     }
 }
 
-/// Newline-delimited JSON client (the guest agent and the control socket speak it).
-pub struct Agent {
+/// Newline-delimited JSON client (the VMM's control socket speaks it).
+pub struct JsonLines {
     reader: BufReader<UnixStream>,
     writer: UnixStream,
 }
 
-impl Agent {
+impl JsonLines {
     /// Wraps a connected stream.
-    pub fn new(stream: UnixStream) -> Agent {
+    pub fn new(stream: UnixStream) -> JsonLines {
         let writer = stream.try_clone().expect("clone stream");
-        Agent {
+        JsonLines {
             reader: BufReader::new(stream),
             writer,
         }
@@ -335,12 +338,6 @@ impl Agent {
         let mut resp = String::new();
         self.reader.read_line(&mut resp).expect("read response");
         serde_json::from_str(&resp).unwrap_or_else(|e| panic!("bad response {resp:?}: {e}"))
-    }
-
-    /// The raw stream (after a mode switch such as echo).
-    pub fn into_stream(self) -> UnixStream {
-        assert!(self.reader.buffer().is_empty(), "unread response bytes");
-        self.writer
     }
 }
 

@@ -6,13 +6,14 @@ use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixListener;
 use std::process::Command;
 use std::time::Duration;
+use vmlet_integration_tests::agent::{req, CALL_TIMEOUT};
 use vmlet_integration_tests::{pattern, Guest, GuestConfig};
+use vmlet_proto::agent as pb;
 
 const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn poweroff(mut guest: Guest) {
-    let r = guest.agent().request(json!({"op": "poweroff"}));
-    assert_eq!(r["ok"], true, "{r}");
+    guest.agent().shutdown().expect("Shutdown");
     let status = guest.wait(EXIT_TIMEOUT);
     assert_eq!(
         status.code(),
@@ -30,8 +31,8 @@ fn boots_with_one_vcpu_and_powers_off_cleanly() {
         "init marker missing:\n{log}"
     );
     assert_eq!(guest.run_ok("grep -c ^processor /proc/cpuinfo").trim(), "1");
-    let r = guest.agent().request(json!({"op": "ping"}));
-    assert_eq!(r["ok"], true);
+    let h = guest.agent().health().expect("Health");
+    assert_eq!(h.protocol, "v1");
     // Entropy comes from virtio-rng.
     let rng = guest.run_ok("cat /sys/class/misc/hw_random/rng_current");
     assert!(rng.contains("virtio"), "rng_current: {rng}");
@@ -150,29 +151,30 @@ fn vsock_round_trips_one_mib_both_ways() {
     let guest = Guest::boot(GuestConfig::default());
     let data = pattern(1 << 20, 42);
 
-    // Host-initiated: the guest echoes on its agent port.
-    let mut agent = guest.agent();
-    let r = agent.request(json!({"op": "echo"}));
-    assert_eq!(r["ok"], true);
-    let stream = agent.into_stream();
-    let mut writer = stream.try_clone().unwrap();
-    let sent = data.clone();
-    let w = std::thread::spawn(move || {
-        writer.write_all(&sent).unwrap();
-        writer.shutdown(std::net::Shutdown::Write).unwrap();
-    });
-    let mut back = Vec::new();
-    let mut reader = stream;
-    reader.read_to_end(&mut back).unwrap();
-    w.join().unwrap();
+    // Host-initiated: the guest echoes a 1 MiB payload over its agent connection.
+    let agent = guest.agent();
+    let mut diag = agent.diag.clone();
+    let back = agent
+        .block_on(diag.echo(req(
+            pb::EchoRequest {
+                payload: data.clone(),
+            },
+            CALL_TIMEOUT,
+        )))
+        .expect("Echo")
+        .into_inner()
+        .payload;
     assert_eq!(back.len(), data.len());
     assert!(back == data, "host-initiated echo corrupted data");
 
     // Guest-initiated: the guest connects to host port 5000 (<uds>_5000).
     let listener = UnixListener::bind(format!("{}_5000", guest.vsock.display())).unwrap();
-    let mut agent = guest.agent();
-    let ask =
-        std::thread::spawn(move || agent.request(json!({"op": "connect_echo", "port": 5000})));
+    let mut diag = agent.diag.clone();
+    let ask = std::thread::spawn(move || {
+        agent
+            .block_on(diag.connect_echo(req(pb::ConnectEchoRequest { port: 5000 }, CALL_TIMEOUT)))
+            .map(|r| r.into_inner().bytes)
+    });
     let (conn, _) = listener.accept().unwrap();
     conn.set_read_timeout(Some(Duration::from_secs(60)))
         .unwrap();
@@ -191,8 +193,7 @@ fn vsock_round_trips_one_mib_both_ways() {
         "guest-initiated echo corrupted data ({} bytes back)",
         back.len()
     );
-    let r = ask.join().unwrap();
-    assert_eq!(r["bytes"], 1 << 20, "{r}");
+    assert_eq!(ask.join().unwrap().expect("ConnectEcho"), 1 << 20);
 
     // A port nobody listens on is refused, and the device keeps working.
     assert!(guest.connect(4321).is_err());

@@ -1,19 +1,23 @@
-//! vmlet-init, the guest side of vmlet: PID 1 inside every pod VM.
+//! vmlet-init, the guest side of vmlet: PID 1 inside every pod VM and the pod's
+//! container supervisor.
 //!
 //! It is started by the kernel from the initramfs as `/init` and
 //!
 //! 1. prints `vmlet-init: started` on the console (the boot-time benchmark stops there),
-//! 2. sets up the system a PID 1 owes its processes ([`pid1`]: mounts, loopback, hostname,
-//!    zombie reaping, termination signals, power off),
-//! 3. prints `vmlet-init: ready` and serves the host over virtio-vsock ([`server`], with the
-//!    wire format in [`protocol`]).
+//! 2. sets up the system a PID 1 owes its processes ([`pid1`]: mounts, loopback,
+//!    hostname, zombie reaping, termination signals, power off),
+//! 3. prints `vmlet-init: ready` and serves the host's gRPC calls over virtio-vsock
+//!    ([`server`]; the protocol is `proto/vmlet/agent/v1/agent.proto`): guest
+//!    configuration ([`guest`]) and containers ([`container`]).
 //!
-//! Layers are one-way: `server` uses `pid1` and `protocol`; `pid1` and `protocol` use
-//! nothing above them; `main.rs` only wires them together. PID 1 must never exit or panic
-//! (the kernel would panic with it), so every error becomes one console line and, where a
-//! client asked for something, an error response.
+//! vmlet-init runs on one thread (a current-thread tokio runtime). That keeps it small
+//! and makes forking container processes safe. Layers are one-way: `server` uses
+//! `container`, `guest` and `pid1`; `container` and `guest` use `pid1`; `main.rs` only
+//! wires them together. PID 1 must never exit or panic (the kernel would panic with
+//! it), so every error becomes an error response or one console line.
 
 pub mod console;
+pub mod container;
+pub mod guest;
 pub mod pid1;
-pub mod protocol;
 pub mod server;

@@ -3,7 +3,6 @@
 //!
 //! Usage: demo [COMMAND]   (environment as for the integration tests)
 
-use serde_json::json;
 use std::time::{Duration, Instant};
 use vmlet_integration_tests::{Guest, GuestConfig};
 
@@ -22,9 +21,8 @@ fn main() {
     let (status, out, err) = guest.run(&script);
     print!("{out}");
     eprint!("{err}");
-    let r = guest.agent().request(json!({"op": "poweroff"}));
-    if r["ok"] != true {
-        eprintln!("demo: poweroff refused: {r}");
+    if let Err(e) = guest.agent().shutdown() {
+        eprintln!("demo: shutdown refused: {e}");
     }
     let vmm = guest.wait(Duration::from_secs(60));
     eprintln!("demo: guest command exited {status}; vmlet-vmm exited {vmm}");

@@ -10,19 +10,20 @@ pub mod net;
 pub mod reaper;
 pub mod signals;
 
-use std::sync::Arc;
-
 use nix::sys::reboot::{reboot, RebootMode};
 
 use crate::console;
 
-pub use reaper::ChildRegistry;
+pub use reaper::{ExitStatus, Reaper};
 
 /// Kernel command line parameter that sets the hostname.
 pub const HOSTNAME_PARAM: &str = "vmlet.hostname";
 
 /// Mounts the file systems, brings `lo` up and sets the hostname; logs what fails.
 pub fn setup() {
+    if let Err(e) = mounts::reroot() {
+        console::error(format_args!("containers cannot pivot_root: {e}"));
+    }
     for err in mounts::mount_all() {
         console::error(err);
     }
@@ -31,6 +32,10 @@ pub fn setup() {
         console::error(format_args!("cannot bring lo up: {e}"));
     }
     set_hostname();
+    // PID 1 must outlive every container's memory pressure.
+    if let Err(e) = std::fs::write("/proc/self/oom_score_adj", "-1000") {
+        console::error(format_args!("cannot set init's oom_score_adj: {e}"));
+    }
 }
 
 fn set_hostname() {
@@ -50,17 +55,6 @@ fn set_hostname() {
     }
     if let Err(e) = nix::unistd::sethostname(&name) {
         console::error(format_args!("cannot set hostname {name:?}: {e}"));
-    }
-}
-
-/// Starts the thread that reaps every child and hands registered children's statuses to
-/// their waiters (see [`ChildRegistry`]).
-pub fn start_reaper(children: Arc<ChildRegistry>) {
-    let spawned = std::thread::Builder::new()
-        .name("reaper".into())
-        .spawn(move || children.reap_forever());
-    if let Err(e) = spawned {
-        console::error(format_args!("cannot start the reaper thread: {e}"));
     }
 }
 

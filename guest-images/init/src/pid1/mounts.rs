@@ -141,6 +141,49 @@ fn mount_one(m: &MountSpec) -> Result<(), MountError> {
     }
 }
 
+/// Where [`reroot`] binds the initramfs before moving it over `/`.
+const REROOT_DIR: &str = "/.vmlet-root";
+
+/// Makes the root directory a mount with a parent.
+///
+/// The kernel unpacks the initramfs into `rootfs`, the first mount of all, and
+/// `pivot_root(2)` refuses to move away from a root mount without a parent (EINVAL).
+/// Containers need `pivot_root` (a `chroot` can be escaped), so init binds the
+/// initramfs onto a directory, moves that mount over `/` and enters it: the same
+/// files, at no copying cost, now in a mount whose parent is `rootfs`.
+pub fn reroot() -> Result<(), MountError> {
+    let fail = |fstype: &'static str, target: &'static str| {
+        move |source| MountError::Mount {
+            fstype,
+            target,
+            source,
+        }
+    };
+    match std::fs::create_dir(REROOT_DIR) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(source) => {
+            return Err(MountError::MountPoint {
+                target: REROOT_DIR,
+                source,
+            })
+        }
+    }
+    mount(
+        Some("/"),
+        REROOT_DIR,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(fail("bind", REROOT_DIR))?;
+    nix::unistd::chdir(REROOT_DIR).map_err(fail("chdir", REROOT_DIR))?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .map_err(fail("move", "/"))?;
+    nix::unistd::chroot(".").map_err(fail("chroot", "/"))?;
+    nix::unistd::chdir("/").map_err(fail("chdir", "/"))
+}
+
 /// The conventional `/dev` symlinks that devtmpfs does not create. Failures are ignored:
 /// they exist already or nothing needs them.
 pub fn dev_links() {

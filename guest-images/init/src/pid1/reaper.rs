@@ -1,200 +1,161 @@
 //! Zombie reaping that does not steal exit statuses.
 //!
 //! As PID 1, vmlet-init inherits every orphan of the guest and must reap them all, while
-//! the server needs the exit status of the processes it started itself. Both go through one
-//! [`ChildRegistry`]:
+//! the container manager needs the exit statuses of the processes it started. vmlet-init
+//! runs on one thread (a current-thread tokio runtime), which makes this simple:
 //!
-//! - the server starts processes with [`ChildRegistry::spawn`], which registers the pid
-//!   while holding the registry lock, and never calls `wait` itself;
-//! - the reaper thread ([`ChildRegistry::reap_forever`]) waits for any child with
-//!   `waitid(P_ALL, WEXITED | WNOWAIT)`, which leaves the zombie in place, then takes the
-//!   lock and reaps that pid. Under the lock a registered pid therefore cannot be reaped
-//!   between lookup and recording, and, being at worst a zombie until then, cannot be
-//!   reused: signalling it under the lock ([`ChildRegistry::kill_group`]) is race free;
-//! - statuses of registered children are kept until [`ChildRegistry::wait`] collects them;
-//!   those of unregistered children (orphans) are dropped.
+//! - whoever forks calls [`Reaper::register`] right after `fork`, before its next
+//!   `.await`, so the reaping task cannot run in between and miss the pid;
+//! - [`Reaper::run`] wakes on every `SIGCHLD`, reaps every exited child with
+//!   `waitpid(-1, WNOHANG)`, and hands registered children's statuses to their
+//!   receivers; orphans' statuses are dropped.
 //!
-//! When the guest has no children at all the reaper sleeps on a condition variable until
-//! the next spawn: with no children, PID 1 has no descendants that could be orphaned.
+//! Nobody else may call `wait*`: a pid is reaped in exactly one place.
 
 use std::collections::HashMap;
-use std::io;
-use std::process::{ChildStderr, ChildStdin, ChildStdout, Command};
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use nix::errno::Errno;
-use nix::sys::signal::{kill, killpg, Signal};
-use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::oneshot;
 
 use crate::console;
 
-/// A registered child: its pid and the pipes that were requested.
-#[derive(Debug)]
-pub struct SpawnedChild {
-    /// The child's pid.
-    pub pid: Pid,
-    /// Its standard input, if piped.
-    pub stdin: Option<ChildStdin>,
-    /// Its standard output, if piped.
-    pub stdout: Option<ChildStdout>,
-    /// Its standard error, if piped.
-    pub stderr: Option<ChildStderr>,
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitStatus {
+    /// Exit code, or 128 + the signal number if a signal ended it.
+    pub code: i32,
+    /// The signal that ended it.
+    pub signal: Option<i32>,
 }
 
-/// Why [`ChildRegistry::wait`] returned without a status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum WaitError {
-    /// The deadline passed first.
-    #[error("timed out")]
-    TimedOut,
-    /// The pid was not spawned through this registry, or was already waited for.
-    #[error("pid {0} is not a registered child")]
-    NotRegistered(Pid),
+impl ExitStatus {
+    fn from_wait(status: WaitStatus) -> Option<(Pid, Self)> {
+        match status {
+            WaitStatus::Exited(pid, code) => Some((pid, ExitStatus { code, signal: None })),
+            WaitStatus::Signaled(pid, sig, _) => Some((
+                pid,
+                ExitStatus {
+                    code: 128 + sig as i32,
+                    signal: Some(sig as i32),
+                },
+            )),
+            _ => None,
+        }
+    }
 }
 
+/// The table of children whose exit status someone wants; see the module docs.
 #[derive(Debug, Default)]
-struct State {
-    /// Registered children: `None` while running, then the exit code (or 128 + signal).
-    children: HashMap<Pid, Option<i32>>,
-    /// Bumped on every spawn, so a reaper that saw `ECHILD` knows when to look again.
-    spawns: u64,
+pub struct Reaper {
+    waiters: Mutex<HashMap<Pid, oneshot::Sender<ExitStatus>>>,
 }
 
-/// The registry of children whose exit status someone wants; see the module docs.
-#[derive(Debug, Default)]
-pub struct ChildRegistry {
-    state: Mutex<State>,
-    changed: Condvar,
-}
-
-impl ChildRegistry {
-    /// An empty registry. Only one per process makes sense: the reaper reaps every child.
-    pub fn new() -> Self {
-        Self::default()
+impl Reaper {
+    /// An empty table. One per process: the reaper reaps every child.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    /// Asks for `pid`'s exit status. Must be called after `fork`/`spawn` before the
+    /// caller next yields to the runtime.
+    pub fn register(&self, pid: Pid) -> oneshot::Receiver<ExitStatus> {
+        let (tx, rx) = oneshot::channel();
+        self.waiters
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(pid, tx);
+        rx
     }
 
-    /// Spawns `cmd` and registers the child. Never call `wait` on it yourself: use
-    /// [`ChildRegistry::wait`].
-    pub fn spawn(&self, cmd: &mut Command) -> io::Result<SpawnedChild> {
-        let mut state = self.lock();
-        state.spawns = state.spawns.wrapping_add(1);
-        self.changed.notify_all();
-        // The lock is held across fork and exec, so the reaper cannot reap the child (or
-        // a child whose exec failed, which std reaps itself) before it is registered.
-        let mut child = cmd.spawn()?;
-        let raw = i32::try_from(child.id())
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "pid out of range"))?;
-        let pid = Pid::from_raw(raw);
-        state.children.insert(pid, None);
-        Ok(SpawnedChild {
-            pid,
-            stdin: child.stdin.take(),
-            stdout: child.stdout.take(),
-            stderr: child.stderr.take(),
-        })
-    }
-
-    /// Waits until `pid` has exited or `deadline` passes; on success the registration is
-    /// removed and the exit code (or 128 + signal) returned.
-    pub fn wait(&self, pid: Pid, deadline: Option<Instant>) -> Result<i32, WaitError> {
-        let mut state = self.lock();
-        loop {
-            match state.children.get(&pid) {
-                None => return Err(WaitError::NotRegistered(pid)),
-                Some(Some(status)) => {
-                    let status = *status;
-                    state.children.remove(&pid);
-                    return Ok(status);
-                }
-                Some(None) => {}
+    /// Reaps children forever.
+    pub async fn run(self: Arc<Self>) {
+        let mut sigchld = match signal(SignalKind::child()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                console::error(format_args!(
+                    "cannot watch SIGCHLD ({e}): polling for exited children"
+                ));
+                None
             }
-            state = match deadline {
-                None => self
-                    .changed
-                    .wait(state)
-                    .unwrap_or_else(PoisonError::into_inner),
-                Some(deadline) => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return Err(WaitError::TimedOut);
-                    }
-                    self.changed
-                        .wait_timeout(state, left)
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .0
-                }
-            };
-        }
-    }
-
-    /// Sends `signal` to the registered child `pid` and to the process group it leads
-    /// (children spawned with `process_group(0)`). Does nothing for pids that are not
-    /// registered; processes that are already gone are not an error.
-    pub fn kill_group(&self, pid: Pid, signal: Signal) -> nix::Result<()> {
-        let state = self.lock();
-        let Some(status) = state.children.get(&pid) else {
-            return Ok(());
         };
-        let group = killpg(pid, signal);
-        // Once reaped, the pid may only be signalled as a group (which pins the number).
-        let leader = if status.is_none() {
-            kill(pid, signal)
-        } else {
-            Ok(())
-        };
-        match (group, leader) {
-            (Err(e), _) | (_, Err(e)) if e != Errno::ESRCH => Err(e),
-            _ => Ok(()),
-        }
-    }
-
-    /// The reaper loop: reaps every child of the process forever.
-    pub fn reap_forever(&self) -> ! {
         loop {
-            let spawns = self.lock().spawns;
-            match waitid(Id::All, WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {
+            self.reap_exited();
+            match sigchld.as_mut() {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    /// Reaps every child that has exited, without blocking.
+    pub fn reap_exited(&self) {
+        loop {
+            match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
                 Ok(status) => {
-                    if let Some(pid) = status.pid() {
-                        self.reap(pid);
+                    let Some((pid, exit)) = ExitStatus::from_wait(status) else {
+                        continue;
+                    };
+                    let waiter = self
+                        .waiters
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .remove(&pid);
+                    if let Some(tx) = waiter {
+                        // The receiver may be gone (nobody waits any more): fine.
+                        let _ = tx.send(exit);
                     }
                 }
-                Err(Errno::EINTR) => {}
-                Err(Errno::ECHILD) => {
-                    let mut state = self.lock();
-                    while state.spawns == spawns {
-                        state = self
-                            .changed
-                            .wait(state)
-                            .unwrap_or_else(PoisonError::into_inner);
-                    }
-                }
+                Err(Errno::EINTR) => continue,
                 Err(e) => {
-                    console::error(format_args!("reaper: waitid: {e}"));
-                    std::thread::sleep(Duration::from_secs(1));
+                    console::error(format_args!("waitpid: {e}"));
+                    return;
                 }
             }
         }
     }
+}
 
-    /// Reaps the zombie `pid` under the lock and records its status if it is registered.
-    fn reap(&self, pid: Pid) {
-        let mut state = self.lock();
-        let code = match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(_, code)) => code,
-            Ok(WaitStatus::Signaled(_, signal, _)) => 128 + signal as i32,
-            // Not a zombie after all, or already reaped (std reaps a child whose exec
-            // failed inside `spawn`): nothing to record.
-            Ok(_) | Err(_) => return,
-        };
-        if let Some(slot) = state.children.get_mut(&pid) {
-            *slot = Some(code);
-            self.changed.notify_all();
-        }
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    // The reaper, not the Child handles, waits for these processes.
+    #[allow(clippy::zombie_processes)]
+    #[tokio::test(flavor = "current_thread")]
+    async fn statuses_reach_registered_waiters() {
+        let reaper = Reaper::new();
+        tokio::spawn(Arc::clone(&reaper).run());
+        let ok = Command::new("/bin/sh")
+            .args(["-c", "exit 7"])
+            .spawn()
+            .unwrap();
+        let rx_ok = reaper.register(Pid::from_raw(ok.id() as i32));
+        let killed = Command::new("/bin/sh")
+            .args(["-c", "kill -9 $$"])
+            .spawn()
+            .unwrap();
+        let rx_killed = reaper.register(Pid::from_raw(killed.id() as i32));
+        assert_eq!(
+            rx_ok.await.unwrap(),
+            ExitStatus {
+                code: 7,
+                signal: None
+            }
+        );
+        assert_eq!(
+            rx_killed.await.unwrap(),
+            ExitStatus {
+                code: 137,
+                signal: Some(9)
+            }
+        );
     }
 }

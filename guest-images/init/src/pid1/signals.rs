@@ -1,50 +1,50 @@
 //! Termination signals sent to PID 1.
 //!
 //! The kernel delivers to PID 1 only the signals it handles. vmlet-init treats `SIGTERM`,
-//! `SIGINT` and `SIGPWR` as a request to power off. They are blocked in every thread
-//! ([`block`], called before any thread starts) and taken synchronously by one thread
-//! ([`start_handler`]). Children get an empty signal mask back: std resets it on spawn.
+//! `SIGINT` and `SIGPWR` as a request to power off, handled by a task on the runtime.
 
-use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use tokio::signal::unix::{signal, SignalKind};
 
 use crate::console;
 
 /// The signals that power the guest off.
-pub const POWER_OFF_SIGNALS: [Signal; 3] = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGPWR];
+pub const POWER_OFF_SIGNALS: [SignalKind; 3] = [
+    SignalKind::terminate(),
+    SignalKind::interrupt(),
+    SignalKind::from_raw(libc::SIGPWR),
+];
 
-/// Blocks [`POWER_OFF_SIGNALS`] in the calling thread (threads it starts inherit the
-/// mask). Returns the set to hand to [`start_handler`], or `None` (logged) on failure.
-pub fn block() -> Option<SigSet> {
-    let mut set = SigSet::empty();
-    for signal in POWER_OFF_SIGNALS {
-        set.add(signal);
-    }
-    match nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None) {
-        Ok(()) => Some(set),
-        Err(e) => {
-            console::error(format_args!("cannot block termination signals: {e}"));
-            None
+/// Powers off when one of [`POWER_OFF_SIGNALS`] arrives. Must run on the runtime.
+pub async fn power_off_on_signal() {
+    let mut streams = Vec::new();
+    for kind in POWER_OFF_SIGNALS {
+        match signal(kind) {
+            Ok(s) => streams.push(s),
+            Err(e) => console::error(format_args!(
+                "cannot handle signal {}: {e}",
+                kind.as_raw_value()
+            )),
         }
     }
+    if streams.is_empty() {
+        return;
+    }
+    let waits = streams.iter_mut().map(|s| Box::pin(s.recv()));
+    let _ = futures_select_all(waits).await;
+    console::info("received a termination signal");
+    super::power_off();
 }
 
-/// Starts the thread that waits for the blocked `set` and powers off when one arrives.
-pub fn start_handler(set: SigSet) {
-    let spawned = std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || loop {
-            match set.wait() {
-                Ok(signal) => {
-                    console::info(format_args!("received {signal}"));
-                    super::power_off();
-                }
-                Err(e) => {
-                    console::error(format_args!("sigwait: {e}"));
-                    std::thread::sleep(std::time::Duration::from_secs(1));
-                }
+/// Waits for the first of `futures`.
+async fn futures_select_all<F: std::future::Future + Unpin>(futures: impl Iterator<Item = F>) {
+    let mut futures: Vec<F> = futures.collect();
+    std::future::poll_fn(|cx| {
+        for f in futures.iter_mut() {
+            if std::pin::Pin::new(f).poll(cx).is_ready() {
+                return std::task::Poll::Ready(());
             }
-        });
-    if let Err(e) = spawned {
-        console::error(format_args!("cannot start the signal thread: {e}"));
-    }
+        }
+        std::task::Poll::Pending
+    })
+    .await
 }
