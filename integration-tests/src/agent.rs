@@ -79,46 +79,72 @@ impl GuestAgent {
         self.rt.block_on(f)
     }
 
+    /// Runs one call with a client-side limit a little beyond its deadline, so a guest
+    /// that stops answering fails the test instead of hanging it.
+    pub fn call<T>(
+        &self,
+        timeout: Duration,
+        f: impl std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    ) -> Result<T, Status> {
+        let limit = timeout + Duration::from_secs(15);
+        match self.block_on(async { tokio::time::timeout(limit, f).await }) {
+            Ok(r) => r.map(|r| r.into_inner()),
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "no answer from the guest within {timeout:?} (client-side limit)"
+            ))),
+        }
+    }
+
     /// Health.
     pub fn health(&self) -> Result<pb::HealthResponse, Status> {
         let mut c = self.agent.clone();
-        self.block_on(c.health(req(pb::HealthRequest {}, CALL_TIMEOUT)))
-            .map(|r| r.into_inner())
+        self.call(
+            CALL_TIMEOUT,
+            c.health(req(pb::HealthRequest {}, CALL_TIMEOUT)),
+        )
     }
 
     /// Runs a shell command in the guest (not in a container).
     pub fn run(&self, script: &str) -> pb::RunCommandResponse {
         let mut c = self.diag.clone();
-        self.block_on(c.run_command(req(
-            pb::RunCommandRequest {
-                args: vec!["/bin/sh".into(), "-c".into(), script.into()],
-                ..Default::default()
-            },
+        self.call(
             CALL_TIMEOUT,
-        )))
+            c.run_command(req(
+                pb::RunCommandRequest {
+                    args: vec!["/bin/sh".into(), "-c".into(), script.into()],
+                    ..Default::default()
+                },
+                CALL_TIMEOUT,
+            )),
+        )
         .unwrap_or_else(|e| panic!("RunCommand {script:?}: {e}"))
-        .into_inner()
     }
 
     /// Creates a container.
     pub fn create(&self, spec: pb::ContainerSpec) -> Result<u32, Status> {
         let mut c = self.agent.clone();
-        self.block_on(c.create_container(req(
-            pb::CreateContainerRequest { spec: Some(spec) },
+        self.call(
             CALL_TIMEOUT,
-        )))
-        .map(|r| r.into_inner().pid)
+            c.create_container(req(
+                pb::CreateContainerRequest { spec: Some(spec) },
+                CALL_TIMEOUT,
+            )),
+        )
+        .map(|r| r.pid)
     }
 
     /// Starts a container.
     pub fn start(&self, id: &str) -> Result<(), Status> {
         let mut c = self.agent.clone();
-        self.block_on(c.start_container(req(
-            pb::StartContainerRequest {
-                container_id: id.into(),
-            },
+        self.call(
             CALL_TIMEOUT,
-        )))
+            c.start_container(req(
+                pb::StartContainerRequest {
+                    container_id: id.into(),
+                },
+                CALL_TIMEOUT,
+            )),
+        )
         .map(drop)
     }
 
@@ -130,67 +156,82 @@ impl GuestAgent {
         timeout: Duration,
     ) -> Result<pb::ProcessStatus, Status> {
         let mut c = self.agent.clone();
-        self.block_on(c.wait_process(req(
-            pb::WaitProcessRequest {
-                container_id: id.into(),
-                exec_id: exec_id.into(),
-            },
+        self.call(
             timeout,
-        )))
-        .map(|r| r.into_inner().status.unwrap_or_default())
+            c.wait_process(req(
+                pb::WaitProcessRequest {
+                    container_id: id.into(),
+                    exec_id: exec_id.into(),
+                },
+                timeout,
+            )),
+        )
+        .map(|r| r.status.unwrap_or_default())
     }
 
     /// Signals a process.
     pub fn signal(&self, id: &str, exec_id: &str, signal: u32) -> Result<(), Status> {
         let mut c = self.agent.clone();
-        self.block_on(c.signal_process(req(
-            pb::SignalProcessRequest {
-                container_id: id.into(),
-                exec_id: exec_id.into(),
-                signal,
-            },
+        self.call(
             CALL_TIMEOUT,
-        )))
+            c.signal_process(req(
+                pb::SignalProcessRequest {
+                    container_id: id.into(),
+                    exec_id: exec_id.into(),
+                    signal,
+                },
+                CALL_TIMEOUT,
+            )),
+        )
         .map(drop)
     }
 
     /// Removes a container.
     pub fn remove(&self, id: &str, force: bool) -> Result<(), Status> {
         let mut c = self.agent.clone();
-        self.block_on(c.remove_container(req(
-            pb::RemoveContainerRequest {
-                container_id: id.into(),
-                force,
-            },
+        self.call(
             CALL_TIMEOUT,
-        )))
+            c.remove_container(req(
+                pb::RemoveContainerRequest {
+                    container_id: id.into(),
+                    force,
+                },
+                CALL_TIMEOUT,
+            )),
+        )
         .map(drop)
     }
 
     /// Writes to a process's stdin.
     pub fn write_stdin(&self, id: &str, exec_id: &str, data: &[u8]) -> Result<u32, Status> {
         let mut c = self.agent.clone();
-        self.block_on(c.write_stdin(req(
-            pb::WriteStdinRequest {
-                container_id: id.into(),
-                exec_id: exec_id.into(),
-                data: data.to_vec(),
-            },
+        self.call(
             CALL_TIMEOUT,
-        )))
-        .map(|r| r.into_inner().written)
+            c.write_stdin(req(
+                pb::WriteStdinRequest {
+                    container_id: id.into(),
+                    exec_id: exec_id.into(),
+                    data: data.to_vec(),
+                },
+                CALL_TIMEOUT,
+            )),
+        )
+        .map(|r| r.written)
     }
 
     /// Closes a process's stdin.
     pub fn close_stdin(&self, id: &str, exec_id: &str) -> Result<(), Status> {
         let mut c = self.agent.clone();
-        self.block_on(c.close_stdin(req(
-            pb::CloseStdinRequest {
-                container_id: id.into(),
-                exec_id: exec_id.into(),
-            },
+        self.call(
             CALL_TIMEOUT,
-        )))
+            c.close_stdin(req(
+                pb::CloseStdinRequest {
+                    container_id: id.into(),
+                    exec_id: exec_id.into(),
+                },
+                CALL_TIMEOUT,
+            )),
+        )
         .map(drop)
     }
 
@@ -204,17 +245,19 @@ impl GuestAgent {
         timeout: Duration,
     ) -> Result<pb::ReadOutputResponse, Status> {
         let mut c = self.agent.clone();
-        self.block_on(c.read_output(req(
-            pb::ReadOutputRequest {
-                container_id: id.into(),
-                exec_id: exec_id.into(),
-                stream: stream as i32,
-                offset,
-                max_bytes: 0,
-            },
+        self.call(
             timeout,
-        )))
-        .map(|r| r.into_inner())
+            c.read_output(req(
+                pb::ReadOutputRequest {
+                    container_id: id.into(),
+                    exec_id: exec_id.into(),
+                    stream: stream as i32,
+                    offset,
+                    max_bytes: 0,
+                },
+                timeout,
+            )),
+        )
     }
 
     /// Reads one stream from `offset` until `done` says the bytes so far are enough or
@@ -266,26 +309,32 @@ impl GuestAgent {
     /// Starts an exec process.
     pub fn exec(&self, id: &str, exec_id: &str, process: pb::Process) -> Result<u32, Status> {
         let mut c = self.agent.clone();
-        self.block_on(c.exec_process(req(
-            pb::ExecProcessRequest {
-                container_id: id.into(),
-                exec_id: exec_id.into(),
-                process: Some(process),
-            },
+        self.call(
             CALL_TIMEOUT,
-        )))
-        .map(|r| r.into_inner().pid)
+            c.exec_process(req(
+                pb::ExecProcessRequest {
+                    container_id: id.into(),
+                    exec_id: exec_id.into(),
+                    process: Some(process),
+                },
+                CALL_TIMEOUT,
+            )),
+        )
+        .map(|r| r.pid)
     }
 
     /// Asks the guest to stop its containers and power off.
     pub fn shutdown(&self) -> Result<(), Status> {
         let mut c = self.agent.clone();
-        self.block_on(c.shutdown(req(
-            pb::ShutdownRequest {
-                grace_period_seconds: 5,
-            },
+        self.call(
             CALL_TIMEOUT,
-        )))
+            c.shutdown(req(
+                pb::ShutdownRequest {
+                    grace_period_seconds: 5,
+                },
+                CALL_TIMEOUT,
+            )),
+        )
         .map(drop)
     }
 }

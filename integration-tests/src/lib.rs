@@ -307,6 +307,14 @@ impl Guest {
 
 impl Drop for Guest {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.serial_log();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!("--- guest serial console (last {} lines) ---", tail.len());
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

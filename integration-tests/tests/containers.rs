@@ -174,17 +174,20 @@ fn stdin_pipes_and_terminals() {
     assert!(String::from_utf8_lossy(&first).contains("24 80"));
     let mut c = pod.agent.agent.clone();
     pod.agent
-        .block_on(c.resize_tty(req(
-            pb::ResizeTtyRequest {
-                container_id: "tty".into(),
-                exec_id: String::new(),
-                size: Some(pb::TerminalSize {
-                    rows: 40,
-                    cols: 100,
-                }),
-            },
+        .call(
             CALL_TIMEOUT,
-        )))
+            c.resize_tty(req(
+                pb::ResizeTtyRequest {
+                    container_id: "tty".into(),
+                    exec_id: String::new(),
+                    size: Some(pb::TerminalSize {
+                        rows: 40,
+                        cols: 100,
+                    }),
+                },
+                CALL_TIMEOUT,
+            )),
+        )
         .expect("ResizeTty");
     pod.agent.write_stdin("tty", "", b"hello\n").unwrap();
     let out = pod.agent.output("tty", "", WAIT);
@@ -199,14 +202,17 @@ fn stdin_pipes_and_terminals() {
     let mut c = pod.agent.agent.clone();
     let err = pod
         .agent
-        .block_on(c.resize_tty(req(
-            pb::ResizeTtyRequest {
-                container_id: "cat".into(),
-                exec_id: String::new(),
-                size: Some(pb::TerminalSize { rows: 1, cols: 1 }),
-            },
+        .call(
             CALL_TIMEOUT,
-        )))
+            c.resize_tty(req(
+                pb::ResizeTtyRequest {
+                    container_id: "cat".into(),
+                    exec_id: String::new(),
+                    size: Some(pb::TerminalSize { rows: 1, cols: 1 }),
+                },
+                CALL_TIMEOUT,
+            )),
+        )
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
     pod.shutdown();
@@ -253,10 +259,7 @@ fn limits_contain_memory_hogs_and_fork_bombs() {
     assert_eq!(status.exit_code, 137, "{status:?}");
 
     // A process storm stops at the pids limit; init keeps answering.
-    let mut s = spec(
-        "storm",
-        process("i=0; while [ $i -lt 200 ]; do sleep 1000 & i=$((i+1)); done 2>/dev/null; echo spawned; sleep 1000"),
-    );
+    let mut s = spec("storm", process("echo ready; exec sleep 1000"));
     s.resources = Some(pb::Resources {
         pids_limit: 16,
         ..Default::default()
@@ -265,21 +268,38 @@ fn limits_contain_memory_hogs_and_fork_bombs() {
     pod.agent.start("storm").unwrap();
     pod.agent
         .read_until("storm", "", pb::Stream::Stdout, WAIT, |d| {
-            d.ends_with(b"spawned\n")
+            d.ends_with(b"ready\n")
         });
+    pod.agent
+        .exec(
+            "storm",
+            "bomb",
+            // The sleepers must not hold the exec's output pipes open.
+            process(
+                "i=0; while [ $i -lt 100 ]; do sleep 1000 </dev/null >/dev/null 2>&1 & i=$((i+1)); done; echo unreachable",
+            ),
+        )
+        .unwrap();
+    let out = pod.agent.output("storm", "bomb", WAIT);
+    let status = pod.agent.wait("storm", "bomb", WAIT).unwrap();
+    assert_ne!(status.exit_code, 0, "{out:?}");
+    assert!(!out.out().contains("unreachable"), "{out:?}");
+    assert!(out.err().contains("fork"), "{out:?}");
     let mut c = pod.agent.agent.clone();
     let stats = pod
         .agent
-        .block_on(c.stats(req(
-            pb::StatsRequest {
-                container_ids: vec!["storm".into()],
-            },
+        .call(
             CALL_TIMEOUT,
-        )))
-        .expect("Stats")
-        .into_inner();
+            c.stats(req(
+                pb::StatsRequest {
+                    container_ids: vec!["storm".into()],
+                },
+                CALL_TIMEOUT,
+            )),
+        )
+        .expect("Stats");
     let storm = &stats.containers[0];
-    assert!(storm.pids > 1 && storm.pids <= 16, "{storm:?}");
+    assert!(storm.pids > 8 && storm.pids <= 16, "{storm:?}");
     assert!(storm.memory_usage_bytes > 0, "{storm:?}");
     let guest = stats.guest.unwrap_or_default();
     assert!(guest.memory_total_bytes > 256 << 20, "{guest:?}");
@@ -383,7 +403,7 @@ fn signals_stop_containers() {
     pod.run("kill", process("exec sleep 1000"));
     let err = pod
         .agent
-        .wait("kill", "", Duration::from_millis(500))
+        .wait("kill", "", Duration::from_secs(3))
         .unwrap_err();
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err}");
     pod.agent.signal("kill", "", 9).unwrap();
@@ -408,9 +428,11 @@ fn writes_stay_in_the_container_and_vanish_with_it() {
     let mut c = pod.agent.agent.clone();
     let stats = pod
         .agent
-        .block_on(c.stats(req(pb::StatsRequest::default(), CALL_TIMEOUT)))
-        .unwrap()
-        .into_inner();
+        .call(
+            CALL_TIMEOUT,
+            c.stats(req(pb::StatsRequest::default(), CALL_TIMEOUT)),
+        )
+        .unwrap();
     let w = stats
         .containers
         .iter()
@@ -459,7 +481,8 @@ fn guest_configuration_reaches_containers() {
     let pod = pod();
     let mut c = pod.agent.agent.clone();
     pod.agent
-        .block_on(
+        .call(
+            CALL_TIMEOUT,
             c.configure_guest(req(
                 pb::ConfigureGuestRequest {
                     hostname: "pod-a".into(),
@@ -481,15 +504,18 @@ fn guest_configuration_reaches_containers() {
         .expect("ConfigureGuest");
     let mut w = pod.agent.agent.clone();
     pod.agent
-        .block_on(w.write_file(req(
-            pb::WriteFileRequest {
-                path: "volumes/v1/hello.txt".into(),
-                data: b"copied volume\n".to_vec(),
-                mode: 0o640,
-                ..Default::default()
-            },
+        .call(
             CALL_TIMEOUT,
-        )))
+            w.write_file(req(
+                pb::WriteFileRequest {
+                    path: "volumes/v1/hello.txt".into(),
+                    data: b"copied volume\n".to_vec(),
+                    mode: 0o640,
+                    ..Default::default()
+                },
+                CALL_TIMEOUT,
+            )),
+        )
         .expect("WriteFile");
     let mut s = spec(
         "cfg",
@@ -584,14 +610,17 @@ fn bad_requests_get_errors_and_init_stays_healthy() {
     let mut c = a.agent.clone();
     for path in ["../escape", "/etc/passwd", ""] {
         let err = a
-            .block_on(c.write_file(req(
-                pb::WriteFileRequest {
-                    path: path.into(),
-                    data: b"x".to_vec(),
-                    ..Default::default()
-                },
+            .call(
                 CALL_TIMEOUT,
-            )))
+                c.write_file(req(
+                    pb::WriteFileRequest {
+                        path: path.into(),
+                        data: b"x".to_vec(),
+                        ..Default::default()
+                    },
+                    CALL_TIMEOUT,
+                )),
+            )
             .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{path}: {err}");
     }
@@ -614,21 +643,24 @@ fn bad_requests_get_errors_and_init_stays_healthy() {
     ];
     for r in bad_guest {
         let err = a
-            .block_on(c.configure_guest(req(r, CALL_TIMEOUT)))
+            .call(CALL_TIMEOUT, c.configure_guest(req(r, CALL_TIMEOUT)))
             .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{err}");
     }
     let err = a
-        .block_on(c.configure_guest(req(
-            pb::ConfigureGuestRequest {
-                interfaces: vec![pb::Interface {
-                    mac: "02:00:00:00:00:99".into(),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            },
+        .call(
             CALL_TIMEOUT,
-        )))
+            c.configure_guest(req(
+                pb::ConfigureGuestRequest {
+                    interfaces: vec![pb::Interface {
+                        mac: "02:00:00:00:00:99".into(),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                },
+                CALL_TIMEOUT,
+            )),
+        )
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "{err}");
 
@@ -643,5 +675,61 @@ fn bad_requests_get_errors_and_init_stays_healthy() {
     );
     let (status, out) = pod.run_to_end("after", process("echo still fine"));
     assert_eq!((status.exit_code, out.out().as_str()), (0, "still fine\n"));
+    pod.shutdown();
+}
+
+#[test]
+fn capabilities_rlimits_and_privileges() {
+    let pod = pod();
+    let caps = "grep -E '^(CapBnd|CapEff|NoNewPrivs)' /proc/self/status | tr -s '\\t' ' '";
+    // containerd's default set, for root and (bounding only) for other users.
+    let (_, out) = pod.run_to_end("root", process(caps));
+    assert_eq!(
+        out.out(),
+        "CapEff: 00000000a80425fb\nCapBnd: 00000000a80425fb\nNoNewPrivs: 0\n"
+    );
+    let mut p = process(caps);
+    p.user = Some(pb::User {
+        uid: 1000,
+        gid: 1000,
+        additional_gids: vec![],
+    });
+    p.no_new_privileges = true;
+    let (_, out) = pod.run_to_end("user", p);
+    assert_eq!(
+        out.out(),
+        "CapEff: 0000000000000000\nCapBnd: 00000000a80425fb\nNoNewPrivs: 1\n"
+    );
+    // Explicit sets and rlimits.
+    let mut p = process(&format!("{caps}; ulimit -n; ulimit -Hn"));
+    p.capabilities = Some(pb::Capabilities {
+        bounding: vec!["CAP_CHOWN".into(), "CAP_NET_ADMIN".into()],
+        effective: vec!["CAP_CHOWN".into(), "CAP_NET_ADMIN".into()],
+        permitted: vec!["CAP_CHOWN".into(), "CAP_NET_ADMIN".into()],
+        ..Default::default()
+    });
+    p.rlimits = vec![pb::Rlimit {
+        r#type: "RLIMIT_NOFILE".into(),
+        soft: 123,
+        hard: 456,
+    }];
+    let (status, out) = pod.run_to_end("explicit", p);
+    assert_eq!(status.exit_code, 0, "{}", out.err());
+    assert_eq!(
+        out.out(),
+        "CapEff: 0000000000001001\nCapBnd: 0000000000001001\nNoNewPrivs: 0\n123\n456\n"
+    );
+    // A read-only root file system.
+    let mut s = spec(
+        "ro",
+        process("touch /x 2>/dev/null || echo read-only; cat /etc/image-marker"),
+    );
+    s.rootfs.as_mut().unwrap().readonly = true;
+    pod.agent.create(s).unwrap();
+    pod.agent.start("ro").unwrap();
+    assert_eq!(
+        pod.agent.output("ro", "", WAIT).out(),
+        "read-only\nfrom the image\n"
+    );
     pod.shutdown();
 }

@@ -155,14 +155,16 @@ fn vsock_round_trips_one_mib_both_ways() {
     let agent = guest.agent();
     let mut diag = agent.diag.clone();
     let back = agent
-        .block_on(diag.echo(req(
-            pb::EchoRequest {
-                payload: data.clone(),
-            },
+        .call(
             CALL_TIMEOUT,
-        )))
+            diag.echo(req(
+                pb::EchoRequest {
+                    payload: data.clone(),
+                },
+                CALL_TIMEOUT,
+            )),
+        )
         .expect("Echo")
-        .into_inner()
         .payload;
     assert_eq!(back.len(), data.len());
     assert!(back == data, "host-initiated echo corrupted data");
@@ -172,8 +174,11 @@ fn vsock_round_trips_one_mib_both_ways() {
     let mut diag = agent.diag.clone();
     let ask = std::thread::spawn(move || {
         agent
-            .block_on(diag.connect_echo(req(pb::ConnectEchoRequest { port: 5000 }, CALL_TIMEOUT)))
-            .map(|r| r.into_inner().bytes)
+            .call(
+                CALL_TIMEOUT,
+                diag.connect_echo(req(pb::ConnectEchoRequest { port: 5000 }, CALL_TIMEOUT)),
+            )
+            .map(|r| r.bytes)
     });
     let (conn, _) = listener.accept().unwrap();
     conn.set_read_timeout(Some(Duration::from_secs(60)))

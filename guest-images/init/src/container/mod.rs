@@ -444,6 +444,7 @@ impl Manager {
         let setup = async {
             cgroup.add(spawned.pid)?;
             spawned.ready(SETUP_TIMEOUT).await?;
+            process.io.receive_terminal().await?;
             Ok::<(), Error>(())
         }
         .await;
@@ -554,6 +555,7 @@ impl Manager {
         let started = async {
             c.cgroup.add(spawned.pid)?;
             spawned.ready(SETUP_TIMEOUT).await?;
+            proc.io.receive_terminal().await?;
             lock(&proc.status).started_at = Some(SystemTime::now());
             spawned.go(SETUP_TIMEOUT).await?;
             Ok::<(), Error>(())

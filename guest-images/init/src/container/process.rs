@@ -19,6 +19,7 @@ use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -274,22 +275,19 @@ fn child(
 ) -> ChildResult<Infallible> {
     reset_signals();
     nix::unistd::setsid().map_err(ctx(|| "setsid".into()))?;
-    for (fd, target) in [(&fds.stdin, 0), (&fds.stdout, 1), (&fds.stderr, 2)] {
-        // SAFETY: dup2 on descriptors this process owns.
-        if unsafe { libc::dup2(fd.as_raw_fd(), target) } < 0 {
-            return Err(format!("dup2: {}", io::Error::last_os_error()));
+    let terminal = match fds {
+        ChildFds::Pipes {
+            stdin,
+            stdout,
+            stderr,
+        } => {
+            for (fd, target) in [(&stdin, 0), (&stdout, 1), (&stderr, 2)] {
+                dup_onto(fd, target)?;
+            }
+            None
         }
-    }
-    if fds.tty {
-        // SAFETY: TIOCSCTTY takes an integer argument.
-        if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } < 0 {
-            return Err(format!(
-                "set controlling terminal: {}",
-                io::Error::last_os_error()
-            ));
-        }
-    }
-    drop(fds);
+        ChildFds::Terminal { socket, size } => Some((socket, size)),
+    };
     // Nothing of vmlet-init's may leak into the container's program.
     // SAFETY: close_range takes no pointers.
     unsafe {
@@ -310,6 +308,9 @@ fn child(
             setns(fd, CloneFlags::CLONE_NEWNS).map_err(ctx(|| "join mount namespace".into()))?
         }
     }
+    if let Some((socket, size)) = terminal {
+        open_terminal(&socket, size, spec)?;
+    }
     if let Err(e) = std::env::set_current_dir(&spec.cwd) {
         if e.kind() != io::ErrorKind::NotFound {
             return Err(format!("working directory {}: {e}", spec.cwd.display()));
@@ -322,10 +323,13 @@ fn child(
         nix::sys::resource::setrlimit(r.resource, r.soft, r.hard)
             .map_err(ctx(|| format!("rlimit {:?}", r.resource)))?;
     }
-    if let Some(adj) = spec.oom_score_adj {
-        std::fs::write("/proc/self/oom_score_adj", adj.to_string())
-            .map_err(ctx(|| "oom_score_adj".into()))?;
-    }
+    // Always written: the child inherited init's -1000, which would make it unkillable
+    // by the OOM killer and leave a container over its memory limit hanging.
+    std::fs::write(
+        "/proc/self/oom_score_adj",
+        spec.oom_score_adj.unwrap_or(0).to_string(),
+    )
+    .map_err(ctx(|| "oom_score_adj".into()))?;
     spec.caps
         .apply_bounding()
         .map_err(ctx(|| "capability bounding set".into()))?;
@@ -360,6 +364,54 @@ fn child(
         }
     }
     exec(spec, argv0)
+}
+
+fn dup_onto(fd: &OwnedFd, target: i32) -> ChildResult {
+    // SAFETY: dup2 on descriptors this process owns.
+    if unsafe { libc::dup2(fd.as_raw_fd(), target) } < 0 {
+        return Err(format!("dup2: {}", io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Opens a terminal from the container's `/dev/ptmx`, sends its master to vmlet-init
+/// and makes the slave the process's controlling terminal and fds 0, 1 and 2.
+fn open_terminal(socket: &OwnedFd, size: (u16, u16), spec: &ProcessSpec) -> ChildResult {
+    use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
+    let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
+        .map_err(ctx(|| "open /dev/ptmx".into()))?;
+    grantpt(&master).map_err(ctx(|| "grantpt".into()))?;
+    unlockpt(&master).map_err(ctx(|| "unlockpt".into()))?;
+    let name = ptsname_r(&master).map_err(ctx(|| "ptsname".into()))?;
+    let slave: OwnedFd = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open(&name)
+        .map_err(ctx(|| format!("open {name}")))?
+        .into();
+    nix::unistd::fchown(
+        &slave,
+        Some(Uid::from_raw(spec.uid)),
+        Some(Gid::from_raw(spec.gid)),
+    )
+    .map_err(ctx(|| format!("chown {name}")))?;
+    super::stdio::set_winsize(slave.as_fd(), size.0, size.1)
+        .map_err(ctx(|| "terminal size".into()))?;
+    super::stdio::send_fd(socket.as_fd(), master.as_fd().as_fd())
+        .map_err(ctx(|| "send the terminal to vmlet-init".into()))?;
+    drop(master);
+    for target in 0..3 {
+        dup_onto(&slave, target)?;
+    }
+    // SAFETY: TIOCSCTTY takes an integer argument.
+    if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } < 0 {
+        return Err(format!(
+            "set controlling terminal: {}",
+            io::Error::last_os_error()
+        ));
+    }
+    Ok(())
 }
 
 fn reset_signals() {

@@ -172,7 +172,7 @@ pub struct ProcessSpec {
     pub no_new_privileges: bool,
     /// Capability sets.
     pub caps: CapSets,
-    /// oom_score_adj, if set.
+    /// oom_score_adj, if set (0 otherwise).
     pub oom_score_adj: Option<i32>,
 }
 

@@ -4,12 +4,15 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
-use nix::pty::{openpty, Winsize};
+use nix::sys::socket::{
+    recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
+    SockFlag, SockType,
+};
 use nix::unistd::pipe2;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::Notify;
@@ -203,17 +206,27 @@ impl Output {
     }
 }
 
-/// The descriptors a child gets as stdin, stdout and stderr.
+/// What a child gets for its standard streams.
 #[derive(Debug)]
-pub struct ChildFds {
-    /// fd 0.
-    pub stdin: OwnedFd,
-    /// fd 1.
-    pub stdout: OwnedFd,
-    /// fd 2.
-    pub stderr: OwnedFd,
-    /// Whether they are one terminal (the child makes it its controlling terminal).
-    pub tty: bool,
+pub enum ChildFds {
+    /// Pipes (or /dev/null for stdin), for fds 0, 1 and 2.
+    Pipes {
+        /// fd 0.
+        stdin: OwnedFd,
+        /// fd 1.
+        stdout: OwnedFd,
+        /// fd 2.
+        stderr: OwnedFd,
+    },
+    /// A terminal, which the child opens itself from its container's `/dev/ptmx` (so
+    /// that it belongs to the container's devpts and `tty` names it) and whose master
+    /// it sends back over `socket`.
+    Terminal {
+        /// The child's end of the socket pair.
+        socket: OwnedFd,
+        /// Initial window size (rows, cols).
+        size: (u16, u16),
+    },
 }
 
 /// The guest's end of a process's streams.
@@ -223,8 +236,11 @@ pub struct ProcessIo {
     pub stdout: Arc<Output>,
     /// stderr; empty and ended on a terminal.
     pub stderr: Arc<Output>,
+    open_stdin: bool,
     stdin: Mutex<Option<Arc<AsyncFdOwned>>>,
-    tty: Option<Arc<AsyncFdOwned>>,
+    tty: Mutex<Option<Arc<AsyncFdOwned>>>,
+    /// The socket the child sends its terminal's master over.
+    console: Mutex<Option<OwnedFd>>,
     readers: Mutex<Vec<Arc<AsyncFdOwned>>>,
 }
 
@@ -242,69 +258,66 @@ pub enum IoError {
     Io(#[from] io::Error),
 }
 
+fn take<T>(m: &Mutex<Option<T>>) -> Option<T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner).take()
+}
+
+fn get<T: Clone>(m: &Mutex<Option<T>>) -> Option<T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner).clone()
+}
+
 impl ProcessIo {
-    /// Makes the streams for a process: a terminal of `size` (rows, cols), or pipes;
-    /// stdin is a pipe only when `open_stdin`.
+    /// Makes the streams for a process: a terminal (see [`ChildFds::Terminal`]) of
+    /// `size` (rows, cols), or pipes; stdin is writable only when `open_stdin`.
     pub fn new(
         terminal: bool,
         open_stdin: bool,
         size: (u16, u16),
     ) -> Result<(ProcessIo, ChildFds), StdioError> {
-        let null = || -> Result<OwnedFd, StdioError> {
-            std::fs::File::open("/dev/null")
-                .map(OwnedFd::from)
-                .map_err(|source| StdioError {
-                    what: "stdin (/dev/null)",
-                    source,
-                })
+        let mut io = ProcessIo {
+            stdout: Output::new(),
+            stderr: Output::new(),
+            open_stdin,
+            stdin: Mutex::new(None),
+            tty: Mutex::new(None),
+            console: Mutex::new(None),
+            readers: Mutex::new(Vec::new()),
         };
         if terminal {
-            let ws = Winsize {
-                ws_row: size.0,
-                ws_col: size.1,
-                ws_xpixel: 0,
-                ws_ypixel: 0,
-            };
-            let pty = openpty(Some(&ws), None).map_err(err("terminal"))?;
-            let master = nonblocking(pty.master).map_err(|source| StdioError {
-                what: "terminal",
-                source,
-            })?;
-            let slave = pty.slave;
-            let dup = |fd: &OwnedFd| {
-                fd.try_clone().map_err(|source| StdioError {
-                    what: "terminal",
-                    source,
-                })
-            };
-            let fds = ChildFds {
-                stdin: dup(&slave)?,
-                stdout: dup(&slave)?,
-                stderr: slave,
-                tty: true,
-            };
-            let stderr = Output::new();
-            stderr.close();
-            let io = ProcessIo {
-                stdout: Output::new(),
-                stderr,
-                stdin: Mutex::new(open_stdin.then(|| Arc::clone(&master))),
-                readers: Mutex::new(vec![Arc::clone(&master)]),
-                tty: Some(master),
-            };
-            return Ok((io, fds));
+            let (ours, theirs) = socketpair(
+                AddressFamily::Unix,
+                SockType::SeqPacket,
+                None,
+                SockFlag::SOCK_CLOEXEC,
+            )
+            .map_err(err("terminal socket"))?;
+            io.stderr.close();
+            io.console = Mutex::new(Some(ours));
+            return Ok((
+                io,
+                ChildFds::Terminal {
+                    socket: theirs,
+                    size,
+                },
+            ));
         }
         let (out_r, out_w) = pipe2(OFlag::O_CLOEXEC).map_err(err("stdout pipe"))?;
         let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC).map_err(err("stderr pipe"))?;
-        let (stdin_fd, stdin_w) = if open_stdin {
+        let stdin_fd = if open_stdin {
             let (r, w) = pipe2(OFlag::O_CLOEXEC).map_err(err("stdin pipe"))?;
             let w = nonblocking(w).map_err(|source| StdioError {
                 what: "stdin pipe",
                 source,
             })?;
-            (r, Some(w))
+            io.stdin = Mutex::new(Some(w));
+            r
         } else {
-            (null()?, None)
+            std::fs::File::open("/dev/null")
+                .map(OwnedFd::from)
+                .map_err(|source| StdioError {
+                    what: "stdin (/dev/null)",
+                    source,
+                })?
         };
         let wrap = |fd| {
             nonblocking(fd).map_err(|source| StdioError {
@@ -312,20 +325,40 @@ impl ProcessIo {
                 source,
             })
         };
-        let io = ProcessIo {
-            stdout: Output::new(),
-            stderr: Output::new(),
-            stdin: Mutex::new(stdin_w),
-            tty: None,
-            readers: Mutex::new(vec![wrap(out_r)?, wrap(err_r)?]),
-        };
-        let fds = ChildFds {
+        io.readers = Mutex::new(vec![wrap(out_r)?, wrap(err_r)?]);
+        let fds = ChildFds::Pipes {
             stdin: stdin_fd,
             stdout: out_w,
             stderr: err_w,
-            tty: false,
         };
         Ok((io, fds))
+    }
+
+    /// For a terminal process: receives the terminal's master from the child (sent
+    /// before it reports ready). Does nothing for pipes.
+    pub async fn receive_terminal(&self) -> Result<(), StdioError> {
+        let Some(socket) = take(&self.console) else {
+            return Ok(());
+        };
+        let failed = |source: io::Error| StdioError {
+            what: "terminal",
+            source,
+        };
+        let socket = nonblocking(socket).map_err(failed)?;
+        let master = loop {
+            let mut guard = socket.readable().await.map_err(failed)?;
+            match guard.try_io(|fd| recv_fd(fd.get_ref())) {
+                Ok(result) => break result.map_err(failed)?,
+                Err(_would_block) => continue,
+            }
+        };
+        let master = nonblocking(master).map_err(failed)?;
+        if self.open_stdin {
+            *self.stdin.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&master));
+        }
+        *self.readers.lock().unwrap_or_else(PoisonError::into_inner) = vec![Arc::clone(&master)];
+        *self.tty.lock().unwrap_or_else(PoisonError::into_inner) = Some(master);
+        Ok(())
     }
 
     /// Starts copying output into the buffers. Call once, after the child has its ends.
@@ -338,59 +371,78 @@ impl ProcessIo {
         }
     }
 
-    fn stdin(&self) -> Result<Arc<AsyncFdOwned>, IoError> {
-        self.stdin
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-            .ok_or(IoError::StdinClosed)
-    }
-
     /// Writes to stdin.
     pub async fn write_stdin(&self, data: &[u8]) -> Result<usize, IoError> {
-        let fd = self.stdin()?;
+        let fd = get(&self.stdin).ok_or(IoError::StdinClosed)?;
         Ok(write_fd(&fd, data).await?)
     }
 
     /// Closes stdin: drops the pipe, or on a terminal sends end-of-file (^D).
     pub async fn close_stdin(&self) -> Result<(), IoError> {
-        let fd = self
-            .stdin
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        match (&self.tty, fd) {
-            (Some(_), Some(fd)) => {
-                write_fd(&fd, &[4]).await?;
-                Ok(())
-            }
-            (None, Some(_)) => Ok(()),
-            (_, None) => Err(IoError::StdinClosed),
-        }
-    }
-
-    /// Sets the terminal's window size.
-    pub fn resize(&self, rows: u16, cols: u16) -> Result<(), IoError> {
-        let tty = self.tty.as_ref().ok_or(IoError::NoTty)?;
-        let ws = libc::winsize {
-            ws_row: rows,
-            ws_col: cols,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        };
-        // SAFETY: TIOCSWINSZ reads one winsize from the pointer, which is valid.
-        let rc = unsafe { libc::ioctl(tty.get_ref().as_fd().as_raw_fd(), libc::TIOCSWINSZ, &ws) };
-        if rc < 0 {
-            return Err(io::Error::last_os_error().into());
+        let fd = take(&self.stdin).ok_or(IoError::StdinClosed)?;
+        if get(&self.tty).is_some() {
+            write_fd(&fd, &[4]).await?;
         }
         Ok(())
     }
 
-    /// Ends the output streams of a process whose pipes were never handed to a pump.
-    pub fn close_outputs(&self) {
-        self.stdout.close();
-        self.stderr.close();
+    /// Sets the terminal's window size.
+    pub fn resize(&self, rows: u16, cols: u16) -> Result<(), IoError> {
+        let tty = get(&self.tty).ok_or(IoError::NoTty)?;
+        set_winsize(tty.get_ref().as_fd(), rows, cols)?;
+        Ok(())
     }
+}
+
+/// Sets a terminal's window size.
+pub fn set_winsize(fd: BorrowedFd<'_>, rows: u16, cols: u16) -> io::Result<()> {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one winsize from the pointer, which is valid.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Sends `fd` over a unix socket (`SCM_RIGHTS`).
+pub fn send_fd(socket: BorrowedFd<'_>, fd: BorrowedFd<'_>) -> io::Result<()> {
+    let fds = [fd.as_raw_fd()];
+    let cmsg = [ControlMessage::ScmRights(&fds)];
+    let iov = [std::io::IoSlice::new(b"t")];
+    sendmsg::<()>(socket.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None)?;
+    Ok(())
+}
+
+/// Receives one descriptor sent by [`send_fd`].
+fn recv_fd(socket: &OwnedFd) -> io::Result<OwnedFd> {
+    let mut byte = [0u8; 1];
+    let mut iov = [std::io::IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = recvmsg::<()>(
+        socket.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
+    for c in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            if let Some(&raw) = fds.first() {
+                // SAFETY: the kernel just installed this descriptor for us; nothing
+                // else owns it.
+                return Ok(unsafe { OwnedFd::from_raw_fd(raw) });
+            }
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        "the process exited before sending its terminal",
+    ))
 }
 
 #[cfg(test)]
