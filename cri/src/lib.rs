@@ -1,0 +1,1 @@
+//! vmlet CRI services.
