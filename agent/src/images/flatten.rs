@@ -6,14 +6,14 @@
 //! synced image is renamed to its final name, so a crash leaves nothing half-visible.
 
 use std::fs;
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use tempfile::TempDir;
 
 use super::digest::Digest;
-use super::store::{store_error_in, sync_dir, ContentStore, StoreError};
+use super::store::{sync_dir, ContentStore, StoreError};
 use super::unpack::{UnpackError, Unpacker};
 
 /// The tool that builds block images.
@@ -68,6 +68,9 @@ pub struct LayerBlob {
     pub digest: Digest,
     /// Its size in bytes.
     pub size: u64,
+    /// Whether its digest and size were checked moments ago (downloaded by this pull);
+    /// otherwise it is verified again before use.
+    pub verified: bool,
 }
 
 /// How a layer blob is compressed, told by its first bytes: media types are not
@@ -89,12 +92,8 @@ fn sniff(head: &[u8]) -> Compression {
     }
 }
 
-/// Reads `r` to its end, so that a verifying reader underneath sees the whole blob.
-fn drain<R: Read>(mut r: R) -> io::Result<()> {
-    io::copy(&mut r, &mut io::sink()).map(|_| ())
-}
-
-/// Applies one layer blob onto `unpacker`'s root, verifying the blob as it streams.
+/// Applies one layer blob onto `unpacker`'s root, verifying it first unless it was
+/// verified by this pull's download.
 fn apply_layer(
     store: &ContentStore,
     unpacker: &Unpacker,
@@ -104,61 +103,31 @@ fn apply_layer(
         layer: layer.digest.clone(),
         source,
     };
-    // A verification failure surfaces as an io::Error from deep inside the decoders;
-    // put it back into its typed form.
-    let classify = |e: io::Error| match store_error_in(&e) {
-        Some(StoreError::DigestMismatch { expected, actual }) => {
-            store_err(StoreError::DigestMismatch {
-                expected: expected.clone(),
-                actual: actual.clone(),
-            })
-        }
-        Some(StoreError::SizeMismatch {
-            digest,
-            expected,
-            actual,
-        }) => store_err(StoreError::SizeMismatch {
-            digest: digest.clone(),
-            expected: *expected,
-            actual: *actual,
-        }),
-        _ => FlattenError::Decompress {
-            layer: layer.digest.clone(),
-            source: e,
-        },
+    if !layer.verified {
+        store.verify(&layer.digest, layer.size).map_err(store_err)?;
+    }
+    let decompress_err = |source| FlattenError::Decompress {
+        layer: layer.digest.clone(),
+        source,
     };
-    let unpack_err = |source: UnpackError| match source {
-        UnpackError::Tar(e) if store_error_in(&e).is_some() => classify(e),
-        source => FlattenError::Unpack {
-            layer: layer.digest.clone(),
-            source,
-        },
+    let unpack_err = |source| FlattenError::Unpack {
+        layer: layer.digest.clone(),
+        source,
     };
-
-    let verified = store
-        .open_verified(&layer.digest, layer.size)
-        .map_err(store_err)?;
-    let mut buf = BufReader::with_capacity(1 << 18, verified);
-    let head = buf.fill_buf().map_err(classify)?;
+    let file = store.open_blob(&layer.digest).map_err(store_err)?;
+    let mut buf = BufReader::with_capacity(1 << 18, file);
+    let head = buf.fill_buf().map_err(decompress_err)?;
     match sniff(head) {
         Compression::Gzip => {
-            let mut dec = flate2::bufread::MultiGzDecoder::new(buf);
-            unpacker.apply(&mut dec).map_err(unpack_err)?;
-            drain(&mut dec).map_err(classify)?;
-            drain(dec.into_inner()).map_err(classify)?;
+            let dec = flate2::bufread::MultiGzDecoder::new(buf);
+            unpacker.apply(dec).map_err(unpack_err)
         }
         Compression::Zstd => {
-            let mut dec = zstd::Decoder::with_buffer(buf).map_err(classify)?;
-            unpacker.apply(&mut dec).map_err(unpack_err)?;
-            drain(&mut dec).map_err(classify)?;
-            drain(dec.finish()).map_err(classify)?;
+            let dec = zstd::Decoder::with_buffer(buf).map_err(decompress_err)?;
+            unpacker.apply(dec).map_err(unpack_err)
         }
-        Compression::None => {
-            unpacker.apply(&mut buf).map_err(unpack_err)?;
-            drain(buf).map_err(classify)?;
-        }
+        Compression::None => unpacker.apply(buf).map_err(unpack_err),
     }
-    Ok(())
 }
 
 /// Applies `layers` in order into a fresh scratch root under `tmp_dir` and returns it.

@@ -197,9 +197,9 @@ pub struct Fetched {
     pub config: BlobRef,
     /// Layers, bottom first.
     pub layers: Vec<BlobRef>,
-    /// Blobs downloaded by this pull (the rest were in the store already or fetched by a
-    /// concurrent pull).
-    pub blobs_downloaded: usize,
+    /// Blobs downloaded (and so verified) by this pull; the rest were in the store
+    /// already or fetched by a concurrent pull.
+    pub downloaded: Vec<Digest>,
 }
 
 /// Fetches images into the content store.
@@ -353,8 +353,14 @@ impl Puller {
 
         let mut wanted: Vec<(&OciDescriptor, &BlobRef)> = vec![(&manifest.config, &config)];
         wanted.extend(manifest.layers.iter().zip(layers.iter()));
-        let downloaded: Vec<bool> = futures_util::stream::iter(wanted)
-            .map(|(desc, blob)| fetch_blob(&client, &oref, desc, blob, store, &ctx))
+        let fetched: Vec<Option<Digest>> = futures_util::stream::iter(wanted)
+            .map(|(desc, blob)| {
+                let (client, oref, ctx) = (&client, &oref, &ctx);
+                async move {
+                    let downloaded = fetch_blob(client, oref, desc, blob, store, ctx).await?;
+                    Ok::<_, PullError>(downloaded.then(|| blob.digest.clone()))
+                }
+            })
             .buffer_unordered(PARALLEL_LAYERS)
             .try_collect()
             .await?;
@@ -364,7 +370,7 @@ impl Puller {
             manifests,
             config,
             layers,
-            blobs_downloaded: downloaded.into_iter().filter(|d| *d).count(),
+            downloaded: fetched.into_iter().flatten().collect(),
         })
     }
 }

@@ -281,6 +281,7 @@ impl ImageManager {
                     .map(|b| LayerBlob {
                         digest: b.digest.clone(),
                         size: b.size,
+                        verified: fetched.downloaded.contains(&b.digest),
                     })
                     .collect();
                 let tmp = self.tmp_dir.clone();
@@ -317,10 +318,10 @@ impl ImageManager {
                 .cloned()
                 .ok_or_else(|| ImageError::Internal("record vanished".into()))?
         };
-        tracing::info!(%image, id = %id, downloaded = fetched.blobs_downloaded, flattened, "pulled");
+        tracing::info!(%image, id = %id, downloaded = fetched.downloaded.len(), flattened, "pulled");
         Ok(PullOutcome {
             image: image_rec,
-            blobs_downloaded: fetched.blobs_downloaded,
+            blobs_downloaded: fetched.downloaded.len(),
             flattened,
         })
     }
