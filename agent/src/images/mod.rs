@@ -16,6 +16,7 @@
 //! of a pulled image; [`ImageManager::lease`] keeps it from being removed while a
 //! container uses it.
 
+mod cri;
 pub mod digest;
 pub mod flatten;
 mod locks;

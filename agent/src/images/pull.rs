@@ -351,15 +351,16 @@ impl Puller {
             return Err(ctx.unsupported("the image has no layers".into()));
         }
 
-        let mut wanted: Vec<(&OciDescriptor, &BlobRef)> = vec![(&manifest.config, &config)];
-        wanted.extend(manifest.layers.iter().zip(layers.iter()));
+        // Owned items: borrowed ones make the stream's future lose `Send` (a known
+        // higher-ranked lifetime limitation of async closures over references).
+        let mut wanted: Vec<(OciDescriptor, BlobRef)> =
+            vec![(manifest.config.clone(), config.clone())];
+        wanted.extend(manifest.layers.iter().cloned().zip(layers.iter().cloned()));
+        let (client, oref, ctx) = (&client, &oref, &ctx);
         let fetched: Vec<Option<Digest>> = futures_util::stream::iter(wanted)
-            .map(|(desc, blob)| {
-                let (client, oref, ctx) = (&client, &oref, &ctx);
-                async move {
-                    let downloaded = fetch_blob(client, oref, desc, blob, store, ctx).await?;
-                    Ok::<_, PullError>(downloaded.then(|| blob.digest.clone()))
-                }
+            .map(move |(desc, blob)| async move {
+                let downloaded = fetch_blob(client, oref, &desc, &blob, store, ctx).await?;
+                Ok::<_, PullError>(downloaded.then_some(blob.digest))
             })
             .buffer_unordered(PARALLEL_LAYERS)
             .try_collect()
