@@ -323,3 +323,44 @@ async fn basic_auth_and_registry_errors() {
         .unwrap_err();
     assert!(matches!(err, ImageError::InvalidReference(_)), "{err}");
 }
+
+#[tokio::test]
+async fn token_auth_with_password_and_registry_token() {
+    let registry = TestRegistry::start_with_token_auth("carol", "pw").expect("registry must start");
+    let reference = registry
+        .push(&busybox_image().unwrap(), "tokened:latest")
+        .unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let mgr = manager(state.path(), &[registry.addr()]).await;
+
+    let err = mgr
+        .pull(&reference, &Credentials::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ImageError::Pull {
+                source: PullError::Unauthorized { .. },
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let password = Credentials {
+        username: "carol".into(),
+        password: "pw".into(),
+        ..Default::default()
+    };
+    let first = mgr.pull(&reference, &password).await.unwrap();
+    mgr.remove(&reference).await.unwrap();
+
+    // A bearer token handed over as is (CRI registry_token).
+    let token = Credentials {
+        registry_token: registry.issue_token("tokened").unwrap(),
+        ..Default::default()
+    };
+    let second = mgr.pull(&reference, &token).await.unwrap();
+    assert_eq!(first.image.id, second.image.id);
+    assert_eq!(second.blobs_downloaded, 2);
+}

@@ -13,6 +13,7 @@
 
 mod image;
 mod registry;
+mod token;
 
 pub use image::{busybox_image, Compression, ImageBuilder, LayerBuilder, OciImage};
 pub use registry::{FixtureError, TestRegistry};

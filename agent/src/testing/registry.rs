@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 use super::image::OciImage;
+use super::token::{TokenServer, ISSUER, SERVICE};
 
 /// Errors of the fixtures.
 #[derive(Debug, thiserror::Error)]
@@ -48,23 +49,48 @@ fn run(cmd: &mut Command) -> Result<String, FixtureError> {
 /// A running registry; killed and its storage removed on drop.
 pub struct TestRegistry {
     child: Option<Child>,
+    // Declared before `dir`: stopped before its key files go.
+    token: Option<TokenServer>,
     dir: TempDir,
     addr: String,
     basic_auth: Option<(String, String)>,
 }
 
+/// How clients must authenticate.
+enum Auth {
+    Anonymous,
+    Basic(String, String),
+    Token(String, String),
+}
+
 impl TestRegistry {
     /// Starts an anonymous registry.
     pub fn start() -> Result<Self, FixtureError> {
-        Self::spawn(None)
+        Self::spawn(Auth::Anonymous)
     }
 
     /// Starts a registry that requires HTTP basic auth (htpasswd, bcrypt).
     pub fn start_with_basic_auth(user: &str, password: &str) -> Result<Self, FixtureError> {
-        Self::spawn(Some((user.to_string(), password.to_string())))
+        Self::spawn(Auth::Basic(user.to_string(), password.to_string()))
     }
 
-    fn spawn(basic_auth: Option<(String, String)>) -> Result<Self, FixtureError> {
+    /// Starts a registry with token auth (Bearer challenge, JWTs from a token server
+    /// that accepts `user`/`password`), as Docker Hub and most cloud registries do.
+    pub fn start_with_token_auth(user: &str, password: &str) -> Result<Self, FixtureError> {
+        Self::spawn(Auth::Token(user.to_string(), password.to_string()))
+    }
+
+    /// A registry token for pulling `repository` (only with token auth).
+    pub fn issue_token(&self, repository: &str) -> Result<String, FixtureError> {
+        match &self.token {
+            Some(t) => t.issue(repository),
+            None => Err(FixtureError::NotReady(
+                "this registry has no token auth".into(),
+            )),
+        }
+    }
+
+    fn spawn(auth: Auth) -> Result<Self, FixtureError> {
         let dir = tempfile::Builder::new()
             .prefix("vmlet-registry-")
             .tempdir()?;
@@ -78,7 +104,20 @@ impl TestRegistry {
             "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
             storage.display()
         );
-        if let Some((user, pass)) = &basic_auth {
+        let mut token = None;
+        let mut basic_auth = None;
+        if let Auth::Token(user, pass) = &auth {
+            let server = TokenServer::start(dir.path(), user, pass)?;
+            config.push_str(&format!(
+                "auth:\n  token:\n    realm: {}\n    service: {SERVICE}\n    issuer: {ISSUER}\n    rootcertbundle: {}\n",
+                server.realm(),
+                server.cert().display()
+            ));
+            token = Some(server);
+            basic_auth = Some((user.clone(), pass.clone()));
+        }
+        if let Auth::Basic(user, pass) = &auth {
+            basic_auth = Some((user.clone(), pass.clone()));
             let line = run(Command::new("htpasswd").args(["-Bbn", user, pass]))?;
             let htpasswd = dir.path().join("htpasswd");
             fs::write(&htpasswd, line.trim())?;
@@ -103,6 +142,7 @@ impl TestRegistry {
             })?;
         let mut reg = Self {
             child: Some(child),
+            token,
             dir,
             addr,
             basic_auth,
