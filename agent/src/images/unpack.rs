@@ -172,6 +172,20 @@ impl Unpacker {
         rel: &Path,
         kind: Escape,
     ) -> Result<PathBuf, UnpackError> {
+        self.check_parents(raw, rel, kind, true)
+            .map(|p| p.unwrap_or_else(|| self.root.join(rel)))
+    }
+
+    /// Walks the ancestors of `rel`, refusing symlinks. Missing ones are created when
+    /// `create` is set; otherwise the walk stops there and returns `None` (nothing below
+    /// can exist).
+    fn check_parents(
+        &self,
+        raw: &Path,
+        rel: &Path,
+        kind: Escape,
+        create: bool,
+    ) -> Result<Option<PathBuf>, UnpackError> {
         let mut cur = self.root.clone();
         let mut comps = rel.components().peekable();
         while let Some(c) = comps.next() {
@@ -196,6 +210,7 @@ impl Unpacker {
                         ),
                     })
                 }
+                Err(e) if e.kind() == io::ErrorKind::NotFound && !create => return Ok(None),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     fs::create_dir(&cur).map_err(UnpackError::io("mkdir", &cur))?;
                     fs::set_permissions(&cur, fs::Permissions::from_mode(0o755))
@@ -204,7 +219,7 @@ impl Unpacker {
                 Err(e) => return Err(UnpackError::io("stat", &cur)(e)),
             }
         }
-        Ok(cur)
+        Ok(Some(cur))
     }
 
     fn apply_entry<R: Read>(
@@ -216,6 +231,10 @@ impl Unpacker {
         let rel = clean_path(&raw, false)?;
         let header = entry.header();
         let kind = header.entry_type();
+        if kind == EntryType::XGlobalHeader {
+            // PAX global headers (git archive writes one) carry no file.
+            return Ok(());
+        }
 
         let Some(name) = rel.file_name().map(|n| n.to_owned()) else {
             // The root itself (`./`): take its metadata, nothing else.
@@ -227,8 +246,12 @@ impl Unpacker {
         let name_bytes = name.as_bytes();
         if let Some(target) = name_bytes.strip_prefix(WHITEOUT_PREFIX.as_bytes()) {
             let parent_rel = rel.parent().unwrap_or(Path::new(""));
-            let parent = self.prepare_parents(&raw, &rel, Escape::SymlinkTraversal)?;
-            let parent = parent.parent().unwrap_or(&self.root).to_path_buf();
+            let Some(path) = self.check_parents(&raw, &rel, Escape::SymlinkTraversal, false)?
+            else {
+                // The directory does not exist: nothing to delete.
+                return Ok(());
+            };
+            let parent = path.parent().unwrap_or(&self.root).to_path_buf();
             if name_bytes == OPAQUE_WHITEOUT.as_bytes() {
                 return self.make_opaque(&parent, parent_rel, state);
             }
@@ -247,7 +270,12 @@ impl Unpacker {
 
         let dest = self.prepare_parents(&raw, &rel, Escape::SymlinkTraversal)?;
         let existing = fs::symlink_metadata(&dest).ok();
-        state.written.insert(rel.clone());
+        // With its ancestors: an opaque marker later in this layer must keep them.
+        for a in rel.ancestors() {
+            if !state.written.insert(a.to_path_buf()) {
+                break;
+            }
+        }
 
         match kind {
             EntryType::Directory => {
