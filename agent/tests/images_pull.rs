@@ -364,3 +364,42 @@ async fn token_auth_with_password_and_registry_token() {
     assert_eq!(first.image.id, second.image.id);
     assert_eq!(second.blobs_downloaded, 2);
 }
+
+/// `busybox` means docker.io/library/busybox:latest; a dead mirror is skipped and the
+/// local registry, configured as a docker.io mirror, serves it (no internet needed).
+#[tokio::test]
+async fn docker_hub_names_through_mirrors() {
+    use std::collections::HashMap;
+    use vmlet_agent::images::{ImageManager, ImageManagerConfig, RegistriesConfig, RegistryHost};
+
+    let registry = TestRegistry::start().expect("registry must start");
+    registry.push(&busybox_image().unwrap(), "library/busybox:latest").unwrap();
+    let plain = RegistryHost {
+        plain_http: true,
+        ..Default::default()
+    };
+    let hosts = HashMap::from([
+        (
+            "docker.io".to_string(),
+            RegistryHost {
+                mirrors: vec!["127.0.0.1:1".to_string(), registry.addr().to_string()],
+                ..Default::default()
+            },
+        ),
+        ("127.0.0.1:1".to_string(), plain.clone()),
+        (registry.addr().to_string(), plain),
+    ]);
+    let state = tempfile::tempdir().unwrap();
+    let mgr = ImageManager::open(ImageManagerConfig {
+        state_dir: state.path().to_path_buf(),
+        registries: RegistriesConfig { hosts },
+    })
+    .await
+    .unwrap();
+    let out = mgr.pull("busybox", &Credentials::default()).await.unwrap();
+    assert_eq!(out.image.repo_tags, vec!["docker.io/library/busybox:latest"]);
+    assert!(out.image.repo_digests[0].starts_with("docker.io/library/busybox@sha256:"));
+    for q in ["busybox", "busybox:latest", "library/busybox", "docker.io/library/busybox:latest"] {
+        assert!(mgr.status(q).is_some(), "{q}");
+    }
+}
