@@ -5,8 +5,9 @@
 #
 # The Debian root (debootstrap, minbase) is built once and cached under
 # /var/cache/vmlet/bench, keyed by suite, variant and mirror.
-# Prints pull_ms_p50=<n> and pull_vs_containerd=<ratio> (vmlet / containerd; <= 1.0 is
-# the target).
+# Prints pull_ms_p50=<n> and pull_vs_containerd=<ratio> last (vmlet / containerd; <= 1.0
+# is the target), with vmlet's default configuration (scratch root on disk, under the
+# state directory); before them the same figures with the scratch root on tmpfs.
 #
 #   scripts/bench-pull.sh [RUNS]      (default 5; run as root)
 set -euo pipefail
@@ -34,9 +35,11 @@ fi
 
 work=$(mktemp -d /var/tmp/vmlet-bench-XXXXXX)
 ctrd_pid=
+shm_scratch=
 cleanup() {
     [ -n "$ctrd_pid" ] && kill "$ctrd_pid" 2>/dev/null && wait "$ctrd_pid" 2>/dev/null
     "$repo/scripts/test-registry.sh" stop "$work/registry" >/dev/null 2>&1 || true
+    [ -n "${shm_scratch:-}" ] && rm -rf "$shm_scratch"
     umount -R "$work/ctrd-root" 2>/dev/null || true
     rm -rf "$work"
 }
@@ -76,40 +79,67 @@ pull_bin=$target/release/examples/pull
 
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
-vmlet_ms=()
-for i in $(seq "$runs"); do
-    state=$work/vmlet-$i
-    sync
-    vmlet_ms+=("$("$pull_bin" "$state" "$ref" "$addr")")
-    rm -rf "$state"
-done
-vmlet_p50=$(printf '%s\n' "${vmlet_ms[@]}" | median)
-log "vmlet pull+flatten ms: ${vmlet_ms[*]}"
-echo "pull_ms_p50=$vmlet_p50"
-
+have_containerd=1
 if ! command -v containerd >/dev/null || ! command -v ctr >/dev/null; then
     log "containerd not installed: no comparison"
-    exit 0
+    have_containerd=0
 fi
-ctrd_ms=()
-for i in $(seq "$runs"); do
-    root=$work/ctrd-root
+
+# Arguments: extra options (a scratch directory).
+vmlet_pull() {
+    local state=$work/vmlet
+    "$pull_bin" "$@" "$state" "$ref" "$addr"
+    rm -rf "$state"
+}
+shm_scratch=$(mktemp -d /dev/shm/vmlet-bench-XXXXXX)
+
+# containerd with its own root, started fresh for each pull (cold content store), the
+# default overlayfs snapshotter: pull = fetch + unpack.
+containerd_pull() {
+    local root=$work/ctrd-root start end
     mkdir -p "$root"
     containerd --root "$root/lib" --state "$root/run" --address "$root/ctrd.sock" \
         --config /dev/null >"$work/containerd.log" 2>&1 &
     ctrd_pid=$!
     for _ in $(seq 100); do [ -S "$root/ctrd.sock" ] && break; sleep 0.1; done
-    sync
     start=$(date +%s%N)
     ctr --address "$root/ctrd.sock" -n bench image pull --plain-http "$ref" >/dev/null
     end=$(date +%s%N)
-    ctrd_ms+=($(( (end - start) / 1000000 )))
-    kill "$ctrd_pid"; wait "$ctrd_pid" 2>/dev/null || true
+    echo $(( (end - start) / 1000000 ))
+    kill "$ctrd_pid"
+    wait "$ctrd_pid" 2>/dev/null || true
     ctrd_pid=
     umount -R "$root" 2>/dev/null || true
     rm -rf "$root"
+}
+
+# Alternating runs, each after a sync, so that load from other work on the machine and
+# write-back of the previous run fall on both sides alike.
+vmlet_ms=()
+vmlet_shm_ms=()
+ctrd_ms=()
+for _ in $(seq "$runs"); do
+    sync
+    vmlet_ms+=("$(vmlet_pull)")
+    sync
+    vmlet_shm_ms+=("$(vmlet_pull --scratch "$shm_scratch")")
+    if [ "$have_containerd" = 1 ]; then
+        sync
+        ctrd_ms+=("$(containerd_pull)")
+    fi
 done
+vmlet_p50=$(printf '%s\n' "${vmlet_ms[@]}" | median)
+vmlet_shm_p50=$(printf '%s\n' "${vmlet_shm_ms[@]}" | median)
+log "vmlet pull+flatten ms (scratch root on disk, the default): ${vmlet_ms[*]}"
+log "vmlet pull+flatten ms (scratch root on tmpfs): ${vmlet_shm_ms[*]}"
+echo "pull_tmpfs_scratch_ms_p50=$vmlet_shm_p50"
+if [ "$have_containerd" = 0 ]; then
+    echo "pull_ms_p50=$vmlet_p50"
+    exit 0
+fi
 ctrd_p50=$(printf '%s\n' "${ctrd_ms[@]}" | median)
 log "containerd pull+unpack ms: ${ctrd_ms[*]}"
 echo "containerd_pull_ms_p50=$ctrd_p50"
+awk -v a="$vmlet_shm_p50" -v b="$ctrd_p50" 'BEGIN { printf "pull_tmpfs_scratch_vs_containerd=%.2f\n", a / b }'
+echo "pull_ms_p50=$vmlet_p50"
 awk -v a="$vmlet_p50" -v b="$ctrd_p50" 'BEGIN { printf "pull_vs_containerd=%.2f\n", a / b }'

@@ -373,7 +373,9 @@ async fn docker_hub_names_through_mirrors() {
     use vmlet_agent::images::{ImageManager, ImageManagerConfig, RegistriesConfig, RegistryHost};
 
     let registry = TestRegistry::start().expect("registry must start");
-    registry.push(&busybox_image().unwrap(), "library/busybox:latest").unwrap();
+    registry
+        .push(&busybox_image().unwrap(), "library/busybox:latest")
+        .unwrap();
     let plain = RegistryHost {
         plain_http: true,
         ..Default::default()
@@ -390,16 +392,34 @@ async fn docker_hub_names_through_mirrors() {
         (registry.addr().to_string(), plain),
     ]);
     let state = tempfile::tempdir().unwrap();
+    let scratch = tempfile::tempdir().unwrap();
     let mgr = ImageManager::open(ImageManagerConfig {
         state_dir: state.path().to_path_buf(),
         registries: RegistriesConfig { hosts },
+        scratch_dir: Some(scratch.path().to_path_buf()),
     })
     .await
     .unwrap();
     let out = mgr.pull("busybox", &Credentials::default()).await.unwrap();
-    assert_eq!(out.image.repo_tags, vec!["docker.io/library/busybox:latest"]);
+    assert_eq!(
+        out.image.repo_tags,
+        vec!["docker.io/library/busybox:latest"]
+    );
     assert!(out.image.repo_digests[0].starts_with("docker.io/library/busybox@sha256:"));
-    for q in ["busybox", "busybox:latest", "library/busybox", "docker.io/library/busybox:latest"] {
+    for q in [
+        "busybox",
+        "busybox:latest",
+        "library/busybox",
+        "docker.io/library/busybox:latest",
+    ] {
         assert!(mgr.status(q).is_some(), "{q}");
     }
+    // The scratch root went to the configured place and is gone.
+    assert_eq!(
+        fs::read_dir(scratch.path().join("vmlet-flatten"))
+            .unwrap()
+            .count(),
+        0
+    );
+    assert!(mgr.block_image("busybox").unwrap().path.is_file());
 }

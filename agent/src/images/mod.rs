@@ -33,4 +33,5 @@ pub use pull::{Credentials, RegistriesConfig, RegistryHost};
 pub use reference::ImageRef;
 pub use service::{
     BlockImage, FsUsage, ImageError, ImageLease, ImageManager, ImageManagerConfig, PullOutcome,
+    PullTimings,
 };

@@ -7,6 +7,7 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use tokio::sync::RwLock;
 
@@ -95,6 +96,23 @@ pub struct ImageManagerConfig {
     pub state_dir: PathBuf,
     /// Per-registry settings.
     pub registries: RegistriesConfig,
+    /// Where layers are unpacked before `mkfs.erofs` packs them (in a `vmlet-flatten`
+    /// subdirectory, emptied on open). Default: `<state_dir>/tmp`. The scratch root is
+    /// thrown away after each flatten, so a tmpfs here saves the disk file-creation cost,
+    /// which dominates flattening on ext4, at the price of RAM the size of the largest
+    /// image being flattened.
+    pub scratch_dir: Option<PathBuf>,
+}
+
+impl ImageManagerConfig {
+    /// Defaults for everything but the state directory.
+    pub fn new(state_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            state_dir: state_dir.into(),
+            registries: RegistriesConfig::default(),
+            scratch_dir: None,
+        }
+    }
 }
 
 /// The result of a pull.
@@ -106,6 +124,19 @@ pub struct PullOutcome {
     pub blobs_downloaded: usize,
     /// Whether this pull built the block image (false: it existed already).
     pub flattened: bool,
+    /// Where the time went.
+    pub timings: PullTimings,
+}
+
+/// Durations of a pull's phases.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PullTimings {
+    /// Resolving and downloading (or finding) the blobs.
+    pub fetch: Duration,
+    /// Applying the layers onto a scratch root.
+    pub unpack: Duration,
+    /// Building the erofs image.
+    pub mkfs: Duration,
 }
 
 /// What the VM side needs to run a container of an image.
@@ -181,7 +212,10 @@ impl ImageManager {
     pub async fn open(config: ImageManagerConfig) -> Result<Self, ImageError> {
         let state_dir = config.state_dir;
         let erofs_dir = state_dir.join("erofs");
-        let tmp_dir = state_dir.join("tmp");
+        let tmp_dir = match config.scratch_dir {
+            Some(dir) => dir.join("vmlet-flatten"),
+            None => state_dir.join("tmp"),
+        };
         for d in [&state_dir, &erofs_dir] {
             fs::create_dir_all(d).map_err(io_err("create", d))?;
         }
@@ -252,6 +286,8 @@ impl ImageManager {
         image: &ImageRef,
         creds: &Credentials,
     ) -> Result<PullOutcome, ImageError> {
+        let started = Instant::now();
+        let mut timings = PullTimings::default();
         let fetched = self
             .puller
             .fetch(&self.store, image, creds)
@@ -260,6 +296,7 @@ impl ImageManager {
                 reference: image.to_string(),
                 source,
             })?;
+        timings.fetch = started.elapsed();
         let id = fetched.config.digest.clone();
         let config_data = self.store.read(&id, fetched.config.size)?;
         let config =
@@ -285,9 +322,12 @@ impl ImageManager {
                     })
                     .collect();
                 let tmp = self.tmp_dir.clone();
-                tokio::task::spawn_blocking(move || {
+                let (unpack, mkfs) = tokio::task::spawn_blocking(move || {
+                    let t = Instant::now();
                     let root = flatten::build_rootfs(&store, &layers, &tmp)?;
-                    flatten::build_erofs(root.path(), &dest)
+                    let unpacked = t.elapsed();
+                    flatten::build_erofs(root.path(), &dest)?;
+                    Ok::<_, FlattenError>((unpacked, t.elapsed() - unpacked))
                 })
                 .await
                 .map_err(|e| ImageError::Internal(format!("flatten task: {e}")))?
@@ -295,6 +335,8 @@ impl ImageManager {
                     reference: image.to_string(),
                     source,
                 })?;
+                timings.unpack = unpack;
+                timings.mkfs = mkfs;
                 true
             }
         };
@@ -318,11 +360,21 @@ impl ImageManager {
                 .cloned()
                 .ok_or_else(|| ImageError::Internal("record vanished".into()))?
         };
-        tracing::info!(%image, id = %id, downloaded = fetched.downloaded.len(), flattened, "pulled");
+        tracing::info!(
+            %image,
+            id = %id,
+            downloaded = fetched.downloaded.len(),
+            flattened,
+            fetch_ms = timings.fetch.as_millis(),
+            unpack_ms = timings.unpack.as_millis(),
+            mkfs_ms = timings.mkfs.as_millis(),
+            "pulled"
+        );
         Ok(PullOutcome {
             image: image_rec,
             blobs_downloaded: fetched.downloaded.len(),
             flattened,
+            timings,
         })
     }
 

@@ -25,6 +25,7 @@ pub async fn manager(state: &Path, hosts: &[&str]) -> ImageManager {
     ImageManager::open(ImageManagerConfig {
         state_dir: state.to_path_buf(),
         registries: RegistriesConfig { hosts: map },
+        scratch_dir: None,
     })
     .await
     .expect("open image manager")
