@@ -388,3 +388,40 @@ async fn records_survive_restart_and_removal_frees_everything() {
     let mgr = manager(state.path(), &[registry.addr()]).await;
     assert!(mgr.list().is_empty());
 }
+
+/// What a daemon killed mid-pull leaves (a partial download, a half-built scratch root
+/// and block image, a blob no record names) is gone when the manager opens again.
+#[tokio::test]
+async fn open_cleans_what_a_crash_left() {
+    let registry = TestRegistry::start().expect("registry must start");
+    let reference = registry
+        .push(&busybox_image().unwrap(), "bb:latest")
+        .unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let kept = {
+        let mgr = manager(state.path(), &[registry.addr()]).await;
+        mgr.pull(&reference, &Credentials::default())
+            .await
+            .unwrap()
+            .image
+    };
+    let s = state.path();
+    fs::write(s.join("content/ingest/.tmpPARTIAL"), b"half a layer").unwrap();
+    fs::create_dir_all(s.join("tmp/rootfs-x/bin")).unwrap();
+    fs::write(s.join("tmp/rootfs-x/bin/sh"), b"x").unwrap();
+    fs::write(s.join("erofs/.building-x.erofs"), b"half an image").unwrap();
+    let orphan = vmlet_agent::images::Digest::of(b"orphan");
+    fs::write(s.join("content/blobs/sha256").join(orphan.hex()), b"orphan").unwrap();
+
+    let mgr = manager(state.path(), &[registry.addr()]).await;
+    assert!(common::files_under(&s.join("content/ingest")).is_empty());
+    assert!(common::files_under(&s.join("tmp")).is_empty());
+    assert!(!s.join("erofs/.building-x.erofs").exists());
+    assert!(!mgr.store().path(&orphan).exists());
+    // The completed image is untouched.
+    assert_eq!(mgr.list(), vec![kept.clone()]);
+    assert!(mgr.block_image(kept.id.as_str()).unwrap().path.is_file());
+    for b in kept.blobs() {
+        assert!(mgr.store().path(b).exists(), "{b}");
+    }
+}
