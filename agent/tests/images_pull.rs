@@ -325,7 +325,7 @@ async fn basic_auth_and_registry_errors() {
 }
 
 #[tokio::test]
-async fn token_auth_with_password_and_registry_token() {
+async fn token_auth_with_password_registry_token_and_identity_token() {
     let registry = TestRegistry::start_with_token_auth("carol", "pw").expect("registry must start");
     let reference = registry
         .push(&busybox_image().unwrap(), "tokened:latest")
@@ -363,6 +363,33 @@ async fn token_auth_with_password_and_registry_token() {
     let second = mgr.pull(&reference, &token).await.unwrap();
     assert_eq!(first.image.id, second.image.id);
     assert_eq!(second.blobs_downloaded, 2);
+    mgr.remove(&reference).await.unwrap();
+
+    // An identity token, exchanged at the realm with the OAuth2 refresh-token grant.
+    let identity = Credentials {
+        identity_token: registry.identity_token().unwrap(),
+        ..Default::default()
+    };
+    let third = mgr.pull(&reference, &identity).await.unwrap();
+    assert_eq!(third.image.id, first.image.id);
+    let wrong = Credentials {
+        identity_token: "not-it".into(),
+        ..Default::default()
+    };
+    let err = mgr
+        .pull(&format!("{}/tokened:other", registry.addr()), &wrong)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ImageError::Pull {
+                source: PullError::Unauthorized { .. },
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 /// `busybox` means docker.io/library/busybox:latest; a dead mirror is skipped and the

@@ -80,6 +80,12 @@ impl TestRegistry {
         Self::spawn(Auth::Token(user.to_string(), password.to_string()))
     }
 
+    /// The identity (OAuth2 refresh) token the token server accepts (only with token
+    /// auth).
+    pub fn identity_token(&self) -> Option<String> {
+        self.token.as_ref().map(TokenServer::identity_token)
+    }
+
     /// A registry token for pulling `repository` (only with token auth).
     pub fn issue_token(&self, repository: &str) -> Result<String, FixtureError> {
         match &self.token {

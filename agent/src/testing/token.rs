@@ -7,7 +7,7 @@
 //! `openssl` command line with a throw-away key whose self-signed certificate the registry
 //! trusts (`rootcertbundle`) and which each token carries in its `x5c` header.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -37,6 +37,12 @@ struct Signer {
 }
 
 impl Signer {
+    /// The refresh token this server accepts (what `docker login` would have stored as
+    /// `identitytoken`).
+    fn identity_token(&self) -> String {
+        format!("refresh-{}", self.user)
+    }
+
     /// A JWT granting pull and push on each repository of `scopes`
     /// (`repository:<name>:<actions>`).
     fn token(&self, subject: &str, scopes: &[String]) -> Result<String, FixtureError> {
@@ -159,6 +165,11 @@ impl TokenServer {
         &self.cert
     }
 
+    /// The identity (refresh) token the server accepts (CRI `identity_token`).
+    pub fn identity_token(&self) -> String {
+        self.signer.identity_token()
+    }
+
     /// A token for pulling `repository`, as an identity provider would hand to kubelet
     /// (CRI `registry_token`).
     pub fn issue(&self, repository: &str) -> Result<String, FixtureError> {
@@ -219,6 +230,7 @@ fn handle(conn: TcpStream, signer: &Signer) -> std::io::Result<()> {
     let mut request_line = String::new();
     reader.read_line(&mut request_line)?;
     let mut authorization = None;
+    let mut content_length = 0usize;
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line)? == 0 || line.trim().is_empty() {
@@ -227,28 +239,51 @@ fn handle(conn: TcpStream, signer: &Signer) -> std::io::Result<()> {
         if let Some((name, value)) = line.split_once(':') {
             if name.eq_ignore_ascii_case("authorization") {
                 authorization = Some(value.trim().to_string());
+            } else if name.eq_ignore_ascii_case("content-length") {
+                content_length = value.trim().parse().unwrap_or(0);
             }
         }
     }
-    let target = request_line.split_whitespace().nth(1).unwrap_or("");
-    let query = target.split_once('?').map(|(_, q)| q).unwrap_or("");
-    let scopes: Vec<String> = query
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .filter(|(k, _)| *k == "scope")
-        .flat_map(|(_, v)| {
-            url_decode(v)
-                .split(' ')
-                .map(str::to_string)
-                .collect::<Vec<_>>()
-        })
+    let mut parts = request_line.split_whitespace();
+    let method = parts.next().unwrap_or("");
+    let target = parts.next().unwrap_or("");
+    // GET: parameters in the query, credentials in basic auth. POST (the OAuth2 form):
+    // parameters in a form body, with a refresh token instead of credentials.
+    let params = if method == "POST" {
+        let mut body = vec![0u8; content_length.min(64 * 1024)];
+        reader.read_exact(&mut body)?;
+        String::from_utf8_lossy(&body).into_owned()
+    } else {
+        target
+            .split_once('?')
+            .map(|(_, q)| q)
+            .unwrap_or("")
+            .to_string()
+    };
+    let param = |name: &str| -> Vec<String> {
+        params
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .filter(|(k, _)| *k == name)
+            .map(|(_, v)| url_decode(v))
+            .collect()
+    };
+    let scopes: Vec<String> = param("scope")
+        .iter()
+        .flat_map(|v| v.split(' ').map(str::to_string).collect::<Vec<_>>())
         .collect();
     let expected = format!(
         "Basic {}",
         STANDARD.encode(format!("{}:{}", signer.user, signer.password))
     );
+    let authorized = if method == "POST" {
+        param("grant_type").first().map(String::as_str) == Some("refresh_token")
+            && param("refresh_token").first() == Some(&signer.identity_token())
+    } else {
+        authorization.as_deref() == Some(expected.as_str())
+    };
     let mut conn = conn;
-    if authorization.as_deref() != Some(expected.as_str()) {
+    if !authorized {
         let body = r#"{"errors":[{"code":"UNAUTHORIZED","message":"bad credentials"}]}"#;
         return write!(
             conn,

@@ -16,8 +16,8 @@ pub struct Credentials {
     pub auth: String,
     /// The registry these credentials are for (informational: kubelet already chose).
     pub server_address: String,
-    /// An identity (refresh) token; sent as the password of the `<token>` user, the
-    /// form Docker credential helpers use.
+    /// An identity token: an OAuth2 refresh token, exchanged at the registry's token
+    /// realm for an access token.
     pub identity_token: String,
     /// A bearer token to present to the registry as is.
     pub registry_token: String,
@@ -34,7 +34,16 @@ impl std::fmt::Debug for Credentials {
 
 impl Credentials {
     /// The registry client's form of these credentials.
-    pub(super) fn to_auth(&self) -> Result<RegistryAuth, PullError> {
+    pub(super) fn to_auth(&self) -> Result<Auth, PullError> {
+        self.to_registry_auth().map(|a| match a {
+            RegistryAuth::Anonymous if !self.identity_token.is_empty() => {
+                Auth::Identity(self.identity_token.clone())
+            }
+            a => Auth::Ready(a),
+        })
+    }
+
+    fn to_registry_auth(&self) -> Result<RegistryAuth, PullError> {
         if !self.registry_token.is_empty() {
             return Ok(RegistryAuth::Bearer(self.registry_token.clone()));
         }
@@ -55,14 +64,18 @@ impl Credentials {
                 .ok_or_else(|| PullError::BadCredentials("auth is not user:password".into()))?;
             return Ok(RegistryAuth::Basic(user.into(), pass.into()));
         }
-        if !self.identity_token.is_empty() {
-            return Ok(RegistryAuth::Basic(
-                "<token>".into(),
-                self.identity_token.clone(),
-            ));
-        }
         Ok(RegistryAuth::Anonymous)
     }
+}
+
+/// Credentials ready for the registry client, or an identity token still to exchange
+/// (per endpoint: each registry or mirror has its own token realm).
+#[derive(Clone)]
+pub(super) enum Auth {
+    /// Use as is.
+    Ready(RegistryAuth),
+    /// Exchange first.
+    Identity(String),
 }
 
 #[cfg(test)]
@@ -72,21 +85,34 @@ mod tests {
     #[test]
     fn credentials_map_to_auth() {
         let anon = Credentials::default();
-        assert!(matches!(anon.to_auth().unwrap(), RegistryAuth::Anonymous));
+        assert!(matches!(
+            anon.to_auth().unwrap(),
+            Auth::Ready(RegistryAuth::Anonymous)
+        ));
+        let identity = Credentials {
+            identity_token: "refresh".into(),
+            ..Default::default()
+        };
+        assert!(matches!(identity.to_auth().unwrap(), Auth::Identity(t) if t == "refresh"));
         let basic = Credentials {
             auth: base64::engine::general_purpose::STANDARD.encode("u:p:q"),
             ..Default::default()
         };
         match basic.to_auth().unwrap() {
-            RegistryAuth::Basic(u, p) => assert_eq!((u.as_str(), p.as_str()), ("u", "p:q")),
-            other => panic!("{other:?}"),
+            Auth::Ready(RegistryAuth::Basic(u, p)) => {
+                assert_eq!((u.as_str(), p.as_str()), ("u", "p:q"))
+            }
+            _ => panic!("not basic auth"),
         }
         let token = Credentials {
             registry_token: "t".into(),
             username: "u".into(),
             ..Default::default()
         };
-        assert!(matches!(token.to_auth().unwrap(), RegistryAuth::Bearer(_)));
+        assert!(matches!(
+            token.to_auth().unwrap(),
+            Auth::Ready(RegistryAuth::Bearer(_))
+        ));
         let bad = Credentials {
             auth: "%%%".into(),
             ..Default::default()

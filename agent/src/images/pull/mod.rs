@@ -5,6 +5,7 @@
 mod auth;
 mod config;
 mod errors;
+mod identity;
 
 use std::time::Duration;
 
@@ -15,10 +16,10 @@ use oci_client::manifest::{
     OciDescriptor, OciImageManifest, OciManifest, IMAGE_MANIFEST_LIST_MEDIA_TYPE,
     IMAGE_MANIFEST_MEDIA_TYPE, OCI_IMAGE_INDEX_MEDIA_TYPE, OCI_IMAGE_MEDIA_TYPE,
 };
-use oci_client::secrets::RegistryAuth;
 use oci_client::Client;
 use serde::{Deserialize, Serialize};
 
+use auth::Auth;
 pub use auth::Credentials;
 pub use config::{RegistriesConfig, RegistryHost};
 use errors::Ctx;
@@ -122,7 +123,7 @@ impl Puller {
         &self,
         store: &ContentStore,
         image: &ImageRef,
-        auth: &RegistryAuth,
+        auth: &Auth,
         mirror: Option<&str>,
     ) -> Result<Fetched, PullError> {
         let mut oref = image.to_oci();
@@ -136,6 +137,18 @@ impl Puller {
             reference: image.to_string(),
         };
         tracing::info!(%image, registry = %host, "pulling");
+        let auth = &match auth {
+            Auth::Ready(a) => a.clone(),
+            Auth::Identity(token) => {
+                identity::exchange(
+                    &self.registries.host(&host),
+                    &host,
+                    image.repository(),
+                    token,
+                )
+                .await?
+            }
+        };
 
         const ACCEPT: &[&str] = &[
             OCI_IMAGE_MEDIA_TYPE,
