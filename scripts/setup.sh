@@ -15,7 +15,7 @@ packages=(
     # gRPC code generation (later crates)
     protobuf-compiler
     # image tests: local OCI registry, pushing test images, basic-auth registry, erofs
-    docker-registry skopeo apache2-utils
+    docker-registry skopeo apache2-utils openssl
     # image pull benchmark: a Debian image and the containerd baseline
     debootstrap containerd
 )

@@ -19,7 +19,11 @@ start() {
     mkdir -p "$dir/storage"
     dir=$(cd "$dir" && pwd)
     local port
-    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    # A random high port nothing answers on.
+    while :; do
+        port=$((20000 + RANDOM % 40000))
+        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || break
+    done
     cat >"$dir/config.yml" <<CONF
 version: 0.1
 log:

@@ -194,15 +194,6 @@ async fn multi_layer_index_applies_whiteouts_and_keeps_links() {
         fs::read_link(root.join("etc/link")).unwrap().to_str(),
         Some("/etc/kept")
     );
-    let xattr = std::process::Command::new("getfattr")
-        .args(["--only-values", "-n", "user.vmlet"])
-        .arg(root.join("xattr-file"))
-        .output();
-    if let Ok(x) = xattr {
-        if x.status.success() {
-            assert_eq!(x.stdout, b"yes");
-        }
-    }
     assert_eq!(
         read_xattr(&root.join("xattr-file"), "user.vmlet"),
         Some(b"yes".to_vec())
