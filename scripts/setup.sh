@@ -14,6 +14,10 @@ packages=(
     iproute2 iputils-ping
     # gRPC code generation (later crates)
     protobuf-compiler
+    # image tests: local OCI registry, pushing test images, basic-auth registry, erofs
+    docker-registry skopeo apache2-utils openssl
+    # image pull benchmark: a Debian image and the containerd baseline
+    debootstrap containerd
 )
 missing=()
 for p in "${packages[@]}"; do

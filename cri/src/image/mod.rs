@@ -1,0 +1,9 @@
+//! The CRI ImageService: `ListImages`, `ImageStatus`, `PullImage`, `RemoveImage`,
+//! `ImageFsInfo`, served over any [`ImageBackend`].
+
+mod backend;
+mod convert;
+mod server;
+
+pub use backend::{BackendError, ErrorKind, FsUsage, ImageBackend, ImageInfo, PullAuth};
+pub use server::ImageServer;
