@@ -374,3 +374,30 @@ pub fn vmm_output(args: &[&str]) -> (std::process::ExitStatus, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Runs a shell command on the host that must succeed.
+pub fn sh(cmd: &str) {
+    let st = Command::new("sh").arg("-c").arg(cmd).status().unwrap();
+    assert!(st.success(), "{cmd}");
+}
+
+/// A network namespace, deleted on drop.
+pub struct Netns(pub String);
+
+impl Netns {
+    /// Creates `vmlet-<tag>-<pid>` with `lo` up.
+    pub fn new(tag: &str) -> Netns {
+        let ns = Netns(format!("vmlet-{tag}-{}", std::process::id()));
+        sh(&format!(
+            "ip netns add {n} && ip -n {n} link set lo up",
+            n = ns.0
+        ));
+        ns
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tonic::Code;
 use vmlet_integration_tests::agent::{req, Output, CALL_TIMEOUT};
-use vmlet_integration_tests::{images, Guest, GuestAgent, GuestConfig};
+use vmlet_integration_tests::{images, sh, Guest, GuestAgent, GuestConfig, Netns};
 use vmlet_proto::agent as pb;
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -21,6 +21,11 @@ struct Pod {
 }
 
 fn pod() -> Pod {
+    pod_with(GuestConfig::default())
+}
+
+/// A pod VM: `cfg` with the image and scratch drives added.
+fn pod_with(cfg: GuestConfig) -> Pod {
     let dir = tempfile::tempdir().unwrap();
     let image = images::busybox_erofs(dir.path());
     let scratch = images::scratch_disk(&dir.path().join("scratch.ext4"), 64);
@@ -30,7 +35,7 @@ fn pod() -> Pod {
             format!("id={IMAGE},path={},ro", image.display()),
             format!("id={SCRATCH},path={}", scratch.display()),
         ],
-        ..Default::default()
+        ..cfg
     });
     let agent = guest.agent();
     Pod {
@@ -731,5 +736,69 @@ fn capabilities_rlimits_and_privileges() {
         pod.agent.output("ro", "", WAIT).out(),
         "read-only\nfrom the image\n"
     );
+    pod.shutdown();
+}
+
+#[test]
+fn guest_network_is_configured_by_mac() {
+    let ns = Netns::new("ctest");
+    sh(&format!(
+        "ip -n {n} tuntap add vmtap1 mode tap && ip -n {n} addr add 10.79.0.1/24 dev vmtap1 && \
+         ip -n {n} addr add fd79::1/64 dev vmtap1 nodad && ip -n {n} link set vmtap1 up",
+        n = ns.0
+    ));
+    let pod = pod_with(GuestConfig {
+        net: vec!["tap=vmtap1,mac=02:00:00:79:00:02".into()],
+        netns: Some(ns.0.clone()),
+        ..Default::default()
+    });
+    let mut c = pod.agent.agent.clone();
+    let configure = pb::ConfigureGuestRequest {
+        interfaces: vec![pb::Interface {
+            mac: "02:00:00:79:00:02".into(),
+            name: "pod0".into(),
+            addresses: vec!["10.79.0.2/24".into(), "fd79::2/64".into()],
+            mtu: 1400,
+        }],
+        routes: vec![pb::Route {
+            destination: "0.0.0.0/0".into(),
+            gateway: "10.79.0.1".into(),
+            interface_mac: String::new(),
+        }],
+        ..Default::default()
+    };
+    pod.agent
+        .call(
+            CALL_TIMEOUT,
+            c.configure_guest(req(configure.clone(), CALL_TIMEOUT)),
+        )
+        .expect("ConfigureGuest");
+    // Configuring twice is harmless.
+    pod.agent
+        .call(
+            CALL_TIMEOUT,
+            c.configure_guest(req(configure, CALL_TIMEOUT)),
+        )
+        .expect("ConfigureGuest again");
+    sh(&format!(
+        "ip netns exec {} ping -c 2 -W 10 10.79.0.2 >/dev/null",
+        ns.0
+    ));
+    sh(&format!(
+        "ip netns exec {} ping -6 -c 2 -W 10 fd79::2 >/dev/null",
+        ns.0
+    ));
+    // Containers share the configured network.
+    let (status, out) = pod.run_to_end(
+        "net",
+        process("cat /sys/class/net/pod0/mtu; ip route | grep ^default; ping -c 1 -W 10 10.79.0.1 >/dev/null && echo reached"),
+    );
+    assert_eq!(status.exit_code, 0, "{}", out.err());
+    let text = out.out();
+    assert!(
+        text.starts_with("1400\ndefault via 10.79.0.1 dev pod0"),
+        "{text:?}"
+    );
+    assert!(text.ends_with("reached\n"), "{text:?}");
     pod.shutdown();
 }

@@ -7,7 +7,7 @@ use std::os::unix::net::UnixListener;
 use std::process::Command;
 use std::time::Duration;
 use vmlet_integration_tests::agent::{req, CALL_TIMEOUT};
-use vmlet_integration_tests::{pattern, Guest, GuestConfig};
+use vmlet_integration_tests::{pattern, sh, Guest, GuestConfig, Netns};
 use vmlet_proto::agent as pb;
 
 const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -206,25 +206,11 @@ fn vsock_round_trips_one_mib_both_ways() {
     poweroff(guest);
 }
 
-struct Netns(String);
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-fn sh(cmd: &str) {
-    let st = Command::new("sh").arg("-c").arg(cmd).status().unwrap();
-    assert!(st.success(), "{cmd}");
-}
-
 #[test]
 fn network_on_a_tap_in_a_netns_answers_ping() {
-    let ns = Netns(format!("vmlet-test-{}", std::process::id()));
-    sh(&format!("ip netns add {}", ns.0));
+    let ns = Netns::new("test");
     sh(&format!(
-        "ip -n {n} link set lo up && ip -n {n} tuntap add vmtap0 mode tap && \
+        "ip -n {n} tuntap add vmtap0 mode tap && \
          ip -n {n} addr add 10.77.0.1/24 dev vmtap0 && ip -n {n} link set vmtap0 up",
         n = ns.0
     ));

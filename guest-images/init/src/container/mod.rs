@@ -667,14 +667,17 @@ impl Manager {
         }
     }
 
-    /// Stops every container: `SIGTERM`, then `SIGKILL` after `grace`.
+    /// Stops every container: `SIGTERM`, then `SIGKILL` to those still running after
+    /// `grace` (one grace period for all, not one each).
     pub async fn stop_all(&self, grace: Duration) {
         let all = self.list();
         for c in &all {
             let _ = c.main.signal(Signal::SIGTERM);
         }
+        let deadline = tokio::time::Instant::now() + grace;
         for c in &all {
-            if c.main.wait(grace).await.is_err() {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if c.main.wait(left).await.is_err() {
                 let _ = c.cgroup.kill();
                 let _ = c.main.wait(KILL_TIMEOUT).await;
             }
