@@ -47,8 +47,8 @@ else
     # There is no musl target here: a static glibc binary. Passing --target keeps
     # RUSTFLAGS away from build scripts and proc macros.
     (cd "$repo" && RUSTFLAGS="-C target-feature=+crt-static" \
-        cargo build --release --target "$target" -p vmlet-init ${CARGO_BUILD_JOBS:+-j "$CARGO_BUILD_JOBS"} >&2)
-    init_bin=${CARGO_TARGET_DIR:-$repo/target}/$target/release/vmlet-init
+        cargo build --profile init --target "$target" -p vmlet-init ${CARGO_BUILD_JOBS:+-j "$CARGO_BUILD_JOBS"} >&2)
+    init_bin=${CARGO_TARGET_DIR:-$repo/target}/$target/init/vmlet-init
 fi
 if command -v readelf >/dev/null && readelf -lW "$init_bin" | grep -q 'program interpreter'; then
     die "$init_bin is dynamically linked; /init must be static"

@@ -11,7 +11,16 @@ fn main() {
         .enable_all()
         .build()
     {
-        Ok(rt) => rt.block_on(server::run()),
+        // A panic in a request handler ends only that connection's task; one that
+        // reaches here means the agent is gone: power off, so the host sees the pod end.
+        Ok(rt) => {
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rt.block_on(server::run())))
+                .is_err()
+            {
+                console::error("the agent panicked");
+                pid1::power_off();
+            }
+        }
         Err(e) => console::error(format_args!("cannot start the runtime: {e}")),
     }
     // PID 1 must not exit.

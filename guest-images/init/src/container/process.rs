@@ -123,6 +123,32 @@ fn thread_count() -> usize {
         .unwrap_or(1)
 }
 
+/// Forks into `pid_ns`: points vmlet-init's `pid_for_children` there, forks, and points
+/// it back at `own_pid_ns` (in the parent; the child keeps it for its own children).
+fn fork_in(pid_ns: PidNs<'_>, own_pid_ns: BorrowedFd<'_>) -> Result<ForkResult, SpawnError> {
+    let threads = thread_count();
+    if threads > 1 {
+        return Err(SpawnError::Threads(threads));
+    }
+    match pid_ns {
+        PidNs::New => unshare(CloneFlags::CLONE_NEWPID).map_err(sys("new PID namespace"))?,
+        PidNs::Join(fd) => {
+            setns(fd, CloneFlags::CLONE_NEWPID).map_err(sys("join PID namespace"))?
+        }
+    }
+    // SAFETY: vmlet-init is single-threaded (checked above), so the child may run any
+    // code; every caller's child ends in execve or _exit.
+    let forked = unsafe { fork() };
+    if !matches!(forked, Ok(ForkResult::Child)) {
+        if let Err(e) = setns(own_pid_ns, CloneFlags::CLONE_NEWPID) {
+            crate::console::error(format_args!(
+                "cannot restore init's PID namespace for children: {e}"
+            ));
+        }
+    }
+    forked.map_err(sys("fork"))
+}
+
 /// Forks a process for `spec` in the given namespaces. With `wait_for_go`, the child
 /// stops just before `execve` until [`Spawned::go`]. `own_pid_ns` is vmlet-init's
 /// own PID namespace, restored after the fork.
@@ -134,10 +160,6 @@ pub fn spawn(
     wait_for_go: bool,
     own_pid_ns: BorrowedFd<'_>,
 ) -> Result<Spawned, SpawnError> {
-    let threads = thread_count();
-    if threads > 1 {
-        return Err(SpawnError::Threads(threads));
-    }
     let (status_r, status_w) = pipe2(OFlag::O_CLOEXEC).map_err(sys("status pipe"))?;
     let (go_r, go_w) = if wait_for_go {
         let (r, w) = pipe2(OFlag::O_CLOEXEC).map_err(sys("start pipe"))?;
@@ -147,29 +169,17 @@ pub fn spawn(
     };
     // Everything the child needs that could fail to allocate is prepared here.
     let argv0 = spec.args[0].clone();
-    match pid_ns {
-        PidNs::New => unshare(CloneFlags::CLONE_NEWPID).map_err(sys("new PID namespace"))?,
-        PidNs::Join(fd) => {
-            setns(fd, CloneFlags::CLONE_NEWPID).map_err(sys("join PID namespace"))?
-        }
-    }
-    // SAFETY: vmlet-init is single-threaded (checked above), so the child may run any
-    // code; it ends in execve or _exit.
-    let forked = unsafe { fork() };
-    if !matches!(forked, Ok(ForkResult::Child)) {
-        if let Err(e) = setns(own_pid_ns, CloneFlags::CLONE_NEWPID) {
-            crate::console::error(format_args!(
-                "cannot restore init's PID namespace for children: {e}"
-            ));
-        }
-    }
-    match forked.map_err(sys("fork"))? {
+    match fork_in(pid_ns, own_pid_ns)? {
         ForkResult::Child => {
             drop(status_r);
             drop(go_w);
-            let err = match child(spec, &argv0, mnt_ns, fds, go_r, &status_w) {
-                Ok(never) => match never {},
-                Err(e) => e,
+            // A panic must not unwind into the copy of vmlet-init's runtime in the child.
+            let run =
+                std::panic::AssertUnwindSafe(|| child(spec, &argv0, mnt_ns, fds, go_r, &status_w));
+            let err = match std::panic::catch_unwind(run) {
+                Ok(Ok(never)) => match never {},
+                Ok(Err(e)) => e,
+                Err(_) => "the process's setup panicked".to_owned(),
             };
             let mut msg = Vec::with_capacity(err.len() + 1);
             msg.push(b'E');
@@ -686,21 +696,7 @@ fn setup_root(plan: &RootPlan<'_>) -> ChildResult {
 /// Starts the holder of the pod-wide PID namespace: the init of that namespace, which
 /// only reaps the orphans of containers that share it.
 pub fn spawn_pid_ns_holder(own_pid_ns: BorrowedFd<'_>) -> Result<Pid, SpawnError> {
-    let threads = thread_count();
-    if threads > 1 {
-        return Err(SpawnError::Threads(threads));
-    }
-    unshare(CloneFlags::CLONE_NEWPID).map_err(sys("new PID namespace"))?;
-    // SAFETY: single-threaded (checked above); the child only makes system calls.
-    let forked = unsafe { fork() };
-    if !matches!(forked, Ok(ForkResult::Child)) {
-        if let Err(e) = setns(own_pid_ns, CloneFlags::CLONE_NEWPID) {
-            crate::console::error(format_args!(
-                "cannot restore init's PID namespace for children: {e}"
-            ));
-        }
-    }
-    match forked.map_err(sys("fork"))? {
+    match fork_in(PidNs::New, own_pid_ns)? {
         ForkResult::Parent { child } => Ok(child),
         ForkResult::Child => {
             // SAFETY: close_range takes no pointers.

@@ -24,13 +24,15 @@ pub enum SpecError {
     Missing(&'static str),
     /// An ID has characters or a length that are not allowed.
     #[error(
-        "invalid {what} {id:?}: use 1 to 128 of [A-Za-z0-9_.-], starting with a letter or digit"
+        "invalid {what} {id:?}: use 1 to {max} of [A-Za-z0-9_.-], starting with a letter or digit"
     )]
     BadId {
         /// Which ID.
         what: &'static str,
         /// The ID.
         id: String,
+        /// Its longest allowed length.
+        max: usize,
     },
     /// A string contains a NUL byte.
     #[error("{0} contains a NUL byte")]
@@ -80,12 +82,12 @@ pub enum SpecError {
     },
 }
 
-/// Checks a container or exec ID.
-pub fn check_id(what: &'static str, id: &str) -> Result<(), SpecError> {
-    let ok = !id.is_empty()
-        && id.len() <= MAX_ID
-        && id.as_bytes()[0].is_ascii_alphanumeric()
-        && id
+/// Checks a name: 1 to `max` of `[A-Za-z0-9_.-]`, starting with a letter or digit.
+fn check_name(what: &'static str, name: &str, max: usize) -> Result<(), SpecError> {
+    let ok = !name.is_empty()
+        && name.len() <= max
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
     if ok {
@@ -93,9 +95,15 @@ pub fn check_id(what: &'static str, id: &str) -> Result<(), SpecError> {
     } else {
         Err(SpecError::BadId {
             what,
-            id: id.to_owned(),
+            id: name.to_owned(),
+            max,
         })
     }
+}
+
+/// Checks a container or exec ID.
+pub fn check_id(what: &'static str, id: &str) -> Result<(), SpecError> {
+    check_name(what, id, MAX_ID)
 }
 
 /// The file system of an image drive.
@@ -255,19 +263,7 @@ impl Spec {
 
 fn check_serial(what: &'static str, serial: &str) -> Result<(), SpecError> {
     // virtio-blk serials are at most 20 bytes.
-    let ok = !serial.is_empty()
-        && serial.len() <= 20
-        && serial
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(SpecError::BadId {
-            what,
-            id: serial.to_owned(),
-        })
-    }
+    check_name(what, serial, 20)
 }
 
 fn rootfs_spec(r: agent::Rootfs) -> Result<RootfsSpec, SpecError> {

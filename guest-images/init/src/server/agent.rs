@@ -34,6 +34,13 @@ impl AgentService {
         }
     }
 
+    fn process(&self, id: &str, exec_id: &str) -> Result<Arc<container::Process>, Status> {
+        self.manager()?
+            .get(id)
+            .and_then(|c| c.process(exec_id))
+            .map_err(status::container)
+    }
+
     fn manager(&self) -> Result<&Manager, Status> {
         self.manager.as_deref().map_err(|e| {
             Status::failed_precondition(format!("the guest cannot run containers: {e}"))
@@ -355,11 +362,7 @@ impl Agent for AgentService {
         req: Request<pb::WriteStdinRequest>,
     ) -> Result<Response<pb::WriteStdinResponse>, Status> {
         let r = req.into_inner();
-        let p = self
-            .manager()?
-            .get(&r.container_id)
-            .and_then(|c| c.process(&r.exec_id))
-            .map_err(status::container)?;
+        let p = self.process(&r.container_id, &r.exec_id)?;
         let n =
             p.io.write_stdin(&r.data)
                 .await
@@ -374,11 +377,7 @@ impl Agent for AgentService {
         req: Request<pb::CloseStdinRequest>,
     ) -> Result<Response<pb::CloseStdinResponse>, Status> {
         let r = req.into_inner();
-        let p = self
-            .manager()?
-            .get(&r.container_id)
-            .and_then(|c| c.process(&r.exec_id))
-            .map_err(status::container)?;
+        let p = self.process(&r.container_id, &r.exec_id)?;
         p.io.close_stdin()
             .await
             .map_err(|e| status::container(e.into()))?;
@@ -425,11 +424,7 @@ impl Agent for AgentService {
             .ok_or_else(|| Status::invalid_argument("size is required"))?;
         let rows = u16::try_from(size.rows).map_err(|_| invalid("rows out of range"))?;
         let cols = u16::try_from(size.cols).map_err(|_| invalid("cols out of range"))?;
-        let p = self
-            .manager()?
-            .get(&r.container_id)
-            .and_then(|c| c.process(&r.exec_id))
-            .map_err(status::container)?;
+        let p = self.process(&r.container_id, &r.exec_id)?;
         p.io.resize(rows, cols)
             .map_err(|e| status::container(e.into()))?;
         Ok(Response::new(pb::ResizeTtyResponse {}))
