@@ -10,9 +10,9 @@ packages=(
     busybox-static cpio erofs-utils e2fsprogs
     # KVM entry point (QEMU TCG machine with nested KVM, virtiofsd) and the boot benchmark peer
     qemu-system-x86 kmod
-    # networking tests
-    iproute2 iputils-ping
-    # gRPC code generation (later crates)
+    # networking: CNI plugins (bridge, host-local, portmap, loopback), tc, nsenter, iptables
+    iproute2 iputils-ping containernetworking-plugins util-linux iptables
+    # gRPC code generation
     protobuf-compiler
     # image tests: local OCI registry, pushing test images, basic-auth registry, erofs
     docker-registry skopeo apache2-utils openssl

@@ -1,0 +1,7 @@
+//! Pod networking: a persistent network namespace per pod ([`netns`]), the node's CNI
+//! configuration run in it ([`cni`]), and the tap that carries the pod's CNI interface
+//! into its VM ([`tap`]).
+
+pub mod cni;
+pub mod netns;
+pub mod tap;
