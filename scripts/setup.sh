@@ -11,7 +11,7 @@ packages=(
     # KVM entry point (QEMU TCG machine with nested KVM, virtiofsd) and the boot benchmark peer
     qemu-system-x86 kmod
     # networking: CNI plugins (bridge, host-local, portmap, loopback), tc, nsenter, iptables
-    iproute2 iputils-ping containernetworking-plugins util-linux iptables
+    iproute2 iputils-ping containernetworking-plugins util-linux iptables curl
     # gRPC code generation
     protobuf-compiler
     # image tests: local OCI registry, pushing test images, basic-auth registry, erofs

@@ -161,7 +161,9 @@ fn add_tap_and_del_with_real_plugins() {
         let filters = in_netns(&ns, &["tc", "filter", "show", "dev", dev, "ingress"]);
         let other = if dev == "eth0" { "tap0" } else { "eth0" };
         assert!(
-            filters.contains("mirred") && filters.contains(&format!("to device {other}")),
+            filters.contains("protocol all")
+                && filters.contains("mirred")
+                && filters.contains(&format!("to device {other}")),
             "{dev}: {filters}"
         );
     }

@@ -18,7 +18,7 @@ const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
-/// `ETH_P_ALL`, as rtnetlink's filter builder takes it.
+/// `ETH_P_ALL`; tc wants it in network byte order.
 const ETH_P_ALL: u16 = 0x0003;
 /// `TC_H_INGRESS` major: the parent of ingress filters.
 const INGRESS_PARENT: u32 = 0xffff_0000;
@@ -152,8 +152,9 @@ async fn redirect(handle: &Handle, from: u32, to: u32, what: &str) -> Result<(),
         .traffic_filter(from as i32)
         .replace()
         .parent(INGRESS_PARENT)
-        .protocol(ETH_P_ALL)
+        // priority() overwrites the protocol half of the header: it must come first.
         .priority(1)
+        .protocol(ETH_P_ALL.to_be())
         .redirect(to)
         .map_err(netlink(format!("redirect filter on {what}")))?
         .execute()
