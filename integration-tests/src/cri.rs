@@ -379,7 +379,7 @@ impl Vmletd {
             .arg("--vmm")
             .arg(crate::vmm_binary())
             .args(&self.args)
-            .env("RUST_LOG", "info,vmlet_agent=debug")
+            .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .process_group(0);
         // An empty config file: the defaults, with the flags above.
@@ -439,7 +439,8 @@ impl Vmletd {
                 .rsplit_once(')')
                 .is_some_and(|(_, r)| r.trim_start().starts_with('Z'));
             let text = String::from_utf8_lossy(&cmdline);
-            if !zombie && text.contains("vmlet-vmm") && text.contains(&needle) {
+            let argv0 = text.split('\0').next().unwrap_or("");
+            if !zombie && argv0.ends_with("vmlet-vmm") && text.contains(&needle) {
                 out.push(pid);
             }
         }

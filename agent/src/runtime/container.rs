@@ -295,21 +295,20 @@ async fn create_reserved(
 /// Starts copying a container's output to its log from `rec` on.
 pub(super) fn start_log_copy(c: &Arc<Container>, vm: &Vm, rec: LogRecord) {
     let tty = lock(&c.record).config.tty;
-    let task = tokio::spawn(logs::copy(
+    let copy = logs::copy(
         vm.client.clone(),
         c.id.clone(),
         tty,
         c.sink.clone(),
         c.pod.paths.log(&c.id),
         rec,
-    ));
+    );
     let id = c.id.clone();
+    // One task, so that aborting it stops the copy itself.
     let handle = tokio::spawn(async move {
-        match task.await {
-            Ok(Ok(())) => tracing::debug!(container = %id, "log copy done"),
-            Ok(Err(e)) => tracing::error!(container = %id, "log copy failed: {e}"),
-            Err(e) if e.is_cancelled() => {}
-            Err(e) => tracing::error!(container = %id, "log copy task: {e}"),
+        match copy.await {
+            Ok(()) => tracing::debug!(container = %id, "log copy done"),
+            Err(e) => tracing::error!(container = %id, "log copy failed: {e}"),
         }
     });
     *lock(&c.log_task) = Some(handle);
@@ -323,17 +322,17 @@ pub(super) fn apply_exit(inner: &Inner, c: &Container, s: &pb::ProcessStatus) ->
             false
         } else {
             r.state = ContainerState::Exited;
-            r.exit_code = s.exit_code;
+            // A program that never ran has no exit code of its own; containerd
+            // reports 128 for it.
+            r.exit_code = if s.reason == "StartError" && s.exit_code == 0 {
+                128
+            } else {
+                s.exit_code
+            };
             r.reason = s.reason.clone();
             r.message = s.message.clone();
-            r.finished_at_ns = if s.finished_at_ns > 0 {
-                s.finished_at_ns
-            } else {
-                now_ns()
-            };
-            if r.started_at_ns == 0 && s.started_at_ns > 0 {
-                r.started_at_ns = s.started_at_ns;
-            }
+            // Host time, as for created and started: the guest's clock is its own.
+            r.finished_at_ns = now_ns().max(r.started_at_ns);
             true
         }
     };
