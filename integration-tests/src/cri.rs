@@ -382,8 +382,13 @@ impl Vmletd {
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .process_group(0);
-        // An empty config file: the defaults, with the flags above.
-        std::fs::write(self.dir.path().join("none.toml"), "").expect("write config");
+        // The defaults and the flags above, with a boot timeout for shared, emulated
+        // machines.
+        std::fs::write(
+            self.dir.path().join("none.toml"),
+            "[vm]\nboot_timeout_secs = 600\n",
+        )
+        .expect("write config");
         let child = cmd.spawn().expect("start vmletd");
         self.child = Some(child);
         let start = Instant::now();

@@ -607,3 +607,51 @@ fn c_status_pid(d: &Vmletd, pod: &str) -> u32 {
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     v["vmm_pid"].as_u64().expect("vmm_pid") as u32
 }
+
+#[test]
+fn ten_pods_start_concurrently() {
+    let d = Vmletd::start(&[]);
+    let log_dir = d.log_dir();
+    let ids: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..10)
+            .map(|i| {
+                let (d, log_dir) = (&d, &log_dir);
+                s.spawn(move || {
+                    let mut cfg = pod_config(&format!("many-{i}"), log_dir);
+                    // 64 MiB + the 64 MiB overhead: the smallest VM, so ten fit.
+                    cfg.linux = Some(v1::LinuxPodSandboxConfig {
+                        resources: Some(v1::LinuxContainerResources {
+                            memory_limit_in_bytes: 64 << 20,
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    });
+                    d.client().run_pod(cfg).expect("RunPodSandbox")
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let c = d.client();
+    let mut unique = ids.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 10);
+    let ready = c.list_pods(Some(v1::PodSandboxFilter {
+        state: Some(v1::PodSandboxStateValue {
+            state: v1::PodSandboxState::SandboxReady as i32,
+        }),
+        ..Default::default()
+    }));
+    assert_eq!(ready.len(), 10);
+    assert_eq!(d.vmm_pids().len(), 10);
+    let info = c.pod_status(&ids[0]).unwrap().info;
+    assert!(info["info"].contains("\"memMib\":128"), "{info:?}");
+    std::thread::scope(|s| {
+        for id in &ids {
+            let d = &d;
+            s.spawn(move || d.client().remove_pod(id).expect("RemovePodSandbox"));
+        }
+    });
+    assert_clean(&d);
+}
