@@ -38,7 +38,11 @@ fn main() {
         let start = Instant::now();
         let pod = c.run_pod(pod_cfg.clone()).expect("RunPodSandbox");
         let id = c
-            .create(&pod, container_config(&name, &image, "echo first-line; sleep 60"), &pod_cfg)
+            .create(
+                &pod,
+                container_config(&name, &image, "echo first-line; sleep 60"),
+                &pod_cfg,
+            )
             .expect("CreateContainer");
         c.start(&id).expect("StartContainer");
         let log = d.log_dir().join(format!("{name}.log"));
