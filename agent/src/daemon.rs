@@ -14,6 +14,9 @@ use crate::config::Config;
 use crate::images::{ImageError, ImageManager, ImageManagerConfig};
 use crate::runtime::{Runtime, RuntimeError, Settings};
 
+/// How long calls in flight may take to finish after SIGTERM.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Why the daemon could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -109,17 +112,27 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     );
     let listener = bind(&config.socket, config.socket_mode)?;
     tracing::info!(socket = %config.socket.display(), "serving the CRI");
+    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
     let shutdown = async move {
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM: exiting; pods keep running"),
             _ = int.recv() => tracing::info!("SIGINT: exiting; pods keep running"),
         }
+        let _ = stopping_tx.send(());
     };
-    tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .add_service(RuntimeServer::new(runtime).into_service())
         .add_service(ImageServer::new(images).into_service())
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
-        .await?;
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown);
+    // Graceful shutdown waits for every connection to close, and kubelet never closes
+    // its own: calls in flight get a grace period, then the daemon exits anyway.
+    tokio::select! {
+        r = server => r?,
+        _ = async {
+            let _ = stopping_rx.await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => tracing::info!("clients still connected after {SHUTDOWN_GRACE:?}: exiting"),
+    }
     let _ = std::fs::remove_file(&config.socket);
     Ok(())
 }

@@ -212,6 +212,36 @@ impl CriClient {
         .map(drop)
     }
 
+    /// Subscribes to GetContainerEvents, tells `ready` once subscribed, then returns
+    /// the first `n` events (fewer if `timeout` passes first).
+    pub fn events(
+        &self,
+        n: usize,
+        timeout: Duration,
+        ready: std::sync::mpsc::Sender<()>,
+    ) -> Vec<v1::ContainerEventResponse> {
+        let mut c = self.runtime.clone();
+        self.block_on(async move {
+            let mut stream = c
+                .get_container_events(v1::GetEventsRequest {})
+                .await
+                .expect("GetContainerEvents")
+                .into_inner();
+            let _ = ready.send(());
+            let mut out = Vec::new();
+            let collect = async {
+                while out.len() < n {
+                    match stream.message().await {
+                        Ok(Some(e)) => out.push(e),
+                        _ => break,
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(timeout, collect).await;
+            out
+        })
+    }
+
     /// Waits until container `id` has exited; returns its status.
     pub fn wait_exited(&self, id: &str, timeout: Duration) -> v1::ContainerStatus {
         let start = Instant::now();

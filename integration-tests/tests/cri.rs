@@ -108,6 +108,16 @@ fn pod_with_two_containers_full_lifecycle() {
     );
     assert!(ps.info["info"].contains("vmmPid"));
 
+    // Container events, from a second client.
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let socket = d.socket.clone();
+    let events = std::thread::spawn(move || {
+        CriClient::connect(&socket)
+            .unwrap()
+            .events(3, WAIT, ready_tx)
+    });
+    ready_rx.recv().expect("subscribed to events");
+
     // One container that prints to both streams and exits 3.
     let short = run_container(
         &c,
@@ -130,6 +140,29 @@ fn pod_with_two_containers_full_lifecycle() {
     let log = log_of(d, "short.log");
     assert_eq!(lines(&log, "stdout"), ["hello", "lifecycle"]);
     assert_eq!(lines(&log, "stderr"), ["oops"]);
+    let events = events.join().unwrap();
+    let kinds: Vec<(String, i32)> = events
+        .iter()
+        .map(|e| (e.container_id.clone(), e.container_event_type))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (
+                short.clone(),
+                v1::ContainerEventType::ContainerCreatedEvent as i32
+            ),
+            (
+                short.clone(),
+                v1::ContainerEventType::ContainerStartedEvent as i32
+            ),
+            (
+                short.clone(),
+                v1::ContainerEventType::ContainerStoppedEvent as i32
+            ),
+        ]
+    );
+    assert!(events[2].pod_sandbox_status.is_some());
     // Starting it again makes no sense.
     assert_eq!(
         c.start(&short).unwrap_err().code(),

@@ -54,6 +54,7 @@ fn main() {
     let ok = status.exit_code == 0 && parse_log(&text).iter().any(|e| e.line == line);
     c.remove_pod(&pod).expect("RemovePodSandbox");
     eprintln!("demo: pod removed; {:.1?} in all", start.elapsed());
+    drop(c);
     drop(d);
     std::process::exit(if ok { 0 } else { 1 });
 }
