@@ -7,6 +7,7 @@
 //! they fail loudly where there is none (run them through `scripts/with-kvm.sh`).
 
 pub mod agent;
+pub mod cri;
 pub mod images;
 
 pub use agent::GuestAgent;

@@ -73,6 +73,12 @@ pub enum ErrorKind {
     PermissionDenied,
     /// Content did not match its digest.
     DataLoss,
+    /// A pod or container with the same name exists.
+    AlreadyExists,
+    /// The call makes no sense in the object's current state.
+    FailedPrecondition,
+    /// The operation did not finish within its deadline.
+    DeadlineExceeded,
     /// Anything else.
     Internal,
 }

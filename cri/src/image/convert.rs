@@ -16,6 +16,9 @@ pub fn status(e: BackendError) -> Status {
         ErrorKind::Unavailable => Code::Unavailable,
         ErrorKind::PermissionDenied => Code::PermissionDenied,
         ErrorKind::DataLoss => Code::DataLoss,
+        ErrorKind::AlreadyExists => Code::AlreadyExists,
+        ErrorKind::FailedPrecondition => Code::FailedPrecondition,
+        ErrorKind::DeadlineExceeded => Code::DeadlineExceeded,
         ErrorKind::Internal => Code::Internal,
     };
     Status::new(code, e.message)

@@ -2,7 +2,7 @@
 //! `ImageFsInfo`, served over any [`ImageBackend`].
 
 mod backend;
-mod convert;
+pub(crate) mod convert;
 mod server;
 
 pub use backend::{BackendError, ErrorKind, FsUsage, ImageBackend, ImageInfo, PullAuth};

@@ -1,0 +1,340 @@
+//! vmletd's configuration: a TOML file (default `/etc/vmlet/config.toml`; a missing
+//! default file means all defaults) overridden by command-line flags.
+//!
+//! Every key, with its default:
+//!
+//! ```toml
+//! # CRI socket kubelet and crictl connect to, and its permission bits.
+//! socket = "/run/vmlet/vmlet.sock"
+//! socket_mode = 0o660
+//! # Persistent state: images, pods, containers (survives daemon restarts).
+//! state_dir = "/var/lib/vmlet"
+//! # Sockets of the running VMs (gone at reboot, as the VMs are).
+//! runtime_dir = "/run/vmlet"
+//! # Guest kernel (uncompressed vmlinux with a PVH entry) and initramfs with vmlet-init.
+//! kernel = "/usr/lib/vmlet/vmlinux"
+//! initramfs = "/usr/lib/vmlet/initramfs.cpio"
+//! # The vmlet-vmm binary ("vmlet-vmm" is looked up next to vmletd, then in PATH).
+//! vmm = "vmlet-vmm"
+//! # Log filter (tracing EnvFilter syntax; RUST_LOG wins when set).
+//! log_level = "info"
+//! # CNI directories (pod networking is not wired yet; kept for it).
+//! cni_conf_dir = "/etc/cni/net.d"
+//! cni_bin_dir = "/usr/lib/cni"
+//!
+//! [vm]
+//! vcpus = 1                 # vCPUs of a pod that sets no CPU limit
+//! mem_mib = 256             # MiB of a pod that sets no memory limit
+//! min_mem_mib = 128         # smallest VM; smaller requests are refused
+//! overhead_mem_mib = 64     # added to a pod's own memory limit (guest kernel + init)
+//! image_slots = 4           # spare drives for container images (distinct images per pod)
+//! scratch_mib = 4096        # sparse ext4 disk for the containers' writable layers
+//! boot_timeout_secs = 180   # how long a guest may take until vmlet-init answers
+//!
+//! # Per-registry settings, as in the image manager's RegistriesConfig:
+//! [registries.hosts."127.0.0.1:5000"]
+//! plain_http = true
+//! skip_tls_verify = false
+//! mirrors = []
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::images::RegistriesConfig;
+
+/// The default config file.
+pub const DEFAULT_CONFIG: &str = "/etc/vmlet/config.toml";
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML of the expected shape.
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: toml::de::Error,
+    },
+    /// A value makes no sense.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// VM sizing and devices of a pod.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VmConfig {
+    /// vCPUs of a pod without a CPU limit.
+    pub vcpus: u32,
+    /// MiB of a pod without a memory limit.
+    pub mem_mib: u64,
+    /// Smallest VM in MiB.
+    pub min_mem_mib: u64,
+    /// MiB added to a pod's own memory limit.
+    pub overhead_mem_mib: u64,
+    /// Spare image drives per pod.
+    pub image_slots: u32,
+    /// Size of the sparse scratch disk in MiB.
+    pub scratch_mib: u64,
+    /// Seconds a guest may take to boot.
+    pub boot_timeout_secs: u64,
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        Self {
+            vcpus: 1,
+            mem_mib: 256,
+            min_mem_mib: 128,
+            overhead_mem_mib: 64,
+            image_slots: 4,
+            scratch_mib: 4096,
+            boot_timeout_secs: 180,
+        }
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// CRI socket.
+    pub socket: PathBuf,
+    /// Permission bits of the CRI socket.
+    pub socket_mode: u32,
+    /// Persistent state.
+    pub state_dir: PathBuf,
+    /// Runtime sockets.
+    pub runtime_dir: PathBuf,
+    /// Guest kernel.
+    pub kernel: PathBuf,
+    /// Guest initramfs.
+    pub initramfs: PathBuf,
+    /// vmlet-vmm binary.
+    pub vmm: PathBuf,
+    /// Log filter.
+    pub log_level: String,
+    /// CNI config directory.
+    pub cni_conf_dir: PathBuf,
+    /// CNI plugin directory.
+    pub cni_bin_dir: PathBuf,
+    /// Pod VMs.
+    pub vm: VmConfig,
+    /// Registries.
+    pub registries: RegistriesConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            socket: "/run/vmlet/vmlet.sock".into(),
+            socket_mode: 0o660,
+            state_dir: "/var/lib/vmlet".into(),
+            runtime_dir: "/run/vmlet".into(),
+            kernel: "/usr/lib/vmlet/vmlinux".into(),
+            initramfs: "/usr/lib/vmlet/initramfs.cpio".into(),
+            vmm: "vmlet-vmm".into(),
+            log_level: "info".into(),
+            cni_conf_dir: "/etc/cni/net.d".into(),
+            cni_bin_dir: "/usr/lib/cni".into(),
+            vm: VmConfig::default(),
+            registries: RegistriesConfig::default(),
+        }
+    }
+}
+
+/// Command-line flags; each overrides its config key.
+#[derive(Debug, Default, clap::Parser)]
+#[command(
+    name = "vmletd",
+    version,
+    about = "vmlet's node daemon: a CRI runtime that runs every pod as a micro-VM"
+)]
+pub struct Args {
+    /// Config file (TOML).
+    #[arg(long, default_value = DEFAULT_CONFIG)]
+    pub config: PathBuf,
+    /// CRI socket.
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    /// State directory.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Runtime directory.
+    #[arg(long)]
+    pub runtime_dir: Option<PathBuf>,
+    /// Guest kernel.
+    #[arg(long)]
+    pub kernel: Option<PathBuf>,
+    /// Guest initramfs.
+    #[arg(long)]
+    pub initramfs: Option<PathBuf>,
+    /// vmlet-vmm binary.
+    #[arg(long)]
+    pub vmm: Option<PathBuf>,
+    /// Default vCPUs of a pod.
+    #[arg(long)]
+    pub vcpus: Option<u32>,
+    /// Default memory of a pod (MiB).
+    #[arg(long)]
+    pub mem_mib: Option<u64>,
+    /// Log filter.
+    #[arg(long)]
+    pub log_level: Option<String>,
+    /// Registry host to speak plain HTTP to (repeatable), e.g. `127.0.0.1:5000`.
+    #[arg(long = "insecure-registry")]
+    pub insecure_registries: Vec<String>,
+}
+
+impl Config {
+    /// Parses TOML text.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// Loads the file `args` names (a missing default file means defaults) and applies
+    /// the flags.
+    pub fn load(args: &Args) -> Result<Self, ConfigError> {
+        let mut config = match std::fs::read_to_string(&args.config) {
+            Ok(text) => Self::from_toml(&text, &args.config)?,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    && args.config == Path::new(DEFAULT_CONFIG) =>
+            {
+                Self::default()
+            }
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: args.config.clone(),
+                    source,
+                })
+            }
+        };
+        config.apply(args);
+        config.check()?;
+        Ok(config)
+    }
+
+    fn apply(&mut self, args: &Args) {
+        let set = |dst: &mut PathBuf, v: &Option<PathBuf>| {
+            if let Some(v) = v {
+                *dst = v.clone();
+            }
+        };
+        set(&mut self.socket, &args.socket);
+        set(&mut self.state_dir, &args.state_dir);
+        set(&mut self.runtime_dir, &args.runtime_dir);
+        set(&mut self.kernel, &args.kernel);
+        set(&mut self.initramfs, &args.initramfs);
+        set(&mut self.vmm, &args.vmm);
+        if let Some(v) = args.vcpus {
+            self.vm.vcpus = v;
+        }
+        if let Some(v) = args.mem_mib {
+            self.vm.mem_mib = v;
+        }
+        if let Some(v) = &args.log_level {
+            self.log_level = v.clone();
+        }
+        for host in &args.insecure_registries {
+            self.registries
+                .hosts
+                .entry(host.clone())
+                .or_default()
+                .plain_http = true;
+        }
+    }
+
+    /// Rejects values that cannot work.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.vm.vcpus == 0 || self.vm.vcpus > 254 {
+            return bad(format!("vm.vcpus must be 1..=254 (got {})", self.vm.vcpus));
+        }
+        if self.vm.mem_mib < self.vm.min_mem_mib {
+            return bad(format!(
+                "vm.mem_mib ({}) is below vm.min_mem_mib ({})",
+                self.vm.mem_mib, self.vm.min_mem_mib
+            ));
+        }
+        if self.vm.image_slots == 0 || self.vm.image_slots > 16 {
+            return bad(format!(
+                "vm.image_slots must be 1..=16 (got {})",
+                self.vm.image_slots
+            ));
+        }
+        if self.socket_mode > 0o777 {
+            return bad(format!(
+                "socket_mode {:o} is not a permission mode",
+                self.socket_mode
+            ));
+        }
+        for (key, p) in [
+            ("state_dir", &self.state_dir),
+            ("runtime_dir", &self.runtime_dir),
+        ] {
+            if !p.is_absolute() {
+                return bad(format!(
+                    "{key} must be an absolute path (got {})",
+                    p.display()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn defaults_and_overrides() {
+        let c = Config::from_toml(
+            "state_dir = \"/srv/vmlet\"\n[vm]\nvcpus = 2\n[registries.hosts.\"127.0.0.1:5000\"]\nplain_http = true\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.state_dir, Path::new("/srv/vmlet"));
+        assert_eq!(c.vm.vcpus, 2);
+        assert_eq!(c.vm.mem_mib, 256);
+        assert_eq!(c.socket, Path::new("/run/vmlet/vmlet.sock"));
+        assert!(c.registries.hosts["127.0.0.1:5000"].plain_http);
+
+        let mut c = Config::default();
+        let args = Args::parse_from(["vmletd", "--mem-mib", "512", "--insecure-registry", "h:1"]);
+        c.apply(&args);
+        assert_eq!(c.vm.mem_mib, 512);
+        assert!(c.registries.hosts["h:1"].plain_http);
+        assert!(c.check().is_ok());
+    }
+
+    #[test]
+    fn rejects_unknown_keys_and_bad_values() {
+        let e = Config::from_toml("sockett = \"/x\"", Path::new("c.toml")).unwrap_err();
+        assert!(e.to_string().contains("c.toml"), "{e}");
+        let mut c = Config::default();
+        c.vm.vcpus = 0;
+        assert!(c.check().is_err());
+        let missing = Args::parse_from(["vmletd", "--config", "/nonexistent/vmlet.toml"]);
+        assert!(matches!(
+            Config::load(&missing),
+            Err(ConfigError::Read { .. })
+        ));
+    }
+}

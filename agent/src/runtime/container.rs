@@ -1,0 +1,559 @@
+//! Containers: create (image slot, guest container, log copy), start, stop, remove,
+//! and tracking their exit.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tonic::Code;
+use vmlet_cri::runtime::{ContainerConfig, ContainerState, EventKind};
+use vmlet_proto::agent as pb;
+
+use super::{lock, new_id, now_ns, spec, Container, Inner, Pod, RuntimeError};
+use crate::images::ImageError;
+use crate::logs::{self, LogSink};
+use crate::sandbox::{guest, Vm};
+use crate::store::{self, ContainerRecord, LogRecord, PodPhase};
+
+/// Deadline of one WaitProcess poll.
+const WAIT_POLL: Duration = Duration::from_secs(60);
+/// How long SIGKILL may take to end a container.
+const KILL_WAIT: Duration = Duration::from_secs(30);
+/// How long removal waits for the last output of an exited container.
+const LOG_DRAIN: Duration = Duration::from_secs(5);
+
+fn running_vm(pod: &Pod) -> Result<Vm, RuntimeError> {
+    match pod.vm() {
+        Some(vm) if vm.running() => Ok(vm),
+        _ => Err(RuntimeError::Precondition(format!(
+            "pod sandbox {} is not ready: its VM is not running",
+            pod.id
+        ))),
+    }
+}
+
+/// Picks the image slot for `image_id`: one that already holds it, else a free one
+/// (never used first). Returns the serial and whether its file must be swapped in.
+fn pick_slot(pod: &Pod, image_id: &str) -> Result<(String, bool), RuntimeError> {
+    let mut r = lock(&pod.record);
+    if let Some(s) = r
+        .slots
+        .iter_mut()
+        .find(|s| s.image_id.as_deref() == Some(image_id))
+    {
+        s.users += 1;
+        return Ok((s.serial.clone(), false));
+    }
+    let n = r.slots.len();
+    let free = r
+        .slots
+        .iter_mut()
+        .filter(|s| s.users == 0)
+        .min_by_key(|s| s.image_id.is_some());
+    match free {
+        Some(s) => {
+            s.users += 1;
+            s.image_id = Some(image_id.to_owned());
+            Ok((s.serial.clone(), true))
+        }
+        None => Err(RuntimeError::Precondition(format!(
+            "all {n} image slots of pod {} hold images of running containers; \
+             a pod can use at most {n} distinct images (vm.image_slots)",
+            pod.id
+        ))),
+    }
+}
+
+fn release_slot(pod: &Pod, serial: &str) {
+    let mut r = lock(&pod.record);
+    if let Some(s) = r.slots.iter_mut().find(|s| s.serial == serial) {
+        s.users = s.users.saturating_sub(1);
+    }
+}
+
+/// The guest's container spec.
+fn guest_spec(id: &str, slot: &str, c: &ContainerConfig, p: &spec::Process) -> pb::ContainerSpec {
+    let r = &c.resources;
+    pb::ContainerSpec {
+        container_id: id.to_owned(),
+        rootfs: Some(pb::Rootfs {
+            image_serial: slot.to_owned(),
+            image_fstype: "erofs".into(),
+            image_subdir: String::new(),
+            scratch_serial: "scratch".into(),
+            readonly: c.readonly_rootfs,
+        }),
+        process: Some(pb::Process {
+            args: p.args.clone(),
+            env: p.record.env.clone(),
+            cwd: p.record.cwd.clone(),
+            user: Some(pb::User {
+                uid: p.record.uid,
+                gid: p.record.gid,
+                additional_gids: p.record.additional_gids.clone(),
+            }),
+            terminal: c.tty,
+            terminal_size: None,
+            open_stdin: c.stdin,
+            rlimits: Vec::new(),
+            no_new_privileges: c.no_new_privs,
+            capabilities: None,
+            oom_score_adj: r.oom_score_adj.clamp(-1000, 1000) as i32,
+        }),
+        mounts: Vec::new(),
+        resources: Some(pb::Resources {
+            cpu_weight: spec::cpu_weight(r.cpu_shares),
+            cpu_quota_us: r.cpu_quota.max(0) as u64,
+            cpu_period_us: r.cpu_period.max(0) as u64,
+            memory_limit_bytes: r.memory_limit_bytes.max(0) as u64,
+            pids_limit: 0,
+        }),
+        share_pod_pid_namespace: false,
+    }
+}
+
+/// Creates a container in a ready pod.
+pub async fn create(
+    inner: &Arc<Inner>,
+    pod_id: &str,
+    config: ContainerConfig,
+) -> Result<String, RuntimeError> {
+    let pod = inner.pod(pod_id)?;
+    let _op = pod.op.lock().await;
+    if lock(&pod.record).phase != PodPhase::Ready {
+        return Err(RuntimeError::Precondition(format!(
+            "pod sandbox {pod_id} is not ready (stopped or its VM exited): it takes no new containers"
+        )));
+    }
+    let vm = running_vm(&pod)?;
+    let key = (pod.id.clone(), config.name.clone(), config.attempt);
+    let id = new_id()?;
+    {
+        let mut t = lock(&inner.tables);
+        if let Some(other) = t.container_names.get(&key) {
+            return Err(RuntimeError::AlreadyExists(format!(
+                "container name {:?} (attempt {}) is reserved for {other} in pod {pod_id}",
+                config.name, config.attempt
+            )));
+        }
+        t.container_names.insert(key.clone(), id.clone());
+    }
+    match create_reserved(inner, &pod, &vm, &id, config).await {
+        Ok(c) => {
+            lock(&inner.tables).containers.insert(id.clone(), c);
+            inner.emit(&id, pod_id, EventKind::Created);
+            Ok(id)
+        }
+        Err(e) => {
+            lock(&inner.tables).container_names.remove(&key);
+            Err(e)
+        }
+    }
+}
+
+async fn create_reserved(
+    inner: &Arc<Inner>,
+    pod: &Arc<Pod>,
+    vm: &Vm,
+    id: &str,
+    config: ContainerConfig,
+) -> Result<Arc<Container>, RuntimeError> {
+    let image = inner
+        .images
+        .block_image(&config.image)
+        .map_err(|source| match source {
+            ImageError::NotFound(_) => RuntimeError::NotFound(format!(
+                "image {:?} is not present on this node: pull it first",
+                config.image
+            )),
+            source => RuntimeError::Image {
+                image: config.image.clone(),
+                source: Box::new(source),
+            },
+        })?;
+    let image_id = image.id.to_string();
+    let lease = inner
+        .images
+        .lease(&image_id)
+        .map_err(|source| RuntimeError::Image {
+            image: config.image.clone(),
+            source: Box::new(source),
+        })?;
+    let (hostname, log_dir) = {
+        let r = lock(&pod.record);
+        let h = if r.config.hostname.is_empty() {
+            r.config.metadata.name.clone()
+        } else {
+            r.config.hostname.clone()
+        };
+        (h, r.config.log_directory.clone())
+    };
+    let process = spec::merge(&config, &image.config, &hostname)?;
+    let log_path = if log_dir.is_empty() || config.log_path.is_empty() {
+        String::new()
+    } else {
+        Path::new(&log_dir)
+            .join(&config.log_path)
+            .display()
+            .to_string()
+    };
+
+    let (slot, swap) = pick_slot(pod, &image_id)?;
+    let undo_slot = |pod: &Pod| release_slot(pod, &slot);
+    if swap {
+        if let Err(e) = vm.swap_drive(&slot, &image.path).await {
+            // The slot's content is unknown now: never reuse it for the old image.
+            {
+                let mut r = lock(&pod.record);
+                if let Some(s) = r.slots.iter_mut().find(|s| s.serial == slot) {
+                    s.image_id = None;
+                }
+            }
+            undo_slot(pod);
+            return Err(e.into());
+        }
+    }
+    let record = ContainerRecord {
+        id: id.to_owned(),
+        pod_id: pod.id.clone(),
+        config: config.clone(),
+        image_id,
+        slot: slot.clone(),
+        process: process.record.clone(),
+        state: ContainerState::Created,
+        created_at_ns: now_ns(),
+        started_at_ns: 0,
+        finished_at_ns: 0,
+        exit_code: 0,
+        reason: String::new(),
+        message: String::new(),
+        log_path: log_path.clone(),
+    };
+    let cleanup = |pod: &Pod| {
+        undo_slot(pod);
+        let _ = std::fs::remove_file(pod.paths.container(id));
+        let _ = std::fs::remove_file(pod.paths.log(id));
+    };
+    let saved = store::write_json(&pod.paths.log(id), &LogRecord::default())
+        .and_then(|()| store::write_json(&pod.paths.container(id), &record))
+        .and_then(|()| {
+            let r = lock(&pod.record).clone();
+            store::write_json(&pod.paths.record(), &r)
+        });
+    if let Err(e) = saved {
+        cleanup(pod);
+        return Err(e.into());
+    }
+    let created = vm
+        .client
+        .clone()
+        .create_container(guest::req(
+            pb::CreateContainerRequest {
+                spec: Some(guest_spec(id, &slot, &config, &process)),
+            },
+            guest::CALL,
+        ))
+        .await;
+    if let Err(status) = created {
+        cleanup(pod);
+        let _ = pod.save();
+        return Err(RuntimeError::guest("CreateContainer")(status));
+    }
+    let sink = match LogSink::open((!log_path.is_empty()).then(|| PathBuf::from(&log_path)), 0) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = vm
+                .client
+                .clone()
+                .remove_container(guest::req(
+                    pb::RemoveContainerRequest {
+                        container_id: id.to_owned(),
+                        force: true,
+                    },
+                    guest::CALL,
+                ))
+                .await;
+            cleanup(pod);
+            let _ = pod.save();
+            return Err(e.into());
+        }
+    };
+    let c = Arc::new(Container {
+        id: id.to_owned(),
+        pod: pod.clone(),
+        record: Mutex::new(record),
+        _lease: Some(lease),
+        sink: Arc::new(tokio::sync::Mutex::new(sink)),
+        log_task: Mutex::new(None),
+        exit_task: Mutex::new(None),
+    });
+    start_log_copy(&c, vm, LogRecord::default());
+    tracing::info!(container = %id, pod = %pod.id, slot = %slot, "container created");
+    Ok(c)
+}
+
+/// Starts copying a container's output to its log from `rec` on.
+pub(super) fn start_log_copy(c: &Arc<Container>, vm: &Vm, rec: LogRecord) {
+    let tty = lock(&c.record).config.tty;
+    let copy = logs::copy(
+        vm.client.clone(),
+        c.id.clone(),
+        tty,
+        c.sink.clone(),
+        c.pod.paths.log(&c.id),
+        rec,
+    );
+    let id = c.id.clone();
+    // One task, so that aborting it stops the copy itself.
+    let handle = tokio::spawn(async move {
+        match copy.await {
+            Ok(()) => tracing::debug!(container = %id, "log copy done"),
+            Err(e) => tracing::error!(container = %id, "log copy failed: {e}"),
+        }
+    });
+    *lock(&c.log_task) = Some(handle);
+}
+
+/// Records a guest exit status; returns whether the state changed.
+pub(super) fn apply_exit(inner: &Inner, c: &Container, s: &pb::ProcessStatus) -> bool {
+    let changed = {
+        let mut r = lock(&c.record);
+        if r.state == ContainerState::Exited {
+            false
+        } else {
+            r.state = ContainerState::Exited;
+            // A program that never ran has no exit code of its own; containerd
+            // reports 128 for it.
+            r.exit_code = if s.reason == "StartError" && s.exit_code == 0 {
+                128
+            } else {
+                s.exit_code
+            };
+            r.reason = s.reason.clone();
+            r.message = s.message.clone();
+            // Host time, as for created and started: the guest's clock is its own.
+            r.finished_at_ns = now_ns().max(r.started_at_ns);
+            true
+        }
+    };
+    if changed {
+        if let Err(e) = c.save() {
+            tracing::error!(container = %c.id, "{e}");
+        }
+        tracing::info!(container = %c.id, exit_code = s.exit_code, reason = %s.reason, "container exited");
+        inner.emit(&c.id, &c.pod.id, EventKind::Stopped);
+    }
+    changed
+}
+
+async fn wait_once(
+    vm: &Vm,
+    id: &str,
+    timeout: Duration,
+) -> Result<pb::ProcessStatus, tonic::Status> {
+    vm.client
+        .clone()
+        .wait_process(guest::req(
+            pb::WaitProcessRequest {
+                container_id: id.to_owned(),
+                exec_id: String::new(),
+            },
+            timeout,
+        ))
+        .await
+        .map(|r| r.into_inner().status.unwrap_or_default())
+}
+
+/// Follows a running container until it exits.
+pub(super) fn watch_exit(inner: Arc<Inner>, c: Arc<Container>, vm: Vm) {
+    let c2 = c.clone();
+    let handle = tokio::spawn(async move {
+        loop {
+            match wait_once(&vm, &c.id, WAIT_POLL).await {
+                Ok(s) if s.state == pb::ProcessState::Exited as i32 => {
+                    apply_exit(&inner, &c, &s);
+                    return;
+                }
+                Ok(_) => {}
+                Err(s) if s.code() == Code::DeadlineExceeded => {}
+                Err(s) if s.code() == Code::NotFound => return,
+                Err(s) => {
+                    if !vm.running() {
+                        return;
+                    }
+                    tracing::debug!(container = %c.id, "waiting for exit: {s}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    });
+    *lock(&c2.exit_task) = Some(handle);
+}
+
+/// Starts a created container.
+pub async fn start(inner: &Arc<Inner>, id: &str) -> Result<(), RuntimeError> {
+    let c = inner.container(id)?;
+    let pod = c.pod.clone();
+    let _op = pod.op.lock().await;
+    let state = lock(&c.record).state;
+    if state != ContainerState::Created {
+        return Err(RuntimeError::Precondition(format!(
+            "container {id} is {state:?}, not Created: only a created container can be started"
+        )));
+    }
+    let vm = running_vm(&c.pod)?;
+    let started = vm
+        .client
+        .clone()
+        .start_container(guest::req(
+            pb::StartContainerRequest {
+                container_id: id.to_owned(),
+            },
+            guest::CALL,
+        ))
+        .await;
+    if let Err(status) = started {
+        // A program that cannot run leaves the container exited with StartError.
+        if let Ok(s) = wait_once(&vm, id, Duration::from_secs(5)).await {
+            if s.state == pb::ProcessState::Exited as i32 {
+                apply_exit(inner, &c, &s);
+            }
+        }
+        return Err(RuntimeError::guest("StartContainer")(status));
+    }
+    {
+        let mut r = lock(&c.record);
+        r.state = ContainerState::Running;
+        r.started_at_ns = now_ns();
+    }
+    c.save()?;
+    inner.emit(id, &c.pod.id, EventKind::Started);
+    watch_exit(inner.clone(), c, vm);
+    Ok(())
+}
+
+async fn signal(vm: &Vm, id: &str, signal: u32) -> Result<(), tonic::Status> {
+    vm.client
+        .clone()
+        .signal_process(guest::req(
+            pb::SignalProcessRequest {
+                container_id: id.to_owned(),
+                exec_id: String::new(),
+                signal,
+            },
+            guest::CALL,
+        ))
+        .await
+        .map(drop)
+}
+
+/// Stops a running container: its stop signal, then SIGKILL after `timeout`. A
+/// container that is not running is left as it is.
+pub async fn stop(
+    inner: &Arc<Inner>,
+    c: &Arc<Container>,
+    timeout: Duration,
+) -> Result<(), RuntimeError> {
+    let (state, stop_signal) = {
+        let r = lock(&c.record);
+        (r.state, r.process.stop_signal)
+    };
+    if state != ContainerState::Running {
+        return Ok(());
+    }
+    let Ok(vm) = running_vm(&c.pod) else {
+        return Ok(());
+    };
+    if !timeout.is_zero() {
+        match signal(&vm, &c.id, stop_signal).await {
+            Ok(()) => {}
+            // Already exited: the wait below returns at once.
+            Err(s) if s.code() == Code::FailedPrecondition => {}
+            Err(s) => return Err(RuntimeError::guest("SignalProcess")(s)),
+        }
+        match wait_once(&vm, &c.id, timeout).await {
+            Ok(s) if s.state == pb::ProcessState::Exited as i32 => {
+                apply_exit(inner, c, &s);
+                return Ok(());
+            }
+            Ok(_) => {}
+            Err(s) if s.code() == Code::DeadlineExceeded => {}
+            Err(s) => return Err(RuntimeError::guest("WaitProcess")(s)),
+        }
+        tracing::info!(container = %c.id, "still running {timeout:?} after signal {stop_signal}: SIGKILL");
+    }
+    match signal(&vm, &c.id, libc::SIGKILL as u32).await {
+        Ok(()) => {}
+        Err(s) if s.code() == Code::FailedPrecondition => {}
+        Err(s) => return Err(RuntimeError::guest("SignalProcess")(s)),
+    }
+    match wait_once(&vm, &c.id, KILL_WAIT).await {
+        Ok(s) if s.state == pb::ProcessState::Exited as i32 => {
+            apply_exit(inner, c, &s);
+            Ok(())
+        }
+        Ok(_) => Err(RuntimeError::Timeout(format!(
+            "container {} did not exit after SIGKILL",
+            c.id
+        ))),
+        Err(s) => Err(RuntimeError::guest("WaitProcess")(s)),
+    }
+}
+
+/// Removes a container, killing it first if it runs. Its log file stays (kubelet owns
+/// it).
+pub async fn remove(inner: &Arc<Inner>, id: &str) -> Result<(), RuntimeError> {
+    let c = inner.container(id)?;
+    let pod = c.pod.clone();
+    let _op = pod.op.lock().await;
+    if lock(&c.record).state == ContainerState::Running {
+        stop(inner, &c, Duration::ZERO).await?;
+    }
+    if let Some(vm) = pod.vm().filter(|vm| vm.running()) {
+        // Let the copier take the last output before the guest forgets the container.
+        let task = lock(&c.log_task).take();
+        if let Some(mut task) = task {
+            if tokio::time::timeout(LOG_DRAIN, &mut task).await.is_err() {
+                task.abort();
+            }
+        }
+        match vm
+            .client
+            .clone()
+            .remove_container(guest::req(
+                pb::RemoveContainerRequest {
+                    container_id: id.to_owned(),
+                    force: true,
+                },
+                guest::CALL,
+            ))
+            .await
+        {
+            Ok(_) => {}
+            Err(s) if s.code() == Code::NotFound => {}
+            Err(s) => return Err(RuntimeError::guest("RemoveContainer")(s)),
+        }
+    }
+    c.abort_tasks();
+    let (slot, name, attempt) = {
+        let r = lock(&c.record);
+        (r.slot.clone(), r.config.name.clone(), r.config.attempt)
+    };
+    release_slot(&pod, &slot);
+    pod.save()?;
+    for p in [pod.paths.container(id), pod.paths.log(id)] {
+        if let Err(e) = std::fs::remove_file(&p) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!("cannot remove {}: {e}", p.display());
+            }
+        }
+    }
+    {
+        let mut t = lock(&inner.tables);
+        t.containers.remove(id);
+        t.container_names.remove(&(pod.id.clone(), name, attempt));
+    }
+    inner.emit(id, &pod.id, EventKind::Deleted);
+    tracing::info!(container = %id, "container removed");
+    Ok(())
+}

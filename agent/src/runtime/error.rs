@@ -1,0 +1,97 @@
+//! Errors of the runtime, and the CRI error kind each one is.
+
+use vmlet_cri::image::{BackendError, ErrorKind};
+
+use super::spec::SpecError;
+use crate::images::ImageError;
+use crate::logs::LogError;
+use crate::sandbox::SandboxError;
+use crate::store::StoreError;
+
+/// Why a runtime operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// No such pod or container.
+    #[error("{0}")]
+    NotFound(String),
+    /// The name is taken.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// The request is unusable.
+    #[error("{0}")]
+    Invalid(String),
+    /// The call makes no sense in the current state.
+    #[error("{0}")]
+    Precondition(String),
+    /// Did not finish in time.
+    #[error("{0}")]
+    Timeout(String),
+    /// Image lookup failed.
+    #[error("image {image:?}: {source}")]
+    Image {
+        /// As requested.
+        image: String,
+        /// Why.
+        source: Box<ImageError>,
+    },
+    /// The request and image do not make a process.
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// VM failure.
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    /// Persisting state failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Log file failure.
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// The guest refused or failed a call.
+    #[error("guest {call}: {status}")]
+    Guest {
+        /// The call.
+        call: &'static str,
+        /// Its status.
+        status: Box<tonic::Status>,
+    },
+}
+
+impl RuntimeError {
+    /// A guest call's failure.
+    pub fn guest(call: &'static str) -> impl FnOnce(tonic::Status) -> RuntimeError {
+        move |status| RuntimeError::Guest {
+            call,
+            status: Box::new(status),
+        }
+    }
+
+    fn kind(&self) -> ErrorKind {
+        use tonic::Code;
+        match self {
+            Self::NotFound(_) => ErrorKind::NotFound,
+            Self::AlreadyExists(_) => ErrorKind::AlreadyExists,
+            Self::Invalid(_) | Self::Spec(_) => ErrorKind::InvalidArgument,
+            Self::Precondition(_) => ErrorKind::FailedPrecondition,
+            Self::Timeout(_) => ErrorKind::DeadlineExceeded,
+            Self::Image { source, .. } => match **source {
+                ImageError::NotFound(_) => ErrorKind::NotFound,
+                ImageError::InvalidReference(_) => ErrorKind::InvalidArgument,
+                _ => ErrorKind::Internal,
+            },
+            Self::Guest { status, .. } => match status.code() {
+                Code::InvalidArgument => ErrorKind::InvalidArgument,
+                Code::FailedPrecondition => ErrorKind::FailedPrecondition,
+                Code::DeadlineExceeded => ErrorKind::DeadlineExceeded,
+                Code::Unavailable => ErrorKind::Unavailable,
+                _ => ErrorKind::Internal,
+            },
+            Self::Sandbox(_) | Self::Store(_) | Self::Log(_) => ErrorKind::Internal,
+        }
+    }
+}
+
+impl From<RuntimeError> for BackendError {
+    fn from(e: RuntimeError) -> Self {
+        BackendError::new(e.kind(), e.to_string())
+    }
+}

@@ -1,0 +1,172 @@
+//! ExecSync: a process in a running container, its whole output, its exit code.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::Code;
+use vmlet_cri::runtime::{ContainerState, ExecOutput};
+use vmlet_proto::agent as pb;
+
+use super::{lock, new_id, Inner, RuntimeError};
+use crate::sandbox::{guest, GuestClient};
+
+/// Output kept per stream (the CRI caps ExecSync output at 16 MiB); the rest is read
+/// and dropped so the process never blocks.
+const CAP: usize = 16 << 20;
+/// Deadline of one ReadOutput poll.
+const POLL: Duration = Duration::from_secs(30);
+
+/// Reads a process's stream to its end.
+async fn read_all(
+    client: GuestClient,
+    id: String,
+    exec_id: String,
+    stream: pb::Stream,
+) -> Result<Vec<u8>, tonic::Status> {
+    let mut out = Vec::new();
+    let mut offset = 0u64;
+    loop {
+        let mut c = client.clone();
+        let r = c
+            .read_output(guest::req(
+                pb::ReadOutputRequest {
+                    container_id: id.clone(),
+                    exec_id: exec_id.clone(),
+                    stream: stream as i32,
+                    offset,
+                    max_bytes: 1 << 20,
+                },
+                POLL,
+            ))
+            .await;
+        let r = match r {
+            Ok(r) => r.into_inner(),
+            Err(s) if s.code() == Code::DeadlineExceeded => continue,
+            Err(s) => return Err(s),
+        };
+        let room = CAP.saturating_sub(out.len());
+        out.extend_from_slice(&r.data[..r.data.len().min(room)]);
+        offset = r.offset + r.data.len() as u64;
+        if r.eof {
+            return Ok(out);
+        }
+    }
+}
+
+async fn run(client: GuestClient, id: String, exec_id: String) -> Result<ExecOutput, RuntimeError> {
+    let out = read_all(
+        client.clone(),
+        id.clone(),
+        exec_id.clone(),
+        pb::Stream::Stdout,
+    );
+    let err = read_all(
+        client.clone(),
+        id.clone(),
+        exec_id.clone(),
+        pb::Stream::Stderr,
+    );
+    let (stdout, stderr) = tokio::try_join!(out, err).map_err(RuntimeError::guest("ReadOutput"))?;
+    loop {
+        let mut c = client.clone();
+        match c
+            .wait_process(guest::req(
+                pb::WaitProcessRequest {
+                    container_id: id.clone(),
+                    exec_id: exec_id.clone(),
+                },
+                POLL,
+            ))
+            .await
+        {
+            Ok(r) => {
+                let s = r.into_inner().status.unwrap_or_default();
+                return Ok(ExecOutput {
+                    stdout,
+                    stderr,
+                    exit_code: s.exit_code,
+                });
+            }
+            Err(s) if s.code() == Code::DeadlineExceeded => continue,
+            Err(s) => return Err(RuntimeError::guest("WaitProcess")(s)),
+        }
+    }
+}
+
+/// Runs `cmd` in container `id` to completion.
+pub async fn exec_sync(
+    inner: &Arc<Inner>,
+    id: &str,
+    cmd: Vec<String>,
+    timeout: Option<Duration>,
+) -> Result<ExecOutput, RuntimeError> {
+    let c = inner.container(id)?;
+    let (state, p) = {
+        let r = lock(&c.record);
+        (r.state, r.process.clone())
+    };
+    if state != ContainerState::Running {
+        return Err(RuntimeError::Precondition(format!(
+            "container {id} is {state:?}: exec needs a running container"
+        )));
+    }
+    let vm = c.pod.vm().filter(|v| v.running()).ok_or_else(|| {
+        RuntimeError::Precondition(format!("the VM of container {id} is not running"))
+    })?;
+    let exec_id = format!("exec-{}", &new_id()?[..16]);
+    vm.client
+        .clone()
+        .exec_process(guest::req(
+            pb::ExecProcessRequest {
+                container_id: id.to_owned(),
+                exec_id: exec_id.clone(),
+                process: Some(pb::Process {
+                    args: cmd,
+                    env: p.env,
+                    cwd: p.cwd,
+                    user: Some(pb::User {
+                        uid: p.uid,
+                        gid: p.gid,
+                        additional_gids: p.additional_gids,
+                    }),
+                    ..Default::default()
+                }),
+            },
+            guest::CALL,
+        ))
+        .await
+        .map_err(RuntimeError::guest("ExecProcess"))?;
+    let work = run(vm.client.clone(), id.to_owned(), exec_id.clone());
+    let Some(limit) = timeout else {
+        return work.await;
+    };
+    match tokio::time::timeout(limit, work).await {
+        Ok(r) => r,
+        Err(_) => {
+            // Kill it and reap it, so the guest forgets the process.
+            let mut client = vm.client.clone();
+            let _ = client
+                .signal_process(guest::req(
+                    pb::SignalProcessRequest {
+                        container_id: id.to_owned(),
+                        exec_id: exec_id.clone(),
+                        signal: libc::SIGKILL as u32,
+                    },
+                    guest::CALL,
+                ))
+                .await;
+            let _ = client
+                .wait_process(guest::req(
+                    pb::WaitProcessRequest {
+                        container_id: id.to_owned(),
+                        exec_id,
+                    },
+                    guest::CALL,
+                ))
+                .await;
+            Err(RuntimeError::Timeout(format!(
+                "command timed out after {limit:?} and was killed"
+            )))
+        }
+    }
+}

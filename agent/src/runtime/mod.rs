@@ -1,0 +1,381 @@
+//! The pod and container controller behind the CRI RuntimeService: every pod a VM.
+//!
+//! - `pod`: RunPodSandbox, StopPodSandbox, RemovePodSandbox, and what happens when
+//!   a VM dies;
+//! - `container`: create (image slot, guest container, log copy), start, stop,
+//!   remove, and exit tracking;
+//! - `exec`: `ExecSync`;
+//! - `recovery`: re-adopting pods after a restart;
+//! - `spec`: image config merged with the request.
+//!
+//! Concurrency: the tables (pods, containers, reserved names) sit behind one short
+//! lock; each pod has an async operation lock that serialises its lifecycle changes
+//! (slot assignment, stop, remove); reads never wait for it.
+
+mod container;
+mod error;
+mod exec;
+mod pod;
+mod recovery;
+pub mod spec;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+use vmlet_cri::image::BackendError;
+use vmlet_cri::runtime::{
+    ContainerConfig, ContainerEvent, ContainerInfo, EventKind, ExecOutput, Health, PodConfig,
+    PodInfo, PodMetadata, PodState, RuntimeBackend,
+};
+
+pub use error::RuntimeError;
+
+use crate::config::VmConfig;
+use crate::images::{ImageLease, ImageManager};
+use crate::logs::SharedSink;
+use crate::sandbox::Vm;
+use crate::store::{self, ContainerRecord, PodPaths, PodPhase, PodRecord};
+
+/// What the runtime needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// vmlet-vmm.
+    pub vmm: PathBuf,
+    /// Guest kernel.
+    pub kernel: PathBuf,
+    /// Guest initramfs.
+    pub initramfs: PathBuf,
+    /// Persistent state.
+    pub state_dir: PathBuf,
+    /// Sockets.
+    pub runtime_dir: PathBuf,
+    /// VM defaults.
+    pub vm: VmConfig,
+}
+
+/// A pod in memory.
+struct Pod {
+    id: String,
+    paths: PodPaths,
+    record: Mutex<PodRecord>,
+    vm: Mutex<Option<Vm>>,
+    /// Serialises lifecycle changes of the pod and its containers.
+    op: tokio::sync::Mutex<()>,
+}
+
+/// A container in memory.
+struct Container {
+    id: String,
+    pod: Arc<Pod>,
+    record: Mutex<ContainerRecord>,
+    _lease: Option<ImageLease>,
+    sink: SharedSink,
+    log_task: Mutex<Option<JoinHandle<()>>>,
+    exit_task: Mutex<Option<JoinHandle<()>>>,
+}
+
+#[derive(Default)]
+struct Tables {
+    pods: HashMap<String, Arc<Pod>>,
+    containers: HashMap<String, Arc<Container>>,
+    pod_names: HashMap<PodMetadata, String>,
+    container_names: HashMap<(String, String, u32), String>,
+}
+
+struct Inner {
+    settings: Settings,
+    images: Arc<ImageManager>,
+    tables: Mutex<Tables>,
+    events: broadcast::Sender<ContainerEvent>,
+    pod_cidr: Mutex<String>,
+}
+
+/// The runtime: implements the CRI [`RuntimeBackend`].
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<Inner>,
+}
+
+/// Locks a std mutex, carrying on after a panic elsewhere (the data is plain state,
+/// valid between statements).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A fresh 64-hex ID.
+fn new_id() -> Result<String, RuntimeError> {
+    let mut buf = [0u8; 32];
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .map_err(|source| {
+            RuntimeError::Store(store::StoreError::Io {
+                op: "read",
+                path: "/dev/urandom".into(),
+                source,
+            })
+        })?;
+    Ok(hex::encode(buf))
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+fn pod_name(m: &PodMetadata) -> String {
+    format!("{}_{}_{}_{}", m.name, m.namespace, m.uid, m.attempt)
+}
+
+impl Pod {
+    fn save(&self) -> Result<(), RuntimeError> {
+        let rec = lock(&self.record).clone();
+        store::write_json(&self.paths.record(), &rec)?;
+        Ok(())
+    }
+
+    fn vm(&self) -> Option<Vm> {
+        lock(&self.vm).clone()
+    }
+
+    fn info(&self) -> PodInfo {
+        let r = lock(&self.record);
+        let verbose = serde_json::json!({
+            "vcpus": r.vcpus,
+            "memMib": r.mem_mib,
+            "vmmPid": r.vmm_pid,
+            "phase": r.phase,
+            "vmExit": r.vm_exit,
+            "slots": r.slots,
+            "dir": self.paths.dir,
+            "console": self.paths.console(),
+        });
+        PodInfo {
+            id: self.id.clone(),
+            config: r.config.clone(),
+            state: if r.phase == PodPhase::Ready {
+                PodState::Ready
+            } else {
+                PodState::NotReady
+            },
+            created_at_ns: r.created_at_ns,
+            verbose_json: verbose.to_string(),
+        }
+    }
+}
+
+impl Container {
+    fn save(&self) -> Result<(), RuntimeError> {
+        let rec = lock(&self.record).clone();
+        store::write_json(&self.pod.paths.container(&self.id), &rec)?;
+        Ok(())
+    }
+
+    fn info(&self) -> ContainerInfo {
+        let r = lock(&self.record);
+        ContainerInfo {
+            id: r.id.clone(),
+            pod_id: r.pod_id.clone(),
+            config: r.config.clone(),
+            image_id: r.image_id.clone(),
+            state: r.state,
+            created_at_ns: r.created_at_ns,
+            started_at_ns: r.started_at_ns,
+            finished_at_ns: r.finished_at_ns,
+            exit_code: r.exit_code,
+            reason: r.reason.clone(),
+            message: r.message.clone(),
+            log_path: r.log_path.clone(),
+        }
+    }
+
+    fn abort_tasks(&self) {
+        for t in [&self.log_task, &self.exit_task] {
+            if let Some(t) = lock(t).take() {
+                t.abort();
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn emit(&self, container_id: &str, pod_id: &str, kind: EventKind) {
+        let _ = self.events.send(ContainerEvent {
+            container_id: container_id.to_owned(),
+            pod_id: pod_id.to_owned(),
+            kind,
+            at_ns: now_ns(),
+        });
+    }
+
+    fn pod(&self, id: &str) -> Result<Arc<Pod>, RuntimeError> {
+        lock(&self.tables)
+            .pods
+            .get(id)
+            .cloned()
+            .ok_or_else(|| RuntimeError::NotFound(format!("pod sandbox {id:?} not found")))
+    }
+
+    fn container(&self, id: &str) -> Result<Arc<Container>, RuntimeError> {
+        lock(&self.tables)
+            .containers
+            .get(id)
+            .cloned()
+            .ok_or_else(|| RuntimeError::NotFound(format!("container {id:?} not found")))
+    }
+
+    fn containers_of(&self, pod_id: &str) -> Vec<Arc<Container>> {
+        lock(&self.tables)
+            .containers
+            .values()
+            .filter(|c| c.pod.id == pod_id)
+            .cloned()
+            .collect()
+    }
+}
+
+impl Runtime {
+    /// Opens the runtime over `images`, re-adopting the pods a previous daemon left.
+    pub async fn open(settings: Settings, images: Arc<ImageManager>) -> Result<Self, RuntimeError> {
+        for dir in [
+            settings.state_dir.join("pods"),
+            settings.runtime_dir.join("pods"),
+        ] {
+            std::fs::create_dir_all(&dir).map_err(|source| store::StoreError::Io {
+                op: "create",
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        let (events, _) = broadcast::channel(256);
+        let rt = Runtime {
+            inner: Arc::new(Inner {
+                settings,
+                images,
+                tables: Mutex::new(Tables::default()),
+                events,
+                pod_cidr: Mutex::new(String::new()),
+            }),
+        };
+        recovery::recover(&rt.inner).await;
+        Ok(rt)
+    }
+}
+
+impl RuntimeBackend for Runtime {
+    fn health(&self) -> Health {
+        let s = &self.inner.settings;
+        let missing = [("kernel", &s.kernel), ("initramfs", &s.initramfs)]
+            .into_iter()
+            .find(|(_, p)| !p.exists());
+        let (runtime_ready, runtime_reason, runtime_message) = match missing {
+            Some((what, p)) => (
+                false,
+                "GuestImageMissing".to_owned(),
+                format!("the guest {what} {} does not exist", p.display()),
+            ),
+            None => (true, String::new(), String::new()),
+        };
+        Health {
+            runtime_ready,
+            runtime_reason,
+            runtime_message,
+            network_ready: false,
+            network_reason: "NoPodNetwork".into(),
+            network_message: "pod networking (CNI) is not wired up yet: pods have loopback only"
+                .into(),
+        }
+    }
+
+    fn set_pod_cidr(&self, cidr: &str) -> Result<(), BackendError> {
+        tracing::info!(cidr, "pod CIDR set");
+        *lock(&self.inner.pod_cidr) = cidr.to_owned();
+        Ok(())
+    }
+
+    async fn run_pod(&self, config: PodConfig) -> Result<String, BackendError> {
+        Ok(pod::run(&self.inner, config).await?)
+    }
+
+    async fn stop_pod(&self, id: &str) -> Result<(), BackendError> {
+        Ok(pod::stop(&self.inner, id).await?)
+    }
+
+    async fn remove_pod(&self, id: &str) -> Result<(), BackendError> {
+        Ok(pod::remove(&self.inner, id).await?)
+    }
+
+    fn pod(&self, id: &str) -> Result<PodInfo, BackendError> {
+        Ok(self.inner.pod(id)?.info())
+    }
+
+    fn pods(&self) -> Vec<PodInfo> {
+        let pods: Vec<_> = lock(&self.inner.tables).pods.values().cloned().collect();
+        pods.iter().map(|p| p.info()).collect()
+    }
+
+    async fn create_container(
+        &self,
+        pod_id: &str,
+        config: ContainerConfig,
+    ) -> Result<String, BackendError> {
+        Ok(container::create(&self.inner, pod_id, config).await?)
+    }
+
+    async fn start_container(&self, id: &str) -> Result<(), BackendError> {
+        Ok(container::start(&self.inner, id).await?)
+    }
+
+    async fn stop_container(&self, id: &str, timeout: Duration) -> Result<(), BackendError> {
+        let c = self.inner.container(id)?;
+        Ok(container::stop(&self.inner, &c, timeout).await?)
+    }
+
+    async fn remove_container(&self, id: &str) -> Result<(), BackendError> {
+        Ok(container::remove(&self.inner, id).await?)
+    }
+
+    fn container(&self, id: &str) -> Result<ContainerInfo, BackendError> {
+        Ok(self.inner.container(id)?.info())
+    }
+
+    fn containers(&self) -> Vec<ContainerInfo> {
+        let all: Vec<_> = lock(&self.inner.tables)
+            .containers
+            .values()
+            .cloned()
+            .collect();
+        all.iter().map(|c| c.info()).collect()
+    }
+
+    async fn exec_sync(
+        &self,
+        id: &str,
+        cmd: Vec<String>,
+        timeout: Option<Duration>,
+    ) -> Result<ExecOutput, BackendError> {
+        Ok(exec::exec_sync(&self.inner, id, cmd, timeout).await?)
+    }
+
+    async fn reopen_log(&self, id: &str) -> Result<(), BackendError> {
+        let c = self.inner.container(id)?;
+        if lock(&c.record).state != vmlet_cri::runtime::ContainerState::Running {
+            return Err(RuntimeError::Precondition(format!(
+                "container {id} is not running: its log is not open"
+            ))
+            .into());
+        }
+        c.sink.lock().await.reopen().map_err(RuntimeError::from)?;
+        Ok(())
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<ContainerEvent> {
+        self.inner.events.subscribe()
+    }
+}

@@ -1,0 +1,304 @@
+//! Pods: RunPodSandbox, StopPodSandbox, RemovePodSandbox, and a VM that dies.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use vmlet_cri::runtime::{ContainerState, EventKind, PodConfig};
+use vmlet_proto::agent as pb;
+
+use super::{lock, new_id, now_ns, pod_name, Inner, Pod, RuntimeError};
+use crate::sandbox::{disk, guest, vmm, Vm, VmmCommand};
+use crate::store::{self, PodPaths, PodPhase, PodRecord, SlotRecord};
+
+/// How long a stopping guest may take to power off.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// vCPUs and MiB of a pod's VM.
+fn size(inner: &Inner, c: &PodConfig) -> Result<(u32, u64), RuntimeError> {
+    let vm = &inner.settings.vm;
+    let vcpus = c.vcpus.unwrap_or(vm.vcpus);
+    let mem = match c.memory_mib {
+        Some(m) => m.saturating_add(vm.overhead_mem_mib),
+        None => vm.mem_mib,
+    };
+    if mem < vm.min_mem_mib {
+        return Err(RuntimeError::Invalid(format!(
+            "the pod asks for {mem} MiB (memory limit plus {} MiB overhead); a pod VM needs at least {} MiB",
+            vm.overhead_mem_mib, vm.min_mem_mib
+        )));
+    }
+    Ok((vcpus, mem))
+}
+
+/// Removes what a pod left on disk.
+pub(super) fn remove_files(paths: &PodPaths) {
+    for dir in [&paths.dir, &paths.run_dir] {
+        if let Err(e) = std::fs::remove_dir_all(dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!("cannot remove {}: {e}", dir.display());
+            }
+        }
+    }
+}
+
+/// Runs a pod: disks, VMM, guest configuration.
+pub async fn run(inner: &Arc<Inner>, config: PodConfig) -> Result<String, RuntimeError> {
+    let (vcpus, mem_mib) = size(inner, &config)?;
+    let id = new_id()?;
+    {
+        let mut t = lock(&inner.tables);
+        if let Some(other) = t.pod_names.get(&config.metadata) {
+            return Err(RuntimeError::AlreadyExists(format!(
+                "pod sandbox name {:?} is reserved for {other}",
+                pod_name(&config.metadata)
+            )));
+        }
+        t.pod_names.insert(config.metadata.clone(), id.clone());
+    }
+    let paths = PodPaths::new(&inner.settings.state_dir, &inner.settings.runtime_dir, &id);
+    match boot(inner, &id, &paths, config.clone(), vcpus, mem_mib).await {
+        Ok(pod) => {
+            lock(&inner.tables).pods.insert(id.clone(), pod.clone());
+            watch_vm(inner.clone(), pod);
+            tracing::info!(pod = %id, name = %pod_name(&config.metadata), vcpus, mem_mib, "pod ready");
+            Ok(id)
+        }
+        Err(e) => {
+            remove_files(&paths);
+            lock(&inner.tables).pod_names.remove(&config.metadata);
+            tracing::warn!(pod = %id, "pod failed to start: {e}");
+            Err(e)
+        }
+    }
+}
+
+async fn boot(
+    inner: &Inner,
+    id: &str,
+    paths: &PodPaths,
+    config: PodConfig,
+    vcpus: u32,
+    mem_mib: u64,
+) -> Result<Arc<Pod>, RuntimeError> {
+    let s = &inner.settings;
+    for dir in [paths.containers(), paths.run_dir.clone()] {
+        std::fs::create_dir_all(&dir).map_err(|source| store::StoreError::Io {
+            op: "create",
+            path: dir.clone(),
+            source,
+        })?;
+    }
+    let slots: Vec<SlotRecord> = (0..s.vm.image_slots)
+        .map(|i| SlotRecord {
+            serial: format!("slot{i}"),
+            image_id: None,
+            users: 0,
+        })
+        .collect();
+    let mut record = PodRecord {
+        id: id.to_owned(),
+        config: config.clone(),
+        phase: PodPhase::Creating,
+        created_at_ns: now_ns(),
+        vcpus,
+        mem_mib,
+        vmm_pid: None,
+        slots: slots.clone(),
+        vm_exit: None,
+    };
+    // Written first: a daemon that dies from here on finds the pod and tears it down.
+    store::write_json(&paths.record(), &record)?;
+    disk::make_scratch(&paths.scratch(), s.vm.scratch_mib).await?;
+    disk::make_placeholder(&paths.placeholder())?;
+    let mut drives = vec![("scratch".to_owned(), paths.scratch(), false)];
+    drives.extend(
+        slots
+            .iter()
+            .map(|sl| (sl.serial.clone(), paths.placeholder(), true)),
+    );
+    let cmd = VmmCommand {
+        binary: s.vmm.clone(),
+        kernel: s.kernel.clone(),
+        initramfs: s.initramfs.clone(),
+        vcpus,
+        mem_mib,
+        drives,
+        vsock: paths.vsock(),
+        control: paths.control(),
+        console: paths.console(),
+        log: paths.vmm_log(),
+    };
+    let vm = Vm::boot(&cmd, Duration::from_secs(s.vm.boot_timeout_secs)).await?;
+    let configured = configure(&vm, &config).await;
+    if let Err(e) = configured {
+        vm.kill().await;
+        return Err(e);
+    }
+    record.phase = PodPhase::Ready;
+    record.vmm_pid = Some(vm.pid);
+    if let Err(e) = store::write_json(&paths.record(), &record) {
+        vm.kill().await;
+        return Err(e.into());
+    }
+    Ok(Arc::new(Pod {
+        id: id.to_owned(),
+        paths: paths.clone(),
+        record: Mutex::new(record),
+        vm: Mutex::new(Some(vm)),
+        op: tokio::sync::Mutex::new(()),
+    }))
+}
+
+/// Hostname and DNS of the guest.
+async fn configure(vm: &Vm, c: &PodConfig) -> Result<(), RuntimeError> {
+    let hostname = if c.hostname.is_empty() {
+        c.metadata.name.clone()
+    } else {
+        c.hostname.clone()
+    };
+    let dns = (!c.dns.servers.is_empty() || !c.dns.searches.is_empty()).then(|| pb::Dns {
+        servers: c.dns.servers.clone(),
+        searches: c.dns.searches.clone(),
+        options: c.dns.options.clone(),
+    });
+    vm.client
+        .clone()
+        .configure_guest(guest::req(
+            pb::ConfigureGuestRequest {
+                hostname,
+                dns,
+                ..Default::default()
+            },
+            guest::CALL,
+        ))
+        .await
+        .map_err(RuntimeError::guest("ConfigureGuest"))?;
+    Ok(())
+}
+
+/// Watches a pod's VMM: when it exits without being stopped, the pod is not ready and
+/// its containers have exited.
+pub(super) fn watch_vm(inner: Arc<Inner>, pod: Arc<Pod>) {
+    let Some(vm) = pod.vm() else { return };
+    let mut exited = vm.exited();
+    tokio::spawn(async move {
+        let _ = exited.wait_for(|e| *e).await;
+        let unexpected = lock(&pod.record).phase == PodPhase::Ready;
+        if unexpected {
+            tracing::warn!(pod = %pod.id, pid = vm.pid, "the pod's VM exited unexpectedly");
+            vm_gone(
+                &inner,
+                &pod,
+                "VMExited",
+                &format!(
+                    "the pod's VM (vmlet-vmm pid {}) exited while the container ran",
+                    vm.pid
+                ),
+            );
+        }
+    });
+}
+
+/// Marks a pod whose VM is gone, and its live containers exited with `reason`.
+pub(super) fn vm_gone(inner: &Inner, pod: &Pod, reason: &str, message: &str) {
+    {
+        let mut r = lock(&pod.record);
+        r.phase = PodPhase::Stopped;
+        r.vmm_pid = None;
+        r.vm_exit = Some(message.to_owned());
+    }
+    *lock(&pod.vm) = None;
+    if let Err(e) = pod.save() {
+        tracing::error!(pod = %pod.id, "{e}");
+    }
+    for c in inner.containers_of(&pod.id) {
+        c.abort_tasks();
+        let changed = {
+            let mut r = lock(&c.record);
+            if matches!(r.state, ContainerState::Created | ContainerState::Running) {
+                r.state = ContainerState::Exited;
+                r.exit_code = 255;
+                r.reason = reason.to_owned();
+                r.message = message.to_owned();
+                r.finished_at_ns = now_ns();
+                true
+            } else {
+                false
+            }
+        };
+        if changed {
+            if let Err(e) = c.save() {
+                tracing::error!(container = %c.id, "{e}");
+            }
+            inner.emit(&c.id, &pod.id, EventKind::Stopped);
+        }
+    }
+}
+
+/// Stops a pod: kills its containers, powers its VM off. Idempotent.
+pub async fn stop(inner: &Arc<Inner>, id: &str) -> Result<(), RuntimeError> {
+    let pod = inner.pod(id)?;
+    let _op = pod.op.lock().await;
+    stop_locked(inner, &pod).await
+}
+
+async fn stop_locked(inner: &Arc<Inner>, pod: &Arc<Pod>) -> Result<(), RuntimeError> {
+    if lock(&pod.record).phase != PodPhase::Ready {
+        return Ok(());
+    }
+    for c in inner.containers_of(&pod.id) {
+        if lock(&c.record).state == ContainerState::Running {
+            if let Err(e) = super::container::stop(inner, &c, Duration::ZERO).await {
+                tracing::warn!(container = %c.id, "stopping with the pod: {e}");
+            }
+        }
+    }
+    lock(&pod.record).phase = PodPhase::Stopped;
+    if let Some(vm) = pod.vm() {
+        vm.stop(SHUTDOWN_GRACE).await;
+    }
+    vm_gone(
+        inner,
+        pod,
+        "PodStopped",
+        "the pod was stopped before the container ended",
+    );
+    {
+        let mut r = lock(&pod.record);
+        r.vm_exit = None;
+    }
+    pod.save()?;
+    tracing::info!(pod = %pod.id, "pod stopped");
+    Ok(())
+}
+
+/// Removes a pod, its containers and its files.
+pub async fn remove(inner: &Arc<Inner>, id: &str) -> Result<(), RuntimeError> {
+    let pod = inner.pod(id)?;
+    let _op = pod.op.lock().await;
+    stop_locked(inner, &pod).await?;
+    for c in inner.containers_of(&pod.id) {
+        c.abort_tasks();
+        let (name, attempt) = {
+            let r = lock(&c.record);
+            (r.config.name.clone(), r.config.attempt)
+        };
+        {
+            let mut t = lock(&inner.tables);
+            t.containers.remove(&c.id);
+            t.container_names.remove(&(pod.id.clone(), name, attempt));
+        }
+        inner.emit(&c.id, &pod.id, EventKind::Deleted);
+    }
+    // A VMM found by its control socket (for pods whose pid was never recorded).
+    if let Some(pid) = vmm::find(&pod.paths.control()) {
+        vmm::signal(pid, nix::sys::signal::Signal::SIGKILL);
+    }
+    remove_files(&pod.paths);
+    let metadata = lock(&pod.record).config.metadata.clone();
+    let mut t = lock(&inner.tables);
+    t.pods.remove(&pod.id);
+    t.pod_names.remove(&metadata);
+    tracing::info!(pod = %pod.id, "pod removed");
+    Ok(())
+}

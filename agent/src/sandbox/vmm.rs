@@ -1,0 +1,206 @@
+//! The vmlet-vmm process of a pod: spawning it so that it outlives vmletd, finding it
+//! again after a restart, signalling it, and its JSON control socket.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+
+use super::SandboxError;
+
+/// Longest a control request may take.
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct VmmCommand {
+    /// vmlet-vmm.
+    pub binary: PathBuf,
+    /// Guest kernel.
+    pub kernel: PathBuf,
+    /// Guest initramfs.
+    pub initramfs: PathBuf,
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Memory.
+    pub mem_mib: u64,
+    /// Drives: (id, file, read-only).
+    pub drives: Vec<(String, PathBuf, bool)>,
+    /// Hybrid vsock socket.
+    pub vsock: PathBuf,
+    /// Control socket.
+    pub control: PathBuf,
+    /// Serial console log.
+    pub console: PathBuf,
+    /// The VMM's own stdout/stderr.
+    pub log: PathBuf,
+}
+
+/// Starts the VMM in its own process group, with its output in a file: neither a
+/// terminal's signals nor vmletd's exit reach it, so the pod outlives the daemon.
+pub fn spawn(c: &VmmCommand) -> Result<tokio::process::Child, SandboxError> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&c.log)
+        .map_err(|source| SandboxError::Io {
+            op: "open",
+            path: c.log.clone(),
+            source,
+        })?;
+    let log2 = log.try_clone().map_err(|source| SandboxError::Io {
+        op: "dup",
+        path: c.log.clone(),
+        source,
+    })?;
+    let mut cmd = tokio::process::Command::new(&c.binary);
+    cmd.arg("--kernel")
+        .arg(&c.kernel)
+        .arg("--initramfs")
+        .arg(&c.initramfs)
+        .arg("--vcpus")
+        .arg(c.vcpus.to_string())
+        .arg("--mem-mib")
+        .arg(c.mem_mib.to_string())
+        .arg("--vsock")
+        .arg(format!("cid=3,uds={}", c.vsock.display()))
+        .arg("--serial")
+        .arg(&c.console)
+        .arg("--control-socket")
+        .arg(&c.control);
+    for (id, path, ro) in &c.drives {
+        let ro = if *ro { ",ro" } else { "" };
+        cmd.arg("--drive")
+            .arg(format!("id={id},path={}{ro}", path.display()));
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2)
+        .process_group(0)
+        .kill_on_drop(false);
+    cmd.spawn().map_err(|source| SandboxError::Io {
+        op: "start",
+        path: c.binary.clone(),
+        source,
+    })
+}
+
+/// Whether `pid` is a live VMM serving `control` (its command line names the control
+/// socket, which guards against a recycled pid).
+pub fn alive(pid: u32, control: &Path) -> bool {
+    let proc = PathBuf::from(format!("/proc/{pid}"));
+    let Ok(stat) = std::fs::read_to_string(proc.join("stat")) else {
+        return false;
+    };
+    // The state follows the parenthesised command name; Z = exited, not yet reaped.
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, r)| r.trim_start().chars().next());
+    if matches!(state, Some('Z') | Some('X') | None) {
+        return false;
+    }
+    let Ok(cmdline) = std::fs::read(proc.join("cmdline")) else {
+        return false;
+    };
+    let want = control.as_os_str().as_encoded_bytes();
+    cmdline.split(|&b| b == 0).any(|arg| arg == want)
+}
+
+/// The pid of a live VMM serving `control`, found through /proc (for a VMM whose pid
+/// was never recorded because the daemon died while starting it).
+pub fn find(control: &Path) -> Option<u32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .find(|&pid| alive(pid, control))
+}
+
+/// Sends `signal` to `pid`; a process already gone is fine.
+pub fn signal(pid: u32, signal: nix::sys::signal::Signal) {
+    let Ok(pid) = i32::try_from(pid) else { return };
+    if let Err(e) = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal) {
+        if e != nix::errno::Errno::ESRCH {
+            tracing::warn!(pid, "cannot send {signal} to the VMM: {e}");
+        }
+    }
+}
+
+/// Sends one control request and returns the answer, which must say `"ok": true`.
+pub async fn control(
+    socket: &Path,
+    request: serde_json::Value,
+) -> Result<serde_json::Value, SandboxError> {
+    let failed = |reason: String| SandboxError::Control {
+        socket: socket.to_owned(),
+        reason,
+    };
+    let exchange = async {
+        let mut s = UnixStream::connect(socket)
+            .await
+            .map_err(|e| failed(format!("connect: {e}")))?;
+        let mut line = request.to_string();
+        line.push('\n');
+        s.write_all(line.as_bytes())
+            .await
+            .map_err(|e| failed(format!("write: {e}")))?;
+        let mut reply = String::new();
+        BufReader::new(s)
+            .read_line(&mut reply)
+            .await
+            .map_err(|e| failed(format!("read: {e}")))?;
+        let v: serde_json::Value = serde_json::from_str(&reply)
+            .map_err(|e| failed(format!("bad reply {reply:?}: {e}")))?;
+        if v["ok"] != true {
+            return Err(failed(format!(
+                "{} refused: {}",
+                request["cmd"], v["error"]
+            )));
+        }
+        Ok(v)
+    };
+    tokio::time::timeout(CONTROL_TIMEOUT, exchange)
+        .await
+        .unwrap_or_else(|_| Err(failed(format!("no answer within {CONTROL_TIMEOUT:?}"))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alive_checks_the_command_line() {
+        let me = std::process::id();
+        assert!(!alive(me, Path::new("/no/such/control.sock")));
+        assert!(!alive(u32::MAX - 1, Path::new("/x")));
+    }
+
+    #[tokio::test]
+    async fn control_reports_refusals() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ctl");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            let (r, mut w) = s.into_split();
+            let mut line = String::new();
+            BufReader::new(r).read_line(&mut line).await.unwrap();
+            w.write_all(b"{\"ok\":false,\"error\":\"no drive with id \\\"x\\\"\"}\n")
+                .await
+                .unwrap();
+        });
+        let e = control(&path, serde_json::json!({"cmd": "swap_drive"}))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("no drive"), "{e}");
+        let e = control(
+            &dir.path().join("none"),
+            serde_json::json!({"cmd": "status"}),
+        )
+        .await
+        .unwrap_err();
+        assert!(e.to_string().contains("connect"), "{e}");
+    }
+}

@@ -1,0 +1,309 @@
+//! What the RuntimeService needs from the daemon: a pod (sandbox) and container
+//! controller. The CRI layer validates and translates requests into these plain types;
+//! the daemon acts on them and knows nothing of protobuf.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use crate::image::BackendError;
+
+/// Who a pod is: unique per (name, namespace, uid, attempt).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PodMetadata {
+    /// Pod name.
+    pub name: String,
+    /// Pod UID.
+    pub uid: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Attempt number.
+    pub attempt: u32,
+}
+
+/// DNS settings of a pod (its resolv.conf).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsConfig {
+    /// Name servers.
+    pub servers: Vec<String>,
+    /// Search domains.
+    pub searches: Vec<String>,
+    /// resolv.conf options.
+    pub options: Vec<String>,
+}
+
+/// A pod to run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodConfig {
+    /// Identity.
+    pub metadata: PodMetadata,
+    /// Hostname; the pod name when empty.
+    pub hostname: String,
+    /// Directory on the host for the containers' logs ("" = no logs).
+    pub log_directory: String,
+    /// DNS.
+    pub dns: DnsConfig,
+    /// Labels.
+    pub labels: HashMap<String, String>,
+    /// Annotations.
+    pub annotations: HashMap<String, String>,
+    /// vCPUs asked for by the pod's resources and overhead (None: the default).
+    pub vcpus: Option<u32>,
+    /// Memory in MiB asked for by the pod's resources and overhead (None: the default).
+    pub memory_mib: Option<u64>,
+}
+
+/// State of a pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PodState {
+    /// Its VM runs and takes containers.
+    Ready,
+    /// Stopped, failed or being set up.
+    NotReady,
+}
+
+/// A pod as the daemon reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodInfo {
+    /// 64-hex ID.
+    pub id: String,
+    /// What it was made from.
+    pub config: PodConfig,
+    /// State.
+    pub state: PodState,
+    /// Unix time in nanoseconds.
+    pub created_at_ns: i64,
+    /// Details for verbose status, as JSON (VM size, VMM pid, paths).
+    pub verbose_json: String,
+}
+
+/// Numeric identity a container's process runs as.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserConfig {
+    /// `run_as_user`.
+    pub uid: Option<i64>,
+    /// `run_as_group`.
+    pub gid: Option<i64>,
+    /// `run_as_username`.
+    pub username: String,
+    /// Supplementary groups.
+    pub supplemental_groups: Vec<i64>,
+}
+
+/// Linux resources of a container, as in the CRI request (0 = unset).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourcesConfig {
+    /// CFS period (µs).
+    pub cpu_period: i64,
+    /// CFS quota (µs).
+    pub cpu_quota: i64,
+    /// CPU shares.
+    pub cpu_shares: i64,
+    /// Memory limit (bytes).
+    pub memory_limit_bytes: i64,
+    /// OOM score adjustment.
+    pub oom_score_adj: i64,
+}
+
+/// A container to create.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerConfig {
+    /// Name, unique in the pod per attempt.
+    pub name: String,
+    /// Attempt.
+    pub attempt: u32,
+    /// The image as requested (reference, ID or prefix).
+    pub image: String,
+    /// Overrides the image's Entrypoint.
+    pub command: Vec<String>,
+    /// Overrides the image's Cmd.
+    pub args: Vec<String>,
+    /// Overrides the image's WorkingDir.
+    pub working_dir: String,
+    /// Added to (and overriding) the image's Env.
+    pub envs: Vec<(String, String)>,
+    /// Labels.
+    pub labels: HashMap<String, String>,
+    /// Annotations.
+    pub annotations: HashMap<String, String>,
+    /// Log file relative to the pod's log directory ("" = none).
+    pub log_path: String,
+    /// Allocate a terminal.
+    pub tty: bool,
+    /// Keep stdin open.
+    pub stdin: bool,
+    /// Identity.
+    pub user: UserConfig,
+    /// Read-only root file system.
+    pub readonly_rootfs: bool,
+    /// `no_new_privs`.
+    pub no_new_privs: bool,
+    /// Resources.
+    pub resources: ResourcesConfig,
+}
+
+/// State of a container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ContainerState {
+    /// Created, not started.
+    Created,
+    /// Running.
+    Running,
+    /// Exited (or never ran and never will).
+    Exited,
+    /// Cannot be told (its VM is unreachable).
+    Unknown,
+}
+
+/// A container as the daemon reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerInfo {
+    /// 64-hex ID.
+    pub id: String,
+    /// Its pod.
+    pub pod_id: String,
+    /// What it was made from.
+    pub config: ContainerConfig,
+    /// The resolved image ID (`sha256:...`).
+    pub image_id: String,
+    /// State.
+    pub state: ContainerState,
+    /// Unix times in nanoseconds (0: not yet).
+    pub created_at_ns: i64,
+    /// Started.
+    pub started_at_ns: i64,
+    /// Finished.
+    pub finished_at_ns: i64,
+    /// Exit code once exited.
+    pub exit_code: i32,
+    /// Why it is in its state ("Completed", "Error", "OOMKilled", ...).
+    pub reason: String,
+    /// Details.
+    pub message: String,
+    /// Full path of the log file ("" = none).
+    pub log_path: String,
+}
+
+/// Output of an ExecSync.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecOutput {
+    /// stdout, capped.
+    pub stdout: Vec<u8>,
+    /// stderr, capped.
+    pub stderr: Vec<u8>,
+    /// Exit code.
+    pub exit_code: i32,
+}
+
+/// Kind of a container event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// Created.
+    Created,
+    /// Started.
+    Started,
+    /// Stopped (exited).
+    Stopped,
+    /// Removed.
+    Deleted,
+}
+
+/// A container lifecycle event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerEvent {
+    /// The container.
+    pub container_id: String,
+    /// Its pod.
+    pub pod_id: String,
+    /// What happened.
+    pub kind: EventKind,
+    /// When (Unix nanoseconds).
+    pub at_ns: i64,
+}
+
+/// Readiness of the runtime and of pod networking.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Health {
+    /// Pods can be run.
+    pub runtime_ready: bool,
+    /// Why not (CamelCase) and details.
+    pub runtime_reason: String,
+    /// Details.
+    pub runtime_message: String,
+    /// Pods get networking.
+    pub network_ready: bool,
+    /// Why not (CamelCase).
+    pub network_reason: String,
+    /// Details.
+    pub network_message: String,
+}
+
+/// The daemon's pods and containers, as the RuntimeService sees them. Every call is
+/// safe under concurrency. Unknown IDs are [`ErrorKind::NotFound`](crate::image::ErrorKind).
+pub trait RuntimeBackend: Send + Sync + 'static {
+    /// Readiness.
+    fn health(&self) -> Health;
+
+    /// Records the pod CIDR kubelet hands out.
+    fn set_pod_cidr(&self, cidr: &str) -> Result<(), BackendError>;
+
+    /// Starts a pod's VM; returns its ID.
+    fn run_pod(
+        &self,
+        config: PodConfig,
+    ) -> impl Future<Output = Result<String, BackendError>> + Send;
+
+    /// Stops a pod's containers and VM (idempotent).
+    fn stop_pod(&self, id: &str) -> impl Future<Output = Result<(), BackendError>> + Send;
+
+    /// Removes a pod and everything it made (idempotent: an unknown pod is fine).
+    fn remove_pod(&self, id: &str) -> impl Future<Output = Result<(), BackendError>> + Send;
+
+    /// One pod.
+    fn pod(&self, id: &str) -> Result<PodInfo, BackendError>;
+
+    /// All pods.
+    fn pods(&self) -> Vec<PodInfo>;
+
+    /// Creates a container in a ready pod; returns its ID.
+    fn create_container(
+        &self,
+        pod_id: &str,
+        config: ContainerConfig,
+    ) -> impl Future<Output = Result<String, BackendError>> + Send;
+
+    /// Starts a created container.
+    fn start_container(&self, id: &str) -> impl Future<Output = Result<(), BackendError>> + Send;
+
+    /// Stops a container: its stop signal, then SIGKILL after `timeout`.
+    fn stop_container(
+        &self,
+        id: &str,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send;
+
+    /// Removes a container, killing it first if it runs (idempotent).
+    fn remove_container(&self, id: &str) -> impl Future<Output = Result<(), BackendError>> + Send;
+
+    /// One container.
+    fn container(&self, id: &str) -> Result<ContainerInfo, BackendError>;
+
+    /// All containers.
+    fn containers(&self) -> Vec<ContainerInfo>;
+
+    /// Runs `cmd` in a running container to completion, within `timeout` if given.
+    fn exec_sync(
+        &self,
+        id: &str,
+        cmd: Vec<String>,
+        timeout: Option<Duration>,
+    ) -> impl Future<Output = Result<ExecOutput, BackendError>> + Send;
+
+    /// Reopens a running container's log file (after kubelet rotated it).
+    fn reopen_log(&self, id: &str) -> impl Future<Output = Result<(), BackendError>> + Send;
+
+    /// Container lifecycle events from now on.
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<ContainerEvent>;
+}

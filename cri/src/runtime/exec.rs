@@ -1,0 +1,61 @@
+//! `ExecSync`: runs a command in a container to completion.
+
+use std::time::Duration;
+
+use tonic::Status;
+
+use super::backend::ExecOutput;
+use crate::proto;
+
+/// Most output kept per stream, as the CRI asks (CVE-2022-1708): the rest is dropped
+/// and the command goes on.
+pub const OUTPUT_CAP: usize = 16 << 20;
+
+/// The command and timeout of a request.
+pub fn request(req: &proto::ExecSyncRequest) -> Result<(Vec<String>, Option<Duration>), Status> {
+    if req.cmd.is_empty() || req.cmd[0].is_empty() {
+        return Err(Status::invalid_argument("cmd is required"));
+    }
+    let timeout = match req.timeout {
+        t if t < 0 => {
+            return Err(Status::invalid_argument(format!(
+                "timeout must not be negative (got {t})"
+            )))
+        }
+        0 => None,
+        t => Some(Duration::from_secs(t as u64)),
+    };
+    Ok((req.cmd.clone(), timeout))
+}
+
+/// The response, with each stream capped.
+pub fn response(mut out: ExecOutput) -> proto::ExecSyncResponse {
+    out.stdout.truncate(OUTPUT_CAP);
+    out.stderr.truncate(OUTPUT_CAP);
+    proto::ExecSyncResponse {
+        stdout: out.stdout,
+        stderr: out.stderr,
+        exit_code: out.exit_code,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validates() {
+        let mut r = proto::ExecSyncRequest::default();
+        assert!(request(&r).is_err());
+        r.cmd = vec!["true".into()];
+        r.timeout = 3;
+        assert_eq!(request(&r).unwrap().1, Some(Duration::from_secs(3)));
+        r.timeout = -1;
+        assert!(request(&r).is_err());
+        let big = response(ExecOutput {
+            stdout: vec![0; OUTPUT_CAP + 5],
+            ..Default::default()
+        });
+        assert_eq!(big.stdout.len(), OUTPUT_CAP);
+    }
+}

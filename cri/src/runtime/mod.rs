@@ -1,0 +1,22 @@
+//! The CRI RuntimeService: pods (sandboxes) and containers, served over any
+//! [`RuntimeBackend`]. One module per RPC family; each validates and translates, the
+//! backend acts.
+
+mod backend;
+mod container_create;
+mod container_status;
+mod events;
+mod exec;
+mod sandbox_run;
+mod sandbox_status;
+mod server;
+mod status;
+mod validate;
+
+pub use backend::{
+    ContainerConfig, ContainerEvent, ContainerInfo, ContainerState, DnsConfig, EventKind,
+    ExecOutput, Health, PodConfig, PodInfo, PodMetadata, PodState, ResourcesConfig, RuntimeBackend,
+    UserConfig,
+};
+pub use server::RuntimeServer;
+pub use status::{RUNTIME_API_VERSION, RUNTIME_NAME};

@@ -1,0 +1,181 @@
+//! `RunPodSandbox`: validates the pod config and sizes the VM from the pod's resources
+//! plus overhead.
+
+use tonic::Status;
+
+use super::backend::{DnsConfig, PodConfig, PodMetadata};
+use super::validate::non_negative;
+use crate::proto;
+
+/// Default CFS period when a quota comes without one (µs), as in the kernel.
+const DEFAULT_CPU_PERIOD: u64 = 100_000;
+/// Largest VM the VMM can make (its vCPU count is a u8).
+const MAX_VCPUS: u64 = 254;
+
+/// The backend's pod config from a `RunPodSandboxRequest`'s config.
+pub fn pod_config(config: Option<proto::PodSandboxConfig>) -> Result<PodConfig, Status> {
+    let config = config.ok_or_else(|| Status::invalid_argument("config is required"))?;
+    let metadata = config
+        .metadata
+        .ok_or_else(|| Status::invalid_argument("config.metadata is required"))?;
+    for (field, value) in [
+        ("name", &metadata.name),
+        ("namespace", &metadata.namespace),
+        ("uid", &metadata.uid),
+    ] {
+        if value.is_empty() {
+            return Err(Status::invalid_argument(format!(
+                "config.metadata.{field} is required"
+            )));
+        }
+    }
+    if !config.log_directory.is_empty() && !config.log_directory.starts_with('/') {
+        return Err(Status::invalid_argument(format!(
+            "config.log_directory {:?} must be an absolute path",
+            config.log_directory
+        )));
+    }
+    let linux = config.linux.unwrap_or_default();
+    let (vcpus, memory_mib) = size(linux.resources.as_ref(), linux.overhead.as_ref())?;
+    let dns = config.dns_config.unwrap_or_default();
+    Ok(PodConfig {
+        metadata: PodMetadata {
+            name: metadata.name,
+            uid: metadata.uid,
+            namespace: metadata.namespace,
+            attempt: metadata.attempt,
+        },
+        hostname: config.hostname,
+        log_directory: config.log_directory,
+        dns: DnsConfig {
+            servers: dns.servers,
+            searches: dns.searches,
+            options: dns.options,
+        },
+        labels: config.labels,
+        annotations: config.annotations,
+        vcpus,
+        memory_mib,
+    })
+}
+
+/// vCPUs and MiB the pod's resources and overhead add up to (None where neither sets
+/// them).
+fn size(
+    resources: Option<&proto::LinuxContainerResources>,
+    overhead: Option<&proto::LinuxContainerResources>,
+) -> Result<(Option<u32>, Option<u64>), Status> {
+    let mut cpu_millis: Option<u64> = None;
+    let mut mem_bytes: Option<u64> = None;
+    for (what, r) in [("resources", resources), ("overhead", overhead)] {
+        let Some(r) = r else { continue };
+        let quota = non_negative(r.cpu_quota, &format!("config.linux.{what}.cpu_quota"))?;
+        let period = non_negative(r.cpu_period, &format!("config.linux.{what}.cpu_period"))?;
+        non_negative(r.cpu_shares, &format!("config.linux.{what}.cpu_shares"))?;
+        let mem = non_negative(
+            r.memory_limit_in_bytes,
+            &format!("config.linux.{what}.memory_limit_in_bytes"),
+        )?;
+        if quota > 0 {
+            let period = if period == 0 {
+                DEFAULT_CPU_PERIOD
+            } else {
+                period
+            };
+            let millis = quota.saturating_mul(1000).div_ceil(period);
+            cpu_millis = Some(cpu_millis.unwrap_or(0).saturating_add(millis));
+        }
+        if mem > 0 {
+            mem_bytes = Some(mem_bytes.unwrap_or(0).saturating_add(mem));
+        }
+    }
+    let vcpus = match cpu_millis {
+        Some(m) => {
+            let v = m.div_ceil(1000).max(1);
+            if v > MAX_VCPUS {
+                return Err(Status::invalid_argument(format!(
+                    "the pod's CPU limit asks for {v} vCPUs; a pod VM has at most {MAX_VCPUS}"
+                )));
+            }
+            Some(v as u32)
+        }
+        None => None,
+    };
+    Ok((vcpus, mem_bytes.map(|b| b.div_ceil(1 << 20))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> proto::PodSandboxConfig {
+        proto::PodSandboxConfig {
+            metadata: Some(proto::PodSandboxMetadata {
+                name: "p".into(),
+                uid: "u".into(),
+                namespace: "n".into(),
+                attempt: 0,
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn metadata_is_required() {
+        assert!(pod_config(None).is_err());
+        let mut c = config();
+        c.metadata.as_mut().unwrap().uid.clear();
+        let e = pod_config(Some(c)).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.message().contains("uid"), "{e}");
+        assert!(pod_config(Some(config())).is_ok());
+    }
+
+    #[test]
+    fn sizes_from_resources_and_overhead() {
+        let mut c = config();
+        c.linux = Some(proto::LinuxPodSandboxConfig {
+            resources: Some(proto::LinuxContainerResources {
+                cpu_quota: 150_000,
+                cpu_period: 100_000,
+                memory_limit_in_bytes: 256 << 20,
+                ..Default::default()
+            }),
+            overhead: Some(proto::LinuxContainerResources {
+                memory_limit_in_bytes: (64 << 20) + 1,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let p = pod_config(Some(c)).unwrap();
+        assert_eq!(p.vcpus, Some(2));
+        assert_eq!(p.memory_mib, Some(321));
+        let p = pod_config(Some(config())).unwrap();
+        assert_eq!((p.vcpus, p.memory_mib), (None, None));
+    }
+
+    #[test]
+    fn negative_or_huge_resources_are_invalid() {
+        let mut c = config();
+        c.linux = Some(proto::LinuxPodSandboxConfig {
+            resources: Some(proto::LinuxContainerResources {
+                memory_limit_in_bytes: -5,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        assert_eq!(
+            pod_config(Some(c)).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+        let mut c = config();
+        c.linux = Some(proto::LinuxPodSandboxConfig {
+            resources: Some(proto::LinuxContainerResources {
+                cpu_quota: 1_000_000_000,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        assert!(pod_config(Some(c)).unwrap_err().message().contains("vCPUs"));
+    }
+}

@@ -1,0 +1,360 @@
+//! The gRPC RuntimeService over a [`RuntimeBackend`]: each RPC validates and translates
+//! through its family's module, then calls the backend.
+//!
+//! CRI contracts: `RemovePodSandbox` and `RemoveContainer` of an unknown ID succeed
+//! (removal is idempotent, as the CRI API requires); every other call on an unknown ID
+//! is `NotFound`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::{Request, Response, Status};
+
+use super::backend::RuntimeBackend;
+use super::events::EventStream;
+use super::{
+    container_create, container_status, events, exec, sandbox_run, sandbox_status, status, validate,
+};
+use crate::image::convert::status as backend_status;
+use crate::image::ErrorKind;
+use crate::proto;
+use crate::proto::runtime_service_server::{RuntimeService, RuntimeServiceServer};
+
+/// The RuntimeService.
+pub struct RuntimeServer<B> {
+    backend: Arc<B>,
+}
+
+impl<B: RuntimeBackend> RuntimeServer<B> {
+    /// A service over `backend`.
+    pub fn new(backend: Arc<B>) -> Self {
+        Self { backend }
+    }
+
+    /// The tonic service, ready to add to a server.
+    pub fn into_service(self) -> RuntimeServiceServer<Self> {
+        RuntimeServiceServer::new(self)
+    }
+}
+
+type Reply<T> = Result<Response<T>, Status>;
+
+fn ok<T>(t: T) -> Reply<T> {
+    Ok(Response::new(t))
+}
+
+fn unimplemented<T>(what: &str) -> Reply<T> {
+    Err(Status::unimplemented(format!(
+        "{what} is not implemented by vmlet yet"
+    )))
+}
+
+/// Removal of something already gone is success.
+fn idempotent(r: Result<(), crate::image::BackendError>) -> Result<(), Status> {
+    match r {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind == ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(backend_status(e)),
+    }
+}
+
+#[tonic::async_trait]
+impl<B: RuntimeBackend> RuntimeService for RuntimeServer<B> {
+    async fn version(&self, _r: Request<proto::VersionRequest>) -> Reply<proto::VersionResponse> {
+        ok(status::version())
+    }
+
+    async fn run_pod_sandbox(
+        &self,
+        r: Request<proto::RunPodSandboxRequest>,
+    ) -> Reply<proto::RunPodSandboxResponse> {
+        let req = r.into_inner();
+        if !req.runtime_handler.is_empty() {
+            return Err(Status::invalid_argument(format!(
+                "unknown runtime handler {:?}: vmlet has only the default one",
+                req.runtime_handler
+            )));
+        }
+        let config = sandbox_run::pod_config(req.config)?;
+        let id = self.backend.run_pod(config).await.map_err(backend_status)?;
+        ok(proto::RunPodSandboxResponse { pod_sandbox_id: id })
+    }
+
+    async fn stop_pod_sandbox(
+        &self,
+        r: Request<proto::StopPodSandboxRequest>,
+    ) -> Reply<proto::StopPodSandboxResponse> {
+        let req = r.into_inner();
+        let id = validate::id(&req.pod_sandbox_id, "pod_sandbox_id")?;
+        self.backend.stop_pod(id).await.map_err(backend_status)?;
+        ok(proto::StopPodSandboxResponse {})
+    }
+
+    async fn remove_pod_sandbox(
+        &self,
+        r: Request<proto::RemovePodSandboxRequest>,
+    ) -> Reply<proto::RemovePodSandboxResponse> {
+        let req = r.into_inner();
+        let id = validate::id(&req.pod_sandbox_id, "pod_sandbox_id")?;
+        idempotent(self.backend.remove_pod(id).await)?;
+        ok(proto::RemovePodSandboxResponse {})
+    }
+
+    async fn pod_sandbox_status(
+        &self,
+        r: Request<proto::PodSandboxStatusRequest>,
+    ) -> Reply<proto::PodSandboxStatusResponse> {
+        let req = r.into_inner();
+        let id = validate::id(&req.pod_sandbox_id, "pod_sandbox_id")?;
+        let pod = self.backend.pod(id).map_err(backend_status)?;
+        let pod_id = pod.id.clone();
+        let (status, info) = sandbox_status::status(pod, req.verbose);
+        let containers = self
+            .backend
+            .containers()
+            .into_iter()
+            .filter(|c| c.pod_id == pod_id)
+            .map(container_status::status)
+            .collect();
+        ok(proto::PodSandboxStatusResponse {
+            status: Some(status),
+            info,
+            containers_statuses: containers,
+            timestamp: validate::now_ns(),
+        })
+    }
+
+    async fn list_pod_sandbox(
+        &self,
+        r: Request<proto::ListPodSandboxRequest>,
+    ) -> Reply<proto::ListPodSandboxResponse> {
+        let filter = r.into_inner().filter.unwrap_or_default();
+        let items = self
+            .backend
+            .pods()
+            .into_iter()
+            .filter(|p| sandbox_status::matches(p, &filter))
+            .map(sandbox_status::summary)
+            .collect();
+        ok(proto::ListPodSandboxResponse { items })
+    }
+
+    async fn create_container(
+        &self,
+        r: Request<proto::CreateContainerRequest>,
+    ) -> Reply<proto::CreateContainerResponse> {
+        let req = r.into_inner();
+        let pod_id = validate::id(&req.pod_sandbox_id, "pod_sandbox_id")?;
+        let config = container_create::container_config(req.config)?;
+        let id = self
+            .backend
+            .create_container(pod_id, config)
+            .await
+            .map_err(backend_status)?;
+        ok(proto::CreateContainerResponse { container_id: id })
+    }
+
+    async fn start_container(
+        &self,
+        r: Request<proto::StartContainerRequest>,
+    ) -> Reply<proto::StartContainerResponse> {
+        let req = r.into_inner();
+        let id = validate::id(&req.container_id, "container_id")?;
+        self.backend
+            .start_container(id)
+            .await
+            .map_err(backend_status)?;
+        ok(proto::StartContainerResponse {})
+    }
+
+    async fn stop_container(
+        &self,
+        r: Request<proto::StopContainerRequest>,
+    ) -> Reply<proto::StopContainerResponse> {
+        let req = r.into_inner();
+        let id = validate::id(&req.container_id, "container_id")?;
+        let timeout = Duration::from_secs(validate::non_negative(req.timeout, "timeout")?);
+        self.backend
+            .stop_container(id, timeout)
+            .await
+            .map_err(backend_status)?;
+        ok(proto::StopContainerResponse {})
+    }
+
+    async fn remove_container(
+        &self,
+        r: Request<proto::RemoveContainerRequest>,
+    ) -> Reply<proto::RemoveContainerResponse> {
+        let req = r.into_inner();
+        let id = validate::id(&req.container_id, "container_id")?;
+        idempotent(self.backend.remove_container(id).await)?;
+        ok(proto::RemoveContainerResponse {})
+    }
+
+    async fn list_containers(
+        &self,
+        r: Request<proto::ListContainersRequest>,
+    ) -> Reply<proto::ListContainersResponse> {
+        let filter = r.into_inner().filter.unwrap_or_default();
+        let containers = self
+            .backend
+            .containers()
+            .into_iter()
+            .filter(|c| container_status::matches(c, &filter))
+            .map(container_status::summary)
+            .collect();
+        ok(proto::ListContainersResponse { containers })
+    }
+
+    async fn container_status(
+        &self,
+        r: Request<proto::ContainerStatusRequest>,
+    ) -> Reply<proto::ContainerStatusResponse> {
+        let req = r.into_inner();
+        let id = validate::id(&req.container_id, "container_id")?;
+        let c = self.backend.container(id).map_err(backend_status)?;
+        ok(proto::ContainerStatusResponse {
+            status: Some(container_status::status(c)),
+            info: Default::default(),
+        })
+    }
+
+    async fn update_container_resources(
+        &self,
+        _r: Request<proto::UpdateContainerResourcesRequest>,
+    ) -> Reply<proto::UpdateContainerResourcesResponse> {
+        unimplemented("UpdateContainerResources")
+    }
+
+    async fn reopen_container_log(
+        &self,
+        r: Request<proto::ReopenContainerLogRequest>,
+    ) -> Reply<proto::ReopenContainerLogResponse> {
+        let req = r.into_inner();
+        let id = validate::id(&req.container_id, "container_id")?;
+        self.backend.reopen_log(id).await.map_err(backend_status)?;
+        ok(proto::ReopenContainerLogResponse {})
+    }
+
+    async fn exec_sync(
+        &self,
+        r: Request<proto::ExecSyncRequest>,
+    ) -> Reply<proto::ExecSyncResponse> {
+        let req = r.into_inner();
+        let id = validate::id(&req.container_id, "container_id")?;
+        let (cmd, timeout) = exec::request(&req)?;
+        let out = self
+            .backend
+            .exec_sync(id, cmd, timeout)
+            .await
+            .map_err(backend_status)?;
+        ok(exec::response(out))
+    }
+
+    async fn exec(&self, _r: Request<proto::ExecRequest>) -> Reply<proto::ExecResponse> {
+        unimplemented("Exec (streaming)")
+    }
+
+    async fn attach(&self, _r: Request<proto::AttachRequest>) -> Reply<proto::AttachResponse> {
+        unimplemented("Attach (streaming)")
+    }
+
+    async fn port_forward(
+        &self,
+        _r: Request<proto::PortForwardRequest>,
+    ) -> Reply<proto::PortForwardResponse> {
+        unimplemented("PortForward (streaming)")
+    }
+
+    async fn container_stats(
+        &self,
+        _r: Request<proto::ContainerStatsRequest>,
+    ) -> Reply<proto::ContainerStatsResponse> {
+        unimplemented("ContainerStats")
+    }
+
+    async fn list_container_stats(
+        &self,
+        _r: Request<proto::ListContainerStatsRequest>,
+    ) -> Reply<proto::ListContainerStatsResponse> {
+        ok(proto::ListContainerStatsResponse { stats: Vec::new() })
+    }
+
+    async fn pod_sandbox_stats(
+        &self,
+        _r: Request<proto::PodSandboxStatsRequest>,
+    ) -> Reply<proto::PodSandboxStatsResponse> {
+        unimplemented("PodSandboxStats")
+    }
+
+    async fn list_pod_sandbox_stats(
+        &self,
+        _r: Request<proto::ListPodSandboxStatsRequest>,
+    ) -> Reply<proto::ListPodSandboxStatsResponse> {
+        ok(proto::ListPodSandboxStatsResponse { stats: Vec::new() })
+    }
+
+    async fn update_runtime_config(
+        &self,
+        r: Request<proto::UpdateRuntimeConfigRequest>,
+    ) -> Reply<proto::UpdateRuntimeConfigResponse> {
+        let cidr = r
+            .into_inner()
+            .runtime_config
+            .and_then(|c| c.network_config)
+            .map(|n| n.pod_cidr)
+            .unwrap_or_default();
+        if !cidr.is_empty() {
+            self.backend.set_pod_cidr(&cidr).map_err(backend_status)?;
+        }
+        ok(proto::UpdateRuntimeConfigResponse {})
+    }
+
+    async fn status(&self, r: Request<proto::StatusRequest>) -> Reply<proto::StatusResponse> {
+        ok(status::status(
+            self.backend.health(),
+            r.into_inner().verbose,
+        ))
+    }
+
+    async fn checkpoint_container(
+        &self,
+        _r: Request<proto::CheckpointContainerRequest>,
+    ) -> Reply<proto::CheckpointContainerResponse> {
+        unimplemented("CheckpointContainer")
+    }
+
+    type GetContainerEventsStream = EventStream;
+
+    async fn get_container_events(
+        &self,
+        _r: Request<proto::GetEventsRequest>,
+    ) -> Reply<Self::GetContainerEventsStream> {
+        ok(events::stream(self.backend.clone()))
+    }
+
+    async fn list_metric_descriptors(
+        &self,
+        _r: Request<proto::ListMetricDescriptorsRequest>,
+    ) -> Reply<proto::ListMetricDescriptorsResponse> {
+        ok(proto::ListMetricDescriptorsResponse {
+            descriptors: Vec::new(),
+        })
+    }
+
+    async fn list_pod_sandbox_metrics(
+        &self,
+        _r: Request<proto::ListPodSandboxMetricsRequest>,
+    ) -> Reply<proto::ListPodSandboxMetricsResponse> {
+        ok(proto::ListPodSandboxMetricsResponse {
+            pod_metrics: Vec::new(),
+        })
+    }
+
+    async fn runtime_config(
+        &self,
+        _r: Request<proto::RuntimeConfigRequest>,
+    ) -> Reply<proto::RuntimeConfigResponse> {
+        ok(status::runtime_config())
+    }
+}

@@ -1,0 +1,104 @@
+//! `Version`, `Status`, `RuntimeConfig`, `UpdateRuntimeConfig`.
+
+use std::collections::HashMap;
+
+use super::backend::Health;
+use crate::proto;
+
+/// Runtime name reported by `Version`.
+pub const RUNTIME_NAME: &str = "vmlet";
+/// CRI API version served.
+pub const RUNTIME_API_VERSION: &str = "v1";
+
+/// The `Version` answer.
+pub fn version() -> proto::VersionResponse {
+    proto::VersionResponse {
+        // The kubelet API version of the request/response format (always 0.1.0).
+        version: "0.1.0".into(),
+        runtime_name: RUNTIME_NAME.into(),
+        runtime_version: env!("CARGO_PKG_VERSION").into(),
+        runtime_api_version: RUNTIME_API_VERSION.into(),
+    }
+}
+
+/// The `Status` answer from the backend's health.
+pub fn status(h: Health, verbose: bool) -> proto::StatusResponse {
+    let cond = |t: &str, ok: bool, reason: String, message: String| proto::RuntimeCondition {
+        r#type: t.into(),
+        status: ok,
+        reason,
+        message,
+    };
+    let mut info = HashMap::new();
+    if verbose {
+        info.insert(
+            "config".to_string(),
+            format!(
+                "{{\"runtimeName\":\"{RUNTIME_NAME}\",\"version\":\"{}\"}}",
+                env!("CARGO_PKG_VERSION")
+            ),
+        );
+    }
+    proto::StatusResponse {
+        status: Some(proto::RuntimeStatus {
+            conditions: vec![
+                cond(
+                    "RuntimeReady",
+                    h.runtime_ready,
+                    h.runtime_reason,
+                    h.runtime_message,
+                ),
+                cond(
+                    "NetworkReady",
+                    h.network_ready,
+                    h.network_reason,
+                    h.network_message,
+                ),
+            ],
+        }),
+        info,
+        runtime_handlers: vec![proto::RuntimeHandler {
+            name: String::new(),
+            features: Some(proto::RuntimeHandlerFeatures {
+                recursive_read_only_mounts: false,
+                user_namespaces: false,
+            }),
+        }],
+        features: Some(proto::RuntimeFeatures {
+            supplemental_groups_policy: false,
+        }),
+    }
+}
+
+/// The `RuntimeConfig` answer: vmletd does not use host cgroups for containers (they
+/// live in the guest), and reports the systemd driver that kubelet defaults to.
+pub fn runtime_config() -> proto::RuntimeConfigResponse {
+    proto::RuntimeConfigResponse {
+        linux: Some(proto::LinuxRuntimeConfiguration {
+            cgroup_driver: proto::CgroupDriver::Systemd as i32,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conditions_carry_reasons() {
+        let s = status(
+            Health {
+                runtime_ready: true,
+                network_ready: false,
+                network_reason: "NoNetworkPlugin".into(),
+                ..Default::default()
+            },
+            false,
+        );
+        let c = s.status.unwrap().conditions;
+        assert_eq!(c[0].r#type, "RuntimeReady");
+        assert!(c[0].status);
+        assert_eq!(c[1].reason, "NoNetworkPlugin");
+        assert_eq!(version().runtime_name, "vmlet");
+    }
+}

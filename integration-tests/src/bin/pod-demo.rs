@@ -1,0 +1,60 @@
+//! The main demo: starts vmletd, builds a busybox image and pushes it to a registry on
+//! loopback, pulls it through the CRI, runs a pod (a micro-VM) whose container prints
+//! a line, shows that line from the container's CRI log file, and removes the pod.
+//! Used by `scripts/demo.sh` (environment as for the integration tests).
+//!
+//! Usage: pod-demo [LINE]
+
+use std::time::{Duration, Instant};
+
+use vmlet_agent::testing::{busybox_image, TestRegistry};
+use vmlet_integration_tests::cri::{container_config, parse_log, pod_config, Vmletd};
+
+fn main() {
+    let line = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "hello from a container in a vmlet micro-VM".to_owned());
+    let start = Instant::now();
+    let registry = TestRegistry::start().expect("start a registry on loopback");
+    let image = registry
+        .push(
+            &busybox_image().expect("build the busybox image"),
+            "demo/busybox:1",
+        )
+        .expect("push the image");
+    eprintln!("demo: pushed {image}");
+    let d = Vmletd::start(&["--insecure-registry", registry.addr()]);
+    let c = d.client();
+    let id = c.pull(&image).expect("PullImage");
+    eprintln!("demo: vmletd pulled {image} as {id}");
+    let pod_cfg = pod_config("demo", &d.log_dir());
+    let pod = c.run_pod(pod_cfg.clone()).expect("RunPodSandbox");
+    eprintln!(
+        "demo: pod {} is a micro-VM ({:.1?})",
+        &pod[..12],
+        start.elapsed()
+    );
+    // Shell built-ins only: the image has a handful of busybox applets.
+    let script = format!(
+        "echo \"{line}\"; read -r _ _ v _ < /proc/version; echo \"guest kernel $v, hostname $HOSTNAME\""
+    );
+    let ctr = c
+        .create(&pod, container_config("hello", &image, &script), &pod_cfg)
+        .expect("CreateContainer");
+    c.start(&ctr).expect("StartContainer");
+    let status = c.wait_exited(&ctr, Duration::from_secs(120));
+    let log_path = d.log_dir().join("hello.log");
+    let text = std::fs::read_to_string(&log_path).expect("read the CRI log");
+    eprintln!(
+        "demo: the container exited {}; its CRI log {}:",
+        status.exit_code,
+        log_path.display()
+    );
+    print!("{text}");
+    let ok = status.exit_code == 0 && parse_log(&text).iter().any(|e| e.line == line);
+    c.remove_pod(&pod).expect("RemovePodSandbox");
+    eprintln!("demo: pod removed; {:.1?} in all", start.elapsed());
+    drop(c);
+    drop(d);
+    std::process::exit(if ok { 0 } else { 1 });
+}

@@ -1,0 +1,501 @@
+//! A small blocking CRI v1 client (RuntimeService + ImageService over the daemon's
+//! unix socket), and [`Vmletd`]: the daemon as a child process of a test.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Status};
+pub use vmlet_cri::proto as v1;
+use vmlet_cri::proto::image_service_client::ImageServiceClient;
+use vmlet_cri::proto::runtime_service_client::RuntimeServiceClient;
+
+/// Deadline of one CRI call (RunPodSandbox boots a VM: slow inside a TCG machine).
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// A connected CRI client.
+pub struct CriClient {
+    rt: tokio::runtime::Runtime,
+    /// RuntimeService.
+    pub runtime: RuntimeServiceClient<Channel>,
+    /// ImageService.
+    pub images: ImageServiceClient<Channel>,
+}
+
+fn req<T>(msg: T) -> Request<T> {
+    let mut r = Request::new(msg);
+    r.set_timeout(CALL_TIMEOUT);
+    r
+}
+
+impl CriClient {
+    /// Connects to the CRI socket at `path`.
+    pub fn connect(path: &Path) -> Result<CriClient, String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let path = path.to_owned();
+        let channel = rt
+            .block_on(
+                Endpoint::from_static("http://cri.sock").connect_with_connector(tower::service_fn(
+                    move |_| {
+                        let path = path.clone();
+                        async move {
+                            tokio::net::UnixStream::connect(path)
+                                .await
+                                .map(hyper_util::rt::TokioIo::new)
+                        }
+                    },
+                )),
+            )
+            .map_err(|e| e.to_string())?;
+        Ok(CriClient {
+            rt,
+            runtime: RuntimeServiceClient::new(channel.clone()).max_decoding_message_size(64 << 20),
+            images: ImageServiceClient::new(channel).max_decoding_message_size(64 << 20),
+        })
+    }
+
+    /// Runs a future on the client's runtime.
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
+
+    /// Pulls an image; returns its ID.
+    pub fn pull(&self, image: &str) -> Result<String, Status> {
+        let mut c = self.images.clone();
+        self.block_on(c.pull_image(req(v1::PullImageRequest {
+            image: Some(v1::ImageSpec {
+                image: image.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })))
+        .map(|r| r.into_inner().image_ref)
+    }
+
+    /// RunPodSandbox.
+    pub fn run_pod(&self, config: v1::PodSandboxConfig) -> Result<String, Status> {
+        let mut c = self.runtime.clone();
+        self.block_on(c.run_pod_sandbox(req(v1::RunPodSandboxRequest {
+            config: Some(config),
+            runtime_handler: String::new(),
+        })))
+        .map(|r| r.into_inner().pod_sandbox_id)
+    }
+
+    /// StopPodSandbox.
+    pub fn stop_pod(&self, id: &str) -> Result<(), Status> {
+        let mut c = self.runtime.clone();
+        self.block_on(c.stop_pod_sandbox(req(v1::StopPodSandboxRequest {
+            pod_sandbox_id: id.into(),
+        })))
+        .map(drop)
+    }
+
+    /// RemovePodSandbox.
+    pub fn remove_pod(&self, id: &str) -> Result<(), Status> {
+        let mut c = self.runtime.clone();
+        self.block_on(c.remove_pod_sandbox(req(v1::RemovePodSandboxRequest {
+            pod_sandbox_id: id.into(),
+        })))
+        .map(drop)
+    }
+
+    /// PodSandboxStatus.
+    pub fn pod_status(&self, id: &str) -> Result<v1::PodSandboxStatusResponse, Status> {
+        let mut c = self.runtime.clone();
+        self.block_on(c.pod_sandbox_status(req(v1::PodSandboxStatusRequest {
+            pod_sandbox_id: id.into(),
+            verbose: true,
+        })))
+        .map(|r| r.into_inner())
+    }
+
+    /// ListPodSandbox.
+    pub fn list_pods(&self, filter: Option<v1::PodSandboxFilter>) -> Vec<v1::PodSandbox> {
+        let mut c = self.runtime.clone();
+        self.block_on(c.list_pod_sandbox(req(v1::ListPodSandboxRequest { filter })))
+            .expect("ListPodSandbox")
+            .into_inner()
+            .items
+    }
+
+    /// CreateContainer.
+    pub fn create(
+        &self,
+        pod_id: &str,
+        config: v1::ContainerConfig,
+        pod_config: &v1::PodSandboxConfig,
+    ) -> Result<String, Status> {
+        let mut c = self.runtime.clone();
+        self.block_on(c.create_container(req(v1::CreateContainerRequest {
+            pod_sandbox_id: pod_id.into(),
+            config: Some(config),
+            sandbox_config: Some(pod_config.clone()),
+        })))
+        .map(|r| r.into_inner().container_id)
+    }
+
+    /// StartContainer.
+    pub fn start(&self, id: &str) -> Result<(), Status> {
+        let mut c = self.runtime.clone();
+        self.block_on(c.start_container(req(v1::StartContainerRequest {
+            container_id: id.into(),
+        })))
+        .map(drop)
+    }
+
+    /// StopContainer.
+    pub fn stop(&self, id: &str, timeout_s: i64) -> Result<(), Status> {
+        let mut c = self.runtime.clone();
+        self.block_on(c.stop_container(req(v1::StopContainerRequest {
+            container_id: id.into(),
+            timeout: timeout_s,
+        })))
+        .map(drop)
+    }
+
+    /// RemoveContainer.
+    pub fn remove(&self, id: &str) -> Result<(), Status> {
+        let mut c = self.runtime.clone();
+        self.block_on(c.remove_container(req(v1::RemoveContainerRequest {
+            container_id: id.into(),
+        })))
+        .map(drop)
+    }
+
+    /// ContainerStatus.
+    pub fn status(&self, id: &str) -> Result<v1::ContainerStatus, Status> {
+        let mut c = self.runtime.clone();
+        self.block_on(c.container_status(req(v1::ContainerStatusRequest {
+            container_id: id.into(),
+            verbose: false,
+        })))
+        .map(|r| r.into_inner().status.unwrap_or_default())
+    }
+
+    /// ListContainers.
+    pub fn list(&self, filter: Option<v1::ContainerFilter>) -> Vec<v1::Container> {
+        let mut c = self.runtime.clone();
+        self.block_on(c.list_containers(req(v1::ListContainersRequest { filter })))
+            .expect("ListContainers")
+            .into_inner()
+            .containers
+    }
+
+    /// ExecSync.
+    pub fn exec(
+        &self,
+        id: &str,
+        cmd: &[&str],
+        timeout_s: i64,
+    ) -> Result<v1::ExecSyncResponse, Status> {
+        let mut c = self.runtime.clone();
+        self.block_on(c.exec_sync(req(v1::ExecSyncRequest {
+            container_id: id.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            timeout: timeout_s,
+        })))
+        .map(|r| r.into_inner())
+    }
+
+    /// ReopenContainerLog.
+    pub fn reopen_log(&self, id: &str) -> Result<(), Status> {
+        let mut c = self.runtime.clone();
+        self.block_on(c.reopen_container_log(req(v1::ReopenContainerLogRequest {
+            container_id: id.into(),
+        })))
+        .map(drop)
+    }
+
+    /// Subscribes to GetContainerEvents, tells `ready` once subscribed, then returns
+    /// the first `n` events (fewer if `timeout` passes first).
+    pub fn events(
+        &self,
+        n: usize,
+        timeout: Duration,
+        ready: std::sync::mpsc::Sender<()>,
+    ) -> Vec<v1::ContainerEventResponse> {
+        let mut c = self.runtime.clone();
+        self.block_on(async move {
+            let mut stream = c
+                .get_container_events(v1::GetEventsRequest {})
+                .await
+                .expect("GetContainerEvents")
+                .into_inner();
+            let _ = ready.send(());
+            let mut out = Vec::new();
+            let collect = async {
+                while out.len() < n {
+                    match stream.message().await {
+                        Ok(Some(e)) => out.push(e),
+                        _ => break,
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(timeout, collect).await;
+            out
+        })
+    }
+
+    /// Waits until container `id` has exited; returns its status.
+    pub fn wait_exited(&self, id: &str, timeout: Duration) -> v1::ContainerStatus {
+        let start = Instant::now();
+        loop {
+            let s = self.status(id).expect("ContainerStatus");
+            if s.state == v1::ContainerState::ContainerExited as i32 {
+                return s;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "container {id} still not exited after {timeout:?}: {s:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// A pod config with the given name, its logs under `log_dir`.
+pub fn pod_config(name: &str, log_dir: &Path) -> v1::PodSandboxConfig {
+    v1::PodSandboxConfig {
+        metadata: Some(v1::PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "e2e".into(),
+            attempt: 0,
+        }),
+        hostname: name.into(),
+        log_directory: log_dir.display().to_string(),
+        labels: [("test".to_string(), name.to_string())].into(),
+        ..Default::default()
+    }
+}
+
+/// A container config running `script` with `sh -c`, logging to `<name>.log`.
+pub fn container_config(name: &str, image: &str, script: &str) -> v1::ContainerConfig {
+    v1::ContainerConfig {
+        metadata: Some(v1::ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(v1::ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        }),
+        command: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        log_path: format!("{name}.log"),
+        ..Default::default()
+    }
+}
+
+/// One entry of a CRI log file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogEntry {
+    /// The timestamp as written.
+    pub time: String,
+    /// `stdout` or `stderr`.
+    pub stream: String,
+    /// The line (pieces joined).
+    pub line: String,
+}
+
+/// Parses a CRI log file, joining `P` pieces into their lines; panics on a malformed
+/// entry.
+pub fn parse_log(text: &str) -> Vec<LogEntry> {
+    let mut out = Vec::new();
+    let mut partial: Option<LogEntry> = None;
+    for raw in text.lines() {
+        let mut parts = raw.splitn(4, ' ');
+        let (Some(time), Some(stream), Some(tag)) = (parts.next(), parts.next(), parts.next())
+        else {
+            panic!("malformed CRI log line {raw:?}");
+        };
+        let line = parts.next().unwrap_or("");
+        assert!(
+            stream == "stdout" || stream == "stderr",
+            "bad stream in {raw:?}"
+        );
+        assert!(tag == "F" || tag == "P", "bad tag in {raw:?}");
+        assert!(
+            time.len() >= 20 && time.ends_with('Z') && time.contains('T'),
+            "bad time in {raw:?}"
+        );
+        let e = partial.get_or_insert_with(|| LogEntry {
+            time: time.into(),
+            stream: stream.into(),
+            line: String::new(),
+        });
+        e.line.push_str(line);
+        if tag == "F" {
+            out.extend(partial.take());
+        }
+    }
+    out.extend(partial);
+    out
+}
+
+/// vmletd as a child process, with its state, runtime and log directories in a
+/// temporary directory. Drop removes every pod it knows of, stops it, and kills any
+/// VMM left under its runtime directory.
+pub struct Vmletd {
+    child: Option<Child>,
+    /// Temporary root.
+    pub dir: tempfile::TempDir,
+    /// CRI socket.
+    pub socket: PathBuf,
+    /// Extra flags.
+    args: Vec<String>,
+}
+
+/// The vmletd binary: `VMLETD`, else next to vmlet-vmm.
+pub fn vmletd_binary() -> PathBuf {
+    std::env::var_os("VMLETD")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::vmm_binary().with_file_name("vmletd"))
+}
+
+impl Vmletd {
+    /// Starts vmletd with `args` added to its flags, and waits for its socket.
+    pub fn start(args: &[&str]) -> Vmletd {
+        crate::require_kvm();
+        let dir = tempfile::Builder::new()
+            .prefix("vd")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
+        let socket = dir.path().join("cri.sock");
+        let mut d = Vmletd {
+            child: None,
+            socket,
+            dir,
+            args: args.iter().map(|s| s.to_string()).collect(),
+        };
+        d.spawn();
+        d
+    }
+
+    /// State directory.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// Runtime directory.
+    pub fn run_dir(&self) -> PathBuf {
+        self.dir.path().join("run")
+    }
+
+    /// Where tests put pod logs.
+    pub fn log_dir(&self) -> PathBuf {
+        self.dir.path().join("logs")
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = Command::new(vmletd_binary());
+        cmd.arg("--config")
+            .arg(self.dir.path().join("none.toml"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .arg("--runtime-dir")
+            .arg(self.run_dir())
+            .arg("--kernel")
+            .arg(crate::kernel())
+            .arg("--initramfs")
+            .arg(crate::initramfs())
+            .arg("--vmm")
+            .arg(crate::vmm_binary())
+            .args(&self.args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .process_group(0);
+        // The defaults and the flags above, with a boot timeout for shared, emulated
+        // machines.
+        std::fs::write(
+            self.dir.path().join("none.toml"),
+            "[vm]\nboot_timeout_secs = 600\n",
+        )
+        .expect("write config");
+        let child = cmd.spawn().expect("start vmletd");
+        self.child = Some(child);
+        let start = Instant::now();
+        while CriClient::connect(&self.socket).is_err() {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("vmletd exited early: {status}");
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "vmletd did not serve its socket"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// A client.
+    pub fn client(&self) -> CriClient {
+        CriClient::connect(&self.socket).expect("connect to vmletd")
+    }
+
+    /// The daemon's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Sends `signal` to the daemon and waits for it to exit.
+    pub fn signal_and_wait(&mut self, signal: i32) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("vmletd is running");
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        child.wait().expect("wait for vmletd")
+    }
+
+    /// Starts the daemon again on the same directories.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "vmletd still runs");
+        self.spawn();
+    }
+
+    /// Pids of the VMMs running under this daemon's runtime directory.
+    pub fn vmm_pids(&self) -> Vec<u32> {
+        let needle = self.run_dir().display().to_string();
+        let mut out = Vec::new();
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+                continue;
+            };
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            let zombie = stat
+                .rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'));
+            let text = String::from_utf8_lossy(&cmdline);
+            let argv0 = text.split('\0').next().unwrap_or("");
+            if !zombie && argv0.ends_with("vmlet-vmm") && text.contains(&needle) {
+                out.push(pid);
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Vmletd {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            if let Ok(c) = CriClient::connect(&self.socket) {
+                for p in c.list_pods(None) {
+                    let _ = c.remove_pod(&p.id);
+                }
+            }
+            let _ = self.signal_and_wait(libc::SIGTERM);
+        }
+        for pid in self.vmm_pids() {
+            // SAFETY: kill(2) on a VMM this test's daemon started.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    }
+}

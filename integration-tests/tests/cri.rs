@@ -1,0 +1,706 @@
+//! vmletd end to end: the CRI RuntimeService and ImageService over the daemon's
+//! socket, pods as real VMs, images pulled from a registry on loopback.
+
+use std::time::Duration;
+
+use tonic::Code;
+use vmlet_agent::testing::{busybox_image, Compression, ImageBuilder, LayerBuilder, TestRegistry};
+use vmlet_integration_tests::cri::{
+    container_config, parse_log, pod_config, v1, CriClient, LogEntry, Vmletd,
+};
+
+const WAIT: Duration = Duration::from_secs(120);
+
+/// A registry with busybox pushed, and a daemon that may pull from it.
+struct Env {
+    registry: TestRegistry,
+    image: String,
+    daemon: Vmletd,
+}
+
+fn env() -> Env {
+    let registry = TestRegistry::start().expect("start the registry");
+    let image = registry
+        .push(&busybox_image().expect("busybox image"), "busybox:e2e")
+        .expect("push busybox");
+    let daemon = Vmletd::start(&["--insecure-registry", registry.addr()]);
+    Env {
+        registry,
+        image,
+        daemon,
+    }
+}
+
+fn log_of(d: &Vmletd, name: &str) -> Vec<LogEntry> {
+    let text = std::fs::read_to_string(d.log_dir().join(name)).unwrap_or_default();
+    parse_log(&text)
+}
+
+fn lines(entries: &[LogEntry], stream: &str) -> Vec<String> {
+    entries
+        .iter()
+        .filter(|e| e.stream == stream)
+        .map(|e| e.line.clone())
+        .collect()
+}
+
+/// Waits until the log `name` has a stdout line `line`.
+fn wait_for_line(d: &Vmletd, name: &str, line: &str) {
+    let start = std::time::Instant::now();
+    while !lines(&log_of(d, name), "stdout").iter().any(|l| l == line) {
+        assert!(start.elapsed() < WAIT, "no line {line:?} in {name}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn run_container(
+    c: &CriClient,
+    pod: &str,
+    pod_cfg: &v1::PodSandboxConfig,
+    cfg: v1::ContainerConfig,
+) -> String {
+    let id = c.create(pod, cfg, pod_cfg).expect("CreateContainer");
+    c.start(&id).expect("StartContainer");
+    id
+}
+
+fn assert_clean(d: &Vmletd) {
+    assert!(d.vmm_pids().is_empty(), "VMMs left: {:?}", d.vmm_pids());
+    for dir in [d.state_dir().join("pods"), d.run_dir().join("pods")] {
+        let left: Vec<_> = std::fs::read_dir(&dir)
+            .map(|r| r.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "left in {}: {left:?}", dir.display());
+    }
+}
+
+#[test]
+fn pod_with_two_containers_full_lifecycle() {
+    let env = env();
+    let d = &env.daemon;
+    let c = d.client();
+    let mut rt = c.runtime.clone();
+    let v = c
+        .block_on(rt.version(v1::VersionRequest::default()))
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (v.runtime_name.as_str(), v.runtime_api_version.as_str()),
+        ("vmlet", "v1")
+    );
+    let status = c
+        .block_on(rt.status(v1::StatusRequest { verbose: false }))
+        .unwrap()
+        .into_inner();
+    let conds = status.status.unwrap().conditions;
+    assert!(conds.iter().any(|c| c.r#type == "RuntimeReady" && c.status));
+
+    let image_id = c.pull(&env.image).expect("PullImage");
+    assert!(image_id.starts_with("sha256:"));
+
+    let pod_cfg = pod_config("lifecycle", &d.log_dir());
+    let pod = c.run_pod(pod_cfg.clone()).expect("RunPodSandbox");
+    assert_eq!(pod.len(), 64);
+    let ps = c.pod_status(&pod).unwrap();
+    assert_eq!(
+        ps.status.as_ref().unwrap().state,
+        v1::PodSandboxState::SandboxReady as i32
+    );
+    assert!(ps.info["info"].contains("vmmPid"));
+
+    // Container events, from a second client.
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let socket = d.socket.clone();
+    let events = std::thread::spawn(move || {
+        CriClient::connect(&socket)
+            .unwrap()
+            .events(3, WAIT, ready_tx)
+    });
+    ready_rx.recv().expect("subscribed to events");
+
+    // One container that prints to both streams and exits 3.
+    let short = run_container(
+        &c,
+        &pod,
+        &pod_cfg,
+        container_config(
+            "short",
+            &env.image,
+            "echo hello; echo oops >&2; echo $HOSTNAME; exit 3",
+        ),
+    );
+    let s = c.wait_exited(&short, WAIT);
+    assert_eq!((s.exit_code, s.reason.as_str()), (3, "Error"));
+    assert!(s.started_at > 0 && s.finished_at >= s.started_at);
+    assert_eq!(s.image_ref, image_id);
+    assert_eq!(
+        s.log_path,
+        d.log_dir().join("short.log").display().to_string()
+    );
+    let log = log_of(d, "short.log");
+    assert_eq!(lines(&log, "stdout"), ["hello", "lifecycle"]);
+    assert_eq!(lines(&log, "stderr"), ["oops"]);
+    let events = events.join().unwrap();
+    let kinds: Vec<(String, i32)> = events
+        .iter()
+        .map(|e| (e.container_id.clone(), e.container_event_type))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (
+                short.clone(),
+                v1::ContainerEventType::ContainerCreatedEvent as i32
+            ),
+            (
+                short.clone(),
+                v1::ContainerEventType::ContainerStartedEvent as i32
+            ),
+            (
+                short.clone(),
+                v1::ContainerEventType::ContainerStoppedEvent as i32
+            ),
+        ]
+    );
+    assert!(events[2].pod_sandbox_status.is_some());
+    // Starting it again makes no sense.
+    assert_eq!(
+        c.start(&short).unwrap_err().code(),
+        Code::FailedPrecondition
+    );
+
+    // A second container of the same image (same slot) that handles SIGTERM.
+    let long = run_container(
+        &c,
+        &pod,
+        &pod_cfg,
+        container_config(
+            "long",
+            &env.image,
+            "trap 'echo got-term; exit 0' TERM; echo ready; while true; do sleep 0.2; done",
+        ),
+    );
+    wait_for_line(d, "long.log", "ready");
+    assert_eq!(
+        c.status(&long).unwrap().state,
+        v1::ContainerState::ContainerRunning as i32
+    );
+    let ps = c.pod_status(&pod).unwrap();
+    assert_eq!(ps.containers_statuses.len(), 2);
+    assert!(
+        ps.info["info"].contains("\"users\":2"),
+        "{}",
+        ps.info["info"]
+    );
+
+    // ExecSync: output, exit codes, timeout.
+    let r = c
+        .exec(
+            &long,
+            &["sh", "-c", "echo exec-out; echo exec-err >&2; exit 4"],
+            30,
+        )
+        .expect("ExecSync");
+    assert_eq!(String::from_utf8_lossy(&r.stdout), "exec-out\n");
+    assert_eq!(String::from_utf8_lossy(&r.stderr), "exec-err\n");
+    assert_eq!(r.exit_code, 4);
+    let e = c.exec(&long, &["sleep", "60"], 1).unwrap_err();
+    assert_eq!(e.code(), Code::DeadlineExceeded, "{e}");
+    assert_eq!(
+        c.exec(&short, &["true"], 5).unwrap_err().code(),
+        Code::FailedPrecondition
+    );
+
+    // Filters.
+    let running = c.list(Some(v1::ContainerFilter {
+        state: Some(v1::ContainerStateValue {
+            state: v1::ContainerState::ContainerRunning as i32,
+        }),
+        ..Default::default()
+    }));
+    assert_eq!(
+        running.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
+        [long.as_str()]
+    );
+    let in_pod = c.list(Some(v1::ContainerFilter {
+        pod_sandbox_id: pod.clone(),
+        ..Default::default()
+    }));
+    assert_eq!(in_pod.len(), 2);
+    let by_label = c.list_pods(Some(v1::PodSandboxFilter {
+        label_selector: [("test".to_string(), "lifecycle".to_string())].into(),
+        ..Default::default()
+    }));
+    assert_eq!(by_label.len(), 1);
+    let none = c.list_pods(Some(v1::PodSandboxFilter {
+        label_selector: [("test".to_string(), "other".to_string())].into(),
+        ..Default::default()
+    }));
+    assert!(none.is_empty());
+
+    // ReopenContainerLog: the old file is renamed away, new output goes to a new file.
+    std::fs::rename(d.log_dir().join("long.log"), d.log_dir().join("long.log.1")).unwrap();
+    c.reopen_log(&long).expect("ReopenContainerLog");
+    assert!(d.log_dir().join("long.log").exists());
+
+    // StopContainer: SIGTERM is handled within the timeout.
+    c.stop(&long, 20).expect("StopContainer");
+    let s = c.status(&long).unwrap();
+    assert_eq!(s.state, v1::ContainerState::ContainerExited as i32);
+    assert_eq!((s.exit_code, s.reason.as_str()), (0, "Completed"));
+    wait_for_line(d, "long.log", "got-term");
+    // Stopping again is fine.
+    c.stop(&long, 20).expect("StopContainer again");
+
+    // A container that ignores SIGTERM is killed after the timeout.
+    let stubborn = run_container(
+        &c,
+        &pod,
+        &pod_cfg,
+        container_config(
+            "stubborn",
+            &env.image,
+            "trap '' TERM; echo started; while true; do sleep 0.2; done",
+        ),
+    );
+    wait_for_line(d, "stubborn.log", "started");
+    c.stop(&stubborn, 1).expect("StopContainer");
+    assert_eq!(c.status(&stubborn).unwrap().exit_code, 137);
+
+    for id in [&short, &long, &stubborn] {
+        c.remove(id).expect("RemoveContainer");
+        assert_eq!(c.status(id).unwrap_err().code(), Code::NotFound);
+    }
+    c.remove(&short).expect("RemoveContainer is idempotent");
+    c.stop_pod(&pod).expect("StopPodSandbox");
+    assert_eq!(
+        c.pod_status(&pod).unwrap().status.unwrap().state,
+        v1::PodSandboxState::SandboxNotready as i32
+    );
+    assert!(d.vmm_pids().is_empty(), "the VMM survived StopPodSandbox");
+    c.stop_pod(&pod).expect("StopPodSandbox is idempotent");
+    c.remove_pod(&pod).expect("RemovePodSandbox");
+    c.remove_pod(&pod).expect("RemovePodSandbox is idempotent");
+    assert_eq!(c.pod_status(&pod).unwrap_err().code(), Code::NotFound);
+    assert_clean(d);
+    // Logs stay (kubelet owns them).
+    assert!(d.log_dir().join("short.log").exists());
+}
+
+/// busybox with an image config that sets everything the merge looks at.
+fn configured_image() -> vmlet_agent::testing::OciImage {
+    let busybox = std::fs::read("/bin/busybox").expect("busybox-static");
+    let mut layer = LayerBuilder::new()
+        .dir("bin", 0o755)
+        .file("bin/busybox", &busybox, 0o755)
+        .dir("etc", 0o755)
+        .file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n", 0o644)
+        .dir("tmp", 0o1777);
+    for applet in ["sh", "echo", "sleep", "cat", "id", "pwd", "env"] {
+        layer = layer.symlink(&format!("bin/{applet}"), "busybox");
+    }
+    ImageBuilder::new()
+        .layer(layer.finish(), Compression::Gzip)
+        .config(serde_json::json!({
+            "Entrypoint": ["/bin/sh", "-c"],
+            "Cmd": ["echo from-cmd $A"],
+            "Env": ["PATH=/bin", "A=image", "B=image"],
+            "WorkingDir": "/data",
+            "User": "1000:1000",
+            "StopSignal": "SIGUSR1",
+        }))
+        .build()
+        .expect("build image")
+}
+
+#[test]
+fn image_config_merges_with_the_request() {
+    let env = env();
+    let d = &env.daemon;
+    let c = d.client();
+    let reference = env
+        .registry
+        .push(&configured_image(), "configured:1")
+        .expect("push");
+    c.pull(&reference).expect("PullImage");
+    c.pull(&env.image).expect("PullImage");
+    let pod_cfg = pod_config("merge", &d.log_dir());
+    let pod = c.run_pod(pod_cfg.clone()).expect("RunPodSandbox");
+
+    let plain = |name: &str| v1::ContainerConfig {
+        metadata: Some(v1::ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(v1::ImageSpec {
+            image: reference.clone(),
+            ..Default::default()
+        }),
+        log_path: format!("{name}.log"),
+        ..Default::default()
+    };
+    // The image's Entrypoint + Cmd, Env, WorkingDir and User.
+    let a = run_container(&c, &pod, &pod_cfg, plain("defaults"));
+    assert_eq!(c.wait_exited(&a, WAIT).exit_code, 0);
+    assert_eq!(
+        lines(&log_of(d, "defaults.log"), "stdout"),
+        ["from-cmd image"]
+    );
+
+    // args replace Cmd; envs override and add; working_dir and run_as_user replace.
+    let mut cfg = plain("override");
+    cfg.args = vec!["echo $A $B $C; pwd; id -u; id -g".into()];
+    cfg.envs = vec![
+        v1::KeyValue {
+            key: "A".into(),
+            value: "req".into(),
+        },
+        v1::KeyValue {
+            key: "C".into(),
+            value: "new".into(),
+        },
+    ];
+    cfg.working_dir = "/work".into();
+    cfg.linux = Some(v1::LinuxContainerConfig {
+        security_context: Some(v1::LinuxContainerSecurityContext {
+            run_as_user: Some(v1::Int64Value { value: 2000 }),
+            run_as_group: Some(v1::Int64Value { value: 3000 }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let b = run_container(&c, &pod, &pod_cfg, cfg);
+    let s = c.wait_exited(&b, WAIT);
+    let out = lines(&log_of(d, "override.log"), "stdout");
+    assert_eq!(s.exit_code, 0, "{out:?}");
+    assert_eq!(out, ["req image new", "/work", "2000", "3000"]);
+
+    // The image's user and its working directory.
+    let mut cfg = plain("user");
+    cfg.args = vec!["id -u; id -g; pwd".into()];
+    let u = run_container(&c, &pod, &pod_cfg, cfg);
+    c.wait_exited(&u, WAIT);
+    assert_eq!(
+        lines(&log_of(d, "user.log"), "stdout"),
+        ["1000", "1000", "/data"]
+    );
+
+    // The image's StopSignal (SIGUSR1) is what StopContainer sends first.
+    let mut cfg = plain("stopsignal");
+    cfg.args = vec![
+        "trap 'echo got-usr1; exit 0' USR1; echo ready; while true; do sleep 0.2; done".into(),
+    ];
+    let st = run_container(&c, &pod, &pod_cfg, cfg);
+    wait_for_line(d, "stopsignal.log", "ready");
+    c.stop(&st, 20).unwrap();
+    assert_eq!(c.status(&st).unwrap().exit_code, 0);
+    wait_for_line(d, "stopsignal.log", "got-usr1");
+
+    // A second image goes to a second slot, alongside the first.
+    let other = run_container(
+        &c,
+        &pod,
+        &pod_cfg,
+        container_config("other-image", &env.image, "echo busybox-here"),
+    );
+    c.wait_exited(&other, WAIT);
+    assert_eq!(
+        lines(&log_of(d, "other-image.log"), "stdout"),
+        ["busybox-here"]
+    );
+
+    c.remove_pod(&pod).expect("RemovePodSandbox");
+    assert_clean(d);
+}
+
+#[test]
+fn bad_requests_get_the_right_codes_and_leave_nothing() {
+    let env = env();
+    let d = &env.daemon;
+    let c = d.client();
+    c.pull(&env.image).expect("PullImage");
+
+    let code = |r: Result<String, tonic::Status>| r.unwrap_err().code();
+    // Missing metadata.
+    let mut no_meta = pod_config("x", &d.log_dir());
+    no_meta.metadata = None;
+    assert_eq!(code(c.run_pod(no_meta)), Code::InvalidArgument);
+    let mut no_uid = pod_config("x", &d.log_dir());
+    no_uid.metadata.as_mut().unwrap().uid.clear();
+    assert_eq!(code(c.run_pod(no_uid)), Code::InvalidArgument);
+    // Invalid resources: negative, and too small for a VM.
+    let sized = |mem: i64| {
+        let mut p = pod_config("sized", &d.log_dir());
+        p.linux = Some(v1::LinuxPodSandboxConfig {
+            resources: Some(v1::LinuxContainerResources {
+                memory_limit_in_bytes: mem,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        p
+    };
+    assert_eq!(code(c.run_pod(sized(-1))), Code::InvalidArgument);
+    let e = c.run_pod(sized(1 << 20)).unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("MiB"), "{e}");
+    // Unknown IDs.
+    let unknown = "0".repeat(64);
+    assert_eq!(c.pod_status(&unknown).unwrap_err().code(), Code::NotFound);
+    assert_eq!(c.stop_pod(&unknown).unwrap_err().code(), Code::NotFound);
+    c.remove_pod(&unknown)
+        .expect("removing an unknown pod succeeds");
+    assert_eq!(c.start(&unknown).unwrap_err().code(), Code::NotFound);
+    assert_eq!(c.status(&unknown).unwrap_err().code(), Code::NotFound);
+    assert_eq!(c.stop(&unknown, 1).unwrap_err().code(), Code::NotFound);
+    assert_eq!(
+        c.exec(&unknown, &["true"], 1).unwrap_err().code(),
+        Code::NotFound
+    );
+    assert_eq!(c.start("").unwrap_err().code(), Code::InvalidArgument);
+    let pod_cfg = pod_config("bad", &d.log_dir());
+    assert_eq!(
+        code(c.create(
+            &unknown,
+            container_config("c", &env.image, "true"),
+            &pod_cfg
+        )),
+        Code::NotFound
+    );
+    assert!(c.list_pods(None).is_empty());
+
+    let pod = c.run_pod(pod_cfg.clone()).expect("RunPodSandbox");
+    // Duplicate pod name.
+    assert_eq!(code(c.run_pod(pod_cfg.clone())), Code::AlreadyExists);
+    // Unknown image, missing image, duplicate container name.
+    let e = c
+        .create(
+            &pod,
+            container_config("c", "no/such:image", "true"),
+            &pod_cfg,
+        )
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e}");
+    let mut no_image = container_config("c", &env.image, "true");
+    no_image.image = None;
+    assert_eq!(
+        code(c.create(&pod, no_image, &pod_cfg)),
+        Code::InvalidArgument
+    );
+    let mut no_meta = container_config("c", &env.image, "true");
+    no_meta.metadata = None;
+    assert_eq!(
+        code(c.create(&pod, no_meta, &pod_cfg)),
+        Code::InvalidArgument
+    );
+    let id = c
+        .create(&pod, container_config("c", &env.image, "true"), &pod_cfg)
+        .expect("CreateContainer");
+    assert_eq!(
+        code(c.create(&pod, container_config("c", &env.image, "true"), &pod_cfg)),
+        Code::AlreadyExists
+    );
+    // A program that does not exist: StartContainer fails, the container has exited.
+    let mut missing = container_config("missing", &env.image, "");
+    missing.command = vec!["/no/such/program".into()];
+    let m = c.create(&pod, missing, &pod_cfg).expect("CreateContainer");
+    assert!(c.start(&m).is_err());
+    assert_eq!(
+        c.status(&m).unwrap().state,
+        v1::ContainerState::ContainerExited as i32
+    );
+    // Nothing in a stopped pod.
+    c.stop_pod(&pod).expect("StopPodSandbox");
+    assert_eq!(c.start(&id).unwrap_err().code(), Code::FailedPrecondition);
+    assert_eq!(
+        code(c.create(&pod, container_config("late", &env.image, "true"), &pod_cfg)),
+        Code::FailedPrecondition
+    );
+    c.remove_pod(&pod).expect("RemovePodSandbox");
+    assert!(c.list(None).is_empty());
+    assert_clean(d);
+    // The name is free again.
+    let pod = c.run_pod(pod_cfg).expect("RunPodSandbox after removal");
+    c.remove_pod(&pod).expect("RemovePodSandbox");
+    assert_clean(d);
+}
+
+#[test]
+fn pods_and_logs_survive_kill_9_of_vmletd() {
+    let mut env = env();
+    let c = env.daemon.client();
+    c.pull(&env.image).expect("PullImage");
+    let log_dir = env.daemon.log_dir();
+    let cfg1 = pod_config("survivor", &log_dir);
+    let pod1 = c.run_pod(cfg1.clone()).expect("RunPodSandbox");
+    let counter = run_container(
+        &c,
+        &pod1,
+        &cfg1,
+        container_config(
+            "counter",
+            &env.image,
+            "i=0; trap 'exit 0' TERM; while true; do echo line-$i; i=$((i+1)); sleep 0.05; done",
+        ),
+    );
+    let cfg2 = pod_config("victim", &log_dir);
+    let pod2 = c.run_pod(cfg2.clone()).expect("RunPodSandbox");
+    let sleeper = run_container(
+        &c,
+        &pod2,
+        &cfg2,
+        container_config(
+            "sleeper",
+            &env.image,
+            "echo up; while true; do sleep 1; done",
+        ),
+    );
+    wait_for_line(&env.daemon, "counter.log", "line-20");
+    wait_for_line(&env.daemon, "sleeper.log", "up");
+    drop(c);
+
+    let vmms = env.daemon.vmm_pids();
+    assert_eq!(vmms.len(), 2);
+    env.daemon.signal_and_wait(libc::SIGKILL);
+    // The pods run on without the daemon.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(env.daemon.vmm_pids().len(), 2);
+    // One VM dies while the daemon is away.
+    let status = c_status_pid(&env.daemon, &pod2);
+    // SAFETY: kill(2) on a VMM this test's daemon started.
+    unsafe { libc::kill(status as i32, libc::SIGKILL) };
+    std::thread::sleep(Duration::from_secs(1));
+
+    env.daemon.restart();
+    let c = env.daemon.client();
+    let pods = c.list_pods(None);
+    assert_eq!(pods.len(), 2);
+    let st = |id: &str| c.pod_status(id).unwrap().status.unwrap().state;
+    assert_eq!(st(&pod1), v1::PodSandboxState::SandboxReady as i32);
+    assert_eq!(st(&pod2), v1::PodSandboxState::SandboxNotready as i32);
+    let s = c.status(&sleeper).unwrap();
+    assert_eq!(s.state, v1::ContainerState::ContainerExited as i32);
+    assert_eq!(s.reason, "VMExited");
+    assert!(!s.message.is_empty());
+    assert_eq!(
+        c.status(&counter).unwrap().state,
+        v1::ContainerState::ContainerRunning as i32
+    );
+
+    // Logs resume without loss or duplication.
+    let before = lines(&log_of(&env.daemon, "counter.log"), "stdout").len();
+    wait_for_line(&env.daemon, "counter.log", &format!("line-{}", before + 20));
+    // ExecSync on the re-adopted guest.
+    let r = c
+        .exec(&counter, &["echo", "still-here"], 30)
+        .expect("ExecSync");
+    assert_eq!(String::from_utf8_lossy(&r.stdout), "still-here\n");
+    c.stop(&counter, 10).expect("StopContainer");
+    let out = lines(&log_of(&env.daemon, "counter.log"), "stdout");
+    for (i, l) in out.iter().enumerate() {
+        assert_eq!(
+            l,
+            &format!("line-{i}"),
+            "log has a gap or a duplicate at {i}"
+        );
+    }
+    assert!(out.len() > before);
+
+    // A clean stop (SIGTERM) leaves the pods running too.
+    drop(c);
+    let status = env.daemon.signal_and_wait(libc::SIGTERM);
+    assert!(status.success(), "vmletd exited with {status}");
+    assert_eq!(env.daemon.vmm_pids().len(), 1);
+    env.daemon.restart();
+    let c = env.daemon.client();
+    let st = |id: &str| c.pod_status(id).unwrap().status.unwrap().state;
+    assert_eq!(st(&pod1), v1::PodSandboxState::SandboxReady as i32);
+
+    // kill -9 of a VMM while the daemon runs: only its pod is affected.
+    let pod3_cfg = pod_config("third", &log_dir);
+    let pod3 = c.run_pod(pod3_cfg.clone()).expect("RunPodSandbox");
+    let w = run_container(
+        &c,
+        &pod3,
+        &pod3_cfg,
+        container_config(
+            "waiter",
+            &env.image,
+            "echo up; while true; do sleep 1; done",
+        ),
+    );
+    wait_for_line(&env.daemon, "waiter.log", "up");
+    let pid = c_status_pid(&env.daemon, &pod3);
+    // SAFETY: kill(2) on a VMM this test's daemon started.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    let s = c.wait_exited(&w, WAIT);
+    assert_eq!(s.reason, "VMExited");
+    assert_eq!(st(&pod1), v1::PodSandboxState::SandboxReady as i32);
+
+    for p in [&pod1, &pod2, &pod3] {
+        c.remove_pod(p).expect("RemovePodSandbox");
+    }
+    assert_clean(&env.daemon);
+}
+
+/// The VMM pid of a pod, from its record.
+fn c_status_pid(d: &Vmletd, pod: &str) -> u32 {
+    let text = std::fs::read_to_string(d.state_dir().join("pods").join(pod).join("pod.json"))
+        .expect("pod record");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["vmm_pid"].as_u64().expect("vmm_pid") as u32
+}
+
+/// Ignored by default: inside the emulated TCG machine of `scripts/with-kvm.sh`, four
+/// (and ten) nested guests booting at once crash that machine's own kernel (a KVM vcpu
+/// thread hits its stack guard page; the entry point exits 125), so the suite would
+/// fail for the emulation's sake. Run it on hardware KVM with `--ignored`.
+#[test]
+#[ignore = "concurrent nested boots crash the emulated KVM machine's kernel"]
+fn pods_start_concurrently() {
+    const PODS: usize = 10;
+    let d = Vmletd::start(&[]);
+    let log_dir = d.log_dir();
+    let ids: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..PODS)
+            .map(|i| {
+                let (d, log_dir) = (&d, &log_dir);
+                s.spawn(move || {
+                    let mut cfg = pod_config(&format!("many-{i}"), log_dir);
+                    // 64 MiB + the 64 MiB overhead: the smallest VM.
+                    cfg.linux = Some(v1::LinuxPodSandboxConfig {
+                        resources: Some(v1::LinuxContainerResources {
+                            memory_limit_in_bytes: 64 << 20,
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    });
+                    d.client().run_pod(cfg).expect("RunPodSandbox")
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let c = d.client();
+    let mut unique = ids.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), PODS);
+    let ready = c.list_pods(Some(v1::PodSandboxFilter {
+        state: Some(v1::PodSandboxStateValue {
+            state: v1::PodSandboxState::SandboxReady as i32,
+        }),
+        ..Default::default()
+    }));
+    assert_eq!(ready.len(), PODS);
+    assert_eq!(d.vmm_pids().len(), PODS);
+    let info = c.pod_status(&ids[0]).unwrap().info;
+    assert!(info["info"].contains("\"memMib\":128"), "{info:?}");
+    std::thread::scope(|s| {
+        for id in &ids {
+            let d = &d;
+            s.spawn(move || d.client().remove_pod(id).expect("RemovePodSandbox"));
+        }
+    });
+    assert_clean(&d);
+}
