@@ -32,12 +32,13 @@ step "end-to-end tests on KVM"
 export VMLET_KERNEL=$kernel
 export VMLET_TEST_INITRAMFS=$initramfs
 export VMLET_VMM=$repo/target/debug/vmlet-vmm
-# The suite takes about 2 minutes. In the emulated machine the nested setup
-# occasionally wedges the machine's own kernel (soft lockups in KVM threads) or
-# kills it; the entry point then exits 124 (timeout) or 125 (machine died), and
+# The suite takes about 10 minutes, plus about 10 more the first time, when cargo
+# builds the test crates inside the machine. In the emulated machine the nested
+# setup occasionally wedges the machine's own kernel (soft lockups in KVM threads)
+# or kills it; the entry point then exits 124 (timeout) or 125 (machine died), and
 # the suite runs once more. A test failure (any other status) is never retried.
 run_e2e() {
-    scripts/with-kvm.sh --timeout 900 -- \
+    scripts/with-kvm.sh --timeout 1500 -- \
         cargo test --offline -p vmlet-integration-tests -- --test-threads=1
 }
 status=0
