@@ -78,13 +78,35 @@ impl CriClient {
     }
 
     /// RunPodSandbox.
+    ///
+    /// Inside the emulated TCG machine (`VMLET_IN_WITH_KVM=tcg`) nested guests
+    /// occasionally crash while booting, for reasons of the emulation (see
+    /// `Guest::boot`); a pod whose VMM exited during boot is then run again, at most
+    /// twice. On hardware KVM there is no retry.
     pub fn run_pod(&self, config: v1::PodSandboxConfig) -> Result<String, Status> {
-        let mut c = self.runtime.clone();
-        self.block_on(c.run_pod_sandbox(req(v1::RunPodSandboxRequest {
-            config: Some(config),
-            runtime_handler: String::new(),
-        })))
-        .map(|r| r.into_inner().pod_sandbox_id)
+        let emulated = std::env::var("VMLET_IN_WITH_KVM").is_ok_and(|v| v == "tcg");
+        let attempts = if emulated { 3 } else { 1 };
+        let mut attempt = 1;
+        loop {
+            let mut c = self.runtime.clone();
+            let result = self
+                .block_on(c.run_pod_sandbox(req(v1::RunPodSandboxRequest {
+                    config: Some(config.clone()),
+                    runtime_handler: String::new(),
+                })))
+                .map(|r| r.into_inner().pod_sandbox_id);
+            match result {
+                Err(e)
+                    if attempt < attempts
+                        && e.code() == tonic::Code::Internal
+                        && e.message().contains("the VMM exited") =>
+                {
+                    eprintln!("RunPodSandbox attempt {attempt}/{attempts}: {e}");
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// StopPodSandbox.
