@@ -62,3 +62,28 @@ pub fn scratch_disk(path: &Path, mib: u64) -> PathBuf {
     run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(path));
     path.to_owned()
 }
+
+/// A container spec whose root is the erofs image drive `image` with its writable
+/// layer on the scratch drive `scratch`, running `args`.
+pub fn container_spec(
+    id: &str,
+    image: &str,
+    scratch: &str,
+    args: &[&str],
+) -> vmlet_proto::agent::ContainerSpec {
+    use vmlet_proto::agent as pb;
+    pb::ContainerSpec {
+        container_id: id.into(),
+        rootfs: Some(pb::Rootfs {
+            image_serial: image.into(),
+            image_fstype: "erofs".into(),
+            scratch_serial: scratch.into(),
+            ..Default::default()
+        }),
+        process: Some(pb::Process {
+            args: args.iter().map(|a| a.to_string()).collect(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}

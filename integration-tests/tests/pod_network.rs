@@ -135,24 +135,16 @@ fn a_pod_on_a_cni_bridge_serves_http_to_the_host() {
         )
         .expect("ConfigureGuest");
     agent
-        .create(pb::ContainerSpec {
-            container_id: "web".into(),
-            rootfs: Some(pb::Rootfs {
-                image_serial: "img0".into(),
-                image_fstype: "erofs".into(),
-                scratch_serial: "scratch".into(),
-                ..Default::default()
-            }),
-            process: Some(pb::Process {
-                args: vec![
-                    "/bin/sh".into(),
-                    "-c".into(),
-                    "mkdir -p /www && echo hello-from-the-pod > /www/index.html && exec httpd -f -p 80 -h /www".into(),
-                ],
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
+        .create(images::container_spec(
+            "web",
+            "img0",
+            "scratch",
+            &[
+                "/bin/sh",
+                "-c",
+                "mkdir -p /www && echo hello-from-the-pod > /www/index.html && exec httpd -f -p 80 -h /www",
+            ],
+        ))
         .expect("CreateContainer");
     agent.start("web").expect("StartContainer");
 

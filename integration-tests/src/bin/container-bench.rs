@@ -40,20 +40,7 @@ fn main() {
     let mut times = Vec::with_capacity(runs);
     for i in 0..=runs {
         let id = format!("bench{i}");
-        let spec = pb::ContainerSpec {
-            container_id: id.clone(),
-            rootfs: Some(pb::Rootfs {
-                image_serial: "img0".into(),
-                image_fstype: "erofs".into(),
-                scratch_serial: "scratch".into(),
-                ..Default::default()
-            }),
-            process: Some(pb::Process {
-                args: vec!["/bin/echo".into(), "hello".into()],
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
+        let spec = images::container_spec(&id, "img0", "scratch", &["/bin/echo", "hello"]);
         let start = Instant::now();
         agent.create(spec).expect("CreateContainer");
         agent.start(&id).expect("StartContainer");

@@ -46,20 +46,7 @@ fn main() {
             )),
         )
         .expect("ConfigureGuest");
-    let spec = pb::ContainerSpec {
-        container_id: "hello".into(),
-        rootfs: Some(pb::Rootfs {
-            image_serial: "busybox".into(),
-            image_fstype: "erofs".into(),
-            scratch_serial: "scratch".into(),
-            ..Default::default()
-        }),
-        process: Some(pb::Process {
-            args: vec!["/bin/sh".into(), "-c".into(), script],
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    let spec = images::container_spec("hello", "busybox", "scratch", &["/bin/sh", "-c", &script]);
     let created = Instant::now();
     agent.create(spec).expect("CreateContainer");
     agent.start("hello").expect("StartContainer");
