@@ -33,3 +33,33 @@ if ! command -v cargo >/dev/null; then
     echo "setup: cargo not found; install Rust (rustup, stable toolchain) first" >&2
     exit 1
 fi
+
+# A default pod network for vmletd, as containerd's packages ship one: a bridge with
+# host-local addresses and published ports. Only where the node has no CNI
+# configuration yet (the first file in /etc/cni/net.d is the node's network).
+cni_dir=/etc/cni/net.d
+if ! ls "$cni_dir"/*.conflist "$cni_dir"/*.conf "$cni_dir"/*.json >/dev/null 2>&1; then
+    mkdir -p "$cni_dir"
+    cat >"$cni_dir/10-vmlet.conflist" <<'CONF'
+{
+  "cniVersion": "1.0.0",
+  "name": "vmlet",
+  "plugins": [
+    {
+      "type": "bridge",
+      "bridge": "vmlet0",
+      "isGateway": true,
+      "ipMasq": true,
+      "hairpinMode": true,
+      "ipam": {
+        "type": "host-local",
+        "ranges": [[{ "subnet": "10.88.0.0/16" }]],
+        "routes": [{ "dst": "0.0.0.0/0" }]
+      }
+    },
+    { "type": "portmap", "capabilities": { "portMappings": true } }
+  ]
+}
+CONF
+    echo "setup: wrote the default pod network $cni_dir/10-vmlet.conflist" >&2
+fi

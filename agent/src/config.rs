@@ -18,9 +18,17 @@
 //! vmm = "vmlet-vmm"
 //! # Log filter (tracing EnvFilter syntax; RUST_LOG wins when set).
 //! log_level = "info"
-//! # CNI directories (pod networking is not wired yet; kept for it).
+//!
+//! [network]
+//! # "cni": every pod gets a network namespace wired by the node's CNI configuration
+//! # and carried into its VM; "none": pods have loopback only (NetworkReady is false).
+//! mode = "cni"
+//! # The lexically first .conflist/.conf/.json here is the pod network.
 //! cni_conf_dir = "/etc/cni/net.d"
-//! cni_bin_dir = "/usr/lib/cni"
+//! # Where CNI plugins are looked up, in order.
+//! cni_bin_dirs = ["/opt/cni/bin", "/usr/lib/cni"]
+//! # Where pods' network namespaces are pinned (`ip netns` looks in /run/netns).
+//! netns_dir = "/run/netns"
 //!
 //! [vm]
 //! vcpus = 1                 # vCPUs of a pod that sets no CPU limit
@@ -43,6 +51,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::images::RegistriesConfig;
+use crate::network::pod::{NetworkMode, NetworkSettings};
 
 /// The default config file.
 pub const DEFAULT_CONFIG: &str = "/etc/vmlet/config.toml";
@@ -125,10 +134,8 @@ pub struct Config {
     pub vmm: PathBuf,
     /// Log filter.
     pub log_level: String,
-    /// CNI config directory.
-    pub cni_conf_dir: PathBuf,
-    /// CNI plugin directory.
-    pub cni_bin_dir: PathBuf,
+    /// Pod networking.
+    pub network: NetworkSettings,
     /// Pod VMs.
     pub vm: VmConfig,
     /// Registries.
@@ -146,8 +153,7 @@ impl Default for Config {
             initramfs: "/usr/lib/vmlet/initramfs.cpio".into(),
             vmm: "vmlet-vmm".into(),
             log_level: "info".into(),
-            cni_conf_dir: "/etc/cni/net.d".into(),
-            cni_bin_dir: "/usr/lib/cni".into(),
+            network: NetworkSettings::default(),
             vm: VmConfig::default(),
             registries: RegistriesConfig::default(),
         }
@@ -192,9 +198,23 @@ pub struct Args {
     /// Log filter.
     #[arg(long)]
     pub log_level: Option<String>,
+    /// Pod networking: `cni` or `none`.
+    #[arg(long, value_parser = parse_network_mode)]
+    pub network: Option<NetworkMode>,
+    /// CNI configuration directory.
+    #[arg(long)]
+    pub cni_conf_dir: Option<PathBuf>,
     /// Registry host to speak plain HTTP to (repeatable), e.g. `127.0.0.1:5000`.
     #[arg(long = "insecure-registry")]
     pub insecure_registries: Vec<String>,
+}
+
+fn parse_network_mode(s: &str) -> Result<NetworkMode, String> {
+    match s {
+        "cni" => Ok(NetworkMode::Cni),
+        "none" => Ok(NetworkMode::None),
+        _ => Err(format!("unknown network mode {s:?} (cni or none)")),
+    }
 }
 
 impl Config {
@@ -241,6 +261,10 @@ impl Config {
         set(&mut self.kernel, &args.kernel);
         set(&mut self.initramfs, &args.initramfs);
         set(&mut self.vmm, &args.vmm);
+        set(&mut self.network.cni_conf_dir, &args.cni_conf_dir);
+        if let Some(mode) = args.network {
+            self.network.mode = mode;
+        }
         if let Some(v) = args.vcpus {
             self.vm.vcpus = v;
         }
@@ -286,6 +310,7 @@ impl Config {
         for (key, p) in [
             ("state_dir", &self.state_dir),
             ("runtime_dir", &self.runtime_dir),
+            ("network.netns_dir", &self.network.netns_dir),
         ] {
             if !p.is_absolute() {
                 return bad(format!(
@@ -315,10 +340,29 @@ mod tests {
         assert_eq!(c.vm.mem_mib, 256);
         assert_eq!(c.socket, Path::new("/run/vmlet/vmlet.sock"));
         assert!(c.registries.hosts["127.0.0.1:5000"].plain_http);
+        assert_eq!(c.network.mode, NetworkMode::Cni);
+        assert_eq!(c.network.netns_dir, Path::new("/run/netns"));
+        let c = Config::from_toml(
+            "[network]\nmode = \"none\"\ncni_bin_dirs = [\"/x\"]\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.network.mode, NetworkMode::None);
+        assert_eq!(c.network.cni_bin_dirs, [Path::new("/x")]);
+        assert!(Config::from_toml("[network]\nmode = \"host\"\n", Path::new("x.toml")).is_err());
 
         let mut c = Config::default();
-        let args = Args::parse_from(["vmletd", "--mem-mib", "512", "--insecure-registry", "h:1"]);
+        let args = Args::parse_from([
+            "vmletd",
+            "--mem-mib",
+            "512",
+            "--insecure-registry",
+            "h:1",
+            "--network",
+            "none",
+        ]);
         c.apply(&args);
+        assert_eq!(c.network.mode, NetworkMode::None);
         assert_eq!(c.vm.mem_mib, 512);
         assert!(c.registries.hosts["h:1"].plain_http);
         assert!(c.check().is_ok());

@@ -104,6 +104,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
                 state_dir: config.state_dir.clone(),
                 runtime_dir: config.runtime_dir.clone(),
                 vm: config.vm.clone(),
+                network: config.network.clone(),
             },
             images.clone(),
         )

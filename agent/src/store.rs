@@ -15,6 +15,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use vmlet_cri::runtime::{ContainerConfig, ContainerState, PodConfig};
 
+use crate::network::pod::PodNetRecord;
+
 /// Why state could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -99,7 +101,7 @@ pub struct SlotRecord {
 }
 
 /// A pod.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PodRecord {
     /// 64-hex ID.
     pub id: String,
@@ -119,6 +121,9 @@ pub struct PodRecord {
     pub slots: Vec<SlotRecord>,
     /// Why the VM is gone, when it went by itself.
     pub vm_exit: Option<String>,
+    /// Its network (none without pod networking).
+    #[serde(default)]
+    pub network: Option<PodNetRecord>,
 }
 
 /// What the guest needs again to exec in a container.

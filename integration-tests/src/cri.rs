@@ -1,6 +1,7 @@
 //! A small blocking CRI v1 client (RuntimeService + ImageService over the daemon's
 //! unix socket), and [`Vmletd`]: the daemon as a child process of a test.
 
+use std::collections::HashMap;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -125,6 +126,30 @@ impl CriClient {
             pod_sandbox_id: id.into(),
         })))
         .map(drop)
+    }
+
+    /// Status: the runtime's conditions, by type: (status, reason, message).
+    pub fn conditions(&self) -> HashMap<String, (bool, String, String)> {
+        let mut c = self.runtime.clone();
+        self.block_on(c.status(req(v1::StatusRequest { verbose: false })))
+            .expect("Status")
+            .into_inner()
+            .status
+            .unwrap_or_default()
+            .conditions
+            .into_iter()
+            .map(|c| (c.r#type, (c.status, c.reason, c.message)))
+            .collect()
+    }
+
+    /// The pod's primary IP, from PodSandboxStatus.
+    pub fn pod_ip(&self, id: &str) -> String {
+        self.pod_status(id)
+            .expect("PodSandboxStatus")
+            .status
+            .and_then(|s| s.network)
+            .map(|n| n.ip)
+            .unwrap_or_default()
     }
 
     /// PodSandboxStatus.
@@ -371,7 +396,13 @@ pub struct Vmletd {
     pub socket: PathBuf,
     /// Extra flags.
     args: Vec<String>,
+    /// Extra configuration (TOML) after the harness's own keys.
+    config: String,
 }
+
+/// Configuration a test's daemon starts from: a boot timeout for shared, emulated
+/// machines.
+const BASE_CONFIG: &str = "[vm]\nboot_timeout_secs = 600\n";
 
 /// The vmletd binary: `VMLETD`, else next to vmlet-vmm.
 pub fn vmletd_binary() -> PathBuf {
@@ -381,8 +412,15 @@ pub fn vmletd_binary() -> PathBuf {
 }
 
 impl Vmletd {
-    /// Starts vmletd with `args` added to its flags, and waits for its socket.
+    /// Starts vmletd with `args` added to its flags, pods on loopback only (no CNI),
+    /// and waits for its socket.
     pub fn start(args: &[&str]) -> Vmletd {
+        Self::start_with(args, "[network]\nmode = \"none\"\n")
+    }
+
+    /// Starts vmletd with `args` added to its flags and `config` (TOML tables) added
+    /// to its configuration, and waits for its socket.
+    pub fn start_with(args: &[&str], config: &str) -> Vmletd {
         crate::require_kvm();
         let dir = tempfile::Builder::new()
             .prefix("vd")
@@ -394,6 +432,7 @@ impl Vmletd {
             socket,
             dir,
             args: args.iter().map(|s| s.to_string()).collect(),
+            config: config.to_owned(),
         };
         d.spawn();
         d
@@ -417,7 +456,7 @@ impl Vmletd {
     fn spawn(&mut self) {
         let mut cmd = Command::new(vmletd_binary());
         cmd.arg("--config")
-            .arg(self.dir.path().join("none.toml"))
+            .arg(self.dir.path().join("vmletd.toml"))
             .arg("--socket")
             .arg(&self.socket)
             .arg("--state-dir")
@@ -434,11 +473,9 @@ impl Vmletd {
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .process_group(0);
-        // The defaults and the flags above, with a boot timeout for shared, emulated
-        // machines.
         std::fs::write(
-            self.dir.path().join("none.toml"),
-            "[vm]\nboot_timeout_secs = 600\n",
+            self.dir.path().join("vmletd.toml"),
+            format!("{BASE_CONFIG}{}", self.config),
         )
         .expect("write config");
         let child = cmd.spawn().expect("start vmletd");

@@ -1,39 +1,147 @@
-//! A pod VM on a CNI network: the pod's network namespace, Debian's CNI plugins
-//! (bridge, host-local, portmap), the tap joined to the CNI interface by tc redirects,
-//! the guest configured with the CNI result, and a busybox httpd in a container reached
-//! from the host, directly and through a host port.
+//! Pod networking through vmletd: the node's CNI configuration (Debian's bridge,
+//! host-local and portmap plugins) wires each pod's network namespace, a tap carries
+//! the pod's interface into its VM, and the guest is the pod on that network.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use vmlet_agent::network::cni::{Attachment, Cni, NetworkConfig};
-use vmlet_agent::network::netns::Netns;
-use vmlet_agent::network::tap::connect_tap;
-use vmlet_integration_tests::agent::{req, CALL_TIMEOUT};
-use vmlet_integration_tests::{images, Guest, GuestConfig};
-use vmlet_proto::agent as pb;
+use tonic::Code;
+use vmlet_agent::testing::{busybox_image, TestRegistry};
+use vmlet_integration_tests::cri::{container_config, pod_config, v1, CriClient, Vmletd};
 
-const BRIDGE: &str = "vmlnet0";
+const BRIDGE: &str = "vmlet-e2e0";
+const NETWORK: &str = "vmlet-e2e";
+const GATEWAY: &str = "10.77.0.1";
+const CNI_DNS: &str = "10.77.0.53";
 
-struct Cleanup {
-    cni: Cni,
-    conf: NetworkConfig,
-    att: Attachment,
-    ns: Netns,
+/// A CNI configuration directory, host-local's lease directory and the daemon's
+/// netns directory, all temporary; the bridge goes with it.
+struct Net {
+    dir: tempfile::TempDir,
 }
 
-impl Drop for Cleanup {
+impl Net {
+    /// A bridge network on 10.77.0.0/24; `only` limits the pool to one address.
+    fn new(only: Option<&str>) -> Net {
+        let net = Net::empty();
+        net.write_conflist(only);
+        net
+    }
+
+    /// No configuration at all.
+    fn empty() -> Net {
+        let dir = tempfile::Builder::new()
+            .prefix("cni")
+            .tempdir_in("/tmp")
+            .unwrap();
+        std::fs::create_dir(dir.path().join("net.d")).unwrap();
+        Net { dir }
+    }
+
+    fn conf_dir(&self) -> PathBuf {
+        self.dir.path().join("net.d")
+    }
+
+    fn netns_dir(&self) -> PathBuf {
+        self.dir.path().join("netns")
+    }
+
+    fn write(&self, name: &str, text: &str) {
+        for e in std::fs::read_dir(self.conf_dir()).unwrap().flatten() {
+            std::fs::remove_file(e.path()).unwrap();
+        }
+        std::fs::write(self.conf_dir().join(name), text).unwrap();
+    }
+
+    fn write_conflist(&self, only: Option<&str>) {
+        let mut range = json!({"subnet": "10.77.0.0/24"});
+        if let Some(ip) = only {
+            range["rangeStart"] = json!(ip);
+            range["rangeEnd"] = json!(ip);
+        }
+        let conf = json!({
+            "cniVersion": "1.0.0", "name": NETWORK,
+            "plugins": [
+                {"type": "bridge", "bridge": BRIDGE, "isGateway": true, "ipMasq": false,
+                 "dns": {"nameservers": [CNI_DNS], "search": ["cni.e2e"]},
+                 "ipam": {"type": "host-local", "ranges": [[range]],
+                          "routes": [{"dst": "0.0.0.0/0"}],
+                          "dataDir": self.dir.path().join("ipam").display().to_string()}},
+                {"type": "portmap", "capabilities": {"portMappings": true}, "snat": true}
+            ]
+        });
+        self.write("10-e2e.conflist", &conf.to_string());
+    }
+
+    /// vmletd's configuration for this network.
+    fn daemon_config(&self) -> String {
+        format!(
+            "[network]\nmode = \"cni\"\ncni_conf_dir = \"{}\"\nnetns_dir = \"{}\"\n",
+            self.conf_dir().display(),
+            self.netns_dir().display()
+        )
+    }
+
+    /// Addresses host-local has handed out.
+    fn leases(&self) -> Vec<String> {
+        files(&self.dir.path().join("ipam").join(NETWORK))
+            .into_iter()
+            .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
+            .collect()
+    }
+
+    /// Network namespaces the daemon has pinned.
+    fn namespaces(&self) -> Vec<String> {
+        files(&self.netns_dir())
+    }
+
+    /// Fails unless nothing of pods `ids` is left: leases, namespaces, veths on the
+    /// bridge, iptables rules naming them.
+    fn assert_clean(&self, ids: &[&str]) {
+        assert!(self.leases().is_empty(), "leases left: {:?}", self.leases());
+        assert!(
+            self.namespaces().is_empty(),
+            "namespaces left: {:?}",
+            self.namespaces()
+        );
+        let veths = output("ip", &["-o", "link", "show", "master", BRIDGE]);
+        assert!(veths.trim().is_empty(), "ports left on {BRIDGE}: {veths}");
+        let rules = output("iptables-save", &[]);
+        for id in ids {
+            assert!(
+                !rules.contains(id),
+                "iptables rules left for {id}:\n{rules}"
+            );
+        }
+    }
+}
+
+impl Drop for Net {
     fn drop(&mut self) {
-        let _ = self.cni.del(&self.conf, &self.att);
-        let _ = self.ns.remove();
         let _ = Command::new("ip").args(["link", "del", BRIDGE]).status();
     }
 }
 
-/// Fetches `url` from the host with curl, retrying while the pod starts.
-fn fetch(url: &str, timeout: Duration) -> String {
+fn files(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|r| {
+            r.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn output(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd).args(args).output().unwrap();
+    assert!(out.status.success(), "{cmd} {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Fetches `url` from the host with curl, retrying while the pod's server starts.
+fn fetch(url: &str) -> String {
     let start = Instant::now();
     loop {
         let out = Command::new("curl")
@@ -44,7 +152,7 @@ fn fetch(url: &str, timeout: Duration) -> String {
             return String::from_utf8_lossy(&out.stdout).into_owned();
         }
         assert!(
-            start.elapsed() < timeout,
+            start.elapsed() < Duration::from_secs(120),
             "{url}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
@@ -52,122 +160,291 @@ fn fetch(url: &str, timeout: Duration) -> String {
     }
 }
 
-#[test]
-fn a_pod_on_a_cni_bridge_serves_http_to_the_host() {
-    let dir = tempfile::tempdir().unwrap();
-    let net_d = dir.path().join("net.d");
-    std::fs::create_dir(&net_d).unwrap();
-    let conf = json!({
-        "cniVersion": "1.0.0", "name": "vmlet-e2e",
-        "plugins": [
-            {"type": "bridge", "bridge": BRIDGE, "isGateway": true, "ipMasq": false,
-             "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.232.0.0/24"}]],
-                      "routes": [{"dst": "0.0.0.0/0"}],
-                      "dataDir": dir.path().join("ipam").display().to_string()}},
-            {"type": "portmap", "capabilities": {"portMappings": true}}
-        ]
-    });
-    std::fs::write(net_d.join("10-e2e.conflist"), conf.to_string()).unwrap();
-    let conf = NetworkConfig::load_default(&net_d).unwrap();
-    let cni = Cni {
-        bin_dirs: vec!["/usr/lib/cni".into()],
-        cache_dir: dir.path().join("cache"),
-    };
-    let name = format!("vmlet-e2e-{}", std::process::id());
-    // Under /run/netns, so that `ip netns exec` (the harness) finds it.
-    let ns = Netns::create(Path::new("/run/netns"), &name).unwrap();
-    let mut att = Attachment {
-        container_id: name.clone(),
-        netns: ns.path().to_owned(),
-        ifname: "eth0".into(),
-        args: vec![("IgnoreUnknown".into(), "1".into())],
-        ..Default::default()
-    };
-    att.capabilities.insert(
-        "portMappings".into(),
-        json!([{"hostPort": 18081, "containerPort": 80, "protocol": "tcp"}]),
-    );
-    let result = cni.add(&conf, &att).expect("CNI ADD");
-    let cleanup = Cleanup {
-        cni: cni.clone(),
-        conf: conf.clone(),
-        att: att.clone(),
-        ns: ns.clone(),
-    };
-    let ip = result.ips[0].clone();
-    let gateway = ip.gateway.clone().expect("gateway");
-    let link = connect_tap(&ns, "eth0", "tap0").expect("tap");
+/// A registry with busybox, and its image reference.
+fn registry() -> (TestRegistry, String) {
+    let registry = TestRegistry::start().expect("start the registry");
+    let image = registry
+        .push(&busybox_image().expect("busybox image"), "busybox:e2e")
+        .expect("push busybox");
+    (registry, image)
+}
 
-    let image = images::busybox_erofs(dir.path());
-    let scratch = images::scratch_disk(&dir.path().join("scratch.ext4"), 64);
-    let mut guest = Guest::boot(GuestConfig {
-        mem_mib: 256,
-        drives: vec![
-            format!("id=img0,path={},ro", image.display()),
-            format!("id=scratch,path={}", scratch.display()),
-        ],
-        net: vec![format!("tap={},mac={}", link.tap, link.mac)],
-        netns: Some(name.clone()),
-        ..Default::default()
+fn publish(cfg: &mut v1::PodSandboxConfig, container_port: i32, host_port: i32) {
+    cfg.port_mappings.push(v1::PortMapping {
+        protocol: v1::Protocol::Tcp as i32,
+        container_port,
+        host_port,
+        host_ip: String::new(),
     });
-    let agent = guest.agent();
-    let mut c = agent.agent.clone();
-    agent
-        .call(
-            CALL_TIMEOUT,
-            c.configure_guest(req(
-                pb::ConfigureGuestRequest {
-                    interfaces: vec![pb::Interface {
-                        mac: link.mac.clone(),
-                        name: "eth0".into(),
-                        addresses: vec![ip.address.clone()],
-                        mtu: link.mtu,
-                    }],
-                    routes: vec![pb::Route {
-                        destination: "0.0.0.0/0".into(),
-                        gateway: gateway.clone(),
-                        interface_mac: String::new(),
-                    }],
-                    ..Default::default()
-                },
-                CALL_TIMEOUT,
-            )),
-        )
-        .expect("ConfigureGuest");
-    agent
-        .create(images::container_spec(
-            "web",
-            "img0",
-            "scratch",
-            &[
-                "/bin/sh",
-                "-c",
-                "mkdir -p /www && echo hello-from-the-pod > /www/index.html && exec httpd -f -p 80 -h /www",
-            ],
-        ))
+}
+
+/// Runs a busybox httpd serving `body` on port 80 in the pod.
+fn serve(c: &CriClient, pod: &str, cfg: &v1::PodSandboxConfig, image: &str, body: &str) {
+    let script =
+        format!("mkdir -p /www && echo {body} > /www/index.html && exec httpd -f -p 80 -h /www");
+    let id = c
+        .create(pod, container_config("web", image, &script), cfg)
         .expect("CreateContainer");
-    agent.start("web").expect("StartContainer");
+    c.start(&id).expect("StartContainer");
+}
 
-    let pod_ip = ip.address.split('/').next().unwrap().to_owned();
+/// Runs a container that sleeps, for ExecSync.
+fn idle(c: &CriClient, pod: &str, cfg: &v1::PodSandboxConfig, image: &str) -> String {
+    let id = c
+        .create(pod, container_config("idle", image, "exec sleep 3600"), cfg)
+        .expect("CreateContainer");
+    c.start(&id).expect("StartContainer");
+    id
+}
+
+fn exec_ok(c: &CriClient, id: &str, script: &str) -> String {
+    let r = c
+        .exec(id, &["/bin/sh", "-c", script], 60)
+        .expect("ExecSync");
     assert_eq!(
-        fetch(&format!("http://{pod_ip}/"), Duration::from_secs(120)),
-        "hello-from-the-pod\n"
+        r.exit_code,
+        0,
+        "{script}: {}",
+        String::from_utf8_lossy(&r.stderr)
     );
-    // The host port, through portmap's DNAT, on the host's own address.
+    String::from_utf8_lossy(&r.stdout).into_owned()
+}
+
+fn remove_all(c: &CriClient, pods: &[&str]) {
+    for p in pods {
+        c.stop_pod(p).expect("StopPodSandbox");
+        c.remove_pod(p).expect("RemovePodSandbox");
+    }
+}
+
+#[test]
+fn pods_reach_the_host_each_other_and_published_ports() {
+    let (registry, image) = registry();
+    let net = Net::new(None);
+    let d = Vmletd::start_with(
+        &["--insecure-registry", registry.addr()],
+        &net.daemon_config(),
+    );
+    let c = d.client();
+    let ready = &c.conditions()["NetworkReady"];
+    assert!(ready.0, "NetworkReady: {ready:?}");
+
+    let mut web_cfg = pod_config("web", &d.log_dir());
+    publish(&mut web_cfg, 80, 18080);
+    web_cfg.dns_config = Some(v1::DnsConfig {
+        servers: vec!["10.96.0.10".into()],
+        searches: vec!["e2e.svc.cluster.local".into()],
+        options: vec!["ndots:5".into()],
+    });
+    let web = c.run_pod(web_cfg.clone()).expect("RunPodSandbox");
+    let web_ip = c.pod_ip(&web);
+    assert!(web_ip.starts_with("10.77.0."), "pod IP {web_ip:?}");
+    assert_eq!(net.leases(), std::slice::from_ref(&web_ip));
+    assert_eq!(net.namespaces().len(), 1);
+    serve(&c, &web, &web_cfg, &image, "hello-from-web");
+
+    // The host reaches the pod at its IP, and at the published port on its own
+    // address on the pod network.
+    assert_eq!(fetch(&format!("http://{web_ip}/")).trim(), "hello-from-web");
     assert_eq!(
-        fetch(&format!("http://{gateway}:18081/"), Duration::from_secs(60)),
-        "hello-from-the-pod\n"
+        fetch(&format!("http://{GATEWAY}:18080/")).trim(),
+        "hello-from-web"
     );
-    agent.shutdown().expect("Shutdown");
-    assert_eq!(guest.wait(Duration::from_secs(60)).code(), Some(0));
-    drop(cleanup);
-    assert!(Netns::open(ns.path()).is_none(), "the namespace is gone");
-    let left = std::fs::read_dir(dir.path().join("ipam/vmlet-e2e"))
-        .map(|d| {
-            d.flatten()
-                .filter(|e| e.file_name().to_string_lossy().starts_with("10."))
-                .count()
-        })
-        .unwrap_or(0);
-    assert_eq!(left, 0, "the address was released");
+
+    // A second pod, without DNS settings of its own: it gets the CNI result's.
+    let client_cfg = pod_config("client", &d.log_dir());
+    let client = c.run_pod(client_cfg.clone()).expect("RunPodSandbox");
+    let client_ip = c.pod_ip(&client);
+    assert!(client_ip.starts_with("10.77.0.") && client_ip != web_ip);
+    let sh = idle(&c, &client, &client_cfg, &image);
+    assert_eq!(
+        exec_ok(&c, &sh, &format!("wget -q -O - http://{web_ip}/")).trim(),
+        "hello-from-web"
+    );
+    let addr = exec_ok(&c, &sh, "ip -o addr show eth0; ip route");
+    assert!(addr.contains(&format!("{client_ip}/24")), "{addr}");
+    assert!(addr.contains(&format!("default via {GATEWAY}")), "{addr}");
+    let resolv = exec_ok(&c, &sh, "cat /etc/resolv.conf");
+    assert!(
+        resolv.contains(&format!("nameserver {CNI_DNS}")),
+        "{resolv}"
+    );
+    assert!(resolv.contains("cni.e2e"), "{resolv}");
+
+    // The first pod's own DNS settings win over the plugins'.
+    let web_sh = idle(&c, &web, &web_cfg, &image);
+    let resolv = exec_ok(&c, &web_sh, "cat /etc/resolv.conf");
+    assert!(resolv.contains("nameserver 10.96.0.10"), "{resolv}");
+    assert!(resolv.contains("e2e.svc.cluster.local"), "{resolv}");
+    assert!(!resolv.contains(CNI_DNS), "{resolv}");
+
+    remove_all(&c, &[&web, &client]);
+    net.assert_clean(&[&web, &client]);
+    assert!(d.vmm_pids().is_empty());
+}
+
+#[test]
+fn stopping_a_pod_releases_its_address() {
+    // One address in the pool: a second pod only gets it once the first let go.
+    let only = "10.77.0.10";
+    let net = Net::new(Some(only));
+    let d = Vmletd::start_with(&[], &net.daemon_config());
+    let c = d.client();
+    let first = c
+        .run_pod(pod_config("first", &d.log_dir()))
+        .expect("RunPodSandbox");
+    assert_eq!(c.pod_ip(&first), only);
+
+    let e = c
+        .run_pod(pod_config("second", &d.log_dir()))
+        .expect_err("no address left");
+    assert!(e.message().contains("host-local"), "{e}");
+    assert!(e.message().contains("no IP addresses available"), "{e}");
+    // The failed pod left nothing: one namespace, one pod, one VMM.
+    assert_eq!(net.namespaces().len(), 1, "{:?}", net.namespaces());
+    assert_eq!(c.list_pods(None).len(), 1);
+    assert_eq!(d.vmm_pids().len(), 1);
+
+    c.stop_pod(&first).expect("StopPodSandbox");
+    assert!(net.leases().is_empty(), "still leased: {:?}", net.leases());
+    // Stopping twice is fine (DEL is idempotent).
+    c.stop_pod(&first).expect("StopPodSandbox again");
+    let third = c
+        .run_pod(pod_config("third", &d.log_dir()))
+        .expect("RunPodSandbox after the address was released");
+    assert_eq!(c.pod_ip(&third), only);
+
+    remove_all(&c, &[&first, &third]);
+    net.assert_clean(&[&first, &third]);
+}
+
+#[test]
+fn kill_9_of_vmletd_leaves_no_network_behind() {
+    let (registry, image) = registry();
+    let net = Net::new(None);
+    let mut d = Vmletd::start_with(
+        &["--insecure-registry", registry.addr()],
+        &net.daemon_config(),
+    );
+    let c = d.client();
+    let mut cfg = pod_config("survivor", &d.log_dir());
+    publish(&mut cfg, 80, 18081);
+    let pod = c.run_pod(cfg.clone()).expect("RunPodSandbox");
+    let ip = c.pod_ip(&pod);
+    serve(&c, &pod, &cfg, &image, "still-here");
+    assert_eq!(
+        fetch(&format!("http://{GATEWAY}:18081/")).trim(),
+        "still-here"
+    );
+
+    // kill -9 while the pod runs: after the restart it has the same address and its
+    // port still works.
+    d.signal_and_wait(libc::SIGKILL);
+    d.restart();
+    let c = d.client();
+    assert_eq!(c.pod_ip(&pod), ip);
+    assert_eq!(fetch(&format!("http://{ip}/")).trim(), "still-here");
+
+    // kill -9 in the middle of RunPodSandbox, once the second pod's namespace exists:
+    // the restarted daemon undoes the half-made pod.
+    let socket = d.socket.clone();
+    let log_dir = d.log_dir();
+    let half = std::thread::spawn(move || {
+        let c = CriClient::connect(&socket).expect("connect");
+        c.run_pod(pod_config("half", &log_dir))
+    });
+    let start = Instant::now();
+    while net.namespaces().len() < 2 {
+        assert!(start.elapsed() < Duration::from_secs(60), "no second netns");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    d.signal_and_wait(libc::SIGKILL);
+    assert!(half.join().unwrap().is_err());
+    d.restart();
+    let c = d.client();
+    assert_eq!(c.list_pods(None).len(), 1);
+    assert_eq!(net.namespaces().len(), 1, "{:?}", net.namespaces());
+    assert_eq!(net.leases(), [ip]);
+    let start = Instant::now();
+    while d.vmm_pids().len() != 1 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "VMMs: {:?}",
+            d.vmm_pids()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    remove_all(&c, &[&pod]);
+    net.assert_clean(&[&pod]);
+}
+
+#[test]
+fn broken_network_configuration_is_reported_and_leaks_nothing() {
+    let net = Net::empty();
+    let d = Vmletd::start_with(&[], &net.daemon_config());
+    let c = d.client();
+    let cfg = pod_config("p", &d.log_dir());
+    let expect_refused = |needle: &str, code: Code| {
+        let e = c.run_pod(cfg.clone()).expect_err("RunPodSandbox must fail");
+        assert_eq!(e.code(), code, "{e}");
+        assert!(e.message().contains(needle), "{needle:?} not in {e}");
+        assert!(c.list_pods(None).is_empty());
+        assert!(net.namespaces().is_empty(), "{:?}", net.namespaces());
+        assert!(d.vmm_pids().is_empty());
+        let left = files(&d.state_dir().join("pods"));
+        assert!(left.is_empty(), "pod state left: {left:?}");
+    };
+
+    // No configuration.
+    let (ready, reason, message) = c.conditions()["NetworkReady"].clone();
+    assert!(!ready);
+    assert_eq!(reason, "NetworkPluginNotReady");
+    assert!(message.contains("net.d"), "{message}");
+    expect_refused("no CNI network configuration", Code::FailedPrecondition);
+
+    // Not JSON; an unknown plugin.
+    net.write("10-bad.conflist", "{ not json");
+    assert!(!c.conditions()["NetworkReady"].0);
+    expect_refused("10-bad.conflist", Code::FailedPrecondition);
+    net.write(
+        "10-bad.conflist",
+        &json!({"cniVersion": "1.0.0", "name": "x", "plugins": [{"type": "no-such-plugin"}]})
+            .to_string(),
+    );
+    expect_refused("no-such-plugin", Code::FailedPrecondition);
+
+    // A plugin that fails at ADD.
+    net.write(
+        "10-bad.conflist",
+        &json!({"cniVersion": "1.0.0", "name": NETWORK, "plugins": [
+            {"type": "bridge", "bridge": BRIDGE,
+             "ipam": {"type": "host-local", "ranges": [[{"subnet": "not-a-subnet"}]]}}
+        ]})
+        .to_string(),
+    );
+    assert!(c.conditions()["NetworkReady"].0);
+    expect_refused("CNI plugin bridge ADD failed", Code::Internal);
+
+    // A host network pod.
+    let mut host = cfg.clone();
+    host.linux = Some(v1::LinuxPodSandboxConfig {
+        security_context: Some(v1::LinuxSandboxSecurityContext {
+            namespace_options: Some(v1::NamespaceOption {
+                network: v1::NamespaceMode::Node as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let e = c.run_pod(host).expect_err("host network");
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e}");
+
+    // Fixed: the same pod name runs now.
+    net.write_conflist(None);
+    let pod = c.run_pod(cfg.clone()).expect("RunPodSandbox");
+    assert!(c.pod_ip(&pod).starts_with("10.77.0."));
+    remove_all(&c, &[&pod]);
+    net.assert_clean(&[&pod]);
 }

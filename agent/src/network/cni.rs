@@ -75,7 +75,7 @@ pub enum CniError {
 }
 
 /// The node's network: a named chain of plugins.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct NetworkConfig {
     /// Network name.
     pub name: String,
@@ -516,6 +516,18 @@ impl Cni {
         let cached = self.load(net, att);
         for plugin in &net.plugins {
             self.exec(Op::Check, net, plugin, att, cached.as_ref())?;
+        }
+        Ok(())
+    }
+
+    /// Whether every plugin of the chain is installed.
+    pub fn check_plugins(&self, net: &NetworkConfig) -> Result<(), CniError> {
+        for plugin in &net.plugins {
+            let kind = plugin
+                .get("type")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            self.plugin_binary(kind)?;
         }
         Ok(())
     }

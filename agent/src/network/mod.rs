@@ -1,7 +1,8 @@
 //! Pod networking: a persistent network namespace per pod ([`netns`]), the node's CNI
 //! configuration run in it ([`cni`]), and the tap that carries the pod's CNI interface
-//! into its VM ([`tap`]).
+//! into its VM ([`tap`]); [`pod`] puts them together for one pod.
 
 pub mod cni;
 pub mod netns;
+pub mod pod;
 pub mod tap;

@@ -36,6 +36,20 @@ fn io_err(path: &Path, what: &'static str) -> impl FnOnce(io::Error) -> NetnsErr
     move |source| NetnsError::Io { path, what, source }
 }
 
+/// Sets the loopback interface (always index 1) of the calling thread's namespace up.
+async fn loopback_up() -> io::Result<()> {
+    let (conn, handle, _) = rtnetlink::new_connection()?;
+    let task = tokio::spawn(conn);
+    let result = handle
+        .link()
+        .change(rtnetlink::LinkUnspec::new_with_index(1).up().build())
+        .execute()
+        .await
+        .map_err(io::Error::other);
+    task.abort();
+    result
+}
+
 /// A pod's network namespace, pinned by a bind mount.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Netns {
@@ -78,20 +92,25 @@ impl Netns {
             let _ = std::fs::remove_file(&path);
             return Err(e);
         }
-        let lo_up = ns.run(|| {
-            std::process::Command::new("ip")
-                .args(["link", "set", "lo", "up"])
-                .status()
+        let lo_up = ns.run(|| -> io::Result<()> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(loopback_up())
         });
         match lo_up {
-            Ok(Ok(s)) if s.success() => Ok(ns),
-            other => {
+            Ok(Ok(())) => Ok(ns),
+            Ok(Err(source)) => {
                 let _ = ns.remove();
                 Err(NetnsError::Io {
                     path,
                     what: "bring lo up",
-                    source: io::Error::other(format!("ip link set lo up: {other:?}")),
+                    source,
                 })
+            }
+            Err(e) => {
+                let _ = ns.remove();
+                Err(e)
             }
         }
     }

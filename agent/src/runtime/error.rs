@@ -5,6 +5,7 @@ use vmlet_cri::image::{BackendError, ErrorKind};
 use super::spec::SpecError;
 use crate::images::ImageError;
 use crate::logs::LogError;
+use crate::network::pod::NetworkError;
 use crate::sandbox::SandboxError;
 use crate::store::StoreError;
 
@@ -46,6 +47,9 @@ pub enum RuntimeError {
     /// Log file failure.
     #[error(transparent)]
     Log(#[from] LogError),
+    /// Pod networking failed.
+    #[error(transparent)]
+    Network(#[from] NetworkError),
     /// The guest refused or failed a call.
     #[error("guest {call}: {status}")]
     Guest {
@@ -85,7 +89,11 @@ impl RuntimeError {
                 Code::Unavailable => ErrorKind::Unavailable,
                 _ => ErrorKind::Internal,
             },
-            Self::Sandbox(_) | Self::Store(_) | Self::Log(_) => ErrorKind::Internal,
+            Self::Network(e) if e.is_not_ready() => ErrorKind::FailedPrecondition,
+            Self::Network(NetworkError::BadBandwidth { .. }) => ErrorKind::InvalidArgument,
+            Self::Sandbox(_) | Self::Store(_) | Self::Log(_) | Self::Network(_) => {
+                ErrorKind::Internal
+            }
         }
     }
 }

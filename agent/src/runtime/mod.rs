@@ -37,6 +37,7 @@ pub use error::RuntimeError;
 use crate::config::VmConfig;
 use crate::images::{ImageLease, ImageManager};
 use crate::logs::SharedSink;
+use crate::network::pod::{NetworkMode, NetworkSettings, PodNetworks};
 use crate::sandbox::Vm;
 use crate::store::{self, ContainerRecord, PodPaths, PodPhase, PodRecord};
 
@@ -55,6 +56,8 @@ pub struct Settings {
     pub runtime_dir: PathBuf,
     /// VM defaults.
     pub vm: VmConfig,
+    /// Pod networking.
+    pub network: NetworkSettings,
 }
 
 /// A pod in memory.
@@ -88,6 +91,7 @@ struct Tables {
 
 struct Inner {
     settings: Settings,
+    network: PodNetworks,
     images: Arc<ImageManager>,
     tables: Mutex<Tables>,
     events: broadcast::Sender<ContainerEvent>,
@@ -155,6 +159,8 @@ impl Pod {
             "slots": r.slots,
             "dir": self.paths.dir,
             "console": self.paths.console(),
+            "netns": r.network.as_ref().map(|n| &n.netns),
+            "cniResult": r.network.as_ref().and_then(|n| n.result.as_ref()),
         });
         PodInfo {
             id: self.id.clone(),
@@ -166,6 +172,7 @@ impl Pod {
             },
             created_at_ns: r.created_at_ns,
             verbose_json: verbose.to_string(),
+            ips: r.network.as_ref().map(|n| n.ips()).unwrap_or_default(),
         }
     }
 }
@@ -256,6 +263,7 @@ impl Runtime {
         let (events, _) = broadcast::channel(256);
         let rt = Runtime {
             inner: Arc::new(Inner {
+                network: PodNetworks::new(settings.network.clone(), &settings.state_dir),
                 settings,
                 images,
                 tables: Mutex::new(Tables::default()),
@@ -282,14 +290,24 @@ impl RuntimeBackend for Runtime {
             ),
             None => (true, String::new(), String::new()),
         };
+        let (network_ready, network_reason, network_message) = match self.inner.network.mode() {
+            NetworkMode::None => (
+                false,
+                "PodNetworkDisabled".to_owned(),
+                "network.mode is \"none\": pods have loopback only".to_owned(),
+            ),
+            NetworkMode::Cni => match self.inner.network.ready() {
+                Ok(_) => (true, String::new(), String::new()),
+                Err(e) => (false, "NetworkPluginNotReady".to_owned(), e.to_string()),
+            },
+        };
         Health {
             runtime_ready,
             runtime_reason,
             runtime_message,
-            network_ready: false,
-            network_reason: "NoPodNetwork".into(),
-            network_message: "pod networking (CNI) is not wired up yet: pods have loopback only"
-                .into(),
+            network_ready,
+            network_reason,
+            network_message,
         }
     }
 

@@ -1,12 +1,13 @@
 //! Pods: RunPodSandbox, StopPodSandbox, RemovePodSandbox, and a VM that dies.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use vmlet_cri::runtime::{ContainerState, EventKind, PodConfig};
 use vmlet_proto::agent as pb;
 
 use super::{lock, new_id, now_ns, pod_name, Inner, Pod, RuntimeError};
+use crate::network::pod::{NetworkError, PodNetRecord, PodNetworks};
 use crate::sandbox::{disk, guest, vmm, Vm, VmmCommand};
 use crate::store::{self, PodPaths, PodPhase, PodRecord, SlotRecord};
 
@@ -64,12 +65,76 @@ pub async fn run(inner: &Arc<Inner>, config: PodConfig) -> Result<String, Runtim
             Ok(id)
         }
         Err(e) => {
-            remove_files(&paths);
+            // The record on disk says what was made (see `network::pod`). When the
+            // network cannot be undone, the record stays (phase Creating) and the next
+            // daemon start tries again.
+            let released = match store::read_json::<PodRecord>(&paths.record()) {
+                Ok(record) => release_network(inner, &record).await,
+                Err(_) => Ok(()),
+            };
+            match released {
+                Ok(()) => remove_files(&paths),
+                Err(undo) => tracing::error!(pod = %id, "undoing the pod's network: {undo}"),
+            }
             lock(&inner.tables).pod_names.remove(&config.metadata);
             tracing::warn!(pod = %id, "pod failed to start: {e}");
             Err(e)
         }
     }
+}
+
+/// Runs a blocking network step on the blocking pool, with the pod's network record.
+async fn network_step(
+    networks: &PodNetworks,
+    id: &str,
+    config: &PodConfig,
+    rec: PodNetRecord,
+    step: fn(&PodNetworks, &str, &PodConfig, &mut PodNetRecord) -> Result<(), NetworkError>,
+) -> (PodNetRecord, Result<(), NetworkError>) {
+    let before = rec.clone();
+    let (networks, id, config) = (networks.clone(), id.to_owned(), config.clone());
+    let task = tokio::task::spawn_blocking(move || {
+        let mut rec = rec;
+        let r = step(&networks, &id, &config, &mut rec);
+        (rec, r)
+    });
+    match task.await {
+        Ok(done) => done,
+        Err(e) => (before, Err(NetworkError::Interrupted(e.to_string()))),
+    }
+}
+
+/// DEL for a pod whose network is attached; its record is updated.
+async fn detach_network(inner: &Inner, pod: &Pod) -> Result<(), RuntimeError> {
+    let (net, config) = {
+        let r = lock(&pod.record);
+        (r.network.clone(), r.config.clone())
+    };
+    let Some(net) = net.filter(|n| n.attached) else {
+        return Ok(());
+    };
+    let (net, result) =
+        network_step(&inner.network, &pod.id, &config, net, PodNetworks::detach).await;
+    lock(&pod.record).network = Some(net);
+    pod.save()?;
+    Ok(result?)
+}
+
+/// DEL (if owed) and the namespace removed, for a pod whose record says it has a
+/// network; the record on disk is updated.
+pub(super) async fn release_network(inner: &Inner, record: &PodRecord) -> Result<(), RuntimeError> {
+    let Some(net) = record.network.clone() else {
+        return Ok(());
+    };
+    let (_, result) = network_step(
+        &inner.network,
+        &record.id,
+        &record.config,
+        net,
+        PodNetworks::remove,
+    )
+    .await;
+    Ok(result?)
 }
 
 async fn boot(
@@ -105,9 +170,21 @@ async fn boot(
         vmm_pid: None,
         slots: slots.clone(),
         vm_exit: None,
+        network: inner.network.plan(id)?,
     };
-    // Written first: a daemon that dies from here on finds the pod and tears it down.
+    // Written first: a daemon that dies from here on finds the pod and tears it down,
+    // network included.
     store::write_json(&paths.record(), &record)?;
+    let mut cni_ms = 0;
+    if let Some(net) = record.network.take() {
+        let start = Instant::now();
+        let (net, result) =
+            network_step(&inner.network, id, &config, net, PodNetworks::attach).await;
+        cni_ms = start.elapsed().as_millis();
+        record.network = Some(net);
+        store::write_json(&paths.record(), &record)?;
+        result?;
+    }
     disk::make_scratch(&paths.scratch(), s.vm.scratch_mib).await?;
     disk::make_placeholder(&paths.placeholder())?;
     let mut drives = vec![("scratch".to_owned(), paths.scratch(), false)];
@@ -127,9 +204,15 @@ async fn boot(
         control: paths.control(),
         console: paths.console(),
         log: paths.vmm_log(),
+        netns: record.network.as_ref().map(|n| n.netns.clone()),
+        nets: record
+            .network
+            .iter()
+            .map(|n| (n.tap.clone(), n.mac.clone()))
+            .collect(),
     };
     let vm = Vm::boot(&cmd, Duration::from_secs(s.vm.boot_timeout_secs)).await?;
-    let configured = configure(&vm, &config).await;
+    let configured = configure(&vm, &config, record.network.as_ref()).await;
     if let Err(e) = configured {
         vm.kill().await;
         return Err(e);
@@ -140,6 +223,7 @@ async fn boot(
         vm.kill().await;
         return Err(e.into());
     }
+    tracing::debug!(pod = %id, cni_ms, "pod network attached");
     Ok(Arc::new(Pod {
         id: id.to_owned(),
         paths: paths.clone(),
@@ -149,24 +233,39 @@ async fn boot(
     }))
 }
 
-/// Hostname and DNS of the guest.
-async fn configure(vm: &Vm, c: &PodConfig) -> Result<(), RuntimeError> {
+/// Hostname, network and DNS of the guest. The pod's DNS config (kubelet's) wins over
+/// what the CNI plugins returned.
+async fn configure(vm: &Vm, c: &PodConfig, net: Option<&PodNetRecord>) -> Result<(), RuntimeError> {
     let hostname = if c.hostname.is_empty() {
         c.metadata.name.clone()
     } else {
         c.hostname.clone()
     };
-    let dns = (!c.dns.servers.is_empty() || !c.dns.searches.is_empty()).then(|| pb::Dns {
-        servers: c.dns.servers.clone(),
-        searches: c.dns.searches.clone(),
-        options: c.dns.options.clone(),
-    });
+    let cni_dns = net.map(PodNetRecord::dns).unwrap_or_default();
+    let dns = if !c.dns.servers.is_empty() || !c.dns.searches.is_empty() {
+        Some(pb::Dns {
+            servers: c.dns.servers.clone(),
+            searches: c.dns.searches.clone(),
+            options: c.dns.options.clone(),
+        })
+    } else if !cni_dns.nameservers.is_empty() || !cni_dns.search.is_empty() {
+        Some(pb::Dns {
+            servers: cni_dns.nameservers,
+            searches: cni_dns.search,
+            options: cni_dns.options,
+        })
+    } else {
+        None
+    };
+    let (interfaces, routes) = net.map(PodNetRecord::guest_config).unwrap_or_default();
     vm.client
         .clone()
         .configure_guest(guest::req(
             pb::ConfigureGuestRequest {
                 hostname,
                 dns,
+                interfaces,
+                routes,
                 ..Default::default()
             },
             guest::CALL,
@@ -243,9 +342,14 @@ pub async fn stop(inner: &Arc<Inner>, id: &str) -> Result<(), RuntimeError> {
 }
 
 async fn stop_locked(inner: &Arc<Inner>, pod: &Arc<Pod>) -> Result<(), RuntimeError> {
-    if lock(&pod.record).phase != PodPhase::Ready {
-        return Ok(());
+    if lock(&pod.record).phase == PodPhase::Ready {
+        stop_vm(inner, pod).await?;
     }
+    // Also for a pod whose VM died by itself: its IP goes back to the pool.
+    detach_network(inner, pod).await
+}
+
+async fn stop_vm(inner: &Arc<Inner>, pod: &Arc<Pod>) -> Result<(), RuntimeError> {
     for c in inner.containers_of(&pod.id) {
         if lock(&c.record).state == ContainerState::Running {
             if let Err(e) = super::container::stop(inner, &c, Duration::ZERO).await {
@@ -294,6 +398,8 @@ pub async fn remove(inner: &Arc<Inner>, id: &str) -> Result<(), RuntimeError> {
     if let Some(pid) = vmm::find(&pod.paths.control()) {
         vmm::signal(pid, nix::sys::signal::Signal::SIGKILL);
     }
+    let record = lock(&pod.record).clone();
+    release_network(inner, &record).await?;
     remove_files(&pod.paths);
     let metadata = lock(&pod.record).config.metadata.clone();
     let mut t = lock(&inner.tables);

@@ -11,7 +11,7 @@ use vmlet_cri::runtime::ContainerState;
 use vmlet_proto::agent as pb;
 
 use super::container::{apply_exit, start_log_copy, watch_exit};
-use super::pod::{remove_files, vm_gone, watch_vm};
+use super::pod::{release_network, remove_files, vm_gone, watch_vm};
 use super::{lock, Container, Inner, Pod};
 use crate::logs::LogSink;
 use crate::sandbox::{guest, vmm, Vm};
@@ -45,7 +45,11 @@ pub(super) async fn recover(inner: &Arc<Inner>) {
             if let Some(pid) = vmm::find(&paths.control()) {
                 vmm::signal(pid, nix::sys::signal::Signal::SIGKILL);
             }
-            remove_files(&paths);
+            match release_network(inner, &record).await {
+                Ok(()) => remove_files(&paths),
+                // The record stays, so that the next start tries again.
+                Err(e) => tracing::error!(pod = %id, "undoing the pod's network: {e}"),
+            }
             continue;
         }
         if let Err(e) = recover_pod(inner, paths, record).await {

@@ -36,6 +36,10 @@ pub struct VmmCommand {
     pub console: PathBuf,
     /// The VMM's own stdout/stderr.
     pub log: PathBuf,
+    /// Network namespace to run in (the pod's), if any.
+    pub netns: Option<PathBuf>,
+    /// Network cards: (tap in `netns`, guest MAC).
+    pub nets: Vec<(String, String)>,
 }
 
 /// Starts the VMM in its own process group, with its output in a file: neither a
@@ -74,6 +78,28 @@ pub fn spawn(c: &VmmCommand) -> Result<tokio::process::Child, SandboxError> {
         let ro = if *ro { ",ro" } else { "" };
         cmd.arg("--drive")
             .arg(format!("id={id},path={}{ro}", path.display()));
+    }
+    for (tap, mac) in &c.nets {
+        cmd.arg("--net").arg(format!("tap={tap},mac={mac}"));
+    }
+    if let Some(netns) = &c.netns {
+        // Opened here (close-on-exec) and entered in the child before exec, so the
+        // VMM opens its taps in the pod's namespace; vmletd's own stays untouched.
+        let ns: std::os::fd::OwnedFd = std::fs::File::open(netns)
+            .map_err(|source| SandboxError::Io {
+                op: "open",
+                path: netns.clone(),
+                source,
+            })?
+            .into();
+        // SAFETY: the closure runs in the forked child before exec and only makes the
+        // setns system call, which is async-signal-safe; `ns` outlives the spawn.
+        unsafe {
+            cmd.pre_exec(move || {
+                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(std::io::Error::from)
+            });
+        }
     }
     cmd.stdin(Stdio::null())
         .stdout(log)

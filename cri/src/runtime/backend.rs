@@ -34,6 +34,19 @@ pub struct DnsConfig {
     pub options: Vec<String>,
 }
 
+/// A port of the pod published on the node (given to the CNI `portmap` plugin).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortMapping {
+    /// "tcp", "udp" or "sctp".
+    pub protocol: String,
+    /// Port inside the pod.
+    pub container_port: u16,
+    /// Port on the node.
+    pub host_port: u16,
+    /// Node address to publish on ("" = all).
+    pub host_ip: String,
+}
+
 /// A pod to run.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PodConfig {
@@ -53,6 +66,9 @@ pub struct PodConfig {
     pub vcpus: Option<u32>,
     /// Memory in MiB asked for by the pod's resources and overhead (None: the default).
     pub memory_mib: Option<u64>,
+    /// Ports published on the node.
+    #[serde(default)]
+    pub port_mappings: Vec<PortMapping>,
 }
 
 /// State of a pod.
@@ -77,6 +93,8 @@ pub struct PodInfo {
     pub created_at_ns: i64,
     /// Details for verbose status, as JSON (VM size, VMM pid, paths).
     pub verbose_json: String,
+    /// The pod's IP addresses, the primary one first (empty without pod networking).
+    pub ips: Vec<String>,
 }
 
 /// Numeric identity a container's process runs as.

@@ -15,8 +15,8 @@ mod validate;
 
 pub use backend::{
     ContainerConfig, ContainerEvent, ContainerInfo, ContainerState, DnsConfig, EventKind,
-    ExecOutput, Health, PodConfig, PodInfo, PodMetadata, PodState, ResourcesConfig, RuntimeBackend,
-    UserConfig,
+    ExecOutput, Health, PodConfig, PodInfo, PodMetadata, PodState, PortMapping, ResourcesConfig,
+    RuntimeBackend, UserConfig,
 };
 pub use server::RuntimeServer;
 pub use status::{RUNTIME_API_VERSION, RUNTIME_NAME};

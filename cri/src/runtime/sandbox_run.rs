@@ -3,7 +3,7 @@
 
 use tonic::Status;
 
-use super::backend::{DnsConfig, PodConfig, PodMetadata};
+use super::backend::{DnsConfig, PodConfig, PodMetadata, PortMapping};
 use super::validate::non_negative;
 use crate::proto;
 
@@ -36,6 +36,28 @@ pub fn pod_config(config: Option<proto::PodSandboxConfig>) -> Result<PodConfig, 
         )));
     }
     let linux = config.linux.unwrap_or_default();
+    let network_mode = linux
+        .security_context
+        .as_ref()
+        .and_then(|s| s.namespace_options.as_ref())
+        .map_or(proto::NamespaceMode::Pod as i32, |n| n.network);
+    if network_mode == proto::NamespaceMode::Node as i32 {
+        // A VM has its own kernel and so its own network stack: it cannot join the
+        // node's. Pods that need the node's network belong on a runc runtime class.
+        return Err(Status::failed_precondition(
+            "host network pods (namespace_options.network = NODE) cannot run in a VM: \
+             vmlet gives every pod its own kernel and network stack; run such pods with \
+             a container runtime class instead",
+        ));
+    }
+    let port_mappings = config
+        .port_mappings
+        .iter()
+        .map(port_mapping)
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .flatten()
+        .collect();
     let (vcpus, memory_mib) = size(linux.resources.as_ref(), linux.overhead.as_ref())?;
     let dns = config.dns_config.unwrap_or_default();
     Ok(PodConfig {
@@ -56,7 +78,53 @@ pub fn pod_config(config: Option<proto::PodSandboxConfig>) -> Result<PodConfig, 
         annotations: config.annotations,
         vcpus,
         memory_mib,
+        port_mappings,
     })
+}
+
+/// A port mapping to publish; `None` for one without a host port (nothing to publish,
+/// as kubelet sends for every declared container port).
+fn port_mapping(m: &proto::PortMapping) -> Result<Option<PortMapping>, Status> {
+    let port = |value: i32, what: &str| {
+        u16::try_from(value).map_err(|_| {
+            Status::invalid_argument(format!(
+                "config.port_mappings: {what} {value} is not a port number"
+            ))
+        })
+    };
+    let host_port = port(m.host_port, "host_port")?;
+    if host_port == 0 {
+        return Ok(None);
+    }
+    let container_port = port(m.container_port, "container_port")?;
+    if container_port == 0 {
+        return Err(Status::invalid_argument(format!(
+            "config.port_mappings: host port {host_port} maps to container port 0"
+        )));
+    }
+    let protocol = match proto::Protocol::try_from(m.protocol) {
+        Ok(proto::Protocol::Tcp) => "tcp",
+        Ok(proto::Protocol::Udp) => "udp",
+        Ok(proto::Protocol::Sctp) => "sctp",
+        Err(_) => {
+            return Err(Status::invalid_argument(format!(
+                "config.port_mappings: unknown protocol {}",
+                m.protocol
+            )))
+        }
+    };
+    if !m.host_ip.is_empty() && m.host_ip.parse::<std::net::IpAddr>().is_err() {
+        return Err(Status::invalid_argument(format!(
+            "config.port_mappings: host_ip {:?} is not an IP address",
+            m.host_ip
+        )));
+    }
+    Ok(Some(PortMapping {
+        protocol: protocol.to_owned(),
+        container_port,
+        host_port,
+        host_ip: m.host_ip.clone(),
+    }))
 }
 
 /// vCPUs and MiB the pod's resources and overhead add up to (None where neither sets
@@ -129,6 +197,54 @@ mod tests {
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
         assert!(e.message().contains("uid"), "{e}");
         assert!(pod_config(Some(config())).is_ok());
+    }
+
+    #[test]
+    fn host_network_is_refused_and_ports_are_checked() {
+        let mut c = config();
+        c.linux = Some(proto::LinuxPodSandboxConfig {
+            security_context: Some(proto::LinuxSandboxSecurityContext {
+                namespace_options: Some(proto::NamespaceOption {
+                    network: proto::NamespaceMode::Node as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let e = pod_config(Some(c)).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+        assert!(e.message().contains("host network"), "{e}");
+
+        let mapping = |container_port, host_port, protocol| proto::PortMapping {
+            protocol,
+            container_port,
+            host_port,
+            host_ip: String::new(),
+        };
+        let mut c = config();
+        c.port_mappings = vec![
+            mapping(80, 8080, 0),
+            mapping(53, 0, 1),
+            mapping(53, 5353, 1),
+        ];
+        let p = pod_config(Some(c)).unwrap();
+        assert_eq!(p.port_mappings.len(), 2);
+        assert_eq!(p.port_mappings[0].protocol, "tcp");
+        assert_eq!(p.port_mappings[1].host_port, 5353);
+        for bad in [
+            mapping(70000, 80, 0),
+            mapping(80, -1, 0),
+            mapping(0, 80, 0),
+            mapping(80, 81, 9),
+        ] {
+            let mut c = config();
+            c.port_mappings = vec![bad];
+            assert_eq!(
+                pod_config(Some(c)).unwrap_err().code(),
+                tonic::Code::InvalidArgument
+            );
+        }
     }
 
     #[test]

@@ -32,8 +32,15 @@ pub fn status(p: PodInfo, verbose: bool) -> (proto::PodSandboxStatus, HashMap<St
         metadata: Some(metadata(&p)),
         state: state(p.state) as i32,
         created_at: p.created_at_ns,
-        // No CNI yet: a pod has loopback only, hence no IP to report.
-        network: Some(proto::PodSandboxNetworkStatus::default()),
+        network: Some(proto::PodSandboxNetworkStatus {
+            ip: p.ips.first().cloned().unwrap_or_default(),
+            additional_ips: p
+                .ips
+                .iter()
+                .skip(1)
+                .map(|ip| proto::PodIp { ip: ip.clone() })
+                .collect(),
+        }),
         linux: Some(proto::LinuxPodSandboxStatus {
             namespaces: Some(proto::Namespace {
                 options: Some(proto::NamespaceOption::default()),
@@ -88,6 +95,7 @@ mod tests {
             state: PodState::Ready,
             created_at_ns: 1,
             verbose_json: "{}".into(),
+            ips: vec!["10.88.0.5".into(), "fd00::5".into()],
         };
         p.config.labels.insert("app".into(), "web".into());
         let mut f = proto::PodSandboxFilter::default();
@@ -104,5 +112,8 @@ mod tests {
         let (s, info) = status(p, true);
         assert_eq!(s.state, proto::PodSandboxState::SandboxReady as i32);
         assert!(info.contains_key("info"));
+        let net = s.network.unwrap();
+        assert_eq!(net.ip, "10.88.0.5");
+        assert_eq!(net.additional_ips[0].ip, "fd00::5");
     }
 }
