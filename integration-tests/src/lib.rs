@@ -9,6 +9,7 @@
 pub mod agent;
 pub mod cri;
 pub mod images;
+pub mod net;
 
 pub use agent::GuestAgent;
 use serde_json::Value;

@@ -2,7 +2,6 @@
 //! host-local and portmap plugins) wires each pod's network namespace, a tap carries
 //! the pod's interface into its VM, and the guest is the pod on that network.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -10,135 +9,7 @@ use serde_json::json;
 use tonic::Code;
 use vmlet_agent::testing::{busybox_image, TestRegistry};
 use vmlet_integration_tests::cri::{container_config, pod_config, v1, CriClient, Vmletd};
-
-const BRIDGE: &str = "vmlet-e2e0";
-const NETWORK: &str = "vmlet-e2e";
-const GATEWAY: &str = "10.77.0.1";
-const CNI_DNS: &str = "10.77.0.53";
-
-/// A CNI configuration directory, host-local's lease directory and the daemon's
-/// netns directory, all temporary; the bridge goes with it.
-struct Net {
-    dir: tempfile::TempDir,
-}
-
-impl Net {
-    /// A bridge network on 10.77.0.0/24; `only` limits the pool to one address.
-    fn new(only: Option<&str>) -> Net {
-        let net = Net::empty();
-        net.write_conflist(only);
-        net
-    }
-
-    /// No configuration at all.
-    fn empty() -> Net {
-        let dir = tempfile::Builder::new()
-            .prefix("cni")
-            .tempdir_in("/tmp")
-            .unwrap();
-        std::fs::create_dir(dir.path().join("net.d")).unwrap();
-        Net { dir }
-    }
-
-    fn conf_dir(&self) -> PathBuf {
-        self.dir.path().join("net.d")
-    }
-
-    fn netns_dir(&self) -> PathBuf {
-        self.dir.path().join("netns")
-    }
-
-    fn write(&self, name: &str, text: &str) {
-        for e in std::fs::read_dir(self.conf_dir()).unwrap().flatten() {
-            std::fs::remove_file(e.path()).unwrap();
-        }
-        std::fs::write(self.conf_dir().join(name), text).unwrap();
-    }
-
-    fn write_conflist(&self, only: Option<&str>) {
-        let mut range = json!({"subnet": "10.77.0.0/24"});
-        if let Some(ip) = only {
-            range["rangeStart"] = json!(ip);
-            range["rangeEnd"] = json!(ip);
-        }
-        let conf = json!({
-            "cniVersion": "1.0.0", "name": NETWORK,
-            "plugins": [
-                {"type": "bridge", "bridge": BRIDGE, "isGateway": true, "ipMasq": false,
-                 "dns": {"nameservers": [CNI_DNS], "search": ["cni.e2e"]},
-                 "ipam": {"type": "host-local", "ranges": [[range]],
-                          "routes": [{"dst": "0.0.0.0/0"}],
-                          "dataDir": self.dir.path().join("ipam").display().to_string()}},
-                {"type": "portmap", "capabilities": {"portMappings": true}, "snat": true}
-            ]
-        });
-        self.write("10-e2e.conflist", &conf.to_string());
-    }
-
-    /// vmletd's configuration for this network.
-    fn daemon_config(&self) -> String {
-        format!(
-            "[network]\nmode = \"cni\"\ncni_conf_dir = \"{}\"\nnetns_dir = \"{}\"\n",
-            self.conf_dir().display(),
-            self.netns_dir().display()
-        )
-    }
-
-    /// Addresses host-local has handed out.
-    fn leases(&self) -> Vec<String> {
-        files(&self.dir.path().join("ipam").join(NETWORK))
-            .into_iter()
-            .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
-            .collect()
-    }
-
-    /// Network namespaces the daemon has pinned.
-    fn namespaces(&self) -> Vec<String> {
-        files(&self.netns_dir())
-    }
-
-    /// Fails unless nothing of pods `ids` is left: leases, namespaces, veths on the
-    /// bridge, iptables rules naming them.
-    fn assert_clean(&self, ids: &[&str]) {
-        assert!(self.leases().is_empty(), "leases left: {:?}", self.leases());
-        assert!(
-            self.namespaces().is_empty(),
-            "namespaces left: {:?}",
-            self.namespaces()
-        );
-        let veths = output("ip", &["-o", "link", "show", "master", BRIDGE]);
-        assert!(veths.trim().is_empty(), "ports left on {BRIDGE}: {veths}");
-        let rules = output("iptables-save", &[]);
-        for id in ids {
-            assert!(
-                !rules.contains(id),
-                "iptables rules left for {id}:\n{rules}"
-            );
-        }
-    }
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["link", "del", BRIDGE]).status();
-    }
-}
-
-fn files(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .map(|r| {
-            r.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn output(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd).args(args).output().unwrap();
-    assert!(out.status.success(), "{cmd} {args:?}: {out:?}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use vmlet_integration_tests::net::{files, Net, BRIDGE, CNI_DNS, GATEWAY, NETWORK};
 
 /// Fetches `url` from the host with curl, retrying while the pod's server starts.
 fn fetch(url: &str) -> String {

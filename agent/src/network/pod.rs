@@ -118,6 +118,9 @@ pub struct PodNetRecord {
     pub mtu: u32,
     /// The tap the VMM opens.
     pub tap: String,
+    /// How long namespace, ADD and tap took, in milliseconds.
+    #[serde(default)]
+    pub attach_ms: u64,
 }
 
 impl PodNetRecord {
@@ -240,6 +243,7 @@ impl PodNetworks {
             mac: String::new(),
             mtu: 0,
             tap: String::new(),
+            attach_ms: 0,
         }))
     }
 
@@ -250,6 +254,7 @@ impl PodNetworks {
         config: &PodConfig,
         rec: &mut PodNetRecord,
     ) -> Result<(), NetworkError> {
+        let start = std::time::Instant::now();
         let att = attachment(pod_id, rec, config)?;
         let (dir, name) = split_netns_path(&rec.netns);
         let ns = Netns::create(dir, name)?;
@@ -265,6 +270,7 @@ impl PodNetworks {
         rec.mac = link.mac;
         rec.mtu = link.mtu;
         rec.tap = link.tap;
+        rec.attach_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
         Ok(())
     }
 
@@ -432,6 +438,7 @@ mod tests {
             mac: "0a:58:0a:58:00:05".into(),
             mtu: 1500,
             tap: TAP_NAME.into(),
+            attach_ms: 0,
         }
     }
 

@@ -161,6 +161,7 @@ impl Pod {
             "console": self.paths.console(),
             "netns": r.network.as_ref().map(|n| &n.netns),
             "cniResult": r.network.as_ref().and_then(|n| n.result.as_ref()),
+            "networkAttachMs": r.network.as_ref().map(|n| n.attach_ms),
         });
         PodInfo {
             id: self.id.clone(),

@@ -1,7 +1,7 @@
 //! Pods: RunPodSandbox, StopPodSandbox, RemovePodSandbox, and a VM that dies.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use vmlet_cri::runtime::{ContainerState, EventKind, PodConfig};
 use vmlet_proto::agent as pb;
@@ -175,12 +175,9 @@ async fn boot(
     // Written first: a daemon that dies from here on finds the pod and tears it down,
     // network included.
     store::write_json(&paths.record(), &record)?;
-    let mut cni_ms = 0;
     if let Some(net) = record.network.take() {
-        let start = Instant::now();
         let (net, result) =
             network_step(&inner.network, id, &config, net, PodNetworks::attach).await;
-        cni_ms = start.elapsed().as_millis();
         record.network = Some(net);
         store::write_json(&paths.record(), &record)?;
         result?;
@@ -223,7 +220,9 @@ async fn boot(
         vm.kill().await;
         return Err(e.into());
     }
-    tracing::debug!(pod = %id, cni_ms, "pod network attached");
+    if let Some(net) = &record.network {
+        tracing::info!(pod = %id, attach_ms = net.attach_ms, ips = ?net.ips(), "pod network attached");
+    }
     Ok(Arc::new(Pod {
         id: id.to_owned(),
         paths: paths.clone(),

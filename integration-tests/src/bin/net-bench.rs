@@ -1,0 +1,187 @@
+//! Pod network benchmark through vmletd on a CNI bridge network:
+//!
+//! - TCP throughput from the host into a pod (through the bridge, the pod's veth, the
+//!   tc redirect, the tap and the VMM's virtio-net) against the same transfer into a
+//!   plain network namespace over a veth pair, in the same run, each received by
+//!   busybox `nc` into /dev/null: `net_gbps=`, `veth_gbps=`, `net_vs_veth=`;
+//! - the network's part of RunPodSandbox (namespace + CNI ADD + tap, as vmletd
+//!   reports it in the pod's verbose status): `pod_network_ms_p50=`,
+//!   `run_pod_ms_p50=`, `pod_network_share=`.
+//!
+//! Used by `scripts/bench-net.sh` (environment as for the integration tests).
+//!
+//! Usage: net-bench [--pods N] [--mib M] [--rounds R]
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use vmlet_agent::testing::{busybox_image, TestRegistry};
+use vmlet_integration_tests::cri::{container_config, pod_config, Vmletd};
+use vmlet_integration_tests::net::Net;
+
+const PORT: u16 = 5001;
+const VETH_NS: &str = "vmlet-bench-veth";
+const VETH_HOST: &str = "10.78.0.1";
+const VETH_PEER: &str = "10.78.0.2";
+
+fn arg(args: &[String], name: &str, default: usize) -> usize {
+    match args.iter().position(|a| a == name) {
+        Some(i) => args
+            .get(i + 1)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} wants a number")),
+        None => default,
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn sh(script: &str) {
+    let ok = Command::new("sh").args(["-c", script]).status().unwrap();
+    assert!(ok.success(), "{script}");
+}
+
+/// Sends `mib` MiB to `addr` and waits until the receiver closed: Gbit/s.
+fn send(addr: &str, mib: usize) -> f64 {
+    let start = Instant::now();
+    let mut s = loop {
+        match TcpStream::connect((addr, PORT)) {
+            Ok(s) => break s,
+            Err(e) => {
+                assert!(start.elapsed() < Duration::from_secs(120), "{addr}: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    };
+    let buf = vec![0u8; 1 << 20];
+    let start = Instant::now();
+    for _ in 0..mib {
+        s.write_all(&buf).unwrap();
+    }
+    s.shutdown(Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).unwrap();
+    (mib as f64 * 8.0 * 1024.0 * 1024.0) / start.elapsed().as_secs_f64() / 1e9
+}
+
+/// A network namespace on a veth pair with the host: the baseline.
+struct Veth {
+    receiver: Option<Child>,
+}
+
+impl Veth {
+    fn new() -> Veth {
+        sh(&format!(
+            "ip netns add {VETH_NS} && ip link add vb-host type veth peer name vb-peer && \
+             ip link set vb-peer netns {VETH_NS} && ip addr add {VETH_HOST}/24 dev vb-host && \
+             ip link set vb-host up && ip -n {VETH_NS} addr add {VETH_PEER}/24 dev vb-peer && \
+             ip -n {VETH_NS} link set vb-peer up && ip -n {VETH_NS} link set lo up"
+        ));
+        Veth { receiver: None }
+    }
+
+    /// One transfer into `nc` in the namespace.
+    fn round(&mut self, mib: usize) -> f64 {
+        let nc = Command::new("ip")
+            .args(["netns", "exec", VETH_NS, "busybox", "nc", "-l", "-p"])
+            .arg(PORT.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.receiver = Some(nc);
+        let gbps = send(VETH_PEER, mib);
+        if let Some(mut nc) = self.receiver.take() {
+            nc.wait().unwrap();
+        }
+        gbps
+    }
+}
+
+impl Drop for Veth {
+    fn drop(&mut self) {
+        if let Some(mut nc) = self.receiver.take() {
+            let _ = nc.kill();
+            let _ = nc.wait();
+        }
+        let _ = Command::new("ip").args(["link", "del", "vb-host"]).status();
+        let _ = Command::new("ip").args(["netns", "del", VETH_NS]).status();
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let pods = arg(&args, "--pods", 5).max(1);
+    let mib = arg(&args, "--mib", 64).max(1);
+    let rounds = arg(&args, "--rounds", 3).max(1);
+
+    let registry = TestRegistry::start().expect("start the registry");
+    let image = registry
+        .push(&busybox_image().expect("busybox image"), "busybox:bench")
+        .expect("push");
+    let net = Net::new(None);
+    let d = Vmletd::start_with(
+        &["--insecure-registry", registry.addr()],
+        &net.daemon_config(),
+    );
+    let c = d.client();
+    c.pull(&image).expect("PullImage");
+
+    // The network's share of RunPodSandbox; the last pod stays for the transfer.
+    let (mut run_ms, mut net_ms) = (Vec::new(), Vec::new());
+    let mut pod = String::new();
+    for i in 0..pods {
+        if !pod.is_empty() {
+            c.stop_pod(&pod).expect("StopPodSandbox");
+            c.remove_pod(&pod).expect("RemovePodSandbox");
+        }
+        let start = Instant::now();
+        pod = c
+            .run_pod(pod_config(&format!("bench-{i}"), &d.log_dir()))
+            .expect("RunPodSandbox");
+        let ms = start.elapsed().as_secs_f64() * 1000.0;
+        let info = c.pod_status(&pod).expect("PodSandboxStatus").info;
+        let verbose: serde_json::Value =
+            serde_json::from_str(info.get("info").map_or("{}", String::as_str)).unwrap();
+        let attach = verbose["networkAttachMs"]
+            .as_f64()
+            .expect("networkAttachMs");
+        println!("pod {i}: run_pod_ms={ms:.1} pod_network_ms={attach:.1}");
+        run_ms.push(ms);
+        net_ms.push(attach);
+    }
+    let (run_p50, net_p50) = (median(run_ms), median(net_ms));
+
+    let pod_cfg = pod_config(&format!("bench-{}", pods - 1), &d.log_dir());
+    let ip = c.pod_ip(&pod);
+    let sink = format!("while true; do nc -l -p {PORT} </dev/null >/dev/null; done");
+    let id = c
+        .create(&pod, container_config("sink", &image, &sink), &pod_cfg)
+        .expect("CreateContainer");
+    c.start(&id).expect("StartContainer");
+
+    let mut veth = Veth::new();
+    let (mut pod_gbps, mut veth_gbps) = (Vec::new(), Vec::new());
+    for r in 0..rounds {
+        let p = send(&ip, mib);
+        let v = veth.round(mib);
+        println!("round {r}: pod_gbps={p:.3} veth_gbps={v:.3}");
+        pod_gbps.push(p);
+        veth_gbps.push(v);
+    }
+    let (p, v) = (median(pod_gbps), median(veth_gbps));
+    c.stop_pod(&pod).expect("StopPodSandbox");
+    c.remove_pod(&pod).expect("RemovePodSandbox");
+
+    println!("run_pod_ms_p50={run_p50:.1}");
+    println!("pod_network_ms_p50={net_p50:.1}");
+    println!("pod_network_share={:.3}", net_p50 / run_p50);
+    println!("veth_gbps={v:.3}");
+    println!("net_gbps={p:.3}");
+    println!("net_vs_veth={:.3}", p / v);
+}
