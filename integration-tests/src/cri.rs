@@ -404,9 +404,10 @@ pub struct Vmletd {
 /// machines.
 const BASE_CONFIG: &str = "[vm]\nboot_timeout_secs = 600\n";
 
-/// The vmletd binary: `VMLETD`, else next to vmlet-vmm.
+/// The vmletd binary: `VMLET_VMLETD` (the KVM entry point passes `VMLET_*` on), else
+/// next to vmlet-vmm.
 pub fn vmletd_binary() -> PathBuf {
-    std::env::var_os("VMLETD")
+    std::env::var_os("VMLET_VMLETD")
         .map(PathBuf::from)
         .unwrap_or_else(|| crate::vmm_binary().with_file_name("vmletd"))
 }

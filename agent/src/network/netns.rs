@@ -115,6 +115,14 @@ impl Netns {
         }
     }
 
+    /// Whatever is at `path`, pinned or not, e.g. to remove a mount point left by a
+    /// creation that did not finish.
+    pub fn at(path: &Path) -> Netns {
+        Netns {
+            path: path.to_owned(),
+        }
+    }
+
     /// The namespace at `path`, if it is pinned there.
     pub fn open(path: &Path) -> Option<Netns> {
         let ns = Netns {

@@ -286,12 +286,17 @@ impl PodNetworks {
         }
         // DEL must carry what ADD did; annotations that do not parse any more (they
         // cannot change) would only drop the bandwidth capability.
-        let att = attachment(pod_id, rec, config).unwrap_or_else(|_| Attachment {
+        let mut att = attachment(pod_id, rec, config).unwrap_or_else(|_| Attachment {
             container_id: pod_id.to_owned(),
             netns: rec.netns.clone(),
             ifname: POD_IFNAME.to_owned(),
             ..Default::default()
         });
+        if Netns::open(&rec.netns).is_none() {
+            // No namespace (never made, or gone): CNI_NETNS is optional for DEL, and
+            // plugins then release what they hold outside it (addresses, rules).
+            att.netns = PathBuf::new();
+        }
         self.cni
             .del(&rec.network, &att)
             .map_err(NetworkError::Cni)?;
@@ -307,9 +312,28 @@ impl PodNetworks {
         rec: &mut PodNetRecord,
     ) -> Result<(), NetworkError> {
         self.detach(pod_id, config, rec)?;
-        if let Some(ns) = Netns::open(&rec.netns) {
-            ns.remove()?;
+        Netns::at(&rec.netns).remove()?;
+        Ok(())
+    }
+
+    /// As [`PodNetworks::remove`], for a pod that never ran (its RunPodSandbox failed,
+    /// or a daemon died while making it): nobody will ask for it again, so a DEL that
+    /// fails (a configuration that cannot even be parsed, say) is logged and the
+    /// namespace removed anyway, as containerd does. Blocks.
+    pub fn discard(
+        &self,
+        pod_id: &str,
+        config: &PodConfig,
+        rec: &mut PodNetRecord,
+    ) -> Result<(), NetworkError> {
+        if let Err(e) = self.detach(pod_id, config, rec) {
+            tracing::warn!(
+                pod = pod_id,
+                "DEL for a pod that never ran failed; removing its namespace anyway: {e}"
+            );
+            rec.attached = false;
         }
+        Netns::at(&rec.netns).remove()?;
         Ok(())
     }
 }

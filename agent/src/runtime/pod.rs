@@ -66,10 +66,10 @@ pub async fn run(inner: &Arc<Inner>, config: PodConfig) -> Result<String, Runtim
         }
         Err(e) => {
             // The record on disk says what was made (see `network::pod`). When the
-            // network cannot be undone, the record stays (phase Creating) and the next
-            // daemon start tries again.
+            // namespace cannot be removed, the record stays (phase Creating) and the
+            // next daemon start tries again.
             let released = match store::read_json::<PodRecord>(&paths.record()) {
-                Ok(record) => release_network(inner, &record).await,
+                Ok(record) => release_network(inner, &record, true).await,
                 Err(_) => Ok(()),
             };
             match released {
@@ -121,19 +121,22 @@ async fn detach_network(inner: &Inner, pod: &Pod) -> Result<(), RuntimeError> {
 }
 
 /// DEL (if owed) and the namespace removed, for a pod whose record says it has a
-/// network; the record on disk is updated.
-pub(super) async fn release_network(inner: &Inner, record: &PodRecord) -> Result<(), RuntimeError> {
+/// network. `never_ran`: the pod's RunPodSandbox did not succeed, so a failing DEL
+/// does not keep the namespace (see [`PodNetworks::discard`]).
+pub(super) async fn release_network(
+    inner: &Inner,
+    record: &PodRecord,
+    never_ran: bool,
+) -> Result<(), RuntimeError> {
     let Some(net) = record.network.clone() else {
         return Ok(());
     };
-    let (_, result) = network_step(
-        &inner.network,
-        &record.id,
-        &record.config,
-        net,
-        PodNetworks::remove,
-    )
-    .await;
+    let step = if never_ran {
+        PodNetworks::discard
+    } else {
+        PodNetworks::remove
+    };
+    let (_, result) = network_step(&inner.network, &record.id, &record.config, net, step).await;
     Ok(result?)
 }
 
@@ -398,7 +401,7 @@ pub async fn remove(inner: &Arc<Inner>, id: &str) -> Result<(), RuntimeError> {
         vmm::signal(pid, nix::sys::signal::Signal::SIGKILL);
     }
     let record = lock(&pod.record).clone();
-    release_network(inner, &record).await?;
+    release_network(inner, &record, false).await?;
     remove_files(&pod.paths);
     let metadata = lock(&pod.record).config.metadata.clone();
     let mut t = lock(&inner.tables);

@@ -45,7 +45,7 @@ pub(super) async fn recover(inner: &Arc<Inner>) {
             if let Some(pid) = vmm::find(&paths.control()) {
                 vmm::signal(pid, nix::sys::signal::Signal::SIGKILL);
             }
-            match release_network(inner, &record).await {
+            match release_network(inner, &record, true).await {
                 Ok(()) => remove_files(&paths),
                 // The record stays, so that the next start tries again.
                 Err(e) => tracing::error!(pod = %id, "undoing the pod's network: {e}"),
