@@ -48,7 +48,7 @@ run_e2e_test() { # BINARY TEST-NAME
     for attempt in 1 2 3; do
         status=0
         (cd "$repo/integration-tests" &&
-            "$repo/scripts/with-kvm.sh" --timeout 600 -- "$1" --exact "$2" --test-threads=1) || status=$?
+            "$repo/scripts/with-kvm.sh" --timeout 480 -- "$1" --exact "$2" --test-threads=1) || status=$?
         if [ "$status" != 124 ] && [ "$status" != 125 ]; then return "$status"; fi
         echo "=== the KVM machine hung or died (status $status) in attempt $attempt of $2" >&2
     done
