@@ -21,3 +21,9 @@ pub mod container;
 pub mod guest;
 pub mod pid1;
 pub mod server;
+
+/// Held by unit tests that start child processes: the reaper's test reaps every child
+/// of the test process (`waitpid(-1)`, as PID 1 must), which would take the exit
+/// statuses other tests wait for.
+#[cfg(test)]
+pub(crate) static CHILD_PROCESSES: std::sync::Mutex<()> = std::sync::Mutex::new(());

@@ -731,7 +731,12 @@ mod tests {
     }
 
     fn ip(args: &[&str]) -> String {
-        let out = Command::new("ip").args(args).output().unwrap();
+        let out = {
+            let _children = crate::CHILD_PROCESSES
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            Command::new("ip").args(args).output().unwrap()
+        };
         assert!(
             out.status.success(),
             "ip {}: {}",

@@ -127,10 +127,15 @@ mod tests {
     use super::*;
     use std::process::Command;
 
-    // The reaper, not the Child handles, waits for these processes.
-    #[allow(clippy::zombie_processes)]
+    // The reaper, not the Child handles, waits for these processes. The lock is held
+    // across awaits on purpose: it keeps other tests from starting children while this
+    // one reaps them all (a single-threaded runtime: nothing else needs it meanwhile).
+    #[allow(clippy::zombie_processes, clippy::await_holding_lock)]
     #[tokio::test(flavor = "current_thread")]
     async fn statuses_reach_registered_waiters() {
+        let _children = crate::CHILD_PROCESSES
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let reaper = Reaper::new();
         tokio::spawn(Arc::clone(&reaper).run());
         let ok = Command::new("/bin/sh")
