@@ -366,6 +366,15 @@ const BUSYBOX_APPLETS: &[&str] = &[
 /// A one-layer busybox image from Debian's `busybox-static`: `/bin/busybox`, applet
 /// symlinks in `/bin`, `Cmd ["sh"]`.
 pub fn busybox_image() -> Result<OciImage, FixtureError> {
+    busybox_image_with(json!({
+        "Cmd": ["sh"],
+        "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+    }))
+}
+
+/// The busybox image with image config `config` (e.g. a pause image: `Cmd` a long
+/// sleep).
+pub fn busybox_image_with(config: Value) -> Result<OciImage, FixtureError> {
     let busybox = fs::read("/bin/busybox").map_err(|e| FixtureError::Command {
         cmd: "read /bin/busybox".into(),
         message: format!("{e} (install busybox-static: scripts/setup.sh)"),
@@ -382,9 +391,6 @@ pub fn busybox_image() -> Result<OciImage, FixtureError> {
     }
     ImageBuilder::new()
         .layer(layer.finish(), Compression::Gzip)
-        .config(json!({
-            "Cmd": ["sh"],
-            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
-        }))
+        .config(config)
         .build()
 }

@@ -15,5 +15,7 @@ mod image;
 mod registry;
 mod token;
 
-pub use image::{busybox_image, Compression, ImageBuilder, LayerBuilder, OciImage};
+pub use image::{
+    busybox_image, busybox_image_with, Compression, ImageBuilder, LayerBuilder, OciImage,
+};
 pub use registry::{FixtureError, TestRegistry};
