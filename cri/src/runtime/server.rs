@@ -5,7 +5,7 @@
 //! (removal is idempotent, as the CRI API requires); every other call on an unknown ID
 //! is `NotFound`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -69,17 +69,15 @@ impl<B: RuntimeBackend> RuntimeServer<B> {
 
     /// Forgets the CPU samples of containers and pods that are gone.
     fn prune_rates(&self) {
-        let containers: Vec<String> = self
+        let containers: HashSet<String> = self
             .backend
             .containers()
             .into_iter()
             .map(|c| c.id)
             .collect();
-        let pods: Vec<String> = self.backend.pods().into_iter().map(|p| p.id).collect();
-        self.rates
-            .containers
-            .retain(|id| containers.iter().any(|c| c == id));
-        self.rates.pods.retain(|id| pods.iter().any(|p| p == id));
+        let pods: HashSet<String> = self.backend.pods().into_iter().map(|p| p.id).collect();
+        self.rates.containers.retain(|id| containers.contains(id));
+        self.rates.pods.retain(|id| pods.contains(id));
     }
 
     fn pod_ready(&self, pod_id: &str) -> bool {
