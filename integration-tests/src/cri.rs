@@ -259,6 +259,61 @@ impl CriClient {
         .map(drop)
     }
 
+    /// UpdateContainerResources.
+    pub fn update_resources(
+        &self,
+        id: &str,
+        linux: v1::LinuxContainerResources,
+    ) -> Result<(), Status> {
+        let mut c = self.runtime.clone();
+        self.block_on(
+            c.update_container_resources(req(v1::UpdateContainerResourcesRequest {
+                container_id: id.into(),
+                linux: Some(linux),
+                ..Default::default()
+            })),
+        )
+        .map(drop)
+    }
+
+    /// ContainerStats.
+    pub fn container_stats(&self, id: &str) -> Result<v1::ContainerStats, Status> {
+        let mut c = self.runtime.clone();
+        self.block_on(c.container_stats(req(v1::ContainerStatsRequest {
+            container_id: id.into(),
+        })))
+        .map(|r| r.into_inner().stats.unwrap_or_default())
+    }
+
+    /// ListContainerStats.
+    pub fn list_container_stats(
+        &self,
+        filter: Option<v1::ContainerStatsFilter>,
+    ) -> Result<Vec<v1::ContainerStats>, Status> {
+        let mut c = self.runtime.clone();
+        self.block_on(c.list_container_stats(req(v1::ListContainerStatsRequest { filter })))
+            .map(|r| r.into_inner().stats)
+    }
+
+    /// PodSandboxStats.
+    pub fn pod_stats(&self, id: &str) -> Result<v1::PodSandboxStats, Status> {
+        let mut c = self.runtime.clone();
+        self.block_on(c.pod_sandbox_stats(req(v1::PodSandboxStatsRequest {
+            pod_sandbox_id: id.into(),
+        })))
+        .map(|r| r.into_inner().stats.unwrap_or_default())
+    }
+
+    /// ListPodSandboxStats.
+    pub fn list_pod_stats(
+        &self,
+        filter: Option<v1::PodSandboxStatsFilter>,
+    ) -> Result<Vec<v1::PodSandboxStats>, Status> {
+        let mut c = self.runtime.clone();
+        self.block_on(c.list_pod_sandbox_stats(req(v1::ListPodSandboxStatsRequest { filter })))
+            .map(|r| r.into_inner().stats)
+    }
+
     /// Subscribes to GetContainerEvents, tells `ready` once subscribed, then returns
     /// the first `n` events (fewer if `timeout` passes first).
     pub fn events(

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use tonic::Code;
 use vmlet_agent::testing::{busybox_image, Compression, ImageBuilder, LayerBuilder, TestRegistry};
+use vmlet_integration_tests::agent::GuestAgent;
 use vmlet_integration_tests::cri::{
     container_config, parse_log, pod_config, v1, CriClient, LogEntry, Vmletd,
 };
@@ -641,6 +642,319 @@ fn pods_and_logs_survive_kill_9_of_vmletd() {
         c.remove_pod(p).expect("RemovePodSandbox");
     }
     assert_clean(&env.daemon);
+}
+
+/// Runs `script` in the pod's guest itself (not in a container); returns its stdout.
+fn in_guest(d: &Vmletd, pod: &str, script: &str) -> String {
+    let vsock = d.run_dir().join("pods").join(pod).join("vsock");
+    let agent = GuestAgent::connect(&vsock).expect("connect to the guest");
+    let r = agent.run(script);
+    assert_eq!(
+        r.exit_code,
+        0,
+        "{script}: {:?}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    String::from_utf8_lossy(&r.stdout).trim().to_string()
+}
+
+fn cpu_ns(s: &v1::ContainerStats) -> u64 {
+    s.cpu
+        .as_ref()
+        .and_then(|c| c.usage_core_nano_seconds.as_ref())
+        .map_or(0, |v| v.value)
+}
+
+fn ids(stats: &[v1::ContainerStats]) -> Vec<String> {
+    let mut ids: Vec<String> = stats
+        .iter()
+        .map(|s| s.attributes.clone().unwrap_or_default().id)
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[test]
+fn stats_and_resource_updates() {
+    const MIB: u64 = 1 << 20;
+    let env = env();
+    let d = &env.daemon;
+    let c = d.client();
+    c.pull(&env.image).expect("PullImage");
+    let pod_cfg = pod_config("stats", &d.log_dir());
+    let pod = c.run_pod(pod_cfg.clone()).expect("RunPodSandbox");
+    let labelled = |name: &str, script: &str| {
+        let mut cfg = container_config(name, &env.image, script);
+        cfg.labels = [("role".to_string(), name.to_string())].into();
+        cfg
+    };
+    // Holds 24 MiB in a shell variable and burns CPU.
+    let burn = run_container(
+        &c,
+        &pod,
+        &pod_cfg,
+        labelled(
+            "burn",
+            "x=$(busybox yes 0123456789abcdef | busybox head -c 25165824); echo held; while :; do :; done",
+        ),
+    );
+    // Idles until /go exists, then allocates 32 MiB.
+    let idle = run_container(
+        &c,
+        &pod,
+        &pod_cfg,
+        labelled(
+            "idle",
+            "echo up; while [ ! -e /go ]; do sleep 0.2; done; x=$(busybox yes 0123456789abcdef | busybox head -c 33554432); echo survived; sleep 1000",
+        ),
+    );
+    let done = run_container(&c, &pod, &pod_cfg, labelled("done", "true"));
+    wait_for_line(d, "burn.log", "held");
+    wait_for_line(d, "idle.log", "up");
+    c.wait_exited(&done, WAIT);
+
+    // CPU grows between two samples; the second has a rate.
+    let s1 = c.container_stats(&burn).expect("ContainerStats");
+    std::thread::sleep(Duration::from_secs(2));
+    let s2 = c.container_stats(&burn).expect("ContainerStats");
+    assert!(cpu_ns(&s1) > 0, "{s1:?}");
+    assert!(cpu_ns(&s2) > cpu_ns(&s1), "{s1:?} then {s2:?}");
+    assert!(
+        s1.cpu.as_ref().unwrap().usage_nano_cores.is_none(),
+        "{s1:?}"
+    );
+    let rate = s2
+        .cpu
+        .as_ref()
+        .unwrap()
+        .usage_nano_cores
+        .as_ref()
+        .map(|v| v.value);
+    assert!(rate.is_some_and(|r| r > 0), "{s2:?}");
+    let mem = s2.memory.unwrap_or_default();
+    let ws = mem.working_set_bytes.map_or(0, |v| v.value);
+    assert!(ws > 16 * MIB, "working set {ws}: {mem:?}");
+    assert!(mem.usage_bytes.map_or(0, |v| v.value) >= ws, "{mem:?}");
+    let a = s2.attributes.clone().unwrap_or_default();
+    assert_eq!(
+        (a.id.as_str(), a.labels["role"].as_str()),
+        (burn.as_str(), "burn")
+    );
+    assert_eq!(a.metadata.unwrap_or_default().name, "burn");
+
+    // The writable layer grows with a file written into it.
+    let r = c
+        .exec(
+            &idle,
+            &[
+                "sh",
+                "-c",
+                "busybox dd if=/dev/zero of=/blob bs=1048576 count=4",
+            ],
+            60,
+        )
+        .expect("ExecSync");
+    assert_eq!(r.exit_code, 0, "{}", String::from_utf8_lossy(&r.stderr));
+    let fs = c
+        .container_stats(&idle)
+        .expect("ContainerStats")
+        .writable_layer
+        .unwrap_or_default();
+    assert!(fs.used_bytes.map_or(0, |v| v.value) >= 4 * MIB, "{fs:?}");
+    assert!(fs.inodes_used.map_or(0, |v| v.value) >= 1, "{fs:?}");
+    assert_eq!(
+        fs.fs_id.unwrap_or_default().mountpoint,
+        d.state_dir().display().to_string()
+    );
+
+    // ListContainerStats and its filters. The exited container is listed without
+    // CPU or memory figures.
+    let all = c.list_container_stats(None).expect("ListContainerStats");
+    let mut want = vec![burn.clone(), idle.clone(), done.clone()];
+    want.sort();
+    assert_eq!(ids(&all), want);
+    let exited = all
+        .iter()
+        .find(|s| s.attributes.as_ref().is_some_and(|a| a.id == done))
+        .unwrap();
+    assert!(
+        exited.cpu.is_none() && exited.memory.is_none(),
+        "{exited:?}"
+    );
+    let filtered = |f: v1::ContainerStatsFilter| ids(&c.list_container_stats(Some(f)).unwrap());
+    assert_eq!(
+        filtered(v1::ContainerStatsFilter {
+            id: burn[..12].to_string(),
+            ..Default::default()
+        }),
+        [burn.as_str()]
+    );
+    assert_eq!(
+        filtered(v1::ContainerStatsFilter {
+            pod_sandbox_id: pod.clone(),
+            ..Default::default()
+        }),
+        want
+    );
+    assert_eq!(
+        filtered(v1::ContainerStatsFilter {
+            label_selector: [("role".to_string(), "idle".to_string())].into(),
+            ..Default::default()
+        }),
+        [idle.as_str()]
+    );
+    assert!(filtered(v1::ContainerStatsFilter {
+        pod_sandbox_id: "f".repeat(64),
+        ..Default::default()
+    })
+    .is_empty());
+
+    // PodSandboxStats: the guest's figures, the containers' tasks and stats.
+    let ps = c.pod_stats(&pod).expect("PodSandboxStats");
+    assert_eq!(ps.attributes.clone().unwrap_or_default().id, pod);
+    let linux = ps.linux.clone().unwrap_or_default();
+    let pod_cpu = linux.cpu.unwrap_or_default();
+    assert!(
+        pod_cpu.usage_core_nano_seconds.map_or(0, |v| v.value) > 0,
+        "{ps:?}"
+    );
+    let pod_mem = linux.memory.unwrap_or_default();
+    assert!(
+        pod_mem.working_set_bytes.map_or(0, |v| v.value) > 16 * MIB,
+        "{ps:?}"
+    );
+    assert!(pod_mem.available_bytes.map_or(0, |v| v.value) > 0, "{ps:?}");
+    let procs = linux.process.unwrap_or_default().process_count;
+    assert!(procs.map_or(0, |v| v.value) >= 2, "{ps:?}");
+    assert_eq!(ids(&linux.containers), want);
+    let pods = |f: Option<v1::PodSandboxStatsFilter>| {
+        c.list_pod_stats(f)
+            .expect("ListPodSandboxStats")
+            .into_iter()
+            .map(|s| s.attributes.unwrap_or_default().id)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(pods(None), [pod.as_str()]);
+    let by_label = |v: &str| v1::PodSandboxStatsFilter {
+        label_selector: [("test".to_string(), v.to_string())].into(),
+        ..Default::default()
+    };
+    assert_eq!(pods(Some(by_label("stats"))), [pod.as_str()]);
+    assert!(pods(Some(by_label("other"))).is_empty());
+    assert_eq!(
+        pods(Some(v1::PodSandboxStatsFilter {
+            id: pod[..8].to_string(),
+            ..Default::default()
+        })),
+        [pod.as_str()]
+    );
+
+    // Errors.
+    let unknown = "0".repeat(64);
+    assert_eq!(
+        c.container_stats(&unknown).unwrap_err().code(),
+        Code::NotFound
+    );
+    assert_eq!(
+        c.container_stats("").unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    assert_eq!(c.pod_stats(&unknown).unwrap_err().code(), Code::NotFound);
+    let memory = |bytes: i64| v1::LinuxContainerResources {
+        memory_limit_in_bytes: bytes,
+        ..Default::default()
+    };
+    assert_eq!(
+        c.update_resources(&unknown, memory(64 << 20))
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+    let e = c.update_resources(&idle, memory(-1)).unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    let e = c
+        .update_resources(
+            &idle,
+            v1::LinuxContainerResources {
+                cpu_quota: 500,
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    let e = c.update_resources(&done, memory(64 << 20)).unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e}");
+
+    // A CPU quota lands in cpu.max (and tames the burner for the rest of the test).
+    let quota = |q: i64| v1::LinuxContainerResources {
+        cpu_quota: q,
+        cpu_period: 100_000,
+        ..Default::default()
+    };
+    c.update_resources(&burn, quota(10_000))
+        .expect("UpdateContainerResources");
+    let cgroup = |id: &str, file: &str| {
+        in_guest(
+            d,
+            &pod,
+            &format!("cat /sys/fs/cgroup/containers/{id}/{file}"),
+        )
+    };
+    assert_eq!(cgroup(&burn, "cpu.max"), "10000 100000");
+
+    // Limits that are not set keep their values; ContainerStatus reports them all.
+    let mut both = quota(20_000);
+    both.memory_limit_in_bytes = 16 << 20;
+    c.update_resources(&idle, both)
+        .expect("UpdateContainerResources");
+    c.update_resources(
+        &idle,
+        v1::LinuxContainerResources {
+            cpu_shares: 512,
+            ..Default::default()
+        },
+    )
+    .expect("UpdateContainerResources");
+    assert_eq!(cgroup(&idle, "cpu.max"), "20000 100000");
+    assert_eq!(cgroup(&idle, "memory.max"), (16u64 << 20).to_string());
+    assert_eq!(cgroup(&idle, "cpu.weight"), "20");
+    let r = c
+        .status(&idle)
+        .unwrap()
+        .resources
+        .and_then(|r| r.linux)
+        .unwrap_or_default();
+    assert_eq!(
+        (
+            r.memory_limit_in_bytes,
+            r.cpu_quota,
+            r.cpu_period,
+            r.cpu_shares
+        ),
+        (16 << 20, 20_000, 100_000, 512)
+    );
+    // An allocation beyond the new limit gets the container OOM-killed.
+    c.exec(&idle, &["sh", "-c", "echo > /go"], 60)
+        .expect("ExecSync");
+    let s = c.wait_exited(&idle, WAIT);
+    assert_eq!(s.reason, "OOMKilled", "{s:?}");
+    assert!(!lines(&log_of(d, "idle.log"), "stdout").contains(&"survived".to_string()));
+
+    // A stopped pod has no VM to measure: its containers are listed bare.
+    c.stop_pod(&pod).expect("StopPodSandbox");
+    assert_eq!(
+        c.pod_stats(&pod).unwrap_err().code(),
+        Code::FailedPrecondition
+    );
+    assert!(pods(None).is_empty());
+    let all = c.list_container_stats(None).expect("ListContainerStats");
+    assert_eq!(ids(&all), want);
+    assert!(all
+        .iter()
+        .all(|s| s.cpu.is_none() && s.writable_layer.is_none()));
+    assert!(c.container_stats(&burn).unwrap().cpu.is_none());
+    c.remove_pod(&pod).expect("RemovePodSandbox");
+    assert_clean(d);
 }
 
 /// The VMM pid of a pod, from its record.

@@ -22,7 +22,7 @@ const KILL_WAIT: Duration = Duration::from_secs(30);
 /// How long removal waits for the last output of an exited container.
 const LOG_DRAIN: Duration = Duration::from_secs(5);
 
-fn running_vm(pod: &Pod) -> Result<Vm, RuntimeError> {
+pub(super) fn running_vm(pod: &Pod) -> Result<Vm, RuntimeError> {
     match pod.vm() {
         Some(vm) if vm.running() => Ok(vm),
         _ => Err(RuntimeError::Precondition(format!(
@@ -101,13 +101,7 @@ fn guest_spec(id: &str, slot: &str, c: &ContainerConfig, p: &spec::Process) -> p
             oom_score_adj: r.oom_score_adj.clamp(-1000, 1000) as i32,
         }),
         mounts: Vec::new(),
-        resources: Some(pb::Resources {
-            cpu_weight: spec::cpu_weight(r.cpu_shares),
-            cpu_quota_us: r.cpu_quota.max(0) as u64,
-            cpu_period_us: r.cpu_period.max(0) as u64,
-            memory_limit_bytes: r.memory_limit_bytes.max(0) as u64,
-            pids_limit: 0,
-        }),
+        resources: Some(spec::guest_resources(r)),
         share_pod_pid_namespace: false,
     }
 }

@@ -6,6 +6,8 @@
 //!   remove, and exit tracking;
 //! - `exec`: `ExecSync`;
 //! - `recovery`: re-adopting pods after a restart;
+//! - `resources`: UpdateContainerResources;
+//! - `stats`: pod and container resource use, from the guest;
 //! - `spec`: image config merged with the request.
 //!
 //! Concurrency: the tables (pods, containers, reserved names) sit behind one short
@@ -17,7 +19,9 @@ mod error;
 mod exec;
 mod pod;
 mod recovery;
+mod resources;
 pub mod spec;
+mod stats;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -29,7 +33,7 @@ use tokio::task::JoinHandle;
 use vmlet_cri::image::BackendError;
 use vmlet_cri::runtime::{
     ContainerConfig, ContainerEvent, ContainerInfo, EventKind, ExecOutput, Health, PodConfig,
-    PodInfo, PodMetadata, PodState, RuntimeBackend,
+    PodInfo, PodMetadata, PodState, PodUsage, ResourcesConfig, RuntimeBackend,
 };
 
 pub use error::RuntimeError;
@@ -380,6 +384,22 @@ impl RuntimeBackend for Runtime {
         timeout: Option<Duration>,
     ) -> Result<ExecOutput, BackendError> {
         Ok(exec::exec_sync(&self.inner, id, cmd, timeout).await?)
+    }
+
+    async fn update_container_resources(
+        &self,
+        id: &str,
+        resources: ResourcesConfig,
+    ) -> Result<(), BackendError> {
+        Ok(resources::update(&self.inner, id, resources).await?)
+    }
+
+    async fn pod_usage(
+        &self,
+        pod_id: &str,
+        container_ids: Vec<String>,
+    ) -> Result<PodUsage, BackendError> {
+        Ok(stats::pod_usage(&self.inner, pod_id, container_ids).await?)
     }
 
     async fn reopen_log(&self, id: &str) -> Result<(), BackendError> {

@@ -7,7 +7,8 @@
 //! - `working_dir` replaces the image's WorkingDir ("/" when neither has one);
 //! - `run_as_user` / `run_as_group` replace the image's `User` (`uid[:gid]`).
 
-use vmlet_cri::runtime::ContainerConfig;
+use vmlet_cri::runtime::{ContainerConfig, ResourcesConfig};
+use vmlet_proto::agent as pb;
 
 use crate::images::ImageConfig;
 use crate::store::ProcessRecord;
@@ -175,6 +176,17 @@ pub fn merge(
             stop_signal: parse_signal(&image.stop_signal)?,
         },
     })
+}
+
+/// The guest's cgroup limits from the CRI ones (0 = unset in both).
+pub fn guest_resources(r: &ResourcesConfig) -> pb::Resources {
+    pb::Resources {
+        cpu_weight: cpu_weight(r.cpu_shares),
+        cpu_quota_us: r.cpu_quota.max(0) as u64,
+        cpu_period_us: r.cpu_period.max(0) as u64,
+        memory_limit_bytes: r.memory_limit_bytes.max(0) as u64,
+        pids_limit: 0,
+    }
 }
 
 /// cgroup v2 cpu.weight from CRI cpu shares, as runc converts them.

@@ -204,6 +204,44 @@ pub struct ContainerInfo {
     pub log_path: String,
 }
 
+/// Resource use of one container, as its pod's guest measured it. Counters are
+/// cumulative since the container was created.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContainerUsage {
+    /// When the figures were read (Unix nanoseconds).
+    pub timestamp_ns: i64,
+    /// CPU time on all CPUs (nanoseconds).
+    pub cpu_usage_ns: u64,
+    /// Memory in use, page cache included (bytes).
+    pub memory_usage_bytes: u64,
+    /// Memory in use less inactive file pages (bytes): what kubelet evicts by.
+    pub memory_working_set_bytes: u64,
+    /// Tasks (processes and threads).
+    pub pids: u64,
+    /// Bytes used by the writable layer.
+    pub writable_layer_bytes: u64,
+    /// Inodes used by the writable layer.
+    pub writable_layer_inodes: u64,
+}
+
+/// Resource use of a pod: of its VM's guest as a whole (the VM is the pod), and of
+/// its containers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodUsage {
+    /// When the figures were read (Unix nanoseconds).
+    pub timestamp_ns: i64,
+    /// CPU time of the guest on all its CPUs (nanoseconds).
+    pub cpu_usage_ns: u64,
+    /// The guest's memory in use: its total less what is available (bytes).
+    pub memory_usage_bytes: u64,
+    /// The guest's available memory (bytes).
+    pub memory_available_bytes: u64,
+    /// The containers measured, by ID.
+    pub containers: HashMap<String, ContainerUsage>,
+    /// The node directory whose file system holds the writable layers.
+    pub writable_layer_mountpoint: String,
+}
+
 /// Output of an ExecSync.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ExecOutput {
@@ -318,6 +356,23 @@ pub trait RuntimeBackend: Send + Sync + 'static {
         cmd: Vec<String>,
         timeout: Option<Duration>,
     ) -> impl Future<Output = Result<ExecOutput, BackendError>> + Send;
+
+    /// Changes the limits of a created or running container: the fields of
+    /// `resources` that are set (not 0), as containerd merges them; the others keep
+    /// their values.
+    fn update_container_resources(
+        &self,
+        id: &str,
+        resources: ResourcesConfig,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send;
+
+    /// Resource use of a ready pod and of its containers in `container_ids` (all of
+    /// them when empty), measured now by its guest.
+    fn pod_usage(
+        &self,
+        pod_id: &str,
+        container_ids: Vec<String>,
+    ) -> impl Future<Output = Result<PodUsage, BackendError>> + Send;
 
     /// Reopens a running container's log file (after kubelet rotated it).
     fn reopen_log(&self, id: &str) -> impl Future<Output = Result<(), BackendError>> + Send;

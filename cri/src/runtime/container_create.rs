@@ -47,20 +47,11 @@ pub fn container_config(config: Option<proto::ContainerConfig>) -> Result<Contai
         }
     }
     let linux = c.linux.unwrap_or_default();
-    let r = linux.resources.unwrap_or_default();
+    let resources = resources(
+        &linux.resources.unwrap_or_default(),
+        "config.linux.resources",
+    )?;
     let sc = linux.security_context.unwrap_or_default();
-    for (what, v) in [
-        ("cpu_period", r.cpu_period),
-        ("cpu_quota", r.cpu_quota),
-        ("cpu_shares", r.cpu_shares),
-        ("memory_limit_in_bytes", r.memory_limit_in_bytes),
-    ] {
-        if v < 0 {
-            return Err(Status::invalid_argument(format!(
-                "config.linux.resources.{what} must not be negative (got {v})"
-            )));
-        }
-    }
     Ok(ContainerConfig {
         name: metadata.name,
         attempt: metadata.attempt,
@@ -82,13 +73,34 @@ pub fn container_config(config: Option<proto::ContainerConfig>) -> Result<Contai
         },
         readonly_rootfs: sc.readonly_rootfs,
         no_new_privs: sc.no_new_privs,
-        resources: ResourcesConfig {
-            cpu_period: r.cpu_period,
-            cpu_quota: r.cpu_quota,
-            cpu_shares: r.cpu_shares,
-            memory_limit_bytes: r.memory_limit_in_bytes,
-            oom_score_adj: r.oom_score_adj,
-        },
+        resources,
+    })
+}
+
+/// The backend's resources from the CRI ones (`field` names them in errors). The
+/// limits must not be negative; 0 means unset.
+pub fn resources(
+    r: &proto::LinuxContainerResources,
+    field: &str,
+) -> Result<ResourcesConfig, Status> {
+    for (what, v) in [
+        ("cpu_period", r.cpu_period),
+        ("cpu_quota", r.cpu_quota),
+        ("cpu_shares", r.cpu_shares),
+        ("memory_limit_in_bytes", r.memory_limit_in_bytes),
+    ] {
+        if v < 0 {
+            return Err(Status::invalid_argument(format!(
+                "{field}.{what} must not be negative (got {v})"
+            )));
+        }
+    }
+    Ok(ResourcesConfig {
+        cpu_period: r.cpu_period,
+        cpu_quota: r.cpu_quota,
+        cpu_shares: r.cpu_shares,
+        memory_limit_bytes: r.memory_limit_in_bytes,
+        oom_score_adj: r.oom_score_adj,
     })
 }
 

@@ -5,18 +5,20 @@
 mod backend;
 mod container_create;
 mod container_status;
+mod container_update;
 mod events;
 mod exec;
 mod sandbox_run;
 mod sandbox_status;
 mod server;
+mod stats;
 mod status;
 mod validate;
 
 pub use backend::{
-    ContainerConfig, ContainerEvent, ContainerInfo, ContainerState, DnsConfig, EventKind,
-    ExecOutput, Health, PodConfig, PodInfo, PodMetadata, PodState, PortMapping, ResourcesConfig,
-    RuntimeBackend, UserConfig,
+    ContainerConfig, ContainerEvent, ContainerInfo, ContainerState, ContainerUsage, DnsConfig,
+    EventKind, ExecOutput, Health, PodConfig, PodInfo, PodMetadata, PodState, PodUsage,
+    PortMapping, ResourcesConfig, RuntimeBackend, UserConfig,
 };
 pub use server::RuntimeServer;
 pub use status::{RUNTIME_API_VERSION, RUNTIME_NAME};

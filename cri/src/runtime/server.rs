@@ -5,15 +5,18 @@
 //! (removal is idempotent, as the CRI API requires); every other call on an unknown ID
 //! is `NotFound`.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
-use super::backend::RuntimeBackend;
+use super::backend::{ContainerInfo, PodState, PodUsage, RuntimeBackend};
 use super::events::EventStream;
+use super::stats::Rates;
 use super::{
-    container_create, container_status, events, exec, sandbox_run, sandbox_status, status, validate,
+    container_create, container_status, container_update, events, exec, sandbox_run,
+    sandbox_status, stats, status, validate,
 };
 use crate::image::convert::status as backend_status;
 use crate::image::ErrorKind;
@@ -23,12 +26,64 @@ use crate::proto::runtime_service_server::{RuntimeService, RuntimeServiceServer}
 /// The RuntimeService.
 pub struct RuntimeServer<B> {
     backend: Arc<B>,
+    /// The previous CPU samples, for `usage_nano_cores`.
+    rates: Rates,
 }
 
 impl<B: RuntimeBackend> RuntimeServer<B> {
     /// A service over `backend`.
     pub fn new(backend: Arc<B>) -> Self {
-        Self { backend }
+        Self {
+            backend,
+            rates: Rates::default(),
+        }
+    }
+
+    /// The usage of each pod of `wanted` (pod ID → container IDs, all when empty),
+    /// asked of their guests at the same time. A pod whose guest fails is left out
+    /// with a warning, as containerd leaves out a sandbox it cannot measure: one
+    /// broken VM must not hide every other pod from kubelet.
+    async fn usage_of(&self, wanted: HashMap<String, Vec<String>>) -> HashMap<String, PodUsage> {
+        let mut calls = tokio::task::JoinSet::new();
+        for (pod_id, ids) in wanted {
+            let backend = self.backend.clone();
+            calls.spawn(async move {
+                let r = backend.pod_usage(&pod_id, ids).await;
+                (pod_id, r)
+            });
+        }
+        let mut out = HashMap::new();
+        while let Some(joined) = calls.join_next().await {
+            match joined {
+                Ok((pod_id, Ok(u))) => {
+                    out.insert(pod_id, u);
+                }
+                Ok((pod_id, Err(e))) => {
+                    tracing::warn!(pod = %pod_id, "no stats: {}", e.message);
+                }
+                Err(e) => tracing::error!("stats task failed: {e}"),
+            }
+        }
+        out
+    }
+
+    /// Forgets the CPU samples of containers and pods that are gone.
+    fn prune_rates(&self) {
+        let containers: HashSet<String> = self
+            .backend
+            .containers()
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
+        let pods: HashSet<String> = self.backend.pods().into_iter().map(|p| p.id).collect();
+        self.rates.containers.retain(|id| containers.contains(id));
+        self.rates.pods.retain(|id| pods.contains(id));
+    }
+
+    fn pod_ready(&self, pod_id: &str) -> bool {
+        self.backend
+            .pod(pod_id)
+            .is_ok_and(|p| p.state == PodState::Ready)
     }
 
     /// The tonic service, ready to add to a server.
@@ -221,9 +276,15 @@ impl<B: RuntimeBackend> RuntimeService for RuntimeServer<B> {
 
     async fn update_container_resources(
         &self,
-        _r: Request<proto::UpdateContainerResourcesRequest>,
+        r: Request<proto::UpdateContainerResourcesRequest>,
     ) -> Reply<proto::UpdateContainerResourcesResponse> {
-        unimplemented("UpdateContainerResources")
+        let req = r.into_inner();
+        let (id, resources) = container_update::request(&req)?;
+        self.backend
+            .update_container_resources(id, resources)
+            .await
+            .map_err(backend_status)?;
+        ok(proto::UpdateContainerResourcesResponse {})
     }
 
     async fn reopen_container_log(
@@ -268,30 +329,116 @@ impl<B: RuntimeBackend> RuntimeService for RuntimeServer<B> {
 
     async fn container_stats(
         &self,
-        _r: Request<proto::ContainerStatsRequest>,
+        r: Request<proto::ContainerStatsRequest>,
     ) -> Reply<proto::ContainerStatsResponse> {
-        unimplemented("ContainerStats")
+        let req = r.into_inner();
+        let id = validate::id(&req.container_id, "container_id")?;
+        let c = self.backend.container(id).map_err(backend_status)?;
+        // A container of a stopped pod gets what the list gives it: its attributes.
+        // (containerd fails ContainerStats of a container without a task; the list's
+        // shape says more and keeps the two calls consistent.)
+        let usage = if self.pod_ready(&c.pod_id) {
+            let u = self
+                .backend
+                .pod_usage(&c.pod_id, vec![c.id.clone()])
+                .await
+                .map_err(backend_status)?;
+            Some(u)
+        } else {
+            None
+        };
+        ok(proto::ContainerStatsResponse {
+            stats: Some(self.rates.container(&c, usage.as_ref())),
+        })
     }
 
     async fn list_container_stats(
         &self,
-        _r: Request<proto::ListContainerStatsRequest>,
+        r: Request<proto::ListContainerStatsRequest>,
     ) -> Reply<proto::ListContainerStatsResponse> {
-        ok(proto::ListContainerStatsResponse { stats: Vec::new() })
+        let filter = r.into_inner().filter.unwrap_or_default();
+        self.prune_rates();
+        let containers: Vec<ContainerInfo> = self
+            .backend
+            .containers()
+            .into_iter()
+            .filter(|c| stats::container_matches(c, &filter))
+            .collect();
+        let mut wanted: HashMap<String, Vec<String>> = HashMap::new();
+        for c in containers.iter().filter(|c| self.pod_ready(&c.pod_id)) {
+            wanted
+                .entry(c.pod_id.clone())
+                .or_default()
+                .push(c.id.clone());
+        }
+        let usage = self.usage_of(wanted).await;
+        let stats = containers
+            .iter()
+            .map(|c| self.rates.container(c, usage.get(&c.pod_id)))
+            .collect();
+        ok(proto::ListContainerStatsResponse { stats })
     }
 
     async fn pod_sandbox_stats(
         &self,
-        _r: Request<proto::PodSandboxStatsRequest>,
+        r: Request<proto::PodSandboxStatsRequest>,
     ) -> Reply<proto::PodSandboxStatsResponse> {
-        unimplemented("PodSandboxStats")
+        let req = r.into_inner();
+        let id = validate::id(&req.pod_sandbox_id, "pod_sandbox_id")?;
+        let pod = self.backend.pod(id).map_err(backend_status)?;
+        if pod.state != PodState::Ready {
+            return Err(Status::failed_precondition(format!(
+                "pod sandbox {} is not ready: a stopped pod has no VM to measure",
+                pod.id
+            )));
+        }
+        let usage = self
+            .backend
+            .pod_usage(&pod.id, Vec::new())
+            .await
+            .map_err(backend_status)?;
+        let containers = self
+            .backend
+            .containers()
+            .iter()
+            .filter(|c| c.pod_id == pod.id)
+            .map(|c| self.rates.container(c, Some(&usage)))
+            .collect();
+        ok(proto::PodSandboxStatsResponse {
+            stats: Some(self.rates.pod(&pod, &usage, containers)),
+        })
     }
 
     async fn list_pod_sandbox_stats(
         &self,
-        _r: Request<proto::ListPodSandboxStatsRequest>,
+        r: Request<proto::ListPodSandboxStatsRequest>,
     ) -> Reply<proto::ListPodSandboxStatsResponse> {
-        ok(proto::ListPodSandboxStatsResponse { stats: Vec::new() })
+        let filter = r.into_inner().filter.unwrap_or_default();
+        self.prune_rates();
+        // Only ready pods have a VM to measure (containerd too lists ready sandboxes).
+        let pods: Vec<_> = self
+            .backend
+            .pods()
+            .into_iter()
+            .filter(|p| p.state == PodState::Ready && stats::pod_matches(p, &filter))
+            .collect();
+        let usage = self
+            .usage_of(pods.iter().map(|p| (p.id.clone(), Vec::new())).collect())
+            .await;
+        let containers = self.backend.containers();
+        let stats = pods
+            .iter()
+            .filter_map(|p| {
+                let u = usage.get(&p.id)?;
+                let own = containers
+                    .iter()
+                    .filter(|c| c.pod_id == p.id)
+                    .map(|c| self.rates.container(c, Some(u)))
+                    .collect();
+                Some(self.rates.pod(p, u, own))
+            })
+            .collect();
+        ok(proto::ListPodSandboxStatsResponse { stats })
     }
 
     async fn update_runtime_config(

@@ -29,6 +29,20 @@ pub struct CgroupError {
     pub source: io::Error,
 }
 
+impl CgroupError {
+    /// Whether the kernel refused a limit's value (out of range, or memory.max below
+    /// what the cgroup cannot give back), rather than failing to do its job.
+    pub fn is_refused_limit(&self) -> bool {
+        matches!(
+            self.what,
+            "cpu.weight" | "cpu.max" | "memory.max" | "pids.max"
+        ) && matches!(
+            self.source.raw_os_error(),
+            Some(libc::EINVAL | libc::EBUSY | libc::ERANGE)
+        )
+    }
+}
+
 fn write(path: PathBuf, what: &'static str, value: &str) -> Result<(), CgroupError> {
     std::fs::write(&path, value).map_err(|source| CgroupError { path, what, source })
 }
@@ -100,7 +114,9 @@ impl Cgroup {
         Ok(cg)
     }
 
-    fn set_limits(&self, r: &Resources) -> Result<(), CgroupError> {
+    /// Sets the limits `r` sets and leaves the others as they are: at creation, and
+    /// when the host updates a container's resources.
+    pub fn set_limits(&self, r: &Resources) -> Result<(), CgroupError> {
         if let Some(w) = r.cpu_weight {
             self.write("cpu.weight", &w.to_string())?;
         }
@@ -207,5 +223,18 @@ mod tests {
         assert_eq!(keyed(text, "user_usec"), Some(100));
         assert_eq!(keyed(text, "nr_periods"), None);
         assert_eq!(keyed("populated 1\nfrozen 0\n", "populated"), Some(1));
+    }
+
+    #[test]
+    fn refused_limits_are_told_apart() {
+        let err = |what, errno| CgroupError {
+            path: PathBuf::from("/x"),
+            what,
+            source: io::Error::from_raw_os_error(errno),
+        };
+        assert!(err("memory.max", libc::EBUSY).is_refused_limit());
+        assert!(err("cpu.max", libc::EINVAL).is_refused_limit());
+        assert!(!err("memory.max", libc::ENOENT).is_refused_limit());
+        assert!(!err("create", libc::EINVAL).is_refused_limit());
     }
 }

@@ -81,6 +81,9 @@ pub enum Error {
     /// The cgroup could not be set up.
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
+    /// The kernel refused a new limit.
+    #[error("the kernel refused the new limit: {0}")]
+    Limit(CgroupError),
     /// The streams could not be set up.
     #[error(transparent)]
     Stdio(#[from] StdioError),
@@ -512,6 +515,29 @@ impl Manager {
                 Err(Error::State(format!("cannot start container {id:?}: {e}")))
             }
         }
+    }
+
+    /// Changes a created or running container's cgroup limits: those `resources` sets,
+    /// with the checks and the code of creation.
+    pub fn update_resources(
+        &self,
+        id: &str,
+        resources: vmlet_proto::agent::Resources,
+    ) -> Result<(), Error> {
+        let resources = spec::resources(resources)?;
+        let c = self.get(id)?;
+        if c.main.status().state == State::Exited {
+            return Err(Error::State(format!(
+                "container {id:?} has exited: its limits can no longer change"
+            )));
+        }
+        c.cgroup.set_limits(&resources).map_err(|e| {
+            if e.is_refused_limit() {
+                Error::Limit(e)
+            } else {
+                Error::Cgroup(e)
+            }
+        })
     }
 
     /// Runs another process in a running container; returns its pid.

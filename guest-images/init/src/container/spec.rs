@@ -543,7 +543,8 @@ fn mount_spec(m: agent::Mount) -> Result<MountSpec, SpecError> {
     })
 }
 
-fn resources(r: agent::Resources) -> Result<Resources, SpecError> {
+/// Checks cgroup limits (of a create or an update request).
+pub fn resources(r: agent::Resources) -> Result<Resources, SpecError> {
     let weight = match r.cpu_weight {
         0 => None,
         w @ 1..=10_000 => Some(w),

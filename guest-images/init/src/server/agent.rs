@@ -128,6 +128,19 @@ fn route(r: pb::Route) -> Result<netconf::RouteConfig, Status> {
     })
 }
 
+/// The 1-minute load and the number of tasks from /proc/loadavg
+/// ("0.20 0.18 0.12 1/80 11206": the 4th field is runnable/total).
+fn loadavg(text: &str) -> (f64, u32) {
+    let mut fields = text.split_whitespace();
+    let load = fields.next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    let tasks = fields
+        .nth(2)
+        .and_then(|v| v.split_once('/'))
+        .and_then(|(_, total)| total.parse().ok())
+        .unwrap_or(0);
+    (load, tasks)
+}
+
 fn guest_stats() -> pb::GuestStats {
     let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
     let meminfo = read("/proc/meminfo");
@@ -159,13 +172,7 @@ fn guest_stats() -> pb::GuestStats {
                 * 10_000
         })
         .unwrap_or(0);
-    let loadavg = read("/proc/loadavg");
-    let mut fields = loadavg.split_whitespace();
-    let load = fields.next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    let processes = fields
-        .nth(2)
-        .and_then(|v| v.parse::<u32>().ok())
-        .unwrap_or(0);
+    let (load, processes) = loadavg(&read("/proc/loadavg"));
     pb::GuestStats {
         timestamp_ns: unix_ns(Some(SystemTime::now())),
         cpu_usage_usec: cpu_usec,
@@ -469,6 +476,20 @@ impl Agent for AgentService {
         }))
     }
 
+    async fn update_resources(
+        &self,
+        req: Request<pb::UpdateResourcesRequest>,
+    ) -> Result<Response<pb::UpdateResourcesResponse>, Status> {
+        let r = req.into_inner();
+        let resources = r
+            .resources
+            .ok_or_else(|| Status::invalid_argument("resources is required"))?;
+        self.manager()?
+            .update_resources(&r.container_id, resources)
+            .map_err(status::container)?;
+        Ok(Response::new(pb::UpdateResourcesResponse {}))
+    }
+
     async fn write_file(
         &self,
         req: Request<pb::WriteFileRequest>,
@@ -496,5 +517,16 @@ impl Agent for AgentService {
             crate::pid1::power_off();
         });
         Ok(Response::new(pb::ShutdownResponse {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loadavg_parses() {
+        assert_eq!(loadavg("0.20 0.18 0.12 1/80 11206\n"), (0.2, 80));
+        assert_eq!(loadavg(""), (0.0, 0));
     }
 }

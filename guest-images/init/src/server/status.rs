@@ -13,7 +13,7 @@ use crate::guest::ConfigError;
 /// The gRPC status for a container error.
 pub fn container(e: Error) -> Status {
     let code = match &e {
-        Error::Spec(_) => Code::InvalidArgument,
+        Error::Spec(_) | Error::Limit(_) => Code::InvalidArgument,
         Error::NotFound { .. } => Code::NotFound,
         Error::Exists { .. } => Code::AlreadyExists,
         Error::State(_) => Code::FailedPrecondition,
