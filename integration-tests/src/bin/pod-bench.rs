@@ -5,7 +5,10 @@
 //! network and the same local registry. Prints per-run lines, then
 //! `pod_start_ms_p50=`, `pod_start_ms_p99=` and, with containerd,
 //! `containerd_pod_start_ms_p50=`, `containerd_pod_start_ms_p99=` and
-//! `pod_start_vs_containerd=` (vmlet's p50 over containerd's).
+//! `pod_start_vs_containerd=` (vmlet's p50 over containerd's); last
+//! `idle_pod_host_rss_kib=`: the resident memory of an idle pod's VMM process (its
+//! own memory plus every guest page the guest touched), 10 s after its container
+//! started sleeping.
 //! Used by `scripts/bench-pod.sh` (environment as for the integration tests).
 //!
 //! Usage: pod-bench [--runs N] [--no-containerd]
@@ -214,4 +217,31 @@ fn main() {
         let base = report("containerd_", &mut theirs);
         println!("pod_start_vs_containerd={:.3}", p50 / base);
     }
+    println!("idle_pod_host_rss_kib={}", idle_pod_rss_kib(&c, &d, &image));
+}
+
+/// VmRSS of the VMM of a pod whose one container sleeps.
+fn idle_pod_rss_kib(c: &CriClient, d: &Vmletd, image: &str) -> u64 {
+    let pod_cfg = pod_config("idle", &d.log_dir());
+    let pod = c.run_pod(pod_cfg.clone()).expect("RunPodSandbox");
+    let id = c
+        .create(
+            &pod,
+            container_config("idle", image, "exec sleep 3600"),
+            &pod_cfg,
+        )
+        .expect("CreateContainer");
+    c.start(&id).expect("StartContainer");
+    std::thread::sleep(Duration::from_secs(10));
+    let pids = d.vmm_pids();
+    assert_eq!(pids.len(), 1, "one VMM expected: {pids:?}");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pids[0])).expect("status");
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    c.stop_pod(&pod).expect("StopPodSandbox");
+    c.remove_pod(&pod).expect("RemovePodSandbox");
+    rss
 }
