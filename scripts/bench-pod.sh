@@ -5,7 +5,7 @@
 # where containerd + runc are installed, the same sequence through containerd's CRI in
 # the same run, alternating. Prints per-run lines, then pod_start_ms_p50=,
 # pod_start_ms_p99=, containerd_pod_start_ms_p50=, containerd_pod_start_ms_p99= and
-# pod_start_vs_containerd= last.
+# pod_start_vs_containerd=, and idle_pod_host_rss_kib= (an idle pod's VMM RSS) last.
 #   scripts/bench-pod.sh [--runs N] [--no-containerd]
 set -euo pipefail
 
