@@ -181,7 +181,7 @@ fn main() {
     } else {
         let pause = registry
             .push(
-                &busybox_image_with(json!({"Cmd": ["sleep", "2147483647"]})).expect("pause"),
+                &busybox_image_with(json!({"Cmd": ["/bin/sleep", "2147483647"]})).expect("pause"),
                 "pause:bench",
             )
             .expect("push pause");
