@@ -108,6 +108,11 @@ fn pods_reach_the_host_each_other_and_published_ports() {
         searches: vec!["e2e.svc.cluster.local".into()],
         options: vec!["ndots:5".into()],
     });
+    let mut linux = v1::LinuxPodSandboxConfig::default();
+    linux
+        .sysctls
+        .insert("net.ipv4.ip_unprivileged_port_start".into(), "80".into());
+    web_cfg.linux = Some(linux);
     let web = c.run_pod(web_cfg.clone()).expect("RunPodSandbox");
     let web_ip = c.pod_ip(&web);
     assert!(web_ip.starts_with("10.77.0."), "pod IP {web_ip:?}");
@@ -149,6 +154,16 @@ fn pods_reach_the_host_each_other_and_published_ports() {
     assert!(resolv.contains("nameserver 10.96.0.10"), "{resolv}");
     assert!(resolv.contains("e2e.svc.cluster.local"), "{resolv}");
     assert!(!resolv.contains(CNI_DNS), "{resolv}");
+    // The pod's sysctls, and /etc/hosts naming the pod on its address.
+    let port_start = exec_ok(
+        &c,
+        &web_sh,
+        "cat /proc/sys/net/ipv4/ip_unprivileged_port_start",
+    );
+    assert_eq!(port_start.trim(), "80");
+    let hosts = exec_ok(&c, &web_sh, "cat /etc/hosts");
+    assert!(hosts.contains(&format!("{web_ip}\tweb")), "{hosts}");
+    assert!(hosts.contains("127.0.0.1\tlocalhost"), "{hosts}");
 
     remove_all(&c, &[&web, &client]);
     net.assert_clean(&[&web, &client]);
@@ -313,11 +328,27 @@ fn broken_network_configuration_is_reported_and_leaks_nothing() {
     let e = c.run_pod(host).expect_err("host network");
     assert_eq!(e.code(), Code::FailedPrecondition, "{e}");
 
-    // Fixed: the same pod name runs now. (The failed ADD left an empty bridge of the
-    // same name; Debian's bridge plugin cannot take over a bridge made with another
+    // A good network from here on. (The failed ADD left an empty bridge of the same
+    // name; Debian's bridge plugin cannot take over a bridge made with another
     // configuration, so it goes first.)
     let _ = Command::new("ip").args(["link", "del", BRIDGE]).status();
     net.write_conflist(None);
+
+    // A sysctl outside the namespaced allow-list: the guest refuses it and the pod
+    // is undone, network included.
+    let mut bad_sysctl = cfg.clone();
+    let mut linux = v1::LinuxPodSandboxConfig::default();
+    linux.sysctls.insert("kernel.panic".into(), "1".into());
+    bad_sysctl.linux = Some(linux);
+    let e = c.run_pod(bad_sysctl).expect_err("kernel.panic");
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    assert!(e.message().contains("kernel.panic"), "{e}");
+    assert!(c.list_pods(None).is_empty());
+    assert!(net.namespaces().is_empty(), "{:?}", net.namespaces());
+    assert!(net.leases().is_empty(), "{:?}", net.leases());
+    assert!(d.vmm_pids().is_empty());
+
+    // Fixed: the same pod name runs now.
     let pod = c.run_pod(cfg.clone()).expect("RunPodSandbox");
     assert!(c.pod_ip(&pod).starts_with("10.77.0."));
     remove_all(&c, &[&pod]);

@@ -260,21 +260,63 @@ async fn configure(vm: &Vm, c: &PodConfig, net: Option<&PodNetRecord>) -> Result
         None
     };
     let (interfaces, routes) = net.map(PodNetRecord::guest_config).unwrap_or_default();
+    let ips = net.map(PodNetRecord::ips).unwrap_or_default();
+    // The guest checks the sysctls against its allow-list (namespaced keys only).
     vm.client
         .clone()
         .configure_guest(guest::req(
             pb::ConfigureGuestRequest {
-                hostname,
+                hostname: hostname.clone(),
                 dns,
                 interfaces,
                 routes,
-                ..Default::default()
+                sysctls: c.sysctls.clone(),
             },
             guest::CALL,
         ))
         .await
         .map_err(RuntimeError::guest("ConfigureGuest"))?;
+    // The pod's /etc/hosts, bound into containers that get none from kubelet, as
+    // containerd writes one per sandbox.
+    vm.client
+        .clone()
+        .write_file(guest::req(
+            pb::WriteFileRequest {
+                path: "hosts".into(),
+                data: hosts_file(&hostname, &ips).into_bytes(),
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+            },
+            guest::CALL,
+        ))
+        .await
+        .map_err(RuntimeError::guest("WriteFile"))?;
     Ok(())
+}
+
+/// /etc/hosts of a pod: loopback names, and the hostname on each pod address.
+fn hosts_file(hostname: &str, ips: &[String]) -> String {
+    let mut hosts = String::from(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\
+         fe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\n\
+         fe00::2\tip6-allrouters\n",
+    );
+    for ip in ips {
+        hosts.push_str(&format!("{ip}\t{hostname}\n"));
+    }
+    hosts
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn hosts_file_names_the_pod_on_its_addresses() {
+        let h = super::hosts_file("web", &["10.88.0.5".into(), "fd00::5".into()]);
+        assert!(h.starts_with("127.0.0.1\tlocalhost\n"), "{h}");
+        assert!(h.ends_with("10.88.0.5\tweb\nfd00::5\tweb\n"), "{h}");
+        assert!(!super::hosts_file("web", &[]).contains("web"));
+    }
 }
 
 /// Watches a pod's VMM: when it exits without being stopped, the pod is not ready and

@@ -69,6 +69,9 @@ pub struct PodConfig {
     /// Ports published on the node.
     #[serde(default)]
     pub port_mappings: Vec<PortMapping>,
+    /// Namespaced sysctls for the pod (`linux.sysctls`).
+    #[serde(default)]
+    pub sysctls: HashMap<String, String>,
 }
 
 /// State of a pod.

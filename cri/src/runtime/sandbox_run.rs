@@ -79,6 +79,7 @@ pub fn pod_config(config: Option<proto::PodSandboxConfig>) -> Result<PodConfig, 
         vcpus,
         memory_mib,
         port_mappings,
+        sysctls: linux.sysctls,
     })
 }
 
