@@ -308,17 +308,6 @@ fn hosts_file(hostname: &str, ips: &[String]) -> String {
     hosts
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn hosts_file_names_the_pod_on_its_addresses() {
-        let h = super::hosts_file("web", &["10.88.0.5".into(), "fd00::5".into()]);
-        assert!(h.starts_with("127.0.0.1\tlocalhost\n"), "{h}");
-        assert!(h.ends_with("10.88.0.5\tweb\nfd00::5\tweb\n"), "{h}");
-        assert!(!super::hosts_file("web", &[]).contains("web"));
-    }
-}
-
 /// Watches a pod's VMM: when it exits without being stopped, the pod is not ready and
 /// its containers have exited.
 pub(super) fn watch_vm(inner: Arc<Inner>, pod: Arc<Pod>) {
@@ -451,4 +440,15 @@ pub async fn remove(inner: &Arc<Inner>, id: &str) -> Result<(), RuntimeError> {
     t.pod_names.remove(&metadata);
     tracing::info!(pod = %pod.id, "pod removed");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn hosts_file_names_the_pod_on_its_addresses() {
+        let h = super::hosts_file("web", &["10.88.0.5".into(), "fd00::5".into()]);
+        assert!(h.starts_with("127.0.0.1\tlocalhost\n"), "{h}");
+        assert!(h.ends_with("10.88.0.5\tweb\nfd00::5\tweb\n"), "{h}");
+        assert!(!super::hosts_file("web", &[]).contains("web"));
+    }
 }
