@@ -7,13 +7,4 @@
 #   scripts/bench-net.sh [--pods N] [--mib M] [--rounds R]
 set -euo pipefail
 
-repo=$(cd "$(dirname "$0")/.." && pwd)
-cd "$repo"
-
-scripts/setup.sh
-kernel=$(scripts/build-guest-kernel.sh | tail -n1)
-target=${CARGO_TARGET_DIR:-$repo/target}
-cargo build -j2 --release -p vmlet-vmm -p vmlet-agent -p vmlet-integration-tests --bins >&2
-initramfs=$(scripts/build-initramfs.sh -o "$target/vmlet-initramfs.cpio" | tail -n1)
-export VMLET_KERNEL=$kernel VMLET_TEST_INITRAMFS=$initramfs VMLET_VMM=$target/release/vmlet-vmm
-scripts/with-kvm.sh --timeout 3000 -- "$target/release/net-bench" "$@"
+exec "$(dirname "$0")/run-release-bench.sh" net-bench "$@"

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status};
+use vmlet_agent::testing::{busybox_image, TestRegistry};
 pub use vmlet_cri::proto as v1;
 use vmlet_cri::proto::image_service_client::ImageServiceClient;
 use vmlet_cri::proto::runtime_service_client::RuntimeServiceClient;
@@ -458,6 +459,16 @@ pub struct Vmletd {
 /// Configuration a test's daemon starts from: a boot timeout for shared, emulated
 /// machines.
 const BASE_CONFIG: &str = "[vm]\nboot_timeout_secs = 600\n";
+
+/// A registry on loopback with the busybox image pushed as `tag`, and the image's
+/// reference.
+pub fn busybox_registry(tag: &str) -> (TestRegistry, String) {
+    let registry = TestRegistry::start().expect("start the registry");
+    let image = registry
+        .push(&busybox_image().expect("busybox image"), tag)
+        .expect("push busybox");
+    (registry, image)
+}
 
 /// The vmletd binary: `VMLET_VMLETD` (the KVM entry point passes `VMLET_*` on), else
 /// next to vmlet-vmm.

@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::json;
+use vmlet_agent::testing::TestRegistry;
+
+use crate::cri::Vmletd;
 
 /// The bridge the network's pods hang off.
 pub const BRIDGE: &str = "vmlet-e2e0";
@@ -87,6 +90,16 @@ impl Net {
             self.conf_dir().display(),
             self.netns_dir().display()
         )
+    }
+
+    /// vmletd on this network, allowed to pull from `registry`, with `image` pulled.
+    pub fn daemon(&self, registry: &TestRegistry, image: &str) -> Vmletd {
+        let d = Vmletd::start_with(
+            &["--insecure-registry", registry.addr()],
+            &self.daemon_config(),
+        );
+        d.client().pull(image).expect("PullImage");
+        d
     }
 
     /// Addresses host-local has handed out.

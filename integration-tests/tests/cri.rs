@@ -4,10 +4,10 @@
 use std::time::Duration;
 
 use tonic::Code;
-use vmlet_agent::testing::{busybox_image, Compression, ImageBuilder, LayerBuilder, TestRegistry};
+use vmlet_agent::testing::{Compression, ImageBuilder, LayerBuilder, TestRegistry};
 use vmlet_integration_tests::agent::GuestAgent;
 use vmlet_integration_tests::cri::{
-    container_config, parse_log, pod_config, v1, CriClient, LogEntry, Vmletd,
+    busybox_registry, container_config, parse_log, pod_config, v1, CriClient, LogEntry, Vmletd,
 };
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -20,10 +20,7 @@ struct Env {
 }
 
 fn env() -> Env {
-    let registry = TestRegistry::start().expect("start the registry");
-    let image = registry
-        .push(&busybox_image().expect("busybox image"), "busybox:e2e")
-        .expect("push busybox");
+    let (registry, image) = busybox_registry("busybox:e2e");
     let daemon = Vmletd::start(&["--insecure-registry", registry.addr()]);
     Env {
         registry,

@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tonic::Code;
-use vmlet_agent::testing::{busybox_image, TestRegistry};
-use vmlet_integration_tests::cri::{container_config, pod_config, v1, CriClient, Vmletd};
+use vmlet_integration_tests::cri::{
+    busybox_registry, container_config, pod_config, v1, CriClient, Vmletd,
+};
 use vmlet_integration_tests::net::{files, Net, BRIDGE, CNI_DNS, GATEWAY, NETWORK};
 
 /// Fetches `url` from the host with curl, retrying while the pod's server starts.
@@ -29,15 +30,6 @@ fn fetch(url: &str) -> String {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
-}
-
-/// A registry with busybox, and its image reference.
-fn registry() -> (TestRegistry, String) {
-    let registry = TestRegistry::start().expect("start the registry");
-    let image = registry
-        .push(&busybox_image().expect("busybox image"), "busybox:e2e")
-        .expect("push busybox");
-    (registry, image)
 }
 
 fn publish(cfg: &mut v1::PodSandboxConfig, container_port: i32, host_port: i32) {
@@ -90,14 +82,10 @@ fn remove_all(c: &CriClient, pods: &[&str]) {
 
 #[test]
 fn pods_reach_the_host_each_other_and_published_ports() {
-    let (registry, image) = registry();
+    let (registry, image) = busybox_registry("busybox:e2e");
     let net = Net::new(None);
-    let d = Vmletd::start_with(
-        &["--insecure-registry", registry.addr()],
-        &net.daemon_config(),
-    );
+    let d = net.daemon(&registry, &image);
     let c = d.client();
-    c.pull(&image).expect("PullImage");
     let ready = &c.conditions()["NetworkReady"];
     assert!(ready.0, "NetworkReady: {ready:?}");
 
@@ -206,14 +194,10 @@ fn stopping_a_pod_releases_its_address() {
 
 #[test]
 fn kill_9_of_vmletd_leaves_no_network_behind() {
-    let (registry, image) = registry();
+    let (registry, image) = busybox_registry("busybox:e2e");
     let net = Net::new(None);
-    let mut d = Vmletd::start_with(
-        &["--insecure-registry", registry.addr()],
-        &net.daemon_config(),
-    );
+    let mut d = net.daemon(&registry, &image);
     let c = d.client();
-    c.pull(&image).expect("PullImage");
     let mut cfg = pod_config("survivor", &d.log_dir());
     publish(&mut cfg, 80, 18081);
     let pod = c.run_pod(cfg.clone()).expect("RunPodSandbox");

@@ -17,8 +17,7 @@ use std::net::{Shutdown, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use vmlet_agent::testing::{busybox_image, TestRegistry};
-use vmlet_integration_tests::cri::{container_config, pod_config, Vmletd};
+use vmlet_integration_tests::cri::{busybox_registry, container_config, pod_config};
 use vmlet_integration_tests::net::Net;
 
 const PORT: u16 = 5001;
@@ -120,17 +119,10 @@ fn main() {
     let mib = arg(&args, "--mib", 64).max(1);
     let rounds = arg(&args, "--rounds", 3).max(1);
 
-    let registry = TestRegistry::start().expect("start the registry");
-    let image = registry
-        .push(&busybox_image().expect("busybox image"), "busybox:bench")
-        .expect("push");
+    let (registry, image) = busybox_registry("busybox:bench");
     let net = Net::new(None);
-    let d = Vmletd::start_with(
-        &["--insecure-registry", registry.addr()],
-        &net.daemon_config(),
-    );
+    let d = net.daemon(&registry, &image);
     let c = d.client();
-    c.pull(&image).expect("PullImage");
 
     // The network's share of RunPodSandbox; the last pod stays for the transfer.
     let (mut run_ms, mut net_ms) = (Vec::new(), Vec::new());

@@ -18,8 +18,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use vmlet_agent::testing::{busybox_image, busybox_image_with, TestRegistry};
-use vmlet_integration_tests::cri::{container_config, pod_config, CriClient, Vmletd};
+use vmlet_agent::testing::busybox_image_with;
+use vmlet_integration_tests::cri::{
+    busybox_registry, container_config, pod_config, CriClient, Vmletd,
+};
 use vmlet_integration_tests::net::Net;
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -164,17 +166,10 @@ fn main() {
             .expect("--runs N"),
         None => 10,
     };
-    let registry = TestRegistry::start().expect("start the registry");
-    let image = registry
-        .push(&busybox_image().expect("busybox image"), "busybox:bench")
-        .expect("push");
+    let (registry, image) = busybox_registry("busybox:bench");
     let net = Net::new(None);
-    let d = Vmletd::start_with(
-        &["--insecure-registry", registry.addr()],
-        &net.daemon_config(),
-    );
+    let d = net.daemon(&registry, &image);
     let c = d.client();
-    c.pull(&image).expect("PullImage");
 
     let baseline = if args.iter().any(|a| a == "--no-containerd") {
         None
