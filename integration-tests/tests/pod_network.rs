@@ -125,7 +125,7 @@ fn pods_reach_the_host_each_other_and_published_ports() {
     // A few tries: the first frames of a freshly booted nested guest can be slow
     // enough under emulation for neighbour resolution to give up ("No route to host").
     let get = format!(
-        "for i in 1 2 3 4 5 6 7 8 9 10; do wget -q -T 5 -O - http://{web_ip}/ && exit 0; sleep 1; done; exit 1"
+        "for i in 1 2 3 4 5 6 7 8 9 10; do wget -q -O - http://{web_ip}/ && exit 0; sleep 1; done; exit 1"
     );
     assert_eq!(exec_ok(&c, &sh, &get).trim(), "hello-from-web");
     let addr = exec_ok(&c, &sh, "ip -o addr show eth0; ip route");
