@@ -38,6 +38,14 @@
 //! image_slots = 4           # spare drives for container images (distinct images per pod)
 //! scratch_mib = 4096        # sparse ext4 disk for the containers' writable layers
 //! boot_timeout_secs = 180   # how long a guest may take until vmlet-init answers
+//! max_concurrent_boots = 4  # guests booting at once; more RunPodSandbox calls queue
+//! # VMs of the default size (vcpus, mem_mib) booted ahead of need, so that a pod of
+//! # that size starts without waiting for a boot. Each costs an idle pod's memory.
+//! warm_pool = 1
+//! # Added to the guest kernel's command line. "quiet" keeps boot messages off the
+//! # serial console (each byte written there is a VM exit); errors still show in
+//! # the pod's console.log. Set "" to see the whole boot.
+//! kernel_args = "quiet"
 //!
 //! # Per-registry settings, as in the image manager's RegistriesConfig:
 //! [registries.hosts."127.0.0.1:5000"]
@@ -98,6 +106,12 @@ pub struct VmConfig {
     pub scratch_mib: u64,
     /// Seconds a guest may take to boot.
     pub boot_timeout_secs: u64,
+    /// Extra guest kernel command line.
+    pub kernel_args: String,
+    /// Guests that may boot at once (a boot storm otherwise starves every one of them).
+    pub max_concurrent_boots: u32,
+    /// Pre-booted VMs of the default size.
+    pub warm_pool: u32,
 }
 
 impl Default for VmConfig {
@@ -110,6 +124,9 @@ impl Default for VmConfig {
             image_slots: 4,
             scratch_mib: 4096,
             boot_timeout_secs: 180,
+            kernel_args: "quiet".to_owned(),
+            max_concurrent_boots: 4,
+            warm_pool: 1,
         }
     }
 }
@@ -195,6 +212,9 @@ pub struct Args {
     /// Default memory of a pod (MiB).
     #[arg(long)]
     pub mem_mib: Option<u64>,
+    /// Pre-booted VMs of the default size (0: none).
+    #[arg(long)]
+    pub warm_pool: Option<u32>,
     /// Log filter.
     #[arg(long)]
     pub log_level: Option<String>,
@@ -271,6 +291,9 @@ impl Config {
         if let Some(v) = args.mem_mib {
             self.vm.mem_mib = v;
         }
+        if let Some(v) = args.warm_pool {
+            self.vm.warm_pool = v;
+        }
         if let Some(v) = &args.log_level {
             self.log_level = v.clone();
         }
@@ -299,6 +322,26 @@ impl Config {
             return bad(format!(
                 "vm.image_slots must be 1..=16 (got {})",
                 self.vm.image_slots
+            ));
+        }
+        if self.vm.warm_pool > 64 {
+            return bad(format!(
+                "vm.warm_pool must be 0..=64 (got {})",
+                self.vm.warm_pool
+            ));
+        }
+        if self.vm.max_concurrent_boots == 0 {
+            return bad("vm.max_concurrent_boots must be at least 1".to_owned());
+        }
+        // The kernel reads its command line as printable ASCII.
+        if let Some(c) = self
+            .vm
+            .kernel_args
+            .chars()
+            .find(|c| !(c.is_ascii_graphic() || *c == ' '))
+        {
+            return bad(format!(
+                "vm.kernel_args may hold printable ASCII and spaces only (found {c:?})"
             ));
         }
         if self.socket_mode > 0o777 {
@@ -375,6 +418,11 @@ mod tests {
         let mut c = Config::default();
         c.vm.vcpus = 0;
         assert!(c.check().is_err());
+        let mut c = Config::default();
+        assert_eq!(c.vm.kernel_args, "quiet");
+        c.vm.kernel_args = "quiet\ninit=/bin/sh".into();
+        let e = c.check().unwrap_err();
+        assert!(e.to_string().contains("vm.kernel_args"), "{e}");
         let missing = Args::parse_from(["vmletd", "--config", "/nonexistent/vmlet.toml"]);
         assert!(matches!(
             Config::load(&missing),

@@ -121,6 +121,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         }
         let _ = stopping_tx.send(());
     };
+    let rt = runtime.clone();
     let server = tonic::transport::Server::builder()
         .add_service(RuntimeServer::new(runtime).into_service())
         .add_service(ImageServer::new(images).into_service())
@@ -134,6 +135,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             tokio::time::sleep(SHUTDOWN_GRACE).await;
         } => tracing::info!("clients still connected after {SHUTDOWN_GRACE:?}: exiting"),
     }
+    rt.shutdown().await;
     let _ = std::fs::remove_file(&config.socket);
     Ok(())
 }

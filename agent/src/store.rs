@@ -83,6 +83,8 @@ pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T, StoreError> {
 pub enum PodPhase {
     /// Being set up: a daemon that finds this after a crash tears it down.
     Creating,
+    /// A pre-booted VM of the warm pool, not a pod yet: torn down after a crash too.
+    Warm,
     /// The VM runs.
     Ready,
     /// The VM is gone (stopped, or it died).

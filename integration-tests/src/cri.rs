@@ -457,8 +457,14 @@ pub struct Vmletd {
 }
 
 /// Configuration a test's daemon starts from: a boot timeout for shared, emulated
-/// machines.
-const BASE_CONFIG: &str = "[vm]\nboot_timeout_secs = 600\n";
+/// machines; inside the emulated TCG machine one boot at a time (nested guests
+/// booting at once crash that machine's own kernel); no warm pool (tests count VMMs
+/// and namespaces; `--warm-pool N` turns it on).
+fn base_config() -> String {
+    let emulated = std::env::var("VMLET_IN_WITH_KVM").is_ok_and(|v| v == "tcg");
+    let boots = if emulated { 1 } else { 4 };
+    format!("[vm]\nboot_timeout_secs = 600\nmax_concurrent_boots = {boots}\nwarm_pool = 0\n")
+}
 
 /// A registry on loopback with the busybox image pushed as `tag`, and the image's
 /// reference.
@@ -542,7 +548,7 @@ impl Vmletd {
             .process_group(0);
         std::fs::write(
             self.dir.path().join("vmletd.toml"),
-            format!("{BASE_CONFIG}{}", self.config),
+            format!("{}{}", base_config(), self.config),
         )
         .expect("write config");
         let child = cmd.spawn().expect("start vmletd");

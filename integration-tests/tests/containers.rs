@@ -756,6 +756,8 @@ fn guest_network_is_configured_by_mac() {
     let configure = pb::ConfigureGuestRequest {
         interfaces: vec![pb::Interface {
             mac: "02:00:00:79:00:02".into(),
+            // The pod's MAC, as when the VM booted before CNI ADD told it.
+            new_mac: "02:00:00:79:00:22".into(),
             name: "pod0".into(),
             addresses: vec!["10.79.0.2/24".into(), "fd79::2/64".into()],
             mtu: 1400,
@@ -791,7 +793,7 @@ fn guest_network_is_configured_by_mac() {
     // Containers share the configured network.
     let (status, out) = pod.run_to_end(
         "net",
-        process("cat /sys/class/net/pod0/mtu; ip route | grep ^default; ping -c 1 -W 10 10.79.0.1 >/dev/null && echo reached"),
+        process("cat /sys/class/net/pod0/mtu; ip route | grep ^default; ping -c 1 -W 10 10.79.0.1 >/dev/null && echo reached; cat /sys/class/net/pod0/address"),
     );
     assert_eq!(status.exit_code, 0, "{}", out.err());
     let text = out.out();
@@ -799,6 +801,6 @@ fn guest_network_is_configured_by_mac() {
         text.starts_with("1400\ndefault via 10.79.0.1 dev pod0"),
         "{text:?}"
     );
-    assert!(text.ends_with("reached\n"), "{text:?}");
+    assert!(text.ends_with("reached\n02:00:00:79:00:22\n"), "{text:?}");
     pod.shutdown();
 }

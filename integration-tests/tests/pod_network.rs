@@ -340,3 +340,116 @@ fn broken_network_configuration_is_reported_and_leaks_nothing() {
     remove_all(&c, &[&pod]);
     net.assert_clean(&[&pod]);
 }
+
+/// IDs of the daemon's warm VMs (records in phase Warm).
+fn warm_ids(d: &Vmletd) -> Vec<String> {
+    files(&d.state_dir().join("pods"))
+        .into_iter()
+        .filter(|id| {
+            std::fs::read_to_string(d.state_dir().join("pods").join(id).join("pod.json"))
+                .is_ok_and(|t| t.contains("\"phase\": \"Warm\""))
+        })
+        .collect()
+}
+
+/// Waits until the daemon has a warm VM other than `not` and returns its ID.
+fn wait_warm(d: &Vmletd, not: Option<&str>) -> String {
+    let start = Instant::now();
+    loop {
+        if let Some(id) = warm_ids(d).into_iter().find(|id| Some(id.as_str()) != not) {
+            return id;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "no warm VM appeared"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The MAC of `ifname` in the namespace pinned at `netns`.
+fn mac_in(netns: &std::path::Path, ifname: &str) -> String {
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .args(["ip", "-o", "link", "show", "dev", ifname])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let i = words.iter().position(|w| *w == "link/ether");
+    i.and_then(|i| words.get(i + 1))
+        .unwrap_or_else(|| panic!("no MAC in {text:?}"))
+        .to_string()
+}
+
+#[test]
+fn warm_vms_become_pods_and_leave_nothing_behind() {
+    let (registry, image) = busybox_registry("busybox:e2e");
+    let net = Net::new(None);
+    let mut d = Vmletd::start_with(
+        &["--insecure-registry", registry.addr(), "--warm-pool", "1"],
+        &net.daemon_config(),
+    );
+    let c = d.client();
+    c.pull(&image).expect("PullImage");
+
+    // A warm VM is no pod and holds no address; its namespace and tap exist.
+    let warm = wait_warm(&d, None);
+    assert!(c.list_pods(None).is_empty());
+    assert!(net.leases().is_empty(), "{:?}", net.leases());
+    let netns = net.netns_dir().join(format!("vmlet-{warm}"));
+    assert!(!mac_in(&netns, "tap0").is_empty());
+
+    // The next pod of the default size is that VM, on the network with its own MAC.
+    let mut cfg = pod_config("warm", &d.log_dir());
+    publish(&mut cfg, 80, 18082);
+    let pod = c.run_pod(cfg.clone()).expect("RunPodSandbox");
+    assert_eq!(pod, warm, "the pod did not get the warm VM");
+    let ip = c.pod_ip(&pod);
+    serve(&c, &pod, &cfg, &image, "warm-pod");
+    assert_eq!(fetch(&format!("http://{ip}/")).trim(), "warm-pod");
+    assert_eq!(
+        fetch(&format!("http://{GATEWAY}:18082/")).trim(),
+        "warm-pod"
+    );
+    let sh = idle(&c, &pod, &cfg, &image);
+    let guest_mac = exec_ok(&c, &sh, "cat /sys/class/net/eth0/address");
+    assert_eq!(guest_mac.trim(), mac_in(&netns, "eth0"));
+    let hostname = exec_ok(&c, &sh, "hostname");
+    assert_eq!(hostname.trim(), "warm");
+
+    // The pool refills; a pod of another size boots a VM of its own.
+    let next = wait_warm(&d, Some(&warm));
+    let mut big = pod_config("big", &d.log_dir());
+    big.linux = Some(v1::LinuxPodSandboxConfig {
+        resources: Some(v1::LinuxContainerResources {
+            memory_limit_in_bytes: 512 << 20,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let big = c.run_pod(big).expect("RunPodSandbox");
+    assert_ne!(big, next);
+    assert!(warm_ids(&d).contains(&next));
+    remove_all(&c, &[&pod, &big]);
+
+    // After kill -9 the next daemon removes the old warm VM (and boots a new one).
+    d.signal_and_wait(libc::SIGKILL);
+    d.restart();
+    let start = Instant::now();
+    while warm_ids(&d).contains(&next) || net.namespaces().contains(&format!("vmlet-{next}")) {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the old warm VM is still there"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    wait_warm(&d, Some(&next));
+
+    // A daemon that exits removes its warm VMs.
+    d.signal_and_wait(libc::SIGTERM);
+    assert!(d.vmm_pids().is_empty(), "VMMs left: {:?}", d.vmm_pids());
+    assert!(warm_ids(&d).is_empty(), "warm VMs left: {:?}", warm_ids(&d));
+    net.assert_clean(&[&pod, &big, &warm, &next]);
+}

@@ -17,7 +17,7 @@ use vmlet_proto::agent as pb;
 
 use super::cni::{Attachment, Cni, CniError, CniResult, Dns, NetworkConfig};
 use super::netns::{Netns, NetnsError};
-use super::tap::{connect_tap, TapError};
+use super::tap::{connect_tap, make_tap, TapError};
 
 /// The pod's interface inside its namespace (`CNI_IFNAME`), and in the guest.
 pub const POD_IFNAME: &str = "eth0";
@@ -118,6 +118,11 @@ pub struct PodNetRecord {
     pub mtu: u32,
     /// The tap the VMM opens.
     pub tap: String,
+    /// The MAC the guest's NIC boots with: the VM boots before ADD tells the pod's
+    /// MAC (`mac`), which ConfigureGuest then gives the NIC. Empty in records of
+    /// pods that booted with `mac`.
+    #[serde(default)]
+    pub guest_mac: String,
     /// How long namespace, ADD and tap took, in milliseconds.
     #[serde(default)]
     pub attach_ms: u64,
@@ -151,8 +156,15 @@ impl PodNetRecord {
         let Some(result) = self.parsed() else {
             return (Vec::new(), Vec::new());
         };
+        // The NIC is found by the MAC it booted with.
+        let boot_mac = if self.guest_mac.is_empty() {
+            &self.mac
+        } else {
+            &self.guest_mac
+        };
         let interface = pb::Interface {
-            mac: self.mac.clone(),
+            mac: boot_mac.clone(),
+            new_mac: self.mac.clone(),
             name: POD_IFNAME.to_owned(),
             addresses: pod_addresses(&result),
             mtu: self.mtu,
@@ -173,7 +185,7 @@ impl PodNetRecord {
             .map(|r| pb::Route {
                 destination: r.dst.clone(),
                 gateway: r.gw.clone().unwrap_or_else(|| gateway(r.dst.contains(':'))),
-                interface_mac: self.mac.clone(),
+                interface_mac: boot_mac.clone(),
             })
             .collect();
         (vec![interface], routes)
@@ -229,6 +241,14 @@ impl PodNetworks {
         Ok(net)
     }
 
+    /// Ok when pods can get a network now (or do not get one at all).
+    pub fn check_ready(&self) -> Result<(), NetworkError> {
+        match self.settings.mode {
+            NetworkMode::None => Ok(()),
+            NetworkMode::Cni => self.ready().map(drop),
+        }
+    }
+
     /// The network record of a new pod, before anything is made (`None` without pod
     /// networking). It owes a DEL from the start: see the module comment.
     pub fn plan(&self, pod_id: &str) -> Result<Option<PodNetRecord>, NetworkError> {
@@ -243,8 +263,21 @@ impl PodNetworks {
             mac: String::new(),
             mtu: 0,
             tap: String::new(),
+            guest_mac: String::new(),
             attach_ms: 0,
         }))
+    }
+
+    /// Makes the namespace and, in it, the tap the VMM opens, and picks the MAC the
+    /// guest boots with: all the VM needs, so that it can boot while ADD runs.
+    /// Idempotent. Blocks.
+    pub fn prepare(&self, pod_id: &str, rec: &mut PodNetRecord) -> Result<(), NetworkError> {
+        let (dir, name) = split_netns_path(&rec.netns);
+        let ns = Netns::create(dir, name)?;
+        make_tap(&ns, TAP_NAME)?;
+        rec.tap = TAP_NAME.to_owned();
+        rec.guest_mac = boot_mac(pod_id);
+        Ok(())
     }
 
     /// Makes the namespace, runs ADD, connects the tap. Blocks (runs plugins).
@@ -336,6 +369,23 @@ impl PodNetworks {
         Netns::at(&rec.netns).remove()?;
         Ok(())
     }
+}
+
+/// A locally administered unicast MAC from the pod ID (hex): stable for a pod, and
+/// only seen by the guest until ConfigureGuest gives it the pod's own.
+fn boot_mac(pod_id: &str) -> String {
+    let hex: String = pod_id
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .chain(std::iter::repeat('0'))
+        .take(10)
+        .collect();
+    let mut mac = String::from("02");
+    for pair in hex.as_bytes().chunks(2) {
+        mac.push(':');
+        mac.push_str(&String::from_utf8_lossy(pair));
+    }
+    mac.to_ascii_lowercase()
 }
 
 fn split_netns_path(path: &Path) -> (&Path, &str) {
@@ -462,6 +512,7 @@ mod tests {
             mac: "0a:58:0a:58:00:05".into(),
             mtu: 1500,
             tap: TAP_NAME.into(),
+            guest_mac: boot_mac("5e1f"),
             attach_ms: 0,
         }
     }
@@ -488,6 +539,10 @@ mod tests {
         assert_eq!(itfs.len(), 1);
         assert_eq!(itfs[0].addresses, ["fd00::5/64", "10.88.0.5/16"]);
         assert_eq!(itfs[0].name, "eth0");
+        // Found by the MAC it booted with, given the pod's.
+        assert_eq!(itfs[0].mac, "02:5e:1f:00:00:00");
+        assert_eq!(itfs[0].new_mac, "0a:58:0a:58:00:05");
+        assert!(routes.iter().all(|r| r.interface_mac == itfs[0].mac));
         let gws: Vec<_> = routes.iter().map(|r| r.gateway.as_str()).collect();
         assert_eq!(gws, ["10.88.0.1", "fd00::1", "10.88.0.9"]);
         assert_eq!(rec.dns().nameservers, ["10.96.0.10"]);
@@ -497,6 +552,14 @@ mod tests {
         };
         assert!(empty.ips().is_empty());
         assert!(empty.guest_config().0.is_empty());
+    }
+
+    #[test]
+    fn boot_macs_are_local_unicast_and_per_pod() {
+        let a = boot_mac(&"ab".repeat(32));
+        assert_eq!(a, "02:ab:ab:ab:ab:ab");
+        assert_ne!(a, boot_mac(&"cd".repeat(32)));
+        assert_eq!(boot_mac("F"), "02:f0:00:00:00:00");
     }
 
     #[test]

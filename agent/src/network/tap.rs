@@ -205,6 +205,29 @@ async fn connect(cni_if: &str, tap: &str) -> Result<TapLink, TapError> {
     result
 }
 
+/// In `netns`, creates tap `tap` unless it exists. Idempotent.
+pub fn make_tap(netns: &Netns, tap: &str) -> Result<(), TapError> {
+    if tap.is_empty() || tap.len() >= libc::IFNAMSIZ || tap.contains(['/', ' ']) {
+        return Err(TapError::BadName(tap.to_owned()));
+    }
+    let tap = tap.to_owned();
+    netns.run(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            let (conn, handle, _) = rtnetlink::new_connection()?;
+            let task = tokio::spawn(conn);
+            let found = link(&handle, &tap).await;
+            task.abort();
+            match found? {
+                Some(_) => Ok(()),
+                None => create_tap(&tap),
+            }
+        })
+    })?
+}
+
 /// In `netns`, creates tap `tap` (or reuses it) and joins it to `cni_if` both ways.
 /// Idempotent.
 pub fn connect_tap(netns: &Netns, cni_if: &str, tap: &str) -> Result<TapLink, TapError> {

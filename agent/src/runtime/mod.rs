@@ -17,11 +17,13 @@
 mod container;
 mod error;
 mod exec;
+mod launch;
 mod pod;
 mod recovery;
 mod resources;
 pub mod spec;
 mod stats;
+mod warm;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -95,6 +97,10 @@ struct Tables {
 
 struct Inner {
     settings: Settings,
+    /// Permits to boot a guest (`vm.max_concurrent_boots`).
+    boots: tokio::sync::Semaphore,
+    /// Pre-booted VMs (`vm.warm_pool`).
+    warm: warm::WarmPool,
     network: PodNetworks,
     images: Arc<ImageManager>,
     tables: Mutex<Tables>,
@@ -268,6 +274,11 @@ impl Runtime {
         let (events, _) = broadcast::channel(256);
         let rt = Runtime {
             inner: Arc::new(Inner {
+                boots: tokio::sync::Semaphore::new(settings.vm.max_concurrent_boots as usize),
+                warm: warm::WarmPool::new(
+                    settings.vm.warm_pool as usize,
+                    (settings.vm.vcpus, settings.vm.mem_mib),
+                ),
                 network: PodNetworks::new(settings.network.clone(), &settings.state_dir),
                 settings,
                 images,
@@ -277,7 +288,13 @@ impl Runtime {
             }),
         };
         recovery::recover(&rt.inner).await;
+        tokio::spawn(warm::refill(rt.inner.clone()));
         Ok(rt)
+    }
+
+    /// Before the daemon exits: kills the warm pool's VMs (pods keep running).
+    pub async fn shutdown(&self) {
+        warm::drain(&self.inner).await;
     }
 }
 

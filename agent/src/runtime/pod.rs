@@ -1,15 +1,15 @@
 //! Pods: RunPodSandbox, StopPodSandbox, RemovePodSandbox, and a VM that dies.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use vmlet_cri::runtime::{ContainerState, EventKind, PodConfig};
 use vmlet_proto::agent as pb;
 
-use super::{lock, new_id, now_ns, pod_name, Inner, Pod, RuntimeError};
+use super::{launch, lock, new_id, now_ns, pod_name, Inner, Pod, RuntimeError};
 use crate::network::pod::{NetworkError, PodNetRecord, PodNetworks};
-use crate::sandbox::{disk, guest, vmm, Vm, VmmCommand};
-use crate::store::{self, PodPaths, PodPhase, PodRecord, SlotRecord};
+use crate::sandbox::{guest, vmm, Vm};
+use crate::store::{self, PodPaths, PodPhase, PodRecord};
 
 /// How long a stopping guest may take to power off.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
@@ -42,13 +42,25 @@ pub(super) fn remove_files(paths: &PodPaths) {
     }
 }
 
-/// Runs a pod: disks, VMM, guest configuration.
+/// Runs a pod: a pre-booted VM of its size from the warm pool if there is one, else a
+/// fresh one (disks, VMM, guest configuration).
 pub async fn run(inner: &Arc<Inner>, config: PodConfig) -> Result<String, RuntimeError> {
-    let (vcpus, mem_mib) = size(inner, &config)?;
-    let id = new_id()?;
+    let size = size(inner, &config)?;
+    let _starting = inner.warm.starting();
+    // Fails before a warm VM is taken.
+    inner.network.check_ready()?;
+    let warm = inner.warm.take(size).await;
+    let id = match &warm {
+        Some(w) => w.id.clone(),
+        None => new_id()?,
+    };
     {
         let mut t = lock(&inner.tables);
-        if let Some(other) = t.pod_names.get(&config.metadata) {
+        if let Some(other) = t.pod_names.get(&config.metadata).cloned() {
+            drop(t);
+            if let Some(w) = warm {
+                inner.warm.put_back(w);
+            }
             return Err(RuntimeError::AlreadyExists(format!(
                 "pod sandbox name {:?} is reserved for {other}",
                 pod_name(&config.metadata)
@@ -57,25 +69,19 @@ pub async fn run(inner: &Arc<Inner>, config: PodConfig) -> Result<String, Runtim
         t.pod_names.insert(config.metadata.clone(), id.clone());
     }
     let paths = PodPaths::new(&inner.settings.state_dir, &inner.settings.runtime_dir, &id);
-    match boot(inner, &id, &paths, config.clone(), vcpus, mem_mib).await {
+    let started = match warm {
+        Some(w) => launch::adopt(inner, w, config.clone()).await,
+        None => launch::boot(inner, &id, &paths, config.clone(), size).await,
+    };
+    match started {
         Ok(pod) => {
             lock(&inner.tables).pods.insert(id.clone(), pod.clone());
             watch_vm(inner.clone(), pod);
-            tracing::info!(pod = %id, name = %pod_name(&config.metadata), vcpus, mem_mib, "pod ready");
+            tracing::info!(pod = %id, name = %pod_name(&config.metadata), vcpus = size.0, mem_mib = size.1, "pod ready");
             Ok(id)
         }
         Err(e) => {
-            // The record on disk says what was made (see `network::pod`). When the
-            // namespace cannot be removed, the record stays (phase Creating) and the
-            // next daemon start tries again.
-            let released = match store::read_json::<PodRecord>(&paths.record()) {
-                Ok(record) => release_network(inner, &record, true).await,
-                Err(_) => Ok(()),
-            };
-            match released {
-                Ok(()) => remove_files(&paths),
-                Err(undo) => tracing::error!(pod = %id, "undoing the pod's network: {undo}"),
-            }
+            undo(inner, &paths).await;
             lock(&inner.tables).pod_names.remove(&config.metadata);
             tracing::warn!(pod = %id, "pod failed to start: {e}");
             Err(e)
@@ -83,8 +89,22 @@ pub async fn run(inner: &Arc<Inner>, config: PodConfig) -> Result<String, Runtim
     }
 }
 
+/// Undoes what a VM that never became a pod made, from its record on disk (see
+/// `network::pod`); its VMM is gone already. When the namespace cannot be removed, the
+/// record stays (phase Creating or Warm) and the next daemon start tries again.
+pub(super) async fn undo(inner: &Inner, paths: &PodPaths) {
+    let released = match store::read_json::<PodRecord>(&paths.record()) {
+        Ok(record) => release_network(inner, &record, true).await,
+        Err(_) => Ok(()),
+    };
+    match released {
+        Ok(()) => remove_files(paths),
+        Err(e) => tracing::error!(dir = %paths.dir.display(), "undoing the network: {e}"),
+    }
+}
+
 /// Runs a blocking network step on the blocking pool, with the pod's network record.
-async fn network_step(
+pub(super) async fn network_step(
     networks: &PodNetworks,
     id: &str,
     config: &PodConfig,
@@ -140,104 +160,13 @@ pub(super) async fn release_network(
     Ok(result?)
 }
 
-async fn boot(
-    inner: &Inner,
-    id: &str,
-    paths: &PodPaths,
-    config: PodConfig,
-    vcpus: u32,
-    mem_mib: u64,
-) -> Result<Arc<Pod>, RuntimeError> {
-    let s = &inner.settings;
-    for dir in [paths.containers(), paths.run_dir.clone()] {
-        std::fs::create_dir_all(&dir).map_err(|source| store::StoreError::Io {
-            op: "create",
-            path: dir.clone(),
-            source,
-        })?;
-    }
-    let slots: Vec<SlotRecord> = (0..s.vm.image_slots)
-        .map(|i| SlotRecord {
-            serial: format!("slot{i}"),
-            image_id: None,
-            users: 0,
-        })
-        .collect();
-    let mut record = PodRecord {
-        id: id.to_owned(),
-        config: config.clone(),
-        phase: PodPhase::Creating,
-        created_at_ns: now_ns(),
-        vcpus,
-        mem_mib,
-        vmm_pid: None,
-        slots: slots.clone(),
-        vm_exit: None,
-        network: inner.network.plan(id)?,
-    };
-    // Written first: a daemon that dies from here on finds the pod and tears it down,
-    // network included.
-    store::write_json(&paths.record(), &record)?;
-    if let Some(net) = record.network.take() {
-        let (net, result) =
-            network_step(&inner.network, id, &config, net, PodNetworks::attach).await;
-        record.network = Some(net);
-        store::write_json(&paths.record(), &record)?;
-        result?;
-    }
-    disk::make_scratch(&paths.scratch(), s.vm.scratch_mib).await?;
-    disk::make_placeholder(&paths.placeholder())?;
-    let mut drives = vec![("scratch".to_owned(), paths.scratch(), false)];
-    drives.extend(
-        slots
-            .iter()
-            .map(|sl| (sl.serial.clone(), paths.placeholder(), true)),
-    );
-    let cmd = VmmCommand {
-        binary: s.vmm.clone(),
-        kernel: s.kernel.clone(),
-        initramfs: s.initramfs.clone(),
-        vcpus,
-        mem_mib,
-        drives,
-        vsock: paths.vsock(),
-        control: paths.control(),
-        console: paths.console(),
-        log: paths.vmm_log(),
-        netns: record.network.as_ref().map(|n| n.netns.clone()),
-        nets: record
-            .network
-            .iter()
-            .map(|n| (n.tap.clone(), n.mac.clone()))
-            .collect(),
-    };
-    let vm = Vm::boot(&cmd, Duration::from_secs(s.vm.boot_timeout_secs)).await?;
-    let configured = configure(&vm, &config, record.network.as_ref()).await;
-    if let Err(e) = configured {
-        vm.kill().await;
-        return Err(e);
-    }
-    record.phase = PodPhase::Ready;
-    record.vmm_pid = Some(vm.pid);
-    if let Err(e) = store::write_json(&paths.record(), &record) {
-        vm.kill().await;
-        return Err(e.into());
-    }
-    if let Some(net) = &record.network {
-        tracing::info!(pod = %id, attach_ms = net.attach_ms, ips = ?net.ips(), "pod network attached");
-    }
-    Ok(Arc::new(Pod {
-        id: id.to_owned(),
-        paths: paths.clone(),
-        record: Mutex::new(record),
-        vm: Mutex::new(Some(vm)),
-        op: tokio::sync::Mutex::new(()),
-    }))
-}
-
 /// Hostname, network and DNS of the guest. The pod's DNS config (kubelet's) wins over
 /// what the CNI plugins returned.
-async fn configure(vm: &Vm, c: &PodConfig, net: Option<&PodNetRecord>) -> Result<(), RuntimeError> {
+pub(super) async fn configure(
+    vm: &Vm,
+    c: &PodConfig,
+    net: Option<&PodNetRecord>,
+) -> Result<(), RuntimeError> {
     let hostname = if c.hostname.is_empty() {
         c.metadata.name.clone()
     } else {

@@ -40,8 +40,12 @@ pub(super) async fn recover(inner: &Arc<Inner>) {
                 continue;
             }
         };
-        if record.phase == PodPhase::Creating {
-            tracing::warn!(pod = %id, "pod was being created when the daemon stopped: removing it");
+        if matches!(record.phase, PodPhase::Creating | PodPhase::Warm) {
+            if record.phase == PodPhase::Warm {
+                tracing::info!(pod = %id, "removing a warm VM of the previous daemon");
+            } else {
+                tracing::warn!(pod = %id, "pod was being created when the daemon stopped: removing it");
+            }
             if let Some(pid) = vmm::find(&paths.control()) {
                 vmm::signal(pid, nix::sys::signal::Signal::SIGKILL);
             }

@@ -22,6 +22,8 @@ pub struct VmmCommand {
     pub kernel: PathBuf,
     /// Guest initramfs.
     pub initramfs: PathBuf,
+    /// Extra kernel command line.
+    pub kernel_args: String,
     /// vCPUs.
     pub vcpus: u32,
     /// Memory.
@@ -64,6 +66,8 @@ pub fn spawn(c: &VmmCommand) -> Result<tokio::process::Child, SandboxError> {
         .arg(&c.kernel)
         .arg("--initramfs")
         .arg(&c.initramfs)
+        .arg("--cmdline")
+        .arg(&c.kernel_args)
         .arg("--vcpus")
         .arg(c.vcpus.to_string())
         .arg("--mem-mib")

@@ -5,20 +5,24 @@
 //! network and the same local registry. Prints per-run lines, then
 //! `pod_start_ms_p50=`, `pod_start_ms_p99=` and, with containerd,
 //! `containerd_pod_start_ms_p50=`, `containerd_pod_start_ms_p99=` and
-//! `pod_start_vs_containerd=` (vmlet's p50 over containerd's); last
+//! `pod_start_vs_containerd=` (vmlet's p50 over containerd's); with a warm pool
+//! (`--warm-pool N`, default 1 as in vmletd) the same N runs again without one,
+//! `cold_pod_start_ms_p50=`, `cold_pod_start_ms_p99=`, `cold_pod_start_vs_containerd=`;
+//! last
 //! `idle_pod_host_rss_kib=`: the resident memory of an idle pod's VMM process (its
 //! own memory plus every guest page the guest touched), 10 s after its container
-//! started sleeping.
+//! started sleeping, then its private (`idle_pod_host_rss_anon_kib=`) and file-backed
+//! (`idle_pod_host_rss_file_kib=`, page cache shared by all pods) parts.
 //! Used by `scripts/bench-pod.sh` (environment as for the integration tests).
 //!
-//! Usage: pod-bench [--runs N] [--no-containerd]
+//! Usage: pod-bench [--runs N] [--warm-pool N] [--no-containerd]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use vmlet_agent::testing::busybox_image_with;
+use vmlet_agent::testing::{busybox_image_with, TestRegistry};
 use vmlet_integration_tests::cri::{
     busybox_registry, container_config, pod_config, CriClient, Vmletd,
 };
@@ -157,18 +161,34 @@ fn report(prefix: &str, times: &mut [f64]) -> f64 {
     p50
 }
 
-fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let runs: usize = match args.iter().position(|a| a == "--runs") {
+fn flag_value(args: &[String], flag: &str, default: usize) -> usize {
+    match args.iter().position(|a| a == flag) {
         Some(i) => args
             .get(i + 1)
             .and_then(|v| v.parse().ok())
-            .expect("--runs N"),
-        None => 10,
-    };
+            .unwrap_or_else(|| panic!("{flag} N")),
+        None => default,
+    }
+}
+
+/// vmletd on the bench network with `warm_pool` pre-booted VMs, the image pulled.
+fn daemon(net: &Net, registry: &TestRegistry, image: &str, warm_pool: usize) -> Vmletd {
+    let pool = warm_pool.to_string();
+    let d = Vmletd::start_with(
+        &["--insecure-registry", registry.addr(), "--warm-pool", &pool],
+        &net.daemon_config(),
+    );
+    d.client().pull(image).expect("PullImage");
+    d
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let runs = flag_value(&args, "--runs", 10);
+    let warm_pool = flag_value(&args, "--warm-pool", 1);
     let (registry, image) = busybox_registry("busybox:bench");
     let net = Net::new(None);
-    let d = net.daemon(&registry, &image);
+    let d = daemon(&net, &registry, &image, warm_pool);
     let c = d.client();
 
     let baseline = if args.iter().any(|a| a == "--no-containerd") {
@@ -196,6 +216,7 @@ fn main() {
         }
     };
 
+    println!("warm_pool={warm_pool}");
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
     for run in 0..runs {
         let ms = pod_start(&c, &format!("bench-{run}"), &image, &d.log_dir());
@@ -207,16 +228,49 @@ fn main() {
             theirs.push(ms);
         }
     }
+    let rss = idle_pod_rss_kib(&c, &d, &image);
+    drop(c);
+    drop(d);
+
+    // The same without pre-booted VMs: every pod boots its own.
+    let mut cold = Vec::new();
+    if warm_pool > 0 {
+        let d = daemon(&net, &registry, &image, 0);
+        let c = d.client();
+        for run in 0..runs {
+            let ms = pod_start(&c, &format!("cold-{run}"), &image, &d.log_dir());
+            println!("run {run}: cold_pod_start_ms={ms:.1}");
+            cold.push(ms);
+        }
+    }
+
     let p50 = report("", &mut ours);
-    if !theirs.is_empty() {
-        let base = report("containerd_", &mut theirs);
+    let base = (!theirs.is_empty()).then(|| report("containerd_", &mut theirs));
+    if let Some(base) = base {
         println!("pod_start_vs_containerd={:.3}", p50 / base);
     }
-    println!("idle_pod_host_rss_kib={}", idle_pod_rss_kib(&c, &d, &image));
+    if !cold.is_empty() {
+        let cold_p50 = report("cold_", &mut cold);
+        if let Some(base) = base {
+            println!("cold_pod_start_vs_containerd={:.3}", cold_p50 / base);
+        }
+    }
+    println!("idle_pod_host_rss_kib={}", rss.total);
+    println!("idle_pod_host_rss_anon_kib={}", rss.anon);
+    println!("idle_pod_host_rss_file_kib={}", rss.file);
 }
 
 /// VmRSS of the VMM of a pod whose one container sleeps.
-fn idle_pod_rss_kib(c: &CriClient, d: &Vmletd, image: &str) -> u64 {
+/// Resident memory of an idle pod's VMM, in KiB: all of it, the private part (VMM
+/// heap, guest pages written), the part backed by files (guest kernel and initramfs
+/// pages read: page cache that every pod on the node shares).
+struct IdleRss {
+    total: u64,
+    anon: u64,
+    file: u64,
+}
+
+fn idle_pod_rss_kib(c: &CriClient, d: &Vmletd, image: &str) -> IdleRss {
     let pod_cfg = pod_config("idle", &d.log_dir());
     let pod = c.run_pod(pod_cfg.clone()).expect("RunPodSandbox");
     let id = c
@@ -228,14 +282,24 @@ fn idle_pod_rss_kib(c: &CriClient, d: &Vmletd, image: &str) -> u64 {
         .expect("CreateContainer");
     c.start(&id).expect("StartContainer");
     std::thread::sleep(Duration::from_secs(10));
-    let pids = d.vmm_pids();
-    assert_eq!(pids.len(), 1, "one VMM expected: {pids:?}");
-    let status = std::fs::read_to_string(format!("/proc/{}/status", pids[0])).expect("status");
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS");
+    // The pod's own VMM (a warm VM may run beside it).
+    let record = std::fs::read_to_string(d.state_dir().join("pods").join(&pod).join("pod.json"))
+        .expect("pod record");
+    let record: serde_json::Value = serde_json::from_str(&record).expect("pod record");
+    let pid = record["vmm_pid"].as_u64().expect("vmm_pid");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} in /proc/{pid}/status"))
+    };
+    let rss = IdleRss {
+        total: field("VmRSS:"),
+        anon: field("RssAnon:"),
+        file: field("RssFile:"),
+    };
     c.stop_pod(&pod).expect("StopPodSandbox");
     c.remove_pod(&pod).expect("RemovePodSandbox");
     rss

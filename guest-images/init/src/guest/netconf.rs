@@ -26,6 +26,11 @@ const MAX_IFNAME_LEN: usize = 15;
 pub struct InterfaceConfig {
     /// MAC address the host gave the NIC.
     pub mac: [u8; 6],
+    /// MAC address to give it now; `None` keeps `mac`. The host may boot a VM
+    /// before it knows the pod's address (a pre-booted VM, or one booting while
+    /// the CNI plugins run); the interface is still found by either MAC, so
+    /// that a retried request finds it.
+    pub new_mac: Option<[u8; 6]>,
     /// New name for the interface; `None` keeps the kernel's name.
     pub name: Option<String>,
     /// Addresses to add; existing ones are kept.
@@ -264,14 +269,25 @@ pub async fn apply(
     // Resolve every MAC before changing anything, for the same reason.
     let iface_links = interfaces
         .iter()
-        .map(|iface| find_link(&links, iface.mac))
+        .map(|iface| find_iface(&links, iface.mac, iface.new_mac))
         .collect::<Result<Vec<_>, _>>()?;
     let route_oifs = routes
         .iter()
         .map(|route| {
             route
                 .interface_mac
-                .map(|mac| find_link(&links, mac).map(|l| l.index))
+                .map(|mac| {
+                    // A route may name a configured interface by the MAC it had or
+                    // is given.
+                    let configured = interfaces
+                        .iter()
+                        .zip(&iface_links)
+                        .find(|(i, _)| i.mac == mac || i.new_mac == Some(mac));
+                    match configured {
+                        Some((_, link)) => Ok(link.index),
+                        None => find_link(&links, mac).map(|l| l.index),
+                    }
+                })
                 .transpose()
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -377,6 +393,25 @@ fn link_from_message(msg: LinkMessage) -> Link {
     }
 }
 
+/// The link with MAC `mac`, or else with `new_mac` (a request applied before).
+fn find_iface(
+    links: &[Link],
+    mac: [u8; 6],
+    new_mac: Option<[u8; 6]>,
+) -> Result<&Link, NetconfError> {
+    match (find_link(links, mac), new_mac) {
+        (Err(NetconfError::NoSuchInterface { .. }), Some(new)) if new != mac => {
+            find_link(links, new).map_err(|e| match e {
+                NetconfError::NoSuchInterface { seen, .. } => {
+                    NetconfError::NoSuchInterface { mac, seen }
+                }
+                other => other,
+            })
+        }
+        (found, _) => found,
+    }
+}
+
 fn find_link(links: &[Link], mac: [u8; 6]) -> Result<&Link, NetconfError> {
     let matching: Vec<&Link> = links
         .iter()
@@ -423,6 +458,19 @@ async fn configure_interface(
         )
         .await?;
         name = new_name;
+    }
+    if let Some(mac) = iface
+        .new_mac
+        .filter(|m| link.mac.as_deref() != Some(&m[..]))
+    {
+        change(
+            handle,
+            LinkUnspec::new_with_index(link.index)
+                .address(mac.to_vec())
+                .build(),
+            format!("setting MAC {} on {name}", format_mac(&mac)),
+        )
+        .await?;
     }
     if let Some(mtu) = iface.mtu {
         change(
@@ -669,6 +717,7 @@ mod tests {
     fn rejects_bad_requests_before_touching_anything() {
         let iface = |name: &str| InterfaceConfig {
             mac: [2, 0, 0, 0, 0, 1],
+            new_mac: None,
             name: Some(name.to_owned()),
             addresses: vec![],
             mtu: None,
@@ -788,6 +837,7 @@ mod tests {
     fn request() -> (Vec<InterfaceConfig>, Vec<RouteConfig>) {
         let interfaces = vec![InterfaceConfig {
             mac: MAC,
+            new_mac: None,
             name: Some("eth7".to_owned()),
             addresses: vec![cidr("10.88.0.5/16"), cidr("fd00::5/64")],
             mtu: Some(1400),
@@ -894,6 +944,37 @@ mod tests {
                 matches!(err, NetconfError::NoSuchInterface { .. }),
                 "{err:?}"
             );
+            assert_configured();
+        });
+    }
+
+    #[test]
+    fn gives_a_link_its_new_mac_idempotently() {
+        const BOOT_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x4e, 0x43, 0x42];
+        in_new_netns(|| {
+            ip(&[
+                "link",
+                "add",
+                "nctest0",
+                "address",
+                "02:00:00:4e:43:42",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "nctest1",
+            ]);
+            ip(&["link", "set", "nctest1", "up"]);
+            ip(&["link", "set", "nctest0", "up"]);
+            // Found by the MAC it booted with, routes included; then it has MAC.
+            let (mut interfaces, mut routes) = request();
+            interfaces[0].mac = BOOT_MAC;
+            interfaces[0].new_mac = Some(MAC);
+            routes[2].interface_mac = Some(BOOT_MAC);
+            block_on(apply(&interfaces, &routes)).unwrap();
+            assert_configured();
+            // A retry finds it by the new MAC.
+            block_on(apply(&interfaces, &routes)).unwrap();
             assert_configured();
         });
     }

@@ -100,6 +100,11 @@ fn invalid(e: impl std::fmt::Display) -> Status {
 fn interface(i: pb::Interface) -> Result<netconf::InterfaceConfig, Status> {
     Ok(netconf::InterfaceConfig {
         mac: netconf::parse_mac(&i.mac).map_err(invalid)?,
+        new_mac: if i.new_mac.is_empty() {
+            None
+        } else {
+            Some(netconf::parse_mac(&i.new_mac).map_err(invalid)?)
+        },
         name: (!i.name.is_empty()).then_some(i.name),
         addresses: i
             .addresses

@@ -86,7 +86,12 @@ pub async fn run() {
     loop {
         let listener = listen_retrying(port).await;
         // "ready" means the host can connect now.
-        console::info(format_args!("ready (vsock port {port})"));
+        // The guest's uptime tells kernel boot time apart from the host's view.
+        let uptime = std::fs::read_to_string("/proc/uptime").unwrap_or_default();
+        let uptime = uptime.split_whitespace().next().unwrap_or("?");
+        console::info(format_args!(
+            "ready (vsock port {port}), {uptime} s after the kernel started"
+        ));
         let served = tonic::transport::Server::builder()
             .add_service(agent.clone())
             .add_service(diag.clone())

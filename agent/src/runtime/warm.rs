@@ -1,0 +1,273 @@
+//! The warm pool (`vm.warm_pool`): VMs of the default size booted ahead of need, each
+//! with its pod ID, record (phase Warm), network namespace and tap already made, so
+//! that RunPodSandbox of a pod that size only runs CNI ADD and ConfigureGuest (see
+//! `launch::adopt`). One task keeps the pool full, one boot at a time and only while no
+//! RunPodSandbox is in progress (a boot takes CPU from pods starting); a call that
+//! finds the pool empty waits for a VM that is booting only if no other call waits
+//! for it already, else it boots its own.
+//!
+//! Warm VMs are not pods: no CRI call lists them. A daemon that exits kills them; one
+//! that was killed finds their records (phase Warm) at its next start and removes
+//! them, as it does half-created pods.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use vmlet_cri::runtime::PodConfig;
+
+use super::launch::{prepare, start_vm};
+use super::pod::undo;
+use super::{lock, new_id, Inner, RuntimeError};
+use crate::sandbox::Vm;
+use crate::store::{PodPaths, PodPhase, PodRecord};
+
+/// How long the refill waits after a failed boot or while pods cannot get a network.
+const RETRY: Duration = Duration::from_secs(5);
+/// How long daemon exit waits for a warm VM that is booting.
+const DRAIN_WAIT: Duration = Duration::from_secs(60);
+
+/// A booted VM waiting for a pod.
+pub(super) struct WarmVm {
+    /// The pod ID it will have.
+    pub id: String,
+    pub paths: PodPaths,
+    pub record: PodRecord,
+    pub vm: Vm,
+}
+
+#[derive(Default)]
+struct State {
+    ready: VecDeque<WarmVm>,
+    /// Taken from `ready` after their VMM died: the refill task removes them.
+    dead: Vec<WarmVm>,
+    booting: bool,
+    /// Calls waiting for the VM that is booting.
+    waiting: usize,
+    /// RunPodSandbox calls in progress: the refill waits for none, so that it does not
+    /// take CPU from pods starting.
+    starting: usize,
+    closed: bool,
+}
+
+/// The pool.
+pub(super) struct WarmPool {
+    target: usize,
+    /// vCPUs and MiB of the VMs in it.
+    size: (u32, u64),
+    state: Mutex<State>,
+    changed: Notify,
+}
+
+impl WarmPool {
+    pub fn new(target: usize, size: (u32, u64)) -> Self {
+        WarmPool {
+            target,
+            size,
+            state: Mutex::new(State::default()),
+            changed: Notify::new(),
+        }
+    }
+
+    /// A warm VM for a pod of `size`, if the pool has one or is booting one that no
+    /// other call waits for.
+    pub async fn take(&self, size: (u32, u64)) -> Option<WarmVm> {
+        if self.target == 0 || size != self.size {
+            return None;
+        }
+        let mut waited = false;
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            // Registered before the state is read: a change in between still wakes us.
+            notified.as_mut().enable();
+            {
+                let mut st = lock(&self.state);
+                if waited {
+                    st.waiting -= 1;
+                }
+                while let Some(w) = st.ready.pop_front() {
+                    if w.vm.running() {
+                        drop(st);
+                        self.changed.notify_waiters();
+                        return Some(w);
+                    }
+                    st.dead.push(w);
+                }
+                if st.closed || !st.booting || st.waiting > 0 {
+                    // Nothing ready, or the VM booting is promised to another call:
+                    // the refill task may still have dead VMs to remove.
+                    drop(st);
+                    self.changed.notify_waiters();
+                    return None;
+                }
+                st.waiting += 1;
+                waited = true;
+            }
+            notified.await;
+        }
+    }
+
+    /// Marks a RunPodSandbox call in progress until the guard is dropped.
+    pub fn starting(&self) -> Starting<'_> {
+        lock(&self.state).starting += 1;
+        Starting(self)
+    }
+
+    /// Returns a VM that was taken but not used.
+    pub fn put_back(&self, w: WarmVm) {
+        lock(&self.state).ready.push_front(w);
+        self.changed.notify_waiters();
+    }
+
+    /// Stops refilling and hands out the VMs in the pool, for removal.
+    fn close(&self) -> Vec<WarmVm> {
+        let mut st = lock(&self.state);
+        st.closed = true;
+        let mut all: Vec<WarmVm> = st.ready.drain(..).collect();
+        all.append(&mut st.dead);
+        drop(st);
+        self.changed.notify_waiters();
+        all
+    }
+}
+
+/// A RunPodSandbox call in progress (see [`WarmPool::starting`]).
+pub(super) struct Starting<'a>(&'a WarmPool);
+
+impl Drop for Starting<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.state).starting -= 1;
+        self.0.changed.notify_waiters();
+    }
+}
+
+/// Keeps the pool full until it is closed, booting while no pod is starting.
+pub(super) async fn refill(inner: Arc<Inner>) {
+    let pool = &inner.warm;
+    if pool.target == 0 {
+        return;
+    }
+    loop {
+        let notified = pool.changed.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let (dead, wanted) = {
+            let mut st = lock(&pool.state);
+            if st.closed {
+                return;
+            }
+            let dead = std::mem::take(&mut st.dead);
+            (dead, st.ready.len() < pool.target && st.starting == 0)
+        };
+        for w in dead {
+            tracing::warn!(pod = %w.id, "a warm VM died; removing it");
+            discard(&inner, w).await;
+        }
+        if !wanted {
+            notified.await;
+            continue;
+        }
+        if let Err(e) = inner.network.check_ready() {
+            tracing::debug!("warm pool waits for the pod network: {e}");
+            tokio::time::sleep(RETRY).await;
+            continue;
+        }
+        lock(&pool.state).booting = true;
+        let booted = boot_one(&inner).await;
+        let failed = booted.is_err();
+        let leftover = {
+            let mut st = lock(&pool.state);
+            match booted {
+                Ok(w) if !st.closed => {
+                    tracing::info!(pod = %w.id, "warm VM ready");
+                    st.ready.push_back(w);
+                    None
+                }
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::warn!("booting a warm VM: {e}");
+                    None
+                }
+            }
+        };
+        // The daemon may be exiting: `drain` waits until `booting` is false.
+        let closed = leftover.is_some();
+        if let Some(w) = leftover {
+            discard(&inner, w).await;
+        }
+        lock(&pool.state).booting = false;
+        pool.changed.notify_waiters();
+        if closed {
+            return;
+        }
+        if failed {
+            tokio::time::sleep(RETRY).await;
+        }
+    }
+}
+
+/// Kills and removes every VM in the pool (daemon exit), after the boot in flight, if
+/// any, which the refill task then removes (for at most `DRAIN_WAIT`: what is left
+/// then, the next daemon removes).
+pub(super) async fn drain(inner: &Inner) {
+    let pool = &inner.warm;
+    for w in pool.close() {
+        discard(inner, w).await;
+    }
+    let waited = tokio::time::timeout(DRAIN_WAIT, async {
+        loop {
+            let notified = pool.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if !lock(&pool.state).booting {
+                return;
+            }
+            notified.await;
+        }
+    })
+    .await;
+    if waited.is_err() {
+        tracing::warn!("a warm VM still boots; the next start removes it");
+    }
+}
+
+async fn boot_one(inner: &Inner) -> Result<WarmVm, RuntimeError> {
+    let id = new_id()?;
+    let s = &inner.settings;
+    let paths = PodPaths::new(&s.state_dir, &s.runtime_dir, &id);
+    let prepared = prepare(
+        inner,
+        &id,
+        &paths,
+        PodConfig::default(),
+        inner.warm.size,
+        PodPhase::Warm,
+    )
+    .await;
+    let (record, cmd) = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            undo(inner, &paths).await;
+            return Err(e);
+        }
+    };
+    match start_vm(inner, &cmd).await {
+        (Ok(vm), _) => Ok(WarmVm {
+            id,
+            paths,
+            record,
+            vm,
+        }),
+        (Err(e), _) => {
+            undo(inner, &paths).await;
+            Err(e.into())
+        }
+    }
+}
+
+async fn discard(inner: &Inner, w: WarmVm) {
+    w.vm.kill().await;
+    undo(inner, &w.paths).await;
+}
