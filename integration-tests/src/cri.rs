@@ -143,6 +143,36 @@ impl CriClient {
             .collect()
     }
 
+    /// vmletd's warm pool as verbose Status shows it (`target`, `ready`, `booting`).
+    pub fn warm_pool(&self) -> serde_json::Value {
+        let mut c = self.runtime.clone();
+        let info = self
+            .block_on(c.status(req(v1::StatusRequest { verbose: true })))
+            .expect("Status")
+            .into_inner()
+            .info;
+        let runtime: serde_json::Value =
+            serde_json::from_str(info.get("runtime").map_or("{}", String::as_str))
+                .expect("verbose Status runtime info is JSON");
+        runtime["warmPool"].clone()
+    }
+
+    /// Waits (up to 10 minutes) until vmletd's warm pool is full and boots nothing.
+    pub fn wait_warm_pool_full(&self) {
+        let start = Instant::now();
+        loop {
+            let pool = self.warm_pool();
+            if pool["ready"] == pool["target"] && pool["booting"] == false {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(600),
+                "warm pool not full: {pool}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// The pod's primary IP, from PodSandboxStatus.
     pub fn pod_ip(&self, id: &str) -> String {
         self.pod_status(id)

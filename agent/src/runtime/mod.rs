@@ -330,6 +330,7 @@ impl RuntimeBackend for Runtime {
             network_ready,
             network_reason,
             network_message,
+            verbose_json: serde_json::json!({ "warmPool": self.inner.warm.state() }).to_string(),
         }
     }
 

@@ -109,6 +109,18 @@ impl WarmPool {
         }
     }
 
+    /// What verbose `Status` shows: size, target, VMs ready, whether one boots.
+    pub fn state(&self) -> serde_json::Value {
+        let st = lock(&self.state);
+        serde_json::json!({
+            "vcpus": self.size.0,
+            "memMib": self.size.1,
+            "target": self.target,
+            "ready": st.ready.len(),
+            "booting": st.booting,
+        })
+    }
+
     /// Marks a RunPodSandbox call in progress until the guard is dropped.
     pub fn starting(&self) -> Starting<'_> {
         lock(&self.state).starting += 1;

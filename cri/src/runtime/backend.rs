@@ -297,6 +297,8 @@ pub struct Health {
     pub network_reason: String,
     /// Details.
     pub network_message: String,
+    /// The backend's own state for verbose `Status` (JSON object; empty for none).
+    pub verbose_json: String,
 }
 
 /// The daemon's pods and containers, as the RuntimeService sees them. Every call is

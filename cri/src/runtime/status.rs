@@ -38,6 +38,9 @@ pub fn status(h: Health, verbose: bool) -> proto::StatusResponse {
                 env!("CARGO_PKG_VERSION")
             ),
         );
+        if !h.verbose_json.is_empty() {
+            info.insert("runtime".to_string(), h.verbose_json.clone());
+        }
     }
     proto::StatusResponse {
         status: Some(proto::RuntimeStatus {
@@ -100,5 +103,11 @@ mod tests {
         assert!(c[0].status);
         assert_eq!(c[1].reason, "NoNetworkPlugin");
         assert_eq!(version().runtime_name, "vmlet");
+        let h = Health {
+            verbose_json: "{\"warmPool\":{}}".into(),
+            ..Default::default()
+        };
+        assert!(status(h.clone(), false).info.is_empty());
+        assert_eq!(status(h, true).info["runtime"], "{\"warmPool\":{}}");
     }
 }

@@ -5,8 +5,10 @@
 //! network and the same local registry. Prints per-run lines, then
 //! `pod_start_ms_p50=`, `pod_start_ms_p99=` and, with containerd,
 //! `containerd_pod_start_ms_p50=`, `containerd_pod_start_ms_p99=` and
-//! `pod_start_vs_containerd=` (vmlet's p50 over containerd's); with a warm pool
-//! (`--warm-pool N`, default 1 as in vmletd) the same N runs again without one,
+//! `pod_start_vs_containerd=` (vmlet's p50 over containerd's). vmletd runs with a warm
+//! pool (`--warm-pool N`, default 1 as in vmletd), refilled before each run of either
+//! runtime (so that its boot takes no CPU from the other's run); then come the same N
+//! runs without one,
 //! `cold_pod_start_ms_p50=`, `cold_pod_start_ms_p99=`, `cold_pod_start_vs_containerd=`;
 //! last
 //! `idle_pod_host_rss_kib=`: the resident memory of an idle pod's VMM process (its
@@ -219,9 +221,13 @@ fn main() {
     println!("warm_pool={warm_pool}");
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
     for run in 0..runs {
+        // Each runtime is measured on a machine the other leaves idle: vmletd's pool is
+        // refilled before either starts.
+        c.wait_warm_pool_full();
         let ms = pod_start(&c, &format!("bench-{run}"), &image, &d.log_dir());
         println!("run {run}: pod_start_ms={ms:.1}");
         ours.push(ms);
+        c.wait_warm_pool_full();
         if let Some((_, cc, logs)) = &baseline {
             let ms = pod_start(cc, &format!("ctrd-{run}"), &image, logs);
             println!("run {run}: containerd_pod_start_ms={ms:.1}");
