@@ -19,7 +19,7 @@ use crate::store::{self, ContainerRecord, LogRecord, PodPhase};
 const WAIT_POLL: Duration = Duration::from_secs(60);
 /// How long SIGKILL may take to end a container.
 const KILL_WAIT: Duration = Duration::from_secs(30);
-/// How long removal waits for the last output of an exited container.
+/// How long an exit (and removal) waits for the last output of the container.
 const LOG_DRAIN: Duration = Duration::from_secs(5);
 
 pub(super) fn running_vm(pod: &Pod) -> Result<Vm, RuntimeError> {
@@ -359,12 +359,29 @@ async fn wait_once(
 }
 
 /// Follows a running container until it exits.
+/// Waits (at most `LOG_DRAIN`) until the container's log copy has written everything
+/// its process wrote, as containerd drains a container's IO before reporting its exit:
+/// whoever sees it exited then finds its whole output in the log. A stream that stays
+/// open (a child that kept it) does not hold the exit back for longer.
+async fn drain_log(c: &Container) {
+    let start = std::time::Instant::now();
+    while start.elapsed() < LOG_DRAIN {
+        let finished = lock(&c.log_task).as_ref().is_none_or(|h| h.is_finished());
+        if finished {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tracing::debug!(container = %c.id, "output still open {LOG_DRAIN:?} after the exit");
+}
+
 pub(super) fn watch_exit(inner: Arc<Inner>, c: Arc<Container>, vm: Vm) {
     let c2 = c.clone();
     let handle = tokio::spawn(async move {
         loop {
             match wait_once(&vm, &c.id, WAIT_POLL).await {
                 Ok(s) if s.state == pb::ProcessState::Exited as i32 => {
+                    drain_log(&c).await;
                     apply_exit(&inner, &c, &s);
                     return;
                 }
