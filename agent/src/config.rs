@@ -42,6 +42,9 @@
 //! # VMs of the default size (vcpus, mem_mib) booted ahead of need, so that a pod of
 //! # that size starts without waiting for a boot. Each costs an idle pod's memory.
 //! warm_pool = 1
+//! # The guest gives the memory it frees back to the host (virtio-balloon free page
+//! # reporting), so an idle pod holds about what it uses.
+//! free_page_reporting = true
 //! # Added to the guest kernel's command line. "quiet" keeps boot messages off the
 //! # serial console (each byte written there is a VM exit); errors still show in
 //! # the pod's console.log. Set "" to see the whole boot.
@@ -112,6 +115,8 @@ pub struct VmConfig {
     pub max_concurrent_boots: u32,
     /// Pre-booted VMs of the default size.
     pub warm_pool: u32,
+    /// Freed guest memory goes back to the host.
+    pub free_page_reporting: bool,
 }
 
 impl Default for VmConfig {
@@ -127,6 +132,7 @@ impl Default for VmConfig {
             kernel_args: "quiet".to_owned(),
             max_concurrent_boots: 4,
             warm_pool: 1,
+            free_page_reporting: true,
         }
     }
 }

@@ -179,6 +179,11 @@ impl Guest {
         }
     }
 
+    /// The VMM's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The serial log so far.
     pub fn serial_log(&self) -> String {
         String::from_utf8_lossy(&std::fs::read(&self.serial).unwrap_or_default()).into_owned()

@@ -40,6 +40,50 @@ fn boots_with_one_vcpu_and_powers_off_cleanly() {
     poweroff(guest);
 }
 
+/// VmRSS of `pid` in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+#[test]
+fn freed_guest_memory_goes_back_to_the_host() {
+    let guest = Guest::boot(GuestConfig {
+        extra: vec!["--free-page-reporting".into()],
+        ..Default::default()
+    });
+    let bound = guest.run_ok("ls /sys/bus/virtio/drivers/virtio_balloon/");
+    assert!(
+        bound.contains("virtio"),
+        "virtio_balloon drives nothing: {bound}"
+    );
+    // 96 MiB of files in the guest's tmpfs, resident on the host; then freed.
+    guest.run_ok("dd if=/dev/zero of=/tmp/fill bs=1M count=96 2>/dev/null");
+    let full = rss_kib(guest.pid());
+    assert!(full > 96 * 1024, "RSS {full} KiB after writing 96 MiB");
+    guest.run_ok("rm /tmp/fill");
+    // The guest reports the freed blocks a few seconds later.
+    let start = std::time::Instant::now();
+    loop {
+        let now = rss_kib(guest.pid());
+        if now + 64 * 1024 < full {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(180),
+            "RSS still {now} KiB, {full} KiB with the file"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // The guest can use the memory again.
+    guest.run_ok("dd if=/dev/zero of=/tmp/fill bs=1M count=96 2>/dev/null && rm /tmp/fill");
+    poweroff(guest);
+}
+
 #[test]
 fn boots_with_two_vcpus_and_sees_both() {
     let guest = Guest::boot(GuestConfig {

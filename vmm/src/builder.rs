@@ -6,6 +6,7 @@ use crate::arch::{mptable, pvh, regs};
 use crate::config::{parse_mac, SerialOutput, VmConfig};
 use crate::devices::bus::{Bus, BusDevice};
 use crate::devices::legacy::{SerialConsole, I8042};
+use crate::devices::virtio::balloon::Balloon;
 use crate::devices::virtio::block::{Block, Disk, DiskError};
 use crate::devices::virtio::mmio::{MmioTransport, NOTIFY_REG_OFFSET};
 use crate::devices::virtio::net::Net;
@@ -298,6 +299,11 @@ pub fn build(
         if config.rng {
             let rng = Rng::new().map_err(|e| BuildError::Device("rng".into(), e.to_string()))?;
             wiring.add("rng", Arc::new(Mutex::new(rng)))?;
+        }
+        if config.free_page_reporting {
+            let balloon =
+                Balloon::new().map_err(|e| BuildError::Device("balloon".into(), e.to_string()))?;
+            wiring.add("balloon", Arc::new(Mutex::new(balloon)))?;
         }
     }
     if !config.cmdline.is_empty() {

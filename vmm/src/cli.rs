@@ -48,6 +48,9 @@ pub struct Args {
     /// Do not offer a virtio-rng device.
     #[arg(long)]
     pub no_rng: bool,
+    /// Offer a virtio-balloon that takes back the memory the guest frees.
+    #[arg(long)]
+    pub free_page_reporting: bool,
     /// Serial console: `stdout`, `off` or a file path.
     #[arg(long)]
     pub serial: Option<String>,
@@ -155,6 +158,9 @@ pub fn resolve(args: Args) -> Result<VmConfig, String> {
     }
     if args.no_rng {
         config.rng = false;
+    }
+    if args.free_page_reporting {
+        config.free_page_reporting = true;
     }
     if let Some(s) = args.serial {
         config.serial = match s.as_str() {

@@ -84,6 +84,10 @@ pub struct VmConfig {
     /// Offer a virtio-rng device.
     #[serde(default = "default_true")]
     pub rng: bool,
+    /// Offer a virtio-balloon device with free page reporting: memory the guest
+    /// frees goes back to the host.
+    #[serde(default)]
+    pub free_page_reporting: bool,
     /// Serial console destination.
     #[serde(default)]
     pub serial: SerialOutput,
@@ -165,6 +169,7 @@ impl VmConfig {
             net: Vec::new(),
             vsock: None,
             rng: true,
+            free_page_reporting: false,
             serial: SerialOutput::Stdout,
             control_socket: None,
             seccomp: true,
@@ -177,6 +182,7 @@ impl VmConfig {
             + self.net.len()
             + usize::from(self.vsock.is_some())
             + usize::from(self.rng)
+            + usize::from(self.free_page_reporting)
     }
 
     /// Checks everything that does not need the host.

@@ -83,6 +83,7 @@ pub(super) async fn prepare(
         kernel: s.kernel.clone(),
         initramfs: s.initramfs.clone(),
         kernel_args: s.vm.kernel_args.clone(),
+        free_page_reporting: s.vm.free_page_reporting,
         vcpus: size.0,
         mem_mib: size.1,
         drives,

@@ -23,8 +23,10 @@ use super::{lock, new_id, Inner, RuntimeError};
 use crate::sandbox::Vm;
 use crate::store::{PodPaths, PodPhase, PodRecord};
 
-/// How long the refill waits after a failed boot or while pods cannot get a network.
+/// How long the refill waits while pods cannot get a network, and after a first failed
+/// boot; the wait doubles with each failure in a row, up to `RETRY_MAX`.
 const RETRY: Duration = Duration::from_secs(5);
+const RETRY_MAX: Duration = Duration::from_secs(300);
 /// How long daemon exit waits for a warm VM that is booting.
 const DRAIN_WAIT: Duration = Duration::from_secs(60);
 
@@ -161,6 +163,7 @@ pub(super) async fn refill(inner: Arc<Inner>) {
     if pool.target == 0 {
         return;
     }
+    let mut backoff = RETRY;
     loop {
         let notified = pool.changed.notified();
         tokio::pin!(notified);
@@ -215,7 +218,10 @@ pub(super) async fn refill(inner: Arc<Inner>) {
             return;
         }
         if failed {
-            tokio::time::sleep(RETRY).await;
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(RETRY_MAX);
+        } else {
+            backoff = RETRY;
         }
     }
 }

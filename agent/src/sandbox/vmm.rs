@@ -24,6 +24,8 @@ pub struct VmmCommand {
     pub initramfs: PathBuf,
     /// Extra kernel command line.
     pub kernel_args: String,
+    /// Offer the guest free page reporting.
+    pub free_page_reporting: bool,
     /// vCPUs.
     pub vcpus: u32,
     /// Memory.
@@ -78,6 +80,9 @@ pub fn spawn(c: &VmmCommand) -> Result<tokio::process::Child, SandboxError> {
         .arg(&c.console)
         .arg("--control-socket")
         .arg(&c.control);
+    if c.free_page_reporting {
+        cmd.arg("--free-page-reporting");
+    }
     for (id, path, ro) in &c.drives {
         let ro = if *ro { ",ro" } else { "" };
         cmd.arg("--drive")

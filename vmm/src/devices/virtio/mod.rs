@@ -5,6 +5,7 @@
 //! loop). Queue notifications arrive on per-queue `EventFd`s that KVM signals
 //! directly (ioeventfd), so a guest kick never exits to user space on the vCPU.
 
+pub mod balloon;
 pub mod block;
 pub mod mmio;
 pub mod net;
@@ -28,6 +29,8 @@ pub mod device_type {
     pub const BLOCK: u32 = 2;
     /// Entropy source.
     pub const RNG: u32 = 4;
+    /// Memory balloon.
+    pub const BALLOON: u32 = 5;
     /// Socket device.
     pub const VSOCK: u32 = 19;
 }
