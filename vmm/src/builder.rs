@@ -229,7 +229,7 @@ pub fn build(
     let started = std::time::Instant::now();
     let mem_size = config.mem_mib << 20;
     let vm = Vm::new()?;
-    let mem = memory::create(mem_size)?;
+    let mem = memory::create(mem_size, config.huge_pages)?;
     vm.set_memory(&mem)?;
 
     let (entry, kernel_end) = load_kernel(config, &mem)?;

@@ -88,6 +88,9 @@ pub struct VmConfig {
     /// frees goes back to the host.
     #[serde(default)]
     pub free_page_reporting: bool,
+    /// Back guest RAM with transparent huge pages where the host allows.
+    #[serde(default)]
+    pub huge_pages: bool,
     /// Serial console destination.
     #[serde(default)]
     pub serial: SerialOutput,
@@ -170,6 +173,7 @@ impl VmConfig {
             vsock: None,
             rng: true,
             free_page_reporting: false,
+            huge_pages: false,
             serial: SerialOutput::Stdout,
             control_socket: None,
             seccomp: true,

@@ -18,8 +18,9 @@ pub enum MemoryError {
     },
 }
 
-/// Maps `mem_size` bytes of guest RAM.
-pub fn create(mem_size: u64) -> Result<GuestMemoryMmap, MemoryError> {
+/// Maps `mem_size` bytes of guest RAM; with `huge_pages`, advised for transparent
+/// huge pages.
+pub fn create(mem_size: u64, huge_pages: bool) -> Result<GuestMemoryMmap, MemoryError> {
     let ranges: Vec<(GuestAddress, usize)> = ram_ranges(mem_size)
         .into_iter()
         .map(|(start, size)| (GuestAddress(start), size as usize))
@@ -28,12 +29,16 @@ pub fn create(mem_size: u64) -> Result<GuestMemoryMmap, MemoryError> {
         size_mib: mem_size >> 20,
         source,
     })?;
+    if !huge_pages {
+        return Ok(mem);
+    }
     for region in mem.iter() {
         let Ok(host) = region.get_host_address(MemoryRegionAddress(0)) else {
             continue;
         };
-        // Transparent huge pages let KVM map guest RAM with 2 MiB pages: fewer
-        // nested page faults while the guest boots. Advice only; failure is fine.
+        // Transparent huge pages let KVM map guest RAM with 2 MiB pages (fewer nested
+        // page faults, fewer TLB misses), but any page the guest touches then costs the
+        // host 2 MiB: off by default, for density. Advice only; failure is fine.
         // SAFETY: the range is exactly one mapping owned by `mem`; madvise does
         // not change its contents.
         let r = unsafe { libc::madvise(host.cast(), region.len() as usize, libc::MADV_HUGEPAGE) };
