@@ -241,23 +241,21 @@ impl PodNetworks {
         Ok(net)
     }
 
-    /// Ok when pods can get a network now (or do not get one at all).
-    pub fn check_ready(&self) -> Result<(), NetworkError> {
+    /// The network configuration a new pod gets now: `None` without pod networking,
+    /// an error while pods cannot get one.
+    pub fn current(&self) -> Result<Option<NetworkConfig>, NetworkError> {
         match self.settings.mode {
-            NetworkMode::None => Ok(()),
-            NetworkMode::Cni => self.ready().map(drop),
+            NetworkMode::None => Ok(None),
+            NetworkMode::Cni => self.ready().map(Some),
         }
     }
 
-    /// The network record of a new pod, before anything is made (`None` without pod
-    /// networking). It owes a DEL from the start: see the module comment.
-    pub fn plan(&self, pod_id: &str) -> Result<Option<PodNetRecord>, NetworkError> {
-        if self.settings.mode == NetworkMode::None {
-            return Ok(None);
-        }
-        Ok(Some(PodNetRecord {
+    /// The network record of a new pod on `network` (from [`PodNetworks::current`]),
+    /// before anything is made. It owes a DEL from the start: see the module comment.
+    pub fn plan(&self, pod_id: &str, network: NetworkConfig) -> PodNetRecord {
+        PodNetRecord {
             netns: self.settings.netns_dir.join(format!("vmlet-{pod_id}")),
-            network: self.ready()?,
+            network,
             attached: true,
             result: None,
             mac: String::new(),
@@ -265,7 +263,7 @@ impl PodNetworks {
             tap: String::new(),
             guest_mac: String::new(),
             attach_ms: 0,
-        }))
+        }
     }
 
     /// Makes the namespace and, in it, the tap the VMM opens, and picks the MAC the
@@ -618,7 +616,7 @@ mod tests {
             ..Default::default()
         };
         let nets = PodNetworks::new(settings.clone(), dir.path());
-        let e = nets.plan("abc").unwrap_err();
+        let e = nets.current().unwrap_err();
         assert!(e.is_not_ready());
         assert!(e.to_string().contains("net.d"), "{e}");
         let off = PodNetworks::new(
@@ -628,6 +626,6 @@ mod tests {
             },
             dir.path(),
         );
-        assert!(off.plan("abc").unwrap().is_none());
+        assert!(off.current().unwrap().is_none());
     }
 }

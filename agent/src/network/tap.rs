@@ -162,6 +162,17 @@ async fn redirect(handle: &Handle, from: u32, to: u32, what: &str) -> Result<(),
         .map_err(netlink(format!("redirect filter on {what}")))
 }
 
+/// Tap `tap` of the calling thread's namespace, created if missing.
+async fn ensure_tap(handle: &Handle, tap: &str) -> Result<Link, TapError> {
+    if let Some(l) = link(handle, tap).await? {
+        return Ok(l);
+    }
+    create_tap(tap)?;
+    link(handle, tap)
+        .await?
+        .ok_or_else(|| TapError::NoInterface(tap.to_owned()))
+}
+
 async fn connect(cni_if: &str, tap: &str) -> Result<TapLink, TapError> {
     let (conn, handle, _) = rtnetlink::new_connection()?;
     let task = tokio::spawn(conn);
@@ -169,15 +180,7 @@ async fn connect(cni_if: &str, tap: &str) -> Result<TapLink, TapError> {
         let cni = link(&handle, cni_if)
             .await?
             .ok_or_else(|| TapError::NoInterface(cni_if.to_owned()))?;
-        let tap_link = match link(&handle, tap).await? {
-            Some(l) => l,
-            None => {
-                create_tap(tap)?;
-                link(&handle, tap)
-                    .await?
-                    .ok_or_else(|| TapError::NoInterface(tap.to_owned()))?
-            }
-        };
+        let tap_link = ensure_tap(&handle, tap).await?;
         handle
             .link()
             .change(
@@ -218,12 +221,9 @@ pub fn make_tap(netns: &Netns, tap: &str) -> Result<(), TapError> {
         rt.block_on(async {
             let (conn, handle, _) = rtnetlink::new_connection()?;
             let task = tokio::spawn(conn);
-            let found = link(&handle, &tap).await;
+            let made = ensure_tap(&handle, &tap).await;
             task.abort();
-            match found? {
-                Some(_) => Ok(()),
-                None => create_tap(&tap),
-            }
+            made.map(drop)
         })
     })?
 }

@@ -11,6 +11,7 @@ use vmlet_cri::runtime::PodConfig;
 use super::pod::{configure, network_step};
 use super::warm::WarmVm;
 use super::{now_ns, Inner, Pod, RuntimeError};
+use crate::network::cni::NetworkConfig;
 use crate::network::pod::PodNetworks;
 use crate::sandbox::{disk, vmm, SandboxError, Vm, VmmCommand};
 use crate::store::{self, PodPaths, PodPhase, PodRecord, SlotRecord};
@@ -23,8 +24,8 @@ pub(super) struct BootTimes {
 
 /// Everything a VM needs before it boots: directories, the record (written first, in
 /// `phase`: a daemon that dies from here on finds it and tears it down, network
-/// included), the namespace and tap, the disks. Returns the record and the VMM
-/// command.
+/// included), the namespace and tap for `network`, the disks. Returns the record and
+/// the VMM command.
 pub(super) async fn prepare(
     inner: &Inner,
     id: &str,
@@ -32,6 +33,7 @@ pub(super) async fn prepare(
     config: PodConfig,
     size: (u32, u64),
     phase: PodPhase,
+    network: Option<NetworkConfig>,
 ) -> Result<(PodRecord, VmmCommand), RuntimeError> {
     let s = &inner.settings;
     for dir in [paths.containers(), paths.run_dir.clone()] {
@@ -58,7 +60,7 @@ pub(super) async fn prepare(
         vmm_pid: None,
         slots: slots.clone(),
         vm_exit: None,
-        network: inner.network.plan(id)?,
+        network: network.map(|n| inner.network.plan(id, n)),
     };
     store::write_json(&paths.record(), &record)?;
     if let Some(net) = record.network.take() {
@@ -130,9 +132,18 @@ pub(super) async fn boot(
     paths: &PodPaths,
     config: PodConfig,
     size: (u32, u64),
+    network: Option<NetworkConfig>,
 ) -> Result<Arc<Pod>, RuntimeError> {
-    let (mut record, cmd) =
-        prepare(inner, id, paths, config.clone(), size, PodPhase::Creating).await?;
+    let (mut record, cmd) = prepare(
+        inner,
+        id,
+        paths,
+        config.clone(),
+        size,
+        PodPhase::Creating,
+        network,
+    )
+    .await?;
     let booting = start_vm(inner, &cmd);
     let planned = record.network.clone();
     let (networks, pod_config) = (&inner.network, &config);
@@ -189,6 +200,7 @@ pub(super) async fn adopt(
     inner: &Inner,
     warm: WarmVm,
     config: PodConfig,
+    network: Option<NetworkConfig>,
 ) -> Result<Arc<Pod>, RuntimeError> {
     let WarmVm {
         paths,
@@ -200,9 +212,9 @@ pub(super) async fn adopt(
         record.config = config.clone();
         record.created_at_ns = now_ns();
         record.phase = PodPhase::Creating;
-        if let Some(net) = record.network.as_mut() {
+        if let (Some(net), Some(current)) = (record.network.as_mut(), network) {
             // The configuration in force now, not when the VM booted.
-            net.network = inner.network.ready()?;
+            net.network = current;
         }
         store::write_json(&paths.record(), &record)?;
         if let Some(net) = record.network.take() {

@@ -48,7 +48,7 @@ pub async fn run(inner: &Arc<Inner>, config: PodConfig) -> Result<String, Runtim
     let size = size(inner, &config)?;
     let _starting = inner.warm.starting();
     // Fails before a warm VM is taken.
-    inner.network.check_ready()?;
+    let network = inner.network.current()?;
     let warm = inner.warm.take(size).await;
     let id = match &warm {
         Some(w) => w.id.clone(),
@@ -70,8 +70,8 @@ pub async fn run(inner: &Arc<Inner>, config: PodConfig) -> Result<String, Runtim
     }
     let paths = PodPaths::new(&inner.settings.state_dir, &inner.settings.runtime_dir, &id);
     let started = match warm {
-        Some(w) => launch::adopt(inner, w, config.clone()).await,
-        None => launch::boot(inner, &id, &paths, config.clone(), size).await,
+        Some(w) => launch::adopt(inner, w, config.clone(), network).await,
+        None => launch::boot(inner, &id, &paths, config.clone(), size, network).await,
     };
     match started {
         Ok(pod) => {

@@ -20,6 +20,7 @@ use vmlet_cri::runtime::PodConfig;
 use super::launch::{prepare, start_vm};
 use super::pod::undo;
 use super::{lock, new_id, Inner, RuntimeError};
+use crate::network::cni::NetworkConfig;
 use crate::sandbox::Vm;
 use crate::store::{PodPaths, PodPhase, PodRecord};
 
@@ -73,7 +74,7 @@ impl WarmPool {
     }
 
     /// A warm VM for a pod of `size`, if the pool has one or is booting one that no
-    /// other call waits for.
+    /// other call waits for. Call it under [`WarmPool::starting`].
     pub async fn take(&self, size: (u32, u64)) -> Option<WarmVm> {
         if self.target == 0 || size != self.size {
             return None;
@@ -89,19 +90,16 @@ impl WarmPool {
                 if waited {
                     st.waiting -= 1;
                 }
+                // The caller holds a `Starting` guard, whose drop wakes the refill
+                // task (to boot a replacement, or remove the dead).
                 while let Some(w) = st.ready.pop_front() {
                     if w.vm.running() {
-                        drop(st);
-                        self.changed.notify_waiters();
                         return Some(w);
                     }
                     st.dead.push(w);
                 }
                 if st.closed || !st.booting || st.waiting > 0 {
-                    // Nothing ready, or the VM booting is promised to another call:
-                    // the refill task may still have dead VMs to remove.
-                    drop(st);
-                    self.changed.notify_waiters();
+                    // Nothing ready, or the VM booting is promised to another call.
                     return None;
                 }
                 st.waiting += 1;
@@ -184,13 +182,16 @@ pub(super) async fn refill(inner: Arc<Inner>) {
             notified.await;
             continue;
         }
-        if let Err(e) = inner.network.check_ready() {
-            tracing::debug!("warm pool waits for the pod network: {e}");
-            tokio::time::sleep(RETRY).await;
-            continue;
-        }
+        let network = match inner.network.current() {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::debug!("warm pool waits for the pod network: {e}");
+                tokio::time::sleep(RETRY).await;
+                continue;
+            }
+        };
         lock(&pool.state).booting = true;
-        let booted = boot_one(&inner).await;
+        let booted = boot_one(&inner, network).await;
         let failed = booted.is_err();
         let leftover = {
             let mut st = lock(&pool.state);
@@ -251,7 +252,7 @@ pub(super) async fn drain(inner: &Inner) {
     }
 }
 
-async fn boot_one(inner: &Inner) -> Result<WarmVm, RuntimeError> {
+async fn boot_one(inner: &Inner, network: Option<NetworkConfig>) -> Result<WarmVm, RuntimeError> {
     let id = new_id()?;
     let s = &inner.settings;
     let paths = PodPaths::new(&s.state_dir, &s.runtime_dir, &id);
@@ -262,6 +263,7 @@ async fn boot_one(inner: &Inner) -> Result<WarmVm, RuntimeError> {
         PodConfig::default(),
         inner.warm.size,
         PodPhase::Warm,
+        network,
     )
     .await;
     let (record, cmd) = match prepared {

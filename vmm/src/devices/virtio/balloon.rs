@@ -153,23 +153,17 @@ impl VirtioDevice for Balloon {
 
 impl MutEventSubscriber for Balloon {
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
-        if !events.event_set().contains(EventSet::IN) {
+        let index = events.data() as usize;
+        if !events.event_set().contains(EventSet::IN) || index >= self.queue_evts.len() {
             return;
         }
-        let fd = events.fd();
-        let Some(index) = self.queue_evts.iter().position(|e| {
-            use std::os::fd::AsRawFd;
-            e.as_raw_fd() == fd
-        }) else {
-            return;
-        };
         let _ = self.queue_evts[index].read();
         Balloon::process(self, index);
     }
 
     fn init(&mut self, ops: &mut EventOps) {
         for (i, evt) in self.queue_evts.iter().enumerate() {
-            if let Err(e) = ops.add(Events::new(evt, EventSet::IN)) {
+            if let Err(e) = ops.add(Events::with_data(evt, i as u32, EventSet::IN)) {
                 tracing::error!("registering balloon queue {i} event: {e}");
             }
         }
