@@ -176,6 +176,13 @@ pub struct ContainerRecord {
     pub message: String,
     /// Full log path ("" = none).
     pub log_path: String,
+    /// When the guest says the process ended, by the guest's clock (0: not known).
+    #[serde(default)]
+    pub guest_finished_at_ns: i64,
+    /// When the guest's exit report reached vmletd (Unix ns, 0: not yet); with
+    /// `finished_at_ns`, when it was recorded, this shows where an exit was late.
+    #[serde(default)]
+    pub exit_seen_at_ns: i64,
 }
 
 /// Where a container's log copy stands: the next byte to read of each stream and the

@@ -256,6 +256,17 @@ impl CriClient {
         .map(|r| r.into_inner().status.unwrap_or_default())
     }
 
+    /// The `info` JSON of verbose ContainerStatus (slot, exit timeline, `logComplete`).
+    pub fn status_info(&self, id: &str) -> Result<serde_json::Value, Status> {
+        let mut c = self.runtime.clone();
+        let r = self.block_on(c.container_status(req(v1::ContainerStatusRequest {
+            container_id: id.into(),
+            verbose: true,
+        })))?;
+        let info = r.into_inner().info;
+        Ok(serde_json::from_str(info.get("info").map_or("{}", String::as_str)).unwrap_or_default())
+    }
+
     /// ListContainers.
     pub fn list(&self, filter: Option<v1::ContainerFilter>) -> Vec<v1::Container> {
         let mut c = self.runtime.clone();
@@ -375,7 +386,10 @@ impl CriClient {
         })
     }
 
-    /// Waits until container `id` has exited; returns its status.
+    /// Waits until container `id` has exited; returns its status. On a timeout the
+    /// panic shows the exit timeline vmletd recorded (when the guest says the process
+    /// ended, when its report reached vmletd, when it was recorded) beside the time
+    /// of the last status answer, so a late exit shows where it was held.
     pub fn wait_exited(&self, id: &str, timeout: Duration) -> v1::ContainerStatus {
         let start = Instant::now();
         loop {
@@ -383,11 +397,36 @@ impl CriClient {
             if s.state == v1::ContainerState::ContainerExited as i32 {
                 return s;
             }
+            if start.elapsed() >= timeout {
+                let info = self.status_info(id).unwrap_or_default();
+                let answered_ns = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos());
+                panic!(
+                    "container {id} still not exited after {timeout:?}: {s:?}\n\
+                     exit timeline (Unix ns): guest finished {}, report seen {}, recorded {}, \
+                     last status answer {answered_ns}; verbose info {info}",
+                    info["guestFinishedAtNs"], info["exitSeenAtNs"], info["finishedAtNs"]
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Waits until the log copy of exited container `id` is complete (verbose
+    /// ContainerStatus `logComplete`).
+    pub fn wait_log_complete(&self, id: &str, timeout: Duration) {
+        let start = Instant::now();
+        loop {
+            let info = self.status_info(id).expect("ContainerStatus");
+            if info["logComplete"] == true {
+                return;
+            }
             assert!(
                 start.elapsed() < timeout,
-                "container {id} still not exited after {timeout:?}: {s:?}"
+                "the log of {id} is not complete after {timeout:?}: {info}"
             );
-            std::thread::sleep(Duration::from_millis(200));
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 }

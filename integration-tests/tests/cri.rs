@@ -7,7 +7,8 @@ use tonic::Code;
 use vmlet_agent::testing::{Compression, ImageBuilder, LayerBuilder, TestRegistry};
 use vmlet_integration_tests::agent::GuestAgent;
 use vmlet_integration_tests::cri::{
-    busybox_registry, container_config, parse_log, pod_config, v1, CriClient, LogEntry, Vmletd,
+    busybox_registry, container_config, parse_log, pod_config, v1, vmletd_binary, CriClient,
+    LogEntry, Vmletd,
 };
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -129,6 +130,7 @@ fn pod_with_two_containers_full_lifecycle() {
     );
     let s = c.wait_exited(&short, WAIT);
     assert_eq!((s.exit_code, s.reason.as_str()), (3, "Error"));
+    c.wait_log_complete(&short, WAIT);
     assert!(s.started_at > 0 && s.finished_at >= s.started_at);
     assert_eq!(s.image_ref, image_id);
     assert_eq!(
@@ -930,7 +932,10 @@ fn stats_and_resource_updates() {
         ),
         (16 << 20, 20_000, 100_000, 512)
     );
-    // An allocation beyond the new limit gets the container OOM-killed.
+    // An allocation beyond the new limit gets the container OOM-killed. The CPU quota
+    // is lifted first: at 20% of an emulated CPU, filling 16 MiB takes minutes.
+    c.update_resources(&idle, quota(400_000))
+        .expect("UpdateContainerResources");
     c.exec(&idle, &["sh", "-c", "echo > /go"], 60)
         .expect("ExecSync");
     let s = c.wait_exited(&idle, WAIT);
@@ -1001,8 +1006,20 @@ fn pods_start_concurrently() {
         }),
         ..Default::default()
     }));
+    let vmms = d.vmm_pids();
+    // Every pod listed READY has a live VMM (read after the list: a VMM that died
+    // before it must have made its pod NOTREADY already).
+    for p in &ready {
+        let pid = c_status_pid(&d, &p.id);
+        assert!(
+            vmms.contains(&pid),
+            "pod {} is READY but its VMM {pid} is gone: {:?}",
+            p.id,
+            c.pod_status(&p.id).map(|s| s.info)
+        );
+    }
     assert_eq!(ready.len(), PODS);
-    assert_eq!(d.vmm_pids().len(), PODS);
+    assert_eq!(vmms.len(), PODS);
     let info = c.pod_status(&ids[0]).unwrap().info;
     assert!(info["info"].contains("\"memMib\":128"), "{info:?}");
     std::thread::scope(|s| {
@@ -1012,4 +1029,281 @@ fn pods_start_concurrently() {
         }
     });
     assert_clean(&d);
+}
+
+/// A VMM that dies under a running pod (SIGKILL, SIGSEGV, or while vmletd is down):
+/// the pod is NOTREADY at once, its container exited with reason `VMExited` and the
+/// VMM's status in the message, one Stopped event is sent, verbose PodSandboxStatus
+/// shows the exit and the last lines of vmm.log and console.log, and Stop and Remove
+/// leave nothing behind.
+#[test]
+fn a_pod_whose_vm_died_is_not_ready() {
+    let mut env = env();
+    let c = env.daemon.client();
+    c.pull(&env.image).expect("PullImage");
+    let log_dir = env.daemon.log_dir();
+    let mut pods = Vec::new();
+    for name in ["killed", "segv", "offline"] {
+        let cfg = pod_config(name, &log_dir);
+        let pod = c.run_pod(cfg.clone()).expect("RunPodSandbox");
+        let ctr = run_container(
+            &c,
+            &pod,
+            &cfg,
+            container_config(name, &env.image, "echo up; while true; do sleep 1; done"),
+        );
+        wait_for_line(&env.daemon, &format!("{name}.log"), "up");
+        pods.push((pod, ctr));
+    }
+    let state = |c: &CriClient, id: &str| c.pod_status(id).unwrap().status.unwrap().state;
+    let not_ready = v1::PodSandboxState::SandboxNotready as i32;
+
+    for ((pod, ctr), (signal, name)) in pods
+        .iter()
+        .zip([(libc::SIGKILL, "SIGKILL"), (libc::SIGSEGV, "SIGSEGV")])
+    {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let socket = env.daemon.socket.clone();
+        let events = std::thread::spawn(move || {
+            CriClient::connect(&socket)
+                .unwrap()
+                .events(1, WAIT, ready_tx)
+        });
+        ready_rx.recv().expect("subscribed to events");
+        let pid = c_status_pid(&env.daemon, pod);
+        // SAFETY: kill(2) on a VMM this test's daemon started.
+        unsafe { libc::kill(pid as i32, signal) };
+        let s = c.wait_exited(ctr, WAIT);
+        assert_eq!((s.reason.as_str(), s.exit_code), ("VMExited", 255), "{s:?}");
+        assert!(s.message.contains(name), "{s:?}");
+        assert_eq!(state(&c, pod), not_ready);
+        let events = events.join().unwrap();
+        assert_eq!(
+            events
+                .iter()
+                .map(|e| (e.container_id.as_str(), e.container_event_type))
+                .collect::<Vec<_>>(),
+            [(
+                ctr.as_str(),
+                v1::ContainerEventType::ContainerStoppedEvent as i32
+            )]
+        );
+        let info: serde_json::Value =
+            serde_json::from_str(&c.pod_status(pod).unwrap().info["info"]).unwrap();
+        assert!(
+            info["vmExit"].as_str().unwrap_or("").contains(name),
+            "{info}"
+        );
+        // The guest printed its ready line on the console before the kill.
+        assert!(
+            !info["consoleTail"].as_str().unwrap_or("").is_empty(),
+            "{info}"
+        );
+        assert!(info.get("vmmLogTail").is_some(), "{info}");
+    }
+
+    // A VMM that dies while vmletd is down: NOTREADY after the restart.
+    let (pod, ctr) = &pods[2];
+    let pid = c_status_pid(&env.daemon, pod);
+    drop(c);
+    env.daemon.signal_and_wait(libc::SIGKILL);
+    // SAFETY: kill(2) on a VMM this test's daemon started.
+    unsafe { libc::kill(pid as i32, libc::SIGSEGV) };
+    std::thread::sleep(Duration::from_secs(1));
+    env.daemon.restart();
+    let c = env.daemon.client();
+    assert_eq!(state(&c, pod), not_ready);
+    let s = c.status(ctr).unwrap();
+    assert_eq!(
+        (s.state, s.reason.as_str()),
+        (v1::ContainerState::ContainerExited as i32, "VMExited")
+    );
+    assert_eq!(
+        c.list_pods(Some(v1::PodSandboxFilter {
+            state: Some(v1::PodSandboxStateValue {
+                state: v1::PodSandboxState::SandboxReady as i32,
+            }),
+            ..Default::default()
+        }))
+        .len(),
+        0
+    );
+
+    for (pod, _) in &pods {
+        c.stop_pod(pod).expect("StopPodSandbox");
+        c.stop_pod(pod).expect("StopPodSandbox again");
+        c.remove_pod(pod).expect("RemovePodSandbox");
+    }
+    assert_clean(&env.daemon);
+}
+
+/// An exit reaches ContainerStatus promptly, whatever the log copy is doing, and the
+/// log still holds every line: a container that writes about 1 MiB and exits at once,
+/// and one OOM-killed with output in flight. Each exit is sent once as an event.
+#[test]
+fn exits_reach_container_status_promptly_with_the_whole_log() {
+    let env = env();
+    let d = &env.daemon;
+    let c = d.client();
+    c.pull(&env.image).expect("PullImage");
+    let pod_cfg = pod_config("exits", &d.log_dir());
+    let pod = c.run_pod(pod_cfg.clone()).expect("RunPodSandbox");
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let socket = d.socket.clone();
+    // Created, Started and Stopped of two containers; a seventh would be a second
+    // Stopped event.
+    let events = std::thread::spawn(move || {
+        CriClient::connect(&socket)
+            .unwrap()
+            .events(7, Duration::from_secs(90), ready_tx)
+    });
+    ready_rx.recv().expect("subscribed to events");
+
+    const LINES: u32 = 150_000; // about 1 MiB of output
+    let chatty = run_container(
+        &c,
+        &pod,
+        &pod_cfg,
+        container_config("chatty", &env.image, &format!("busybox seq 1 {LINES}")),
+    );
+    let mut oom_cfg = container_config(
+        "oom",
+        &env.image,
+        "busybox seq 1 20000; x=$(busybox yes 0123456789abcdef | busybox head -c 67108864); echo survived",
+    );
+    oom_cfg.linux = Some(v1::LinuxContainerConfig {
+        resources: Some(v1::LinuxContainerResources {
+            memory_limit_in_bytes: 16 << 20,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let oom = run_container(&c, &pod, &pod_cfg, oom_cfg);
+
+    for (id, reason, exit_code, log, last) in [
+        (&chatty, "Completed", 0, "chatty.log", LINES),
+        (&oom, "OOMKilled", 137, "oom.log", 20_000),
+    ] {
+        let s = c.wait_exited(id, WAIT);
+        assert_eq!(
+            (s.reason.as_str(), s.exit_code),
+            (reason, exit_code),
+            "{s:?}"
+        );
+        let info = c.status_info(id).expect("ContainerStatus");
+        let seen = info["exitSeenAtNs"].as_i64().unwrap_or(0);
+        let recorded = info["finishedAtNs"].as_i64().unwrap_or(0);
+        assert!(seen > 0 && recorded >= seen, "{info}");
+        // The drain before recording is bounded at 1 s; 5 s leaves room for a
+        // loaded machine and still fails a held-back exit.
+        assert!(
+            recorded - seen < 5_000_000_000,
+            "the exit was recorded {} ms after the guest's report reached vmletd: {info}",
+            (recorded - seen) / 1_000_000
+        );
+        c.wait_log_complete(id, WAIT);
+        let want: Vec<String> = (1..=last).map(|i| i.to_string()).collect();
+        assert_eq!(lines(&log_of(d, log), "stdout"), want, "{log}");
+    }
+    let events = events.join().unwrap();
+    for id in [&chatty, &oom] {
+        let stopped = events
+            .iter()
+            .filter(|e| {
+                &e.container_id == id
+                    && e.container_event_type
+                        == v1::ContainerEventType::ContainerStoppedEvent as i32
+            })
+            .count();
+        assert_eq!(stopped, 1, "Stopped events of {id}: {events:?}");
+    }
+    c.remove_pod(&pod).expect("RemovePodSandbox");
+    assert_clean(d);
+}
+
+/// The warm pool's VM that does not answer (its VMM stopped with SIGSTOP) does not
+/// fail the pod: RunPodSandbox discards it, keeps its console, counts it, and boots a
+/// fresh VM. When the fresh boot fails too, the error names both causes and nothing is
+/// left behind.
+#[test]
+fn a_failed_warm_vm_does_not_fail_the_pod() {
+    // A copy of vmlet-vmm that the test can break later.
+    let bin_dir = tempfile::tempdir().expect("tempdir");
+    let vmm = bin_dir.path().join("vmlet-vmm");
+    std::fs::copy(vmlet_integration_tests::vmm_binary(), &vmm).expect("copy vmlet-vmm");
+    // The harness passes VMLET_VMM to vmletd's --vmm (vmletd itself is found beside
+    // it unless VMLET_VMLETD says where). This test runs in a process of its own.
+    std::env::set_var("VMLET_VMLETD", vmletd_binary());
+    std::env::set_var("VMLET_VMM", &vmm);
+    let d = Vmletd::start(&["--warm-pool", "1"]);
+    let c = d.client();
+    c.wait_warm_pool_full();
+    let warm_vm = || {
+        let pids = d.vmm_pids();
+        assert_eq!(pids.len(), 1, "one warm VM: {pids:?}");
+        pids[0]
+    };
+    let stopped = warm_vm();
+    // SAFETY: kill(2) on the warm VM this test's daemon started.
+    unsafe { libc::kill(stopped as i32, libc::SIGSTOP) };
+
+    let pod = c
+        .run_pod(pod_config("fallback", &d.log_dir()))
+        .expect("RunPodSandbox falls back to a fresh boot");
+    assert_eq!(
+        c.pod_status(&pod).unwrap().status.unwrap().state,
+        v1::PodSandboxState::SandboxReady as i32
+    );
+    assert_ne!(c_status_pid(&d, &pod), stopped);
+    assert!(
+        !d.vmm_pids().contains(&stopped),
+        "the silent warm VM was not killed"
+    );
+    assert_eq!(c.warm_pool()["failed"], 1);
+    let kept: Vec<_> = std::fs::read_dir(d.state_dir().join("failed-vms"))
+        .expect("kept consoles")
+        .flatten()
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    c.remove_pod(&pod).expect("RemovePodSandbox");
+
+    // The fresh boot fails too: both causes in the error, nothing left.
+    c.wait_warm_pool_full();
+    let stopped = warm_vm();
+    // SAFETY: as above.
+    unsafe { libc::kill(stopped as i32, libc::SIGSTOP) };
+    // Replaced, not rewritten: the stopped warm VM still runs the old file.
+    std::fs::remove_file(&vmm).expect("remove the vmlet-vmm copy");
+    std::fs::write(&vmm, "#!/bin/sh\necho broken vmm >&2\nexit 1\n").expect("break vmlet-vmm");
+    std::fs::set_permissions(&vmm, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let e = c
+        .run_pod(pod_config("no-luck", &d.log_dir()))
+        .expect_err("RunPodSandbox with no VM to be had");
+    let msg = e.message();
+    assert!(
+        msg.contains("warm VM") && msg.contains("fresh boot") && msg.contains("VMM exited"),
+        "{e}"
+    );
+    assert_eq!(c.warm_pool()["failed"], 2);
+    assert!(c.list_pods(None).is_empty());
+    // The pool's refill keeps failing on the broken binary; between its tries the
+    // node is clean.
+    let start = std::time::Instant::now();
+    loop {
+        let left: Vec<_> = [d.state_dir().join("pods"), d.run_dir().join("pods")]
+            .iter()
+            .flat_map(|dir| std::fs::read_dir(dir).into_iter().flatten().flatten())
+            .map(|e| e.path())
+            .collect();
+        if d.vmm_pids().is_empty() && left.is_empty() {
+            break;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "left behind: {left:?}, VMMs {:?}",
+            d.vmm_pids()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

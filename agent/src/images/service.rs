@@ -408,6 +408,29 @@ impl ImageManager {
         })
     }
 
+    /// Records an image named `name` whose block image is an empty file, without a
+    /// registry: for the runtime's unit tests, which never mount it.
+    #[cfg(test)]
+    pub(crate) fn add_test_image(&self, name: &str, config: ImageConfig) -> Digest {
+        let id = Digest::of(name.as_bytes());
+        let blob = super::pull::BlobRef {
+            digest: id.clone(),
+            size: 0,
+        };
+        let _ = fs::write(self.erofs_path(&id), b"");
+        lock(&self.metadata).upsert(ImageRecord {
+            id: id.clone(),
+            repo_tags: vec![name.to_owned()],
+            repo_digests: Vec::new(),
+            size: 0,
+            manifests: Vec::new(),
+            config_blob: blob,
+            layers: Vec::new(),
+            config,
+        });
+        id
+    }
+
     /// Marks the image `query` names as used by a container until the lease drops.
     pub fn lease(&self, query: &str) -> Result<ImageLease, ImageError> {
         let meta = lock(&self.metadata);

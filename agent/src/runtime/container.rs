@@ -19,8 +19,12 @@ use crate::store::{self, ContainerRecord, LogRecord, PodPhase};
 const WAIT_POLL: Duration = Duration::from_secs(60);
 /// How long SIGKILL may take to end a container.
 const KILL_WAIT: Duration = Duration::from_secs(30);
-/// How long an exit (and removal) waits for the last output of the container.
-const LOG_DRAIN: Duration = Duration::from_secs(5);
+/// How long an exit waits for the last output of the container before it is
+/// recorded (see `drain_log`): the bound on how late ContainerStatus learns of an
+/// exit after the guest reports it.
+pub(super) const LOG_DRAIN: Duration = Duration::from_secs(1);
+/// How long removal waits for the last output of the container.
+const REMOVE_DRAIN: Duration = Duration::from_secs(5);
 
 pub(super) fn running_vm(pod: &Pod) -> Result<Vm, RuntimeError> {
     match pod.vm() {
@@ -222,6 +226,8 @@ async fn create_reserved(
         reason: String::new(),
         message: String::new(),
         log_path: log_path.clone(),
+        guest_finished_at_ns: 0,
+        exit_seen_at_ns: 0,
     };
     let cleanup = |pod: &Pod| {
         undo_slot(pod);
@@ -280,6 +286,7 @@ async fn create_reserved(
         sink: Arc::new(tokio::sync::Mutex::new(sink)),
         log_task: Mutex::new(None),
         exit_task: Mutex::new(None),
+        log_done: tokio::sync::watch::Sender::new(false),
     });
     start_log_copy(&c, vm, LogRecord::default());
     tracing::info!(container = %id, pod = %pod.id, slot = %slot, "container created");
@@ -298,33 +305,73 @@ pub(super) fn start_log_copy(c: &Arc<Container>, vm: &Vm, rec: LogRecord) {
         rec,
     );
     let id = c.id.clone();
+    let done = c.log_done.clone();
+    done.send_replace(false);
     // One task, so that aborting it stops the copy itself.
     let handle = tokio::spawn(async move {
         match copy.await {
             Ok(()) => tracing::debug!(container = %id, "log copy done"),
             Err(e) => tracing::error!(container = %id, "log copy failed: {e}"),
         }
+        done.send_replace(true);
     });
     *lock(&c.log_task) = Some(handle);
 }
 
-/// Records a guest exit status; returns whether the state changed.
-pub(super) fn apply_exit(inner: &Inner, c: &Container, s: &pb::ProcessStatus) -> bool {
-    let changed = {
-        let mut r = lock(&c.record);
-        if r.state == ContainerState::Exited {
-            false
-        } else {
-            r.state = ContainerState::Exited;
+/// How a container ended, from whichever path learnt of it.
+#[derive(Debug, Clone)]
+pub(super) struct Exit {
+    pub exit_code: i32,
+    pub reason: String,
+    pub message: String,
+    /// When the guest says the process ended (its own clock; 0: unknown).
+    pub guest_finished_at_ns: i64,
+}
+
+impl Exit {
+    /// An exit status the guest reported.
+    pub fn from_guest(s: &pb::ProcessStatus) -> Self {
+        Exit {
             // A program that never ran has no exit code of its own; containerd
             // reports 128 for it.
-            r.exit_code = if s.reason == "StartError" && s.exit_code == 0 {
+            exit_code: if s.reason == "StartError" && s.exit_code == 0 {
                 128
             } else {
                 s.exit_code
-            };
-            r.reason = s.reason.clone();
-            r.message = s.message.clone();
+            },
+            reason: s.reason.clone(),
+            message: s.message.clone(),
+            guest_finished_at_ns: s.finished_at_ns,
+        }
+    }
+
+    /// An exit vmletd concludes without the guest (its VM is gone): code 255.
+    pub fn lost(reason: &str, message: &str) -> Self {
+        Exit {
+            exit_code: 255,
+            reason: reason.to_owned(),
+            message: message.to_owned(),
+            guest_finished_at_ns: 0,
+        }
+    }
+}
+
+/// Records a container's exit: the one step every path that learns of an exit takes
+/// (the guest's wait, StopContainer, a start that failed, a VM that died, recovery
+/// after a restart), so that ContainerStatus, the record on disk and the one
+/// `Stopped` event agree. Returns whether the state changed (a second report of the
+/// same exit changes nothing and sends no event).
+pub(super) fn record_exit(inner: &Inner, c: &Container, exit: Exit) -> bool {
+    let changed = {
+        let mut r = lock(&c.record);
+        if !matches!(r.state, ContainerState::Created | ContainerState::Running) {
+            false
+        } else {
+            r.state = ContainerState::Exited;
+            r.exit_code = exit.exit_code;
+            r.reason = exit.reason.clone();
+            r.message = exit.message.clone();
+            r.guest_finished_at_ns = exit.guest_finished_at_ns;
             // Host time, as for created and started: the guest's clock is its own.
             r.finished_at_ns = now_ns().max(r.started_at_ns);
             true
@@ -334,10 +381,15 @@ pub(super) fn apply_exit(inner: &Inner, c: &Container, s: &pb::ProcessStatus) ->
         if let Err(e) = c.save() {
             tracing::error!(container = %c.id, "{e}");
         }
-        tracing::info!(container = %c.id, exit_code = s.exit_code, reason = %s.reason, "container exited");
+        tracing::info!(container = %c.id, exit_code = exit.exit_code, reason = %exit.reason, "container exited");
         inner.emit(&c.id, &c.pod.id, EventKind::Stopped);
     }
     changed
+}
+
+/// Records a guest exit status; returns whether the state changed.
+pub(super) fn apply_exit(inner: &Inner, c: &Container, s: &pb::ProcessStatus) -> bool {
+    record_exit(inner, c, Exit::from_guest(s))
 }
 
 async fn wait_once(
@@ -358,29 +410,30 @@ async fn wait_once(
         .map(|r| r.into_inner().status.unwrap_or_default())
 }
 
-/// Follows a running container until it exits.
-/// Waits (at most `LOG_DRAIN`) until the container's log copy has written everything
-/// its process wrote, as containerd drains a container's IO before reporting its exit:
-/// whoever sees it exited then finds its whole output in the log. A stream that stays
-/// open (a child that kept it) does not hold the exit back for longer.
+/// Waits, at most `LOG_DRAIN`, until the container's log copy has written everything
+/// its process wrote, as containerd drains a container's IO before it reports the
+/// exit: whoever sees the container exited then finds its whole output in the log.
+/// The bound is strict, so a slow or stuck copy (a child that kept the stream open)
+/// never holds an exit back for longer; the copy then goes on and verbose
+/// ContainerStatus says `logComplete: false` until it ends.
 async fn drain_log(c: &Container) {
-    let start = std::time::Instant::now();
-    while start.elapsed() < LOG_DRAIN {
-        let finished = lock(&c.log_task).as_ref().is_none_or(|h| h.is_finished());
-        if finished {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    let mut done = c.log_done.subscribe();
+    if tokio::time::timeout(LOG_DRAIN, done.wait_for(|d| *d))
+        .await
+        .is_err()
+    {
+        tracing::debug!(container = %c.id, "output still open {LOG_DRAIN:?} after the exit");
     }
-    tracing::debug!(container = %c.id, "output still open {LOG_DRAIN:?} after the exit");
 }
 
+/// Follows a running container until it exits.
 pub(super) fn watch_exit(inner: Arc<Inner>, c: Arc<Container>, vm: Vm) {
     let c2 = c.clone();
     let handle = tokio::spawn(async move {
         loop {
             match wait_once(&vm, &c.id, WAIT_POLL).await {
                 Ok(s) if s.state == pb::ProcessState::Exited as i32 => {
+                    lock(&c.record).exit_seen_at_ns = now_ns();
                     drain_log(&c).await;
                     apply_exit(&inner, &c, &s);
                     return;
@@ -524,7 +577,7 @@ pub async fn remove(inner: &Arc<Inner>, id: &str) -> Result<(), RuntimeError> {
         // Let the copier take the last output before the guest forgets the container.
         let task = lock(&c.log_task).take();
         if let Some(mut task) = task {
-            if tokio::time::timeout(LOG_DRAIN, &mut task).await.is_err() {
+            if tokio::time::timeout(REMOVE_DRAIN, &mut task).await.is_err() {
                 task.abort();
             }
         }

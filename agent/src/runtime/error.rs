@@ -50,6 +50,14 @@ pub enum RuntimeError {
     /// Pod networking failed.
     #[error(transparent)]
     Network(#[from] NetworkError),
+    /// A warm VM failed the pod, and so did the fresh boot that replaced it.
+    #[error("a warm VM failed ({warm}), and so did a fresh boot: {cold}")]
+    WarmFallback {
+        /// Why the warm VM failed.
+        warm: Box<RuntimeError>,
+        /// Why the fresh boot failed.
+        cold: Box<RuntimeError>,
+    },
     /// The guest refused or failed a call.
     #[error("guest {call}: {status}")]
     Guest {
@@ -89,6 +97,8 @@ impl RuntimeError {
                 Code::Unavailable => ErrorKind::Unavailable,
                 _ => ErrorKind::Internal,
             },
+            // The caller's problem, if any, is what the fresh boot met.
+            Self::WarmFallback { cold, .. } => cold.kind(),
             Self::Network(e) if e.is_not_ready() => ErrorKind::FailedPrecondition,
             Self::Network(NetworkError::BadBandwidth { .. }) => ErrorKind::InvalidArgument,
             Self::Sandbox(_) | Self::Store(_) | Self::Log(_) | Self::Network(_) => {

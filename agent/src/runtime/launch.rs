@@ -7,14 +7,22 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use vmlet_cri::runtime::PodConfig;
+use vmlet_proto::agent as pb;
 
-use super::pod::{configure, network_step};
-use super::warm::WarmVm;
 use super::{now_ns, Inner, Pod, RuntimeError};
 use crate::network::cni::NetworkConfig;
-use crate::network::pod::PodNetworks;
-use crate::sandbox::{disk, vmm, SandboxError, Vm, VmmCommand};
+use crate::network::pod::{NetworkError, PodNetRecord, PodNetworks};
+use crate::sandbox::{disk, guest, SandboxError, Vm, VmmCommand};
 use crate::store::{self, PodPaths, PodPhase, PodRecord, SlotRecord};
+
+/// A booted VM waiting for a pod.
+pub(super) struct WarmVm {
+    /// The pod ID it will have.
+    pub id: String,
+    pub paths: PodPaths,
+    pub record: PodRecord,
+    pub vm: Vm,
+}
 
 /// How long a boot waited for its turn and how long it took.
 pub(super) struct BootTimes {
@@ -112,11 +120,13 @@ pub(super) async fn start_vm(
     // The semaphore is never closed; without a permit the boot would just go ahead.
     let _permit = inner.boots.acquire().await.ok();
     let started = Instant::now();
-    let vm = Vm::boot(
-        cmd,
-        Duration::from_secs(inner.settings.vm.boot_timeout_secs),
-    )
-    .await;
+    let vm = inner
+        .vms
+        .boot(
+            cmd,
+            Duration::from_secs(inner.settings.vm.boot_timeout_secs),
+        )
+        .await;
     let times = BootTimes {
         queued: started - queued,
         booted: started.elapsed(),
@@ -162,7 +172,8 @@ pub(super) async fn boot(
             // A failed ADD does not wait for the guest: the boot is dropped, and the
             // VMM, if it was started, killed.
             if let Some((net, Err(e))) = a {
-                kill_unfinished(paths).await;
+                // The VMM of the boot abandoned midway, if it got started.
+                inner.vms.kill_stray(&paths.control()).await;
                 record.network = Some(net);
                 if let Err(w) = store::write_json(&paths.record(), &record) {
                     tracing::warn!(pod = %id, "recording the failed ADD: {w}");
@@ -279,17 +290,156 @@ async fn finish(
     }))
 }
 
-/// Kills the VMM of a boot that was abandoned midway, if it got started, and waits
-/// (up to 5 s) until it is gone.
-async fn kill_unfinished(paths: &PodPaths) {
-    let Some(pid) = vmm::find(&paths.control()) else {
-        return;
-    };
-    vmm::signal(pid, nix::sys::signal::Signal::SIGKILL);
-    for _ in 0..100 {
-        if !vmm::alive(pid, &paths.control()) {
-            return;
+/// Removes what a pod left on disk.
+pub(super) fn remove_files(paths: &PodPaths) {
+    for dir in [&paths.dir, &paths.run_dir] {
+        if let Err(e) = std::fs::remove_dir_all(dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!("cannot remove {}: {e}", dir.display());
+            }
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Undoes what a VM that never became a pod made, from its record on disk (see
+/// `network::pod`); its VMM is gone already. When the namespace cannot be removed, the
+/// record stays (phase Creating or Warm) and the next daemon start tries again.
+pub(super) async fn undo(inner: &Inner, paths: &PodPaths) {
+    let released = match store::read_json::<PodRecord>(&paths.record()) {
+        Ok(record) => release_network(inner, &record, true).await,
+        Err(_) => Ok(()),
+    };
+    match released {
+        Ok(()) => remove_files(paths),
+        Err(e) => tracing::error!(dir = %paths.dir.display(), "undoing the network: {e}"),
+    }
+}
+
+/// Runs a blocking network step on the blocking pool, with the pod's network record.
+pub(super) async fn network_step(
+    networks: &PodNetworks,
+    id: &str,
+    config: &PodConfig,
+    rec: PodNetRecord,
+    step: fn(&PodNetworks, &str, &PodConfig, &mut PodNetRecord) -> Result<(), NetworkError>,
+) -> (PodNetRecord, Result<(), NetworkError>) {
+    let before = rec.clone();
+    let (networks, id, config) = (networks.clone(), id.to_owned(), config.clone());
+    let task = tokio::task::spawn_blocking(move || {
+        let mut rec = rec;
+        let r = step(&networks, &id, &config, &mut rec);
+        (rec, r)
+    });
+    match task.await {
+        Ok(done) => done,
+        Err(e) => (before, Err(NetworkError::Interrupted(e.to_string()))),
+    }
+}
+
+/// DEL (if owed) and the namespace removed, for a pod whose record says it has a
+/// network. `never_ran`: the pod's RunPodSandbox did not succeed, so a failing DEL
+/// does not keep the namespace (see [`PodNetworks::discard`]).
+pub(super) async fn release_network(
+    inner: &Inner,
+    record: &PodRecord,
+    never_ran: bool,
+) -> Result<(), RuntimeError> {
+    let Some(net) = record.network.clone() else {
+        return Ok(());
+    };
+    let step = if never_ran {
+        PodNetworks::discard
+    } else {
+        PodNetworks::remove
+    };
+    let (_, result) = network_step(&inner.network, &record.id, &record.config, net, step).await;
+    Ok(result?)
+}
+
+/// Hostname, network and DNS of the guest. The pod's DNS config (kubelet's) wins over
+/// what the CNI plugins returned.
+pub(super) async fn configure(
+    vm: &Vm,
+    c: &PodConfig,
+    net: Option<&PodNetRecord>,
+) -> Result<(), RuntimeError> {
+    let hostname = if c.hostname.is_empty() {
+        c.metadata.name.clone()
+    } else {
+        c.hostname.clone()
+    };
+    let cni_dns = net.map(PodNetRecord::dns).unwrap_or_default();
+    let dns = if !c.dns.servers.is_empty() || !c.dns.searches.is_empty() {
+        Some(pb::Dns {
+            servers: c.dns.servers.clone(),
+            searches: c.dns.searches.clone(),
+            options: c.dns.options.clone(),
+        })
+    } else if !cni_dns.nameservers.is_empty() || !cni_dns.search.is_empty() {
+        Some(pb::Dns {
+            servers: cni_dns.nameservers,
+            searches: cni_dns.search,
+            options: cni_dns.options,
+        })
+    } else {
+        None
+    };
+    let (interfaces, routes) = net.map(PodNetRecord::guest_config).unwrap_or_default();
+    let ips = net.map(PodNetRecord::ips).unwrap_or_default();
+    // The guest checks the sysctls against its allow-list (namespaced keys only).
+    vm.client
+        .clone()
+        .configure_guest(guest::req(
+            pb::ConfigureGuestRequest {
+                hostname: hostname.clone(),
+                dns,
+                interfaces,
+                routes,
+                sysctls: c.sysctls.clone(),
+            },
+            guest::CALL,
+        ))
+        .await
+        .map_err(RuntimeError::guest("ConfigureGuest"))?;
+    // The pod's /etc/hosts, bound into containers that get none from kubelet, as
+    // containerd writes one per sandbox.
+    vm.client
+        .clone()
+        .write_file(guest::req(
+            pb::WriteFileRequest {
+                path: "hosts".into(),
+                data: hosts_file(&hostname, &ips).into_bytes(),
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+            },
+            guest::CALL,
+        ))
+        .await
+        .map_err(RuntimeError::guest("WriteFile"))?;
+    Ok(())
+}
+
+/// /etc/hosts of a pod: loopback names, and the hostname on each pod address.
+fn hosts_file(hostname: &str, ips: &[String]) -> String {
+    let mut hosts = String::from(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\
+         fe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\n\
+         fe00::2\tip6-allrouters\n",
+    );
+    for ip in ips {
+        hosts.push_str(&format!("{ip}\t{hostname}\n"));
+    }
+    hosts
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn hosts_file_names_the_pod_on_its_addresses() {
+        let h = super::hosts_file("web", &["10.88.0.5".into(), "fd00::5".into()]);
+        assert!(h.starts_with("127.0.0.1\tlocalhost\n"), "{h}");
+        assert!(h.ends_with("10.88.0.5\tweb\nfd00::5\tweb\n"), "{h}");
+        assert!(!super::hosts_file("web", &[]).contains("web"));
     }
 }

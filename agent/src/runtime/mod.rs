@@ -23,6 +23,8 @@ mod recovery;
 mod resources;
 pub mod spec;
 mod stats;
+#[cfg(test)]
+mod tests;
 mod warm;
 
 use std::collections::HashMap;
@@ -44,7 +46,7 @@ use crate::config::VmConfig;
 use crate::images::{ImageLease, ImageManager};
 use crate::logs::SharedSink;
 use crate::network::pod::{NetworkMode, NetworkSettings, PodNetworks};
-use crate::sandbox::Vm;
+use crate::sandbox::{Hypervisor, Processes, Vm};
 use crate::store::{self, ContainerRecord, PodPaths, PodPhase, PodRecord};
 
 /// What the runtime needs from the configuration.
@@ -85,6 +87,8 @@ struct Container {
     sink: SharedSink,
     log_task: Mutex<Option<JoinHandle<()>>>,
     exit_task: Mutex<Option<JoinHandle<()>>>,
+    /// True once the log copy has ended (everything copied, or it failed).
+    log_done: tokio::sync::watch::Sender<bool>,
 }
 
 #[derive(Default)]
@@ -97,6 +101,8 @@ struct Tables {
 
 struct Inner {
     settings: Settings,
+    /// Starts and finds the pods' VMs.
+    vms: Arc<dyn Hypervisor>,
     /// Permits to boot a guest (`vm.max_concurrent_boots`).
     boots: tokio::sync::Semaphore,
     /// Pre-booted VMs (`vm.warm_pool`).
@@ -113,6 +119,10 @@ struct Inner {
 pub struct Runtime {
     inner: Arc<Inner>,
 }
+
+/// Lines of `vmm.log` and `console.log` that verbose PodSandboxStatus shows of a pod
+/// whose VM died.
+const EXIT_TAIL_LINES: usize = 20;
 
 /// Locks a std mutex, carrying on after a panic elsewhere (the data is plain state,
 /// valid between statements).
@@ -160,12 +170,22 @@ impl Pod {
 
     fn info(&self) -> PodInfo {
         let r = lock(&self.record);
+        // Why the VM went, with the last words of the VMM and of the guest console.
+        let (vmm_tail, console_tail) = match &r.vm_exit {
+            Some(_) => (
+                crate::sandbox::tail(&self.paths.vmm_log(), EXIT_TAIL_LINES),
+                crate::sandbox::tail(&self.paths.console(), EXIT_TAIL_LINES),
+            ),
+            None => (String::new(), String::new()),
+        };
         let verbose = serde_json::json!({
             "vcpus": r.vcpus,
             "memMib": r.mem_mib,
             "vmmPid": r.vmm_pid,
             "phase": r.phase,
             "vmExit": r.vm_exit,
+            "vmmLogTail": vmm_tail,
+            "consoleTail": console_tail,
             "slots": r.slots,
             "dir": self.paths.dir,
             "console": self.paths.console(),
@@ -210,15 +230,25 @@ impl Container {
             reason: r.reason.clone(),
             message: r.message.clone(),
             log_path: r.log_path.clone(),
+            verbose_json: serde_json::json!({
+                "slot": r.slot,
+                "guestFinishedAtNs": r.guest_finished_at_ns,
+                "exitSeenAtNs": r.exit_seen_at_ns,
+                "finishedAtNs": r.finished_at_ns,
+                "logComplete": *self.log_done.borrow(),
+            })
+            .to_string(),
         }
     }
 
+    /// Stops the log copy and the exit watch; the log takes nothing more.
     fn abort_tasks(&self) {
         for t in [&self.log_task, &self.exit_task] {
             if let Some(t) = lock(t).take() {
                 t.abort();
             }
         }
+        self.log_done.send_replace(true);
     }
 }
 
@@ -261,6 +291,15 @@ impl Inner {
 impl Runtime {
     /// Opens the runtime over `images`, re-adopting the pods a previous daemon left.
     pub async fn open(settings: Settings, images: Arc<ImageManager>) -> Result<Self, RuntimeError> {
+        Self::open_with(settings, images, Arc::new(Processes)).await
+    }
+
+    /// [`Runtime::open`] with pod VMs from `vms`.
+    pub async fn open_with(
+        settings: Settings,
+        images: Arc<ImageManager>,
+        vms: Arc<dyn Hypervisor>,
+    ) -> Result<Self, RuntimeError> {
         for dir in [
             settings.state_dir.join("pods"),
             settings.runtime_dir.join("pods"),
@@ -281,6 +320,7 @@ impl Runtime {
                 ),
                 network: PodNetworks::new(settings.network.clone(), &settings.state_dir),
                 settings,
+                vms,
                 images,
                 tables: Mutex::new(Tables::default()),
                 events,

@@ -11,10 +11,11 @@ use vmlet_cri::runtime::ContainerState;
 use vmlet_proto::agent as pb;
 
 use super::container::{apply_exit, start_log_copy, watch_exit};
-use super::pod::{release_network, remove_files, vm_gone, watch_vm};
+use super::launch::{release_network, remove_files};
+use super::pod::{vm_gone, watch_vm, VM_EXITED};
 use super::{lock, Container, Inner, Pod};
 use crate::logs::LogSink;
-use crate::sandbox::{guest, vmm, Vm};
+use crate::sandbox::{guest, Vm};
 use crate::store::{self, LogRecord, PodPaths, PodPhase, PodRecord};
 
 /// How long a re-adopted guest may take to answer.
@@ -46,9 +47,7 @@ pub(super) async fn recover(inner: &Arc<Inner>) {
             } else {
                 tracing::warn!(pod = %id, "pod was being created when the daemon stopped: removing it");
             }
-            if let Some(pid) = vmm::find(&paths.control()) {
-                vmm::signal(pid, nix::sys::signal::Signal::SIGKILL);
-            }
+            inner.vms.kill_stray(&paths.control()).await;
             match release_network(inner, &record, true).await {
                 Ok(()) => remove_files(&paths),
                 // The record stays, so that the next start tries again.
@@ -107,6 +106,7 @@ async fn recover_pod(
             sink: Arc::new(tokio::sync::Mutex::new(sink)),
             log_task: Mutex::new(None),
             exit_task: Mutex::new(None),
+            log_done: tokio::sync::watch::Sender::new(log.done),
         });
         {
             let mut t = lock(&inner.tables);
@@ -122,7 +122,12 @@ async fn recover_pod(
         return Ok(());
     }
     let vm = match record.vmm_pid {
-        Some(pid) => Vm::adopt(pid, &paths.control(), &paths.vsock(), ADOPT_TIMEOUT).await,
+        Some(pid) => {
+            inner
+                .vms
+                .adopt(pid, &paths.control(), &paths.vsock(), ADOPT_TIMEOUT)
+                .await
+        }
         None => Err(crate::sandbox::SandboxError::VmmExited(
             "no pid recorded".into(),
         )),
@@ -131,14 +136,12 @@ async fn recover_pod(
         Ok(vm) => vm,
         Err(e) => {
             tracing::warn!(pod = %pod.id, "the pod's VM is gone: {e}");
-            if let Some(pid) = vmm::find(&paths.control()) {
-                // Alive but its guest does not answer: no use keeping it.
-                vmm::signal(pid, nix::sys::signal::Signal::SIGKILL);
-            }
+            // Alive but its guest does not answer: no use keeping it.
+            inner.vms.kill_stray(&paths.control()).await;
             vm_gone(
                 inner,
                 &pod,
-                "VMExited",
+                VM_EXITED,
                 "the pod's VM exited while vmletd was not running; the container's exit status is unknown",
             );
             return Ok(());
@@ -151,13 +154,22 @@ async fn recover_pod(
         .clone()
         .list_containers(guest::req(pb::ListContainersRequest {}, guest::CALL))
         .await
-        .map(|r| r.into_inner().containers)
-        .unwrap_or_else(|e| {
-            tracing::warn!(pod = %pod.id, "guest ListContainers: {e}");
-            Vec::new()
-        });
+        .map(|r| r.into_inner().containers);
     for (c, log) in adopted {
-        reconcile(inner, &c, &vm, log, &listed);
+        match &listed {
+            Ok(listed) => reconcile(inner, &c, &vm, log, listed),
+            // A guest that does not answer now says nothing about its containers:
+            // they keep their recorded state, and the watchers find out.
+            Err(e) => {
+                tracing::warn!(pod = %pod.id, container = %c.id, "guest ListContainers: {e}");
+                if lock(&c.record).state == ContainerState::Running {
+                    if !log.done {
+                        start_log_copy(&c, &vm, log);
+                    }
+                    watch_exit(inner.clone(), c.clone(), vm.clone());
+                }
+            }
+        }
     }
     watch_vm(inner.clone(), pod);
     Ok(())

@@ -11,34 +11,27 @@
 //! them, as it does half-created pods.
 
 use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Notify;
 use vmlet_cri::runtime::PodConfig;
 
-use super::launch::{prepare, start_vm};
-use super::pod::undo;
+use super::launch::{prepare, start_vm, undo, WarmVm};
 use super::{lock, new_id, Inner, RuntimeError};
 use crate::network::cni::NetworkConfig;
-use crate::sandbox::Vm;
-use crate::store::{PodPaths, PodPhase, PodRecord};
+use crate::store::{PodPaths, PodPhase};
 
 /// How long the refill waits while pods cannot get a network, and after a first failed
 /// boot; the wait doubles with each failure in a row, up to `RETRY_MAX`.
 const RETRY: Duration = Duration::from_secs(5);
 const RETRY_MAX: Duration = Duration::from_secs(300);
+/// Consoles of failed warm VMs kept for diagnosis (the oldest go first).
+const KEPT_CONSOLES: usize = 8;
 /// How long daemon exit waits for a warm VM that is booting.
 const DRAIN_WAIT: Duration = Duration::from_secs(60);
-
-/// A booted VM waiting for a pod.
-pub(super) struct WarmVm {
-    /// The pod ID it will have.
-    pub id: String,
-    pub paths: PodPaths,
-    pub record: PodRecord,
-    pub vm: Vm,
-}
 
 #[derive(Default)]
 struct State {
@@ -57,6 +50,8 @@ struct State {
 /// The pool.
 pub(super) struct WarmPool {
     target: usize,
+    /// Warm VMs that failed a pod (dead, silent, or a step of adoption failed).
+    failed: AtomicU64,
     /// vCPUs and MiB of the VMs in it.
     size: (u32, u64),
     state: Mutex<State>,
@@ -67,6 +62,7 @@ impl WarmPool {
     pub fn new(target: usize, size: (u32, u64)) -> Self {
         WarmPool {
             target,
+            failed: AtomicU64::new(0),
             size,
             state: Mutex::new(State::default()),
             changed: Notify::new(),
@@ -118,7 +114,13 @@ impl WarmPool {
             "target": self.target,
             "ready": st.ready.len(),
             "booting": st.booting,
+            "failed": self.failed.load(Ordering::Relaxed),
         })
+    }
+
+    /// Counts a warm VM that failed before its pod was handed out.
+    pub fn count_failure(&self) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Marks a RunPodSandbox call in progress until the guard is dropped.
@@ -287,7 +289,49 @@ async fn boot_one(inner: &Inner, network: Option<NetworkConfig>) -> Result<WarmV
     }
 }
 
-async fn discard(inner: &Inner, w: WarmVm) {
+/// Kills a warm VM and removes what it made.
+pub(super) async fn discard(inner: &Inner, w: WarmVm) {
     w.vm.kill().await;
     undo(inner, &w.paths).await;
+}
+
+/// Where the consoles of failed warm VMs are kept.
+pub(super) fn failed_dir(inner: &Inner) -> PathBuf {
+    inner.settings.state_dir.join("failed-vms")
+}
+
+/// Keeps the console log of a warm VM that failed (`<state>/failed-vms/<id>.console.log`,
+/// the last `KEPT_CONSOLES` only), since its pod directory is removed with it.
+pub(super) fn keep_console(inner: &Inner, paths: &PodPaths) {
+    let dir = failed_dir(inner);
+    let Some(id) = paths.dir.file_name() else {
+        return;
+    };
+    let to = dir.join(format!("{}.console.log", id.to_string_lossy()));
+    let kept =
+        std::fs::create_dir_all(&dir).and_then(|()| std::fs::copy(paths.console(), &to).map(drop));
+    match kept {
+        Ok(()) => tracing::warn!(console = %to.display(), "kept the failed warm VM's console"),
+        Err(e) => tracing::warn!(
+            "cannot keep the failed warm VM's console in {}: {e}",
+            dir.display()
+        ),
+    }
+    prune(&dir, KEPT_CONSOLES);
+}
+
+/// Removes all but the `keep` newest files of `dir`.
+fn prune(dir: &std::path::Path, keep: usize) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut files: Vec<(std::time::SystemTime, PathBuf)> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    files.sort();
+    let excess = files.len().saturating_sub(keep);
+    for (_, f) in files.into_iter().take(excess) {
+        let _ = std::fs::remove_file(f);
+    }
 }

@@ -205,6 +205,8 @@ pub struct ContainerInfo {
     pub message: String,
     /// Full path of the log file ("" = none).
     pub log_path: String,
+    /// Details for verbose status, as JSON (slot, exit timeline); empty for none.
+    pub verbose_json: String,
 }
 
 /// Resource use of one container, as its pod's guest measured it. Counters are

@@ -114,6 +114,7 @@ mod tests {
             reason: "Error".into(),
             message: String::new(),
             log_path: "/l".into(),
+            verbose_json: String::new(),
         };
         let mut f = proto::ContainerFilter {
             pod_sandbox_id: "p".into(),

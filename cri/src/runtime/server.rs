@@ -268,9 +268,13 @@ impl<B: RuntimeBackend> RuntimeService for RuntimeServer<B> {
         let req = r.into_inner();
         let id = validate::id(&req.container_id, "container_id")?;
         let c = self.backend.container(id).map_err(backend_status)?;
+        let mut info = std::collections::HashMap::new();
+        if req.verbose && !c.verbose_json.is_empty() {
+            info.insert("info".to_string(), c.verbose_json.clone());
+        }
         ok(proto::ContainerStatusResponse {
             status: Some(container_status::status(c)),
-            info: Default::default(),
+            info,
         })
     }
 

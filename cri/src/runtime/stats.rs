@@ -281,6 +281,7 @@ mod tests {
             reason: String::new(),
             message: String::new(),
             log_path: String::new(),
+            verbose_json: String::new(),
         }
     }
 
