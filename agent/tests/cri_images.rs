@@ -10,7 +10,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::{Channel, Endpoint, Server, Uri};
 use tonic::Code;
-use vmlet_agent::testing::{busybox_image, TestRegistry};
+use vmlet_test_support::{busybox_image, TestRegistry};
 use vmlet_cri::image::ImageServer;
 use vmlet_cri::proto::image_service_client::ImageServiceClient;
 use vmlet_cri::proto::{

@@ -14,7 +14,7 @@ use vmlet_agent::images::flatten::FlattenError;
 use vmlet_agent::images::pull::PullError;
 use vmlet_agent::images::unpack::{Escape, UnpackError};
 use vmlet_agent::images::{Credentials, ImageError};
-use vmlet_agent::testing::{busybox_image, Compression, ImageBuilder, LayerBuilder, TestRegistry};
+use vmlet_test_support::{busybox_image, Compression, ImageBuilder, LayerBuilder, TestRegistry};
 
 #[tokio::test]
 async fn tampered_blob_is_rejected_and_leaves_nothing() {

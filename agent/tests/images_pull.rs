@@ -10,7 +10,7 @@ use common::{manager, Mounted};
 use serde_json::json;
 use vmlet_agent::images::pull::PullError;
 use vmlet_agent::images::{Credentials, ImageError};
-use vmlet_agent::testing::{busybox_image, Compression, ImageBuilder, LayerBuilder, TestRegistry};
+use vmlet_test_support::{busybox_image, Compression, ImageBuilder, LayerBuilder, TestRegistry};
 
 #[tokio::test]
 async fn busybox_pull_flattens_to_erofs() {

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use tonic::Code;
-use vmlet_agent::testing::{Compression, ImageBuilder, LayerBuilder, TestRegistry};
+use vmlet_test_support::{Compression, ImageBuilder, LayerBuilder, TestRegistry};
 use vmlet_integration_tests::agent::GuestAgent;
 use vmlet_integration_tests::cri::{
     busybox_registry, container_config, parse_log, pod_config, v1, CriClient, LogEntry, Vmletd,
@@ -286,7 +286,7 @@ fn pod_with_two_containers_full_lifecycle() {
 }
 
 /// busybox with an image config that sets everything the merge looks at.
-fn configured_image() -> vmlet_agent::testing::OciImage {
+fn configured_image() -> vmlet_test_support::OciImage {
     let busybox = std::fs::read("/bin/busybox").expect("busybox-static");
     let mut layer = LayerBuilder::new()
         .dir("bin", 0o755)

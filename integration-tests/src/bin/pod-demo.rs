@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use vmlet_agent::testing::{busybox_image, TestRegistry};
+use vmlet_test_support::{busybox_image, TestRegistry};
 use vmlet_integration_tests::cri::{container_config, parse_log, pod_config, Vmletd};
 
 fn main() {

@@ -24,7 +24,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use vmlet_agent::testing::{busybox_image_with, TestRegistry};
+use vmlet_test_support::{busybox_image_with, TestRegistry};
 use vmlet_integration_tests::cri::{
     busybox_registry, container_config, pod_config, CriClient, Vmletd,
 };
