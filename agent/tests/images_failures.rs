@@ -1,6 +1,10 @@
 //! What goes wrong: tampered blobs, malicious layers, a registry dying mid-pull; and
 //! concurrency, restart persistence and removal. Each failure must leave nothing behind.
 
+// Test-only crate: a failed setup step panics with its message, which is the test's
+// failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::fs;

@@ -1,6 +1,10 @@
 //! Pulls from a real local registry (Debian's docker-registry): content of the flattened
 //! erofs image, manifests of every kind, auth, lookups.
 
+// Test-only crate: a failed setup step panics with its message, which is the test's
+// failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::fs;
