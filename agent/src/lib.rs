@@ -26,4 +26,3 @@ pub mod network;
 pub mod runtime;
 pub mod sandbox;
 pub mod store;
-
