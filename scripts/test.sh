@@ -22,6 +22,10 @@ step "format and lints"
 cargo fmt --all -- --check
 cargo clippy -j2 --workspace --all-targets -- -D warnings
 
+step "dependency checks"
+# deny.toml; advisories are left out: their database cannot be fetched offline.
+cargo deny --offline check bans licenses sources
+
 step "test initramfs"
 initramfs=$(scripts/build-initramfs.sh --with-busybox -o "$repo/target/vmlet-test-initramfs.cpio" | tail -n1)
 

@@ -1,16 +1,22 @@
 //! vmletd, vmlet's node daemon, as a library: the daemon's parts live here so that
-//! tests and the binary share them.
+//! tests, benchmarks and the binary share them. From the top down:
 //!
+//! - [`daemon`]: logging, the image manager and the runtime, and both CRI services
+//!   (RuntimeService and ImageService) on one unix socket;
 //! - [`config`]: the TOML configuration and command-line flags;
+//! - [`runtime`]: the pod and container controller behind the CRI RuntimeService: pods,
+//!   containers, exec, resources, stats, the warm pool of booted VMs, and re-adopting
+//!   pods after a restart;
 //! - [`images`]: registry pulls, the content store, flattened read-only block images
-//!   and the image metadata the CRI ImageService serves;
-//! - [`network`]: pod network namespaces, the CNI plugin chain, and the tap that carries
-//!   a pod's interface into its VM (not yet wired into pods);
+//!   and the image records the CRI ImageService serves;
 //! - [`sandbox`]: a pod's VM (vmlet-vmm process, disks, guest connection);
-//! - [`store`]: persisted pod and container state;
+//! - [`network`]: pod network namespaces, the node's CNI plugin chain, and the tap that
+//!   carries a pod's interface into its VM;
 //! - [`logs`]: container output into CRI log files;
-//! - [`runtime`]: the pod and container controller behind the CRI RuntimeService;
-//! - [`daemon`]: serving both CRI services on the socket.
+//! - [`store`]: persisted pod and container state.
+//!
+//! The test fixtures (local registry, image builders) are not here but in the
+//! `vmlet-test-support` crate.
 
 pub mod config;
 pub mod daemon;
@@ -20,6 +26,3 @@ pub mod network;
 pub mod runtime;
 pub mod sandbox;
 pub mod store;
-
-#[cfg(feature = "testing")]
-pub mod testing;

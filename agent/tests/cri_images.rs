@@ -1,6 +1,10 @@
 //! The CRI ImageService end to end: a tonic server on a unix socket over the real image
 //! manager, a tonic client, and a real local registry.
 
+// Test-only crate: a failed setup step panics with its message, which is the test's
+// failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::sync::Arc;
@@ -10,13 +14,13 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::{Channel, Endpoint, Server, Uri};
 use tonic::Code;
-use vmlet_agent::testing::{busybox_image, TestRegistry};
 use vmlet_cri::image::ImageServer;
 use vmlet_cri::proto::image_service_client::ImageServiceClient;
 use vmlet_cri::proto::{
     AuthConfig, ImageFilter, ImageFsInfoRequest, ImageSpec, ImageStatusRequest, ListImagesRequest,
     PullImageRequest, RemoveImageRequest,
 };
+use vmlet_test_support::{busybox_image, TestRegistry};
 
 fn spec(image: &str) -> Option<ImageSpec> {
     Some(ImageSpec {

@@ -1,6 +1,10 @@
 //! What goes wrong: tampered blobs, malicious layers, a registry dying mid-pull; and
 //! concurrency, restart persistence and removal. Each failure must leave nothing behind.
 
+// Test-only crate: a failed setup step panics with its message, which is the test's
+// failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::fs;
@@ -14,7 +18,7 @@ use vmlet_agent::images::flatten::FlattenError;
 use vmlet_agent::images::pull::PullError;
 use vmlet_agent::images::unpack::{Escape, UnpackError};
 use vmlet_agent::images::{Credentials, ImageError};
-use vmlet_agent::testing::{busybox_image, Compression, ImageBuilder, LayerBuilder, TestRegistry};
+use vmlet_test_support::{busybox_image, Compression, ImageBuilder, LayerBuilder, TestRegistry};
 
 #[tokio::test]
 async fn tampered_blob_is_rejected_and_leaves_nothing() {

@@ -1,6 +1,10 @@
 //! Pulls from a real local registry (Debian's docker-registry): content of the flattened
 //! erofs image, manifests of every kind, auth, lookups.
 
+// Test-only crate: a failed setup step panics with its message, which is the test's
+// failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::fs;
@@ -10,7 +14,7 @@ use common::{manager, Mounted};
 use serde_json::json;
 use vmlet_agent::images::pull::PullError;
 use vmlet_agent::images::{Credentials, ImageError};
-use vmlet_agent::testing::{busybox_image, Compression, ImageBuilder, LayerBuilder, TestRegistry};
+use vmlet_test_support::{busybox_image, Compression, ImageBuilder, LayerBuilder, TestRegistry};
 
 #[tokio::test]
 async fn busybox_pull_flattens_to_erofs() {

@@ -1,6 +1,10 @@
 //! Pod networking against the real CNI plugins from Debian's containernetworking-plugins,
 //! in real network namespaces (run as root, as the suite does).
 
+// Test-only crate: a failed setup step panics with its message, which is the test's
+// failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use tar::EntryType;
 use vmlet_agent::images::unpack::{Escape, UnpackError, Unpacker};
-use vmlet_agent::testing::LayerBuilder;
+use vmlet_test_support::LayerBuilder;
 
 fn apply(root: &Path, layer: LayerBuilder) -> Result<(), UnpackError> {
     Unpacker::new(root).apply(&layer.finish()[..])

@@ -1,6 +1,10 @@
 //! The ImageService's CRI contracts over a fake backend, through a real tonic server on a
 //! unix socket.
 
+// Test-only crate: a failed setup step panics with its message, which is the test's
+// failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::{Arc, Mutex};
 
 use hyper_util::rt::TokioIo;

@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status};
-use vmlet_agent::testing::{busybox_image, TestRegistry};
 pub use vmlet_cri::proto as v1;
 use vmlet_cri::proto::image_service_client::ImageServiceClient;
 use vmlet_cri::proto::runtime_service_client::RuntimeServiceClient;
+use vmlet_test_support::{busybox_image, TestRegistry};
 
 /// Deadline of one CRI call (RunPodSandbox boots a VM: slow inside a TCG machine).
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(300);

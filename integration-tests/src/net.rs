@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::json;
-use vmlet_agent::testing::TestRegistry;
+use vmlet_test_support::TestRegistry;
 
 use crate::cri::Vmletd;
 

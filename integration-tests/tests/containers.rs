@@ -2,6 +2,10 @@
 //! the VMM and the gRPC protocol, with a busybox image on a virtio-blk drive and the
 //! writable layers on an ext4 scratch disk.
 
+// Test-only crate: a failed setup step panics with its message, which is the test's
+// failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::Duration;
 
 use tonic::Code;

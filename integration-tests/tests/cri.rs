@@ -1,15 +1,19 @@
 //! vmletd end to end: the CRI RuntimeService and ImageService over the daemon's
 //! socket, pods as real VMs, images pulled from a registry on loopback.
 
+// Test-only crate: a failed setup step panics with its message, which is the test's
+// failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::Duration;
 
 use tonic::Code;
-use vmlet_agent::testing::{Compression, ImageBuilder, LayerBuilder, TestRegistry};
 use vmlet_integration_tests::agent::GuestAgent;
 use vmlet_integration_tests::cri::{
     busybox_registry, container_config, parse_log, pod_config, v1, vmletd_binary, CriClient,
     LogEntry, Vmletd,
 };
+use vmlet_test_support::{Compression, ImageBuilder, LayerBuilder, TestRegistry};
 
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -288,7 +292,7 @@ fn pod_with_two_containers_full_lifecycle() {
 }
 
 /// busybox with an image config that sets everything the merge looks at.
-fn configured_image() -> vmlet_agent::testing::OciImage {
+fn configured_image() -> vmlet_test_support::OciImage {
     let busybox = std::fs::read("/bin/busybox").expect("busybox-static");
     let mut layer = LayerBuilder::new()
         .dir("bin", 0o755)

@@ -2,6 +2,10 @@
 //! host-local and portmap plugins) wires each pod's network namespace, a tap carries
 //! the pod's interface into its VM, and the guest is the pod on that network.
 
+// Test-only crate: a failed setup step panics with its message, which is the test's
+// failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::process::Command;
 use std::time::{Duration, Instant};
 

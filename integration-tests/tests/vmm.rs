@@ -1,5 +1,9 @@
 //! vmlet-vmm end to end: real guests on real KVM.
 
+// Test-only crate: a failed setup step panics with its message, which is the test's
+// failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use serde_json::json;
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;

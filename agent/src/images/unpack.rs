@@ -222,6 +222,8 @@ impl Unpacker {
         Ok(Some(cur))
     }
 
+    /// Applies one entry: a whiteout, or the file, directory, link or node it makes
+    /// (replacing what lower layers had at its path).
     fn apply_entry<R: Read>(
         &self,
         entry: &mut tar::Entry<'_, R>,
@@ -229,8 +231,7 @@ impl Unpacker {
     ) -> Result<(), UnpackError> {
         let raw = PathBuf::from(OsStr::from_bytes(&entry.path_bytes()));
         let rel = clean_path(&raw, false)?;
-        let header = entry.header();
-        let kind = header.entry_type();
+        let kind = entry.header().entry_type();
         if kind == EntryType::XGlobalHeader {
             // PAX global headers (git archive writes one) carry no file.
             return Ok(());
@@ -243,29 +244,8 @@ impl Unpacker {
             }
             return Ok(());
         };
-        let name_bytes = name.as_bytes();
-        if let Some(target) = name_bytes.strip_prefix(WHITEOUT_PREFIX.as_bytes()) {
-            let parent_rel = rel.parent().unwrap_or(Path::new(""));
-            let Some(path) = self.check_parents(&raw, &rel, Escape::SymlinkTraversal, false)?
-            else {
-                // The directory does not exist: nothing to delete.
-                return Ok(());
-            };
-            let parent = path.parent().unwrap_or(&self.root).to_path_buf();
-            if name_bytes == OPAQUE_WHITEOUT.as_bytes() {
-                return self.make_opaque(&parent, parent_rel, state);
-            }
-            if target.starts_with(WHITEOUT_PREFIX.as_bytes()) {
-                // Other `.wh..wh.` names are aufs metadata with no meaning here.
-                return Ok(());
-            }
-            if target.is_empty() || target == b"." || target == b".." {
-                return Err(UnpackError::Invalid {
-                    path: raw,
-                    reason: "whiteout of nothing".into(),
-                });
-            }
-            return remove_any(&parent.join(OsStr::from_bytes(target)));
+        if let Some(target) = name.as_bytes().strip_prefix(WHITEOUT_PREFIX.as_bytes()) {
+            return self.apply_whiteout(&raw, &rel, name.as_bytes(), target, state);
         }
 
         let dest = self.prepare_parents(&raw, &rel, Escape::SymlinkTraversal)?;
@@ -276,123 +256,198 @@ impl Unpacker {
                 break;
             }
         }
-
+        let existing = existing.as_ref();
         match kind {
-            EntryType::Directory => {
-                // symlink_metadata: a symlink to a directory is not a directory here.
-                let is_dir = existing.as_ref().is_some_and(|m| m.is_dir());
-                if !is_dir {
-                    if existing.is_some() {
-                        remove_any(&dest)?;
-                    }
-                    fs::create_dir(&dest).map_err(UnpackError::io("mkdir", &dest))?;
-                }
-                self.set_metadata(entry, &dest, false)?;
-                if let Ok(mtime) = entry.header().mtime() {
-                    state.dir_times.push((dest, TimeSpec::new(mtime as i64, 0)));
-                }
-            }
-            EntryType::Regular | EntryType::Continuous => {
-                if existing.is_some() {
-                    remove_any(&dest)?;
-                }
-                // O_EXCL|O_NOFOLLOW: never write through something that appeared here.
-                let mut file = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .mode(0o600)
-                    .open(&dest)
-                    .map_err(UnpackError::io("create", &dest))?;
-                io::copy(entry, &mut file).map_err(UnpackError::Tar)?;
-                drop(file);
-                self.set_metadata(entry, &dest, false)?;
-            }
-            EntryType::Symlink => {
-                let target = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| UnpackError::Invalid {
-                        path: raw.clone(),
-                        reason: "symlink without target".into(),
-                    })?
-                    .into_owned();
-                if existing.is_some() {
-                    remove_any(&dest)?;
-                }
-                // The target is stored, never followed by us, so it may point anywhere.
-                symlink(OsStr::from_bytes(&target), &dest)
-                    .map_err(UnpackError::io("symlink", &dest))?;
-                self.set_metadata(entry, &dest, false)?;
-            }
-            EntryType::Link => {
-                let target_raw = entry
-                    .link_name_bytes()
-                    .map(|t| PathBuf::from(OsStr::from_bytes(&t)))
-                    .ok_or_else(|| UnpackError::Invalid {
-                        path: raw.clone(),
-                        reason: "hard link without target".into(),
-                    })?;
-                let target_rel =
-                    clean_path(&target_raw, true).map_err(|_| UnpackError::PathEscape {
-                        path: raw.clone(),
-                        kind: Escape::HardLinkTarget,
-                    })?;
-                if target_rel.as_os_str().is_empty() {
-                    return Err(UnpackError::PathEscape {
-                        path: raw,
-                        kind: Escape::HardLinkTarget,
-                    });
-                }
-                let target = self.prepare_parents(&raw, &target_rel, Escape::HardLinkTarget)?;
-                let tm = fs::symlink_metadata(&target)
-                    .map_err(UnpackError::io("stat link target", &target))?;
-                if tm.is_dir() {
-                    return Err(UnpackError::Invalid {
-                        path: raw,
-                        reason: "hard link to a directory".into(),
-                    });
-                }
-                if target == dest {
-                    return Ok(());
-                }
-                if existing.is_some() {
-                    remove_any(&dest)?;
-                }
-                // linkat without AT_SYMLINK_FOLLOW: a link to a symlink links the symlink
-                // itself, never what it points to.
-                fs::hard_link(&target, &dest).map_err(UnpackError::io("link", &dest))?;
-            }
+            EntryType::Directory => self.make_dir(entry, dest, existing, state),
+            EntryType::Regular | EntryType::Continuous => self.make_file(entry, &dest, existing),
+            EntryType::Symlink => self.make_symlink(entry, &raw, &dest, existing),
+            EntryType::Link => self.make_hard_link(entry, raw, &dest, existing),
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
-                if existing.is_some() {
-                    remove_any(&dest)?;
-                }
-                let h = entry.header();
-                let sflag = match kind {
-                    EntryType::Char => SFlag::S_IFCHR,
-                    EntryType::Block => SFlag::S_IFBLK,
-                    _ => SFlag::S_IFIFO,
-                };
-                let (major, minor) = (
-                    h.device_major().ok().flatten().unwrap_or(0),
-                    h.device_minor().ok().flatten().unwrap_or(0),
-                );
-                mknod(
-                    &dest,
-                    sflag,
-                    Mode::from_bits_truncate(0o600),
-                    makedev(major.into(), minor.into()),
-                )
-                .map_err(UnpackError::io_nix("mknod", &dest))?;
-                self.set_metadata(entry, &dest, false)?;
+                self.make_node(entry, kind, &dest, existing)
             }
-            other => {
-                return Err(UnpackError::Invalid {
-                    path: raw,
-                    reason: format!("unsupported entry type {other:?}"),
-                })
+            other => Err(UnpackError::Invalid {
+                path: raw,
+                reason: format!("unsupported entry type {other:?}"),
+            }),
+        }
+    }
+
+    /// A whiteout entry `name` (`.wh.<target>`, or the opaque marker) at `rel`: deletes
+    /// `target` of lower layers, or empties the directory of what they put there.
+    fn apply_whiteout(
+        &self,
+        raw: &Path,
+        rel: &Path,
+        name: &[u8],
+        target: &[u8],
+        state: &LayerState,
+    ) -> Result<(), UnpackError> {
+        let parent_rel = rel.parent().unwrap_or(Path::new(""));
+        let Some(path) = self.check_parents(raw, rel, Escape::SymlinkTraversal, false)? else {
+            // The directory does not exist: nothing to delete.
+            return Ok(());
+        };
+        let parent = path.parent().unwrap_or(&self.root).to_path_buf();
+        if name == OPAQUE_WHITEOUT.as_bytes() {
+            return self.make_opaque(&parent, parent_rel, state);
+        }
+        if target.starts_with(WHITEOUT_PREFIX.as_bytes()) {
+            // Other `.wh..wh.` names are aufs metadata with no meaning here.
+            return Ok(());
+        }
+        if target.is_empty() || target == b"." || target == b".." {
+            return Err(UnpackError::Invalid {
+                path: raw.to_path_buf(),
+                reason: "whiteout of nothing".into(),
+            });
+        }
+        remove_any(&parent.join(OsStr::from_bytes(target)))
+    }
+
+    /// A directory at `dest`, keeping a directory that is already there (and what it
+    /// holds); its mtime is restored once its children are in place.
+    fn make_dir<R: Read>(
+        &self,
+        entry: &mut tar::Entry<'_, R>,
+        dest: PathBuf,
+        existing: Option<&fs::Metadata>,
+        state: &mut LayerState,
+    ) -> Result<(), UnpackError> {
+        // symlink_metadata: a symlink to a directory is not a directory here.
+        if !existing.is_some_and(|m| m.is_dir()) {
+            if existing.is_some() {
+                remove_any(&dest)?;
             }
+            fs::create_dir(&dest).map_err(UnpackError::io("mkdir", &dest))?;
+        }
+        self.set_metadata(entry, &dest, false)?;
+        if let Ok(mtime) = entry.header().mtime() {
+            state.dir_times.push((dest, TimeSpec::new(mtime as i64, 0)));
         }
         Ok(())
+    }
+
+    /// A regular file at `dest` with the entry's content.
+    fn make_file<R: Read>(
+        &self,
+        entry: &mut tar::Entry<'_, R>,
+        dest: &Path,
+        existing: Option<&fs::Metadata>,
+    ) -> Result<(), UnpackError> {
+        if existing.is_some() {
+            remove_any(dest)?;
+        }
+        // O_EXCL|O_NOFOLLOW: never write through something that appeared here.
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .mode(0o600)
+            .open(dest)
+            .map_err(UnpackError::io("create", dest))?;
+        io::copy(entry, &mut file).map_err(UnpackError::Tar)?;
+        drop(file);
+        self.set_metadata(entry, dest, false)
+    }
+
+    /// A symlink at `dest`; its target is stored as written.
+    fn make_symlink<R: Read>(
+        &self,
+        entry: &mut tar::Entry<'_, R>,
+        raw: &Path,
+        dest: &Path,
+        existing: Option<&fs::Metadata>,
+    ) -> Result<(), UnpackError> {
+        let target = entry
+            .link_name_bytes()
+            .ok_or_else(|| UnpackError::Invalid {
+                path: raw.to_path_buf(),
+                reason: "symlink without target".into(),
+            })?
+            .into_owned();
+        if existing.is_some() {
+            remove_any(dest)?;
+        }
+        // The target is stored, never followed by us, so it may point anywhere.
+        symlink(OsStr::from_bytes(&target), dest).map_err(UnpackError::io("symlink", dest))?;
+        self.set_metadata(entry, dest, false)
+    }
+
+    /// A hard link at `dest` to an earlier entry inside the root (never a directory,
+    /// never reached through a symlink).
+    fn make_hard_link<R: Read>(
+        &self,
+        entry: &tar::Entry<'_, R>,
+        raw: PathBuf,
+        dest: &Path,
+        existing: Option<&fs::Metadata>,
+    ) -> Result<(), UnpackError> {
+        let target_raw = entry
+            .link_name_bytes()
+            .map(|t| PathBuf::from(OsStr::from_bytes(&t)))
+            .ok_or_else(|| UnpackError::Invalid {
+                path: raw.clone(),
+                reason: "hard link without target".into(),
+            })?;
+        let target_rel = clean_path(&target_raw, true).map_err(|_| UnpackError::PathEscape {
+            path: raw.clone(),
+            kind: Escape::HardLinkTarget,
+        })?;
+        if target_rel.as_os_str().is_empty() {
+            return Err(UnpackError::PathEscape {
+                path: raw,
+                kind: Escape::HardLinkTarget,
+            });
+        }
+        let target = self.prepare_parents(&raw, &target_rel, Escape::HardLinkTarget)?;
+        let tm =
+            fs::symlink_metadata(&target).map_err(UnpackError::io("stat link target", &target))?;
+        if tm.is_dir() {
+            return Err(UnpackError::Invalid {
+                path: raw,
+                reason: "hard link to a directory".into(),
+            });
+        }
+        if target == dest {
+            return Ok(());
+        }
+        if existing.is_some() {
+            remove_any(dest)?;
+        }
+        // linkat without AT_SYMLINK_FOLLOW: a link to a symlink links the symlink
+        // itself, never what it points to.
+        fs::hard_link(&target, dest).map_err(UnpackError::io("link", dest))
+    }
+
+    /// A character or block device or a FIFO (`kind`) at `dest`.
+    fn make_node<R: Read>(
+        &self,
+        entry: &mut tar::Entry<'_, R>,
+        kind: EntryType,
+        dest: &Path,
+        existing: Option<&fs::Metadata>,
+    ) -> Result<(), UnpackError> {
+        if existing.is_some() {
+            remove_any(dest)?;
+        }
+        let h = entry.header();
+        let sflag = match kind {
+            EntryType::Char => SFlag::S_IFCHR,
+            EntryType::Block => SFlag::S_IFBLK,
+            _ => SFlag::S_IFIFO,
+        };
+        let (major, minor) = (
+            h.device_major().ok().flatten().unwrap_or(0),
+            h.device_minor().ok().flatten().unwrap_or(0),
+        );
+        mknod(
+            dest,
+            sflag,
+            Mode::from_bits_truncate(0o600),
+            makedev(major.into(), minor.into()),
+        )
+        .map_err(UnpackError::io_nix("mknod", dest))?;
+        self.set_metadata(entry, dest, false)
     }
 
     /// Deletes what lower layers put in `dir`, keeping what this layer wrote.

@@ -6,6 +6,10 @@
 //! Usage: demo [COMMAND]   (a shell command for the container; environment as for the
 //! integration tests)
 
+// Test-only crate (a benchmark or demo tool): a failed step panics with its message,
+// which is the tool's error report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::{Duration, Instant};
 
 use vmlet_integration_tests::agent::{req, CALL_TIMEOUT};

@@ -5,10 +5,14 @@
 //!
 //! Usage: pod-demo [LINE]
 
+// Test-only crate (a benchmark or demo tool): a failed step panics with its message,
+// which is the tool's error report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::{Duration, Instant};
 
-use vmlet_agent::testing::{busybox_image, TestRegistry};
 use vmlet_integration_tests::cri::{container_config, parse_log, pod_config, Vmletd};
+use vmlet_test_support::{busybox_image, TestRegistry};
 
 fn main() {
     let line = std::env::args()

@@ -16,6 +16,7 @@ use oci_client::manifest::{
     OciDescriptor, OciImageManifest, OciManifest, IMAGE_MANIFEST_LIST_MEDIA_TYPE,
     IMAGE_MANIFEST_MEDIA_TYPE, OCI_IMAGE_INDEX_MEDIA_TYPE, OCI_IMAGE_MEDIA_TYPE,
 };
+use oci_client::secrets::RegistryAuth;
 use oci_client::Client;
 use serde::{Deserialize, Serialize};
 
@@ -119,6 +120,8 @@ impl Puller {
         })
     }
 
+    /// Fetches `image` from its registry, or from `mirror`: the manifests, then the
+    /// config and layers not in `store` yet.
     async fn fetch_from(
         &self,
         store: &ContentStore,
@@ -137,77 +140,10 @@ impl Puller {
             reference: image.to_string(),
         };
         tracing::info!(%image, registry = %host, "pulling");
-        let auth = &match auth {
-            Auth::Ready(a) => a.clone(),
-            Auth::Identity(token) => {
-                identity::exchange(
-                    &self.registries.host(&host),
-                    &host,
-                    image.repository(),
-                    token,
-                )
-                .await?
-            }
-        };
-
-        const ACCEPT: &[&str] = &[
-            OCI_IMAGE_MEDIA_TYPE,
-            IMAGE_MANIFEST_MEDIA_TYPE,
-            OCI_IMAGE_INDEX_MEDIA_TYPE,
-            IMAGE_MANIFEST_LIST_MEDIA_TYPE,
-        ];
-        let (body, _) = client
-            .pull_manifest_raw(&oref, auth, ACCEPT)
-            .await
-            .map_err(|e| ctx.classify(e))?;
-        let top_digest = Digest::of(&body);
-        if let Some(pinned) = image.digest() {
-            if pinned != &top_digest {
-                return Err(PullError::DigestMismatch {
-                    expected: pinned.to_string(),
-                    actual: top_digest.to_string(),
-                });
-            }
-        }
-        store.put(&top_digest, &body)?;
-        let mut manifests = vec![BlobRef {
-            digest: top_digest.clone(),
-            size: body.len() as u64,
-        }];
-
-        let manifest: OciImageManifest = match ctx.parse_manifest(&body)? {
-            OciManifest::Image(m) => m,
-            OciManifest::ImageIndex(index) => {
-                let child = linux_amd64_resolver(&index.manifests).ok_or_else(|| {
-                    PullError::NoPlatform {
-                        reference: ctx.reference.clone(),
-                    }
-                })?;
-                let child: Digest = child.parse().map_err(|e| ctx.unsupported(format!("{e}")))?;
-                let (body, _) = client
-                    .pull_manifest_raw(&oref.clone_with_digest(child.to_string()), auth, ACCEPT)
-                    .await
-                    .map_err(|e| ctx.classify(e))?;
-                let actual = Digest::of(&body);
-                if actual != child {
-                    return Err(PullError::DigestMismatch {
-                        expected: child.to_string(),
-                        actual: actual.to_string(),
-                    });
-                }
-                store.put(&child, &body)?;
-                manifests.push(BlobRef {
-                    digest: child,
-                    size: body.len() as u64,
-                });
-                match ctx.parse_manifest(&body)? {
-                    OciManifest::Image(m) => m,
-                    OciManifest::ImageIndex(_) => {
-                        return Err(ctx.unsupported("an index inside an index".into()))
-                    }
-                }
-            }
-        };
+        let auth = &self.registry_auth(auth, &host, image).await?;
+        let (manifests, manifest) =
+            fetch_manifests(&client, &oref, auth, &ctx, store, image.digest()).await?;
+        let top_digest = manifests.top.digest.clone();
 
         let config = ctx.blob_ref(&manifest.config)?;
         let layers = manifest
@@ -218,30 +154,154 @@ impl Puller {
         if layers.is_empty() {
             return Err(ctx.unsupported("the image has no layers".into()));
         }
-
-        // Owned items: borrowed ones make the stream's future lose `Send` (a known
-        // higher-ranked lifetime limitation of async closures over references).
-        let mut wanted: Vec<(OciDescriptor, BlobRef)> =
-            vec![(manifest.config.clone(), config.clone())];
-        wanted.extend(manifest.layers.iter().cloned().zip(layers.iter().cloned()));
-        let (client, oref, ctx) = (&client, &oref, &ctx);
-        let fetched: Vec<Option<Digest>> = futures_util::stream::iter(wanted)
-            .map(move |(desc, blob)| async move {
-                let downloaded = fetch_blob(client, oref, &desc, &blob, store, ctx).await?;
-                Ok::<_, PullError>(downloaded.then_some(blob.digest))
-            })
-            .buffer_unordered(PARALLEL_LAYERS)
-            .try_collect()
-            .await?;
-
+        let downloaded =
+            fetch_blobs(&client, &oref, &ctx, store, &manifest, &config, &layers).await?;
         Ok(Fetched {
             top_digest,
-            manifests,
+            manifests: manifests.into_blobs(),
             config,
             layers,
-            downloaded: fetched.into_iter().flatten().collect(),
+            downloaded,
         })
     }
+
+    /// The credentials for `host`: as given, or exchanged there for an identity token.
+    async fn registry_auth(
+        &self,
+        auth: &Auth,
+        host: &str,
+        image: &ImageRef,
+    ) -> Result<RegistryAuth, PullError> {
+        Ok(match auth {
+            Auth::Ready(a) => a.clone(),
+            Auth::Identity(token) => {
+                identity::exchange(&self.registries.host(host), host, image.repository(), token)
+                    .await?
+            }
+        })
+    }
+}
+
+/// The manifest media types a pull accepts.
+const ACCEPT: &[&str] = &[
+    OCI_IMAGE_MEDIA_TYPE,
+    IMAGE_MANIFEST_MEDIA_TYPE,
+    OCI_IMAGE_INDEX_MEDIA_TYPE,
+    IMAGE_MANIFEST_LIST_MEDIA_TYPE,
+];
+
+/// The manifest blobs of a pull.
+struct Manifests {
+    /// The one the reference names: an image manifest, or an index or manifest list.
+    top: BlobRef,
+    /// The linux/amd64 image manifest the top one lists, if that is an index.
+    platform: Option<BlobRef>,
+}
+
+impl Manifests {
+    /// Both, top first.
+    fn into_blobs(self) -> Vec<BlobRef> {
+        std::iter::once(self.top).chain(self.platform).collect()
+    }
+}
+
+/// Fetches the manifest `oref` names into the store (it must match `pinned`, the
+/// reference's digest) and, for an index or manifest list, the linux/amd64 image
+/// manifest it lists. Returns the manifest blobs and the image manifest.
+async fn fetch_manifests(
+    client: &Client,
+    oref: &oci_client::Reference,
+    auth: &RegistryAuth,
+    ctx: &Ctx,
+    store: &ContentStore,
+    pinned: Option<&Digest>,
+) -> Result<(Manifests, OciImageManifest), PullError> {
+    let (top, parsed) = fetch_manifest(client, oref, auth, ctx, store, pinned).await?;
+    let index = match parsed {
+        OciManifest::Image(m) => {
+            let manifests = Manifests {
+                top,
+                platform: None,
+            };
+            return Ok((manifests, m));
+        }
+        OciManifest::ImageIndex(index) => index,
+    };
+    let child = linux_amd64_resolver(&index.manifests).ok_or_else(|| PullError::NoPlatform {
+        reference: ctx.reference.clone(),
+    })?;
+    let child: Digest = child.parse().map_err(|e| ctx.unsupported(format!("{e}")))?;
+    let child_ref = oref.clone_with_digest(child.to_string());
+    let (image, parsed) =
+        fetch_manifest(client, &child_ref, auth, ctx, store, Some(&child)).await?;
+    match parsed {
+        OciManifest::Image(m) => {
+            let manifests = Manifests {
+                top,
+                platform: Some(image),
+            };
+            Ok((manifests, m))
+        }
+        OciManifest::ImageIndex(_) => Err(ctx.unsupported("an index inside an index".into())),
+    }
+}
+
+/// Fetches one manifest, checks its digest against `expected` (when known), stores it
+/// and parses it.
+async fn fetch_manifest(
+    client: &Client,
+    oref: &oci_client::Reference,
+    auth: &RegistryAuth,
+    ctx: &Ctx,
+    store: &ContentStore,
+    expected: Option<&Digest>,
+) -> Result<(BlobRef, OciManifest), PullError> {
+    let (body, _) = client
+        .pull_manifest_raw(oref, auth, ACCEPT)
+        .await
+        .map_err(|e| ctx.classify(e))?;
+    let actual = Digest::of(&body);
+    if let Some(expected) = expected {
+        if expected != &actual {
+            return Err(PullError::DigestMismatch {
+                expected: expected.to_string(),
+                actual: actual.to_string(),
+            });
+        }
+    }
+    store.put(&actual, &body)?;
+    let parsed = ctx.parse_manifest(&body)?;
+    let blob = BlobRef {
+        digest: actual,
+        size: body.len() as u64,
+    };
+    Ok((blob, parsed))
+}
+
+/// Downloads the config and layer blobs not in the store yet, a few at once. Returns
+/// the digests this pull downloaded.
+async fn fetch_blobs(
+    client: &Client,
+    oref: &oci_client::Reference,
+    ctx: &Ctx,
+    store: &ContentStore,
+    manifest: &OciImageManifest,
+    config: &BlobRef,
+    layers: &[BlobRef],
+) -> Result<Vec<Digest>, PullError> {
+    // Owned items: borrowed ones make the stream's future lose `Send` (a known
+    // higher-ranked lifetime limitation of async closures over references).
+    let mut wanted: Vec<(OciDescriptor, BlobRef)> = vec![(manifest.config.clone(), config.clone())];
+    wanted.extend(manifest.layers.iter().cloned().zip(layers.iter().cloned()));
+    let fetched: Vec<Option<Digest>> = futures_util::stream::iter(wanted)
+        .map(move |(desc, blob)| async move {
+            let downloaded = fetch_blob(client, oref, &desc, &blob, store, ctx).await?;
+            Ok::<_, PullError>(downloaded.then_some(blob.digest))
+        })
+        .buffer_unordered(PARALLEL_LAYERS)
+        .try_collect()
+        .await?;
+    Ok(fetched.into_iter().flatten().collect())
 }
 
 /// Downloads one blob into the store unless it is there already. Returns whether it

@@ -579,8 +579,9 @@ fn bind(source: &Path, target: &Path, flags: MsFlags, recursive: bool) -> ChildR
 
 const DEV_NODES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 
+/// The container's root: kernel file systems, `/dev`, the pod's `/etc` files and the
+/// requested mounts under `plan.root`, which then becomes `/`.
 fn setup_root(plan: &RootPlan<'_>) -> ChildResult {
-    let root = plan.root;
     // Nothing mounted here may propagate back to vmlet-init's namespace.
     do_mount(
         None,
@@ -589,26 +590,41 @@ fn setup_root(plan: &RootPlan<'_>) -> ChildResult {
         MsFlags::MS_REC | MsFlags::MS_PRIVATE,
         None,
     )?;
-    let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    let at = |p: &str| resolve_in_root(root, Path::new(p));
+    mount_proc_sys(plan.root)?;
+    mount_dev(&resolve_in_root(plan.root, Path::new("/dev"))?, plan.shm)?;
+    bind_etc_files(plan)?;
+    mount_requested(plan)?;
+    pivot_into(plan.root, plan.readonly)
+}
 
-    let proc = at("/proc")?;
+/// Mount flags of the kernel's virtual file systems in a container.
+const NOSUID_NODEV_NOEXEC: MsFlags = MsFlags::MS_NOSUID
+    .union(MsFlags::MS_NODEV)
+    .union(MsFlags::MS_NOEXEC);
+
+/// `/proc`, and `/sys` read-only.
+fn mount_proc_sys(root: &Path) -> ChildResult {
+    let proc = resolve_in_root(root, Path::new("/proc"))?;
     mkdir_p(&proc)?;
-    do_mount(None, &proc, Some("proc"), nosuid_nodev_noexec, None)?;
-    let sys = at("/sys")?;
+    do_mount(None, &proc, Some("proc"), NOSUID_NODEV_NOEXEC, None)?;
+    let sys = resolve_in_root(root, Path::new("/sys"))?;
     mkdir_p(&sys)?;
     do_mount(
         None,
         &sys,
         Some("sysfs"),
-        nosuid_nodev_noexec | MsFlags::MS_RDONLY,
+        NOSUID_NODEV_NOEXEC | MsFlags::MS_RDONLY,
         None,
-    )?;
-    let dev = at("/dev")?;
-    mkdir_p(&dev)?;
+    )
+}
+
+/// A fresh `/dev` at `dev`: the basic device nodes, the container's own devpts, the
+/// standard links, the pod's `/dev/shm` (`shm`) and an mqueue.
+fn mount_dev(dev: &Path, shm: &Path) -> ChildResult {
+    mkdir_p(dev)?;
     do_mount(
         None,
-        &dev,
+        dev,
         Some("tmpfs"),
         MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
         Some("mode=755,size=65536k"),
@@ -641,11 +657,15 @@ fn setup_root(plan: &RootPlan<'_>) -> ChildResult {
         std::os::unix::fs::symlink(target, dev.join(link))
             .map_err(ctx(|| format!("symlink /dev/{link}")))?;
     }
-    bind(plan.shm, &dev.join("shm"), MsFlags::empty(), false)?;
+    bind(shm, &dev.join("shm"), MsFlags::empty(), false)?;
     let mqueue = dev.join("mqueue");
     mkdir_p(&mqueue)?;
-    do_mount(None, &mqueue, Some("mqueue"), nosuid_nodev_noexec, None)?;
+    do_mount(None, &mqueue, Some("mqueue"), NOSUID_NODEV_NOEXEC, None)
+}
 
+/// The pod's `/etc` files (hosts, resolv.conf, hostname), read-only, except where the
+/// container mounts its own.
+fn bind_etc_files(plan: &RootPlan<'_>) -> ChildResult {
     for (source, name) in plan.etc_files {
         let dest = Path::new("/etc").join(name);
         if !source.exists() || plan.mounts.iter().any(|m| m.destination == dest) {
@@ -653,13 +673,18 @@ fn setup_root(plan: &RootPlan<'_>) -> ChildResult {
         }
         bind(
             source,
-            &at(&dest.to_string_lossy())?,
+            &resolve_in_root(plan.root, &dest)?,
             MsFlags::MS_RDONLY,
             false,
         )?;
     }
+    Ok(())
+}
+
+/// The container's mounts (binds and file systems), in order, with their propagation.
+fn mount_requested(plan: &RootPlan<'_>) -> ChildResult {
     for m in plan.mounts {
-        let target = resolve_in_root(root, &m.destination)?;
+        let target = resolve_in_root(plan.root, &m.destination)?;
         if m.is_bind() {
             bind(Path::new(&m.source), &target, m.flags, m.recursive)?;
         } else {
@@ -676,12 +701,17 @@ fn setup_root(plan: &RootPlan<'_>) -> ChildResult {
             do_mount(None, &target, None, m.propagation, None)?;
         }
     }
+    Ok(())
+}
 
+/// Makes `root` the process's `/` (pivot_root, the old root detached), read-only if
+/// asked.
+fn pivot_into(root: &Path, readonly: bool) -> ChildResult {
     std::env::set_current_dir(root).map_err(ctx(|| format!("chdir {}", root.display())))?;
     nix::unistd::pivot_root(".", ".").map_err(ctx(|| "pivot_root".into()))?;
     umount2(".", MntFlags::MNT_DETACH).map_err(ctx(|| "detach the old root".into()))?;
     std::env::set_current_dir("/").map_err(ctx(|| "chdir /".into()))?;
-    if plan.readonly {
+    if readonly {
         do_mount(
             None,
             Path::new("/"),

@@ -19,16 +19,20 @@
 //!
 //! Usage: pod-bench [--runs N] [--warm-pool N] [--no-containerd]
 
+// Test-only crate (a benchmark or demo tool): a failed step panics with its message,
+// which is the tool's error report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use vmlet_agent::testing::{busybox_image_with, TestRegistry};
 use vmlet_integration_tests::cri::{
     busybox_registry, container_config, pod_config, CriClient, Vmletd,
 };
 use vmlet_integration_tests::net::Net;
+use vmlet_test_support::{busybox_image_with, TestRegistry};
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;

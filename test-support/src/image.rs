@@ -7,11 +7,11 @@ use std::io::Write;
 use std::path::Path;
 
 use serde_json::{json, Value};
+use sha2::{Digest as _, Sha256};
 use tar::{EntryType, Header};
 use tempfile::TempDir;
 
-use super::registry::FixtureError;
-use crate::images::Digest;
+use crate::error::FixtureError;
 
 /// How a layer is compressed in the image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -203,10 +203,15 @@ impl Default for ImageBuilder {
     }
 }
 
+/// The hex sha256 of `data` (the blob's file name in an OCI layout).
+fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
 fn write_blob(dir: &Path, data: &[u8]) -> Result<String, FixtureError> {
-    let d = Digest::of(data);
-    fs::write(dir.join("blobs/sha256").join(d.hex()), data)?;
-    Ok(d.to_string())
+    let hex = sha256_hex(data);
+    fs::write(dir.join("blobs/sha256").join(&hex), data)?;
+    Ok(format!("sha256:{hex}"))
 }
 
 impl ImageBuilder {
@@ -239,7 +244,7 @@ impl ImageBuilder {
         let mut diff_ids = Vec::new();
         let mut layer_digests = Vec::new();
         for (tar, comp) in &self.layers {
-            diff_ids.push(Digest::of(tar).to_string());
+            diff_ids.push(format!("sha256:{}", sha256_hex(tar)));
             let (data, media) = match comp {
                 Compression::None => (tar.clone(), "application/vnd.oci.image.layer.v1.tar"),
                 Compression::Gzip => {

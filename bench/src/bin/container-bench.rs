@@ -6,6 +6,10 @@
 //! Prints per-run lines, then `container_start_ms_p50=<n>`, `container_start_ms_p90=<n>`
 //! and `init_rss_kib=<n>`.
 
+// Test-only crate (a benchmark or demo tool): a failed step panics with its message,
+// which is the tool's error report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::{Duration, Instant};
 
 use vmlet_integration_tests::agent::{req, CALL_TIMEOUT};

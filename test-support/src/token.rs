@@ -20,7 +20,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use serde_json::json;
 
-use super::registry::FixtureError;
+use crate::error::FixtureError;
 
 /// The issuer and service names the registry is configured with.
 pub const ISSUER: &str = "vmlet-test-issuer";

@@ -1,7 +1,6 @@
 //! A throw-away `docker-registry` process.
 
 use std::fs;
-use std::io;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -9,42 +8,9 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use super::image::OciImage;
-use super::token::{TokenServer, ISSUER, SERVICE};
-
-/// Errors of the fixtures.
-#[derive(Debug, thiserror::Error)]
-pub enum FixtureError {
-    /// A command failed or is missing.
-    #[error("{cmd}: {message}")]
-    Command {
-        /// The command.
-        cmd: String,
-        /// What went wrong (stderr).
-        message: String,
-    },
-    /// A file operation failed.
-    #[error("fixture i/o: {0}")]
-    Io(#[from] io::Error),
-    /// The registry did not come up.
-    #[error("registry did not start: {0}")]
-    NotReady(String),
-}
-
-fn run(cmd: &mut Command) -> Result<String, FixtureError> {
-    let name = format!("{cmd:?}");
-    let out = cmd.output().map_err(|e| FixtureError::Command {
-        cmd: name.clone(),
-        message: e.to_string(),
-    })?;
-    if !out.status.success() {
-        return Err(FixtureError::Command {
-            cmd: name,
-            message: String::from_utf8_lossy(&out.stderr).into_owned(),
-        });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
+use crate::error::{run, FixtureError};
+use crate::image::OciImage;
+use crate::token::{TokenServer, ISSUER, SERVICE};
 
 /// A running registry; killed and its storage removed on drop.
 pub struct TestRegistry {

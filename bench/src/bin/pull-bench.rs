@@ -1,7 +1,7 @@
 //! Pulls and flattens one image into a state directory and prints the time it took in
 //! milliseconds (used by scripts/bench-pull.sh).
 //!
-//! usage: pull [--scratch DIR] STATE_DIR REFERENCE [PLAIN_HTTP_HOST...]
+//! usage: pull-bench [--scratch DIR] STATE_DIR REFERENCE [PLAIN_HTTP_HOST...]
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -21,7 +21,7 @@ async fn main() -> ExitCode {
         args.remove(0);
     }
     let (Some(state), Some(reference)) = (args.first(), args.get(1)) else {
-        eprintln!("usage: pull [--scratch DIR] STATE_DIR REFERENCE [PLAIN_HTTP_HOST...]");
+        eprintln!("usage: pull-bench [--scratch DIR] STATE_DIR REFERENCE [PLAIN_HTTP_HOST...]");
         return ExitCode::from(2);
     };
     let hosts: HashMap<String, RegistryHost> = args[2..]

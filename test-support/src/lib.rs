@@ -1,0 +1,26 @@
+//! Test fixtures shared by vmlet's tests and benchmarks: a real OCI registry (Debian's
+//! `docker-registry`) on a loopback port with a temporary storage directory, optionally
+//! behind basic or token auth, and builders for OCI images pushed into it with `skopeo`.
+//!
+//! ```no_run
+//! use vmlet_test_support::{busybox_image, TestRegistry};
+//! let registry = TestRegistry::start().unwrap();
+//! let reference = registry.push(&busybox_image().unwrap(), "busybox:latest").unwrap();
+//! // pull `reference` (e.g. "127.0.0.1:41234/busybox:latest") over plain HTTP
+//! ```
+//!
+//! Everything fails loudly: a test that needs the registry must not pass without it.
+//!
+//! Modules depend one way: `registry` uses `image` and `token`, and all three use
+//! `error`.
+
+mod error;
+mod image;
+mod registry;
+mod token;
+
+pub use error::FixtureError;
+pub use image::{
+    busybox_image, busybox_image_with, Compression, ImageBuilder, LayerBuilder, OciImage,
+};
+pub use registry::TestRegistry;
