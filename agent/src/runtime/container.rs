@@ -9,7 +9,10 @@ use tonic::Code;
 use vmlet_cri::runtime::{ContainerConfig, ContainerState, EventKind};
 use vmlet_proto::agent as pb;
 
-use super::{lock, new_id, now_ns, spec, Container, Inner, Pod, RuntimeError};
+use super::error::RuntimeError;
+use super::spec;
+use super::state::{Container, Inner, Pod};
+use super::util::{lock, new_id, now_ns};
 use crate::images::ImageError;
 use crate::logs::{self, LogSink};
 use crate::sandbox::{guest, Vm};

@@ -7,7 +7,9 @@ use tonic::Code;
 use vmlet_cri::runtime::{ContainerState, ExecOutput};
 use vmlet_proto::agent as pb;
 
-use super::{lock, new_id, Inner, RuntimeError};
+use super::error::RuntimeError;
+use super::state::Inner;
+use super::util::{lock, new_id};
 use crate::sandbox::{guest, GuestClient};
 
 /// Output kept per stream (the CRI caps ExecSync output at 16 MiB); the rest is read

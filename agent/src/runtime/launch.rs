@@ -9,20 +9,14 @@ use std::time::{Duration, Instant};
 use vmlet_cri::runtime::PodConfig;
 use vmlet_proto::agent as pb;
 
-use super::{now_ns, Inner, Pod, RuntimeError};
+use super::error::RuntimeError;
+use super::pool::WarmVm;
+use super::state::{Inner, Pod};
+use super::util::now_ns;
 use crate::network::cni::NetworkConfig;
 use crate::network::pod::{NetworkError, PodNetRecord, PodNetworks};
 use crate::sandbox::{disk, guest, SandboxError, Vm, VmmCommand};
 use crate::store::{self, PodPaths, PodPhase, PodRecord, SlotRecord};
-
-/// A booted VM waiting for a pod.
-pub(super) struct WarmVm {
-    /// The pod ID it will have.
-    pub id: String,
-    pub paths: PodPaths,
-    pub record: PodRecord,
-    pub vm: Vm,
-}
 
 /// How long a boot waited for its turn and how long it took.
 pub(super) struct BootTimes {

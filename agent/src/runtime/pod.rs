@@ -6,8 +6,12 @@ use std::time::Duration;
 use vmlet_cri::runtime::{ContainerState, EventKind, PodConfig};
 
 use super::container::{record_exit, Exit};
-use super::launch::{self, network_step, release_network, remove_files, WarmVm};
-use super::{lock, new_id, pod_name, warm, Inner, Pod, RuntimeError};
+use super::error::RuntimeError;
+use super::launch::{self, network_step, release_network, remove_files};
+use super::pool::WarmVm;
+use super::state::{pod_name, Inner, Pod};
+use super::util::{lock, new_id};
+use super::warm;
 use crate::network::pod::PodNetworks;
 use crate::store::{PodPaths, PodPhase};
 

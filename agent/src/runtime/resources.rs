@@ -7,7 +7,10 @@ use vmlet_cri::runtime::{ContainerState, ResourcesConfig};
 use vmlet_proto::agent as pb;
 
 use super::container::running_vm;
-use super::{lock, spec, Inner, RuntimeError};
+use super::error::RuntimeError;
+use super::spec;
+use super::state::Inner;
+use super::util::lock;
 use crate::sandbox::guest;
 
 /// `old` with the limits `new` sets: as containerd merges an update into the spec,

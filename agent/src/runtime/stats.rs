@@ -5,7 +5,9 @@ use vmlet_cri::runtime::{ContainerUsage, PodUsage};
 use vmlet_proto::agent as pb;
 
 use super::container::running_vm;
-use super::{now_ns, Inner, RuntimeError};
+use super::error::RuntimeError;
+use super::state::Inner;
+use super::util::now_ns;
 use crate::sandbox::guest;
 
 fn container_usage(c: &pb::ContainerStats, at_ns: i64) -> ContainerUsage {

@@ -13,7 +13,8 @@ use vmlet_cri::runtime::{
     ContainerConfig, ContainerState, EventKind, PodConfig, PodMetadata, PodState, RuntimeBackend,
 };
 
-use super::{Runtime, Settings};
+use super::state::Settings;
+use super::Runtime;
 use crate::config::VmConfig;
 use crate::images::{ImageManager, ImageManagerConfig};
 use crate::network::pod::{NetworkMode, NetworkSettings};

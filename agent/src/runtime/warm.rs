@@ -10,17 +10,17 @@
 //! that was killed finds their records (phase Warm) at its next start and removes
 //! them, as it does half-created pods.
 
-use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Notify;
 use vmlet_cri::runtime::PodConfig;
 
-use super::launch::{prepare, start_vm, undo, WarmVm};
-use super::{lock, new_id, Inner, RuntimeError};
+use super::error::RuntimeError;
+use super::launch::{prepare, start_vm, undo};
+use super::pool::WarmVm;
+use super::state::Inner;
+use super::util::{lock, new_id};
 use crate::network::cni::NetworkConfig;
 use crate::store::{PodPaths, PodPhase};
 
@@ -32,130 +32,6 @@ const RETRY_MAX: Duration = Duration::from_secs(300);
 const KEPT_CONSOLES: usize = 8;
 /// How long daemon exit waits for a warm VM that is booting.
 const DRAIN_WAIT: Duration = Duration::from_secs(60);
-
-#[derive(Default)]
-struct State {
-    ready: VecDeque<WarmVm>,
-    /// Taken from `ready` after their VMM died: the refill task removes them.
-    dead: Vec<WarmVm>,
-    booting: bool,
-    /// Calls waiting for the VM that is booting.
-    waiting: usize,
-    /// RunPodSandbox calls in progress: the refill waits for none, so that it does not
-    /// take CPU from pods starting.
-    starting: usize,
-    closed: bool,
-}
-
-/// The pool.
-pub(super) struct WarmPool {
-    target: usize,
-    /// Warm VMs that failed a pod (dead, silent, or a step of adoption failed).
-    failed: AtomicU64,
-    /// vCPUs and MiB of the VMs in it.
-    size: (u32, u64),
-    state: Mutex<State>,
-    changed: Notify,
-}
-
-impl WarmPool {
-    pub fn new(target: usize, size: (u32, u64)) -> Self {
-        WarmPool {
-            target,
-            failed: AtomicU64::new(0),
-            size,
-            state: Mutex::new(State::default()),
-            changed: Notify::new(),
-        }
-    }
-
-    /// A warm VM for a pod of `size`, if the pool has one or is booting one that no
-    /// other call waits for. Call it under [`WarmPool::starting`].
-    pub async fn take(&self, size: (u32, u64)) -> Option<WarmVm> {
-        if self.target == 0 || size != self.size {
-            return None;
-        }
-        let mut waited = false;
-        loop {
-            let notified = self.changed.notified();
-            tokio::pin!(notified);
-            // Registered before the state is read: a change in between still wakes us.
-            notified.as_mut().enable();
-            {
-                let mut st = lock(&self.state);
-                if waited {
-                    st.waiting -= 1;
-                }
-                // The caller holds a `Starting` guard, whose drop wakes the refill
-                // task (to boot a replacement, or remove the dead).
-                while let Some(w) = st.ready.pop_front() {
-                    if w.vm.running() {
-                        return Some(w);
-                    }
-                    st.dead.push(w);
-                }
-                if st.closed || !st.booting || st.waiting > 0 {
-                    // Nothing ready, or the VM booting is promised to another call.
-                    return None;
-                }
-                st.waiting += 1;
-                waited = true;
-            }
-            notified.await;
-        }
-    }
-
-    /// What verbose `Status` shows: size, target, VMs ready, whether one boots.
-    pub fn state(&self) -> serde_json::Value {
-        let st = lock(&self.state);
-        serde_json::json!({
-            "vcpus": self.size.0,
-            "memMib": self.size.1,
-            "target": self.target,
-            "ready": st.ready.len(),
-            "booting": st.booting,
-            "failed": self.failed.load(Ordering::Relaxed),
-        })
-    }
-
-    /// Counts a warm VM that failed before its pod was handed out.
-    pub fn count_failure(&self) {
-        self.failed.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Marks a RunPodSandbox call in progress until the guard is dropped.
-    pub fn starting(&self) -> Starting<'_> {
-        lock(&self.state).starting += 1;
-        Starting(self)
-    }
-
-    /// Returns a VM that was taken but not used.
-    pub fn put_back(&self, w: WarmVm) {
-        lock(&self.state).ready.push_front(w);
-        self.changed.notify_waiters();
-    }
-
-    /// Stops refilling and hands out the VMs in the pool, for removal.
-    fn close(&self) -> Vec<WarmVm> {
-        let mut st = lock(&self.state);
-        st.closed = true;
-        let mut all: Vec<WarmVm> = st.ready.drain(..).collect();
-        all.append(&mut st.dead);
-        drop(st);
-        self.changed.notify_waiters();
-        all
-    }
-}
-
-/// A RunPodSandbox call in progress (see [`WarmPool::starting`]).
-pub(super) struct Starting<'a>(&'a WarmPool);
-
-impl Drop for Starting<'_> {
-    fn drop(&mut self) {
-        lock(&self.0.state).starting -= 1;
-        self.0.changed.notify_waiters();
-    }
-}
 
 /// Keeps the pool full until it is closed, booting while no pod is starting.
 pub(super) async fn refill(inner: Arc<Inner>) {

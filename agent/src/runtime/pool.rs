@@ -1,0 +1,146 @@
+//! The warm pool's bookkeeping (`vm.warm_pool`): the booted VMs waiting for pods, the
+//! RunPodSandbox calls in progress, and who waits for the VM being booted. What fills
+//! and empties it is in `warm`.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use tokio::sync::Notify;
+
+use super::util::lock;
+use crate::sandbox::Vm;
+use crate::store::{PodPaths, PodRecord};
+
+/// A booted VM waiting for a pod.
+pub(super) struct WarmVm {
+    /// The pod ID it will have.
+    pub id: String,
+    pub paths: PodPaths,
+    pub record: PodRecord,
+    pub vm: Vm,
+}
+
+#[derive(Default)]
+pub(super) struct State {
+    pub(super) ready: VecDeque<WarmVm>,
+    /// Taken from `ready` after their VMM died: the refill task removes them.
+    pub(super) dead: Vec<WarmVm>,
+    pub(super) booting: bool,
+    /// Calls waiting for the VM that is booting.
+    pub(super) waiting: usize,
+    /// RunPodSandbox calls in progress: the refill waits for none, so that it does not
+    /// take CPU from pods starting.
+    pub(super) starting: usize,
+    pub(super) closed: bool,
+}
+
+/// The pool.
+pub(super) struct WarmPool {
+    pub(super) target: usize,
+    /// Warm VMs that failed a pod (dead, silent, or a step of adoption failed).
+    pub(super) failed: AtomicU64,
+    /// vCPUs and MiB of the VMs in it.
+    pub(super) size: (u32, u64),
+    pub(super) state: Mutex<State>,
+    pub(super) changed: Notify,
+}
+
+impl WarmPool {
+    pub fn new(target: usize, size: (u32, u64)) -> Self {
+        WarmPool {
+            target,
+            failed: AtomicU64::new(0),
+            size,
+            state: Mutex::new(State::default()),
+            changed: Notify::new(),
+        }
+    }
+
+    /// A warm VM for a pod of `size`, if the pool has one or is booting one that no
+    /// other call waits for. Call it under [`WarmPool::starting`].
+    pub async fn take(&self, size: (u32, u64)) -> Option<WarmVm> {
+        if self.target == 0 || size != self.size {
+            return None;
+        }
+        let mut waited = false;
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            // Registered before the state is read: a change in between still wakes us.
+            notified.as_mut().enable();
+            {
+                let mut st = lock(&self.state);
+                if waited {
+                    st.waiting -= 1;
+                }
+                // The caller holds a `Starting` guard, whose drop wakes the refill
+                // task (to boot a replacement, or remove the dead).
+                while let Some(w) = st.ready.pop_front() {
+                    if w.vm.running() {
+                        return Some(w);
+                    }
+                    st.dead.push(w);
+                }
+                if st.closed || !st.booting || st.waiting > 0 {
+                    // Nothing ready, or the VM booting is promised to another call.
+                    return None;
+                }
+                st.waiting += 1;
+                waited = true;
+            }
+            notified.await;
+        }
+    }
+
+    /// What verbose `Status` shows: size, target, VMs ready, whether one boots.
+    pub fn state(&self) -> serde_json::Value {
+        let st = lock(&self.state);
+        serde_json::json!({
+            "vcpus": self.size.0,
+            "memMib": self.size.1,
+            "target": self.target,
+            "ready": st.ready.len(),
+            "booting": st.booting,
+            "failed": self.failed.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Counts a warm VM that failed before its pod was handed out.
+    pub fn count_failure(&self) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Marks a RunPodSandbox call in progress until the guard is dropped.
+    pub fn starting(&self) -> Starting<'_> {
+        lock(&self.state).starting += 1;
+        Starting(self)
+    }
+
+    /// Returns a VM that was taken but not used.
+    pub fn put_back(&self, w: WarmVm) {
+        lock(&self.state).ready.push_front(w);
+        self.changed.notify_waiters();
+    }
+
+    /// Stops refilling and hands out the VMs in the pool, for removal.
+    pub(super) fn close(&self) -> Vec<WarmVm> {
+        let mut st = lock(&self.state);
+        st.closed = true;
+        let mut all: Vec<WarmVm> = st.ready.drain(..).collect();
+        all.append(&mut st.dead);
+        drop(st);
+        self.changed.notify_waiters();
+        all
+    }
+}
+
+/// A RunPodSandbox call in progress (see [`WarmPool::starting`]).
+pub(super) struct Starting<'a>(&'a WarmPool);
+
+impl Drop for Starting<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.state).starting -= 1;
+        self.0.changed.notify_waiters();
+    }
+}
