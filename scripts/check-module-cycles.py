@@ -100,7 +100,8 @@ def targets(path, text, mods):
         else:
             segs_list = [rest.strip(":").split("::")]
         for segs in segs_list:
-            resolve(base, segs, mods, out)
+            if segs:
+                resolve(base, segs, mods, out)
     # Paths through a child module without `self::` (e.g. `pod::run(...)`).
     for name in children:
         if re.search(r"(?<![\w:])" + name + r"::\w", text):

@@ -3,7 +3,7 @@
 use oci_client::errors::{DigestError, OciDistributionError, OciErrorCode};
 use oci_client::manifest::{OciDescriptor, OciManifest};
 
-use super::BlobRef;
+use super::blob::BlobRef;
 use crate::images::store::StoreError;
 
 /// Errors of a pull.

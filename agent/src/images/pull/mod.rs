@@ -3,6 +3,7 @@
 //! manifest lists to linux/amd64) and verified downloads into the content store.
 
 mod auth;
+mod blob;
 mod config;
 mod errors;
 mod identity;
@@ -18,10 +19,10 @@ use oci_client::manifest::{
 };
 use oci_client::secrets::RegistryAuth;
 use oci_client::Client;
-use serde::{Deserialize, Serialize};
 
 use auth::Auth;
 pub use auth::Credentials;
+pub use blob::BlobRef;
 pub use config::{RegistriesConfig, RegistryHost};
 use errors::Ctx;
 pub use errors::PullError;
@@ -32,15 +33,6 @@ use super::store::{ContentStore, StoreError};
 
 /// Layers downloaded at once per pull.
 const PARALLEL_LAYERS: usize = 3;
-
-/// A blob the image is made of.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BlobRef {
-    /// Its digest.
-    pub digest: Digest,
-    /// Its size.
-    pub size: u64,
-}
 
 /// What a pull fetched into the store.
 #[derive(Debug, Clone)]

@@ -24,8 +24,6 @@ const QUEUE_SIZES: &[u16] = &[QUEUE_SIZE];
 const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << 2;
 const VIRTIO_BLK_F_RO: u64 = 1 << 5;
 const VIRTIO_BLK_F_FLUSH: u64 = 1 << 9;
-/// Length of the serial number returned by `VIRTIO_BLK_T_GET_ID`.
-pub const ID_BYTES: usize = 20;
 
 struct Active {
     mem: GuestMemoryMmap,

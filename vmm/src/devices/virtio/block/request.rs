@@ -4,10 +4,12 @@
 //! request gets an error status, never a crash.
 
 use super::disk::{Disk, SECTOR_SIZE};
-use super::ID_BYTES;
 use crate::devices::virtio::Chain;
 use std::io::{Read, Write};
 use vm_memory::GuestMemoryMmap;
+
+/// Length of the serial number returned by `VIRTIO_BLK_T_GET_ID`.
+pub const ID_BYTES: usize = 20;
 
 const VIRTIO_BLK_T_IN: u32 = 0;
 const VIRTIO_BLK_T_OUT: u32 = 1;

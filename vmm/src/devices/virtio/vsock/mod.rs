@@ -15,6 +15,7 @@
 //! queue is never used (it only carries transport resets on migration).
 
 mod connection;
+mod error;
 mod muxer;
 mod packet;
 
@@ -22,11 +23,12 @@ mod packet;
 mod tests;
 
 use super::{device_type, ActivateError, IrqTrigger, VirtioDevice, INT_VRING, VIRTIO_F_VERSION_1};
+pub use error::VsockError;
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use muxer::Muxer;
 use packet::{PacketError, HDR_LEN, MAX_PKT_DATA};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
@@ -38,34 +40,6 @@ const QUEUE_SIZES: &[u16] = &[QUEUE_SIZE; 3];
 const RXQ: usize = 0;
 const TXQ: usize = 1;
 const EVQ: usize = 2;
-
-/// Why the vsock device could not be created.
-#[derive(Debug, thiserror::Error)]
-pub enum VsockError {
-    /// The guest CID is reserved or out of the 32-bit range guests use.
-    #[error("invalid guest CID {0} (must be 3..=0xfffffffe)")]
-    InvalidCid(u64),
-    /// Another live process listens on the socket path.
-    #[error("{0} is in use by a running listener")]
-    InUse(PathBuf),
-    /// Something other than a socket sits at the socket path.
-    #[error("{0} exists and is not a socket")]
-    NotASocket(PathBuf),
-    /// Binding the listener failed.
-    #[error("binding {path}: {source}")]
-    Bind {
-        /// The socket path.
-        path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
-    },
-    /// Creating a queue eventfd failed.
-    #[error("creating an eventfd: {0}")]
-    EventFd(std::io::Error),
-    /// Creating the timeout timer failed.
-    #[error("creating the timeout timer: {0}")]
-    Timer(std::io::Error),
-}
 
 struct Active {
     mem: GuestMemoryMmap,
@@ -82,17 +56,6 @@ pub struct Vsock {
     muxer: Muxer,
     /// Bounce buffer for one packet's payload.
     buf: Vec<u8>,
-}
-
-impl From<crate::uds::BindError> for VsockError {
-    fn from(e: crate::uds::BindError) -> Self {
-        use crate::uds::BindError;
-        match e {
-            BindError::InUse(p) => VsockError::InUse(p),
-            BindError::NotASocket(p) => VsockError::NotASocket(p),
-            BindError::Io { path, source } => VsockError::Bind { path, source },
-        }
-    }
 }
 
 impl std::fmt::Debug for Vsock {

@@ -13,8 +13,8 @@
 //! their descriptor number can be reused.
 
 use super::connection::{ConnKey, Connection};
+use super::error::VsockError;
 use super::packet::{Header, Op, HOST_CID};
-use super::VsockError;
 use event_manager::{EventOps, Events};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::ffi::OsString;
