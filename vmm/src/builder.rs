@@ -225,7 +225,7 @@ pub fn build(
     config: &VmConfig,
     vcpu_setup: impl Fn() -> Result<(), String> + Clone + Send + 'static,
 ) -> Result<Vmm, BuildError> {
-    config.validate()?;
+    crate::config::validate(config)?;
     let started = std::time::Instant::now();
     let mem_size = config.mem_mib << 20;
     let vm = Vm::new()?;
@@ -382,7 +382,7 @@ impl MutEventSubscriber for ResetWatcher {
         let _ = self.evt.read();
         tracing::info!("guest reset through the i8042: stopping the VM");
         self.control
-            .request_exit(crate::vstate::vcpu::exit_code::GUEST_SHUTDOWN);
+            .request_exit(crate::vstate::vcpu::ExitReason::GuestShutdown);
     }
 
     fn init(&mut self, ops: &mut event_manager::EventOps) {

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use tokio::sync::watch;
+use vmlet_vmm_api::control::Request;
 
 pub use guest::GuestClient;
 pub use vmm::VmmCommand;
@@ -65,6 +66,22 @@ pub enum SandboxError {
         /// Why.
         reason: String,
     },
+    /// The VMM refused a control request, or its reply could not be read.
+    #[error("VMM control socket {socket}: {cmd} {source}")]
+    Protocol {
+        /// The socket.
+        socket: PathBuf,
+        /// The request.
+        cmd: &'static str,
+        /// What went wrong.
+        source: vmlet_vmm_api::ProtocolError,
+    },
+    /// More vCPUs than the VMM takes.
+    #[error("{0} vCPUs asked for, the VMM takes at most 255")]
+    Vcpus(u32),
+    /// The VMM's command line cannot express the configuration.
+    #[error("the VMM's command line: {0}")]
+    VmmArgs(vmlet_vmm_api::ArgsError),
 }
 
 /// A running pod VM.
@@ -156,12 +173,11 @@ impl Vm {
 
     /// Makes drive `id` read from `path` (the guest sees the new size and content).
     pub async fn swap_drive(&self, id: &str, path: &Path) -> Result<(), SandboxError> {
-        vmm::control(
-            &self.control,
-            serde_json::json!({"cmd": "swap_drive", "id": id, "path": path}),
-        )
-        .await
-        .map(drop)
+        let request = Request::SwapDrive {
+            id: id.to_owned(),
+            path: path.to_owned(),
+        };
+        vmm::control(&self.control, &request).await.map(drop)
     }
 
     async fn wait_exit(&self, limit: Duration) -> bool {
@@ -178,13 +194,10 @@ impl Vm {
         if !self.running() {
             return;
         }
-        let ms = grace.as_millis() as u64;
-        if let Err(e) = vmm::control(
-            &self.control,
-            serde_json::json!({"cmd": "shutdown", "timeout_ms": ms}),
-        )
-        .await
-        {
+        let request = Request::Shutdown {
+            timeout_ms: Some(u64::try_from(grace.as_millis()).unwrap_or(u64::MAX)),
+        };
+        if let Err(e) = vmm::control(&self.control, &request).await {
             tracing::warn!(pid = self.pid, "graceful VM shutdown: {e}");
         }
         if self.wait_exit(grace + Duration::from_secs(5)).await {
