@@ -297,6 +297,18 @@ fn control_socket_pause_resume_and_graceful_shutdown() {
     assert_eq!(guest.run_ok("echo alive").trim(), "alive");
     let bad = guest.control(json!({"cmd": "explode"}));
     assert_eq!(bad["ok"], false);
+    // The protocol is versioned: status reports it, another version is refused.
+    let versioned = guest.control(json!({"version": s["version"], "cmd": "status"}));
+    assert_eq!(versioned["ok"], true, "{versioned}");
+    assert_eq!(versioned["version"], 1, "{versioned}");
+    let other = guest.control(json!({"version": 99, "cmd": "status"}));
+    assert_eq!(other["ok"], false, "{other}");
+    assert!(
+        other["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("version 99 is not supported")),
+        "{other}"
+    );
     assert_eq!(
         guest.control(json!({"cmd": "shutdown", "timeout_ms": 30000}))["ok"],
         true

@@ -3,15 +3,15 @@
 
 use crate::arch::layout::*;
 use crate::arch::{mptable, pvh, regs};
-use crate::config::{parse_mac, SerialOutput, VmConfig};
-use crate::devices::bus::{Bus, BusDevice};
+use crate::config::{parse_mac, DriveConfig, NetConfig, SerialOutput, VmConfig, VsockConfig};
+use crate::devices::bus::{Bus, BusDevice, BusError};
 use crate::devices::legacy::{SerialConsole, I8042};
 use crate::devices::virtio::balloon::Balloon;
 use crate::devices::virtio::block::{Block, Disk, DiskError};
 use crate::devices::virtio::mmio::{MmioTransport, NOTIFY_REG_OFFSET};
-use crate::devices::virtio::net::Net;
+use crate::devices::virtio::net::{Net, NetError};
 use crate::devices::virtio::rng::Rng;
-use crate::devices::virtio::vsock::Vsock;
+use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::devices::virtio::{IrqTrigger, VirtioDevice};
 use crate::devices::Trigger;
 use crate::image::MappedImage;
@@ -38,6 +38,71 @@ pub const BASE_CMDLINE: &str =
 
 /// The event loop's subscriber type.
 pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+/// A device of the VM, as errors name it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeviceId {
+    /// The COM1 serial console.
+    Serial,
+    /// The i8042 controller (the reset line).
+    I8042,
+    /// A virtio-blk drive, by ID.
+    Drive(String),
+    /// A virtio-net card, by tap.
+    Net(String),
+    /// The virtio-vsock device.
+    Vsock,
+    /// The virtio-rng device.
+    Rng,
+    /// The virtio-balloon (free page reporting).
+    Balloon,
+}
+
+impl std::fmt::Display for DeviceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceId::Serial => f.write_str("serial"),
+            DeviceId::I8042 => f.write_str("i8042"),
+            DeviceId::Drive(id) => write!(f, "drive {id}"),
+            DeviceId::Net(tap) => write!(f, "net {tap}"),
+            DeviceId::Vsock => f.write_str("vsock"),
+            DeviceId::Rng => f.write_str("rng"),
+            DeviceId::Balloon => f.write_str("balloon"),
+        }
+    }
+}
+
+/// Why a device could not be created or wired into the VM.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// The drive's backing file cannot be used.
+    #[error(transparent)]
+    Disk(DiskError),
+    /// The tap cannot be used.
+    #[error(transparent)]
+    Net(NetError),
+    /// The vsock device cannot be created.
+    #[error(transparent)]
+    Vsock(VsockError),
+    /// The device could not be created (its eventfds, its entropy source).
+    #[error("creating the device: {0}")]
+    Create(std::io::Error),
+    /// Its interrupt eventfd could not be created.
+    #[error("interrupt eventfd: {0}")]
+    Irq(std::io::Error),
+    /// KVM refused its interrupt eventfd.
+    #[error("KVM_IRQFD: {0}")]
+    Irqfd(kvm_ioctls::Error),
+    /// KVM refused a queue-notification eventfd.
+    #[error("KVM_IOEVENTFD: {0}")]
+    Ioeventfd(kvm_ioctls::Error),
+    /// It does not fit on its bus.
+    #[error(transparent)]
+    Bus(BusError),
+    /// It cannot be announced on the kernel command line.
+    #[error("announcing it on the kernel command line: {0}")]
+    Cmdline(linux_loader::cmdline::Error),
+}
 
 /// Errors building the VM. Each names what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -69,12 +134,14 @@ pub enum BuildError {
     /// Boot structures could not be written.
     #[error("boot setup: {0}")]
     Boot(String),
-    /// A drive file cannot be opened.
-    #[error(transparent)]
-    Disk(#[from] DiskError),
-    /// A device could not be created.
-    #[error("{0}: {1}")]
-    Device(String, String),
+    /// A device could not be attached.
+    #[error("{device}: {source}")]
+    Device {
+        /// The device.
+        device: DeviceId,
+        /// Why.
+        source: DeviceError,
+    },
     /// vCPU creation failed.
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
@@ -87,6 +154,14 @@ pub enum BuildError {
     /// The serial output file cannot be opened.
     #[error("cannot open serial output {0}: {1}")]
     SerialOutput(PathBuf, std::io::Error),
+}
+
+/// The error of `device` failing with `source`.
+fn device_error(device: DeviceId) -> impl Fn(DeviceError) -> BuildError {
+    move |source| BuildError::Device {
+        device: device.clone(),
+        source,
+    }
 }
 
 /// Handles on the parts of a built VM that the control socket acts on.
@@ -167,19 +242,18 @@ impl DeviceWiring<'_> {
     /// Places a virtio device in the next MMIO window with the next IRQ, wires its
     /// irqfd and queue ioeventfds, announces it on the command line, and adds it
     /// to the event loop.
-    fn add<D>(&mut self, name: &str, device: Arc<Mutex<D>>) -> Result<(), BuildError>
+    fn add<D>(&mut self, device: Arc<Mutex<D>>) -> Result<(), DeviceError>
     where
         D: VirtioDevice + MutEventSubscriber + Send + 'static,
     {
-        let fail = |e: String| BuildError::Device(name.to_owned(), e);
         let slot = self.next_slot;
         self.next_slot += 1;
         let base = VIRTIO_MMIO_START + slot * VIRTIO_MMIO_SIZE;
         let gsi = VIRTIO_IRQ_BASE + slot as u32;
-        let irq = Arc::new(IrqTrigger::new().map_err(|e| fail(e.to_string()))?);
+        let irq = Arc::new(IrqTrigger::new().map_err(DeviceError::Irq)?);
         self.vm
             .register_irqfd(irq.eventfd(), gsi)
-            .map_err(|e| fail(format!("KVM_IRQFD: {e}")))?;
+            .map_err(DeviceError::Irqfd)?;
         {
             let dev = device.lock().unwrap_or_else(|e| e.into_inner());
             for (i, evt) in dev.queue_events().iter().enumerate() {
@@ -189,20 +263,155 @@ impl DeviceWiring<'_> {
                         &IoEventAddress::Mmio(base + NOTIFY_REG_OFFSET),
                         i as u32,
                     )
-                    .map_err(|e| fail(format!("KVM_IOEVENTFD: {e}")))?;
+                    .map_err(DeviceError::Ioeventfd)?;
             }
         }
         let transport = MmioTransport::new(device.clone(), self.mem.clone(), irq);
         let transport: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(transport));
         self.mmio
             .insert(transport, base, VIRTIO_MMIO_SIZE)
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(DeviceError::Bus)?;
         self.cmdline
             .add_virtio_mmio_device(VIRTIO_MMIO_SIZE, GuestAddress(base), gsi, None)
-            .map_err(BuildError::Cmdline)?;
+            .map_err(DeviceError::Cmdline)?;
         self.event_manager.add_subscriber(device);
         Ok(())
     }
+}
+
+/// Attaches one virtio-blk device per drive, in order; returns them by ID.
+fn attach_block_devices(
+    wiring: &mut DeviceWiring<'_>,
+    drives: &[DriveConfig],
+) -> Result<HashMap<String, Arc<Mutex<Block>>>, BuildError> {
+    let mut attached = HashMap::new();
+    for d in drives {
+        let fail = device_error(DeviceId::Drive(d.id.clone()));
+        let disk = Disk::open(&d.path, d.read_only)
+            .map_err(DeviceError::Disk)
+            .map_err(&fail)?;
+        let blk = Block::new(d.id.clone(), disk)
+            .map_err(DeviceError::Create)
+            .map_err(&fail)?;
+        let blk = Arc::new(Mutex::new(blk));
+        wiring.add(blk.clone()).map_err(&fail)?;
+        attached.insert(d.id.clone(), blk);
+    }
+    Ok(attached)
+}
+
+/// Attaches one virtio-net device per card, in order.
+fn attach_net_devices(wiring: &mut DeviceWiring<'_>, nets: &[NetConfig]) -> Result<(), BuildError> {
+    for n in nets {
+        let fail = device_error(DeviceId::Net(n.tap.clone()));
+        let mac = n.mac.as_deref().map(parse_mac).transpose()?;
+        let net = Net::new(&n.tap, mac)
+            .map_err(DeviceError::Net)
+            .map_err(&fail)?;
+        wiring.add(Arc::new(Mutex::new(net))).map_err(&fail)?;
+    }
+    Ok(())
+}
+
+/// Attaches the virtio-vsock device, served on its hybrid-vsock unix socket.
+fn attach_vsock_device(wiring: &mut DeviceWiring<'_>, v: &VsockConfig) -> Result<(), BuildError> {
+    let fail = device_error(DeviceId::Vsock);
+    let vsock = Vsock::new(v.cid, &v.uds_path)
+        .map_err(DeviceError::Vsock)
+        .map_err(&fail)?;
+    wiring.add(Arc::new(Mutex::new(vsock))).map_err(&fail)
+}
+
+/// Attaches the virtio-rng device.
+fn attach_rng_device(wiring: &mut DeviceWiring<'_>) -> Result<(), BuildError> {
+    let fail = device_error(DeviceId::Rng);
+    let rng = Rng::new().map_err(DeviceError::Create).map_err(&fail)?;
+    wiring.add(Arc::new(Mutex::new(rng))).map_err(&fail)
+}
+
+/// Attaches the virtio-balloon that takes back the memory the guest frees.
+fn attach_balloon_device(wiring: &mut DeviceWiring<'_>) -> Result<(), BuildError> {
+    let fail = device_error(DeviceId::Balloon);
+    let balloon = Balloon::new().map_err(DeviceError::Create).map_err(&fail)?;
+    wiring.add(Arc::new(Mutex::new(balloon))).map_err(&fail)
+}
+
+/// Attaches COM1 (interrupt through an irqfd, output per `config.serial`) to the
+/// port-I/O bus.
+fn attach_serial_device(vm: &VmFd, pio: &mut Bus, config: &VmConfig) -> Result<(), BuildError> {
+    let fail = device_error(DeviceId::Serial);
+    let serial_irq = eventfd()?;
+    vm.register_irqfd(&serial_irq.0, SERIAL_IRQ)
+        .map_err(DeviceError::Irqfd)
+        .map_err(&fail)?;
+    let serial = SerialConsole::new(serial_irq, serial_output(config)?);
+    pio.insert(Arc::new(Mutex::new(serial)), 0x3f8, 8)
+        .map_err(DeviceError::Bus)
+        .map_err(&fail)
+}
+
+/// Attaches the i8042, whose reset line ends the VM through the event loop.
+fn attach_i8042_device(
+    pio: &mut Bus,
+    event_manager: &mut EventManager<Subscriber>,
+    control: &Arc<VcpuControl>,
+) -> Result<(), BuildError> {
+    let reset = ResetLine {
+        evt: eventfd()?.0,
+        control: control.clone(),
+    };
+    let reset_evt = reset.evt.try_clone().map_err(BuildError::EventFd)?;
+    pio.insert(Arc::new(Mutex::new(I8042::new(reset))), 0x60, 5)
+        .map_err(DeviceError::Bus)
+        .map_err(device_error(DeviceId::I8042))?;
+    event_manager.add_subscriber(Arc::new(Mutex::new(ResetWatcher {
+        evt: reset_evt,
+        control: control.clone(),
+    })));
+    Ok(())
+}
+
+/// Writes the command line, the PVH start info, the MP table and the boot GDT.
+fn write_boot_tables(
+    config: &VmConfig,
+    mem: &GuestMemoryMmap,
+    mem_size: u64,
+    cmdline: &Cmdline,
+    initrd: Option<pvh::Initrd>,
+) -> Result<(), BuildError> {
+    linux_loader::loader::load_cmdline(mem, GuestAddress(CMDLINE_START), cmdline)
+        .map_err(|e| BuildError::Boot(format!("writing the command line: {e}")))?;
+    pvh::configure(mem, mem_size, initrd).map_err(|e| BuildError::Boot(e.to_string()))?;
+    mptable::setup(mem, config.vcpus).map_err(|e| BuildError::Boot(e.to_string()))?;
+    regs::write_boot_gdt(mem).map_err(|e| BuildError::Boot(e.to_string()))
+}
+
+/// Creates the vCPUs at the kernel's entry point and starts their threads.
+fn start_vcpus(
+    vm: &Vm,
+    config: &VmConfig,
+    entry: u64,
+    pio: &Bus,
+    mmio: &Bus,
+    control: &Arc<VcpuControl>,
+    vcpu_setup: impl Fn() -> Result<(), String> + Clone + Send + 'static,
+) -> Result<Vcpus, BuildError> {
+    install_kick_handler()?;
+    let mut handles = Vec::with_capacity(config.vcpus as usize);
+    for i in 0..config.vcpus {
+        let vcpu = Vcpu::new(
+            vm.fd(),
+            vm.kvm(),
+            i,
+            config.vcpus,
+            entry,
+            pio.clone(),
+            mmio.clone(),
+            control.clone(),
+        )?;
+        handles.push(vcpu.start(vcpu_setup.clone())?);
+    }
+    Ok(Vcpus::new(handles, control.clone()))
 }
 
 fn serial_output(config: &VmConfig) -> Result<Box<dyn Write + Send>, BuildError> {
@@ -225,7 +434,7 @@ pub fn build(
     config: &VmConfig,
     vcpu_setup: impl Fn() -> Result<(), String> + Clone + Send + 'static,
 ) -> Result<Vmm, BuildError> {
-    config.validate()?;
+    crate::config::validate(config)?;
     let started = std::time::Instant::now();
     let mem_size = config.mem_mib << 20;
     let vm = Vm::new()?;
@@ -242,97 +451,40 @@ pub fn build(
     let control = Arc::new(VcpuControl::new().map_err(BuildError::EventFd)?);
     let mut pio = Bus::new();
     let mut mmio = Bus::new();
-
-    // Legacy devices: COM1 and the i8042 reset line.
-    let serial_irq = eventfd()?;
-    vm.fd()
-        .register_irqfd(&serial_irq.0, SERIAL_IRQ)
-        .map_err(|e| BuildError::Device("serial".into(), format!("KVM_IRQFD: {e}")))?;
-    let serial = SerialConsole::new(serial_irq, serial_output(config)?);
-    pio.insert(Arc::new(Mutex::new(serial)), 0x3f8, 8)
-        .map_err(|e| BuildError::Device("serial".into(), e.to_string()))?;
-    let reset = ResetLine {
-        evt: eventfd()?.0,
-        control: control.clone(),
-    };
-    let reset_evt = reset.evt.try_clone().map_err(BuildError::EventFd)?;
-    pio.insert(Arc::new(Mutex::new(I8042::new(reset))), 0x60, 5)
-        .map_err(|e| BuildError::Device("i8042".into(), e.to_string()))?;
-    event_manager.add_subscriber(Arc::new(Mutex::new(ResetWatcher {
-        evt: reset_evt,
-        control: control.clone(),
-    })));
+    attach_serial_device(vm.fd(), &mut pio, config)?;
+    attach_i8042_device(&mut pio, &mut event_manager, &control)?;
 
     let mut cmdline = Cmdline::new(CMDLINE_MAX_SIZE).map_err(BuildError::Cmdline)?;
     cmdline
         .insert_str(BASE_CMDLINE)
         .map_err(BuildError::Cmdline)?;
-    let mut drives = HashMap::new();
-    {
-        let mut wiring = DeviceWiring {
-            vm: vm.fd(),
-            mem: &mem,
-            mmio: &mut mmio,
-            cmdline: &mut cmdline,
-            event_manager: &mut event_manager,
-            next_slot: 0,
-        };
-        for d in &config.drives {
-            let disk = Disk::open(&d.path, d.read_only)?;
-            let blk = Block::new(d.id.clone(), disk)
-                .map_err(|e| BuildError::Device(format!("drive {}", d.id), e.to_string()))?;
-            let blk = Arc::new(Mutex::new(blk));
-            wiring.add(&format!("drive {}", d.id), blk.clone())?;
-            drives.insert(d.id.clone(), blk);
-        }
-        for n in &config.net {
-            let mac = n.mac.as_deref().map(parse_mac).transpose()?;
-            let net = Net::new(&n.tap, mac)
-                .map_err(|e| BuildError::Device(format!("net {}", n.tap), e.to_string()))?;
-            wiring.add(&format!("net {}", n.tap), Arc::new(Mutex::new(net)))?;
-        }
-        if let Some(v) = &config.vsock {
-            let vsock = Vsock::new(v.cid, &v.uds_path)
-                .map_err(|e| BuildError::Device("vsock".into(), e.to_string()))?;
-            wiring.add("vsock", Arc::new(Mutex::new(vsock)))?;
-        }
-        if config.rng {
-            let rng = Rng::new().map_err(|e| BuildError::Device("rng".into(), e.to_string()))?;
-            wiring.add("rng", Arc::new(Mutex::new(rng)))?;
-        }
-        if config.free_page_reporting {
-            let balloon =
-                Balloon::new().map_err(|e| BuildError::Device("balloon".into(), e.to_string()))?;
-            wiring.add("balloon", Arc::new(Mutex::new(balloon)))?;
-        }
+    let mut wiring = DeviceWiring {
+        vm: vm.fd(),
+        mem: &mem,
+        mmio: &mut mmio,
+        cmdline: &mut cmdline,
+        event_manager: &mut event_manager,
+        next_slot: 0,
+    };
+    let drives = attach_block_devices(&mut wiring, &config.drives)?;
+    attach_net_devices(&mut wiring, &config.net)?;
+    if let Some(v) = &config.vsock {
+        attach_vsock_device(&mut wiring, v)?;
+    }
+    if config.rng {
+        attach_rng_device(&mut wiring)?;
+    }
+    if config.free_page_reporting {
+        attach_balloon_device(&mut wiring)?;
     }
     if !config.cmdline.is_empty() {
         cmdline
             .insert_str(&config.cmdline)
             .map_err(BuildError::Cmdline)?;
     }
-    linux_loader::loader::load_cmdline(&mem, GuestAddress(CMDLINE_START), &cmdline)
-        .map_err(|e| BuildError::Boot(format!("writing the command line: {e}")))?;
-    pvh::configure(&mem, mem_size, initrd).map_err(|e| BuildError::Boot(e.to_string()))?;
-    mptable::setup(&mem, config.vcpus).map_err(|e| BuildError::Boot(e.to_string()))?;
-    regs::write_boot_gdt(&mem).map_err(|e| BuildError::Boot(e.to_string()))?;
+    write_boot_tables(config, &mem, mem_size, &cmdline, initrd)?;
 
-    install_kick_handler()?;
-    let mut handles = Vec::with_capacity(config.vcpus as usize);
-    for i in 0..config.vcpus {
-        let vcpu = Vcpu::new(
-            vm.fd(),
-            vm.kvm(),
-            i,
-            config.vcpus,
-            entry,
-            pio.clone(),
-            mmio.clone(),
-            control.clone(),
-        )?;
-        handles.push(vcpu.start(vcpu_setup.clone())?);
-    }
-    let vcpus = Vcpus::new(handles, control.clone());
+    let vcpus = start_vcpus(&vm, config, entry, &pio, &mmio, &control, vcpu_setup)?;
     tracing::info!(
         "VM built and {} vCPU(s) started in {:?}",
         config.vcpus,
@@ -382,7 +534,7 @@ impl MutEventSubscriber for ResetWatcher {
         let _ = self.evt.read();
         tracing::info!("guest reset through the i8042: stopping the VM");
         self.control
-            .request_exit(crate::vstate::vcpu::exit_code::GUEST_SHUTDOWN);
+            .request_exit(crate::vstate::vcpu::ExitReason::GuestShutdown);
     }
 
     fn init(&mut self, ops: &mut event_manager::EventOps) {
@@ -391,6 +543,42 @@ impl MutEventSubscriber for ResetWatcher {
             vmm_sys_util::epoll::EventSet::IN,
         )) {
             tracing::error!("watching the reset line: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_errors_name_the_device() {
+        let e = BuildError::Device {
+            device: DeviceId::Drive("rootfs".into()),
+            source: DeviceError::Disk(DiskError::Open(
+                "/nonexistent".into(),
+                std::io::Error::from_raw_os_error(libc::ENOENT),
+            )),
+        };
+        assert_eq!(
+            e.to_string(),
+            "drive rootfs: cannot open drive file /nonexistent: No such file or directory (os error 2)"
+        );
+        let e = device_error(DeviceId::Net("tap0".into()))(DeviceError::Irq(
+            std::io::Error::from_raw_os_error(libc::EMFILE),
+        ));
+        assert!(
+            e.to_string().starts_with("net tap0: interrupt eventfd: "),
+            "{e}"
+        );
+        for (id, name) in [
+            (DeviceId::Serial, "serial"),
+            (DeviceId::I8042, "i8042"),
+            (DeviceId::Vsock, "vsock"),
+            (DeviceId::Rng, "rng"),
+            (DeviceId::Balloon, "balloon"),
+        ] {
+            assert_eq!(id.to_string(), name);
         }
     }
 }

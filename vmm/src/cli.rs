@@ -1,14 +1,17 @@
 //! Command-line interface: flags and/or a JSON config file, then build, run,
-//! and exit with the VM's status. Every failure prints one line and exits
-//! non-zero.
+//! and exit with the VM's status. The flag names and value syntax come from
+//! `vmlet-vmm-api`, which also prints them for the programs that start the VMM.
 //!
 //! Exit status: 0 the guest powered off or reset; 1 error; 2 the guest did not
 //! power off within the graceful-shutdown timeout and was stopped; 128 + N when
-//! signal N (SIGTERM, SIGINT) stopped it.
+//! signal N (SIGTERM, SIGINT) stopped it; 159 a seccomp violation. Every non-zero
+//! exit ends with one line on stderr that says why:
+//! `vmlet-vmm: error: REASON (exit status N)`.
 
 use crate::config::{DriveConfig, NetConfig, SerialOutput, VmConfig, VsockConfig};
 use clap::Parser;
 use std::path::PathBuf;
+use vmlet_vmm_api::config::flag;
 
 /// Flags. Anything given here overrides the `--config` file.
 #[derive(Parser, Debug)]
@@ -19,110 +22,51 @@ use std::path::PathBuf;
 )]
 pub struct Args {
     /// JSON configuration file (see `VmConfig`).
-    #[arg(long)]
+    #[arg(long = flag::CONFIG)]
     pub config: Option<PathBuf>,
     /// Uncompressed ELF vmlinux with a PVH entry.
-    #[arg(long)]
+    #[arg(long = flag::KERNEL)]
     pub kernel: Option<PathBuf>,
     /// initramfs (cpio).
-    #[arg(long)]
+    #[arg(long = flag::INITRAMFS)]
     pub initramfs: Option<PathBuf>,
     /// Extra kernel command line.
-    #[arg(long)]
+    #[arg(long = flag::CMDLINE)]
     pub cmdline: Option<String>,
     /// vCPUs.
-    #[arg(long)]
+    #[arg(long = flag::VCPUS)]
     pub vcpus: Option<u8>,
     /// Guest memory in MiB.
-    #[arg(long)]
+    #[arg(long = flag::MEM_MIB)]
     pub mem_mib: Option<u64>,
     /// A drive: `id=ID,path=FILE[,ro]` (repeatable).
-    #[arg(long = "drive", value_parser = parse_drive)]
+    #[arg(long = flag::DRIVE, value_parser = DriveConfig::from_flag)]
     pub drives: Vec<DriveConfig>,
     /// A network card: `tap=NAME[,mac=aa:bb:cc:dd:ee:ff]` (repeatable).
-    #[arg(long = "net", value_parser = parse_net)]
+    #[arg(long = flag::NET, value_parser = NetConfig::from_flag)]
     pub net: Vec<NetConfig>,
     /// vsock: `cid=N,uds=PATH`.
-    #[arg(long, value_parser = parse_vsock)]
+    #[arg(long = flag::VSOCK, value_parser = VsockConfig::from_flag)]
     pub vsock: Option<VsockConfig>,
     /// Do not offer a virtio-rng device.
-    #[arg(long)]
+    #[arg(long = flag::NO_RNG)]
     pub no_rng: bool,
     /// Offer a virtio-balloon that takes back the memory the guest frees.
-    #[arg(long)]
+    #[arg(long = flag::FREE_PAGE_REPORTING)]
     pub free_page_reporting: bool,
     /// Back guest RAM with transparent huge pages (faster page walks, but each page
     /// the guest touches costs the host 2 MiB).
-    #[arg(long)]
+    #[arg(long = flag::HUGE_PAGES)]
     pub huge_pages: bool,
     /// Serial console: `stdout`, `off` or a file path.
-    #[arg(long)]
+    #[arg(long = flag::SERIAL)]
     pub serial: Option<String>,
     /// Control socket path.
-    #[arg(long)]
+    #[arg(long = flag::CONTROL_SOCKET)]
     pub control_socket: Option<PathBuf>,
     /// Do not install seccomp filters (debugging only).
-    #[arg(long)]
+    #[arg(long = flag::NO_SECCOMP)]
     pub no_seccomp: bool,
-}
-
-fn key_values(s: &str) -> Vec<(&str, &str)> {
-    s.split(',')
-        .filter(|p| !p.is_empty())
-        .map(|p| p.split_once('=').unwrap_or((p, "")))
-        .collect()
-}
-
-fn parse_drive(s: &str) -> Result<DriveConfig, String> {
-    let (mut id, mut path, mut ro) = (None, None, false);
-    for (k, v) in key_values(s) {
-        match k {
-            "id" => id = Some(v.to_owned()),
-            "path" => path = Some(PathBuf::from(v)),
-            "ro" | "read_only" => ro = true,
-            _ => return Err(format!("unknown drive option {k:?} (use id=,path=,ro)")),
-        }
-    }
-    Ok(DriveConfig {
-        id: id.ok_or("drive needs id=")?,
-        path: path.ok_or("drive needs path=")?,
-        read_only: ro,
-    })
-}
-
-fn parse_net(s: &str) -> Result<NetConfig, String> {
-    let (mut tap, mut mac) = (None, None);
-    for (k, v) in key_values(s) {
-        match k {
-            "tap" => tap = Some(v.to_owned()),
-            "mac" => mac = Some(v.to_owned()),
-            _ => return Err(format!("unknown net option {k:?} (use tap=,mac=)")),
-        }
-    }
-    Ok(NetConfig {
-        tap: tap.ok_or("net needs tap=")?,
-        mac,
-    })
-}
-
-fn parse_vsock(s: &str) -> Result<VsockConfig, String> {
-    let (mut cid, mut uds) = (None, None);
-    for (k, v) in key_values(s) {
-        match k {
-            "cid" => {
-                cid = Some(
-                    v.parse::<u64>()
-                        .map_err(|_| format!("bad vsock cid {v:?}"))?,
-                )
-            }
-            "uds" | "uds_path" => uds = Some(PathBuf::from(v)),
-            _ => return Err(format!("unknown vsock option {k:?} (use cid=,uds=)")),
-        }
-    }
-    Ok(VsockConfig {
-        cid: cid.ok_or("vsock needs cid=")?,
-        uds_path: uds.ok_or("vsock needs uds=")?,
-    })
 }
 
 /// Merges the config file and the flags.
@@ -170,11 +114,7 @@ pub fn resolve(args: Args) -> Result<VmConfig, String> {
         config.huge_pages = true;
     }
     if let Some(s) = args.serial {
-        config.serial = match s.as_str() {
-            "stdout" => SerialOutput::Stdout,
-            "off" => SerialOutput::Off,
-            path => SerialOutput::File(path.into()),
-        };
+        config.serial = SerialOutput::from_flag(&s);
     }
     if args.control_socket.is_some() {
         config.control_socket = args.control_socket;
@@ -183,6 +123,17 @@ pub fn resolve(args: Args) -> Result<VmConfig, String> {
         config.seccomp = false;
     }
     Ok(config)
+}
+
+/// The last line of a non-zero exit: `vmlet-vmm: error: REASON (exit status N)`.
+pub fn exit_line(code: i32, reason: &dyn std::fmt::Display) -> String {
+    format!("vmlet-vmm: error: {reason} (exit status {code})")
+}
+
+/// Prints [`exit_line`] as the process's last line on stderr and returns `code`.
+fn fail(code: i32, reason: &dyn std::fmt::Display) -> i32 {
+    eprintln!("{}", exit_line(code, reason));
+    code
 }
 
 /// Runs the VMM; returns the process exit status.
@@ -197,17 +148,14 @@ pub fn main() -> i32 {
     let args = Args::parse();
     let config = match resolve(args) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("vmlet-vmm: {e}");
-            return 1;
-        }
+        Err(e) => return fail(1, &e),
     };
     match crate::runner::run(&config) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("vmlet-vmm: {e}");
-            1
-        }
+        Ok(end) => match end.code() {
+            0 => 0,
+            code => fail(code, &end),
+        },
+        Err(e) => fail(1, &e),
     }
 }
 
@@ -215,17 +163,106 @@ pub fn main() -> i32 {
 mod tests {
     use super::*;
 
+    /// Parses `args` (without the program name) as vmlet-vmm's command line.
+    fn parse(args: &[String]) -> VmConfig {
+        let argv = std::iter::once("vmlet-vmm".to_owned()).chain(args.iter().cloned());
+        resolve(Args::try_parse_from(argv).unwrap()).unwrap()
+    }
+
+    /// Every field set away from its default, so that a flag the printer forgets
+    /// or the parser misreads shows.
+    fn everything() -> VmConfig {
+        VmConfig {
+            initramfs: Some("/i.cpio".into()),
+            cmdline: "-quiet console=hvc0".into(),
+            vcpus: 3,
+            mem_mib: 512,
+            drives: vec![
+                DriveConfig {
+                    id: "scratch".into(),
+                    path: "/pod/scratch.ext4".into(),
+                    read_only: false,
+                },
+                DriveConfig {
+                    id: "slot0".into(),
+                    path: "-odd name=x.img".into(),
+                    read_only: true,
+                },
+            ],
+            net: vec![
+                NetConfig {
+                    tap: "tap0".into(),
+                    mac: Some("02:00:00:00:00:02".into()),
+                },
+                NetConfig {
+                    tap: "tap1".into(),
+                    mac: None,
+                },
+            ],
+            vsock: Some(VsockConfig {
+                cid: 7,
+                uds_path: "/run/pod/vsock".into(),
+            }),
+            rng: false,
+            free_page_reporting: true,
+            huge_pages: true,
+            serial: SerialOutput::File("/pod/console.log".into()),
+            control_socket: Some("/run/pod/ctl".into()),
+            seccomp: false,
+            ..VmConfig::new("/k/vmlinux".into())
+        }
+    }
+
     #[test]
-    fn flag_parsers() {
-        let d = parse_drive("id=root,path=/img,ro").unwrap();
-        assert_eq!((d.id.as_str(), d.read_only), ("root", true));
-        assert!(parse_drive("path=/img").is_err());
-        assert!(parse_drive("id=a,path=/b,bogus=1").is_err());
-        let n = parse_net("tap=tap0,mac=02:00:00:00:00:01").unwrap();
-        assert_eq!(n.tap, "tap0");
-        let v = parse_vsock("cid=3,uds=/run/v.sock").unwrap();
-        assert_eq!(v.cid, 3);
-        assert!(parse_vsock("cid=x,uds=/a").is_err());
+    fn generated_argv_parses_back_into_the_same_config() {
+        let c = everything();
+        assert_eq!(parse(&c.to_args().unwrap()), c);
+        for serial in [SerialOutput::Stdout, SerialOutput::Off] {
+            let c = VmConfig {
+                serial,
+                ..VmConfig::new("k".into())
+            };
+            assert_eq!(parse(&c.to_args().unwrap()), c);
+        }
+    }
+
+    #[test]
+    fn generated_config_file_reads_back_into_the_same_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vm.json");
+        let c = everything();
+        std::fs::write(&path, c.to_json().unwrap()).unwrap();
+        assert_eq!(
+            parse(&["--config".to_owned(), path.display().to_string()]),
+            c
+        );
+    }
+
+    #[test]
+    fn documented_flags_parse() {
+        let args: Vec<String> =
+            "--kernel vmlinux --initramfs initramfs.cpio --vcpus 2 --mem-mib 256 \
+            --drive id=rootfs,path=image.erofs,ro --drive id=scratch,path=scratch.ext4 \
+            --net tap=tap0,mac=02:00:00:00:00:02 --vsock cid=3,uds=/run/vm1/vsock.sock \
+            --control-socket /run/vm1/control.sock --serial /run/vm1/console.log"
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect();
+        let c = parse(&args);
+        assert_eq!(c.drives.len(), 2);
+        assert!(c.drives[0].read_only && !c.drives[1].read_only);
+        assert_eq!(c.vsock.as_ref().map(|v| v.cid), Some(3));
+        assert_eq!(parse(&c.to_args().unwrap()), c);
+        assert!(Args::try_parse_from(["vmlet-vmm", "--drive", "id=a,path=/b,bogus=1"]).is_err());
+        assert!(Args::try_parse_from(["vmlet-vmm", "--vsock", "cid=x,uds=/a"]).is_err());
+    }
+
+    #[test]
+    fn exit_lines() {
+        assert_eq!(
+            exit_line(1, &"no kernel given"),
+            "vmlet-vmm: error: no kernel given (exit status 1)"
+        );
     }
 
     #[test]

@@ -1,23 +1,20 @@
 //! The control socket: newline-delimited JSON over a unix stream socket, served
 //! on the VMM's event loop. One request per line, one response line each; a
-//! connection may carry many requests.
+//! connection may carry many requests. The protocol (requests, replies, version)
+//! is `vmlet_vmm_api::control`; this module executes it:
 //!
-//! Requests:
-//! - `{"cmd":"status"}` → `{"ok":true,"state":"running"|"paused","vcpus":N,"mem_mib":M,"drives":[{"id","path","read_only","sectors"}]}`
-//! - `{"cmd":"pause"}`, `{"cmd":"resume"}` → `{"ok":true}`
-//! - `{"cmd":"swap_drive","id":"ID","path":"FILE"}` → `{"ok":true,"sectors":N}`:
-//!   the drive's backing file is replaced and the guest gets a config-change interrupt
-//! - `{"cmd":"shutdown","timeout_ms":N}` → `{"ok":true}`: asks the guest to power
-//!   off (a connection to its vsock port [`GUEST_POWER_PORT`]); if it has not
-//!   after `timeout_ms` (default 5000), the VMM stops it and exits with status 2
-//!
-//! Errors: `{"ok":false,"error":"..."}`.
+//! - `status`: run state, vCPUs, memory, drives, and the protocol version
+//! - `pause`, `resume`: the vCPUs
+//! - `swap_drive`: the drive's backing file is replaced and the guest gets a
+//!   config-change interrupt
+//! - `shutdown`: asks the guest to power off (a connection to its vsock port
+//!   [`GUEST_POWER_PORT`]); if it has not after `timeout_ms` (default 5000), the
+//!   VMM stops it and exits with status 2
 
 use crate::builder::VmParts;
 use crate::uds::BindError;
 use crate::vstate::vcpu::RunState;
 use event_manager::{EventOps, Events, MutEventSubscriber};
-use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::AsRawFd;
@@ -25,6 +22,9 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use vmlet_vmm_api::control::{
+    DriveStatus, Request, Response, StatusReply, SwapDriveReply, VmState, PROTOCOL_VERSION,
+};
 use vmm_sys_util::epoll::EventSet;
 
 /// Guest vsock port whose connection asks the guest init to power off.
@@ -52,39 +52,6 @@ pub fn bind_unix(path: &Path) -> Result<UnixListener, ControlError> {
         BindError::InUse(p) => ControlError::Busy(p),
         other => ControlError::Bind(other),
     })
-}
-
-/// A request.
-#[derive(Debug, Deserialize, PartialEq)]
-#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
-pub enum Request {
-    /// Report state.
-    Status,
-    /// Pause the vCPUs.
-    Pause,
-    /// Resume the vCPUs.
-    Resume,
-    /// Replace a drive's backing file.
-    SwapDrive {
-        /// Drive ID.
-        id: String,
-        /// New backing file.
-        path: PathBuf,
-    },
-    /// Graceful shutdown.
-    Shutdown {
-        /// How long the guest gets before it is stopped.
-        #[serde(default)]
-        timeout_ms: Option<u64>,
-    },
-}
-
-#[derive(Serialize)]
-struct DriveStatus {
-    id: String,
-    path: PathBuf,
-    read_only: bool,
-    sectors: u64,
 }
 
 /// State shared between the control server and the run loop.
@@ -125,55 +92,28 @@ impl ControlServer {
         }
     }
 
-    /// Executes one request line.
-    pub fn handle_line(&mut self, line: &[u8]) -> serde_json::Value {
-        match serde_json::from_slice::<Request>(line) {
-            Ok(req) => match self.execute(req) {
-                Ok(v) => v,
-                Err(e) => serde_json::json!({"ok": false, "error": e}),
-            },
-            Err(e) => serde_json::json!({"ok": false, "error": format!("bad request: {e}")}),
-        }
+    /// Executes one request line and returns the reply line (without newline).
+    pub fn handle_line(&mut self, line: &[u8]) -> String {
+        let reply = Request::decode(line)
+            .map_err(|e| e.to_string())
+            .and_then(|req| self.execute(req))
+            .and_then(|response| response.encode().map_err(|e| e.to_string()));
+        reply.unwrap_or_else(|e| Response::encode_error(&e))
     }
 
-    fn execute(&mut self, req: Request) -> Result<serde_json::Value, String> {
+    fn execute(&mut self, req: Request) -> Result<Response, String> {
         match req {
-            Request::Status => {
-                let state = match self.vm.vcpus.state() {
-                    RunState::Running => "running",
-                    RunState::Paused => "paused",
-                    RunState::Stopped => "stopped",
-                };
-                let mut drives: Vec<DriveStatus> = self
-                    .vm
-                    .drives
-                    .values()
-                    .map(|d| {
-                        let d = d.lock().unwrap_or_else(|e| e.into_inner());
-                        DriveStatus {
-                            id: d.id().to_owned(),
-                            path: d.disk().path().to_owned(),
-                            read_only: d.disk().read_only(),
-                            sectors: d.disk().sectors(),
-                        }
-                    })
-                    .collect();
-                drives.sort_by(|a, b| a.id.cmp(&b.id));
-                Ok(serde_json::json!({
-                    "ok": true, "state": state, "vcpus": self.vm.vcpu_count,
-                    "mem_mib": self.vm.mem_mib, "drives": drives,
-                }))
-            }
+            Request::Status => Ok(Response::Status(self.status())),
             Request::Pause => {
                 self.vm
                     .vcpus
                     .pause(Duration::from_secs(2))
                     .map_err(|e| e.to_string())?;
-                Ok(serde_json::json!({"ok": true}))
+                Ok(Response::Done)
             }
             Request::Resume => {
                 self.vm.vcpus.resume();
-                Ok(serde_json::json!({"ok": true}))
+                Ok(Response::Done)
             }
             Request::SwapDrive { id, path } => {
                 let drive = self
@@ -183,7 +123,9 @@ impl ControlServer {
                     .ok_or_else(|| format!("no drive with id {id:?}"))?;
                 let mut drive = drive.lock().unwrap_or_else(|e| e.into_inner());
                 drive.swap(&path).map_err(|e| e.to_string())?;
-                Ok(serde_json::json!({"ok": true, "sectors": drive.disk().sectors()}))
+                Ok(Response::SwapDrive(SwapDriveReply {
+                    sectors: drive.disk().sectors(),
+                }))
             }
             Request::Shutdown { timeout_ms } => {
                 let timeout = Duration::from_millis(timeout_ms.unwrap_or(DEFAULT_SHUTDOWN_MS));
@@ -199,8 +141,38 @@ impl ControlServer {
                     Some(uds) => ask_guest_to_power_off(uds.clone()),
                     None => tracing::warn!("no vsock: cannot ask the guest to power off"),
                 }
-                Ok(serde_json::json!({"ok": true}))
+                Ok(Response::Done)
             }
+        }
+    }
+
+    fn status(&self) -> StatusReply {
+        let state = match self.vm.vcpus.state() {
+            RunState::Running => VmState::Running,
+            RunState::Paused => VmState::Paused,
+            RunState::Stopped => VmState::Stopped,
+        };
+        let mut drives: Vec<DriveStatus> = self
+            .vm
+            .drives
+            .values()
+            .map(|d| {
+                let d = d.lock().unwrap_or_else(|e| e.into_inner());
+                DriveStatus {
+                    id: d.id().to_owned(),
+                    path: d.disk().path().to_owned(),
+                    read_only: d.disk().read_only(),
+                    sectors: d.disk().sectors(),
+                }
+            })
+            .collect();
+        drives.sort_by(|a, b| a.id.cmp(&b.id));
+        StatusReply {
+            version: PROTOCOL_VERSION,
+            state,
+            vcpus: self.vm.vcpu_count,
+            mem_mib: self.vm.mem_mib,
+            drives,
         }
     }
 
@@ -258,7 +230,7 @@ impl ControlServer {
         while let Some(pos) = conn.buf.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = conn.buf.drain(..=pos).collect();
             let reply = self.handle_line(&line[..line.len() - 1]);
-            let mut out = reply.to_string().into_bytes();
+            let mut out = reply.into_bytes();
             out.push(b'\n');
             // Replies are small; a client that does not read them is dropped.
             conn.stream.set_nonblocking(false).ok();
@@ -336,28 +308,6 @@ impl Drop for ControlServer {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
-
-    #[test]
-    fn request_parsing() {
-        assert_eq!(
-            serde_json::from_str::<Request>(r#"{"cmd":"status"}"#).unwrap(),
-            Request::Status
-        );
-        assert_eq!(
-            serde_json::from_str::<Request>(r#"{"cmd":"swap_drive","id":"a","path":"/b"}"#)
-                .unwrap(),
-            Request::SwapDrive {
-                id: "a".into(),
-                path: "/b".into()
-            }
-        );
-        assert_eq!(
-            serde_json::from_str::<Request>(r#"{"cmd":"shutdown"}"#).unwrap(),
-            Request::Shutdown { timeout_ms: None }
-        );
-        assert!(serde_json::from_str::<Request>(r#"{"cmd":"explode"}"#).is_err());
-        assert!(serde_json::from_str::<Request>(r#"{"cmd":"swap_drive","id":"a"}"#).is_err());
-    }
 
     #[test]
     fn busy_and_stale_sockets() {

@@ -3,7 +3,8 @@
 //! Layers, lowest first; each imports only those below it:
 //! `arch` (boot layout) → `vstate` (KVM VM, vCPUs, memory) → `devices` →
 //! `config` → `builder` (config → running VM) → `runner` (event loop, control
-//! socket) → `cli`.
+//! socket) → `cli`. The configuration and control-protocol types come from
+//! `vmlet-vmm-api`, which the programs that start the VMM share.
 
 pub mod arch;
 pub mod builder;

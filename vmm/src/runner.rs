@@ -6,7 +6,7 @@ use crate::config::VmConfig;
 use crate::control::{bind_unix, ControlServer, Lifecycle};
 use crate::seccomp::{self, ThreadKind};
 use crate::signals::TermSignals;
-use crate::vstate::vcpu::{exit_code, VcpuControl};
+use crate::vstate::vcpu::{exit_code, ExitReason, VcpuControl};
 use event_manager::{EventOps, Events, MutEventSubscriber, SubscriberOps};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -33,8 +33,46 @@ pub enum RunError {
     Seccomp(#[from] seccomp::SeccompError),
 }
 
-/// Builds the VM, runs it until it ends, and returns the exit status.
-pub fn run(config: &VmConfig) -> Result<i32, RunError> {
+/// How a run of the VM ended; [`RunEnd::code`] is the VMM's exit status.
+#[derive(Debug, thiserror::Error)]
+pub enum RunEnd {
+    /// The VM ended by itself: the guest powered off, or a vCPU failed.
+    #[error(transparent)]
+    Vm(ExitReason),
+    /// A graceful shutdown timed out and the VM was stopped.
+    #[error("the guest did not power off within the shutdown timeout: stopped it")]
+    ForcedStop,
+    /// A termination signal stopped the VM.
+    #[error("stopped by {}", signal_name(*.0))]
+    Signal(i32),
+    /// The event loop failed.
+    #[error("event loop: {0}")]
+    EventLoop(event_manager::Error),
+}
+
+impl RunEnd {
+    /// The exit status: 0 the guest powered off, 1 a failure, [`FORCED_STOP`], or
+    /// 128 + the signal.
+    pub fn code(&self) -> i32 {
+        match self {
+            RunEnd::Vm(reason) => reason.code(),
+            RunEnd::ForcedStop => FORCED_STOP,
+            RunEnd::Signal(signal) => 128 + signal,
+            RunEnd::EventLoop(_) => exit_code::ERROR,
+        }
+    }
+}
+
+fn signal_name(signal: i32) -> String {
+    match signal {
+        libc::SIGTERM => "SIGTERM".to_owned(),
+        libc::SIGINT => "SIGINT".to_owned(),
+        other => format!("signal {other}"),
+    }
+}
+
+/// Builds the VM, runs it until it ends, and says how it ended.
+pub fn run(config: &VmConfig) -> Result<RunEnd, RunError> {
     // Bind the control socket first: a busy path must fail before a VM exists.
     let listener = match &config.control_socket {
         Some(path) => Some((bind_unix(path)?, path.clone())),
@@ -76,11 +114,10 @@ pub fn run(config: &VmConfig) -> Result<i32, RunError> {
     if let Some((vmm_filter, _)) = &filters {
         seccomp::apply(ThreadKind::Vmm, vmm_filter)?;
     }
-    let mut code = None;
+    let mut end = None;
     while !exited.load(Ordering::SeqCst) {
         if let Err(e) = vmm.event_manager.run_with_timeout(100) {
-            tracing::error!("event loop: {e}");
-            code = Some(exit_code::ERROR);
+            end = Some(RunEnd::EventLoop(e));
             break;
         }
         let deadline = *lifecycle
@@ -88,17 +125,16 @@ pub fn run(config: &VmConfig) -> Result<i32, RunError> {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         if deadline.is_some_and(|d| Instant::now() >= d) {
-            tracing::warn!("the guest did not power off in time: stopping it");
-            code = Some(FORCED_STOP);
+            end = Some(RunEnd::ForcedStop);
             break;
         }
     }
     vmm.parts.vcpus.stop();
     let signal = signal.load(Ordering::SeqCst);
     if signal != 0 {
-        return Ok(128 + signal);
+        return Ok(RunEnd::Signal(signal));
     }
-    Ok(code.unwrap_or_else(|| control.exit_code()))
+    Ok(end.unwrap_or_else(|| RunEnd::Vm(control.exit_reason())))
 }
 
 /// Ends the event loop when a vCPU or device asks the VM to stop.
@@ -117,5 +153,37 @@ impl MutEventSubscriber for ExitWatch {
         if let Err(e) = ops.add(Events::new(&self.control.exit_evt, EventSet::IN)) {
             tracing::error!("watching vCPU exits: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vstate::vcpu::{Registers, RegsReport, VcpuFault};
+
+    #[test]
+    fn exit_statuses_and_reasons() {
+        assert_eq!(RunEnd::Vm(ExitReason::GuestShutdown).code(), 0);
+        let crash = RunEnd::Vm(ExitReason::VcpuFault {
+            vcpu: 1,
+            fault: VcpuFault::Crash { exit: "SHUTDOWN" },
+            regs: RegsReport::Read(Registers {
+                rip: 0xffff_ffff_8100_0000,
+                ..Registers::default()
+            }),
+        });
+        assert_eq!(crash.code(), 1);
+        let text = crash.to_string();
+        assert!(
+            text.starts_with("vCPU 1: guest crash: KVM exit SHUTDOWN without a reset request"),
+            "{text}"
+        );
+        assert!(text.contains("rip=0xffffffff81000000"), "{text}");
+        assert_eq!(RunEnd::ForcedStop.code(), FORCED_STOP);
+        assert_eq!(RunEnd::Signal(libc::SIGTERM).code(), 143);
+        assert_eq!(
+            RunEnd::Signal(libc::SIGTERM).to_string(),
+            "stopped by SIGTERM"
+        );
     }
 }

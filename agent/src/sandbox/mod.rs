@@ -23,6 +23,7 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use nix::sys::signal::Signal;
 use tokio::sync::watch;
+use vmlet_vmm_api::control::Request;
 
 pub use guest::GuestClient;
 pub use hypervisor::{Hypervisor, Processes, VmControl};
@@ -92,6 +93,22 @@ pub enum SandboxError {
         /// Why.
         reason: String,
     },
+    /// The VMM refused a control request, or its reply could not be read.
+    #[error("VMM control socket {socket}: {cmd} {source}")]
+    Protocol {
+        /// The socket.
+        socket: PathBuf,
+        /// The request.
+        cmd: &'static str,
+        /// What went wrong.
+        source: vmlet_vmm_api::ProtocolError,
+    },
+    /// More vCPUs than the VMM takes.
+    #[error("{0} vCPUs asked for, the VMM takes at most 255")]
+    Vcpus(u32),
+    /// The VMM's command line cannot express the configuration.
+    #[error("the VMM's command line: {0}")]
+    VmmArgs(vmlet_vmm_api::ArgsError),
 }
 
 /// How a VMM process ended.
@@ -169,25 +186,19 @@ impl VmControl for SocketControl {
         path: &'a Path,
     ) -> BoxFuture<'a, Result<(), SandboxError>> {
         Box::pin(async move {
-            vmm::control(
-                &self.socket,
-                serde_json::json!({"cmd": "swap_drive", "id": id, "path": path}),
-            )
-            .await
-            .map(drop)
+            let request = Request::SwapDrive {
+                id: id.to_owned(),
+                path: path.to_owned(),
+            };
+            vmm::control(&self.socket, &request).await.map(drop)
         })
     }
 
     fn shutdown(&self, grace: Duration) -> BoxFuture<'_, Result<(), SandboxError>> {
-        let ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
-        Box::pin(async move {
-            vmm::control(
-                &self.socket,
-                serde_json::json!({"cmd": "shutdown", "timeout_ms": ms}),
-            )
-            .await
-            .map(drop)
-        })
+        let request = Request::Shutdown {
+            timeout_ms: Some(u64::try_from(grace.as_millis()).unwrap_or(u64::MAX)),
+        };
+        Box::pin(async move { vmm::control(&self.socket, &request).await.map(drop) })
     }
 
     fn kill(&self) {

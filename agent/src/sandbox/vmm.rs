@@ -1,5 +1,6 @@
 //! The vmlet-vmm process of a pod: spawning it so that it outlives vmletd, finding it
-//! again after a restart, signalling it, and its JSON control socket.
+//! again after a restart, signalling it, and its control socket. Its command line
+//! and control requests are the typed ones of `vmlet-vmm-api`.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -8,10 +9,15 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
+use vmlet_vmm_api::config::{DriveConfig, NetConfig, SerialOutput, VmConfig, VsockConfig};
+use vmlet_vmm_api::control::{Request, Response};
+
 use super::SandboxError;
 
 /// Longest a control request may take.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
+/// The guest's vsock context ID (each VM has its own vsock device, so all share it).
+const GUEST_CID: u64 = 3;
 
 /// What to start.
 #[derive(Debug, Clone)]
@@ -46,9 +52,47 @@ pub struct VmmCommand {
     pub nets: Vec<(String, String)>,
 }
 
+impl VmmCommand {
+    /// The VMM's launch configuration.
+    pub fn vm_config(&self) -> Result<VmConfig, SandboxError> {
+        Ok(VmConfig {
+            initramfs: Some(self.initramfs.clone()),
+            cmdline: self.kernel_args.clone(),
+            vcpus: u8::try_from(self.vcpus).map_err(|_| SandboxError::Vcpus(self.vcpus))?,
+            mem_mib: self.mem_mib,
+            drives: self
+                .drives
+                .iter()
+                .map(|(id, path, read_only)| DriveConfig {
+                    id: id.clone(),
+                    path: path.clone(),
+                    read_only: *read_only,
+                })
+                .collect(),
+            net: self
+                .nets
+                .iter()
+                .map(|(tap, mac)| NetConfig {
+                    tap: tap.clone(),
+                    mac: Some(mac.clone()),
+                })
+                .collect(),
+            vsock: Some(VsockConfig {
+                cid: GUEST_CID,
+                uds_path: self.vsock.clone(),
+            }),
+            free_page_reporting: self.free_page_reporting,
+            serial: SerialOutput::File(self.console.clone()),
+            control_socket: Some(self.control.clone()),
+            ..VmConfig::new(self.kernel.clone())
+        })
+    }
+}
+
 /// Starts the VMM in its own process group, with its output in a file: neither a
 /// terminal's signals nor vmletd's exit reach it, so the pod outlives the daemon.
 pub fn spawn(c: &VmmCommand) -> Result<tokio::process::Child, SandboxError> {
+    let args = c.vm_config()?.to_args().map_err(SandboxError::VmmArgs)?;
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -64,33 +108,7 @@ pub fn spawn(c: &VmmCommand) -> Result<tokio::process::Child, SandboxError> {
         source,
     })?;
     let mut cmd = tokio::process::Command::new(&c.binary);
-    cmd.arg("--kernel")
-        .arg(&c.kernel)
-        .arg("--initramfs")
-        .arg(&c.initramfs)
-        .arg("--cmdline")
-        .arg(&c.kernel_args)
-        .arg("--vcpus")
-        .arg(c.vcpus.to_string())
-        .arg("--mem-mib")
-        .arg(c.mem_mib.to_string())
-        .arg("--vsock")
-        .arg(format!("cid=3,uds={}", c.vsock.display()))
-        .arg("--serial")
-        .arg(&c.console)
-        .arg("--control-socket")
-        .arg(&c.control);
-    if c.free_page_reporting {
-        cmd.arg("--free-page-reporting");
-    }
-    for (id, path, ro) in &c.drives {
-        let ro = if *ro { ",ro" } else { "" };
-        cmd.arg("--drive")
-            .arg(format!("id={id},path={}{ro}", path.display()));
-    }
-    for (tap, mac) in &c.nets {
-        cmd.arg("--net").arg(format!("tap={tap},mac={mac}"));
-    }
+    cmd.args(args);
     if let Some(netns) = &c.netns {
         // Opened here (close-on-exec) and entered in the child before exec, so the
         // VMM opens its taps in the pod's namespace; vmletd's own stays untouched.
@@ -163,21 +181,23 @@ pub fn signal(pid: u32, signal: nix::sys::signal::Signal) {
     }
 }
 
-/// Sends one control request and returns the answer, which must say `"ok": true`.
-pub async fn control(
-    socket: &Path,
-    request: serde_json::Value,
-) -> Result<serde_json::Value, SandboxError> {
+/// Sends one control request and returns the VMM's answer; a refusal is an error.
+pub async fn control(socket: &Path, request: &Request) -> Result<Response, SandboxError> {
     let failed = |reason: String| SandboxError::Control {
         socket: socket.to_owned(),
         reason,
     };
+    let protocol = |source| SandboxError::Protocol {
+        socket: socket.to_owned(),
+        cmd: request.name(),
+        source,
+    };
     let exchange = async {
+        let mut line = request.encode().map_err(protocol)?;
+        line.push('\n');
         let mut s = UnixStream::connect(socket)
             .await
             .map_err(|e| failed(format!("connect: {e}")))?;
-        let mut line = request.to_string();
-        line.push('\n');
         s.write_all(line.as_bytes())
             .await
             .map_err(|e| failed(format!("write: {e}")))?;
@@ -186,15 +206,7 @@ pub async fn control(
             .read_line(&mut reply)
             .await
             .map_err(|e| failed(format!("read: {e}")))?;
-        let v: serde_json::Value = serde_json::from_str(&reply)
-            .map_err(|e| failed(format!("bad reply {reply:?}: {e}")))?;
-        if v["ok"] != true {
-            return Err(failed(format!(
-                "{} refused: {}",
-                request["cmd"], v["error"]
-            )));
-        }
-        Ok(v)
+        Response::decode(request, reply.as_bytes()).map_err(protocol)
     };
     tokio::time::timeout(CONTROL_TIMEOUT, exchange)
         .await
@@ -212,30 +224,131 @@ mod tests {
         assert!(!alive(u32::MAX - 1, Path::new("/x")));
     }
 
-    #[tokio::test]
-    async fn control_reports_refusals() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("ctl");
-        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    fn command() -> VmmCommand {
+        VmmCommand {
+            binary: "/bin/vmlet-vmm".into(),
+            kernel: "/k/vmlinux".into(),
+            initramfs: "/k/initramfs.cpio".into(),
+            kernel_args: "quiet".into(),
+            free_page_reporting: true,
+            vcpus: 2,
+            mem_mib: 256,
+            drives: vec![
+                ("scratch".into(), "/p/scratch.ext4".into(), false),
+                ("slot0".into(), "/p/empty.img".into(), true),
+            ],
+            vsock: "/run/p/vsock".into(),
+            control: "/run/p/ctl".into(),
+            console: "/p/console.log".into(),
+            log: "/p/vmm.log".into(),
+            netns: None,
+            nets: vec![("tap0".into(), "02:00:00:00:00:02".into())],
+        }
+    }
+
+    #[test]
+    fn command_line_of_a_pod() {
+        let args = command().vm_config().unwrap().to_args().unwrap();
+        assert_eq!(
+            args,
+            [
+                "--kernel=/k/vmlinux",
+                "--initramfs=/k/initramfs.cpio",
+                "--cmdline=quiet",
+                "--vcpus=2",
+                "--mem-mib=256",
+                "--drive=id=scratch,path=/p/scratch.ext4",
+                "--drive=id=slot0,path=/p/empty.img,ro",
+                "--net=tap=tap0,mac=02:00:00:00:00:02",
+                "--vsock=cid=3,uds=/run/p/vsock",
+                "--free-page-reporting",
+                "--serial=/p/console.log",
+                "--control-socket",
+                "/run/p/ctl",
+            ]
+        );
+        let mut c = command();
+        c.vcpus = 300;
+        assert!(matches!(c.vm_config(), Err(SandboxError::Vcpus(300))));
+        c.vcpus = 1;
+        c.drives[0].1 = "/odd,name".into();
+        let e = spawn(&c).unwrap_err();
+        assert!(e.to_string().contains("comma"), "{e}");
+    }
+
+    /// Serves one connection: reads one request line, answers `reply`, and returns
+    /// the request line.
+    fn serve_once(
+        listener: tokio::net::UnixListener,
+        reply: &'static str,
+    ) -> tokio::task::JoinHandle<String> {
         tokio::spawn(async move {
             let (s, _) = listener.accept().await.unwrap();
             let (r, mut w) = s.into_split();
             let mut line = String::new();
             BufReader::new(r).read_line(&mut line).await.unwrap();
-            w.write_all(b"{\"ok\":false,\"error\":\"no drive with id \\\"x\\\"\"}\n")
-                .await
-                .unwrap();
-        });
-        let e = control(&path, serde_json::json!({"cmd": "swap_drive"}))
+            w.write_all(reply.as_bytes()).await.unwrap();
+            line
+        })
+    }
+
+    #[tokio::test]
+    async fn control_sends_typed_versioned_requests() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ctl");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let server = serve_once(listener, "{\"ok\":true,\"sectors\":8}\n");
+        let request = Request::SwapDrive {
+            id: "slot0".into(),
+            path: "/img".into(),
+        };
+        let reply = control(&path, &request).await.unwrap();
+        assert_eq!(
+            reply,
+            Response::SwapDrive(vmlet_vmm_api::control::SwapDriveReply { sectors: 8 })
+        );
+        let sent = server.await.unwrap();
+        assert_eq!(
+            Request::decode(sent.trim_end().as_bytes()).unwrap(),
+            request
+        );
+        assert!(sent.contains("\"version\":"), "{sent}");
+    }
+
+    #[tokio::test]
+    async fn control_reports_refusals() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ctl");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let _server = serve_once(
+            listener,
+            "{\"ok\":false,\"error\":\"no drive with id \\\"x\\\"\"}\n",
+        );
+        let request = Request::SwapDrive {
+            id: "x".into(),
+            path: "/img".into(),
+        };
+        let e = control(&path, &request).await.unwrap_err();
+        assert!(
+            e.to_string().contains("swap_drive refused: no drive"),
+            "{e}"
+        );
+        let e = control(&dir.path().join("none"), &Request::Status)
             .await
             .unwrap_err();
-        assert!(e.to_string().contains("no drive"), "{e}");
-        let e = control(
-            &dir.path().join("none"),
-            serde_json::json!({"cmd": "status"}),
-        )
-        .await
-        .unwrap_err();
         assert!(e.to_string().contains("connect"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn control_refuses_another_protocol_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ctl");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let _server = serve_once(
+            listener,
+            "{\"ok\":true,\"version\":99,\"state\":\"running\",\"vcpus\":1,\"mem_mib\":128,\"drives\":[]}\n",
+        );
+        let e = control(&path, &Request::Status).await.unwrap_err();
+        assert!(e.to_string().contains("version 99 is not supported"), "{e}");
     }
 }

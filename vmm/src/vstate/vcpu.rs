@@ -7,7 +7,7 @@ use crate::arch::{cpuid, regs};
 use crate::devices::bus::Bus;
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -45,12 +45,156 @@ pub enum RunState {
     Stopped,
 }
 
-/// Why the VM stopped, as reported by a vCPU or device.
+/// Exit statuses of the VMM for the ways a VM ends.
 pub mod exit_code {
     /// The guest reset or powered off.
     pub const GUEST_SHUTDOWN: i32 = 0;
     /// KVM or device failure.
     pub const ERROR: i32 = 1;
+}
+
+/// The registers that locate a vCPU failure in the guest.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Registers {
+    /// Instruction pointer.
+    pub rip: u64,
+    /// Stack pointer.
+    pub rsp: u64,
+    /// Flags.
+    pub rflags: u64,
+    /// CR0 (protection, paging).
+    pub cr0: u64,
+    /// CR2 (the last page-fault address).
+    pub cr2: u64,
+    /// CR3 (page table root).
+    pub cr3: u64,
+    /// CR4.
+    pub cr4: u64,
+    /// EFER (long mode).
+    pub efer: u64,
+}
+
+impl Registers {
+    /// Reads the registers of a vCPU that has left `KVM_RUN`.
+    pub fn read(fd: &VcpuFd) -> Result<Self, kvm_ioctls::Error> {
+        let regs = fd.get_regs()?;
+        let sregs = fd.get_sregs()?;
+        Ok(Registers {
+            rip: regs.rip,
+            rsp: regs.rsp,
+            rflags: regs.rflags,
+            cr0: sregs.cr0,
+            cr2: sregs.cr2,
+            cr3: sregs.cr3,
+            cr4: sregs.cr4,
+            efer: sregs.efer,
+        })
+    }
+}
+
+impl std::fmt::Display for Registers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "rip={:#x} rsp={:#x} rflags={:#x} cr0={:#x} cr2={:#x} cr3={:#x} cr4={:#x} efer={:#x}",
+            self.rip, self.rsp, self.rflags, self.cr0, self.cr2, self.cr3, self.cr4, self.efer
+        )
+    }
+}
+
+/// A vCPU's registers at a failure, or why they could not be read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RegsReport {
+    /// Read.
+    Read(Registers),
+    /// KVM refused to give them.
+    Unavailable(String),
+}
+
+impl std::fmt::Display for RegsReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RegsReport::Read(r) => write!(f, "registers: {r}"),
+            RegsReport::Unavailable(e) => write!(f, "registers unavailable: {e}"),
+        }
+    }
+}
+
+/// What made a vCPU stop running the guest.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum VcpuFault {
+    /// The guest crashed: a triple fault (or a halt) without a reset request.
+    #[error("guest crash: KVM exit {exit} without a reset request (triple fault)")]
+    Crash {
+        /// The KVM exit, `SHUTDOWN` or `HLT`.
+        exit: &'static str,
+    },
+    /// The hardware refused to enter the guest.
+    #[error("KVM exit FAIL_ENTRY: hardware entry failure reason {reason:#x} on host cpu {cpu}")]
+    FailEntry {
+        /// `hardware_entry_failure_reason`.
+        reason: u64,
+        /// The host CPU.
+        cpu: u32,
+    },
+    /// KVM could not handle an exit itself.
+    #[error("KVM exit INTERNAL_ERROR: suberror {suberror} ({}), data {data:x?}", suberror_name(*.suberror))]
+    InternalError {
+        /// `KVM_INTERNAL_ERROR_*`.
+        suberror: u32,
+        /// The extra data KVM gave.
+        data: Vec<u64>,
+    },
+    /// `KVM_RUN` itself failed.
+    #[error("KVM_RUN failed: {0}")]
+    Run(String),
+}
+
+/// The name of a `KVM_INTERNAL_ERROR_*` suberror.
+pub fn suberror_name(suberror: u32) -> &'static str {
+    match suberror {
+        kvm_bindings::KVM_INTERNAL_ERROR_EMULATION => "instruction emulation failed",
+        kvm_bindings::KVM_INTERNAL_ERROR_SIMUL_EX => "exception while delivering an exception",
+        kvm_bindings::KVM_INTERNAL_ERROR_DELIVERY_EV => "event delivery failed",
+        kvm_bindings::KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON => "unexpected VM exit reason",
+        _ => "unknown",
+    }
+}
+
+/// Why the VM ended, as reported by a vCPU or a device.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ExitReason {
+    /// The guest reset or powered off.
+    #[error("the guest powered off or reset")]
+    GuestShutdown,
+    /// A vCPU could not go on running the guest.
+    #[error("vCPU {vcpu}: {fault}; {regs}")]
+    VcpuFault {
+        /// The vCPU.
+        vcpu: u8,
+        /// What happened.
+        fault: VcpuFault,
+        /// Where the guest was.
+        regs: RegsReport,
+    },
+    /// A vCPU thread could not be prepared (its seccomp filter).
+    #[error("vCPU {vcpu}: setting up its thread: {error}")]
+    VcpuSetup {
+        /// The vCPU.
+        vcpu: u8,
+        /// Why.
+        error: String,
+    },
+}
+
+impl ExitReason {
+    /// The VMM's exit status for this reason.
+    pub fn code(&self) -> i32 {
+        match self {
+            ExitReason::GuestShutdown => exit_code::GUEST_SHUTDOWN,
+            ExitReason::VcpuFault { .. } | ExitReason::VcpuSetup { .. } => exit_code::ERROR,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -64,9 +208,10 @@ struct Shared {
 pub struct VcpuControl {
     shared: Mutex<Shared>,
     changed: Condvar,
-    /// Signalled (by any vCPU) when the VM should end; `exit_code` says why.
+    /// Signalled (by any vCPU) when the VM should end; `exit_reason` says why.
     pub exit_evt: EventFd,
-    exit_code: AtomicI32,
+    /// The first failure reported, if any.
+    failure: Mutex<Option<ExitReason>>,
     /// Set when the guest asked for a reset (i8042); a triple fault after that is
     /// the expected end of a reboot, before it a crash.
     pub reset_requested: AtomicBool,
@@ -82,7 +227,7 @@ impl VcpuControl {
             }),
             changed: Condvar::new(),
             exit_evt: EventFd::new(libc::EFD_NONBLOCK)?,
-            exit_code: AtomicI32::new(exit_code::GUEST_SHUTDOWN),
+            failure: Mutex::new(None),
             reset_requested: AtomicBool::new(false),
         })
     }
@@ -96,19 +241,32 @@ impl VcpuControl {
         self.lock().state
     }
 
-    /// Asks the VMM to end the VM with `code` (first caller wins).
-    pub fn request_exit(&self, code: i32) {
-        if code != exit_code::GUEST_SHUTDOWN {
-            self.exit_code.store(code, Ordering::SeqCst);
+    /// Asks the VMM to end the VM for `reason`. The first failure is kept: it is
+    /// the cause, and what follows it is usually a consequence.
+    pub fn request_exit(&self, reason: ExitReason) {
+        if reason != ExitReason::GuestShutdown {
+            let mut failure = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+            if failure.is_none() {
+                *failure = Some(reason);
+            }
         }
         if let Err(e) = self.exit_evt.write(1) {
             tracing::error!("signalling VM exit: {e}");
         }
     }
 
-    /// The exit code requested so far.
+    /// Why the VM ends: the first failure reported, else a guest shutdown.
+    pub fn exit_reason(&self) -> ExitReason {
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .unwrap_or(ExitReason::GuestShutdown)
+    }
+
+    /// The exit status for [`Self::exit_reason`].
     pub fn exit_code(&self) -> i32 {
-        self.exit_code.load(Ordering::SeqCst)
+        self.exit_reason().code()
     }
 }
 
@@ -188,9 +346,9 @@ impl Vcpu {
         let thread = std::thread::Builder::new()
             .name(format!("vcpu{index}"))
             .spawn(move || {
-                if let Err(e) = before_run() {
-                    tracing::error!("vCPU {index} setup: {e}");
-                    self.control.request_exit(exit_code::ERROR);
+                if let Err(error) = before_run() {
+                    self.control
+                        .request_exit(ExitReason::VcpuSetup { vcpu: index, error });
                     return;
                 }
                 self.run()
@@ -206,67 +364,90 @@ impl Vcpu {
             if !self.wait_until_runnable() {
                 break;
             }
-            match self.fd.run() {
+            let fault = match self.fd.run() {
                 Ok(exit) => match exit {
                     VcpuExit::IoIn(port, data) => {
                         if !self.pio.read(u64::from(port), data) {
                             data.fill(0xff);
                         }
+                        None
                     }
                     VcpuExit::IoOut(port, data) => {
                         self.pio.write(u64::from(port), data);
+                        None
                     }
                     VcpuExit::MmioRead(addr, data) => {
                         if !self.mmio.read(addr, data) {
                             data.fill(0);
                         }
+                        None
                     }
                     VcpuExit::MmioWrite(addr, data) => {
                         self.mmio.write(addr, data);
+                        None
                     }
-                    VcpuExit::Shutdown | VcpuExit::Hlt => {
-                        if self.control.reset_requested.load(Ordering::SeqCst) {
-                            tracing::info!("vCPU {}: guest reset", self.index);
-                            self.control.request_exit(exit_code::GUEST_SHUTDOWN);
-                        } else {
-                            tracing::error!("vCPU {}: guest triple fault (crash)", self.index);
-                            self.control.request_exit(exit_code::ERROR);
-                        }
+                    VcpuExit::Shutdown | VcpuExit::Hlt
+                        if self.control.reset_requested.load(Ordering::SeqCst) =>
+                    {
+                        tracing::info!("vCPU {}: guest reset", self.index);
+                        self.control.request_exit(ExitReason::GuestShutdown);
                         break;
                     }
+                    VcpuExit::Shutdown => Some(VcpuFault::Crash { exit: "SHUTDOWN" }),
+                    VcpuExit::Hlt => Some(VcpuFault::Crash { exit: "HLT" }),
                     VcpuExit::SystemEvent(kind, _) => {
                         tracing::info!("vCPU {}: system event {kind}", self.index);
-                        self.control.request_exit(exit_code::GUEST_SHUTDOWN);
+                        self.control.request_exit(ExitReason::GuestShutdown);
                         break;
                     }
-                    VcpuExit::FailEntry(reason, cpu) => {
-                        tracing::error!(
-                            "vCPU {}: entry failed: reason {reason:#x} cpu {cpu}",
-                            self.index
-                        );
-                        self.control.request_exit(exit_code::ERROR);
-                        break;
-                    }
-                    VcpuExit::InternalError => {
-                        tracing::error!("vCPU {}: KVM internal error", self.index);
-                        self.control.request_exit(exit_code::ERROR);
-                        break;
-                    }
+                    VcpuExit::FailEntry(reason, cpu) => Some(VcpuFault::FailEntry { reason, cpu }),
+                    VcpuExit::InternalError => Some(self.internal_error()),
                     other => {
-                        tracing::warn!("vCPU {}: unexpected exit {other:?}", self.index);
+                        let exit = format!("{other:?}");
+                        tracing::warn!(
+                            "vCPU {}: unexpected KVM exit {exit}; {}",
+                            self.index,
+                            self.regs()
+                        );
+                        None
                     }
                 },
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                     self.fd.set_kvm_immediate_exit(0);
+                    None
                 }
-                Err(e) => {
-                    tracing::error!("vCPU {}: KVM_RUN: {e}", self.index);
-                    self.control.request_exit(exit_code::ERROR);
-                    break;
-                }
+                Err(e) => Some(VcpuFault::Run(e.to_string())),
+            };
+            if let Some(fault) = fault {
+                self.control.request_exit(ExitReason::VcpuFault {
+                    vcpu: self.index,
+                    fault,
+                    regs: self.regs(),
+                });
+                break;
             }
         }
         IMMEDIATE_EXIT.with(|p| p.set(std::ptr::null_mut()));
+    }
+
+    /// This vCPU's registers, for a report.
+    fn regs(&self) -> RegsReport {
+        match Registers::read(&self.fd) {
+            Ok(r) => RegsReport::Read(r),
+            Err(e) => RegsReport::Unavailable(e.to_string()),
+        }
+    }
+
+    /// What KVM said about the internal error it just returned.
+    fn internal_error(&mut self) -> VcpuFault {
+        // SAFETY: KVM filled the `internal` member of the exit union: the last
+        // exit was KVM_EXIT_INTERNAL_ERROR, and nothing has run since.
+        let internal = unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal };
+        let n = (internal.ndata as usize).min(internal.data.len());
+        VcpuFault::InternalError {
+            suberror: internal.suberror,
+            data: internal.data[..n].to_vec(),
+        }
     }
 
     /// Parks while paused; returns false when the thread should end.
@@ -379,5 +560,52 @@ impl Vcpus {
             }
             let _ = h.thread.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_failure_is_the_exit_reason() {
+        let control = VcpuControl::new().unwrap();
+        assert_eq!(control.exit_reason(), ExitReason::GuestShutdown);
+        control.request_exit(ExitReason::GuestShutdown);
+        assert_eq!(control.exit_code(), exit_code::GUEST_SHUTDOWN);
+        let first = ExitReason::VcpuFault {
+            vcpu: 0,
+            fault: VcpuFault::FailEntry {
+                reason: 0x21,
+                cpu: 3,
+            },
+            regs: RegsReport::Unavailable("EBADF".into()),
+        };
+        control.request_exit(first.clone());
+        control.request_exit(ExitReason::VcpuSetup {
+            vcpu: 1,
+            error: "later".into(),
+        });
+        control.request_exit(ExitReason::GuestShutdown);
+        assert_eq!(control.exit_reason(), first);
+        assert_eq!(control.exit_code(), exit_code::ERROR);
+        assert_eq!(
+            first.to_string(),
+            "vCPU 0: KVM exit FAIL_ENTRY: hardware entry failure reason 0x21 on host cpu 3; \
+             registers unavailable: EBADF"
+        );
+    }
+
+    #[test]
+    fn internal_errors_name_their_suberror() {
+        let fault = VcpuFault::InternalError {
+            suberror: kvm_bindings::KVM_INTERNAL_ERROR_EMULATION,
+            data: vec![0x10, 0xff],
+        };
+        assert_eq!(
+            fault.to_string(),
+            "KVM exit INTERNAL_ERROR: suberror 1 (instruction emulation failed), data [10, ff]"
+        );
+        assert_eq!(suberror_name(99), "unknown");
     }
 }

@@ -1,7 +1,10 @@
 //! Seccomp filters, one per thread kind, kept as data and compiled with
 //! seccompiler when the VMM starts. Once the VM is built the VMM thread may only
 //! serve its event loop and the vCPU threads may only run the guest; anything
-//! else traps, logs the syscall number, and ends the process.
+//! else traps, reports the syscall's number and name as the process's last line
+//! on stderr, and ends the process with [`VIOLATION_EXIT`].
+
+mod names;
 
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
@@ -129,6 +132,16 @@ const VCPU_SYSCALLS: &[i64] = &[
 
 /// `KVM_RUN` = `_IO(KVMIO, 0x80)`.
 const KVM_RUN: u64 = 0xae80;
+/// `KVM_GET_REGS` = `_IOR(KVMIO, 0x81, struct kvm_regs)`: read when a vCPU fails,
+/// for the exit report.
+const KVM_GET_REGS: u64 = ior(0x81, std::mem::size_of::<kvm_bindings::kvm_regs>());
+/// `KVM_GET_SREGS` = `_IOR(KVMIO, 0x83, struct kvm_sregs)`, likewise.
+const KVM_GET_SREGS: u64 = ior(0x83, std::mem::size_of::<kvm_bindings::kvm_sregs>());
+
+/// `_IOR(KVMIO, nr, size)`.
+const fn ior(nr: u64, size: usize) -> u64 {
+    (2 << 30) | ((size as u64) << 16) | (0xae << 8) | nr
+}
 
 /// Which thread a filter is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -156,7 +169,11 @@ pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
     let ioctls = match kind {
         // std's `set_nonblocking` on accepted sockets uses FIONBIO.
         ThreadKind::Vmm => vec![ioctl_is(libc::FIONBIO)?, ioctl_is(libc::FIOCLEX)?],
-        ThreadKind::Vcpu => vec![ioctl_is(KVM_RUN)?],
+        ThreadKind::Vcpu => vec![
+            ioctl_is(KVM_RUN)?,
+            ioctl_is(KVM_GET_REGS)?,
+            ioctl_is(KVM_GET_SREGS)?,
+        ],
     };
     rules.insert(libc::SYS_ioctl, ioctls);
     let filter = SeccompFilter::new(
@@ -174,6 +191,71 @@ thread_local! {
     static KIND: std::cell::Cell<u8> = const { std::cell::Cell::new(0) };
 }
 
+/// A line built without allocating (the SIGSYS handler may not allocate).
+struct Line {
+    buf: [u8; 160],
+    len: usize,
+}
+
+impl Line {
+    fn new() -> Self {
+        Line {
+            buf: [0; 160],
+            len: 0,
+        }
+    }
+
+    fn push(&mut self, s: &[u8]) -> &mut Self {
+        let n = s.len().min(self.buf.len() - self.len);
+        self.buf[self.len..self.len + n].copy_from_slice(&s[..n]);
+        self.len += n;
+        self
+    }
+
+    fn push_num(&mut self, n: i64) -> &mut Self {
+        if n < 0 {
+            self.push(b"-");
+        }
+        let mut digits = [0u8; 20];
+        let mut i = digits.len();
+        let mut n = n.unsigned_abs();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        self.push(&digits[i..])
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+/// The report of forbidden syscall `nr` on a thread of `kind` (b'm', b'c' or 0):
+/// `vmlet-vmm: error: seccomp: forbidden syscall 59 (execve) on a vCPU thread (exit status 159)`.
+fn violation_line(nr: i64, kind: u8) -> Line {
+    let thread: &[u8] = match kind {
+        b'm' => b"the VMM thread",
+        b'c' => b"a vCPU thread",
+        _ => b"an unfiltered thread",
+    };
+    let mut line = Line::new();
+    line.push(b"vmlet-vmm: error: seccomp: forbidden syscall ")
+        .push_num(nr)
+        .push(b" (")
+        .push(names::name(nr).as_bytes())
+        .push(b") on ")
+        .push(thread)
+        .push(b" (exit status ")
+        .push_num(i64::from(VIOLATION_EXIT))
+        .push(b")\n");
+    line
+}
+
 extern "C" fn report_violation(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
     // For SIGSYS the kernel stores the syscall number at byte 24 of siginfo
     // (`si_syscall` in the `_sigsys` union member); libc does not expose it.
@@ -184,18 +266,10 @@ extern "C" fn report_violation(_: libc::c_int, info: *mut libc::siginfo_t, _: *m
         // at least 128 bytes long.
         unsafe { std::ptr::read_unaligned((info as *const u8).add(24) as *const i32) }
     };
-    let mut msg = *b"vmlet-vmm: seccomp: forbidden syscall 000000 on a ? thread\n";
-    msg[50] = match KIND.with(|k| k.get()) {
-        b'm' => b'M',
-        b'c' => b'C',
-        _ => b'?',
-    };
-    let mut n = nr.unsigned_abs();
-    for i in (38..44).rev() {
-        msg[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-    }
-    // SAFETY: write(2) and _exit(2) are async-signal-safe; `msg` is valid.
+    let line = violation_line(i64::from(nr), KIND.with(|k| k.get()));
+    let msg = line.as_bytes();
+    // SAFETY: write(2) and _exit(2) are async-signal-safe; `msg` is valid for its
+    // length.
     unsafe {
         libc::write(2, msg.as_ptr().cast(), msg.len());
         libc::_exit(VIOLATION_EXIT);
@@ -226,28 +300,63 @@ mod tests {
     use super::*;
 
     fn in_child(f: impl FnOnce() -> i32) -> libc::c_int {
-        // SAFETY: the child only runs async-signal-safe code (prctl, seccomp, raw
-        // syscalls, _exit); the filter was compiled before the fork.
+        in_child_with_stderr(f).0
+    }
+
+    /// Runs `f` in a forked child; returns its exit status and what it wrote to
+    /// stderr.
+    fn in_child_with_stderr(f: impl FnOnce() -> i32) -> (libc::c_int, String) {
+        let mut pipe = [0; 2];
+        // SAFETY: `pipe` has room for the two descriptors.
+        assert_eq!(unsafe { libc::pipe(pipe.as_mut_ptr()) }, 0);
+        // SAFETY: the child only runs async-signal-safe code (dup2, close, prctl,
+        // seccomp, raw syscalls, _exit); the filter was compiled before the fork.
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0);
         if pid == 0 {
+            // SAFETY: plain descriptor calls on the pipe this process owns.
+            unsafe {
+                libc::dup2(pipe[1], 2);
+                libc::close(pipe[0]);
+                libc::close(pipe[1]);
+            }
             let code = f();
             // SAFETY: leaving the child without running the parent's destructors.
             unsafe { libc::_exit(code) };
         }
+        // SAFETY: closing our copy of the write end, which we own.
+        unsafe { libc::close(pipe[1]) };
+        let mut out = Vec::new();
+        let mut chunk = [0u8; 256];
+        loop {
+            // SAFETY: reading into `chunk`, which is valid for its length.
+            let n = unsafe { libc::read(pipe[0], chunk.as_mut_ptr().cast(), chunk.len()) };
+            if n <= 0 {
+                break;
+            }
+            out.extend_from_slice(&chunk[..n as usize]);
+        }
+        // SAFETY: closing the read end, which we own.
+        unsafe { libc::close(pipe[0]) };
         let mut status = 0;
         // SAFETY: waiting for our own child.
         assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
         assert!(libc::WIFEXITED(status), "child status {status:#x}");
-        libc::WEXITSTATUS(status)
+        (
+            libc::WEXITSTATUS(status),
+            String::from_utf8_lossy(&out).into_owned(),
+        )
     }
 
     #[test]
-    fn forbidden_syscall_ends_the_process() {
+    fn forbidden_syscall_ends_the_process_with_its_name_as_last_line() {
         install_violation_handler().unwrap();
-        for kind in [ThreadKind::Vmm, ThreadKind::Vcpu] {
+        for (kind, thread) in [
+            (ThreadKind::Vmm, "the VMM thread"),
+            (ThreadKind::Vcpu, "a vCPU thread"),
+        ] {
             let prog = filter(kind).unwrap();
-            let code = in_child(|| {
+            let (code, stderr) = in_child_with_stderr(|| {
                 if apply(kind, &prog).is_err() {
                     return 1;
                 }
@@ -260,11 +369,40 @@ mod tests {
                 0
             });
             assert_eq!(code, VIOLATION_EXIT, "{kind:?}");
+            assert_eq!(
+                stderr.lines().last(),
+                Some(
+                    format!(
+                        "vmlet-vmm: error: seccomp: forbidden syscall 59 (execve) on {thread} (exit status 159)"
+                    )
+                    .as_str()
+                ),
+                "{stderr:?}"
+            );
         }
     }
 
     #[test]
-    fn vcpu_filter_only_allows_kvm_run_ioctl() {
+    fn violation_line_without_allocation() {
+        let line = violation_line(-1, 0);
+        assert_eq!(
+            std::str::from_utf8(line.as_bytes()).unwrap(),
+            "vmlet-vmm: error: seccomp: forbidden syscall -1 (?) on an unfiltered thread (exit status 159)\n"
+        );
+        let line = violation_line(libc::SYS_openat, b'c');
+        assert!(std::str::from_utf8(line.as_bytes())
+            .unwrap()
+            .contains("syscall 257 (openat) on a vCPU thread"));
+    }
+
+    #[test]
+    fn kvm_ioctl_numbers() {
+        assert_eq!(KVM_GET_REGS, 0x8090_ae81);
+        assert_eq!(KVM_GET_SREGS, 0x8138_ae83);
+    }
+
+    #[test]
+    fn vcpu_filter_only_allows_kvm_run_and_register_reads() {
         install_violation_handler().unwrap();
         let prog = filter(ThreadKind::Vcpu).unwrap();
         let code = in_child(|| {
@@ -276,6 +414,12 @@ mod tests {
             let r = unsafe { libc::ioctl(-1, KVM_RUN as libc::c_ulong) };
             if r != -1 {
                 return 2;
+            }
+            // So are the register reads of the exit report.
+            // SAFETY: as above.
+            let r = unsafe { libc::ioctl(-1, KVM_GET_REGS as libc::c_ulong) };
+            if r != -1 {
+                return 3;
             }
             // Any other ioctl request traps.
             // SAFETY: as above.

@@ -1,0 +1,584 @@
+//! The launch configuration of one VM: what `vmlet-vmm --config FILE` reads as
+//! JSON, and what its flags set. The flags that take `key=value` lists
+//! (`--drive`, `--net`, `--vsock`) and `--serial` parse and print their values
+//! here, so the VMM's parser and the clients' printer cannot disagree.
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// Smallest guest memory that boots our kernel and initramfs.
+pub const MIN_MEM_MIB: u64 = 32;
+/// Largest guest memory we accept (1 TiB).
+pub const MAX_MEM_MIB: u64 = 1 << 20;
+/// Longest drive ID (the virtio-blk serial holds 20 bytes).
+pub const MAX_DRIVE_ID_LEN: usize = 20;
+
+/// A block device.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DriveConfig {
+    /// Name used by the control socket (and returned as the virtio-blk serial).
+    pub id: String,
+    /// Backing file.
+    pub path: PathBuf,
+    /// Refuse guest writes.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// A network card on a tap device.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    /// Existing tap device name (in the VMM's network namespace).
+    pub tap: String,
+    /// Guest MAC address, `aa:bb:cc:dd:ee:ff`.
+    #[serde(default)]
+    pub mac: Option<String>,
+}
+
+/// The vsock device.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct VsockConfig {
+    /// Guest context ID (3 or more).
+    pub cid: u64,
+    /// Host unix socket for hybrid vsock.
+    pub uds_path: PathBuf,
+}
+
+/// Where the serial console goes.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SerialOutput {
+    /// The VMM's standard output.
+    #[default]
+    Stdout,
+    /// Appended to a file.
+    File(PathBuf),
+    /// Discarded.
+    Off,
+}
+
+/// Everything needed to build a VM.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    /// Uncompressed ELF `vmlinux` with a PVH entry point.
+    pub kernel: PathBuf,
+    /// Optional initramfs (cpio).
+    #[serde(default)]
+    pub initramfs: Option<PathBuf>,
+    /// Extra kernel command line, appended to vmlet's defaults.
+    #[serde(default)]
+    pub cmdline: String,
+    /// Number of vCPUs.
+    #[serde(default = "default_vcpus")]
+    pub vcpus: u8,
+    /// Guest memory in MiB.
+    #[serde(default = "default_mem")]
+    pub mem_mib: u64,
+    /// Block devices, in guest order (vda, vdb, ...).
+    #[serde(default)]
+    pub drives: Vec<DriveConfig>,
+    /// Network cards.
+    #[serde(default)]
+    pub net: Vec<NetConfig>,
+    /// vsock device.
+    #[serde(default)]
+    pub vsock: Option<VsockConfig>,
+    /// Offer a virtio-rng device.
+    #[serde(default = "default_true")]
+    pub rng: bool,
+    /// Offer a virtio-balloon device with free page reporting: memory the guest
+    /// frees goes back to the host.
+    #[serde(default)]
+    pub free_page_reporting: bool,
+    /// Back guest RAM with transparent huge pages where the host allows.
+    #[serde(default)]
+    pub huge_pages: bool,
+    /// Serial console destination.
+    #[serde(default)]
+    pub serial: SerialOutput,
+    /// Control socket path.
+    #[serde(default)]
+    pub control_socket: Option<PathBuf>,
+    /// Install seccomp filters (only tests and debugging turn this off).
+    #[serde(default = "default_true")]
+    pub seccomp: bool,
+}
+
+/// Default vCPU count.
+pub const DEFAULT_VCPUS: u8 = 1;
+/// Default guest memory in MiB.
+pub const DEFAULT_MEM_MIB: u64 = 128;
+
+fn default_vcpus() -> u8 {
+    DEFAULT_VCPUS
+}
+fn default_mem() -> u64 {
+    DEFAULT_MEM_MIB
+}
+fn default_true() -> bool {
+    true
+}
+
+/// What the host machine (the VMM's boot layout) allows; [`VmConfig::validate`]
+/// checks a configuration against it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Most vCPUs.
+    pub max_vcpus: u8,
+    /// Most virtio devices (one interrupt line each).
+    pub max_virtio_devices: usize,
+}
+
+/// A configuration that cannot work.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// vCPU count out of range.
+    #[error("vcpus must be between 1 and {max}, got {got}")]
+    Vcpus {
+        /// Requested.
+        got: u8,
+        /// Allowed maximum.
+        max: u8,
+    },
+    /// Memory size out of range.
+    #[error("mem_mib must be between {MIN_MEM_MIB} and {MAX_MEM_MIB}, got {0}")]
+    Memory(u64),
+    /// Two drives share an ID.
+    #[error("drive id {0:?} is used twice")]
+    DuplicateDrive(String),
+    /// A drive ID is empty or too long.
+    #[error("drive id {0:?} must be 1 to {MAX_DRIVE_ID_LEN} characters")]
+    DriveId(String),
+    /// Bad MAC address.
+    #[error("invalid MAC address {0:?} (expected aa:bb:cc:dd:ee:ff)")]
+    Mac(String),
+    /// Bad vsock CID.
+    #[error("vsock cid must be between 3 and 4294967294, got {0}")]
+    Cid(u64),
+    /// More devices than IRQ lines.
+    #[error("too many devices: {0} virtio devices, at most {1}")]
+    TooManyDevices(usize, usize),
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(s: &str) -> Result<[u8; 6], ConfigError> {
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6 {
+        return Err(ConfigError::Mac(s.to_owned()));
+    }
+    let mut mac = [0u8; 6];
+    for (b, p) in mac.iter_mut().zip(parts) {
+        if p.len() != 2 {
+            return Err(ConfigError::Mac(s.to_owned()));
+        }
+        *b = u8::from_str_radix(p, 16).map_err(|_| ConfigError::Mac(s.to_owned()))?;
+    }
+    Ok(mac)
+}
+
+impl VmConfig {
+    /// A configuration with defaults for everything but the kernel.
+    pub fn new(kernel: PathBuf) -> Self {
+        VmConfig {
+            kernel,
+            initramfs: None,
+            cmdline: String::new(),
+            vcpus: DEFAULT_VCPUS,
+            mem_mib: DEFAULT_MEM_MIB,
+            drives: Vec::new(),
+            net: Vec::new(),
+            vsock: None,
+            rng: true,
+            free_page_reporting: false,
+            huge_pages: false,
+            serial: SerialOutput::Stdout,
+            control_socket: None,
+            seccomp: true,
+        }
+    }
+
+    /// Number of virtio devices this configuration asks for.
+    pub fn virtio_device_count(&self) -> usize {
+        self.drives.len()
+            + self.net.len()
+            + usize::from(self.vsock.is_some())
+            + usize::from(self.rng)
+            + usize::from(self.free_page_reporting)
+    }
+
+    /// Checks everything that does not need the host, within `limits`.
+    pub fn validate(&self, limits: &Limits) -> Result<(), ConfigError> {
+        if self.vcpus == 0 || self.vcpus > limits.max_vcpus {
+            return Err(ConfigError::Vcpus {
+                got: self.vcpus,
+                max: limits.max_vcpus,
+            });
+        }
+        if !(MIN_MEM_MIB..=MAX_MEM_MIB).contains(&self.mem_mib) {
+            return Err(ConfigError::Memory(self.mem_mib));
+        }
+        let mut ids = std::collections::HashSet::new();
+        for d in &self.drives {
+            if d.id.is_empty() || d.id.len() > MAX_DRIVE_ID_LEN {
+                return Err(ConfigError::DriveId(d.id.clone()));
+            }
+            if !ids.insert(&d.id) {
+                return Err(ConfigError::DuplicateDrive(d.id.clone()));
+            }
+        }
+        for n in &self.net {
+            if let Some(mac) = &n.mac {
+                parse_mac(mac)?;
+            }
+        }
+        if let Some(v) = &self.vsock {
+            if v.cid < 3 || v.cid >= u64::from(u32::MAX) {
+                return Err(ConfigError::Cid(v.cid));
+            }
+        }
+        if self.virtio_device_count() > limits.max_virtio_devices {
+            return Err(ConfigError::TooManyDevices(
+                self.virtio_device_count(),
+                limits.max_virtio_devices,
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The names of `vmlet-vmm`'s flags (without the leading `--`). The VMM's parser
+/// declares its flags with these, and [`crate::args`] prints them.
+pub mod flag {
+    /// JSON configuration file.
+    pub const CONFIG: &str = "config";
+    /// [`super::VmConfig::kernel`].
+    pub const KERNEL: &str = "kernel";
+    /// [`super::VmConfig::initramfs`].
+    pub const INITRAMFS: &str = "initramfs";
+    /// [`super::VmConfig::cmdline`].
+    pub const CMDLINE: &str = "cmdline";
+    /// [`super::VmConfig::vcpus`].
+    pub const VCPUS: &str = "vcpus";
+    /// [`super::VmConfig::mem_mib`].
+    pub const MEM_MIB: &str = "mem-mib";
+    /// One [`super::DriveConfig`] (repeatable).
+    pub const DRIVE: &str = "drive";
+    /// One [`super::NetConfig`] (repeatable).
+    pub const NET: &str = "net";
+    /// [`super::VsockConfig`].
+    pub const VSOCK: &str = "vsock";
+    /// Clears [`super::VmConfig::rng`].
+    pub const NO_RNG: &str = "no-rng";
+    /// Sets [`super::VmConfig::free_page_reporting`].
+    pub const FREE_PAGE_REPORTING: &str = "free-page-reporting";
+    /// Sets [`super::VmConfig::huge_pages`].
+    pub const HUGE_PAGES: &str = "huge-pages";
+    /// [`super::SerialOutput`].
+    pub const SERIAL: &str = "serial";
+    /// [`super::VmConfig::control_socket`].
+    pub const CONTROL_SOCKET: &str = "control-socket";
+    /// Clears [`super::VmConfig::seccomp`].
+    pub const NO_SECCOMP: &str = "no-seccomp";
+}
+
+/// A flag value that does not parse.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FlagError {
+    /// A key the flag does not know.
+    #[error("unknown {flag} option {key:?} (use {known})")]
+    UnknownKey {
+        /// The flag.
+        flag: &'static str,
+        /// The key given.
+        key: String,
+        /// The keys it knows.
+        known: &'static str,
+    },
+    /// A required key is missing.
+    #[error("{flag} needs {key}=")]
+    Missing {
+        /// The flag.
+        flag: &'static str,
+        /// The missing key.
+        key: &'static str,
+    },
+    /// A value of the wrong form.
+    #[error("bad {flag} {key} {value:?}")]
+    BadValue {
+        /// The flag.
+        flag: &'static str,
+        /// The key.
+        key: &'static str,
+        /// The value given.
+        value: String,
+    },
+}
+
+fn key_values(s: &str) -> impl Iterator<Item = (&str, &str)> {
+    s.split(',')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.split_once('=').unwrap_or((p, "")))
+}
+
+impl DriveConfig {
+    /// Parses a `--drive` value: `id=ID,path=FILE[,ro]`.
+    pub fn from_flag(s: &str) -> Result<Self, FlagError> {
+        let (mut id, mut path, mut read_only) = (None, None, false);
+        for (k, v) in key_values(s) {
+            match k {
+                "id" => id = Some(v.to_owned()),
+                "path" => path = Some(PathBuf::from(v)),
+                "ro" | "read_only" => read_only = true,
+                _ => {
+                    return Err(FlagError::UnknownKey {
+                        flag: "drive",
+                        key: k.to_owned(),
+                        known: "id=,path=,ro",
+                    })
+                }
+            }
+        }
+        Ok(DriveConfig {
+            id: id.ok_or(FlagError::Missing {
+                flag: "drive",
+                key: "id",
+            })?,
+            path: path.ok_or(FlagError::Missing {
+                flag: "drive",
+                key: "path",
+            })?,
+            read_only,
+        })
+    }
+}
+
+impl NetConfig {
+    /// Parses a `--net` value: `tap=NAME[,mac=aa:bb:cc:dd:ee:ff]`.
+    pub fn from_flag(s: &str) -> Result<Self, FlagError> {
+        let (mut tap, mut mac) = (None, None);
+        for (k, v) in key_values(s) {
+            match k {
+                "tap" => tap = Some(v.to_owned()),
+                "mac" => mac = Some(v.to_owned()),
+                _ => {
+                    return Err(FlagError::UnknownKey {
+                        flag: "net",
+                        key: k.to_owned(),
+                        known: "tap=,mac=",
+                    })
+                }
+            }
+        }
+        Ok(NetConfig {
+            tap: tap.ok_or(FlagError::Missing {
+                flag: "net",
+                key: "tap",
+            })?,
+            mac,
+        })
+    }
+}
+
+impl VsockConfig {
+    /// Parses a `--vsock` value: `cid=N,uds=PATH`.
+    pub fn from_flag(s: &str) -> Result<Self, FlagError> {
+        let (mut cid, mut uds) = (None, None);
+        for (k, v) in key_values(s) {
+            match k {
+                "cid" => {
+                    cid = Some(v.parse::<u64>().map_err(|_| FlagError::BadValue {
+                        flag: "vsock",
+                        key: "cid",
+                        value: v.to_owned(),
+                    })?)
+                }
+                "uds" | "uds_path" => uds = Some(PathBuf::from(v)),
+                _ => {
+                    return Err(FlagError::UnknownKey {
+                        flag: "vsock",
+                        key: k.to_owned(),
+                        known: "cid=,uds=",
+                    })
+                }
+            }
+        }
+        Ok(VsockConfig {
+            cid: cid.ok_or(FlagError::Missing {
+                flag: "vsock",
+                key: "cid",
+            })?,
+            uds_path: uds.ok_or(FlagError::Missing {
+                flag: "vsock",
+                key: "uds",
+            })?,
+        })
+    }
+}
+
+impl SerialOutput {
+    /// The `--serial` value that means [`SerialOutput::Stdout`].
+    pub const STDOUT: &'static str = "stdout";
+    /// The `--serial` value that means [`SerialOutput::Off`].
+    pub const OFF: &'static str = "off";
+
+    /// Parses a `--serial` value: `stdout`, `off`, or a file path.
+    pub fn from_flag(s: &str) -> Self {
+        match s {
+            Self::STDOUT => SerialOutput::Stdout,
+            Self::OFF => SerialOutput::Off,
+            path => SerialOutput::File(path.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        max_vcpus: 32,
+        max_virtio_devices: 19,
+    };
+
+    #[test]
+    fn json_round_trip_with_defaults() {
+        let c: VmConfig = serde_json::from_str(r#"{"kernel":"/k","serial":"off"}"#).unwrap();
+        assert_eq!(c.vcpus, 1);
+        assert_eq!(c.mem_mib, 128);
+        assert!(c.rng && c.seccomp);
+        assert_eq!(c.serial, SerialOutput::Off);
+        let f: VmConfig =
+            serde_json::from_str(r#"{"kernel":"/k","serial":{"file":"/x"}}"#).unwrap();
+        assert_eq!(f.serial, SerialOutput::File("/x".into()));
+        assert!(serde_json::from_str::<VmConfig>(r#"{"kernel":"/k","bogus":1}"#).is_err());
+        let full = VmConfig {
+            initramfs: Some("/i".into()),
+            cmdline: "quiet".into(),
+            drives: vec![DriveConfig {
+                id: "a".into(),
+                path: "/a".into(),
+                read_only: true,
+            }],
+            net: vec![NetConfig {
+                tap: "t".into(),
+                mac: None,
+            }],
+            vsock: Some(VsockConfig {
+                cid: 3,
+                uds_path: "/v".into(),
+            }),
+            control_socket: Some("/c".into()),
+            ..VmConfig::new("/k".into())
+        };
+        let text = serde_json::to_string(&full).unwrap();
+        assert_eq!(serde_json::from_str::<VmConfig>(&text).unwrap(), full);
+    }
+
+    #[test]
+    fn validation() {
+        let mut c = VmConfig::new("/k".into());
+        assert!(c.validate(&LIMITS).is_ok());
+        c.vcpus = 0;
+        assert!(matches!(
+            c.validate(&LIMITS),
+            Err(ConfigError::Vcpus { .. })
+        ));
+        c.vcpus = 33;
+        assert!(matches!(
+            c.validate(&LIMITS),
+            Err(ConfigError::Vcpus { .. })
+        ));
+        c.vcpus = 2;
+        c.mem_mib = 1;
+        assert_eq!(c.validate(&LIMITS), Err(ConfigError::Memory(1)));
+        c.mem_mib = 256;
+        let d = DriveConfig {
+            id: "a".into(),
+            path: "/a".into(),
+            read_only: false,
+        };
+        c.drives = vec![d.clone(), d];
+        assert_eq!(
+            c.validate(&LIMITS),
+            Err(ConfigError::DuplicateDrive("a".into()))
+        );
+        c.drives = vec![DriveConfig {
+            id: "x".repeat(21),
+            path: "/a".into(),
+            read_only: false,
+        }];
+        assert!(matches!(c.validate(&LIMITS), Err(ConfigError::DriveId(_))));
+        c.drives.clear();
+        c.net = vec![NetConfig {
+            tap: "t".into(),
+            mac: Some("zz:00:00:00:00:00".into()),
+        }];
+        assert!(matches!(c.validate(&LIMITS), Err(ConfigError::Mac(_))));
+        c.net.clear();
+        c.vsock = Some(VsockConfig {
+            cid: 2,
+            uds_path: "/v".into(),
+        });
+        assert_eq!(c.validate(&LIMITS), Err(ConfigError::Cid(2)));
+        c.vsock = None;
+        c.net = (0..19)
+            .map(|i| NetConfig {
+                tap: format!("t{i}"),
+                mac: None,
+            })
+            .collect();
+        assert_eq!(
+            c.validate(&LIMITS),
+            Err(ConfigError::TooManyDevices(20, 19))
+        );
+    }
+
+    #[test]
+    fn mac_parsing() {
+        assert_eq!(
+            parse_mac("02:00:00:0a:0B:ff").unwrap(),
+            [2, 0, 0, 10, 11, 255]
+        );
+        assert!(parse_mac("02:00:00:0a:0b").is_err());
+        assert!(parse_mac("002:00:00:0a:0b:0c").is_err());
+    }
+
+    #[test]
+    fn flag_values() {
+        let d = DriveConfig::from_flag("id=root,path=/img,ro").unwrap();
+        assert_eq!((d.id.as_str(), d.read_only), ("root", true));
+        assert_eq!(
+            DriveConfig::from_flag("path=/img"),
+            Err(FlagError::Missing {
+                flag: "drive",
+                key: "id"
+            })
+        );
+        let e = DriveConfig::from_flag("id=a,path=/b,bogus=1").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "unknown drive option \"bogus\" (use id=,path=,ro)"
+        );
+        let n = NetConfig::from_flag("tap=tap0,mac=02:00:00:00:00:01").unwrap();
+        assert_eq!(n.tap, "tap0");
+        assert!(NetConfig::from_flag("mac=02:00:00:00:00:01").is_err());
+        let v = VsockConfig::from_flag("cid=3,uds=/run/v.sock").unwrap();
+        assert_eq!(v.cid, 3);
+        assert_eq!(
+            VsockConfig::from_flag("cid=x,uds=/a")
+                .unwrap_err()
+                .to_string(),
+            "bad vsock cid \"x\""
+        );
+        assert_eq!(SerialOutput::from_flag("off"), SerialOutput::Off);
+        assert_eq!(SerialOutput::from_flag("stdout"), SerialOutput::Stdout);
+        assert_eq!(
+            SerialOutput::from_flag("/c.log"),
+            SerialOutput::File("/c.log".into())
+        );
+    }
+}
