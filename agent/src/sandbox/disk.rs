@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use super::SandboxError;
+use super::error::SandboxError;
 
 /// Size of the placeholder: one sector would do; a page keeps every reader happy.
 const PLACEHOLDER_BYTES: u64 = 4096;

@@ -8,7 +8,7 @@ use tonic::Request;
 use vmlet_proto::agent as pb;
 use vmlet_proto::agent::agent_client::AgentClient;
 
-use super::SandboxError;
+use super::error::SandboxError;
 
 /// A client of the guest agent.
 pub type GuestClient = AgentClient<Channel>;

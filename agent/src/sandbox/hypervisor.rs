@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 
-use super::{vmm, SandboxError, Vm, VmmCommand};
+use super::error::SandboxError;
+use super::vm::Vm;
+use super::vmm::{self, VmmCommand};
 
 /// Starting, re-adopting and cleaning up pod VMs.
 pub trait Hypervisor: Send + Sync + 'static {
@@ -36,22 +38,6 @@ pub trait Hypervisor: Send + Sync + 'static {
     /// a leftover of a daemon that died), if there is one, and waits a little until it
     /// is gone.
     fn kill_stray<'a>(&'a self, control: &'a Path) -> BoxFuture<'a, ()>;
-}
-
-/// What the runtime does to a VM it holds, besides talking to its guest.
-pub trait VmControl: Send + Sync + std::fmt::Debug + 'static {
-    /// Makes drive `id` read from `path` (the guest sees the new size and content).
-    fn swap_drive<'a>(
-        &'a self,
-        id: &'a str,
-        path: &'a Path,
-    ) -> BoxFuture<'a, Result<(), SandboxError>>;
-
-    /// Asks the guest to power off within `grace` (the VMM stops it after that).
-    fn shutdown(&self, grace: Duration) -> BoxFuture<'_, Result<(), SandboxError>>;
-
-    /// Kills the VMM at once (SIGKILL); [`Vm`] waits for the exit.
-    fn kill(&self);
 }
 
 /// The real hypervisor: one vmlet-vmm process per VM.

@@ -12,7 +12,7 @@ use tokio::net::UnixStream;
 use vmlet_vmm_api::config::{DriveConfig, NetConfig, SerialOutput, VmConfig, VsockConfig};
 use vmlet_vmm_api::control::{Request, Response};
 
-use super::SandboxError;
+use super::error::SandboxError;
 
 /// Longest a control request may take.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);

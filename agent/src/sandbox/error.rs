@@ -1,0 +1,62 @@
+//! Why a VM could not be started, reached or changed.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Why a VM could not be started, reached or changed.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// File or process error.
+    #[error("cannot {op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file or program.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// mkfs.ext4 failed.
+    #[error("mkfs.ext4 {path} failed: {stderr}")]
+    Mkfs {
+        /// The disk.
+        path: PathBuf,
+        /// Its complaint.
+        stderr: String,
+    },
+    /// The VMM exited (before the guest was ready, or while adopting it).
+    #[error("the VMM exited (see the pod's vmm.log and console.log); last connection error: {0}")]
+    VmmExited(String),
+    /// The guest agent did not answer in time.
+    #[error("the guest agent did not answer within {timeout:?}: {last}")]
+    GuestTimeout {
+        /// The limit.
+        timeout: Duration,
+        /// The last error.
+        last: String,
+    },
+    /// A control-socket request failed.
+    #[error("VMM control socket {socket}: {reason}")]
+    Control {
+        /// The socket.
+        socket: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The VMM refused a control request, or its reply could not be read.
+    #[error("VMM control socket {socket}: {cmd} {source}")]
+    Protocol {
+        /// The socket.
+        socket: PathBuf,
+        /// The request.
+        cmd: &'static str,
+        /// What went wrong.
+        source: vmlet_vmm_api::ProtocolError,
+    },
+    /// More vCPUs than the VMM takes.
+    #[error("{0} vCPUs asked for, the VMM takes at most 255")]
+    Vcpus(u32),
+    /// The VMM's command line cannot express the configuration.
+    #[error("the VMM's command line: {0}")]
+    VmmArgs(vmlet_vmm_api::ArgsError),
+}

@@ -1,0 +1,328 @@
+//! A running pod VM ([`Vm`]): its guest agent client, what the runtime does to it
+//! ([`VmControl`]; the real one is [`SocketControl`], the VMM's control socket and
+//! signals), and how its VMM ended ([`VmmExit`]).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use nix::sys::signal::Signal;
+use tokio::sync::watch;
+use vmlet_vmm_api::control::Request;
+
+use super::error::SandboxError;
+use super::guest::{self, GuestClient};
+use super::vmm::{self, VmmCommand};
+
+/// What the runtime does to a VM it holds, besides talking to its guest.
+pub trait VmControl: Send + Sync + std::fmt::Debug + 'static {
+    /// Makes drive `id` read from `path` (the guest sees the new size and content).
+    fn swap_drive<'a>(
+        &'a self,
+        id: &'a str,
+        path: &'a Path,
+    ) -> BoxFuture<'a, Result<(), SandboxError>>;
+
+    /// Asks the guest to power off within `grace` (the VMM stops it after that).
+    fn shutdown(&self, grace: Duration) -> BoxFuture<'_, Result<(), SandboxError>>;
+
+    /// Kills the VMM at once (SIGKILL); [`Vm`] waits for the exit.
+    fn kill(&self);
+}
+
+/// The last `lines` lines of a text file (at most its last 16 KiB), for diagnosis: a
+/// missing or unreadable file gives an empty string.
+pub fn tail(path: &Path, lines: usize) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    const MAX: u64 = 16 << 10;
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    if f.seek(SeekFrom::Start(len.saturating_sub(MAX))).is_err() {
+        return String::new();
+    }
+    let mut buf = Vec::new();
+    if f.take(MAX).read_to_end(&mut buf).is_err() {
+        return String::new();
+    }
+    let text = String::from_utf8_lossy(&buf);
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// How often an adopted VMM (not our child) is checked for life.
+const ADOPTED_POLL: Duration = Duration::from_millis(500);
+
+/// How a VMM process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmmExit {
+    /// It exited with this status.
+    Code(i32),
+    /// A signal ended it.
+    Signal(i32),
+    /// It is gone, but it was not vmletd's child (re-adopted after a restart), so its
+    /// status cannot be known.
+    Unknown,
+}
+
+impl VmmExit {
+    fn of(status: std::io::Result<std::process::ExitStatus>) -> Self {
+        use std::os::unix::process::ExitStatusExt;
+        match status {
+            Ok(s) => match (s.code(), s.signal()) {
+                (Some(code), _) => VmmExit::Code(code),
+                (None, Some(sig)) => VmmExit::Signal(sig),
+                (None, None) => VmmExit::Unknown,
+            },
+            Err(_) => VmmExit::Unknown,
+        }
+    }
+
+    /// Whether the VMM ended as asked or by a guest power-off: status 0, or SIGTERM
+    /// / SIGINT's 128 + signal (see vmlet-vmm's README).
+    pub fn is_clean(self) -> bool {
+        matches!(
+            self,
+            VmmExit::Code(0) | VmmExit::Code(130) | VmmExit::Code(143)
+        )
+    }
+}
+
+impl std::fmt::Display for VmmExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            VmmExit::Code(c) => write!(f, "exit status {c}"),
+            VmmExit::Signal(s) => match Signal::try_from(s) {
+                Ok(sig) => write!(f, "killed by signal {s} ({sig})"),
+                Err(_) => write!(f, "killed by signal {s}"),
+            },
+            VmmExit::Unknown => f.write_str(
+                "exit status unknown (a VMM adopted after a vmletd restart is not its child)",
+            ),
+        }
+    }
+}
+
+/// A running pod VM.
+#[derive(Debug, Clone)]
+pub struct Vm {
+    /// The VMM's pid.
+    pub pid: u32,
+    /// The guest agent.
+    pub client: GuestClient,
+    control: Arc<dyn VmControl>,
+    exited: watch::Receiver<Option<VmmExit>>,
+}
+
+/// A vmlet-vmm process, acted on through its control socket and signals.
+#[derive(Debug)]
+struct SocketControl {
+    socket: PathBuf,
+    pid: u32,
+}
+
+impl VmControl for SocketControl {
+    fn swap_drive<'a>(
+        &'a self,
+        id: &'a str,
+        path: &'a Path,
+    ) -> BoxFuture<'a, Result<(), SandboxError>> {
+        Box::pin(async move {
+            let request = Request::SwapDrive {
+                id: id.to_owned(),
+                path: path.to_owned(),
+            };
+            vmm::control(&self.socket, &request).await.map(drop)
+        })
+    }
+
+    fn shutdown(&self, grace: Duration) -> BoxFuture<'_, Result<(), SandboxError>> {
+        let request = Request::Shutdown {
+            timeout_ms: Some(u64::try_from(grace.as_millis()).unwrap_or(u64::MAX)),
+        };
+        Box::pin(async move { vmm::control(&self.socket, &request).await.map(drop) })
+    }
+
+    fn kill(&self) {
+        vmm::signal(self.pid, Signal::SIGKILL);
+    }
+}
+
+impl Vm {
+    /// Starts a VMM and waits for its guest agent. On failure the VMM is killed and
+    /// reaped before this returns.
+    pub async fn boot(cmd: &VmmCommand, timeout: Duration) -> Result<Vm, SandboxError> {
+        let mut child = vmm::spawn(cmd)?;
+        let Some(pid) = child.id() else {
+            return Err(SandboxError::VmmExited("exited at once".into()));
+        };
+        let (tx, exited) = watch::channel(None);
+        tokio::spawn(async move {
+            let exit = VmmExit::of(child.wait().await);
+            if exit.is_clean() {
+                tracing::info!(pid, "VMM exited: {exit}");
+            } else {
+                tracing::warn!(pid, "VMM exited: {exit}");
+            }
+            let _ = tx.send(Some(exit));
+        });
+        let rx = exited.clone();
+        let control = Arc::new(SocketControl {
+            socket: cmd.control.clone(),
+            pid,
+        });
+        match guest::connect(&cmd.vsock, timeout, move || rx.borrow().is_none()).await {
+            Ok(client) => Ok(Vm::new(pid, client, control, exited)),
+            Err(e) => {
+                let client = GuestClient::new(
+                    tonic::transport::Endpoint::from_static("http://unused").connect_lazy(),
+                );
+                Vm::new(pid, client, control, exited).kill().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Takes over a VMM a previous daemon started.
+    pub async fn adopt(
+        pid: u32,
+        control: &Path,
+        vsock: &Path,
+        timeout: Duration,
+    ) -> Result<Vm, SandboxError> {
+        if !vmm::alive(pid, control) {
+            return Err(SandboxError::VmmExited(format!("pid {pid} is gone")));
+        }
+        let (tx, exited) = watch::channel(None);
+        let ctl = control.to_owned();
+        tokio::spawn(async move {
+            while vmm::alive(pid, &ctl) {
+                tokio::time::sleep(ADOPTED_POLL).await;
+            }
+            tracing::info!(pid, "adopted VMM exited");
+            let _ = tx.send(Some(VmmExit::Unknown));
+        });
+        let rx = exited.clone();
+        let client = guest::connect(vsock, timeout, move || rx.borrow().is_none()).await?;
+        let control = Arc::new(SocketControl {
+            socket: control.to_owned(),
+            pid,
+        });
+        Ok(Vm::new(pid, client, control, exited))
+    }
+
+    /// A VM from its parts: for a [`Hypervisor`] other than [`Processes`]. `exited`
+    /// turns `Some` when the VMM is gone.
+    pub fn new(
+        pid: u32,
+        client: GuestClient,
+        control: Arc<dyn VmControl>,
+        exited: watch::Receiver<Option<VmmExit>>,
+    ) -> Vm {
+        Vm {
+            pid,
+            client,
+            control,
+            exited,
+        }
+    }
+
+    /// Waits until the VMM has exited, and says how.
+    pub async fn wait_exit_status(&self) -> VmmExit {
+        let mut rx = self.exited.clone();
+        let exit = match rx.wait_for(Option::is_some).await {
+            Ok(e) => *e,
+            // The watcher task is gone without a word: the runtime is shutting down.
+            Err(_) => None,
+        };
+        exit.unwrap_or(VmmExit::Unknown)
+    }
+
+    /// Asks the guest agent whether it is alive, waiting at most `timeout`.
+    pub async fn ping(&self, timeout: Duration) -> Result<(), SandboxError> {
+        if !self.running() {
+            return Err(SandboxError::VmmExited(format!("pid {} is gone", self.pid)));
+        }
+        self.client
+            .clone()
+            .health(guest::req(vmlet_proto::agent::HealthRequest {}, timeout))
+            .await
+            .map(drop)
+            .map_err(|e| SandboxError::GuestTimeout {
+                timeout,
+                last: format!("Health: {e}"),
+            })
+    }
+
+    /// Whether the VMM still runs.
+    pub fn running(&self) -> bool {
+        self.exited.borrow().is_none()
+    }
+
+    /// Makes drive `id` read from `path` (the guest sees the new size and content).
+    pub async fn swap_drive(&self, id: &str, path: &Path) -> Result<(), SandboxError> {
+        self.control.swap_drive(id, path).await
+    }
+
+    async fn wait_exit(&self, limit: Duration) -> bool {
+        let mut rx = self.exited.clone();
+        let done = tokio::time::timeout(limit, rx.wait_for(Option::is_some))
+            .await
+            .is_ok();
+        done
+    }
+
+    /// Powers the guest off (it has `grace` to do so), then kills the VMM if needed.
+    /// Returns once the VMM is gone.
+    pub async fn stop(&self, grace: Duration) {
+        if !self.running() {
+            return;
+        }
+        if let Err(e) = self.control.shutdown(grace).await {
+            tracing::warn!(pid = self.pid, "graceful VM shutdown: {e}");
+        }
+        if self.wait_exit(grace + Duration::from_secs(5)).await {
+            return;
+        }
+        self.kill().await;
+    }
+
+    /// Kills the VMM and waits until it is gone.
+    pub async fn kill(&self) {
+        self.control.kill();
+        if !self.wait_exit(Duration::from_secs(10)).await {
+            tracing::error!(pid = self.pid, "the VMM survived SIGKILL for 10 s");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    #[test]
+    fn tail_keeps_the_last_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("log");
+        let text: String = (0..5000).map(|i| format!("line {i}\n")).collect();
+        std::fs::write(&p, text).unwrap();
+        assert_eq!(tail(&p, 2), "line 4998\nline 4999");
+        assert_eq!(tail(&dir.path().join("none"), 3), "");
+    }
+
+    #[test]
+    fn exits_say_how() {
+        let code = VmmExit::of(Ok(std::process::ExitStatus::from_raw(1 << 8)));
+        assert_eq!(code, VmmExit::Code(1));
+        assert_eq!(code.to_string(), "exit status 1");
+        assert!(!code.is_clean());
+        let sig = VmmExit::of(Ok(std::process::ExitStatus::from_raw(libc::SIGSEGV)));
+        assert_eq!(sig.to_string(), "killed by signal 11 (SIGSEGV)");
+        assert!(!sig.is_clean());
+        assert!(VmmExit::Code(0).is_clean() && VmmExit::Code(143).is_clean());
+        assert!(VmmExit::Unknown.to_string().contains("unknown"));
+    }
+}
