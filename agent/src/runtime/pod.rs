@@ -46,7 +46,8 @@ pub async fn run(inner: &Arc<Inner>, config: PodConfig) -> Result<String, Runtim
     let _starting = inner.warm.starting();
     // Fails before a warm VM is taken.
     let network = inner.network.current()?;
-    let warm = take_live_warm(inner, size).await;
+    // A spare that failed its ping is the first cause if the fresh boot fails too.
+    let (warm, mut warm_failure) = take_live_warm(inner, size).await;
     let id = match &warm {
         Some(w) => w.id.clone(),
         None => new_id()?,
@@ -65,7 +66,6 @@ pub async fn run(inner: &Arc<Inner>, config: PodConfig) -> Result<String, Runtim
         }
         t.pod_names.insert(config.metadata.clone(), id.clone());
     }
-    let mut warm_failure = None;
     let mut id = id;
     if let Some(w) = warm {
         let paths = w.paths.clone();
@@ -103,17 +103,25 @@ pub async fn run(inner: &Arc<Inner>, config: PodConfig) -> Result<String, Runtim
 }
 
 /// A warm VM whose guest answers a ping, if the pool has one: dead or silent spares
-/// are discarded (and counted) on the way, before a pod depends on them.
-async fn take_live_warm(inner: &Arc<Inner>, size: (u32, u64)) -> Option<WarmVm> {
+/// are discarded (and counted) on the way, before a pod depends on them. Also returns
+/// why the last spare discarded failed.
+async fn take_live_warm(
+    inner: &Arc<Inner>,
+    size: (u32, u64),
+) -> (Option<WarmVm>, Option<RuntimeError>) {
+    let mut failed = None;
     loop {
-        let w = inner.warm.take(size).await?;
+        let Some(w) = inner.warm.take(size).await else {
+            return (None, failed);
+        };
         match w.vm.ping(WARM_PING).await {
-            Ok(()) => return Some(w),
+            Ok(()) => return (Some(w), failed),
             Err(e) => {
                 tracing::warn!(pod = %w.id, "a warm VM does not answer ({e}): discarding it");
                 inner.warm.count_failure();
                 warm::keep_console(inner, &w.paths);
                 warm::discard(inner, w).await;
+                failed = Some(e.into());
             }
         }
     }

@@ -491,6 +491,23 @@ async fn a_silent_warm_vm_is_replaced_by_a_fresh_boot() {
     assert_eq!(h.rt.pod(&pod).unwrap().state, PodState::Ready);
     assert!(h.rt.health().verbose_json.contains("\"failed\":1"));
     assert!(h.dir.path().join("state/failed-vms").is_dir());
+    // When the fresh boot fails too, the error names both causes.
+    h.rt.remove_pod(&pod).await.unwrap();
+    eventually("the warm VM is ready", || {
+        h.rt.health().verbose_json.contains("\"ready\":1")
+    })
+    .await;
+    h.hv.all().last().unwrap().guest.lock().unwrap().silent = true;
+    *h.hv.fail_boot.lock().unwrap() = Some("no kernel today".into());
+    let e =
+        h.rt.run_pod(pod_config("fallback", &h.log_dir()))
+            .await
+            .unwrap_err();
+    assert!(
+        e.message.contains("Health") && e.message.contains("no kernel today"),
+        "{}",
+        e.message
+    );
 }
 
 #[tokio::test]
