@@ -52,6 +52,12 @@ fn settings(dir: &Path, warm_pool: u32) -> Settings {
 }
 
 async fn harness(warm_pool: u32) -> Harness {
+    harness_with(warm_pool, 4, Duration::ZERO).await
+}
+
+/// A runtime whose pool keeps `warm_pool` VMs, that boots at most `boots` at once,
+/// each boot taking `boot_time`.
+async fn harness_with(warm_pool: u32, boots: u32, boot_time: Duration) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let images = Arc::new(
         ImageManager::open(ImageManagerConfig::new(dir.path().join("images")))
@@ -59,8 +65,10 @@ async fn harness(warm_pool: u32) -> Harness {
             .unwrap(),
     );
     images.add_test_image(IMAGE, Default::default());
-    let settings = settings(dir.path(), warm_pool);
+    let mut settings = settings(dir.path(), warm_pool);
+    settings.vm.max_concurrent_boots = boots;
     let hv = Arc::new(FakeHypervisor::default());
+    *hv.boot_time.lock().unwrap() = boot_time;
     let rt = Runtime::open_with(settings.clone(), images.clone(), hv.clone())
         .await
         .unwrap();
@@ -570,4 +578,43 @@ async fn an_exec_that_times_out_is_killed_and_reaped() {
     vm.guest.lock().unwrap().exec_hangs = false;
     let out = h.rt.exec_sync(&c, vec!["true".into()], None).await.unwrap();
     assert_eq!(out.exit_code, 0);
+}
+
+#[tokio::test]
+async fn boots_queue_at_the_configured_bound() {
+    let h = harness_with(0, 2, Duration::from_millis(300)).await;
+    let runs = (0..5).map(|i| h.rt.run_pod(pod_config(&format!("q{i}"), "")));
+    let ids = futures_util::future::join_all(runs).await;
+    assert!(ids.iter().all(Result::is_ok), "{ids:?}");
+    assert_eq!(
+        h.hv.most_booting.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "at most vm.max_concurrent_boots guests boot at once"
+    );
+}
+
+#[tokio::test]
+async fn an_empty_pool_is_waited_for_by_one_call_and_others_boot_their_own() {
+    // The pool's first VM takes a while to boot: the first call waits for it, the
+    // second boots its own.
+    let h = harness_with(1, 4, Duration::from_millis(800)).await;
+    eventually("the pool boots", || {
+        h.hv.booting.load(std::sync::atomic::Ordering::SeqCst) == 1
+    })
+    .await;
+    let (a, b) = tokio::join!(
+        h.rt.run_pod(pod_config("first", "")),
+        h.rt.run_pod(pod_config("second", ""))
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let first_vm = h.hv.all()[0].control.clone();
+    let took_warm = [&a, &b]
+        .iter()
+        .filter(|id| first_vm.to_string_lossy().contains(id.as_str()))
+        .count();
+    assert_eq!(
+        took_warm, 1,
+        "exactly one call took the VM the pool was booting"
+    );
+    assert_eq!(h.hv.all().len(), 2, "the other booted its own");
 }

@@ -94,6 +94,12 @@ pub struct FakeHypervisor {
     next_pid: AtomicU32,
     /// Boots fail with this (the VMM exits at once).
     pub fail_boot: Mutex<Option<String>>,
+    /// How long a boot takes.
+    pub boot_time: Mutex<Duration>,
+    /// Boots under way now, and the most there ever were at once.
+    pub booting: AtomicU32,
+    /// See `booting`.
+    pub most_booting: AtomicU32,
     /// Stray VMMs killed, by control path.
     pub strays_killed: Mutex<Vec<PathBuf>>,
     /// Guests that [`Hypervisor::adopt`] finds running, by control socket path: what
@@ -193,6 +199,11 @@ impl Hypervisor for FakeHypervisor {
         _timeout: Duration,
     ) -> BoxFuture<'a, Result<Vm, SandboxError>> {
         Box::pin(async move {
+            let now = self.booting.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most_booting.fetch_max(now, Ordering::SeqCst);
+            let boot_time = *lock(&self.boot_time);
+            tokio::time::sleep(boot_time).await;
+            self.booting.fetch_sub(1, Ordering::SeqCst);
             if let Some(why) = lock(&self.fail_boot).clone() {
                 return Err(SandboxError::VmmExited(why));
             }
