@@ -18,6 +18,8 @@ packages=(
     docker-registry skopeo apache2-utils openssl
     # image pull benchmark: a Debian image and the containerd baseline
     debootstrap containerd
+    # lint of scripts/ (a step of scripts/test.sh)
+    shellcheck
 )
 missing=()
 for p in "${packages[@]}"; do
