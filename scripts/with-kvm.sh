@@ -733,7 +733,7 @@ run_tcg() {
             echo "    the machine ran to the end (heartbeat on its console): the command hung" >&2
         fi
         echo "    console tail:" >&2
-        grep -av '^with-kvm heartbeat' "$run_dir/console.log" | tail -n 15 | sed 's/^/    /' >&2
+        { grep -av '^with-kvm heartbeat' "$run_dir/console.log" || true; } | tail -n 15 | sed 's/^/    /' >&2
         exit "$EXIT_TIMEOUT"
     fi
     # The command's status, when it reported one, is the result: a failure of the
@@ -759,7 +759,7 @@ run_tcg() {
     else
         echo "$PROG: error: the TCG machine stopped without reporting the command's exit status; console tail:" >&2
     fi
-    grep -av '^with-kvm heartbeat' "$run_dir/console.log" | tail -n 15 | sed 's/^/    /' >&2
+    { grep -av '^with-kvm heartbeat' "$run_dir/console.log" || true; } | tail -n 15 | sed 's/^/    /' >&2
     exit "$EXIT_FAILURE"
 }
 
