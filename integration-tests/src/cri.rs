@@ -821,9 +821,19 @@ fn report_failed_vmms(pods: &Path, copies: &Path, log: &Path) {
             .as_u64()
             .and_then(|p| u32::try_from(p).ok());
         let vmm_log = file("vmm.log");
-        let logged_failure = vmm_log_says_failed(&String::from_utf8_lossy(
-            &std::fs::read(&vmm_log).unwrap_or_default(),
-        ));
+        // A VMM that still runs has not exited, whatever its log says last (a pid
+        // reused since is a risk the report can take).
+        let running = pid.is_some_and(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|stat| {
+                !stat
+                    .rsplit_once(')')
+                    .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+            })
+        });
+        let logged_failure = !running
+            && vmm_log_says_failed(&String::from_utf8_lossy(
+                &std::fs::read(&vmm_log).unwrap_or_default(),
+            ));
         let daemon_lines: Vec<String> = exits
             .iter()
             .filter(|(p, _)| p.is_some() && *p == pid)
