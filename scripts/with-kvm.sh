@@ -45,7 +45,6 @@ readonly HEARTBEAT_SECS=10 LOST_AFTER=120
 # Console lines of the machine's own kernel that mean the emulation failed.
 readonly EMULATION_FAULTS='Kernel panic - not syncing|soft lockup - CPU#|stack guard page was hit'
 
-
 usage() {
     cat <<EOF
 usage: $0 [options] [--] COMMAND [ARGS...]
@@ -730,7 +729,7 @@ run_tcg() {
     if ((opt_timeout > 0 && (qemu_rc == 124 || qemu_rc == 137))); then
         echo "$PROG: error: timeout: the command did not finish within ${opt_timeout}s (TCG machine killed)" >&2
         if ! emulation_fault "$run_dir/console.log" 1; then
-            echo "    the machine ran to the end (heartbeat on its console): the command hung" >&2
+            echo "    the machine kept running (its heartbeat went on): the command hung" >&2
         fi
         echo "    console tail:" >&2
         { grep -av '^with-kvm heartbeat' "$run_dir/console.log" || true; } | tail -n 15 | sed 's/^/    /' >&2
