@@ -3,13 +3,17 @@
 # StartContainer of a busybox container until its first log line, then teardown, all
 # inside the KVM entry point (registry, daemon and client too), on a CNI bridge network;
 # where containerd + runc are installed, the same sequence through containerd's CRI in
-# the same run, alternating. vmletd runs with its default warm pool of one pre-booted VM
-# (--warm-pool N to change it); then the same runs without one (cold_*). Prints per-run
-# lines, then pod_start_ms_p50=, pod_start_ms_p99=, containerd_pod_start_ms_p50=,
-# containerd_pod_start_ms_p99=, pod_start_vs_containerd=, cold_pod_start_ms_p50=,
-# cold_pod_start_ms_p99=, cold_pod_start_vs_containerd=, and idle_pod_host_rss_kib= (an
-# idle pod's VMM RSS) with its private (_anon_) and page-cache (_file_) parts last.
-#   scripts/bench-pod.sh [--runs N] [--warm-pool N] [--no-containerd]
+# the same run, alternating (each pair in the other order than the last). vmletd runs
+# with its default warm pool of one pre-booted VM (--warm-pool N to change it); then the
+# same runs without one (cold_*), again alternating with containerd. Failed runs are
+# counted (failed_runs_*=), not fatal. Prints per-run lines, then pod_start_ms_p50=,
+# pod_start_ms_p99=, containerd_pod_start_ms_p50=, containerd_pod_start_ms_p99=,
+# pod_start_vs_containerd=, cold_pod_start_ms_p50=, cold_pod_start_ms_p99=,
+# cold_pod_start_vs_containerd=, then idle_pod_host_cost_kib= and
+# containerd_idle_pod_host_cost_kib= (the drop in the host's MemAvailable per idle pod,
+# over --idle-pods N idle pods of each runtime, default 5) and idle_pod_host_rss_kib=
+# (an idle pod's VMM RSS) with its private (_anon_) and page-cache (_file_) parts last.
+#   scripts/bench-pod.sh [--runs N] [--warm-pool N] [--idle-pods N] [--no-containerd]
 set -euo pipefail
 
 exec "$(dirname "$0")/run-release-bench.sh" pod-bench "$@"

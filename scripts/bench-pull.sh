@@ -6,11 +6,19 @@
 # The Debian root (debootstrap, minbase) is built once and cached under
 # /var/cache/vmlet/bench, keyed by suite, variant and mirror.
 # Prints pull_ms_p50=<n> and pull_vs_containerd=<ratio> last (vmlet / containerd; <= 1.0
-# is the target), with vmlet's default configuration (scratch root on disk, under the
-# state directory); before them the same figures with the scratch root on tmpfs.
+# is the target), with vmlet's default configuration (state directory and scratch root
+# on disk) against containerd with its root on the same disk; before them the same
+# figures with both on tmpfs (/dev/shm): vmlet's state directory and scratch root,
+# containerd's root.
+#
+# Both are timed the same way, around the whole command (vmlet's pull example, ctr's
+# image pull against a containerd started beforehand), and run alternately, the order
+# of each round reversed from the last. A pull that fails aborts the benchmark.
 #
 #   scripts/bench-pull.sh [RUNS]      (default 5; run as root)
 set -euo pipefail
+# Command substitutions fail with the commands in them.
+shopt -s inherit_errexit
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 runs=${1:-5}
@@ -35,13 +43,17 @@ fi
 
 work=$(mktemp -d /var/tmp/vmlet-bench-XXXXXX)
 ctrd_pid=
-shm_scratch=
+shm_work=
 cleanup() {
-    [ -n "$ctrd_pid" ] && kill "$ctrd_pid" 2>/dev/null && wait "$ctrd_pid" 2>/dev/null
+    if [ -n "$ctrd_pid" ]; then kill "$ctrd_pid" 2>/dev/null && wait "$ctrd_pid" 2>/dev/null; fi
     "$repo/scripts/test-registry.sh" stop "$work/registry" >/dev/null 2>&1 || true
-    [ -n "${shm_scratch:-}" ] && rm -rf "$shm_scratch"
-    umount -R "$work/ctrd-root" 2>/dev/null || true
-    rm -rf "$work"
+    local dir
+    for dir in "$work" "$shm_work"; do
+        if [ -n "$dir" ]; then
+            umount -R "$dir/ctrd-root" 2>/dev/null || true
+            rm -rf "$dir"
+        fi
+    done
 }
 trap cleanup EXIT
 
@@ -78,6 +90,8 @@ target=${CARGO_TARGET_DIR:-$repo/target}
 pull_bin=$target/release/pull-bench
 
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+die() { log "error: $*"; exit 1; }
+now_ms() { echo $(($(date +%s%N) / 1000000)); }
 
 have_containerd=1
 if ! command -v containerd >/dev/null || ! command -v ctr >/dev/null; then
@@ -85,61 +99,104 @@ if ! command -v containerd >/dev/null || ! command -v ctr >/dev/null; then
     have_containerd=0
 fi
 
-# Arguments: extra options (a scratch directory).
-vmlet_pull() {
-    local state=$work/vmlet
-    "$pull_bin" "$@" "$state" "$ref" "$addr"
-    rm -rf "$state"
-}
-shm_scratch=$(mktemp -d /dev/shm/vmlet-bench-XXXXXX)
+# The tmpfs row's folder: vmlet's state and scratch and containerd's root all on
+# /dev/shm, as the disk row has them all under $work.
+shm_work=$(mktemp -d /dev/shm/vmlet-bench-XXXXXX)
 
-# containerd with its own root, started fresh for each pull (cold content store), the
-# default overlayfs snapshotter: pull = fetch + unpack.
-containerd_pull() {
-    local root=$work/ctrd-root start end
+# vmlet's pull + flatten into a fresh state directory under BASE (its scratch root
+# inside, as by default); prints the milliseconds around the whole command.
+vmlet_pull() { # BASE
+    local state=$1/vmlet start end
+    start=$(now_ms)
+    "$pull_bin" "$state" "$ref" "$addr" >/dev/null || die "vmlet's pull failed"
+    end=$(now_ms)
+    rm -rf "$state"
+    echo $((end - start))
+}
+
+# Runs in the command substitution of measure: the EXIT trap does not, so a failed
+# pull stops its containerd itself.
+stop_containerd() { # ROOT
+    kill "$ctrd_pid" 2>/dev/null || true
+    wait "$ctrd_pid" 2>/dev/null || true
+    ctrd_pid=
+    umount -R "$1" 2>/dev/null || true
+    rm -rf "$1"
+}
+
+# containerd with its own root under BASE, started fresh for each pull (cold content
+# store), the default overlayfs snapshotter: pull = fetch + unpack. Prints the
+# milliseconds around the whole ctr command.
+containerd_pull() { # BASE
+    local root=$1/ctrd-root start end i
     mkdir -p "$root"
     containerd --root "$root/lib" --state "$root/run" --address "$root/ctrd.sock" \
         --config /dev/null >"$work/containerd.log" 2>&1 &
     ctrd_pid=$!
-    for _ in $(seq 100); do [ -S "$root/ctrd.sock" ] && break; sleep 0.1; done
-    start=$(date +%s%N)
-    ctr --address "$root/ctrd.sock" -n bench image pull --plain-http "$ref" >/dev/null
-    end=$(date +%s%N)
-    echo $(( (end - start) / 1000000 ))
-    kill "$ctrd_pid"
-    wait "$ctrd_pid" 2>/dev/null || true
-    ctrd_pid=
-    umount -R "$root" 2>/dev/null || true
-    rm -rf "$root"
+    for i in $(seq 100); do
+        [ -S "$root/ctrd.sock" ] && break
+        if [ "$i" = 100 ]; then
+            stop_containerd "$root"
+            die "containerd did not start: $(tail -n 3 "$work/containerd.log")"
+        fi
+        sleep 0.1
+    done
+    start=$(now_ms)
+    if ! ctr --address "$root/ctrd.sock" -n bench image pull --plain-http "$ref" >/dev/null; then
+        stop_containerd "$root"
+        die "containerd's pull failed: $(tail -n 3 "$work/containerd.log")"
+    fi
+    end=$(now_ms)
+    stop_containerd "$root"
+    echo $((end - start))
 }
 
-# Alternating runs, each after a sync, so that load from other work on the machine and
-# write-back of the previous run fall on both sides alike.
+# One timed pull; its milliseconds are appended to the array named by the first
+# argument. Each run after a sync, so write-back of the previous run falls on both
+# sides alike.
+measure() { # ARRAY COMMAND BASE
+    local -n into=$1
+    local ms
+    sync
+    ms=$("$2" "$3")
+    [[ $ms =~ ^[0-9]+$ ]] || die "$2 $3 printed '$ms', not milliseconds"
+    into+=("$ms")
+}
+
+# Rounds of alternating runs (disk and tmpfs rows, each runtime), the order of each
+# round reversed from the one before, so that neither side always runs first.
 vmlet_ms=()
 vmlet_shm_ms=()
 ctrd_ms=()
-for _ in $(seq "$runs"); do
-    sync
-    vmlet_ms+=("$(vmlet_pull)")
-    sync
-    vmlet_shm_ms+=("$(vmlet_pull --scratch "$shm_scratch")")
-    if [ "$have_containerd" = 1 ]; then
-        sync
-        ctrd_ms+=("$(containerd_pull)")
-    fi
+ctrd_shm_ms=()
+for round in $(seq "$runs"); do
+    order=(vmlet ctrd)
+    if ((round % 2 == 0)); then order=(ctrd vmlet); fi
+    for side in "${order[@]}"; do
+        if [ "$side" = vmlet ]; then
+            measure vmlet_ms vmlet_pull "$work"
+            measure vmlet_shm_ms vmlet_pull "$shm_work"
+        elif [ "$have_containerd" = 1 ]; then
+            measure ctrd_ms containerd_pull "$work"
+            measure ctrd_shm_ms containerd_pull "$shm_work"
+        fi
+    done
 done
 vmlet_p50=$(printf '%s\n' "${vmlet_ms[@]}" | median)
 vmlet_shm_p50=$(printf '%s\n' "${vmlet_shm_ms[@]}" | median)
-log "vmlet pull+flatten ms (scratch root on disk, the default): ${vmlet_ms[*]}"
-log "vmlet pull+flatten ms (scratch root on tmpfs): ${vmlet_shm_ms[*]}"
-echo "pull_tmpfs_scratch_ms_p50=$vmlet_shm_p50"
+log "vmlet pull+flatten ms (state and scratch on disk, the default): ${vmlet_ms[*]}"
+log "vmlet pull+flatten ms (state and scratch on tmpfs): ${vmlet_shm_ms[*]}"
+echo "pull_tmpfs_ms_p50=$vmlet_shm_p50"
 if [ "$have_containerd" = 0 ]; then
     echo "pull_ms_p50=$vmlet_p50"
     exit 0
 fi
 ctrd_p50=$(printf '%s\n' "${ctrd_ms[@]}" | median)
-log "containerd pull+unpack ms: ${ctrd_ms[*]}"
+ctrd_shm_p50=$(printf '%s\n' "${ctrd_shm_ms[@]}" | median)
+log "containerd pull+unpack ms (root on disk): ${ctrd_ms[*]}"
+log "containerd pull+unpack ms (root on tmpfs): ${ctrd_shm_ms[*]}"
+echo "containerd_pull_tmpfs_ms_p50=$ctrd_shm_p50"
+awk -v a="$vmlet_shm_p50" -v b="$ctrd_shm_p50" 'BEGIN { printf "pull_tmpfs_vs_containerd_tmpfs=%.2f\n", a / b }'
 echo "containerd_pull_ms_p50=$ctrd_p50"
-awk -v a="$vmlet_shm_p50" -v b="$ctrd_p50" 'BEGIN { printf "pull_tmpfs_scratch_vs_containerd=%.2f\n", a / b }'
 echo "pull_ms_p50=$vmlet_p50"
 awk -v a="$vmlet_p50" -v b="$ctrd_p50" 'BEGIN { printf "pull_vs_containerd=%.2f\n", a / b }'

@@ -18,7 +18,7 @@ if ! dpkg-query -W -f='${Status}' linux-source-6.1 2>/dev/null | grep -q 'ok ins
 fi
 tarball=$(ls /usr/src/linux-source-6.1.tar.xz)
 src_version=$(dpkg-query -W -f='${Version}' linux-source-6.1)
-key=$( (cat "$fragment"; echo "$src_version"; echo "$(gcc -dumpfullversion)") | sha256sum | cut -c1-16)
+key=$( (cat "$fragment"; echo "$src_version"; gcc -dumpfullversion) | sha256sum | cut -c1-16)
 out=$cache/kernel/$key
 if [ -s "$out/vmlinux" ]; then
     log "cached: $out/vmlinux"

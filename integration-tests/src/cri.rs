@@ -1,10 +1,13 @@
 //! A small blocking CRI v1 client (RuntimeService + ImageService over the daemon's
 //! unix socket), and [`Vmletd`]: the daemon as a child process of a test.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tonic::transport::{Channel, Endpoint};
@@ -79,36 +82,15 @@ impl CriClient {
         .map(|r| r.into_inner().image_ref)
     }
 
-    /// RunPodSandbox.
-    ///
-    /// Inside the emulated TCG machine (`VMLET_IN_WITH_KVM=tcg`) nested guests
-    /// occasionally crash while booting, for reasons of the emulation (see
-    /// `Guest::boot`); a pod whose VMM exited during boot is then run again, at most
-    /// twice. On hardware KVM there is no retry.
+    /// RunPodSandbox, once: a pod whose VMM exits while it boots is an error here, in
+    /// the emulated TCG machine too (see `Guest::boot`).
     pub fn run_pod(&self, config: v1::PodSandboxConfig) -> Result<String, Status> {
-        let emulated = std::env::var("VMLET_IN_WITH_KVM").is_ok_and(|v| v == "tcg");
-        let attempts = if emulated { 3 } else { 1 };
-        let mut attempt = 1;
-        loop {
-            let mut c = self.runtime.clone();
-            let result = self
-                .block_on(c.run_pod_sandbox(req(v1::RunPodSandboxRequest {
-                    config: Some(config.clone()),
-                    runtime_handler: String::new(),
-                })))
-                .map(|r| r.into_inner().pod_sandbox_id);
-            match result {
-                Err(e)
-                    if attempt < attempts
-                        && e.code() == tonic::Code::Internal
-                        && e.message().contains("the VMM exited") =>
-                {
-                    eprintln!("RunPodSandbox attempt {attempt}/{attempts}: {e}");
-                    attempt += 1;
-                }
-                other => return other,
-            }
-        }
+        let mut c = self.runtime.clone();
+        self.block_on(c.run_pod_sandbox(req(v1::RunPodSandboxRequest {
+            config: Some(config),
+            runtime_handler: String::new(),
+        })))
+        .map(|r| r.into_inner().pod_sandbox_id)
     }
 
     /// StopPodSandbox.
@@ -157,18 +139,24 @@ impl CriClient {
         runtime["warmPool"].clone()
     }
 
-    /// Waits (up to 10 minutes) until vmletd's warm pool is full and boots nothing.
+    /// Waits (up to 5 minutes) until vmletd's warm pool is full and boots nothing.
     pub fn wait_warm_pool_full(&self) {
+        if let Err(e) = self.try_wait_warm_pool_full(Duration::from_secs(300)) {
+            panic!("{e}");
+        }
+    }
+
+    /// Waits up to `timeout` until vmletd's warm pool is full and boots nothing.
+    pub fn try_wait_warm_pool_full(&self, timeout: Duration) -> Result<(), String> {
         let start = Instant::now();
         loop {
             let pool = self.warm_pool();
             if pool["ready"] == pool["target"] && pool["booting"] == false {
-                return;
+                return Ok(());
             }
-            assert!(
-                start.elapsed() < Duration::from_secs(600),
-                "warm pool not full: {pool}"
-            );
+            if start.elapsed() > timeout {
+                return Err(format!("warm pool not full after {timeout:?}: {pool}"));
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -513,8 +501,16 @@ pub fn parse_log(text: &str) -> Vec<LogEntry> {
 /// vmletd as a child process, with its state, runtime and log directories in a
 /// temporary directory. Drop removes every pod it knows of, stops it, and kills any
 /// VMM left under its runtime directory.
+///
+/// The daemon's log is kept in `vmletd.log` (and copied to stderr, as before), and a
+/// thread copies every pod's `vmm.log`, `console.log` and `pod.json` into
+/// `pod-logs/<id>/` while the daemon runs, so they outlive the pod. On drop, whether
+/// the test passed or not, every VMM that exited with a failure during the test (its
+/// `vmm.log` ends in an ERROR line, or vmletd logged "VMM exited" with a status other
+/// than 0) has the tails of its `vmm.log` and `console.log` printed.
 pub struct Vmletd {
     child: Option<Child>,
+    mirror: Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>,
     /// Temporary root.
     pub dir: tempfile::TempDir,
     /// CRI socket.
@@ -526,13 +522,14 @@ pub struct Vmletd {
 }
 
 /// Configuration a test's daemon starts from: a boot timeout for shared, emulated
-/// machines; inside the emulated TCG machine one boot at a time (nested guests
+/// machines (300 s, as the CRI client's deadline: shorter than the machine limit of
+/// `scripts/test.sh`, so a boot that hangs fails the test with its own error); inside the emulated TCG machine one boot at a time (nested guests
 /// booting at once crash that machine's own kernel); no warm pool (tests count VMMs
 /// and namespaces; `--warm-pool N` turns it on).
 fn base_config() -> String {
     let emulated = std::env::var("VMLET_IN_WITH_KVM").is_ok_and(|v| v == "tcg");
     let boots = if emulated { 1 } else { 4 };
-    format!("[vm]\nboot_timeout_secs = 600\nmax_concurrent_boots = {boots}\nwarm_pool = 0\n")
+    format!("[vm]\nboot_timeout_secs = 300\nmax_concurrent_boots = {boots}\nwarm_pool = 0\n")
 }
 
 /// A registry on loopback with the busybox image pushed as `tag`, and the image's
@@ -571,13 +568,36 @@ impl Vmletd {
         let socket = dir.path().join("cri.sock");
         let mut d = Vmletd {
             child: None,
+            mirror: None,
             socket,
             dir,
             args: args.iter().map(|s| s.to_string()).collect(),
             config: config.to_owned(),
         };
         d.spawn();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (pods, copies) = (d.state_dir().join("pods"), d.pod_logs_dir());
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || loop {
+            let last = flag.load(Ordering::Acquire);
+            mirror_pod_logs(&pods, &copies);
+            if last {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        });
+        d.mirror = Some((stop, thread));
         d
+    }
+
+    /// Where the harness keeps copies of the pods' logs.
+    pub fn pod_logs_dir(&self) -> PathBuf {
+        self.dir.path().join("pod-logs")
+    }
+
+    /// The daemon's own log (stderr), over all its restarts.
+    pub fn log_file(&self) -> PathBuf {
+        self.dir.path().join("vmletd.log")
     }
 
     /// State directory.
@@ -613,14 +633,32 @@ impl Vmletd {
             .arg(crate::vmm_binary())
             .args(&self.args)
             .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
+            .stderr(Stdio::piped())
             .process_group(0);
         std::fs::write(
             self.dir.path().join("vmletd.toml"),
             format!("{}{}", base_config(), self.config),
         )
         .expect("write config");
-        let child = cmd.spawn().expect("start vmletd");
+        let mut child = cmd.spawn().expect("start vmletd");
+        // The log goes to vmletd.log and to the test's output.
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_file())
+            .expect("open vmletd.log");
+        if let Some(stderr) = child.stderr.take() {
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).split(b'\n') {
+                    let Ok(line) = line else { break };
+                    let _ = file.write_all(&line);
+                    let _ = file.write_all(b"\n");
+                    crate::say(&String::from_utf8_lossy(&line));
+                }
+            });
+        }
         self.child = Some(child);
         let start = Instant::now();
         while CriClient::connect(&self.socket).is_err() {
@@ -686,6 +724,15 @@ impl Vmletd {
 
 impl Drop for Vmletd {
     fn drop(&mut self) {
+        if let Some((stop, thread)) = self.mirror.take() {
+            stop.store(true, Ordering::Release);
+            let _ = thread.join();
+        }
+        report_failed_vmms(
+            &self.state_dir().join("pods"),
+            &self.pod_logs_dir(),
+            &self.log_file(),
+        );
         if self.child.is_some() {
             if let Ok(c) = CriClient::connect(&self.socket) {
                 for p in c.list_pods(None) {
@@ -698,5 +745,214 @@ impl Drop for Vmletd {
             // SAFETY: kill(2) on a VMM this test's daemon started.
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         }
+    }
+}
+
+/// Copies each pod's `vmm.log`, `console.log` and `pod.json` that changed size from
+/// `pods/<id>/` to `copies/<id>/`. Files that are missing or vanish meanwhile are
+/// skipped.
+fn mirror_pod_logs(pods: &Path, copies: &Path) {
+    let Ok(entries) = std::fs::read_dir(pods) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let to = copies.join(entry.file_name());
+        for name in ["vmm.log", "console.log", "pod.json"] {
+            let src = entry.path().join(name);
+            let Ok(meta) = std::fs::metadata(&src) else {
+                continue;
+            };
+            let dst = to.join(name);
+            if std::fs::metadata(&dst).is_ok_and(|m| m.len() == meta.len()) {
+                continue;
+            }
+            if std::fs::create_dir_all(&to).is_ok() {
+                let _ = std::fs::copy(&src, &dst);
+            }
+        }
+    }
+}
+
+/// `text` without ANSI escape sequences.
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // ESC [ parameters final-byte
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The pid of each VMM vmletd saw exit with a failure, with the line: vmletd logs one
+/// "VMM exited: HOW" line per VMM it started, ending in "(as asked)" when it stopped or
+/// killed the VMM itself or the guest powered off (status 0).
+pub fn failed_vmm_exits(log: &str) -> Vec<(Option<u32>, String)> {
+    let number_after = |line: &str, key: &str| -> Option<u64> {
+        let rest = &line[line.find(key)? + key.len()..];
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().ok()
+    };
+    log.lines()
+        .map(strip_ansi)
+        .filter(|l| l.contains("VMM exited: ") && !l.contains("(as asked)"))
+        .map(|l| {
+            (
+                number_after(&l, "pid=").and_then(|p| u32::try_from(p).ok()),
+                l,
+            )
+        })
+        .collect()
+}
+
+/// Whether a VMM's log says it exited with a failure: vmlet-vmm logs the reason for
+/// every non-zero exit as its last line, at ERROR level.
+pub fn vmm_log_says_failed(log: &str) -> bool {
+    log.lines()
+        .map(strip_ansi)
+        .rfind(|l| !l.trim().is_empty())
+        .is_some_and(|l| l.contains("ERROR") || l.starts_with("error"))
+}
+
+/// Prints the tails of `vmm.log` and `console.log` of every pod whose VMM exited with a
+/// failure, from the pod's directory under `pods` or, once the pod is gone, from the
+/// harness's copies under `copies`; and the lines of vmletd's `log` about failed VMMs
+/// that belong to no pod it knows.
+fn report_failed_vmms(pods: &Path, copies: &Path, log: &Path) {
+    let daemon_log = strip_ansi(&String::from_utf8_lossy(
+        &std::fs::read(log).unwrap_or_default(),
+    ));
+    let mut exits = failed_vmm_exits(&daemon_log);
+    let mut ids = BTreeSet::new();
+    for dir in [pods, copies] {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            ids.insert(e.file_name());
+        }
+    }
+    for id in ids {
+        let file = |name: &str| {
+            let live = pods.join(&id).join(name);
+            if live.exists() {
+                live
+            } else {
+                copies.join(&id).join(name)
+            }
+        };
+        let record: serde_json::Value = std::fs::read_to_string(file("pod.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
+        let pid = record["vmm_pid"]
+            .as_u64()
+            .and_then(|p| u32::try_from(p).ok());
+        let vmm_log = file("vmm.log");
+        // A VMM that still runs has not exited, whatever its log says last (a pid
+        // reused since is a risk the report can take).
+        let running = pid.is_some_and(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|stat| {
+                !stat
+                    .rsplit_once(')')
+                    .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+            })
+        });
+        let logged_failure = !running
+            && vmm_log_says_failed(&String::from_utf8_lossy(
+                &std::fs::read(&vmm_log).unwrap_or_default(),
+            ));
+        let daemon_lines: Vec<String> = exits
+            .iter()
+            .filter(|(p, _)| p.is_some() && *p == pid)
+            .map(|(_, l)| l.clone())
+            .collect();
+        exits.retain(|(p, _)| p.is_none() || *p != pid);
+        if !logged_failure && daemon_lines.is_empty() {
+            continue;
+        }
+        crate::say(&format!(
+            "=== the VMM of pod {} (pid {}) exited with a failure",
+            id.to_string_lossy(),
+            pid.map_or("?".to_owned(), |p| p.to_string())
+        ));
+        for line in daemon_lines {
+            crate::say(&format!("vmletd: {line}"));
+        }
+        crate::print_tail("vmm.log", &vmm_log, 40);
+        crate::print_tail("console.log", &file("console.log"), 40);
+    }
+    for (_, line) in exits {
+        crate::say(&format!(
+            "=== a VMM of no known pod exited with a failure; vmletd: {line}"
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_vmm_exits_are_found_in_the_daemon_log() {
+        let log = "\
+2026-12-04T10:00:00Z  INFO vmlet_agent::sandbox::vm: VMM exited: exit status 0 (as asked) pid=10
+2026-12-04T10:00:01Z  WARN vmlet_agent::sandbox::vm: VMM exited: exit status 1 pid=11
+2026-12-04T10:00:02Z  WARN \u{1b}[2mvmlet_agent::sandbox::vm\u{1b}[0m: VMM exited: killed by signal 11 (SIGSEGV) \u{1b}[3mpid\u{1b}[0m\u{1b}[2m=\u{1b}[0m12
+2026-12-04T10:00:03Z  INFO vmlet_agent::sandbox::vm: VMM exited: killed by signal 9 (SIGKILL) (as asked) pid=13
+2026-12-04T10:00:04Z  INFO vmlet_agent::sandbox::vm: adopted VMM exited pid=14
+2026-12-04T10:00:05Z  INFO vmlet_agent: something else pid=15
+";
+        let pids: Vec<Option<u32>> = failed_vmm_exits(log).into_iter().map(|(p, _)| p).collect();
+        assert_eq!(pids, vec![Some(11), Some(12)]);
+    }
+
+    #[test]
+    fn a_vmm_log_ending_in_an_error_is_a_failure() {
+        assert!(vmm_log_says_failed(
+            "2026-12-04T10:00:00Z  INFO vmlet_vmm: booted\n2026-12-04T10:00:01Z ERROR vmlet_vmm: vCPU 0: KVM internal error\n\n"
+        ));
+        assert!(vmm_log_says_failed(
+            "error: cannot open the kernel: No such file\n"
+        ));
+        assert!(!vmm_log_says_failed(
+            "2026-12-04T10:00:00Z ERROR vmlet_vmm: transient\n2026-12-04T10:00:01Z  INFO vmlet_vmm: guest powered off\n"
+        ));
+        assert!(!vmm_log_says_failed(""));
+    }
+
+    #[test]
+    fn pod_logs_are_mirrored_and_survive_the_pod() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pods, copies) = (dir.path().join("pods"), dir.path().join("copies"));
+        std::fs::create_dir_all(pods.join("p1")).unwrap();
+        std::fs::write(pods.join("p1/vmm.log"), "a\n").unwrap();
+        mirror_pod_logs(&pods, &copies);
+        std::fs::write(pods.join("p1/vmm.log"), "a\nb\n").unwrap();
+        std::fs::write(pods.join("p1/console.log"), "c\n").unwrap();
+        mirror_pod_logs(&pods, &copies);
+        std::fs::remove_dir_all(pods.join("p1")).unwrap();
+        mirror_pod_logs(&pods, &copies);
+        assert_eq!(
+            std::fs::read_to_string(copies.join("p1/vmm.log")).unwrap(),
+            "a\nb\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(copies.join("p1/console.log")).unwrap(),
+            "c\n"
+        );
+        assert!(!copies.join("p1/pod.json").exists());
+        // Nothing there at all is no error.
+        mirror_pod_logs(&dir.path().join("none"), &copies);
+        report_failed_vmms(
+            &dir.path().join("none"),
+            &dir.path().join("none"),
+            &dir.path().join("none"),
+        );
     }
 }

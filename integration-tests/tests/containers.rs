@@ -322,15 +322,17 @@ fn limits_contain_memory_hogs_and_fork_bombs() {
 #[test]
 fn exec_joins_a_running_container() {
     let pod = pod();
-    pod.run("main", process("echo data > /tmp/state; exec sleep 1000"));
-    pod.agent.read_until(
+    pod.run(
         "main",
-        "",
-        pb::Stream::Stdout,
-        Duration::from_secs(5),
-        |_| true,
+        process("echo data > /tmp/state; echo started; exec sleep 1000"),
     );
-    // Give the main process time to write its file: poll through exec.
+    let started = pod
+        .agent
+        .read_until("main", "", pb::Stream::Stdout, WAIT, |d| {
+            String::from_utf8_lossy(d).contains("started")
+        });
+    assert_eq!(String::from_utf8_lossy(&started), "started\n");
+    // The file is written; poll through exec until the main process is `sleep`.
     let mut p = process(
         "cat /tmp/state; cat /proc/1/cmdline | tr '\\0' ' '; echo; cat /proc/self/cgroup; exit 3",
     );
@@ -342,7 +344,7 @@ fn exec_joins_a_running_container() {
         out = pod.agent.output("main", &id, WAIT);
         let status = pod.agent.wait("main", &id, WAIT).unwrap();
         assert_eq!(status.exit_code, 3, "{}", out.err());
-        if out.out().starts_with("data") {
+        if out.out().starts_with("data\nsleep 1000 \n") {
             break;
         }
         std::thread::sleep(Duration::from_millis(200));

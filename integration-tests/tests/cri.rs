@@ -508,7 +508,9 @@ fn bad_requests_get_the_right_codes_and_leave_nothing() {
     let mut missing = container_config("missing", &env.image, "");
     missing.command = vec!["/no/such/program".into()];
     let m = c.create(&pod, missing, &pod_cfg).expect("CreateContainer");
-    assert!(c.start(&m).is_err());
+    let err = c.start(&m).unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
+    assert!(err.message().contains("/no/such/program"), "{err}");
     assert_eq!(
         c.status(&m).unwrap().state,
         v1::ContainerState::ContainerExited as i32

@@ -222,6 +222,48 @@ mod tests {
         let me = std::process::id();
         assert!(!alive(me, Path::new("/no/such/control.sock")));
         assert!(!alive(u32::MAX - 1, Path::new("/x")));
+
+        // A live process whose command line names the socket (as a VMM's does), and
+        // that stays a child of the shell (`; true`: no exec into sleep).
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("control.sock");
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("sleep 30; true")
+            .arg("sh")
+            .arg("--control-socket")
+            .arg(&socket)
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        // Right after exec the new command line may not be readable yet.
+        let start = std::time::Instant::now();
+        while std::fs::read(format!("/proc/{pid}/cmdline")).map_or(true, |c| c.is_empty()) {
+            assert!(start.elapsed() < std::time::Duration::from_secs(10));
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(alive(pid, &socket));
+        assert_eq!(find(&socket), Some(pid));
+        // Another socket, or a path that only starts like it, is not this VMM's.
+        assert!(!alive(pid, &dir.path().join("other.sock")));
+        assert!(!alive(pid, dir.path()));
+        // Exited but not yet reaped (a zombie) is not alive.
+        child.kill().unwrap();
+        let zombie = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .unwrap_or_default()
+                .rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        };
+        let start = std::time::Instant::now();
+        while !zombie() {
+            assert!(start.elapsed() < std::time::Duration::from_secs(10));
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(!alive(pid, &socket));
+        assert_eq!(find(&socket), None);
+        child.wait().unwrap();
+        assert!(!alive(pid, &socket));
     }
 
     fn command() -> VmmCommand {

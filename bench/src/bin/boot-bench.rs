@@ -1,8 +1,18 @@
 //! Boot benchmark: boots the same kernel and initramfs with vmlet-vmm and with
-//! QEMU's microvm machine, alternating, and reports time from process start to
-//! the guest init's first console line, plus the VMM's memory overhead.
+//! QEMU's microvm machine, alternating (the order of each pair reversed from the
+//! last), and reports time from process start to the guest init's first console
+//! line, plus the VMM's memory overhead. Boots that fail or time out are counted
+//! and printed for each VMM (`failed_boots_*=`, `timed_out_boots_*=`), never left
+//! out silently.
 //!
 //! Usage: boot-bench --kernel K --initramfs I [--runs N] [--vmm PATH] [--qemu PATH]
+//!                   [--qemu-cmdline same|plain]
+//!
+//! The guest kernel command line is the same for both by default (`same`): QEMU gets
+//! every parameter vmlet-vmm always adds (`BASE_CMDLINE` of vmm/src/builder.rs) plus
+//! the benchmark's own. `plain` gives QEMU only `console=ttyS0 reboot=k panic=1` and
+//! the benchmark's own, as QEMU's users would, to measure what vmlet's parameters
+//! are worth.
 //!
 //! Memory overhead = the VMM's peak RSS (`VmHWM`) minus the resident part of the
 //! guest-memory mapping (`Rss` of that mapping in /proc/PID/smaps), both read once
@@ -17,6 +27,12 @@ const MARKER: &str = "vmlet-init: started";
 const MEM_MIB: u64 = 128;
 const CMDLINE: &str = "quiet";
 const TIMEOUT: Duration = Duration::from_secs(120);
+/// What vmlet-vmm always puts on the guest's command line (a copy of
+/// `vmlet_vmm::builder::BASE_CMDLINE`; a test below keeps them equal).
+const VMLET_BASE_CMDLINE: &str =
+    "console=ttyS0 reboot=k panic=1 8250.nr_uarts=1 tsc=reliable no_timer_check";
+/// What QEMU's users pass at least.
+const PLAIN_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
 
 struct Args {
     kernel: PathBuf,
@@ -24,6 +40,8 @@ struct Args {
     runs: usize,
     vmm: PathBuf,
     qemu: String,
+    /// QEMU gets vmlet-vmm's base command line too.
+    same_cmdline: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -31,6 +49,7 @@ fn parse_args() -> Result<Args, String> {
     let (mut kernel, mut initramfs, mut runs) = (None, None, 20);
     let mut vmm = vmlet_integration_tests::vmm_binary();
     let mut qemu = "qemu-system-x86_64".to_owned();
+    let mut same_cmdline = true;
     while let Some(a) = it.next() {
         let mut val = || it.next().ok_or(format!("{a} needs a value"));
         match a.as_str() {
@@ -39,6 +58,13 @@ fn parse_args() -> Result<Args, String> {
             "--runs" => runs = val()?.parse().map_err(|_| "bad --runs")?,
             "--vmm" => vmm = PathBuf::from(val()?),
             "--qemu" => qemu = val()?,
+            "--qemu-cmdline" => {
+                same_cmdline = match val()?.as_str() {
+                    "same" => true,
+                    "plain" => false,
+                    v => return Err(format!("--qemu-cmdline wants same or plain, not {v}")),
+                }
+            }
             _ => return Err(format!("unknown argument {a}")),
         }
     }
@@ -48,7 +74,19 @@ fn parse_args() -> Result<Args, String> {
         runs,
         vmm,
         qemu,
+        same_cmdline,
     })
+}
+
+/// The command line QEMU's guest gets: what vmlet-vmm's guest gets (its base plus
+/// `CMDLINE`), or QEMU's plain one plus `CMDLINE`.
+fn qemu_cmdline(a: &Args) -> String {
+    let base = if a.same_cmdline {
+        VMLET_BASE_CMDLINE
+    } else {
+        PLAIN_CMDLINE
+    };
+    format!("{base} {CMDLINE}")
 }
 
 fn vmlet_cmd(a: &Args) -> Command {
@@ -92,7 +130,7 @@ fn qemu_cmd(a: &Args) -> Command {
     .arg("-initrd")
     .arg(&a.initramfs)
     .arg("-append")
-    .arg(format!("console=ttyS0 reboot=k panic=1 {CMDLINE}"));
+    .arg(qemu_cmdline(a));
     c
 }
 
@@ -147,14 +185,28 @@ struct Sample {
     overhead_kib: Option<u64>,
 }
 
-fn measure(mut cmd: Command) -> Result<Sample, String> {
+/// Why a boot produced no sample.
+enum Failure {
+    /// The VMM could not start, or exited (closed its console) before the marker.
+    Failed(String),
+    /// No marker within `TIMEOUT`.
+    TimedOut,
+}
+
+fn measure(mut cmd: Command) -> Result<Sample, Failure> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
     let start = Instant::now();
-    let mut child: Child = cmd.spawn().map_err(|e| format!("spawn: {e}"))?;
+    let mut child: Child = cmd
+        .spawn()
+        .map_err(|e| Failure::Failed(format!("spawn: {e}")))?;
     let pid = child.id();
-    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let Some(stdout) = child.stdout.take() else {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(Failure::Failed("no stdout".into()));
+    };
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
@@ -178,7 +230,16 @@ fn measure(mut cmd: Command) -> Result<Sample, String> {
                 overhead_kib: overhead,
             })
         }
-        Err(_) => Err(format!("no {MARKER:?} within {TIMEOUT:?}")),
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(Failure::TimedOut),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            // The console closed without the marker: the VMM exited.
+            let status = child
+                .wait()
+                .map_or_else(|e| e.to_string(), |s| s.to_string());
+            Err(Failure::Failed(format!(
+                "exited before {MARKER:?}: {status}"
+            )))
+        }
     };
     let _ = child.kill();
     let _ = child.wait();
@@ -195,6 +256,15 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
+/// One VMM's results.
+#[derive(Default)]
+struct Side {
+    times: Vec<f64>,
+    mem: Vec<f64>,
+    failed: usize,
+    timed_out: usize,
+}
+
 fn main() {
     let args = match parse_args() {
         Ok(a) => a,
@@ -203,13 +273,21 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let (mut ours, mut qemu, mut ours_mem, mut qemu_mem) = (vec![], vec![], vec![], vec![]);
-    let mut failures = std::collections::BTreeMap::new();
+    println!("vmlet_vmm_cmdline=\"{VMLET_BASE_CMDLINE} {CMDLINE}\"");
+    println!("qemu_microvm_cmdline=\"{}\"", qemu_cmdline(&args));
+    let names = ["vmlet-vmm", "qemu-microvm"];
+    let mut sides = [Side::default(), Side::default()];
     for i in 0..args.runs {
-        for (name, cmd) in [
-            ("vmlet-vmm", vmlet_cmd(&args)),
-            ("qemu-microvm", qemu_cmd(&args)),
-        ] {
+        // Each pair in the other order than the last: neither VMM always boots first.
+        let order = if i % 2 == 0 { [0, 1] } else { [1, 0] };
+        for which in order {
+            let name = names[which];
+            let cmd = if which == 0 {
+                vmlet_cmd(&args)
+            } else {
+                qemu_cmd(&args)
+            };
+            let side = &mut sides[which];
             match measure(cmd) {
                 Ok(s) => {
                     println!(
@@ -217,41 +295,61 @@ fn main() {
                         s.boot_ms,
                         s.overhead_kib.map_or("?".into(), |k| k.to_string())
                     );
-                    let (times, mem) = if name == "vmlet-vmm" {
-                        (&mut ours, &mut ours_mem)
-                    } else {
-                        (&mut qemu, &mut qemu_mem)
-                    };
-                    times.push(s.boot_ms);
+                    side.times.push(s.boot_ms);
                     if let Some(k) = s.overhead_kib {
-                        mem.push(k as f64);
+                        side.mem.push(k as f64);
                     }
                 }
-                Err(e) => {
-                    // Counted and reported, not fatal: nested guests in the emulated
-                    // TCG machine occasionally crash early, QEMU's as well as ours.
-                    eprintln!("boot-bench: {name} run {i}: {e}");
-                    *failures.entry(name).or_insert(0) += 1;
+                // Counted and reported, not fatal, and not in the medians.
+                Err(Failure::Failed(e)) => {
+                    println!("run {i:2} {name:12} failed: {e}");
+                    side.failed += 1;
+                }
+                Err(Failure::TimedOut) => {
+                    println!("run {i:2} {name:12} timed out: no {MARKER:?} within {TIMEOUT:?}");
+                    side.timed_out += 1;
                 }
             }
         }
     }
-    if ours.is_empty() || qemu.is_empty() {
-        eprintln!("boot-bench: no successful boots to report");
+    for (name, side) in names.iter().zip(&sides) {
+        let key = name.replace('-', "_");
+        println!("boots_{key}={}", args.runs);
+        println!("failed_boots_{key}={}", side.failed);
+        println!("timed_out_boots_{key}={}", side.timed_out);
+    }
+    let [ours, qemu] = &mut sides;
+    if ours.times.is_empty() || qemu.times.is_empty() {
+        eprintln!("boot-bench: no successful boots to report for one of the VMMs");
         std::process::exit(1);
     }
-    for (name, n) in &failures {
-        println!("failed_boots_{}={n}", name.replace('-', "_"));
-    }
-    let ours_p50 = median(&mut ours);
-    let qemu_p50 = median(&mut qemu);
+    let ours_p50 = median(&mut ours.times);
+    let qemu_p50 = median(&mut qemu.times);
     println!("qemu_microvm_boot_to_init_ms_p50={qemu_p50:.0}");
-    if !qemu_mem.is_empty() {
-        println!("qemu_microvm_overhead_rss_kib={:.0}", median(&mut qemu_mem));
+    if !qemu.mem.is_empty() {
+        println!("qemu_microvm_overhead_rss_kib={:.0}", median(&mut qemu.mem));
     }
     println!("boot_to_init_ms_p50={ours_p50:.0}");
     println!("boot_vs_qemu_microvm={:.2}", ours_p50 / qemu_p50);
-    if !ours_mem.is_empty() {
-        println!("vmm_overhead_rss_kib={:.0}", median(&mut ours_mem));
+    if !ours.mem.is_empty() {
+        println!("vmm_overhead_rss_kib={:.0}", median(&mut ours.mem));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_base_command_line_is_vmlet_vmms() {
+        let builder = include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../vmm/src/builder.rs"
+        ));
+        let quoted = format!("\"{VMLET_BASE_CMDLINE}\"");
+        assert!(
+            builder.contains(&quoted),
+            "vmm/src/builder.rs no longer has BASE_CMDLINE = {quoted}: update boot-bench"
+        );
     }
 }
