@@ -13,7 +13,7 @@ use super::error::RuntimeError;
 use super::spec;
 use super::state::{Container, Inner, Pod};
 use super::util::{lock, new_id, now_ns};
-use crate::images::ImageError;
+use crate::images::{BlockImage, ImageConfig, ImageError, ImageLease};
 use crate::logs::{self, LogSink};
 use crate::sandbox::{guest, Vm};
 use crate::store::{self, ContainerRecord, LogRecord, PodPhase};
@@ -113,73 +113,212 @@ fn guest_spec(id: &str, slot: &str, c: &ContainerConfig, p: &spec::Process) -> p
     }
 }
 
-/// Creates a container in a ready pod.
-pub async fn create(
-    inner: &Arc<Inner>,
-    pod_id: &str,
-    config: ContainerConfig,
-) -> Result<String, RuntimeError> {
-    let pod = inner.pod(pod_id)?;
-    let _op = pod.op.lock().await;
-    if lock(&pod.record).phase != PodPhase::Ready {
-        return Err(RuntimeError::Precondition(format!(
-            "pod sandbox {pod_id} is not ready (stopped or its VM exited): it takes no new containers"
-        )));
-    }
-    let vm = running_vm(&pod)?;
-    let key = (pod.id.clone(), config.name.clone(), config.attempt);
-    let id = new_id()?;
-    {
+/// The key a container's name is reserved under in its pod: (pod, name, attempt).
+type NameKey = (String, String, u32);
+
+/// What one CreateContainer has done so far, undone when it fails: the container's
+/// name reserved, an image slot taken (its content unknown if the swap failed), the
+/// container's records written and the pod record saved with the slot in use, the
+/// container created in the guest. [`Creation::commit`] keeps it all; an error path
+/// calls [`Creation::undo`], which removes the guest's container (a guest call, so
+/// awaited there) and drops the guard, whose `Drop` undoes the rest in reverse order.
+/// A creation dropped midway (its call cancelled) is undone by the same `Drop`, the
+/// guest's container then by a task.
+struct Creation<'a> {
+    inner: &'a Inner,
+    pod: &'a Arc<Pod>,
+    id: String,
+    name: Option<NameKey>,
+    slot: Option<String>,
+    /// The swap into `slot` failed: what the guest sees there is unknown.
+    slot_unknown: bool,
+    /// The container and log-position records may exist on disk.
+    records: bool,
+    /// The pod record on disk counts this container as a user of `slot`.
+    pod_saved: bool,
+    guest: Option<Vm>,
+}
+
+impl<'a> Creation<'a> {
+    /// Reserves the container's name in its pod (refused if another container has it).
+    fn reserve(
+        inner: &'a Inner,
+        pod: &'a Arc<Pod>,
+        id: String,
+        config: &ContainerConfig,
+    ) -> Result<Self, RuntimeError> {
+        let key = (pod.id.clone(), config.name.clone(), config.attempt);
         let mut t = lock(&inner.tables);
         if let Some(other) = t.container_names.get(&key) {
             return Err(RuntimeError::AlreadyExists(format!(
-                "container name {:?} (attempt {}) is reserved for {other} in pod {pod_id}",
-                config.name, config.attempt
+                "container name {:?} (attempt {}) is reserved for {other} in pod {}",
+                config.name, config.attempt, pod.id
             )));
         }
         t.container_names.insert(key.clone(), id.clone());
+        Ok(Creation {
+            inner,
+            pod,
+            id,
+            name: Some(key),
+            slot: None,
+            slot_unknown: false,
+            records: false,
+            pod_saved: false,
+            guest: None,
+        })
     }
-    match create_reserved(inner, &pod, &vm, &id, config).await {
-        Ok(c) => {
-            lock(&inner.tables).containers.insert(id.clone(), c);
-            inner.emit(&id, pod_id, EventKind::Created);
-            Ok(id)
+
+    /// Puts `image` in an image slot of the pod: one that holds it already, else a
+    /// free one into which its file is swapped. Returns the slot's serial.
+    async fn attach_image(&mut self, vm: &Vm, image: &BlockImage) -> Result<String, RuntimeError> {
+        let (slot, swap) = pick_slot(self.pod, image.id.as_str())?;
+        self.slot = Some(slot.clone());
+        if swap {
+            if let Err(e) = vm.swap_drive(&slot, &image.path).await {
+                // Never reuse the slot for the image it held before.
+                self.slot_unknown = true;
+                return Err(e.into());
+            }
         }
-        Err(e) => {
-            lock(&inner.tables).container_names.remove(&key);
-            Err(e)
+        Ok(slot)
+    }
+
+    /// Writes the log position, the container record, and the pod record (its slots).
+    fn write_records(&mut self, record: &ContainerRecord) -> Result<(), RuntimeError> {
+        let paths = &self.pod.paths;
+        self.records = true;
+        store::write_json(&paths.log(&self.id), &LogRecord::default())?;
+        store::write_json(&paths.container(&self.id), record)?;
+        let pod_record = lock(&self.pod.record).clone();
+        store::write_json(&paths.record(), &pod_record)?;
+        self.pod_saved = true;
+        Ok(())
+    }
+
+    /// Creates the container in the guest.
+    async fn create_in_guest(
+        &mut self,
+        vm: &Vm,
+        spec: pb::ContainerSpec,
+    ) -> Result<(), RuntimeError> {
+        vm.client
+            .clone()
+            .create_container(guest::req(
+                pb::CreateContainerRequest { spec: Some(spec) },
+                guest::CALL,
+            ))
+            .await
+            .map_err(RuntimeError::guest("CreateContainer"))?;
+        self.guest = Some(vm.clone());
+        Ok(())
+    }
+
+    /// Keeps everything: the container exists.
+    fn commit(mut self) {
+        self.name = None;
+        self.slot = None;
+        self.records = false;
+        self.pod_saved = false;
+        self.guest = None;
+    }
+
+    /// Undoes everything done so far.
+    async fn undo(mut self) {
+        if let Some(vm) = self.guest.take() {
+            remove_in_guest(&vm, &self.id).await;
         }
     }
 }
 
-async fn create_reserved(
-    inner: &Arc<Inner>,
-    pod: &Arc<Pod>,
-    vm: &Vm,
-    id: &str,
-    config: ContainerConfig,
-) -> Result<Arc<Container>, RuntimeError> {
+impl Drop for Creation<'_> {
+    fn drop(&mut self) {
+        if let Some(vm) = self.guest.take() {
+            // Dropped midway: the guest call cannot be awaited here.
+            let id = self.id.clone();
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move { remove_in_guest(&vm, &id).await });
+            }
+        }
+        if let Some(slot) = self.slot.take() {
+            if self.slot_unknown {
+                let mut r = lock(&self.pod.record);
+                if let Some(s) = r.slots.iter_mut().find(|s| s.serial == slot) {
+                    s.image_id = None;
+                }
+            }
+            release_slot(self.pod, &slot);
+        }
+        if self.records {
+            let _ = std::fs::remove_file(self.pod.paths.container(&self.id));
+            let _ = std::fs::remove_file(self.pod.paths.log(&self.id));
+        }
+        if self.pod_saved {
+            if let Err(e) = self.pod.save() {
+                tracing::warn!(pod = %self.pod.id, "undoing a container's creation: {e}");
+            }
+        }
+        if let Some(key) = self.name.take() {
+            lock(&self.inner.tables).container_names.remove(&key);
+        }
+    }
+}
+
+/// Removes a container from the guest, whatever its state; a failure is logged.
+pub(super) async fn remove_in_guest(vm: &Vm, id: &str) {
+    let removed = vm
+        .client
+        .clone()
+        .remove_container(guest::req(
+            pb::RemoveContainerRequest {
+                container_id: id.to_owned(),
+                force: true,
+            },
+            guest::CALL,
+        ))
+        .await;
+    if let Err(s) = removed {
+        tracing::warn!(container = %id, "removing the container from the guest: {s}");
+    }
+}
+
+/// The pod's VM, if the pod takes new containers (ready, its VM running).
+fn ready_vm(pod: &Pod) -> Result<Vm, RuntimeError> {
+    if lock(&pod.record).phase != PodPhase::Ready {
+        return Err(RuntimeError::Precondition(format!(
+            "pod sandbox {} is not ready (stopped or its VM exited): it takes no new containers",
+            pod.id
+        )));
+    }
+    running_vm(pod)
+}
+
+/// The image a request names, and a lease that keeps it while the container exists.
+fn lease_image(inner: &Inner, name: &str) -> Result<(BlockImage, ImageLease), RuntimeError> {
+    let failed = |source| RuntimeError::Image {
+        image: name.to_owned(),
+        source: Box::new(source),
+    };
     let image = inner
         .images
-        .block_image(&config.image)
+        .block_image(name)
         .map_err(|source| match source {
             ImageError::NotFound(_) => RuntimeError::NotFound(format!(
-                "image {:?} is not present on this node: pull it first",
-                config.image
+                "image {name:?} is not present on this node: pull it first"
             )),
-            source => RuntimeError::Image {
-                image: config.image.clone(),
-                source: Box::new(source),
-            },
+            source => failed(source),
         })?;
-    let image_id = image.id.to_string();
-    let lease = inner
-        .images
-        .lease(&image_id)
-        .map_err(|source| RuntimeError::Image {
-            image: config.image.clone(),
-            source: Box::new(source),
-        })?;
+    let lease = inner.images.lease(image.id.as_str()).map_err(failed)?;
+    Ok((image, lease))
+}
+
+/// The container's process (the request merged with the image config) and the full
+/// path of its log file ("" for none).
+fn plan(
+    pod: &Pod,
+    config: &ContainerConfig,
+    image: &ImageConfig,
+) -> Result<(spec::Process, String), RuntimeError> {
     let (hostname, log_dir) = {
         let r = lock(&pod.record);
         let h = if r.config.hostname.is_empty() {
@@ -189,7 +328,7 @@ async fn create_reserved(
         };
         (h, r.config.log_directory.clone())
     };
-    let process = spec::merge(&config, &image.config, &hostname)?;
+    let process = spec::merge(config, image, &hostname)?;
     let log_path = if log_dir.is_empty() || config.log_path.is_empty() {
         String::new()
     } else {
@@ -198,28 +337,25 @@ async fn create_reserved(
             .display()
             .to_string()
     };
+    Ok((process, log_path))
+}
 
-    let (slot, swap) = pick_slot(pod, &image_id)?;
-    let undo_slot = |pod: &Pod| release_slot(pod, &slot);
-    if swap {
-        if let Err(e) = vm.swap_drive(&slot, &image.path).await {
-            // The slot's content is unknown now: never reuse it for the old image.
-            {
-                let mut r = lock(&pod.record);
-                if let Some(s) = r.slots.iter_mut().find(|s| s.serial == slot) {
-                    s.image_id = None;
-                }
-            }
-            undo_slot(pod);
-            return Err(e.into());
-        }
-    }
-    let record = ContainerRecord {
+/// The record of a container just created.
+fn new_record(
+    id: &str,
+    pod_id: &str,
+    config: &ContainerConfig,
+    image_id: &str,
+    slot: &str,
+    process: &spec::Process,
+    log_path: &str,
+) -> ContainerRecord {
+    ContainerRecord {
         id: id.to_owned(),
-        pod_id: pod.id.clone(),
+        pod_id: pod_id.to_owned(),
         config: config.clone(),
-        image_id,
-        slot: slot.clone(),
+        image_id: image_id.to_owned(),
+        slot: slot.to_owned(),
         process: process.record.clone(),
         state: ContainerState::Created,
         created_at_ns: now_ns(),
@@ -228,61 +364,65 @@ async fn create_reserved(
         exit_code: 0,
         reason: String::new(),
         message: String::new(),
-        log_path: log_path.clone(),
+        log_path: log_path.to_owned(),
         guest_finished_at_ns: 0,
         exit_seen_at_ns: 0,
-    };
-    let cleanup = |pod: &Pod| {
-        undo_slot(pod);
-        let _ = std::fs::remove_file(pod.paths.container(id));
-        let _ = std::fs::remove_file(pod.paths.log(id));
-    };
-    let saved = store::write_json(&pod.paths.log(id), &LogRecord::default())
-        .and_then(|()| store::write_json(&pod.paths.container(id), &record))
-        .and_then(|()| {
-            let r = lock(&pod.record).clone();
-            store::write_json(&pod.paths.record(), &r)
-        });
-    if let Err(e) = saved {
-        cleanup(pod);
-        return Err(e.into());
     }
-    let created = vm
-        .client
-        .clone()
-        .create_container(guest::req(
-            pb::CreateContainerRequest {
-                spec: Some(guest_spec(id, &slot, &config, &process)),
-            },
-            guest::CALL,
-        ))
-        .await;
-    if let Err(status) = created {
-        cleanup(pod);
-        let _ = pod.save();
-        return Err(RuntimeError::guest("CreateContainer")(status));
-    }
-    let sink = match LogSink::open((!log_path.is_empty()).then(|| PathBuf::from(&log_path)), 0) {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = vm
-                .client
-                .clone()
-                .remove_container(guest::req(
-                    pb::RemoveContainerRequest {
-                        container_id: id.to_owned(),
-                        force: true,
-                    },
-                    guest::CALL,
-                ))
-                .await;
-            cleanup(pod);
-            let _ = pod.save();
-            return Err(e.into());
+}
+
+/// Creates a container in a ready pod.
+pub async fn create(
+    inner: &Arc<Inner>,
+    pod_id: &str,
+    config: ContainerConfig,
+) -> Result<String, RuntimeError> {
+    let pod = inner.pod(pod_id)?;
+    let _op = pod.op.lock().await;
+    let vm = ready_vm(&pod)?;
+    let id = new_id()?;
+    let mut creation = Creation::reserve(inner, &pod, id.clone(), &config)?;
+    match create_reserved(&mut creation, &vm, config).await {
+        Ok(c) => {
+            creation.commit();
+            lock(&inner.tables).containers.insert(id.clone(), c);
+            inner.emit(&id, pod_id, EventKind::Created);
+            Ok(id)
         }
-    };
+        Err(e) => {
+            creation.undo().await;
+            Err(e)
+        }
+    }
+}
+
+/// The steps of CreateContainer once its name is reserved: image, slot, records,
+/// guest container, log file. What they do, `creation` undoes on failure.
+async fn create_reserved(
+    creation: &mut Creation<'_>,
+    vm: &Vm,
+    config: ContainerConfig,
+) -> Result<Arc<Container>, RuntimeError> {
+    let pod = creation.pod;
+    let id = creation.id.clone();
+    let (image, lease) = lease_image(creation.inner, &config.image)?;
+    let (process, log_path) = plan(pod, &config, &image.config)?;
+    let slot = creation.attach_image(vm, &image).await?;
+    let record = new_record(
+        &id,
+        &pod.id,
+        &config,
+        image.id.as_str(),
+        &slot,
+        &process,
+        &log_path,
+    );
+    creation.write_records(&record)?;
+    creation
+        .create_in_guest(vm, guest_spec(&id, &slot, &config, &process))
+        .await?;
+    let sink = LogSink::open((!log_path.is_empty()).then(|| PathBuf::from(&log_path)), 0)?;
     let c = Arc::new(Container {
-        id: id.to_owned(),
+        id: id.clone(),
         pod: pod.clone(),
         record: Mutex::new(record),
         _lease: Some(lease),
