@@ -10,14 +10,14 @@ use std::time::Duration;
 use vmlet_cri::runtime::ContainerState;
 use vmlet_proto::agent as pb;
 
-use super::container::{apply_exit, start_log_copy, watch_exit};
+use super::container::{apply_exit, remove_in_guest, start_log_copy, watch_exit};
 use super::launch::{release_network, remove_files};
 use super::pod::{vm_gone, watch_vm, VM_EXITED};
 use super::state::{Container, Inner, Pod};
 use super::util::lock;
 use crate::logs::LogSink;
-use crate::sandbox::{guest, Vm};
-use crate::store::{self, LogRecord, PodPaths, PodPhase, PodRecord};
+use crate::sandbox::{guest, SandboxError, Vm};
+use crate::store::{self, ContainerRecord, LogRecord, PodPaths, PodPhase, PodRecord};
 
 /// How long a re-adopted guest may take to answer.
 const ADOPT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -43,17 +43,7 @@ pub(super) async fn recover(inner: &Arc<Inner>) {
             }
         };
         if matches!(record.phase, PodPhase::Creating | PodPhase::Warm) {
-            if record.phase == PodPhase::Warm {
-                tracing::info!(pod = %id, "removing a warm VM of the previous daemon");
-            } else {
-                tracing::warn!(pod = %id, "pod was being created when the daemon stopped: removing it");
-            }
-            inner.vms.kill_stray(&paths.control()).await;
-            match release_network(inner, &record, true).await {
-                Ok(()) => remove_files(&paths),
-                // The record stays, so that the next start tries again.
-                Err(e) => tracing::error!(pod = %id, "undoing the pod's network: {e}"),
-            }
+            discard_unfinished(inner, &paths, &record).await;
             continue;
         }
         if let Err(e) = recover_pod(inner, paths, record).await {
@@ -62,118 +52,190 @@ pub(super) async fn recover(inner: &Arc<Inner>) {
     }
 }
 
+/// Tears down a VM that never became a pod (a warm VM, a pod caught half-created):
+/// its VMM, network and files.
+async fn discard_unfinished(inner: &Inner, paths: &PodPaths, record: &PodRecord) {
+    if record.phase == PodPhase::Warm {
+        tracing::info!(pod = %record.id, "removing a warm VM of the previous daemon");
+    } else {
+        tracing::warn!(pod = %record.id, "pod was being created when the daemon stopped: removing it");
+    }
+    inner.vms.kill_stray(&paths.control()).await;
+    match release_network(inner, record, true).await {
+        Ok(()) => remove_files(paths),
+        // The record stays, so that the next start tries again.
+        Err(e) => tracing::error!(pod = %record.id, "undoing the pod's network: {e}"),
+    }
+}
+
+/// A recorded pod and its containers back in the tables; a ready pod's VM re-adopted
+/// and its containers reconciled with what its guest says.
 async fn recover_pod(
     inner: &Arc<Inner>,
     paths: PodPaths,
     record: PodRecord,
 ) -> Result<(), store::StoreError> {
     let containers = store::container_records(&paths)?;
+    let ready = record.phase == PodPhase::Ready;
+    let vmm_pid = record.vmm_pid;
+    let pod = enter_pod(inner, paths, record);
+    let adopted: Vec<_> = containers
+        .into_iter()
+        .map(|rec| enter_container(inner, &pod, rec))
+        .collect();
+    if !ready {
+        return Ok(());
+    }
+    let Some(vm) = adopt_vm(inner, &pod, vmm_pid).await else {
+        return Ok(());
+    };
+    resume_containers(inner, &pod, &vm, adopted).await;
+    watch_vm(inner.clone(), pod);
+    Ok(())
+}
+
+/// The pod in memory and in the tables, without a VM yet.
+fn enter_pod(inner: &Inner, paths: PodPaths, record: PodRecord) -> Arc<Pod> {
+    let metadata = record.config.metadata.clone();
     let pod = Arc::new(Pod {
         id: record.id.clone(),
-        paths: paths.clone(),
-        record: Mutex::new(record.clone()),
+        paths,
+        record: Mutex::new(record),
         vm: Mutex::new(None),
         op: tokio::sync::Mutex::new(()),
     });
-    {
-        let mut t = lock(&inner.tables);
-        t.pod_names
-            .insert(record.config.metadata.clone(), pod.id.clone());
-        t.pods.insert(pod.id.clone(), pod.clone());
-    }
-    let mut adopted = Vec::new();
-    for rec in containers {
-        let log: LogRecord = store::read_json(&paths.log(&rec.id)).unwrap_or_default();
-        let lease = match inner.images.lease(&rec.image_id) {
-            Ok(l) => Some(l),
-            Err(e) => {
-                tracing::warn!(container = %rec.id, "image lease: {e}");
-                None
-            }
-        };
-        let path = (!rec.log_path.is_empty()).then(|| rec.log_path.clone().into());
-        let sink = match LogSink::open(path, log.log_len) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(container = %rec.id, "{e}");
-                LogSink::none()
-            }
-        };
-        let c = Arc::new(Container {
-            id: rec.id.clone(),
-            pod: pod.clone(),
-            record: Mutex::new(rec.clone()),
-            _lease: lease,
-            sink: Arc::new(tokio::sync::Mutex::new(sink)),
-            log_task: Mutex::new(None),
-            exit_task: Mutex::new(None),
-            log_done: tokio::sync::watch::Sender::new(log.done),
-        });
-        {
-            let mut t = lock(&inner.tables);
-            t.container_names.insert(
-                (pod.id.clone(), rec.config.name.clone(), rec.config.attempt),
-                rec.id.clone(),
-            );
-            t.containers.insert(rec.id.clone(), c.clone());
+    let mut t = lock(&inner.tables);
+    t.pod_names.insert(metadata, pod.id.clone());
+    t.pods.insert(pod.id.clone(), pod.clone());
+    pod
+}
+
+/// A recorded container in memory and in the tables, with its image lease and its
+/// log file reopened at the recorded length; returns it with its log position.
+fn enter_container(
+    inner: &Inner,
+    pod: &Arc<Pod>,
+    rec: ContainerRecord,
+) -> (Arc<Container>, LogRecord) {
+    let log: LogRecord = store::read_json(&pod.paths.log(&rec.id)).unwrap_or_default();
+    let lease = match inner.images.lease(&rec.image_id) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::warn!(container = %rec.id, "image lease: {e}");
+            None
         }
-        adopted.push((c, log));
-    }
-    if record.phase != PodPhase::Ready {
-        return Ok(());
-    }
-    let vm = match record.vmm_pid {
+    };
+    let path = (!rec.log_path.is_empty()).then(|| rec.log_path.clone().into());
+    let sink = match LogSink::open(path, log.log_len) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(container = %rec.id, "{e}");
+            LogSink::none()
+        }
+    };
+    let key = (pod.id.clone(), rec.config.name.clone(), rec.config.attempt);
+    let c = Arc::new(Container {
+        id: rec.id.clone(),
+        pod: pod.clone(),
+        record: Mutex::new(rec),
+        _lease: lease,
+        sink: Arc::new(tokio::sync::Mutex::new(sink)),
+        log_task: Mutex::new(None),
+        exit_task: Mutex::new(None),
+        log_done: tokio::sync::watch::Sender::new(log.done),
+    });
+    let mut t = lock(&inner.tables);
+    t.container_names.insert(key, c.id.clone());
+    t.containers.insert(c.id.clone(), c.clone());
+    (c, log)
+}
+
+/// Takes over the pod's VMM. One that is gone, or whose guest does not answer (it is
+/// killed: no use keeping it), leaves the pod not ready and its containers exited.
+async fn adopt_vm(inner: &Inner, pod: &Arc<Pod>, vmm_pid: Option<u32>) -> Option<Vm> {
+    let paths = &pod.paths;
+    let vm = match vmm_pid {
         Some(pid) => {
             inner
                 .vms
                 .adopt(pid, &paths.control(), &paths.vsock(), ADOPT_TIMEOUT)
                 .await
         }
-        None => Err(crate::sandbox::SandboxError::VmmExited(
-            "no pid recorded".into(),
-        )),
+        None => Err(SandboxError::VmmExited("no pid recorded".into())),
     };
-    let vm = match vm {
-        Ok(vm) => vm,
+    match vm {
+        Ok(vm) => {
+            tracing::info!(pod = %pod.id, pid = vm.pid, "re-adopted the pod's VM");
+            *lock(&pod.vm) = Some(vm.clone());
+            Some(vm)
+        }
         Err(e) => {
             tracing::warn!(pod = %pod.id, "the pod's VM is gone: {e}");
-            // Alive but its guest does not answer: no use keeping it.
             inner.vms.kill_stray(&paths.control()).await;
             vm_gone(
                 inner,
-                &pod,
+                pod,
                 VM_EXITED,
                 "the pod's VM exited while vmletd was not running; the container's exit status is unknown",
             );
-            return Ok(());
+            None
         }
-    };
-    tracing::info!(pod = %pod.id, pid = vm.pid, "re-adopted the pod's VM");
-    *lock(&pod.vm) = Some(vm.clone());
+    }
+}
+
+/// Reconciles the recorded containers with the guest's list, resuming log copies and
+/// exit watches, and removes the containers the guest has that no record knows. A
+/// guest that cannot list its containers now says nothing about them: they keep
+/// their recorded state, and the watchers find out.
+async fn resume_containers(
+    inner: &Arc<Inner>,
+    pod: &Pod,
+    vm: &Vm,
+    adopted: Vec<(Arc<Container>, LogRecord)>,
+) {
     let listed = vm
         .client
         .clone()
         .list_containers(guest::req(pb::ListContainersRequest {}, guest::CALL))
         .await
         .map(|r| r.into_inner().containers);
-    for (c, log) in adopted {
-        match &listed {
-            Ok(listed) => reconcile(inner, &c, &vm, log, listed),
-            // A guest that does not answer now says nothing about its containers:
-            // they keep their recorded state, and the watchers find out.
-            Err(e) => {
-                tracing::warn!(pod = %pod.id, container = %c.id, "guest ListContainers: {e}");
-                if lock(&c.record).state == ContainerState::Running {
-                    if !log.done {
-                        start_log_copy(&c, &vm, log);
-                    }
-                    watch_exit(inner.clone(), c.clone(), vm.clone());
-                }
+    let listed = match listed {
+        Ok(listed) => listed,
+        Err(e) => {
+            tracing::warn!(pod = %pod.id, "guest ListContainers: {e}");
+            for (c, log) in adopted {
+                follow(inner, &c, vm, log);
             }
+            return;
         }
+    };
+    for s in listed
+        .iter()
+        .filter(|s| !adopted.iter().any(|(c, _)| c.id == s.container_id))
+    {
+        remove_stray(pod, vm, &s.container_id).await;
     }
-    watch_vm(inner.clone(), pod);
-    Ok(())
+    for (c, log) in adopted {
+        reconcile(inner, &c, vm, log, &listed);
+    }
+}
+
+/// Keeps following a container recorded running whose guest state is unknown.
+fn follow(inner: &Arc<Inner>, c: &Arc<Container>, vm: &Vm, log: LogRecord) {
+    if lock(&c.record).state == ContainerState::Running {
+        if !log.done {
+            start_log_copy(c, vm, log);
+        }
+        watch_exit(inner.clone(), c.clone(), vm.clone());
+    }
+}
+
+/// Removes a container the guest runs but no record knows (its CreateContainer never
+/// returned, or its record was lost): as containerd would not know it either, no CRI
+/// call could ever reach it.
+async fn remove_stray(pod: &Pod, vm: &Vm, id: &str) {
+    tracing::warn!(pod = %pod.id, container = %id, "the guest has a container no record knows: removing it");
+    remove_in_guest(vm, id).await;
 }
 
 fn reconcile(
