@@ -123,6 +123,21 @@ impl WarmPool {
         self.changed.notify_waiters();
     }
 
+    /// Moves warm VM `id`, whose VMM died while it waited in the pool, to the dead
+    /// (which the refill task removes and replaces); one already handed out is left
+    /// alone.
+    pub fn reap(&self, id: &str) {
+        let mut st = lock(&self.state);
+        let Some(i) = st.ready.iter().position(|w| w.id == id) else {
+            return;
+        };
+        if let Some(w) = st.ready.remove(i) {
+            st.dead.push(w);
+        }
+        drop(st);
+        self.changed.notify_waiters();
+    }
+
     /// Stops refilling and hands out the VMs in the pool, for removal.
     pub(super) fn close(&self) -> Vec<WarmVm> {
         let mut st = lock(&self.state);

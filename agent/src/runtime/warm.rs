@@ -76,6 +76,7 @@ pub(super) async fn refill(inner: Arc<Inner>) {
             match booted {
                 Ok(w) if !st.closed => {
                     tracing::info!(pod = %w.id, "warm VM ready");
+                    watch_idle(&inner, &w);
                     st.ready.push_back(w);
                     None
                 }
@@ -103,6 +104,16 @@ pub(super) async fn refill(inner: Arc<Inner>) {
             backoff = RETRY;
         }
     }
+}
+
+/// Hands a warm VM whose VMM dies while it waits in the pool to the refill task, which
+/// removes and replaces it.
+fn watch_idle(inner: &Arc<Inner>, w: &WarmVm) {
+    let (inner, vm, id) = (inner.clone(), w.vm.clone(), w.id.clone());
+    tokio::spawn(async move {
+        vm.wait_exit_status().await;
+        inner.warm.reap(&id);
+    });
 }
 
 /// Kills and removes every VM in the pool (daemon exit), after the boot in flight, if
