@@ -58,6 +58,17 @@ async fn harness(warm_pool: u32) -> Harness {
 /// A runtime whose pool keeps `warm_pool` VMs, that boots at most `boots` at once,
 /// each boot taking `boot_time`.
 async fn harness_with(warm_pool: u32, boots: u32, boot_time: Duration) -> Harness {
+    let hv = FakeHypervisor::default();
+    *hv.boot_time.lock().unwrap() = boot_time;
+    harness_on(hv, |s| {
+        s.vm.warm_pool = warm_pool;
+        s.vm.max_concurrent_boots = boots;
+    })
+    .await
+}
+
+/// A runtime over `hv`, with the settings `edit` makes of the defaults (no warm pool).
+async fn harness_on(hv: FakeHypervisor, edit: impl FnOnce(&mut Settings)) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let images = Arc::new(
         ImageManager::open(ImageManagerConfig::new(dir.path().join("images")))
@@ -65,10 +76,9 @@ async fn harness_with(warm_pool: u32, boots: u32, boot_time: Duration) -> Harnes
             .unwrap(),
     );
     images.add_test_image(IMAGE, Default::default());
-    let mut settings = settings(dir.path(), warm_pool);
-    settings.vm.max_concurrent_boots = boots;
-    let hv = Arc::new(FakeHypervisor::default());
-    *hv.boot_time.lock().unwrap() = boot_time;
+    let mut settings = settings(dir.path(), 0);
+    edit(&mut settings);
+    let hv = Arc::new(hv);
     let rt = Runtime::open_with(settings.clone(), images.clone(), hv.clone())
         .await
         .unwrap();
@@ -91,6 +101,78 @@ impl Harness {
 
     fn log_dir(&self) -> String {
         self.dir.path().join("logs").display().to_string()
+    }
+
+    /// The same state opened again with `edit`ed settings.
+    async fn reopen_with(
+        &self,
+        hv: Arc<FakeHypervisor>,
+        edit: impl FnOnce(&mut Settings),
+    ) -> Runtime {
+        let mut settings = self.settings.clone();
+        edit(&mut settings);
+        Runtime::open_with(settings, self.images.clone(), hv)
+            .await
+            .unwrap()
+    }
+
+    /// A pod's directory in the state directory.
+    fn pod_dir(&self, pod: &str) -> std::path::PathBuf {
+        self.dir.path().join("state/pods").join(pod)
+    }
+
+    /// Its control socket path (how fake VMs are found).
+    fn control(&self, pod: &str) -> std::path::PathBuf {
+        self.dir.path().join("run/pods").join(pod).join("ctl")
+    }
+
+    /// Container and log-position records of a pod.
+    fn records(&self, pod: &str) -> usize {
+        std::fs::read_dir(self.pod_dir(pod).join("containers"))
+            .unwrap()
+            .count()
+    }
+
+    /// The pod's image slots in memory: (serial, image ID, users).
+    fn slots(&self, pod: &str) -> Vec<(String, Option<String>, u64)> {
+        let verbose: serde_json::Value =
+            serde_json::from_str(&self.rt.pod(pod).unwrap().verbose_json).unwrap();
+        verbose["slots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s["serial"].as_str().unwrap().to_owned(),
+                    s["image_id"].as_str().map(str::to_owned),
+                    s["users"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    /// The image slot a container uses.
+    fn slot_of(&self, container: &str) -> String {
+        let verbose: serde_json::Value =
+            serde_json::from_str(&self.rt.container(container).unwrap().verbose_json).unwrap();
+        verbose["slot"].as_str().unwrap().to_owned()
+    }
+
+    /// Adds image `name` (an empty block image) and a container config that uses it.
+    fn image_config(&self, container: &str, name: &str) -> ContainerConfig {
+        self.images.add_test_image(name, Default::default());
+        ContainerConfig {
+            image: name.into(),
+            ..container_config(container)
+        }
+    }
+
+    /// Whether the warm pool reports `n` VMs ready.
+    fn warm_ready(&self, n: usize) -> bool {
+        self.rt
+            .health()
+            .verbose_json
+            .contains(&format!("\"ready\":{n}"))
     }
 
     async fn pod(&self, name: &str) -> (String, FakeVm) {
@@ -267,6 +349,15 @@ async fn create_container_failures_leave_nothing_and_free_the_name() {
             .await
             .unwrap_err();
     assert!(e.message.contains("swap_drive"), "{e}");
+    // The slot is free again and holds no image: the next container swaps its file in.
+    let slots = h.slots(&pod);
+    assert_eq!(slots[0], ("slot0".to_owned(), None, 0), "{slots:?}");
+    assert!(
+        slots
+            .iter()
+            .all(|(_, image, users)| image.is_none() && *users == 0),
+        "{slots:?}"
+    );
     vm.guest.lock().unwrap().fail.clear();
 
     // The guest refuses the container.
@@ -617,4 +708,359 @@ async fn an_empty_pool_is_waited_for_by_one_call_and_others_boot_their_own() {
         "exactly one call took the VM the pool was booting"
     );
     assert_eq!(h.hv.all().len(), 2, "the other booted its own");
+}
+
+#[tokio::test]
+async fn a_duplicate_container_name_is_refused_and_the_first_container_kept() {
+    let h = harness(0).await;
+    let (pod, vm) = h.pod("dup").await;
+    let first =
+        h.rt.create_container(&pod, container_config("app"))
+            .await
+            .unwrap();
+    let e =
+        h.rt.create_container(&pod, container_config("app"))
+            .await
+            .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::AlreadyExists, "{e}");
+    assert!(e.message.contains(&first), "{e}");
+    // Nothing of the second attempt: one container, one slot user, one swap.
+    assert_eq!(h.rt.containers().len(), 1);
+    assert_eq!(h.records(&pod), 2);
+    assert_eq!(vm.swaps.lock().unwrap().len(), 1);
+    assert_eq!(h.slots(&pod)[0].2, 1);
+    assert_eq!(
+        vm.calls()
+            .iter()
+            .filter(|c| **c == "CreateContainer")
+            .count(),
+        1
+    );
+    // The first is untouched; another attempt of the name is another container.
+    assert_eq!(
+        h.rt.container(&first).unwrap().state,
+        ContainerState::Created
+    );
+    let retry = ContainerConfig {
+        attempt: 1,
+        ..container_config("app")
+    };
+    h.rt.create_container(&pod, retry).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_pod_that_is_not_ready_takes_no_container() {
+    let h = harness(0).await;
+    // Its VM just died: the pod is still recorded ready, but the VM does not run.
+    let (dead, vm) = h.pod("dead").await;
+    vm.die(VmmExit::Signal(libc::SIGKILL));
+    let e =
+        h.rt.create_container(&dead, container_config("app"))
+            .await
+            .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::FailedPrecondition, "{e}");
+    assert!(
+        e.message
+            .contains(&format!("pod sandbox {dead} is not ready")),
+        "{e}"
+    );
+    eventually("the pod is not ready", || {
+        h.rt.pod(&dead).unwrap().state == PodState::NotReady
+    })
+    .await;
+    let e =
+        h.rt.create_container(&dead, container_config("app"))
+            .await
+            .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::FailedPrecondition, "{e}");
+    assert!(e.message.contains("stopped or its VM exited"), "{e}");
+    // A stopped pod, the same.
+    let (stopped, stopped_vm) = h.pod("stopped").await;
+    h.rt.stop_pod(&stopped).await.unwrap();
+    let e =
+        h.rt.create_container(&stopped, container_config("app"))
+            .await
+            .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::FailedPrecondition, "{e}");
+    for (pod, vm) in [(&dead, &vm), (&stopped, &stopped_vm)] {
+        assert!(!vm.calls().contains(&"CreateContainer"));
+        assert!(vm.swaps.lock().unwrap().is_empty());
+        assert_eq!(h.records(pod), 0);
+    }
+    assert!(h.rt.containers().is_empty());
+}
+
+#[tokio::test]
+async fn a_request_that_makes_no_process_takes_nothing() {
+    let h = harness(0).await;
+    let (pod, vm) = h.pod("nocmd").await;
+    // The test image has no Entrypoint or Cmd, and the request names no command.
+    let cfg = ContainerConfig {
+        command: Vec::new(),
+        ..container_config("app")
+    };
+    let e = h.rt.create_container(&pod, cfg).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::InvalidArgument, "{e}");
+    assert!(e.message.starts_with("no command"), "{e}");
+    assert!(vm.swaps.lock().unwrap().is_empty());
+    assert!(h
+        .slots(&pod)
+        .iter()
+        .all(|(_, image, users)| image.is_none() && *users == 0));
+    assert_eq!(h.records(&pod), 0);
+    assert!(!vm.calls().contains(&"CreateContainer"));
+    // The name is free.
+    h.rt.create_container(&pod, container_config("app"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_failed_record_write_removes_what_was_written_and_frees_the_slot() {
+    let h = harness(0).await;
+    let (pod, vm) = h.pod("store").await;
+    // The pod record cannot be replaced (a directory took its place): the container
+    // and log-position records are written first, then that fails.
+    let record = h.pod_dir(&pod).join("pod.json");
+    let saved = std::fs::read(&record).unwrap();
+    std::fs::remove_file(&record).unwrap();
+    std::fs::create_dir(&record).unwrap();
+    let e =
+        h.rt.create_container(&pod, container_config("app"))
+            .await
+            .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Internal, "{e}");
+    assert!(e.message.contains("pod.json"), "{e}");
+    assert_eq!(h.records(&pod), 0, "records left behind");
+    // The slot is free; its file was swapped in, so it holds the image.
+    let slots = h.slots(&pod);
+    assert_eq!(slots[0].2, 0, "{slots:?}");
+    assert!(slots[0].1.is_some(), "{slots:?}");
+    assert!(!vm.calls().contains(&"CreateContainer"));
+    assert!(h.rt.containers().is_empty());
+    std::fs::remove_dir(&record).unwrap();
+    std::fs::write(&record, saved).unwrap();
+    // The name is free, and the slot serves the same image again without a swap.
+    let id =
+        h.rt.create_container(&pod, container_config("app"))
+            .await
+            .unwrap();
+    assert_eq!(h.slot_of(&id), "slot0");
+    assert_eq!(vm.swaps.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_never_used_slot_is_taken_first_and_one_holding_the_image_reused_without_a_swap() {
+    let h = harness_on(FakeHypervisor::default(), |s| s.vm.image_slots = 2).await;
+    let (pod, vm) = h.pod("prefs").await;
+    let swaps = || vm.swaps.lock().unwrap().clone();
+    // A's container takes slot0, then goes: slot0 is free and still holds A.
+    let a =
+        h.rt.create_container(&pod, container_config("a"))
+            .await
+            .unwrap();
+    assert_eq!(h.slot_of(&a), "slot0");
+    h.rt.remove_container(&a).await.unwrap();
+    let a_id = h.slots(&pod)[0].1.clone();
+    assert!(a_id.is_some());
+    // Image B takes the never-used slot1, not the free slot0 that holds A.
+    let b =
+        h.rt.create_container(&pod, h.image_config("b", "registry.test/b:1"))
+            .await
+            .unwrap();
+    assert_eq!(h.slot_of(&b), "slot1");
+    assert_eq!(swaps().len(), 2);
+    assert_eq!(swaps()[1].0, "slot1");
+    // Image A again: slot0 still holds it, so no swap.
+    let a2 =
+        h.rt.create_container(&pod, container_config("a2"))
+            .await
+            .unwrap();
+    assert_eq!(h.slot_of(&a2), "slot0");
+    assert_eq!(swaps().len(), 2, "{:?}", swaps());
+    assert_eq!(h.slots(&pod)[0], ("slot0".to_owned(), a_id, 1));
+    // With no never-used slot left, a third image takes a free one that holds another
+    // image, with a swap.
+    h.rt.remove_container(&a2).await.unwrap();
+    let c =
+        h.rt.create_container(&pod, h.image_config("c", "registry.test/c:1"))
+            .await
+            .unwrap();
+    assert_eq!(h.slot_of(&c), "slot0");
+    assert_eq!(swaps().len(), 3);
+    assert_eq!(swaps()[2].0, "slot0");
+}
+
+#[tokio::test]
+async fn recovery_kills_a_vmm_whose_guest_never_answers() {
+    let h = harness(0).await;
+    let (pod, _vm) = h.pod("mute").await;
+    let c = h.running(&pod, "app").await;
+    // The next daemon finds the VMM alive but its guest silent.
+    let hv = Arc::new(FakeHypervisor::default());
+    let mut guest = GuestState {
+        silent: true,
+        ..Default::default()
+    };
+    guest.containers.insert(
+        c.clone(),
+        vmlet_proto::agent::ProcessStatus {
+            state: vmlet_proto::agent::ProcessState::Running as i32,
+            ..Default::default()
+        },
+    );
+    hv.prepare_adoptable(&h.control(&pod), guest);
+    let rt = h.reopen(hv.clone()).await;
+    let stray = hv.vm(&pod).expect("the adopt attempt found the VMM");
+    assert!(!stray.running(), "the VMM of the silent guest was killed");
+    assert!(hv.strays_killed.lock().unwrap().contains(&h.control(&pod)));
+    assert_eq!(rt.pod(&pod).unwrap().state, PodState::NotReady);
+    let info = rt.container(&c).unwrap();
+    assert_eq!(
+        (info.state, info.exit_code, info.reason.as_str()),
+        (ContainerState::Exited, 255, "VMExited")
+    );
+    // The pod is removed as any other whose VM died.
+    rt.remove_pod(&pod).await.unwrap();
+    assert!(h.pod_files().is_empty(), "{:?}", h.pod_files());
+}
+
+#[tokio::test]
+async fn recovery_removes_pods_caught_creating_and_warm_vms() {
+    let h = harness(1).await;
+    eventually("the warm VM is ready", || h.warm_ready(1)).await;
+    let warm = h.hv.all()[0].control.clone();
+    let warm_id = warm
+        .parent()
+        .and_then(|d| d.file_name())
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    // A pod whose record says it was still being created.
+    let (creating, _) = h.pod("half").await;
+    let record = h.pod_dir(&creating).join("pod.json");
+    let mut r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    r["phase"] = "Creating".into();
+    std::fs::write(&record, r.to_string()).unwrap();
+
+    let hv = Arc::new(FakeHypervisor::default());
+    let rt = h.reopen_with(hv.clone(), |s| s.vm.warm_pool = 0).await;
+    assert!(rt.pods().is_empty(), "{:?}", rt.pods());
+    let killed = hv.strays_killed.lock().unwrap().clone();
+    for (id, control) in [(&creating, h.control(&creating)), (&warm_id, warm)] {
+        assert!(killed.contains(&control), "{id}: {killed:?}");
+        assert!(!h.pod_dir(id).exists(), "{id} left its files");
+        assert!(!control.parent().unwrap().exists(), "{id} left its sockets");
+    }
+    // The half-created pod's name is free.
+    rt.run_pod(pod_config("half", &h.log_dir())).await.unwrap();
+}
+
+#[tokio::test]
+async fn recovery_removes_guest_containers_no_record_knows() {
+    let h = harness(0).await;
+    let (pod, _vm) = h.pod("ghosts").await;
+    let c = h.running(&pod, "app").await;
+    let hv = Arc::new(FakeHypervisor::default());
+    let running = vmlet_proto::agent::ProcessStatus {
+        state: vmlet_proto::agent::ProcessState::Running as i32,
+        ..Default::default()
+    };
+    let mut guest = GuestState::default();
+    guest.containers.insert(c.clone(), running.clone());
+    // A container whose CreateContainer never returned to the previous daemon.
+    guest.containers.insert("ghost".into(), running);
+    hv.prepare_adoptable(&h.control(&pod), guest);
+    let rt = h.reopen(hv.clone()).await;
+    let vm = hv.vm(&pod).unwrap();
+    let left: Vec<String> = vm
+        .guest
+        .lock()
+        .unwrap()
+        .containers
+        .keys()
+        .cloned()
+        .collect();
+    assert_eq!(
+        left,
+        vec![c.clone()],
+        "the stray is removed, the known one kept"
+    );
+    assert!(vm.calls().contains(&"RemoveContainer"));
+    assert_eq!(rt.container(&c).unwrap().state, ContainerState::Running);
+    assert_eq!(rt.containers().len(), 1);
+}
+
+#[tokio::test]
+async fn an_idle_warm_vm_that_dies_is_removed_and_replaced() {
+    let h = harness(1).await;
+    eventually("the warm VM is ready", || h.warm_ready(1)).await;
+    let warm = h.hv.all()[0].clone();
+    let dir = warm.control.parent().unwrap().to_owned();
+    warm.die(VmmExit::Signal(libc::SIGSEGV));
+    eventually("a replacement boots", || h.hv.all().len() == 2).await;
+    eventually("the replacement is ready", || h.warm_ready(1)).await;
+    assert!(h.hv.all()[1].running());
+    eventually("the dead VM's files are removed", || !dir.exists()).await;
+    // A pod gets the replacement, not the dead VM.
+    let (_, vm) = h.pod("after").await;
+    assert_eq!(vm.control, h.hv.all()[1].control);
+}
+
+/// Polls `cond`, yielding instead of sleeping, so that a paused clock stands still
+/// while other tasks run; for up to 10 s of real time.
+async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < Duration::from_secs(10), "never: {what}");
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refill_whose_boots_fail_waits_longer_after_each_failure() {
+    let hv = FakeHypervisor::default();
+    *hv.fail_boot.lock().unwrap() = Some("no kernel today".into());
+    let h = harness_on(hv, |s| s.vm.warm_pool = 1).await;
+    let attempts = || h.hv.boot_attempts.lock().unwrap().len();
+    // The refill waits 5 s after the first failure, then 10 s, then 20 s.
+    for (n, wait) in [(1, 5), (2, 10), (3, 20)] {
+        until(&format!("boot attempt {n}"), || attempts() == n).await;
+        until("the refill task waits", || {
+            h.rt.health().verbose_json.contains("\"booting\":false")
+        })
+        .await;
+        tokio::time::advance(Duration::from_secs(wait) - Duration::from_millis(100)).await;
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        // A refill that woke up would be booting now.
+        assert!(
+            h.rt.health().verbose_json.contains("\"booting\":false"),
+            "attempt {} came before {wait} s",
+            n + 1
+        );
+        assert_eq!(attempts(), n);
+        tokio::time::advance(Duration::from_millis(200)).await;
+    }
+    until("boot attempt 4", || attempts() == 4).await;
+    let at = h.hv.boot_attempts.lock().unwrap().clone();
+    let gaps: Vec<u64> = at.windows(2).map(|w| (w[1] - w[0]).as_secs()).collect();
+    assert_eq!(gaps, vec![5, 10, 20]);
+}
+
+#[tokio::test]
+async fn shutdown_kills_the_warm_vm_being_booted() {
+    let h = harness_with(1, 4, Duration::from_millis(500)).await;
+    eventually("the pool boots", || {
+        h.hv.booting.load(std::sync::atomic::Ordering::SeqCst) == 1
+    })
+    .await;
+    h.rt.shutdown().await;
+    let all = h.hv.all();
+    assert_eq!(all.len(), 1, "the boot in flight finished");
+    assert!(!all[0].running(), "and its VM was killed");
+    assert!(h.pod_files().is_empty(), "{:?}", h.pod_files());
+    assert!(h.rt.health().verbose_json.contains("\"ready\":0"));
 }

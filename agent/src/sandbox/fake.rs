@@ -2,7 +2,9 @@
 //! guest agent (a real tonic server of the `vmlet.agent.v1` protocol on a unix socket
 //! in a temporary directory) and a control whose drive swaps, shutdowns and kills are
 //! recorded. Tests reach into a VM's state through [`FakeHypervisor::vm`] to make
-//! calls fail, make the guest silent, end a container, or kill the VMM.
+//! calls fail, make the guest silent, end a container, or kill the VMM; a VM prepared
+//! for adoption with a silent guest fails [`Hypervisor::adopt`] as a guest that never
+//! answers does, its VMM left running until [`Hypervisor::kill_stray`] kills it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -100,6 +102,8 @@ pub struct FakeHypervisor {
     pub booting: AtomicU32,
     /// See `booting`.
     pub most_booting: AtomicU32,
+    /// When each boot was asked for (by the tokio clock, which a test may pause).
+    pub boot_attempts: Mutex<Vec<tokio::time::Instant>>,
     /// Stray VMMs killed, by control path.
     pub strays_killed: Mutex<Vec<PathBuf>>,
     /// Guests that [`Hypervisor::adopt`] finds running, by control socket path: what
@@ -199,6 +203,7 @@ impl Hypervisor for FakeHypervisor {
         _timeout: Duration,
     ) -> BoxFuture<'a, Result<Vm, SandboxError>> {
         Box::pin(async move {
+            lock(&self.boot_attempts).push(tokio::time::Instant::now());
             let now = self.booting.fetch_add(1, Ordering::SeqCst) + 1;
             self.most_booting.fetch_max(now, Ordering::SeqCst);
             let boot_time = *lock(&self.boot_time);
@@ -216,20 +221,36 @@ impl Hypervisor for FakeHypervisor {
         _pid: u32,
         control: &'a Path,
         _vsock: &'a Path,
-        _timeout: Duration,
+        timeout: Duration,
     ) -> BoxFuture<'a, Result<Vm, SandboxError>> {
         Box::pin(async move {
             // The VM the test prepared for this pod with `prepare_adoptable`, if any.
             let prepared = lock(&self.adoptable)
                 .remove(control)
                 .ok_or_else(|| SandboxError::VmmExited("no such VMM".into()))?;
-            self.start(control, prepared).await
+            let silent = prepared.silent;
+            let vm = self.start(control, prepared).await?;
+            if silent {
+                // Its VMM runs but its guest never answers: the real adopt gives up
+                // after `timeout` and drops the handle, leaving the VMM running (a
+                // stray). The fake gives up at once.
+                return Err(SandboxError::GuestTimeout {
+                    timeout,
+                    last: format!("pid {}: the guest does not answer", vm.pid),
+                });
+            }
+            Ok(vm)
         })
     }
 
     fn kill_stray<'a>(&'a self, control: &'a Path) -> BoxFuture<'a, ()> {
         Box::pin(async move {
             lock(&self.strays_killed).push(control.to_owned());
+            for vm in lock(&self.vms).iter().filter(|v| v.control == control) {
+                if vm.running() {
+                    vm.die(VmmExit::Signal(libc::SIGKILL));
+                }
+            }
         })
     }
 }
