@@ -9,7 +9,10 @@
 //!   pods after a restart;
 //! - [`images`]: registry pulls, the content store, flattened read-only block images
 //!   and the image records the CRI ImageService serves;
-//! - [`sandbox`]: a pod's VM (vmlet-vmm process, disks, guest connection);
+//! - [`sandbox`]: a pod's VM (vmlet-vmm process, disks, guest connection) and the
+//!   [`sandbox::Hypervisor`] / [`sandbox::VmControl`] seam the runtime reaches VMs
+//!   through: real vmlet-vmm processes ([`sandbox::Processes`]), or in the unit tests an
+//!   in-memory fake (`sandbox::fake`);
 //! - [`network`]: pod network namespaces, the node's CNI plugin chain, and the tap that
 //!   carries a pod's interface into its VM;
 //! - [`logs`]: container output into CRI log files;
