@@ -15,6 +15,7 @@ use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::devices::virtio::{IrqTrigger, VirtioDevice};
 use crate::devices::Trigger;
 use crate::image::MappedImage;
+use crate::seccomp::SeccompError;
 use crate::vstate::memory::{self, MemoryError};
 use crate::vstate::vcpu::{install_kick_handler, Vcpu, VcpuControl, VcpuError, Vcpus};
 use crate::vstate::vm::{Vm, VmError};
@@ -104,6 +105,40 @@ pub enum DeviceError {
     Cmdline(linux_loader::cmdline::Error),
 }
 
+/// Why the initramfs could not be loaded into guest memory.
+#[derive(Debug, thiserror::Error)]
+pub enum InitramfsError {
+    /// The file cannot be opened or measured.
+    #[error("{0}")]
+    Open(#[source] std::io::Error),
+    /// It does not fit below the MMIO gap above the kernel.
+    #[error("{size} bytes do not fit in guest memory")]
+    TooLarge {
+        /// Its size in bytes.
+        size: u64,
+    },
+    /// Reading it into guest memory failed.
+    #[error("{0}")]
+    Read(#[source] vm_memory::GuestMemoryError),
+}
+
+/// Why the boot structures could not be written into guest memory.
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    /// The kernel command line.
+    #[error("writing the command line: {0}")]
+    Cmdline(#[source] linux_loader::loader::Error),
+    /// The PVH start info and memory map.
+    #[error(transparent)]
+    Pvh(#[from] pvh::PvhError),
+    /// The MP table.
+    #[error(transparent)]
+    Mptable(#[from] mptable::MptableError),
+    /// The boot GDT.
+    #[error(transparent)]
+    Gdt(#[from] regs::RegsError),
+}
+
 /// Errors building the VM. Each names what to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -126,14 +161,19 @@ pub enum BuildError {
     #[error("kernel {0} has no PVH entry point (build it with CONFIG_PVH=y)")]
     NoPvh(PathBuf),
     /// The initramfs cannot be read or does not fit.
-    #[error("cannot load initramfs {0}: {1}")]
-    Initramfs(PathBuf, String),
+    #[error("cannot load initramfs {path}: {source}")]
+    Initramfs {
+        /// The initramfs file.
+        path: PathBuf,
+        /// Why.
+        source: InitramfsError,
+    },
     /// The command line is too long or malformed.
     #[error("kernel command line: {0}")]
     Cmdline(linux_loader::cmdline::Error),
     /// Boot structures could not be written.
     #[error("boot setup: {0}")]
-    Boot(String),
+    Boot(#[from] BootError),
     /// A device could not be attached.
     #[error("{device}: {source}")]
     Device {
@@ -214,18 +254,21 @@ fn load_initramfs(
     mem_size: u64,
     kernel_end: u64,
 ) -> Result<pvh::Initrd, BuildError> {
-    let err = |m: String| BuildError::Initramfs(path.clone(), m);
-    let file = File::open(path).map_err(|e| err(e.to_string()))?;
-    let mut image = MappedImage::new(file).map_err(|e| err(e.to_string()))?;
+    let err = |source| BuildError::Initramfs {
+        path: path.clone(),
+        source,
+    };
+    let file = File::open(path).map_err(|e| err(InitramfsError::Open(e)))?;
+    let mut image = MappedImage::new(file).map_err(|e| err(InitramfsError::Open(e)))?;
     let size = image.len();
     let low_end = mem_size.min(MMIO_GAP_START);
     let addr = low_end
         .checked_sub(size)
         .map(|a| a & !0xfff)
         .filter(|a| *a >= kernel_end)
-        .ok_or_else(|| err(format!("{size} bytes do not fit in guest memory")))?;
+        .ok_or_else(|| err(InitramfsError::TooLarge { size }))?;
     mem.read_exact_volatile_from(GuestAddress(addr), &mut image, size as usize)
-        .map_err(|e| err(e.to_string()))?;
+        .map_err(|e| err(InitramfsError::Read(e)))?;
     Ok(pvh::Initrd { addr, size })
 }
 
@@ -380,10 +423,11 @@ fn write_boot_tables(
     initrd: Option<pvh::Initrd>,
 ) -> Result<(), BuildError> {
     linux_loader::loader::load_cmdline(mem, GuestAddress(CMDLINE_START), cmdline)
-        .map_err(|e| BuildError::Boot(format!("writing the command line: {e}")))?;
-    pvh::configure(mem, mem_size, initrd).map_err(|e| BuildError::Boot(e.to_string()))?;
-    mptable::setup(mem, config.vcpus).map_err(|e| BuildError::Boot(e.to_string()))?;
-    regs::write_boot_gdt(mem).map_err(|e| BuildError::Boot(e.to_string()))
+        .map_err(BootError::Cmdline)?;
+    pvh::configure(mem, mem_size, initrd).map_err(BootError::from)?;
+    mptable::setup(mem, config.vcpus).map_err(BootError::from)?;
+    regs::write_boot_gdt(mem).map_err(BootError::from)?;
+    Ok(())
 }
 
 /// Creates the vCPUs at the kernel's entry point and starts their threads.
@@ -394,7 +438,7 @@ fn start_vcpus(
     pio: &Bus,
     mmio: &Bus,
     control: &Arc<VcpuControl>,
-    vcpu_setup: impl Fn() -> Result<(), String> + Clone + Send + 'static,
+    vcpu_setup: impl Fn() -> Result<(), SeccompError> + Clone + Send + 'static,
 ) -> Result<Vcpus, BuildError> {
     install_kick_handler()?;
     let mut handles = Vec::with_capacity(config.vcpus as usize);
@@ -432,7 +476,7 @@ fn serial_output(config: &VmConfig) -> Result<Box<dyn Write + Send>, BuildError>
 /// vCPU thread before the guest does (the VMM installs seccomp there).
 pub fn build(
     config: &VmConfig,
-    vcpu_setup: impl Fn() -> Result<(), String> + Clone + Send + 'static,
+    vcpu_setup: impl Fn() -> Result<(), SeccompError> + Clone + Send + 'static,
 ) -> Result<Vmm, BuildError> {
     crate::config::validate(config)?;
     let started = std::time::Instant::now();
@@ -580,5 +624,37 @@ mod tests {
         ] {
             assert_eq!(id.to_string(), name);
         }
+    }
+
+    #[test]
+    fn initramfs_and_boot_errors_keep_their_sources() {
+        use std::error::Error as _;
+        let e = BuildError::Initramfs {
+            path: "/boot/initrd".into(),
+            source: InitramfsError::TooLarge { size: 1 << 30 },
+        };
+        assert_eq!(
+            e.to_string(),
+            "cannot load initramfs /boot/initrd: 1073741824 bytes do not fit in guest memory"
+        );
+        let e = BuildError::Initramfs {
+            path: "/nonexistent".into(),
+            source: InitramfsError::Open(std::io::Error::from_raw_os_error(libc::ENOENT)),
+        };
+        let io = e.source().and_then(|s| s.source());
+        assert!(
+            io.and_then(|s| s.downcast_ref::<std::io::Error>())
+                .is_some_and(|io| io.raw_os_error() == Some(libc::ENOENT)),
+            "{e}: {io:?}"
+        );
+        let e = BuildError::from(BootError::from(mptable::MptableError::TooManyCpus(255)));
+        assert!(
+            e.to_string().starts_with("boot setup: 255 vCPUs requested"),
+            "{e}"
+        );
+        assert!(e
+            .source()
+            .and_then(|s| s.downcast_ref::<BootError>())
+            .is_some_and(|b| matches!(b, BootError::Mptable(_))));
     }
 }

@@ -93,7 +93,7 @@ pub fn run(config: &VmConfig) -> Result<RunEnd, RunError> {
     let term = TermSignals::new(exited.clone(), signal.clone()).map_err(RunError::Signals)?;
     let vcpu_filter = filters.as_ref().map(|f| f.1.clone());
     let mut vmm = builder::build(config, move || match &vcpu_filter {
-        Some(f) => seccomp::apply(ThreadKind::Vcpu, f).map_err(|e| e.to_string()),
+        Some(f) => seccomp::apply(ThreadKind::Vcpu, f),
         None => Ok(()),
     })?;
 

@@ -5,6 +5,7 @@
 
 use crate::arch::{cpuid, regs};
 use crate::devices::bus::Bus;
+use crate::seccomp::SeccompError;
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -162,7 +163,7 @@ pub fn suberror_name(suberror: u32) -> &'static str {
 }
 
 /// Why the VM ended, as reported by a vCPU or a device.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum ExitReason {
     /// The guest reset or powered off.
     #[error("the guest powered off or reset")]
@@ -178,12 +179,12 @@ pub enum ExitReason {
         regs: RegsReport,
     },
     /// A vCPU thread could not be prepared (its seccomp filter).
-    #[error("vCPU {vcpu}: setting up its thread: {error}")]
+    #[error("vCPU {vcpu}: setting up its thread: {source}")]
     VcpuSetup {
         /// The vCPU.
         vcpu: u8,
-        /// Why.
-        error: String,
+        /// Why (shared: the exit reason is cloned to whoever asks).
+        source: Arc<SeccompError>,
     },
 }
 
@@ -244,7 +245,7 @@ impl VcpuControl {
     /// Asks the VMM to end the VM for `reason`. The first failure is kept: it is
     /// the cause, and what follows it is usually a consequence.
     pub fn request_exit(&self, reason: ExitReason) {
-        if reason != ExitReason::GuestShutdown {
+        if !matches!(reason, ExitReason::GuestShutdown) {
             let mut failure = self.failure.lock().unwrap_or_else(|e| e.into_inner());
             if failure.is_none() {
                 *failure = Some(reason);
@@ -340,15 +341,17 @@ impl Vcpu {
     /// installs the vCPU seccomp filter there).
     pub fn start(
         self,
-        before_run: impl FnOnce() -> Result<(), String> + Send + 'static,
+        before_run: impl FnOnce() -> Result<(), SeccompError> + Send + 'static,
     ) -> Result<VcpuHandle, VcpuError> {
         let index = self.index;
         let thread = std::thread::Builder::new()
             .name(format!("vcpu{index}"))
             .spawn(move || {
-                if let Err(error) = before_run() {
-                    self.control
-                        .request_exit(ExitReason::VcpuSetup { vcpu: index, error });
+                if let Err(e) = before_run() {
+                    self.control.request_exit(ExitReason::VcpuSetup {
+                        vcpu: index,
+                        source: Arc::new(e),
+                    });
                     return;
                 }
                 self.run()
@@ -570,7 +573,7 @@ mod tests {
     #[test]
     fn the_first_failure_is_the_exit_reason() {
         let control = VcpuControl::new().unwrap();
-        assert_eq!(control.exit_reason(), ExitReason::GuestShutdown);
+        assert!(matches!(control.exit_reason(), ExitReason::GuestShutdown));
         control.request_exit(ExitReason::GuestShutdown);
         assert_eq!(control.exit_code(), exit_code::GUEST_SHUTDOWN);
         let first = ExitReason::VcpuFault {
@@ -582,17 +585,32 @@ mod tests {
             regs: RegsReport::Unavailable("EBADF".into()),
         };
         control.request_exit(first.clone());
-        control.request_exit(ExitReason::VcpuSetup {
+        let later = ExitReason::VcpuSetup {
             vcpu: 1,
-            error: "later".into(),
-        });
+            source: Arc::new(SeccompError::Handler(vmm_sys_util::errno::Error::new(
+                libc::EPERM,
+            ))),
+        };
+        control.request_exit(later.clone());
         control.request_exit(ExitReason::GuestShutdown);
-        assert_eq!(control.exit_reason(), first);
+        assert_eq!(control.exit_reason().to_string(), first.to_string());
         assert_eq!(control.exit_code(), exit_code::ERROR);
         assert_eq!(
             first.to_string(),
             "vCPU 0: KVM exit FAIL_ENTRY: hardware entry failure reason 0x21 on host cpu 3; \
              registers unavailable: EBADF"
+        );
+        // A thread that could not be set up says why, and keeps the error as its source.
+        assert!(
+            later
+                .to_string()
+                .starts_with("vCPU 1: setting up its thread: installing SIGSYS handler: "),
+            "{later}"
+        );
+        let source = std::error::Error::source(&later).map(|s| s.to_string());
+        assert_eq!(
+            source,
+            Some(later.to_string()["vCPU 1: setting up its thread: ".len()..].to_owned())
         );
     }
 
