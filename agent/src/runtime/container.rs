@@ -176,7 +176,7 @@ impl<'a> Creation<'a> {
         self.slot = Some(slot.clone());
         if swap {
             if let Err(e) = vm.swap_drive(&slot, &image.path).await {
-                // Never reuse the slot for the image it held before.
+                // Its content is unknown now: it must not be matched to any image.
                 self.slot_unknown = true;
                 return Err(e.into());
             }
