@@ -22,6 +22,9 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
+pub use vmlet_vmm_api::config::{DriveConfig, NetConfig};
+use vmlet_vmm_api::config::{SerialOutput, VmConfig, VsockConfig};
+use vmlet_vmm_api::control::{ProtocolError, Request, Response};
 
 /// How long a guest may take to boot. Generous: inside a TCG machine a boot
 /// takes seconds and these machines are shared.
@@ -63,21 +66,23 @@ pub fn initramfs() -> PathBuf {
     env_path("VMLET_TEST_INITRAMFS")
 }
 
-/// How to boot a guest.
+/// How to boot a guest: what differs between the tests' VMs. The harness adds the
+/// kernel, initramfs, serial console, vsock and control socket, and starts the VMM
+/// with the flags `vmlet-vmm-api` prints for the whole configuration.
 #[derive(Clone, Debug)]
 pub struct GuestConfig {
     /// vCPUs.
     pub vcpus: u8,
     /// Memory in MiB.
     pub mem_mib: u64,
-    /// `--drive` values.
-    pub drives: Vec<String>,
-    /// `--net` values.
-    pub net: Vec<String>,
+    /// Block devices, in guest order.
+    pub drives: Vec<DriveConfig>,
+    /// Network cards.
+    pub net: Vec<NetConfig>,
+    /// A virtio-balloon with free page reporting.
+    pub free_page_reporting: bool,
     /// Run the VMM in this network namespace.
     pub netns: Option<String>,
-    /// Extra flags.
-    pub extra: Vec<String>,
 }
 
 impl Default for GuestConfig {
@@ -87,8 +92,47 @@ impl Default for GuestConfig {
             mem_mib: 256,
             drives: Vec::new(),
             net: Vec::new(),
+            free_page_reporting: false,
             netns: None,
-            extra: Vec::new(),
+        }
+    }
+}
+
+/// A drive `id` backed by `path`.
+pub fn drive(id: &str, path: &Path, read_only: bool) -> DriveConfig {
+    DriveConfig {
+        id: id.to_owned(),
+        path: path.to_owned(),
+        read_only,
+    }
+}
+
+/// A network card on `tap` with guest MAC `mac`.
+pub fn net(tap: &str, mac: &str) -> NetConfig {
+    NetConfig {
+        tap: tap.to_owned(),
+        mac: Some(mac.to_owned()),
+    }
+}
+
+impl GuestConfig {
+    /// The VMM's whole launch configuration, with the serial console, vsock and control
+    /// socket at these paths.
+    fn vm_config(&self, serial: &Path, vsock: &Path, control: &Path) -> VmConfig {
+        VmConfig {
+            initramfs: Some(initramfs()),
+            vcpus: self.vcpus,
+            mem_mib: self.mem_mib,
+            drives: self.drives.clone(),
+            net: self.net.clone(),
+            vsock: Some(VsockConfig {
+                cid: 3,
+                uds_path: vsock.to_owned(),
+            }),
+            free_page_reporting: self.free_page_reporting,
+            serial: SerialOutput::File(serial.to_owned()),
+            control_socket: Some(control.to_owned()),
+            ..VmConfig::new(kernel())
         }
     }
 }
@@ -138,25 +182,11 @@ impl Guest {
             }
             None => Command::new(vmm_binary()),
         };
-        cmd.arg("--kernel")
-            .arg(kernel())
-            .arg("--initramfs")
-            .arg(initramfs())
-            .args(["--vcpus", &cfg.vcpus.to_string()])
-            .args(["--mem-mib", &cfg.mem_mib.to_string()])
-            .arg("--serial")
-            .arg(&serial)
-            .arg("--vsock")
-            .arg(format!("cid=3,uds={}", vsock.display()))
-            .arg("--control-socket")
-            .arg(&control);
-        for d in &cfg.drives {
-            cmd.arg("--drive").arg(d);
-        }
-        for n in &cfg.net {
-            cmd.arg("--net").arg(n);
-        }
-        cmd.args(&cfg.extra);
+        let args = cfg
+            .vm_config(&serial, &vsock, &control)
+            .to_args()
+            .map_err(|e| format!("the VMM's flags: {e}"))?;
+        cmd.args(args);
         let log = std::fs::File::create(&vmm_log).expect("create vmm.log");
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone the vmm.log handle"))
@@ -272,12 +302,25 @@ impl Guest {
         out
     }
 
-    /// Sends one control-socket request.
+    /// Sends one control-socket request as `vmlet-vmm-api` encodes it, and decodes the
+    /// reply: a refusal is `Err(ProtocolError::Refused)`.
+    pub fn request(&self, request: &Request) -> Result<Response, ProtocolError> {
+        let line = self.control_line(&request.encode()?);
+        Response::decode(request, line.as_bytes())
+    }
+
+    /// Sends one raw control-socket request, for tests of the wire format itself
+    /// (unknown commands, versions); everything else goes through [`Guest::request`].
     pub fn control(&self, req: Value) -> Value {
+        let line = self.control_line(&req.to_string());
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad response {line:?}: {e}"))
+    }
+
+    /// Sends one request line and returns the reply line.
+    fn control_line(&self, line: &str) -> String {
         let s = UnixStream::connect(&self.control).expect("connect to the control socket");
         s.set_read_timeout(Some(Duration::from_secs(30))).ok();
-        let mut client = JsonLines::new(s);
-        client.request(req)
+        JsonLines::new(s).exchange(line)
     }
 
     /// Waits for the VMM to exit.
@@ -370,16 +413,14 @@ impl JsonLines {
         }
     }
 
-    /// Sends one request and reads one response line.
-    pub fn request(&mut self, req: Value) -> Value {
-        let mut line = req.to_string();
-        line.push('\n');
+    /// Sends one line (the newline is added) and reads one line back.
+    pub fn exchange(&mut self, line: &str) -> String {
         self.writer
-            .write_all(line.as_bytes())
+            .write_all(format!("{line}\n").as_bytes())
             .expect("send request");
         let mut resp = String::new();
         self.reader.read_line(&mut resp).expect("read response");
-        serde_json::from_str(&resp).unwrap_or_else(|e| panic!("bad response {resp:?}: {e}"))
+        resp
     }
 }
 

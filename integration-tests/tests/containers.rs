@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tonic::Code;
 use vmlet_integration_tests::agent::{req, Output, CALL_TIMEOUT};
-use vmlet_integration_tests::{images, sh, Guest, GuestAgent, GuestConfig, Netns};
+use vmlet_integration_tests::{drive, images, net, sh, Guest, GuestAgent, GuestConfig, Netns};
 use vmlet_proto::agent as pb;
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -35,10 +35,7 @@ fn pod_with(cfg: GuestConfig) -> Pod {
     let scratch = images::scratch_disk(&dir.path().join("scratch.ext4"), 64);
     let guest = Guest::boot(GuestConfig {
         mem_mib: 512,
-        drives: vec![
-            format!("id={IMAGE},path={},ro", image.display()),
-            format!("id={SCRATCH},path={}", scratch.display()),
-        ],
+        drives: vec![drive(IMAGE, &image, true), drive(SCRATCH, &scratch, false)],
         ..cfg
     });
     let agent = guest.agent();
@@ -754,7 +751,7 @@ fn guest_network_is_configured_by_mac() {
         n = ns.0
     ));
     let pod = pod_with(GuestConfig {
-        net: vec!["tap=vmtap1,mac=02:00:00:79:00:02".into()],
+        net: vec![net("vmtap1", "02:00:00:79:00:02")],
         netns: Some(ns.0.clone()),
         ..Default::default()
     });

@@ -8,13 +8,25 @@ use serde_json::json;
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixListener;
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 use vmlet_integration_tests::agent::{req, CALL_TIMEOUT};
-use vmlet_integration_tests::{pattern, sh, Guest, GuestConfig, Netns};
+use vmlet_integration_tests::{drive, net, pattern, sh, Guest, GuestConfig, Netns};
 use vmlet_proto::agent as pb;
+use vmlet_vmm_api::control::{
+    ProtocolError, Request, Response, StatusReply, SwapDriveReply, VmState, PROTOCOL_VERSION,
+};
 
 const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The VMM's status, through the typed protocol.
+fn status(guest: &Guest) -> StatusReply {
+    match guest.request(&Request::Status) {
+        Ok(Response::Status(s)) => s,
+        other => panic!("status: {other:?}"),
+    }
+}
 
 fn poweroff(mut guest: Guest) {
     guest.agent().shutdown().expect("Shutdown");
@@ -57,7 +69,7 @@ fn rss_kib(pid: u32) -> u64 {
 #[test]
 fn freed_guest_memory_goes_back_to_the_host() {
     let guest = Guest::boot(GuestConfig {
-        extra: vec!["--free-page-reporting".into()],
+        free_page_reporting: true,
         ..Default::default()
     });
     let bound = guest.run_ok("ls /sys/bus/virtio/drivers/virtio_balloon/");
@@ -111,10 +123,7 @@ fn block_devices_read_write_and_read_only() {
     std::fs::write(&rw, &content).unwrap();
     std::fs::write(&ro, pattern(64 << 10, 9)).unwrap();
     let guest = Guest::boot(GuestConfig {
-        drives: vec![
-            format!("id=data,path={}", rw.display()),
-            format!("id=image,path={},ro", ro.display()),
-        ],
+        drives: vec![drive("data", &rw, false), drive("image", &ro, true)],
         ..Default::default()
     });
     // vda is `data`: the guest reads back what the host wrote.
@@ -159,14 +168,19 @@ fn swapped_drive_shows_new_size_and_content() {
     bcontent[..9].copy_from_slice(b"second-fs");
     std::fs::write(&b, &bcontent).unwrap();
     let guest = Guest::boot(GuestConfig {
-        drives: vec![format!("id=slot0,path={},ro", a.display())],
+        drives: vec![drive("slot0", &a, true)],
         ..Default::default()
     });
     assert_eq!(guest.run_ok("cat /sys/block/vda/size").trim(), "8");
     assert_eq!(guest.run_ok("head -c 4 /dev/vda"), "AAAA");
-    let r = guest.control(json!({"cmd": "swap_drive", "id": "slot0", "path": b}));
-    assert_eq!(r["ok"], true, "{r}");
-    assert_eq!(r["sectors"], 24);
+    let swap = |id: &str, path: &Path| {
+        guest.request(&Request::SwapDrive {
+            id: id.into(),
+            path: path.into(),
+        })
+    };
+    let r = swap("slot0", &b).expect("swap_drive");
+    assert_eq!(r, Response::SwapDrive(SwapDriveReply { sectors: 24 }));
     // The config-change interrupt makes the guest re-read the capacity.
     let mut size = String::new();
     for _ in 0..100 {
@@ -182,14 +196,17 @@ fn swapped_drive_shows_new_size_and_content() {
         guest.run_ok("echo 3 > /proc/sys/vm/drop_caches; head -c 9 /dev/vda"),
         "second-fs"
     );
-    let status = guest.control(json!({"cmd": "status"}));
-    assert_eq!(status["drives"][0]["path"], b.to_str().unwrap());
+    let drives = status(&guest).drives;
+    assert_eq!((drives[0].id.as_str(), &drives[0].path), ("slot0", &b));
     // Errors name the problem and leave the drive alone.
-    let r = guest.control(json!({"cmd": "swap_drive", "id": "nope", "path": b}));
-    assert_eq!(r["ok"], false);
-    assert!(r["error"].as_str().unwrap().contains("nope"));
-    let r = guest.control(json!({"cmd": "swap_drive", "id": "slot0", "path": "/nonexistent"}));
-    assert_eq!(r["ok"], false);
+    match swap("nope", &b) {
+        Err(ProtocolError::Refused(e)) => assert!(e.contains("nope"), "{e}"),
+        other => panic!("swap of an unknown drive: {other:?}"),
+    }
+    match swap("slot0", Path::new("/nonexistent")) {
+        Err(ProtocolError::Refused(e)) => assert!(e.contains("/nonexistent"), "{e}"),
+        other => panic!("swap to a missing file: {other:?}"),
+    }
     assert_eq!(guest.run_ok("cat /sys/block/vda/size").trim(), "24");
     poweroff(guest);
 }
@@ -263,7 +280,7 @@ fn network_on_a_tap_in_a_netns_answers_ping() {
         n = ns.0
     ));
     let guest = Guest::boot(GuestConfig {
-        net: vec!["tap=vmtap0,mac=02:00:00:77:00:02".into()],
+        net: vec![net("vmtap0", "02:00:00:77:00:02")],
         netns: Some(ns.0.clone()),
         ..Default::default()
     });
@@ -278,11 +295,17 @@ fn network_on_a_tap_in_a_netns_answers_ping() {
 #[test]
 fn control_socket_pause_resume_and_graceful_shutdown() {
     let mut guest = Guest::boot(GuestConfig::default());
-    let s = guest.control(json!({"cmd": "status"}));
-    assert_eq!(s["state"], "running", "{s}");
-    assert_eq!(s["mem_mib"], 256);
-    assert_eq!(guest.control(json!({"cmd": "pause"}))["ok"], true);
-    assert_eq!(guest.control(json!({"cmd": "status"}))["state"], "paused");
+    let s = status(&guest);
+    assert_eq!(
+        (s.version, s.state, s.vcpus, s.mem_mib),
+        (PROTOCOL_VERSION, VmState::Running, 1, 256),
+        "{s:?}"
+    );
+    assert_eq!(
+        guest.request(&Request::Pause).expect("pause"),
+        Response::Done
+    );
+    assert_eq!(status(&guest).state, VmState::Paused);
     // While paused the guest does not answer; after resume it does.
     let mut agent_stream = guest.connect_nowait(vmlet_integration_tests::AGENT_PORT);
     agent_stream
@@ -293,12 +316,17 @@ fn control_socket_pause_resume_and_graceful_shutdown() {
         agent_stream.read(&mut b).is_err(),
         "a paused guest answered"
     );
-    assert_eq!(guest.control(json!({"cmd": "resume"}))["ok"], true);
+    assert_eq!(
+        guest.request(&Request::Resume).expect("resume"),
+        Response::Done
+    );
     assert_eq!(guest.run_ok("echo alive").trim(), "alive");
+    // The wire format itself, as a client other than vmlet-vmm-api would write it: an
+    // unknown command, a request with and without a version, another version.
     let bad = guest.control(json!({"cmd": "explode"}));
     assert_eq!(bad["ok"], false);
     // The protocol is versioned: status reports it, another version is refused.
-    let versioned = guest.control(json!({"version": s["version"], "cmd": "status"}));
+    let versioned = guest.control(json!({"version": PROTOCOL_VERSION, "cmd": "status"}));
     assert_eq!(versioned["ok"], true, "{versioned}");
     assert_eq!(versioned["version"], 1, "{versioned}");
     let other = guest.control(json!({"version": 99, "cmd": "status"}));
@@ -309,10 +337,12 @@ fn control_socket_pause_resume_and_graceful_shutdown() {
             .is_some_and(|e| e.contains("version 99 is not supported")),
         "{other}"
     );
-    assert_eq!(
-        guest.control(json!({"cmd": "shutdown", "timeout_ms": 30000}))["ok"],
-        true
-    );
+    let unversioned = guest.control(json!({"cmd": "status"}));
+    assert_eq!(unversioned["state"], "running", "{unversioned}");
+    let shutdown = Request::Shutdown {
+        timeout_ms: Some(30_000),
+    };
+    assert_eq!(guest.request(&shutdown).expect("shutdown"), Response::Done);
     let status = guest.wait(EXIT_TIMEOUT);
     assert_eq!(
         status.code(),
@@ -326,8 +356,10 @@ fn control_socket_pause_resume_and_graceful_shutdown() {
 fn shutdown_of_an_unresponsive_guest_is_forced_after_the_timeout() {
     let mut guest = Guest::boot(GuestConfig::default());
     // 1 ms is far less than a vsock round trip to the guest: the VMM must stop it.
-    let r = guest.control(json!({"cmd": "shutdown", "timeout_ms": 1}));
-    assert_eq!(r["ok"], true);
+    let r = guest.request(&Request::Shutdown {
+        timeout_ms: Some(1),
+    });
+    assert_eq!(r.expect("shutdown"), Response::Done);
     let status = guest.wait(EXIT_TIMEOUT);
     assert_eq!(status.code(), Some(2), "forced stop exits with 2");
 }

@@ -13,7 +13,7 @@
 use std::time::{Duration, Instant};
 
 use vmlet_integration_tests::agent::{req, CALL_TIMEOUT};
-use vmlet_integration_tests::{images, Guest, GuestConfig};
+use vmlet_integration_tests::{drive, images, Guest, GuestConfig};
 use vmlet_proto::agent as pb;
 
 fn main() {
@@ -35,8 +35,8 @@ fn main() {
     let mut guest = Guest::boot(GuestConfig {
         mem_mib: 256,
         drives: vec![
-            format!("id=img0,path={},ro", image.display()),
-            format!("id=scratch,path={}", scratch.display()),
+            drive("img0", &image, true),
+            drive("scratch", &scratch, false),
         ],
         ..Default::default()
     });

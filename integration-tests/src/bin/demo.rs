@@ -13,7 +13,7 @@
 use std::time::{Duration, Instant};
 
 use vmlet_integration_tests::agent::{req, CALL_TIMEOUT};
-use vmlet_integration_tests::{images, Guest, GuestConfig};
+use vmlet_integration_tests::{drive, images, Guest, GuestConfig};
 use vmlet_proto::agent as pb;
 
 fn main() {
@@ -30,8 +30,8 @@ fn main() {
     let mut guest = Guest::boot(GuestConfig {
         vcpus: 2,
         drives: vec![
-            format!("id=busybox,path={},ro", image.display()),
-            format!("id=scratch,path={}", scratch.display()),
+            drive("busybox", &image, true),
+            drive("scratch", &scratch, false),
         ],
         ..Default::default()
     });
