@@ -12,7 +12,7 @@ use vmlet_proto::agent as pb;
 
 use super::container::{apply_exit, start_log_copy, watch_exit};
 use super::launch::{release_network, remove_files};
-use super::pod::{vm_gone, watch_vm, VM_EXITED};
+use super::pod::{vm_gone, vmm_end, watch_vm, VM_EXITED};
 use super::state::{Container, Inner, Pod};
 use super::util::lock;
 use crate::logs::LogSink;
@@ -126,7 +126,13 @@ async fn recover_pod(
         Some(pid) => {
             inner
                 .vms
-                .adopt(pid, &paths.control(), &paths.vsock(), ADOPT_TIMEOUT)
+                .adopt(
+                    pid,
+                    &paths.control(),
+                    &paths.vsock(),
+                    &paths.vmm_exit(),
+                    ADOPT_TIMEOUT,
+                )
                 .await
         }
         None => Err(crate::sandbox::SandboxError::VmmExited(
@@ -139,11 +145,15 @@ async fn recover_pod(
             tracing::warn!(pod = %pod.id, "the pod's VM is gone: {e}");
             // Alive but its guest does not answer: no use keeping it.
             inner.vms.kill_stray(&paths.control()).await;
+            let how = vmm_end(&paths, crate::sandbox::VmmExit::Unknown);
             vm_gone(
                 inner,
                 &pod,
                 VM_EXITED,
-                "the pod's VM exited while vmletd was not running; the container's exit status is unknown",
+                &format!(
+                    "the pod's VM exited while vmletd was not running ({how}); \
+                     the container's exit status is unknown"
+                ),
             );
             return Ok(());
         }
