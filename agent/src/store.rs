@@ -249,6 +249,10 @@ impl PodPaths {
     pub fn vmm_log(&self) -> PathBuf {
         self.dir.join("vmm.log")
     }
+    /// The VMM's exit record: its status and why, written as its last act.
+    pub fn vmm_exit(&self) -> PathBuf {
+        self.dir.join("vmm-exit")
+    }
     /// Hybrid vsock socket.
     pub fn vsock(&self) -> PathBuf {
         self.run_dir.join("vsock")

@@ -20,6 +20,13 @@ use vmlet_test_support::{busybox_image, TestRegistry};
 /// Deadline of one CRI call (RunPodSandbox boots a VM: slow inside a TCG machine).
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// Now, as Unix nanoseconds (host clock).
+pub fn unix_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
+}
+
 /// A connected CRI client.
 pub struct CriClient {
     rt: tokio::runtime::Runtime,
@@ -379,17 +386,21 @@ impl CriClient {
     /// ended, when its report reached vmletd, when it was recorded) beside the time
     /// of the last status answer, so a late exit shows where it was held.
     pub fn wait_exited(&self, id: &str, timeout: Duration) -> v1::ContainerStatus {
+        self.first_exited(id, timeout).0
+    }
+
+    /// As [`CriClient::wait_exited`], asking every 100 ms; also returns when
+    /// ContainerStatus first answered Exited (Unix ns, host clock).
+    pub fn first_exited(&self, id: &str, timeout: Duration) -> (v1::ContainerStatus, i64) {
         let start = Instant::now();
         loop {
             let s = self.status(id).expect("ContainerStatus");
+            let answered_ns = unix_ns();
             if s.state == v1::ContainerState::ContainerExited as i32 {
-                return s;
+                return (s, answered_ns);
             }
             if start.elapsed() >= timeout {
                 let info = self.status_info(id).unwrap_or_default();
-                let answered_ns = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_nanos());
                 panic!(
                     "container {id} still not exited after {timeout:?}: {s:?}\n\
                      exit timeline (Unix ns): guest finished {}, report seen {}, recorded {}, \
@@ -397,8 +408,29 @@ impl CriClient {
                     info["guestFinishedAtNs"], info["exitSeenAtNs"], info["finishedAtNs"]
                 );
             }
-            std::thread::sleep(Duration::from_millis(200));
+            std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Asserts that exited container `id`'s status first answered Exited (at
+    /// `answered_ns`, from [`CriClient::first_exited`]) within `bound` of the moment its
+    /// process ended in the guest (`guestFinishedAtNs`: the guest's wall clock is the
+    /// host's, through kvm-clock). Returns that delay.
+    pub fn assert_exit_prompt(&self, id: &str, answered_ns: i64, bound: Duration) -> Duration {
+        let info = self.status_info(id).expect("ContainerStatus");
+        let guest = info["guestFinishedAtNs"].as_i64().unwrap_or(0);
+        assert!(guest > 0, "no guestFinishedAtNs: {info}");
+        let delay_ns = answered_ns - guest;
+        assert!(
+            delay_ns < bound.as_nanos() as i64,
+            "ContainerStatus of {id} first answered Exited {} ms after its process ended \
+             in the guest (bound {bound:?}); timeline (Unix ns): guest finished {guest}, \
+             report seen {}, recorded {}, first Exited answer {answered_ns}; {info}",
+            delay_ns / 1_000_000,
+            info["exitSeenAtNs"],
+            info["finishedAtNs"]
+        );
+        Duration::from_nanos(delay_ns.max(0) as u64)
     }
 
     /// Waits until the log copy of exited container `id` is complete (verbose
@@ -813,13 +845,14 @@ pub fn failed_vmm_exits(log: &str) -> Vec<(Option<u32>, String)> {
         .collect()
 }
 
-/// Whether a VMM's log says it exited with a failure: vmlet-vmm logs the reason for
-/// every non-zero exit as its last line, at ERROR level.
+/// Whether a VMM's log says it exited with a failure: vmlet-vmm ends every non-zero
+/// exit with `vmlet-vmm: error: REASON (exit status N)` as its last line
+/// (`vmlet_vmm_api::exit`).
 pub fn vmm_log_says_failed(log: &str) -> bool {
     log.lines()
         .map(strip_ansi)
         .rfind(|l| !l.trim().is_empty())
-        .is_some_and(|l| l.contains("ERROR") || l.starts_with("error"))
+        .is_some_and(|l| vmlet_vmm_api::exit::is_failure_line(&l))
 }
 
 /// Prints the tails of `vmm.log` and `console.log` of every pod whose VMM exited with a
@@ -913,15 +946,28 @@ mod tests {
     }
 
     #[test]
-    fn a_vmm_log_ending_in_an_error_is_a_failure() {
-        assert!(vmm_log_says_failed(
-            "2026-12-04T10:00:00Z  INFO vmlet_vmm: booted\n2026-12-04T10:00:01Z ERROR vmlet_vmm: vCPU 0: KVM internal error\n\n"
-        ));
-        assert!(vmm_log_says_failed(
-            "error: cannot open the kernel: No such file\n"
-        ));
+    fn a_vmm_log_ending_in_the_vmms_exit_line_is_a_failure() {
+        // Last lines of real runs of vmlet-vmm (a missing kernel; a seccomp kill).
+        let real = [
+            "vmlet-vmm: error: cannot open kernel /nonexistent: No such file or directory (os error 2) (exit status 1)",
+            "vmlet-vmm: error: seccomp: forbidden syscall 59 (execve) on a vCPU thread (exit status 159)",
+        ];
+        for last in real {
+            let log = format!("2026-12-04T10:00:00Z  WARN vmlet_vmm: something\n{last}\n\n");
+            assert!(vmm_log_says_failed(&log), "{log}");
+        }
+        let line = vmlet_vmm_api::ExitRecord {
+            code: 101,
+            reason: "panic in thread 'vcpu0' at vmm/src/x.rs:1:2: boom".into(),
+        }
+        .line();
+        assert!(vmm_log_says_failed(&line));
+        // An error logged on the way is no exit; a guest power-off is none either.
         assert!(!vmm_log_says_failed(
             "2026-12-04T10:00:00Z ERROR vmlet_vmm: transient\n2026-12-04T10:00:01Z  INFO vmlet_vmm: guest powered off\n"
+        ));
+        assert!(!vmm_log_says_failed(
+            "2026-12-04T10:00:00Z ERROR vmlet_vmm: vCPU 0: KVM internal error\n"
         ));
         assert!(!vmm_log_says_failed(""));
     }

@@ -16,6 +16,9 @@ use vmlet_integration_tests::cri::{
 use vmlet_test_support::{Compression, ImageBuilder, LayerBuilder, TestRegistry};
 
 const WAIT: Duration = Duration::from_secs(120);
+/// How soon after a container's process ended in the guest ContainerStatus must say
+/// so: "within a few seconds", generous for the emulated TCG machine.
+const PROMPT: Duration = Duration::from_secs(10);
 
 /// A registry with busybox pushed, and a daemon that may pull from it.
 struct Env {
@@ -944,8 +947,9 @@ fn stats_and_resource_updates() {
         .expect("UpdateContainerResources");
     c.exec(&idle, &["sh", "-c", "echo > /go"], 60)
         .expect("ExecSync");
-    let s = c.wait_exited(&idle, WAIT);
+    let (s, answered) = c.first_exited(&idle, WAIT);
     assert_eq!(s.reason, "OOMKilled", "{s:?}");
+    c.assert_exit_prompt(&idle, answered, PROMPT);
     assert!(!lines(&log_of(d, "idle.log"), "stdout").contains(&"survived".to_string()));
 
     // A stopped pod has no VM to measure: its containers are listed bare.
@@ -1166,7 +1170,10 @@ fn a_pod_whose_vm_died_is_not_ready() {
 
 /// An exit reaches ContainerStatus promptly, whatever the log copy is doing, and the
 /// log still holds every line: a container that writes about 1 MiB and exits at once,
-/// and one OOM-killed with output in flight. Each exit is sent once as an event.
+/// one OOM-killed with output in flight by the limit it was created with, and a
+/// running one OOM-killed by a limit lowered with UpdateContainerResources. Status is
+/// asked every 100 ms: its first Exited answer comes within `PROMPT` of the moment
+/// the process ended in the guest. Each exit is sent once as an event.
 #[test]
 fn exits_reach_container_status_promptly_with_the_whole_log() {
     let env = env();
@@ -1177,12 +1184,12 @@ fn exits_reach_container_status_promptly_with_the_whole_log() {
     let pod = c.run_pod(pod_cfg.clone()).expect("RunPodSandbox");
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let socket = d.socket.clone();
-    // Created, Started and Stopped of two containers; a seventh would be a second
+    // Created, Started and Stopped of three containers; a tenth would be a second
     // Stopped event.
     let events = std::thread::spawn(move || {
         CriClient::connect(&socket)
             .unwrap()
-            .events(7, Duration::from_secs(90), ready_tx)
+            .events(10, Duration::from_secs(240), ready_tx)
     });
     ready_rx.recv().expect("subscribed to events");
 
@@ -1193,30 +1200,77 @@ fn exits_reach_container_status_promptly_with_the_whole_log() {
         &pod_cfg,
         container_config("chatty", &env.image, &format!("busybox seq 1 {LINES}")),
     );
+    let limited = |bytes: i64| {
+        Some(v1::LinuxContainerConfig {
+            resources: Some(v1::LinuxContainerResources {
+                memory_limit_in_bytes: bytes,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    };
     let mut oom_cfg = container_config(
         "oom",
         &env.image,
         "busybox seq 1 20000; x=$(busybox yes 0123456789abcdef | busybox head -c 67108864); echo survived",
     );
-    oom_cfg.linux = Some(v1::LinuxContainerConfig {
-        resources: Some(v1::LinuxContainerResources {
-            memory_limit_in_bytes: 16 << 20,
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
+    oom_cfg.linux = limited(16 << 20);
     let oom = run_container(&c, &pod, &pod_cfg, oom_cfg);
+    // Holds 16 MiB under a 128 MiB limit until the limit is lowered below that.
+    let mut lowered_cfg = container_config(
+        "lowered",
+        &env.image,
+        "busybox seq 1 20000; x=$(busybox yes 0123456789abcdef | busybox head -c 16777216); echo held; busybox sleep 1000",
+    );
+    lowered_cfg.linux = limited(128 << 20);
+    let lowered = run_container(&c, &pod, &pod_cfg, lowered_cfg);
 
-    for (id, reason, exit_code, log, last) in [
-        (&chatty, "Completed", 0, "chatty.log", LINES),
-        (&oom, "OOMKilled", 137, "oom.log", 20_000),
+    let mut answered = std::collections::HashMap::new();
+    for id in [&chatty, &oom] {
+        answered.insert(id.clone(), c.first_exited(id, WAIT).1);
+    }
+    wait_for_line(d, "lowered.log", "held");
+    let lowering = vmlet_integration_tests::cri::unix_ns();
+    c.update_resources(
+        &lowered,
+        v1::LinuxContainerResources {
+            memory_limit_in_bytes: 8 << 20,
+            ..Default::default()
+        },
+    )
+    .expect("UpdateContainerResources");
+    let (_, at) = c.first_exited(&lowered, WAIT);
+    // Host clocks only: the kill comes with the lowered limit.
+    assert!(
+        at - lowering < PROMPT.as_nanos() as i64,
+        "ContainerStatus said Exited {} ms after the limit was lowered",
+        (at - lowering) / 1_000_000
+    );
+    answered.insert(lowered.clone(), at);
+
+    for (id, reason, exit_code, log, last, tail) in [
+        (&chatty, "Completed", 0, "chatty.log", LINES, None),
+        (&oom, "OOMKilled", 137, "oom.log", 20_000, None),
+        (
+            &lowered,
+            "OOMKilled",
+            137,
+            "lowered.log",
+            20_000,
+            Some("held"),
+        ),
     ] {
-        let s = c.wait_exited(id, WAIT);
+        let s = c.status(id).expect("ContainerStatus");
         assert_eq!(
             (s.reason.as_str(), s.exit_code),
             (reason, exit_code),
             "{s:?}"
         );
+        let delay = c.assert_exit_prompt(id, answered[id], PROMPT);
+        vmlet_integration_tests::say(&format!(
+            "{log}: ContainerStatus said Exited {} ms after the guest's exit",
+            delay.as_millis()
+        ));
         let info = c.status_info(id).expect("ContainerStatus");
         let seen = info["exitSeenAtNs"].as_i64().unwrap_or(0);
         let recorded = info["finishedAtNs"].as_i64().unwrap_or(0);
@@ -1229,11 +1283,12 @@ fn exits_reach_container_status_promptly_with_the_whole_log() {
             (recorded - seen) / 1_000_000
         );
         c.wait_log_complete(id, WAIT);
-        let want: Vec<String> = (1..=last).map(|i| i.to_string()).collect();
+        let mut want: Vec<String> = (1..=last).map(|i| i.to_string()).collect();
+        want.extend(tail.map(str::to_owned));
         assert_eq!(lines(&log_of(d, log), "stdout"), want, "{log}");
     }
     let events = events.join().unwrap();
-    for id in [&chatty, &oom] {
+    for id in [&chatty, &oom, &lowered] {
         let stopped = events
             .iter()
             .filter(|e| {
@@ -1246,6 +1301,16 @@ fn exits_reach_container_status_promptly_with_the_whole_log() {
     }
     c.remove_pod(&pod).expect("RemovePodSandbox");
     assert_clean(d);
+}
+
+/// The lines of vmletd's log that say a warm VM failed a pod and was discarded.
+fn fallback_lines(d: &Vmletd) -> Vec<String> {
+    std::fs::read_to_string(d.log_file())
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("a warm VM does not answer") || l.contains("the warm VM failed"))
+        .map(str::to_owned)
+        .collect()
 }
 
 /// The warm pool's VM that does not answer (its VMM stopped with SIGSTOP) does not
@@ -1287,6 +1352,12 @@ fn a_failed_warm_vm_does_not_fail_the_pod() {
         "the silent warm VM was not killed"
     );
     assert_eq!(c.warm_pool()["failed"], 1);
+    assert_eq!(
+        fallback_lines(&d).len(),
+        1,
+        "one fallback logged: {:?}",
+        fallback_lines(&d)
+    );
     let kept: Vec<_> = std::fs::read_dir(d.state_dir().join("failed-vms"))
         .expect("kept consoles")
         .flatten()
@@ -1307,12 +1378,20 @@ fn a_failed_warm_vm_does_not_fail_the_pod() {
     let e = c
         .run_pod(pod_config("no-luck", &d.log_dir()))
         .expect_err("RunPodSandbox with no VM to be had");
+    // Both causes: what the stopped warm VM's ping met, and the broken VMM's exit.
     let msg = e.message();
     assert!(
-        msg.contains("warm VM") && msg.contains("fresh boot") && msg.contains("VMM exited"),
+        msg.starts_with("a warm VM failed (the guest agent did not answer within 3s: Health: ")
+            && msg.contains("), and so did a fresh boot: the VMM exited"),
         "{e}"
     );
     assert_eq!(c.warm_pool()["failed"], 2);
+    let logged = fallback_lines(&d);
+    assert_eq!(logged.len(), 2, "one more fallback logged: {logged:?}");
+    assert!(
+        logged[1].contains("the guest agent did not answer within 3s: Health: "),
+        "{logged:?}"
+    );
     assert!(c.list_pods(None).is_empty());
     // The pool's refill keeps failing on the broken binary; between its tries the
     // node is clean.

@@ -121,6 +121,9 @@ impl VmConfig {
             args.push(switch(flag::CONTROL_SOCKET));
             args.push(utf8(flag::CONTROL_SOCKET, control)?.to_owned());
         }
+        if let Some(record) = &self.exit_record {
+            args.push(valued(flag::EXIT_RECORD, utf8(flag::EXIT_RECORD, record)?));
+        }
         if !self.seccomp {
             args.push(switch(flag::NO_SECCOMP));
         }
@@ -168,6 +171,7 @@ mod tests {
             free_page_reporting: true,
             serial: SerialOutput::File("/p/console.log".into()),
             control_socket: Some("/run/p/ctl".into()),
+            exit_record: Some("/p/vmm-exit".into()),
             ..VmConfig::new("/k/vmlinux".into())
         }
     }
@@ -190,6 +194,7 @@ mod tests {
                 "--serial=/p/console.log",
                 "--control-socket",
                 "/run/p/ctl",
+                "--exit-record=/p/vmm-exit",
             ]
         );
         let bare = VmConfig {

@@ -103,6 +103,9 @@ pub struct VmConfig {
     /// Control socket path.
     #[serde(default)]
     pub control_socket: Option<PathBuf>,
+    /// Where the VMM writes its exit record as its last act (see [`crate::exit`]).
+    #[serde(default)]
+    pub exit_record: Option<PathBuf>,
     /// Install seccomp filters (only tests and debugging turn this off).
     #[serde(default = "default_true")]
     pub seccomp: bool,
@@ -197,6 +200,7 @@ impl VmConfig {
             huge_pages: false,
             serial: SerialOutput::Stdout,
             control_socket: None,
+            exit_record: None,
             seccomp: true,
         }
     }
@@ -281,6 +285,8 @@ pub mod flag {
     pub const SERIAL: &str = "serial";
     /// [`super::VmConfig::control_socket`].
     pub const CONTROL_SOCKET: &str = "control-socket";
+    /// [`super::VmConfig::exit_record`].
+    pub const EXIT_RECORD: &str = "exit-record";
     /// Clears [`super::VmConfig::seccomp`].
     pub const NO_SECCOMP: &str = "no-seccomp";
 }
@@ -472,6 +478,7 @@ mod tests {
                 uds_path: "/v".into(),
             }),
             control_socket: Some("/c".into()),
+            exit_record: Some("/e".into()),
             ..VmConfig::new("/k".into())
         };
         let text = serde_json::to_string(&full).unwrap();

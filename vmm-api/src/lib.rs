@@ -9,12 +9,15 @@
 //!   JSON file for `--config`.
 //! - [`control`]: the control socket's requests and replies, with the protocol
 //!   version ([`PROTOCOL_VERSION`]) that both sides check.
+//! - [`exit`]: how the VMM says why it ended: its last line on stderr and its exit
+//!   record.
 //!
 //! The crate has no KVM or I/O dependencies: it only describes and encodes.
 
 pub mod args;
 pub mod config;
 pub mod control;
+pub mod exit;
 
 pub use args::ArgsError;
 pub use config::{
@@ -24,3 +27,4 @@ pub use control::{
     DriveStatus, ProtocolError, Request, Response, StatusReply, SwapDriveReply, VmState,
     PROTOCOL_VERSION,
 };
+pub use exit::ExitRecord;

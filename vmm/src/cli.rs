@@ -3,15 +3,18 @@
 //! `vmlet-vmm-api`, which also prints them for the programs that start the VMM.
 //!
 //! Exit status: 0 the guest powered off or reset; 1 error; 2 the guest did not
-//! power off within the graceful-shutdown timeout and was stopped; 128 + N when
-//! signal N (SIGTERM, SIGINT) stopped it; 159 a seccomp violation. Every non-zero
-//! exit ends with one line on stderr that says why:
-//! `vmlet-vmm: error: REASON (exit status N)`.
+//! power off within the graceful-shutdown timeout and was stopped; 101 a panic;
+//! 128 + N when signal N (SIGTERM, SIGINT) stopped it; 159 a seccomp violation.
+//! Every non-zero exit ends with one line on stderr that says why:
+//! `vmlet-vmm: error: REASON (exit status N)` (`vmlet_vmm_api::exit`), and with
+//! `--exit-record FILE` the same line (for status 0 too) is written to FILE as the
+//! VMM's last act.
 
 use crate::config::{DriveConfig, NetConfig, SerialOutput, VmConfig, VsockConfig};
 use clap::Parser;
 use std::path::PathBuf;
 use vmlet_vmm_api::config::flag;
+use vmlet_vmm_api::exit::{ExitRecord, PANIC_EXIT};
 
 /// Flags. Anything given here overrides the `--config` file.
 #[derive(Parser, Debug)]
@@ -64,6 +67,9 @@ pub struct Args {
     /// Control socket path.
     #[arg(long = flag::CONTROL_SOCKET)]
     pub control_socket: Option<PathBuf>,
+    /// Where to write the exit record (the last line) as the VMM's last act.
+    #[arg(long = flag::EXIT_RECORD)]
+    pub exit_record: Option<PathBuf>,
     /// Do not install seccomp filters (debugging only).
     #[arg(long = flag::NO_SECCOMP)]
     pub no_seccomp: bool,
@@ -119,6 +125,9 @@ pub fn resolve(args: Args) -> Result<VmConfig, String> {
     if args.control_socket.is_some() {
         config.control_socket = args.control_socket;
     }
+    if args.exit_record.is_some() {
+        config.exit_record = args.exit_record;
+    }
     if args.no_seccomp {
         config.seccomp = false;
     }
@@ -127,17 +136,59 @@ pub fn resolve(args: Args) -> Result<VmConfig, String> {
 
 /// The last line of a non-zero exit: `vmlet-vmm: error: REASON (exit status N)`.
 pub fn exit_line(code: i32, reason: &dyn std::fmt::Display) -> String {
-    format!("vmlet-vmm: error: {reason} (exit status {code})")
+    ExitRecord {
+        code,
+        reason: reason.to_string(),
+    }
+    .line()
 }
 
-/// Prints [`exit_line`] as the process's last line on stderr and returns `code`.
-fn fail(code: i32, reason: &dyn std::fmt::Display) -> i32 {
-    eprintln!("{}", exit_line(code, reason));
+/// Ends with `code`: the line of [`exit_line`] as the process's last on stderr (for a
+/// non-zero status) and as the exit record; returns `code`.
+fn end(code: i32, reason: &dyn std::fmt::Display) -> i32 {
+    let line = exit_line(code, reason);
+    if code != 0 {
+        eprintln!("{line}");
+    }
+    crate::exit_record::write(line.as_bytes());
     code
+}
+
+/// What a panic says: the thread, where, and the message.
+fn panic_reason(info: &std::panic::PanicHookInfo<'_>) -> String {
+    let payload = info.payload();
+    let message = payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_owned());
+    let place = info.location().map_or("an unknown place".to_owned(), |l| {
+        format!("{}:{}:{}", l.file(), l.line(), l.column())
+    });
+    let thread = std::thread::current();
+    format!(
+        "panic in thread '{}' at {place}: {message}",
+        thread.name().unwrap_or("unnamed")
+    )
+}
+
+/// Makes a panic on any thread end the VMM at once with [`PANIC_EXIT`], after the
+/// usual last line (and exit record) naming the thread, place and message: a release
+/// build does not unwind, and a vCPU thread that died alone would leave a hung VM.
+/// `exit_group` is allowed by every thread's seccomp filter (the signals `abort`
+/// sends itself are not).
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        end(PANIC_EXIT, &panic_reason(info));
+        // SAFETY: ends the process at once, as panic=abort would, without running
+        // destructors that other threads' state may not allow.
+        unsafe { libc::_exit(PANIC_EXIT) };
+    }));
 }
 
 /// Runs the VMM; returns the process exit status.
 pub fn main() -> i32 {
+    install_panic_hook();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("VMLET_LOG")
@@ -148,14 +199,19 @@ pub fn main() -> i32 {
     let args = Args::parse();
     let config = match resolve(args) {
         Ok(c) => c,
-        Err(e) => return fail(1, &e),
+        Err(e) => return end(1, &e),
     };
+    if let Some(path) = &config.exit_record {
+        if let Err(e) = crate::exit_record::open(path) {
+            return end(
+                1,
+                &format!("cannot open the exit record {}: {e}", path.display()),
+            );
+        }
+    }
     match crate::runner::run(&config) {
-        Ok(end) => match end.code() {
-            0 => 0,
-            code => fail(code, &end),
-        },
-        Err(e) => fail(1, &e),
+        Ok(end_of_run) => end(end_of_run.code(), &end_of_run),
+        Err(e) => end(1, &e),
     }
 }
 
@@ -208,6 +264,7 @@ mod tests {
             huge_pages: true,
             serial: SerialOutput::File("/pod/console.log".into()),
             control_socket: Some("/run/pod/ctl".into()),
+            exit_record: Some("/pod/vmm-exit".into()),
             seccomp: false,
             ..VmConfig::new("/k/vmlinux".into())
         }
@@ -263,6 +320,33 @@ mod tests {
             exit_line(1, &"no kernel given"),
             "vmlet-vmm: error: no kernel given (exit status 1)"
         );
+        // The form the programs that start the VMM read.
+        let record = ExitRecord::parse(&exit_line(159, &"seccomp: x")).unwrap();
+        assert_eq!((record.code, record.reason.as_str()), (159, "seccomp: x"));
+    }
+
+    #[test]
+    fn a_panic_names_its_thread_place_and_message() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let _ = tx.send(panic_reason(info));
+        }));
+        let joined = std::thread::Builder::new()
+            .name("vcpu3".into())
+            .spawn(|| panic!("device {} broke", "blk"))
+            .unwrap()
+            .join();
+        std::panic::set_hook(previous);
+        assert!(joined.is_err());
+        let reason = rx.recv().unwrap();
+        assert!(
+            reason.starts_with("panic in thread 'vcpu3' at vmm/src/cli.rs:")
+                && reason.ends_with(": device blk broke"),
+            "{reason}"
+        );
+        let line = exit_line(PANIC_EXIT, &reason);
+        assert!(vmlet_vmm_api::exit::is_failure_line(&line), "{line}");
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod devices;
+pub mod exit_record;
 pub mod image;
 pub mod runner;
 pub mod seccomp;

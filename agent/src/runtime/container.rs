@@ -516,7 +516,13 @@ pub(super) fn record_exit(inner: &Inner, c: &Container, exit: Exit) -> bool {
             r.message = exit.message.clone();
             r.guest_finished_at_ns = exit.guest_finished_at_ns;
             // Host time, as for created and started: the guest's clock is its own.
-            r.finished_at_ns = now_ns().max(r.started_at_ns);
+            let now = now_ns();
+            // When vmletd learnt of the exit: the guest's wait notes it before its
+            // log drain; every other path learns of it now.
+            if r.exit_seen_at_ns == 0 {
+                r.exit_seen_at_ns = now;
+            }
+            r.finished_at_ns = now.max(r.started_at_ns).max(r.exit_seen_at_ns);
             true
         }
     };

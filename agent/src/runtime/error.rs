@@ -58,6 +58,9 @@ pub enum RuntimeError {
         /// Why the fresh boot failed.
         cold: Box<RuntimeError>,
     },
+    /// The task doing the work ended without an answer (it panicked).
+    #[error("{0} was interrupted")]
+    Interrupted(String),
     /// The guest refused or failed a call.
     #[error("guest {call}: {status}")]
     Guest {
@@ -101,9 +104,11 @@ impl RuntimeError {
             Self::WarmFallback { cold, .. } => cold.kind(),
             Self::Network(e) if e.is_not_ready() => ErrorKind::FailedPrecondition,
             Self::Network(NetworkError::BadBandwidth { .. }) => ErrorKind::InvalidArgument,
-            Self::Sandbox(_) | Self::Store(_) | Self::Log(_) | Self::Network(_) => {
-                ErrorKind::Internal
-            }
+            Self::Sandbox(_)
+            | Self::Store(_)
+            | Self::Log(_)
+            | Self::Network(_)
+            | Self::Interrupted(_) => ErrorKind::Internal,
         }
     }
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use vmlet_cri::runtime::PodConfig;
 use vmlet_proto::agent as pb;
 
+use super::deadline::Deadline;
 use super::error::RuntimeError;
 use super::pool::WarmVm;
 use super::state::{Inner, Pod};
@@ -95,6 +96,7 @@ pub(super) async fn prepare(
         control: paths.control(),
         console: paths.console(),
         log: paths.vmm_log(),
+        exit_record: paths.vmm_exit(),
         netns: record.network.as_ref().map(|n| n.netns.clone()),
         nets: record
             .network
@@ -105,31 +107,58 @@ pub(super) async fn prepare(
     Ok((record, cmd))
 }
 
-/// Starts the VMM and waits for its guest agent, once a boot permit is free.
+/// Starts the VMM and waits for its guest agent, once a boot permit is free, within
+/// what is left of `deadline` (the wait for a permit and the boot both end with it).
 pub(super) async fn start_vm(
     inner: &Inner,
     cmd: &VmmCommand,
-) -> (Result<Vm, SandboxError>, BootTimes) {
+    deadline: Deadline,
+) -> (Result<Vm, RuntimeError>, BootTimes) {
     let queued = Instant::now();
-    // The semaphore is never closed; without a permit the boot would just go ahead.
-    let _permit = inner.boots.acquire().await.ok();
-    let started = Instant::now();
-    let vm = inner
-        .vms
-        .boot(
-            cmd,
-            Duration::from_secs(inner.settings.vm.boot_timeout_secs),
-        )
-        .await;
-    let times = BootTimes {
+    let times = |started: Instant| BootTimes {
         queued: started - queued,
         booted: started.elapsed(),
+    };
+    let acquire = inner.boots.acquire();
+    // The semaphore is never closed; without a permit the boot would just go ahead.
+    let _permit = match deadline.at() {
+        Some(at) => match tokio::time::timeout_at(at.into(), acquire).await {
+            Ok(permit) => permit.ok(),
+            Err(_) => {
+                let e = RuntimeError::Timeout(format!(
+                    "the call's deadline passed after {} ms waiting for a boot slot \
+                     (vm.max_concurrent_boots = {})",
+                    queued.elapsed().as_millis(),
+                    inner.settings.vm.max_concurrent_boots
+                ));
+                return (Err(e), times(Instant::now()));
+            }
+        },
+        None => acquire.await.ok(),
+    };
+    let started = Instant::now();
+    let limit = Duration::from_secs(inner.settings.vm.boot_timeout_secs);
+    let vm = inner.vms.boot(cmd, deadline.cap(limit)).await;
+    let times = times(started);
+    let vm = match vm {
+        Ok(vm) => {
+            inner.boot_estimate.record(times.booted);
+            Ok(vm)
+        }
+        // The boot was cut short by the caller's deadline, not by the boot timeout.
+        Err(e @ SandboxError::GuestTimeout { .. }) if deadline.cap(limit) < limit => {
+            Err(RuntimeError::Timeout(format!(
+                "the call's deadline ended the boot after {} ms: {e}",
+                times.booted.as_millis()
+            )))
+        }
+        Err(e) => Err(e.into()),
     };
     (vm, times)
 }
 
 /// A pod in a fresh VM. The guest boots while the CNI plugins run: neither needs the
-/// other until ConfigureGuest.
+/// other until ConfigureGuest. The boot and ConfigureGuest end with `deadline`.
 pub(super) async fn boot(
     inner: &Inner,
     id: &str,
@@ -137,6 +166,7 @@ pub(super) async fn boot(
     config: PodConfig,
     size: (u32, u64),
     network: Option<NetworkConfig>,
+    deadline: Deadline,
 ) -> Result<Arc<Pod>, RuntimeError> {
     let (mut record, cmd) = prepare(
         inner,
@@ -148,7 +178,7 @@ pub(super) async fn boot(
         network,
     )
     .await?;
-    let booting = start_vm(inner, &cmd);
+    let booting = start_vm(inner, &cmd, deadline);
     let planned = record.network.clone();
     let (networks, pod_config) = (&inner.network, &config);
     let attaching = async move {
@@ -193,19 +223,21 @@ pub(super) async fn boot(
             vm.kill().await;
             return Err(e);
         }
-        (Err(e), _) => return Err(e.into()),
+        (Err(e), _) => return Err(e),
     };
-    finish(paths, record, vm, Some(times)).await
+    finish(paths, record, vm, Some(times), deadline).await
 }
 
 /// A pod in a pre-booted VM: its record takes the pod's config, then ADD (into the
 /// namespace the VM's tap already sits in) and ConfigureGuest. On failure the VM is
 /// killed; the caller undoes the rest from the record, as for [`boot`].
+/// ConfigureGuest ends with `deadline`.
 pub(super) async fn adopt(
     inner: &Inner,
     warm: WarmVm,
     config: PodConfig,
     network: Option<NetworkConfig>,
+    deadline: Deadline,
 ) -> Result<Arc<Pod>, RuntimeError> {
     let WarmVm {
         paths,
@@ -242,7 +274,7 @@ pub(super) async fn adopt(
         vm.kill().await;
         return Err(e);
     }
-    finish(&paths, record, vm, None).await
+    finish(&paths, record, vm, None, deadline).await
 }
 
 /// ConfigureGuest, then the pod is ready.
@@ -251,9 +283,11 @@ async fn finish(
     mut record: PodRecord,
     vm: Vm,
     times: Option<BootTimes>,
+    deadline: Deadline,
 ) -> Result<Arc<Pod>, RuntimeError> {
     let configure_start = Instant::now();
-    if let Err(e) = configure(&vm, &record.config, record.network.as_ref()).await {
+    let call = deadline.cap(guest::CALL);
+    if let Err(e) = configure(&vm, &record.config, record.network.as_ref(), call).await {
         vm.kill().await;
         return Err(e);
     }
@@ -350,12 +384,13 @@ pub(super) async fn release_network(
     Ok(result?)
 }
 
-/// Hostname, network and DNS of the guest. The pod's DNS config (kubelet's) wins over
-/// what the CNI plugins returned.
+/// Hostname, network and DNS of the guest, each call within `call`. The pod's DNS
+/// config (kubelet's) wins over what the CNI plugins returned.
 pub(super) async fn configure(
     vm: &Vm,
     c: &PodConfig,
     net: Option<&PodNetRecord>,
+    call: Duration,
 ) -> Result<(), RuntimeError> {
     let hostname = if c.hostname.is_empty() {
         c.metadata.name.clone()
@@ -391,7 +426,7 @@ pub(super) async fn configure(
                 routes,
                 sysctls: c.sysctls.clone(),
             },
-            guest::CALL,
+            call,
         ))
         .await
         .map_err(RuntimeError::guest("ConfigureGuest"))?;
@@ -407,7 +442,7 @@ pub(super) async fn configure(
                 uid: 0,
                 gid: 0,
             },
-            guest::CALL,
+            call,
         ))
         .await
         .map_err(RuntimeError::guest("WriteFile"))?;

@@ -24,6 +24,7 @@
 //! (slot assignment, stop, remove); reads never wait for it.
 
 mod container;
+mod deadline;
 mod error;
 mod exec;
 mod launch;
@@ -36,11 +37,13 @@ mod state;
 mod stats;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_fallback;
 mod util;
 mod warm;
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::broadcast;
 use vmlet_cri::image::BackendError;
@@ -95,6 +98,7 @@ impl Runtime {
                     settings.vm.warm_pool as usize,
                     (settings.vm.vcpus, settings.vm.mem_mib),
                 ),
+                boot_estimate: deadline::BootEstimate::default(),
                 network: PodNetworks::new(settings.network.clone(), &settings.state_dir),
                 settings,
                 vms,
@@ -157,8 +161,23 @@ impl RuntimeBackend for Runtime {
         Ok(())
     }
 
-    async fn run_pod(&self, config: PodConfig) -> Result<String, BackendError> {
-        Ok(pod::run(&self.inner, config).await?)
+    async fn run_pod_until(
+        &self,
+        config: PodConfig,
+        deadline: Option<Instant>,
+    ) -> Result<String, BackendError> {
+        let inner = self.inner.clone();
+        // Detached from the request: a caller that goes away (its deadline passed, its
+        // connection closed) drops this future, but the start runs to its end, so that
+        // a pod that fails is undone (VMM, namespace, records) and one that starts is
+        // listed for kubelet to find.
+        let start = tokio::spawn(async move {
+            pod::run(&inner, config, deadline::Deadline::new(deadline)).await
+        });
+        match start.await {
+            Ok(started) => Ok(started?),
+            Err(e) => Err(RuntimeError::Interrupted(format!("RunPodSandbox: {e}")).into()),
+        }
     }
 
     async fn stop_pod(&self, id: &str) -> Result<(), BackendError> {

@@ -6,13 +6,16 @@ use std::time::Duration;
 use vmlet_cri::runtime::{ContainerState, EventKind, PodConfig};
 
 use super::container::{record_exit, Exit};
+use super::deadline::Deadline;
 use super::error::RuntimeError;
 use super::launch::{self, network_step, release_network, remove_files};
 use super::pool::WarmVm;
 use super::state::{pod_name, Inner, Pod};
 use super::util::{lock, new_id};
 use super::warm;
+use crate::network::cni::NetworkConfig;
 use crate::network::pod::PodNetworks;
+use crate::sandbox::{read_exit_record, VmmExit};
 use crate::store::{PodPaths, PodPhase};
 
 /// How long a warm VM's guest may take to answer the ping before it is handed out.
@@ -40,42 +43,34 @@ fn size(inner: &Inner, c: &PodConfig) -> Result<(u32, u64), RuntimeError> {
 /// Runs a pod: a pre-booted VM of its size from the warm pool if there is one, else a
 /// fresh one (disks, VMM, guest configuration). A warm VM that fails any step before
 /// the pod is handed out is discarded and the same call goes on with a fresh boot: a
-/// spare that vmlet prepared never fails a pod by itself.
-pub async fn run(inner: &Arc<Inner>, config: PodConfig) -> Result<String, RuntimeError> {
+/// spare that vmlet prepared never fails a pod by itself. Every step gets what is left
+/// of `deadline`, and a fresh boot after a failed warm VM is started only if one (as
+/// slow as the slowest recent boot) can finish in time.
+pub async fn run(
+    inner: &Arc<Inner>,
+    config: PodConfig,
+    deadline: Deadline,
+) -> Result<String, RuntimeError> {
     let size = size(inner, &config)?;
     let _starting = inner.warm.starting();
     // Fails before a warm VM is taken.
     let network = inner.network.current()?;
     // A spare that failed its ping is the first cause if the fresh boot fails too.
-    let (warm, mut warm_failure) = take_live_warm(inner, size).await;
-    let id = match &warm {
+    let (warm, mut warm_failure) = take_live_warm(inner, size, deadline).await;
+    let mut id = match &warm {
         Some(w) => w.id.clone(),
         None => new_id()?,
     };
-    {
-        let mut t = lock(&inner.tables);
-        if let Some(other) = t.pod_names.get(&config.metadata).cloned() {
-            drop(t);
-            if let Some(w) = warm {
-                inner.warm.put_back(w);
-            }
-            return Err(RuntimeError::AlreadyExists(format!(
-                "pod sandbox name {:?} is reserved for {other}",
-                pod_name(&config.metadata)
-            )));
+    if let Err(e) = reserve_name(inner, &config, &id) {
+        if let Some(w) = warm {
+            inner.warm.put_back(w);
         }
-        t.pod_names.insert(config.metadata.clone(), id.clone());
+        return Err(e);
     }
-    let mut id = id;
     if let Some(w) = warm {
-        let paths = w.paths.clone();
-        match launch::adopt(inner, w, config.clone(), network.clone()).await {
+        match adopt_warm(inner, w, &config, network.clone(), deadline).await {
             Ok(pod) => return Ok(ready(inner, pod, &config, size)),
             Err(e) => {
-                tracing::warn!(pod = %id, "the warm VM failed ({e}): booting a fresh VM for the pod");
-                warm::keep_console(inner, &paths);
-                launch::undo(inner, &paths).await;
-                inner.warm.count_failure();
                 warm_failure = Some(e);
                 id = new_id()?;
                 lock(&inner.tables)
@@ -84,8 +79,13 @@ pub async fn run(inner: &Arc<Inner>, config: PodConfig) -> Result<String, Runtim
             }
         }
     }
+    if let Err(e) = fallback_fits(inner, deadline, warm_failure.as_ref()) {
+        lock(&inner.tables).pod_names.remove(&config.metadata);
+        tracing::warn!(pod = %id, "pod failed to start: {e}");
+        return Err(e);
+    }
     let paths = PodPaths::new(&inner.settings.state_dir, &inner.settings.runtime_dir, &id);
-    match launch::boot(inner, &id, &paths, config.clone(), size, network).await {
+    match launch::boot(inner, &id, &paths, config.clone(), size, network, deadline).await {
         Ok(pod) => Ok(ready(inner, pod, &config, size)),
         Err(e) => {
             launch::undo(inner, &paths).await;
@@ -102,19 +102,88 @@ pub async fn run(inner: &Arc<Inner>, config: PodConfig) -> Result<String, Runtim
     }
 }
 
+/// Reserves the pod's name for `id`.
+fn reserve_name(inner: &Inner, config: &PodConfig, id: &str) -> Result<(), RuntimeError> {
+    let mut t = lock(&inner.tables);
+    if let Some(other) = t.pod_names.get(&config.metadata) {
+        return Err(RuntimeError::AlreadyExists(format!(
+            "pod sandbox name {:?} is reserved for {other}",
+            pod_name(&config.metadata)
+        )));
+    }
+    t.pod_names.insert(config.metadata.clone(), id.to_owned());
+    Ok(())
+}
+
+/// Whether a fresh boot may start: the deadline has not passed, and after a failed
+/// warm VM (`warm_failure`) a boot as slow as the slowest recent one still fits.
+/// Otherwise the call fails with DeadlineExceeded, naming what was tried.
+fn fallback_fits(
+    inner: &Inner,
+    deadline: Deadline,
+    warm_failure: Option<&RuntimeError>,
+) -> Result<(), RuntimeError> {
+    let need = match warm_failure {
+        Some(_) => inner.boot_estimate.get(),
+        None => Duration::ZERO,
+    };
+    if deadline.allows(need) {
+        return Ok(());
+    }
+    let left = deadline.describe_left();
+    Err(RuntimeError::Timeout(match warm_failure {
+        Some(warm) => format!(
+            "the warm VM failed ({warm}), and a fresh boot (the slowest recent one took \
+             {} ms) cannot finish in the {left} the call's deadline leaves: none was started",
+            need.as_millis()
+        ),
+        None => format!(
+            "the call's deadline passed before a VM could be booted ({left} left; \
+             the warm pool had none ready)"
+        ),
+    }))
+}
+
+/// Adopts a warm VM for the pod; one that fails is discarded (its console kept, the
+/// failure counted), and the failure returned.
+async fn adopt_warm(
+    inner: &Arc<Inner>,
+    w: WarmVm,
+    config: &PodConfig,
+    network: Option<NetworkConfig>,
+    deadline: Deadline,
+) -> Result<Arc<Pod>, RuntimeError> {
+    let (id, paths) = (w.id.clone(), w.paths.clone());
+    match launch::adopt(inner, w, config.clone(), network, deadline).await {
+        Ok(pod) => Ok(pod),
+        Err(e) => {
+            tracing::warn!(pod = %id, "the warm VM failed ({e}): booting a fresh VM for the pod");
+            warm::keep_console(inner, &paths);
+            launch::undo(inner, &paths).await;
+            inner.warm.count_failure();
+            Err(e)
+        }
+    }
+}
+
 /// A warm VM whose guest answers a ping, if the pool has one: dead or silent spares
 /// are discarded (and counted) on the way, before a pod depends on them. Also returns
-/// why the last spare discarded failed.
+/// why the last spare discarded failed. The ping gets at most what is left of
+/// `deadline`; none is taken once it has passed.
 async fn take_live_warm(
     inner: &Arc<Inner>,
     size: (u32, u64),
+    deadline: Deadline,
 ) -> (Option<WarmVm>, Option<RuntimeError>) {
     let mut failed = None;
     loop {
-        let Some(w) = inner.warm.take(size).await else {
+        if !deadline.allows(Duration::ZERO) {
+            return (None, failed);
+        }
+        let Some(w) = inner.warm.take(size, deadline.at()).await else {
             return (None, failed);
         };
-        match w.vm.ping(WARM_PING).await {
+        match w.vm.ping(deadline.cap(WARM_PING)).await {
             Ok(()) => return (Some(w), failed),
             Err(e) => {
                 tracing::warn!(pod = %w.id, "a warm VM does not answer ({e}): discarding it");
@@ -169,12 +238,23 @@ pub(super) fn watch_vm(inner: Arc<Inner>, pod: Arc<Pod>) {
                 &pod,
                 VM_EXITED,
                 &format!(
-                    "the pod's VM (vmlet-vmm pid {}) ended by itself: {exit}; see the pod's vmm.log and console.log",
-                    vm.pid
+                    "the pod's VM (vmlet-vmm pid {}) ended by itself: {}; see the pod's vmm.log and console.log",
+                    vm.pid,
+                    vmm_end(&pod.paths, exit)
                 ),
             );
         }
     });
+}
+
+/// How a pod's VMM ended, in words: `exit`, or when its exit record says more (it
+/// always does, but for a signal), the status and why:
+/// `exit status 1 (vCPU 0: KVM_RUN failed: ...)`.
+pub(super) fn vmm_end(paths: &PodPaths, exit: VmmExit) -> String {
+    match (exit, read_exit_record(&paths.vmm_exit())) {
+        (VmmExit::Signal(_), _) | (_, None) => exit.to_string(),
+        (_, Some(r)) => format!("exit status {} ({})", r.code, r.reason),
+    }
 }
 
 /// Marks a pod whose VM is gone, and its live containers exited with `reason`.

@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::Instant;
 
 use tokio::sync::Notify;
 
@@ -58,8 +59,8 @@ impl WarmPool {
     }
 
     /// A warm VM for a pod of `size`, if the pool has one or is booting one that no
-    /// other call waits for. Call it under [`WarmPool::starting`].
-    pub async fn take(&self, size: (u32, u64)) -> Option<WarmVm> {
+    /// other call waits for (until `deadline`). Call it under [`WarmPool::starting`].
+    pub async fn take(&self, size: (u32, u64), deadline: Option<Instant>) -> Option<WarmVm> {
         if self.target == 0 || size != self.size {
             return None;
         }
@@ -89,7 +90,15 @@ impl WarmPool {
                 st.waiting += 1;
                 waited = true;
             }
-            notified.await;
+            let Some(at) = deadline else {
+                notified.await;
+                continue;
+            };
+            if tokio::time::timeout_at(at.into(), notified).await.is_err() {
+                // The VM booting is not ready in time: the call boots its own or fails.
+                lock(&self.state).waiting -= 1;
+                return None;
+            }
         }
     }
 

@@ -12,7 +12,7 @@ use vmlet_proto::agent as pb;
 
 use super::container::{apply_exit, remove_in_guest, start_log_copy, watch_exit};
 use super::launch::{release_network, remove_files};
-use super::pod::{vm_gone, watch_vm, VM_EXITED};
+use super::pod::{vm_gone, vmm_end, watch_vm, VM_EXITED};
 use super::state::{Container, Inner, Pod};
 use super::util::lock;
 use crate::logs::LogSink;
@@ -158,7 +158,13 @@ async fn adopt_vm(inner: &Inner, pod: &Arc<Pod>, vmm_pid: Option<u32>) -> Option
         Some(pid) => {
             inner
                 .vms
-                .adopt(pid, &paths.control(), &paths.vsock(), ADOPT_TIMEOUT)
+                .adopt(
+                    pid,
+                    &paths.control(),
+                    &paths.vsock(),
+                    &paths.vmm_exit(),
+                    ADOPT_TIMEOUT,
+                )
                 .await
         }
         None => Err(SandboxError::VmmExited("no pid recorded".into())),
@@ -172,11 +178,15 @@ async fn adopt_vm(inner: &Inner, pod: &Arc<Pod>, vmm_pid: Option<u32>) -> Option
         Err(e) => {
             tracing::warn!(pod = %pod.id, "the pod's VM is gone: {e}");
             inner.vms.kill_stray(&paths.control()).await;
+            let how = vmm_end(&paths, crate::sandbox::VmmExit::Unknown);
             vm_gone(
                 inner,
                 pod,
                 VM_EXITED,
-                "the pod's VM exited while vmletd was not running; the container's exit status is unknown",
+                &format!(
+                    "the pod's VM exited while vmletd was not running ({how}); \
+                     the container's exit status is unknown"
+                ),
             );
             None
         }

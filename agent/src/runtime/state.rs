@@ -11,6 +11,7 @@ use vmlet_cri::runtime::{
     ContainerEvent, ContainerInfo, EventKind, PodInfo, PodMetadata, PodState,
 };
 
+use super::deadline::BootEstimate;
 use super::error::RuntimeError;
 use super::pool::WarmPool;
 use super::util::{lock, now_ns};
@@ -79,6 +80,8 @@ pub(super) struct Inner {
     pub(super) boots: tokio::sync::Semaphore,
     /// Pre-booted VMs (`vm.warm_pool`).
     pub(super) warm: WarmPool,
+    /// What a fresh boot takes, for RunPodSandbox's deadline.
+    pub(super) boot_estimate: BootEstimate,
     pub(super) network: PodNetworks,
     pub(super) images: Arc<ImageManager>,
     pub(super) tables: Mutex<Tables>,

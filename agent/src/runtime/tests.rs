@@ -635,17 +635,25 @@ async fn a_warm_vm_that_fails_adoption_falls_back_and_both_causes_are_named() {
     );
     assert!(!warm.running());
     assert!(h.rt.pods().is_empty());
-    // The name is free again and nothing is left on disk.
+    // Nothing is left: while boots fail the pool's refill makes no VM either, so no
+    // pod directory remains and the warm VM was the only VM ever started.
+    eventually("no pod files", || h.pod_files().is_empty()).await;
+    assert_eq!(h.hv.all().len(), 1, "only the warm VM was ever started");
+    // The name is free again; the pod's VM is the one VM running besides, at most,
+    // a VM the pool booted since (which is no pod).
     *h.hv.fail_boot.lock().unwrap() = None;
-    eventually("no pod files", || {
-        h.pod_files().is_empty() || h.hv.all().len() > 1
-    })
-    .await;
     let pod =
         h.rt.run_pod(pod_config("unlucky", &h.log_dir()))
             .await
             .unwrap();
     assert_eq!(h.rt.pod(&pod).unwrap().state, PodState::Ready);
+    let running: Vec<_> = h.hv.all().into_iter().filter(|v| v.running()).collect();
+    let (mine, others): (Vec<_>, Vec<_>) = running
+        .iter()
+        .partition(|v| v.control.to_string_lossy().contains(&pod));
+    assert_eq!(mine.len(), 1, "{running:?}");
+    assert!(others.len() <= 1, "{running:?}");
+    assert_eq!(h.rt.pods().len(), 1);
 }
 
 #[tokio::test]

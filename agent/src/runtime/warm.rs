@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use vmlet_cri::runtime::PodConfig;
 
+use super::deadline::Deadline;
 use super::error::RuntimeError;
 use super::launch::{prepare, start_vm, undo};
 use super::pool::WarmVm;
@@ -162,7 +163,7 @@ async fn boot_one(inner: &Inner, network: Option<NetworkConfig>) -> Result<WarmV
             return Err(e);
         }
     };
-    match start_vm(inner, &cmd).await {
+    match start_vm(inner, &cmd, Deadline::default()).await {
         (Ok(vm), _) => Ok(WarmVm {
             id,
             paths,
@@ -171,7 +172,7 @@ async fn boot_one(inner: &Inner, network: Option<NetworkConfig>) -> Result<WarmV
         }),
         (Err(e), _) => {
             undo(inner, &paths).await;
-            Err(e.into())
+            Err(e)
         }
     }
 }

@@ -104,6 +104,8 @@ pub struct FakeHypervisor {
     pub most_booting: AtomicU32,
     /// When each boot was asked for (by the tokio clock, which a test may pause).
     pub boot_attempts: Mutex<Vec<tokio::time::Instant>>,
+    /// The timeout each boot was given, in order.
+    pub boot_timeouts: Mutex<Vec<Duration>>,
     /// Stray VMMs killed, by control path.
     pub strays_killed: Mutex<Vec<PathBuf>>,
     /// Guests that [`Hypervisor::adopt`] finds running, by control socket path: what
@@ -200,15 +202,23 @@ impl Hypervisor for FakeHypervisor {
     fn boot<'a>(
         &'a self,
         cmd: &'a VmmCommand,
-        _timeout: Duration,
+        timeout: Duration,
     ) -> BoxFuture<'a, Result<Vm, SandboxError>> {
         Box::pin(async move {
             lock(&self.boot_attempts).push(tokio::time::Instant::now());
+            lock(&self.boot_timeouts).push(timeout);
             let now = self.booting.fetch_add(1, Ordering::SeqCst) + 1;
             self.most_booting.fetch_max(now, Ordering::SeqCst);
             let boot_time = *lock(&self.boot_time);
-            tokio::time::sleep(boot_time).await;
+            tokio::time::sleep(boot_time.min(timeout)).await;
             self.booting.fetch_sub(1, Ordering::SeqCst);
+            if boot_time > timeout {
+                // As a real boot: the guest did not answer in time, the VMM is killed.
+                return Err(SandboxError::GuestTimeout {
+                    timeout,
+                    last: "the fake guest is still booting".into(),
+                });
+            }
             if let Some(why) = lock(&self.fail_boot).clone() {
                 return Err(SandboxError::VmmExited(why));
             }
@@ -221,6 +231,7 @@ impl Hypervisor for FakeHypervisor {
         _pid: u32,
         control: &'a Path,
         _vsock: &'a Path,
+        _exit_record: &'a Path,
         timeout: Duration,
     ) -> BoxFuture<'a, Result<Vm, SandboxError>> {
         Box::pin(async move {

@@ -25,12 +25,14 @@ pub trait Hypervisor: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Vm, SandboxError>>;
 
     /// Takes over the VM a previous daemon started (`pid`, serving `control`), and
-    /// waits (at most `timeout`) until its guest agent answers on `vsock`.
+    /// waits (at most `timeout`) until its guest agent answers on `vsock`. Its exit
+    /// status, once it ends, comes from its exit record (`exit_record`).
     fn adopt<'a>(
         &'a self,
         pid: u32,
         control: &'a Path,
         vsock: &'a Path,
+        exit_record: &'a Path,
         timeout: Duration,
     ) -> BoxFuture<'a, Result<Vm, SandboxError>>;
 
@@ -61,9 +63,10 @@ impl Hypervisor for Processes {
         pid: u32,
         control: &'a Path,
         vsock: &'a Path,
+        exit_record: &'a Path,
         timeout: Duration,
     ) -> BoxFuture<'a, Result<Vm, SandboxError>> {
-        Box::pin(Vm::adopt(pid, control, vsock, timeout))
+        Box::pin(Vm::adopt(pid, control, vsock, exit_record, timeout))
     }
 
     fn kill_stray<'a>(&'a self, control: &'a Path) -> BoxFuture<'a, ()> {

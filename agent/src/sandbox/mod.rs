@@ -21,5 +21,5 @@ pub mod vmm;
 pub use error::SandboxError;
 pub use guest::GuestClient;
 pub use hypervisor::{Hypervisor, Processes};
-pub use vm::{tail, Vm, VmControl, VmmExit};
+pub use vm::{read_exit_record, tail, Vm, VmControl, VmmExit};
 pub use vmm::VmmCommand;

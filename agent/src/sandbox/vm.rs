@@ -11,6 +11,7 @@ use futures_util::future::BoxFuture;
 use nix::sys::signal::Signal;
 use tokio::sync::watch;
 use vmlet_vmm_api::control::Request;
+use vmlet_vmm_api::ExitRecord;
 
 use super::error::SandboxError;
 use super::guest::{self, GuestClient};
@@ -53,6 +54,27 @@ pub fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// The exit record a VMM wrote as its last act (`vmlet_vmm_api::exit`), if there is
+/// a whole one at `path`.
+pub fn read_exit_record(path: &Path) -> Option<ExitRecord> {
+    ExitRecord::parse(&std::fs::read_to_string(path).ok()?)
+}
+
+/// How a VMM that is not vmletd's child ended, from its exit record at `path`.
+fn recorded_exit(path: &Path) -> VmmExit {
+    read_exit_record(path).map_or(VmmExit::Unknown, |r| VmmExit::Code(r.code))
+}
+
+/// Logs a VMM's exit: the one line per VMM exit the test harness looks for (see
+/// integration-tests' `failed_vmm_exits`).
+fn log_exit(pid: u32, exit: VmmExit, asked: bool) {
+    if exit.is_clean() || asked {
+        tracing::info!(pid, "VMM exited: {exit} (as asked)");
+    } else {
+        tracing::warn!(pid, "VMM exited: {exit}");
+    }
+}
+
 /// How often an adopted VMM (not our child) is checked for life.
 const ADOPTED_POLL: Duration = Duration::from_millis(500);
 
@@ -63,8 +85,8 @@ pub enum VmmExit {
     Code(i32),
     /// A signal ended it.
     Signal(i32),
-    /// It is gone, but it was not vmletd's child (re-adopted after a restart), so its
-    /// status cannot be known.
+    /// It is gone, and nothing says how: it was not vmletd's child (re-adopted after a
+    /// restart) and left no exit record, as when a signal killed it.
     Unknown,
 }
 
@@ -99,9 +121,7 @@ impl std::fmt::Display for VmmExit {
                 Ok(sig) => write!(f, "killed by signal {s} ({sig})"),
                 Err(_) => write!(f, "killed by signal {s}"),
             },
-            VmmExit::Unknown => f.write_str(
-                "exit status unknown (a VMM adopted after a vmletd restart is not its child)",
-            ),
+            VmmExit::Unknown => f.write_str("killed by a signal or lost (no exit record)"),
         }
     }
 }
@@ -168,13 +188,7 @@ impl Vm {
         let asked_to_end = asked.clone();
         tokio::spawn(async move {
             let exit = VmmExit::of(child.wait().await);
-            // The one line per VMM exit the test harness looks for (see
-            // integration-tests' `failed_vmm_exits`).
-            if exit.is_clean() || asked_to_end.load(Ordering::Relaxed) {
-                tracing::info!(pid, "VMM exited: {exit} (as asked)");
-            } else {
-                tracing::warn!(pid, "VMM exited: {exit}");
-            }
+            log_exit(pid, exit, asked_to_end.load(Ordering::Relaxed));
             let _ = tx.send(Some(exit));
         });
         let rx = exited.clone();
@@ -195,31 +209,36 @@ impl Vm {
         }
     }
 
-    /// Takes over a VMM a previous daemon started.
+    /// Takes over a VMM a previous daemon started. Not being its parent, vmletd
+    /// learns how it ended from its exit record (`exit_record`).
     pub async fn adopt(
         pid: u32,
         control: &Path,
         vsock: &Path,
+        exit_record: &Path,
         timeout: Duration,
     ) -> Result<Vm, SandboxError> {
         if !vmm::alive(pid, control) {
             return Err(SandboxError::VmmExited(format!("pid {pid} is gone")));
         }
         let (tx, exited) = watch::channel(None);
-        let ctl = control.to_owned();
+        let (ctl, record) = (control.to_owned(), exit_record.to_owned());
+        let asked = Arc::new(AtomicBool::new(false));
+        let asked_to_end = asked.clone();
         tokio::spawn(async move {
             while vmm::alive(pid, &ctl) {
                 tokio::time::sleep(ADOPTED_POLL).await;
             }
-            tracing::info!(pid, "adopted VMM exited");
-            let _ = tx.send(Some(VmmExit::Unknown));
+            let exit = recorded_exit(&record);
+            log_exit(pid, exit, asked_to_end.load(Ordering::Relaxed));
+            let _ = tx.send(Some(exit));
         });
         let rx = exited.clone();
         let client = guest::connect(vsock, timeout, move || rx.borrow().is_none()).await?;
         let control = Arc::new(SocketControl {
             socket: control.to_owned(),
             pid,
-            asked: Arc::default(),
+            asked,
         });
         Ok(Vm::new(pid, client, control, exited))
     }
@@ -334,6 +353,31 @@ mod tests {
         assert_eq!(sig.to_string(), "killed by signal 11 (SIGSEGV)");
         assert!(!sig.is_clean());
         assert!(VmmExit::Code(0).is_clean() && VmmExit::Code(143).is_clean());
-        assert!(VmmExit::Unknown.to_string().contains("unknown"));
+        assert_eq!(
+            VmmExit::Unknown.to_string(),
+            "killed by a signal or lost (no exit record)"
+        );
+    }
+
+    #[test]
+    fn an_adopted_vmm_ends_as_its_exit_record_says() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vmm-exit");
+        // No record: a signal killed it, or it is lost.
+        assert_eq!(recorded_exit(&path), VmmExit::Unknown);
+        // A line cut off midway (killed while writing) is no record either.
+        std::fs::write(&path, "vmlet-vmm: error: vCPU 0: KVM_RUN fa").unwrap();
+        assert_eq!(recorded_exit(&path), VmmExit::Unknown);
+        let line = vmlet_vmm_api::ExitRecord {
+            code: 1,
+            reason: "vCPU 0: KVM_RUN failed".into(),
+        }
+        .line();
+        std::fs::write(&path, format!("{line}\n")).unwrap();
+        assert_eq!(recorded_exit(&path), VmmExit::Code(1));
+        assert_eq!(
+            read_exit_record(&path).unwrap().reason,
+            "vCPU 0: KVM_RUN failed"
+        );
     }
 }

@@ -46,6 +46,8 @@ pub struct VmmCommand {
     pub console: PathBuf,
     /// The VMM's own stdout/stderr.
     pub log: PathBuf,
+    /// Where the VMM writes its exit record (see [`super::read_exit_record`]).
+    pub exit_record: PathBuf,
     /// Network namespace to run in (the pod's), if any.
     pub netns: Option<PathBuf>,
     /// Network cards: (tap in `netns`, guest MAC).
@@ -84,6 +86,7 @@ impl VmmCommand {
             free_page_reporting: self.free_page_reporting,
             serial: SerialOutput::File(self.console.clone()),
             control_socket: Some(self.control.clone()),
+            exit_record: Some(self.exit_record.clone()),
             ..VmConfig::new(self.kernel.clone())
         })
     }
@@ -283,6 +286,7 @@ mod tests {
             control: "/run/p/ctl".into(),
             console: "/p/console.log".into(),
             log: "/p/vmm.log".into(),
+            exit_record: "/p/vmm-exit".into(),
             netns: None,
             nets: vec![("tap0".into(), "02:00:00:00:00:02".into())],
         }
@@ -307,6 +311,7 @@ mod tests {
                 "--serial=/p/console.log",
                 "--control-socket",
                 "/run/p/ctl",
+                "--exit-record=/p/vmm-exit",
             ]
         );
         let mut c = command();

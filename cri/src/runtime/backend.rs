@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -312,10 +312,23 @@ pub trait RuntimeBackend: Send + Sync + 'static {
     /// Records the pod CIDR kubelet hands out.
     fn set_pod_cidr(&self, cidr: &str) -> Result<(), BackendError>;
 
-    /// Starts a pod's VM; returns its ID.
+    /// Starts a pod's VM; returns its ID. No deadline: [`RuntimeBackend::run_pod_until`].
     fn run_pod(
         &self,
         config: PodConfig,
+    ) -> impl Future<Output = Result<String, BackendError>> + Send {
+        self.run_pod_until(config, None)
+    }
+
+    /// Starts a pod's VM before `deadline` (the caller's gRPC deadline, if it set one);
+    /// returns its ID. A step that cannot finish by then is not started, and the call
+    /// fails with [`ErrorKind::DeadlineExceeded`](crate::image::ErrorKind) naming what
+    /// was tried. The work runs on whether or not the caller still waits: a pod that
+    /// fails leaves nothing, one that starts is listed.
+    fn run_pod_until(
+        &self,
+        config: PodConfig,
+        deadline: Option<Instant>,
     ) -> impl Future<Output = Result<String, BackendError>> + Send;
 
     /// Stops a pod's containers and VM (idempotent).

@@ -123,6 +123,8 @@ impl<B: RuntimeBackend> RuntimeService for RuntimeServer<B> {
         &self,
         r: Request<proto::RunPodSandboxRequest>,
     ) -> Reply<proto::RunPodSandboxResponse> {
+        // Taken when the request arrives, before any validation.
+        let deadline = validate::grpc_timeout(r.metadata()).map(|t| std::time::Instant::now() + t);
         let req = r.into_inner();
         if !req.runtime_handler.is_empty() {
             return Err(Status::invalid_argument(format!(
@@ -131,7 +133,11 @@ impl<B: RuntimeBackend> RuntimeService for RuntimeServer<B> {
             )));
         }
         let config = sandbox_run::pod_config(req.config)?;
-        let id = self.backend.run_pod(config).await.map_err(backend_status)?;
+        let id = self
+            .backend
+            .run_pod_until(config, deadline)
+            .await
+            .map_err(backend_status)?;
         ok(proto::RunPodSandboxResponse { pod_sandbox_id: id })
     }
 

@@ -1,5 +1,8 @@
 //! Checks shared by the RPC families: messages a person can act on.
 
+use std::time::Duration;
+
+use tonic::metadata::MetadataMap;
 use tonic::Status;
 
 /// The ID field `what` of a request, which must be present.
@@ -24,9 +27,50 @@ pub fn now_ns() -> i64 {
         .unwrap_or(0)
 }
 
+/// The caller's deadline, from the `grpc-timeout` request header (gRPC over HTTP/2:
+/// at most 8 digits and a unit, `H` `M` `S` `m` `u` `n`); `None` when the caller set
+/// none or sent one that does not parse.
+pub fn grpc_timeout(metadata: &MetadataMap) -> Option<Duration> {
+    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let unit_at = value.len().checked_sub(1)?;
+    let (digits, unit) = value.split_at(unit_at);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse() {
+        let of = |v: &str| {
+            let mut m = MetadataMap::new();
+            m.insert("grpc-timeout", v.parse().unwrap());
+            grpc_timeout(&m)
+        };
+        assert_eq!(of("300S"), Some(Duration::from_secs(300)));
+        assert_eq!(of("2M"), Some(Duration::from_secs(120)));
+        assert_eq!(of("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(of("1500m"), Some(Duration::from_millis(1500)));
+        assert_eq!(of("7u"), Some(Duration::from_micros(7)));
+        assert_eq!(of("99999999n"), Some(Duration::from_nanos(99_999_999)));
+        for bad in ["", "S", "123456789S", "10x", "-1S", "1.5S"] {
+            assert_eq!(of(bad), None, "{bad:?}");
+        }
+        assert_eq!(grpc_timeout(&MetadataMap::new()), None);
+    }
 
     #[test]
     fn checks() {

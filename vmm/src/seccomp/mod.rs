@@ -268,12 +268,12 @@ extern "C" fn report_violation(_: libc::c_int, info: *mut libc::siginfo_t, _: *m
     };
     let line = violation_line(i64::from(nr), KIND.with(|k| k.get()));
     let msg = line.as_bytes();
-    // SAFETY: write(2) and _exit(2) are async-signal-safe; `msg` is valid for its
-    // length.
-    unsafe {
-        libc::write(2, msg.as_ptr().cast(), msg.len());
-        libc::_exit(VIOLATION_EXIT);
-    }
+    // SAFETY: write(2) is async-signal-safe; `msg` is valid for its length.
+    unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
+    // The same line, without its newline, as the exit record (one writev(2)).
+    crate::exit_record::write(msg.strip_suffix(b"\n").unwrap_or(msg));
+    // SAFETY: _exit(2) is async-signal-safe.
+    unsafe { libc::_exit(VIOLATION_EXIT) };
 }
 
 /// Installs the SIGSYS reporter (once per process, before any filter).

@@ -58,12 +58,17 @@ impl Balloon {
         };
         let mut reported = 0u64;
         let notify = if index == REPORTING {
-            drain_queue(&mut a.queues[index], &a.mem, |chain, mem| {
-                reported += release(chain, mem);
-                0
-            })
+            drain_queue(
+                "virtio-balloon",
+                &mut a.queues[index],
+                &a.mem,
+                |chain, mem| {
+                    reported += release(chain, mem);
+                    0
+                },
+            )
         } else {
-            drain_queue(&mut a.queues[index], &a.mem, |_, _| 0)
+            drain_queue("virtio-balloon", &mut a.queues[index], &a.mem, |_, _| 0)
         };
         if reported > 0 {
             tracing::debug!("balloon: the guest gave back {} KiB", reported >> 10);

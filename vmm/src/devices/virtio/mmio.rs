@@ -2,7 +2,9 @@
 //! layout). Guest register accesses arrive from vCPU threads through the MMIO
 //! bus; queue kicks bypass it through ioeventfds.
 
-use super::{IrqTrigger, VirtioDevice, INT_CONFIG, VIRTIO_F_VERSION_1};
+use super::{
+    device_error, device_type, IrqTrigger, RateLimit, VirtioDevice, INT_CONFIG, VIRTIO_F_VERSION_1,
+};
 use crate::devices::bus::BusDevice;
 use std::sync::{Arc, Mutex};
 use virtio_queue::{Queue, QueueT};
@@ -121,8 +123,7 @@ impl MmioTransport {
             .iter()
             .all(|q| q.ready() && q.is_valid(&self.mem));
         if self.status & needed != needed || !ready_and_valid {
-            tracing::warn!("virtio driver set DRIVER_OK with invalid queues or status");
-            self.fail();
+            self.fail(&"the driver set DRIVER_OK with invalid queues or status");
             return;
         }
         // The device gets its own copies; ours stay readable through the registers.
@@ -146,14 +147,20 @@ impl MmioTransport {
         let result = self.lock_device().activate(mem, queues, irq);
         match result {
             Ok(()) => self.activated = true,
-            Err(e) => {
-                tracing::error!("activating virtio device: {e}");
-                self.fail();
-            }
+            Err(e) => self.fail(&format!("activation failed: {e}")),
         }
     }
 
-    fn fail(&mut self) {
+    /// The device cannot go on: logged (an error naming the device, at most once per
+    /// interval), and the driver told through NEEDS_RESET.
+    fn fail(&mut self, why: &dyn std::fmt::Display) {
+        static FAILED: RateLimit = RateLimit::new();
+        let name = device_type::name(self.lock_device().device_type());
+        device_error(
+            &FAILED,
+            name,
+            &format_args!("{why}; the device needs a reset"),
+        );
         self.status |= STATUS_NEEDS_RESET;
         self.irq.trigger(INT_CONFIG);
     }

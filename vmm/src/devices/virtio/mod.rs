@@ -12,7 +12,7 @@ pub mod net;
 pub mod rng;
 pub mod vsock;
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
@@ -33,6 +33,84 @@ pub mod device_type {
     pub const BALLOON: u32 = 5;
     /// Socket device.
     pub const VSOCK: u32 = 19;
+
+    /// The device's name in logs: `virtio-blk`, ...
+    pub fn name(device_type: u32) -> &'static str {
+        match device_type {
+            NET => "virtio-net",
+            BLOCK => "virtio-blk",
+            RNG => "virtio-rng",
+            BALLOON => "virtio-balloon",
+            VSOCK => "virtio-vsock",
+            _ => "virtio device",
+        }
+    }
+}
+
+/// At most one log line per [`RateLimit::INTERVAL_MS`] from one place that can fail
+/// over and over (a device error the guest can provoke on every request): the first
+/// error is logged at once, later ones are counted and the next line says how many
+/// were left out. Usable as a `static`.
+pub struct RateLimit {
+    /// Monotonic ms of the last line logged, plus one (0: none yet).
+    last_ms: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl RateLimit {
+    /// Shortest time between two lines.
+    pub const INTERVAL_MS: u64 = 10_000;
+
+    /// A limit that has logged nothing yet.
+    pub const fn new() -> Self {
+        RateLimit {
+            last_ms: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(n)` when a line may be logged now (`n` lines were left out since the
+    /// last one); `None` when this one is left out.
+    pub fn check(&self) -> Option<u64> {
+        self.check_at(monotonic_ms())
+    }
+
+    fn check_at(&self, now_ms: u64) -> Option<u64> {
+        let last = self.last_ms.load(Ordering::Relaxed);
+        let due = last == 0 || now_ms.saturating_sub(last - 1) >= Self::INTERVAL_MS;
+        if due
+            && self
+                .last_ms
+                .compare_exchange(last, now_ms + 1, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            return Some(self.suppressed.swap(0, Ordering::Relaxed));
+        }
+        self.suppressed.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn monotonic_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(std::time::Instant::now);
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Logs a runtime error of `device` at error level, one line, at most as often as
+/// `limit` allows (the line then says how many like it were left out).
+pub fn device_error(limit: &RateLimit, device: &str, error: &dyn std::fmt::Display) {
+    match limit.check() {
+        Some(0) => tracing::error!("{device}: {error}"),
+        Some(n) => tracing::error!("{device}: {error} ({n} more like it not logged)"),
+        None => {}
+    }
 }
 
 /// Interrupt status bit: a used ring was updated.
@@ -150,22 +228,26 @@ pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
 /// A descriptor chain popped from a queue, borrowing guest memory.
 pub type Chain<'a> = virtio_queue::DescriptorChain<&'a GuestMemoryMmap>;
 
-/// Drains `queue`, handing each chain to `handle` (which returns the number of
-/// bytes it wrote into the chain) and returning the chain as used. Returns true
-/// if the driver wants an interrupt. A malformed ring stops the drain; it never
+/// Drains `queue` of `device` (its name, for the log), handing each chain to
+/// `handle` (which returns the number of bytes it wrote into the chain) and
+/// returning the chain as used. Returns true if the driver wants an interrupt. A
+/// malformed ring stops the drain (logged as an error of the device); it never
 /// loops or panics, since virtio-queue bounds every chain by the queue size.
 pub fn drain_queue(
+    device: &str,
     queue: &mut Queue,
     mem: &GuestMemoryMmap,
     mut handle: impl FnMut(Chain<'_>, &GuestMemoryMmap) -> u32,
 ) -> bool {
     use virtio_queue::QueueT;
+    static USED_RING: RateLimit = RateLimit::new();
     let mut used_any = false;
     while let Some(chain) = queue.pop_descriptor_chain(mem) {
         let head = chain.head_index();
         let len = handle(chain, mem);
         if let Err(e) = queue.add_used(mem, head, len) {
-            tracing::warn!("returning a used descriptor: {e}");
+            let e = format!("returning used descriptor {head}: {e}; the queue stops");
+            device_error(&USED_RING, device, &e);
             break;
         }
         used_any = true;
@@ -187,6 +269,17 @@ mod tests {
         assert_eq!(d, [0; 4]);
         read_config_bytes(&cfg, u64::MAX, &mut d);
         assert_eq!(d, [0; 4]);
+    }
+
+    #[test]
+    fn repeated_errors_are_logged_once_per_interval_with_a_count() {
+        let limit = RateLimit::new();
+        assert_eq!(limit.check_at(5), Some(0), "the first is logged");
+        assert_eq!(limit.check_at(6), None);
+        assert_eq!(limit.check_at(5 + RateLimit::INTERVAL_MS - 1), None);
+        assert_eq!(limit.check_at(5 + RateLimit::INTERVAL_MS), Some(2));
+        assert_eq!(limit.check_at(5 + RateLimit::INTERVAL_MS + 1), None);
+        assert_eq!(device_type::name(device_type::BLOCK), "virtio-blk");
     }
 
     #[test]

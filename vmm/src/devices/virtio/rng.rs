@@ -62,7 +62,7 @@ impl Rng {
         let Some(a) = self.active.as_mut() else {
             return;
         };
-        if drain_queue(&mut a.queue, &a.mem, Self::fill) {
+        if drain_queue("virtio-rng", &mut a.queue, &a.mem, Self::fill) {
             a.irq.trigger(INT_VRING);
         }
     }

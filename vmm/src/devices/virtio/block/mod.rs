@@ -102,7 +102,7 @@ impl Block {
         let disk = &mut self.disk;
         let id = &self.id;
         let bounce = &mut self.bounce;
-        if drain_queue(&mut a.queue, &a.mem, |chain, mem| {
+        if drain_queue("virtio-blk", &mut a.queue, &a.mem, |chain, mem| {
             request::execute(chain, mem, disk, id, bounce)
         }) {
             a.irq.trigger(INT_VRING);

@@ -4,7 +4,7 @@
 //! request gets an error status, never a crash.
 
 use super::disk::{Disk, SECTOR_SIZE};
-use crate::devices::virtio::Chain;
+use crate::devices::virtio::{device_error, Chain, RateLimit};
 use std::io::{Read, Write};
 use vm_memory::GuestMemoryMmap;
 
@@ -37,7 +37,20 @@ fn check_range(disk: &Disk, sector: u64, len: usize) -> bool {
             .is_some_and(|end| end <= disk.sectors() * SECTOR_SIZE)
 }
 
+/// Host I/O errors of the drives (the guest sees IOERR; the host log says why).
+static HOST_IO: RateLimit = RateLimit::new();
+
+/// Logs a host I/O error of drive `id`.
+fn host_io_error(id: &str, op: &str, offset: u64, e: &std::io::Error) {
+    device_error(
+        &HOST_IO,
+        "virtio-blk",
+        &format_args!("drive {id}: {op} at byte {offset}: {e}"),
+    );
+}
+
 fn read_into(
+    id: &str,
     disk: &Disk,
     sector: u64,
     out: &mut impl Write,
@@ -51,7 +64,11 @@ fn read_into(
     while done < len {
         let n = (len - done).min(buf.len());
         let offset = sector * SECTOR_SIZE + done as u64;
-        if disk.read_at(&mut buf[..n], offset).is_err() || out.write_all(&buf[..n]).is_err() {
+        if let Err(e) = disk.read_at(&mut buf[..n], offset) {
+            host_io_error(id, "read", offset, &e);
+            return Outcome::Done(VIRTIO_BLK_S_IOERR, done);
+        }
+        if out.write_all(&buf[..n]).is_err() {
             return Outcome::Done(VIRTIO_BLK_S_IOERR, done);
         }
         done += n;
@@ -60,6 +77,7 @@ fn read_into(
 }
 
 fn write_from(
+    id: &str,
     disk: &Disk,
     sector: u64,
     input: &mut impl Read,
@@ -73,7 +91,11 @@ fn write_from(
     while done < len {
         let n = (len - done).min(buf.len());
         let offset = sector * SECTOR_SIZE + done as u64;
-        if input.read_exact(&mut buf[..n]).is_err() || disk.write_at(&buf[..n], offset).is_err() {
+        if input.read_exact(&mut buf[..n]).is_err() {
+            return Outcome::Done(VIRTIO_BLK_S_IOERR, 0);
+        }
+        if let Err(e) = disk.write_at(&buf[..n], offset) {
+            host_io_error(id, "write", offset, &e);
             return Outcome::Done(VIRTIO_BLK_S_IOERR, 0);
         }
         done += n;
@@ -115,14 +137,17 @@ pub fn execute(
         sector_bytes.copy_from_slice(&header[8..16]);
         let sector = u64::from_le_bytes(sector_bytes);
         match kind {
-            VIRTIO_BLK_T_IN => read_into(disk, sector, &mut writer, data_len, buf),
+            VIRTIO_BLK_T_IN => read_into(id, disk, sector, &mut writer, data_len, buf),
             VIRTIO_BLK_T_OUT => {
                 let len = reader.available_bytes();
-                write_from(disk, sector, &mut reader, len, buf)
+                write_from(id, disk, sector, &mut reader, len, buf)
             }
             VIRTIO_BLK_T_FLUSH => match disk.flush() {
                 Ok(()) => Outcome::Done(VIRTIO_BLK_S_OK, 0),
-                Err(_) => Outcome::Done(VIRTIO_BLK_S_IOERR, 0),
+                Err(e) => {
+                    host_io_error(id, "flush", 0, &e);
+                    Outcome::Done(VIRTIO_BLK_S_IOERR, 0)
+                }
             },
             VIRTIO_BLK_T_GET_ID => {
                 let mut serial = [0u8; ID_BYTES];

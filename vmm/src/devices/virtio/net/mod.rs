@@ -139,7 +139,7 @@ impl Net {
         };
         let tap = &mut self.tap;
         let buf = &mut self.tx_buf;
-        let notify = drain_queue(&mut a.queues[TX], &a.mem, |chain, mem| {
+        let notify = drain_queue("virtio-net", &mut a.queues[TX], &a.mem, |chain, mem| {
             let Ok(mut reader) = chain.reader(mem) else {
                 return 0;
             };
