@@ -178,7 +178,7 @@ async fn adopt_vm(inner: &Inner, pod: &Arc<Pod>, vmm_pid: Option<u32>) -> Option
         Err(e) => {
             tracing::warn!(pod = %pod.id, "the pod's VM is gone: {e}");
             inner.vms.kill_stray(&paths.control()).await;
-            let how = vmm_end(&paths, crate::sandbox::VmmExit::Unknown);
+            let how = vmm_end(paths, crate::sandbox::VmmExit::Unknown);
             vm_gone(
                 inner,
                 pod,
