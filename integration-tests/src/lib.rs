@@ -94,9 +94,12 @@ impl Default for GuestConfig {
 }
 
 /// A running guest. Killed on drop; a VMM that exited with a failure (or any VMM when
-/// the test panics) has the tails of its own log and its serial console printed then.
+/// the test panics) has the tails of its own log and its serial console printed then,
+/// and a failed exit the test never looked at ([`Guest::wait`]) fails the test.
 pub struct Guest {
     child: Child,
+    /// The test took the VMM's exit status ([`Guest::wait`]).
+    observed: bool,
     /// Scratch directory holding the sockets and the logs.
     pub dir: tempfile::TempDir,
     /// Serial console log.
@@ -164,6 +167,7 @@ impl Guest {
         let child = cmd.spawn().expect("spawn vmlet-vmm");
         let mut guest = Guest {
             child,
+            observed: false,
             dir,
             serial,
             vmm_log,
@@ -285,6 +289,7 @@ impl Guest {
         let start = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().expect("wait for vmlet-vmm") {
+                self.observed = true;
                 return status;
             }
             if start.elapsed() > timeout {
@@ -313,7 +318,8 @@ impl Guest {
 impl Drop for Guest {
     fn drop(&mut self) {
         let exited = self.child.try_wait().ok().flatten();
-        let failed = exited.is_some_and(|s| !s.success());
+        // An exit the test waited for is its to judge.
+        let failed = exited.is_some_and(|s| !s.success()) && !self.observed;
         if failed || std::thread::panicking() {
             let state = exited.map_or("still running".to_owned(), |s| format!("exited: {s}"));
             say(&format!("--- vmlet-vmm pid {} {state}", self.child.id()));
@@ -322,6 +328,13 @@ impl Drop for Guest {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(status) = exited.filter(|_| failed && !std::thread::panicking()) {
+            panic!(
+                "vmlet-vmm pid {} exited ({status}) while the test did not expect it (its \
+                 logs are printed above)",
+                self.child.id()
+            );
+        }
     }
 }
 

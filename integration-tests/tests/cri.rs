@@ -572,6 +572,7 @@ fn pods_and_logs_survive_kill_9_of_vmletd() {
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(env.daemon.vmm_pids().len(), 2);
     // One VM dies while the daemon is away.
+    env.daemon.expect_vmm_death(&pod2);
     let status = c_status_pid(&env.daemon, &pod2);
     // SAFETY: kill(2) on a VMM this test's daemon started.
     unsafe { libc::kill(status as i32, libc::SIGKILL) };
@@ -636,6 +637,7 @@ fn pods_and_logs_survive_kill_9_of_vmletd() {
         ),
     );
     wait_for_line(&env.daemon, "waiter.log", "up");
+    env.daemon.expect_vmm_death(&pod3);
     let pid = c_status_pid(&env.daemon, &pod3);
     // SAFETY: kill(2) on a VMM this test's daemon started.
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
@@ -1084,6 +1086,7 @@ fn a_pod_whose_vm_died_is_not_ready() {
             container_config(name, &env.image, "echo up; while true; do sleep 1; done"),
         );
         wait_for_line(&env.daemon, &format!("{name}.log"), "up");
+        env.daemon.expect_vmm_death(&pod);
         pods.push((pod, ctr));
     }
     let state = |c: &CriClient, id: &str| c.pod_status(id).unwrap().status.unwrap().state;
@@ -1295,11 +1298,13 @@ fn a_failed_warm_vm_does_not_fail_the_pod() {
     c.remove_pod(&pod).expect("RemovePodSandbox");
 
     // The fresh boot fails too: both causes in the error, nothing left.
-    c.wait_warm_pool_full();
+    c.wait_warm_pool_full_after_failures(1);
     let stopped = warm_vm();
     // SAFETY: as above.
     unsafe { libc::kill(stopped as i32, libc::SIGSTOP) };
-    // Replaced, not rewritten: the stopped warm VM still runs the old file.
+    // Replaced, not rewritten: the stopped warm VM still runs the old file. Every VMM
+    // started from here on exits 1.
+    d.expect_vmm_exits("exit status 1");
     std::fs::remove_file(&vmm).expect("remove the vmlet-vmm copy");
     std::fs::write(&vmm, "#!/bin/sh\necho broken vmm >&2\nexit 1\n").expect("break vmlet-vmm");
     std::fs::set_permissions(&vmm, std::os::unix::fs::PermissionsExt::from_mode(0o755))
