@@ -14,6 +14,8 @@ pub mod agent;
 pub mod cri;
 pub mod images;
 pub mod net;
+#[cfg(test)]
+mod with_kvm_tests;
 
 pub use agent::GuestAgent;
 use serde_json::Value;
