@@ -579,7 +579,7 @@ pub fn busybox_registry(tag: &str) -> (TestRegistry, String) {
 pub fn vmletd_binary() -> PathBuf {
     std::env::var_os("VMLET_VMLETD")
         .map(PathBuf::from)
-        .unwrap_or_else(|| crate::vmm_binary().with_file_name("vmletd"))
+        .unwrap_or_else(|| crate::real_vmm_binary().with_file_name("vmletd"))
 }
 
 impl Vmletd {

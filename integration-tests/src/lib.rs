@@ -3,7 +3,8 @@
 //! Inputs come from the environment (set by `scripts/test.sh`):
 //! `VMLET_KERNEL` (guest vmlinux), `VMLET_TEST_INITRAMFS` (vmlet-init plus
 //! busybox), `VMLET_VMM` (the vmlet-vmm binary; defaults to the workspace's
-//! debug build). Guest-booting tests need KVM that can run a standard kernel;
+//! debug build), and only to prove that crashes fail the suite,
+//! `VMLET_TEST_VMM_FAULT` (see [`fault`]). Guest-booting tests need KVM that can run a standard kernel;
 //! they fail loudly where there is none (run them through `scripts/with-kvm.sh`).
 
 // Test-only crate: a harness step that fails panics with its message, and that panic
@@ -12,6 +13,7 @@
 
 pub mod agent;
 pub mod cri;
+pub mod fault;
 pub mod images;
 pub mod net;
 #[cfg(test)]
@@ -48,8 +50,15 @@ pub fn require_kvm() {
     );
 }
 
-/// Path of the vmlet-vmm binary.
+/// The vmlet-vmm binary to start: `VMLET_VMM`, else the workspace's debug build; or
+/// the fault injector's wrapper around it when `VMLET_TEST_VMM_FAULT` is set (see
+/// [`fault`]).
 pub fn vmm_binary() -> PathBuf {
+    fault::wrap(real_vmm_binary())
+}
+
+/// The vmlet-vmm binary itself: `VMLET_VMM`, else the workspace's debug build.
+pub fn real_vmm_binary() -> PathBuf {
     std::env::var_os("VMLET_VMM")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/vmlet-vmm"))
