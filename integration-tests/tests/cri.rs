@@ -1339,3 +1339,52 @@ fn a_failed_warm_vm_does_not_fail_the_pod() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A registry that speaks HTTPS only, with a certificate from an authority of its own:
+/// PullImage fails with a certificate error while vmletd does not trust that authority,
+/// and succeeds once it does (vmletd verifies registries against OpenSSL's trust store,
+/// which `SSL_CERT_FILE` names) or when the registry's `skip_tls_verify` is set.
+#[test]
+fn pulls_from_a_tls_registry_need_a_trusted_ca_or_skip_tls_verify() {
+    let registry = TestRegistry::start_with_tls().expect("start the TLS registry");
+    let image = registry
+        .push(&vmlet_test_support::busybox_image().unwrap(), "busybox:tls")
+        .expect("push busybox");
+    let ca = registry.ca_cert().expect("the registry's CA").to_owned();
+    let no_network = "[network]\nmode = \"none\"\n";
+
+    let untrusted = Vmletd::start_with_env(&[], no_network, &[]);
+    let e = untrusted
+        .client()
+        .pull(&image)
+        .expect_err("a certificate from an unknown authority");
+    assert_eq!(e.code(), Code::Unavailable, "{e}");
+    assert!(
+        e.message()
+            .contains(&format!("registry {} unreachable", registry.addr()))
+            && e.message().contains("certificate verify failed"),
+        "{e}"
+    );
+    assert!(untrusted.client().list_images().is_empty());
+    drop(untrusted);
+
+    let skip = format!(
+        "[registries.hosts.\"{}\"]\nskip_tls_verify = true\n{no_network}",
+        registry.addr()
+    );
+    let skipping = Vmletd::start_with(&[], &skip);
+    let id = skipping
+        .client()
+        .pull(&image)
+        .expect("PullImage with skip_tls_verify");
+    assert!(id.starts_with("sha256:"), "{id}");
+    drop(skipping);
+
+    let ca = ca.display().to_string();
+    let trusting = Vmletd::start_with_env(&[], no_network, &[("SSL_CERT_FILE", &ca)]);
+    let trusted_id = trusting
+        .client()
+        .pull(&image)
+        .expect("PullImage with the authority trusted");
+    assert_eq!(trusted_id, id);
+}
