@@ -871,8 +871,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Copies each pod's `vmm.log`, `console.log` and `pod.json` that changed size from
-/// `pods/<id>/` to `copies/<id>/`. Files that are missing or vanish meanwhile are
-/// skipped.
+/// `pods/<id>/` to `copies/<id>/`, and adds each VMM pid its record names to
+/// `copies/<id>/vmm-pids` (the record forgets the pid once the VMM is gone). Files
+/// that are missing or vanish meanwhile are skipped.
 fn mirror_pod_logs(pods: &Path, copies: &Path) {
     let Ok(entries) = std::fs::read_dir(pods) else {
         return;
@@ -892,7 +893,24 @@ fn mirror_pod_logs(pods: &Path, copies: &Path) {
                 let _ = std::fs::copy(&src, &dst);
             }
         }
+        if let Some(pid) = record_vmm_pid(&to.join("pod.json")) {
+            let seen = to.join("vmm-pids");
+            let known = std::fs::read_to_string(&seen).unwrap_or_default();
+            if !known.lines().any(|l| l == pid.to_string()) {
+                let _ = std::fs::write(&seen, format!("{known}{pid}\n"));
+            }
+        }
     }
+}
+
+/// The `vmm_pid` of a pod record.
+fn record_vmm_pid(record: &Path) -> Option<u32> {
+    let record: serde_json::Value = std::fs::read_to_string(record)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())?;
+    record["vmm_pid"]
+        .as_u64()
+        .and_then(|p| u32::try_from(p).ok())
 }
 
 /// `text` without ANSI escape sequences.
@@ -985,14 +1003,17 @@ impl PodFiles<'_> {
         }
     }
 
-    fn vmm_pid(&self) -> Option<u32> {
-        let record: serde_json::Value = std::fs::read_to_string(self.get("pod.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or_default();
-        record["vmm_pid"]
-            .as_u64()
-            .and_then(|p| u32::try_from(p).ok())
+    /// The pids of the pod's VMMs: those the harness saw in its record, and the one it
+    /// names now, last.
+    fn vmm_pids(&self) -> Vec<u32> {
+        let seen =
+            std::fs::read_to_string(self.copies.join(self.id).join("vmm-pids")).unwrap_or_default();
+        let mut pids: Vec<u32> = seen.lines().filter_map(|l| l.parse().ok()).collect();
+        if let Some(now) = record_vmm_pid(&self.get("pod.json")) {
+            pids.retain(|p| *p != now);
+            pids.push(now);
+        }
+        pids
     }
 
     /// The last line of `vmm.log`, if it says the VMM failed.
@@ -1014,16 +1035,17 @@ fn pod_vmm_failure(
     exits: &mut Vec<(Option<u32>, String)>,
     asked: &BTreeSet<u32>,
 ) -> Option<FailedVmm> {
-    let pid = files.vmm_pid();
+    let pids = files.vmm_pids();
     // A VMM that still runs has not exited, whatever its log says last (a pid reused
     // since is a risk the report can take).
-    let ended_by_itself = pid.is_none_or(|p| !process_runs(p) && !asked.contains(&p));
+    let ended_by_itself = pids.iter().all(|p| !process_runs(*p) && !asked.contains(p));
+    let ours = |p: &Option<u32>| p.is_some_and(|p| pids.contains(&p));
     let mut evidence: Vec<String> = exits
         .iter()
-        .filter(|(p, _)| p.is_some() && *p == pid)
+        .filter(|(p, _)| ours(p))
         .map(|(_, l)| l.clone())
         .collect();
-    exits.retain(|(p, _)| p.is_none() || *p != pid);
+    exits.retain(|(p, _)| !ours(p));
     if ended_by_itself {
         evidence.extend(files.logged_failure());
     }
@@ -1032,7 +1054,7 @@ fn pod_vmm_failure(
     }
     Some(FailedVmm {
         pod: Some(files.id.to_string_lossy().into_owned()),
-        pid,
+        pid: pids.last().copied(),
         evidence,
     })
 }
@@ -1137,6 +1159,17 @@ mod tests {
             "c\n"
         );
         assert!(!copies.join("p1/pod.json").exists());
+        // The record forgets its VMM's pid when the VMM is gone; the copies keep it.
+        std::fs::create_dir_all(pods.join("p2")).unwrap();
+        std::fs::write(pods.join("p2/pod.json"), r#"{"vmm_pid": 77}"#).unwrap();
+        mirror_pod_logs(&pods, &copies);
+        std::fs::write(pods.join("p2/pod.json"), r#"{"vmm_pid": null}"#).unwrap();
+        mirror_pod_logs(&pods, &copies);
+        mirror_pod_logs(&pods, &copies);
+        assert_eq!(
+            std::fs::read_to_string(copies.join("p2/vmm-pids")).unwrap(),
+            "77\n"
+        );
         // Nothing there at all is no error.
         mirror_pod_logs(&dir.path().join("none"), &copies);
         let none = dir.path().join("none");
@@ -1147,7 +1180,11 @@ mod tests {
     fn failed_vmms_are_reported_by_pod_and_expected_ones_are_told_apart() {
         let dir = tempfile::tempdir().unwrap();
         let (pods, copies) = (dir.path().join("pods"), dir.path().join("copies"));
-        // p1 is gone but copied; p2 still has its directory; p3's VMM ended as asked.
+        // p1 is gone but copied; p2 still has its directory, and its VMM ended as asked;
+        // p3's record no longer names its VMM, which the harness saw earlier.
+        std::fs::create_dir_all(copies.join("p3")).unwrap();
+        std::fs::write(copies.join("p3/pod.json"), r#"{"vmm_pid": null}"#).unwrap();
+        std::fs::write(copies.join("p3/vmm-pids"), "4000004\n").unwrap();
         for (root, id, pid) in [(&copies, "p1", 4_000_001), (&pods, "p2", 4_000_002)] {
             std::fs::create_dir_all(root.join(id)).unwrap();
             std::fs::write(
@@ -1163,6 +1200,7 @@ mod tests {
 x  WARN vmlet_agent::sandbox::vm: VMM exited: killed by signal 11 (SIGSEGV) pid=4000001
 x  INFO vmlet_agent::sandbox::vm: VMM exited: exit status 0 (as asked) pid=4000002
 x  WARN vmlet_agent::sandbox::vm: VMM exited: exit status 1 pid=4000003
+x  WARN vmlet_agent::sandbox::vm: VMM exited: killed by signal 9 (SIGKILL) pid=4000004
 ",
         )
         .unwrap();
@@ -1182,7 +1220,15 @@ x  WARN vmlet_agent::sandbox::vm: VMM exited: exit status 1 pid=4000003
                 "x  WARN vmlet_agent::sandbox::vm: VMM exited: exit status 1 pid=4000003".into(),
             ],
         };
-        assert_eq!(failed, [segv.clone(), unknown.clone()]);
+        let killed = FailedVmm {
+            pod: Some("p3".into()),
+            pid: Some(4_000_004),
+            evidence: vec![
+                "x  WARN vmlet_agent::sandbox::vm: VMM exited: killed by signal 9 (SIGKILL) pid=4000004"
+                    .into(),
+            ],
+        };
+        assert_eq!(failed, [segv.clone(), killed, unknown.clone()]);
         assert_eq!(
             asked_vmm_exits(&std::fs::read_to_string(&log).unwrap()),
             [4_000_002].into()
