@@ -22,6 +22,8 @@ packages=(
     python3 python3-venv
     # lint of scripts/ (a step of scripts/test.sh)
     shellcheck
+    # the end-to-end seccomp test makes a running vmlet-vmm call a forbidden syscall
+    gdb
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -62,7 +62,10 @@ export VMLET_VMM=$repo/target/debug/vmlet-vmm
 # longer in all, or waits longer once, gets its own limit in e2e_limits, keyed
 # "<test file>::<test name>".
 readonly E2E_LIMIT=480
-declare -A e2e_limits=()
+declare -A e2e_limits=(
+    # Runs harness::pods_from_the_warm_pool_stay_ready a second time, with crashes.
+    [harness::a_vmm_crash_in_one_boot_of_three_fails_the_test]=900
+)
 # Retries: none on hardware KVM. In the TCG machine a test runs again (at most
 # E2E_ATTEMPTS times in all) only when with-kvm names the machine itself as the cause
 # (its kernel panicked, locked up or hit a stack guard page, or the machine was lost:

@@ -398,7 +398,12 @@ mod tests {
         .unwrap();
         assert_eq!(c.network.mode, NetworkMode::None);
         assert_eq!(c.network.cni_bin_dirs, [Path::new("/x")]);
-        assert!(Config::from_toml("[network]\nmode = \"host\"\n", Path::new("x.toml")).is_err());
+        let e = Config::from_toml("[network]\nmode = \"host\"\n", Path::new("x.toml")).unwrap_err();
+        assert!(
+            matches!(&e, ConfigError::Parse { path, source }
+                if path == Path::new("x.toml") && source.message().contains("unknown variant `host`")),
+            "{e:?}"
+        );
 
         let mut c = Config::default();
         let args = Args::parse_from([
@@ -423,7 +428,11 @@ mod tests {
         assert!(e.to_string().contains("c.toml"), "{e}");
         let mut c = Config::default();
         c.vm.vcpus = 0;
-        assert!(c.check().is_err());
+        let e = c.check().unwrap_err();
+        assert!(
+            matches!(&e, ConfigError::Invalid(m) if m == "vm.vcpus must be 1..=254 (got 0)"),
+            "{e:?}"
+        );
         let mut c = Config::default();
         assert_eq!(c.vm.kernel_args, "quiet");
         c.vm.kernel_args = "quiet\ninit=/bin/sh".into();

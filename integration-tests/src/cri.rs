@@ -7,7 +7,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tonic::transport::{Channel, Endpoint};
@@ -89,6 +89,15 @@ impl CriClient {
         .map(|r| r.into_inner().image_ref)
     }
 
+    /// ListImages.
+    pub fn list_images(&self) -> Vec<v1::Image> {
+        let mut c = self.images.clone();
+        self.block_on(c.list_images(req(v1::ListImagesRequest { filter: None })))
+            .expect("ListImages")
+            .into_inner()
+            .images
+    }
+
     /// RunPodSandbox, once: a pod whose VMM exits while it boots is an error here, in
     /// the emulated TCG machine too (see `Guest::boot`).
     pub fn run_pod(&self, config: v1::PodSandboxConfig) -> Result<String, Status> {
@@ -132,7 +141,9 @@ impl CriClient {
             .collect()
     }
 
-    /// vmletd's warm pool as verbose Status shows it (`target`, `ready`, `booting`).
+    /// vmletd's warm pool as verbose Status shows it (`target`, `ready`, `booting`, and
+    /// `failed`: warm VMs that failed the pod they were handed to, which vmletd then
+    /// replaced by a fresh boot).
     pub fn warm_pool(&self) -> serde_json::Value {
         let mut c = self.runtime.clone();
         let info = self
@@ -146,20 +157,33 @@ impl CriClient {
         runtime["warmPool"].clone()
     }
 
-    /// Waits (up to 5 minutes) until vmletd's warm pool is full and boots nothing.
+    /// Waits (up to 5 minutes) until vmletd's warm pool is full and boots nothing, and
+    /// asserts that no warm VM failed: vmletd hides such a failure behind a fresh boot.
     pub fn wait_warm_pool_full(&self) {
-        if let Err(e) = self.try_wait_warm_pool_full(Duration::from_secs(300)) {
-            panic!("{e}");
-        }
+        self.wait_warm_pool_full_after_failures(0);
     }
 
-    /// Waits up to `timeout` until vmletd's warm pool is full and boots nothing.
-    pub fn try_wait_warm_pool_full(&self, timeout: Duration) -> Result<(), String> {
+    /// Like [`CriClient::wait_warm_pool_full`], for a test that made `failures` warm
+    /// VMs fail on purpose.
+    pub fn wait_warm_pool_full_after_failures(&self, failures: u64) {
+        let pool = self
+            .try_wait_warm_pool_full(Duration::from_secs(300))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            pool["failed"].as_u64(),
+            Some(failures),
+            "warm VMs that failed their pod (vmletd booted a fresh VM instead): {pool}"
+        );
+    }
+
+    /// Waits up to `timeout` until vmletd's warm pool is full and boots nothing; returns
+    /// the pool's state then (with its `failed` count).
+    pub fn try_wait_warm_pool_full(&self, timeout: Duration) -> Result<serde_json::Value, String> {
         let start = Instant::now();
         loop {
             let pool = self.warm_pool();
             if pool["ready"] == pool["target"] && pool["booting"] == false {
-                return Ok(());
+                return Ok(pool);
             }
             if start.elapsed() > timeout {
                 return Err(format!("warm pool not full after {timeout:?}: {pool}"));
@@ -538,18 +562,26 @@ pub fn parse_log(text: &str) -> Vec<LogEntry> {
 /// thread copies every pod's `vmm.log`, `console.log` and `pod.json` into
 /// `pod-logs/<id>/` while the daemon runs, so they outlive the pod. On drop, whether
 /// the test passed or not, every VMM that exited with a failure during the test (its
-/// `vmm.log` ends in an ERROR line, or vmletd logged "VMM exited" with a status other
-/// than 0) has the tails of its `vmm.log` and `console.log` printed.
+/// `vmm.log` ends in its error line, or vmletd logged "VMM exited" with a status other
+/// than 0 and not "as asked") has the tails of its `vmm.log` and `console.log` printed,
+/// and such a failure fails the test (a panic at the end of the drop, unless the test
+/// is already failing) unless the test declared it with
+/// [`Vmletd::expect_vmm_death`] or [`Vmletd::expect_vmm_exits`]: a product crash that
+/// the daemon hides (a warm VM replaced, a boot retried) fails the suite.
 pub struct Vmletd {
     child: Option<Child>,
     mirror: Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>,
+    /// VMM failures the test causes on purpose.
+    expected: Mutex<ExpectedFailures>,
+    /// Extra environment of the daemon.
+    env: Vec<(String, String)>,
     /// Temporary root.
     pub dir: tempfile::TempDir,
     /// CRI socket.
     pub socket: PathBuf,
     /// Extra flags.
     args: Vec<String>,
-    /// Extra configuration (TOML) after the harness's own keys.
+    /// Extra configuration (TOML) before the harness's own `[vm]` table.
     config: String,
 }
 
@@ -579,7 +611,7 @@ pub fn busybox_registry(tag: &str) -> (TestRegistry, String) {
 pub fn vmletd_binary() -> PathBuf {
     std::env::var_os("VMLET_VMLETD")
         .map(PathBuf::from)
-        .unwrap_or_else(|| crate::vmm_binary().with_file_name("vmletd"))
+        .unwrap_or_else(|| crate::real_vmm_binary().with_file_name("vmletd"))
 }
 
 impl Vmletd {
@@ -589,9 +621,15 @@ impl Vmletd {
         Self::start_with(args, "[network]\nmode = \"none\"\n")
     }
 
-    /// Starts vmletd with `args` added to its flags and `config` (TOML tables) added
-    /// to its configuration, and waits for its socket.
+    /// Starts vmletd with `args` added to its flags and `config` (TOML: top-level keys
+    /// first, then tables other than `[vm]`) added to its configuration, and waits for
+    /// its socket.
     pub fn start_with(args: &[&str], config: &str) -> Vmletd {
+        Self::start_with_env(args, config, &[])
+    }
+
+    /// Like [`Vmletd::start_with`], with `env` added to the daemon's environment.
+    pub fn start_with_env(args: &[&str], config: &str, env: &[(&str, &str)]) -> Vmletd {
         crate::require_kvm();
         let dir = tempfile::Builder::new()
             .prefix("vd")
@@ -605,6 +643,11 @@ impl Vmletd {
             dir,
             args: args.iter().map(|s| s.to_string()).collect(),
             config: config.to_owned(),
+            expected: Mutex::default(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         d.spawn();
         let stop = Arc::new(AtomicBool::new(false));
@@ -666,12 +709,14 @@ impl Vmletd {
             .args(&self.args)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stderr(Stdio::piped())
             .process_group(0);
         std::fs::write(
             self.dir.path().join("vmletd.toml"),
-            format!("{}{}", base_config(), self.config),
+            // The test's keys first: its top-level keys must come before any table.
+            format!("{}{}", self.config, base_config()),
         )
         .expect("write config");
         let mut child = cmd.spawn().expect("start vmletd");
@@ -729,6 +774,19 @@ impl Vmletd {
         self.spawn();
     }
 
+    /// Declares that the test ends the VMM of pod (or warm VM) `id` itself, by a kill or
+    /// a crash it provokes: that VMM's failed exit does not fail the test.
+    pub fn expect_vmm_death(&self, id: &str) {
+        lock(&self.expected).pods.insert(id.to_owned());
+    }
+
+    /// Declares that the VMM failures whose vmletd line or last `vmm.log` line contains
+    /// `what` (for example `"exit status 1"` from a VMM binary the test broke) are the
+    /// test's doing, whichever pod they belong to.
+    pub fn expect_vmm_exits(&self, what: &str) {
+        lock(&self.expected).exits.push(what.to_owned());
+    }
+
     /// Pids of the VMMs running under this daemon's runtime directory.
     pub fn vmm_pids(&self) -> Vec<u32> {
         let needle = self.run_dir().display().to_string();
@@ -760,11 +818,15 @@ impl Drop for Vmletd {
             stop.store(true, Ordering::Release);
             let _ = thread.join();
         }
-        report_failed_vmms(
+        let failed = report_failed_vmms(
             &self.state_dir().join("pods"),
             &self.pod_logs_dir(),
             &self.log_file(),
         );
+        let unexpected: Vec<FailedVmm> = {
+            let expected = lock(&self.expected);
+            failed.into_iter().filter(|f| !expected.covers(f)).collect()
+        };
         if self.child.is_some() {
             if let Ok(c) = CriClient::connect(&self.socket) {
                 for p in c.list_pods(None) {
@@ -777,12 +839,73 @@ impl Drop for Vmletd {
             // SAFETY: kill(2) on a VMM this test's daemon started.
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         }
+        // A test that already fails keeps its own message (a second panic would abort).
+        if !unexpected.is_empty() && !std::thread::panicking() {
+            panic!(
+                "{} VMM(s) exited with a failure the test did not expect (a test that \
+                 ends a VMM on purpose declares it: Vmletd::expect_vmm_death); their logs \
+                 are printed above:\n{}",
+                unexpected.len(),
+                unexpected
+                    .iter()
+                    .map(FailedVmm::to_string)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
     }
 }
 
+/// VMM failures a test causes on purpose (see [`Vmletd::expect_vmm_death`]).
+#[derive(Debug, Default)]
+struct ExpectedFailures {
+    /// Pods (or warm VMs) whose VMM the test ends.
+    pods: BTreeSet<String>,
+    /// Text of the failures the test causes, whichever pod they belong to.
+    exits: Vec<String>,
+}
+
+impl ExpectedFailures {
+    fn covers(&self, f: &FailedVmm) -> bool {
+        f.pod.as_ref().is_some_and(|p| self.pods.contains(p))
+            || f.evidence
+                .iter()
+                .any(|line| self.exits.iter().any(|what| line.contains(what.as_str())))
+    }
+}
+
+/// A VMM that exited with a failure during a test.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedVmm {
+    /// Its pod (or warm VM), if the harness knows it.
+    pub pod: Option<String>,
+    /// Its pid, if known.
+    pub pid: Option<u32>,
+    /// What says it failed: vmletd's "VMM exited" lines and the last line of its
+    /// `vmm.log`.
+    pub evidence: Vec<String>,
+}
+
+impl std::fmt::Display for FailedVmm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "VMM pid {} of pod {}: {}",
+            self.pid.map_or("?".to_owned(), |p| p.to_string()),
+            self.pod.as_deref().unwrap_or("(none known)"),
+            self.evidence.join(" | ")
+        )
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Copies each pod's `vmm.log`, `console.log` and `pod.json` that changed size from
-/// `pods/<id>/` to `copies/<id>/`. Files that are missing or vanish meanwhile are
-/// skipped.
+/// `pods/<id>/` to `copies/<id>/`, and adds each VMM pid its record names to
+/// `copies/<id>/vmm-pids` (the record forgets the pid once the VMM is gone). Files
+/// that are missing or vanish meanwhile are skipped.
 fn mirror_pod_logs(pods: &Path, copies: &Path) {
     let Ok(entries) = std::fs::read_dir(pods) else {
         return;
@@ -802,7 +925,24 @@ fn mirror_pod_logs(pods: &Path, copies: &Path) {
                 let _ = std::fs::copy(&src, &dst);
             }
         }
+        if let Some(pid) = record_vmm_pid(&to.join("pod.json")) {
+            let seen = to.join("vmm-pids");
+            let known = std::fs::read_to_string(&seen).unwrap_or_default();
+            if !known.lines().any(|l| l == pid.to_string()) {
+                let _ = std::fs::write(&seen, format!("{known}{pid}\n"));
+            }
+        }
     }
+}
+
+/// The `vmm_pid` of a pod record.
+fn record_vmm_pid(record: &Path) -> Option<u32> {
+    let record: serde_json::Value = std::fs::read_to_string(record)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())?;
+    record["vmm_pid"]
+        .as_u64()
+        .and_then(|p| u32::try_from(p).ok())
 }
 
 /// `text` without ANSI escape sequences.
@@ -855,76 +995,148 @@ pub fn vmm_log_says_failed(log: &str) -> bool {
         .is_some_and(|l| vmlet_vmm_api::exit::is_failure_line(&l))
 }
 
+/// The pids vmletd logged "VMM exited: ... (as asked)" for: it stopped or killed them
+/// itself, or their guest powered off.
+pub fn asked_vmm_exits(log: &str) -> BTreeSet<u32> {
+    log.lines()
+        .map(strip_ansi)
+        .filter(|l| l.contains("VMM exited: ") && l.contains("(as asked)"))
+        .filter_map(|l| {
+            let rest = &l[l.find("pid=")? + 4..];
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        })
+        .collect()
+}
+
+/// Whether process `pid` runs (and is no zombie).
+fn process_runs(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+    })
+}
+
+/// A pod's files: in its directory under `pods` or, once the pod is gone, in the
+/// harness's copies under `copies`.
+struct PodFiles<'a> {
+    pods: &'a Path,
+    copies: &'a Path,
+    id: &'a std::ffi::OsStr,
+}
+
+impl PodFiles<'_> {
+    fn get(&self, name: &str) -> PathBuf {
+        let live = self.pods.join(self.id).join(name);
+        if live.exists() {
+            live
+        } else {
+            self.copies.join(self.id).join(name)
+        }
+    }
+
+    /// The pids of the pod's VMMs: those the harness saw in its record, and the one it
+    /// names now, last.
+    fn vmm_pids(&self) -> Vec<u32> {
+        let seen =
+            std::fs::read_to_string(self.copies.join(self.id).join("vmm-pids")).unwrap_or_default();
+        let mut pids: Vec<u32> = seen.lines().filter_map(|l| l.parse().ok()).collect();
+        if let Some(now) = record_vmm_pid(&self.get("pod.json")) {
+            pids.retain(|p| *p != now);
+            pids.push(now);
+        }
+        pids
+    }
+
+    /// The last line of `vmm.log`, if it says the VMM failed.
+    fn logged_failure(&self) -> Option<String> {
+        let log = String::from_utf8_lossy(&std::fs::read(self.get("vmm.log")).unwrap_or_default())
+            .into_owned();
+        if !vmm_log_says_failed(&log) {
+            return None;
+        }
+        log.lines().map(strip_ansi).rfind(|l| !l.trim().is_empty())
+    }
+}
+
+/// The failure of the VMM of the pod whose files `files` are, if it failed: its
+/// `vmm.log` ends in an error (unless vmletd ended it as asked, `asked`, or it still
+/// runs), or vmletd logged a failed exit of its pid (taken out of `exits`).
+fn pod_vmm_failure(
+    files: &PodFiles<'_>,
+    exits: &mut Vec<(Option<u32>, String)>,
+    asked: &BTreeSet<u32>,
+) -> Option<FailedVmm> {
+    let pids = files.vmm_pids();
+    // A VMM that still runs has not exited, whatever its log says last (a pid reused
+    // since is a risk the report can take).
+    let ended_by_itself = pids.iter().all(|p| !process_runs(*p) && !asked.contains(p));
+    let ours = |p: &Option<u32>| p.is_some_and(|p| pids.contains(&p));
+    let mut evidence: Vec<String> = exits
+        .iter()
+        .filter(|(p, _)| ours(p))
+        .map(|(_, l)| l.clone())
+        .collect();
+    exits.retain(|(p, _)| !ours(p));
+    if ended_by_itself {
+        evidence.extend(files.logged_failure());
+    }
+    if evidence.is_empty() {
+        return None;
+    }
+    Some(FailedVmm {
+        pod: Some(files.id.to_string_lossy().into_owned()),
+        pid: pids.last().copied(),
+        evidence,
+    })
+}
+
 /// Prints the tails of `vmm.log` and `console.log` of every pod whose VMM exited with a
 /// failure, from the pod's directory under `pods` or, once the pod is gone, from the
 /// harness's copies under `copies`; and the lines of vmletd's `log` about failed VMMs
-/// that belong to no pod it knows.
-fn report_failed_vmms(pods: &Path, copies: &Path, log: &Path) {
+/// that belong to no pod it knows. Returns them all.
+fn report_failed_vmms(pods: &Path, copies: &Path, log: &Path) -> Vec<FailedVmm> {
     let daemon_log = strip_ansi(&String::from_utf8_lossy(
         &std::fs::read(log).unwrap_or_default(),
     ));
     let mut exits = failed_vmm_exits(&daemon_log);
+    let asked = asked_vmm_exits(&daemon_log);
     let mut ids = BTreeSet::new();
     for dir in [pods, copies] {
         for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
             ids.insert(e.file_name());
         }
     }
-    for id in ids {
-        let file = |name: &str| {
-            let live = pods.join(&id).join(name);
-            if live.exists() {
-                live
-            } else {
-                copies.join(&id).join(name)
-            }
-        };
-        let record: serde_json::Value = std::fs::read_to_string(file("pod.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or_default();
-        let pid = record["vmm_pid"]
-            .as_u64()
-            .and_then(|p| u32::try_from(p).ok());
-        let vmm_log = file("vmm.log");
-        // A VMM that still runs has not exited, whatever its log says last (a pid
-        // reused since is a risk the report can take).
-        let running = pid.is_some_and(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|stat| {
-                !stat
-                    .rsplit_once(')')
-                    .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
-            })
-        });
-        let logged_failure = !running
-            && vmm_log_says_failed(&String::from_utf8_lossy(
-                &std::fs::read(&vmm_log).unwrap_or_default(),
-            ));
-        let daemon_lines: Vec<String> = exits
-            .iter()
-            .filter(|(p, _)| p.is_some() && *p == pid)
-            .map(|(_, l)| l.clone())
-            .collect();
-        exits.retain(|(p, _)| p.is_none() || *p != pid);
-        if !logged_failure && daemon_lines.is_empty() {
+    let mut failed = Vec::new();
+    for id in &ids {
+        let files = PodFiles { pods, copies, id };
+        let Some(f) = pod_vmm_failure(&files, &mut exits, &asked) else {
             continue;
-        }
+        };
         crate::say(&format!(
-            "=== the VMM of pod {} (pid {}) exited with a failure",
+            "=== the VMM of pod {} (pid {}) exited with a failure:",
             id.to_string_lossy(),
-            pid.map_or("?".to_owned(), |p| p.to_string())
+            f.pid.map_or("?".to_owned(), |p| p.to_string())
         ));
-        for line in daemon_lines {
-            crate::say(&format!("vmletd: {line}"));
+        for line in &f.evidence {
+            crate::say(&format!("    {line}"));
         }
-        crate::print_tail("vmm.log", &vmm_log, 40);
-        crate::print_tail("console.log", &file("console.log"), 40);
+        crate::print_tail("vmm.log", &files.get("vmm.log"), 40);
+        crate::print_tail("console.log", &files.get("console.log"), 40);
+        failed.push(f);
     }
-    for (_, line) in exits {
+    for (pid, line) in exits {
         crate::say(&format!(
             "=== a VMM of no known pod exited with a failure; vmletd: {line}"
         ));
+        failed.push(FailedVmm {
+            pod: None,
+            pid,
+            evidence: vec![line],
+        });
     }
+    failed
 }
 
 #[cfg(test)]
@@ -993,12 +1205,91 @@ mod tests {
             "c\n"
         );
         assert!(!copies.join("p1/pod.json").exists());
+        // The record forgets its VMM's pid when the VMM is gone; the copies keep it.
+        std::fs::create_dir_all(pods.join("p2")).unwrap();
+        std::fs::write(pods.join("p2/pod.json"), r#"{"vmm_pid": 77}"#).unwrap();
+        mirror_pod_logs(&pods, &copies);
+        std::fs::write(pods.join("p2/pod.json"), r#"{"vmm_pid": null}"#).unwrap();
+        mirror_pod_logs(&pods, &copies);
+        mirror_pod_logs(&pods, &copies);
+        assert_eq!(
+            std::fs::read_to_string(copies.join("p2/vmm-pids")).unwrap(),
+            "77\n"
+        );
         // Nothing there at all is no error.
         mirror_pod_logs(&dir.path().join("none"), &copies);
-        report_failed_vmms(
-            &dir.path().join("none"),
-            &dir.path().join("none"),
-            &dir.path().join("none"),
+        let none = dir.path().join("none");
+        assert_eq!(report_failed_vmms(&none, &none, &none), []);
+    }
+
+    #[test]
+    fn failed_vmms_are_reported_by_pod_and_expected_ones_are_told_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pods, copies) = (dir.path().join("pods"), dir.path().join("copies"));
+        // p1 is gone but copied; p2 still has its directory, and its VMM ended as asked;
+        // p3's record no longer names its VMM, which the harness saw earlier.
+        std::fs::create_dir_all(copies.join("p3")).unwrap();
+        std::fs::write(copies.join("p3/pod.json"), r#"{"vmm_pid": null}"#).unwrap();
+        std::fs::write(copies.join("p3/vmm-pids"), "4000004\n").unwrap();
+        for (root, id, pid) in [(&copies, "p1", 4_000_001), (&pods, "p2", 4_000_002)] {
+            std::fs::create_dir_all(root.join(id)).unwrap();
+            std::fs::write(
+                root.join(id).join("pod.json"),
+                format!("{{\"vmm_pid\": {pid}}}"),
+            )
+            .unwrap();
+        }
+        let log = dir.path().join("vmletd.log");
+        std::fs::write(
+            &log,
+            "\
+x  WARN vmlet_agent::sandbox::vm: VMM exited: killed by signal 11 (SIGSEGV) pid=4000001
+x  INFO vmlet_agent::sandbox::vm: VMM exited: exit status 0 (as asked) pid=4000002
+x  WARN vmlet_agent::sandbox::vm: VMM exited: exit status 1 pid=4000003
+x  WARN vmlet_agent::sandbox::vm: VMM exited: killed by signal 9 (SIGKILL) pid=4000004
+",
+        )
+        .unwrap();
+        let failed = report_failed_vmms(&pods, &copies, &log);
+        let segv = FailedVmm {
+            pod: Some("p1".into()),
+            pid: Some(4_000_001),
+            evidence: vec![
+                "x  WARN vmlet_agent::sandbox::vm: VMM exited: killed by signal 11 (SIGSEGV) pid=4000001"
+                    .into(),
+            ],
+        };
+        let unknown = FailedVmm {
+            pod: None,
+            pid: Some(4_000_003),
+            evidence: vec![
+                "x  WARN vmlet_agent::sandbox::vm: VMM exited: exit status 1 pid=4000003".into(),
+            ],
+        };
+        let killed = FailedVmm {
+            pod: Some("p3".into()),
+            pid: Some(4_000_004),
+            evidence: vec![
+                "x  WARN vmlet_agent::sandbox::vm: VMM exited: killed by signal 9 (SIGKILL) pid=4000004"
+                    .into(),
+            ],
+        };
+        assert_eq!(failed, [segv.clone(), killed, unknown.clone()]);
+        assert_eq!(
+            asked_vmm_exits(&std::fs::read_to_string(&log).unwrap()),
+            [4_000_002].into()
         );
+
+        let mut expected = ExpectedFailures::default();
+        assert!(!expected.covers(&segv) && !expected.covers(&unknown));
+        expected.pods.insert("p1".into());
+        assert!(expected.covers(&segv) && !expected.covers(&unknown));
+        expected.exits.push("exit status 1".into());
+        assert!(expected.covers(&unknown));
+        let other = ExpectedFailures {
+            exits: vec!["SIGKILL".into()],
+            ..Default::default()
+        };
+        assert!(!other.covers(&segv) && !other.covers(&unknown));
     }
 }

@@ -3,7 +3,8 @@
 //! Inputs come from the environment (set by `scripts/test.sh`):
 //! `VMLET_KERNEL` (guest vmlinux), `VMLET_TEST_INITRAMFS` (vmlet-init plus
 //! busybox), `VMLET_VMM` (the vmlet-vmm binary; defaults to the workspace's
-//! debug build). Guest-booting tests need KVM that can run a standard kernel;
+//! debug build), and only to prove that crashes fail the suite,
+//! `VMLET_TEST_VMM_FAULT` (see [`fault`]). Guest-booting tests need KVM that can run a standard kernel;
 //! they fail loudly where there is none (run them through `scripts/with-kvm.sh`).
 
 // Test-only crate: a harness step that fails panics with its message, and that panic
@@ -12,8 +13,11 @@
 
 pub mod agent;
 pub mod cri;
+pub mod fault;
 pub mod images;
 pub mod net;
+#[cfg(test)]
+mod with_kvm_tests;
 
 pub use agent::GuestAgent;
 use serde_json::Value;
@@ -49,8 +53,15 @@ pub fn require_kvm() {
     );
 }
 
-/// Path of the vmlet-vmm binary.
+/// The vmlet-vmm binary to start: `VMLET_VMM`, else the workspace's debug build; or
+/// the fault injector's wrapper around it when `VMLET_TEST_VMM_FAULT` is set (see
+/// [`fault`]).
 pub fn vmm_binary() -> PathBuf {
+    fault::wrap(real_vmm_binary())
+}
+
+/// The vmlet-vmm binary itself: `VMLET_VMM`, else the workspace's debug build.
+pub fn real_vmm_binary() -> PathBuf {
     std::env::var_os("VMLET_VMM")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/vmlet-vmm"))
@@ -138,9 +149,12 @@ impl GuestConfig {
 }
 
 /// A running guest. Killed on drop; a VMM that exited with a failure (or any VMM when
-/// the test panics) has the tails of its own log and its serial console printed then.
+/// the test panics) has the tails of its own log and its serial console printed then,
+/// and a failed exit the test never looked at ([`Guest::wait`]) fails the test.
 pub struct Guest {
     child: Child,
+    /// The test took the VMM's exit status ([`Guest::wait`]).
+    observed: bool,
     /// Scratch directory holding the sockets and the logs.
     pub dir: tempfile::TempDir,
     /// Serial console log.
@@ -194,6 +208,7 @@ impl Guest {
         let child = cmd.spawn().expect("spawn vmlet-vmm");
         let mut guest = Guest {
             child,
+            observed: false,
             dir,
             serial,
             vmm_log,
@@ -328,6 +343,7 @@ impl Guest {
         let start = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().expect("wait for vmlet-vmm") {
+                self.observed = true;
                 return status;
             }
             if start.elapsed() > timeout {
@@ -356,7 +372,8 @@ impl Guest {
 impl Drop for Guest {
     fn drop(&mut self) {
         let exited = self.child.try_wait().ok().flatten();
-        let failed = exited.is_some_and(|s| !s.success());
+        // An exit the test waited for is its to judge.
+        let failed = exited.is_some_and(|s| !s.success()) && !self.observed;
         if failed || std::thread::panicking() {
             let state = exited.map_or("still running".to_owned(), |s| format!("exited: {s}"));
             say(&format!("--- vmlet-vmm pid {} {state}", self.child.id()));
@@ -365,6 +382,13 @@ impl Drop for Guest {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(status) = exited.filter(|_| failed && !std::thread::panicking()) {
+            panic!(
+                "vmlet-vmm pid {} exited ({status}) while the test did not expect it (its \
+                 logs are printed above)",
+                self.child.id()
+            );
+        }
     }
 }
 

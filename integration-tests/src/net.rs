@@ -19,6 +19,10 @@ pub const NETWORK: &str = "vmlet-e2e";
 pub const GATEWAY: &str = "10.77.0.1";
 /// The name server the plugins return.
 pub const CNI_DNS: &str = "10.77.0.53";
+/// The IPv6 subnet of a dual-stack network ([`Net::dual_stack`]).
+pub const SUBNET6: &str = "fd77::/64";
+/// The bridge's IPv6 address on a dual-stack network.
+pub const GATEWAY6: &str = "fd77::1";
 
 /// A CNI configuration directory, host-local's lease directory and the daemon's
 /// netns directory, all temporary; the bridge goes with it.
@@ -31,6 +35,14 @@ impl Net {
     pub fn new(only: Option<&str>) -> Net {
         let net = Net::empty();
         net.write_conflist(only);
+        net
+    }
+
+    /// A bridge network with an IPv4 (10.77.0.0/24) and an IPv6 ([`SUBNET6`]) range:
+    /// each pod gets an address of both.
+    pub fn dual_stack() -> Net {
+        let net = Net::empty();
+        net.write_conflist_with(None, true);
         net
     }
 
@@ -64,18 +76,29 @@ impl Net {
 
     /// Replaces the configuration with the bridge network.
     pub fn write_conflist(&self, only: Option<&str>) {
+        self.write_conflist_with(only, false);
+    }
+
+    /// The bridge network, with an IPv6 range too when `ipv6`.
+    fn write_conflist_with(&self, only: Option<&str>, ipv6: bool) {
         let mut range = json!({"subnet": "10.77.0.0/24"});
         if let Some(ip) = only {
             range["rangeStart"] = json!(ip);
             range["rangeEnd"] = json!(ip);
+        }
+        let mut ranges = vec![json!([range])];
+        let mut routes = vec![json!({"dst": "0.0.0.0/0"})];
+        if ipv6 {
+            ranges.push(json!([{"subnet": SUBNET6}]));
+            routes.push(json!({"dst": "::/0"}));
         }
         let conf = json!({
             "cniVersion": "1.0.0", "name": NETWORK,
             "plugins": [
                 {"type": "bridge", "bridge": BRIDGE, "isGateway": true, "ipMasq": false,
                  "dns": {"nameservers": [CNI_DNS], "search": ["cni.e2e"]},
-                 "ipam": {"type": "host-local", "ranges": [[range]],
-                          "routes": [{"dst": "0.0.0.0/0"}],
+                 "ipam": {"type": "host-local", "ranges": ranges,
+                          "routes": routes,
                           "dataDir": self.dir.path().join("ipam").display().to_string()}},
                 {"type": "portmap", "capabilities": {"portMappings": true}, "snat": true}
             ]

@@ -575,6 +575,7 @@ fn pods_and_logs_survive_kill_9_of_vmletd() {
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(env.daemon.vmm_pids().len(), 2);
     // One VM dies while the daemon is away.
+    env.daemon.expect_vmm_death(&pod2);
     let status = c_status_pid(&env.daemon, &pod2);
     // SAFETY: kill(2) on a VMM this test's daemon started.
     unsafe { libc::kill(status as i32, libc::SIGKILL) };
@@ -639,6 +640,7 @@ fn pods_and_logs_survive_kill_9_of_vmletd() {
         ),
     );
     wait_for_line(&env.daemon, "waiter.log", "up");
+    env.daemon.expect_vmm_death(&pod3);
     let pid = c_status_pid(&env.daemon, &pod3);
     // SAFETY: kill(2) on a VMM this test's daemon started.
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
@@ -1088,6 +1090,7 @@ fn a_pod_whose_vm_died_is_not_ready() {
             container_config(name, &env.image, "echo up; while true; do sleep 1; done"),
         );
         wait_for_line(&env.daemon, &format!("{name}.log"), "up");
+        env.daemon.expect_vmm_death(&pod);
         pods.push((pod, ctr));
     }
     let state = |c: &CriClient, id: &str| c.pod_status(id).unwrap().status.unwrap().state;
@@ -1331,11 +1334,13 @@ fn a_failed_warm_vm_does_not_fail_the_pod() {
     c.remove_pod(&pod).expect("RemovePodSandbox");
 
     // The fresh boot fails too: both causes in the error, nothing left.
-    c.wait_warm_pool_full();
+    c.wait_warm_pool_full_after_failures(1);
     let stopped = warm_vm();
     // SAFETY: as above.
     unsafe { libc::kill(stopped as i32, libc::SIGSTOP) };
-    // Replaced, not rewritten: the stopped warm VM still runs the old file.
+    // Replaced, not rewritten: the stopped warm VM still runs the old file. Every VMM
+    // started from here on exits 1.
+    d.expect_vmm_exits("exit status 1");
     std::fs::remove_file(&vmm).expect("remove the vmlet-vmm copy");
     std::fs::write(&vmm, "#!/bin/sh\necho broken vmm >&2\nexit 1\n").expect("break vmlet-vmm");
     std::fs::set_permissions(&vmm, std::os::unix::fs::PermissionsExt::from_mode(0o755))
@@ -1377,4 +1382,53 @@ fn a_failed_warm_vm_does_not_fail_the_pod() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// A registry that speaks HTTPS only, with a certificate from an authority of its own:
+/// PullImage fails with a certificate error while vmletd does not trust that authority,
+/// and succeeds once it does (vmletd verifies registries against OpenSSL's trust store,
+/// which `SSL_CERT_FILE` names) or when the registry's `skip_tls_verify` is set.
+#[test]
+fn pulls_from_a_tls_registry_need_a_trusted_ca_or_skip_tls_verify() {
+    let registry = TestRegistry::start_with_tls().expect("start the TLS registry");
+    let image = registry
+        .push(&vmlet_test_support::busybox_image().unwrap(), "busybox:tls")
+        .expect("push busybox");
+    let ca = registry.ca_cert().expect("the registry's CA").to_owned();
+    let no_network = "[network]\nmode = \"none\"\n";
+
+    let untrusted = Vmletd::start_with_env(&[], no_network, &[]);
+    let e = untrusted
+        .client()
+        .pull(&image)
+        .expect_err("a certificate from an unknown authority");
+    assert_eq!(e.code(), Code::Unavailable, "{e}");
+    assert!(
+        e.message()
+            .contains(&format!("registry {} unreachable", registry.addr()))
+            && e.message().contains("certificate verify failed"),
+        "{e}"
+    );
+    assert!(untrusted.client().list_images().is_empty());
+    drop(untrusted);
+
+    let skip = format!(
+        "[registries.hosts.\"{}\"]\nskip_tls_verify = true\n{no_network}",
+        registry.addr()
+    );
+    let skipping = Vmletd::start_with(&[], &skip);
+    let id = skipping
+        .client()
+        .pull(&image)
+        .expect("PullImage with skip_tls_verify");
+    assert!(id.starts_with("sha256:"), "{id}");
+    drop(skipping);
+
+    let ca = ca.display().to_string();
+    let trusting = Vmletd::start_with_env(&[], no_network, &[("SSL_CERT_FILE", &ca)]);
+    let trusted_id = trusting
+        .client()
+        .pull(&image)
+        .expect("PullImage with the authority trusted");
+    assert_eq!(trusted_id, id);
 }

@@ -11,10 +11,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tonic::Code;
+use vmlet_integration_tests::agent::GuestAgent;
 use vmlet_integration_tests::cri::{
     busybox_registry, container_config, pod_config, v1, CriClient, Vmletd,
 };
-use vmlet_integration_tests::net::{files, Net, BRIDGE, CNI_DNS, GATEWAY, NETWORK};
+use vmlet_integration_tests::net::{files, Net, BRIDGE, CNI_DNS, GATEWAY, GATEWAY6, NETWORK};
 
 /// Fetches `url` from the host with curl, retrying while the pod's server starts.
 fn fetch(url: &str) -> String {
@@ -236,7 +237,15 @@ fn kill_9_of_vmletd_leaves_no_network_behind() {
         std::thread::sleep(Duration::from_millis(20));
     }
     d.signal_and_wait(libc::SIGKILL);
-    assert!(half.join().unwrap().is_err());
+    let e = half
+        .join()
+        .unwrap()
+        .expect_err("RunPodSandbox of a daemon killed meanwhile");
+    // The connection broke under the call: a transport error, not vmletd's answer.
+    assert!(
+        matches!(e.code(), Code::Unavailable | Code::Unknown),
+        "{e:?}"
+    );
     d.restart();
     let c = d.client();
     assert_eq!(c.list_pods(None).len(), 1);
@@ -291,7 +300,9 @@ fn broken_network_configuration_is_reported_and_leaks_nothing() {
     );
     expect_refused("no-such-plugin", Code::FailedPrecondition);
 
-    // A plugin that fails at ADD.
+    // A plugin that fails at ADD. vmletd abandons the boot and kills its VMM (found
+    // by its control socket, not as its own child, so the exit is not marked as asked).
+    d.expect_vmm_exits("killed by signal 9 (SIGKILL)");
     net.write(
         "10-bad.conflist",
         &json!({"cniVersion": "1.0.0", "name": NETWORK, "plugins": [
@@ -437,6 +448,8 @@ fn warm_vms_become_pods_and_leave_nothing_behind() {
     assert_ne!(big, next);
     assert!(warm_ids(&d).contains(&next));
     remove_all(&c, &[&pod, &big]);
+    // No warm VM failed its pod: vmletd would have hidden that behind a fresh boot.
+    assert_eq!(c.warm_pool()["failed"], 0, "{}", c.warm_pool());
 
     // After kill -9 the next daemon removes the old warm VM (and boots a new one).
     d.signal_and_wait(libc::SIGKILL);
@@ -450,10 +463,109 @@ fn warm_vms_become_pods_and_leave_nothing_behind() {
         std::thread::sleep(Duration::from_millis(100));
     }
     wait_warm(&d, Some(&next));
+    let pool = d.client().warm_pool();
+    assert_eq!(pool["failed"], 0, "{pool}");
 
     // A daemon that exits removes its warm VMs.
     d.signal_and_wait(libc::SIGTERM);
     assert!(d.vmm_pids().is_empty(), "VMMs left: {:?}", d.vmm_pids());
     assert!(warm_ids(&d).is_empty(), "warm VMs left: {:?}", warm_ids(&d));
     net.assert_clean(&[&pod, &big, &warm, &next]);
+}
+
+#[test]
+fn sigint_stops_vmletd_like_sigterm_and_the_socket_has_its_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let net = Net::new(None);
+    let config = format!("socket_mode = 0o640\n{}", net.daemon_config());
+    let mut d = Vmletd::start_with(&["--warm-pool", "1"], &config);
+    let mode = std::fs::metadata(&d.socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o7777, 0o640, "CRI socket mode {mode:o}");
+
+    // A warm VM, booted: a VMM, a record and a network namespace.
+    d.client().wait_warm_pool_full();
+    let warm = wait_warm(&d, None);
+    assert_eq!(d.vmm_pids().len(), 1);
+    assert_eq!(net.namespaces(), [format!("vmlet-{warm}")]);
+
+    // SIGINT, as SIGTERM: a clean exit that removes the warm VMs.
+    let status = d.signal_and_wait(libc::SIGINT);
+    assert_eq!(status.code(), Some(0), "vmletd exited with {status}");
+    let log = std::fs::read_to_string(d.log_file()).unwrap();
+    assert!(log.contains("SIGINT: exiting"), "{log}");
+    assert!(d.vmm_pids().is_empty(), "VMMs left: {:?}", d.vmm_pids());
+    let records = files(&d.state_dir().join("pods"));
+    assert!(records.is_empty(), "records left: {records:?}");
+    // A warm VM never joined the network (no ADD, so no bridge either): its
+    // namespace is all there was.
+    assert!(net.namespaces().is_empty(), "{:?}", net.namespaces());
+    assert!(net.leases().is_empty(), "{:?}", net.leases());
+}
+
+#[test]
+fn dual_stack_pods_get_both_addresses_and_answer_over_ipv6() {
+    let net = Net::dual_stack();
+    let d = Vmletd::start_with(&[], &net.daemon_config());
+    let c = d.client();
+    let pod = c
+        .run_pod(pod_config("six", &d.log_dir()))
+        .expect("RunPodSandbox");
+
+    // PodSandboxStatus: the IPv4 address first, the IPv6 one beside it.
+    let network = c
+        .pod_status(&pod)
+        .expect("PodSandboxStatus")
+        .status
+        .and_then(|s| s.network)
+        .expect("the pod's network");
+    let v4: std::net::Ipv4Addr = network.ip.parse().expect("an IPv4 address first");
+    assert!(v4.to_string().starts_with("10.77.0."), "{network:?}");
+    let extra: Vec<&str> = network
+        .additional_ips
+        .iter()
+        .map(|a| a.ip.as_str())
+        .collect();
+    assert_eq!(extra.len(), 1, "{network:?}");
+    let v6: std::net::Ipv6Addr = extra[0].parse().expect("an IPv6 address second");
+    assert!(v6.to_string().starts_with("fd77::"), "{network:?}");
+    let mut leases = net.leases();
+    leases.sort();
+    assert_eq!(leases, [v4.to_string(), v6.to_string()]);
+
+    // The guest has it on its interface, with a default route over the bridge.
+    let vsock = d.run_dir().join("pods").join(&pod).join("vsock");
+    let agent = GuestAgent::connect(&vsock).expect("connect to the guest");
+    let r = agent.run("ip -6 -o addr show dev eth0; ip -6 route show default");
+    let out = String::from_utf8_lossy(&r.stdout).into_owned();
+    assert_eq!(
+        r.exit_code,
+        0,
+        "{out} {}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    assert!(out.contains(&format!("inet6 {v6}/64")), "{out}");
+    assert!(out.contains(&format!("default via {GATEWAY6}")), "{out}");
+
+    // The host reaches the pod over IPv6 (a few tries: the bridge's own address may
+    // still be in duplicate address detection).
+    let start = Instant::now();
+    loop {
+        let ping = Command::new("ping")
+            .args(["-6", "-c", "1", "-W", "5", &v6.to_string()])
+            .output()
+            .unwrap();
+        if ping.status.success() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "ping -6 {v6}: {}{}",
+            String::from_utf8_lossy(&ping.stdout),
+            String::from_utf8_lossy(&ping.stderr)
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+
+    remove_all(&c, &[&pod]);
+    net.assert_clean(&[&pod]);
 }

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 use vmlet_integration_tests::agent::{req, CALL_TIMEOUT};
-use vmlet_integration_tests::{drive, net, pattern, sh, Guest, GuestConfig, Netns};
+use vmlet_integration_tests::{drive, net, pattern, sh, tail, Guest, GuestConfig, Netns};
 use vmlet_proto::agent as pb;
 use vmlet_vmm_api::control::{
     ProtocolError, Request, Response, StatusReply, SwapDriveReply, VmState, PROTOCOL_VERSION,
@@ -266,7 +266,16 @@ fn vsock_round_trips_one_mib_both_ways() {
     assert_eq!(ask.join().unwrap().expect("ConnectEcho"), 1 << 20);
 
     // A port nobody listens on is refused, and the device keeps working.
-    assert!(guest.connect(4321).is_err());
+    let refused = guest
+        .connect(4321)
+        .expect_err("nobody listens on port 4321");
+    assert_eq!(
+        (refused.kind(), refused.to_string()),
+        (
+            std::io::ErrorKind::ConnectionRefused,
+            "vsock port 4321: closed before OK".to_owned()
+        )
+    );
     guest.run_ok("true");
     poweroff(guest);
 }
@@ -312,10 +321,11 @@ fn control_socket_pause_resume_and_graceful_shutdown() {
         .set_read_timeout(Some(Duration::from_millis(1500)))
         .unwrap();
     let mut b = [0u8; 1];
-    assert!(
-        agent_stream.read(&mut b).is_err(),
-        "a paused guest answered"
-    );
+    let silent = agent_stream
+        .read(&mut b)
+        .expect_err("a paused guest answered");
+    // SO_RCVTIMEO ran out (EAGAIN).
+    assert_eq!(silent.kind(), std::io::ErrorKind::WouldBlock, "{silent}");
     assert_eq!(
         guest.request(&Request::Resume).expect("resume"),
         Response::Done
@@ -373,4 +383,63 @@ fn sigterm_stops_the_vm_and_removes_its_sockets() {
     assert_eq!(status.code(), Some(128 + libc::SIGTERM));
     assert!(!guest.control.exists(), "control socket left behind");
     assert!(!guest.vsock.exists(), "vsock socket left behind");
+}
+
+#[test]
+fn a_guest_reboot_ends_the_vmm_with_status_0() {
+    let mut guest = Guest::boot(GuestConfig::default());
+    // In the background, so that the agent answers before the guest resets.
+    guest.run_ok("(sleep 1; reboot -f) </dev/null >/dev/null 2>&1 &");
+    let status = guest.wait(EXIT_TIMEOUT);
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "a guest reboot must end the VMM with 0; vmm.log:\n{}",
+        tail(&guest.vmm_log, 20)
+    );
+    // A reset, not a power-off.
+    let serial = guest.serial_log();
+    assert!(
+        serial.contains("reboot: Restarting system"),
+        "no restart on the console:\n{serial}"
+    );
+}
+
+/// The last non-empty line of a file.
+fn last_line(path: &std::path::Path) -> String {
+    let text = String::from_utf8_lossy(&std::fs::read(path).unwrap()).into_owned();
+    text.lines()
+        .rfind(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .to_owned()
+}
+
+#[test]
+fn a_forbidden_syscall_ends_the_vmm_with_sigsys_and_names_it() {
+    let mut guest = Guest::boot(GuestConfig::default());
+    // gdb makes the VMM thread (the process's main thread, which serves the event loop
+    // under the VMM filter) call getppid(2), which that filter does not allow. gdb
+    // passes the SIGSYS on to the VMM's own handler.
+    let gdb = Command::new("gdb")
+        .args(["-nx", "-batch", "-p", &guest.pid().to_string()])
+        .args(["-ex", "handle SIGSYS nostop noprint pass"])
+        .args(["-ex", &format!("call (long)syscall({})", libc::SYS_getppid)])
+        .output()
+        .expect("run gdb (scripts/setup.sh installs it)");
+    let status = guest.wait(EXIT_TIMEOUT);
+    assert_eq!(
+        status.code(),
+        Some(159),
+        "{status}; gdb: {}{}",
+        String::from_utf8_lossy(&gdb.stdout),
+        String::from_utf8_lossy(&gdb.stderr)
+    );
+    assert_eq!(
+        last_line(&guest.vmm_log),
+        format!(
+            "vmlet-vmm: error: seccomp: forbidden syscall {} (getppid) on the VMM thread \
+             (exit status 159)",
+            libc::SYS_getppid
+        )
+    );
 }

@@ -1,6 +1,7 @@
 //! Test fixtures shared by vmlet's tests and benchmarks: a real OCI registry (Debian's
 //! `docker-registry`) on a loopback port with a temporary storage directory, optionally
-//! behind basic or token auth, and builders for OCI images pushed into it with `skopeo`.
+//! behind basic or token auth or served over TLS with a throw-away certificate
+//! authority, and builders for OCI images pushed into it with `skopeo`.
 //!
 //! ```no_run
 //! use vmlet_test_support::{busybox_image, TestRegistry};
@@ -11,12 +12,13 @@
 //!
 //! Everything fails loudly: a test that needs the registry must not pass without it.
 //!
-//! Modules depend one way: `registry` uses `image` and `token`, and all three use
+//! Modules depend one way: `registry` uses `image`, `tls` and `token`, and all four use
 //! `error`.
 
 mod error;
 mod image;
 mod registry;
+mod tls;
 mod token;
 
 pub use error::FixtureError;
@@ -24,3 +26,4 @@ pub use image::{
     busybox_image, busybox_image_with, Compression, ImageBuilder, LayerBuilder, OciImage,
 };
 pub use registry::TestRegistry;
+pub use tls::TestCerts;

@@ -10,6 +10,7 @@ use tempfile::TempDir;
 
 use crate::error::{run, FixtureError};
 use crate::image::OciImage;
+use crate::tls::TestCerts;
 use crate::token::{TokenServer, ISSUER, SERVICE};
 
 /// A running registry; killed and its storage removed on drop.
@@ -20,6 +21,7 @@ pub struct TestRegistry {
     dir: TempDir,
     addr: String,
     basic_auth: Option<(String, String)>,
+    certs: Option<TestCerts>,
 }
 
 /// How clients must authenticate.
@@ -32,18 +34,30 @@ enum Auth {
 impl TestRegistry {
     /// Starts an anonymous registry.
     pub fn start() -> Result<Self, FixtureError> {
-        Self::spawn(Auth::Anonymous)
+        Self::spawn(Auth::Anonymous, false)
+    }
+
+    /// Starts an anonymous registry that speaks HTTPS only, with a certificate for
+    /// `127.0.0.1` from a new certificate authority ([`TestRegistry::ca_cert`]).
+    pub fn start_with_tls() -> Result<Self, FixtureError> {
+        Self::spawn(Auth::Anonymous, true)
+    }
+
+    /// The certificate (PEM) of the authority that signed the registry's certificate
+    /// (only with TLS).
+    pub fn ca_cert(&self) -> Option<&Path> {
+        self.certs.as_ref().map(|c| c.ca_cert.as_path())
     }
 
     /// Starts a registry that requires HTTP basic auth (htpasswd, bcrypt).
     pub fn start_with_basic_auth(user: &str, password: &str) -> Result<Self, FixtureError> {
-        Self::spawn(Auth::Basic(user.to_string(), password.to_string()))
+        Self::spawn(Auth::Basic(user.to_string(), password.to_string()), false)
     }
 
     /// Starts a registry with token auth (Bearer challenge, JWTs from a token server
     /// that accepts `user`/`password`), as Docker Hub and most cloud registries do.
     pub fn start_with_token_auth(user: &str, password: &str) -> Result<Self, FixtureError> {
-        Self::spawn(Auth::Token(user.to_string(), password.to_string()))
+        Self::spawn(Auth::Token(user.to_string(), password.to_string()), false)
     }
 
     /// The identity (OAuth2 refresh) token the token server accepts (only with token
@@ -62,7 +76,7 @@ impl TestRegistry {
         }
     }
 
-    fn spawn(auth: Auth) -> Result<Self, FixtureError> {
+    fn spawn(auth: Auth, tls: bool) -> Result<Self, FixtureError> {
         let dir = tempfile::Builder::new()
             .prefix("vmlet-registry-")
             .tempdir()?;
@@ -76,6 +90,17 @@ impl TestRegistry {
             "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
             storage.display()
         );
+        let certs = if tls {
+            let certs = TestCerts::generate(dir.path())?;
+            config.push_str(&format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                certs.server_cert.display(),
+                certs.server_key.display()
+            ));
+            Some(certs)
+        } else {
+            None
+        };
         let mut token = None;
         let mut basic_auth = None;
         if let Auth::Token(user, pass) = &auth {
@@ -118,6 +143,7 @@ impl TestRegistry {
             dir,
             addr,
             basic_auth,
+            certs,
         };
         reg.wait_ready()?;
         Ok(reg)

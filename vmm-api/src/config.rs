@@ -460,7 +460,12 @@ mod tests {
         let f: VmConfig =
             serde_json::from_str(r#"{"kernel":"/k","serial":{"file":"/x"}}"#).unwrap();
         assert_eq!(f.serial, SerialOutput::File("/x".into()));
-        assert!(serde_json::from_str::<VmConfig>(r#"{"kernel":"/k","bogus":1}"#).is_err());
+        let e = serde_json::from_str::<VmConfig>(r#"{"kernel":"/k","bogus":1}"#).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("unknown field `bogus`, expected one of"),
+            "{e}"
+        );
         let full = VmConfig {
             initramfs: Some("/i".into()),
             cmdline: "quiet".into(),
@@ -550,8 +555,13 @@ mod tests {
             parse_mac("02:00:00:0a:0B:ff").unwrap(),
             [2, 0, 0, 10, 11, 255]
         );
-        assert!(parse_mac("02:00:00:0a:0b").is_err());
-        assert!(parse_mac("002:00:00:0a:0b:0c").is_err());
+        for bad in ["02:00:00:0a:0b", "002:00:00:0a:0b:0c", "02:00:00:0a:0b:zz"] {
+            let e = parse_mac(bad).unwrap_err();
+            assert!(
+                matches!(&e, ConfigError::Mac(m) if m == bad),
+                "{bad}: {e:?}"
+            );
+        }
     }
 
     #[test]
@@ -572,7 +582,13 @@ mod tests {
         );
         let n = NetConfig::from_flag("tap=tap0,mac=02:00:00:00:00:01").unwrap();
         assert_eq!(n.tap, "tap0");
-        assert!(NetConfig::from_flag("mac=02:00:00:00:00:01").is_err());
+        assert_eq!(
+            NetConfig::from_flag("mac=02:00:00:00:00:01"),
+            Err(FlagError::Missing {
+                flag: "net",
+                key: "tap"
+            })
+        );
         let v = VsockConfig::from_flag("cid=3,uds=/run/v.sock").unwrap();
         assert_eq!(v.cid, 3);
         assert_eq!(

@@ -310,8 +310,18 @@ mod tests {
         assert!(c.drives[0].read_only && !c.drives[1].read_only);
         assert_eq!(c.vsock.as_ref().map(|v| v.cid), Some(3));
         assert_eq!(parse(&c.to_args().unwrap()), c);
-        assert!(Args::try_parse_from(["vmlet-vmm", "--drive", "id=a,path=/b,bogus=1"]).is_err());
-        assert!(Args::try_parse_from(["vmlet-vmm", "--vsock", "cid=x,uds=/a"]).is_err());
+        for (flag, value, why) in [
+            (
+                "--drive",
+                "id=a,path=/b,bogus=1",
+                "unknown drive option \"bogus\" (use id=,path=,ro)",
+            ),
+            ("--vsock", "cid=x,uds=/a", "bad vsock cid \"x\""),
+        ] {
+            let e = Args::try_parse_from(["vmlet-vmm", flag, value]).unwrap_err();
+            assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation, "{e}");
+            assert!(e.to_string().contains(why), "{why:?} not in {e}");
+        }
     }
 
     #[test]

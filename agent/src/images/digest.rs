@@ -108,7 +108,17 @@ mod tests {
             "sha512:00".parse::<Digest>(),
             Err(DigestError::UnsupportedAlgorithm(_))
         ));
-        assert!("sha256:../../etc".parse::<Digest>().is_err());
-        assert!(d.as_str().to_uppercase().parse::<Digest>().is_err());
+        let upper_hex = format!("sha256:{}", d.hex().to_uppercase());
+        for bad in ["sha256:../../etc", &upper_hex, "sha256", "sha256:"] {
+            assert_eq!(
+                bad.parse::<Digest>(),
+                Err(DigestError::Malformed(bad.to_owned()))
+            );
+        }
+        let upper = d.as_str().to_uppercase();
+        assert_eq!(
+            upper.parse::<Digest>(),
+            Err(DigestError::UnsupportedAlgorithm(upper.clone()))
+        );
     }
 }

@@ -177,8 +177,28 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        for bad in ["", " busybox", "Busy Box", "a:b:c", "app@sha256:zz"] {
-            assert!(ImageRef::parse(bad).is_err(), "{bad:?} accepted");
+        for (bad, why) in [
+            ("", "empty or surrounded by whitespace"),
+            (" busybox", "empty or surrounded by whitespace"),
+            ("Busy Box", "invalid reference format"),
+            ("a:b:c", "invalid reference format"),
+            ("app@sha256:zz", "invalid reference format"),
+        ] {
+            let e = ImageRef::parse(bad).unwrap_err();
+            let ReferenceError::Invalid { reference, reason } = &e;
+            assert_eq!((reference.as_str(), reason.as_str()), (bad, why), "{e}");
         }
+        // The grammar takes upper-case hex; the digest check does not.
+        let upper = format!("app@sha256:{}", "A".repeat(64));
+        let e = ImageRef::parse(&upper).unwrap_err();
+        let ReferenceError::Invalid { reference, reason } = &e;
+        assert_eq!(
+            (reference.as_str(), reason.as_str()),
+            (
+                upper.as_str(),
+                format!("malformed digest \"sha256:{}\"", "A".repeat(64)).as_str()
+            ),
+            "{e}"
+        );
     }
 }

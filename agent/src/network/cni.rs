@@ -691,6 +691,13 @@ mod tests {
         assert_eq!(r.ips[0].gateway.as_deref(), Some("10.88.0.1"));
         assert_eq!(r.routes[0].dst, "0.0.0.0/0");
         assert_eq!(r.dns.nameservers, ["10.96.0.10"]);
-        assert!(CniResult::parse(json!({"ips": [{"gateway": "x"}]})).is_err());
+        assert_eq!(
+            CniResult::parse(json!({"ips": [{"gateway": "x"}]})).err(),
+            Some("an IP has no address".to_owned())
+        );
+        assert_eq!(
+            CniResult::parse(json!([])).err(),
+            Some("not a JSON object".to_owned())
+        );
     }
 }

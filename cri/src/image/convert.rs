@@ -121,6 +121,13 @@ mod tests {
         assert_eq!(code(ErrorKind::InUse), Code::FailedPrecondition);
         assert_eq!(code(ErrorKind::PermissionDenied), Code::PermissionDenied);
         assert_eq!(code(ErrorKind::Unavailable), Code::Unavailable);
-        assert!(required_image(None).is_err());
+        let e = required_image(None).unwrap_err();
+        assert_eq!(
+            (e.code(), e.message()),
+            (
+                Code::InvalidArgument,
+                "image spec with a non-empty image is required"
+            )
+        );
     }
 }

@@ -46,12 +46,23 @@ mod tests {
     #[test]
     fn validates() {
         let mut r = proto::ExecSyncRequest::default();
-        assert!(request(&r).is_err());
+        let e = request(&r).unwrap_err();
+        assert_eq!(
+            (e.code(), e.message()),
+            (tonic::Code::InvalidArgument, "cmd is required")
+        );
         r.cmd = vec!["true".into()];
         r.timeout = 3;
         assert_eq!(request(&r).unwrap().1, Some(Duration::from_secs(3)));
         r.timeout = -1;
-        assert!(request(&r).is_err());
+        let e = request(&r).unwrap_err();
+        assert_eq!(
+            (e.code(), e.message()),
+            (
+                tonic::Code::InvalidArgument,
+                "timeout must not be negative (got -1)"
+            )
+        );
         let big = response(ExecOutput {
             stdout: vec![0; OUTPUT_CAP + 5],
             ..Default::default()

@@ -191,7 +191,11 @@ mod tests {
 
     #[test]
     fn metadata_is_required() {
-        assert!(pod_config(None).is_err());
+        let e = pod_config(None).unwrap_err();
+        assert_eq!(
+            (e.code(), e.message()),
+            (tonic::Code::InvalidArgument, "config is required")
+        );
         let mut c = config();
         c.metadata.as_mut().unwrap().uid.clear();
         let e = pod_config(Some(c)).unwrap_err();

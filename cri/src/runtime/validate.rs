@@ -74,7 +74,11 @@ mod tests {
 
     #[test]
     fn checks() {
-        assert!(id("", "pod_sandbox_id").is_err());
+        let e = id("", "pod_sandbox_id").unwrap_err();
+        assert_eq!(
+            (e.code(), e.message()),
+            (tonic::Code::InvalidArgument, "pod_sandbox_id is required")
+        );
         assert_eq!(id("abc", "x").unwrap(), "abc");
         assert_eq!(non_negative(5, "x").unwrap(), 5);
         let e = non_negative(-1, "memory_limit_in_bytes").unwrap_err();

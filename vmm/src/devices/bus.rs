@@ -111,13 +111,19 @@ mod tests {
         let mut bus = Bus::new();
         bus.insert(Arc::new(Mutex::new(Echo(1))), 0x100, 0x10)
             .unwrap();
-        assert!(bus
-            .insert(Arc::new(Mutex::new(Echo(0))), 0x108, 0x10)
-            .is_err());
-        assert!(bus
-            .insert(Arc::new(Mutex::new(Echo(0))), 0xf8, 0x10)
-            .is_err());
-        assert!(bus.insert(Arc::new(Mutex::new(Echo(0))), 0x0, 0).is_err());
+        for (base, len) in [(0x108, 0x10), (0xf8, 0x10)] {
+            let e = bus
+                .insert(Arc::new(Mutex::new(Echo(0))), base, len)
+                .unwrap_err();
+            assert!(
+                matches!(e, BusError::Overlap { base: b, len: l } if (b, l) == (base, len)),
+                "{e:?}"
+            );
+        }
+        let e = bus
+            .insert(Arc::new(Mutex::new(Echo(0))), 0x0, 0)
+            .unwrap_err();
+        assert!(matches!(e, BusError::Empty(0)), "{e:?}");
         bus.insert(Arc::new(Mutex::new(Echo(7))), 0x110, 0x10)
             .unwrap();
         let mut b = [0u8; 1];

@@ -627,7 +627,11 @@ mod tests {
             check_id("id", ok).unwrap();
         }
         for bad in ["", "-a", ".a", "a/b", "a b", "ä", &"x".repeat(129), "../x"] {
-            assert!(check_id("id", bad).is_err(), "{bad:?}");
+            let e = check_id("id", bad).unwrap_err();
+            assert!(
+                matches!(&e, SpecError::BadId { what: "id", id, max: MAX_ID } if id == bad),
+                "{bad:?}: {e:?}"
+            );
         }
     }
 

@@ -202,7 +202,12 @@ mod tests {
             "net/../../kernel/panic",
             "net.ipv4.a b",
         ] {
-            assert!(sysctl_path(bad).is_err(), "{bad}");
+            let e = sysctl_path(bad).unwrap_err();
+            assert!(
+                matches!(&e, ConfigError::Invalid(m)
+                    if m.starts_with(&format!("sysctl {bad:?} is not allowed"))),
+                "{bad}: {e:?}"
+            );
         }
     }
 }

@@ -630,7 +630,12 @@ mod tests {
             let msg = err.to_string();
             assert!(msg.contains(why) && msg.contains(text), "{text}: {msg}");
         }
-        assert!(IpCidr::new("10.0.0.1".parse().unwrap(), 33).is_err());
+        let e = IpCidr::new("10.0.0.1".parse().unwrap(), 33).unwrap_err();
+        assert!(
+            matches!(&e, NetconfError::BadCidr { input, reason }
+                if input == "10.0.0.1/33" && reason == "prefix length 33 is longer than 32 bits"),
+            "{e:?}"
+        );
     }
 
     #[test]

@@ -188,7 +188,13 @@ mod tests {
         assert_eq!(blk.config_generation(), 1);
         assert_eq!(irq.status() & INT_CONFIG, INT_CONFIG);
         // A missing file leaves the old one in place.
-        assert!(blk.swap(Path::new("/nonexistent/disk.img")).is_err());
+        let e = blk.swap(Path::new("/nonexistent/disk.img")).unwrap_err();
+        assert!(
+            matches!(&e, DiskError::Open(p, io)
+                if p == Path::new("/nonexistent/disk.img")
+                    && io.kind() == std::io::ErrorKind::NotFound),
+            "{e:?}"
+        );
         assert_eq!(blk.disk().sectors(), 16);
     }
 

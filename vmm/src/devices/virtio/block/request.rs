@@ -321,12 +321,18 @@ mod tests {
             ),
             0
         );
-        // Huge length wrapping past the end of memory.
-        run(
-            &m,
-            &mut d,
-            &[desc(HDR, 16, false), desc(0x3f_ffff, u32::MAX, true)],
+        // Huge length wrapping past the end of memory: the chain cannot be mapped, so
+        // nothing is written, not even a status byte.
+        m.write_obj(0xffu8, GuestAddress(0x3f_ffff)).unwrap();
+        assert_eq!(
+            run(
+                &m,
+                &mut d,
+                &[desc(HDR, 16, false), desc(0x3f_ffff, u32::MAX, true)],
+            ),
+            0
         );
+        assert_eq!(m.read_obj::<u8>(GuestAddress(0x3f_ffff)).unwrap(), 0xff);
         // Unknown request type.
         header(&m, 99, 0);
         run(&m, &mut d, &[desc(HDR, 16, false), desc(STATUS, 1, true)]);
@@ -363,7 +369,17 @@ mod tests {
             0,
         ));
         let chain = q.build_multiple_desc_chains(&[a, b]).unwrap();
-        let _ = execute(chain, &m, &mut d, "x", &mut bounce_buffer());
+        m.write_obj(0xffu8, GuestAddress(DATA + 511)).unwrap();
+        // The walk stops after as many descriptors as the queue holds (16: eight
+        // rounds of the loop): 8 x 512 writable bytes, of which the last is the status
+        // byte. 4095 data bytes are no whole sectors: the request fails, and only its
+        // status byte, at the end of the eighth `b`, is written.
+        let used = execute(chain, &m, &mut d, "x", &mut bounce_buffer());
+        assert_eq!(used, 1);
+        assert_eq!(
+            m.read_obj::<u8>(GuestAddress(DATA + 511)).unwrap(),
+            VIRTIO_BLK_S_IOERR
+        );
     }
 }
 

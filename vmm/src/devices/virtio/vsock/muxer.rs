@@ -682,7 +682,8 @@ mod tests {
     fn nonblocking_connect() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s_52");
-        assert!(connect_nonblocking(&path).is_err());
+        let e = connect_nonblocking(&path).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
         let l = UnixListener::bind(&path).unwrap();
         let mut s = connect_nonblocking(&path).unwrap();
         let (mut peer, _) = l.accept().unwrap();

@@ -1,0 +1,81 @@
+//! `scripts/with-kvm.sh`'s rule for what counts as a failure of the emulated machine
+//! itself (and so may be run again by `scripts/test.sh`): its `emulation_fault`, run on
+//! console excerpts.
+
+use std::path::Path;
+use std::process::Command;
+
+/// Runs `emulation_fault` on a console holding `console`; returns (whether it named a
+/// fault, what it wrote to the fault file, its stderr).
+fn classify(console: &str, timed_out: bool) -> (bool, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let (file, fault) = (dir.path().join("console"), dir.path().join("fault"));
+    std::fs::write(&file, console).unwrap();
+    std::fs::write(&fault, "").unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/with-kvm.sh");
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(r#"source "$1" && opt_fault_file=$2 && emulation_fault "$3" "$4""#)
+        .arg("classify")
+        .arg(&script)
+        .arg(&fault)
+        .arg(&file)
+        .arg(if timed_out { "1" } else { "0" })
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        std::fs::read_to_string(&fault).unwrap(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_machines_own_panic_and_foreign_lockups_are_emulation_faults() {
+    let panic = "[  812.1] Kernel panic - not syncing: Fatal exception in interrupt\n";
+    let (fault, cause, _) = classify(panic, false);
+    assert!(fault);
+    assert_eq!(
+        cause,
+        "the machine's kernel: [  812.1] Kernel panic - not syncing: Fatal exception in interrupt\n"
+    );
+    let lockup = "[ 90.2] watchdog: BUG: soft lockup - CPU#1 stuck for 22s! [kworker/1:2:88]\n";
+    let (fault, cause, _) = classify(lockup, false);
+    assert!(fault);
+    assert!(cause.contains("[kworker/1:2:88]"), "{cause}");
+}
+
+#[test]
+fn a_lockup_in_a_vmlet_task_is_never_the_emulations_fault() {
+    for task in [
+        "vmlet-vmm:123",
+        "vcpu0:124",
+        "vcpu12:125",
+        "vmletd:7",
+        "tokio-runtime-w:8",
+    ] {
+        // Also when the machine's kernel panics after it (softlockup_panic).
+        let console = format!(
+            "[ 90.2] watchdog: BUG: soft lockup - CPU#0 stuck for 23s! [{task}]\n\
+             [ 91.0] Kernel panic - not syncing: softlockup: hung tasks\n"
+        );
+        let (fault, cause, err) = classify(&console, false);
+        assert!(!fault, "{task}: {cause}");
+        assert_eq!(cause, "", "{task}");
+        assert!(
+            err.contains("soft lockup in one of vmlet's tasks") && err.contains(task),
+            "{task}: {err}"
+        );
+    }
+}
+
+#[test]
+fn a_quiet_machine_that_timed_out_is_lost_and_a_clean_console_is_no_fault() {
+    let (fault, cause, _) = classify("with-kvm heartbeat 10.0\n", false);
+    assert!(!fault);
+    assert_eq!(cause, "");
+    // The console file was just written, so it was not silent long enough.
+    let (fault, cause, _) = classify("with-kvm heartbeat 10.0\n", true);
+    assert!(!fault);
+    assert_eq!(cause, "");
+}
