@@ -178,7 +178,8 @@ pub(super) async fn boot(
         network,
     )
     .await?;
-    let booting = start_vm(inner, &cmd, deadline);
+    // Boxed so that a failed ADD can drop it, which kills its VMM (`Vm::boot`).
+    let mut booting = Box::pin(start_vm(inner, &cmd, deadline));
     let planned = record.network.clone();
     let (networks, pod_config) = (&inner.network, &config);
     let attaching = async move {
@@ -189,14 +190,15 @@ pub(super) async fn boot(
             None => None,
         }
     };
-    tokio::pin!(booting, attaching);
+    tokio::pin!(attaching);
     let ((vm, times), attached) = tokio::select! {
         b = &mut booting => (b, attaching.await),
         a = &mut attaching => {
             // A failed ADD does not wait for the guest: the boot is dropped, and the
             // VMM, if it was started, killed.
             if let Some((net, Err(e))) = a {
-                // The VMM of the boot abandoned midway, if it got started.
+                drop(booting);
+                // The VMM of the boot abandoned midway, if dropping it left one.
                 inner.vms.kill_stray(&paths.control()).await;
                 record.network = Some(net);
                 if let Err(w) = store::write_json(&paths.record(), &record) {

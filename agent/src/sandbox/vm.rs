@@ -75,6 +75,26 @@ fn log_exit(pid: u32, exit: VmmExit, asked: bool) {
     }
 }
 
+/// Kills the VMM of a boot whose future was dropped before the guest answered (the
+/// caller gave up, as when CNI ADD fails while the guest boots): the kill is vmletd's
+/// own, so its exit is logged as asked, and nothing waits for a guest nobody wants.
+struct AbandonedBoot {
+    armed: bool,
+    pid: u32,
+    control: PathBuf,
+    asked: Arc<AtomicBool>,
+}
+
+impl Drop for AbandonedBoot {
+    fn drop(&mut self) {
+        // The command line names the control socket: the pid is still this VMM.
+        if self.armed && vmm::alive(self.pid, &self.control) {
+            self.asked.store(true, Ordering::Relaxed);
+            vmm::signal(self.pid, Signal::SIGKILL);
+        }
+    }
+}
+
 /// How often an adopted VMM (not our child) is checked for life.
 const ADOPTED_POLL: Duration = Duration::from_millis(500);
 
@@ -192,12 +212,20 @@ impl Vm {
             let _ = tx.send(Some(exit));
         });
         let rx = exited.clone();
+        let mut abandoned = AbandonedBoot {
+            armed: true,
+            pid,
+            control: cmd.control.clone(),
+            asked: asked.clone(),
+        };
         let control = Arc::new(SocketControl {
             socket: cmd.control.clone(),
             pid,
             asked,
         });
-        match guest::connect(&cmd.vsock, timeout, move || rx.borrow().is_none()).await {
+        let connected = guest::connect(&cmd.vsock, timeout, move || rx.borrow().is_none()).await;
+        abandoned.armed = false;
+        match connected {
             Ok(client) => Ok(Vm::new(pid, client, control, exited)),
             Err(e) => {
                 let client = GuestClient::new(
