@@ -331,7 +331,11 @@ fn image_config_merges_with_the_request() {
         .expect("push");
     c.pull(&reference).expect("PullImage");
     c.pull(&env.image).expect("PullImage");
-    let pod_cfg = pod_config("merge", &d.log_dir());
+    // As crictl and other clients send it: a long name (100 characters) and no
+    // hostname; the pod's hostname is the name cut to 63 characters.
+    let name = format!("merge-{}", "x".repeat(94));
+    let mut pod_cfg = pod_config(&name, &d.log_dir());
+    pod_cfg.hostname.clear();
     let pod = c.run_pod(pod_cfg.clone()).expect("RunPodSandbox");
 
     let plain = |name: &str| v1::ContainerConfig {
@@ -356,7 +360,7 @@ fn image_config_merges_with_the_request() {
 
     // args replace Cmd; envs override and add; working_dir and run_as_user replace.
     let mut cfg = plain("override");
-    cfg.args = vec!["echo $A $B $C; pwd; id -u; id -g".into()];
+    cfg.args = vec!["echo $A $B $C; pwd; id -u; id -g; hostname; echo $HOSTNAME".into()];
     cfg.envs = vec![
         v1::KeyValue {
             key: "A".into(),
@@ -380,7 +384,17 @@ fn image_config_merges_with_the_request() {
     let s = c.wait_exited(&b, WAIT);
     let out = lines(&log_of(d, "override.log"), "stdout");
     assert_eq!(s.exit_code, 0, "{out:?}");
-    assert_eq!(out, ["req image new", "/work", "2000", "3000"]);
+    assert_eq!(
+        out,
+        [
+            "req image new",
+            "/work",
+            "2000",
+            "3000",
+            &name[..63],
+            &name[..63]
+        ]
+    );
 
     // The image's user and its working directory.
     let mut cfg = plain("user");

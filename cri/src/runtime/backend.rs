@@ -52,7 +52,8 @@ pub struct PortMapping {
 pub struct PodConfig {
     /// Identity.
     pub metadata: PodMetadata,
-    /// Hostname; the pod name when empty.
+    /// Hostname: the one asked for, or one made from the pod name
+    /// (`sandbox_run::pod_config`); empty only in records of older versions.
     pub hostname: String,
     /// Directory on the host for the containers' logs ("" = no logs).
     pub log_directory: String,

@@ -11,6 +11,41 @@ use crate::proto;
 const DEFAULT_CPU_PERIOD: u64 = 100_000;
 /// Largest VM the VMM can make (its vCPU count is a u8).
 const MAX_VCPUS: u64 = 254;
+/// Longest hostname: an RFC 1123 label, what the kubelet sends at most (the kernel
+/// takes 64 bytes).
+const MAX_HOSTNAME: usize = 63;
+
+/// The pod's hostname: the one asked for, checked, or, when the request has none (as
+/// from crictl and other clients; the kubelet always sends one), one made from the pod
+/// name as the kubelet makes it: cut to 63 characters, with no trailing `-` or `.`
+/// (and here also lower-cased, anything else than letters, digits, `-` and `.` made
+/// `-`, and no leading `-` or `.`, since any client can send any name).
+fn hostname(requested: String, pod_name: &str) -> Result<String, Status> {
+    if requested.is_empty() {
+        let made: String = pod_name
+            .chars()
+            .map(|c| match c.to_ascii_lowercase() {
+                c @ ('a'..='z' | '0'..='9' | '-' | '.') => c,
+                _ => '-',
+            })
+            .take(MAX_HOSTNAME)
+            .collect();
+        let made = made.trim_matches(['-', '.']);
+        return Ok(if made.is_empty() { "pod" } else { made }.to_owned());
+    }
+    let valid = requested.len() <= MAX_HOSTNAME
+        && requested
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        && !requested.starts_with(['-', '.']);
+    if !valid {
+        return Err(Status::invalid_argument(format!(
+            "config.hostname {requested:?} is not a valid hostname: at most \
+             {MAX_HOSTNAME} letters, digits, '-' and '.', not starting with '-' or '.'"
+        )));
+    }
+    Ok(requested)
+}
 
 /// The backend's pod config from a `RunPodSandboxRequest`'s config.
 pub fn pod_config(config: Option<proto::PodSandboxConfig>) -> Result<PodConfig, Status> {
@@ -60,6 +95,7 @@ pub fn pod_config(config: Option<proto::PodSandboxConfig>) -> Result<PodConfig, 
         .collect();
     let (vcpus, memory_mib) = size(linux.resources.as_ref(), linux.overhead.as_ref())?;
     let dns = config.dns_config.unwrap_or_default();
+    let hostname = hostname(config.hostname, &metadata.name)?;
     Ok(PodConfig {
         metadata: PodMetadata {
             name: metadata.name,
@@ -67,7 +103,7 @@ pub fn pod_config(config: Option<proto::PodSandboxConfig>) -> Result<PodConfig, 
             namespace: metadata.namespace,
             attempt: metadata.attempt,
         },
-        hostname: config.hostname,
+        hostname,
         log_directory: config.log_directory,
         dns: DnsConfig {
             servers: dns.servers,
@@ -186,6 +222,31 @@ mod tests {
                 attempt: 0,
             }),
             ..Default::default()
+        }
+    }
+
+    #[test]
+    fn hostnames_are_checked_or_made_from_the_pod_name() {
+        let of = |hostname: &str, name: &str| {
+            let mut c = config();
+            c.hostname = hostname.into();
+            c.metadata.as_mut().unwrap().name = name.into();
+            pod_config(Some(c)).map(|p| p.hostname)
+        };
+        assert_eq!(of("web-0", "p").unwrap(), "web-0");
+        // No hostname: the pod name, cut to 63 characters.
+        let long = format!("merge-{}", "x".repeat(94));
+        assert_eq!(of("", &long).unwrap(), long[..63]);
+        assert_eq!(of("", "short.name").unwrap(), "short.name");
+        // No trailing '-' or '.' after the cut; anything a hostname cannot hold made '-'.
+        let cut_at_dash = format!("{}-tail", "a".repeat(62));
+        assert_eq!(of("", &cut_at_dash).unwrap(), "a".repeat(62));
+        assert_eq!(of("", "Web_Server 1").unwrap(), "web-server-1");
+        assert_eq!(of("", "._-").unwrap(), "pod");
+        for bad in ["has space", "-lead", &"h".repeat(64), "ünï"] {
+            let e = of(bad, "p").unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{bad:?}");
+            assert!(e.message().contains("config.hostname"), "{e}");
         }
     }
 
