@@ -147,7 +147,8 @@ impl<B: RuntimeBackend> RuntimeService for RuntimeServer<B> {
     ) -> Reply<proto::StopPodSandboxResponse> {
         let req = r.into_inner();
         let id = validate::id(&req.pod_sandbox_id, "pod_sandbox_id")?;
-        self.backend.stop_pod(id).await.map_err(backend_status)?;
+        // Idempotent (api.proto): a pod that is gone is stopped.
+        idempotent(self.backend.stop_pod(id).await)?;
         ok(proto::StopPodSandboxResponse {})
     }
 
@@ -235,10 +236,8 @@ impl<B: RuntimeBackend> RuntimeService for RuntimeServer<B> {
         let req = r.into_inner();
         let id = validate::id(&req.container_id, "container_id")?;
         let timeout = Duration::from_secs(validate::non_negative(req.timeout, "timeout")?);
-        self.backend
-            .stop_container(id, timeout)
-            .await
-            .map_err(backend_status)?;
+        // Idempotent (api.proto): a container that is gone is stopped.
+        idempotent(self.backend.stop_container(id, timeout).await)?;
         ok(proto::StopContainerResponse {})
     }
 
