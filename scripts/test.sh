@@ -73,6 +73,11 @@ declare -A e2e_limits=(
 # killed, a nested guest's panic, or a test that hangs in a machine that still runs
 # are failures. Every retry is printed with its cause and counted.
 readonly E2E_ATTEMPTS=3
+# Nested guest triple faults (with-kvm.sh's NESTED_TRIPLE_FAULT) are retried like the
+# machine's own failures, but more than this many in one run fail the suite: then
+# they are too frequent to be the emulation's noise.
+readonly E2E_TRIPLE_FAULTS=2
+triple_faults=0
 # End-to-end tests that may be #[ignore]d, keyed "<test file>::<test name>", each with
 # the reason. Any other ignored test fails the suite.
 declare -A e2e_allowed_ignored=()
@@ -125,6 +130,12 @@ run_e2e_test() { # BINARY ID TEST-NAME; 0 when it passed
         if ((attempt == E2E_ATTEMPTS)); then
             echo "=== $id: the emulated machine failed in all $E2E_ATTEMPTS attempts, last: $cause" >&2
             return 1
+        fi
+        if [[ $cause == "nested guest triple fault:"* ]]; then
+            triple_faults=$((triple_faults + 1))
+            if ((triple_faults > E2E_TRIPLE_FAULTS)); then
+                problems+=("more than $E2E_TRIPLE_FAULTS nested guest triple faults in one run: too many to be the emulation's")
+            fi
         fi
         retried=$((retried + 1))
         retries+=("$id (attempt $attempt): $cause")

@@ -51,6 +51,16 @@ readonly EMULATION_FAULTS='Kernel panic - not syncing|soft lockup - CPU#|stack g
 # emulation fault and is never retried, whatever else the console shows.
 readonly OUR_TASKS='vmlet-vmm|vcpu[0-9]+|vmletd|tokio-runtime-w|vmlet-init'
 readonly OUR_SOFT_LOCKUP="soft lockup - CPU#[0-9]+ stuck for [0-9]+s! \\[($OUR_TASKS):[0-9]+\\]"
+# A nested guest that triple-faults with no reset request ends its VMM with status 1
+# ("guest crash: KVM exit SHUTDOWN without a reset request"). In this emulated
+# machine it happens now and then, under load, to guests that boot and run normally
+# in every other attempt (at boot, while idle, while powering off), and the vCPU's
+# registers are already those of a reset (KVM's SVM code re-initializes the vCPU
+# on a shutdown: rip=0xfff0, cr0=0x10), so nothing more can be learnt from it. A
+# failed command whose output shows exactly that state is recorded as the
+# emulation's fault (scripts/test.sh retries it, counts it apart and fails the
+# suite past a small number of them); on hardware KVM it is never looked for.
+readonly NESTED_TRIPLE_FAULT='guest crash: KVM exit SHUTDOWN without a reset request \(triple fault\); registers: rip=0xfff0 rsp=0x0 rflags=0x2 cr0=0x10 cr2=0x0 cr3=0x0 cr4=0x0 efer=0x0'
 
 usage() {
     cat <<EOF
@@ -552,6 +562,16 @@ emulation_fault() { # CONSOLE TIMED-OUT
     return 0
 }
 
+# Records a nested guest's triple fault (NESTED_TRIPLE_FAULT) in the output of a
+# command that failed, as the emulation's fault, in --fault-file.
+nested_triple_fault() { # RUN-DIR
+    local line
+    line=$(cat "$1/stdout" "$1/stderr" 2>/dev/null | grep -a -m1 -E "$NESTED_TRIPLE_FAULT" | tr -d '\r' | cut -c1-200 || true)
+    [[ -n $line ]] || return 0
+    echo "$PROG: the nested guest triple-faulted in the emulated machine: $line" >&2
+    if [[ -n $opt_fault_file ]]; then echo "nested guest triple fault: $line" >"$opt_fault_file"; fi
+}
+
 # The per-run part of the initramfs: the command as a script for the shared
 # root's bash, the shares, the tmpfs folders and where the module tree is.
 write_run_config() {
@@ -750,6 +770,7 @@ run_tcg() {
     # The command's status, when it reported one, is the result: a failure of the
     # machine after that does not change it.
     if [[ $status =~ ^[0-9]+$ ]]; then
+        if ((status != 0)); then nested_triple_fault "$run_dir"; fi
         exit "$status"
     fi
     if ! emulation_fault "$run_dir/console.log" 0 && ((qemu_rc != 0)) && [[ -s $run_dir/console.log ]]; then

@@ -79,3 +79,51 @@ fn a_quiet_machine_that_timed_out_is_lost_and_a_clean_console_is_no_fault() {
     assert!(!fault);
     assert_eq!(cause, "");
 }
+
+/// Runs `nested_triple_fault` on a run folder whose command printed `stdout`; returns
+/// what it wrote to the fault file.
+fn triple_fault_cause(stdout: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let fault = dir.path().join("fault");
+    std::fs::write(dir.path().join("stdout"), stdout).unwrap();
+    std::fs::write(dir.path().join("stderr"), "").unwrap();
+    std::fs::write(&fault, "").unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/with-kvm.sh");
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(r#"source "$1" && opt_fault_file=$2 && nested_triple_fault "$3""#)
+        .arg("classify")
+        .arg(&script)
+        .arg(&fault)
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    std::fs::read_to_string(&fault).unwrap()
+}
+
+#[test]
+fn only_a_triple_fault_in_the_reset_state_is_the_emulations() {
+    // The line vmlet-vmm ends with, as the harness prints it from vmm.log.
+    let reset = "vmlet-vmm: error: vCPU 0: guest crash: KVM exit SHUTDOWN without a reset \
+                 request (triple fault); registers: rip=0xfff0 rsp=0x0 rflags=0x2 cr0=0x10 \
+                 cr2=0x0 cr3=0x0 cr4=0x0 efer=0x0 (exit status 1)";
+    let cause = triple_fault_cause(&format!("--- vmm.log ---\n{reset}\nFAILED\n"));
+    assert!(
+        cause.starts_with("nested guest triple fault: ") && cause.contains("rip=0xfff0"),
+        "{cause}"
+    );
+    // Any other crash, a triple fault with the guest's own state among them, is ours.
+    for other in [
+        "vmlet-vmm: error: vCPU 0: guest crash: KVM exit SHUTDOWN without a reset request \
+         (triple fault); registers: rip=0xffffffff81000000 rsp=0x0 rflags=0x2 cr0=0x80050033 \
+         cr2=0x0 cr3=0x0 cr4=0x0 efer=0x0 (exit status 1)",
+        "vmlet-vmm: error: vCPU 0: guest crash: KVM exit HLT without a reset request (triple \
+         fault); registers: rip=0xfff0 rsp=0x0 rflags=0x2 cr0=0x10 cr2=0x0 cr3=0x0 cr4=0x0 \
+         efer=0x0 (exit status 1)",
+        "vmlet-vmm: error: seccomp: the VMM made syscall getppid (110), which its filter \
+         forbids (exit status 159)",
+    ] {
+        assert_eq!(triple_fault_cause(other), "", "{other}");
+    }
+}
