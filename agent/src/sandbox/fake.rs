@@ -347,23 +347,9 @@ impl FakeAgent {
 
 type Reply<T> = Result<Response<T>, Status>;
 
+/// The call's deadline, as the guest agent's server would read it.
 fn deadline<T>(req: &Request<T>) -> Duration {
-    req.metadata()
-        .get("grpc-timeout")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (n, unit) = v.split_at(v.len().checked_sub(1)?);
-            let n: u64 = n.parse().ok()?;
-            Some(match unit {
-                "H" => Duration::from_secs(n * 3600),
-                "M" => Duration::from_secs(n * 60),
-                "S" => Duration::from_secs(n),
-                "m" => Duration::from_millis(n),
-                "u" => Duration::from_micros(n),
-                _ => Duration::from_nanos(n),
-            })
-        })
-        .unwrap_or(Duration::from_secs(60))
+    vmlet_cri::runtime::grpc_timeout(req.metadata()).unwrap_or(Duration::from_secs(60))
 }
 
 #[tonic::async_trait]

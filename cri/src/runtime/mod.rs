@@ -22,3 +22,4 @@ pub use backend::{
 };
 pub use server::RuntimeServer;
 pub use status::{RUNTIME_API_VERSION, RUNTIME_NAME};
+pub use validate::grpc_timeout;
