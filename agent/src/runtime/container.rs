@@ -264,10 +264,9 @@ impl Drop for Creation<'_> {
     }
 }
 
-/// Removes a container from the guest, whatever its state; a failure is logged.
-pub(super) async fn remove_in_guest(vm: &Vm, id: &str) {
-    let removed = vm
-        .client
+/// Asks the guest to remove a container, whatever its state.
+async fn guest_remove(vm: &Vm, id: &str) -> Result<(), tonic::Status> {
+    vm.client
         .clone()
         .remove_container(guest::req(
             pb::RemoveContainerRequest {
@@ -276,8 +275,13 @@ pub(super) async fn remove_in_guest(vm: &Vm, id: &str) {
             },
             guest::CALL,
         ))
-        .await;
-    if let Err(s) = removed {
+        .await
+        .map(drop)
+}
+
+/// Removes a container from the guest, whatever its state; a failure is logged.
+pub(super) async fn remove_in_guest(vm: &Vm, id: &str) {
+    if let Err(s) = guest_remove(vm, id).await {
         tracing::warn!(container = %id, "removing the container from the guest: {s}");
     }
 }
@@ -730,19 +734,8 @@ pub async fn remove(inner: &Arc<Inner>, id: &str) -> Result<(), RuntimeError> {
                 task.abort();
             }
         }
-        match vm
-            .client
-            .clone()
-            .remove_container(guest::req(
-                pb::RemoveContainerRequest {
-                    container_id: id.to_owned(),
-                    force: true,
-                },
-                guest::CALL,
-            ))
-            .await
-        {
-            Ok(_) => {}
+        match guest_remove(&vm, id).await {
+            Ok(()) => {}
             Err(s) if s.code() == Code::NotFound => {}
             Err(s) => return Err(RuntimeError::guest("RemoveContainer")(s)),
         }
