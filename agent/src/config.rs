@@ -50,6 +50,11 @@
 //! # the pod's console.log. Set "" to see the whole boot.
 //! kernel_args = "quiet"
 //!
+//! [volumes]
+//! # Most bytes one copied volume (configMap, secret, projected token, /etc/hosts,
+//! # termination log) may hold; at most 8 MiB. Larger ones are refused.
+//! max_copy_bytes = 4194304
+//!
 //! # Per-registry settings, as in the image manager's RegistriesConfig:
 //! [registries.hosts."127.0.0.1:5000"]
 //! plain_http = true
@@ -163,6 +168,33 @@ pub struct Config {
     pub vm: VmConfig,
     /// Registries.
     pub registries: RegistriesConfig,
+    /// Container volumes.
+    pub volumes: VolumesConfig,
+}
+
+/// `[volumes]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VolumesConfig {
+    /// Most bytes one copied volume (configMap, secret, token, ...) may hold.
+    pub max_copy_bytes: u64,
+}
+
+impl Default for VolumesConfig {
+    fn default() -> Self {
+        VolumesConfig {
+            max_copy_bytes: crate::volumes::plan::DEFAULT_MAX_COPY_BYTES,
+        }
+    }
+}
+
+impl VolumesConfig {
+    /// The runtime's volume settings.
+    pub fn settings(&self) -> crate::volumes::VolumeSettings {
+        crate::volumes::VolumeSettings {
+            max_copy_bytes: self.max_copy_bytes,
+        }
+    }
 }
 
 impl Default for Config {
@@ -179,6 +211,7 @@ impl Default for Config {
             network: NetworkSettings::default(),
             vm: VmConfig::default(),
             registries: RegistriesConfig::default(),
+            volumes: VolumesConfig::default(),
         }
     }
 }
@@ -334,6 +367,13 @@ impl Config {
             return bad(format!(
                 "vm.warm_pool must be 0..=64 (got {})",
                 self.vm.warm_pool
+            ));
+        }
+        let limit = crate::volumes::plan::MAX_COPY_BYTES_LIMIT;
+        if self.volumes.max_copy_bytes > limit {
+            return bad(format!(
+                "volumes.max_copy_bytes must be at most {limit} (got {})",
+                self.volumes.max_copy_bytes
             ));
         }
         if self.vm.max_concurrent_boots == 0 {

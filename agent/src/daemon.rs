@@ -105,6 +105,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
                 runtime_dir: config.runtime_dir.clone(),
                 vm: config.vm.clone(),
                 network: config.network.clone(),
+                volumes: config.volumes.settings(),
             },
             images.clone(),
         )

@@ -183,6 +183,9 @@ pub struct ContainerRecord {
     /// `finished_at_ns`, when it was recorded, this shows where an exit was late.
     #[serde(default)]
     pub exit_seen_at_ns: i64,
+    /// How each mount reaches the guest.
+    #[serde(default)]
+    pub volumes: Vec<crate::volumes::Planned>,
 }
 
 /// Where a container's log copy stands: the next byte to read of each stream and the

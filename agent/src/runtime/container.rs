@@ -17,6 +17,10 @@ use crate::images::{BlockImage, ImageConfig, ImageError, ImageLease};
 use crate::logs::{self, LogSink};
 use crate::sandbox::{guest, Vm};
 use crate::store::{self, ContainerRecord, LogRecord, PodPhase};
+use crate::volumes::{self, Planned};
+
+/// The annotation in which the kubelet names a container's termination message path.
+const TERMINATION_PATH_ANNOTATION: &str = "io.kubernetes.container.terminationMessagePath";
 
 /// Deadline of one WaitProcess poll.
 const WAIT_POLL: Duration = Duration::from_secs(60);
@@ -79,7 +83,13 @@ fn release_slot(pod: &Pod, serial: &str) {
 }
 
 /// The guest's container spec.
-fn guest_spec(id: &str, slot: &str, c: &ContainerConfig, p: &spec::Process) -> pb::ContainerSpec {
+fn guest_spec(
+    id: &str,
+    slot: &str,
+    c: &ContainerConfig,
+    p: &spec::Process,
+    volumes: &[Planned],
+) -> pb::ContainerSpec {
     let r = &c.resources;
     pb::ContainerSpec {
         container_id: id.to_owned(),
@@ -107,7 +117,7 @@ fn guest_spec(id: &str, slot: &str, c: &ContainerConfig, p: &spec::Process) -> p
             capabilities: None,
             oom_score_adj: r.oom_score_adj.clamp(-1000, 1000) as i32,
         }),
-        mounts: Vec::new(),
+        mounts: volumes.iter().map(Planned::guest_mount).collect(),
         resources: Some(spec::guest_resources(r)),
         share_pod_pid_namespace: false,
     }
@@ -136,6 +146,8 @@ struct Creation<'a> {
     records: bool,
     /// The pod record on disk counts this container as a user of `slot`.
     pod_saved: bool,
+    /// The container uses pod volumes; those named were made for it.
+    volumes: Option<(Vm, Vec<String>)>,
     guest: Option<Vm>,
 }
 
@@ -165,8 +177,26 @@ impl<'a> Creation<'a> {
             slot_unknown: false,
             records: false,
             pod_saved: false,
+            volumes: None,
             guest: None,
         })
+    }
+
+    /// Makes the pod volumes the container mounts (sharing those that exist).
+    async fn attach_volumes(&mut self, vm: &Vm, planned: &[Planned]) -> Result<(), RuntimeError> {
+        let made = self
+            .pod
+            .volumes
+            .attach(
+                vm,
+                &self.pod.id,
+                &self.id,
+                planned,
+                ("scratch", self.inner.settings.volumes),
+            )
+            .await?;
+        self.volumes = Some((vm.clone(), made));
+        Ok(())
     }
 
     /// Puts `image` in an image slot of the pod: one that holds it already, else a
@@ -220,6 +250,7 @@ impl<'a> Creation<'a> {
         self.slot = None;
         self.records = false;
         self.pod_saved = false;
+        self.volumes = None;
         self.guest = None;
     }
 
@@ -227,6 +258,9 @@ impl<'a> Creation<'a> {
     async fn undo(mut self) {
         if let Some(vm) = self.guest.take() {
             remove_in_guest(&vm, &self.id).await;
+        }
+        if let Some((vm, made)) = self.volumes.take() {
+            self.pod.volumes.undo(&vm, &self.id, &made).await;
         }
     }
 }
@@ -238,6 +272,12 @@ impl Drop for Creation<'_> {
             let id = self.id.clone();
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
                 rt.spawn(async move { remove_in_guest(&vm, &id).await });
+            }
+        }
+        if let Some((vm, made)) = self.volumes.take() {
+            let (volumes, id) = (self.pod.volumes.clone(), self.id.clone());
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move { volumes.undo(&vm, &id, &made).await });
             }
         }
         if let Some(slot) = self.slot.take() {
@@ -371,6 +411,7 @@ fn new_record(
         log_path: log_path.to_owned(),
         guest_finished_at_ns: 0,
         exit_seen_at_ns: 0,
+        volumes: Vec::new(),
     }
 }
 
@@ -410,8 +451,18 @@ async fn create_reserved(
     let id = creation.id.clone();
     let (image, lease) = lease_image(creation.inner, &config.image)?;
     let (process, log_path) = plan(pod, &config, &image.config)?;
+    let termination = config
+        .annotations
+        .get(TERMINATION_PATH_ANNOTATION)
+        .map_or("", String::as_str);
+    let planned = volumes::plan_all(
+        &config.mounts,
+        termination,
+        &creation.inner.settings.volumes,
+    )?;
     let slot = creation.attach_image(vm, &image).await?;
-    let record = new_record(
+    creation.attach_volumes(vm, &planned).await?;
+    let mut record = new_record(
         &id,
         &pod.id,
         &config,
@@ -420,9 +471,13 @@ async fn create_reserved(
         &process,
         &log_path,
     );
+    record.volumes = planned;
     creation.write_records(&record)?;
     creation
-        .create_in_guest(vm, guest_spec(&id, &slot, &config, &process))
+        .create_in_guest(
+            vm,
+            guest_spec(&id, &slot, &config, &process, &record.volumes),
+        )
         .await?;
     let sink = LogSink::open((!log_path.is_empty()).then(|| PathBuf::from(&log_path)), 0)?;
     let c = Arc::new(Container {
@@ -579,6 +634,13 @@ async fn drain_log(c: &Container) {
     }
 }
 
+/// Copies the container's termination log back to the host, before its exit is
+/// recorded: the kubelet reads it from there once it sees the exit.
+async fn copy_back(c: &Container, vm: &Vm) {
+    let planned = lock(&c.record).volumes.clone();
+    c.pod.volumes.copy_back(vm, &planned).await;
+}
+
 /// Follows a running container until it exits.
 pub(super) fn watch_exit(inner: Arc<Inner>, c: Arc<Container>, vm: Vm) {
     let c2 = c.clone();
@@ -587,7 +649,7 @@ pub(super) fn watch_exit(inner: Arc<Inner>, c: Arc<Container>, vm: Vm) {
             match wait_once(&vm, &c.id, WAIT_POLL).await {
                 Ok(s) if s.state == pb::ProcessState::Exited as i32 => {
                     lock(&c.record).exit_seen_at_ns = now_ns();
-                    drain_log(&c).await;
+                    tokio::join!(drain_log(&c), copy_back(&c, &vm));
                     apply_exit(&inner, &c, &s);
                     return;
                 }
@@ -690,6 +752,7 @@ pub async fn stop(
         }
         match wait_once(&vm, &c.id, timeout).await {
             Ok(s) if s.state == pb::ProcessState::Exited as i32 => {
+                copy_back(c, &vm).await;
                 apply_exit(inner, c, &s);
                 return Ok(());
             }
@@ -706,6 +769,7 @@ pub async fn stop(
     }
     match wait_once(&vm, &c.id, KILL_WAIT).await {
         Ok(s) if s.state == pb::ProcessState::Exited as i32 => {
+            copy_back(c, &vm).await;
             apply_exit(inner, c, &s);
             Ok(())
         }
@@ -741,6 +805,9 @@ pub async fn remove(inner: &Arc<Inner>, id: &str) -> Result<(), RuntimeError> {
         }
     }
     c.abort_tasks();
+    pod.volumes
+        .release(pod.vm().filter(|vm| vm.running()).as_ref(), id)
+        .await;
     let (slot, name, attempt) = {
         let r = lock(&c.record);
         (r.slot.clone(), r.config.name.clone(), r.config.attempt)

@@ -8,6 +8,7 @@ use crate::logs::LogError;
 use crate::network::pod::NetworkError;
 use crate::sandbox::SandboxError;
 use crate::store::StoreError;
+use crate::volumes::{PlanError, VolumeError};
 
 /// Why a runtime operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +51,12 @@ pub enum RuntimeError {
     /// Pod networking failed.
     #[error(transparent)]
     Network(#[from] NetworkError),
+    /// A mount cannot reach the pod.
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    /// A volume could not be made in the guest.
+    #[error(transparent)]
+    Volume(#[from] VolumeError),
     /// A warm VM failed the pod, and so did the fresh boot that replaced it.
     #[error("a warm VM failed ({warm}), and so did a fresh boot: {cold}")]
     WarmFallback {
@@ -85,7 +92,8 @@ impl RuntimeError {
         match self {
             Self::NotFound(_) => ErrorKind::NotFound,
             Self::AlreadyExists(_) => ErrorKind::AlreadyExists,
-            Self::Invalid(_) | Self::Spec(_) => ErrorKind::InvalidArgument,
+            Self::Invalid(_) | Self::Spec(_) | Self::Plan(_) => ErrorKind::InvalidArgument,
+            Self::Volume(e) if e.code() == Code::InvalidArgument => ErrorKind::InvalidArgument,
             Self::Precondition(_) => ErrorKind::FailedPrecondition,
             Self::Timeout(_) => ErrorKind::DeadlineExceeded,
             Self::Image { source, .. } => match **source {
@@ -105,6 +113,7 @@ impl RuntimeError {
             Self::Network(e) if e.is_not_ready() => ErrorKind::FailedPrecondition,
             Self::Network(NetworkError::BadBandwidth { .. }) => ErrorKind::InvalidArgument,
             Self::Sandbox(_)
+            | Self::Volume(_)
             | Self::Store(_)
             | Self::Log(_)
             | Self::Network(_)

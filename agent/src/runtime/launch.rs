@@ -317,6 +317,7 @@ async fn finish(
         record: Mutex::new(record),
         vm: Mutex::new(Some(vm)),
         op: tokio::sync::Mutex::new(()),
+        volumes: Arc::default(),
     }))
 }
 

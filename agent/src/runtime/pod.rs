@@ -266,6 +266,7 @@ pub(super) fn vm_gone(inner: &Inner, pod: &Pod, reason: &str, message: &str) {
         r.vm_exit = Some(message.to_owned());
     }
     *lock(&pod.vm) = None;
+    pod.volumes.stop();
     if let Err(e) = pod.save() {
         tracing::error!(pod = %pod.id, "{e}");
     }

@@ -103,6 +103,7 @@ fn enter_pod(inner: &Inner, paths: PodPaths, record: PodRecord) -> Arc<Pod> {
         record: Mutex::new(record),
         vm: Mutex::new(None),
         op: tokio::sync::Mutex::new(()),
+        volumes: Arc::default(),
     });
     let mut t = lock(&inner.tables);
     t.pod_names.insert(metadata, pod.id.clone());
@@ -203,6 +204,11 @@ async fn resume_containers(
     vm: &Vm,
     adopted: Vec<(Arc<Container>, LogRecord)>,
 ) {
+    for (c, _) in &adopted {
+        let planned = lock(&c.record).volumes.clone();
+        pod.volumes
+            .adopt(vm, &pod.id, &c.id, &planned, inner.settings.volumes);
+    }
     let listed = vm
         .client
         .clone()

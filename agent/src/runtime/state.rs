@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use vmlet_cri::runtime::{
-    ContainerEvent, ContainerInfo, EventKind, PodInfo, PodMetadata, PodState,
+    ContainerEvent, ContainerInfo, ContainerState, EventKind, PodInfo, PodMetadata, PodState,
+    ProcessUser,
 };
 
 use super::deadline::BootEstimate;
@@ -21,6 +22,7 @@ use crate::logs::SharedSink;
 use crate::network::pod::{NetworkSettings, PodNetworks};
 use crate::sandbox::{Hypervisor, Vm};
 use crate::store::{self, ContainerRecord, PodPaths, PodPhase, PodRecord};
+use crate::volumes::{PodVolumes, VolumeSettings};
 
 /// What the runtime needs from the configuration.
 #[derive(Debug, Clone)]
@@ -39,6 +41,8 @@ pub struct Settings {
     pub vm: VmConfig,
     /// Pod networking.
     pub network: NetworkSettings,
+    /// Volumes.
+    pub volumes: VolumeSettings,
 }
 
 /// A pod in memory.
@@ -49,6 +53,8 @@ pub(super) struct Pod {
     pub(super) vm: Mutex<Option<Vm>>,
     /// Serialises lifecycle changes of the pod and its containers.
     pub(super) op: tokio::sync::Mutex<()>,
+    /// The containers' volumes in the guest.
+    pub(super) volumes: Arc<PodVolumes>,
 }
 
 /// A container in memory.
@@ -170,8 +176,14 @@ impl Container {
             reason: r.reason.clone(),
             message: r.message.clone(),
             log_path: r.log_path.clone(),
+            user: (r.state != ContainerState::Unknown).then(|| ProcessUser {
+                uid: r.process.uid,
+                gid: r.process.gid,
+                supplemental_groups: r.process.additional_gids.clone(),
+            }),
             verbose_json: serde_json::json!({
                 "slot": r.slot,
+                "mounts": r.volumes,
                 "guestFinishedAtNs": r.guest_finished_at_ns,
                 "exitSeenAtNs": r.exit_seen_at_ns,
                 "finishedAtNs": r.finished_at_ns,

@@ -48,6 +48,7 @@ fn settings(dir: &Path, warm_pool: u32) -> Settings {
             mode: NetworkMode::None,
             ..NetworkSettings::default()
         },
+        volumes: Default::default(),
     }
 }
 
@@ -1071,4 +1072,231 @@ async fn shutdown_kills_the_warm_vm_being_booted() {
     assert!(!all[0].running(), "and its VM was killed");
     assert!(h.pod_files().is_empty(), "{:?}", h.pod_files());
     assert!(h.rt.health().verbose_json.contains("\"ready\":0"));
+}
+
+/// A kubelet-like pod directory under the harness: etc-hosts, a configMap in the
+/// kubelet's atomic-writer layout, an emptyDir and a termination log.
+fn kubelet_pod(h: &Harness) -> std::path::PathBuf {
+    let pod = h
+        .dir
+        .path()
+        .join("kubelet/pods/6f1c3a52-8d0e-4c2b-9a57-1f3e2d4c5b6a");
+    let cm = pod.join("volumes/kubernetes.io~configmap/config");
+    for d in [
+        cm.join("..2026_12_05_10_00_00.1"),
+        pod.join("volumes/kubernetes.io~empty-dir/cache"),
+        pod.join("containers/app"),
+    ] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    std::fs::write(pod.join("etc-hosts"), "127.0.0.1\tlocalhost\n").unwrap();
+    std::fs::write(pod.join("containers/app/7c1e"), "").unwrap();
+    std::fs::write(cm.join("..2026_12_05_10_00_00.1/mode"), "one").unwrap();
+    std::os::unix::fs::symlink("..2026_12_05_10_00_00.1", cm.join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/mode", cm.join("mode")).unwrap();
+    pod
+}
+
+/// Updates the configMap as the kubelet does: a new timestamped directory, then the
+/// `..data` symlink swapped by rename, then the old directory removed.
+fn update_configmap(pod: &Path, ts: &str, value: &str) {
+    let cm = pod.join("volumes/kubernetes.io~configmap/config");
+    let old = std::fs::read_link(cm.join("..data")).unwrap();
+    std::fs::create_dir(cm.join(ts)).unwrap();
+    std::fs::write(cm.join(ts).join("mode"), value).unwrap();
+    std::os::unix::fs::symlink(ts, cm.join("..data_tmp")).unwrap();
+    std::fs::rename(cm.join("..data_tmp"), cm.join("..data")).unwrap();
+    std::fs::remove_dir_all(cm.join(old)).unwrap();
+}
+
+fn mount(
+    host: std::path::PathBuf,
+    container: &str,
+    readonly: bool,
+) -> vmlet_cri::runtime::MountConfig {
+    vmlet_cri::runtime::MountConfig {
+        container_path: container.into(),
+        host_path: host.display().to_string(),
+        readonly,
+        ..Default::default()
+    }
+}
+
+/// The mounts a kubelet gives a container of `pod` (as `kubelet_pod` lays it out).
+fn kubelet_container(pod: &Path) -> ContainerConfig {
+    let mut c = container_config("app");
+    c.mounts = vec![
+        mount(
+            pod.join("volumes/kubernetes.io~configmap/config"),
+            "/config",
+            true,
+        ),
+        mount(
+            pod.join("volumes/kubernetes.io~empty-dir/cache"),
+            "/cache",
+            false,
+        ),
+        mount(pod.join("etc-hosts"), "/etc/hosts", false),
+        mount(
+            pod.join("containers/app/7c1e"),
+            "/dev/termination-log",
+            false,
+        ),
+    ];
+    c.annotations.insert(
+        "io.kubernetes.container.terminationMessagePath".into(),
+        "/dev/termination-log".into(),
+    );
+    c
+}
+
+/// The value of the configMap key as the guest's copy has it (through `..data`).
+fn guest_value(vm: &FakeVm, prefix: &str) -> Option<String> {
+    let g = vm.guest.lock().unwrap();
+    let (_, entries) = g
+        .volumes
+        .iter()
+        .find(|(n, e)| n.starts_with(prefix) && e.iter().any(|e| e.path == "..data"))?;
+    let data = entries.iter().find(|e| e.path == "..data")?.target.clone();
+    let file = entries.iter().find(|e| e.path == format!("{data}/mode"))?;
+    Some(String::from_utf8_lossy(&file.data).into_owned())
+}
+
+#[tokio::test]
+async fn kubelet_volumes_reach_the_guest_stay_in_sync_and_the_termination_log_comes_back() {
+    let h = harness(0).await;
+    let (pod, vm) = h.pod("volumes").await;
+    let kdir = kubelet_pod(&h);
+    let c =
+        h.rt.create_container(&pod, kubelet_container(&kdir))
+            .await
+            .unwrap();
+    h.rt.start_container(&c).await.unwrap();
+
+    let names: Vec<String> = vm.guest.lock().unwrap().volumes.keys().cloned().collect();
+    assert_eq!(names.len(), 4, "{names:?}");
+    for prefix in ["copy-", "empty-", "tlog-"] {
+        assert!(names.iter().any(|n| n.starts_with(prefix)), "{names:?}");
+    }
+    assert_eq!(guest_value(&vm, "copy-").as_deref(), Some("one"));
+    let info = h.rt.container(&c).unwrap();
+    assert_eq!(info.config.mounts.len(), 4);
+    let verbose: serde_json::Value = serde_json::from_str(&info.verbose_json).unwrap();
+    let classes: Vec<&str> = verbose["mounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["class"].as_str().unwrap_or("memoryDir"))
+        .collect();
+    assert!(
+        classes.contains(&"copied") && classes.contains(&"terminationLog"),
+        "{verbose}"
+    );
+
+    // An update the kubelet's way reaches the guest's copy.
+    update_configmap(&kdir, "..2026_12_05_10_05_00.2", "two");
+    eventually("the configMap update reaches the guest", || {
+        guest_value(&vm, "copy-").as_deref() == Some("two")
+    })
+    .await;
+
+    // The container writes its termination log and exits: the host file has it
+    // once the exit is recorded.
+    {
+        let mut g = vm.guest.lock().unwrap();
+        let tlog = g
+            .volumes
+            .iter_mut()
+            .find(|(n, _)| n.starts_with("tlog-"))
+            .unwrap()
+            .1;
+        tlog[0].data = b"the end".to_vec();
+    }
+    vm.exit_container(&c, 1, "Error");
+    eventually("the exit is recorded", || {
+        h.rt.container(&c).unwrap().state == ContainerState::Exited
+    })
+    .await;
+    assert_eq!(
+        std::fs::read_to_string(kdir.join("containers/app/7c1e")).unwrap(),
+        "the end"
+    );
+
+    // Removal takes the copies; the emptyDir lives as long as the pod.
+    h.rt.remove_container(&c).await.unwrap();
+    let names: Vec<String> = vm.guest.lock().unwrap().volumes.keys().cloned().collect();
+    assert!(
+        names.len() == 1 && names[0].starts_with("empty-"),
+        "{names:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_bad_mount_is_refused_by_name_and_leaves_no_volume_behind() {
+    let h = harness(0).await;
+    let (pod, vm) = h.pod("bad-mounts").await;
+    let kdir = kubelet_pod(&h);
+    let mut cfg = kubelet_container(&kdir);
+    cfg.mounts.push(mount(
+        kdir.join("volumes/kubernetes.io~secret/gone"),
+        "/secret",
+        true,
+    ));
+    let e = h.rt.create_container(&pod, cfg).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::InvalidArgument);
+    assert!(
+        e.message.contains("/secret") && e.message.contains("does not exist"),
+        "{}",
+        e.message
+    );
+
+    // The guest fails a copy midway: what was made for the container is removed.
+    vm.guest
+        .lock()
+        .unwrap()
+        .fail
+        .insert("SyncVolume", Code::Internal);
+    let mut cfg = kubelet_container(&kdir);
+    cfg.mounts.rotate_left(1); // the emptyDir is made before the failing copy
+    let e = h.rt.create_container(&pod, cfg).await.unwrap_err();
+    assert!(e.message.contains("SyncVolume"), "{}", e.message);
+    assert!(vm.guest.lock().unwrap().volumes.is_empty());
+    assert_eq!(h.records(&pod), 0);
+    // Nothing stays reserved: the same container can be made once the guest works.
+    vm.guest.lock().unwrap().fail.clear();
+    h.rt.create_container(&pod, kubelet_container(&kdir))
+        .await
+        .unwrap();
+    assert_eq!(vm.guest.lock().unwrap().volumes.len(), 4);
+}
+
+#[tokio::test]
+async fn a_configmap_changed_while_vmletd_was_down_reaches_the_guest_after_restart() {
+    let h = harness(0).await;
+    let (pod, _vm) = h.pod("restart-volumes").await;
+    let kdir = kubelet_pod(&h);
+    let c =
+        h.rt.create_container(&pod, kubelet_container(&kdir))
+            .await
+            .unwrap();
+    h.rt.start_container(&c).await.unwrap();
+    update_configmap(&kdir, "..2026_12_05_11_00_00.3", "three");
+
+    // The next daemon finds the VM alive; its guest still has the old copy.
+    let hv = Arc::new(FakeHypervisor::default());
+    let mut guest = GuestState::default();
+    guest.containers.insert(
+        c.clone(),
+        vmlet_proto::agent::ProcessStatus {
+            state: vmlet_proto::agent::ProcessState::Running as i32,
+            ..Default::default()
+        },
+    );
+    hv.prepare_adoptable(&h.control(&pod), guest);
+    let _rt = h.reopen(hv.clone()).await;
+    let vm = hv.vm(&pod).unwrap();
+    eventually("the update made while down reaches the guest", || {
+        guest_value(&vm, "copy-").as_deref() == Some("three")
+    })
+    .await;
 }

@@ -39,6 +39,8 @@ pub struct GuestState {
     pub exec_hangs: bool,
     /// Output reads never answer (a stuck log copy).
     pub silent_reads: bool,
+    /// Pod volumes by name: the entries of a copied one (empty for an empty one).
+    pub volumes: BTreeMap<String, Vec<pb::VolumeEntry>>,
 }
 
 /// One fake VM, as the test sees it.
@@ -571,6 +573,55 @@ impl Agent for FakeAgent {
     async fn write_file(&self, _: Request<pb::WriteFileRequest>) -> Reply<pb::WriteFileResponse> {
         self.enter("WriteFile").await?;
         Ok(Response::new(pb::WriteFileResponse {}))
+    }
+
+    async fn sync_volume(
+        &self,
+        req: Request<pb::SyncVolumeRequest>,
+    ) -> Reply<pb::SyncVolumeResponse> {
+        self.enter("SyncVolume").await?;
+        let r = req.into_inner();
+        lock(&self.vm.guest).volumes.insert(r.name, r.entries);
+        Ok(Response::new(pb::SyncVolumeResponse {}))
+    }
+
+    async fn prepare_volume(
+        &self,
+        req: Request<pb::PrepareVolumeRequest>,
+    ) -> Reply<pb::PrepareVolumeResponse> {
+        self.enter("PrepareVolume").await?;
+        let name = req.into_inner().name;
+        lock(&self.vm.guest).volumes.entry(name).or_default();
+        Ok(Response::new(pb::PrepareVolumeResponse {}))
+    }
+
+    async fn read_volume(
+        &self,
+        req: Request<pb::ReadVolumeRequest>,
+    ) -> Reply<pb::ReadVolumeResponse> {
+        self.enter("ReadVolume").await?;
+        let name = req.into_inner().name;
+        let g = lock(&self.vm.guest);
+        let data = g
+            .volumes
+            .get(&name)
+            .and_then(|e| e.first())
+            .map(|e| e.data.clone())
+            .ok_or_else(|| Status::not_found(format!("volume {name:?} does not exist")))?;
+        Ok(Response::new(pb::ReadVolumeResponse {
+            data,
+            truncated: false,
+        }))
+    }
+
+    async fn remove_volume(
+        &self,
+        req: Request<pb::RemoveVolumeRequest>,
+    ) -> Reply<pb::RemoveVolumeResponse> {
+        self.enter("RemoveVolume").await?;
+        let name = req.into_inner().name;
+        lock(&self.vm.guest).volumes.remove(&name);
+        Ok(Response::new(pb::RemoveVolumeResponse {}))
     }
 
     async fn shutdown(&self, _: Request<pb::ShutdownRequest>) -> Reply<pb::ShutdownResponse> {

@@ -164,6 +164,41 @@ pub struct ContainerConfig {
     pub no_new_privs: bool,
     /// Resources.
     pub resources: ResourcesConfig,
+    /// Volumes, in order.
+    #[serde(default)]
+    pub mounts: Vec<MountConfig>,
+}
+
+/// How mounts below a volume propagate (CRI `MountPropagation`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Propagation {
+    /// No propagation (`rprivate`).
+    #[default]
+    Private,
+    /// Mounts made below the source later appear in the container (`rslave`).
+    HostToContainer,
+    /// Both ways (`rshared`).
+    Bidirectional,
+}
+
+/// One volume of a container, as requested (CRI `Mount`), checked for form: an
+/// absolute container path without "..", not "/", "/proc" or "/sys" or below them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountConfig {
+    /// Where it appears in the container.
+    pub container_path: String,
+    /// The host file or directory ("" for an image volume).
+    pub host_path: String,
+    /// Read-only.
+    pub readonly: bool,
+    /// Read-only submounts too.
+    pub recursive_read_only: bool,
+    /// SELinux relabelling was asked for (no SELinux in the guest: reported only).
+    pub selinux_relabel: bool,
+    /// Propagation.
+    pub propagation: Propagation,
+    /// An image mounted read-only as the volume ("" for a host path).
+    pub image: String,
 }
 
 /// State of a container.
@@ -208,6 +243,19 @@ pub struct ContainerInfo {
     pub log_path: String,
     /// Details for verbose status, as JSON (slot, exit timeline); empty for none.
     pub verbose_json: String,
+    /// The identity its process runs with, once known.
+    pub user: Option<ProcessUser>,
+}
+
+/// The uid, gid and supplemental groups a container's process got.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProcessUser {
+    /// uid.
+    pub uid: u32,
+    /// Primary gid.
+    pub gid: u32,
+    /// Supplemental groups.
+    pub supplemental_groups: Vec<u32>,
 }
 
 /// Resource use of one container, as its pod's guest measured it. Counters are

@@ -3,7 +3,7 @@
 
 use tonic::Status;
 
-use super::backend::{ContainerConfig, ResourcesConfig, UserConfig};
+use super::backend::{ContainerConfig, MountConfig, Propagation, ResourcesConfig, UserConfig};
 use crate::proto;
 
 /// The backend's container config from a `CreateContainerRequest`'s config.
@@ -19,13 +19,11 @@ pub fn container_config(config: Option<proto::ContainerConfig>) -> Result<Contai
     if image.is_empty() {
         return Err(Status::invalid_argument("config.image.image is required"));
     }
-    if let Some(m) = c.mounts.first() {
-        // Host directories reach a guest only through virtio-fs, which is not built yet.
-        return Err(Status::invalid_argument(format!(
-            "host mounts are not supported yet (mount of {:?} at {:?})",
-            m.host_path, m.container_path
-        )));
-    }
+    let mounts = c
+        .mounts
+        .into_iter()
+        .map(mount)
+        .collect::<Result<Vec<_>, _>>()?;
     if let Some(d) = c.devices.first() {
         return Err(Status::invalid_argument(format!(
             "host devices cannot be passed into a pod VM ({:?})",
@@ -74,6 +72,76 @@ pub fn container_config(config: Option<proto::ContainerConfig>) -> Result<Contai
         readonly_rootfs: sc.readonly_rootfs,
         no_new_privs: sc.no_new_privs,
         resources,
+        mounts,
+    })
+}
+
+/// Checks one CRI mount's form; whether its host path can reach the pod is the
+/// backend's to decide.
+fn mount(m: proto::Mount) -> Result<MountConfig, Status> {
+    let bad = |why: String| {
+        Status::invalid_argument(format!(
+            "mount of {:?} at {:?}: {why}",
+            if m.host_path.is_empty() {
+                m.image.as_ref().map_or("", |i| i.image.as_str())
+            } else {
+                m.host_path.as_str()
+            },
+            m.container_path
+        ))
+    };
+    let path = &m.container_path;
+    if !path.starts_with('/') || path.split('/').any(|p| p == "..") || path.contains('\0') {
+        return Err(bad(
+            "the container path must be absolute, without \"..\"".into()
+        ));
+    }
+    let normal: String = path
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect::<Vec<_>>()
+        .join("/");
+    let top = normal.split('/').next().unwrap_or("");
+    if normal.is_empty() || top == "proc" || top == "sys" {
+        return Err(bad(
+            "a volume cannot be mounted over \"/\", /proc or /sys".into()
+        ));
+    }
+    if !m.uid_mappings.is_empty() || !m.gid_mappings.is_empty() {
+        return Err(bad(
+            "ID-mapped mounts (uid_mappings, gid_mappings) are not supported".into(),
+        ));
+    }
+    let image = m
+        .image
+        .as_ref()
+        .map(|i| i.image.clone())
+        .unwrap_or_default();
+    match (m.host_path.is_empty(), image.is_empty()) {
+        (true, true) => return Err(bad("host_path (or image) is required".into())),
+        (false, false) => return Err(bad("host_path and image are exclusive".into())),
+        _ => {}
+    }
+    if !m.host_path.is_empty() && !m.host_path.starts_with('/') {
+        return Err(bad("the host path must be absolute".into()));
+    }
+    if m.recursive_read_only && !m.readonly {
+        return Err(bad("recursive_read_only needs readonly".into()));
+    }
+    let propagation = match proto::MountPropagation::try_from(m.propagation) {
+        Ok(proto::MountPropagation::PropagationPrivate) => Propagation::Private,
+        Ok(proto::MountPropagation::PropagationHostToContainer) => Propagation::HostToContainer,
+        Ok(proto::MountPropagation::PropagationBidirectional) => Propagation::Bidirectional,
+        Err(_) => return Err(bad(format!("unknown propagation {}", m.propagation))),
+    };
+    Ok(MountConfig {
+        container_path: format!("/{normal}"),
+        host_path: m.host_path,
+        readonly: m.readonly,
+        recursive_read_only: m.recursive_read_only,
+        selinux_relabel: m.selinux_relabel,
+        propagation,
+        image,
     })
 }
 
@@ -146,8 +214,40 @@ mod tests {
         let mut c = config();
         c.log_path = "../escape".into();
         assert_eq!(code(c), tonic::Code::InvalidArgument);
+        for (host, ctr) in [
+            ("", "/data"),
+            ("/h", "data"),
+            ("/h", "/a/../etc"),
+            ("/h", "/"),
+            ("/h", "/proc"),
+            ("/h", "//sys/kernel"),
+            ("relative", "/data"),
+        ] {
+            let mut c = config();
+            c.mounts.push(proto::Mount {
+                host_path: host.into(),
+                container_path: ctr.into(),
+                ..Default::default()
+            });
+            let e = container_config(Some(c)).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{host} {ctr}");
+            assert!(e.message().contains(ctr), "{}", e.message());
+        }
+    }
+
+    #[test]
+    fn mounts_translate() {
         let mut c = config();
-        c.mounts.push(proto::Mount::default());
-        assert_eq!(code(c), tonic::Code::InvalidArgument);
+        c.mounts.push(proto::Mount {
+            host_path: "/var/lib/kubelet/pods/u/etc-hosts".into(),
+            container_path: "/etc//hosts".into(),
+            readonly: true,
+            propagation: proto::MountPropagation::PropagationHostToContainer as i32,
+            ..Default::default()
+        });
+        let m = &container_config(Some(c)).unwrap().mounts[0];
+        assert_eq!(m.container_path, "/etc/hosts");
+        assert_eq!(m.propagation, Propagation::HostToContainer);
+        assert!(m.readonly);
     }
 }

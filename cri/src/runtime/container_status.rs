@@ -1,6 +1,6 @@
 //! `ContainerStatus` and `ListContainers`: the CRI shapes of containers, and filters.
 
-use super::backend::{ContainerInfo, ContainerState};
+use super::backend::{ContainerInfo, ContainerState, MountConfig, Propagation};
 use super::sandbox_status::labels_match;
 use crate::proto;
 
@@ -51,12 +51,43 @@ pub fn status(c: ContainerInfo) -> proto::ContainerStatus {
         message: c.message,
         labels: c.config.labels,
         annotations: c.config.annotations,
-        // Host mounts are refused at creation, so there are none to report.
-        mounts: Vec::new(),
+        // As containerd: the mounts as requested.
+        mounts: c.config.mounts.iter().map(mount).collect(),
         log_path: c.log_path,
         resources: Some(resources),
-        user: None,
+        user: c.user.map(|u| proto::ContainerUser {
+            linux: Some(proto::LinuxContainerUser {
+                uid: i64::from(u.uid),
+                gid: i64::from(u.gid),
+                supplemental_groups: u
+                    .supplemental_groups
+                    .iter()
+                    .map(|&g| i64::from(g))
+                    .collect(),
+            }),
+        }),
         id: c.id,
+    }
+}
+
+fn mount(m: &MountConfig) -> proto::Mount {
+    let propagation = match m.propagation {
+        Propagation::Private => proto::MountPropagation::PropagationPrivate,
+        Propagation::HostToContainer => proto::MountPropagation::PropagationHostToContainer,
+        Propagation::Bidirectional => proto::MountPropagation::PropagationBidirectional,
+    };
+    proto::Mount {
+        container_path: m.container_path.clone(),
+        host_path: m.host_path.clone(),
+        readonly: m.readonly,
+        selinux_relabel: m.selinux_relabel,
+        propagation: propagation as i32,
+        recursive_read_only: m.recursive_read_only,
+        image: (!m.image.is_empty()).then(|| proto::ImageSpec {
+            image: m.image.clone(),
+            ..Default::default()
+        }),
+        ..Default::default()
     }
 }
 
@@ -95,6 +126,8 @@ mod tests {
     use super::*;
     use crate::runtime::backend::ContainerConfig;
 
+    use crate::runtime::ProcessUser;
+
     #[test]
     fn filters_and_shapes() {
         let c = ContainerInfo {
@@ -115,6 +148,11 @@ mod tests {
             message: String::new(),
             log_path: "/l".into(),
             verbose_json: String::new(),
+            user: Some(ProcessUser {
+                uid: 1000,
+                gid: 3000,
+                supplemental_groups: vec![2000],
+            }),
         };
         let mut f = proto::ContainerFilter {
             pod_sandbox_id: "p".into(),
@@ -125,8 +163,26 @@ mod tests {
             state: proto::ContainerState::ContainerRunning as i32,
         });
         assert!(!matches(&c, &f));
+        let mut c = c;
+        c.config.mounts.push(MountConfig {
+            container_path: "/etc/hosts".into(),
+            host_path: "/var/lib/kubelet/pods/u/etc-hosts".into(),
+            propagation: Propagation::HostToContainer,
+            ..Default::default()
+        });
         let s = status(c);
         assert_eq!((s.exit_code, s.image_ref.as_str()), (7, "sha256:x"));
         assert_eq!(s.image.unwrap().image, "busybox");
+        let user = s.user.unwrap().linux.unwrap();
+        assert_eq!(
+            (user.uid, user.gid, user.supplemental_groups),
+            (1000, 3000, vec![2000])
+        );
+        assert_eq!(s.mounts.len(), 1);
+        assert_eq!(s.mounts[0].host_path, "/var/lib/kubelet/pods/u/etc-hosts");
+        assert_eq!(
+            s.mounts[0].propagation,
+            proto::MountPropagation::PropagationHostToContainer as i32
+        );
     }
 }

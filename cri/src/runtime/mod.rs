@@ -17,8 +17,8 @@ mod validate;
 
 pub use backend::{
     ContainerConfig, ContainerEvent, ContainerInfo, ContainerState, ContainerUsage, DnsConfig,
-    EventKind, ExecOutput, Health, PodConfig, PodInfo, PodMetadata, PodState, PodUsage,
-    PortMapping, ResourcesConfig, RuntimeBackend, UserConfig,
+    EventKind, ExecOutput, Health, MountConfig, PodConfig, PodInfo, PodMetadata, PodState,
+    PodUsage, PortMapping, ProcessUser, Propagation, ResourcesConfig, RuntimeBackend, UserConfig,
 };
 pub use server::RuntimeServer;
 pub use status::{RUNTIME_API_VERSION, RUNTIME_NAME};

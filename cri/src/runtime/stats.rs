@@ -282,6 +282,7 @@ mod tests {
             message: String::new(),
             log_path: String::new(),
             verbose_json: String::new(),
+            user: None,
         }
     }
 

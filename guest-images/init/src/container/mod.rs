@@ -517,6 +517,12 @@ impl Manager {
         }
     }
 
+    /// Where scratch disk `serial` is mounted (mounting it if no container has yet).
+    pub fn scratch_dir(&self, serial: &str) -> Result<PathBuf, Error> {
+        spec::check_id("scratch serial", serial)?;
+        Ok(lock(&self.table).drives.scratch_dir(serial)?)
+    }
+
     /// Changes a created or running container's cgroup limits: those `resources` sets,
     /// with the checks and the code of creation.
     pub fn update_resources(

@@ -697,9 +697,51 @@ fn mount_requested(plan: &RootPlan<'_>) -> ChildResult {
                 m.data.as_deref(),
             )?;
         }
+        if m.recursive_readonly {
+            readonly_recursively(&target)?;
+        }
         if !m.propagation.is_empty() {
             do_mount(None, &target, None, m.propagation, None)?;
         }
+    }
+    Ok(())
+}
+
+/// Makes the mount at `target` and every mount below it read-only.
+fn readonly_recursively(target: &Path) -> ChildResult {
+    /// `struct mount_attr` of mount_setattr(2), which libc does not define.
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    const MOUNT_ATTR_RDONLY: u64 = 0x1;
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_RDONLY,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let path = std::ffi::CString::new(target.as_os_str().as_encoded_bytes())
+        .map_err(|e| ctx(|| format!("path {}", target.display()))(std::io::Error::other(e)))?;
+    // SAFETY: `path` is a NUL-terminated string and `attr` a valid mount_attr whose
+    // size is passed; the kernel only reads both during the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            libc::AT_RECURSIVE as libc::c_uint,
+            std::ptr::addr_of!(attr),
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if r != 0 {
+        return Err(ctx(|| {
+            format!("make {} read-only recursively", target.display())
+        })(std::io::Error::last_os_error()));
     }
     Ok(())
 }

@@ -153,8 +153,13 @@ impl Drives {
         let Some(serial) = scratch else {
             return Ok(Path::new(RUN_DIR).join("layers"));
         };
+        Ok(self.scratch_dir(serial)?.join("layers"))
+    }
+
+    /// Where scratch disk `serial` is mounted (mounted now if it is not yet).
+    pub fn scratch_dir(&mut self, serial: &str) -> Result<PathBuf, RootfsError> {
         if let Some(path) = self.scratch.get(serial) {
-            return Ok(path.join("layers"));
+            return Ok(path.clone());
         }
         let dev = find_device(serial)?;
         let target = Path::new(RUN_DIR).join("scratch").join(serial);
@@ -167,7 +172,7 @@ impl Drives {
             None,
         )?;
         self.scratch.insert(serial.to_owned(), target.clone());
-        Ok(target.join("layers"))
+        Ok(target)
     }
 
     /// Mounts container `id`'s root file system.

@@ -197,6 +197,9 @@ pub struct MountSpec {
     pub flags: nix::mount::MsFlags,
     /// Whether a bind mount is recursive.
     pub recursive: bool,
+    /// Read-only all the way down, submounts too (`rro`: `mount_setattr` with
+    /// `AT_RECURSIVE`).
+    pub recursive_readonly: bool,
     /// Propagation (`MS_PRIVATE`, `MS_SLAVE`, ... with `MS_REC`), applied after mounting.
     pub propagation: nix::mount::MsFlags,
     /// File-system data options.
@@ -482,6 +485,7 @@ fn mount_spec(m: agent::Mount) -> Result<MountSpec, SpecError> {
     let mut flags = MsFlags::empty();
     let mut propagation = MsFlags::empty();
     let mut recursive = false;
+    let mut recursive_readonly = false;
     let mut data = Vec::new();
     let mut is_bind = m.r#type == "bind";
     for opt in &m.options {
@@ -492,6 +496,10 @@ fn mount_spec(m: agent::Mount) -> Result<MountSpec, SpecError> {
                 recursive = true;
             }
             "ro" => flags |= MsFlags::MS_RDONLY,
+            "rro" => {
+                flags |= MsFlags::MS_RDONLY;
+                recursive_readonly = true;
+            }
             "rw" => flags -= MsFlags::MS_RDONLY,
             "nosuid" => flags |= MsFlags::MS_NOSUID,
             "nodev" => flags |= MsFlags::MS_NODEV,
@@ -538,6 +546,7 @@ fn mount_spec(m: agent::Mount) -> Result<MountSpec, SpecError> {
         source: m.source,
         flags,
         recursive,
+        recursive_readonly,
         propagation,
         data: (!data.is_empty()).then(|| data.join(",")),
     })

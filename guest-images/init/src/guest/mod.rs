@@ -2,6 +2,7 @@
 //! and files in the shared directory.
 
 pub mod netconf;
+pub mod volumes;
 
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};

@@ -9,7 +9,7 @@ use vmlet_proto::agent::{self as pb, agent_server::Agent};
 
 use super::status::{self, deadline};
 use crate::container::{self, Container, Manager, State};
-use crate::guest::{self, netconf};
+use crate::guest::{self, netconf, volumes};
 
 /// How long a blocking call waits without a client deadline.
 const DEFAULT_WAIT: Duration = Duration::from_secs(60);
@@ -503,6 +503,52 @@ impl Agent for AgentService {
         guest::write_shared(std::path::Path::new(&r.path), &r.data, r.mode, r.uid, r.gid)
             .map_err(status::config)?;
         Ok(Response::new(pb::WriteFileResponse {}))
+    }
+
+    async fn sync_volume(
+        &self,
+        req: Request<pb::SyncVolumeRequest>,
+    ) -> Result<Response<pb::SyncVolumeResponse>, Status> {
+        let r = req.into_inner();
+        volumes::sync(&r.name, &r.entries).map_err(status::volume)?;
+        Ok(Response::new(pb::SyncVolumeResponse {}))
+    }
+
+    async fn prepare_volume(
+        &self,
+        req: Request<pb::PrepareVolumeRequest>,
+    ) -> Result<Response<pb::PrepareVolumeResponse>, Status> {
+        use pb::prepare_volume_request::Medium as M;
+        let r = req.into_inner();
+        match r.medium() {
+            M::Disk => {
+                let scratch = self
+                    .manager()?
+                    .scratch_dir(&r.scratch_serial)
+                    .map_err(status::container)?;
+                volumes::prepare(&r.name, volumes::Medium::Disk(&scratch))
+            }
+            M::Memory => volumes::prepare(&r.name, volumes::Medium::Memory(r.size_limit_bytes)),
+        }
+        .map_err(status::volume)?;
+        Ok(Response::new(pb::PrepareVolumeResponse {}))
+    }
+
+    async fn read_volume(
+        &self,
+        req: Request<pb::ReadVolumeRequest>,
+    ) -> Result<Response<pb::ReadVolumeResponse>, Status> {
+        let r = req.into_inner();
+        let (data, truncated) = volumes::read_tail(&r.name, r.max_bytes).map_err(status::volume)?;
+        Ok(Response::new(pb::ReadVolumeResponse { data, truncated }))
+    }
+
+    async fn remove_volume(
+        &self,
+        req: Request<pb::RemoveVolumeRequest>,
+    ) -> Result<Response<pb::RemoveVolumeResponse>, Status> {
+        volumes::remove(&req.into_inner().name).map_err(status::volume)?;
+        Ok(Response::new(pb::RemoveVolumeResponse {}))
     }
 
     async fn shutdown(

@@ -32,6 +32,17 @@ pub fn container(e: Error) -> Status {
     Status::new(code, e.to_string())
 }
 
+/// The gRPC status for a volume error.
+pub fn volume(e: crate::guest::volumes::VolumeError) -> Status {
+    use crate::guest::volumes::VolumeError as V;
+    let code = match &e {
+        V::Invalid(_) => Code::InvalidArgument,
+        V::NotFound(_) => Code::NotFound,
+        V::Sys { .. } => Code::Internal,
+    };
+    Status::new(code, e.to_string())
+}
+
 /// The gRPC status for a guest configuration error.
 pub fn config(e: ConfigError) -> Status {
     let code = match &e {
