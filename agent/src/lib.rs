@@ -15,6 +15,8 @@
 //!   in-memory fake (`sandbox::fake`);
 //! - [`network`]: pod network namespaces, the node's CNI plugin chain, and the tap that
 //!   carries a pod's interface into its VM;
+//! - [`volumes`]: how a container's CRI mounts reach its pod's guest (copied and kept
+//!   in sync, copied back, or made in the guest);
 //! - [`logs`]: container output into CRI log files;
 //! - [`store`]: persisted pod and container state.
 //!

@@ -1,0 +1,434 @@
+//! Kubelet volumes end to end: a pod whose containers carry the mounts a kubelet
+//! gives them (etc-hosts, termination log, configMap, secret, projected token,
+//! emptyDirs on disk and in memory), laid out on the host as the kubelet lays them out.
+
+// Test-only crate: a failed setup step panics with its message, which is the test's
+// failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use tonic::Code;
+use vmlet_integration_tests::agent::GuestAgent;
+use vmlet_integration_tests::cri::{
+    busybox_registry, container_config, parse_log, pod_config, v1, Vmletd,
+};
+
+const WAIT: Duration = Duration::from_secs(120);
+/// How soon a configMap update must show in the guest: "within a few seconds",
+/// generous for the emulated machine.
+const UPDATE: Duration = Duration::from_secs(20);
+const POD_UID: &str = "2d7c5a3e-61f4-4b9e-8c1d-5e6f7a8b9c0d";
+
+/// A kubelet pod directory at `root/pods/<uid>`.
+struct KubeletPod {
+    dir: PathBuf,
+}
+
+impl KubeletPod {
+    fn new(root: &Path) -> KubeletPod {
+        let dir = root.join("pods").join(POD_UID);
+        std::fs::create_dir_all(&dir).unwrap();
+        let pod = KubeletPod { dir };
+        std::fs::write(
+            pod.dir.join("etc-hosts"),
+            "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n10.88.0.7\tweb-5d8f7c6b9-x2x4q\n",
+        )
+        .unwrap();
+        for c in ["app", "sidecar"] {
+            let d = pod.dir.join("containers").join(c);
+            std::fs::create_dir_all(&d).unwrap();
+            let f = d.join("3f2a9c1b");
+            std::fs::write(&f, "").unwrap();
+            // As the kubelet leaves it: any user of the container may write it.
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o666)).unwrap();
+        }
+        pod.atomic(
+            "kubernetes.io~configmap/config",
+            "..2026_12_05_10_00_00.1",
+            &[("a", "1"), ("b", "1")],
+            0o644,
+        );
+        pod.atomic(
+            "kubernetes.io~secret/creds",
+            "..2026_12_05_10_00_00.1",
+            &[("password", "s3cret")],
+            0o644,
+        );
+        pod.atomic(
+            "kubernetes.io~projected/kube-api-access-7xk2p",
+            "..2026_12_05_10_00_00.1",
+            &[
+                ("token", "eyJhbGciOiJSUzI1NiJ9.e30.sig"),
+                ("namespace", "default"),
+                ("ca.crt", "-----BEGIN CERTIFICATE-----\n"),
+            ],
+            0o644,
+        );
+        for e in ["shared", "mem"] {
+            std::fs::create_dir_all(pod.volume(&format!("kubernetes.io~empty-dir/{e}"))).unwrap();
+        }
+        // medium: Memory — the kubelet backs it with a tmpfs.
+        let mem = pod.volume("kubernetes.io~empty-dir/mem");
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
+            .arg(&mem)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount a tmpfs on {}", mem.display());
+        pod
+    }
+
+    fn volume(&self, rel: &str) -> PathBuf {
+        self.dir.join("volumes").join(rel)
+    }
+
+    /// Writes version `ts` of an atomic-writer volume the kubelet's way: the new
+    /// timestamped directory, then `..data` swapped by rename, then the old directory
+    /// removed; the key symlinks point through `..data`.
+    fn atomic(&self, rel: &str, ts: &str, keys: &[(&str, &str)], mode: u32) {
+        let v = self.volume(rel);
+        std::fs::create_dir_all(v.join(ts)).unwrap();
+        for (k, val) in keys {
+            let f = v.join(ts).join(k);
+            std::fs::write(&f, val).unwrap();
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        let old = std::fs::read_link(v.join("..data")).ok();
+        std::os::unix::fs::symlink(ts, v.join("..data_tmp")).unwrap();
+        std::fs::rename(v.join("..data_tmp"), v.join("..data")).unwrap();
+        for (k, _) in keys {
+            let link = v.join(k);
+            if std::fs::symlink_metadata(&link).is_err() {
+                std::os::unix::fs::symlink(format!("..data/{k}"), &link).unwrap();
+            }
+        }
+        if let Some(old) = old {
+            std::fs::remove_dir_all(v.join(old)).unwrap();
+        }
+    }
+
+    fn termination_log(&self, container: &str) -> PathBuf {
+        self.dir.join("containers").join(container).join("3f2a9c1b")
+    }
+}
+
+impl Drop for KubeletPod {
+    fn drop(&mut self) {
+        let mem = self.volume("kubernetes.io~empty-dir/mem");
+        let _ = std::process::Command::new("umount").arg(&mem).status();
+    }
+}
+
+fn mount(host: PathBuf, container: &str, readonly: bool) -> v1::Mount {
+    v1::Mount {
+        container_path: container.into(),
+        host_path: host.display().to_string(),
+        readonly,
+        ..Default::default()
+    }
+}
+
+/// The mounts a kubelet gives container `name` of a Deployment with a configMap, a
+/// secret, the service-account token and two emptyDirs.
+fn kubelet_mounts(pod: &KubeletPod, name: &str) -> Vec<v1::Mount> {
+    vec![
+        mount(
+            pod.volume("kubernetes.io~configmap/config"),
+            "/etc/config",
+            true,
+        ),
+        mount(pod.volume("kubernetes.io~secret/creds"), "/etc/creds", true),
+        mount(
+            pod.volume("kubernetes.io~projected/kube-api-access-7xk2p"),
+            "/var/run/secrets/kubernetes.io/serviceaccount",
+            true,
+        ),
+        mount(
+            pod.volume("kubernetes.io~empty-dir/shared"),
+            "/shared",
+            false,
+        ),
+        mount(pod.volume("kubernetes.io~empty-dir/mem"), "/mem", false),
+        mount(pod.dir.join("etc-hosts"), "/etc/hosts", false),
+        mount(pod.termination_log(name), "/dev/termination-log", false),
+    ]
+}
+
+/// A container of the restricted Pod Security Standard, as a kubelet sends it.
+fn kubelet_container(
+    pod: &KubeletPod,
+    name: &str,
+    image: &str,
+    script: &str,
+) -> v1::ContainerConfig {
+    let mut c = container_config(name, image, script);
+    c.mounts = kubelet_mounts(pod, name);
+    c.annotations = [
+        (
+            "io.kubernetes.container.terminationMessagePath".to_string(),
+            "/dev/termination-log".to_string(),
+        ),
+        (
+            "io.kubernetes.container.terminationMessagePolicy".to_string(),
+            "File".to_string(),
+        ),
+    ]
+    .into();
+    c.linux = Some(v1::LinuxContainerConfig {
+        security_context: Some(v1::LinuxContainerSecurityContext {
+            run_as_user: Some(v1::Int64Value { value: 1000 }),
+            run_as_group: Some(v1::Int64Value { value: 3000 }),
+            supplemental_groups: vec![2000],
+            no_new_privs: true,
+            capabilities: Some(v1::Capability {
+                drop_capabilities: vec!["ALL".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    c
+}
+
+fn stdout(d: &Vmletd, name: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(d.log_dir().join(format!("{name}.log"))).unwrap_or_default();
+    parse_log(&text)
+        .into_iter()
+        .filter(|e| e.stream == "stdout")
+        .map(|e| e.line)
+        .collect()
+}
+
+fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < timeout, "never: {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Runs `script` in the pod's guest itself; returns its stdout.
+fn in_guest(d: &Vmletd, pod: &str, script: &str) -> String {
+    let vsock = d.run_dir().join("pods").join(pod).join("vsock");
+    let agent = GuestAgent::connect(&vsock).expect("connect to the guest");
+    let r = agent.run(script);
+    assert_eq!(
+        r.exit_code,
+        0,
+        "{script}: {:?}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    String::from_utf8_lossy(&r.stdout).trim().to_string()
+}
+
+#[test]
+fn kubelet_volumes_reach_the_containers() {
+    let (registry, image) = busybox_registry("busybox:volumes");
+    let mut d = Vmletd::start_with(
+        &["--insecure-registry", registry.addr()],
+        "[network]\nmode = \"none\"\n[volumes]\nmax_copy_bytes = 65536\n",
+    );
+    let kubelet = tempfile::tempdir().unwrap();
+    let kpod = KubeletPod::new(kubelet.path());
+    let c = d.client();
+    c.pull(&image).expect("PullImage");
+    let pod_cfg = pod_config("web-5d8f7c6b9-x2x4q", &d.log_dir());
+    let pod = c.run_pod(pod_cfg.clone()).expect("RunPodSandbox");
+
+    // The app reads every volume, fails to write the read-only ones, shares a file
+    // through the emptyDir, leaves a termination message and exits 1.
+    let app_script = r#"
+        cat /etc/config/a /etc/config/b; echo
+        cat /etc/creds/password; echo
+        cat /var/run/secrets/kubernetes.io/serviceaccount/namespace; echo
+        grep -c web-5d8f7c6b9-x2x4q /etc/hosts
+        touch /etc/config/new 2>&1 | grep -o 'Read-only file system'
+        echo from-app > /shared/note && echo shared-written
+        grep ' /mem ' /proc/mounts | cut -d' ' -f3
+        echo in-memory > /mem/m && cat /mem/m
+        id -u; id -g; id -G
+        echo 'bye from app' > /dev/termination-log
+        exit 1
+    "#;
+    let app = c
+        .create(
+            &pod,
+            kubelet_container(&kpod, "app", &image, app_script),
+            &pod_cfg,
+        )
+        .expect("CreateContainer with a kubelet's mounts");
+    c.start(&app).expect("StartContainer");
+    let s = c.wait_exited(&app, WAIT);
+    let out = stdout(&d, "app");
+    assert_eq!(s.exit_code, 1, "{out:?}");
+    assert_eq!(
+        out,
+        [
+            "11",
+            "s3cret",
+            "default",
+            "1",
+            "Read-only file system",
+            "shared-written",
+            "tmpfs",
+            "in-memory",
+            "1000",
+            "3000",
+            "3000 2000"
+        ]
+    );
+    // The kubelet reads the message from the host file once it sees the exit.
+    assert_eq!(
+        std::fs::read_to_string(kpod.termination_log("app")).unwrap(),
+        "bye from app\n"
+    );
+    // ContainerStatus reports the mounts as requested, and the identity.
+    assert_eq!(s.mounts, kubelet_mounts(&kpod, "app"));
+    let user = s.user.unwrap().linux.unwrap();
+    assert_eq!(
+        (user.uid, user.gid, user.supplemental_groups),
+        (1000, 3000, vec![2000])
+    );
+    let info = c.status_info(&app).unwrap();
+    let classes: Vec<String> = info["mounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["class"].to_string())
+        .collect();
+    assert_eq!(classes.len(), 7, "{info}");
+
+    // A second container sees what the first left in the emptyDir, and follows the
+    // configMap: every read through `..data` sees one whole version.
+    let watch_script = r#"
+        cat /shared/note
+        while true; do
+            # One version's directory, both keys read from it; a line only when the
+            # directory was not removed meanwhile (an old version goes after the swap).
+            (cd /etc/config/..data 2>/dev/null || exit
+             a=$(cat a 2>/dev/null); b=$(cat b 2>/dev/null)
+             [ -f a ] && [ -f b ] && echo "v=$a$b")
+            sleep 0.1
+        done
+    "#;
+    let side = c
+        .create(
+            &pod,
+            kubelet_container(&kpod, "sidecar", &image, watch_script),
+            &pod_cfg,
+        )
+        .expect("CreateContainer");
+    c.start(&side).expect("StartContainer");
+    wait_for("the sidecar reads the configMap", WAIT, || {
+        stdout(&d, "sidecar").iter().any(|l| l == "v=11")
+    });
+    assert_eq!(stdout(&d, "sidecar")[0], "from-app");
+    kpod.atomic(
+        "kubernetes.io~configmap/config",
+        "..2026_12_05_10_05_00.2",
+        &[("a", "2"), ("b", "2")],
+        0o644,
+    );
+    wait_for("the configMap update reaches the guest", UPDATE, || {
+        stdout(&d, "sidecar").iter().any(|l| l == "v=22")
+    });
+
+    // vmletd is killed; an update made while it is down arrives once it is back.
+    drop(c);
+    d.signal_and_wait(libc::SIGKILL);
+    kpod.atomic(
+        "kubernetes.io~configmap/config",
+        "..2026_12_05_10_10_00.3",
+        &[("a", "3"), ("b", "3")],
+        0o644,
+    );
+    d.restart();
+    let c = d.client();
+    wait_for(
+        "the update made while vmletd was down",
+        UPDATE + WAIT,
+        || stdout(&d, "sidecar").iter().any(|l| l == "v=33"),
+    );
+    // And sync goes on after the restart.
+    kpod.atomic(
+        "kubernetes.io~configmap/config",
+        "..2026_12_05_10_15_00.4",
+        &[("a", "4"), ("b", "4")],
+        0o644,
+    );
+    wait_for("an update after the restart", UPDATE, || {
+        stdout(&d, "sidecar").iter().any(|l| l == "v=44")
+    });
+    let seen: Vec<String> = stdout(&d, "sidecar")
+        .into_iter()
+        .filter(|l| l.starts_with("v="))
+        .collect();
+    for l in &seen {
+        assert!(
+            ["v=11", "v=22", "v=33", "v=44"].contains(&l.as_str()),
+            "a read saw a mixed or partial version: {l:?} in {seen:?}"
+        );
+    }
+
+    // Bad mounts: each refused by name, nothing left in the guest.
+    let volumes_before = in_guest(&d, &pod, "ls /run/vmlet/volumes | sort");
+    let sock_dir = tempfile::tempdir().unwrap();
+    let sock = sock_dir.path().join("s.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let big = kpod.volume("kubernetes.io~configmap/big");
+    kpod.atomic(
+        "kubernetes.io~configmap/big",
+        "..2026_12_05_10_00_00.1",
+        &[("blob", &"x".repeat(70_000))],
+        0o644,
+    );
+    let cases: Vec<(v1::Mount, &str)> = vec![
+        (
+            mount(kpod.volume("kubernetes.io~secret/missing"), "/m", true),
+            "does not exist",
+        ),
+        (
+            mount(
+                kpod.volume("kubernetes.io~configmap/config"),
+                "/proc/x",
+                true,
+            ),
+            "/proc",
+        ),
+        (mount(PathBuf::from("/dev/null"), "/n", true), "device node"),
+        (mount(sock.clone(), "/s", false), "socket"),
+        (mount(big, "/big", true), "max_copy_bytes"),
+        (
+            mount(
+                kpod.volume("kubernetes.io~configmap/config"),
+                "relative/path",
+                true,
+            ),
+            "absolute",
+        ),
+    ];
+    for (i, (bad, says)) in cases.into_iter().enumerate() {
+        let name = format!("bad-{i}");
+        let mut cfg = kubelet_container(&kpod, &name, &image, "true");
+        cfg.mounts = kubelet_mounts(&kpod, "app");
+        cfg.mounts.push(bad.clone());
+        let e = c.create(&pod, cfg, &pod_cfg).unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{bad:?}: {e:?}");
+        assert!(
+            e.message().contains(&bad.container_path) && e.message().contains(says),
+            "{bad:?}: {}",
+            e.message()
+        );
+    }
+    assert_eq!(
+        in_guest(&d, &pod, "ls /run/vmlet/volumes | sort"),
+        volumes_before
+    );
+    assert_eq!(c.list(None).len(), 2);
+
+    c.remove_pod(&pod).expect("RemovePodSandbox");
+}
