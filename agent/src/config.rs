@@ -45,6 +45,12 @@
 //! # The guest gives the memory it frees back to the host (virtio-balloon free page
 //! # reporting), so an idle pod holds about what it uses.
 //! free_page_reporting = true
+//! # Which pods get a shared file system (virtio-fs, one virtiofsd each) through which
+//! # hostPath, CSI and other persistent volumes reach their containers:
+//! # "annotated" (pods annotated io.vmlet.shared-fs: "true"; they boot their own VM,
+//! # not a warm one), "always" (every pod and warm VM) or "never".
+//! shared_fs = "annotated"
+//! virtiofsd = "/usr/lib/qemu/virtiofsd"
 //! # Added to the guest kernel's command line. "quiet" keeps boot messages off the
 //! # serial console (each byte written there is a VM exit); errors still show in
 //! # the pod's console.log. Set "" to see the whole boot.
@@ -122,6 +128,37 @@ pub struct VmConfig {
     pub warm_pool: u32,
     /// Freed guest memory goes back to the host.
     pub free_page_reporting: bool,
+    /// Which pods get a shared file system (virtio-fs) for hostPath and persistent
+    /// volumes.
+    pub shared_fs: SharedFs,
+    /// The virtio-fs backend (vhost-user) run for each such pod.
+    pub virtiofsd: PathBuf,
+}
+
+/// Which pods get a shared file system (`vm.shared_fs`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SharedFs {
+    /// Pods annotated `io.vmlet.shared-fs: "true"`.
+    #[default]
+    Annotated,
+    /// Every pod (and every warm VM).
+    Always,
+    /// None: hostPath and persistent volumes are refused.
+    Never,
+}
+
+impl VmConfig {
+    /// Whether a pod with these annotations gets a shared file system.
+    pub fn shared_fs_for(&self, annotations: &std::collections::HashMap<String, String>) -> bool {
+        match self.shared_fs {
+            SharedFs::Always => true,
+            SharedFs::Never => false,
+            SharedFs::Annotated => annotations
+                .get(crate::volumes::plan::SHARED_FS_ANNOTATION)
+                .is_some_and(|v| v == "true"),
+        }
+    }
 }
 
 impl Default for VmConfig {
@@ -138,6 +175,8 @@ impl Default for VmConfig {
             max_concurrent_boots: 4,
             warm_pool: 1,
             free_page_reporting: true,
+            shared_fs: SharedFs::Annotated,
+            virtiofsd: "/usr/lib/qemu/virtiofsd".into(),
         }
     }
 }

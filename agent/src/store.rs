@@ -126,6 +126,9 @@ pub struct PodRecord {
     /// Its network (none without pod networking).
     #[serde(default)]
     pub network: Option<PodNetRecord>,
+    /// The pod has a shared file system (a virtiofsd serving `shared/`).
+    #[serde(default)]
+    pub shared_fs: bool,
 }
 
 /// What the guest needs again to exec in a container.

@@ -455,11 +455,11 @@ async fn create_reserved(
         .annotations
         .get(TERMINATION_PATH_ANNOTATION)
         .map_or("", String::as_str);
-    let planned = volumes::plan_all(
-        &config.mounts,
-        termination,
-        &creation.inner.settings.volumes,
-    )?;
+    let facts = volumes::PodFacts {
+        termination_path: termination,
+        shared_fs: pod.volumes.share().is_some(),
+    };
+    let planned = volumes::plan_all(&config.mounts, facts, &creation.inner.settings.volumes)?;
     let slot = creation.attach_image(vm, &image).await?;
     creation.attach_volumes(vm, &planned).await?;
     let mut record = new_record(

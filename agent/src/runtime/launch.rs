@@ -18,6 +18,7 @@ use crate::network::cni::NetworkConfig;
 use crate::network::pod::{NetworkError, PodNetRecord, PodNetworks};
 use crate::sandbox::{disk, guest, SandboxError, Vm, VmmCommand};
 use crate::store::{self, PodPaths, PodPhase, PodRecord, SlotRecord};
+use crate::volumes::share::{self, Share};
 
 /// How long a boot waited for its turn and how long it took.
 pub(super) struct BootTimes {
@@ -64,6 +65,7 @@ pub(super) async fn prepare(
         slots: slots.clone(),
         vm_exit: None,
         network: network.map(|n| inner.network.plan(id, n)),
+        shared_fs: s.vm.shared_fs_for(&config.annotations),
     };
     store::write_json(&paths.record(), &record)?;
     if let Some(net) = record.network.take() {
@@ -74,6 +76,23 @@ pub(super) async fn prepare(
         record.network = Some(net);
         store::write_json(&paths.record(), &record)?;
         result?;
+    }
+    let mut fs = Vec::new();
+    if record.shared_fs {
+        let share = Share::new(&paths.dir, &paths.run_dir);
+        let started = match share.prepare() {
+            Ok(()) => {
+                share
+                    .start_daemon(&s.vm.virtiofsd, &paths.dir.join("virtiofsd.log"))
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        let pid = started.map_err(|e| {
+            RuntimeError::Invalid(format!("the pod's shared file system (vm.shared_fs): {e}"))
+        })?;
+        tracing::debug!(pod = %id, pid, "virtiofsd serving the pod's shared directory");
+        fs.push((share::FS_TAG.to_owned(), share.socket));
     }
     disk::make_scratch(&paths.scratch(), s.vm.scratch_mib).await?;
     disk::make_placeholder(&paths.placeholder())?;
@@ -103,6 +122,7 @@ pub(super) async fn prepare(
             .iter()
             .map(|n| (n.tap.clone(), n.guest_mac.clone()))
             .collect(),
+        fs,
     };
     Ok((record, cmd))
 }
@@ -311,19 +331,42 @@ async fn finish(
     if let Some(net) = &record.network {
         tracing::info!(pod = %record.id, ips = ?net.ips(), "pod network attached");
     }
-    Ok(Arc::new(Pod {
+    let shared_fs = record.shared_fs;
+    let pod = Arc::new(Pod {
         id: record.id.clone(),
         paths: paths.clone(),
         record: Mutex::new(record),
         vm: Mutex::new(Some(vm)),
         op: tokio::sync::Mutex::new(()),
         volumes: Arc::default(),
-    }))
+    });
+    if shared_fs {
+        pod.volumes
+            .set_share(Share::new(&pod.paths.dir, &pod.paths.run_dir));
+    }
+    Ok(pod)
 }
 
-/// Removes what a pod left on disk.
+/// Ends the pod's virtiofsd and unbinds its shared volumes, if it has any.
+pub(super) async fn teardown_share(paths: &PodPaths) {
+    let share = Share::new(&paths.dir, &paths.run_dir);
+    if share.dir.exists() || share.find_daemon().is_some() {
+        share.teardown().await;
+    }
+}
+
+/// Removes what a pod left on disk; never a directory tree with something mounted
+/// below it (a shared volume's host data could be there).
 pub(super) fn remove_files(paths: &PodPaths) {
     for dir in [&paths.dir, &paths.run_dir] {
+        let mounted = share::mounts_under(dir);
+        if !mounted.is_empty() {
+            tracing::error!(
+                "not removing {}: still mounted below it: {mounted:?}",
+                dir.display()
+            );
+            continue;
+        }
         if let Err(e) = std::fs::remove_dir_all(dir) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 tracing::warn!("cannot remove {}: {e}", dir.display());
@@ -340,6 +383,7 @@ pub(super) async fn undo(inner: &Inner, paths: &PodPaths) {
         Ok(record) => release_network(inner, &record, true).await,
         Err(_) => Ok(()),
     };
+    teardown_share(paths).await;
     match released {
         Ok(()) => remove_files(paths),
         Err(e) => tracing::error!(dir = %paths.dir.display(), "undoing the network: {e}"),

@@ -13,6 +13,7 @@ use super::pool::WarmVm;
 use super::state::{pod_name, Inner, Pod};
 use super::util::{lock, new_id};
 use super::warm;
+use crate::config::SharedFs;
 use crate::network::cni::NetworkConfig;
 use crate::network::pod::PodNetworks;
 use crate::sandbox::{read_exit_record, VmmExit};
@@ -56,7 +57,14 @@ pub async fn run(
     // Fails before a warm VM is taken.
     let network = inner.network.current()?;
     // A spare that failed its ping is the first cause if the fresh boot fails too.
-    let (warm, mut warm_failure) = take_live_warm(inner, size, deadline).await;
+    // Warm VMs have a shared file system only if every pod gets one.
+    let vm = &inner.settings.vm;
+    let (warm, mut warm_failure) =
+        if vm.shared_fs_for(&config.annotations) && vm.shared_fs != SharedFs::Always {
+            (None, None)
+        } else {
+            take_live_warm(inner, size, deadline).await
+        };
     let mut id = match &warm {
         Some(w) => w.id.clone(),
         None => new_id()?,
@@ -303,6 +311,8 @@ async fn stop_vm(inner: &Arc<Inner>, pod: &Arc<Pod>) -> Result<(), RuntimeError>
     if let Some(vm) = pod.vm() {
         vm.stop(SHUTDOWN_GRACE).await;
     }
+    // Its guest is gone: the shared volumes' binds and virtiofsd go too.
+    launch::teardown_share(&pod.paths).await;
     vm_gone(
         inner,
         pod,
@@ -340,6 +350,7 @@ pub async fn remove(inner: &Arc<Inner>, id: &str) -> Result<(), RuntimeError> {
     inner.vms.kill_stray(&pod.paths.control()).await;
     let record = lock(&pod.record).clone();
     release_network(inner, &record, false).await?;
+    launch::teardown_share(&pod.paths).await;
     remove_files(&pod.paths);
     let metadata = lock(&pod.record).config.metadata.clone();
     let mut t = lock(&inner.tables);

@@ -52,6 +52,10 @@ pub(super) async fn recover(inner: &Arc<Inner>) {
     }
 }
 
+fn record_is_ready(pod: &Pod) -> bool {
+    lock(&pod.record).phase == PodPhase::Ready
+}
+
 /// Tears down a VM that never became a pod (a warm VM, a pod caught half-created):
 /// its VMM, network and files.
 async fn discard_unfinished(inner: &Inner, paths: &PodPaths, record: &PodRecord) {
@@ -61,6 +65,7 @@ async fn discard_unfinished(inner: &Inner, paths: &PodPaths, record: &PodRecord)
         tracing::warn!(pod = %record.id, "pod was being created when the daemon stopped: removing it");
     }
     inner.vms.kill_stray(&paths.control()).await;
+    super::launch::teardown_share(paths).await;
     match release_network(inner, record, true).await {
         Ok(()) => remove_files(paths),
         // The record stays, so that the next start tries again.
@@ -97,6 +102,7 @@ async fn recover_pod(
 /// The pod in memory and in the tables, without a VM yet.
 fn enter_pod(inner: &Inner, paths: PodPaths, record: PodRecord) -> Arc<Pod> {
     let metadata = record.config.metadata.clone();
+    let shared_fs = record.shared_fs;
     let pod = Arc::new(Pod {
         id: record.id.clone(),
         paths,
@@ -105,6 +111,13 @@ fn enter_pod(inner: &Inner, paths: PodPaths, record: PodRecord) -> Arc<Pod> {
         op: tokio::sync::Mutex::new(()),
         volumes: Arc::default(),
     });
+    if shared_fs {
+        let share = crate::volumes::Share::new(&pod.paths.dir, &pod.paths.run_dir);
+        if share.find_daemon().is_none() && record_is_ready(&pod) {
+            tracing::warn!(pod = %pod.id, "the pod's virtiofsd is gone: its shared volumes no longer work");
+        }
+        pod.volumes.set_share(share);
+    }
     let mut t = lock(&inner.tables);
     t.pod_names.insert(metadata, pod.id.clone());
     t.pods.insert(pod.id.clone(), pod.clone());

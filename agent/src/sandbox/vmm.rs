@@ -52,6 +52,8 @@ pub struct VmmCommand {
     pub netns: Option<PathBuf>,
     /// Network cards: (tap in `netns`, guest MAC).
     pub nets: Vec<(String, String)>,
+    /// virtio-fs devices: (tag, vhost-user backend socket).
+    pub fs: Vec<(String, PathBuf)>,
 }
 
 impl VmmCommand {
@@ -289,6 +291,7 @@ mod tests {
             exit_record: "/p/vmm-exit".into(),
             netns: None,
             nets: vec![("tap0".into(), "02:00:00:00:00:02".into())],
+            fs: Vec::new(),
         }
     }
 

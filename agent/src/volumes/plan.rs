@@ -29,6 +29,8 @@ pub const MAX_COPY_BYTES_LIMIT: u64 = 8 << 20;
 pub const MAX_COPY_ENTRIES: usize = 16_384;
 /// The kubelet reads at most this much of a termination log (its end).
 pub const TERMINATION_LOG_MAX: u32 = 4096;
+/// The pod annotation that asks for a shared file system (virtio-fs).
+pub const SHARED_FS_ANNOTATION: &str = "io.vmlet.shared-fs";
 
 const TMPFS_MAGIC: i64 = 0x0102_1994;
 
@@ -59,6 +61,8 @@ pub enum Class {
     ScratchDir,
     /// An emptyDir in guest memory (tmpfs) of at most this many bytes.
     MemoryDir(u64),
+    /// Shared live through the pod's virtio-fs file system.
+    Shared,
 }
 
 /// One mount, planned: where it comes from, the guest volume that carries it, and
@@ -163,13 +167,22 @@ fn volume_name(prefix: &str, host: &str) -> String {
     format!("{prefix}-{hex}")
 }
 
-/// Plans one mount of a container whose termination message path is
-/// `termination_path` ("" when unknown).
+/// What a pod offers its mounts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PodFacts<'a> {
+    /// The container's termination message path ("" when unknown).
+    pub termination_path: &'a str,
+    /// The pod has a shared file system (virtio-fs).
+    pub shared_fs: bool,
+}
+
+/// Plans one mount of a container.
 pub fn plan(
     m: &MountConfig,
-    termination_path: &str,
+    facts: PodFacts<'_>,
     settings: &VolumeSettings,
 ) -> Result<Planned, PlanError> {
+    let termination_path = facts.termination_path;
     let refuse = |why: String| PlanError::Refused {
         host: if m.host_path.is_empty() {
             m.image.clone()
@@ -269,13 +282,19 @@ pub fn plan(
                 format!("{what}, written by the kubelet: copied, and kept in sync"),
             )
         }
+        _ if facts.shared_fs => (
+            Class::Shared,
+            "a host path the kubelet does not own (hostPath, CSI or other persistent \
+             volume): shared live through virtio-fs"
+                .to_owned(),
+        ),
         _ => {
-            return Err(unsupported(
+            return Err(unsupported(format!(
                 "a host path outside the kubelet's pod directory (hostPath, CSI or other \
-                 persistent volume) needs a shared file system, which vmlet does not \
-                 provide yet"
-                    .into(),
-            ))
+                 persistent volume) needs the pod's shared file system, and this pod was \
+                 started without one: give the pod the annotation \
+                 {SHARED_FS_ANNOTATION}=true, or set vm.shared_fs = \"always\""
+            )))
         }
     };
     if matches!(class, Class::Copied | Class::TerminationLog) {
@@ -292,6 +311,7 @@ pub fn plan(
         Class::Copied => "copy",
         Class::TerminationLog => "tlog",
         Class::ScratchDir | Class::MemoryDir(_) => "empty",
+        Class::Shared => "share",
     };
     Ok(Planned {
         container_path: m.container_path.clone(),
@@ -306,7 +326,7 @@ pub fn plan(
 /// Plans every mount of a container; two mounts at one container path are refused.
 pub fn plan_all(
     mounts: &[MountConfig],
-    termination_path: &str,
+    facts: PodFacts<'_>,
     settings: &VolumeSettings,
 ) -> Result<Vec<Planned>, PlanError> {
     let mut planned: Vec<Planned> = Vec::with_capacity(mounts.len());
@@ -318,7 +338,7 @@ pub fn plan_all(
                 why: "another mount has the same container path".into(),
             });
         }
-        planned.push(plan(m, termination_path, settings)?);
+        planned.push(plan(m, facts, settings)?);
     }
     Ok(planned)
 }
@@ -359,7 +379,9 @@ mod tests {
     fn kubelet_paths_are_classified() {
         let (_root, pod) = pod_dir();
         let s = VolumeSettings::default();
-        let p = |rel: &str, ctr: &str| plan(&mount(&pod.join(rel), ctr), "", &s).unwrap();
+        let p = |rel: &str, ctr: &str| {
+            plan(&mount(&pod.join(rel), ctr), PodFacts::default(), &s).unwrap()
+        };
         assert_eq!(p("etc-hosts", "/etc/hosts").class, Class::Copied);
         assert_eq!(
             p("volumes/kubernetes.io~configmap/cfg", "/cfg").class,
@@ -381,8 +403,18 @@ mod tests {
     fn the_same_host_path_is_one_volume() {
         let (_root, pod) = pod_dir();
         let s = VolumeSettings::default();
-        let a = plan(&mount(&pod.join("etc-hosts"), "/etc/hosts"), "", &s).unwrap();
-        let b = plan(&mount(&pod.join("etc-hosts"), "/other"), "", &s).unwrap();
+        let a = plan(
+            &mount(&pod.join("etc-hosts"), "/etc/hosts"),
+            PodFacts::default(),
+            &s,
+        )
+        .unwrap();
+        let b = plan(
+            &mount(&pod.join("etc-hosts"), "/other"),
+            PodFacts::default(),
+            &s,
+        )
+        .unwrap();
         assert_eq!(a.volume, b.volume);
         assert!(a.volume.starts_with("copy-") && a.volume.len() <= 64);
         let g = a.guest_mount();
@@ -397,7 +429,7 @@ mod tests {
         m.readonly = true;
         m.recursive_read_only = true;
         m.propagation = Propagation::HostToContainer;
-        let p = plan(&m, "", &VolumeSettings::default()).unwrap();
+        let p = plan(&m, PodFacts::default(), &VolumeSettings::default()).unwrap();
         assert_eq!(p.options, ["rbind", "ro", "rro", "rslave"]);
     }
 
@@ -405,7 +437,7 @@ mod tests {
     fn bad_mounts_are_refused_with_the_mount_named() {
         let (root, pod) = pod_dir();
         let s = VolumeSettings::default();
-        let err = |m: MountConfig| plan(&m, "", &s).unwrap_err();
+        let err = |m: MountConfig| plan(&m, PodFacts::default(), &s).unwrap_err();
         let e = err(mount(&pod.join("missing"), "/m"));
         assert!(e.to_string().contains("does not exist") && e.to_string().contains("/m"));
         let e = err(mount(Path::new("/dev/null"), "/n"));
@@ -422,12 +454,24 @@ mod tests {
             PlanError::Unsupported { .. }
         ));
         let small = VolumeSettings { max_copy_bytes: 4 };
-        let e = plan(&mount(&pod.join("etc-hosts"), "/etc/hosts"), "", &small).unwrap_err();
+        let e = plan(
+            &mount(&pod.join("etc-hosts"), "/etc/hosts"),
+            PodFacts::default(),
+            &small,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("max_copy_bytes"), "{e}");
         let twice = [
             mount(&pod.join("etc-hosts"), "/a"),
             mount(&pod.join("etc-hosts"), "/a"),
         ];
-        assert!(plan_all(&twice, "", &s).is_err());
+        assert!(plan_all(&twice, PodFacts::default(), &s).is_err());
+        // With a shared file system, a host path of its own is shared.
+        let shared = PodFacts {
+            shared_fs: true,
+            ..Default::default()
+        };
+        let p = plan(&mount(root.path(), "/h"), shared, &s).unwrap();
+        assert_eq!((p.class, &p.volume[..6]), (Class::Shared, "share-"));
     }
 }

@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 use vmlet_proto::agent as pb;
 
 use super::plan::{Class, Planned, VolumeSettings, MAX_COPY_ENTRIES, TERMINATION_LOG_MAX};
+use super::share::{self, Share, ShareError};
 use super::tree;
 use crate::sandbox::{guest, Vm};
 
@@ -42,6 +43,16 @@ pub enum VolumeError {
         /// Why.
         source: tree::TreeError,
     },
+    /// The host side of a shared volume could not be made.
+    #[error("mount of {host:?} at {container:?}: {source}")]
+    Share {
+        /// Host path.
+        host: String,
+        /// Container path.
+        container: String,
+        /// Why.
+        source: ShareError,
+    },
     /// The guest refused or failed.
     #[error("guest {call} for the mount at {container:?}: {status}")]
     Guest {
@@ -62,7 +73,7 @@ impl VolumeError {
                 source: tree::TreeError::TooBig(_) | tree::TreeError::Special { .. },
                 ..
             } => tonic::Code::InvalidArgument,
-            VolumeError::Host { .. } => tonic::Code::Internal,
+            VolumeError::Host { .. } | VolumeError::Share { .. } => tonic::Code::Internal,
             VolumeError::Guest { status, .. } => match status.code() {
                 tonic::Code::InvalidArgument => tonic::Code::InvalidArgument,
                 _ => tonic::Code::Internal,
@@ -90,12 +101,27 @@ struct State {
 #[derive(Default)]
 pub struct PodVolumes {
     state: Mutex<State>,
+    /// The pod's shared file system on the host, if it has one.
+    share: Mutex<Option<Share>>,
     /// Wakes the watcher when the set of volumes changed.
     changed: Arc<Notify>,
     settings: Mutex<VolumeSettings>,
 }
 
 impl PodVolumes {
+    /// Gives the pod its shared file system.
+    pub fn set_share(&self, share: Share) {
+        *self.share.lock().unwrap_or_else(PoisonError::into_inner) = Some(share);
+    }
+
+    /// The pod's shared file system, if it has one.
+    pub fn share(&self) -> Option<Share> {
+        self.share
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -180,23 +206,51 @@ impl PodVolumes {
                     .map_err(guest_err("SyncVolume", p))?;
                 copied = before;
             }
-            Class::ScratchDir | Class::MemoryDir(_) => {
+            Class::ScratchDir | Class::MemoryDir(_) | Class::Shared => {
+                use pb::prepare_volume_request::Medium;
                 let (medium, size) = match p.class {
-                    Class::MemoryDir(size) => (pb::prepare_volume_request::Medium::Memory, size),
-                    _ => (pb::prepare_volume_request::Medium::Disk, 0),
+                    Class::MemoryDir(size) => (Medium::Memory, size),
+                    Class::Shared => (Medium::Shared, 0),
+                    _ => (Medium::Disk, 0),
                 };
                 let mut req = pb::PrepareVolumeRequest {
                     name: p.volume.clone(),
                     scratch_serial: scratch.to_owned(),
                     size_limit_bytes: size,
-                    ..Default::default()
+                    fs_tag: share::FS_TAG.to_owned(),
+                    medium: 0,
+                };
+                let share = if p.class == Class::Shared {
+                    let share = self.share().ok_or_else(|| VolumeError::Share {
+                        host: p.host_path.clone(),
+                        container: p.container_path.clone(),
+                        source: ShareError::Daemon("the pod has no shared file system".into()),
+                    })?;
+                    share
+                        .bind(&p.volume, &host)
+                        .map_err(|source| VolumeError::Share {
+                            host: p.host_path.clone(),
+                            container: p.container_path.clone(),
+                            source,
+                        })?;
+                    Some(share)
+                } else {
+                    None
                 };
                 req.set_medium(medium);
-                vm.client
+                let prepared = vm
+                    .client
                     .clone()
                     .prepare_volume(guest::req(req, guest::CALL))
                     .await
-                    .map_err(guest_err("PrepareVolume", p))?;
+                    .map_err(guest_err("PrepareVolume", p));
+                if let Err(e) = prepared {
+                    if let Some(share) = share {
+                        remove_guest(vm, &p.volume).await;
+                        share.unbind(&p.volume);
+                    }
+                    return Err(e);
+                }
             }
         }
         let mut s = self.lock();
@@ -215,8 +269,18 @@ impl PodVolumes {
     pub async fn undo(&self, vm: &Vm, container: &str, made: &[String]) {
         self.forget_user(container);
         for name in made {
-            self.lock().volumes.remove(name);
+            let gone = self.lock().volumes.remove(name);
             remove_guest(vm, name).await;
+            self.unbind(gone.as_ref(), name);
+        }
+    }
+
+    /// Unbinds a shared volume's host side (after the guest let go of it).
+    fn unbind(&self, v: Option<&Volume>, name: &str) {
+        if v.is_some_and(|v| v.class == Class::Shared) {
+            if let Some(share) = self.share() {
+                share.unbind(name);
+            }
         }
     }
 
@@ -260,7 +324,7 @@ impl PodVolumes {
     /// `container` is gone: its volumes that no other container uses are removed
     /// from the guest, except emptyDirs, which live as long as the pod.
     pub async fn release(&self, vm: Option<&Vm>, container: &str) {
-        let gone: Vec<String> = {
+        let gone: Vec<(String, Volume)> = {
             let mut s = self.lock();
             let names: Vec<String> = s
                 .volumes
@@ -271,15 +335,16 @@ impl PodVolumes {
                     (used && v.users.is_empty() && !keep).then(|| name.clone())
                 })
                 .collect();
-            for n in &names {
-                s.volumes.remove(n);
-            }
             names
+                .into_iter()
+                .filter_map(|n| s.volumes.remove(&n).map(|v| (n, v)))
+                .collect()
         };
-        if let Some(vm) = vm {
-            for name in gone {
+        for (name, v) in gone {
+            if let Some(vm) = vm {
                 remove_guest(vm, &name).await;
             }
+            self.unbind(Some(&v), &name);
         }
     }
 

@@ -29,6 +29,8 @@ use vmlet_proto::agent::{volume_entry::Kind, VolumeEntry};
 
 /// Where pod volumes live.
 pub const VOLUMES_DIR: &str = "/run/vmlet/volumes";
+/// Where each virtio-fs file system is mounted, by tag.
+pub const SHARED_FS_DIR: &str = "/run/vmlet/sharedfs";
 /// Most entries in one copied volume.
 pub const MAX_ENTRIES: usize = 16_384;
 /// Most bytes [`read_tail`] returns.
@@ -57,8 +59,17 @@ pub enum VolumeError {
     },
 }
 
-/// Disk volumes' backing directories on the scratch disk, by name: removed with them.
-static BACKINGS: Mutex<Option<HashMap<String, PathBuf>>> = Mutex::new(None);
+/// What backs a volume that is a mount, by name.
+#[derive(Debug, Clone)]
+enum Backing {
+    /// A directory on the scratch disk: removed with the volume.
+    Scratch(PathBuf),
+    /// An entry of a virtio-fs file system: the host's, never deleted from here.
+    Shared,
+}
+
+/// The volumes that are mounts, with what backs them.
+static BACKINGS: Mutex<Option<HashMap<String, Backing>>> = Mutex::new(None);
 
 fn sys<E: Into<std::io::Error>>(
     name: &str,
@@ -503,13 +514,49 @@ fn rewrite_file(
     fill(&mut std::fs::File::from(fd), e).map_err(sys(name, "write"))
 }
 
-/// Where an empty volume lives.
+/// Where a prepared volume lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Medium<'a> {
     /// A directory under this scratch disk mount.
     Disk(&'a Path),
     /// A tmpfs of at most this many bytes (0: the tmpfs default).
     Memory(u64),
+    /// The entry of the volume's name in the virtio-fs file system with this tag.
+    Shared(&'a str),
+}
+
+/// Mounts virtio-fs file system `tag` (once) and returns where.
+fn shared_fs(name: &str, tag: &str) -> Result<PathBuf, VolumeError> {
+    let ok = !tag.is_empty()
+        && tag.len() <= 36
+        && tag
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !ok {
+        return Err(VolumeError::Invalid(format!(
+            "file system tag {tag:?} must be 1 to 36 of [A-Za-z0-9_-]"
+        )));
+    }
+    let dir = Path::new(SHARED_FS_DIR).join(tag);
+    let mounted = std::fs::read_to_string("/proc/self/mounts")
+        .map_err(sys(name, "read /proc/self/mounts"))?
+        .lines()
+        .any(|l| l.split(' ').nth(1) == dir.to_str());
+    if !mounted {
+        std::fs::create_dir_all(&dir).map_err(sys(name, format!("create {}", dir.display())))?;
+        mount(
+            Some(tag),
+            &dir,
+            Some("virtiofs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            None::<&str>,
+        )
+        .map_err(sys(
+            name,
+            format!("mount the virtio-fs file system {tag:?}"),
+        ))?;
+    }
+    Ok(dir)
 }
 
 /// Makes the empty volume `name` unless it exists. Mode 0777 as the kubelet makes an
@@ -518,7 +565,7 @@ pub fn prepare(name: &str, medium: Medium<'_>) -> Result<(), VolumeError> {
     check_name(name)?;
     let parent = volumes_dir(name)?;
     if let Some(st) = lstat_at(&parent, name).map_err(sys(name, "stat"))? {
-        if kind_of(&st) == SFlag::S_IFDIR {
+        if kind_of(&st) == SFlag::S_IFDIR || matches!(medium, Medium::Shared(_)) {
             return Ok(());
         }
         return Err(VolumeError::Invalid(format!(
@@ -526,6 +573,9 @@ pub fn prepare(name: &str, medium: Medium<'_>) -> Result<(), VolumeError> {
         )));
     }
     let target = path(name);
+    if let Medium::Shared(tag) = medium {
+        return prepare_shared(name, tag, &target);
+    }
     let mk = |p: &Path| -> Result<(), VolumeError> {
         std::fs::create_dir_all(p).map_err(sys(name, format!("create {}", p.display())))?;
         std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o777))
@@ -548,12 +598,13 @@ pub fn prepare(name: &str, medium: Medium<'_>) -> Result<(), VolumeError> {
             if bound.is_ok() {
                 lock_backings()
                     .get_or_insert_with(HashMap::new)
-                    .insert(name.to_owned(), backing);
+                    .insert(name.to_owned(), Backing::Scratch(backing));
             } else {
                 let _ = std::fs::remove_dir(&backing);
             }
             bound
         }
+        Medium::Shared(_) => Ok(()),
         Medium::Memory(size) => {
             mk(&target)?;
             let data = if size == 0 {
@@ -577,7 +628,44 @@ pub fn prepare(name: &str, medium: Medium<'_>) -> Result<(), VolumeError> {
     result
 }
 
-fn lock_backings() -> std::sync::MutexGuard<'static, Option<HashMap<String, PathBuf>>> {
+/// Binds entry `name` of virtio-fs file system `tag` at `target` (a file or a
+/// directory, as the entry is).
+fn prepare_shared(name: &str, tag: &str, target: &Path) -> Result<(), VolumeError> {
+    let source = shared_fs(name, tag)?.join(name);
+    let md = std::fs::symlink_metadata(&source)
+        .map_err(sys(name, format!("stat {}", source.display())))?;
+    if md.is_dir() {
+        std::fs::create_dir(target).map_err(sys(name, "create the mount point"))?;
+    } else if md.is_file() {
+        std::fs::File::create(target).map_err(sys(name, "create the mount point"))?;
+    } else {
+        return Err(VolumeError::Invalid(format!(
+            "shared entry {name:?} is neither a file nor a directory"
+        )));
+    }
+    let bound = mount(
+        Some(&source),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(sys(name, "bind the shared entry"));
+    match bound {
+        Ok(()) => {
+            lock_backings()
+                .get_or_insert_with(HashMap::new)
+                .insert(name.to_owned(), Backing::Shared);
+            Ok(())
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir(target).or_else(|_| std::fs::remove_file(target));
+            Err(e)
+        }
+    }
+}
+
+fn lock_backings() -> std::sync::MutexGuard<'static, Option<HashMap<String, Backing>>> {
     BACKINGS
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -624,9 +712,18 @@ pub fn remove(name: &str) -> Result<(), VolumeError> {
         Err(e) => return Err(sys(name, "unmount")(e)),
     }
     let parent = volumes_dir(name)?;
-    remove_at(&parent, name).map_err(sys(name, "delete"))?;
     let backing = lock_backings().as_mut().and_then(|b| b.remove(name));
-    if let Some(b) = backing {
+    if let Some(Backing::Shared) = backing {
+        // Only the mount point: what was below it is the host's.
+        return match unlinkat(&parent, name, UnlinkatFlags::RemoveDir)
+            .or_else(|_| unlinkat(&parent, name, UnlinkatFlags::NoRemoveDir))
+        {
+            Ok(()) | Err(Errno::ENOENT) => Ok(()),
+            Err(e) => Err(sys(name, "delete the mount point")(e)),
+        };
+    }
+    remove_at(&parent, name).map_err(sys(name, "delete"))?;
+    if let Some(Backing::Scratch(b)) = backing {
         if let Some(dir) = b.parent() {
             let fd = open_abs_dir(dir).map_err(sys(name, "open the scratch volumes"))?;
             let leaf = b.file_name().unwrap_or(OsStr::new(name)).to_string_lossy();

@@ -529,6 +529,7 @@ impl Agent for AgentService {
                 volumes::prepare(&r.name, volumes::Medium::Disk(&scratch))
             }
             M::Memory => volumes::prepare(&r.name, volumes::Medium::Memory(r.size_limit_bytes)),
+            M::Shared => volumes::prepare(&r.name, volumes::Medium::Shared(&r.fs_tag)),
         }
         .map_err(status::volume)?;
         Ok(Response::new(pb::PrepareVolumeResponse {}))
