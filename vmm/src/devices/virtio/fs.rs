@@ -1,0 +1,396 @@
+//! virtio-fs as a vhost-user frontend: the file system itself is served by a
+//! separate backend process (virtiofsd) on a unix socket; the VMM only sets the
+//! device up and relays notifications.
+//!
+//! * When the VM is built the frontend connects, negotiates features and protocol
+//!   features, claims ownership and sends the guest memory table (one fd per RAM
+//!   region, so guest RAM must be a shared memfd).
+//! * When the driver sets DRIVER_OK each vring is handed over: size, addresses (as
+//!   VMM virtual addresses, which the backend translates through the memory
+//!   table), base index, kick and call eventfds, then enabled.
+//! * Guest kicks reach the backend without the VMM: the kick eventfd of a queue is
+//!   the ioeventfd KVM signals on its QueueNotify write.
+//! * The backend's call eventfds are watched on the event loop, which sets the
+//!   used-ring bit in the interrupt status and raises the irqfd (virtio-mmio's
+//!   driver ignores an interrupt whose status bit is clear, so the call fd cannot
+//!   be the irqfd itself).
+//! * A driver reset stops every vring (`GET_VRING_BASE`). A backend that goes away
+//!   is logged and the device stops; the VM goes on without it.
+//!
+//! Queues: one high-priority queue, then `num_request_queues` request queues. No
+//! DAX window.
+
+use super::{device_type, ActivateError, IrqTrigger, VirtioDevice, INT_VRING, VIRTIO_F_VERSION_1};
+use crate::config::FsConfig;
+use event_manager::{EventOps, Events, MutEventSubscriber};
+use std::sync::Arc;
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost::vhost_user::{Frontend, VhostUserFrontend};
+use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
+
+/// Size of the configuration space tag (virtio 1.2, 5.11.4).
+pub const TAG_LEN: usize = 36;
+/// Size of the whole configuration space: tag, then `num_request_queues` (le32).
+pub const CONFIG_LEN: usize = TAG_LEN + 4;
+
+/// Transport features the device may pass on from the backend; anything else (a
+/// packed ring, an IOMMU) this VMM does not implement.
+const PASSED_FEATURES: u64 = VIRTIO_F_VERSION_1
+    | (1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC)
+    | (1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX);
+/// Protocol features we use when the backend offers them.
+const WANTED_PROTOCOL: VhostUserProtocolFeatures = VhostUserProtocolFeatures::MQ;
+
+/// Event-loop data of the backend socket (call eventfds use their queue index).
+const SOCKET_EVENT: u32 = u32::MAX;
+
+/// Why the device could not be set up with its backend.
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    /// The backend socket cannot be reached.
+    #[error("connecting to vhost-user backend {path}: {source}")]
+    Connect {
+        /// The socket.
+        path: std::path::PathBuf,
+        /// Why.
+        source: vhost::Error,
+    },
+    /// A vhost-user request failed.
+    #[error("vhost-user {request}: {source}")]
+    Request {
+        /// The request.
+        request: &'static str,
+        /// Why.
+        source: vhost::Error,
+    },
+    /// The backend lacks something virtio-fs needs.
+    #[error("vhost-user backend: {0}")]
+    Backend(String),
+    /// Guest RAM is not shared memory.
+    #[error("guest memory is not shared (a memfd), which vhost-user needs")]
+    PrivateMemory,
+    /// A vring address is outside guest RAM.
+    #[error("queue {0}: a ring lies outside guest memory")]
+    RingAddress(usize),
+    /// An eventfd could not be created.
+    #[error("eventfd: {0}")]
+    EventFd(std::io::Error),
+}
+
+/// The name of a failed request, for [`FsError::Request`].
+fn req(request: &'static str) -> impl Fn(vhost::Error) -> FsError {
+    move |source| FsError::Request { request, source }
+}
+
+/// The configuration space of a device with `tag` and `request_queues`.
+pub fn config_space(tag: &str, request_queues: u16) -> [u8; CONFIG_LEN] {
+    let mut config = [0u8; CONFIG_LEN];
+    let n = tag.len().min(TAG_LEN);
+    config[..n].copy_from_slice(&tag.as_bytes()[..n]);
+    config[TAG_LEN..].copy_from_slice(&u32::from(request_queues).to_le_bytes());
+    config
+}
+
+struct Active {
+    irq: Arc<IrqTrigger>,
+    queues: usize,
+}
+
+/// A virtio-fs device backed by a vhost-user backend.
+pub struct Fs {
+    tag: String,
+    frontend: Frontend,
+    config: [u8; CONFIG_LEN],
+    queue_sizes: Vec<u16>,
+    /// Kick eventfds (KVM's ioeventfds), one per queue.
+    kick_evts: Vec<EventFd>,
+    /// Call eventfds the backend signals, one per queue.
+    call_evts: Vec<EventFd>,
+    /// Features the backend offers (including `VHOST_USER_F_PROTOCOL_FEATURES`).
+    backend_features: u64,
+    acked_features: u64,
+    protocol: bool,
+    /// Set once the backend is gone: the device then does nothing more.
+    gone: bool,
+    active: Option<Active>,
+}
+
+impl Fs {
+    /// Connects to the backend of `config` and hands it `mem` (which must be
+    /// shared memory).
+    pub fn new(config: &FsConfig, mem: &GuestMemoryMmap) -> Result<Self, FsError> {
+        let queues = 1 + usize::from(config.num_request_queues);
+        let mut frontend = Frontend::connect(&config.socket, queues as u64).map_err(|source| {
+            FsError::Connect {
+                path: config.socket.clone(),
+                source,
+            }
+        })?;
+        frontend.set_owner().map_err(req("SET_OWNER"))?;
+        let backend_features = frontend.get_features().map_err(req("GET_FEATURES"))?;
+        if backend_features & VIRTIO_F_VERSION_1 == 0 {
+            return Err(FsError::Backend("no VIRTIO_F_VERSION_1".into()));
+        }
+        let protocol = backend_features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0;
+        if protocol {
+            // Protocol features can only be negotiated once the bit is acked.
+            frontend
+                .set_features(VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits())
+                .map_err(req("SET_FEATURES"))?;
+            let offered = frontend
+                .get_protocol_features()
+                .map_err(req("GET_PROTOCOL_FEATURES"))?;
+            let wanted = offered & WANTED_PROTOCOL;
+            frontend
+                .set_protocol_features(wanted)
+                .map_err(req("SET_PROTOCOL_FEATURES"))?;
+            if wanted.contains(VhostUserProtocolFeatures::MQ) {
+                let max = frontend.get_queue_num().map_err(req("GET_QUEUE_NUM"))?;
+                if max < queues as u64 {
+                    return Err(FsError::Backend(format!(
+                        "serves {max} queues, {queues} configured"
+                    )));
+                }
+            }
+        }
+        let regions = mem
+            .iter()
+            .map(|r| {
+                r.file_offset().ok_or(FsError::PrivateMemory)?;
+                VhostUserMemoryRegionInfo::from_guest_region(r).map_err(req("SET_MEM_TABLE"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        frontend
+            .set_mem_table(&regions)
+            .map_err(req("SET_MEM_TABLE"))?;
+        let new_evts = || {
+            (0..queues)
+                .map(|_| EventFd::new(libc::EFD_NONBLOCK))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(FsError::EventFd)
+        };
+        tracing::debug!(
+            "virtio-fs {}: backend {} offers features {backend_features:#x}",
+            config.tag,
+            config.socket.display()
+        );
+        Ok(Fs {
+            tag: config.tag.clone(),
+            frontend,
+            config: config_space(&config.tag, config.num_request_queues),
+            queue_sizes: vec![config.queue_size; queues],
+            kick_evts: new_evts()?,
+            call_evts: new_evts()?,
+            backend_features,
+            acked_features: 0,
+            protocol,
+            gone: false,
+            active: None,
+        })
+    }
+
+    /// Hands every vring to the backend and starts it.
+    fn start_vrings(&mut self, mem: &GuestMemoryMmap, queues: &[Queue]) -> Result<(), FsError> {
+        let mut features = self.acked_features;
+        if self.protocol {
+            features |= VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+        }
+        self.frontend
+            .set_features(features)
+            .map_err(req("SET_FEATURES"))?;
+        for (i, q) in queues.iter().enumerate() {
+            let host = |addr: u64| {
+                mem.get_host_address(GuestAddress(addr))
+                    .map(|p| p as u64)
+                    .map_err(|_| FsError::RingAddress(i))
+            };
+            let ring = VringConfigData {
+                queue_max_size: q.max_size(),
+                queue_size: q.size(),
+                flags: 0,
+                desc_table_addr: host(q.desc_table())?,
+                used_ring_addr: host(q.used_ring())?,
+                avail_ring_addr: host(q.avail_ring())?,
+                log_addr: None,
+            };
+            self.frontend
+                .set_vring_num(i, q.size())
+                .map_err(req("SET_VRING_NUM"))?;
+            self.frontend
+                .set_vring_addr(i, &ring)
+                .map_err(req("SET_VRING_ADDR"))?;
+            self.frontend
+                .set_vring_base(i, q.next_avail())
+                .map_err(req("SET_VRING_BASE"))?;
+            self.frontend
+                .set_vring_call(i, &self.call_evts[i])
+                .map_err(req("SET_VRING_CALL"))?;
+            self.frontend
+                .set_vring_kick(i, &self.kick_evts[i])
+                .map_err(req("SET_VRING_KICK"))?;
+            if self.protocol {
+                self.frontend
+                    .set_vring_enable(i, true)
+                    .map_err(req("SET_VRING_ENABLE"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops the first `queues` vrings in the backend.
+    fn stop_vrings(&mut self, queues: usize) -> Result<(), FsError> {
+        for i in 0..queues {
+            if self.protocol {
+                self.frontend
+                    .set_vring_enable(i, false)
+                    .map_err(req("SET_VRING_ENABLE"))?;
+            }
+            // The backend stops the ring when asked for its base.
+            self.frontend
+                .get_vring_base(i)
+                .map_err(req("GET_VRING_BASE"))?;
+        }
+        Ok(())
+    }
+
+    /// The backend closed its socket: nothing more reaches it.
+    fn backend_gone(&mut self, ops: &mut EventOps) {
+        if self.gone {
+            return;
+        }
+        self.gone = true;
+        self.active = None;
+        tracing::error!(
+            "virtio-fs {}: the vhost-user backend closed its socket; the device stops, the VM goes on",
+            self.tag
+        );
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.frontend);
+        // Level-triggered hang-ups repeat until the fd leaves the loop.
+        if let Err(e) = ops.remove(Events::with_data_raw(fd, SOCKET_EVENT, EventSet::empty())) {
+            tracing::debug!("virtio-fs {}: unwatching the socket: {e}", self.tag);
+        }
+    }
+}
+
+impl VirtioDevice for Fs {
+    fn device_type(&self) -> u32 {
+        device_type::FS
+    }
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.queue_sizes
+    }
+    fn avail_features(&self) -> u64 {
+        self.backend_features & PASSED_FEATURES
+    }
+    fn set_acked_features(&mut self, features: u64) {
+        self.acked_features = features & self.avail_features();
+    }
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        super::read_config_bytes(&self.config, offset, data);
+    }
+    fn queue_events(&self) -> &[EventFd] {
+        &self.kick_evts
+    }
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        queues: Vec<Queue>,
+        irq: Arc<IrqTrigger>,
+    ) -> Result<(), ActivateError> {
+        if queues.len() != self.queue_sizes.len() {
+            return Err(ActivateError::QueueCount {
+                expected: self.queue_sizes.len(),
+                got: queues.len(),
+            });
+        }
+        if self.gone {
+            return Err(ActivateError::Backend(
+                "the vhost-user backend is gone".into(),
+            ));
+        }
+        self.start_vrings(&mem, &queues)
+            .map_err(|e| ActivateError::Backend(e.to_string()))?;
+        self.active = Some(Active {
+            irq,
+            queues: queues.len(),
+        });
+        Ok(())
+    }
+    fn reset(&mut self) {
+        let Some(active) = self.active.take() else {
+            return;
+        };
+        if self.gone {
+            return;
+        }
+        if let Err(e) = self.stop_vrings(active.queues) {
+            tracing::error!("virtio-fs {}: stopping the vrings: {e}", self.tag);
+        }
+        // Calls the backend made before it stopped must not leak into the next
+        // activation's interrupt status.
+        for evt in &self.call_evts {
+            let _ = evt.read();
+        }
+    }
+}
+
+impl MutEventSubscriber for Fs {
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        if events.data() == SOCKET_EVENT {
+            self.backend_gone(ops);
+            return;
+        }
+        let Some(evt) = self.call_evts.get(events.data() as usize) else {
+            return;
+        };
+        // Reading resets the counter; a nonblocking read of an empty one fails.
+        if evt.read().is_err() {
+            return;
+        }
+        if let Some(a) = &self.active {
+            a.irq.trigger(INT_VRING);
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        for (i, evt) in self.call_evts.iter().enumerate() {
+            if let Err(e) = ops.add(Events::with_data(evt, i as u32, EventSet::IN)) {
+                tracing::error!("virtio-fs {}: watching call eventfd {i}: {e}", self.tag);
+            }
+        }
+        // Only the peer's hang-up: replies on the socket are read by the requests.
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.frontend);
+        if let Err(e) = ops.add(Events::with_data_raw(
+            fd,
+            SOCKET_EVENT,
+            EventSet::READ_HANG_UP,
+        )) {
+            tracing::error!("virtio-fs {}: watching the backend socket: {e}", self.tag);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_space_holds_tag_and_queue_count() {
+        let c = config_space("vol0", 2);
+        assert_eq!(&c[..4], b"vol0");
+        assert!(c[4..TAG_LEN].iter().all(|&b| b == 0));
+        assert_eq!(&c[TAG_LEN..], &[2, 0, 0, 0]);
+        // A tag of the full length has no NUL terminator (the spec allows it).
+        let full = "t".repeat(TAG_LEN);
+        let c = config_space(&full, 1);
+        assert_eq!(&c[..TAG_LEN], full.as_bytes());
+        // Reads are bounded.
+        let mut d = [0xffu8; 8];
+        super::super::read_config_bytes(&c, CONFIG_LEN as u64 - 2, &mut d);
+        assert_eq!(d, [0, 0, 0, 0, 0, 0, 0, 0]);
+    }
+}
