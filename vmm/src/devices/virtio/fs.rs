@@ -137,10 +137,8 @@ impl Fs {
         }
         let protocol = backend_features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0;
         if protocol {
-            // Protocol features can only be negotiated once the bit is acked.
-            frontend
-                .set_features(VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits())
-                .map_err(req("SET_FEATURES"))?;
+            // Virtio features are set only once the driver has acked them (a backend
+            // may refuse a set without VIRTIO_F_VERSION_1).
             let offered = frontend
                 .get_protocol_features()
                 .map_err(req("GET_PROTOCOL_FEATURES"))?;
@@ -392,5 +390,32 @@ mod tests {
         let mut d = [0xffu8; 8];
         super::super::read_config_bytes(&c, CONFIG_LEN as u64 - 2, &mut d);
         assert_eq!(d, [0, 0, 0, 0, 0, 0, 0, 0]);
+    }
+
+    fn shared_mem() -> GuestMemoryMmap {
+        crate::vstate::memory::create(
+            32 << 20,
+            crate::vstate::memory::MemoryMode::Shared,
+            false,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_missing_or_vanishing_backend_is_a_named_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("fs.sock");
+        let config = FsConfig::new("vol", &socket);
+        let e = Fs::new(&config, &shared_mem()).err().unwrap();
+        assert!(
+            matches!(&e, FsError::Connect { path, .. } if *path == socket),
+            "{e}"
+        );
+        // A backend that accepts and hangs up fails the first request.
+        let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let t = std::thread::spawn(move || drop(listener.accept().unwrap()));
+        let e = Fs::new(&config, &shared_mem()).err().unwrap();
+        t.join().unwrap();
+        assert!(matches!(e, FsError::Request { .. }), "{e}");
     }
 }
