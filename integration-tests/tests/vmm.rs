@@ -180,12 +180,12 @@ fn virtio_fs_shares_a_host_directory_both_ways() {
         free_page_reporting: true,
         ..Default::default()
     });
-    let tag = guest.run_ok("cat /sys/fs/virtiofs/*/tag 2>/dev/null || true");
+    let bound = guest.run_ok("ls /sys/bus/virtio/drivers/virtiofs/");
+    assert!(bound.contains("virtio"), "virtiofs drives nothing: {bound}");
     guest.run_ok("mkdir -p /mnt/host && mount -t virtiofs hostdir /mnt/host");
     assert_eq!(
         guest.run_ok("cat /mnt/host/from-host"),
-        "written on the host\n",
-        "tag seen by the guest: {tag:?}"
+        "written on the host\n"
     );
     // 4 MiB through the request queue, both ways.
     guest.run_ok(
@@ -209,12 +209,23 @@ fn virtio_fs_shares_a_host_directory_both_ways() {
             .split_whitespace()
             .next()
     );
-    // A file the host changes under the mount reads back new (cache=auto
-    // revalidates on open after its timeout).
+    // A file the host changes reads back new in a fresh mount.
     guest.run_ok("umount /mnt/host");
     std::fs::write(shared.join("from-host"), "changed\n").unwrap();
     guest.run_ok("mount -t virtiofs hostdir /mnt/host");
     assert_eq!(guest.run_ok("cat /mnt/host/from-host"), "changed\n");
+    guest.run_ok("umount /mnt/host");
+    // A driver reset stops the vrings in the backend; the next probe starts them
+    // again and the share works as before.
+    guest.run_ok(
+        "cd /sys/bus/virtio/drivers/virtiofs && d=$(basename $(readlink -f virtio*)) && \
+         echo $d > unbind && echo $d > bind",
+    );
+    guest.run_ok("mount -t virtiofs hostdir /mnt/host");
+    assert_eq!(
+        guest.run_ok("cat /mnt/host/from-guest"),
+        "written-in-the-guest"
+    );
     guest.run_ok("umount /mnt/host");
     poweroff(guest);
 }

@@ -393,12 +393,8 @@ mod tests {
     }
 
     fn shared_mem() -> GuestMemoryMmap {
-        crate::vstate::memory::create(
-            32 << 20,
-            crate::vstate::memory::MemoryMode::Shared,
-            false,
-        )
-        .unwrap()
+        crate::vstate::memory::create(32 << 20, crate::vstate::memory::MemoryMode::Shared, false)
+            .unwrap()
     }
 
     #[test]
