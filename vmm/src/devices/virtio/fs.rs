@@ -24,7 +24,9 @@ use super::{device_type, ActivateError, IrqTrigger, VirtioDevice, INT_VRING, VIR
 use crate::config::FsConfig;
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use std::sync::Arc;
-use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost::vhost_user::message::{
+    VhostUserHeaderFlag, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
+};
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use virtio_queue::{Queue, QueueT};
@@ -42,8 +44,12 @@ pub const CONFIG_LEN: usize = TAG_LEN + 4;
 const PASSED_FEATURES: u64 = VIRTIO_F_VERSION_1
     | (1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC)
     | (1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX);
-/// Protocol features we use when the backend offers them.
-const WANTED_PROTOCOL: VhostUserProtocolFeatures = VhostUserProtocolFeatures::MQ;
+/// Protocol features we use when the backend offers them: MQ to learn how many
+/// queues it serves, REPLY_ACK so that every request is acknowledged (a memory
+/// table or vring the backend cannot take fails the request that sent it, instead
+/// of leaving a device that never answers).
+const WANTED_PROTOCOL: VhostUserProtocolFeatures =
+    VhostUserProtocolFeatures::MQ.union(VhostUserProtocolFeatures::REPLY_ACK);
 
 /// Event-loop data of the backend socket (call eventfds use their queue index).
 const SOCKET_EVENT: u32 = u32::MAX;
@@ -146,6 +152,9 @@ impl Fs {
             frontend
                 .set_protocol_features(wanted)
                 .map_err(req("SET_PROTOCOL_FEATURES"))?;
+            if wanted.contains(VhostUserProtocolFeatures::REPLY_ACK) {
+                frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+            }
             if wanted.contains(VhostUserProtocolFeatures::MQ) {
                 let max = frontend.get_queue_num().map_err(req("GET_QUEUE_NUM"))?;
                 if max < queues as u64 {
@@ -255,6 +264,20 @@ impl Fs {
         Ok(())
     }
 
+    /// The backend signalled the call eventfd of queue `index`: a used ring changed.
+    fn on_call(&mut self, index: usize) {
+        let Some(evt) = self.call_evts.get(index) else {
+            return;
+        };
+        // Reading resets the counter; a nonblocking read of an empty one fails.
+        if evt.read().is_err() {
+            return;
+        }
+        if let Some(a) = &self.active {
+            a.irq.trigger(INT_VRING);
+        }
+    }
+
     /// The backend closed its socket: nothing more reaches it.
     fn backend_gone(&mut self, ops: &mut EventOps) {
         if self.gone {
@@ -342,16 +365,7 @@ impl MutEventSubscriber for Fs {
             self.backend_gone(ops);
             return;
         }
-        let Some(evt) = self.call_evts.get(events.data() as usize) else {
-            return;
-        };
-        // Reading resets the counter; a nonblocking read of an empty one fails.
-        if evt.read().is_err() {
-            return;
-        }
-        if let Some(a) = &self.active {
-            a.irq.trigger(INT_VRING);
-        }
+        self.on_call(events.data() as usize);
     }
 
     fn init(&mut self, ops: &mut EventOps) {
@@ -413,5 +427,329 @@ mod tests {
         let e = Fs::new(&config, &shared_mem()).err().unwrap();
         t.join().unwrap();
         assert!(matches!(e, FsError::Request { .. }), "{e}");
+    }
+
+    mod fake {
+        //! A vhost-user backend that records what the frontend asks of it.
+        use std::fs::File;
+        use std::sync::{Arc, Mutex};
+        use vhost::vhost_user::message::*;
+        use vhost::vhost_user::{Backend, GpuBackend, VhostUserBackendReqHandlerMut};
+        use vhost::VhostUserMemoryRegionBase;
+
+        type Result<T> = std::result::Result<T, vhost::vhost_user::Error>;
+
+        /// What the test sees of the fake.
+        #[derive(Default)]
+        pub struct Seen {
+            pub log: Vec<String>,
+            pub kicks: Vec<File>,
+            pub calls: Vec<File>,
+        }
+
+        pub struct Fake {
+            pub features: u64,
+            pub queues: u64,
+            pub seen: Arc<Mutex<Seen>>,
+        }
+
+        impl Fake {
+            fn log(&self, line: String) -> Result<()> {
+                self.seen.lock().unwrap().log.push(line);
+                Ok(())
+            }
+        }
+
+        fn no<T>() -> Result<T> {
+            Err(vhost::vhost_user::Error::InvalidOperation(
+                "not in the fake",
+            ))
+        }
+
+        impl VhostUserBackendReqHandlerMut for Fake {
+            fn set_owner(&mut self) -> Result<()> {
+                self.log("SET_OWNER".into())
+            }
+            fn reset_owner(&mut self) -> Result<()> {
+                no()
+            }
+            fn reset_device(&mut self) -> Result<()> {
+                no()
+            }
+            fn get_features(&mut self) -> Result<u64> {
+                Ok(self.features)
+            }
+            fn set_features(&mut self, features: u64) -> Result<()> {
+                self.log(format!("SET_FEATURES {features:#x}"))
+            }
+            fn set_mem_table(
+                &mut self,
+                ctx: &[VhostUserMemoryRegion],
+                files: Vec<File>,
+                _: Option<bool>,
+            ) -> Result<Option<Vec<VhostUserMemoryRegionBase>>> {
+                for (r, f) in ctx.iter().zip(&files) {
+                    let size = f.metadata().unwrap().len();
+                    let (gpa, len, off) = (r.guest_phys_addr, r.memory_size, r.mmap_offset);
+                    self.log(format!(
+                        "REGION gpa={gpa:#x} size={len:#x} offset={off:#x} file={size:#x}"
+                    ))?;
+                }
+                Ok(None)
+            }
+            fn set_vring_num(&mut self, index: u32, num: u32) -> Result<()> {
+                self.log(format!("SET_VRING_NUM {index} {num}"))
+            }
+            fn set_vring_addr(
+                &mut self,
+                index: u32,
+                _: VhostUserVringAddrFlags,
+                desc: u64,
+                used: u64,
+                avail: u64,
+                _: u64,
+            ) -> Result<()> {
+                self.log(format!(
+                    "SET_VRING_ADDR {index} {desc:#x} {used:#x} {avail:#x}"
+                ))
+            }
+            fn set_vring_base(&mut self, index: u32, base: u32) -> Result<()> {
+                self.log(format!("SET_VRING_BASE {index} {base}"))
+            }
+            fn get_vring_base(&mut self, index: u32) -> Result<VhostUserVringState> {
+                self.log(format!("GET_VRING_BASE {index}"))?;
+                Ok(VhostUserVringState::new(index, 0))
+            }
+            fn set_vring_kick(&mut self, _: u8, fd: Option<File>) -> Result<()> {
+                self.seen.lock().unwrap().kicks.extend(fd);
+                Ok(())
+            }
+            fn set_vring_call(&mut self, _: u8, fd: Option<File>) -> Result<()> {
+                self.seen.lock().unwrap().calls.extend(fd);
+                Ok(())
+            }
+            fn set_vring_err(&mut self, _: u8, _: Option<File>) -> Result<()> {
+                no()
+            }
+            fn get_protocol_features(&mut self) -> Result<VhostUserProtocolFeatures> {
+                Ok(VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::CONFIG)
+            }
+            fn set_protocol_features(&mut self, features: u64) -> Result<()> {
+                self.log(format!("SET_PROTOCOL_FEATURES {features:#x}"))
+            }
+            fn get_queue_num(&mut self) -> Result<u64> {
+                Ok(self.queues)
+            }
+            fn set_vring_enable(&mut self, index: u32, enable: bool) -> Result<()> {
+                self.log(format!("SET_VRING_ENABLE {index} {enable}"))
+            }
+            fn get_config(&mut self, _: u32, _: u32, _: VhostUserConfigFlags) -> Result<Vec<u8>> {
+                no()
+            }
+            fn set_config(&mut self, _: u32, _: &[u8], _: VhostUserConfigFlags) -> Result<()> {
+                no()
+            }
+            fn set_backend_req_fd(&mut self, _: Backend) {}
+            fn set_gpu_socket(&mut self, _: GpuBackend) -> Result<()> {
+                no()
+            }
+            fn get_shared_object(&mut self, _: VhostUserSharedMsg) -> Result<File> {
+                no()
+            }
+            fn get_inflight_fd(
+                &mut self,
+                _: &VhostUserInflight,
+            ) -> Result<(VhostUserInflight, File)> {
+                no()
+            }
+            fn set_inflight_fd(&mut self, _: &VhostUserInflight, _: File) -> Result<()> {
+                no()
+            }
+            fn get_max_mem_slots(&mut self) -> Result<u64> {
+                no()
+            }
+            fn add_mem_region(
+                &mut self,
+                _: &VhostUserSingleMemoryRegion,
+                _: File,
+                _: Option<bool>,
+            ) -> Result<Option<VhostUserMemoryRegionBase>> {
+                no()
+            }
+            fn remove_mem_region(&mut self, _: &VhostUserSingleMemoryRegion) -> Result<()> {
+                no()
+            }
+            fn set_device_state_fd(
+                &mut self,
+                _: VhostTransferStateDirection,
+                _: VhostTransferStatePhase,
+                _: File,
+            ) -> Result<Option<File>> {
+                no()
+            }
+            fn check_device_state(&mut self) -> Result<()> {
+                no()
+            }
+            fn get_shmem_config(&mut self) -> Result<VhostUserShMemConfig> {
+                no()
+            }
+            fn set_log_base(&mut self, _: &VhostUserLog, _: File) -> Result<()> {
+                no()
+            }
+        }
+    }
+
+    /// Serves `fake` on a socket in `dir` from a thread; returns the socket.
+    fn serve(dir: &std::path::Path, fake: fake::Fake) -> std::path::PathBuf {
+        let socket = dir.join("fs.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut handler = vhost::vhost_user::BackendReqHandler::from_stream(
+                stream,
+                Arc::new(std::sync::Mutex::new(fake)),
+            );
+            while handler.handle_request().is_ok() {}
+        });
+        socket
+    }
+
+    /// A ready queue of 16 entries at `base` in guest memory.
+    fn queue(base: u64) -> Queue {
+        let mut q = Queue::new(256).unwrap();
+        q.set_size(16);
+        q.set_desc_table_address(Some(base as u32), Some(0));
+        q.set_avail_ring_address(Some((base + 0x1000) as u32), Some(0));
+        q.set_used_ring_address(Some((base + 0x2000) as u32), Some(0));
+        q.set_ready(true);
+        q
+    }
+
+    #[test]
+    fn the_backend_gets_memory_features_and_vrings_and_stops_them_on_reset() {
+        use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+        let dir = tempfile::tempdir().unwrap();
+        let seen = Arc::new(std::sync::Mutex::new(fake::Seen::default()));
+        let packed = 1u64 << 34;
+        let event_idx = 1u64 << VIRTIO_RING_F_EVENT_IDX;
+        let protocol = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+        let socket = serve(
+            dir.path(),
+            fake::Fake {
+                features: VIRTIO_F_VERSION_1 | event_idx | packed | protocol,
+                queues: 2,
+                seen: seen.clone(),
+            },
+        );
+        let mem = shared_mem();
+        let config = FsConfig {
+            queue_size: 256,
+            ..FsConfig::new("vol", &socket)
+        };
+        let mut fs = Fs::new(&config, &mem).unwrap();
+        assert_eq!(
+            seen.lock().unwrap().log,
+            [
+                "SET_OWNER".to_owned(),
+                format!("SET_PROTOCOL_FEATURES {:#x}", WANTED_PROTOCOL.bits()),
+                "REGION gpa=0x0 size=0x2000000 offset=0x0 file=0x2000000".to_owned(),
+            ]
+        );
+        // Neither a packed ring nor the vhost-user bit reach the driver.
+        assert_eq!(fs.avail_features(), VIRTIO_F_VERSION_1 | event_idx);
+        assert_eq!(fs.queue_max_sizes(), [256, 256]);
+        let mut c = [0u8; 4];
+        fs.read_config(TAG_LEN as u64, &mut c);
+        assert_eq!(c, [1, 0, 0, 0]);
+
+        seen.lock().unwrap().log.clear();
+        fs.set_acked_features(VIRTIO_F_VERSION_1 | event_idx | packed);
+        let irq = Arc::new(IrqTrigger::new().unwrap());
+        fs.activate(
+            mem.clone(),
+            vec![queue(0x10000), queue(0x20000)],
+            irq.clone(),
+        )
+        .unwrap();
+        let host = |a: u64| mem.get_host_address(GuestAddress(a)).unwrap() as u64;
+        let mut want = vec![format!(
+            "SET_FEATURES {:#x}",
+            VIRTIO_F_VERSION_1 | event_idx | protocol
+        )];
+        for (i, base) in [(0, 0x10000), (1, 0x20000)] {
+            want.push(format!("SET_VRING_NUM {i} 16"));
+            want.push(format!(
+                "SET_VRING_ADDR {i} {:#x} {:#x} {:#x}",
+                host(base),
+                host(base + 0x2000),
+                host(base + 0x1000)
+            ));
+            want.push(format!("SET_VRING_BASE {i} 0"));
+            want.push(format!("SET_VRING_ENABLE {i} true"));
+        }
+        {
+            let mut s = seen.lock().unwrap();
+            assert_eq!(s.log, want);
+            assert_eq!((s.kicks.len(), s.calls.len()), (2, 2));
+            // A guest kick (KVM's ioeventfd) is the backend's kick fd...
+            fs.queue_events()[1].write(1).unwrap();
+            let mut n = [0u8; 8];
+            std::io::Read::read_exact(&mut s.kicks[1], &mut n).unwrap();
+            assert_eq!(u64::from_ne_bytes(n), 1);
+            // ...and the backend's call raises the device's interrupt.
+            std::io::Write::write_all(&mut s.calls[0], &1u64.to_ne_bytes()).unwrap();
+            s.log.clear();
+        }
+        fs.on_call(0);
+        assert_eq!(irq.status(), INT_VRING);
+        assert_eq!(irq.eventfd().read().unwrap(), 1);
+        fs.on_call(5); // no such queue: ignored
+
+        fs.reset();
+        assert_eq!(
+            seen.lock().unwrap().log,
+            [
+                "SET_VRING_ENABLE 0 false",
+                "GET_VRING_BASE 0",
+                "SET_VRING_ENABLE 1 false",
+                "GET_VRING_BASE 1"
+            ]
+        );
+        // A second reset without activation asks nothing.
+        seen.lock().unwrap().log.clear();
+        fs.reset();
+        assert!(seen.lock().unwrap().log.is_empty());
+    }
+
+    #[test]
+    fn more_queues_than_the_backend_serves_or_private_memory_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = |queues| fake::Fake {
+            features: VIRTIO_F_VERSION_1 | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits(),
+            queues,
+            seen: Default::default(),
+        };
+        let socket = serve(dir.path(), fake(2));
+        let config = FsConfig {
+            num_request_queues: 2,
+            ..FsConfig::new("vol", &socket)
+        };
+        let e = Fs::new(&config, &shared_mem()).err().unwrap();
+        assert_eq!(
+            e.to_string(),
+            "vhost-user backend: serves 2 queues, 3 configured"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let socket = serve(dir.path(), fake(2));
+        let private = crate::vstate::memory::create(
+            32 << 20,
+            crate::vstate::memory::MemoryMode::Private,
+            false,
+        )
+        .unwrap();
+        let e = Fs::new(&FsConfig::new("vol", &socket), &private)
+            .err()
+            .unwrap();
+        assert!(matches!(e, FsError::PrivateMemory), "{e}");
     }
 }
