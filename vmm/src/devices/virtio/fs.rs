@@ -16,6 +16,11 @@
 //!   be the irqfd itself).
 //! * A driver reset stops every vring (`GET_VRING_BASE`). A backend that goes away
 //!   is logged and the device stops; the VM goes on without it.
+//! * Activation and reset run on the vCPU thread that wrote the status register,
+//!   which waits for the backend's replies. After a failed request the connection
+//!   is not used again (it may be out of step). A backend that stays alive but
+//!   never answers holds that vCPU: the vhost crate retries a timed-out socket
+//!   read, so a socket timeout cannot bound the wait.
 //!
 //! Queues: one high-priority queue, then `num_request_queues` request queues. No
 //! DAX window.
@@ -85,6 +90,9 @@ pub enum FsError {
     /// An eventfd could not be created.
     #[error("eventfd: {0}")]
     EventFd(std::io::Error),
+    /// An earlier activation or reset failed: the connection may be out of step.
+    #[error("an earlier activation or reset failed; the device is out of service")]
+    Broken,
 }
 
 /// The name of a failed request, for [`FsError::Request`].
@@ -120,8 +128,10 @@ pub struct Fs {
     backend_features: u64,
     acked_features: u64,
     protocol: bool,
-    /// Set once the backend is gone: the device then does nothing more.
+    /// Set once the backend closed its socket: the device then does nothing more.
     gone: bool,
+    /// Set once an activation or reset failed: no more requests are sent.
+    broken: bool,
     active: Option<Active>,
 }
 
@@ -196,6 +206,7 @@ impl Fs {
             acked_features: 0,
             protocol,
             gone: false,
+            broken: false,
             active: None,
         })
     }
@@ -333,8 +344,13 @@ impl VirtioDevice for Fs {
                 "the vhost-user backend is gone".into(),
             ));
         }
-        self.start_vrings(&mem, &queues)
-            .map_err(|e| ActivateError::Backend(e.to_string()))?;
+        if self.broken {
+            return Err(ActivateError::Backend(FsError::Broken.to_string()));
+        }
+        if let Err(e) = self.start_vrings(&mem, &queues) {
+            self.broken = true;
+            return Err(ActivateError::Backend(e.to_string()));
+        }
         self.active = Some(Active {
             irq,
             queues: queues.len(),
@@ -345,11 +361,15 @@ impl VirtioDevice for Fs {
         let Some(active) = self.active.take() else {
             return;
         };
-        if self.gone {
+        if self.gone || self.broken {
             return;
         }
         if let Err(e) = self.stop_vrings(active.queues) {
-            tracing::error!("virtio-fs {}: stopping the vrings: {e}", self.tag);
+            self.broken = true;
+            tracing::error!(
+                "virtio-fs {}: stopping the vrings: {e}; the device is out of service",
+                self.tag
+            );
         }
         // Calls the backend made before it stopped must not leak into the next
         // activation's interrupt status.
@@ -616,11 +636,15 @@ mod tests {
 
     /// A ready queue of 16 entries at `base` in guest memory.
     fn queue(base: u64) -> Queue {
+        let split = |a: u64| (Some(a as u32), Some((a >> 32) as u32));
         let mut q = Queue::new(256).unwrap();
         q.set_size(16);
-        q.set_desc_table_address(Some(base as u32), Some(0));
-        q.set_avail_ring_address(Some((base + 0x1000) as u32), Some(0));
-        q.set_used_ring_address(Some((base + 0x2000) as u32), Some(0));
+        let (lo, hi) = split(base);
+        q.set_desc_table_address(lo, hi);
+        let (lo, hi) = split(base + 0x1000);
+        q.set_avail_ring_address(lo, hi);
+        let (lo, hi) = split(base + 0x2000);
+        q.set_used_ring_address(lo, hi);
         q.set_ready(true);
         q
     }
@@ -717,6 +741,43 @@ mod tests {
         );
         // A second reset without activation asks nothing.
         seen.lock().unwrap().log.clear();
+        fs.reset();
+        assert!(seen.lock().unwrap().log.is_empty());
+    }
+
+    #[test]
+    fn after_a_failed_activation_the_device_stays_out_of_service() {
+        let dir = tempfile::tempdir().unwrap();
+        let seen = Arc::new(std::sync::Mutex::new(fake::Seen::default()));
+        let socket = serve(
+            dir.path(),
+            fake::Fake {
+                features: VIRTIO_F_VERSION_1 | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits(),
+                queues: 2,
+                seen: seen.clone(),
+            },
+        );
+        let mem = shared_mem();
+        let mut fs = Fs::new(&FsConfig::new("vol", &socket), &mem).unwrap();
+        fs.set_acked_features(VIRTIO_F_VERSION_1);
+        let irq = Arc::new(IrqTrigger::new().unwrap());
+        // A ring outside guest memory fails the activation before any vring request.
+        let e = fs
+            .activate(
+                mem.clone(),
+                vec![queue(0x10000), queue(0x1_0000_0000)],
+                irq.clone(),
+            )
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("queue 1: a ring lies outside"),
+            "{e}"
+        );
+        seen.lock().unwrap().log.clear();
+        let e = fs
+            .activate(mem.clone(), vec![queue(0x10000), queue(0x20000)], irq)
+            .unwrap_err();
+        assert!(e.to_string().contains("out of service"), "{e}");
         fs.reset();
         assert!(seen.lock().unwrap().log.is_empty());
     }
