@@ -29,6 +29,10 @@ pub enum SeccompError {
     Handler(vmm_sys_util::errno::Error),
 }
 
+/// (virtio-fs creates its memfd, eventfds and backend connection while the VM is
+/// built, before any filter; afterwards it needs only `fallocate` for free page
+/// reporting on the VMM thread, and `sendmsg`/`recvmsg` on vCPU threads.)
+///
 /// Syscalls of the VMM thread: its event loop (epoll, eventfds, device files,
 /// unix sockets for vsock, vhost-user and the control socket), drive swaps (open, fstat),
 /// vCPU kicks (tgkill), and what Rust's runtime needs (memory, futex, threads).

@@ -26,7 +26,6 @@
 //! DAX window.
 
 use super::{device_type, ActivateError, IrqTrigger, VirtioDevice, INT_VRING, VIRTIO_F_VERSION_1};
-use crate::config::FsConfig;
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use std::sync::Arc;
 use vhost::vhost_user::message::{
@@ -36,6 +35,7 @@ use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vmlet_vmm_api::config::FsConfig;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
