@@ -3,6 +3,11 @@
 //! serve its event loop and the vCPU threads may only run the guest; anything
 //! else traps, reports the syscall's number and name as the process's last line
 //! on stderr, and ends the process with [`VIOLATION_EXIT`].
+//!
+//! virtio-fs creates its memfd (shared guest RAM), eventfds and backend connection
+//! while the VM is built, before any filter; afterwards it needs only `fallocate`
+//! (hole punching, for free page reporting) on the VMM thread and
+//! `sendmsg`/`recvmsg` (vhost-user requests) on vCPU threads.
 
 mod names;
 
@@ -29,10 +34,6 @@ pub enum SeccompError {
     Handler(vmm_sys_util::errno::Error),
 }
 
-/// (virtio-fs creates its memfd, eventfds and backend connection while the VM is
-/// built, before any filter; afterwards it needs only `fallocate` for free page
-/// reporting on the VMM thread, and `sendmsg`/`recvmsg` on vCPU threads.)
-///
 /// Syscalls of the VMM thread: its event loop (epoll, eventfds, device files,
 /// unix sockets for vsock, vhost-user and the control socket), drive swaps (open, fstat),
 /// vCPU kicks (tgkill), and what Rust's runtime needs (memory, futex, threads).
