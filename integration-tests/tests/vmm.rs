@@ -251,7 +251,7 @@ fn virtio_fs_backend_exit_leaves_the_vm_running() {
     let start = std::time::Instant::now();
     while !std::fs::read_to_string(&guest.vmm_log)
         .unwrap()
-        .contains("vhost-user backend closed its socket")
+        .contains("connection to the vhost-user backend is closed")
     {
         assert!(
             start.elapsed() < Duration::from_secs(60),

@@ -392,9 +392,15 @@ fn attach_vsock_device(wiring: &mut DeviceWiring<'_>, v: &VsockConfig) -> Result
 fn attach_fs_devices(wiring: &mut DeviceWiring<'_>, fs: &[FsConfig]) -> Result<(), BuildError> {
     for f in fs {
         let fail = device_error(DeviceId::Fs(f.tag.clone()));
-        let dev = Fs::new(f, wiring.mem)
+        let mut dev = Fs::new(f, wiring.mem)
             .map_err(DeviceError::Fs)
             .map_err(&fail)?;
+        // A subscriber apart from the device, whose lock a waiting vCPU holds.
+        if let Some(watchdog) = dev.take_watchdog() {
+            wiring
+                .event_manager
+                .add_subscriber(Arc::new(Mutex::new(watchdog)));
+        }
         wiring.add(Arc::new(Mutex::new(dev))).map_err(&fail)?;
     }
     Ok(())

@@ -17,16 +17,19 @@
 //! * A driver reset stops every vring (`GET_VRING_BASE`). A backend that goes away
 //!   is logged and the device stops; the VM goes on without it.
 //! * Activation and reset run on the vCPU thread that wrote the status register,
-//!   which waits for the backend's replies. After a failed request the connection
-//!   is not used again (it may be out of step). A backend that stays alive but
-//!   never answers holds that vCPU: the vhost crate retries a timed-out socket
-//!   read, so a socket timeout cannot bound the wait.
+//!   which waits for the backend's replies. A [`Watchdog`] on the event loop bounds
+//!   that wait by [`REQUEST_TIMEOUT`]: past it, it shuts the socket down, which
+//!   fails the request (a socket timeout would not do: the vhost crate retries a
+//!   timed-out read). After a failed request the connection is not used again (it
+//!   may be out of step).
 //!
 //! Queues: one high-priority queue, then `num_request_queues` request queues. No
 //! DAX window.
 
 use super::{device_type, ActivateError, IrqTrigger, VirtioDevice, INT_VRING, VIRTIO_F_VERSION_1};
 use event_manager::{EventOps, Events, MutEventSubscriber};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use vhost::vhost_user::message::{
     VhostUserHeaderFlag, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
@@ -38,6 +41,7 @@ use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmlet_vmm_api::config::FsConfig;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::timerfd::TimerFd;
 
 /// Size of the configuration space tag (virtio 1.2, 5.11.4).
 pub const TAG_LEN: usize = 36;
@@ -55,6 +59,9 @@ const PASSED_FEATURES: u64 = VIRTIO_F_VERSION_1
 /// of leaving a device that never answers).
 const WANTED_PROTOCOL: VhostUserProtocolFeatures =
     VhostUserProtocolFeatures::MQ.union(VhostUserProtocolFeatures::REPLY_ACK);
+
+/// Longest wait for the backend's answers to one activation or reset.
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Event-loop data of the backend socket (call eventfds use their queue index).
 const SOCKET_EVENT: u32 = u32::MAX;
@@ -90,6 +97,9 @@ pub enum FsError {
     /// An eventfd could not be created.
     #[error("eventfd: {0}")]
     EventFd(std::io::Error),
+    /// The request watchdog's timer or socket could not be set up.
+    #[error("request watchdog: {0}")]
+    Watchdog(std::io::Error),
     /// An earlier activation or reset failed: the connection may be out of step.
     #[error("an earlier activation or reset failed; the device is out of service")]
     Broken,
@@ -107,6 +117,89 @@ pub fn config_space(tag: &str, request_queues: u16) -> [u8; CONFIG_LEN] {
     config[..n].copy_from_slice(&tag.as_bytes()[..n]);
     config[TAG_LEN..].copy_from_slice(&u32::from(request_queues).to_le_bytes());
     config
+}
+
+/// What the vCPU doing requests and the [`Watchdog`] share.
+#[derive(Default)]
+struct WatchState {
+    /// Number of the request sequence in flight (0: none).
+    inflight: AtomicU64,
+    /// Numbers handed out so far.
+    started: AtomicU64,
+}
+
+/// Shuts down the backend socket of a device whose backend takes longer than
+/// [`REQUEST_TIMEOUT`] over one activation or reset, which ends the vCPU's wait.
+/// A subscriber of its own: the device's lock is held by the waiting vCPU.
+pub struct Watchdog {
+    tag: String,
+    state: Arc<WatchState>,
+    /// Written by the vCPU when a sequence starts.
+    arm: EventFd,
+    timer: TimerFd,
+    /// The sequence the timer runs for.
+    armed: u64,
+    /// A duplicate of the backend socket.
+    socket: OwnedFd,
+    timeout: std::time::Duration,
+}
+
+const WATCH_ARM: u32 = 0;
+const WATCH_TIMER: u32 = 1;
+
+impl Watchdog {
+    fn process_arm(&mut self) {
+        let _ = self.arm.read();
+        self.armed = self.state.inflight.load(Ordering::SeqCst);
+        if self.armed == 0 {
+            return;
+        }
+        if let Err(e) = self.timer.reset(self.timeout, None) {
+            tracing::error!("virtio-fs {}: arming the request timer: {e}", self.tag);
+        }
+    }
+
+    fn process_timer(&mut self) {
+        let _ = self.timer.wait();
+        if self.armed == 0 || self.state.inflight.load(Ordering::SeqCst) != self.armed {
+            return;
+        }
+        tracing::error!(
+            "virtio-fs {}: the vhost-user backend did not answer within {:?}; disconnecting it",
+            self.tag,
+            self.timeout
+        );
+        // SAFETY: shutdown on a socket this watchdog owns (a duplicate of the
+        // frontend's); it only ends the connection.
+        if unsafe { libc::shutdown(self.socket.as_raw_fd(), libc::SHUT_RDWR) } != 0 {
+            tracing::error!(
+                "virtio-fs {}: shutting the socket down: {}",
+                self.tag,
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}
+
+impl MutEventSubscriber for Watchdog {
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        match events.data() {
+            WATCH_ARM => self.process_arm(),
+            WATCH_TIMER => self.process_timer(),
+            _ => {}
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        for (fd, data) in [
+            (self.arm.as_raw_fd(), WATCH_ARM),
+            (self.timer.as_raw_fd(), WATCH_TIMER),
+        ] {
+            if let Err(e) = ops.add(Events::with_data_raw(fd, data, EventSet::IN)) {
+                tracing::error!("virtio-fs {}: watching the request timer: {e}", self.tag);
+            }
+        }
+    }
 }
 
 struct Active {
@@ -132,6 +225,11 @@ pub struct Fs {
     gone: bool,
     /// Set once an activation or reset failed: no more requests are sent.
     broken: bool,
+    watch: Arc<WatchState>,
+    /// Starts the watchdog's timer.
+    watch_arm: EventFd,
+    /// The watchdog, until the VMM takes it for its event loop.
+    watchdog: Option<Watchdog>,
     active: Option<Active>,
 }
 
@@ -190,6 +288,22 @@ impl Fs {
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(FsError::EventFd)
         };
+        let watch = Arc::new(WatchState::default());
+        let watch_arm = EventFd::new(libc::EFD_NONBLOCK).map_err(FsError::EventFd)?;
+        let watchdog = Watchdog {
+            tag: config.tag.clone(),
+            state: watch.clone(),
+            arm: watch_arm.try_clone().map_err(FsError::EventFd)?,
+            timer: TimerFd::new()
+                .map_err(|e| FsError::Watchdog(std::io::Error::from_raw_os_error(e.errno())))?,
+            armed: 0,
+            // SAFETY: the frontend's socket is open for as long as `frontend`
+            // lives, which is past this borrow; the duplicate is owned.
+            socket: unsafe { BorrowedFd::borrow_raw(frontend.as_raw_fd()) }
+                .try_clone_to_owned()
+                .map_err(FsError::Watchdog)?,
+            timeout: REQUEST_TIMEOUT,
+        };
         tracing::debug!(
             "virtio-fs {}: backend {} offers features {backend_features:#x}",
             config.tag,
@@ -207,8 +321,29 @@ impl Fs {
             protocol,
             gone: false,
             broken: false,
+            watch,
+            watch_arm,
+            watchdog: Some(watchdog),
             active: None,
         })
+    }
+
+    /// The subscriber that bounds the vCPU's waits on the backend; the VMM adds
+    /// it to its event loop (once: later calls return `None`).
+    pub fn take_watchdog(&mut self) -> Option<Watchdog> {
+        self.watchdog.take()
+    }
+
+    /// Runs `requests` with the watchdog armed.
+    fn watched<T>(&mut self, requests: impl FnOnce(&mut Self) -> T) -> T {
+        let n = self.watch.started.fetch_add(1, Ordering::SeqCst) + 1;
+        self.watch.inflight.store(n, Ordering::SeqCst);
+        if let Err(e) = self.watch_arm.write(1) {
+            tracing::error!("virtio-fs {}: arming the request timer: {e}", self.tag);
+        }
+        let result = requests(self);
+        self.watch.inflight.store(0, Ordering::SeqCst);
+        result
     }
 
     /// Hands every vring to the backend and starts it.
@@ -289,7 +424,8 @@ impl Fs {
         }
     }
 
-    /// The backend closed its socket: nothing more reaches it.
+    /// The connection to the backend closed (the backend exited, or the watchdog
+    /// ended it): nothing more reaches it.
     fn backend_gone(&mut self, ops: &mut EventOps) {
         if self.gone {
             return;
@@ -297,10 +433,10 @@ impl Fs {
         self.gone = true;
         self.active = None;
         tracing::error!(
-            "virtio-fs {}: the vhost-user backend closed its socket; the device stops, the VM goes on",
+            "virtio-fs {}: the connection to the vhost-user backend is closed; the device stops, the VM goes on",
             self.tag
         );
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.frontend);
+        let fd = self.frontend.as_raw_fd();
         // Level-triggered hang-ups repeat until the fd leaves the loop.
         if let Err(e) = ops.remove(Events::with_data_raw(fd, SOCKET_EVENT, EventSet::empty())) {
             tracing::debug!("virtio-fs {}: unwatching the socket: {e}", self.tag);
@@ -347,7 +483,7 @@ impl VirtioDevice for Fs {
         if self.broken {
             return Err(ActivateError::Backend(FsError::Broken.to_string()));
         }
-        if let Err(e) = self.start_vrings(&mem, &queues) {
+        if let Err(e) = self.watched(|fs| fs.start_vrings(&mem, &queues)) {
             self.broken = true;
             return Err(ActivateError::Backend(e.to_string()));
         }
@@ -364,7 +500,7 @@ impl VirtioDevice for Fs {
         if self.gone || self.broken {
             return;
         }
-        if let Err(e) = self.stop_vrings(active.queues) {
+        if let Err(e) = self.watched(|fs| fs.stop_vrings(active.queues)) {
             self.broken = true;
             tracing::error!(
                 "virtio-fs {}: stopping the vrings: {e}; the device is out of service",
@@ -395,7 +531,7 @@ impl MutEventSubscriber for Fs {
             }
         }
         // Only the peer's hang-up: replies on the socket are read by the requests.
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.frontend);
+        let fd = self.frontend.as_raw_fd();
         if let Err(e) = ops.add(Events::with_data_raw(
             fd,
             SOCKET_EVENT,
@@ -471,6 +607,9 @@ mod tests {
             pub features: u64,
             pub queues: u64,
             pub seen: Arc<Mutex<Seen>>,
+            /// Never answers SET_FEATURES (the first request of an activation)
+            /// until this channel's sender goes.
+            pub stall: Option<std::sync::mpsc::Receiver<()>>,
         }
 
         impl Fake {
@@ -500,6 +639,9 @@ mod tests {
                 Ok(self.features)
             }
             fn set_features(&mut self, features: u64) -> Result<()> {
+                if let Some(stall) = &self.stall {
+                    let _ = stall.recv();
+                }
                 self.log(format!("SET_FEATURES {features:#x}"))
             }
             fn set_mem_table(
@@ -663,6 +805,7 @@ mod tests {
                 features: VIRTIO_F_VERSION_1 | event_idx | packed | protocol,
                 queues: 2,
                 seen: seen.clone(),
+                stall: None,
             },
         );
         let mem = shared_mem();
@@ -755,6 +898,7 @@ mod tests {
                 features: VIRTIO_F_VERSION_1 | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits(),
                 queues: 2,
                 seen: seen.clone(),
+                stall: None,
             },
         );
         let mem = shared_mem();
@@ -783,12 +927,67 @@ mod tests {
     }
 
     #[test]
+    fn a_backend_that_does_not_answer_is_disconnected_by_the_watchdog() {
+        use event_manager::{EventManager, SubscriberOps};
+        let dir = tempfile::tempdir().unwrap();
+        let (release, stall) = std::sync::mpsc::channel::<()>();
+        let socket = serve(
+            dir.path(),
+            fake::Fake {
+                features: VIRTIO_F_VERSION_1 | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits(),
+                queues: 2,
+                seen: Default::default(),
+                stall: Some(stall),
+            },
+        );
+        let mem = shared_mem();
+        let mut fs = Fs::new(&FsConfig::new("vol", &socket), &mem).unwrap();
+        let mut watchdog = fs.take_watchdog().unwrap();
+        assert!(fs.take_watchdog().is_none());
+        watchdog.timeout = std::time::Duration::from_millis(300);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let event_loop = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut em =
+                    EventManager::<Arc<std::sync::Mutex<dyn MutEventSubscriber + Send>>>::new()
+                        .unwrap();
+                em.add_subscriber(Arc::new(std::sync::Mutex::new(watchdog)));
+                while !stop.load(Ordering::SeqCst) {
+                    em.run_with_timeout(50).unwrap();
+                }
+            })
+        };
+        fs.set_acked_features(VIRTIO_F_VERSION_1);
+        let irq = Arc::new(IrqTrigger::new().unwrap());
+        let start = std::time::Instant::now();
+        let e = fs
+            .activate(
+                mem.clone(),
+                vec![queue(0x10000), queue(0x20000)],
+                irq.clone(),
+            )
+            .unwrap_err();
+        assert!(start.elapsed() < std::time::Duration::from_secs(5));
+        assert!(e.to_string().contains("SET_FEATURES"), "{e}");
+        // The connection is not used again.
+        let e = fs
+            .activate(mem.clone(), vec![queue(0x10000), queue(0x20000)], irq)
+            .unwrap_err();
+        assert!(e.to_string().contains("out of service"), "{e}");
+        stop.store(true, Ordering::SeqCst);
+        event_loop.join().unwrap();
+        drop(release);
+    }
+
+    #[test]
     fn more_queues_than_the_backend_serves_or_private_memory_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let fake = |queues| fake::Fake {
             features: VIRTIO_F_VERSION_1 | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits(),
             queues,
             seen: Default::default(),
+            stall: None,
         };
         let socket = serve(dir.path(), fake(2));
         let config = FsConfig {
