@@ -10,6 +10,8 @@ packages=(
     busybox-static cpio erofs-utils e2fsprogs
     # KVM entry point (QEMU TCG machine with nested KVM, virtiofsd) and the boot benchmark peer
     qemu-system-x86 kmod
+    # virtiofsd (/usr/lib/qemu/virtiofsd), the vhost-user backend of the virtio-fs tests
+    qemu-system-common
     # networking: CNI plugins (bridge, host-local, portmap, loopback), tc, nsenter, iptables
     iproute2 iputils-ping containernetworking-plugins util-linux iptables curl
     # gRPC code generation

@@ -26,7 +26,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
-pub use vmlet_vmm_api::config::{DriveConfig, NetConfig};
+pub use vmlet_vmm_api::config::{DriveConfig, FsConfig, NetConfig};
 use vmlet_vmm_api::config::{SerialOutput, VmConfig, VsockConfig};
 use vmlet_vmm_api::control::{ProtocolError, Request, Response};
 
@@ -92,6 +92,10 @@ pub struct GuestConfig {
     pub net: Vec<NetConfig>,
     /// A virtio-balloon with free page reporting.
     pub free_page_reporting: bool,
+    /// virtio-fs devices (their backends must be listening).
+    pub fs: Vec<FsConfig>,
+    /// Guest RAM in a shared memfd even without virtio-fs devices.
+    pub shared_memory: bool,
     /// Run the VMM in this network namespace.
     pub netns: Option<String>,
 }
@@ -104,6 +108,8 @@ impl Default for GuestConfig {
             drives: Vec::new(),
             net: Vec::new(),
             free_page_reporting: false,
+            fs: Vec::new(),
+            shared_memory: false,
             netns: None,
         }
     }
@@ -141,6 +147,8 @@ impl GuestConfig {
                 uds_path: vsock.to_owned(),
             }),
             free_page_reporting: self.free_page_reporting,
+            fs: self.fs.clone(),
+            shared_memory: self.shared_memory,
             serial: SerialOutput::File(serial.to_owned()),
             control_socket: Some(control.to_owned()),
             ..VmConfig::new(kernel())

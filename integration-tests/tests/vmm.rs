@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 use vmlet_integration_tests::agent::{req, CALL_TIMEOUT};
-use vmlet_integration_tests::{drive, net, pattern, sh, tail, Guest, GuestConfig, Netns};
+use vmlet_integration_tests::{drive, net, pattern, sh, tail, FsConfig, Guest, GuestConfig, Netns};
 use vmlet_proto::agent as pb;
 use vmlet_vmm_api::control::{
     ProtocolError, Request, Response, StatusReply, SwapDriveReply, VmState, PROTOCOL_VERSION,
@@ -68,10 +68,29 @@ fn rss_kib(pid: u32) -> u64 {
 
 #[test]
 fn freed_guest_memory_goes_back_to_the_host() {
+    freed_memory_goes_back(false);
+}
+
+/// The same with guest RAM in a shared memfd (as virtio-fs needs), where the VMM
+/// punches the reported blocks out of the memfd instead of MADV_DONTNEED.
+#[test]
+fn freed_shared_guest_memory_goes_back_to_the_host() {
+    freed_memory_goes_back(true);
+}
+
+fn freed_memory_goes_back(shared_memory: bool) {
     let guest = Guest::boot(GuestConfig {
         free_page_reporting: true,
+        shared_memory,
         ..Default::default()
     });
+    if shared_memory {
+        let maps = std::fs::read_to_string(format!("/proc/{}/maps", guest.pid())).unwrap();
+        assert!(
+            maps.contains("/memfd:vmlet-guest-ram"),
+            "guest RAM is not the memfd:\n{maps}"
+        );
+    }
     let bound = guest.run_ok("ls /sys/bus/virtio/drivers/virtio_balloon/");
     assert!(
         bound.contains("virtio"),
@@ -98,6 +117,153 @@ fn freed_guest_memory_goes_back_to_the_host() {
     // The guest can use the memory again.
     guest.run_ok("dd if=/dev/zero of=/tmp/fill bs=1M count=96 2>/dev/null && rm /tmp/fill");
     poweroff(guest);
+}
+
+/// A running `virtiofsd` (Debian's, from qemu-system-common) sharing `source`.
+struct Virtiofsd {
+    child: std::process::Child,
+    socket: std::path::PathBuf,
+}
+
+impl Virtiofsd {
+    const BINARY: &str = "/usr/lib/qemu/virtiofsd";
+
+    fn start(source: &Path, socket: &Path, log: &Path) -> Virtiofsd {
+        let log = std::fs::File::create(log).unwrap();
+        // chroot sandboxing: the namespace mode needs unprivileged user namespaces
+        // setups that the test machines need not have.
+        let child = Command::new(Self::BINARY)
+            .arg(format!("--socket-path={}", socket.display()))
+            .args(["-o", &format!("source={}", source.display())])
+            .args(["-o", "cache=auto", "-o", "sandbox=chroot"])
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", Self::BINARY));
+        let start = std::time::Instant::now();
+        while !socket.exists() {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "virtiofsd did not create {}",
+                socket.display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Virtiofsd {
+            child,
+            socket: socket.to_owned(),
+        }
+    }
+}
+
+impl Drop for Virtiofsd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn virtio_fs_shares_a_host_directory_both_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::write(shared.join("from-host"), "written on the host\n").unwrap();
+    let backend = Virtiofsd::start(
+        &shared,
+        &dir.path().join("fs.sock"),
+        &dir.path().join("virtiofsd.log"),
+    );
+    let guest = Guest::boot(GuestConfig {
+        fs: vec![FsConfig::new("hostdir", &backend.socket)],
+        free_page_reporting: true,
+        ..Default::default()
+    });
+    let bound = guest.run_ok("ls /sys/bus/virtio/drivers/virtiofs/");
+    assert!(bound.contains("virtio"), "virtiofs drives nothing: {bound}");
+    guest.run_ok("mkdir -p /mnt/host && mount -t virtiofs hostdir /mnt/host");
+    assert_eq!(
+        guest.run_ok("cat /mnt/host/from-host"),
+        "written on the host\n"
+    );
+    // 4 MiB through the request queue, both ways.
+    guest.run_ok(
+        "echo -n written-in-the-guest > /mnt/host/from-guest && \
+         dd if=/dev/urandom of=/mnt/host/big bs=1M count=4 2>/dev/null && sync",
+    );
+    assert_eq!(
+        std::fs::read_to_string(shared.join("from-guest")).unwrap(),
+        "written-in-the-guest"
+    );
+    let big = std::fs::read(shared.join("big")).unwrap();
+    assert_eq!(big.len(), 4 << 20);
+    let guest_sum = guest.run_ok("md5sum < /mnt/host/big");
+    let host_sum = Command::new("md5sum")
+        .stdin(std::fs::File::open(shared.join("big")).unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(
+        guest_sum.split_whitespace().next(),
+        String::from_utf8_lossy(&host_sum.stdout)
+            .split_whitespace()
+            .next()
+    );
+    // A file the host changes reads back new in a fresh mount.
+    guest.run_ok("umount /mnt/host");
+    std::fs::write(shared.join("from-host"), "changed\n").unwrap();
+    guest.run_ok("mount -t virtiofs hostdir /mnt/host");
+    assert_eq!(guest.run_ok("cat /mnt/host/from-host"), "changed\n");
+    guest.run_ok("umount /mnt/host");
+    // A driver reset stops the vrings in the backend; the next probe starts them
+    // again and the share works as before.
+    guest.run_ok(
+        "cd /sys/bus/virtio/drivers/virtiofs && d=$(basename $(readlink -f virtio*)) && \
+         echo $d > unbind && echo $d > bind",
+    );
+    guest.run_ok("mount -t virtiofs hostdir /mnt/host");
+    assert_eq!(
+        guest.run_ok("cat /mnt/host/from-guest"),
+        "written-in-the-guest"
+    );
+    guest.run_ok("umount /mnt/host");
+    poweroff(guest);
+}
+
+/// A backend that dies under a mounted share stops the device, not the VM.
+#[test]
+fn virtio_fs_backend_exit_leaves_the_vm_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    let mut backend = Virtiofsd::start(
+        &shared,
+        &dir.path().join("fs.sock"),
+        &dir.path().join("virtiofsd.log"),
+    );
+    let guest = Guest::boot(GuestConfig {
+        fs: vec![FsConfig::new("hostdir", &backend.socket)],
+        ..Default::default()
+    });
+    guest.run_ok("mkdir -p /mnt/host && mount -t virtiofs hostdir /mnt/host && ls /mnt/host");
+    backend.child.kill().unwrap();
+    backend.child.wait().unwrap();
+    let start = std::time::Instant::now();
+    while !std::fs::read_to_string(&guest.vmm_log)
+        .unwrap()
+        .contains("connection to the vhost-user backend is closed")
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the VMM did not notice the backend's exit"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The guest and the VMM go on.
+    assert_eq!(guest.run_ok("echo alive").trim(), "alive");
+    assert_eq!(status(&guest).state, VmState::Running);
+    // No poweroff: its sync would wait forever on the mount whose backend is gone.
+    drop(guest);
 }
 
 #[test]

@@ -96,6 +96,20 @@ impl VmConfig {
             let uds = listed(flag::VSOCK, "uds", utf8(flag::VSOCK, &v.uds_path)?)?;
             args.push(valued(flag::VSOCK, format!("cid={},uds={uds}", v.cid)));
         }
+        for f in &self.fs {
+            let tag = listed(flag::FS, "tag", &f.tag)?;
+            let socket = listed(flag::FS, "socket", utf8(flag::FS, &f.socket)?)?;
+            args.push(valued(
+                flag::FS,
+                format!(
+                    "tag={tag},socket={socket},num_request_queues={},queue_size={}",
+                    f.num_request_queues, f.queue_size
+                ),
+            ));
+        }
+        if self.shared_memory {
+            args.push(switch(flag::SHARED_MEMORY));
+        }
         if !self.rng {
             args.push(switch(flag::NO_RNG));
         }
@@ -139,7 +153,7 @@ impl VmConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{DriveConfig, NetConfig, VsockConfig};
+    use crate::config::{DriveConfig, FsConfig, NetConfig, VsockConfig};
     use std::os::unix::ffi::OsStrExt;
 
     fn pod() -> VmConfig {
@@ -168,6 +182,7 @@ mod tests {
                 cid: 3,
                 uds_path: "/run/p/vsock".into(),
             }),
+            fs: vec![FsConfig::new("vol0", "/run/p/fs0.sock")],
             free_page_reporting: true,
             serial: SerialOutput::File("/p/console.log".into()),
             control_socket: Some("/run/p/ctl".into()),
@@ -190,6 +205,7 @@ mod tests {
                 "--drive=id=slot0,path=/p/empty.img,ro",
                 "--net=tap=tap0,mac=02:00:00:00:00:02",
                 "--vsock=cid=3,uds=/run/p/vsock",
+                "--fs=tag=vol0,socket=/run/p/fs0.sock,num_request_queues=1,queue_size=1024",
                 "--free-page-reporting",
                 "--serial=/p/console.log",
                 "--control-socket",
@@ -200,6 +216,7 @@ mod tests {
         let bare = VmConfig {
             rng: false,
             huge_pages: true,
+            shared_memory: true,
             seccomp: false,
             serial: SerialOutput::Off,
             ..VmConfig::new("k".into())
@@ -210,6 +227,7 @@ mod tests {
                 "--kernel=k",
                 "--vcpus=1",
                 "--mem-mib=128",
+                "--shared-memory",
                 "--no-rng",
                 "--huge-pages",
                 "--serial=off",
@@ -231,6 +249,12 @@ mod tests {
         assert!(matches!(
             c.to_args(),
             Err(ArgsError::Comma { key: "tap", .. })
+        ));
+        let mut c = pod();
+        c.fs[0].tag = "a,b".into();
+        assert!(matches!(
+            c.to_args(),
+            Err(ArgsError::Comma { key: "tag", .. })
         ));
         let mut c = pod();
         c.serial = SerialOutput::File("off".into());

@@ -1,6 +1,6 @@
 //! The launch configuration of one VM: what `vmlet-vmm --config FILE` reads as
 //! JSON, and what its flags set. The flags that take `key=value` lists
-//! (`--drive`, `--net`, `--vsock`) and `--serial` parse and print their values
+//! (`--drive`, `--net`, `--vsock`, `--fs`) and `--serial` parse and print their values
 //! here, so the VMM's parser and the clients' printer cannot disagree.
 
 use serde::{Deserialize, Serialize};
@@ -12,6 +12,18 @@ pub const MIN_MEM_MIB: u64 = 32;
 pub const MAX_MEM_MIB: u64 = 1 << 20;
 /// Longest drive ID (the virtio-blk serial holds 20 bytes).
 pub const MAX_DRIVE_ID_LEN: usize = 20;
+/// Longest virtio-fs tag (the device configuration holds 36 bytes, virtio 1.2, 5.11.4).
+pub const MAX_FS_TAG_LEN: usize = 36;
+/// Most request queues of one virtio-fs device.
+pub const MAX_FS_REQUEST_QUEUES: u16 = 16;
+/// Default request queues of a virtio-fs device.
+pub const DEFAULT_FS_REQUEST_QUEUES: u16 = 1;
+/// Largest virtio-fs queue (the split-ring maximum).
+pub const MAX_FS_QUEUE_SIZE: u16 = 32768;
+/// Smallest virtio-fs queue we accept.
+pub const MIN_FS_QUEUE_SIZE: u16 = 2;
+/// Default virtio-fs queue size.
+pub const DEFAULT_FS_QUEUE_SIZE: u16 = 1024;
 
 /// A block device.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -45,6 +57,29 @@ pub struct VsockConfig {
     pub cid: u64,
     /// Host unix socket for hybrid vsock.
     pub uds_path: PathBuf,
+}
+
+/// A virtio-fs device served by a vhost-user backend (e.g. virtiofsd).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FsConfig {
+    /// The tag the guest mounts (`mount -t virtiofs TAG DIR`), 1 to 36 bytes.
+    pub tag: String,
+    /// The vhost-user backend's unix socket.
+    pub socket: PathBuf,
+    /// Request queues (besides the high-priority queue).
+    #[serde(default = "default_fs_request_queues")]
+    pub num_request_queues: u16,
+    /// Size of every queue (a power of two).
+    #[serde(default = "default_fs_queue_size")]
+    pub queue_size: u16,
+}
+
+fn default_fs_request_queues() -> u16 {
+    DEFAULT_FS_REQUEST_QUEUES
+}
+fn default_fs_queue_size() -> u16 {
+    DEFAULT_FS_QUEUE_SIZE
 }
 
 /// Where the serial console goes.
@@ -87,6 +122,9 @@ pub struct VmConfig {
     /// vsock device.
     #[serde(default)]
     pub vsock: Option<VsockConfig>,
+    /// virtio-fs devices (vhost-user). Any of them puts guest RAM in shared memory.
+    #[serde(default)]
+    pub fs: Vec<FsConfig>,
     /// Offer a virtio-rng device.
     #[serde(default = "default_true")]
     pub rng: bool,
@@ -97,6 +135,10 @@ pub struct VmConfig {
     /// Back guest RAM with transparent huge pages where the host allows.
     #[serde(default)]
     pub huge_pages: bool,
+    /// Back guest RAM with a shared memfd even without virtio-fs devices (which
+    /// need it, and get it regardless). Otherwise RAM is private anonymous memory.
+    #[serde(default)]
+    pub shared_memory: bool,
     /// Serial console destination.
     #[serde(default)]
     pub serial: SerialOutput,
@@ -162,6 +204,30 @@ pub enum ConfigError {
     /// Bad vsock CID.
     #[error("vsock cid must be between 3 and 4294967294, got {0}")]
     Cid(u64),
+    /// A virtio-fs tag is empty or too long.
+    #[error("fs tag {0:?} must be 1 to {MAX_FS_TAG_LEN} bytes")]
+    FsTag(String),
+    /// Two virtio-fs devices share a tag.
+    #[error("fs tag {0:?} is used twice")]
+    DuplicateFsTag(String),
+    /// Request queue count out of range.
+    #[error(
+        "fs {tag:?}: num_request_queues must be between 1 and {MAX_FS_REQUEST_QUEUES}, got {got}"
+    )]
+    FsRequestQueues {
+        /// The device's tag.
+        tag: String,
+        /// Requested.
+        got: u16,
+    },
+    /// Queue size out of range or not a power of two.
+    #[error("fs {tag:?}: queue_size must be a power of two between {MIN_FS_QUEUE_SIZE} and {MAX_FS_QUEUE_SIZE}, got {got}")]
+    FsQueueSize {
+        /// The device's tag.
+        tag: String,
+        /// Requested.
+        got: u16,
+    },
     /// More devices than IRQ lines.
     #[error("too many devices: {0} virtio devices, at most {1}")]
     TooManyDevices(usize, usize),
@@ -195,9 +261,11 @@ impl VmConfig {
             drives: Vec::new(),
             net: Vec::new(),
             vsock: None,
+            fs: Vec::new(),
             rng: true,
             free_page_reporting: false,
             huge_pages: false,
+            shared_memory: false,
             serial: SerialOutput::Stdout,
             control_socket: None,
             exit_record: None,
@@ -210,8 +278,15 @@ impl VmConfig {
         self.drives.len()
             + self.net.len()
             + usize::from(self.vsock.is_some())
+            + self.fs.len()
             + usize::from(self.rng)
             + usize::from(self.free_page_reporting)
+    }
+
+    /// Whether guest RAM is a shared memfd (what vhost-user backends map) rather
+    /// than private anonymous memory.
+    pub fn uses_shared_memory(&self) -> bool {
+        self.shared_memory || !self.fs.is_empty()
     }
 
     /// Checks everything that does not need the host, within `limits`.
@@ -244,11 +319,52 @@ impl VmConfig {
                 return Err(ConfigError::Cid(v.cid));
             }
         }
+        let mut tags = std::collections::HashSet::new();
+        for f in &self.fs {
+            f.validate()?;
+            if !tags.insert(&f.tag) {
+                return Err(ConfigError::DuplicateFsTag(f.tag.clone()));
+            }
+        }
         if self.virtio_device_count() > limits.max_virtio_devices {
             return Err(ConfigError::TooManyDevices(
                 self.virtio_device_count(),
                 limits.max_virtio_devices,
             ));
+        }
+        Ok(())
+    }
+}
+
+impl FsConfig {
+    /// A device with the default queues.
+    pub fn new(tag: impl Into<String>, socket: impl Into<PathBuf>) -> Self {
+        FsConfig {
+            tag: tag.into(),
+            socket: socket.into(),
+            num_request_queues: DEFAULT_FS_REQUEST_QUEUES,
+            queue_size: DEFAULT_FS_QUEUE_SIZE,
+        }
+    }
+
+    /// Checks the tag and the queue sizes.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.tag.is_empty() || self.tag.len() > MAX_FS_TAG_LEN || self.tag.contains('\0') {
+            return Err(ConfigError::FsTag(self.tag.clone()));
+        }
+        if !(1..=MAX_FS_REQUEST_QUEUES).contains(&self.num_request_queues) {
+            return Err(ConfigError::FsRequestQueues {
+                tag: self.tag.clone(),
+                got: self.num_request_queues,
+            });
+        }
+        if !(MIN_FS_QUEUE_SIZE..=MAX_FS_QUEUE_SIZE).contains(&self.queue_size)
+            || !self.queue_size.is_power_of_two()
+        {
+            return Err(ConfigError::FsQueueSize {
+                tag: self.tag.clone(),
+                got: self.queue_size,
+            });
         }
         Ok(())
     }
@@ -275,6 +391,10 @@ pub mod flag {
     pub const NET: &str = "net";
     /// [`super::VsockConfig`].
     pub const VSOCK: &str = "vsock";
+    /// One [`super::FsConfig`] (repeatable).
+    pub const FS: &str = "fs";
+    /// Sets [`super::VmConfig::shared_memory`].
+    pub const SHARED_MEMORY: &str = "shared-memory";
     /// Clears [`super::VmConfig::rng`].
     pub const NO_RNG: &str = "no-rng";
     /// Sets [`super::VmConfig::free_page_reporting`].
@@ -425,6 +545,49 @@ impl VsockConfig {
     }
 }
 
+impl FsConfig {
+    /// Parses a `--fs` value:
+    /// `tag=TAG,socket=PATH[,num_request_queues=N][,queue_size=N]`.
+    pub fn from_flag(s: &str) -> Result<Self, FlagError> {
+        let number = |key: &'static str, v: &str| {
+            v.parse::<u16>().map_err(|_| FlagError::BadValue {
+                flag: "fs",
+                key,
+                value: v.to_owned(),
+            })
+        };
+        let (mut tag, mut socket) = (None, None);
+        let (mut queues, mut size) = (DEFAULT_FS_REQUEST_QUEUES, DEFAULT_FS_QUEUE_SIZE);
+        for (k, v) in key_values(s) {
+            match k {
+                "tag" => tag = Some(v.to_owned()),
+                "socket" => socket = Some(PathBuf::from(v)),
+                "num_request_queues" => queues = number("num_request_queues", v)?,
+                "queue_size" => size = number("queue_size", v)?,
+                _ => {
+                    return Err(FlagError::UnknownKey {
+                        flag: "fs",
+                        key: k.to_owned(),
+                        known: "tag=,socket=,num_request_queues=,queue_size=",
+                    })
+                }
+            }
+        }
+        Ok(FsConfig {
+            tag: tag.ok_or(FlagError::Missing {
+                flag: "fs",
+                key: "tag",
+            })?,
+            socket: socket.ok_or(FlagError::Missing {
+                flag: "fs",
+                key: "socket",
+            })?,
+            num_request_queues: queues,
+            queue_size: size,
+        })
+    }
+}
+
 impl SerialOutput {
     /// The `--serial` value that means [`SerialOutput::Stdout`].
     pub const STDOUT: &'static str = "stdout";
@@ -550,6 +713,65 @@ mod tests {
     }
 
     #[test]
+    fn fs_validation() {
+        let mut c = VmConfig::new("/k".into());
+        assert!(!c.uses_shared_memory());
+        c.fs = vec![FsConfig::new("x".repeat(MAX_FS_TAG_LEN), "/s")];
+        assert!(c.validate(&LIMITS).is_ok());
+        assert!(c.uses_shared_memory());
+        for bad in ["", "a\0b"] {
+            c.fs[0].tag = bad.into();
+            assert_eq!(c.validate(&LIMITS), Err(ConfigError::FsTag(bad.into())));
+        }
+        c.fs[0].tag = "x".repeat(MAX_FS_TAG_LEN + 1);
+        assert!(matches!(c.validate(&LIMITS), Err(ConfigError::FsTag(_))));
+        c.fs = vec![FsConfig::new("a", "/s"), FsConfig::new("a", "/t")];
+        assert_eq!(
+            c.validate(&LIMITS),
+            Err(ConfigError::DuplicateFsTag("a".into()))
+        );
+        c.fs.pop();
+        for q in [0, MAX_FS_REQUEST_QUEUES + 1] {
+            c.fs[0].num_request_queues = q;
+            assert!(matches!(
+                c.validate(&LIMITS),
+                Err(ConfigError::FsRequestQueues { got, .. }) if got == q
+            ));
+        }
+        c.fs[0].num_request_queues = MAX_FS_REQUEST_QUEUES;
+        for size in [0, 1, 1000, 65535] {
+            c.fs[0].queue_size = size;
+            assert!(matches!(
+                c.validate(&LIMITS),
+                Err(ConfigError::FsQueueSize { got, .. }) if got == size
+            ));
+        }
+        for size in [MIN_FS_QUEUE_SIZE, 256, MAX_FS_QUEUE_SIZE] {
+            c.fs[0].queue_size = size;
+            assert!(c.validate(&LIMITS).is_ok());
+        }
+        let json: VmConfig =
+            serde_json::from_str(r#"{"kernel":"/k","fs":[{"tag":"t","socket":"/s"}]}"#).unwrap();
+        assert_eq!(json.fs, [FsConfig::new("t", "/s")]);
+        assert_eq!(json.fs[0].queue_size, DEFAULT_FS_QUEUE_SIZE);
+        assert_eq!(json.fs[0].num_request_queues, 1);
+        let e = serde_json::from_str::<VmConfig>(
+            r#"{"kernel":"/k","fs":[{"tag":"t","socket":"/s","dax":1}]}"#,
+        )
+        .unwrap_err();
+        assert!(e.to_string().starts_with("unknown field `dax`"), "{e}");
+        // Each fs device takes an interrupt line like any other virtio device.
+        let mut c = VmConfig::new("/k".into());
+        c.fs = (0..LIMITS.max_virtio_devices)
+            .map(|i| FsConfig::new(format!("t{i}"), "/s"))
+            .collect();
+        assert_eq!(
+            c.validate(&LIMITS),
+            Err(ConfigError::TooManyDevices(20, 19))
+        );
+    }
+
+    #[test]
     fn mac_parsing() {
         assert_eq!(
             parse_mac("02:00:00:0a:0B:ff").unwrap(),
@@ -597,6 +819,27 @@ mod tests {
                 .to_string(),
             "bad vsock cid \"x\""
         );
+        let f = FsConfig::from_flag("tag=vol,socket=/run/fs.sock").unwrap();
+        assert_eq!(f, FsConfig::new("vol", "/run/fs.sock"));
+        let f = FsConfig::from_flag("tag=v,socket=/s,num_request_queues=2,queue_size=128").unwrap();
+        assert_eq!((f.num_request_queues, f.queue_size), (2, 128));
+        assert_eq!(
+            FsConfig::from_flag("socket=/s"),
+            Err(FlagError::Missing {
+                flag: "fs",
+                key: "tag"
+            })
+        );
+        assert_eq!(
+            FsConfig::from_flag("tag=v,socket=/s,queue_size=70000")
+                .unwrap_err()
+                .to_string(),
+            "bad fs queue_size \"70000\""
+        );
+        assert!(matches!(
+            FsConfig::from_flag("tag=v,socket=/s,cache=auto"),
+            Err(FlagError::UnknownKey { .. })
+        ));
         assert_eq!(SerialOutput::from_flag("off"), SerialOutput::Off);
         assert_eq!(SerialOutput::from_flag("stdout"), SerialOutput::Stdout);
         assert_eq!(

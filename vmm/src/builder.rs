@@ -3,11 +3,14 @@
 
 use crate::arch::layout::*;
 use crate::arch::{mptable, pvh, regs};
-use crate::config::{parse_mac, DriveConfig, NetConfig, SerialOutput, VmConfig, VsockConfig};
+use crate::config::{
+    parse_mac, DriveConfig, FsConfig, NetConfig, SerialOutput, VmConfig, VsockConfig,
+};
 use crate::devices::bus::{Bus, BusDevice, BusError};
 use crate::devices::legacy::{SerialConsole, I8042};
 use crate::devices::virtio::balloon::Balloon;
 use crate::devices::virtio::block::{Block, Disk, DiskError};
+use crate::devices::virtio::fs::{Fs, FsError};
 use crate::devices::virtio::mmio::{MmioTransport, NOTIFY_REG_OFFSET};
 use crate::devices::virtio::net::{Net, NetError};
 use crate::devices::virtio::rng::Rng;
@@ -16,7 +19,7 @@ use crate::devices::virtio::{IrqTrigger, VirtioDevice};
 use crate::devices::Trigger;
 use crate::image::MappedImage;
 use crate::seccomp::SeccompError;
-use crate::vstate::memory::{self, MemoryError};
+use crate::vstate::memory::{self, MemoryError, MemoryMode};
 use crate::vstate::vcpu::{install_kick_handler, Vcpu, VcpuControl, VcpuError, Vcpus};
 use crate::vstate::vm::{Vm, VmError};
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
@@ -53,6 +56,8 @@ pub enum DeviceId {
     Net(String),
     /// The virtio-vsock device.
     Vsock,
+    /// A virtio-fs device, by tag.
+    Fs(String),
     /// The virtio-rng device.
     Rng,
     /// The virtio-balloon (free page reporting).
@@ -67,6 +72,7 @@ impl std::fmt::Display for DeviceId {
             DeviceId::Drive(id) => write!(f, "drive {id}"),
             DeviceId::Net(tap) => write!(f, "net {tap}"),
             DeviceId::Vsock => f.write_str("vsock"),
+            DeviceId::Fs(tag) => write!(f, "fs {tag}"),
             DeviceId::Rng => f.write_str("rng"),
             DeviceId::Balloon => f.write_str("balloon"),
         }
@@ -85,6 +91,9 @@ pub enum DeviceError {
     /// The vsock device cannot be created.
     #[error(transparent)]
     Vsock(VsockError),
+    /// The virtio-fs device cannot be set up with its backend.
+    #[error(transparent)]
+    Fs(FsError),
     /// The device could not be created (its eventfds, its entropy source).
     #[error("creating the device: {0}")]
     Create(std::io::Error),
@@ -235,10 +244,23 @@ fn eventfd() -> Result<Trigger, BuildError> {
     Trigger::new().map_err(BuildError::EventFd)
 }
 
-fn load_kernel(config: &VmConfig, mem: &GuestMemoryMmap) -> Result<(u64, u64), BuildError> {
+/// The boot image reader for guest RAM in `mode`: mapped copy-on-write into
+/// private RAM, copied into shared RAM (see [`crate::image`] for why).
+fn boot_image(file: File, mode: MemoryMode) -> std::io::Result<MappedImage> {
+    match mode {
+        MemoryMode::Private => MappedImage::new(file),
+        MemoryMode::Shared => MappedImage::copying(file),
+    }
+}
+
+fn load_kernel(
+    config: &VmConfig,
+    mem: &GuestMemoryMmap,
+    mode: MemoryMode,
+) -> Result<(u64, u64), BuildError> {
     let open_err = |e| BuildError::KernelOpen(config.kernel.clone(), e);
     let file = File::open(&config.kernel).map_err(open_err)?;
-    let mut image = MappedImage::new(file).map_err(open_err)?;
+    let mut image = boot_image(file, mode).map_err(open_err)?;
     let result = Elf::load(mem, None, &mut image, Some(GuestAddress(HIMEM_START)))
         .map_err(|e| BuildError::KernelLoad(config.kernel.clone(), e))?;
     tracing::debug!("kernel: {} bytes mapped", image.mapped_bytes());
@@ -253,13 +275,14 @@ fn load_initramfs(
     mem: &GuestMemoryMmap,
     mem_size: u64,
     kernel_end: u64,
+    mode: MemoryMode,
 ) -> Result<pvh::Initrd, BuildError> {
     let err = |source| BuildError::Initramfs {
         path: path.clone(),
         source,
     };
     let file = File::open(path).map_err(|e| err(InitramfsError::Open(e)))?;
-    let mut image = MappedImage::new(file).map_err(|e| err(InitramfsError::Open(e)))?;
+    let mut image = boot_image(file, mode).map_err(|e| err(InitramfsError::Open(e)))?;
     let size = image.len();
     let low_end = mem_size.min(MMIO_GAP_START);
     let addr = low_end
@@ -363,6 +386,24 @@ fn attach_vsock_device(wiring: &mut DeviceWiring<'_>, v: &VsockConfig) -> Result
         .map_err(DeviceError::Vsock)
         .map_err(&fail)?;
     wiring.add(Arc::new(Mutex::new(vsock))).map_err(&fail)
+}
+
+/// Attaches one virtio-fs device per entry, each connected to its backend.
+fn attach_fs_devices(wiring: &mut DeviceWiring<'_>, fs: &[FsConfig]) -> Result<(), BuildError> {
+    for f in fs {
+        let fail = device_error(DeviceId::Fs(f.tag.clone()));
+        let mut dev = Fs::new(f, wiring.mem)
+            .map_err(DeviceError::Fs)
+            .map_err(&fail)?;
+        // A subscriber apart from the device, whose lock a waiting vCPU holds.
+        if let Some(watchdog) = dev.take_watchdog() {
+            wiring
+                .event_manager
+                .add_subscriber(Arc::new(Mutex::new(watchdog)));
+        }
+        wiring.add(Arc::new(Mutex::new(dev))).map_err(&fail)?;
+    }
+    Ok(())
 }
 
 /// Attaches the virtio-rng device.
@@ -482,12 +523,17 @@ pub fn build(
     let started = std::time::Instant::now();
     let mem_size = config.mem_mib << 20;
     let vm = Vm::new()?;
-    let mem = memory::create(mem_size, config.huge_pages)?;
+    let mode = if config.uses_shared_memory() {
+        MemoryMode::Shared
+    } else {
+        MemoryMode::Private
+    };
+    let mem = memory::create(mem_size, mode, config.huge_pages)?;
     vm.set_memory(&mem)?;
 
-    let (entry, kernel_end) = load_kernel(config, &mem)?;
+    let (entry, kernel_end) = load_kernel(config, &mem, mode)?;
     let initrd = match &config.initramfs {
-        Some(path) => Some(load_initramfs(path, &mem, mem_size, kernel_end)?),
+        Some(path) => Some(load_initramfs(path, &mem, mem_size, kernel_end, mode)?),
         None => None,
     };
 
@@ -515,6 +561,7 @@ pub fn build(
     if let Some(v) = &config.vsock {
         attach_vsock_device(&mut wiring, v)?;
     }
+    attach_fs_devices(&mut wiring, &config.fs)?;
     if config.rng {
         attach_rng_device(&mut wiring)?;
     }
@@ -619,6 +666,7 @@ mod tests {
             (DeviceId::Serial, "serial"),
             (DeviceId::I8042, "i8042"),
             (DeviceId::Vsock, "vsock"),
+            (DeviceId::Fs("vol".into()), "fs vol"),
             (DeviceId::Rng, "rng"),
             (DeviceId::Balloon, "balloon"),
         ] {

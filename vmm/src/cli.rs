@@ -10,7 +10,7 @@
 //! `--exit-record FILE` the same line (for status 0 too) is written to FILE as the
 //! VMM's last act.
 
-use crate::config::{DriveConfig, NetConfig, SerialOutput, VmConfig, VsockConfig};
+use crate::config::{DriveConfig, FsConfig, NetConfig, SerialOutput, VmConfig, VsockConfig};
 use clap::Parser;
 use std::path::PathBuf;
 use vmlet_vmm_api::config::flag;
@@ -51,6 +51,14 @@ pub struct Args {
     /// vsock: `cid=N,uds=PATH`.
     #[arg(long = flag::VSOCK, value_parser = VsockConfig::from_flag)]
     pub vsock: Option<VsockConfig>,
+    /// A virtio-fs device on a vhost-user backend:
+    /// `tag=TAG,socket=PATH[,num_request_queues=N][,queue_size=N]` (repeatable).
+    /// Puts guest RAM in shared memory.
+    #[arg(long = flag::FS, value_parser = FsConfig::from_flag)]
+    pub fs: Vec<FsConfig>,
+    /// Back guest RAM with a shared memfd even without virtio-fs devices.
+    #[arg(long = flag::SHARED_MEMORY)]
+    pub shared_memory: bool,
     /// Do not offer a virtio-rng device.
     #[arg(long = flag::NO_RNG)]
     pub no_rng: bool,
@@ -109,6 +117,10 @@ pub fn resolve(args: Args) -> Result<VmConfig, String> {
     config.net.extend(args.net);
     if args.vsock.is_some() {
         config.vsock = args.vsock;
+    }
+    config.fs.extend(args.fs);
+    if args.shared_memory {
+        config.shared_memory = true;
     }
     if args.no_rng {
         config.rng = false;
@@ -259,9 +271,18 @@ mod tests {
                 cid: 7,
                 uds_path: "/run/pod/vsock".into(),
             }),
+            fs: vec![
+                FsConfig::new("vol0", "/run/pod/fs0.sock"),
+                FsConfig {
+                    num_request_queues: 4,
+                    queue_size: 256,
+                    ..FsConfig::new("a-volume-tag", "/run/pod/fs1.sock")
+                },
+            ],
             rng: false,
             free_page_reporting: true,
             huge_pages: true,
+            shared_memory: true,
             serial: SerialOutput::File("/pod/console.log".into()),
             control_socket: Some("/run/pod/ctl".into()),
             exit_record: Some("/pod/vmm-exit".into()),

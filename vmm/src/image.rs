@@ -10,6 +10,15 @@
 //! The files must be replaced by rename, never rewritten in place, while VMs use
 //! them: a private mapping still shows the file's later changes to pages the guest
 //! has not written.
+//!
+//! Guest RAM in a shared memfd (virtio-fs, see `vstate::memory`) is never mapped
+//! over: `MAP_FIXED` would replace those pages in the VMM's (and so KVM's) view
+//! only, while a vhost-user backend maps the memfd itself and would see other
+//! pages there. Once the guest reuses that memory (the initramfs is freed right
+//! after boot) and hands it to the device as a buffer, the backend would read and
+//! write memory the guest never sees. So in that mode the image is copied into the
+//! memfd ([`MappedImage::copying`]), which costs one copy per boot and the page
+//! cache sharing between VMs.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -25,10 +34,12 @@ pub struct MappedImage {
     len: u64,
     pos: u64,
     mapped_bytes: u64,
+    /// Whether aligned pages may be mapped (false: always copy).
+    map_pages: bool,
 }
 
 impl MappedImage {
-    /// Wraps an open image file.
+    /// Wraps an open image file, to be mapped where it can.
     pub fn new(file: File) -> std::io::Result<Self> {
         let len = file.metadata()?.len();
         Ok(MappedImage {
@@ -36,6 +47,15 @@ impl MappedImage {
             len,
             pos: 0,
             mapped_bytes: 0,
+            map_pages: true,
+        })
+    }
+
+    /// Wraps an open image file, to be copied only (for guest RAM in shared memory).
+    pub fn copying(file: File) -> std::io::Result<Self> {
+        Ok(MappedImage {
+            map_pages: false,
+            ..Self::new(file)?
         })
     }
 
@@ -114,7 +134,8 @@ impl ReadVolatile for MappedImage {
         let want = buf.len() as u64;
         let mut done = 0u64;
         let mappable = want.min(self.len.saturating_sub(self.pos)) & !(PAGE - 1);
-        if mappable > 0
+        if self.map_pages
+            && mappable > 0
             && self.pos.is_multiple_of(PAGE)
             && (dst as u64).is_multiple_of(PAGE)
             && self.map_at(dst, mappable)
@@ -178,6 +199,34 @@ mod tests {
         mem.read_slice(&mut around, GuestAddress(0x10000 - 8))
             .unwrap();
         assert_eq!(around, [0; 8]);
+    }
+
+    #[test]
+    fn shared_memory_gets_a_copy_its_file_sees() {
+        let mem = crate::vstate::memory::create(
+            64 << 20,
+            crate::vstate::memory::MemoryMode::Shared,
+            false,
+        )
+        .unwrap();
+        let f = tempfile::NamedTempFile::new().unwrap();
+        let content: Vec<u8> = (0..3 * 4096 + 100).map(|i| (i % 251) as u8).collect();
+        std::fs::write(f.path(), &content).unwrap();
+        let mut img = MappedImage::copying(File::open(f.path()).unwrap()).unwrap();
+        mem.read_exact_volatile_from(GuestAddress(0x10000), &mut img, content.len())
+            .unwrap();
+        assert_eq!(img.mapped_bytes(), 0);
+        // A backend mapping the memfd sees the image, and the guest's later writes.
+        use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+        let region = mem.iter().next().unwrap();
+        let memfd = region.file_offset().unwrap().file();
+        let mut back = vec![0u8; content.len()];
+        std::os::unix::fs::FileExt::read_exact_at(memfd, &mut back, 0x10000).unwrap();
+        assert_eq!(back, content);
+        mem.write_slice(&[0xff; 16], GuestAddress(0x10000)).unwrap();
+        std::os::unix::fs::FileExt::read_exact_at(memfd, &mut back[..16], 0x10000).unwrap();
+        assert_eq!(back[..16], [0xff; 16]);
+        assert_eq!(std::fs::read(f.path()).unwrap(), content);
     }
 
     #[test]

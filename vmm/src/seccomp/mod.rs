@@ -3,6 +3,11 @@
 //! serve its event loop and the vCPU threads may only run the guest; anything
 //! else traps, reports the syscall's number and name as the process's last line
 //! on stderr, and ends the process with [`VIOLATION_EXIT`].
+//!
+//! virtio-fs creates its memfd (shared guest RAM), eventfds and backend connection
+//! while the VM is built, before any filter; afterwards it needs only `fallocate`
+//! (hole punching, for free page reporting) on the VMM thread and
+//! `sendmsg`/`recvmsg` (vhost-user requests) on vCPU threads.
 
 mod names;
 
@@ -30,7 +35,7 @@ pub enum SeccompError {
 }
 
 /// Syscalls of the VMM thread: its event loop (epoll, eventfds, device files,
-/// unix sockets for vsock and the control socket), drive swaps (open, fstat),
+/// unix sockets for vsock, vhost-user and the control socket), drive swaps (open, fstat),
 /// vCPU kicks (tgkill), and what Rust's runtime needs (memory, futex, threads).
 const VMM_SYSCALLS: &[i64] = &[
     libc::SYS_accept4,
@@ -101,13 +106,17 @@ const VMM_SYSCALLS: &[i64] = &[
 /// Syscalls of a vCPU thread: `KVM_RUN` (and nothing else through ioctl),
 /// eventfd and console writes from device exits, what a virtio device does when
 /// the driver activates or resets it from a register write (touch its backend
-/// sockets, close connections), and the runtime basics.
+/// sockets, close connections; virtio-fs sends its vhost-user vring requests, with
+/// their eventfds, by sendmsg and reads the replies by recvmsg), and the runtime
+/// basics.
 const VCPU_SYSCALLS: &[i64] = &[
     libc::SYS_brk,
     libc::SYS_clock_gettime,
     libc::SYS_close,
     libc::SYS_fcntl,
     libc::SYS_recvfrom,
+    libc::SYS_recvmsg,
+    libc::SYS_sendmsg,
     libc::SYS_sendto,
     libc::SYS_shutdown,
     libc::SYS_exit,
@@ -176,6 +185,17 @@ pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
         ],
     };
     rules.insert(libc::SYS_ioctl, ioctls);
+    if kind == ThreadKind::Vmm {
+        // Free page reporting on shared guest RAM punches holes in the memfd; no
+        // other fallocate mode (none that could grow or shrink a file).
+        let mode = SeccompCondition::new(
+            1,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::Eq,
+            crate::devices::virtio::balloon::PUNCH_HOLE as u64,
+        )?;
+        rules.insert(libc::SYS_fallocate, vec![SeccompRule::new(vec![mode])?]);
+    }
     let filter = SeccompFilter::new(
         rules,
         SeccompAction::Trap,
@@ -424,6 +444,27 @@ mod tests {
             // Any other ioctl request traps.
             // SAFETY: as above.
             unsafe { libc::ioctl(-1, 0xae01 as libc::c_ulong) };
+            0
+        });
+        assert_eq!(code, VIOLATION_EXIT);
+    }
+
+    #[test]
+    fn vmm_thread_may_only_punch_holes() {
+        install_violation_handler().unwrap();
+        let prog = filter(ThreadKind::Vmm).unwrap();
+        let code = in_child(|| {
+            if apply(ThreadKind::Vmm, &prog).is_err() {
+                return 1;
+            }
+            let mode = crate::devices::virtio::balloon::PUNCH_HOLE;
+            // SAFETY: fallocate on a bad fd has no effect.
+            if unsafe { libc::fallocate(-1, mode, 0, 4096) } != -1 {
+                return 2;
+            }
+            // Growing a file traps.
+            // SAFETY: as above.
+            unsafe { libc::fallocate(-1, 0, 0, 4096) };
             0
         });
         assert_eq!(code, VIOLATION_EXIT);

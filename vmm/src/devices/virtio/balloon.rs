@@ -1,8 +1,14 @@
 //! virtio-balloon, for free page reporting only (`VIRTIO_BALLOON_F_REPORTING`): the
 //! guest hands over blocks of memory it has freed (2 MiB blocks with Linux's default
-//! `page_reporting_order`), and the VMM drops them from the host with
-//! `MADV_DONTNEED`, so that an idle guest holds only the memory it uses. The guest
-//! reuses a reported block at will; its next touch faults in a fresh page.
+//! `page_reporting_order`), and the VMM drops them from the host, so that an idle
+//! guest holds only the memory it uses. The guest reuses a reported block at will;
+//! its next touch faults in a fresh page.
+//!
+//! Private guest RAM is dropped with `MADV_DONTNEED`. RAM in a shared memfd (see
+//! `vstate::memory`) is not: `MADV_DONTNEED` only unmaps the VMM's view of shared
+//! pages, which stay in the memfd (and in a vhost-user backend's mapping), so there
+//! the range is punched out of the memfd itself (`FALLOC_FL_PUNCH_HOLE`), which
+//! frees the pages and unmaps them from every process.
 //!
 //! The balloon itself is never inflated (`num_pages` stays 0): the inflate and deflate
 //! queues, which the driver always sets up, are drained and otherwise ignored.
@@ -12,9 +18,10 @@ use super::{
     VirtioDevice, INT_VRING,
 };
 use event_manager::{EventOps, Events, MutEventSubscriber};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use virtio_queue::Queue;
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -100,20 +107,49 @@ pub fn release(chain: Chain<'_>, mem: &GuestMemoryMmap) -> u64 {
             tracing::debug!("balloon: report of {len} bytes at {start:#x} is not guest RAM");
             continue;
         };
-        let guard = slice.ptr_guard_mut();
-        // SAFETY: the range lies inside one guest RAM mapping that `mem` owns;
-        // MADV_DONTNEED only discards its contents, which the guest has declared free.
-        let r = unsafe { libc::madvise(guard.as_ptr().cast(), len, libc::MADV_DONTNEED) };
-        if r == 0 {
-            dropped += len as u64;
-        } else {
-            tracing::warn!(
-                "balloon: MADV_DONTNEED of {len} bytes at {start:#x}: {}",
-                std::io::Error::last_os_error()
-            );
+        let file = mem.find_region(GuestAddress(start)).and_then(|region| {
+            let fo = region.file_offset()?;
+            let in_region = GuestAddress(start).checked_offset_from(region.start_addr())?;
+            Some((fo.file().as_raw_fd(), fo.start().checked_add(in_region)?))
+        });
+        let r = match file {
+            Some((fd, offset)) => punch_hole(fd, offset, len),
+            None => {
+                let guard = slice.ptr_guard_mut();
+                // SAFETY: the range lies inside one private guest RAM mapping that
+                // `mem` owns; MADV_DONTNEED only discards its contents, which the
+                // guest has declared free.
+                let r = unsafe { libc::madvise(guard.as_ptr().cast(), len, libc::MADV_DONTNEED) };
+                if r == 0 {
+                    Ok(())
+                } else {
+                    Err(("MADV_DONTNEED", std::io::Error::last_os_error()))
+                }
+            }
+        };
+        match r {
+            Ok(()) => dropped += len as u64,
+            Err((how, e)) => tracing::warn!("balloon: {how} of {len} bytes at {start:#x}: {e}"),
         }
     }
     dropped
+}
+
+/// The `fallocate` mode that frees a range of a file without changing its size.
+pub const PUNCH_HOLE: i32 = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+
+/// Frees `len` bytes at `offset` of the guest RAM memfd `fd`.
+fn punch_hole(fd: i32, offset: u64, len: usize) -> Result<(), (&'static str, std::io::Error)> {
+    let err = |e| ("FALLOC_FL_PUNCH_HOLE", e);
+    let offset = libc::off_t::try_from(offset).map_err(|_| err(std::io::Error::other("offset")))?;
+    let len = libc::off_t::try_from(len).map_err(|_| err(std::io::Error::other("length")))?;
+    // SAFETY: fallocate on the memfd that backs guest RAM; punching a hole zeroes a
+    // range the guest has declared free and unmaps it from every mapping, which
+    // stay valid (the next access faults in a zero page).
+    if unsafe { libc::fallocate(fd, PUNCH_HOLE, offset, len) } != 0 {
+        return Err(err(std::io::Error::last_os_error()));
+    }
+    Ok(())
 }
 
 impl VirtioDevice for Balloon {
@@ -190,12 +226,36 @@ mod tests {
         RawDescriptor::from(Descriptor::new(addr, len, flags, 0))
     }
 
+    /// Resident bytes of the memfd behind `mem` (shared mode).
+    fn memfd_resident(mem: &GuestMemoryMmap) -> u64 {
+        let region = mem.iter().next().unwrap();
+        let file = region.file_offset().unwrap().file();
+        // st_blocks counts the pages the memfd holds.
+        let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+        // SAFETY: fstat fills `st` for a descriptor `mem` owns.
+        assert_eq!(unsafe { libc::fstat(file.as_raw_fd(), st.as_mut_ptr()) }, 0);
+        // SAFETY: fstat succeeded, so `st` is initialised.
+        (unsafe { st.assume_init() }).st_blocks as u64 * 512
+    }
+
     #[test]
     fn reported_pages_are_dropped_and_the_rest_kept() {
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap();
+        let private = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap();
+        check_release(&private);
+        let shared = crate::vstate::memory::create(
+            0x40_0000,
+            crate::vstate::memory::MemoryMode::Shared,
+            false,
+        )
+        .unwrap();
+        check_release(&shared);
+    }
+
+    fn check_release(mem: &GuestMemoryMmap) {
+        let shared = mem.iter().next().unwrap().file_offset().is_some();
         mem.write_slice(&[0xaa; 0x10_0000], GuestAddress(FREE))
             .unwrap();
-        let q = MockSplitQueue::new(&mem, 16);
+        let q = MockSplitQueue::new(mem, 16);
         let chain = q
             .build_desc_chain(&[
                 // Unaligned edges: only the whole pages inside go.
@@ -206,7 +266,12 @@ mod tests {
                 desc(FREE + 0x9_0000, 0, true),
             ])
             .unwrap();
-        assert_eq!(release(chain, &mem), 2 * PAGE);
+        let before = if shared { memfd_resident(mem) } else { 0 };
+        assert_eq!(release(chain, mem), 2 * PAGE);
+        if shared {
+            // The memfd gave the pages back, not just the VMM's view of them.
+            assert_eq!(before - memfd_resident(mem), 2 * PAGE);
+        }
         let mut page = [0u8; 4096];
         mem.read_slice(&mut page, GuestAddress(FREE)).unwrap();
         assert!(

@@ -7,6 +7,7 @@
 
 pub mod balloon;
 pub mod block;
+pub mod fs;
 pub mod mmio;
 pub mod net;
 pub mod rng;
@@ -33,6 +34,8 @@ pub mod device_type {
     pub const BALLOON: u32 = 5;
     /// Socket device.
     pub const VSOCK: u32 = 19;
+    /// File system device.
+    pub const FS: u32 = 26;
 
     /// The device's name in logs: `virtio-blk`, ...
     pub fn name(device_type: u32) -> &'static str {
@@ -42,6 +45,7 @@ pub mod device_type {
             RNG => "virtio-rng",
             BALLOON => "virtio-balloon",
             VSOCK => "virtio-vsock",
+            FS => "virtio-fs",
             _ => "virtio device",
         }
     }
