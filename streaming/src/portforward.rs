@@ -167,3 +167,167 @@ async fn forward<B: StreamBackend>(
     }
     let _ = err.shutdown().await;
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::backend::{BackendError, ExecStreams, ExitStatus};
+    use crate::request::{AttachRequest, ExecRequest};
+    use crate::spdy::frame::{Frame, FLAG_FIN};
+    use crate::spdy::testclient::Client;
+
+    /// Port 1 refuses; any other port echoes.
+    struct Echo;
+
+    impl StreamBackend for Echo {
+        async fn exec(&self, _: ExecRequest, _: ExecStreams) -> Result<ExitStatus, BackendError> {
+            Err(BackendError::Failed("no exec".into()))
+        }
+
+        async fn attach(&self, _: AttachRequest, _: ExecStreams) -> Result<(), BackendError> {
+            Err(BackendError::Failed("no attach".into()))
+        }
+
+        async fn port_forward(
+            &self,
+            _: String,
+            port: u16,
+            s: PortStream,
+        ) -> Result<(), BackendError> {
+            if port == 1 {
+                return Err(BackendError::Failed("connection refused".into()));
+            }
+            let (mut r, mut w) = tokio::io::split(s);
+            let _ = tokio::io::copy(&mut r, &mut w).await;
+            Ok(())
+        }
+    }
+
+    fn start(timeout: Duration) -> (Client, tokio::task::JoinHandle<()>) {
+        let (server, client) = tokio::io::duplex(1 << 16);
+        let conn = Connection::start(server, Duration::from_secs(60));
+        let task = tokio::spawn(serve(conn, "pod".into(), Arc::new(Echo), timeout));
+        (Client::new(client), task)
+    }
+
+    fn stream(
+        kind: &'static str,
+        port: &'static str,
+        id: &'static str,
+    ) -> [(&'static str, &'static str); 3] {
+        [("streamType", kind), ("port", port), ("requestID", id)]
+    }
+
+    /// Data per stream until its FIN, as the client sees it; RSTs apart.
+    #[derive(Default)]
+    struct Seen {
+        data: HashMap<u32, Vec<u8>>,
+        fin: Vec<u32>,
+        rst: Vec<u32>,
+    }
+
+    impl Seen {
+        async fn until(&mut self, c: &mut Client, done: impl Fn(&Seen) -> bool) {
+            while !done(self) {
+                match c.next().await.expect("server closed the connection") {
+                    Frame::Data {
+                        stream_id,
+                        flags,
+                        data,
+                    } => {
+                        self.data
+                            .entry(stream_id)
+                            .or_default()
+                            .extend_from_slice(&data);
+                        if flags & FLAG_FIN != 0 {
+                            self.fin.push(stream_id);
+                        }
+                    }
+                    Frame::RstStream { stream_id, .. } => self.rst.push(stream_id),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn pairs_by_request_id_and_isolates_a_failing_pair() {
+        let (mut c, _task) = start(Duration::from_secs(30));
+        // Interleaved: error 0, error 1, data 1, data 0.
+        let err0 = c.open(&stream("error", "80", "0")).await;
+        let err1 = c.open(&stream("error", "1", "1")).await;
+        let data1 = c.open(&stream("data", "1", "1")).await;
+        let data0 = c.open(&stream("data", "80", "0")).await;
+        // The client never writes on error streams and half-closes them at once.
+        c.data(err0, b"", true).await;
+        c.data(err1, b"", true).await;
+        let mut seen = Seen::default();
+        seen.until(&mut c, |s| s.fin.contains(&err1) && s.fin.contains(&data1))
+            .await;
+        let msg = String::from_utf8_lossy(&seen.data[&err1]).into_owned();
+        assert!(msg.contains("error forwarding port 1 to pod pod"), "{msg}");
+        // Pair 0 still echoes, after pair 1 failed.
+        c.data(data0, b"ping", false).await;
+        seen.until(&mut c, |s| s.data.get(&data0).is_some_and(|d| d == b"ping"))
+            .await;
+        // A third pair opened after the failure works too.
+        let err2 = c.open(&stream("error", "81", "2")).await;
+        let data2 = c.open(&stream("data", "81", "2")).await;
+        c.data(data2, b"pong", true).await;
+        seen.until(&mut c, |s| s.fin.contains(&data2) && s.fin.contains(&err2))
+            .await;
+        assert_eq!(seen.data[&data2], b"pong");
+        assert!(!seen.data.contains_key(&err2) || seen.data[&err2].is_empty());
+        // Ending pair 0 finishes both of its streams, the error stream without bytes.
+        c.data(data0, b"", true).await;
+        seen.until(&mut c, |s| s.fin.contains(&data0) && s.fin.contains(&err0))
+            .await;
+        assert!(seen.data.get(&err0).is_none_or(|d| d.is_empty()));
+        assert!(seen.rst.is_empty(), "unexpected resets: {:?}", seen.rst);
+    }
+
+    #[tokio::test]
+    async fn refuses_bad_streams_and_times_out_half_pairs() {
+        let (mut c, task) = start(Duration::from_millis(300));
+        let bad_port = c.open(&stream("data", "0", "0")).await;
+        let bad_type = c.open(&stream("stdin", "80", "1")).await;
+        let lonely = c.open(&stream("error", "80", "2")).await;
+        let mut seen = Seen::default();
+        seen.until(&mut c, |s| {
+            s.rst.contains(&bad_port) && s.rst.contains(&bad_type) && s.fin.contains(&lonely)
+        })
+        .await;
+        let msg = String::from_utf8_lossy(&seen.data[&lonely]).into_owned();
+        assert!(msg.contains("timed out"), "{msg}");
+        // A GOAWAY from the client ends the session and the server closes too.
+        c.raw(Frame::GoAway {
+            last_good_stream_id: 0,
+            status: 0,
+        })
+        .await;
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .unwrap()
+            .unwrap();
+        while let Some(f) = c.next().await {
+            if matches!(f, Frame::GoAway { .. }) {
+                return;
+            }
+        }
+        panic!("no GOAWAY from the server");
+    }
+
+    #[tokio::test]
+    async fn falls_back_to_stream_ids_without_request_id() {
+        let (mut c, _task) = start(Duration::from_secs(30));
+        let err = c.open(&[("streamType", "error"), ("port", "80")]).await;
+        let data = c.open(&[("streamType", "data"), ("port", "80")]).await;
+        c.data(data, b"old client", true).await;
+        let mut seen = Seen::default();
+        seen.until(&mut c, |s| s.fin.contains(&data) && s.fin.contains(&err))
+            .await;
+        assert_eq!(seen.data[&data], b"old client");
+    }
+}
