@@ -61,7 +61,8 @@ pub struct ExecStreams {
     pub stdout: Option<Output>,
     /// Towards the client's stderr (never with a tty).
     pub stderr: Option<Output>,
-    /// Terminal sizes (tty sessions only). Apply the latest when the terminal exists.
+    /// Terminal sizes (tty sessions only). The client sends its first size right
+    /// after the session opens, so wait briefly for it before starting a terminal.
     pub resize: Option<mpsc::Receiver<TerminalSize>>,
 }
 

@@ -84,8 +84,14 @@ async fn run(cmd: Vec<String>, tty: bool, s: ExecStreams) -> Result<ExitStatus, 
 async fn run_tty(mut c: Command, s: ExecStreams) -> Result<ExitStatus, BackendError> {
     let pty = nix::pty::openpty(None, None).map_err(failed)?;
     let mut resize = s.resize;
-    // Apply sizes that arrived before the terminal existed.
+    // The client sends its size right after opening the session: wait a little for it
+    // so the command starts with the right size, then apply any that queued up.
     if let Some(rx) = resize.as_mut() {
+        if let Ok(Some(sz)) =
+            tokio::time::timeout(std::time::Duration::from_secs(2), rx.recv()).await
+        {
+            set_size(&pty.master, sz);
+        }
         while let Ok(sz) = rx.try_recv() {
             set_size(&pty.master, sz);
         }
