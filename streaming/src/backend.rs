@@ -68,7 +68,9 @@ pub struct ExecStreams {
 
 /// A runtime's side of streaming. Each call lasts as long as its session; the
 /// streams it gets must be dropped (or moved into nothing that outlives the call)
-/// when it returns, which is what ends them towards the client.
+/// when it returns, which is what ends them towards the client. When the client
+/// goes away first, the call's future is dropped: an exec should then stop its
+/// process, an attach just detach.
 pub trait StreamBackend: Send + Sync + 'static {
     /// Runs `req.cmd` in a container and returns its exit status.
     fn exec(

@@ -368,3 +368,80 @@ async fn spdy_port_forward_many_connections_and_a_failing_one() {
 async fn websocket_port_forward_many_connections_and_a_failing_one() {
     port_forward(Transport::WebSocket).await;
 }
+
+/// Every task a session starts ends with it, also when the client goes away in the
+/// middle: then the backend's future is dropped (the host backend kills the command).
+async fn no_task_outlives_its_session(t: Transport) {
+    use std::time::{Duration, Instant};
+    use tokio::io::AsyncBufReadExt;
+
+    let env = Env::start().await;
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let base = metrics.num_alive_tasks();
+    let out = env.run(t, &["exec", "-i", "p", "--", "cat"], b"x").await;
+    assert_eq!(out.stdout, b"x");
+    // A client killed during a long command.
+    let pid_file = env.dir.path().join("pid");
+    let script = format!("echo $$ > {}; exec sleep 1000", pid_file.display());
+    let mut c = env.kubectl(t);
+    c.args(["exec", "p", "--", "sh", "-c", &script]);
+    let mut child = c.spawn().unwrap();
+    let start = Instant::now();
+    let pid = loop {
+        if let Ok(p) = std::fs::read_to_string(&pid_file) {
+            if let Ok(p) = p.trim().parse::<i32>() {
+                break p;
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the command did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    child.kill().await.unwrap();
+    // A port-forward whose client goes away with a connection open.
+    let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = echo.local_addr().unwrap().port();
+    let mut c = env.kubectl(t);
+    c.args(["port-forward", "pod/p", &format!(":{port}")])
+        .stdout(std::process::Stdio::piped());
+    let mut pf = c.spawn().unwrap();
+    let mut lines = tokio::io::BufReader::new(pf.stdout.take().unwrap()).lines();
+    let local: u16 = loop {
+        let l = lines
+            .next_line()
+            .await
+            .unwrap()
+            .expect("port-forward exited");
+        if let Some(rest) = l.strip_prefix("Forwarding from 127.0.0.1:") {
+            break rest.split_once(' ').unwrap().0.parse().unwrap();
+        }
+    };
+    let _held = tokio::net::TcpStream::connect(("127.0.0.1", local))
+        .await
+        .unwrap();
+    let (_accepted, _) = echo.accept().await.unwrap();
+    pf.kill().await.unwrap();
+    let start = Instant::now();
+    while metrics.num_alive_tasks() > base || std::path::Path::new(&format!("/proc/{pid}")).exists()
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{} tasks alive (before: {base}); command alive: {}",
+            metrics.num_alive_tasks(),
+            std::path::Path::new(&format!("/proc/{pid}")).exists()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn spdy_no_task_outlives_its_session() {
+    no_task_outlives_its_session(Transport::Spdy).await;
+}
+
+#[tokio::test]
+async fn websocket_no_task_outlives_its_session() {
+    no_task_outlives_its_session(Transport::WebSocket).await;
+}

@@ -81,7 +81,24 @@ pub async fn serve<B: StreamBackend>(
             _ => t.resize = Some(Box::new(r)),
         }
     }
-    let outcome = run(backend, target, t).await;
+    // Keep reading the connection while the backend runs: streams opened now are
+    // extra, and the end of the connection (client gone, GOAWAY, idle timeout)
+    // ends the session, dropping the backend's future.
+    let client_gone = async {
+        while let Some(s) = conn.accept().await {
+            debug!(
+                id = s.id(),
+                "ignoring a stream opened after the session started"
+            );
+        }
+    };
+    let outcome = tokio::select! {
+        o = run(backend, target, t) => o,
+        () = client_gone => {
+            debug!("client went away during the session");
+            return;
+        }
+    };
     if let Some(e) = error.as_mut() {
         write_status(e, version, &outcome).await;
     }

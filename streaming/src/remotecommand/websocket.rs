@@ -151,7 +151,9 @@ pub async fn serve<B, S>(
     let resize_pipe = pipe(tty);
     let (stdin_in, stdin_out) = split_pipe(stdin_pipe);
     let (resize_in, resize_out) = split_pipe(resize_pipe);
+    let (gone_tx, gone) = tokio::sync::oneshot::channel::<()>();
     tasks.spawn(async move {
+        let _gone = gone_tx;
         let (mut stdin_in, mut resize_in) = (stdin_in, resize_in);
         while let Some(Ok(m)) = stream.next().await {
             if m.is_close() {
@@ -205,7 +207,15 @@ pub async fn serve<B, S>(
         ERROR
     };
     let _ = tx.send(message(enc, first, &[])).await;
-    let outcome = run(backend, target, t).await;
+    // The reader ends when the client goes away, which ends the session and drops
+    // the backend's future.
+    let outcome = tokio::select! {
+        o = run(backend, target, t) => o,
+        _ = gone => {
+            debug!("client went away during the session");
+            return;
+        }
+    };
     let body = if version >= Version::V4 {
         Some(status_json(&outcome))
     } else {

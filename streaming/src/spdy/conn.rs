@@ -269,7 +269,10 @@ async fn read_loop<R: AsyncRead + Unpin>(
         };
         match frame {
             Frame::SynStream {
-                stream_id, headers, ..
+                stream_id,
+                headers,
+                flags,
+                ..
             } => {
                 // The zlib context is shared: decompress even a stream refused below.
                 let headers = match dec.decompress(&headers) {
@@ -297,7 +300,8 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 streams.insert(
                     stream_id,
                     Open {
-                        tx: Some(tx),
+                        // A SYN_STREAM with FIN carries no data: EOF at once.
+                        tx: (flags & FLAG_FIN == 0).then_some(tx),
                         state: state.clone(),
                     },
                 );
