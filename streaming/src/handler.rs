@@ -115,11 +115,11 @@ pub async fn handle<B: StreamBackend>(
         }
     };
     let key = match &pending {
-        Pending::Exec(r) => &r.container_id,
-        Pending::Attach(r) => &r.container_id,
-        Pending::PortForward(r) => &r.pod_sandbox_id,
+        Pending::Exec(r) => format!("container {}", r.container_id),
+        Pending::Attach(r) => format!("container {}", r.container_id),
+        Pending::PortForward(r) => format!("pod {}", r.pod_sandbox_id),
     };
-    let guard = match shared.limits.acquire(key) {
+    let guard = match shared.limits.acquire(&key) {
         Ok(g) => g,
         Err(e) => {
             info!(error = %e, "streaming session refused");

@@ -211,7 +211,7 @@ async fn session_caps() {
     let (code, _, body) = get(a, s.exec_url(exec("c")).unwrap().path(), SPDY_EXEC).await;
     assert_eq!(
         (code, body.trim()),
-        (429, "too many streaming sessions for c (limit 1)")
+        (429, "too many streaming sessions for container c (limit 1)")
     );
     let c2 = hold(s.exec_url(exec("d")).unwrap()).await;
     let (code, _, body) = get(a, s.exec_url(exec("e")).unwrap().path(), SPDY_EXEC).await;
@@ -307,4 +307,112 @@ async fn tls() {
     };
     assert_eq!(curl("/exec/nope").await, "404");
     assert_eq!(curl(url.path()).await, "101");
+}
+
+/// A non-kubectl WebSocket client (the channel protocols other clients use):
+/// channel bytes, base64 text frames, stdin, and the v4 Status on channel 3.
+async fn ws_exec(
+    proto: &str,
+    cmd: &str,
+    stdin: Option<&[u8]>,
+) -> (Vec<u8>, Vec<u8>, serde_json::Value) {
+    use base64::Engine as _;
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let s = server(Config::default()).await;
+    let url = s
+        .exec_url(ExecRequest {
+            container_id: "c".into(),
+            cmd: vec!["sh".into(), "-c".into(), cmd.into()],
+            tty: false,
+            stdin: stdin.is_some(),
+            stdout: true,
+            stderr: true,
+        })
+        .unwrap();
+    let tcp = TcpStream::connect(s.local_addr()).await.unwrap();
+    let mut req = url
+        .as_str()
+        .replace("http://", "ws://")
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", proto.parse().unwrap());
+    let (mut ws, resp) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
+    assert_eq!(resp.headers()["sec-websocket-protocol"], proto);
+    let b64 = proto.contains("base64");
+    if let Some(input) = stdin {
+        let m = if b64 {
+            Message::Text(
+                format!(
+                    "0{}",
+                    base64::engine::general_purpose::STANDARD.encode(input)
+                )
+                .into(),
+            )
+        } else {
+            let mut v = vec![0u8];
+            v.extend_from_slice(input);
+            Message::Binary(v.into())
+        };
+        ws.send(m).await.unwrap();
+    }
+    let (mut out, mut err, mut status) = (Vec::new(), Vec::new(), Vec::new());
+    while let Some(m) = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .unwrap()
+    {
+        let (ch, data) = match m.unwrap() {
+            Message::Binary(b) if !b64 => (b[0], b[1..].to_vec()),
+            Message::Text(t) if b64 => (
+                t.as_bytes()[0] - b'0',
+                base64::engine::general_purpose::STANDARD
+                    .decode(&t.as_bytes()[1..])
+                    .unwrap(),
+            ),
+            Message::Close(c) => {
+                assert_eq!(
+                    c.unwrap().code,
+                    tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Normal
+                );
+                break;
+            }
+            other => panic!("unexpected message {other:?}"),
+        };
+        match ch {
+            1 => out.extend(data),
+            2 => err.extend(data),
+            3 => status.extend(data),
+            _ => panic!("message on channel {ch}"),
+        }
+    }
+    (out, err, serde_json::from_slice(&status).unwrap())
+}
+
+#[tokio::test]
+async fn websocket_base64_channels() {
+    let (out, err, status) = ws_exec(
+        "v4.base64.channel.k8s.io",
+        "printf hello; printf oops >&2; exit 2",
+        None,
+    )
+    .await;
+    assert_eq!(
+        (out.as_slice(), err.as_slice()),
+        (&b"hello"[..], &b"oops"[..])
+    );
+    assert_eq!(status["reason"], "NonZeroExitCode");
+    assert_eq!(status["details"]["causes"][0]["message"], "2");
+}
+
+#[tokio::test]
+async fn websocket_v4_binary_stdin() {
+    let (out, _, status) = ws_exec("v4.channel.k8s.io", "head -c 3", Some(b"abcdef")).await;
+    assert_eq!(out, b"abc");
+    assert_eq!(
+        status,
+        serde_json::json!({"metadata": {}, "status": "Success"})
+    );
 }

@@ -92,4 +92,48 @@ mod tests {
         }
         conn.close().await;
     }
+
+    #[tokio::test]
+    async fn pings_ids_and_idle_timeout() {
+        use super::testclient::Client;
+        let (server, client) = tokio::io::duplex(1 << 16);
+        let mut conn = Connection::start(server, std::time::Duration::from_millis(300));
+        let mut c = Client::new(client);
+        // Client pings (odd ids) are echoed; even ids would be answers to ours.
+        c.raw(Frame::Ping { id: 2 }).await;
+        c.raw(Frame::Ping { id: 1 }).await;
+        assert_eq!(c.next().await, Some(Frame::Ping { id: 1 }));
+        // Flow control frames are ignored, not errors.
+        c.raw(Frame::WindowUpdate {
+            stream_id: 0,
+            delta: 1,
+        })
+        .await;
+        c.raw(Frame::Settings).await;
+        // An even stream id is refused; ids must grow.
+        c.raw(Frame::SynStream {
+            stream_id: 2,
+            associated_id: 0,
+            priority: 0,
+            flags: 0,
+            headers: bytes::Bytes::from(
+                super::headers::Compressor::new()
+                    .unwrap()
+                    .compress(&super::headers::Headers::default())
+                    .unwrap(),
+            ),
+        })
+        .await;
+        assert_eq!(
+            c.next().await,
+            Some(Frame::RstStream {
+                stream_id: 2,
+                status: frame::RST_PROTOCOL_ERROR
+            })
+        );
+        // Quiet for longer than the idle timeout: the connection ends.
+        let t = std::time::Instant::now();
+        assert!(conn.accept().await.is_none());
+        assert!(t.elapsed() >= std::time::Duration::from_millis(250));
+    }
 }
