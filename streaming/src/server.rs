@@ -4,14 +4,16 @@
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_rustls::rustls;
 use tokio_rustls::TlsAcceptor;
@@ -25,6 +27,12 @@ use crate::handler::{self, Shared};
 use crate::limits::Limits;
 use crate::request::{AttachRequest, ExecRequest, PortForwardRequest, RequestError};
 use crate::token::{Pending, TokenStore};
+
+/// How long a client may take to send its request head (TLS handshake included).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most connections before their upgrade (sessions are capped apart): with the
+/// header timeout, this bounds what idle or slow clients can hold.
+const MAX_HTTP_CONNECTIONS: usize = 256;
 
 /// The server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -178,6 +186,7 @@ async fn accept_loop<B: StreamBackend>(
     shared: Arc<Shared<B>>,
     cancel: CancellationToken,
 ) {
+    let slots = Arc::new(Semaphore::new(MAX_HTTP_CONNECTIONS));
     loop {
         let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -189,17 +198,27 @@ async fn accept_loop<B: StreamBackend>(
             },
             () = cancel.cancelled() => return,
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            debug!(%peer, "too many connections, dropping one");
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let shared = shared.clone();
         let tls = tls.clone();
         let cancel = cancel.clone();
         tokio::spawn(async move {
             let serve = async {
+                let _slot = slot;
                 match tls {
-                    Some(acceptor) => match acceptor.accept(tcp).await {
-                        Ok(s) => serve_http(s, shared).await,
-                        Err(e) => debug!(%peer, error = %e, "TLS handshake failed"),
-                    },
+                    Some(acceptor) => {
+                        match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(tcp))
+                            .await
+                            .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
+                        {
+                            Ok(s) => serve_http(s, shared).await,
+                            Err(e) => debug!(%peer, error = %e, "TLS handshake failed"),
+                        }
+                    }
                     None => serve_http(tcp, shared).await,
                 }
             };
@@ -218,6 +237,8 @@ where
 {
     let svc = service_fn(move |req| handler::handle(shared.clone(), req));
     if let Err(e) = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
         .serve_connection(TokioIo::new(io), svc)
         .with_upgrades()
         .await
