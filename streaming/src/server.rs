@@ -9,14 +9,12 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
-use tokio_rustls::rustls;
-use tokio_rustls::TlsAcceptor;
+use tokio_native_tls::native_tls;
+use tokio_native_tls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use url::Url;
@@ -160,24 +158,25 @@ fn base_url(addr: SocketAddr, tls: bool) -> Result<Url, ServerError> {
         .map_err(|e| ServerError::Tls(format!("bad base URL: {e}")))
 }
 
+/// OpenSSL through native-tls, the TLS stack the workspace already builds (the
+/// registry client uses it). The key must be PKCS#8 PEM.
 fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, ServerError> {
-    let certs = CertificateDer::pem_file_iter(&files.cert)
-        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| ServerError::Tls(format!("{}: {e}", files.cert.display())))?;
-    let key = PrivateKeyDer::from_pem_file(&files.key)
-        .map_err(|e| ServerError::Tls(format!("{}: {e}", files.key.display())))?;
-    // ring, not aws-lc-rs: no cmake in the build. Its provider lacks post-quantum key
-    // exchange, which a node-local streaming endpoint can do without.
-    #[allow(deprecated)]
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ServerError::Tls(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| ServerError::Tls(format!("{}: {e}", p.display())))
+    };
+    let (cert, key) = (read(&files.cert)?, read(&files.key)?);
+    let identity = native_tls::Identity::from_pkcs8(&cert, &key).map_err(|e| {
+        ServerError::Tls(format!(
+            "{} with {}: {e}",
+            files.cert.display(),
+            files.key.display()
+        ))
+    })?;
+    let acceptor = native_tls::TlsAcceptor::builder(identity)
+        .min_protocol_version(Some(native_tls::Protocol::Tlsv12))
+        .build()
         .map_err(|e| ServerError::Tls(e.to_string()))?;
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(cfg)))
+    Ok(TlsAcceptor::from(acceptor))
 }
 
 async fn accept_loop<B: StreamBackend>(
@@ -211,12 +210,10 @@ async fn accept_loop<B: StreamBackend>(
                 let _slot = slot;
                 match tls {
                     Some(acceptor) => {
-                        match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(tcp))
-                            .await
-                            .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
-                        {
-                            Ok(s) => serve_http(s, shared).await,
-                            Err(e) => debug!(%peer, error = %e, "TLS handshake failed"),
+                        match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(tcp)).await {
+                            Ok(Ok(s)) => serve_http(s, shared).await,
+                            Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+                            Err(_) => debug!(%peer, "TLS handshake timed out"),
                         }
                     }
                     None => serve_http(tcp, shared).await,
