@@ -445,3 +445,34 @@ async fn spdy_no_task_outlives_its_session() {
 async fn websocket_no_task_outlives_its_session() {
     no_task_outlives_its_session(Transport::WebSocket).await;
 }
+
+/// A command that ends while the client's stdin is still open ends the session: the
+/// server does not wait for stdin EOF. And 5 MB of output arrive whole.
+async fn exec_ends_with_stdin_open_and_large_output(t: Transport) {
+    let env = Env::start().await;
+    let mut c = env.kubectl(t);
+    c.args(["exec", "-i", "p", "--", "sh", "-c", "yes | head -c 5000000"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let _stdin_held_open = child.stdin.take().unwrap();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("kubectl waited for stdin EOF")
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    assert_eq!(out.stdout.len(), 5_000_000);
+    assert!(out.stdout.chunks(2).all(|c| c == b"y\n"));
+    check_upgrades(&env, t);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spdy_exec_ends_with_stdin_open_and_large_output() {
+    exec_ends_with_stdin_open_and_large_output(Transport::Spdy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_exec_ends_with_stdin_open_and_large_output() {
+    exec_ends_with_stdin_open_and_large_output(Transport::WebSocket).await;
+}
