@@ -476,3 +476,39 @@ async fn spdy_exec_ends_with_stdin_open_and_large_output() {
 async fn websocket_exec_ends_with_stdin_open_and_large_output() {
     exec_ends_with_stdin_open_and_large_output(Transport::WebSocket).await;
 }
+
+/// Over the per-container cap, kubectl reports the server's reason.
+async fn cap_reaches_kubectl(t: Transport) {
+    let env = Env::with_config(vmlet_streaming::Config {
+        max_sessions_per_target: 1,
+        ..Default::default()
+    })
+    .await;
+    let mut c = env.kubectl(t);
+    c.args(["exec", "p", "--", "sleep", "30"]);
+    let _first = c.spawn().unwrap();
+    // Wait until the first session holds its place.
+    let start = std::time::Instant::now();
+    while env.api.upgrades.lock().unwrap().is_empty() {
+        assert!(start.elapsed() < std::time::Duration::from_secs(30));
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let out = env.run(t, &["exec", "p", "--", "true"], b"").await;
+    assert_ne!(out.status.code(), Some(0));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("too many streaming sessions for container p (limit 1)"),
+        "stderr: {err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spdy_session_cap_reaches_kubectl() {
+    cap_reaches_kubectl(Transport::Spdy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_session_cap_reaches_kubectl() {
+    cap_reaches_kubectl(Transport::WebSocket).await;
+}
