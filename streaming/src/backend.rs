@@ -24,7 +24,7 @@ pub struct TerminalSize {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ExitStatus {
     /// Exit code; a backend reports death by signal N as 128 + N. Kubernetes clients
-    /// accept 0..=255 only, so other values are reported clamped.
+    /// accept 0..=255 only; other values are reported as 255.
     pub code: i32,
 }
 

@@ -17,8 +17,9 @@ pub fn status_json(outcome: &Outcome) -> Vec<u8> {
     let v = match outcome {
         Outcome::Exited(0) => json!({"metadata": {}, "status": "Success"}),
         Outcome::Exited(code) => {
-            // The client parses the cause as an unsigned 8-bit number.
-            let code = (*code).clamp(0, 255);
+            // The client parses the cause as an unsigned 8-bit number; a code outside
+            // it is still a failure, so it becomes 255 rather than wrapping to 0.
+            let code = if (1..=255).contains(code) { *code } else { 255 };
             json!({
                 "metadata": {},
                 "status": "Failure",
@@ -70,10 +71,12 @@ mod tests {
             f["details"]["causes"][0],
             json!({"reason": "ExitCode", "message": "3"})
         );
-        assert_eq!(
-            parse(&Outcome::Exited(300))["details"]["causes"][0]["message"],
-            "255"
-        );
+        for odd in [300, -1] {
+            assert_eq!(
+                parse(&Outcome::Exited(odd))["details"]["causes"][0]["message"],
+                "255"
+            );
+        }
         let e = parse(&Outcome::Failed("boom".into()));
         assert_eq!(
             (e["status"].as_str(), e["message"].as_str()),
