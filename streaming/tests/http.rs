@@ -416,3 +416,47 @@ async fn websocket_v4_binary_stdin() {
         serde_json::json!({"metadata": {}, "status": "Success"})
     );
 }
+
+/// WebSocket pings are answered while the command is quiet (client-go gives up
+/// after about a minute without pongs).
+#[tokio::test]
+async fn websocket_pings_answered_during_a_quiet_command() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let s = server(Config::default()).await;
+    let url = s
+        .exec_url(ExecRequest {
+            container_id: "c".into(),
+            cmd: vec!["sleep".into(), "3".into()],
+            tty: false,
+            stdin: false,
+            stdout: true,
+            stderr: false,
+        })
+        .unwrap();
+    let tcp = TcpStream::connect(s.local_addr()).await.unwrap();
+    let mut req = url
+        .as_str()
+        .replace("http://", "ws://")
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        "v5.channel.k8s.io".parse().unwrap(),
+    );
+    let (mut ws, _) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
+    // The empty "session is up" message on stdout comes first.
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::Binary(vec![1u8].into())
+    );
+    ws.send(Message::Ping(b"hb".to_vec().into())).await.unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(2), ws.next())
+        .await
+        .expect("no pong while the command runs")
+        .unwrap()
+        .unwrap();
+    assert_eq!(m, Message::Pong(b"hb".to_vec().into()));
+}
