@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::PollSender;
 use tracing::{debug, warn};
@@ -31,6 +31,9 @@ use super::headers::{Compressor, Decompressor, Headers};
 pub const MAX_STREAMS: usize = 512;
 /// Frames queued per stream before the reader waits for the stream's consumer.
 const STREAM_QUEUE: usize = 16;
+/// Bytes received and not yet consumed, over all streams of a connection: past it
+/// the reader waits, so a client cannot pile up data in streams nobody reads.
+pub(crate) const RECV_BUDGET: usize = 8 << 20;
 /// Frames queued for the writer.
 const WRITE_QUEUE: usize = 64;
 /// How long `close` waits for the final frames to go out.
@@ -77,9 +80,14 @@ impl Stream {
 
 /// What the peer sends on a stream; EOF at its FIN or reset.
 pub struct RecvHalf {
-    rx: mpsc::Receiver<Bytes>,
+    rx: mpsc::Receiver<Queued>,
     buf: Bytes,
+    /// The budget `buf` holds, returned once it is consumed.
+    permit: Option<OwnedSemaphorePermit>,
 }
+
+/// Received bytes with their share of the connection's budget.
+type Queued = (Bytes, OwnedSemaphorePermit);
 
 impl AsyncRead for RecvHalf {
     fn poll_read(
@@ -88,13 +96,20 @@ impl AsyncRead for RecvHalf {
         out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         while self.buf.is_empty() {
+            self.permit = None;
             match ready!(self.rx.poll_recv(cx)) {
-                Some(b) => self.buf = b,
+                Some((b, p)) => {
+                    self.buf = b;
+                    self.permit = Some(p);
+                }
                 None => return Poll::Ready(Ok(())),
             }
         }
         let n = self.buf.len().min(out.remaining());
         out.put_slice(&self.buf.split_to(n));
+        if self.buf.is_empty() {
+            self.permit = None;
+        }
         Poll::Ready(Ok(()))
     }
 }
@@ -233,7 +248,7 @@ impl Drop for Connection {
 }
 
 struct Open {
-    tx: Option<mpsc::Sender<Bytes>>,
+    tx: Option<mpsc::Sender<Queued>>,
     state: Arc<StreamState>,
 }
 
@@ -247,6 +262,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
     let mut buf = BytesMut::with_capacity(16 << 10);
     let mut dec = Decompressor::default();
     let mut streams: HashMap<u32, Open> = HashMap::new();
+    let budget = Arc::new(Semaphore::new(RECV_BUDGET));
     loop {
         let frame = match frame::decode(&mut buf) {
             Ok(Some(f)) => f,
@@ -315,6 +331,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     recv: RecvHalf {
                         rx,
                         buf: Bytes::new(),
+                        permit: None,
                     },
                     send: SendHalf {
                         id: stream_id,
@@ -342,7 +359,12 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 };
                 if !data.is_empty() {
                     if let Some(tx) = &open.tx {
-                        if tx.send(data).await.is_err() {
+                        // Frames are at most MAX_DATA_LEN, well under the budget.
+                        let Ok(permit) = budget.clone().acquire_many_owned(data.len() as u32).await
+                        else {
+                            return;
+                        };
+                        if tx.send((data, permit)).await.is_err() {
                             // The consumer stopped reading: drop what follows.
                             open.tx = None;
                         }

@@ -136,4 +136,57 @@ mod tests {
         assert!(conn.accept().await.is_none());
         assert!(t.elapsed() >= std::time::Duration::from_millis(250));
     }
+
+    #[tokio::test]
+    async fn unread_data_is_bounded_per_connection() {
+        use super::testclient::Client;
+        let (server, client) = tokio::io::duplex(1 << 16);
+        let mut conn = Connection::start(server, std::time::Duration::from_secs(60));
+        let mut c = Client::new(client);
+        // Each stream stays under its own queue of 16 frames; together they pass the
+        // connection's budget.
+        let (streams, frames, chunk) = (40, 15, 32usize << 10);
+        assert!(streams * frames * chunk > super::conn::RECV_BUDGET);
+        let mut ids = Vec::new();
+        let mut unread = Vec::new();
+        for _ in 0..streams {
+            ids.push(c.open(&[("streamType", "data")]).await);
+            unread.push(conn.accept().await.unwrap().split());
+        }
+        let sender = tokio::spawn(async move {
+            let data = vec![7u8; chunk];
+            for _ in 0..frames {
+                for id in &ids {
+                    c.data(*id, &data, false).await;
+                }
+            }
+            c.raw(Frame::Ping { id: 1 }).await;
+            c
+        });
+        // Past the budget the server stops reading: the sender is stuck.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(!sender.is_finished());
+        // Reading them all (at once: the sender goes round the streams) lets it finish.
+        let readers: Vec<_> = unread
+            .into_iter()
+            .map(|(mut r, w)| {
+                tokio::spawn(async move {
+                    let mut got = vec![0u8; frames * chunk];
+                    r.read_exact(&mut got).await.unwrap();
+                    drop(w);
+                })
+            })
+            .collect();
+        for r in readers {
+            r.await.unwrap();
+        }
+        let mut c = sender.await.unwrap();
+        loop {
+            match c.next().await {
+                Some(Frame::Ping { id: 1 }) => break,
+                Some(_) => {}
+                None => panic!("connection closed"),
+            }
+        }
+    }
 }
