@@ -460,3 +460,24 @@ async fn websocket_pings_answered_during_a_quiet_command() {
         .unwrap();
     assert_eq!(m, Message::Pong(b"hb".to_vec().into()));
 }
+
+/// Shutting the server down ends its sessions, not only the listener.
+#[tokio::test]
+async fn shutdown_ends_sessions() {
+    let s = server(Config::default()).await;
+    let url = s.exec_url(exec("c")).unwrap();
+    let mut c = TcpStream::connect(s.local_addr()).await.unwrap();
+    let req = format!("POST {} HTTP/1.1\r\nHost: x\r\n{SPDY_EXEC}\r\n", url.path());
+    c.write_all(req.as_bytes()).await.unwrap();
+    let mut head = [0u8; 12];
+    c.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head[9..12], b"101");
+    let addr = s.local_addr();
+    s.shutdown().await;
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut rest))
+        .await
+        .expect("the session outlived the server")
+        .unwrap();
+    assert!(TcpStream::connect(addr).await.is_err(), "still listening");
+}

@@ -208,7 +208,6 @@ async fn conn(
                 "reason": "NotFound", "code": 404, "message": format!("{} not found", head.path)}),
             ),
         };
-        let _ = head.method;
         if s.write_all(&resp).await.is_err() {
             return;
         }
