@@ -81,6 +81,13 @@ pub async fn serve<B: StreamBackend>(
             _ => t.resize = Some(Box::new(r)),
         }
     }
+    // v1 servers reset the error stream once all streams are there (kubelet keeps
+    // that 1.0 behaviour), so a v1 client hears of failures only as the end.
+    if version == Version::V1 {
+        if let Some(mut e) = error.take() {
+            e.reset().await;
+        }
+    }
     // Keep reading the connection while the backend runs: streams opened now are
     // extra, and the end of the connection (client gone, GOAWAY, idle timeout)
     // ends the session, dropping the backend's future.
@@ -300,5 +307,18 @@ mod tests {
                 (Some("Failure"), Some(want))
             );
         }
+    }
+
+    #[tokio::test]
+    async fn v1_resets_the_error_stream_first() {
+        let mut c = start(Version::V1, exec("5"), Duration::from_secs(30));
+        let err = c.open(&[("streamType", "error")]).await;
+        let out = c.open(&[("streamType", "stdout")]).await;
+        let frames = rest(&mut c).await;
+        assert!(matches!(frames[0], Frame::RstStream { stream_id, .. } if stream_id == err));
+        assert_eq!(frames[1], data(out, 0, b"out"));
+        assert!(!frames
+            .iter()
+            .any(|f| matches!(f, Frame::Data { stream_id, .. } if *stream_id == err)));
     }
 }
