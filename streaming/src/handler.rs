@@ -23,6 +23,7 @@ use crate::backend::StreamBackend;
 use crate::limits::{Limits, SessionGuard};
 use crate::portforward;
 use crate::remotecommand::{self, websocket::Encoding, Target, Version};
+use crate::request::PortForwardRequest;
 use crate::spdy::Connection;
 use crate::token::{Pending, TokenStore};
 use crate::ws;
@@ -158,13 +159,14 @@ enum Session {
     SpdyPortForward(String),
     WsExec(Version, Encoding, Target),
     WsPortForward(String),
+    WsChannelPortForward(Encoding, PortForwardRequest),
 }
 
-fn target(p: Pending) -> Result<Target, String> {
+fn target(p: Pending) -> Result<Target, PortForwardRequest> {
     match p {
         Pending::Exec(r) => Ok(Target::Exec(r)),
         Pending::Attach(r) => Ok(Target::Attach(r)),
-        Pending::PortForward(r) => Err(r.pod_sandbox_id),
+        Pending::PortForward(r) => Err(r),
     }
 }
 
@@ -210,14 +212,17 @@ fn spdy_session(h: &HeaderMap, p: Pending) -> (Resp, Option<Session>) {
             };
             (name, Session::SpdyExec(v, t))
         }
-        Err(pod) => {
-            if !offers.contains(&portforward::PROTOCOL) {
+        Err(pf) => {
+            if !offers.contains(&portforward::spdy::PROTOCOL) {
                 return (
-                    refuse(&offers, &[portforward::PROTOCOL], ACCEPTED_PROTOCOLS),
+                    refuse(&offers, &[portforward::spdy::PROTOCOL], ACCEPTED_PROTOCOLS),
                     None,
                 );
             }
-            (portforward::PROTOCOL, Session::SpdyPortForward(pod))
+            (
+                portforward::spdy::PROTOCOL,
+                Session::SpdyPortForward(pf.pod_sandbox_id),
+            )
         }
     };
     let mut r = switching("SPDY/3.1");
@@ -236,7 +241,9 @@ fn ws_session(h: &HeaderMap, p: Pending) -> (Resp, Option<Session>) {
     };
     let accept = derive_accept_key(key.as_bytes());
     let offers = values(h, WS_PROTOCOL);
+    // A client that names no subprotocol gets the oldest binary one, unnamed.
     let (chosen, session) = match target(p) {
+        Ok(t) if offers.is_empty() => ("", Session::WsExec(Version::V1, Encoding::Binary, t)),
         Ok(t) => {
             let table: Vec<(&str, (Version, Encoding))> = remotecommand::websocket::PROTOCOLS
                 .iter()
@@ -248,19 +255,38 @@ fn ws_session(h: &HeaderMap, p: Pending) -> (Resp, Option<Session>) {
             };
             (name, Session::WsExec(v, e, t))
         }
-        Err(pod) => {
-            if !offers.contains(&portforward::WEBSOCKET_PROTOCOL) {
+        Err(pf) if offers.contains(&portforward::spdy::WEBSOCKET_PROTOCOL) => (
+            portforward::spdy::WEBSOCKET_PROTOCOL,
+            Session::WsPortForward(pf.pod_sandbox_id),
+        ),
+        Err(pf) => {
+            let legacy = portforward::websocket::PROTOCOLS;
+            let (name, enc) = if offers.is_empty() {
+                ("", Encoding::Binary)
+            } else if let Some(x) = negotiate(&offers, legacy) {
+                x
+            } else {
+                let mut names = vec![portforward::spdy::WEBSOCKET_PROTOCOL];
+                names.extend(legacy.iter().map(|p| p.0));
+                return (refuse(&offers, &names, WS_PROTOCOL), None);
+            };
+            if pf.ports.is_empty() {
                 return (
-                    refuse(&offers, &[portforward::WEBSOCKET_PROTOCOL], WS_PROTOCOL),
+                    plain(
+                        StatusCode::BAD_REQUEST,
+                        "the WebSocket channel protocol needs the request's ports",
+                    ),
                     None,
                 );
             }
-            (portforward::WEBSOCKET_PROTOCOL, Session::WsPortForward(pod))
+            (name, Session::WsChannelPortForward(enc, pf))
         }
     };
     let mut r = switching("websocket");
     let hdrs = r.headers_mut();
-    hdrs.insert(WS_PROTOCOL, HeaderValue::from_static(chosen));
+    if !chosen.is_empty() {
+        hdrs.insert(WS_PROTOCOL, HeaderValue::from_static(chosen));
+    }
     if let Ok(v) = HeaderValue::from_str(&accept) {
         hdrs.insert("sec-websocket-accept", v);
     }
@@ -280,18 +306,31 @@ async fn run_session<B: StreamBackend>(
         }
         Session::SpdyPortForward(pod) => {
             let conn = Connection::start(io, shared.idle_timeout);
-            portforward::serve(conn, pod, shared.backend.clone(), shared.creation_timeout).await;
+            portforward::spdy::serve(conn, pod, shared.backend.clone(), shared.creation_timeout)
+                .await;
         }
         Session::WsExec(v, e, t) => {
             let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws::config())).await;
             remotecommand::websocket::serve(ws, v, e, t, backend).await;
+        }
+        Session::WsChannelPortForward(enc, pf) => {
+            let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws::config())).await;
+            portforward::websocket::serve(
+                ws,
+                enc,
+                pf.pod_sandbox_id,
+                pf.ports,
+                shared.backend.clone(),
+            )
+            .await;
         }
         Session::WsPortForward(pod) => {
             let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws::config())).await;
             let mut tunnel_tasks = JoinSet::new();
             let bytes = ws::tunnel(ws, &mut tunnel_tasks);
             let conn = Connection::start(bytes, shared.idle_timeout);
-            portforward::serve(conn, pod, shared.backend.clone(), shared.creation_timeout).await;
+            portforward::spdy::serve(conn, pod, shared.backend.clone(), shared.creation_timeout)
+                .await;
             // Let the tunnel flush the closing frames before its tasks are dropped.
             let _ = tokio::time::timeout(Duration::from_secs(5), async {
                 while tunnel_tasks.join_next().await.is_some() {}

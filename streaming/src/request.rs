@@ -33,11 +33,14 @@ pub struct AttachRequest {
     pub stderr: bool,
 }
 
-/// A CRI `PortForward` request. Ports come from each stream pair's `port` header.
+/// A CRI `PortForward` request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PortForwardRequest {
     /// The pod whose ports are forwarded.
     pub pod_sandbox_id: String,
+    /// The request's ports. Only the WebSocket channel protocol uses them; SPDY
+    /// clients name the port of each connection themselves.
+    pub ports: Vec<u16>,
 }
 
 /// A request that cannot be served.
@@ -58,6 +61,9 @@ pub enum RequestError {
     /// None of stdin, stdout and stderr.
     #[error("one of stdin, stdout, or stderr must be set")]
     NoStreams,
+    /// A port of 0, or more ports than one session can carry.
+    #[error("bad ports {0:?}: each must be 1-65535, at most {max} of them", max = crate::portforward::websocket::MAX_PORTS)]
+    BadPorts(Vec<u16>),
     /// Too many URLs handed out and not used yet.
     #[error("too many pending streaming requests (limit {0})")]
     TooManyPending(usize),
@@ -105,6 +111,9 @@ impl PortForwardRequest {
         if self.pod_sandbox_id.is_empty() {
             return Err(RequestError::NoPod);
         }
+        if self.ports.contains(&0) || self.ports.len() > crate::portforward::websocket::MAX_PORTS {
+            return Err(RequestError::BadPorts(self.ports.clone()));
+        }
         Ok(())
     }
 }
@@ -137,9 +146,13 @@ mod tests {
             stderr: false,
         };
         assert_eq!(a.validate(), Err(RequestError::NoStreams));
-        let p = PortForwardRequest {
+        let mut p = PortForwardRequest {
             pod_sandbox_id: String::new(),
+            ports: vec![],
         };
         assert_eq!(p.validate(), Err(RequestError::NoPod));
+        p.pod_sandbox_id = "p".into();
+        p.ports = vec![80, 0];
+        assert_eq!(p.validate(), Err(RequestError::BadPorts(vec![80, 0])));
     }
 }

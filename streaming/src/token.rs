@@ -78,6 +78,7 @@ mod tests {
     fn pf() -> Pending {
         Pending::PortForward(PortForwardRequest {
             pod_sandbox_id: "p".into(),
+            ports: vec![],
         })
     }
 

@@ -109,7 +109,8 @@ async fn urls_and_single_use_tokens() {
     assert_eq!(s.exec_url(bad), Err(RequestError::TtyWithStderr));
     assert_eq!(
         s.port_forward_url(PortForwardRequest {
-            pod_sandbox_id: String::new()
+            pod_sandbox_id: String::new(),
+            ports: vec![]
         }),
         Err(RequestError::NoPod)
     );
@@ -171,6 +172,7 @@ async fn negotiation_errors() {
     let pf = s
         .port_forward_url(PortForwardRequest {
             pod_sandbox_id: "p".into(),
+            ports: vec![],
         })
         .unwrap();
     assert_eq!(get(a, pf.path(), SPDY_EXEC).await.0, 403);
@@ -480,4 +482,115 @@ async fn shutdown_ends_sessions() {
         .expect("the session outlived the server")
         .unwrap();
     assert!(TcpStream::connect(addr).await.is_err(), "still listening");
+}
+
+/// The WebSocket channel protocol for port-forward: ports from the request, a data
+/// and an error channel per port, each opened with the port number; a port with
+/// nothing listening reports on its error channel while the other keeps working.
+#[tokio::test]
+async fn websocket_channel_port_forward() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let echo_port = echo.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = echo.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    let dead_port = {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let s = server(Config::default()).await;
+    let pf = |ports: Vec<u16>| {
+        s.port_forward_url(PortForwardRequest {
+            pod_sandbox_id: "p".into(),
+            ports,
+        })
+        .unwrap()
+    };
+    // Without the request's ports this protocol cannot work.
+    let ws_head = |proto: &str| {
+        format!(
+            "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: {proto}\r\n"
+        )
+    };
+    assert_eq!(
+        get(
+            s.local_addr(),
+            pf(vec![]).path(),
+            &ws_head("v4.channel.k8s.io")
+        )
+        .await
+        .0,
+        400
+    );
+    let url = pf(vec![echo_port, dead_port]);
+    let tcp = TcpStream::connect(s.local_addr()).await.unwrap();
+    let mut req = url
+        .as_str()
+        .replace("http://", "ws://")
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        "v4.channel.k8s.io".parse().unwrap(),
+    );
+    let (mut ws, _) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
+    let mut next = async || match tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .unwrap()
+    {
+        Some(Ok(Message::Binary(b))) => (b[0], b[1..].to_vec()),
+        other => panic!("unexpected {other:?}"),
+    };
+    for (ch, port) in [
+        (0, echo_port),
+        (1, echo_port),
+        (2, dead_port),
+        (3, dead_port),
+    ] {
+        assert_eq!(next().await, (ch, port.to_le_bytes().to_vec()));
+    }
+    let (mut echoed, mut error) = (Vec::new(), String::new());
+    let mut sent = false;
+    while echoed != b"hello" || error.is_empty() {
+        if !sent {
+            ws.send(Message::Binary([&[0u8][..], b"hello"].concat().into()))
+                .await
+                .unwrap();
+            sent = true;
+        }
+        match tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .unwrap()
+        {
+            Some(Ok(Message::Binary(b))) if b[0] == 0 => echoed.extend_from_slice(&b[1..]),
+            Some(Ok(Message::Binary(b))) if b[0] == 3 => {
+                error.push_str(&String::from_utf8_lossy(&b[1..]))
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(
+        error.contains(&format!("error forwarding port {dead_port} to pod p")),
+        "{error}"
+    );
+    // The client leaving ends the session.
+    ws.close(None).await.unwrap();
+    while let Some(Ok(m)) = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .unwrap()
+    {
+        if m.is_close() {
+            break;
+        }
+    }
 }

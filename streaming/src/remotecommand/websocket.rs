@@ -53,7 +53,8 @@ const MAX_CHUNK: usize = 32 << 10;
 /// How long the end of a session waits for the last messages to go out.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
-fn message(enc: Encoding, ch: u8, data: &[u8]) -> Message {
+/// One channel message.
+pub fn message(enc: Encoding, ch: u8, data: &[u8]) -> Message {
     match enc {
         Encoding::Binary => {
             let mut v = Vec::with_capacity(data.len() + 1);
@@ -71,7 +72,7 @@ fn message(enc: Encoding, ch: u8, data: &[u8]) -> Message {
 }
 
 /// A channel's payload, or `None` for a message that carries none.
-fn payload(enc: Encoding, m: Message) -> Option<(u8, Vec<u8>)> {
+pub fn payload(enc: Encoding, m: Message) -> Option<(u8, Vec<u8>)> {
     match (enc, m) {
         (Encoding::Binary, Message::Binary(b)) => {
             let (&ch, rest) = b.split_first()?;
@@ -89,10 +90,13 @@ fn payload(enc: Encoding, m: Message) -> Option<(u8, Vec<u8>)> {
 }
 
 /// Writes a channel as messages for the writer task.
-struct ChannelWriter {
-    ch: u8,
-    enc: Encoding,
-    tx: PollSender<Message>,
+pub struct ChannelWriter {
+    /// The channel.
+    pub ch: u8,
+    /// How payloads are carried.
+    pub enc: Encoding,
+    /// To the writer task.
+    pub tx: PollSender<Message>,
 }
 
 impl AsyncWrite for ChannelWriter {

@@ -177,6 +177,11 @@ async fn conn(
                     }),
                     _ => server.port_forward_url(PortForwardRequest {
                         pod_sandbox_id: pod.to_owned(),
+                        ports: q
+                            .iter()
+                            .filter(|(k, _)| k == "ports")
+                            .flat_map(|(_, v)| v.split(',').map(|p| p.parse().unwrap()))
+                            .collect(),
                     }),
                 };
                 let url = match url {

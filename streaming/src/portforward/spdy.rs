@@ -14,14 +14,14 @@ use tracing::debug;
 use crate::backend::{PortStream, StreamBackend};
 use crate::spdy::{Connection, Stream};
 
+use super::PIPE;
+
 /// The subprotocol.
 pub const PROTOCOL: &str = "portforward.k8s.io";
 /// The same, tunnelled in WebSocket binary messages.
 pub const WEBSOCKET_PROTOCOL: &str = "SPDY/3.1+portforward.k8s.io";
 /// Most half-open pairs at once.
 const MAX_PENDING_PAIRS: usize = 256;
-/// Buffer of the pipe to the backend.
-const PIPE: usize = 64 << 10;
 
 #[derive(Default)]
 struct Pair {
