@@ -46,6 +46,14 @@ pub enum ServerError {
     /// The certificate or key could not be loaded.
     #[error("TLS setup: {0}")]
     Tls(String),
+    /// The bound address does not make a URL.
+    #[error("no URL for {addr}: {reason}")]
+    Url {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// A running streaming server. Dropping it (or [`StreamingServer::shutdown`]) stops
@@ -154,8 +162,10 @@ fn base_url(addr: SocketAddr, tls: bool) -> Result<Url, ServerError> {
         shown.set_ip(IpAddr::V4(Ipv4Addr::LOCALHOST));
     }
     let scheme = if tls { "https" } else { "http" };
-    Url::parse(&format!("{scheme}://{shown}/"))
-        .map_err(|e| ServerError::Tls(format!("bad base URL: {e}")))
+    Url::parse(&format!("{scheme}://{shown}/")).map_err(|e| ServerError::Url {
+        addr,
+        reason: e.to_string(),
+    })
 }
 
 /// OpenSSL through native-tls, the TLS stack the workspace already builds (the
