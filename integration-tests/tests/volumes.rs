@@ -432,3 +432,140 @@ fn kubelet_volumes_reach_the_containers() {
 
     c.remove_pod(&pod).expect("RemovePodSandbox");
 }
+
+/// Mount points at or below `dir` on the host.
+fn host_mounts_under(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
+        .filter(|m| Path::new(m).starts_with(dir))
+        .collect()
+}
+
+fn virtiofsd_pids() -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            String::from_utf8_lossy(&cmd)
+                .contains("virtiofsd")
+                .then_some(pid)
+        })
+        .collect()
+}
+
+#[test]
+fn host_paths_are_shared_live_through_virtio_fs() {
+    let (registry, image) = busybox_registry("busybox:hostpath");
+    let mut d = Vmletd::start(&["--insecure-registry", registry.addr()]);
+    let c = d.client();
+    c.pull(&image).expect("PullImage");
+    let host = tempfile::tempdir().unwrap();
+    let (ro, rw) = (host.path().join("ro"), host.path().join("rw"));
+    std::fs::create_dir_all(&ro).unwrap();
+    std::fs::create_dir_all(&rw).unwrap();
+    std::fs::write(ro.join("config"), "from-the-host").unwrap();
+    std::fs::write(host.path().join("single"), "one-file").unwrap();
+    // The files a non-root container writes in a hostPath are its to make.
+    std::fs::set_permissions(&rw, std::fs::Permissions::from_mode(0o777)).unwrap();
+
+    // Without the annotation the pod has no shared file system: refused, saying how.
+    let plain_cfg = pod_config("no-share", &d.log_dir());
+    let plain = c.run_pod(plain_cfg.clone()).expect("RunPodSandbox");
+    let mut cfg = container_config("refused", &image, "true");
+    cfg.mounts = vec![mount(rw.clone(), "/data", false)];
+    let e = c.create(&plain, cfg, &plain_cfg).unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(
+        e.message().contains("io.vmlet.shared-fs") && e.message().contains("/data"),
+        "{}",
+        e.message()
+    );
+    c.remove_pod(&plain).expect("RemovePodSandbox");
+
+    let mut pod_cfg = pod_config("hostpath", &d.log_dir());
+    pod_cfg
+        .annotations
+        .insert("io.vmlet.shared-fs".into(), "true".into());
+    let pod = c
+        .run_pod(pod_cfg.clone())
+        .expect("RunPodSandbox with a shared file system");
+    assert_eq!(virtiofsd_pids().len(), 1, "one virtiofsd for the pod");
+    let script = r#"
+        cat /data-ro/config; echo
+        cat /single; echo
+        touch /data-ro/x 2>&1 | grep -o 'Read-only file system'
+        echo from-the-guest > /data/note
+        i=0; while [ ! -f /data/reply ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
+        cat /data/reply; echo
+        while true; do sleep 1; done
+    "#;
+    let mut cfg = container_config("shared", &image, script);
+    cfg.mounts = vec![
+        mount(ro.clone(), "/data-ro", true),
+        mount(rw.clone(), "/data", false),
+        mount(host.path().join("single"), "/single", true),
+    ];
+    let id = c
+        .create(&pod, cfg.clone(), &pod_cfg)
+        .expect("CreateContainer");
+    c.start(&id).expect("StartContainer");
+    wait_for("the guest's write reaches the host", WAIT, || {
+        std::fs::read_to_string(rw.join("note")).is_ok_and(|s| s == "from-the-guest\n")
+    });
+    std::fs::write(rw.join("reply"), "from-the-host-again").unwrap();
+    wait_for("the host's write reaches the guest", WAIT, || {
+        stdout(&d, "shared").len() >= 4
+    });
+    assert_eq!(
+        stdout(&d, "shared"),
+        [
+            "from-the-host",
+            "one-file",
+            "Read-only file system",
+            "from-the-host-again"
+        ]
+    );
+    let info = c.status_info(&id).unwrap();
+    assert!(
+        info["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["class"] == "shared"),
+        "{info}"
+    );
+
+    // vmletd is killed and comes back: the share still works.
+    drop(c);
+    d.signal_and_wait(libc::SIGKILL);
+    d.restart();
+    let c = d.client();
+    std::fs::write(rw.join("later"), "after-restart").unwrap();
+    let r = c.exec(&id, &["cat", "/data/later"], 60).expect("ExecSync");
+    assert_eq!(String::from_utf8_lossy(&r.stdout), "after-restart");
+
+    // Removal ends virtiofsd and unbinds everything; the host's data stays.
+    c.remove_pod(&pod).expect("RemovePodSandbox");
+    assert!(
+        virtiofsd_pids().is_empty(),
+        "virtiofsd left: {:?}",
+        virtiofsd_pids()
+    );
+    assert!(
+        host_mounts_under(&d.state_dir()).is_empty(),
+        "{:?}",
+        host_mounts_under(&d.state_dir())
+    );
+    assert_eq!(
+        std::fs::read_to_string(ro.join("config")).unwrap(),
+        "from-the-host"
+    );
+    assert_eq!(
+        std::fs::read_to_string(rw.join("note")).unwrap(),
+        "from-the-guest\n"
+    );
+}

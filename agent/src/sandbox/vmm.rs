@@ -9,7 +9,9 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
-use vmlet_vmm_api::config::{DriveConfig, NetConfig, SerialOutput, VmConfig, VsockConfig};
+use vmlet_vmm_api::config::{
+    DriveConfig, FsConfig, NetConfig, SerialOutput, VmConfig, VsockConfig,
+};
 use vmlet_vmm_api::control::{Request, Response};
 
 use super::error::SandboxError;
@@ -85,6 +87,11 @@ impl VmmCommand {
                 cid: GUEST_CID,
                 uds_path: self.vsock.clone(),
             }),
+            fs: self
+                .fs
+                .iter()
+                .map(|(tag, socket)| FsConfig::new(tag.clone(), socket.clone()))
+                .collect(),
             free_page_reporting: self.free_page_reporting,
             serial: SerialOutput::File(self.console.clone()),
             control_socket: Some(self.control.clone()),
