@@ -13,7 +13,14 @@
 # containerd_idle_pod_host_cost_kib= (the drop in the host's MemAvailable per idle pod,
 # over --idle-pods N idle pods of each runtime, default 5) and idle_pod_host_rss_kib=
 # (an idle pod's VMM RSS) with its private (_anon_) and page-cache (_file_) parts last.
+# With --volumes it measures volumes instead: pods whose container has a kubelet's
+# volume set (hosts, termination log, token, one configMap) next to plain pods, both
+# from the warm pool (volumes_pod_start_vs_plain=); pods with one hostPath through
+# virtio-fs next to plain cold starts (hostpath_pod_start_vs_cold=); an idle such pod's
+# VMM and virtiofsd RSS (shared_idle_pod_*_rss_kib=); and a 256 MiB sequential read
+# through virtio-fs next to the same read on the host (virtiofs_read_vs_host=).
 #   scripts/bench-pod.sh [--runs N] [--warm-pool N] [--idle-pods N] [--no-containerd]
+#   scripts/bench-pod.sh --volumes [--runs N]
 set -euo pipefail
 
 exec "$(dirname "$0")/run-release-bench.sh" pod-bench "$@"

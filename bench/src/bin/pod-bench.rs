@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use vmlet_integration_tests::cri::{
-    busybox_registry, container_config, pod_config, CriClient, Vmletd,
+    busybox_registry, container_config, pod_config, v1, CriClient, Vmletd,
 };
 use vmlet_integration_tests::net::Net;
 use vmlet_test_support::{busybox_image_with, TestRegistry};
@@ -143,18 +143,30 @@ impl Drop for Containerd {
 /// One pod start through `c`: milliseconds until the container's first log line. On
 /// failure the pod, if it was created, is removed again.
 fn pod_start(c: &CriClient, name: &str, image: &str, log_dir: &Path) -> Result<f64, String> {
-    let pod_cfg = pod_config(name, log_dir);
+    pod_start_with(c, name, image, log_dir, &|_, _| {})
+}
+
+/// Changes a benchmarked pod's and container's configs.
+type Shape<'a> = &'a dyn Fn(&mut v1::PodSandboxConfig, &mut v1::ContainerConfig);
+
+/// [`pod_start`] with the pod and container configs as `shape` makes them.
+fn pod_start_with(
+    c: &CriClient,
+    name: &str,
+    image: &str,
+    log_dir: &Path,
+    shape: Shape<'_>,
+) -> Result<f64, String> {
+    let mut pod_cfg = pod_config(name, log_dir);
+    let mut ctr_cfg = container_config(name, image, "echo first-line; sleep 60");
+    shape(&mut pod_cfg, &mut ctr_cfg);
     let start = Instant::now();
     let pod = c
         .run_pod(pod_cfg.clone())
         .map_err(|e| format!("RunPodSandbox: {e}"))?;
     let started = (|| {
         let id = c
-            .create(
-                &pod,
-                container_config(name, image, "echo first-line; sleep 60"),
-                &pod_cfg,
-            )
+            .create(&pod, ctr_cfg.clone(), &pod_cfg)
             .map_err(|e| format!("CreateContainer: {e}"))?;
         c.start(&id).map_err(|e| format!("StartContainer: {e}"))?;
         let log = log_dir.join(format!("{name}.log"));
@@ -285,6 +297,10 @@ fn phase(
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--volumes") {
+        volumes::main(&args);
+        return;
+    }
     let runs = flag_value(&args, "--runs", 10);
     let warm_pool = flag_value(&args, "--warm-pool", 1);
     let idle_pods = flag_value(&args, "--idle-pods", 5).max(1);
@@ -532,4 +548,257 @@ fn idle_rss_kib(d: &Vmletd, pods: &[String]) -> Result<IdleRss, String> {
         anon: median(&mut anon),
         file: median(&mut file),
     })
+}
+
+/// `--volumes`: what volumes add to pod start, what a shared file system costs.
+mod volumes {
+    use super::*;
+
+    /// A kubelet pod directory: hosts file, termination log, service-account token and
+    /// one configMap, in the kubelet's layout.
+    fn kubelet_dir(root: &Path) -> PathBuf {
+        let pod = root.join("pods/5b0e7d4c-3a2f-4e1d-9c8b-7a6f5e4d3c2b");
+        let atomic = |rel: &str, keys: &[(&str, String)]| {
+            let v = pod.join("volumes").join(rel);
+            let ts = "..2026_12_05_00_00_00.1";
+            std::fs::create_dir_all(v.join(ts)).unwrap();
+            for (k, val) in keys {
+                std::fs::write(v.join(ts).join(k), val).unwrap();
+                std::os::unix::fs::symlink(format!("..data/{k}"), v.join(k)).unwrap();
+            }
+            std::os::unix::fs::symlink(ts, v.join("..data")).unwrap();
+        };
+        atomic(
+            "kubernetes.io~projected/kube-api-access-b3nch",
+            &[
+                ("token", "t".repeat(900)),
+                ("ca.crt", "c".repeat(1100)),
+                ("namespace", "default".into()),
+            ],
+        );
+        atomic(
+            "kubernetes.io~configmap/settings",
+            &[("app.yaml", "k: v\n".repeat(200))],
+        );
+        std::fs::create_dir_all(pod.join("containers/app")).unwrap();
+        std::fs::write(pod.join("containers/app/0b1c"), "").unwrap();
+        std::fs::write(pod.join("etc-hosts"), "127.0.0.1\tlocalhost\n").unwrap();
+        pod
+    }
+
+    fn mount(host: PathBuf, container: &str, readonly: bool) -> v1::Mount {
+        v1::Mount {
+            container_path: container.into(),
+            host_path: host.display().to_string(),
+            readonly,
+            ..Default::default()
+        }
+    }
+
+    fn kubelet_mounts(pod: &Path) -> Vec<v1::Mount> {
+        vec![
+            mount(pod.join("etc-hosts"), "/etc/hosts", false),
+            mount(
+                pod.join("containers/app/0b1c"),
+                "/dev/termination-log",
+                false,
+            ),
+            mount(
+                pod.join("volumes/kubernetes.io~projected/kube-api-access-b3nch"),
+                "/var/run/secrets/kubernetes.io/serviceaccount",
+                true,
+            ),
+            mount(
+                pod.join("volumes/kubernetes.io~configmap/settings"),
+                "/etc/app",
+                true,
+            ),
+        ]
+    }
+
+    fn shared(pod: &mut v1::PodSandboxConfig) {
+        pod.annotations
+            .insert("io.vmlet.shared-fs".into(), "true".into());
+    }
+
+    /// Alternating runs of two shapes; their p50s, printed as `a_pod_start_ms_p50` etc.
+    fn alternate(
+        c: &CriClient,
+        d: &Vmletd,
+        image: &str,
+        runs: usize,
+        refill: bool,
+        (a, shape_a): (&str, Shape<'_>),
+        (b, shape_b): (&str, Shape<'_>),
+    ) -> (Option<f64>, Option<f64>) {
+        let (mut ra, mut rb) = (Runs::default(), Runs::default());
+        for run in 0..runs {
+            let a_first = run % 2 == 0;
+            for first in [a_first, !a_first] {
+                if refill {
+                    if let Err(e) = c.try_wait_warm_pool_full(Duration::from_secs(600)) {
+                        println!("run {run}: {e}");
+                    }
+                }
+                let (label, shape, into) = if first {
+                    (a, shape_a, &mut ra)
+                } else {
+                    (b, shape_b, &mut rb)
+                };
+                let name = format!("{}-{run}", label.replace('_', "-"));
+                match pod_start_with(c, &name, image, &d.log_dir(), shape) {
+                    Ok(ms) => {
+                        println!("run {run}: {label}_pod_start_ms={ms:.1}");
+                        into.times.push(ms);
+                    }
+                    Err(e) => {
+                        println!("run {run}: {label}_pod_start failed: {e}");
+                        into.failed += 1;
+                    }
+                }
+            }
+        }
+        (ra.report(&format!("{a}_")), rb.report(&format!("{b}_")))
+    }
+
+    fn rss_kib(pid: u32) -> Result<u64, String> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .map_err(|e| format!("process {pid}: {e}"))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .ok_or(format!("VmRSS of {pid}"))
+    }
+
+    fn pid_with_arg(arg: &str) -> Option<u32> {
+        std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            cmd.split(|b| *b == 0)
+                .any(|a| a == arg.as_bytes())
+                .then_some(pid)
+        })
+    }
+
+    /// An idle pod with a shared file system: its VMM's and virtiofsd's RSS; then the
+    /// sequential read of a 256 MiB file through virtio-fs and on the host, MiB/s.
+    fn shared_pod_figures(
+        c: &CriClient,
+        d: &Vmletd,
+        image: &str,
+        host: &Path,
+    ) -> Result<(), String> {
+        let big = host.join("big");
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&big).map_err(|e| e.to_string())?;
+            let chunk: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 251) as u8).collect();
+            for _ in 0..256 {
+                f.write_all(&chunk).map_err(|e| e.to_string())?;
+            }
+            f.sync_all().map_err(|e| e.to_string())?;
+        }
+        let mut pod_cfg = pod_config("idle-shared", &d.log_dir());
+        shared(&mut pod_cfg);
+        let pod = c.run_pod(pod_cfg.clone()).map_err(|e| e.to_string())?;
+        let mut cfg = container_config("idle-shared", image, "sleep 100000");
+        cfg.mounts = vec![mount(host.to_owned(), "/data", true)];
+        let id = c.create(&pod, cfg, &pod_cfg).map_err(|e| e.to_string())?;
+        c.start(&id).map_err(|e| e.to_string())?;
+        std::thread::sleep(Duration::from_secs(15));
+        let record: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(d.state_dir().join("pods").join(&pod).join("pod.json"))
+                .map_err(|e| e.to_string())?,
+        )
+        .map_err(|e| e.to_string())?;
+        let vmm = record["vmm_pid"].as_u64().ok_or("no vmm_pid")? as u32;
+        let socket = d.run_dir().join("pods").join(&pod).join("fs.sock");
+        let fsd = pid_with_arg(&format!("--socket-path={}", socket.display()))
+            .ok_or("no virtiofsd for the pod")?;
+        let (vmm_rss, fsd_rss) = (rss_kib(vmm)?, rss_kib(fsd)?);
+        println!("shared_idle_pod_vmm_rss_kib={vmm_rss}");
+        println!("shared_idle_pod_virtiofsd_rss_kib={fsd_rss}");
+        println!("shared_idle_pod_rss_kib={}", vmm_rss + fsd_rss);
+
+        // The host's read first: both then read from the host's page cache.
+        let start = Instant::now();
+        let mut f = std::fs::File::open(&big).map_err(|e| e.to_string())?;
+        let mut buf = vec![0u8; 1 << 20];
+        use std::io::Read;
+        while f.read(&mut buf).map_err(|e| e.to_string())? > 0 {}
+        let host_s = start.elapsed().as_secs_f64();
+        let r = c
+            .exec(&id, &["dd", "if=/data/big", "of=/dev/null", "bs=1M"], 300)
+            .map_err(|e| e.to_string())?;
+        let out = String::from_utf8_lossy(&r.stderr).to_string();
+        // busybox: "268435456 bytes (256.0MB) copied, 1.234 seconds, 207.4MB/s"
+        let guest_s: f64 = out
+            .split("copied, ")
+            .nth(1)
+            .and_then(|t| t.split(' ').next())
+            .and_then(|v| v.parse().ok())
+            .ok_or(format!("dd said {out:?}"))?;
+        println!("virtiofs_read_256mib_mib_s={:.0}", 256.0 / guest_s);
+        println!("host_read_256mib_mib_s={:.0}", 256.0 / host_s);
+        println!("virtiofs_read_vs_host={:.3}", host_s / guest_s);
+        c.stop_pod(&pod)
+            .and_then(|()| c.remove_pod(&pod))
+            .map_err(|e| e.to_string())
+    }
+
+    pub fn main(args: &[String]) {
+        let runs = flag_value(args, "--runs", 10);
+        let (registry, image) = busybox_registry("busybox:bench");
+        let net = Net::new(None);
+        let root = tempfile::tempdir().expect("tempdir");
+        let kpod = kubelet_dir(root.path());
+        let host = root.path().join("hostpath");
+        std::fs::create_dir_all(&host).unwrap();
+
+        // Warm pool of one, refilled before each run: the kubelet's volumes next to none.
+        let d = daemon(&net, &registry, &image, 1);
+        let c = d.client();
+        let with_volumes = |_: &mut v1::PodSandboxConfig, ctr: &mut v1::ContainerConfig| {
+            ctr.mounts = kubelet_mounts(&kpod);
+        };
+        let (plain, vols) = alternate(
+            &c,
+            &d,
+            &image,
+            runs,
+            true,
+            ("plain", &|_, _| {}),
+            ("volumes", &with_volumes),
+        );
+        if let (Some(p), Some(v)) = (plain, vols) {
+            println!("volumes_pod_start_vs_plain={:.3}", v / p);
+        }
+        drop(c);
+        drop(d);
+
+        // No warm pool: a pod with a shared file system (one hostPath) boots its own
+        // VM and virtiofsd; next to a plain cold start.
+        let d = daemon(&net, &registry, &image, 0);
+        let c = d.client();
+        let with_share = |pod: &mut v1::PodSandboxConfig, ctr: &mut v1::ContainerConfig| {
+            shared(pod);
+            ctr.mounts = vec![mount(host.clone(), "/data", false)];
+        };
+        let (cold, hostpath) = alternate(
+            &c,
+            &d,
+            &image,
+            runs,
+            false,
+            ("cold", &|_, _| {}),
+            ("hostpath_cold", &with_share),
+        );
+        if let (Some(p), Some(v)) = (cold, hostpath) {
+            println!("hostpath_pod_start_vs_cold={:.3}", v / p);
+        }
+        if let Err(e) = shared_pod_figures(&c, &d, &image, &host) {
+            println!("shared pod figures failed: {e}");
+        }
+    }
 }
