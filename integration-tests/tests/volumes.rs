@@ -569,3 +569,78 @@ fn host_paths_are_shared_live_through_virtio_fs() {
         "from-the-guest\n"
     );
 }
+
+#[test]
+fn image_volumes_mount_read_only_from_image_slots() {
+    use vmlet_test_support::{Compression, ImageBuilder, LayerBuilder};
+    let (registry, image) = busybox_registry("busybox:imagevol");
+    let d = Vmletd::start(&["--insecure-registry", registry.addr()]);
+    let c = d.client();
+    c.pull(&image).expect("PullImage");
+    // An image that only carries data (no program), as image volumes often are.
+    let layer = LayerBuilder::new()
+        .dir("models", 0o755)
+        .file("models/weights", b"w1", 0o644)
+        .finish();
+    let data = ImageBuilder::new()
+        .layer(layer, Compression::Gzip)
+        .config(serde_json::json!({}))
+        .build()
+        .expect("build image");
+    let reference = registry.push(&data, "data:1").expect("push");
+    c.pull(&reference).expect("PullImage");
+
+    let pod_cfg = pod_config("image-volume", &d.log_dir());
+    let pod = c.run_pod(pod_cfg.clone()).expect("RunPodSandbox");
+    let volume = v1::Mount {
+        container_path: "/models".into(),
+        image: Some(v1::ImageSpec {
+            image: reference.clone(),
+            ..Default::default()
+        }),
+        readonly: true,
+        ..Default::default()
+    };
+    let script =
+        "cat /models/models/weights; echo; touch /models/x 2>&1 | grep -o 'Read-only file system'";
+    let mut ids = Vec::new();
+    for name in ["reader-a", "reader-b"] {
+        let mut cfg = container_config(name, &image, script);
+        cfg.mounts = vec![volume.clone()];
+        let id = c
+            .create(&pod, cfg, &pod_cfg)
+            .expect("CreateContainer with an image volume");
+        c.start(&id).expect("StartContainer");
+        assert_eq!(c.wait_exited(&id, WAIT).exit_code, 0);
+        assert_eq!(stdout(&d, name), ["w1", "Read-only file system"]);
+        let s = c.status(&id).unwrap();
+        assert_eq!(s.mounts[0].image.as_ref().unwrap().image, reference);
+        ids.push(id);
+    }
+    // Both containers share one guest volume; it goes with the last of them.
+    let listed = in_guest(&d, &pod, "ls /run/vmlet/volumes");
+    assert_eq!(
+        listed.lines().filter(|l| l.starts_with("image-")).count(),
+        1,
+        "{listed}"
+    );
+    for id in &ids {
+        c.remove(id).expect("RemoveContainer");
+    }
+    let listed = in_guest(&d, &pod, "ls /run/vmlet/volumes");
+    assert!(!listed.contains("image-"), "{listed}");
+    // A writable image volume is refused by name.
+    let mut cfg = container_config("writer", &image, "true");
+    cfg.mounts = vec![v1::Mount {
+        readonly: false,
+        ..volume.clone()
+    }];
+    let e = c.create(&pod, cfg, &pod_cfg).unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(
+        e.message().contains("/models") && e.message().contains("read-only"),
+        "{}",
+        e.message()
+    );
+    c.remove_pod(&pod).expect("RemovePodSandbox");
+}

@@ -75,6 +75,14 @@ fn pick_slot(pod: &Pod, image_id: &str) -> Result<(String, bool), RuntimeError> 
     }
 }
 
+/// What slot `serial` holds is unknown (a swap into it failed): it matches no image.
+fn forget_slot_image(pod: &Pod, serial: &str) {
+    let mut r = lock(&pod.record);
+    if let Some(s) = r.slots.iter_mut().find(|s| s.serial == serial) {
+        s.image_id = None;
+    }
+}
+
 fn release_slot(pod: &Pod, serial: &str) {
     let mut r = lock(&pod.record);
     if let Some(s) = r.slots.iter_mut().find(|s| s.serial == serial) {
@@ -142,6 +150,8 @@ struct Creation<'a> {
     slot: Option<String>,
     /// The swap into `slot` failed: what the guest sees there is unknown.
     slot_unknown: bool,
+    /// Image slots taken for image volumes.
+    volume_slots: Vec<String>,
     /// The container and log-position records may exist on disk.
     records: bool,
     /// The pod record on disk counts this container as a user of `slot`.
@@ -175,6 +185,7 @@ impl<'a> Creation<'a> {
             name: Some(key),
             slot: None,
             slot_unknown: false,
+            volume_slots: Vec::new(),
             records: false,
             pod_saved: false,
             volumes: None,
@@ -208,6 +219,23 @@ impl<'a> Creation<'a> {
             if let Err(e) = vm.swap_drive(&slot, &image.path).await {
                 // Its content is unknown now: it must not be matched to any image.
                 self.slot_unknown = true;
+                return Err(e.into());
+            }
+        }
+        Ok(slot)
+    }
+
+    /// Puts an image volume's image in a slot (as [`Self::attach_image`]).
+    async fn attach_volume_image(
+        &mut self,
+        vm: &Vm,
+        image: &BlockImage,
+    ) -> Result<String, RuntimeError> {
+        let (slot, swap) = pick_slot(self.pod, image.id.as_str())?;
+        self.volume_slots.push(slot.clone());
+        if swap {
+            if let Err(e) = vm.swap_drive(&slot, &image.path).await {
+                forget_slot_image(self.pod, &slot);
                 return Err(e.into());
             }
         }
@@ -248,6 +276,7 @@ impl<'a> Creation<'a> {
     fn commit(mut self) {
         self.name = None;
         self.slot = None;
+        self.volume_slots.clear();
         self.records = false;
         self.pod_saved = false;
         self.volumes = None;
@@ -282,11 +311,11 @@ impl Drop for Creation<'_> {
         }
         if let Some(slot) = self.slot.take() {
             if self.slot_unknown {
-                let mut r = lock(&self.pod.record);
-                if let Some(s) = r.slots.iter_mut().find(|s| s.serial == slot) {
-                    s.image_id = None;
-                }
+                forget_slot_image(self.pod, &slot);
             }
+            release_slot(self.pod, &slot);
+        }
+        for slot in self.volume_slots.drain(..) {
             release_slot(self.pod, &slot);
         }
         if self.records {
@@ -459,8 +488,25 @@ async fn create_reserved(
         termination_path: termination,
         shared_fs: pod.volumes.share().is_some(),
     };
-    let planned = volumes::plan_all(&config.mounts, facts, &creation.inner.settings.volumes)?;
+    let mut planned = volumes::plan_all(&config.mounts, facts, &creation.inner.settings.volumes)?;
+    let mut leases = vec![lease];
+    let mut volume_images = Vec::new();
+    for p in planned
+        .iter_mut()
+        .filter(|p| p.class == volumes::Class::Image)
+    {
+        let (img, lease) = lease_image(creation.inner, &p.image)?;
+        p.volume = volumes::plan::image_volume_name(img.id.as_str());
+        leases.push(lease);
+        volume_images.push(img);
+    }
     let slot = creation.attach_image(vm, &image).await?;
+    let image_volumes = planned
+        .iter_mut()
+        .filter(|p| p.class == volumes::Class::Image);
+    for (p, img) in image_volumes.zip(&volume_images) {
+        p.image_slot = Some(creation.attach_volume_image(vm, img).await?);
+    }
     creation.attach_volumes(vm, &planned).await?;
     let mut record = new_record(
         &id,
@@ -484,7 +530,7 @@ async fn create_reserved(
         id: id.clone(),
         pod: pod.clone(),
         record: Mutex::new(record),
-        _lease: Some(lease),
+        _leases: leases,
         sink: Arc::new(tokio::sync::Mutex::new(sink)),
         log_task: Mutex::new(None),
         exit_task: Mutex::new(None),
@@ -808,11 +854,24 @@ pub async fn remove(inner: &Arc<Inner>, id: &str) -> Result<(), RuntimeError> {
     pod.volumes
         .release(pod.vm().filter(|vm| vm.running()).as_ref(), id)
         .await;
-    let (slot, name, attempt) = {
+    let (slot, name, attempt, volume_slots) = {
         let r = lock(&c.record);
-        (r.slot.clone(), r.config.name.clone(), r.config.attempt)
+        let volume_slots: Vec<String> = r
+            .volumes
+            .iter()
+            .filter_map(|p| p.image_slot.clone())
+            .collect();
+        (
+            r.slot.clone(),
+            r.config.name.clone(),
+            r.config.attempt,
+            volume_slots,
+        )
     };
     release_slot(&pod, &slot);
+    for s in &volume_slots {
+        release_slot(&pod, s);
+    }
     pod.save()?;
     for p in [pod.paths.container(id), pod.paths.log(id)] {
         if let Err(e) = std::fs::remove_file(&p) {

@@ -132,13 +132,21 @@ fn enter_container(
     rec: ContainerRecord,
 ) -> (Arc<Container>, LogRecord) {
     let log: LogRecord = store::read_json(&pod.paths.log(&rec.id)).unwrap_or_default();
-    let lease = match inner.images.lease(&rec.image_id) {
-        Ok(l) => Some(l),
-        Err(e) => {
-            tracing::warn!(container = %rec.id, "image lease: {e}");
-            None
-        }
-    };
+    let images = std::iter::once(rec.image_id.clone()).chain(
+        rec.volumes
+            .iter()
+            .filter(|p| p.class == crate::volumes::Class::Image)
+            .map(|p| p.image.clone()),
+    );
+    let leases = images
+        .filter_map(|image| match inner.images.lease(&image) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::warn!(container = %rec.id, "image lease of {image}: {e}");
+                None
+            }
+        })
+        .collect();
     let path = (!rec.log_path.is_empty()).then(|| rec.log_path.clone().into());
     let sink = match LogSink::open(path, log.log_len) {
         Ok(s) => s,
@@ -152,7 +160,7 @@ fn enter_container(
         id: rec.id.clone(),
         pod: pod.clone(),
         record: Mutex::new(rec),
-        _lease: lease,
+        _leases: leases,
         sink: Arc::new(tokio::sync::Mutex::new(sink)),
         log_task: Mutex::new(None),
         exit_task: Mutex::new(None),

@@ -62,7 +62,8 @@ pub(super) struct Container {
     pub(super) id: String,
     pub(super) pod: Arc<Pod>,
     pub(super) record: Mutex<ContainerRecord>,
-    pub(super) _lease: Option<ImageLease>,
+    /// Its image's and its image volumes' leases.
+    pub(super) _leases: Vec<ImageLease>,
     pub(super) sink: SharedSink,
     pub(super) log_task: Mutex<Option<JoinHandle<()>>>,
     pub(super) exit_task: Mutex<Option<JoinHandle<()>>>,

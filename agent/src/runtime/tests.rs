@@ -1300,3 +1300,52 @@ async fn a_configmap_changed_while_vmletd_was_down_reaches_the_guest_after_resta
     })
     .await;
 }
+
+#[tokio::test]
+async fn an_image_volume_takes_a_slot_and_is_shared_by_the_pods_containers() {
+    let h = harness(0).await;
+    let (pod, vm) = h.pod("image-volumes").await;
+    h.images.add_test_image("registry.test/data:1", Default::default());
+    let with_volume = |name: &str| {
+        let mut c = container_config(name);
+        c.mounts = vec![vmlet_cri::runtime::MountConfig {
+            container_path: "/models".into(),
+            image: "registry.test/data:1".into(),
+            readonly: true,
+            ..Default::default()
+        }];
+        c
+    };
+    let a = h.rt.create_container(&pod, with_volume("a")).await.unwrap();
+    let b = h.rt.create_container(&pod, with_volume("b")).await.unwrap();
+    let images: Vec<String> = vm
+        .guest
+        .lock()
+        .unwrap()
+        .volumes
+        .keys()
+        .filter(|n| n.starts_with("image-"))
+        .cloned()
+        .collect();
+    assert_eq!(images.len(), 1, "one guest volume for the image");
+    // Two slots in use: the containers' image and the volume's, each by both.
+    let used: Vec<u64> = h
+        .slots(&pod)
+        .iter()
+        .map(|s| s.2)
+        .filter(|u| *u > 0)
+        .collect();
+    assert_eq!(used, [2, 2]);
+    // The image cannot be removed while a container mounts it.
+    assert!(h.images.remove("registry.test/data:1").await.is_err());
+    h.rt.remove_container(&a).await.unwrap();
+    assert_eq!(vm.guest.lock().unwrap().volumes.len(), 1);
+    h.rt.remove_container(&b).await.unwrap();
+    assert!(vm.guest.lock().unwrap().volumes.is_empty());
+    assert!(h.slots(&pod).iter().all(|s| s.2 == 0));
+    // A writable image volume is refused.
+    let mut bad = with_volume("c");
+    bad.mounts[0].readonly = false;
+    let e = h.rt.create_container(&pod, bad).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::InvalidArgument);
+}

@@ -63,6 +63,8 @@ pub enum Class {
     MemoryDir(u64),
     /// Shared live through the pod's virtio-fs file system.
     Shared,
+    /// An image, read-only, from one of the pod's image slots.
+    Image,
 }
 
 /// One mount, planned: where it comes from, the guest volume that carries it, and
@@ -82,6 +84,12 @@ pub struct Planned {
     pub reason: String,
     /// Options of the guest's bind mount.
     pub options: Vec<String>,
+    /// For an image volume: the image as requested.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub image: String,
+    /// For an image volume: the image slot that holds it (once attached).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_slot: Option<String>,
 }
 
 impl Planned {
@@ -197,13 +205,6 @@ pub fn plan(
         container: m.container_path.clone(),
         why,
     };
-    if !m.image.is_empty() {
-        return Err(PlanError::Unsupported {
-            host: m.image.clone(),
-            container: m.container_path.clone(),
-            why: "image volumes are not supported yet".into(),
-        });
-    }
     let mut options = vec![
         "rbind".to_owned(),
         if m.readonly { "ro" } else { "rw" }.to_owned(),
@@ -225,6 +226,22 @@ pub fn plan(
         }
         .to_owned(),
     );
+    if !m.image.is_empty() {
+        if !m.readonly {
+            return Err(refuse("an image volume is read-only: set readonly".into()));
+        }
+        return Ok(Planned {
+            container_path: m.container_path.clone(),
+            host_path: String::new(),
+            // Named once the image is resolved (one volume per image in a pod).
+            volume: String::new(),
+            class: Class::Image,
+            reason: "an image, read-only, from one of the pod's image slots".into(),
+            options,
+            image: m.image.clone(),
+            image_slot: None,
+        });
+    }
     let host = Path::new(&m.host_path);
     let md = std::fs::metadata(host).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => refuse("the host path does not exist".into()),
@@ -312,6 +329,7 @@ pub fn plan(
         Class::TerminationLog => "tlog",
         Class::ScratchDir | Class::MemoryDir(_) => "empty",
         Class::Shared => "share",
+        Class::Image => "image",
     };
     Ok(Planned {
         container_path: m.container_path.clone(),
@@ -320,7 +338,14 @@ pub fn plan(
         class,
         reason,
         options,
+        image: String::new(),
+        image_slot: None,
     })
+}
+
+/// The volume name of an image volume, from the resolved image ID.
+pub fn image_volume_name(image_id: &str) -> String {
+    volume_name("image", image_id)
 }
 
 /// Plans every mount of a container; two mounts at one container path are refused.
@@ -332,8 +357,13 @@ pub fn plan_all(
     let mut planned: Vec<Planned> = Vec::with_capacity(mounts.len());
     for m in mounts {
         if planned.iter().any(|p| p.container_path == m.container_path) {
+            let host = if m.host_path.is_empty() {
+                m.image.clone()
+            } else {
+                m.host_path.clone()
+            };
             return Err(PlanError::Refused {
-                host: m.host_path.clone(),
+                host,
                 container: m.container_path.clone(),
                 why: "another mount has the same container path".into(),
             });

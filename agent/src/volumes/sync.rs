@@ -206,11 +206,12 @@ impl PodVolumes {
                     .map_err(guest_err("SyncVolume", p))?;
                 copied = before;
             }
-            Class::ScratchDir | Class::MemoryDir(_) | Class::Shared => {
+            Class::ScratchDir | Class::MemoryDir(_) | Class::Shared | Class::Image => {
                 use pb::prepare_volume_request::Medium;
                 let (medium, size) = match p.class {
                     Class::MemoryDir(size) => (Medium::Memory, size),
                     Class::Shared => (Medium::Shared, 0),
+                    Class::Image => (Medium::Image, 0),
                     _ => (Medium::Disk, 0),
                 };
                 let mut req = pb::PrepareVolumeRequest {
@@ -218,6 +219,7 @@ impl PodVolumes {
                     scratch_serial: scratch.to_owned(),
                     size_limit_bytes: size,
                     fs_tag: share::FS_TAG.to_owned(),
+                    image_serial: p.image_slot.clone().unwrap_or_default(),
                     medium: 0,
                 };
                 let share = if p.class == Class::Shared {

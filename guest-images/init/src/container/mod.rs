@@ -517,6 +517,25 @@ impl Manager {
         }
     }
 
+    /// Mounts image drive `serial` (erofs) for an image volume, or counts one more user
+    /// of it; returns where it is mounted.
+    pub fn image_volume(&self, serial: &str) -> Result<PathBuf, Error> {
+        spec::check_id("image serial", serial)?;
+        let spec = spec::RootfsSpec {
+            image_serial: serial.to_owned(),
+            image_fstype: spec::Fstype::Erofs,
+            image_subdir: PathBuf::new(),
+            scratch_serial: None,
+            readonly: true,
+        };
+        Ok(lock(&self.table).drives.image_mount(&spec)?)
+    }
+
+    /// One user less of image drive `serial` (unmounted with its last).
+    pub fn release_image_volume(&self, serial: &str) {
+        lock(&self.table).drives.release_image_mount(serial);
+    }
+
     /// Where scratch disk `serial` is mounted (mounting it if no container has yet).
     pub fn scratch_dir(&self, serial: &str) -> Result<PathBuf, Error> {
         spec::check_id("scratch serial", serial)?;

@@ -136,6 +136,16 @@ impl Drives {
         Ok(target)
     }
 
+    /// [`Self::image`] for an image volume.
+    pub fn image_mount(&mut self, spec: &RootfsSpec) -> Result<PathBuf, RootfsError> {
+        self.image(spec)
+    }
+
+    /// [`Self::release_image`] for an image volume.
+    pub fn release_image_mount(&mut self, serial: &str) {
+        self.release_image(serial);
+    }
+
     fn release_image(&mut self, serial: &str) {
         let Some((path, users)) = self.images.get_mut(serial) else {
             return;

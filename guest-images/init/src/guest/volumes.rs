@@ -47,6 +47,9 @@ pub enum VolumeError {
     /// No such volume.
     #[error("volume {0:?} does not exist")]
     NotFound(String),
+    /// The volume exists already.
+    #[error("volume {0} exists already")]
+    Exists(String),
     /// A system call failed.
     #[error("volume {name:?}: {what}: {source}")]
     Sys {
@@ -66,6 +69,8 @@ enum Backing {
     Scratch(PathBuf),
     /// An entry of a virtio-fs file system: the host's, never deleted from here.
     Shared,
+    /// A mounted image drive, by serial: released when the volume goes.
+    Image(String),
 }
 
 /// The volumes that are mounts, with what backs them.
@@ -523,6 +528,8 @@ pub enum Medium<'a> {
     Memory(u64),
     /// The entry of the volume's name in the virtio-fs file system with this tag.
     Shared(&'a str),
+    /// This mounted image (its mount point, its drive's serial), read-only.
+    Image(&'a Path, &'a str),
 }
 
 /// Mounts virtio-fs file system `tag` (once) and returns where.
@@ -566,6 +573,10 @@ pub fn prepare(name: &str, medium: Medium<'_>) -> Result<(), VolumeError> {
     let parent = volumes_dir(name)?;
     if let Some(st) = lstat_at(&parent, name).map_err(sys(name, "stat"))? {
         if kind_of(&st) == SFlag::S_IFDIR || matches!(medium, Medium::Shared(_)) {
+            if let Medium::Image(_, serial) = medium {
+                // Counted once per volume: the caller releases this extra use.
+                return Err(VolumeError::Exists(format!("{name} ({serial})")));
+            }
             return Ok(());
         }
         return Err(VolumeError::Invalid(format!(
@@ -575,6 +586,9 @@ pub fn prepare(name: &str, medium: Medium<'_>) -> Result<(), VolumeError> {
     let target = path(name);
     if let Medium::Shared(tag) = medium {
         return prepare_shared(name, tag, &target);
+    }
+    if let Medium::Image(source, serial) = medium {
+        return prepare_image(name, source, serial, &target);
     }
     let mk = |p: &Path| -> Result<(), VolumeError> {
         std::fs::create_dir_all(p).map_err(sys(name, format!("create {}", p.display())))?;
@@ -604,7 +618,7 @@ pub fn prepare(name: &str, medium: Medium<'_>) -> Result<(), VolumeError> {
             }
             bound
         }
-        Medium::Shared(_) => Ok(()),
+        Medium::Shared(_) | Medium::Image(..) => Ok(()),
         Medium::Memory(size) => {
             mk(&target)?;
             let data = if size == 0 {
@@ -665,6 +679,46 @@ fn prepare_shared(name: &str, tag: &str, target: &Path) -> Result<(), VolumeErro
     }
 }
 
+/// Binds the mounted image at `source` read-only at `target`.
+fn prepare_image(
+    name: &str,
+    source: &Path,
+    serial: &str,
+    target: &Path,
+) -> Result<(), VolumeError> {
+    std::fs::create_dir(target).map_err(sys(name, "create the mount point"))?;
+    let bound = mount(
+        Some(source),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .and_then(|()| {
+        mount(
+            None::<&str>,
+            target,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+    })
+    .map_err(sys(name, "bind the image"));
+    match bound {
+        Ok(()) => {
+            lock_backings()
+                .get_or_insert_with(HashMap::new)
+                .insert(name.to_owned(), Backing::Image(serial.to_owned()));
+            Ok(())
+        }
+        Err(e) => {
+            let _ = umount2(target, MntFlags::MNT_DETACH);
+            let _ = std::fs::remove_dir(target);
+            Err(e)
+        }
+    }
+}
+
 fn lock_backings() -> std::sync::MutexGuard<'static, Option<HashMap<String, Backing>>> {
     BACKINGS
         .lock()
@@ -703,8 +757,9 @@ pub fn read_tail(name: &str, max: u32) -> Result<(Vec<u8>, bool), VolumeError> {
     Ok((data, start > 0))
 }
 
-/// Unmounts (if mounted) and deletes volume `name`; an unknown one is fine.
-pub fn remove(name: &str) -> Result<(), VolumeError> {
+/// Unmounts (if mounted) and deletes volume `name`; an unknown one is fine. Returns
+/// the serial of the image drive the volume held, which the caller releases.
+pub fn remove(name: &str) -> Result<Option<String>, VolumeError> {
     check_name(name)?;
     let target = path(name);
     match umount2(&target, MntFlags::MNT_DETACH) {
@@ -713,12 +768,16 @@ pub fn remove(name: &str) -> Result<(), VolumeError> {
     }
     let parent = volumes_dir(name)?;
     let backing = lock_backings().as_mut().and_then(|b| b.remove(name));
-    if let Some(Backing::Shared) = backing {
-        // Only the mount point: what was below it is the host's.
+    if let Some(Backing::Shared | Backing::Image(_)) = &backing {
+        // Only the mount point: what was below it is the host's, or the image's.
+        let image = match backing {
+            Some(Backing::Image(serial)) => Some(serial),
+            _ => None,
+        };
         return match unlinkat(&parent, name, UnlinkatFlags::RemoveDir)
             .or_else(|_| unlinkat(&parent, name, UnlinkatFlags::NoRemoveDir))
         {
-            Ok(()) | Err(Errno::ENOENT) => Ok(()),
+            Ok(()) | Err(Errno::ENOENT) => Ok(image),
             Err(e) => Err(sys(name, "delete the mount point")(e)),
         };
     }
@@ -730,7 +789,7 @@ pub fn remove(name: &str) -> Result<(), VolumeError> {
             remove_at(&fd, &leaf).map_err(sys(name, "delete the scratch directory"))?;
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 #[cfg(test)]

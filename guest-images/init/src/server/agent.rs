@@ -530,6 +530,20 @@ impl Agent for AgentService {
             }
             M::Memory => volumes::prepare(&r.name, volumes::Medium::Memory(r.size_limit_bytes)),
             M::Shared => volumes::prepare(&r.name, volumes::Medium::Shared(&r.fs_tag)),
+            M::Image => {
+                let m = self.manager()?;
+                let source = m.image_volume(&r.image_serial).map_err(status::container)?;
+                let prepared =
+                    volumes::prepare(&r.name, volumes::Medium::Image(&source, &r.image_serial));
+                if prepared.is_err() {
+                    m.release_image_volume(&r.image_serial);
+                }
+                match prepared {
+                    // Prepared before: one use of the drive per volume.
+                    Err(volumes::VolumeError::Exists(_)) => Ok(()),
+                    other => other,
+                }
+            }
         }
         .map_err(status::volume)?;
         Ok(Response::new(pb::PrepareVolumeResponse {}))
@@ -548,7 +562,10 @@ impl Agent for AgentService {
         &self,
         req: Request<pb::RemoveVolumeRequest>,
     ) -> Result<Response<pb::RemoveVolumeResponse>, Status> {
-        volumes::remove(&req.into_inner().name).map_err(status::volume)?;
+        let released = volumes::remove(&req.into_inner().name).map_err(status::volume)?;
+        if let (Some(serial), Ok(m)) = (released, self.manager()) {
+            m.release_image_volume(&serial);
+        }
         Ok(Response::new(pb::RemoveVolumeResponse {}))
     }
 

@@ -38,6 +38,7 @@ pub fn volume(e: crate::guest::volumes::VolumeError) -> Status {
     let code = match &e {
         V::Invalid(_) => Code::InvalidArgument,
         V::NotFound(_) => Code::NotFound,
+        V::Exists(_) => Code::AlreadyExists,
         V::Sys { .. } => Code::Internal,
     };
     Status::new(code, e.to_string())
