@@ -7,7 +7,7 @@
 //! - `pool` and `warm`: the warm pool's bookkeeping, and the tasks that fill it;
 //! - `container`: create (image slot, guest container, log copy), start, stop,
 //!   remove, and recording exits (one step for every path that learns of one);
-//! - `exec`: `ExecSync`;
+//! - `exec`: `ExecSync`; `stream_exec`: exec sessions of the streaming server;
 //! - `recovery`: re-adopting pods after a restart;
 //! - `resources`: UpdateContainerResources;
 //! - `stats`: pod and container resource use, from the guest;
@@ -35,6 +35,7 @@ mod resources;
 pub mod spec;
 mod state;
 mod stats;
+mod stream_exec;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
@@ -111,6 +112,18 @@ impl Runtime {
         recovery::recover(&rt.inner).await;
         tokio::spawn(warm::refill(rt.inner.clone()));
         Ok(rt)
+    }
+
+    /// Runs `cmd` in container `id` for a streaming session; returns its exit code
+    /// (128 + N for signal N). Dropping the future kills the process.
+    pub async fn exec_streaming(
+        &self,
+        id: &str,
+        cmd: Vec<String>,
+        tty: bool,
+        streams: vmlet_streaming::ExecStreams,
+    ) -> Result<i32, RuntimeError> {
+        stream_exec::exec(&self.inner, id, cmd, tty, streams).await
     }
 
     /// Before the daemon exits: kills the warm pool's VMs (pods keep running).
