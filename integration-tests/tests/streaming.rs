@@ -1,0 +1,175 @@
+//! kubectl exec against vmletd end to end: real kubectl talks to a fake API server
+//! that gets each session's URL from vmletd's CRI `Exec` (as kubelet does) and proxies
+//! the upgraded connection to vmletd's streaming server; the command runs in a
+//! container of a real pod VM. Every case runs over SPDY and over WebSocket.
+
+// Test-only crate: a failed setup step panics with its message, which is the test's
+// failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use tonic::Code;
+use vmlet_integration_tests::cri::{busybox_registry, container_config, pod_config, v1, Vmletd};
+use vmlet_integration_tests::kubectl::{cri_urls, FakeApiServer, Transport};
+
+/// kubectl's limit per command (the emulated machine is slow).
+const KUBECTL: Duration = Duration::from_secs(180);
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+async fn exec_cases(api: &FakeApiServer, t: Transport) {
+    let out = api
+        .run(
+            t,
+            &["exec", "p", "--", "sh", "-c", "printf hello"],
+            b"",
+            KUBECTL,
+        )
+        .await;
+    assert_eq!(
+        (out.status.code(), text(&out.stdout), text(&out.stderr)),
+        (Some(0), "hello".into(), String::new()),
+        "{t:?} exec printf"
+    );
+
+    let out = api
+        .run(
+            t,
+            &[
+                "exec",
+                "p",
+                "--",
+                "sh",
+                "-c",
+                "echo out; echo err >&2; exit 3",
+            ],
+            b"",
+            KUBECTL,
+        )
+        .await;
+    assert_eq!(out.status.code(), Some(3), "{t:?}: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "out\n");
+    assert!(
+        text(&out.stderr).starts_with("err\n"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let input: Vec<u8> = (0..100_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let out = api
+        .run(
+            t,
+            &["exec", "-i", "p", "--", "sh", "-c", "cat; echo done"],
+            &input,
+            KUBECTL,
+        )
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{t:?}: {}", text(&out.stderr));
+    let mut want = input;
+    want.extend_from_slice(b"done\n");
+    assert!(
+        out.stdout == want,
+        "{t:?}: stdout differs ({} bytes)",
+        out.stdout.len()
+    );
+    api.upgraded_only_to(t).unwrap();
+}
+
+/// The processes of container `id` whose command line contains `what`.
+fn processes(c: &vmlet_integration_tests::cri::CriClient, id: &str, what: &str) -> Vec<String> {
+    let r = c.exec(id, &["ps", "-o", "args"], 60).expect("ExecSync ps");
+    text(&r.stdout)
+        .lines()
+        .filter(|l| l.contains(what) && !l.contains("ps -o"))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn kubectl_exec_runs_in_the_pod_over_spdy_and_websocket() {
+    let (registry, image) = busybox_registry("busybox:e2e");
+    let d = Vmletd::start(&["--insecure-registry", registry.addr()]);
+    let c = d.client();
+    c.pull(&image).expect("PullImage");
+    let pod_cfg = pod_config("stream", &d.log_dir());
+    let pod = c.run_pod(pod_cfg.clone()).expect("RunPodSandbox");
+    let id = c
+        .create(
+            &pod,
+            container_config("main", &image, "exec sleep 100000"),
+            &pod_cfg,
+        )
+        .expect("CreateContainer");
+    c.start(&id).expect("StartContainer");
+
+    // What kubelet would be refused.
+    let mut rt = c.runtime.clone();
+    let refused =
+        |r: Result<tonic::Response<v1::ExecResponse>, tonic::Status>| r.map(|_| ()).unwrap_err();
+    let e = refused(c.block_on(rt.exec(v1::ExecRequest {
+        container_id: "nope".into(),
+        cmd: vec!["true".into()],
+        stdout: true,
+        ..Default::default()
+    })));
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    let e = refused(c.block_on(rt.exec(v1::ExecRequest {
+        container_id: id.clone(),
+        cmd: vec!["true".into()],
+        tty: true,
+        stderr: true,
+        ..Default::default()
+    })));
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    let url = c
+        .block_on(rt.exec(v1::ExecRequest {
+            container_id: id.clone(),
+            cmd: vec!["true".into()],
+            stdout: true,
+            ..Default::default()
+        }))
+        .expect("Exec")
+        .into_inner()
+        .url;
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+
+    let tokio = tokio::runtime::Runtime::new().unwrap();
+    for t in [Transport::Spdy, Transport::WebSocket] {
+        tokio.block_on(async {
+            let api = FakeApiServer::start(cri_urls(&d.socket, &id, &pod)).await;
+            exec_cases(&api, t).await;
+        });
+    }
+
+    // A client that goes away takes its process with it. (The CRI client runs its
+    // own runtime: polled outside this one.)
+    let api = tokio.block_on(FakeApiServer::start(cri_urls(&d.socket, &id, &pod)));
+    let mut kubectl = tokio.block_on(async {
+        api.kubectl(Transport::Spdy)
+            .args(["exec", "p", "--", "sleep", "4321"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    });
+    let start = Instant::now();
+    while processes(&c, &id, "sleep 4321").is_empty() {
+        assert!(start.elapsed() < KUBECTL, "the exec never started");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    tokio.block_on(kubectl.kill()).unwrap();
+    let start = Instant::now();
+    while !processes(&c, &id, "sleep 4321").is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the exec outlived its session"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    c.stop_pod(&pod).expect("StopPodSandbox");
+    c.remove_pod(&pod).expect("RemovePodSandbox");
+}
