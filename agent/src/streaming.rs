@@ -7,8 +7,8 @@ use std::sync::Arc;
 use vmlet_cri::image::{BackendError as CriError, ErrorKind};
 use vmlet_cri::runtime::{AttachSession, ExecSession, PortForwardSession, StreamUrls};
 use vmlet_streaming::{
-    AttachRequest, BackendError, Config, ExecRequest, ExecStreams, ExitStatus, PortStream,
-    RequestError, ServerError, StreamBackend, StreamingServer,
+    AttachRequest, BackendError, Config, ExecRequest, ExecStreams, ExitStatus, PortForwardRequest,
+    PortStream, RequestError, ServerError, StreamBackend, StreamingServer,
 };
 
 use crate::runtime::{Runtime, RuntimeError};
@@ -47,13 +47,14 @@ impl StreamBackend for Backend {
 
     async fn port_forward(
         &self,
-        _pod_sandbox_id: String,
-        _port: u16,
-        _stream: PortStream,
+        pod_sandbox_id: String,
+        port: u16,
+        stream: PortStream,
     ) -> Result<(), BackendError> {
-        Err(BackendError::Failed(
-            "port-forward is not implemented by vmlet yet".to_owned(),
-        ))
+        self.runtime
+            .port_forward(&pod_sandbox_id, port, stream)
+            .await
+            .map_err(backend_error)
     }
 }
 
@@ -109,10 +110,14 @@ impl StreamUrls for Urls {
         ))
     }
 
-    fn port_forward_url(&self, _s: PortForwardSession) -> Result<String, CriError> {
-        Err(CriError::new(
-            ErrorKind::Unimplemented,
-            "PortForward is not implemented by vmlet yet".to_owned(),
-        ))
+    fn port_forward_url(&self, s: PortForwardSession) -> Result<String, CriError> {
+        let url = self
+            .server
+            .port_forward_url(PortForwardRequest {
+                pod_sandbox_id: s.pod_sandbox_id,
+                ports: s.ports,
+            })
+            .map_err(cri_error)?;
+        Ok(url.to_string())
     }
 }
