@@ -58,10 +58,17 @@ pub type UrlSource = Arc<
         + Sync,
 >;
 
-/// Where kubectl is: `KUBECTL`, else `/usr/bin/kubectl`.
+/// Where kubectl is: `KUBECTL`, else `/usr/local/bin/kubectl` (`scripts/setup.sh`),
+/// else `/usr/bin/kubectl`.
 pub fn kubectl_path() -> PathBuf {
     let p = std::env::var_os("KUBECTL")
         .map(PathBuf::from)
+        .or_else(|| {
+            ["/usr/local/bin/kubectl", "/usr/bin/kubectl"]
+                .into_iter()
+                .map(PathBuf::from)
+                .find(|p| p.exists())
+        })
         .unwrap_or_else(|| PathBuf::from("/usr/bin/kubectl"));
     assert!(
         p.exists(),

@@ -173,3 +173,114 @@ fn kubectl_exec_runs_in_the_pod_over_spdy_and_websocket() {
     c.stop_pod(&pod).expect("StopPodSandbox");
     c.remove_pod(&pod).expect("RemovePodSandbox");
 }
+
+/// An HTTP GET of `path` through local port `port`; the whole response.
+async fn http_get(port: u16, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(KUBECTL, s.read_to_end(&mut got))
+        .await
+        .expect("forwarded connection stalled")
+        .unwrap();
+    text(&got)
+}
+
+async fn port_forward_cases(api: &FakeApiServer, t: Transport) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+    let mut child = api
+        .kubectl(t)
+        .args(["port-forward", "pod/p", ":8080", ":8081"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut local = std::collections::HashMap::new();
+    while local.len() < 2 {
+        let line = tokio::time::timeout(KUBECTL, lines.next_line())
+            .await
+            .expect("kubectl port-forward did not start")
+            .unwrap()
+            .expect("kubectl port-forward exited");
+        // "Forwarding from 127.0.0.1:LOCAL -> REMOTE"
+        if let Some(rest) = line.strip_prefix("Forwarding from 127.0.0.1:") {
+            let (l, r) = rest.split_once(" -> ").unwrap();
+            local.insert(r.parse::<u16>().unwrap(), l.parse::<u16>().unwrap());
+        }
+    }
+    // httpd listens on the pod's 127.0.0.1 only; several connections at once.
+    let gets: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(http_get(local[&8080], "/f.txt")))
+        .collect();
+    for g in gets {
+        let resp = g.await.unwrap();
+        assert!(
+            resp.starts_with("HTTP/1.") && resp.ends_with("\r\n\r\nforwarded"),
+            "{t:?}: {resp:?}"
+        );
+    }
+    // Nothing listens on 8081: that connection ends without data.
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", local[&8081]))
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(KUBECTL, s.read_to_end(&mut got))
+        .await
+        .expect("a connection to a closed port hung");
+    assert!(got.is_empty(), "{t:?}: {}", text(&got));
+    // The forwarding still works afterwards.
+    let resp = http_get(local[&8080], "/f.txt").await;
+    assert!(resp.ends_with("forwarded"), "{t:?}: {resp:?}");
+    child.kill().await.unwrap();
+    api.upgraded_only_to(t).unwrap();
+}
+
+#[test]
+fn kubectl_port_forward_reaches_the_pods_loopback_over_spdy_and_websocket() {
+    let (registry, image) = busybox_registry("busybox:e2e");
+    let d = Vmletd::start(&["--insecure-registry", registry.addr()]);
+    let c = d.client();
+    c.pull(&image).expect("PullImage");
+    let pod_cfg = pod_config("forward", &d.log_dir());
+    let pod = c.run_pod(pod_cfg.clone()).expect("RunPodSandbox");
+    let script = "mkdir -p /tmp/www && printf forwarded > /tmp/www/f.txt && \
+                  exec busybox httpd -f -p 127.0.0.1:8080 -h /tmp/www";
+    let id = c
+        .create(&pod, container_config("web", &image, script), &pod_cfg)
+        .expect("CreateContainer");
+    c.start(&id).expect("StartContainer");
+
+    let mut rt = c.runtime.clone();
+    let e = c
+        .block_on(rt.port_forward(v1::PortForwardRequest {
+            pod_sandbox_id: "nope".into(),
+            port: vec![8080],
+        }))
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+
+    let tokio = tokio::runtime::Runtime::new().unwrap();
+    for t in [Transport::Spdy, Transport::WebSocket] {
+        tokio.block_on(async {
+            let api = FakeApiServer::start(cri_urls(&d.socket, &id, &pod)).await;
+            port_forward_cases(&api, t).await;
+        });
+    }
+    c.stop_pod(&pod).expect("StopPodSandbox");
+    let e = c
+        .block_on(rt.port_forward(v1::PortForwardRequest {
+            pod_sandbox_id: pod.clone(),
+            port: vec![8080],
+        }))
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    c.remove_pod(&pod).expect("RemovePodSandbox");
+}
