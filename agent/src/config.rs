@@ -61,6 +61,18 @@
 //! # termination log) may hold; at most 8 MiB. Larger ones are refused.
 //! max_copy_bytes = 4194304
 //!
+//! [streaming]
+//! # Where the server for kubectl exec/attach/port-forward listens; CRI Exec, Attach
+//! # and PortForward answer with URLs on it. Port 0 picks a free port.
+//! address = "127.0.0.1"
+//! port = 0
+//! # Serve HTTPS with this PEM certificate chain and PKCS#8 PEM key (both or neither).
+//! # tls_cert = "/etc/vmlet/streaming.crt"
+//! # tls_key = "/etc/vmlet/streaming.key"
+//! max_sessions_per_target = 32  # sessions per container (exec/attach) or pod (port-forward)
+//! max_sessions = 1024           # sessions on the node
+//! max_pending = 1024            # URLs handed out and not used yet
+//!
 //! # Per-registry settings, as in the image manager's RegistriesConfig:
 //! [registries.hosts."127.0.0.1:5000"]
 //! plain_http = true
@@ -209,6 +221,84 @@ pub struct Config {
     pub registries: RegistriesConfig,
     /// Container volumes.
     pub volumes: VolumesConfig,
+    /// The streaming server (exec, attach, port-forward).
+    pub streaming: StreamingConfig,
+}
+
+/// `[streaming]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamingConfig {
+    /// Listen address.
+    pub address: std::net::IpAddr,
+    /// Listen port (0: any free one).
+    pub port: u16,
+    /// PEM certificate chain for HTTPS.
+    pub tls_cert: Option<PathBuf>,
+    /// PKCS#8 PEM key for HTTPS.
+    pub tls_key: Option<PathBuf>,
+    /// Most sessions per container or pod.
+    pub max_sessions_per_target: usize,
+    /// Most sessions on the node.
+    pub max_sessions: usize,
+    /// Most URLs not used yet.
+    pub max_pending: usize,
+}
+
+/// Upper bound of each streaming cap: each session holds tasks and buffers.
+const MAX_STREAMING_CAP: usize = 65536;
+
+impl Default for StreamingConfig {
+    fn default() -> Self {
+        let d = vmlet_streaming::Config::default();
+        StreamingConfig {
+            address: d.addr.ip(),
+            port: d.addr.port(),
+            tls_cert: None,
+            tls_key: None,
+            max_sessions_per_target: d.max_sessions_per_target,
+            max_sessions: d.max_sessions,
+            max_pending: d.max_pending,
+        }
+    }
+}
+
+impl StreamingConfig {
+    /// The streaming server's settings.
+    pub fn server_config(&self) -> vmlet_streaming::Config {
+        vmlet_streaming::Config {
+            addr: std::net::SocketAddr::new(self.address, self.port),
+            tls: match (&self.tls_cert, &self.tls_key) {
+                (Some(cert), Some(key)) => Some(vmlet_streaming::TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                }),
+                _ => None,
+            },
+            max_sessions_per_target: self.max_sessions_per_target,
+            max_sessions: self.max_sessions,
+            max_pending: self.max_pending,
+            ..vmlet_streaming::Config::default()
+        }
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err("streaming.tls_cert and streaming.tls_key go together".to_owned());
+        }
+        for (key, v) in [
+            ("max_sessions_per_target", self.max_sessions_per_target),
+            ("max_sessions", self.max_sessions),
+            ("max_pending", self.max_pending),
+        ] {
+            if v == 0 || v > MAX_STREAMING_CAP {
+                return Err(format!(
+                    "streaming.{key} must be 1..={MAX_STREAMING_CAP} (got {v})"
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `[volumes]`.
@@ -251,6 +341,7 @@ impl Default for Config {
             vm: VmConfig::default(),
             registries: RegistriesConfig::default(),
             volumes: VolumesConfig::default(),
+            streaming: StreamingConfig::default(),
         }
     }
 }
@@ -415,6 +506,7 @@ impl Config {
                 self.volumes.max_copy_bytes
             ));
         }
+        self.streaming.check().map_err(ConfigError::Invalid)?;
         if self.vm.max_concurrent_boots == 0 {
             return bad("vm.max_concurrent_boots must be at least 1".to_owned());
         }
@@ -522,5 +614,33 @@ mod tests {
             Config::load(&missing),
             Err(ConfigError::Read { .. })
         ));
+    }
+
+    #[test]
+    fn streaming_section() {
+        let c = Config::default();
+        let s = c.streaming.server_config();
+        assert_eq!(s.addr.to_string(), "127.0.0.1:0");
+        assert!(s.tls.is_none());
+        let c = Config::from_toml(
+            "[streaming]\naddress = \"::1\"\nport = 10010\ntls_cert = \"/c\"\ntls_key = \"/k\"\nmax_sessions = 7\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert!(c.check().is_ok());
+        let s = c.streaming.server_config();
+        assert_eq!(s.addr.to_string(), "[::1]:10010");
+        assert_eq!(s.tls.map(|t| t.key), Some(PathBuf::from("/k")));
+        assert_eq!(s.max_sessions, 7);
+        let mut c = Config::default();
+        c.streaming.tls_cert = Some("/c".into());
+        assert!(c.check().unwrap_err().to_string().contains("go together"));
+        let mut c = Config::default();
+        c.streaming.max_pending = 0;
+        let e = c.check().unwrap_err().to_string();
+        assert!(
+            e.contains("streaming.max_pending must be 1..=65536 (got 0)"),
+            "{e}"
+        );
     }
 }

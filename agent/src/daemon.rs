@@ -37,6 +37,9 @@ pub enum DaemonError {
     /// Serving failed.
     #[error("serving the CRI: {0}")]
     Serve(#[from] tonic::transport::Error),
+    /// The streaming server could not start.
+    #[error("streaming server: {0}")]
+    Streaming(#[from] vmlet_streaming::ServerError),
     /// Signal handlers could not be installed.
     #[error("signal handlers: {0}")]
     Signals(std::io::Error),
@@ -112,6 +115,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         .await
         .map_err(Box::new)?,
     );
+    let streams =
+        crate::streaming::Urls::start(config.streaming.server_config(), runtime.as_ref().clone())
+            .await?;
+    tracing::info!(addr = %streams.addr(), "streaming server listening");
     let listener = bind(&config.socket, config.socket_mode)?;
     tracing::info!(socket = %config.socket.display(), "serving the CRI");
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
@@ -124,7 +131,11 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     };
     let rt = runtime.clone();
     let server = tonic::transport::Server::builder()
-        .add_service(RuntimeServer::new(runtime).into_service())
+        .add_service(
+            RuntimeServer::new(runtime)
+                .with_streaming(streams)
+                .into_service(),
+        )
         .add_service(ImageServer::new(images).into_service())
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown);
     // Graceful shutdown waits for every connection to close, and kubelet never closes

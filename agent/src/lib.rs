@@ -3,6 +3,8 @@
 //!
 //! - [`daemon`]: logging, the image manager and the runtime, and both CRI services
 //!   (RuntimeService and ImageService) on one unix socket;
+//! - [`streaming`]: the streaming server (kubectl exec, attach, port-forward) over the
+//!   runtime;
 //! - [`config`]: the TOML configuration and command-line flags;
 //! - [`runtime`]: the pod and container controller behind the CRI RuntimeService: pods,
 //!   containers, exec, resources, stats, the warm pool of booted VMs, and re-adopting
@@ -31,4 +33,5 @@ pub mod network;
 pub mod runtime;
 pub mod sandbox;
 pub mod store;
+pub mod streaming;
 pub mod volumes;

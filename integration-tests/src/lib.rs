@@ -15,6 +15,7 @@ pub mod agent;
 pub mod cri;
 pub mod fault;
 pub mod images;
+pub mod kubectl;
 pub mod net;
 #[cfg(test)]
 mod with_kvm_tests;

@@ -95,13 +95,13 @@ async fn run(client: GuestClient, id: String, exec_id: String) -> Result<ExecOut
     }
 }
 
-/// Runs `cmd` in container `id` to completion.
-pub async fn exec_sync(
+/// The guest client of running container `id`, and the process `cmd` runs as in it
+/// (the main process's environment, working directory and user).
+pub(super) fn target(
     inner: &Arc<Inner>,
     id: &str,
     cmd: Vec<String>,
-    timeout: Option<Duration>,
-) -> Result<ExecOutput, RuntimeError> {
+) -> Result<(GuestClient, pb::Process), RuntimeError> {
     let c = inner.container(id)?;
     let (state, p) = {
         let r = lock(&c.record);
@@ -115,30 +115,47 @@ pub async fn exec_sync(
     let vm = c.pod.vm().filter(|v| v.running()).ok_or_else(|| {
         RuntimeError::Precondition(format!("the VM of container {id} is not running"))
     })?;
-    let exec_id = format!("exec-{}", &new_id()?[..16]);
-    vm.client
+    let process = pb::Process {
+        args: cmd,
+        env: p.env,
+        cwd: p.cwd,
+        user: Some(pb::User {
+            uid: p.uid,
+            gid: p.gid,
+            additional_gids: p.additional_gids,
+        }),
+        ..Default::default()
+    };
+    Ok((vm.client.clone(), process))
+}
+
+/// A fresh exec id.
+pub(super) fn exec_id() -> Result<String, RuntimeError> {
+    Ok(format!("exec-{}", &new_id()?[..16]))
+}
+
+/// Runs `cmd` in container `id` to completion.
+pub async fn exec_sync(
+    inner: &Arc<Inner>,
+    id: &str,
+    cmd: Vec<String>,
+    timeout: Option<Duration>,
+) -> Result<ExecOutput, RuntimeError> {
+    let (client, process) = target(inner, id, cmd)?;
+    let exec_id = exec_id()?;
+    client
         .clone()
         .exec_process(guest::req(
             pb::ExecProcessRequest {
                 container_id: id.to_owned(),
                 exec_id: exec_id.clone(),
-                process: Some(pb::Process {
-                    args: cmd,
-                    env: p.env,
-                    cwd: p.cwd,
-                    user: Some(pb::User {
-                        uid: p.uid,
-                        gid: p.gid,
-                        additional_gids: p.additional_gids,
-                    }),
-                    ..Default::default()
-                }),
+                process: Some(process),
             },
             guest::CALL,
         ))
         .await
         .map_err(RuntimeError::guest("ExecProcess"))?;
-    let work = run(vm.client.clone(), id.to_owned(), exec_id.clone());
+    let work = run(client.clone(), id.to_owned(), exec_id.clone());
     let Some(limit) = timeout else {
         return work.await;
     };
@@ -146,7 +163,7 @@ pub async fn exec_sync(
         Ok(r) => r,
         Err(_) => {
             // Kill it and reap it, so the guest forgets the process.
-            let mut client = vm.client.clone();
+            let mut client = client.clone();
             let _ = client
                 .signal_process(guest::req(
                     pb::SignalProcessRequest {

@@ -7,7 +7,8 @@
 //! - `pool` and `warm`: the warm pool's bookkeeping, and the tasks that fill it;
 //! - `container`: create (image slot, guest container, log copy), start, stop,
 //!   remove, and recording exits (one step for every path that learns of one);
-//! - `exec`: `ExecSync`;
+//! - `exec`: `ExecSync`; `stream_exec`: exec sessions of the streaming server;
+//! - `port_forward`: forwarded connections of the streaming server;
 //! - `recovery`: re-adopting pods after a restart;
 //! - `resources`: UpdateContainerResources;
 //! - `stats`: pod and container resource use, from the guest;
@@ -30,11 +31,13 @@ mod exec;
 mod launch;
 mod pod;
 mod pool;
+mod port_forward;
 mod recovery;
 mod resources;
 pub mod spec;
 mod state;
 mod stats;
+mod stream_exec;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
@@ -111,6 +114,32 @@ impl Runtime {
         recovery::recover(&rt.inner).await;
         tokio::spawn(warm::refill(rt.inner.clone()));
         Ok(rt)
+    }
+
+    /// Runs `cmd` in container `id` for a streaming session; returns its exit code
+    /// (128 + N for signal N). Dropping the future kills the process.
+    pub async fn exec_streaming(
+        &self,
+        id: &str,
+        cmd: Vec<String>,
+        tty: bool,
+        streams: vmlet_streaming::ExecStreams,
+    ) -> Result<i32, RuntimeError> {
+        stream_exec::exec(&self.inner, id, cmd, tty, streams).await
+    }
+
+    /// Connects `stream` to `port` on the loopback of pod `pod_id`'s VM until both
+    /// directions are done.
+    pub async fn port_forward<S>(
+        &self,
+        pod_id: &str,
+        port: u16,
+        stream: S,
+    ) -> Result<(), RuntimeError>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        port_forward::forward(&self.inner, pod_id, port, stream).await
     }
 
     /// Before the daemon exits: kills the warm pool's VMs (pods keep running).

@@ -79,6 +79,8 @@ pub enum ErrorKind {
     FailedPrecondition,
     /// The operation did not finish within its deadline.
     DeadlineExceeded,
+    /// The backend does not do this (yet).
+    Unimplemented,
     /// Anything else.
     Internal,
 }

@@ -19,6 +19,7 @@ pub fn status(e: BackendError) -> Status {
         ErrorKind::AlreadyExists => Code::AlreadyExists,
         ErrorKind::FailedPrecondition => Code::FailedPrecondition,
         ErrorKind::DeadlineExceeded => Code::DeadlineExceeded,
+        ErrorKind::Unimplemented => Code::Unimplemented,
         ErrorKind::Internal => Code::Internal,
     };
     Status::new(code, e.message)

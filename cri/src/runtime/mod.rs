@@ -13,6 +13,7 @@ mod sandbox_status;
 mod server;
 mod stats;
 mod status;
+mod streaming;
 mod validate;
 
 pub use backend::{
@@ -22,4 +23,5 @@ pub use backend::{
 };
 pub use server::RuntimeServer;
 pub use status::{RUNTIME_API_VERSION, RUNTIME_NAME};
+pub use streaming::{AttachSession, ExecSession, PortForwardSession, StreamUrls};
 pub use validate::grpc_timeout;

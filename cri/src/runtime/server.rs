@@ -16,7 +16,7 @@ use super::events::EventStream;
 use super::stats::Rates;
 use super::{
     container_create, container_status, container_update, events, exec, sandbox_run,
-    sandbox_status, stats, status, validate,
+    sandbox_status, stats, status, streaming, validate,
 };
 use crate::image::convert::status as backend_status;
 use crate::image::ErrorKind;
@@ -28,6 +28,8 @@ pub struct RuntimeServer<B> {
     backend: Arc<B>,
     /// The previous CPU samples, for `usage_nano_cores`.
     rates: Rates,
+    /// The streaming server (None: Exec, Attach and PortForward are unimplemented).
+    streams: Option<Arc<dyn streaming::StreamUrls>>,
 }
 
 impl<B: RuntimeBackend> RuntimeServer<B> {
@@ -36,7 +38,20 @@ impl<B: RuntimeBackend> RuntimeServer<B> {
         Self {
             backend,
             rates: Rates::default(),
+            streams: None,
         }
+    }
+
+    /// Serves Exec, Attach and PortForward with URLs from `streams`.
+    pub fn with_streaming(mut self, streams: Arc<dyn streaming::StreamUrls>) -> Self {
+        self.streams = Some(streams);
+        self
+    }
+
+    fn streams(&self, what: &str) -> Result<&dyn streaming::StreamUrls, Status> {
+        self.streams.as_deref().ok_or_else(|| {
+            Status::unimplemented(format!("{what}: this server has no streaming server"))
+        })
     }
 
     /// The usage of each pod of `wanted` (pod ID → container IDs, all when empty),
@@ -321,19 +336,37 @@ impl<B: RuntimeBackend> RuntimeService for RuntimeServer<B> {
         ok(exec::response(out))
     }
 
-    async fn exec(&self, _r: Request<proto::ExecRequest>) -> Reply<proto::ExecResponse> {
-        unimplemented("Exec (streaming)")
+    async fn exec(&self, r: Request<proto::ExecRequest>) -> Reply<proto::ExecResponse> {
+        let streams = self.streams("Exec")?;
+        let req = r.into_inner();
+        let id = validate::id(&req.container_id, "container_id")?;
+        let c = self.backend.container(id).map_err(backend_status)?;
+        let session = streaming::exec(req, &c)?;
+        let url = streams.exec_url(session).map_err(backend_status)?;
+        ok(proto::ExecResponse { url })
     }
 
-    async fn attach(&self, _r: Request<proto::AttachRequest>) -> Reply<proto::AttachResponse> {
-        unimplemented("Attach (streaming)")
+    async fn attach(&self, r: Request<proto::AttachRequest>) -> Reply<proto::AttachResponse> {
+        let streams = self.streams("Attach")?;
+        let req = r.into_inner();
+        let id = validate::id(&req.container_id, "container_id")?;
+        let c = self.backend.container(id).map_err(backend_status)?;
+        let session = streaming::attach(req, &c)?;
+        let url = streams.attach_url(session).map_err(backend_status)?;
+        ok(proto::AttachResponse { url })
     }
 
     async fn port_forward(
         &self,
-        _r: Request<proto::PortForwardRequest>,
+        r: Request<proto::PortForwardRequest>,
     ) -> Reply<proto::PortForwardResponse> {
-        unimplemented("PortForward (streaming)")
+        let streams = self.streams("PortForward")?;
+        let req = r.into_inner();
+        let id = validate::id(&req.pod_sandbox_id, "pod_sandbox_id")?;
+        let pod = self.backend.pod(id).map_err(backend_status)?;
+        let session = streaming::port_forward(req, &pod)?;
+        let url = streams.port_forward_url(session).map_err(backend_status)?;
+        ok(proto::PortForwardResponse { url })
     }
 
     async fn container_stats(

@@ -30,6 +30,12 @@ pub enum Transport {
 pub fn kubectl_path() -> PathBuf {
     let p = std::env::var_os("KUBECTL")
         .map(PathBuf::from)
+        .or_else(|| {
+            ["/usr/local/bin/kubectl", "/usr/bin/kubectl"]
+                .into_iter()
+                .map(PathBuf::from)
+                .find(|p| p.exists())
+        })
         .unwrap_or_else(|| PathBuf::from("/usr/bin/kubectl"));
     assert!(
         p.exists(),

@@ -1,8 +1,9 @@
 //! The vsock server: the [`agent`] and [`diag`] gRPC services on port
-//! [`vmlet_proto::AGENT_PORT`], and the power port.
+//! [`vmlet_proto::AGENT_PORT`], the power port, and [`portforward`].
 
 pub mod agent;
 pub mod diag;
+pub mod portforward;
 pub mod status;
 
 use std::sync::Arc;
@@ -70,6 +71,7 @@ pub async fn run() {
     tokio::spawn(Arc::clone(&reaper).run());
     tokio::spawn(pid1::signals::power_off_on_signal());
     tokio::spawn(serve_power_port());
+    tokio::spawn(portforward::serve());
     let manager = Manager::new(Arc::clone(&reaper))
         .map(Arc::new)
         .map_err(|e| {

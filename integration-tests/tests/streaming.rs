@@ -1,0 +1,306 @@
+//! kubectl exec against vmletd end to end: real kubectl talks to a fake API server
+//! that gets each session's URL from vmletd's CRI `Exec` (as kubelet does) and proxies
+//! the upgraded connection to vmletd's streaming server; the command runs in a
+//! container of a real pod VM. Every case runs over SPDY and over WebSocket.
+
+// Test-only crate: a failed setup step panics with its message, which is the test's
+// failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use tonic::Code;
+use vmlet_integration_tests::cri::{busybox_registry, container_config, pod_config, v1, Vmletd};
+use vmlet_integration_tests::kubectl::{cri_urls, FakeApiServer, Transport};
+
+/// kubectl's limit per command (the emulated machine is slow).
+const KUBECTL: Duration = Duration::from_secs(180);
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+async fn exec_cases(api: &FakeApiServer, t: Transport) {
+    let out = api
+        .run(
+            t,
+            &["exec", "p", "--", "sh", "-c", "printf hello"],
+            b"",
+            KUBECTL,
+        )
+        .await;
+    assert_eq!(
+        (out.status.code(), text(&out.stdout), text(&out.stderr)),
+        (Some(0), "hello".into(), String::new()),
+        "{t:?} exec printf"
+    );
+
+    let out = api
+        .run(
+            t,
+            &[
+                "exec",
+                "p",
+                "--",
+                "sh",
+                "-c",
+                "echo out; echo err >&2; exit 3",
+            ],
+            b"",
+            KUBECTL,
+        )
+        .await;
+    assert_eq!(out.status.code(), Some(3), "{t:?}: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "out\n");
+    assert!(
+        text(&out.stderr).starts_with("err\n"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let input: Vec<u8> = (0..100_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let out = api
+        .run(
+            t,
+            &["exec", "-i", "p", "--", "sh", "-c", "cat; echo done"],
+            &input,
+            KUBECTL,
+        )
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{t:?}: {}", text(&out.stderr));
+    let mut want = input;
+    want.extend_from_slice(b"done\n");
+    assert!(
+        out.stdout == want,
+        "{t:?}: stdout differs ({} bytes)",
+        out.stdout.len()
+    );
+    api.upgraded_only_to(t).unwrap();
+}
+
+/// The processes of container `id` whose command line contains `what`.
+fn processes(c: &vmlet_integration_tests::cri::CriClient, id: &str, what: &str) -> Vec<String> {
+    let r = c.exec(id, &["ps", "-o", "args"], 60).expect("ExecSync ps");
+    text(&r.stdout)
+        .lines()
+        .filter(|l| l.contains(what) && !l.contains("ps -o"))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn kubectl_exec_runs_in_the_pod_over_spdy_and_websocket() {
+    let (registry, image) = busybox_registry("busybox:e2e");
+    let d = Vmletd::start(&["--insecure-registry", registry.addr()]);
+    let c = d.client();
+    c.pull(&image).expect("PullImage");
+    let pod_cfg = pod_config("stream", &d.log_dir());
+    let pod = c.run_pod(pod_cfg.clone()).expect("RunPodSandbox");
+    let id = c
+        .create(
+            &pod,
+            container_config("main", &image, "exec sleep 100000"),
+            &pod_cfg,
+        )
+        .expect("CreateContainer");
+    c.start(&id).expect("StartContainer");
+
+    // What kubelet would be refused.
+    let mut rt = c.runtime.clone();
+    let refused =
+        |r: Result<tonic::Response<v1::ExecResponse>, tonic::Status>| r.map(|_| ()).unwrap_err();
+    let e = refused(c.block_on(rt.exec(v1::ExecRequest {
+        container_id: "nope".into(),
+        cmd: vec!["true".into()],
+        stdout: true,
+        ..Default::default()
+    })));
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    let e = refused(c.block_on(rt.exec(v1::ExecRequest {
+        container_id: id.clone(),
+        cmd: vec!["true".into()],
+        tty: true,
+        stderr: true,
+        ..Default::default()
+    })));
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    let url = c
+        .block_on(rt.exec(v1::ExecRequest {
+            container_id: id.clone(),
+            cmd: vec!["true".into()],
+            stdout: true,
+            ..Default::default()
+        }))
+        .expect("Exec")
+        .into_inner()
+        .url;
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+
+    let tokio = tokio::runtime::Runtime::new().unwrap();
+    for t in [Transport::Spdy, Transport::WebSocket] {
+        tokio.block_on(async {
+            let api = FakeApiServer::start(cri_urls(&d.socket, &id, &pod)).await;
+            exec_cases(&api, t).await;
+        });
+    }
+
+    // A client that goes away takes its process with it. (The CRI client runs its
+    // own runtime: polled outside this one.)
+    let api = tokio.block_on(FakeApiServer::start(cri_urls(&d.socket, &id, &pod)));
+    let mut kubectl = tokio.block_on(async {
+        api.kubectl(Transport::Spdy)
+            .args(["exec", "p", "--", "sleep", "4321"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    });
+    let start = Instant::now();
+    while processes(&c, &id, "sleep 4321").is_empty() {
+        assert!(start.elapsed() < KUBECTL, "the exec never started");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    tokio.block_on(kubectl.kill()).unwrap();
+    let start = Instant::now();
+    while !processes(&c, &id, "sleep 4321").is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the exec outlived its session"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    c.stop_pod(&pod).expect("StopPodSandbox");
+    c.remove_pod(&pod).expect("RemovePodSandbox");
+}
+
+/// An HTTP GET of `path` through local port `port`; the whole response.
+async fn http_get(port: u16, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(KUBECTL, s.read_to_end(&mut got))
+        .await
+        .expect("forwarded connection stalled")
+        .unwrap();
+    text(&got)
+}
+
+async fn port_forward_cases(api: &FakeApiServer, t: Transport) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+    let mut child = api
+        .kubectl(t)
+        .args(["port-forward", "pod/p", ":8080", ":8081"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut local = std::collections::HashMap::new();
+    while local.len() < 2 {
+        let line = tokio::time::timeout(KUBECTL, lines.next_line())
+            .await
+            .expect("kubectl port-forward did not start")
+            .unwrap()
+            .expect("kubectl port-forward exited");
+        // "Forwarding from 127.0.0.1:LOCAL -> REMOTE"
+        if let Some(rest) = line.strip_prefix("Forwarding from 127.0.0.1:") {
+            let (l, r) = rest.split_once(" -> ").unwrap();
+            local.insert(r.parse::<u16>().unwrap(), l.parse::<u16>().unwrap());
+        }
+    }
+    // httpd listens on the pod's 127.0.0.1 only; several connections at once.
+    let gets: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(http_get(local[&8080], "/f.txt")))
+        .collect();
+    for g in gets {
+        let resp = g.await.unwrap();
+        assert!(
+            resp.starts_with("HTTP/1.") && resp.ends_with("\r\n\r\nforwarded"),
+            "{t:?}: {resp:?}"
+        );
+    }
+    // Nothing listens on 8081: that connection ends without data.
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", local[&8081]))
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(KUBECTL, s.read_to_end(&mut got))
+        .await
+        .expect("a connection to a closed port hung");
+    assert!(got.is_empty(), "{t:?}: {}", text(&got));
+    // kubectl (1.31 and later) gives up the whole forwarding after an error.
+    child.kill().await.unwrap();
+    api.upgraded_only_to(t).unwrap();
+}
+
+#[test]
+fn kubectl_port_forward_reaches_the_pods_loopback_over_spdy_and_websocket() {
+    let (registry, image) = busybox_registry("busybox:e2e");
+    let d = Vmletd::start(&["--insecure-registry", registry.addr()]);
+    let c = d.client();
+    c.pull(&image).expect("PullImage");
+    let pod_cfg = pod_config("forward", &d.log_dir());
+    let pod = c.run_pod(pod_cfg.clone()).expect("RunPodSandbox");
+    let script = "mkdir -p /tmp/www && printf forwarded > /tmp/www/f.txt && \
+                  exec busybox httpd -f -p 127.0.0.1:8080 -h /tmp/www";
+    let id = c
+        .create(&pod, container_config("web", &image, script), &pod_cfg)
+        .expect("CreateContainer");
+    c.start(&id).expect("StartContainer");
+    // kubectl ends the whole forwarding at the first refused connection: wait for
+    // httpd to listen.
+    let start = Instant::now();
+    loop {
+        let r = c.exec(
+            &id,
+            &[
+                "busybox",
+                "wget",
+                "-q",
+                "-O",
+                "-",
+                "http://127.0.0.1:8080/f.txt",
+            ],
+            60,
+        );
+        if r.is_ok_and(|r| r.stdout == b"forwarded") {
+            break;
+        }
+        assert!(start.elapsed() < KUBECTL, "httpd never answered");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    let mut rt = c.runtime.clone();
+    let e = c
+        .block_on(rt.port_forward(v1::PortForwardRequest {
+            pod_sandbox_id: "nope".into(),
+            port: vec![8080],
+        }))
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+
+    let tokio = tokio::runtime::Runtime::new().unwrap();
+    for t in [Transport::Spdy, Transport::WebSocket] {
+        tokio.block_on(async {
+            let api = FakeApiServer::start(cri_urls(&d.socket, &id, &pod)).await;
+            port_forward_cases(&api, t).await;
+        });
+    }
+    c.stop_pod(&pod).expect("StopPodSandbox");
+    let e = c
+        .block_on(rt.port_forward(v1::PortForwardRequest {
+            pod_sandbox_id: pod.clone(),
+            port: vec![8080],
+        }))
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    c.remove_pod(&pod).expect("RemovePodSandbox");
+}
