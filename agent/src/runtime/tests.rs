@@ -1305,7 +1305,8 @@ async fn a_configmap_changed_while_vmletd_was_down_reaches_the_guest_after_resta
 async fn an_image_volume_takes_a_slot_and_is_shared_by_the_pods_containers() {
     let h = harness(0).await;
     let (pod, vm) = h.pod("image-volumes").await;
-    h.images.add_test_image("registry.test/data:1", Default::default());
+    h.images
+        .add_test_image("registry.test/data:1", Default::default());
     let with_volume = |name: &str| {
         let mut c = container_config(name);
         c.mounts = vec![vmlet_cri::runtime::MountConfig {
