@@ -1,6 +1,9 @@
 //! The CRI requests a streaming URL stands for, and the checks the CRI asks for
 //! before a URL is handed out.
 
+/// Most ports in one port-forward session: two channels each, numbered in one byte.
+pub const MAX_PORTS: usize = 127;
+
 /// A CRI `Exec` request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExecRequest {
@@ -62,7 +65,7 @@ pub enum RequestError {
     #[error("one of stdin, stdout, or stderr must be set")]
     NoStreams,
     /// A port of 0, or more ports than one session can carry.
-    #[error("bad ports {0:?}: each must be 1-65535, at most {max} of them", max = crate::portforward::websocket::MAX_PORTS)]
+    #[error("bad ports {0:?}: each must be 1-65535, at most {max} of them", max = MAX_PORTS)]
     BadPorts(Vec<u16>),
     /// Too many URLs handed out and not used yet.
     #[error("too many pending streaming requests (limit {0})")]
@@ -111,7 +114,7 @@ impl PortForwardRequest {
         if self.pod_sandbox_id.is_empty() {
             return Err(RequestError::NoPod);
         }
-        if self.ports.contains(&0) || self.ports.len() > crate::portforward::websocket::MAX_PORTS {
+        if self.ports.contains(&0) || self.ports.len() > MAX_PORTS {
             return Err(RequestError::BadPorts(self.ports.clone()));
         }
         Ok(())

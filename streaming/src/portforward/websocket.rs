@@ -26,8 +26,6 @@ pub const PROTOCOLS: &[(&str, Encoding)] = &[
     ("v4.channel.k8s.io", Encoding::Binary),
     ("v4.base64.channel.k8s.io", Encoding::Base64),
 ];
-/// Most ports in one session: two channels each, numbered in one byte.
-pub const MAX_PORTS: usize = 127;
 /// How long the end of a session waits for the last messages to go out.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 

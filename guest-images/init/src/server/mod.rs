@@ -3,13 +3,13 @@
 
 pub mod agent;
 pub mod diag;
+pub mod listen;
 pub mod portforward;
 pub mod status;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_vsock::{VsockAddr, VsockListener, VMADDR_CID_ANY};
 use vmlet_proto::agent::{agent_server::AgentServer, diagnostics_server::DiagnosticsServer};
 
 use crate::console;
@@ -23,33 +23,8 @@ pub const POWER_PORT: u32 = 1023;
 /// Largest message accepted (file writes, stdin chunks, echo payloads).
 const MAX_MESSAGE: usize = 16 << 20;
 
-/// Longest wait between two attempts to listen on vsock.
-const MAX_LISTEN_RETRY: Duration = Duration::from_secs(30);
-
-/// Binds and listens, retrying with backoff: vsock may be missing for a while (no
-/// device yet) and PID 1 must not give up.
-pub async fn listen_retrying(port: u32) -> VsockListener {
-    let mut delay = Duration::from_millis(10);
-    let mut reported = false;
-    loop {
-        match VsockListener::bind(VsockAddr::new(VMADDR_CID_ANY, port)) {
-            Ok(l) => return l,
-            Err(e) => {
-                if !reported {
-                    console::error(format_args!(
-                        "cannot listen on vsock port {port}: {e} (retrying)"
-                    ));
-                    reported = true;
-                }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(MAX_LISTEN_RETRY);
-            }
-        }
-    }
-}
-
 async fn serve_power_port() {
-    let listener = listen_retrying(POWER_PORT).await;
+    let listener = listen::listen_retrying(POWER_PORT).await;
     loop {
         match listener.accept().await {
             Ok(_) => {
@@ -86,7 +61,7 @@ pub async fn run() {
         .max_encoding_message_size(MAX_MESSAGE);
     let port = vmlet_proto::AGENT_PORT;
     loop {
-        let listener = listen_retrying(port).await;
+        let listener = listen::listen_retrying(port).await;
         // "ready" means the host can connect now.
         // The guest's uptime tells kernel boot time apart from the host's view.
         let uptime = std::fs::read_to_string("/proc/uptime").unwrap_or_default();

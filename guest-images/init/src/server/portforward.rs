@@ -20,7 +20,7 @@ const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves the port-forward port. Never returns.
 pub async fn serve() {
-    let listener = super::listen_retrying(PORT_FORWARD_PORT).await;
+    let listener = super::listen::listen_retrying(PORT_FORWARD_PORT).await;
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
