@@ -118,6 +118,7 @@ fn echo_exit_codes_and_process_settings() {
         uid: 1000,
         gid: 1000,
         additional_gids: vec![2000],
+        ..Default::default()
     });
     let (status, out) = pod.run_to_end("settings", p);
     assert_eq!(status.exit_code, 0, "{}", out.err());
@@ -701,6 +702,7 @@ fn capabilities_rlimits_and_privileges() {
         uid: 1000,
         gid: 1000,
         additional_gids: vec![],
+        ..Default::default()
     });
     p.no_new_privileges = true;
     let (_, out) = pod.run_to_end("user", p);

@@ -116,6 +116,7 @@ fn guest_spec(
                 uid: p.record.uid,
                 gid: p.record.gid,
                 additional_gids: p.record.additional_gids.clone(),
+                ..Default::default()
             }),
             terminal: c.tty,
             terminal_size: None,

@@ -123,6 +123,7 @@ pub(super) fn target(
             uid: p.uid,
             gid: p.gid,
             additional_gids: p.additional_gids,
+            ..Default::default()
         }),
         ..Default::default()
     };

@@ -384,7 +384,10 @@ impl Agent for FakeAgent {
             ..Default::default()
         };
         lock(&self.vm.guest).containers.insert(id, status);
-        Ok(Response::new(pb::CreateContainerResponse { pid: 42 }))
+        Ok(Response::new(pb::CreateContainerResponse {
+            pid: 42,
+            user: None,
+        }))
     }
 
     async fn start_container(

@@ -394,6 +394,7 @@ pub fn process_spec(
             uid: i.uid,
             gid: i.gid,
             additional_gids: i.groups.clone(),
+            ..Default::default()
         },
         (None, None) => agent::User::default(),
     };

@@ -270,6 +270,8 @@ impl Agent for AgentService {
             .map_err(status::container)?;
         Ok(Response::new(pb::CreateContainerResponse {
             pid: u32::try_from(pid.as_raw()).unwrap_or(0),
+            // Filled in once the guest resolves names and groups itself.
+            user: None,
         }))
     }
 
