@@ -73,6 +73,11 @@
 //! max_sessions = 1024           # sessions on the node
 //! max_pending = 1024            # URLs handed out and not used yet
 //!
+//! [security]
+//! # Localhost seccomp profiles (CRI SecurityProfile.localhost_ref, an absolute path
+//! # the kubelet makes from its root directory) must lie below this directory.
+//! seccomp_profile_root = "/var/lib/kubelet/seccomp"
+//!
 //! # Per-registry settings, as in the image manager's RegistriesConfig:
 //! [registries.hosts."127.0.0.1:5000"]
 //! plain_http = true
@@ -223,6 +228,35 @@ pub struct Config {
     pub volumes: VolumesConfig,
     /// The streaming server (exec, attach, port-forward).
     pub streaming: StreamingConfig,
+    /// Containers' security contexts.
+    pub security: SecurityConfig,
+}
+
+/// `[security]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecurityConfig {
+    /// Localhost seccomp profiles must lie below this directory.
+    pub seccomp_profile_root: PathBuf,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        SecurityConfig {
+            seccomp_profile_root: PathBuf::from(
+                crate::runtime::security::DEFAULT_SECCOMP_PROFILE_ROOT,
+            ),
+        }
+    }
+}
+
+impl SecurityConfig {
+    /// The runtime's security settings.
+    pub fn settings(&self) -> crate::runtime::security::SecuritySettings {
+        crate::runtime::security::SecuritySettings {
+            seccomp_profile_root: self.seccomp_profile_root.clone(),
+        }
+    }
 }
 
 /// `[streaming]`.
@@ -342,6 +376,7 @@ impl Default for Config {
             registries: RegistriesConfig::default(),
             volumes: VolumesConfig::default(),
             streaming: StreamingConfig::default(),
+            security: SecurityConfig::default(),
         }
     }
 }

@@ -109,6 +109,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
                 vm: config.vm.clone(),
                 network: config.network.clone(),
                 volumes: config.volumes.settings(),
+                security: config.security.settings(),
             },
             images.clone(),
         )

@@ -146,6 +146,15 @@ pub struct ProcessRecord {
     pub additional_gids: Vec<u32>,
     /// Signal number StopContainer sends first.
     pub stop_signal: u32,
+    /// Capability sets (None in records of older versions: the guest's default).
+    #[serde(default)]
+    pub capabilities: Option<crate::runtime::security::CapSets>,
+    /// Compiled seccomp filter (empty: none).
+    #[serde(default)]
+    pub seccomp_filter: Vec<u8>,
+    /// `no_new_privs`.
+    #[serde(default)]
+    pub no_new_privs: bool,
 }
 
 /// A container.

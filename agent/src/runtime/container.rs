@@ -6,10 +6,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tonic::Code;
-use vmlet_cri::runtime::{ContainerConfig, ContainerState, EventKind};
+use vmlet_cri::runtime::{ContainerConfig, ContainerState, EventKind, PidNamespace};
 use vmlet_proto::agent as pb;
 
 use super::error::RuntimeError;
+use super::security::{self, SecuritySettings};
 use super::spec;
 use super::state::{Container, Inner, Pod};
 use super::util::{lock, new_id, now_ns};
@@ -96,6 +97,7 @@ fn guest_spec(
     slot: &str,
     c: &ContainerConfig,
     p: &spec::Process,
+    applied: &security::Applied,
     volumes: &[Planned],
 ) -> pb::ContainerSpec {
     let r = &c.resources;
@@ -112,23 +114,22 @@ fn guest_spec(
             args: p.args.clone(),
             env: p.record.env.clone(),
             cwd: p.record.cwd.clone(),
-            user: Some(pb::User {
-                uid: p.record.uid,
-                gid: p.record.gid,
-                additional_gids: p.record.additional_gids.clone(),
-                ..Default::default()
-            }),
+            user: Some(p.user.clone()),
             terminal: c.tty,
             terminal_size: None,
             open_stdin: c.stdin,
             rlimits: Vec::new(),
             no_new_privileges: c.no_new_privs,
-            capabilities: None,
+            capabilities: Some(applied.caps.to_guest()),
             oom_score_adj: r.oom_score_adj.clamp(-1000, 1000) as i32,
+            seccomp_filter: applied.seccomp_filter.clone(),
         }),
         mounts: volumes.iter().map(Planned::guest_mount).collect(),
         resources: Some(spec::guest_resources(r)),
-        share_pod_pid_namespace: false,
+        share_pod_pid_namespace: c.security.pid_namespace == PidNamespace::Pod,
+        privileged: c.security.privileged,
+        masked_paths: applied.masked_paths.clone(),
+        readonly_paths: applied.readonly_paths.clone(),
     }
 }
 
@@ -260,8 +261,9 @@ impl<'a> Creation<'a> {
         &mut self,
         vm: &Vm,
         spec: pb::ContainerSpec,
-    ) -> Result<(), RuntimeError> {
-        vm.client
+    ) -> Result<Option<pb::User>, RuntimeError> {
+        let resp = vm
+            .client
             .clone()
             .create_container(guest::req(
                 pb::CreateContainerRequest { spec: Some(spec) },
@@ -270,7 +272,7 @@ impl<'a> Creation<'a> {
             .await
             .map_err(RuntimeError::guest("CreateContainer"))?;
         self.guest = Some(vm.clone());
-        Ok(())
+        Ok(resp.into_inner().user)
     }
 
     /// Keeps everything: the container exists.
@@ -392,7 +394,8 @@ fn plan(
     pod: &Pod,
     config: &ContainerConfig,
     image: &ImageConfig,
-) -> Result<(spec::Process, String), RuntimeError> {
+    settings: &SecuritySettings,
+) -> Result<(spec::Process, security::Applied, String), RuntimeError> {
     let (hostname, log_dir) = {
         let r = lock(&pod.record);
         let h = if r.config.hostname.is_empty() {
@@ -402,7 +405,20 @@ fn plan(
         };
         (h, r.config.log_directory.clone())
     };
-    let process = spec::merge(config, image, &hostname)?;
+    if let PidNamespace::Target(t) = &config.security.pid_namespace {
+        return Err(RuntimeError::Invalid(format!(
+            "namespace_options.pid = TARGET (container {t}) is not supported yet: \
+             use POD (shareProcessNamespace) to see the pod's other processes"
+        )));
+    }
+    let mut process = spec::merge(config, image, &hostname)?;
+    let applied = {
+        let r = lock(&pod.record);
+        security::apply(config, &r.config, settings)?
+    };
+    process.record.capabilities = Some(applied.caps.clone());
+    process.record.seccomp_filter = applied.seccomp_filter.clone();
+    process.record.no_new_privs = config.no_new_privs;
     let log_path = if log_dir.is_empty() || config.log_path.is_empty() {
         String::new()
     } else {
@@ -411,7 +427,7 @@ fn plan(
             .display()
             .to_string()
     };
-    Ok((process, log_path))
+    Ok((process, applied, log_path))
 }
 
 /// The record of a container just created.
@@ -480,7 +496,12 @@ async fn create_reserved(
     let pod = creation.pod;
     let id = creation.id.clone();
     let (image, lease) = lease_image(creation.inner, &config.image)?;
-    let (process, log_path) = plan(pod, &config, &image.config)?;
+    let (process, applied, log_path) = plan(
+        pod,
+        &config,
+        &image.config,
+        &creation.inner.settings.security,
+    )?;
     let termination = config
         .annotations
         .get(TERMINATION_PATH_ANNOTATION)
@@ -520,12 +541,19 @@ async fn create_reserved(
     );
     record.volumes = planned;
     creation.write_records(&record)?;
-    creation
+    let got = creation
         .create_in_guest(
             vm,
-            guest_spec(&id, &slot, &config, &process, &record.volumes),
+            guest_spec(&id, &slot, &config, &process, &applied, &record.volumes),
         )
         .await?;
+    if let Some(u) = got {
+        // What the guest resolved from names and the image's group file.
+        record.process.uid = u.uid;
+        record.process.gid = u.gid;
+        record.process.additional_gids = u.additional_gids;
+        store::write_json(&pod.paths.container(&id), &record)?;
+    }
     let sink = LogSink::open((!log_path.is_empty()).then(|| PathBuf::from(&log_path)), 0)?;
     let c = Arc::new(Container {
         id: id.clone(),

@@ -2,6 +2,7 @@
 
 use vmlet_cri::image::{BackendError, ErrorKind};
 
+use super::security::SecurityError;
 use super::spec::SpecError;
 use crate::images::ImageError;
 use crate::logs::LogError;
@@ -39,6 +40,9 @@ pub enum RuntimeError {
     /// The request and image do not make a process.
     #[error(transparent)]
     Spec(#[from] SpecError),
+    /// The security context cannot be applied.
+    #[error(transparent)]
+    Security(#[from] SecurityError),
     /// VM failure.
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
@@ -92,7 +96,9 @@ impl RuntimeError {
         match self {
             Self::NotFound(_) => ErrorKind::NotFound,
             Self::AlreadyExists(_) => ErrorKind::AlreadyExists,
-            Self::Invalid(_) | Self::Spec(_) | Self::Plan(_) => ErrorKind::InvalidArgument,
+            Self::Invalid(_) | Self::Spec(_) | Self::Plan(_) | Self::Security(_) => {
+                ErrorKind::InvalidArgument
+            }
             Self::Volume(e) if e.code() == Code::InvalidArgument => ErrorKind::InvalidArgument,
             Self::Precondition(_) => ErrorKind::FailedPrecondition,
             Self::Timeout(_) => ErrorKind::DeadlineExceeded,

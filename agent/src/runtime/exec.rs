@@ -119,12 +119,17 @@ pub(super) fn target(
         args: cmd,
         env: p.env,
         cwd: p.cwd,
+        // The identity, capabilities and filter the container's process got.
         user: Some(pb::User {
             uid: p.uid,
             gid: p.gid,
             additional_gids: p.additional_gids,
+            gid_set: true,
             ..Default::default()
         }),
+        no_new_privileges: p.no_new_privs,
+        capabilities: p.capabilities.as_ref().map(|c| c.to_guest()),
+        seccomp_filter: p.seccomp_filter,
         ..Default::default()
     };
     Ok((vm.client.clone(), process))

@@ -34,6 +34,7 @@ mod pool;
 mod port_forward;
 mod recovery;
 mod resources;
+pub mod security;
 pub mod spec;
 mod state;
 mod stats;

@@ -5,13 +5,17 @@
 //! - the request's environment overrides the image's by name, new names are added
 //!   after it; `PATH` gets the usual default when neither sets it; `HOSTNAME` is set;
 //! - `working_dir` replaces the image's WorkingDir ("/" when neither has one);
-//! - `run_as_user` / `run_as_group` replace the image's `User` (`uid[:gid]`).
+//! - `run_as_username` / `run_as_user` / `run_as_group` replace the image's `User`
+//!   (`user[:group]`); names are resolved in the guest ([`guest_user`]).
 
 use vmlet_cri::runtime::{ContainerConfig, ResourcesConfig};
 use vmlet_proto::agent as pb;
 
 use crate::images::ImageConfig;
 use crate::store::ProcessRecord;
+
+/// Longest user or group name passed to the guest.
+const MAX_NAME_LEN: usize = 256;
 
 /// PATH when neither image nor request sets one.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -22,12 +26,9 @@ pub enum SpecError {
     /// Neither the image nor the request names a program.
     #[error("no command: the image has no Entrypoint or Cmd and the request sets neither command nor args")]
     NoCommand,
-    /// A user or group that is not numeric (user names need the image's /etc/passwd,
-    /// which is read in the guest, not here).
-    #[error(
-        "user {0:?} is not numeric; vmlet needs a numeric uid[:gid] (run_as_user / run_as_group)"
-    )]
-    UserName(String),
+    /// A user or group name that cannot be one.
+    #[error("user or group name {0:?} is not valid (at most 256 bytes, no '/', NUL or newline)")]
+    BadName(String),
     /// A negative or too large uid or gid.
     #[error("{what} {value} is out of range")]
     IdRange {
@@ -48,19 +49,92 @@ pub struct Process {
     pub args: Vec<String>,
     /// What ExecSync and the record need again.
     pub record: ProcessRecord,
+    /// The user for the guest to resolve (names and groups come from the image's
+    /// /etc/passwd and /etc/group, which the guest reads).
+    pub user: pb::User,
 }
 
 fn id(what: &'static str, value: i64) -> Result<u32, SpecError> {
     u32::try_from(value).map_err(|_| SpecError::IdRange { what, value })
 }
 
-fn numeric(what: &'static str, s: &str) -> Result<u32, SpecError> {
-    if s == "root" {
-        return Ok(0);
+/// One side of a user string: a number, or a name for the guest to look up.
+enum Id {
+    Number(u32),
+    Name(String),
+}
+
+fn user_part(what: &'static str, s: &str) -> Result<Id, SpecError> {
+    match s.parse::<i64>() {
+        Ok(v) => id(what, v).map(Id::Number),
+        Err(_) if s.len() > MAX_NAME_LEN || s.contains(['/', '\0', '\n']) => {
+            Err(SpecError::BadName(s.to_owned()))
+        }
+        Err(_) => Ok(Id::Name(s.to_owned())),
     }
-    s.parse::<u32>()
-        .map_err(|_| SpecError::UserName(s.to_owned()))
-        .and_then(|v| id(what, i64::from(v)))
+}
+
+/// The user a container runs as, as containerd picks it: `run_as_username`, else
+/// `run_as_user`, else the image's `User` ("user[:group]", names or numbers);
+/// `run_as_group` replaces the group. Without a group the user's primary group
+/// from the image's /etc/passwd is used (0 when it has none); unless the policy is
+/// Strict, the groups /etc/group lists the user in are added.
+pub fn guest_user(req: &ContainerConfig, image_user: &str) -> Result<pb::User, SpecError> {
+    let (image_u, image_g) = match image_user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (image_user, None),
+    };
+    let (user, group) = if !req.user.username.is_empty() {
+        (user_part("uid", &req.user.username)?, None)
+    } else if let Some(u) = req.user.uid {
+        (Id::Number(id("uid", u)?), None)
+    } else if image_u.is_empty() {
+        (
+            Id::Number(0),
+            image_g
+                .filter(|g| !g.is_empty())
+                .map(|g| user_part("gid", g))
+                .transpose()?,
+        )
+    } else {
+        (
+            user_part("uid", image_u)?,
+            image_g
+                .filter(|g| !g.is_empty())
+                .map(|g| user_part("gid", g))
+                .transpose()?,
+        )
+    };
+    let group = match req.user.gid {
+        Some(g) => Some(Id::Number(id("gid", g)?)),
+        None => group,
+    };
+    let mut u = pb::User {
+        additional_gids: req
+            .user
+            .supplemental_groups
+            .iter()
+            .map(|&g| id("supplemental group", g))
+            .collect::<Result<_, _>>()?,
+        image_groups: !req.security.strict_supplemental_groups,
+        ..Default::default()
+    };
+    match user {
+        Id::Number(n) => u.uid = n,
+        Id::Name(n) => u.username = n,
+    }
+    match group {
+        Some(Id::Number(n)) => {
+            u.gid = n;
+            u.gid_set = true;
+        }
+        Some(Id::Name(n)) => {
+            u.groupname = n;
+            u.gid_set = true;
+        }
+        None => {}
+    }
+    Ok(u)
 }
 
 /// Parses a signal as images write it: `SIGTERM`, `TERM`, `15`.
@@ -136,45 +210,20 @@ pub fn merge(
         "/".to_owned()
     };
 
-    let (image_uid, image_gid) = match image.user.split_once(':') {
-        Some((u, g)) => (u, Some(g)),
-        None => (image.user.as_str(), None),
-    };
-    if !req.user.username.is_empty() && req.user.uid.is_none() {
-        numeric("uid", &req.user.username)?;
-    }
-    let uid = match (req.user.uid, req.user.username.as_str()) {
-        (Some(u), _) => id("uid", u)?,
-        (None, name) if !name.is_empty() => numeric("uid", name)?,
-        _ if image_uid.is_empty() => 0,
-        _ => numeric("uid", image_uid)?,
-    };
-    let gid = match req.user.gid {
-        Some(g) => id("gid", g)?,
-        // An explicit user from the request does not inherit the image's group.
-        None if req.user.uid.is_some() => 0,
-        None => match image_gid {
-            Some(g) if !g.is_empty() => numeric("gid", g)?,
-            _ => 0,
-        },
-    };
-    let additional_gids = req
-        .user
-        .supplemental_groups
-        .iter()
-        .map(|&g| id("supplemental group", g))
-        .collect::<Result<_, _>>()?;
-
+    let user = guest_user(req, &image.user)?;
     Ok(Process {
         args,
         record: ProcessRecord {
             env,
             cwd,
-            uid,
-            gid,
-            additional_gids,
+            // Until the guest reports what it resolved.
+            uid: user.uid,
+            gid: user.gid,
+            additional_gids: user.additional_gids.clone(),
             stop_signal: parse_signal(&image.stop_signal)?,
+            ..Default::default()
         },
+        user,
     })
 }
 
@@ -263,16 +312,60 @@ mod tests {
             user: "nobody".into(),
             ..bare.clone()
         };
-        assert!(matches!(
-            merge(&req, &named, ""),
-            Err(SpecError::UserName(_))
-        ));
+        let u = merge(&req, &named, "").unwrap().user;
+        assert_eq!(
+            (u.username.as_str(), u.gid_set, u.image_groups),
+            ("nobody", false, true)
+        );
+        let bad = ImageConfig {
+            user: "a/b".into(),
+            ..bare.clone()
+        };
+        assert!(matches!(merge(&req, &bad, ""), Err(SpecError::BadName(_))));
         let mut neg = req.clone();
         neg.user.uid = Some(-1);
         assert!(matches!(
             merge(&neg, &bare, ""),
             Err(SpecError::IdRange { .. })
         ));
+    }
+
+    #[test]
+    fn users_as_containerd_picks_them() {
+        let user = |image: &str, f: &dyn Fn(&mut ContainerConfig)| {
+            let mut req = ContainerConfig::default();
+            f(&mut req);
+            guest_user(&req, image).unwrap()
+        };
+        let u = user("www-data:1004", &|_| {});
+        assert_eq!(
+            (u.username.as_str(), u.gid, u.gid_set),
+            ("www-data", 1004, true)
+        );
+        let u = user("1000:staff", &|_| {});
+        assert_eq!(
+            (u.uid, u.groupname.as_str(), u.gid_set),
+            (1000, "staff", true)
+        );
+        // run_as_user replaces the image's user and group.
+        let u = user("www-data:1004", &|r| r.user.uid = Some(7));
+        assert_eq!((u.uid, u.username.as_str(), u.gid_set), (7, "", false));
+        // run_as_username wins over run_as_user; run_as_group sets the group.
+        let u = user("", &|r| {
+            r.user.uid = Some(7);
+            r.user.username = "app".into();
+            r.user.gid = Some(9);
+            r.user.supplemental_groups = vec![100];
+        });
+        assert_eq!(
+            (u.username.as_str(), u.gid, u.gid_set, u.additional_gids),
+            ("app", 9, true, vec![100])
+        );
+        // run_as_group alone keeps the image's user.
+        let u = user("www-data", &|r| r.user.gid = Some(3));
+        assert_eq!((u.username.as_str(), u.gid), ("www-data", 3));
+        let u = user("", &|r| r.security.strict_supplemental_groups = true);
+        assert_eq!((u.uid, u.image_groups), (0, false));
     }
 
     #[test]

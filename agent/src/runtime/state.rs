@@ -43,6 +43,8 @@ pub struct Settings {
     pub network: NetworkSettings,
     /// Volumes.
     pub volumes: VolumeSettings,
+    /// What security contexts name.
+    pub security: super::security::SecuritySettings,
 }
 
 /// A pod in memory.

@@ -49,6 +49,7 @@ fn settings(dir: &Path, warm_pool: u32) -> Settings {
             ..NetworkSettings::default()
         },
         volumes: Default::default(),
+        security: Default::default(),
     }
 }
 

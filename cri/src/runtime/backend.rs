@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use super::security::{PodSecurity, SecurityConfig};
+
 pub use crate::image::BackendError;
 
 /// Who a pod is: unique per (name, namespace, uid, attempt).
@@ -73,6 +75,9 @@ pub struct PodConfig {
     /// Namespaced sysctls for the pod (`linux.sysctls`).
     #[serde(default)]
     pub sysctls: HashMap<String, String>,
+    /// The pod's security context.
+    #[serde(default)]
+    pub security: PodSecurity,
 }
 
 /// State of a pod.
@@ -167,6 +172,9 @@ pub struct ContainerConfig {
     /// Volumes, in order.
     #[serde(default)]
     pub mounts: Vec<MountConfig>,
+    /// The security context beyond user, read-only root and no_new_privs.
+    #[serde(default)]
+    pub security: SecurityConfig,
 }
 
 /// How mounts below a volume propagate (CRI `MountPropagation`).

@@ -4,6 +4,7 @@
 use tonic::Status;
 
 use super::backend::{ContainerConfig, MountConfig, Propagation, ResourcesConfig, UserConfig};
+use super::security;
 use crate::proto;
 
 /// The backend's container config from a `CreateContainerRequest`'s config.
@@ -50,6 +51,7 @@ pub fn container_config(config: Option<proto::ContainerConfig>) -> Result<Contai
         "config.linux.resources",
     )?;
     let sc = linux.security_context.unwrap_or_default();
+    let security = security::container_security(&sc)?;
     Ok(ContainerConfig {
         name: metadata.name,
         attempt: metadata.attempt,
@@ -73,6 +75,7 @@ pub fn container_config(config: Option<proto::ContainerConfig>) -> Result<Contai
         no_new_privs: sc.no_new_privs,
         resources,
         mounts,
+        security,
     })
 }
 

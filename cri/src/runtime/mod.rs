@@ -10,6 +10,7 @@ mod events;
 mod exec;
 mod sandbox_run;
 mod sandbox_status;
+mod security;
 mod server;
 mod stats;
 mod status;
@@ -20,6 +21,9 @@ pub use backend::{
     ContainerConfig, ContainerEvent, ContainerInfo, ContainerState, ContainerUsage, DnsConfig,
     EventKind, ExecOutput, Health, MountConfig, PodConfig, PodInfo, PodMetadata, PodState,
     PodUsage, PortMapping, ProcessUser, Propagation, ResourcesConfig, RuntimeBackend, UserConfig,
+};
+pub use security::{
+    CapabilitiesConfig, PidNamespace, PodSecurity, SeccompProfile, SecurityConfig, ALL_CAPABILITIES,
 };
 pub use server::RuntimeServer;
 pub use status::{RUNTIME_API_VERSION, RUNTIME_NAME};

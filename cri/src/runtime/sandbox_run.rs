@@ -4,6 +4,7 @@
 use tonic::Status;
 
 use super::backend::{DnsConfig, PodConfig, PodMetadata, PortMapping};
+use super::security;
 use super::validate::non_negative;
 use crate::proto;
 
@@ -71,6 +72,7 @@ pub fn pod_config(config: Option<proto::PodSandboxConfig>) -> Result<PodConfig, 
         )));
     }
     let linux = config.linux.unwrap_or_default();
+    let security = security::pod_security(linux.security_context.as_ref())?;
     let network_mode = linux
         .security_context
         .as_ref()
@@ -116,6 +118,7 @@ pub fn pod_config(config: Option<proto::PodSandboxConfig>) -> Result<PodConfig, 
         memory_mib,
         port_mappings,
         sysctls: linux.sysctls,
+        security,
     })
 }
 
