@@ -20,7 +20,11 @@
 # VMM and virtiofsd RSS (shared_idle_pod_*_rss_kib=); and a 256 MiB sequential read
 # through virtio-fs next to the same read on the host (virtiofs_read_vs_host=).
 #   scripts/bench-pod.sh [--runs N] [--warm-pool N] [--idle-pods N] [--no-containerd]
+# With --security it measures container start in one pod (CreateContainer +
+# StartContainer until the first log line), RuntimeDefault seccomp next to Unconfined,
+# alternating (seccomp_adds_ms_p50=).
 #   scripts/bench-pod.sh --volumes [--runs N]
+#   scripts/bench-pod.sh --security [--runs N]
 set -euo pipefail
 
 exec "$(dirname "$0")/run-release-bench.sh" pod-bench "$@"

@@ -380,6 +380,14 @@ pub fn busybox_image() -> Result<OciImage, FixtureError> {
 /// The busybox image with image config `config` (e.g. a pause image: `Cmd` a long
 /// sleep).
 pub fn busybox_image_with(config: Value) -> Result<OciImage, FixtureError> {
+    ImageBuilder::new()
+        .layer(busybox_layer()?, Compression::Gzip)
+        .config(config)
+        .build()
+}
+
+/// The busybox image's one layer, as a tar.
+fn busybox_layer() -> Result<Vec<u8>, FixtureError> {
     let busybox = fs::read("/bin/busybox").map_err(|e| FixtureError::Command {
         cmd: "read /bin/busybox".into(),
         message: format!("{e} (install busybox-static: scripts/setup.sh)"),
@@ -394,7 +402,21 @@ pub fn busybox_image_with(config: Value) -> Result<OciImage, FixtureError> {
     for applet in BUSYBOX_APPLETS {
         layer = layer.symlink(&format!("bin/{applet}"), "busybox");
     }
+    Ok(layer.finish())
+}
+
+/// The busybox image with image config `config` and a second layer of regular
+/// files (path, content), e.g. an `/etc/passwd` and `/etc/group` of its own.
+pub fn busybox_image_with_files(
+    config: Value,
+    files: &[(&str, &[u8])],
+) -> Result<OciImage, FixtureError> {
+    let mut layer = LayerBuilder::new();
+    for (path, content) in files {
+        layer = layer.file(path, content, 0o644);
+    }
     ImageBuilder::new()
+        .layer(busybox_layer()?, Compression::Gzip)
         .layer(layer.finish(), Compression::Gzip)
         .config(config)
         .build()

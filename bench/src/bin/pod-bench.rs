@@ -301,6 +301,10 @@ fn main() {
         volumes::main(&args);
         return;
     }
+    if args.iter().any(|a| a == "--security") {
+        security::main(&args);
+        return;
+    }
     let runs = flag_value(&args, "--runs", 10);
     let warm_pool = flag_value(&args, "--warm-pool", 1);
     let idle_pods = flag_value(&args, "--idle-pods", 5).max(1);
@@ -729,7 +733,18 @@ mod volumes {
         while f.read(&mut buf).map_err(|e| e.to_string())? > 0 {}
         let host_s = start.elapsed().as_secs_f64();
         let r = c
-            .exec(&id, &["dd", "if=/data/big", "of=/dev/null", "bs=1M"], 300)
+            // The image links only a few applets: call dd through busybox.
+            .exec(
+                &id,
+                &[
+                    "/bin/busybox",
+                    "dd",
+                    "if=/data/big",
+                    "of=/dev/null",
+                    "bs=1M",
+                ],
+                300,
+            )
             .map_err(|e| e.to_string())?;
         let out = String::from_utf8_lossy(&r.stderr).to_string();
         // busybox: "268435456 bytes (256.0MB) copied, 1.234 seconds, 207.4MB/s"
@@ -800,5 +815,116 @@ mod volumes {
         if let Err(e) = shared_pod_figures(&c, &d, &image, &host) {
             println!("shared pod figures failed: {e}");
         }
+    }
+}
+
+/// `--security`: what a seccomp filter adds to container start.
+mod security {
+    use super::*;
+
+    /// CreateContainer + StartContainer in `pod` until the container's first log line,
+    /// in milliseconds; the container is removed afterwards.
+    fn container_start(
+        c: &CriClient,
+        pod: &str,
+        pod_cfg: &v1::PodSandboxConfig,
+        cfg: v1::ContainerConfig,
+        log_dir: &Path,
+    ) -> Result<f64, String> {
+        let name = cfg
+            .metadata
+            .as_ref()
+            .map(|m| m.name.clone())
+            .unwrap_or_default();
+        let log = log_dir.join(format!("{name}.log"));
+        let _ = std::fs::remove_file(&log);
+        let start = Instant::now();
+        let id = c
+            .create(pod, cfg, pod_cfg)
+            .map_err(|e| format!("CreateContainer: {e}"))?;
+        c.start(&id).map_err(|e| format!("StartContainer: {e}"))?;
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains(" stdout F first-line")
+        {
+            if start.elapsed() > Duration::from_secs(120) {
+                return Err("no first line within 120 s".to_owned());
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let ms = start.elapsed().as_secs_f64() * 1000.0;
+        c.stop(&id, 0)
+            .and_then(|()| c.remove(&id))
+            .map_err(|e| format!("removing the container: {e}"))?;
+        Ok(ms)
+    }
+
+    pub fn main(args: &[String]) {
+        let runs = flag_value(args, "--runs", 20);
+        let (registry, image) = busybox_registry("busybox:bench");
+        let net = Net::new(None);
+        let d = daemon(&net, &registry, &image, 1);
+        let c = d.client();
+        let pod_cfg = pod_config("seccomp-bench", &d.log_dir());
+        let pod = c.run_pod(pod_cfg.clone()).expect("RunPodSandbox");
+        let profiles = [
+            ("unconfined", v1::security_profile::ProfileType::Unconfined),
+            (
+                "runtime_default",
+                v1::security_profile::ProfileType::RuntimeDefault,
+            ),
+        ];
+        let mut times: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+        let mut failed = [0usize; 2];
+        for run in 0..runs {
+            // Each pair in the other order than the last.
+            let order: [usize; 2] = if run % 2 == 0 { [0, 1] } else { [1, 0] };
+            for i in order {
+                let (name, t) = profiles[i];
+                let mut cfg = container_config(
+                    &format!("{name}-{run}"),
+                    &image,
+                    "echo first-line; sleep 60",
+                );
+                cfg.linux = Some(v1::LinuxContainerConfig {
+                    security_context: Some(v1::LinuxContainerSecurityContext {
+                        seccomp: Some(v1::SecurityProfile {
+                            profile_type: t as i32,
+                            localhost_ref: String::new(),
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                });
+                match container_start(&c, &pod, &pod_cfg, cfg, &d.log_dir()) {
+                    Ok(ms) => {
+                        println!("run {run} {name}: {ms:.1} ms");
+                        times[i].push(ms);
+                    }
+                    Err(e) => {
+                        println!("run {run} {name}: failed: {e}");
+                        failed[i] += 1;
+                    }
+                }
+            }
+        }
+        let mut p50 = [None, None];
+        for (i, (name, _)) in profiles.iter().enumerate() {
+            println!("failed_runs_{name}={}", failed[i]);
+            times[i].sort_by(|a, b| a.total_cmp(b));
+            if !times[i].is_empty() {
+                let v = percentile(&times[i], 0.5);
+                println!("{name}_container_start_ms_p50={v:.1}");
+                println!(
+                    "{name}_container_start_ms_p99={:.1}",
+                    percentile(&times[i], 0.99)
+                );
+                p50[i] = Some(v);
+            }
+        }
+        if let [Some(u), Some(r)] = p50 {
+            println!("seccomp_adds_ms_p50={:.1}", r - u);
+        }
+        let _ = c.stop_pod(&pod).and_then(|()| c.remove_pod(&pod));
     }
 }
