@@ -71,6 +71,7 @@ pub fn compile(profile: &Profile, caps: &[&str]) -> Result<Vec<u8>, CompileError
     if native != ScmpArch::X8664 {
         return Err(CompileError::UnsupportedHost(native));
     }
+    check_names(profile)?;
     let default = action(profile.default_action);
     let mut x86_64 = context(default, &[])?;
     let abis = select::abis(profile);
@@ -94,6 +95,17 @@ pub fn compile(profile: &Profile, caps: &[&str]) -> Result<Vec<u8>, CompileError
             .map_err(|e| libseccomp("merging the i386/x32 part", e))?;
     }
     export(&x86_64)
+}
+
+/// Every name of every entry must be a syscall somewhere, also in entries this
+/// container does not get: a typo is reported the first time, whatever the
+/// capabilities.
+fn check_names(profile: &Profile) -> Result<(), CompileError> {
+    let names = profile.rules.iter().flat_map(|r| &r.names);
+    match names.into_iter().find(|n| names::resolve(n).is_none()) {
+        Some(unknown) => Err(CompileError::UnknownSyscall(unknown.clone())),
+        None => Ok(()),
+    }
 }
 
 /// A context with these ABIs, or the native (x86_64) one when `arches` is empty.
