@@ -101,8 +101,8 @@ pub fn compile(profile: &Profile, caps: &[&str]) -> Result<Vec<u8>, CompileError
 /// container does not get: a typo is reported the first time, whatever the
 /// capabilities.
 fn check_names(profile: &Profile) -> Result<(), CompileError> {
-    let names = profile.rules.iter().flat_map(|r| &r.names);
-    match names.into_iter().find(|n| names::resolve(n).is_none()) {
+    let mut all = profile.rules.iter().flat_map(|r| &r.names);
+    match all.find(|n| names::resolve(n).is_none()) {
         Some(unknown) => Err(CompileError::UnknownSyscall(unknown.clone())),
         None => Ok(()),
     }
