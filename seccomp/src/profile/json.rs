@@ -4,6 +4,7 @@
 //! hostile profile cannot make the parser allocate more than its limit.
 //! Unknown fields (`comment`, `listenerMetadata`, ...) are ignored.
 
+use super::limits::{MAX_ARGS_PER_RULE, MAX_NAMES_PER_RULE, MAX_RULES};
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 use std::fmt;
@@ -98,9 +99,9 @@ macro_rules! limit {
     };
 }
 
-limit!(Syscalls, super::MAX_RULES, "syscalls");
-limit!(Names, super::MAX_NAMES_PER_RULE, "names");
-limit!(Args, super::MAX_ARGS_PER_RULE, "args");
+limit!(Syscalls, MAX_RULES, "syscalls");
+limit!(Names, MAX_NAMES_PER_RULE, "names");
+limit!(Args, MAX_ARGS_PER_RULE, "args");
 limit!(Architectures, 32, "architectures");
 limit!(ArchMap, 32, "archMap");
 limit!(Caps, 64, "caps");

@@ -1,10 +1,10 @@
 //! The JSON as read (`json`) to the checked model: every action, operator,
 //! architecture, flag, name and argument index is checked here.
 
+use super::error::{ProfileError, RuleRef};
 use super::json::{RawArg, RawFilter, RawProfile, RawSyscall};
-use super::{
-    Action, Arch, ArgCmp, CmpOp, Condition, Flag, Profile, ProfileError, Rule, RuleRef, MAX_NAMES,
-};
+use super::limits::MAX_NAMES;
+use super::model::{Action, Arch, ArgCmp, CmpOp, Condition, Flag, Profile, Rule};
 
 /// Longest syscall, capability or architecture name.
 const MAX_NAME_LEN: usize = 64;
