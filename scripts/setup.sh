@@ -16,6 +16,8 @@ packages=(
     iproute2 iputils-ping containernetworking-plugins util-linux iptables curl
     # gRPC code generation
     protobuf-compiler
+    # container seccomp profiles compiled to BPF (vmlet-seccomp links libseccomp)
+    libseccomp-dev pkg-config
     # image tests: local OCI registry, pushing test images, basic-auth registry, erofs
     docker-registry skopeo apache2-utils openssl
     # image pull benchmark: a Debian image and the containerd baseline
