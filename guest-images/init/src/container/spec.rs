@@ -445,7 +445,8 @@ fn user_request(u: agent::User) -> Result<UserRequest, SpecError> {
             .collect::<Result<_, _>>()?,
         username: user_name("username", u.username)?,
         groupname: user_name("groupname", u.groupname)?,
-        gid_set: u.gid_set,
+        // A gid other than 0 is a given one even from a sender that predates gid_set.
+        gid_set: u.gid_set || u.gid != 0,
         image_groups: u.image_groups,
         non_root: u.non_root,
     })
@@ -925,6 +926,12 @@ mod tests {
         assert_eq!(u.username.as_deref(), Some("www-data"));
         assert_eq!(u.groupname.as_deref(), Some("web"));
         assert!(u.image_groups && u.non_root && !u.gid_set);
+        let s = user(agent::User {
+            gid: 5,
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(s.process.user.gid_set);
 
         let mut s = spec();
         s.process.as_mut().unwrap().seccomp_filter = vec![0; 7];
