@@ -238,12 +238,19 @@ pub fn resolve_with(
 }
 
 /// Reads a file of at most [`MAX_FILE`] bytes; `None` when it does not exist. A
-/// FIFO or device is refused without blocking on it.
+/// FIFO or device is refused without being opened or blocked on.
 pub fn read_capped(path: &Path) -> Result<Option<String>, UserError> {
     let err = |source| UserError::Read {
         path: path.to_owned(),
         source,
     };
+    // Checked before opening too: opening a device can have effects of its own.
+    match std::fs::metadata(path) {
+        Ok(md) if !md.is_file() => return Err(UserError::NotAFile(path.to_owned())),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(err(e)),
+    }
     let file = match std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
