@@ -122,6 +122,14 @@ impl GuestAgent {
 
     /// Creates a container.
     pub fn create(&self, spec: pb::ContainerSpec) -> Result<u32, Status> {
+        self.create_container(spec).map(|r| r.pid)
+    }
+
+    /// Creates a container; returns the whole answer (pid and resolved user).
+    pub fn create_container(
+        &self,
+        spec: pb::ContainerSpec,
+    ) -> Result<pb::CreateContainerResponse, Status> {
         let mut c = self.agent.clone();
         self.call(
             CALL_TIMEOUT,
@@ -130,7 +138,6 @@ impl GuestAgent {
                 CALL_TIMEOUT,
             )),
         )
-        .map(|r| r.pid)
     }
 
     /// Starts a container.

@@ -19,8 +19,9 @@ fn run(cmd: &mut Command) {
 }
 
 /// Builds a busybox root file system under `dir` and packs it into `dir/busybox.erofs`.
-/// It has every applet in /bin, /etc/passwd and /etc/group with root and `app`
-/// (1000:1000), and empty /tmp, /proc, /sys, /dev, /etc, /root, /home/app.
+/// It has every applet in /bin, /etc/passwd and /etc/group with root, `app`
+/// (1000:1000, also in group `extra` 2000) and `www-data` (33:33, also in group `web`
+/// 3000), and empty /tmp, /proc, /sys, /dev, /etc, /root, /home/app.
 pub fn busybox_erofs(dir: &Path) -> PathBuf {
     let stage = dir.join("busybox-root");
     for d in [
@@ -39,12 +40,13 @@ pub fn busybox_erofs(dir: &Path) -> PathBuf {
     }
     std::fs::write(
         stage.join("etc/passwd"),
-        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n",
+        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n\
+         www-data:x:33:33:www-data:/var/www:/bin/sh\n",
     )
     .unwrap();
     std::fs::write(
         stage.join("etc/group"),
-        "root:x:0:\napp:x:1000:\nextra:x:2000:app\n",
+        "root:x:0:\napp:x:1000:\nextra:x:2000:app\nwww-data:x:33:\nweb:x:3000:www-data\n",
     )
     .unwrap();
     std::fs::write(stage.join("etc/image-marker"), "from the image\n").unwrap();

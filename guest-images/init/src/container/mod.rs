@@ -3,15 +3,29 @@
 //! [`Manager`] keeps the table of containers and drives each through
 //! created → running → exited → removed. The pieces below it each do one job:
 //! [`spec`] checks requests, [`rootfs`] mounts images and writable layers, [`cgroup`]
-//! limits and measures, [`process`] forks into namespaces and sets up the child,
-//! [`stdio`] buffers output and feeds input, [`caps`] handles capabilities.
+//! limits and measures, [`device_filter`] limits the devices a cgroup may use,
+//! [`process`] forks into namespaces and sets up the child, [`mounts`] builds a new
+//! container's mount namespace with the device nodes of [`devnodes`], [`user`]
+//! resolves who the process runs as, [`caps`] and [`seccomp`] restrict it, [`stdio`]
+//! buffers output and feeds input.
+//!
+//! Security context, as runc enforces it on a host: capabilities, `no_new_privs`,
+//! seccomp, user names and groups from the image, masked and read-only paths,
+//! read-only `/sys` and only the standard devices, opened through the cgroup's device
+//! filter. A privileged container gets every guest device, a writable `/sys` and no
+//! filter (vmletd sends it every capability and no seccomp filter or paths).
 
 pub mod caps;
 pub mod cgroup;
+pub mod device_filter;
+pub mod devnodes;
+pub mod mounts;
 pub mod process;
 pub mod rootfs;
+pub mod seccomp;
 pub mod spec;
 pub mod stdio;
+pub mod user;
 
 use std::collections::{HashMap, HashSet};
 use std::os::fd::OwnedFd;
@@ -25,10 +39,13 @@ use tokio::sync::watch;
 
 use crate::pid1::{ExitStatus, Reaper};
 use cgroup::{Cgroup, CgroupError, Usage};
-use process::{MountNs, PidNs, RootPlan, SpawnError, Spawned};
+use device_filter::DeviceFilterError;
+use mounts::RootPlan;
+use process::{MountNs, PidNs, SpawnError, Spawned};
 use rootfs::{Drives, Rootfs, RootfsError, RUN_DIR};
 use spec::{ProcessSpec, Spec, SpecError};
 use stdio::{Chunk, IoError, ProcessIo, StdioError};
+use user::{Identity, UserRequest};
 
 /// How long a child may take to set itself up or to exec.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -81,6 +98,9 @@ pub enum Error {
     /// The cgroup could not be set up.
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
+    /// The device filter could not be attached.
+    #[error(transparent)]
+    Devices(#[from] DeviceFilterError),
     /// The kernel refused a new limit.
     #[error("the kernel refused the new limit: {0}")]
     Limit(CgroupError),
@@ -347,8 +367,11 @@ impl Manager {
         fd.ok_or_else(|| Error::State("no pod PID namespace".into()))
     }
 
-    /// Creates a container; returns its pid.
-    pub async fn create(&self, spec: vmlet_proto::agent::ContainerSpec) -> Result<Pid, Error> {
+    /// Creates a container; returns its pid and the identity its process got.
+    pub async fn create(
+        &self,
+        spec: vmlet_proto::agent::ContainerSpec,
+    ) -> Result<(Pid, Identity), Error> {
         let spec = Spec::from_proto(spec)?;
         {
             let mut t = lock(&self.table);
@@ -367,14 +390,20 @@ impl Manager {
         let result = self.create_reserved(spec).await;
         let mut t = lock(&self.table);
         t.creating.remove(&id);
-        let container = result?;
+        let (container, identity) = result?;
         let pid = container.main.status().pid;
         t.containers.insert(id, container);
-        Ok(pid)
+        Ok((pid, identity))
     }
 
-    async fn create_reserved(&self, spec: Spec) -> Result<Arc<Container>, Error> {
+    async fn create_reserved(&self, mut spec: Spec) -> Result<(Arc<Container>, Identity), Error> {
         let cgroup = Cgroup::create(&spec.id, &spec.resources)?;
+        if !spec.privileged {
+            if let Err(e) = device_filter::attach(cgroup.path(), &device_filter::DEFAULT_RULES) {
+                cgroup.remove();
+                return Err(e.into());
+            }
+        }
         let rootfs = {
             let mut t = lock(&self.table);
             t.drives.mount_rootfs(&spec.id, &spec.rootfs)
@@ -391,15 +420,20 @@ impl Manager {
             cgroup.remove();
         };
         match self.spawn_main(&spec, &rootfs, &cgroup).await {
-            Ok((process, spawned)) => Ok(Arc::new(Container {
-                id: spec.id.clone(),
-                spec,
-                cgroup,
-                rootfs: Mutex::new(Some(rootfs)),
-                main: process,
-                execs: Mutex::new(HashMap::new()),
-                spawned: tokio::sync::Mutex::new(Some(spawned)),
-            })),
+            Ok((process, spawned, identity)) => {
+                // Execs without a user of their own run as the container's process.
+                spec.process.user = UserRequest::exact(&identity);
+                let container = Arc::new(Container {
+                    id: spec.id.clone(),
+                    spec,
+                    cgroup,
+                    rootfs: Mutex::new(Some(rootfs)),
+                    main: process,
+                    execs: Mutex::new(HashMap::new()),
+                    spawned: tokio::sync::Mutex::new(Some(spawned)),
+                });
+                Ok((container, identity))
+            }
             Err(e) => {
                 undo(rootfs, &cgroup);
                 Err(e)
@@ -412,7 +446,7 @@ impl Manager {
         spec: &Spec,
         rootfs: &Rootfs,
         cgroup: &Cgroup,
-    ) -> Result<(Arc<Process>, Spawned), Error> {
+    ) -> Result<(Arc<Process>, Spawned, Identity), Error> {
         let p = &spec.process;
         let (io, fds) = ProcessIo::new(p.terminal, p.open_stdin, p.size)?;
         let shared = shared_dir();
@@ -428,6 +462,9 @@ impl Manager {
             shm: &shm,
             etc_files: &etc_files,
             readonly: spec.rootfs.readonly,
+            privileged: spec.privileged,
+            masked_paths: &spec.masked_paths,
+            readonly_paths: &spec.readonly_paths,
         };
         let pid_ns = if spec.share_pod_pid_namespace {
             PidNs::Join(self.pod_pid_ns()?)
@@ -446,17 +483,20 @@ impl Manager {
         let process = Process::new(spawned.pid, io);
         let setup = async {
             cgroup.add(spawned.pid)?;
-            spawned.ready(SETUP_TIMEOUT).await?;
+            let identity = spawned.ready(SETUP_TIMEOUT).await?;
             process.io.receive_terminal().await?;
-            Ok::<(), Error>(())
+            Ok::<Identity, Error>(identity)
         }
         .await;
-        if let Err(e) = setup {
-            let _ = kill(spawned.pid, Signal::SIGKILL);
-            // The reaper collects it; nobody waits.
-            drop(exit);
-            return Err(e);
-        }
+        let identity = match setup {
+            Ok(identity) => identity,
+            Err(e) => {
+                let _ = kill(spawned.pid, Signal::SIGKILL);
+                // The reaper collects it; nobody waits.
+                drop(exit);
+                return Err(e);
+            }
+        };
         process.io.start_pumps();
         let watcher = Arc::clone(&process);
         let cgroup_path = cgroup.path().to_owned();
@@ -481,7 +521,7 @@ impl Manager {
             };
             watcher.finish(status, reason, String::new());
         });
-        Ok((process, spawned))
+        Ok((process, spawned, identity))
     }
 
     /// Starts a created container.

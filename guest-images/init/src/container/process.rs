@@ -1,5 +1,6 @@
 //! Forking container processes, and everything the child does between `fork` and
-//! `execve`: namespaces, mounts and `pivot_root`, limits, credentials, capabilities.
+//! `execve`: namespaces, mounts and `pivot_root` ([`super::mounts`]), the user
+//! ([`super::user`]), limits, credentials, capabilities, seccomp.
 //!
 //! vmlet-init runs on one thread, so after `fork` the child may allocate and use std
 //! freely (no other thread can hold a lock); [`spawn`] checks that this still holds.
@@ -10,9 +11,10 @@
 //! The child is thus a direct child of vmlet-init, which reaps it and gets its status,
 //! whatever namespace it runs in.
 //!
-//! The child reports over a close-on-exec pipe: `R` when set up (for containers,
-//! which then wait for a byte on the "go" pipe before `execve`), `E<message>` on
-//! failure; end of file means `execve` succeeded.
+//! The child reports over a close-on-exec pipe: `R` and the identity it got
+//! ([`Identity::encode`]) when set up (for containers, which then wait for a byte on
+//! the "go" pipe before `execve`), `E<message>` on failure; end of file means
+//! `execve` succeeded.
 
 use std::convert::Infallible;
 use std::ffi::{CStr, CString};
@@ -20,18 +22,20 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use nix::fcntl::OFlag;
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{setns, unshare, CloneFlags};
 use nix::sys::signal::{SigSet, SigmaskHow};
-use nix::unistd::{fork, pipe2, ForkResult, Gid, Pid, Uid};
+use nix::unistd::{fork, pipe2, AccessFlags, ForkResult, Gid, Pid, Uid};
 
-use super::spec::{MountSpec, ProcessSpec};
+use super::caps::CapSets;
+use super::mounts::{self, RootPlan};
+use super::spec::ProcessSpec;
 use super::stdio::{nonblocking, read_fd, write_fd, AsyncFdOwned, ChildFds};
+use super::user::{self, Identity};
 
 /// Longest error message a child sends.
 const MAX_CHILD_MESSAGE: usize = 4096;
@@ -81,22 +85,6 @@ pub enum MountNs<'a> {
     New(RootPlan<'a>),
     /// An existing one: a process joining a running container.
     Join(BorrowedFd<'a>),
-}
-
-/// What a new container's mount namespace holds.
-#[derive(Debug)]
-pub struct RootPlan<'a> {
-    /// The container's root directory (a mount point).
-    pub root: &'a Path,
-    /// Extra mounts, in order.
-    pub mounts: &'a [MountSpec],
-    /// The pod's `/dev/shm`.
-    pub shm: &'a Path,
-    /// Host-provided files bound read-only over `/etc/<name>` when they exist and no
-    /// mount in `mounts` targets them: (guest source, destination).
-    pub etc_files: &'a [(PathBuf, &'a str)],
-    /// Remount the root read-only at the end.
-    pub readonly: bool,
 }
 
 /// A forked process, before it runs its program.
@@ -206,9 +194,36 @@ pub fn spawn(
 
 /// What the child said.
 enum Report {
-    Ready,
+    Ready(Identity),
     Failed(String),
     Eof,
+}
+
+/// Reads exactly `buf.len()` bytes; `false` at an early end of file.
+async fn read_exact(fd: &AsyncFdOwned, buf: &mut [u8]) -> bool {
+    let mut done = 0;
+    while done < buf.len() {
+        match read_fd(fd, &mut buf[done..]).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => done += n,
+        }
+    }
+    true
+}
+
+/// The identity that follows an `R`.
+async fn read_identity(fd: &AsyncFdOwned) -> Option<Identity> {
+    let mut header = [0u8; 12];
+    if !read_exact(fd, &mut header).await {
+        return None;
+    }
+    let (mut id, count) = Identity::decode_header(header)?;
+    let mut groups = vec![0u8; count * 4];
+    if !read_exact(fd, &mut groups).await {
+        return None;
+    }
+    id.decode_groups(&groups);
+    Some(id)
 }
 
 impl Spawned {
@@ -217,7 +232,11 @@ impl Spawned {
             let mut first = [0u8; 1];
             match read_fd(&self.status, &mut first).await {
                 Ok(0) | Err(_) => return Report::Eof,
-                Ok(_) if first[0] == b'R' => return Report::Ready,
+                Ok(_) if first[0] == b'R' => {
+                    return read_identity(&self.status)
+                        .await
+                        .map_or(Report::Eof, Report::Ready)
+                }
                 Ok(_) => {}
             }
             let mut msg = Vec::new();
@@ -235,10 +254,11 @@ impl Spawned {
             .map_err(|_| SpawnError::Timeout(timeout))
     }
 
-    /// Waits until a container's child has set itself up and waits for [`Self::go`].
-    pub async fn ready(&self, timeout: Duration) -> Result<(), SpawnError> {
+    /// Waits until a container's child has set itself up and waits for [`Self::go`];
+    /// returns the identity the process got.
+    pub async fn ready(&self, timeout: Duration) -> Result<Identity, SpawnError> {
         match self.report(timeout).await? {
-            Report::Ready => Ok(()),
+            Report::Ready(id) => Ok(id),
             Report::Failed(msg) => Err(SpawnError::Child(msg)),
             Report::Eof => Err(SpawnError::Died),
         }
@@ -262,7 +282,7 @@ impl Spawned {
         match self.report(timeout).await? {
             Report::Eof => Ok(()),
             Report::Failed(msg) => Err(SpawnError::Child(msg)),
-            Report::Ready => Err(SpawnError::Child("unexpected ready report".into())),
+            Report::Ready(_) => Err(SpawnError::Child("unexpected ready report".into())),
         }
     }
 }
@@ -312,15 +332,52 @@ fn child(
     match mnt_ns {
         MountNs::New(plan) => {
             unshare(CloneFlags::CLONE_NEWNS).map_err(ctx(|| "new mount namespace".into()))?;
-            setup_root(&plan)?;
+            mounts::setup_root(&plan).map_err(|e| e.to_string())?;
         }
         MountNs::Join(fd) => {
             setns(fd, CloneFlags::CLONE_NEWNS).map_err(ctx(|| "join mount namespace".into()))?
         }
     }
+    // The container's own /etc/passwd and /etc/group, now that its root is `/`.
+    let id = user::resolve(&spec.user, Path::new("/etc")).map_err(|e| e.to_string())?;
     if let Some((socket, size)) = terminal {
-        open_terminal(&socket, size, spec)?;
+        open_terminal(&socket, size, &id)?;
     }
+    set_cwd_and_limits(spec)?;
+    if let (Some(filter), false) = (&spec.seccomp, spec.no_new_privileges) {
+        // Installing a filter without no_new_privs takes CAP_SYS_ADMIN: before the
+        // capabilities go, as runc does.
+        filter.install().map_err(|e| e.to_string())?;
+    }
+    set_credentials(spec, &id)?;
+    if let Some(go) = go {
+        let mut ready = vec![b'R'];
+        ready.extend(id.encode());
+        write_all(status, &ready).map_err(ctx(|| "report ready".into()))?;
+        let mut byte = [0u8; 1];
+        match nix::unistd::read(&go, &mut byte) {
+            Ok(1) => {}
+            // vmlet-init dropped the container before starting it.
+            // SAFETY: _exit without cleanup, as after a failed exec.
+            _ => unsafe { libc::_exit(0) },
+        }
+    }
+    exec(spec, argv0)
+}
+
+fn write_all(fd: &OwnedFd, mut data: &[u8]) -> nix::Result<()> {
+    while !data.is_empty() {
+        match nix::unistd::write(fd, data) {
+            Ok(n) => data = &data[n..],
+            Err(nix::Error::EINTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// The working directory (created if missing), rlimits and oom_score_adj.
+fn set_cwd_and_limits(spec: &ProcessSpec) -> ChildResult {
     if let Err(e) = std::env::set_current_dir(&spec.cwd) {
         if e.kind() != io::ErrorKind::NotFound {
             return Err(format!("working directory {}: {e}", spec.cwd.display()));
@@ -339,41 +396,36 @@ fn child(
         "/proc/self/oom_score_adj",
         spec.oom_score_adj.unwrap_or(0).to_string(),
     )
-    .map_err(ctx(|| "oom_score_adj".into()))?;
-    spec.caps
-        .apply_bounding()
+    .map_err(ctx(|| "oom_score_adj".into()))
+}
+
+/// Groups, gid, uid, capabilities and no_new_privs.
+fn set_credentials(spec: &ProcessSpec, id: &Identity) -> ChildResult {
+    let caps = spec
+        .caps
+        .clone()
+        .unwrap_or_else(|| CapSets::default_for(id.uid));
+    caps.apply_bounding()
         .map_err(ctx(|| "capability bounding set".into()))?;
-    let groups: Vec<Gid> = spec.groups.iter().map(|&g| Gid::from_raw(g)).collect();
+    let groups: Vec<Gid> = id.groups.iter().map(|&g| Gid::from_raw(g)).collect();
     nix::unistd::setgroups(&groups).map_err(ctx(|| "setgroups".into()))?;
-    let gid = Gid::from_raw(spec.gid);
-    nix::unistd::setresgid(gid, gid, gid).map_err(ctx(|| format!("setgid {}", spec.gid)))?;
-    if spec.uid != 0 {
+    let gid = Gid::from_raw(id.gid);
+    nix::unistd::setresgid(gid, gid, gid).map_err(ctx(|| format!("setgid {}", id.gid)))?;
+    if id.uid != 0 {
         // Keep the permitted set across the switch; apply_sets trims it.
         // SAFETY: prctl with integer arguments.
         unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) };
     }
-    let uid = Uid::from_raw(spec.uid);
-    nix::unistd::setresuid(uid, uid, uid).map_err(ctx(|| format!("setuid {}", spec.uid)))?;
-    spec.caps
-        .apply_sets()
-        .map_err(ctx(|| "capabilities".into()))?;
+    let uid = Uid::from_raw(id.uid);
+    nix::unistd::setresuid(uid, uid, uid).map_err(ctx(|| format!("setuid {}", id.uid)))?;
+    caps.apply_sets().map_err(ctx(|| "capabilities".into()))?;
     if spec.no_new_privileges {
         // SAFETY: prctl with integer arguments.
         if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } < 0 {
             return Err(format!("no_new_privs: {}", io::Error::last_os_error()));
         }
     }
-    if let Some(go) = go {
-        nix::unistd::write(status, b"R").map_err(ctx(|| "report ready".into()))?;
-        let mut byte = [0u8; 1];
-        match nix::unistd::read(&go, &mut byte) {
-            Ok(1) => {}
-            // vmlet-init dropped the container before starting it.
-            // SAFETY: _exit without cleanup, as after a failed exec.
-            _ => unsafe { libc::_exit(0) },
-        }
-    }
-    exec(spec, argv0)
+    Ok(())
 }
 
 fn dup_onto(fd: &OwnedFd, target: i32) -> ChildResult {
@@ -386,7 +438,7 @@ fn dup_onto(fd: &OwnedFd, target: i32) -> ChildResult {
 
 /// Opens a terminal from the container's `/dev/ptmx`, sends its master to vmlet-init
 /// and makes the slave the process's controlling terminal and fds 0, 1 and 2.
-fn open_terminal(socket: &OwnedFd, size: (u16, u16), spec: &ProcessSpec) -> ChildResult {
+fn open_terminal(socket: &OwnedFd, size: (u16, u16), id: &Identity) -> ChildResult {
     use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
     let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
         .map_err(ctx(|| "open /dev/ptmx".into()))?;
@@ -402,8 +454,8 @@ fn open_terminal(socket: &OwnedFd, size: (u16, u16), spec: &ProcessSpec) -> Chil
         .into();
     nix::unistd::fchown(
         &slave,
-        Some(Uid::from_raw(spec.uid)),
-        Some(Gid::from_raw(spec.gid)),
+        Some(Uid::from_raw(id.uid)),
+        Some(Gid::from_raw(id.gid)),
     )
     .map_err(ctx(|| format!("chown {name}")))?;
     super::stdio::set_winsize(slave.as_fd(), size.0, size.1)
@@ -435,8 +487,9 @@ fn reset_signals() {
     let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
 }
 
-fn exec(spec: &ProcessSpec, argv0: &CStr) -> ChildResult<Infallible> {
-    let name = argv0.to_bytes();
+/// The program to run: `argv[0]` itself when it has a slash, else the first file of
+/// that name in `PATH` the process may execute.
+fn find_program(spec: &ProcessSpec, name: &[u8]) -> Result<CString, nix::Error> {
     let candidates: Vec<PathBuf> = if name.contains(&b'/') {
         vec![PathBuf::from(std::ffi::OsStr::from_bytes(name))]
     } else {
@@ -450,319 +503,37 @@ fn exec(spec: &ProcessSpec, argv0: &CStr) -> ChildResult<Infallible> {
         let Ok(path) = CString::new(candidate.as_os_str().as_bytes()) else {
             continue;
         };
-        match nix::unistd::execve(&path, &spec.args, &spec.env) {
-            Ok(never) => match never {},
-            Err(e @ (nix::Error::ENOENT | nix::Error::ENOTDIR)) => last = e,
+        match nix::unistd::access(path.as_c_str(), AccessFlags::X_OK) {
+            Ok(()) if candidate.is_file() => return Ok(path),
+            Ok(()) => last = nix::Error::EACCES,
             Err(e) => last = e,
         }
     }
-    Err(format!(
-        "cannot run {:?}: {}",
-        String::from_utf8_lossy(name),
-        match last {
-            nix::Error::ENOENT => "executable file not found in $PATH or the container".to_owned(),
-            e => e.to_string(),
-        }
-    ))
+    Err(last)
 }
 
-/// Resolves `path` (absolute, inside the container) under `root`, following symlinks
-/// as if `root` were `/`, so that nothing a container image contains can point a
-/// mount outside it.
-pub fn resolve_in_root(root: &Path, path: &Path) -> ChildResult<PathBuf> {
-    let mut pending: Vec<std::ffi::OsString> = path
-        .components()
-        .rev()
-        .filter_map(|c| match c {
-            Component::Normal(n) => Some(n.to_owned()),
-            Component::ParentDir => Some("..".into()),
-            _ => None,
-        })
-        .collect();
-    let mut resolved = PathBuf::new();
-    let mut links = 0;
-    while let Some(part) = pending.pop() {
-        if part == ".." {
-            resolved.pop();
-            continue;
-        }
-        let candidate = resolved.join(&part);
-        match std::fs::symlink_metadata(root.join(&candidate)) {
-            Ok(md) if md.file_type().is_symlink() => {
-                links += 1;
-                if links > 40 {
-                    return Err(format!("too many symlinks in {}", path.display()));
-                }
-                let target = std::fs::read_link(root.join(&candidate))
-                    .map_err(ctx(|| format!("readlink {}", candidate.display())))?;
-                if target.is_absolute() {
-                    resolved = PathBuf::new();
-                }
-                for c in target.components().rev() {
-                    match c {
-                        Component::Normal(n) => pending.push(n.to_owned()),
-                        Component::ParentDir => pending.push("..".into()),
-                        _ => {}
-                    }
-                }
-            }
-            _ => resolved = candidate,
-        }
-    }
-    Ok(root.join(resolved))
-}
-
-fn mkdir_p(path: &Path) -> ChildResult {
-    std::fs::create_dir_all(path).map_err(ctx(|| format!("create {}", path.display())))
-}
-
-/// Creates `target` as an empty file (its parents as directories) if it is missing.
-fn touch(target: &Path) -> ChildResult {
-    if target.symlink_metadata().is_ok() {
-        return Ok(());
-    }
-    if let Some(parent) = target.parent() {
-        mkdir_p(parent)?;
-    }
-    std::fs::File::create(target)
-        .map(drop)
-        .map_err(ctx(|| format!("create {}", target.display())))
-}
-
-fn do_mount(
-    source: Option<&Path>,
-    target: &Path,
-    fstype: Option<&str>,
-    flags: MsFlags,
-    data: Option<&str>,
-) -> ChildResult {
-    mount(source, target, fstype, flags, data).map_err(ctx(|| {
+fn exec(spec: &ProcessSpec, argv0: &CStr) -> ChildResult<Infallible> {
+    let name = argv0.to_bytes();
+    let failed = |e: nix::Error| {
         format!(
-            "mount {} on {}",
-            source.map_or_else(
-                || fstype.unwrap_or("").to_owned(),
-                |s| s.display().to_string()
-            ),
-            target.display()
-        )
-    }))
-}
-
-/// Binds `source` on `target` (created as a file or directory like `source`).
-fn bind(source: &Path, target: &Path, flags: MsFlags, recursive: bool) -> ChildResult {
-    let is_dir = std::fs::metadata(source)
-        .map_err(ctx(|| format!("bind source {}", source.display())))?
-        .is_dir();
-    if is_dir {
-        mkdir_p(target)?;
-    } else {
-        touch(target)?;
-    }
-    let mut bind_flags = MsFlags::MS_BIND;
-    if recursive {
-        bind_flags |= MsFlags::MS_REC;
-    }
-    do_mount(Some(source), target, None, bind_flags, None)?;
-    let extra = flags - MsFlags::MS_BIND;
-    if !extra.is_empty() {
-        // Bind mounts take their flags only on a remount.
-        do_mount(
-            None,
-            target,
-            None,
-            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | extra,
-            None,
-        )?;
-    }
-    Ok(())
-}
-
-const DEV_NODES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
-
-/// The container's root: kernel file systems, `/dev`, the pod's `/etc` files and the
-/// requested mounts under `plan.root`, which then becomes `/`.
-fn setup_root(plan: &RootPlan<'_>) -> ChildResult {
-    // Nothing mounted here may propagate back to vmlet-init's namespace.
-    do_mount(
-        None,
-        Path::new("/"),
-        None,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None,
-    )?;
-    mount_proc_sys(plan.root)?;
-    mount_dev(&resolve_in_root(plan.root, Path::new("/dev"))?, plan.shm)?;
-    bind_etc_files(plan)?;
-    mount_requested(plan)?;
-    pivot_into(plan.root, plan.readonly)
-}
-
-/// Mount flags of the kernel's virtual file systems in a container.
-const NOSUID_NODEV_NOEXEC: MsFlags = MsFlags::MS_NOSUID
-    .union(MsFlags::MS_NODEV)
-    .union(MsFlags::MS_NOEXEC);
-
-/// `/proc`, and `/sys` read-only.
-fn mount_proc_sys(root: &Path) -> ChildResult {
-    let proc = resolve_in_root(root, Path::new("/proc"))?;
-    mkdir_p(&proc)?;
-    do_mount(None, &proc, Some("proc"), NOSUID_NODEV_NOEXEC, None)?;
-    let sys = resolve_in_root(root, Path::new("/sys"))?;
-    mkdir_p(&sys)?;
-    do_mount(
-        None,
-        &sys,
-        Some("sysfs"),
-        NOSUID_NODEV_NOEXEC | MsFlags::MS_RDONLY,
-        None,
-    )
-}
-
-/// A fresh `/dev` at `dev`: the basic device nodes, the container's own devpts, the
-/// standard links, the pod's `/dev/shm` (`shm`) and an mqueue.
-fn mount_dev(dev: &Path, shm: &Path) -> ChildResult {
-    mkdir_p(dev)?;
-    do_mount(
-        None,
-        dev,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
-        Some("mode=755,size=65536k"),
-    )?;
-    for node in DEV_NODES {
-        bind(
-            &Path::new("/dev").join(node),
-            &dev.join(node),
-            MsFlags::empty(),
-            false,
-        )?;
-    }
-    let pts = dev.join("pts");
-    mkdir_p(&pts)?;
-    do_mount(
-        None,
-        &pts,
-        Some("devpts"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-        Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
-    )?;
-    let links = [
-        ("pts/ptmx", "ptmx"),
-        ("/proc/self/fd", "fd"),
-        ("/proc/self/fd/0", "stdin"),
-        ("/proc/self/fd/1", "stdout"),
-        ("/proc/self/fd/2", "stderr"),
-    ];
-    for (target, link) in links {
-        std::os::unix::fs::symlink(target, dev.join(link))
-            .map_err(ctx(|| format!("symlink /dev/{link}")))?;
-    }
-    bind(shm, &dev.join("shm"), MsFlags::empty(), false)?;
-    let mqueue = dev.join("mqueue");
-    mkdir_p(&mqueue)?;
-    do_mount(None, &mqueue, Some("mqueue"), NOSUID_NODEV_NOEXEC, None)
-}
-
-/// The pod's `/etc` files (hosts, resolv.conf, hostname), read-only, except where the
-/// container mounts its own.
-fn bind_etc_files(plan: &RootPlan<'_>) -> ChildResult {
-    for (source, name) in plan.etc_files {
-        let dest = Path::new("/etc").join(name);
-        if !source.exists() || plan.mounts.iter().any(|m| m.destination == dest) {
-            continue;
-        }
-        bind(
-            source,
-            &resolve_in_root(plan.root, &dest)?,
-            MsFlags::MS_RDONLY,
-            false,
-        )?;
-    }
-    Ok(())
-}
-
-/// The container's mounts (binds and file systems), in order, with their propagation.
-fn mount_requested(plan: &RootPlan<'_>) -> ChildResult {
-    for m in plan.mounts {
-        let target = resolve_in_root(plan.root, &m.destination)?;
-        if m.is_bind() {
-            bind(Path::new(&m.source), &target, m.flags, m.recursive)?;
-        } else {
-            mkdir_p(&target)?;
-            do_mount(
-                Some(Path::new(&m.source)),
-                &target,
-                Some(&m.fstype),
-                m.flags,
-                m.data.as_deref(),
-            )?;
-        }
-        if m.recursive_readonly {
-            readonly_recursively(&target)?;
-        }
-        if !m.propagation.is_empty() {
-            do_mount(None, &target, None, m.propagation, None)?;
-        }
-    }
-    Ok(())
-}
-
-/// Makes the mount at `target` and every mount below it read-only.
-fn readonly_recursively(target: &Path) -> ChildResult {
-    /// `struct mount_attr` of mount_setattr(2), which libc does not define.
-    #[repr(C)]
-    struct MountAttr {
-        attr_set: u64,
-        attr_clr: u64,
-        propagation: u64,
-        userns_fd: u64,
-    }
-    const MOUNT_ATTR_RDONLY: u64 = 0x1;
-    let attr = MountAttr {
-        attr_set: MOUNT_ATTR_RDONLY,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: 0,
-    };
-    let path = std::ffi::CString::new(target.as_os_str().as_encoded_bytes())
-        .map_err(|e| ctx(|| format!("path {}", target.display()))(std::io::Error::other(e)))?;
-    // SAFETY: `path` is a NUL-terminated string and `attr` a valid mount_attr whose
-    // size is passed; the kernel only reads both during the call.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            libc::AT_FDCWD,
-            path.as_ptr(),
-            libc::AT_RECURSIVE as libc::c_uint,
-            std::ptr::addr_of!(attr),
-            std::mem::size_of::<MountAttr>(),
+            "cannot run {:?}: {}",
+            String::from_utf8_lossy(name),
+            match e {
+                nix::Error::ENOENT =>
+                    "executable file not found in $PATH or the container".to_owned(),
+                e => e.to_string(),
+            }
         )
     };
-    if r != 0 {
-        return Err(ctx(|| {
-            format!("make {} read-only recursively", target.display())
-        })(std::io::Error::last_os_error()));
+    let path = find_program(spec, name).map_err(failed)?;
+    if let (Some(filter), true) = (&spec.seccomp, spec.no_new_privileges) {
+        // As late as possible, so that few syscalls of the setup run under it.
+        filter.install().map_err(|e| e.to_string())?;
     }
-    Ok(())
-}
-
-/// Makes `root` the process's `/` (pivot_root, the old root detached), read-only if
-/// asked.
-fn pivot_into(root: &Path, readonly: bool) -> ChildResult {
-    std::env::set_current_dir(root).map_err(ctx(|| format!("chdir {}", root.display())))?;
-    nix::unistd::pivot_root(".", ".").map_err(ctx(|| "pivot_root".into()))?;
-    umount2(".", MntFlags::MNT_DETACH).map_err(ctx(|| "detach the old root".into()))?;
-    std::env::set_current_dir("/").map_err(ctx(|| "chdir /".into()))?;
-    if readonly {
-        do_mount(
-            None,
-            Path::new("/"),
-            None,
-            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-            None,
-        )?;
+    match nix::unistd::execve(&path, &spec.args, &spec.env) {
+        Ok(never) => match never {},
+        Err(e) => Err(failed(e)),
     }
-    Ok(())
 }
 
 /// Starts the holder of the pod-wide PID namespace: the init of that namespace, which
@@ -803,36 +574,4 @@ pub fn open_ns(pid: Pid, kind: &str) -> io::Result<OwnedFd> {
 /// Borrows an owned descriptor (for [`PidNs::Join`] / [`MountNs::Join`]).
 pub fn borrow(fd: &OwnedFd) -> BorrowedFd<'_> {
     fd.as_fd()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn symlinks_resolve_inside_the_root() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path();
-        std::fs::create_dir_all(root.join("run/real")).unwrap();
-        std::os::unix::fs::symlink("/run/real", root.join("abs")).unwrap();
-        std::os::unix::fs::symlink("../../../../etc", root.join("escape")).unwrap();
-        std::os::unix::fs::symlink("/", root.join("slash")).unwrap();
-        std::os::unix::fs::symlink("loop", root.join("loop")).unwrap();
-        assert_eq!(
-            resolve_in_root(root, Path::new("/abs/x")).unwrap(),
-            root.join("run/real/x")
-        );
-        assert_eq!(
-            resolve_in_root(root, Path::new("/escape/passwd")).unwrap(),
-            root.join("etc/passwd")
-        );
-        assert_eq!(
-            resolve_in_root(root, Path::new("/slash/../../etc")).unwrap(),
-            root.join("etc")
-        );
-        assert_eq!(
-            resolve_in_root(root, Path::new("/loop")),
-            Err("too many symlinks in /loop".to_owned())
-        );
-    }
 }

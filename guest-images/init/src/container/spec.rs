@@ -9,12 +9,20 @@ use nix::sys::resource::Resource;
 use vmlet_proto::agent;
 
 use super::caps::{self, CapSets};
+use super::seccomp::{Filter, SeccompError};
+use super::user::{UserRequest, MAX_GROUPS};
 
 /// The `PATH` a process gets when its environment has none (containerd's default).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Longest container or exec ID.
 const MAX_ID: usize = 128;
+/// Longest user or group name (the kernel's `LOGIN_NAME_MAX`).
+const MAX_USER_NAME: usize = 256;
+/// Most masked or read-only paths.
+const MAX_PATHS: usize = 1024;
+/// Longest path (`PATH_MAX`).
+const MAX_PATH: usize = 4096;
 
 /// A request field that is not acceptable.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +67,27 @@ pub enum SpecError {
     /// An unknown capability name.
     #[error(transparent)]
     Caps(#[from] caps::CapsError),
+    /// A seccomp filter that cannot be used.
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
+    /// A user or group name that cannot be in `/etc/passwd` or `/etc/group`.
+    #[error("{what} {name:?}: at most {MAX_USER_NAME} bytes, without ':', newlines or NUL")]
+    BadUserName {
+        /// Which name.
+        what: &'static str,
+        /// The name.
+        name: String,
+    },
+    /// A list with too many entries.
+    #[error("{what}: {count} entries (at most {max})")]
+    TooMany {
+        /// Which list.
+        what: &'static str,
+        /// Its length.
+        count: usize,
+        /// Its longest allowed length.
+        max: usize,
+    },
     /// An unsupported image file system.
     #[error("image file system {0:?} is not supported (use erofs or ext4)")]
     BadFstype(String),
@@ -162,12 +191,8 @@ pub struct ProcessSpec {
     pub path: Vec<PathBuf>,
     /// Working directory (absolute).
     pub cwd: PathBuf,
-    /// User ID.
-    pub uid: u32,
-    /// Group ID.
-    pub gid: u32,
-    /// Supplementary groups.
-    pub groups: Vec<u32>,
+    /// The user, resolved by the process inside the container.
+    pub user: UserRequest,
     /// Whether it gets a terminal.
     pub terminal: bool,
     /// Initial window size (rows, cols).
@@ -178,10 +203,12 @@ pub struct ProcessSpec {
     pub rlimits: Vec<Rlimit>,
     /// `PR_SET_NO_NEW_PRIVS`.
     pub no_new_privileges: bool,
-    /// Capability sets.
-    pub caps: CapSets,
+    /// Capability sets; `None`: containerd's default for the resolved uid.
+    pub caps: Option<CapSets>,
     /// oom_score_adj, if set (0 otherwise).
     pub oom_score_adj: Option<i32>,
+    /// Seccomp filter.
+    pub seccomp: Option<Filter>,
 }
 
 /// One mount, checked.
@@ -241,6 +268,12 @@ pub struct Spec {
     pub resources: Resources,
     /// Join the pod's PID namespace.
     pub share_pod_pid_namespace: bool,
+    /// Every guest device, `/sys` writable, no device filter.
+    pub privileged: bool,
+    /// Paths hidden in the container (absolute, normalized).
+    pub masked_paths: Vec<PathBuf>,
+    /// Paths made read-only in the container (absolute, normalized).
+    pub readonly_paths: Vec<PathBuf>,
 }
 
 impl Spec {
@@ -259,6 +292,9 @@ impl Spec {
                 .collect::<Result<_, _>>()?,
             resources: resources(spec.resources.unwrap_or_default())?,
             share_pod_pid_namespace: spec.share_pod_pid_namespace,
+            privileged: spec.privileged,
+            masked_paths: container_paths("masked path", &spec.masked_paths)?,
+            readonly_paths: container_paths("read-only path", &spec.readonly_paths)?,
             id: spec.container_id,
         })
     }
@@ -337,6 +373,85 @@ pub fn absolute_path(what: &'static str, p: &str) -> Result<PathBuf, SpecError> 
     Ok(out)
 }
 
+/// Absolute paths inside the container without `..` (masked and read-only paths).
+fn container_paths(what: &'static str, paths: &[String]) -> Result<Vec<PathBuf>, SpecError> {
+    if paths.len() > MAX_PATHS {
+        return Err(SpecError::TooMany {
+            what,
+            count: paths.len(),
+            max: MAX_PATHS,
+        });
+    }
+    paths
+        .iter()
+        .map(|p| {
+            if p.contains('\0') {
+                return Err(SpecError::Nul(what));
+            }
+            let path = Path::new(p);
+            let ok = p.starts_with('/')
+                && p.len() <= MAX_PATH
+                && !path.components().any(|c| c == Component::ParentDir);
+            if !ok {
+                return Err(SpecError::BadPath {
+                    what,
+                    path: p.clone(),
+                    expected: "absolute, without ..",
+                });
+            }
+            Ok(path.components().collect())
+        })
+        .collect()
+}
+
+fn user_name(what: &'static str, name: String) -> Result<Option<String>, SpecError> {
+    if name.is_empty() {
+        return Ok(None);
+    }
+    if name.len() > MAX_USER_NAME || name.contains([':', '\n', '\0']) {
+        return Err(SpecError::BadUserName { what, name });
+    }
+    Ok(Some(name))
+}
+
+fn id(what: &'static str, value: u32) -> Result<u32, SpecError> {
+    // (uid_t)-1 means "unchanged" to setresuid: the process would stay root.
+    if value == u32::MAX {
+        return Err(SpecError::Range {
+            what,
+            value: value.into(),
+            range: "0..4294967294",
+        });
+    }
+    Ok(value)
+}
+
+/// Checks a user.
+fn user_request(u: agent::User) -> Result<UserRequest, SpecError> {
+    if u.additional_gids.len() > MAX_GROUPS {
+        return Err(SpecError::TooMany {
+            what: "additional_gids",
+            count: u.additional_gids.len(),
+            max: MAX_GROUPS,
+        });
+    }
+    Ok(UserRequest {
+        uid: id("uid", u.uid)?,
+        gid: id("gid", u.gid)?,
+        additional_gids: u
+            .additional_gids
+            .into_iter()
+            .map(|g| id("additional gid", g))
+            .collect::<Result<_, _>>()?,
+        username: user_name("username", u.username)?,
+        groupname: user_name("groupname", u.groupname)?,
+        // A gid other than 0 is a given one even from a sender that predates gid_set.
+        gid_set: u.gid_set || u.gid != 0,
+        image_groups: u.image_groups,
+        non_root: u.non_root,
+    })
+}
+
 fn cstring(what: &'static str, s: String) -> Result<CString, SpecError> {
     CString::new(s).map_err(|_| SpecError::Nul(what))
 }
@@ -389,14 +504,9 @@ pub fn process_spec(
         (true, None) => PathBuf::from("/"),
     };
     let user = match (p.user, inherit) {
-        (Some(u), _) => u,
-        (None, Some(i)) => agent::User {
-            uid: i.uid,
-            gid: i.gid,
-            additional_gids: i.groups.clone(),
-            ..Default::default()
-        },
-        (None, None) => agent::User::default(),
+        (Some(u), _) => user_request(u)?,
+        (None, Some(i)) => i.user.clone(),
+        (None, None) => UserRequest::default(),
     };
     let size = p.terminal_size.unwrap_or_default();
     let rlimits = if p.rlimits.is_empty() {
@@ -408,18 +518,21 @@ pub fn process_spec(
             .collect::<Result<_, _>>()?
     };
     let caps = match (p.capabilities, inherit) {
-        (Some(c), _) => CapSets::from_proto(&c)?,
+        (Some(c), _) => Some(CapSets::from_proto(&c)?),
         (None, Some(i)) => i.caps.clone(),
-        (None, None) => CapSets::default_for(user.uid),
+        (None, None) => None,
+    };
+    // An exec without a filter of its own runs under its container's, as with runc.
+    let seccomp = match Filter::parse(&p.seccomp_filter)? {
+        Some(f) => Some(f),
+        None => inherit.and_then(|i| i.seccomp.clone()),
     };
     Ok(ProcessSpec {
         args,
         env,
         path,
         cwd,
-        uid: user.uid,
-        gid: user.gid,
-        groups: user.additional_gids,
+        user,
         terminal: p.terminal,
         size: (clamp_u16(size.rows), clamp_u16(size.cols)),
         open_stdin: p.open_stdin,
@@ -427,6 +540,7 @@ pub fn process_spec(
         no_new_privileges: p.no_new_privileges || inherit.is_some_and(|i| i.no_new_privileges),
         caps,
         oom_score_adj: (p.oom_score_adj != 0).then_some(p.oom_score_adj),
+        seccomp,
     })
 }
 
@@ -748,5 +862,103 @@ mod tests {
         assert_eq!(s.resources.cpu_max, Some((50_000, 100_000)));
         assert_eq!(s.resources.memory_max, Some(64 << 20));
         assert_eq!(s.resources.pids_max, Some(32));
+    }
+
+    #[test]
+    fn security_fields_are_checked() {
+        let mut s = spec();
+        s.privileged = true;
+        s.masked_paths = vec!["/proc/kcore".into(), "/sys//firmware/./".into()];
+        s.readonly_paths = vec!["/proc/sys".into()];
+        let s = Spec::from_proto(s).unwrap();
+        assert!(s.privileged);
+        assert_eq!(
+            s.masked_paths,
+            [Path::new("/proc/kcore"), Path::new("/sys/firmware")]
+        );
+        assert_eq!(s.readonly_paths, [Path::new("/proc/sys")]);
+
+        for bad in ["proc/kcore", "/proc/../etc/passwd", "", "/a\0b"] {
+            let mut s = spec();
+            s.masked_paths = vec![bad.into()];
+            assert!(
+                matches!(
+                    Spec::from_proto(s),
+                    Err(SpecError::BadPath { .. } | SpecError::Nul(_))
+                ),
+                "{bad:?}"
+            );
+        }
+        let mut s = spec();
+        s.readonly_paths = vec!["/x".into(); MAX_PATHS + 1];
+        assert!(matches!(
+            Spec::from_proto(s),
+            Err(SpecError::TooMany { .. })
+        ));
+
+        let user = |u: agent::User| {
+            let mut s = spec();
+            s.process.as_mut().unwrap().user = Some(u);
+            Spec::from_proto(s)
+        };
+        for name in ["a:b", "a\nb", &"x".repeat(257)] {
+            let e = user(agent::User {
+                username: name.into(),
+                ..Default::default()
+            });
+            assert!(matches!(e, Err(SpecError::BadUserName { .. })), "{name:?}");
+        }
+        let e = user(agent::User {
+            uid: u32::MAX,
+            ..Default::default()
+        });
+        assert!(matches!(e, Err(SpecError::Range { what: "uid", .. })));
+        let s = user(agent::User {
+            uid: 7,
+            username: "www-data".into(),
+            groupname: "web".into(),
+            image_groups: true,
+            non_root: true,
+            ..Default::default()
+        })
+        .unwrap();
+        let u = &s.process.user;
+        assert_eq!(u.username.as_deref(), Some("www-data"));
+        assert_eq!(u.groupname.as_deref(), Some("web"));
+        assert!(u.image_groups && u.non_root && !u.gid_set);
+        let s = user(agent::User {
+            gid: 5,
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(s.process.user.gid_set);
+
+        let mut s = spec();
+        s.process.as_mut().unwrap().seccomp_filter = vec![0; 7];
+        assert!(matches!(Spec::from_proto(s), Err(SpecError::Seccomp(_))));
+    }
+
+    #[test]
+    fn execs_inherit_the_user_and_the_filter() {
+        let mut s = spec();
+        let p = s.process.as_mut().unwrap();
+        p.seccomp_filter = vec![6, 0, 0, 0, 0, 0, 0xff, 0x7f];
+        p.user = Some(agent::User {
+            uid: 1000,
+            gid: 1000,
+            gid_set: true,
+            ..Default::default()
+        });
+        let main = Spec::from_proto(s).unwrap().process;
+        let exec = process_spec(process(&["/bin/ls"]), Some(&main)).unwrap();
+        assert_eq!(exec.user, main.user);
+        assert_eq!(exec.seccomp.map(|f| f.len()), Some(1));
+        assert!(exec.caps.is_none());
+        let mut own = process(&["/bin/ls"]);
+        own.seccomp_filter = vec![0; 16];
+        own.user = Some(agent::User::default());
+        let exec = process_spec(own, Some(&main)).unwrap();
+        assert_eq!(exec.seccomp.map(|f| f.len()), Some(2));
+        assert_eq!(exec.user.uid, 0);
     }
 }

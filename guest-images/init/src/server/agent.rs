@@ -263,15 +263,19 @@ impl Agent for AgentService {
             .into_inner()
             .spec
             .ok_or_else(|| Status::invalid_argument("spec is required"))?;
-        let pid = self
+        let (pid, user) = self
             .manager()?
             .create(spec)
             .await
             .map_err(status::container)?;
         Ok(Response::new(pb::CreateContainerResponse {
             pid: u32::try_from(pid.as_raw()).unwrap_or(0),
-            // Filled in once the guest resolves names and groups itself.
-            user: None,
+            user: Some(pb::User {
+                uid: user.uid,
+                gid: user.gid,
+                additional_gids: user.groups,
+                ..Default::default()
+            }),
         }))
     }
 

@@ -24,6 +24,7 @@ pub fn container(e: Error) -> Status {
         Error::Timeout(_) => Code::DeadlineExceeded,
         Error::Rootfs(_)
         | Error::Cgroup(_)
+        | Error::Devices(_)
         | Error::Stdio(_)
         | Error::Spawn(_)
         | Error::Io(_)
