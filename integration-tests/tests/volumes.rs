@@ -291,7 +291,7 @@ fn kubelet_volumes_reach_the_containers() {
     let user = s.user.unwrap().linux.unwrap();
     assert_eq!(
         (user.uid, user.gid, user.supplemental_groups),
-        (1000, 3000, vec![2000])
+        (1000, 3000, vec![3000, 2000])
     );
     let info = c.status_info(&app).unwrap();
     let classes: Vec<String> = info["mounts"]

@@ -253,10 +253,16 @@ fn seccomp_filter(
     let caps: Vec<&str> = caps.iter().map(String::as_str).collect();
     let (what, profile) = match profile {
         SeccompProfile::Unconfined => return Ok(Vec::new()),
-        SeccompProfile::RuntimeDefault => (
-            "RuntimeDefault".to_owned(),
-            vmlet_seccomp::Profile::runtime_default(),
-        ),
+        SeccompProfile::RuntimeDefault => {
+            let what = "RuntimeDefault".to_owned();
+            let profile = vmlet_seccomp::Profile::runtime_default().map_err(|source| {
+                SecurityError::ProfileParse {
+                    what: what.clone(),
+                    source,
+                }
+            })?;
+            (what, profile)
+        }
         SeccompProfile::Localhost(path) => {
             let bytes = read_profile(Path::new(path), &settings.seccomp_profile_root)?;
             let what = format!("{path:?}");
@@ -417,7 +423,7 @@ mod tests {
         c.security.seccomp =
             SeccompProfile::Localhost(root.join("deny-mkdir.json").display().to_string());
         let a = apply(&c, &PodConfig::default(), &settings).unwrap();
-        assert!(!a.seccomp_filter.is_empty() && a.seccomp_filter.len() % 8 == 0);
+        assert!(!a.seccomp_filter.is_empty() && a.seccomp_filter.len().is_multiple_of(8));
     }
 
     #[test]
