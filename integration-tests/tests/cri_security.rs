@@ -226,11 +226,11 @@ fn security_contexts_are_enforced_in_the_guest() {
         container_config(
             "paths",
             &plain,
-            "wc -c < /proc/kcore; \
-             (echo 1 > /proc/sys/kernel/ns_last_pid) 2>&1 | grep -o 'Read-only file system'",
+            "wc -c < /proc/timer_list; \
+             grep ' /proc/sys ' /proc/mounts | cut -d' ' -f4 | cut -d, -f1",
         ),
     );
-    assert_eq!(out, ["0", "Read-only file system"]);
+    assert_eq!(out, ["0", "ro"]);
 
     // Privileged: every capability, the guest's block devices, /sys writable.
     let (out, _) = run(
@@ -382,6 +382,34 @@ fn security_contexts_are_enforced_in_the_guest() {
     );
     assert_ne!(out[0], "1", "{out:?}");
     assert_eq!(out[1], "has-1");
+    // TARGET, as `kubectl debug --target` asks: the debug container sees the target
+    // container's processes, its PID 1 first.
+    let target = c
+        .create(
+            &pod,
+            container_config("target", &plain, "exec sleep 1000"),
+            &pod_cfg,
+        )
+        .expect("CreateContainer");
+    c.start(&target).expect("StartContainer");
+    let (out, _) = run(
+        &d,
+        &pod,
+        &pod_cfg,
+        with_security(
+            container_config("debug", &plain, "grep -c sleep /proc/1/cmdline"),
+            v1::LinuxContainerSecurityContext {
+                namespace_options: Some(v1::NamespaceOption {
+                    pid: v1::NamespaceMode::Target as i32,
+                    target_id: target.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        ),
+    );
+    assert_eq!(out, ["1"]);
+    c.stop(&target, 0).unwrap();
 
     // Refused, with nothing left behind.
     let before = c.list(None).len();

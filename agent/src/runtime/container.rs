@@ -127,6 +127,10 @@ fn guest_spec(
         mounts: volumes.iter().map(Planned::guest_mount).collect(),
         resources: Some(spec::guest_resources(r)),
         share_pod_pid_namespace: c.security.pid_namespace == PidNamespace::Pod,
+        target_pid_namespace: match &c.security.pid_namespace {
+            PidNamespace::Target(t) => t.clone(),
+            _ => String::new(),
+        },
         privileged: c.security.privileged,
         masked_paths: applied.masked_paths.clone(),
         readonly_paths: applied.readonly_paths.clone(),
@@ -405,12 +409,6 @@ fn plan(
         };
         (h, r.config.log_directory.clone())
     };
-    if let PidNamespace::Target(t) = &config.security.pid_namespace {
-        return Err(RuntimeError::Invalid(format!(
-            "namespace_options.pid = TARGET (container {t}) is not supported yet: \
-             use POD (shareProcessNamespace) to see the pod's other processes"
-        )));
-    }
     let mut process = spec::merge(config, image, &hostname)?;
     let applied = {
         let r = lock(&pod.record);
@@ -491,10 +489,20 @@ pub async fn create(
 async fn create_reserved(
     creation: &mut Creation<'_>,
     vm: &Vm,
-    config: ContainerConfig,
+    mut config: ContainerConfig,
 ) -> Result<Arc<Container>, RuntimeError> {
     let pod = creation.pod;
     let id = creation.id.clone();
+    if let PidNamespace::Target(t) = &config.security.pid_namespace {
+        let target = creation.inner.container(t)?;
+        if target.pod.id != pod.id {
+            return Err(RuntimeError::Invalid(format!(
+                "namespace_options.target_id {t}: not a container of pod {}",
+                pod.id
+            )));
+        }
+        config.security.pid_namespace = PidNamespace::Target(target.id.clone());
+    }
     let (image, lease) = lease_image(creation.inner, &config.image)?;
     let (process, applied, log_path) = plan(
         pod,

@@ -466,10 +466,23 @@ impl Manager {
             masked_paths: &spec.masked_paths,
             readonly_paths: &spec.readonly_paths,
         };
-        let pid_ns = if spec.share_pod_pid_namespace {
-            PidNs::Join(self.pod_pid_ns()?)
-        } else {
-            PidNs::New
+        // A target container's namespace, held open until the process has joined it.
+        let target_ns = match spec.target_pid_namespace.as_str() {
+            "" => None,
+            t => {
+                let target = self.get(t)?;
+                let main = target.main.status();
+                let not_running = || Error::State(format!("target container {t:?} is not running"));
+                if main.state != State::Running {
+                    return Err(not_running());
+                }
+                Some(process::open_ns(main.pid, "pid").map_err(|_| not_running())?)
+            }
+        };
+        let pid_ns = match &target_ns {
+            Some(fd) => PidNs::Join(process::borrow(fd)),
+            None if spec.share_pod_pid_namespace => PidNs::Join(self.pod_pid_ns()?),
+            None => PidNs::New,
         };
         let spawned = process::spawn(
             p,

@@ -268,6 +268,8 @@ pub struct Spec {
     pub resources: Resources,
     /// Join the pod's PID namespace.
     pub share_pod_pid_namespace: bool,
+    /// Join this container's PID namespace instead ("" for none).
+    pub target_pid_namespace: String,
     /// Every guest device, `/sys` writable, no device filter.
     pub privileged: bool,
     /// Paths hidden in the container (absolute, normalized).
@@ -280,6 +282,9 @@ impl Spec {
     /// Checks a create request.
     pub fn from_proto(spec: agent::ContainerSpec) -> Result<Spec, SpecError> {
         check_id("container ID", &spec.container_id)?;
+        if !spec.target_pid_namespace.is_empty() {
+            check_id("target container ID", &spec.target_pid_namespace)?;
+        }
         let rootfs = spec.rootfs.ok_or(SpecError::Missing("rootfs"))?;
         let process = spec.process.ok_or(SpecError::Missing("process"))?;
         Ok(Spec {
@@ -292,6 +297,7 @@ impl Spec {
                 .collect::<Result<_, _>>()?,
             resources: resources(spec.resources.unwrap_or_default())?,
             share_pod_pid_namespace: spec.share_pod_pid_namespace,
+            target_pid_namespace: spec.target_pid_namespace,
             privileged: spec.privileged,
             masked_paths: container_paths("masked path", &spec.masked_paths)?,
             readonly_paths: container_paths("read-only path", &spec.readonly_paths)?,
