@@ -340,21 +340,21 @@ fn security_contexts_are_enforced_in_the_guest() {
         container_config("www-web", &www_web, "id -u; id -g"),
     );
     assert_eq!(out, ["33", "1004"]);
-    // The plain image has no www-data: the container cannot be created, clearly.
+    // A name the image's /etc/passwd lacks: the container cannot be created, clearly.
     let e = c
         .create(
             &pod,
             with_security(
                 container_config("byname", &plain, "id -u"),
                 v1::LinuxContainerSecurityContext {
-                    run_as_username: "www-data".into(),
+                    run_as_username: "nobody-here".into(),
                     ..Default::default()
                 },
             ),
             &pod_cfg,
         )
         .unwrap_err();
-    assert!(e.message().contains("www-data"), "{e:?}");
+    assert!(e.message().contains("nobody-here"), "{e:?}");
 
     // PID namespaces: the container's own (it is PID 1), or the pod's, whose PID 1
     // is the pod's holder.
