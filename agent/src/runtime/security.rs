@@ -3,14 +3,19 @@
 //! (compiled here, so a bad profile fails CreateContainer before the guest is
 //! asked), the masked and read-only paths.
 
+use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use vmlet_cri::runtime::{
     CapabilitiesConfig, ContainerConfig, PodConfig, SeccompProfile, ALL_CAPABILITIES,
 };
 use vmlet_proto::agent as pb;
+
+use super::util::lock;
 
 /// containerd's default capability set (the one in its default OCI spec).
 pub const DEFAULT_CAPABILITIES: [&str; 14] = [
@@ -245,38 +250,57 @@ pub fn capability_sets(c: Option<&CapabilitiesConfig>) -> CapSets {
     }
 }
 
+/// Compiled programs by (profile source digest, capability set): compiling the
+/// default profile with libseccomp takes tens of milliseconds, which container start
+/// must not pay every time. Bounded; emptied when full.
+type ProgramCache = HashMap<([u8; 32], Vec<String>), Arc<Vec<u8>>>;
+
+/// Most programs kept.
+const MAX_CACHED_PROGRAMS: usize = 64;
+
+fn program_cache() -> &'static Mutex<ProgramCache> {
+    static CACHE: OnceLock<Mutex<ProgramCache>> = OnceLock::new();
+    CACHE.get_or_init(Mutex::default)
+}
+
 fn seccomp_filter(
     profile: &SeccompProfile,
     caps: &[String],
     settings: &SecuritySettings,
 ) -> Result<Vec<u8>, SecurityError> {
-    let caps: Vec<&str> = caps.iter().map(String::as_str).collect();
-    let (what, profile) = match profile {
+    let (what, source) = match profile {
         SeccompProfile::Unconfined => return Ok(Vec::new()),
-        SeccompProfile::RuntimeDefault => {
-            let what = "RuntimeDefault".to_owned();
-            let profile = vmlet_seccomp::Profile::runtime_default().map_err(|source| {
-                SecurityError::ProfileParse {
-                    what: what.clone(),
-                    source,
-                }
-            })?;
-            (what, profile)
-        }
-        SeccompProfile::Localhost(path) => {
-            let bytes = read_profile(Path::new(path), &settings.seccomp_profile_root)?;
-            let what = format!("{path:?}");
-            let profile = vmlet_seccomp::Profile::from_json(&bytes).map_err(|source| {
-                SecurityError::ProfileParse {
-                    what: what.clone(),
-                    source,
-                }
-            })?;
-            (what, profile)
-        }
+        SeccompProfile::RuntimeDefault => ("RuntimeDefault".to_owned(), None),
+        SeccompProfile::Localhost(path) => (
+            format!("{path:?}"),
+            Some(read_profile(
+                Path::new(path),
+                &settings.seccomp_profile_root,
+            )?),
+        ),
     };
-    vmlet_seccomp::compile(&profile, &caps)
-        .map_err(|source| SecurityError::ProfileCompile { what, source })
+    let digest: [u8; 32] = Sha256::digest(source.as_deref().unwrap_or(b"RuntimeDefault")).into();
+    let key = (digest, caps.to_vec());
+    if let Some(p) = lock(program_cache()).get(&key) {
+        return Ok(p.as_ref().clone());
+    }
+    let parsed = match &source {
+        None => vmlet_seccomp::Profile::runtime_default(),
+        Some(bytes) => vmlet_seccomp::Profile::from_json(bytes),
+    }
+    .map_err(|source| SecurityError::ProfileParse {
+        what: what.clone(),
+        source,
+    })?;
+    let caps: Vec<&str> = caps.iter().map(String::as_str).collect();
+    let program = vmlet_seccomp::compile(&parsed, &caps)
+        .map_err(|source| SecurityError::ProfileCompile { what, source })?;
+    let mut cache = lock(program_cache());
+    if cache.len() >= MAX_CACHED_PROGRAMS {
+        cache.clear();
+    }
+    cache.insert(key, Arc::new(program.clone()));
+    Ok(program)
 }
 
 /// Reads a Localhost profile, which must resolve (symbolic links followed) to a
@@ -424,6 +448,37 @@ mod tests {
             SeccompProfile::Localhost(root.join("deny-mkdir.json").display().to_string());
         let a = apply(&c, &PodConfig::default(), &settings).unwrap();
         assert!(!a.seccomp_filter.is_empty() && a.seccomp_filter.len().is_multiple_of(8));
+    }
+
+    #[test]
+    fn programs_are_cached_by_content_and_caps() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = SecuritySettings {
+            seccomp_profile_root: dir.path().to_owned(),
+        };
+        let f = dir.path().join("p.json");
+        let deny = |call: &str| {
+            format!(
+                r#"{{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{{"names":["{call}"],"action":"SCMP_ACT_ERRNO"}}]}}"#
+            )
+        };
+        std::fs::write(&f, deny("mkdir")).unwrap();
+        let profile = SeccompProfile::Localhost(f.display().to_string());
+        let caps = capability_sets(None).effective;
+        let a = seccomp_filter(&profile, &caps, &settings).unwrap();
+        assert_eq!(seccomp_filter(&profile, &caps, &settings).unwrap(), a);
+        // A changed file is a new program, not the cached one.
+        std::fs::write(&f, deny("rmdir")).unwrap();
+        assert_ne!(seccomp_filter(&profile, &caps, &settings).unwrap(), a);
+        let rd = SeccompProfile::RuntimeDefault;
+        let some = seccomp_filter(&rd, &caps, &settings).unwrap();
+        let all = capability_sets(Some(&CapabilitiesConfig {
+            add: vec!["ALL".into()],
+            ..Default::default()
+        }))
+        .effective;
+        // CAP_SYS_ADMIN opens more of the default profile: another program.
+        assert_ne!(seccomp_filter(&rd, &all, &settings).unwrap(), some);
     }
 
     #[test]
