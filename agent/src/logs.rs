@@ -174,14 +174,39 @@ impl LogSink {
 /// A shared handle: the copier writes through it, ReopenContainerLog reopens it.
 pub type SharedSink = Arc<tokio::sync::Mutex<LogSink>>;
 
+/// Output the copier read, as it goes into the log.
+#[derive(Debug, Clone)]
+pub struct Chunk {
+    /// From stderr (else stdout, or the terminal).
+    pub stderr: bool,
+    /// The bytes.
+    pub data: Arc<[u8]>,
+}
+
+/// Where the copier also sends each chunk it reads, for attach sessions: the guest
+/// has one reader per stream (the copier, whose acknowledgements drop the bytes), so
+/// live output is fanned out here rather than read twice.
+pub type OutputTap = tokio::sync::broadcast::Sender<Chunk>;
+
+/// Chunks an attach session may fall behind by before it loses output (with 256 KiB
+/// reads, up to 16 MiB).
+const TAP_BACKLOG: usize = 64;
+
+/// A new tap with nobody listening.
+pub fn output_tap() -> OutputTap {
+    tokio::sync::broadcast::Sender::new(TAP_BACKLOG)
+}
+
 /// Copies container `id`'s output into `sink` from `rec` on, persisting the position
-/// at `record_path` after each write. Returns when both streams ended (or the
-/// container is gone from the guest). With a terminal there is only stdout.
+/// at `record_path` after each write, and sends it to `tap`. Returns when both
+/// streams ended (or the container is gone from the guest). With a terminal there
+/// is only stdout.
 pub async fn copy(
     client: AgentClient<Channel>,
     id: String,
     tty: bool,
     sink: SharedSink,
+    tap: OutputTap,
     record_path: PathBuf,
     mut rec: LogRecord,
 ) -> Result<(), LogError> {
@@ -239,6 +264,13 @@ pub async fn copy(
         let mut guard = sink.lock().await;
         if !resp.data.is_empty() {
             guard.write(name, &resp.data, resp.eof)?;
+            if tap.receiver_count() > 0 {
+                // Nobody attached: the error only says so.
+                let _ = tap.send(Chunk {
+                    stderr: i == 1,
+                    data: resp.data.as_slice().into(),
+                });
+            }
         }
         let next = resp.offset + resp.data.len() as u64;
         if i == 0 {

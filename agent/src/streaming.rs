@@ -39,10 +39,11 @@ impl StreamBackend for Backend {
         Ok(ExitStatus { code })
     }
 
-    async fn attach(&self, _req: AttachRequest, _streams: ExecStreams) -> Result<(), BackendError> {
-        Err(BackendError::Failed(
-            "attach is not implemented by vmlet yet".to_owned(),
-        ))
+    async fn attach(&self, req: AttachRequest, streams: ExecStreams) -> Result<(), BackendError> {
+        self.runtime
+            .attach(&req.container_id, streams)
+            .await
+            .map_err(backend_error)
     }
 
     async fn port_forward(
@@ -101,13 +102,18 @@ impl StreamUrls for Urls {
         Ok(url.to_string())
     }
 
-    fn attach_url(&self, _s: AttachSession) -> Result<String, CriError> {
-        // Attach needs the container's output without taking it from the log copy;
-        // until that exists, say so before handing out a URL.
-        Err(CriError::new(
-            ErrorKind::Unimplemented,
-            "Attach is not implemented by vmlet yet".to_owned(),
-        ))
+    fn attach_url(&self, s: AttachSession) -> Result<String, CriError> {
+        let url = self
+            .server
+            .attach_url(AttachRequest {
+                container_id: s.container_id,
+                tty: s.tty,
+                stdin: s.stdin,
+                stdout: s.stdout,
+                stderr: s.stderr,
+            })
+            .map_err(cri_error)?;
+        Ok(url.to_string())
     }
 
     fn port_forward_url(&self, s: PortForwardSession) -> Result<String, CriError> {

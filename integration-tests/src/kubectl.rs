@@ -95,15 +95,23 @@ impl Drop for FakeApiServer {
 }
 
 impl FakeApiServer {
-    /// Starts serving on loopback (call inside a Tokio runtime).
+    /// Starts serving on loopback (call inside a Tokio runtime); its pod's container
+    /// keeps stdin open without a terminal.
     pub async fn start(urls: UrlSource) -> Self {
+        Self::start_with_tty(urls, false).await
+    }
+
+    /// Starts serving a pod whose container has a terminal (`tty`) or not. kubectl
+    /// attach follows the pod spec: it uses a terminal only where the container has
+    /// one.
+    pub async fn start_with_tty(urls: UrlSource, tty: bool) -> Self {
         let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = l.local_addr().expect("local addr");
         let upgrades = Arc::new(Mutex::new(Vec::new()));
         let u = upgrades.clone();
         let task = tokio::spawn(async move {
             while let Ok((s, _)) = l.accept().await {
-                tokio::spawn(conn(s, urls.clone(), u.clone()));
+                tokio::spawn(conn(s, urls.clone(), u.clone(), tty));
             }
         });
         let dir = tempfile::tempdir().expect("tempdir");
@@ -161,6 +169,67 @@ impl FakeApiServer {
             .await
             .expect("kubectl did not finish in time")
             .expect("kubectl output")
+    }
+
+    /// Runs kubectl with `args` in a terminal of `rows` x `cols` (its stdin, stdout
+    /// and stderr), typing `input` into it, for at most `limit`; returns its exit
+    /// status and everything the terminal showed.
+    pub async fn run_in_terminal(
+        &self,
+        transport: Transport,
+        args: &[&str],
+        (rows, cols): (u16, u16),
+        input: &[u8],
+        limit: Duration,
+    ) -> (std::process::ExitStatus, Vec<u8>) {
+        let size = nix::pty::Winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        let pty = nix::pty::openpty(Some(&size), None).expect("openpty");
+        let tty = |fd: &std::os::fd::OwnedFd| {
+            std::process::Stdio::from(fd.try_clone().expect("dup terminal"))
+        };
+        let mut c = self.kubectl(transport);
+        c.args(args)
+            .stdin(tty(&pty.slave))
+            .stdout(tty(&pty.slave))
+            .stderr(tty(&pty.slave));
+        let mut child = c.spawn().expect("spawn kubectl");
+        // Only kubectl holds the terminal now (the command kept copies of its
+        // stdio): reads end (EIO) when it exits.
+        drop(c);
+        drop(pty.slave);
+        let mut master = std::fs::File::from(pty.master);
+        let mut writer = master.try_clone().expect("dup terminal master");
+        let input = input.to_vec();
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let _ = writer.write_all(&input);
+        });
+        let reader = tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            let mut out = Vec::new();
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = master.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                out.extend_from_slice(&buf[..n]);
+            }
+            out
+        });
+        let status = tokio::time::timeout(limit, child.wait())
+            .await
+            .expect("kubectl did not finish in time")
+            .expect("kubectl status");
+        let out = tokio::time::timeout(Duration::from_secs(10), reader)
+            .await
+            .expect("terminal output did not end after kubectl exited")
+            .expect("terminal reader");
+        (status, out)
     }
 
     /// Whether every proxied request upgraded to `transport`'s protocol.
@@ -300,7 +369,7 @@ fn json(code: u16, body: serde_json::Value) -> Vec<u8> {
     .into_bytes()
 }
 
-async fn conn(mut s: TcpStream, urls: UrlSource, upgrades: Arc<Mutex<Vec<String>>>) {
+async fn conn(mut s: TcpStream, urls: UrlSource, upgrades: Arc<Mutex<Vec<String>>>, tty: bool) {
     let mut buf = Vec::new();
     loop {
         let head = loop {
@@ -345,7 +414,8 @@ async fn conn(mut s: TcpStream, urls: UrlSource, upgrades: Arc<Mutex<Vec<String>
                 serde_json::json!({
                 "apiVersion": "v1", "kind": "Pod",
                 "metadata": {"name": name, "namespace": ns, "uid": "u"},
-                "spec": {"containers": [{"name": "c", "image": "i"}]},
+                "spec": {"containers": [{"name": "c", "image": "i",
+                    "stdin": true, "stdinOnce": true, "tty": tty}]},
                 "status": {"phase": "Running", "containerStatuses": [{"name": "c", "ready": true,
                     "restartCount": 0, "image": "i", "imageID": "", "state": {"running": {}}}]}}),
             ),

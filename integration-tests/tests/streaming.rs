@@ -1,4 +1,4 @@
-//! kubectl exec against vmletd end to end: real kubectl talks to a fake API server
+//! kubectl exec and attach against vmletd end to end: real kubectl talks to a fake API server
 //! that gets each session's URL from vmletd's CRI `Exec` (as kubelet does) and proxies
 //! the upgraded connection to vmletd's streaming server; the command runs in a
 //! container of a real pod VM. Every case runs over SPDY and over WebSocket.
@@ -74,6 +74,22 @@ async fn exec_cases(api: &FakeApiServer, t: Transport) {
         out.stdout == want,
         "{t:?}: stdout differs ({} bytes)",
         out.stdout.len()
+    );
+    // A terminal of kubectl's size: the first resize reaches the pty before the
+    // command runs.
+    let (status, out) = api
+        .run_in_terminal(
+            t,
+            &["exec", "-it", "p", "--", "busybox", "stty", "size"],
+            (33, 77),
+            b"",
+            KUBECTL,
+        )
+        .await;
+    assert!(
+        status.success() && text(&out).contains("33 77"),
+        "{t:?} exec -it stty size: {status:?} {}",
+        text(&out)
     );
     api.upgraded_only_to(t).unwrap();
 }
@@ -169,6 +185,130 @@ fn kubectl_exec_runs_in_the_pod_over_spdy_and_websocket() {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
+
+    c.stop_pod(&pod).expect("StopPodSandbox");
+    c.remove_pod(&pod).expect("RemovePodSandbox");
+}
+
+/// A container running `sh` that reads its commands from stdin, kept open and
+/// closed by its first attach session (kubelet's `stdin` and `stdinOnce`).
+fn shell(name: &str, image: &str, tty: bool) -> v1::ContainerConfig {
+    let mut cfg = container_config(name, image, "");
+    cfg.command = vec!["/bin/sh".into()];
+    cfg.stdin = true;
+    cfg.stdin_once = true;
+    cfg.tty = tty;
+    cfg
+}
+
+#[test]
+fn kubectl_attach_joins_the_main_process_over_spdy_and_websocket() {
+    let (registry, image) = busybox_registry("busybox:e2e");
+    let d = Vmletd::start(&["--insecure-registry", registry.addr()]);
+    let c = d.client();
+    c.pull(&image).expect("PullImage");
+    let pod_cfg = pod_config("attach", &d.log_dir());
+    let pod = c.run_pod(pod_cfg.clone()).expect("RunPodSandbox");
+    let tokio = tokio::runtime::Runtime::new().unwrap();
+    let exited = |id: &str| c.wait_exited(id, Duration::from_secs(120));
+
+    for t in [Transport::Spdy, Transport::WebSocket] {
+        // No terminal: what kubectl sends runs; closing stdin closes the
+        // container's (stdinOnce), the shell ends and so does the session.
+        let id = c
+            .create(
+                &pod,
+                shell(&format!("plain-{t:?}"), &image, false),
+                &pod_cfg,
+            )
+            .expect("CreateContainer");
+        c.start(&id).expect("StartContainer");
+        let out = tokio.block_on(async {
+            let api = FakeApiServer::start(cri_urls(&d.socket, &id, &pod)).await;
+            let out = api
+                .run(
+                    t,
+                    &["attach", "-i", "p"],
+                    b"echo hi-from-attach; echo to-stderr >&2\n",
+                    KUBECTL,
+                )
+                .await;
+            api.upgraded_only_to(t).unwrap();
+            out
+        });
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{t:?} attach -i: {}",
+            text(&out.stderr)
+        );
+        assert_eq!(text(&out.stdout), "hi-from-attach\n", "{t:?}");
+        assert!(
+            text(&out.stderr).contains("to-stderr\n"),
+            "{t:?}: {}",
+            text(&out.stderr)
+        );
+        let s = exited(&id);
+        // Only the closed stdin ends the shell.
+        assert_eq!(s.exit_code, 0, "{t:?}: {s:?}");
+        // What kubectl printed is in the log too: attach takes nothing from it.
+        let log = std::fs::read_to_string(d.log_dir().join(&s.log_path)).unwrap();
+        assert!(log.contains("stdout F hi-from-attach"), "{log}");
+
+        // A terminal: kubectl's size reaches the container's pty before what is
+        // typed runs.
+        let id = c
+            .create(&pod, shell(&format!("tty-{t:?}"), &image, true), &pod_cfg)
+            .expect("CreateContainer");
+        c.start(&id).expect("StartContainer");
+        let (status, out) = tokio.block_on(async {
+            let api = FakeApiServer::start_with_tty(cri_urls(&d.socket, &id, &pod), true).await;
+            api.run_in_terminal(
+                t,
+                &["attach", "-it", "p"],
+                (33, 77),
+                b"busybox stty size; exit 0\r",
+                KUBECTL,
+            )
+            .await
+        });
+        assert!(
+            status.success() && text(&out).contains("33 77"),
+            "{t:?} attach -it: {status:?} {}",
+            text(&out)
+        );
+        assert_eq!(exited(&id).exit_code, 0, "{t:?}");
+    }
+
+    // Attach needs a running container, and a stream to carry.
+    let mut rt = c.runtime.clone();
+    let id = c
+        .create(&pod, shell("done", &image, false), &pod_cfg)
+        .expect("CreateContainer");
+    let refused = |r: Result<tonic::Response<v1::AttachResponse>, tonic::Status>| {
+        r.map(|_| ()).unwrap_err().code()
+    };
+    let attach = |stdin: bool, stdout: bool| v1::AttachRequest {
+        container_id: id.clone(),
+        stdin,
+        stdout,
+        ..Default::default()
+    };
+    assert_eq!(
+        refused(c.block_on(rt.attach(attach(true, true)))),
+        Code::FailedPrecondition
+    );
+    c.start(&id).expect("StartContainer");
+    assert_eq!(
+        refused(c.block_on(rt.attach(attach(false, false)))),
+        Code::InvalidArgument
+    );
+    let url = c
+        .block_on(rt.attach(attach(true, true)))
+        .expect("Attach")
+        .into_inner()
+        .url;
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
 
     c.stop_pod(&pod).expect("StopPodSandbox");
     c.remove_pod(&pod).expect("RemovePodSandbox");

@@ -572,6 +572,7 @@ async fn create_reserved(
         log_task: Mutex::new(None),
         exit_task: Mutex::new(None),
         log_done: tokio::sync::watch::Sender::new(false),
+        output: logs::output_tap(),
     });
     start_log_copy(&c, vm, LogRecord::default());
     tracing::info!(container = %id, pod = %pod.id, slot = %slot, "container created");
@@ -586,6 +587,7 @@ pub(super) fn start_log_copy(c: &Arc<Container>, vm: &Vm, rec: LogRecord) {
         c.id.clone(),
         tty,
         c.sink.clone(),
+        c.output.clone(),
         c.pod.paths.log(&c.id),
         rec,
     );

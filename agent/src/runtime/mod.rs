@@ -24,6 +24,7 @@
 //! lock; each pod has an async operation lock that serialises its lifecycle changes
 //! (slot assignment, stop, remove); reads never wait for it.
 
+mod attach;
 mod container;
 mod deadline;
 mod error;
@@ -127,6 +128,16 @@ impl Runtime {
         streams: vmlet_streaming::ExecStreams,
     ) -> Result<i32, RuntimeError> {
         stream_exec::exec(&self.inner, id, cmd, tty, streams).await
+    }
+
+    /// Attaches a streaming session to running container `id`'s main process until
+    /// its output ends or the client detaches.
+    pub async fn attach(
+        &self,
+        id: &str,
+        streams: vmlet_streaming::ExecStreams,
+    ) -> Result<(), RuntimeError> {
+        attach::attach(&self.inner, id, streams).await
     }
 
     /// Connects `stream` to `port` on the loopback of pod `pod_id`'s VM until both

@@ -15,7 +15,7 @@ use super::launch::{release_network, remove_files};
 use super::pod::{vm_gone, vmm_end, watch_vm, VM_EXITED};
 use super::state::{Container, Inner, Pod};
 use super::util::lock;
-use crate::logs::LogSink;
+use crate::logs::{self, LogSink};
 use crate::sandbox::{guest, SandboxError, Vm};
 use crate::store::{self, ContainerRecord, LogRecord, PodPaths, PodPhase, PodRecord};
 
@@ -165,6 +165,7 @@ fn enter_container(
         log_task: Mutex::new(None),
         exit_task: Mutex::new(None),
         log_done: tokio::sync::watch::Sender::new(log.done),
+        output: logs::output_tap(),
     });
     let mut t = lock(&inner.tables);
     t.container_names.insert(key, c.id.clone());

@@ -15,8 +15,6 @@ use vmlet_cri::runtime::{
 };
 use vmlet_proto::agent as pb;
 
-use super::util::lock;
-
 /// containerd's default capability set (the one in its default OCI spec).
 pub const DEFAULT_CAPABILITIES: [&str; 14] = [
     "CAP_CHOWN",
@@ -279,9 +277,11 @@ fn seccomp_filter(
             )?),
         ),
     };
+    // A panic elsewhere leaves the map valid: carry on with it.
+    let cache_lock = || program_cache().lock().unwrap_or_else(|p| p.into_inner());
     let digest: [u8; 32] = Sha256::digest(source.as_deref().unwrap_or(b"RuntimeDefault")).into();
     let key = (digest, caps.to_vec());
-    if let Some(p) = lock(program_cache()).get(&key) {
+    if let Some(p) = cache_lock().get(&key) {
         return Ok(p.as_ref().clone());
     }
     let parsed = match &source {
@@ -295,7 +295,7 @@ fn seccomp_filter(
     let caps: Vec<&str> = caps.iter().map(String::as_str).collect();
     let program = vmlet_seccomp::compile(&parsed, &caps)
         .map_err(|source| SecurityError::ProfileCompile { what, source })?;
-    let mut cache = lock(program_cache());
+    let mut cache = cache_lock();
     if cache.len() >= MAX_CACHED_PROGRAMS {
         cache.clear();
     }

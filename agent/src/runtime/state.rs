@@ -18,7 +18,7 @@ use super::pool::WarmPool;
 use super::util::{lock, now_ns};
 use crate::config::VmConfig;
 use crate::images::{ImageLease, ImageManager};
-use crate::logs::SharedSink;
+use crate::logs::{OutputTap, SharedSink};
 use crate::network::pod::{NetworkSettings, PodNetworks};
 use crate::sandbox::{Hypervisor, Vm};
 use crate::store::{self, ContainerRecord, PodPaths, PodPhase, PodRecord};
@@ -71,6 +71,8 @@ pub(super) struct Container {
     pub(super) exit_task: Mutex<Option<JoinHandle<()>>>,
     /// True once the log copy has ended (everything copied, or it failed).
     pub(super) log_done: tokio::sync::watch::Sender<bool>,
+    /// The output the log copy reads, for attach sessions.
+    pub(super) output: OutputTap,
 }
 
 #[derive(Default)]

@@ -21,7 +21,7 @@ use crate::sandbox::{guest, GuestClient};
 
 /// How long to wait for the client's first terminal size before starting the
 /// process with none (clients send it right after the session opens).
-const FIRST_SIZE_WAIT: Duration = Duration::from_secs(1);
+pub(super) const FIRST_SIZE_WAIT: Duration = Duration::from_secs(1);
 /// Deadline of one long-polling call (ReadOutput, WaitProcess, a blocked WriteStdin).
 const POLL: Duration = Duration::from_secs(30);
 /// Bytes read from the client's stdin per WriteStdin.
@@ -29,16 +29,16 @@ const STDIN_CHUNK: usize = 32 << 10;
 /// Bytes asked for per ReadOutput.
 const OUTPUT_CHUNK: u32 = 256 << 10;
 
-/// One exec process in the guest.
+/// One process in the guest: an exec, or (exec id "") a container's main process.
 #[derive(Clone)]
-struct Proc {
-    client: GuestClient,
-    container_id: String,
-    exec_id: String,
+pub(super) struct Proc {
+    pub(super) client: GuestClient,
+    pub(super) container_id: String,
+    pub(super) exec_id: String,
 }
 
 impl Proc {
-    async fn write_stdin(&self, mut data: &[u8]) -> Result<(), tonic::Status> {
+    pub(super) async fn write_stdin(&self, mut data: &[u8]) -> Result<(), tonic::Status> {
         while !data.is_empty() {
             let r = self
                 .client
@@ -66,7 +66,7 @@ impl Proc {
         Ok(())
     }
 
-    async fn close_stdin(&self) -> Result<(), tonic::Status> {
+    pub(super) async fn close_stdin(&self) -> Result<(), tonic::Status> {
         self.client
             .clone()
             .close_stdin(guest::req(
@@ -80,7 +80,7 @@ impl Proc {
             .map(|_| ())
     }
 
-    async fn resize(&self, size: TerminalSize) -> Result<(), tonic::Status> {
+    pub(super) async fn resize(&self, size: TerminalSize) -> Result<(), tonic::Status> {
         self.client
             .clone()
             .resize_tty(guest::req(
@@ -213,20 +213,28 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// Relays the client's stdin until its EOF, then closes the process's stdin.
-async fn relay_stdin<R: AsyncRead + Unpin>(p: &Proc, mut from: R) -> Result<(), tonic::Status> {
+/// Relays the client's stdin to the process until the client's EOF.
+pub(super) async fn copy_stdin<R: AsyncRead + Unpin>(
+    p: &Proc,
+    mut from: R,
+) -> Result<(), tonic::Status> {
     let mut buf = vec![0u8; STDIN_CHUNK];
     loop {
         let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
+            Ok(0) | Err(_) => return Ok(()),
             Ok(n) => n,
         };
         p.write_stdin(&buf[..n]).await?;
     }
+}
+
+/// Relays the client's stdin until its EOF, then closes the process's stdin.
+async fn relay_stdin<R: AsyncRead + Unpin>(p: &Proc, from: R) -> Result<(), tonic::Status> {
+    copy_stdin(p, from).await?;
     p.close_stdin().await
 }
 
-async fn relay_resize(p: &Proc, rx: &mut mpsc::Receiver<TerminalSize>) {
+pub(super) async fn relay_resize(p: &Proc, rx: &mut mpsc::Receiver<TerminalSize>) {
     while let Some(size) = rx.recv().await {
         if let Err(s) = p.resize(size).await {
             tracing::debug!(exec = %p.exec_id, "ResizeTty: {s}");

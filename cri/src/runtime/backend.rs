@@ -161,6 +161,9 @@ pub struct ContainerConfig {
     pub tty: bool,
     /// Keep stdin open.
     pub stdin: bool,
+    /// Close stdin when the first attach session that streamed it ends.
+    #[serde(default)]
+    pub stdin_once: bool,
     /// Identity.
     pub user: UserConfig,
     /// Read-only root file system.

@@ -65,6 +65,7 @@ pub fn container_config(config: Option<proto::ContainerConfig>) -> Result<Contai
         log_path: c.log_path,
         tty: c.tty,
         stdin: c.stdin,
+        stdin_once: c.stdin_once,
         user: UserConfig {
             uid: sc.run_as_user.map(|v| v.value),
             gid: sc.run_as_group.map(|v| v.value),

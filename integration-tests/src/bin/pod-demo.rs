@@ -1,6 +1,8 @@
 //! The main demo: starts vmletd, builds a busybox image and pushes it to a registry on
 //! loopback, pulls it through the CRI, runs a pod (a micro-VM) whose container prints
-//! a line, shows that line from the container's CRI log file, and removes the pod.
+//! a line, shows that line from the container's CRI log file, runs `kubectl exec` in
+//! a second container (real kubectl through a fake API server that asks vmletd's CRI
+//! `Exec` for the session URL, as kubelet does), and removes the pod.
 //! Used by `scripts/demo.sh` (environment as for the integration tests).
 //!
 //! Usage: pod-demo [LINE]
@@ -12,6 +14,7 @@
 use std::time::{Duration, Instant};
 
 use vmlet_integration_tests::cri::{container_config, parse_log, pod_config, Vmletd};
+use vmlet_integration_tests::kubectl::{cri_urls, FakeApiServer, Transport};
 use vmlet_test_support::{busybox_image, TestRegistry};
 
 fn main() {
@@ -55,7 +58,37 @@ fn main() {
         log_path.display()
     );
     print!("{text}");
-    let ok = status.exit_code == 0 && parse_log(&text).iter().any(|e| e.line == line);
+    let mut ok = status.exit_code == 0 && parse_log(&text).iter().any(|e| e.line == line);
+
+    // A session: kubectl exec into a running container of the pod.
+    let shell = c
+        .create(
+            &pod,
+            container_config("shell", &image, "exec sleep 3600"),
+            &pod_cfg,
+        )
+        .expect("CreateContainer");
+    c.start(&shell).expect("StartContainer");
+    let args = [
+        "exec",
+        "demo",
+        "--",
+        "sh",
+        "-c",
+        "read -r _ _ v _ < /proc/version; echo \"kubectl exec ran in pod $HOSTNAME, on its guest kernel $v\"",
+    ];
+    eprintln!("demo: $ kubectl {}", args.join(" "));
+    let tokio = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let out = tokio.block_on(async {
+        let api = FakeApiServer::start(cri_urls(&d.socket, &shell, &pod)).await;
+        api.run(Transport::WebSocket, &args, b"", Duration::from_secs(180))
+            .await
+    });
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    ok &= out.status.success();
+
+    c.stop_pod(&pod).expect("StopPodSandbox");
     c.remove_pod(&pod).expect("RemovePodSandbox");
     eprintln!("demo: pod removed; {:.1?} in all", start.elapsed());
     drop(c);
