@@ -23,8 +23,13 @@
 # With --security it measures container start in one pod (CreateContainer +
 # StartContainer until the first log line), RuntimeDefault seccomp next to Unconfined,
 # alternating (seccomp_adds_ms_p50=).
+# With --streaming it measures `kubectl exec` round trips (`echo hello`, start to exit
+# status, through a fake API server as kubelet proxies them) next to containerd + runc,
+# alternating (exec_vs_containerd=), and `kubectl port-forward` throughput of 64 MiB
+# transfers next to direct connections to the pod's IP (port_forward_vs_direct=).
 #   scripts/bench-pod.sh --volumes [--runs N]
 #   scripts/bench-pod.sh --security [--runs N]
+#   scripts/bench-pod.sh --streaming [--runs N] [--no-containerd]
 set -euo pipefail
 
 exec "$(dirname "$0")/run-release-bench.sh" pod-bench "$@"

@@ -240,7 +240,7 @@ fn daemon(net: &Net, registry: &TestRegistry, image: &str, warm_pool: usize) -> 
 
 /// containerd's client and the folder its pods log to.
 struct Baseline {
-    _ctrd: Containerd,
+    ctrd: Containerd,
     client: CriClient,
     logs: PathBuf,
 }
@@ -295,8 +295,41 @@ fn phase(
     (ours, theirs)
 }
 
+/// containerd + runc on `net` with `image` pulled, or None (said why) where it cannot
+/// run.
+fn start_baseline(registry: &TestRegistry, image: &str, net: &Net) -> Option<Baseline> {
+    let pause = registry
+        .push(
+            &busybox_image_with(json!({"Cmd": ["/bin/sleep", "2147483647"]})).expect("pause"),
+            "pause:bench",
+        )
+        .expect("push pause");
+    match Containerd::start(registry.addr(), &pause, net) {
+        Ok(ctrd) => {
+            let cc = CriClient::connect(&ctrd.socket()).expect("connect to containerd");
+            cc.pull(image).expect("containerd PullImage");
+            cc.pull(&pause).expect("containerd PullImage (pause)");
+            let logs = ctrd.dir.path().join("logs");
+            std::fs::create_dir_all(&logs).expect("containerd log directory");
+            Some(Baseline {
+                ctrd,
+                client: cc,
+                logs,
+            })
+        }
+        Err(why) => {
+            println!("containerd baseline skipped: {why}");
+            None
+        }
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--streaming") {
+        streaming::main(&args);
+        return;
+    }
     if args.iter().any(|a| a == "--volumes") {
         volumes::main(&args);
         return;
@@ -314,30 +347,7 @@ fn main() {
     let baseline = if args.iter().any(|a| a == "--no-containerd") {
         None
     } else {
-        let pause = registry
-            .push(
-                &busybox_image_with(json!({"Cmd": ["/bin/sleep", "2147483647"]})).expect("pause"),
-                "pause:bench",
-            )
-            .expect("push pause");
-        match Containerd::start(registry.addr(), &pause, &net) {
-            Ok(ctrd) => {
-                let cc = CriClient::connect(&ctrd.socket()).expect("connect to containerd");
-                cc.pull(&image).expect("containerd PullImage");
-                cc.pull(&pause).expect("containerd PullImage (pause)");
-                let logs = ctrd.dir.path().join("logs");
-                std::fs::create_dir_all(&logs).expect("containerd log directory");
-                Some(Baseline {
-                    _ctrd: ctrd,
-                    client: cc,
-                    logs,
-                })
-            }
-            Err(why) => {
-                println!("containerd baseline skipped: {why}");
-                None
-            }
-        }
+        start_baseline(&registry, &image, &net)
     };
 
     println!("warm_pool={warm_pool}");
@@ -926,5 +936,203 @@ mod security {
             println!("seccomp_adds_ms_p50={:.1}", r - u);
         }
         let _ = c.stop_pod(&pod).and_then(|()| c.remove_pod(&pod));
+    }
+}
+
+/// `--streaming`: `kubectl exec` round trips next to containerd + runc, and
+/// `kubectl port-forward` throughput next to a direct connection to the pod's IP.
+mod streaming {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    use vmlet_integration_tests::kubectl::{cri_urls, FakeApiServer, Transport};
+
+    use super::*;
+
+    /// Bytes of one transfer.
+    const BYTES: usize = 64 << 20;
+    const KUBECTL: Duration = Duration::from_secs(180);
+
+    /// A pod with a container running `script` through `c`; (pod, container).
+    fn pod_with(
+        c: &CriClient,
+        name: &str,
+        image: &str,
+        log_dir: &Path,
+        script: &str,
+    ) -> (String, String) {
+        let pod_cfg = pod_config(name, log_dir);
+        let pod = c.run_pod(pod_cfg.clone()).expect("RunPodSandbox");
+        let id = c
+            .create(&pod, container_config(name, image, script), &pod_cfg)
+            .expect("CreateContainer");
+        c.start(&id).expect("StartContainer");
+        (pod, id)
+    }
+
+    /// One `kubectl exec p -- sh -c 'echo hello'`, start to exit status, in ms.
+    fn exec_once(rt: &tokio::runtime::Runtime, api: &FakeApiServer) -> Result<f64, String> {
+        let start = Instant::now();
+        let out = rt.block_on(api.run(
+            Transport::WebSocket,
+            &["exec", "p", "--", "sh", "-c", "echo hello"],
+            b"",
+            KUBECTL,
+        ));
+        let ms = start.elapsed().as_secs_f64() * 1000.0;
+        if !out.status.success() || out.stdout != b"hello\n" {
+            return Err(format!(
+                "{:?}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(ms)
+    }
+
+    /// GET /big from `addr`; MiB/s of the whole response, checked for its length.
+    async fn transfer(addr: (&str, u16)) -> Result<f64, String> {
+        let start = Instant::now();
+        let mut s = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect {addr:?}: {e}"))?;
+        s.write_all(b"GET /big HTTP/1.0\r\n\r\n")
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut got = 0usize;
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) => return Err(format!("reading: {e}")),
+            }
+        }
+        let secs = start.elapsed().as_secs_f64();
+        if got < BYTES {
+            return Err(format!("got {got} bytes of {BYTES}"));
+        }
+        Ok(BYTES as f64 / (1 << 20) as f64 / secs)
+    }
+
+    fn p50(label: &str, v: &mut [f64]) -> Option<f64> {
+        if v.is_empty() {
+            println!("{label}: no successful run");
+            return None;
+        }
+        v.sort_by(|a, b| a.total_cmp(b));
+        let m = percentile(v, 0.5);
+        println!("{label}_p50={m:.1}");
+        Some(m)
+    }
+
+    pub fn main(args: &[String]) {
+        let runs = flag_value(args, "--runs", 20);
+        let (registry, image) = busybox_registry("busybox:bench");
+        let net = Net::new(None);
+        let baseline = if args.iter().any(|a| a == "--no-containerd") {
+            None
+        } else {
+            start_baseline(&registry, &image, &net)
+        };
+        let d = daemon(&net, &registry, &image, 1);
+        let c = d.client();
+        let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+
+        // Exec round trips, alternating, each pair in the other order than the last.
+        let sleeper = "exec sleep 100000";
+        let (pod, id) = pod_with(&c, "exec-bench", &image, &d.log_dir(), sleeper);
+        let ours = rt.block_on(FakeApiServer::start(cri_urls(&d.socket, &id, &pod)));
+        let theirs = baseline.as_ref().map(|b| {
+            let (pod, id) = pod_with(&b.client, "exec-bench", &image, &b.logs, sleeper);
+            rt.block_on(FakeApiServer::start(cri_urls(&b.ctrd.socket(), &id, &pod)))
+        });
+        let (mut ours_ms, mut theirs_ms) = (Vec::new(), Vec::new());
+        for run in 0..runs {
+            let first = run % 2 == 0;
+            for vmlet in [first, !first] {
+                let (api, into, who) = match (vmlet, &theirs) {
+                    (true, _) => (&ours, &mut ours_ms, ""),
+                    (false, Some(api)) => (api, &mut theirs_ms, "containerd_"),
+                    (false, None) => continue,
+                };
+                match exec_once(&rt, api) {
+                    Ok(ms) => {
+                        println!("run {run}: {who}exec_ms={ms:.1}");
+                        into.push(ms);
+                    }
+                    Err(e) => println!("run {run}: {who}exec failed: {e}"),
+                }
+            }
+        }
+        let ours_p50 = p50("exec_ms", &mut ours_ms);
+        let theirs_p50 = p50("containerd_exec_ms", &mut theirs_ms);
+        if let (Some(a), Some(b)) = (ours_p50, theirs_p50) {
+            println!("exec_vs_containerd={:.3}", a / b);
+        }
+        c.stop_pod(&pod).expect("StopPodSandbox");
+        c.remove_pod(&pod).expect("RemovePodSandbox");
+        drop(theirs);
+
+        // Port-forward: httpd on every address of the pod serves BYTES.
+        let script = format!(
+            "mkdir -p /tmp/www && busybox head -c {BYTES} /dev/zero > /tmp/www/big && \
+             exec busybox httpd -f -p 8080 -h /tmp/www"
+        );
+        let (pod, id) = pod_with(&c, "forward-bench", &image, &d.log_dir(), &script);
+        let ip = c.pod_ip(&pod);
+        let start = Instant::now();
+        while rt.block_on(transfer((ip.as_str(), 8080))).is_err() {
+            assert!(start.elapsed() < KUBECTL, "httpd never served /big");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let api = rt.block_on(FakeApiServer::start(cri_urls(&d.socket, &id, &pod)));
+        let mut child = rt.block_on(async {
+            api.kubectl(Transport::WebSocket)
+                .args(["port-forward", "pod/p", ":8080"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("kubectl port-forward")
+        });
+        let stdout = child.stdout.take().expect("kubectl stdout");
+        let local: u16 = rt.block_on(async {
+            let mut lines = BufReader::new(stdout).lines();
+            loop {
+                let line = tokio::time::timeout(KUBECTL, lines.next_line())
+                    .await
+                    .expect("kubectl port-forward did not start")
+                    .expect("kubectl output")
+                    .expect("kubectl port-forward exited");
+                if let Some(rest) = line.strip_prefix("Forwarding from 127.0.0.1:") {
+                    let (l, _) = rest.split_once(" -> ").expect("Forwarding line");
+                    break l.parse().expect("local port");
+                }
+            }
+        });
+        let (mut fwd, mut direct) = (Vec::new(), Vec::new());
+        for run in 0..runs.min(10) {
+            let first = run % 2 == 0;
+            for forwarded in [first, !first] {
+                let (addr, into, who) = if forwarded {
+                    (("127.0.0.1", local), &mut fwd, "port_forward")
+                } else {
+                    ((ip.as_str(), 8080), &mut direct, "direct")
+                };
+                match rt.block_on(transfer(addr)) {
+                    Ok(v) => {
+                        println!("run {run}: {who}_mib_s={v:.1}");
+                        into.push(v);
+                    }
+                    Err(e) => println!("run {run}: {who} failed: {e}"),
+                }
+            }
+        }
+        let _ = rt.block_on(child.kill());
+        let a = p50("port_forward_mib_s", &mut fwd);
+        let b = p50("direct_mib_s", &mut direct);
+        if let (Some(a), Some(b)) = (a, b) {
+            println!("port_forward_vs_direct={:.3}", a / b);
+        }
+        c.stop_pod(&pod).expect("StopPodSandbox");
+        c.remove_pod(&pod).expect("RemovePodSandbox");
     }
 }

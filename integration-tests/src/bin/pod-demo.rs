@@ -77,7 +77,17 @@ fn main() {
         "-c",
         "read -r _ _ v _ < /proc/version; echo \"kubectl exec ran in pod $HOSTNAME, on its guest kernel $v\"",
     ];
-    eprintln!("demo: $ kubectl {}", args.join(" "));
+    let shown: Vec<String> = args
+        .iter()
+        .map(|a| {
+            if a.contains(' ') {
+                format!("'{a}'")
+            } else {
+                (*a).to_owned()
+            }
+        })
+        .collect();
+    eprintln!("demo: $ kubectl {}", shown.join(" "));
     let tokio = tokio::runtime::Runtime::new().expect("tokio runtime");
     let out = tokio.block_on(async {
         let api = FakeApiServer::start(cri_urls(&d.socket, &shell, &pod)).await;
