@@ -29,7 +29,7 @@
 # transfers next to direct connections to the pod's IP (port_forward_vs_direct=).
 #   scripts/bench-pod.sh --volumes [--runs N]
 #   scripts/bench-pod.sh --security [--runs N]
-#   scripts/bench-pod.sh --streaming [--runs N] [--no-containerd]
+#   scripts/bench-pod.sh --streaming [--runs N] [--no-containerd] [--no-exec] [--mib N]
 set -euo pipefail
 
 exec "$(dirname "$0")/run-release-bench.sh" pod-bench "$@"

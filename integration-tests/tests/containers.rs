@@ -535,6 +535,7 @@ fn guest_configuration_reaches_containers() {
         r#type: "bind".into(),
         source: "/run/vmlet/shared/volumes/v1".into(),
         options: vec!["rbind".into(), "ro".into()],
+        subpath: String::new(),
     }];
     pod.agent.create(s).unwrap();
     pod.agent.start("cfg").unwrap();
@@ -585,6 +586,7 @@ fn bad_requests_get_errors_and_init_stays_healthy() {
         r#type: "bind".into(),
         source: "/nonexistent/dir".into(),
         options: vec![],
+        subpath: String::new(),
     }];
     let err = a.create(s).unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err}");

@@ -70,6 +70,24 @@ impl KubeletPod {
         for e in ["shared", "mem"] {
             std::fs::create_dir_all(pod.volume(&format!("kubernetes.io~empty-dir/{e}"))).unwrap();
         }
+        // The sidecar's subPath "sub" of the emptyDir: the kubelet makes the directory
+        // in the volume and binds it under volume-subpaths/<volume>/<container>/<n>.
+        let sub = pod.volume("kubernetes.io~empty-dir/shared/sub");
+        std::fs::create_dir_all(&sub).unwrap();
+        let bound = pod.subpath("sidecar");
+        std::fs::create_dir_all(&bound).unwrap();
+        let st = std::process::Command::new("mount")
+            .arg("--bind")
+            .arg(&sub)
+            .arg(&bound)
+            .status()
+            .unwrap();
+        assert!(
+            st.success(),
+            "bind {} at {}",
+            sub.display(),
+            bound.display()
+        );
         // medium: Memory — the kubelet backs it with a tmpfs.
         let mem = pod.volume("kubernetes.io~empty-dir/mem");
         let st = std::process::Command::new("mount")
@@ -83,6 +101,14 @@ impl KubeletPod {
 
     fn volume(&self, rel: &str) -> PathBuf {
         self.dir.join("volumes").join(rel)
+    }
+
+    /// The kubelet's bind of the emptyDir's subPath for `container`.
+    fn subpath(&self, container: &str) -> PathBuf {
+        self.dir
+            .join("volume-subpaths/shared")
+            .join(container)
+            .join("7")
     }
 
     /// Writes version `ts` of an atomic-writer volume the kubelet's way: the new
@@ -119,6 +145,9 @@ impl Drop for KubeletPod {
     fn drop(&mut self) {
         let mem = self.volume("kubernetes.io~empty-dir/mem");
         let _ = std::process::Command::new("umount").arg(&mem).status();
+        let _ = std::process::Command::new("umount")
+            .arg(self.subpath("sidecar"))
+            .status();
     }
 }
 
@@ -132,9 +161,10 @@ fn mount(host: PathBuf, container: &str, readonly: bool) -> v1::Mount {
 }
 
 /// The mounts a kubelet gives container `name` of a Deployment with a configMap, a
-/// secret, the service-account token and two emptyDirs.
+/// secret, the service-account token and two emptyDirs; the sidecar also mounts the
+/// subPath "sub" of the shared emptyDir.
 fn kubelet_mounts(pod: &KubeletPod, name: &str) -> Vec<v1::Mount> {
-    vec![
+    let mut mounts = vec![
         mount(
             pod.volume("kubernetes.io~configmap/config"),
             "/etc/config",
@@ -154,7 +184,11 @@ fn kubelet_mounts(pod: &KubeletPod, name: &str) -> Vec<v1::Mount> {
         mount(pod.volume("kubernetes.io~empty-dir/mem"), "/mem", false),
         mount(pod.dir.join("etc-hosts"), "/etc/hosts", false),
         mount(pod.termination_log(name), "/dev/termination-log", false),
-    ]
+    ];
+    if name == "sidecar" {
+        mounts.push(mount(pod.subpath(name), "/sub", false));
+    }
+    mounts
 }
 
 /// A container of the restricted Pod Security Standard, as a kubelet sends it.
@@ -247,7 +281,7 @@ fn kubelet_volumes_reach_the_containers() {
         cat /var/run/secrets/kubernetes.io/serviceaccount/namespace; echo
         grep -c web-5d8f7c6b9-x2x4q /etc/hosts
         touch /etc/config/new 2>&1 | grep -o 'Read-only file system'
-        echo from-app > /shared/note && echo shared-written
+        echo from-app > /shared/note && mkdir /shared/sub 2>/dev/null; echo via-subpath > /shared/sub/x && echo shared-written
         grep ' /mem ' /proc/mounts | cut -d' ' -f3
         echo in-memory > /mem/m && cat /mem/m
         id -u; id -g; id -G
@@ -306,6 +340,7 @@ fn kubelet_volumes_reach_the_containers() {
     // configMap: every read through `..data` sees one whole version.
     let watch_script = r#"
         cat /shared/note
+        cat /sub/x
         while true; do
             # One version's directory, both keys read from it; a line only when the
             # directory was not removed meanwhile (an old version goes after the swap).
@@ -326,7 +361,7 @@ fn kubelet_volumes_reach_the_containers() {
     wait_for("the sidecar reads the configMap", WAIT, || {
         stdout(&d, "sidecar").iter().any(|l| l == "v=11")
     });
-    assert_eq!(stdout(&d, "sidecar")[0], "from-app");
+    assert_eq!(stdout(&d, "sidecar")[..2], ["from-app", "via-subpath"]);
     kpod.atomic(
         "kubernetes.io~configmap/config",
         "..2026_12_05_10_05_00.2",

@@ -11,7 +11,7 @@
 //! host path (hostPath, CSI and other persistent volumes) has writers outside the pod
 //! and needs a live shared file system.
 
-use std::path::{Component, Path};
+use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use vmlet_cri::runtime::{MountConfig, Propagation};
@@ -90,6 +90,9 @@ pub struct Planned {
     /// For an image volume: the image slot that holds it (once attached).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_slot: Option<String>,
+    /// For a subPath of an emptyDir: the path inside the volume.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub subpath: String,
 }
 
 impl Planned {
@@ -100,6 +103,7 @@ impl Planned {
             r#type: "bind".into(),
             source: format!("{GUEST_VOLUMES}/{}", self.volume),
             options: self.options.clone(),
+            subpath: self.subpath.clone(),
         }
     }
 }
@@ -137,6 +141,61 @@ enum Owned {
     EmptyDir,
     ApiData(&'static str),
     SubPath,
+}
+
+/// Entries looked at to find a subPath inside its emptyDir.
+const MAX_SUBPATH_SEARCH: usize = 10_000;
+
+/// For a kubelet subPath mount (`pods/<uid>/volume-subpaths/<volume>/<container>/<n>`,
+/// the kubelet's bind mount of a path inside volume `<volume>`) of an emptyDir: the
+/// emptyDir's directory and the path inside it. The bind shares the inode of its
+/// source, so the source is found by device and inode in a bounded walk of the
+/// emptyDir (the kubelet made the directory there before binding it).
+fn empty_dir_subpath(host: &Path) -> Option<(PathBuf, PathBuf)> {
+    use std::os::unix::fs::MetadataExt;
+    let parts: Vec<&std::ffi::OsStr> = host
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(s) => Some(s),
+            _ => None,
+        })
+        .collect();
+    let at = parts.iter().rposition(|p| *p == "volume-subpaths")?;
+    let volume = parts.get(at + 1)?;
+    if parts.len() != at + 4 || at < 2 || parts[at - 2] != "pods" {
+        return None;
+    }
+    let mut pod_dir = PathBuf::from("/");
+    pod_dir.extend(&parts[..at]);
+    let dir = pod_dir.join("volumes/kubernetes.io~empty-dir").join(volume);
+    let want = std::fs::metadata(host).ok()?;
+    if !want.is_dir() || !std::fs::symlink_metadata(&dir).ok()?.is_dir() {
+        return None;
+    }
+    let mut queue = std::collections::VecDeque::from([PathBuf::new()]);
+    let mut seen = 0usize;
+    while let Some(rel) = queue.pop_front() {
+        let Ok(entries) = std::fs::read_dir(dir.join(&rel)) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            seen += 1;
+            if seen > MAX_SUBPATH_SEARCH {
+                return None;
+            }
+            let Ok(md) = e.metadata() else { continue };
+            // Directories only, never through a symlink: the walk stays in the volume.
+            if !md.is_dir() {
+                continue;
+            }
+            let sub = rel.join(e.file_name());
+            if (md.dev(), md.ino()) == (want.dev(), want.ino()) {
+                return Some((dir, sub));
+            }
+            queue.push_back(sub);
+        }
+    }
+    None
 }
 
 /// The kubelet-owned kind of `host`, found by the `pods/<uid>/...` part of its path.
@@ -240,6 +299,7 @@ pub fn plan(
             options,
             image: m.image.clone(),
             image_slot: None,
+            subpath: String::new(),
         });
     }
     let host = Path::new(&m.host_path);
@@ -262,8 +322,15 @@ pub fn plan(
         return Err(refuse(format!("the host path is {what}")));
     }
     let owned = kubelet_owned(host);
+    // A subPath of an emptyDir is the emptyDir's guest directory, not a copy: what
+    // the pod's other containers write there is what this one sees.
+    let sub = match owned {
+        Some(Owned::SubPath) => empty_dir_subpath(host),
+        _ => None,
+    };
+    let empty_dir = sub.is_some() || (owned == Some(Owned::EmptyDir) && ft.is_dir());
     let (class, reason) = match owned {
-        Some(Owned::EmptyDir) if ft.is_dir() => {
+        _ if empty_dir => {
             let fs = nix::sys::statfs::statfs(host)
                 .map_err(|e| refuse(format!("cannot statfs the host path: {e}")))?;
             if fs.filesystem_type().0 as i64 == TMPFS_MAGIC {
@@ -331,15 +398,27 @@ pub fn plan(
         Class::Shared => "share",
         Class::Image => "image",
     };
+    // The emptyDir's own path names the volume: one guest directory for every
+    // mount of it, whole or by subPath.
+    let (volume_path, subpath) = match sub {
+        Some((dir, sub)) => (dir.display().to_string(), sub.display().to_string()),
+        None => (m.host_path.clone(), String::new()),
+    };
+    let reason = if subpath.is_empty() {
+        reason
+    } else {
+        format!("subPath {subpath:?} of an {reason}")
+    };
     Ok(Planned {
         container_path: m.container_path.clone(),
         host_path: m.host_path.clone(),
-        volume: volume_name(prefix, &m.host_path),
+        volume: volume_name(prefix, &volume_path),
         class,
         reason,
         options,
         image: String::new(),
         image_slot: None,
+        subpath,
     })
 }
 
@@ -403,6 +482,49 @@ mod tests {
         std::fs::write(pod.join("containers/app/5f3a"), "").unwrap();
         std::fs::write(pod.join("volumes/kubernetes.io~configmap/cfg/k"), "v").unwrap();
         (root, pod)
+    }
+
+    #[test]
+    fn an_empty_dir_subpath_is_the_empty_dirs_guest_directory() {
+        // The kubelet's bind of the subPath (root: the unit tests run as root).
+        let (_root, pod) = pod_dir();
+        let inside = pod.join("volumes/kubernetes.io~empty-dir/cache/a/b");
+        std::fs::create_dir_all(&inside).unwrap();
+        let bound = pod.join("volume-subpaths/cache/app/3");
+        std::fs::create_dir_all(&bound).unwrap();
+        nix::mount::mount(
+            Some(&inside),
+            &bound,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .expect("bind mount (the unit tests need root)");
+        let planned = plan(
+            &mount(&bound, "/data"),
+            PodFacts::default(),
+            &VolumeSettings::default(),
+        );
+        let whole = plan(
+            &mount(&pod.join("volumes/kubernetes.io~empty-dir/cache"), "/cache"),
+            PodFacts::default(),
+            &VolumeSettings::default(),
+        );
+        let _ = nix::mount::umount(&bound);
+        let (planned, whole) = (planned.unwrap(), whole.unwrap());
+        assert_eq!(planned.class, Class::ScratchDir, "{planned:?}");
+        assert_eq!(planned.subpath, "a/b");
+        assert_eq!(planned.volume, whole.volume);
+        assert_eq!(planned.guest_mount().subpath, "a/b");
+        assert!(whole.subpath.is_empty() && whole.guest_mount().subpath.is_empty());
+        // A subPath of a configMap is still a copy of what the kubelet bound.
+        let cfg = plan(
+            &mount(&pod.join("volume-subpaths/cfg/app/0"), "/etc/k"),
+            PodFacts::default(),
+            &VolumeSettings::default(),
+        )
+        .unwrap();
+        assert_eq!((cfg.class, cfg.subpath.as_str()), (Class::Copied, ""));
     }
 
     #[test]

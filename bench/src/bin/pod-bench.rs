@@ -947,8 +947,8 @@ mod streaming {
 
     use super::*;
 
-    /// Bytes of one transfer.
-    const BYTES: usize = 64 << 20;
+    /// MiB of one transfer, unless `--mib N`.
+    const MIB: usize = 64;
     const KUBECTL: Duration = Duration::from_secs(180);
 
     /// A pod with a container running `script` through `c`; (pod, container).
@@ -988,8 +988,9 @@ mod streaming {
         Ok(ms)
     }
 
-    /// GET /big from `addr`; MiB/s of the whole response, checked for its length.
-    async fn transfer(addr: (&str, u16)) -> Result<f64, String> {
+    /// GET /big (`bytes` long) from `addr`; MiB/s of the whole response, checked for
+    /// its length.
+    async fn transfer(addr: (&str, u16), bytes: usize) -> Result<f64, String> {
         let start = Instant::now();
         let mut s = tokio::net::TcpStream::connect(addr)
             .await
@@ -1007,10 +1008,10 @@ mod streaming {
             }
         }
         let secs = start.elapsed().as_secs_f64();
-        if got < BYTES {
-            return Err(format!("got {got} bytes of {BYTES}"));
+        if got < bytes {
+            return Err(format!("got {got} bytes of {bytes}"));
         }
-        Ok(BYTES as f64 / (1 << 20) as f64 / secs)
+        Ok(bytes as f64 / (1 << 20) as f64 / secs)
     }
 
     fn p50(label: &str, v: &mut [f64]) -> Option<f64> {
@@ -1026,9 +1027,11 @@ mod streaming {
 
     pub fn main(args: &[String]) {
         let runs = flag_value(args, "--runs", 20);
+        let bytes = flag_value(args, "--mib", MIB) << 20;
+        let skip_exec = args.iter().any(|a| a == "--no-exec");
         let (registry, image) = busybox_registry("busybox:bench");
         let net = Net::new(None);
-        let baseline = if args.iter().any(|a| a == "--no-containerd") {
+        let baseline = if skip_exec || args.iter().any(|a| a == "--no-containerd") {
             None
         } else {
             start_baseline(&registry, &image, &net)
@@ -1046,7 +1049,7 @@ mod streaming {
             rt.block_on(FakeApiServer::start(cri_urls(&b.ctrd.socket(), &id, &pod)))
         });
         let (mut ours_ms, mut theirs_ms) = (Vec::new(), Vec::new());
-        for run in 0..runs {
+        for run in 0..if skip_exec { 0 } else { runs } {
             let first = run % 2 == 0;
             for vmlet in [first, !first] {
                 let (api, into, who) = match (vmlet, &theirs) {
@@ -1063,33 +1066,36 @@ mod streaming {
                 }
             }
         }
-        let ours_p50 = p50("exec_ms", &mut ours_ms);
-        let theirs_p50 = p50("containerd_exec_ms", &mut theirs_ms);
-        if let (Some(a), Some(b)) = (ours_p50, theirs_p50) {
-            println!("exec_vs_containerd={:.3}", a / b);
+        if !skip_exec {
+            let ours_p50 = p50("exec_ms", &mut ours_ms);
+            let theirs_p50 = p50("containerd_exec_ms", &mut theirs_ms);
+            if let (Some(a), Some(b)) = (ours_p50, theirs_p50) {
+                println!("exec_vs_containerd={:.3}", a / b);
+            }
         }
         c.stop_pod(&pod).expect("StopPodSandbox");
         c.remove_pod(&pod).expect("RemovePodSandbox");
         drop(theirs);
 
-        // Port-forward: httpd on every address of the pod serves BYTES.
+        // Port-forward: httpd on every address of the pod serves `bytes`.
         let script = format!(
-            "mkdir -p /tmp/www && busybox head -c {BYTES} /dev/zero > /tmp/www/big && \
+            "mkdir -p /tmp/www && busybox head -c {bytes} /dev/zero > /tmp/www/big && \
              exec busybox httpd -f -p 8080 -h /tmp/www"
         );
         let (pod, id) = pod_with(&c, "forward-bench", &image, &d.log_dir(), &script);
         let ip = c.pod_ip(&pod);
         let start = Instant::now();
-        while rt.block_on(transfer((ip.as_str(), 8080))).is_err() {
+        while rt.block_on(transfer((ip.as_str(), 8080), bytes)).is_err() {
             assert!(start.elapsed() < KUBECTL, "httpd never served /big");
             std::thread::sleep(Duration::from_millis(500));
         }
         let api = rt.block_on(FakeApiServer::start(cri_urls(&d.socket, &id, &pod)));
+        let kubectl_log = d.log_dir().join("kubectl-port-forward.log");
         let mut child = rt.block_on(async {
             api.kubectl(Transport::WebSocket)
                 .args(["port-forward", "pod/p", ":8080"])
                 .stdout(Stdio::piped())
-                .stderr(Stdio::null())
+                .stderr(std::fs::File::create(&kubectl_log).expect("kubectl log"))
                 .spawn()
                 .expect("kubectl port-forward")
         });
@@ -1117,12 +1123,15 @@ mod streaming {
                 } else {
                     ((ip.as_str(), 8080), &mut direct, "direct")
                 };
-                match rt.block_on(transfer(addr)) {
+                match rt.block_on(transfer(addr, bytes)) {
                     Ok(v) => {
                         println!("run {run}: {who}_mib_s={v:.1}");
                         into.push(v);
                     }
-                    Err(e) => println!("run {run}: {who} failed: {e}"),
+                    Err(e) => println!(
+                        "run {run}: {who} failed: {e}; kubectl: {}",
+                        std::fs::read_to_string(&kubectl_log).unwrap_or_default()
+                    ),
                 }
             }
         }

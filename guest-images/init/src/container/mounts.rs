@@ -290,7 +290,19 @@ fn mount_requested(plan: &RootPlan<'_>) -> Result<(), MountError> {
     for m in plan.mounts {
         let target = resolve_in_root(plan.root, &m.destination)?;
         if m.is_bind() {
-            bind(Path::new(&m.source), &target, m.flags, m.recursive)?;
+            let source = match &m.subpath {
+                // A subPath of a pod volume: what the containers left there (a
+                // symlink among it) cannot point the bind outside the volume.
+                Some(sub) => {
+                    let s = resolve_in_root(Path::new(&m.source), &Path::new("/").join(sub))?;
+                    if s.symlink_metadata().is_err() {
+                        mkdir_p(&s)?;
+                    }
+                    s
+                }
+                None => PathBuf::from(&m.source),
+            };
+            bind(&source, &target, m.flags, m.recursive)?;
         } else {
             mkdir_p(&target)?;
             do_mount(

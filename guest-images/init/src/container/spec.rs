@@ -231,6 +231,8 @@ pub struct MountSpec {
     pub propagation: nix::mount::MsFlags,
     /// File-system data options.
     pub data: Option<String>,
+    /// For binds: the path below `source` to bind (resolved inside it).
+    pub subpath: Option<PathBuf>,
 }
 
 impl MountSpec {
@@ -647,6 +649,18 @@ fn mount_spec(m: agent::Mount) -> Result<MountSpec, SpecError> {
             _ => {}
         }
     }
+    let subpath = if m.subpath.is_empty() {
+        None
+    } else if !is_bind {
+        return Err(bad("a subpath needs a bind mount".into()));
+    } else if m.subpath.starts_with('/') || m.subpath.contains('\0') {
+        return Err(bad(format!(
+            "subpath {:?} must be a relative path",
+            m.subpath
+        )));
+    } else {
+        Some(PathBuf::from(&m.subpath))
+    };
     if is_bind {
         if !m.source.starts_with('/') {
             return Err(bad(format!(
@@ -670,6 +684,7 @@ fn mount_spec(m: agent::Mount) -> Result<MountSpec, SpecError> {
         recursive_readonly,
         propagation,
         data: (!data.is_empty()).then(|| data.join(",")),
+        subpath,
     })
 }
 
@@ -827,11 +842,27 @@ mod tests {
             r#type: "bind".into(),
             source: "relative".into(),
             options: vec![],
+            subpath: String::new(),
         }];
         assert!(matches!(
             Spec::from_proto(s),
             Err(SpecError::BadMount { .. })
         ));
+        // A subpath is relative, and only for binds.
+        for (kind, sub) in [("bind", "/etc"), ("tmpfs", "a")] {
+            let mut s = spec();
+            s.mounts = vec![agent::Mount {
+                destination: "/data".into(),
+                r#type: kind.into(),
+                source: "/run/vmlet/shared/vol".into(),
+                options: vec![],
+                subpath: sub.into(),
+            }];
+            assert!(matches!(
+                Spec::from_proto(s),
+                Err(SpecError::BadMount { .. })
+            ));
+        }
         let mut s = spec();
         s.container_id = "../../etc".into();
         assert!(matches!(Spec::from_proto(s), Err(SpecError::BadId { .. })));
@@ -846,12 +877,14 @@ mod tests {
                 r#type: "bind".into(),
                 source: "/run/vmlet/shared/vol".into(),
                 options: vec!["rbind".into(), "ro".into(), "rprivate".into()],
+                subpath: "a/b".into(),
             },
             agent::Mount {
                 destination: "/scratch".into(),
                 r#type: "tmpfs".into(),
                 source: "tmpfs".into(),
                 options: vec!["size=1m".into(), "mode=1777".into(), "nosuid".into()],
+                subpath: String::new(),
             },
         ];
         s.resources = Some(agent::Resources {
@@ -864,6 +897,8 @@ mod tests {
         let s = Spec::from_proto(s).unwrap();
         assert_eq!(s.mounts[0].destination, Path::new("/data2"));
         assert!(s.mounts[0].is_bind() && s.mounts[0].recursive);
+        assert_eq!(s.mounts[0].subpath.as_deref(), Some(Path::new("a/b")));
+        assert_eq!(s.mounts[1].subpath, None);
         assert_eq!(s.mounts[1].data.as_deref(), Some("size=1m,mode=1777"));
         assert_eq!(s.resources.cpu_max, Some((50_000, 100_000)));
         assert_eq!(s.resources.memory_max, Some(64 << 20));
