@@ -4,6 +4,7 @@ use oci_client::errors::{DigestError, OciDistributionError, OciErrorCode};
 use oci_client::manifest::{OciDescriptor, OciManifest};
 
 use super::blob::BlobRef;
+use crate::images::limits::LimitExceeded;
 use crate::images::store::StoreError;
 
 /// Errors of a pull.
@@ -69,6 +70,14 @@ pub enum PullError {
     /// The configured credentials are malformed.
     #[error("invalid credentials: {0}")]
     BadCredentials(String),
+    /// A manifest or config is larger than the configured limits allow.
+    #[error("{reference}: {source}")]
+    Limit {
+        /// The reference.
+        reference: String,
+        /// Which limit.
+        source: LimitExceeded,
+    },
 }
 
 /// What errors are reported against.
@@ -83,6 +92,27 @@ impl Ctx {
             reference: self.reference.clone(),
             reason,
         }
+    }
+
+    /// Refuses `what` of `size` bytes when it is over `limit` (config key `key`).
+    pub(super) fn cap(
+        &self,
+        what: &str,
+        size: u64,
+        limit: u64,
+        key: &'static str,
+    ) -> Result<(), PullError> {
+        if size <= limit {
+            return Ok(());
+        }
+        Err(PullError::Limit {
+            reference: self.reference.clone(),
+            source: LimitExceeded {
+                what: format!("{what} of {size} bytes"),
+                limit,
+                key,
+            },
+        })
     }
 
     pub(super) fn parse_manifest(&self, body: &[u8]) -> Result<OciManifest, PullError> {

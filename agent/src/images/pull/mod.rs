@@ -28,6 +28,7 @@ use errors::Ctx;
 pub use errors::PullError;
 
 use super::digest::Digest;
+use super::limits::ImageLimits;
 use super::reference::ImageRef;
 use super::store::{ContentStore, StoreError};
 
@@ -54,12 +55,14 @@ pub struct Fetched {
 /// Fetches images into the content store.
 pub struct Puller {
     registries: RegistriesConfig,
+    limits: ImageLimits,
 }
 
 impl Puller {
-    /// A puller with these per-registry settings.
-    pub fn new(registries: RegistriesConfig) -> Self {
-        Self { registries }
+    /// A puller with these per-registry settings, refusing manifests and configs over
+    /// `limits`.
+    pub fn new(registries: RegistriesConfig, limits: ImageLimits) -> Self {
+        Self { registries, limits }
     }
 
     /// Resolves `image` and stores its manifests, config and layers, verified. Mirrors
@@ -133,11 +136,27 @@ impl Puller {
         };
         tracing::info!(%image, registry = %host, "pulling");
         let auth = &self.registry_auth(auth, &host, image).await?;
-        let (manifests, manifest) =
-            fetch_manifests(&client, &oref, auth, &ctx, store, image.digest()).await?;
+        let max_manifest = self.limits.max_manifest_bytes;
+        let (manifests, manifest) = fetch_manifests(
+            &client,
+            &oref,
+            auth,
+            &ctx,
+            store,
+            image.digest(),
+            max_manifest,
+        )
+        .await?;
         let top_digest = manifests.top.digest.clone();
 
         let config = ctx.blob_ref(&manifest.config)?;
+        // Refused before download: the config is read whole to parse it.
+        ctx.cap(
+            "the image config",
+            config.size,
+            self.limits.max_config_bytes,
+            "max_config_bytes",
+        )?;
         let layers = manifest
             .layers
             .iter()
@@ -207,8 +226,9 @@ async fn fetch_manifests(
     ctx: &Ctx,
     store: &ContentStore,
     pinned: Option<&Digest>,
+    max_bytes: u64,
 ) -> Result<(Manifests, OciImageManifest), PullError> {
-    let (top, parsed) = fetch_manifest(client, oref, auth, ctx, store, pinned).await?;
+    let (top, parsed) = fetch_manifest(client, oref, auth, ctx, store, pinned, max_bytes).await?;
     let index = match parsed {
         OciManifest::Image(m) => {
             let manifests = Manifests {
@@ -224,8 +244,16 @@ async fn fetch_manifests(
     })?;
     let child: Digest = child.parse().map_err(|e| ctx.unsupported(format!("{e}")))?;
     let child_ref = oref.clone_with_digest(child.to_string());
-    let (image, parsed) =
-        fetch_manifest(client, &child_ref, auth, ctx, store, Some(&child)).await?;
+    let (image, parsed) = fetch_manifest(
+        client,
+        &child_ref,
+        auth,
+        ctx,
+        store,
+        Some(&child),
+        max_bytes,
+    )
+    .await?;
     match parsed {
         OciManifest::Image(m) => {
             let manifests = Manifests {
@@ -247,11 +275,20 @@ async fn fetch_manifest(
     ctx: &Ctx,
     store: &ContentStore,
     expected: Option<&Digest>,
+    max_bytes: u64,
 ) -> Result<(BlobRef, OciManifest), PullError> {
     let (body, _) = client
         .pull_manifest_raw(oref, auth, ACCEPT)
         .await
         .map_err(|e| ctx.classify(e))?;
+    // Checked before it is hashed, stored or parsed. (The registry client reads the
+    // response whole; its transfer is bounded by the read timeout, not by size.)
+    ctx.cap(
+        "a manifest",
+        body.len() as u64,
+        max_bytes,
+        "max_manifest_bytes",
+    )?;
     let actual = Digest::of(&body);
     if let Some(expected) = expected {
         if expected != &actual {
