@@ -1451,3 +1451,63 @@ fn pulls_from_a_tls_registry_need_a_trusted_ca_or_skip_tls_verify() {
         .expect("PullImage with the authority trusted");
     assert_eq!(trusted_id, id);
 }
+
+/// Durations no library can represent are refused before they reach one (a timeout of
+/// 400000000000 s made the gRPC client panic, and release builds abort on panic), the
+/// daemon lives on, and a pod's files are root's alone.
+#[test]
+fn huge_timeouts_are_refused_and_pod_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let env = env();
+    let d = &env.daemon;
+    let c = d.client();
+    c.pull(&env.image).expect("PullImage");
+    let pod_cfg = pod_config("huge", &d.log_dir());
+    let pod = c.run_pod(pod_cfg.clone()).expect("RunPodSandbox");
+    let id = run_container(
+        &c,
+        &pod,
+        &pod_cfg,
+        container_config(
+            "c",
+            &env.image,
+            "echo ready; while true; do sleep 0.2; done",
+        ),
+    );
+    wait_for_line(d, "c.log", "ready");
+
+    for timeout in [400_000_000_000, i64::MAX, -1] {
+        let e = c.stop(&id, timeout).unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{timeout}: {e}");
+        assert!(e.message().contains("timeout"), "{e}");
+        let e = c.exec(&id, &["true"], timeout).unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{timeout}: {e}");
+    }
+    // The daemon is alive and the container untouched.
+    assert_eq!(
+        c.status(&id).expect("ContainerStatus").state,
+        v1::ContainerState::ContainerRunning as i32
+    );
+    let r = c.exec(&id, &["echo", "alive"], 30).expect("ExecSync");
+    assert_eq!(String::from_utf8_lossy(&r.stdout), "alive\n");
+
+    let mode = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    let dir = d.state_dir().join("pods").join(&pod);
+    assert_eq!(mode(&d.state_dir().join("pods")), 0o700);
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&d.run_dir().join("pods").join(&pod)), 0o700);
+    for f in ["scratch.ext4", "console.log", "vmm.log", "pod.json"] {
+        assert_eq!(mode(&dir.join(f)), 0o600, "{f}");
+    }
+
+    c.stop(&id, 0).expect("StopContainer");
+    c.remove_pod(&pod).expect("RemovePodSandbox");
+    assert_clean(d);
+}

@@ -88,11 +88,7 @@ impl Runtime {
             settings.state_dir.join("pods"),
             settings.runtime_dir.join("pods"),
         ] {
-            std::fs::create_dir_all(&dir).map_err(|source| store::StoreError::Io {
-                op: "create",
-                path: dir.clone(),
-                source,
-            })?;
+            store::create_private_dir(&dir)?;
         }
         let (events, _) = broadcast::channel(256);
         let rt = Runtime {
@@ -241,7 +237,7 @@ impl RuntimeBackend for Runtime {
 
     async fn stop_container(&self, id: &str, timeout: Duration) -> Result<(), BackendError> {
         let c = self.inner.container(id)?;
-        Ok(container::stop(&self.inner, &c, timeout).await?)
+        Ok(container::stop_container(&self.inner, &c, timeout).await?)
     }
 
     async fn remove_container(&self, id: &str) -> Result<(), BackendError> {
