@@ -74,8 +74,14 @@ pub fn create_private_file(path: &Path) -> Result<(), StoreError> {
         .map_err(io("chmod", path))
 }
 
-/// Writes `value` as JSON to `path`, atomically.
+/// Writes `value` as JSON to `path`, atomically and durably.
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), StoreError> {
+    replace_json(path, value, true)
+}
+
+/// Writes `value` as JSON to `path`, atomically (a process killed at any point leaves
+/// the old or the new file); with `sync`, also durably (it survives a host crash).
+pub fn replace_json<T: Serialize>(path: &Path, value: &T, sync: bool) -> Result<(), StoreError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let data = serde_json::to_vec_pretty(value).map_err(|source| StoreError::Corrupt {
         path: path.to_owned(),
@@ -83,15 +89,19 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), StoreError
     })?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io("create temp file in", dir))?;
     tmp.write_all(&data).map_err(io("write", tmp.path()))?;
-    tmp.as_file().sync_all().map_err(io("fsync", path))?;
+    if sync {
+        tmp.as_file().sync_all().map_err(io("fsync", path))?;
+    }
     tmp.persist(path).map_err(|e| StoreError::Io {
         op: "rename into",
         path: path.to_owned(),
         source: e.error,
     })?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io("fsync", dir))?;
+    if sync {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io("fsync", dir))?;
+    }
     Ok(())
 }
 

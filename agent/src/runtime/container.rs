@@ -568,6 +568,7 @@ async fn create_reserved(
         pod: pod.clone(),
         record: Mutex::new(record),
         _leases: leases,
+        log_health: sink.health(),
         sink: Arc::new(tokio::sync::Mutex::new(sink)),
         log_task: Mutex::new(None),
         exit_task: Mutex::new(None),

@@ -131,7 +131,13 @@ fn enter_container(
     pod: &Arc<Pod>,
     rec: ContainerRecord,
 ) -> (Arc<Container>, LogRecord) {
-    let log: LogRecord = store::read_json(&pod.paths.log(&rec.id)).unwrap_or_default();
+    let log: Option<LogRecord> = match store::read_json(&pod.paths.log(&rec.id)) {
+        Ok(log) => Some(log),
+        Err(e) => {
+            tracing::warn!(container = %rec.id, "log position lost ({e}): the log is kept as it is and copying starts over from what the guest still holds");
+            None
+        }
+    };
     let images = std::iter::once(rec.image_id.clone()).chain(
         rec.volumes
             .iter()
@@ -148,7 +154,13 @@ fn enter_container(
         })
         .collect();
     let path = (!rec.log_path.is_empty()).then(|| rec.log_path.clone().into());
-    let sink = match LogSink::open(path, log.log_len) {
+    let opened = match &log {
+        Some(log) => LogSink::open(path, log.log_len),
+        // Never cut a log whose position is unknown.
+        None => LogSink::open_as_is(path),
+    };
+    let log = log.unwrap_or_default();
+    let sink = match opened {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(container = %rec.id, "{e}");
@@ -161,6 +173,7 @@ fn enter_container(
         pod: pod.clone(),
         record: Mutex::new(rec),
         _leases: leases,
+        log_health: sink.health(),
         sink: Arc::new(tokio::sync::Mutex::new(sink)),
         log_task: Mutex::new(None),
         exit_task: Mutex::new(None),

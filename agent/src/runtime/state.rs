@@ -18,7 +18,7 @@ use super::pool::WarmPool;
 use super::util::{lock, now_ns};
 use crate::config::VmConfig;
 use crate::images::{ImageLease, ImageManager};
-use crate::logs::SharedSink;
+use crate::logs::{LogHealth, SharedSink};
 use crate::network::pod::{NetworkSettings, PodNetworks};
 use crate::sandbox::{Hypervisor, Vm};
 use crate::store::{self, ContainerRecord, PodPaths, PodPhase, PodRecord};
@@ -67,6 +67,8 @@ pub(super) struct Container {
     /// Its image's and its image volumes' leases.
     pub(super) _leases: Vec<ImageLease>,
     pub(super) sink: SharedSink,
+    /// The log copy's unrecovered write error, if any.
+    pub(super) log_health: LogHealth,
     pub(super) log_task: Mutex<Option<JoinHandle<()>>>,
     pub(super) exit_task: Mutex<Option<JoinHandle<()>>>,
     /// True once the log copy has ended (everything copied, or it failed).
@@ -191,6 +193,7 @@ impl Container {
                 "exitSeenAtNs": r.exit_seen_at_ns,
                 "finishedAtNs": r.finished_at_ns,
                 "logComplete": *self.log_done.borrow(),
+                "logError": *lock(&self.log_health),
             })
             .to_string(),
         }

@@ -1351,3 +1351,38 @@ async fn an_image_volume_takes_a_slot_and_is_shared_by_the_pods_containers() {
     let e = h.rt.create_container(&pod, bad).await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::InvalidArgument);
 }
+
+#[tokio::test]
+async fn recovery_keeps_a_log_whose_position_file_is_missing() {
+    let h = harness(0).await;
+    let (pod, _vm) = h.pod("lost-position").await;
+    let c = h.running(&pod, "app").await;
+    let log = std::path::Path::new(&h.log_dir()).join("app.log");
+    let text = "2026-01-01T00:00:00.000000000Z stdout F before the restart\n";
+    std::fs::write(&log, text).unwrap();
+    let position = h
+        .dir
+        .path()
+        .join("state/pods")
+        .join(&pod)
+        .join("containers")
+        .join(format!("{c}.log.json"));
+    std::fs::remove_file(&position).unwrap();
+
+    let hv = Arc::new(FakeHypervisor::default());
+    let mut guest = GuestState::default();
+    guest.containers.insert(
+        c.clone(),
+        vmlet_proto::agent::ProcessStatus {
+            state: vmlet_proto::agent::ProcessState::Running as i32,
+            ..Default::default()
+        },
+    );
+    hv.prepare_adoptable(&h.control(&pod), guest);
+    let rt = h.reopen(hv.clone()).await;
+    assert_eq!(rt.container(&c).unwrap().state, ContainerState::Running);
+    assert!(
+        std::fs::read_to_string(&log).unwrap().starts_with(text),
+        "the log was cut"
+    );
+}
