@@ -650,7 +650,10 @@ impl Exit {
 pub(super) fn record_exit(inner: &Inner, c: &Container, exit: Exit) -> bool {
     let changed = {
         let mut r = lock(&c.record);
-        if !matches!(r.state, ContainerState::Created | ContainerState::Running) {
+        if !matches!(
+            r.state,
+            ContainerState::Created | ContainerState::Running | ContainerState::Unknown
+        ) {
             false
         } else {
             r.state = ContainerState::Exited;

@@ -342,6 +342,7 @@ async fn finish(
         vm: Mutex::new(Some(vm)),
         op: tokio::sync::Mutex::new(()),
         volumes: Arc::default(),
+        settled: tokio::sync::watch::Sender::new(true),
     });
     if shared_fs {
         pod.volumes

@@ -57,6 +57,8 @@ pub(super) struct Pod {
     pub(super) op: tokio::sync::Mutex<()>,
     /// The containers' volumes in the guest.
     pub(super) volumes: Arc<PodVolumes>,
+    /// False while recovery after a restart is still taking the pod over.
+    pub(super) settled: tokio::sync::watch::Sender<bool>,
 }
 
 /// A container in memory.
@@ -98,6 +100,8 @@ pub(super) struct Inner {
     pub(super) tables: Mutex<Tables>,
     pub(super) events: broadcast::Sender<ContainerEvent>,
     pub(super) pod_cidr: Mutex<String>,
+    /// Recovery's background tasks (taking pods over, undoing unfinished ones).
+    pub(super) recovery: Mutex<Vec<JoinHandle<()>>>,
 }
 
 /// Lines of `vmm.log` and `console.log` that verbose PodSandboxStatus shows of a pod
@@ -156,6 +160,15 @@ impl Pod {
             verbose_json: verbose.to_string(),
             ips: r.network.as_ref().map(|n| n.ips()).unwrap_or_default(),
         }
+    }
+}
+
+impl Pod {
+    /// Waits until recovery is done with the pod (at once for every other pod).
+    pub(super) async fn settled(&self) {
+        let mut rx = self.settled.subscribe();
+        // The sender lives in the pod itself, so it cannot be dropped while waited on.
+        let _ = rx.wait_for(|s| *s).await;
     }
 }
 
