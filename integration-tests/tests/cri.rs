@@ -1511,3 +1511,59 @@ fn huge_timeouts_are_refused_and_pod_files_are_private() {
     c.remove_pod(&pod).expect("RemovePodSandbox");
     assert_clean(d);
 }
+
+/// A guest that does not answer when a restarted vmletd takes its VM over (here its
+/// VMM is stopped with SIGSTOP) is not killed and its containers are not exited: they
+/// are unknown until it answers again, and then followed as before.
+#[test]
+fn a_guest_that_does_not_answer_after_a_restart_is_unknown_until_it_does() {
+    let mut env = env();
+    let c = env.daemon.client();
+    c.pull(&env.image).expect("PullImage");
+    let cfg = pod_config("frozen", &env.daemon.log_dir());
+    let pod = c.run_pod(cfg.clone()).expect("RunPodSandbox");
+    let app = run_container(
+        &c,
+        &pod,
+        &cfg,
+        container_config("app", &env.image, "echo up; while true; do sleep 0.2; done"),
+    );
+    wait_for_line(&env.daemon, "app.log", "up");
+    drop(c);
+
+    env.daemon.signal_and_wait(libc::SIGKILL);
+    let pid = c_status_pid(&env.daemon, &pod);
+    // SAFETY: kill(2) on a VMM this test's daemon started.
+    unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+    env.daemon.restart();
+    let c = env.daemon.client();
+    assert_eq!(c.list_pods(None).len(), 1, "the pod is listed from the start");
+    let start = std::time::Instant::now();
+    loop {
+        let s = c.status(&app).expect("ContainerStatus");
+        assert_ne!(
+            s.state,
+            v1::ContainerState::ContainerExited as i32,
+            "marked exited: {s:?}"
+        );
+        if s.state == v1::ContainerState::ContainerUnknown as i32 {
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "never unknown: {s:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(env.daemon.vmm_pids().contains(&pid), "the VMM was killed");
+
+    // SAFETY: as above.
+    unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+    let start = std::time::Instant::now();
+    while c.status(&app).unwrap().state != v1::ContainerState::ContainerRunning as i32 {
+        assert!(start.elapsed() < WAIT, "never taken over again");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let r = c.exec(&app, &["echo", "back"], 30).expect("ExecSync");
+    assert_eq!(String::from_utf8_lossy(&r.stdout), "back\n");
+    c.stop(&app, 0).expect("StopContainer");
+    c.remove_pod(&pod).expect("RemovePodSandbox");
+    assert_clean(&env.daemon);
+}
