@@ -34,6 +34,10 @@ use crate::store::{self, LogRecord, StoreError};
 const READ_POLL: Duration = Duration::from_secs(30);
 /// Pause after a failed read before the next try.
 const RETRY: Duration = Duration::from_millis(500);
+/// First and longest pause after a reply with nothing in it: a guest answers a read
+/// when it has output or its poll ends, so quick empty replies are a guest misbehaving.
+const EMPTY_FIRST: Duration = Duration::from_millis(10);
+const EMPTY_MAX: Duration = Duration::from_secs(1);
 /// Bytes asked for per read.
 const CHUNK: u32 = 256 << 10;
 /// Longest time output is copied between two fsyncs.
@@ -68,23 +72,49 @@ pub type LogHealth = Arc<Mutex<Option<String>>>;
 /// `F`; a trailing piece without newline is `P`, unless the stream ended (`eof`).
 pub fn entries(ts: &str, stream: &str, data: &[u8], eof: bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(data.len() + 64);
+    // Writing to a Vec cannot fail.
+    let _ = write_entries(&mut out, ts, stream, data, eof);
+    out
+}
+
+/// Bytes of entries gathered before they are written: each output line costs ~40 bytes
+/// of entry, so a chunk of newlines would grow ~40-fold if built whole.
+const ENTRY_BATCH: usize = 64 << 10;
+
+/// Writes [`entries`] to `w` in batches of about [`ENTRY_BATCH`] bytes; returns how
+/// many bytes it wrote.
+fn write_entries<W: Write>(
+    w: &mut W,
+    ts: &str,
+    stream: &str,
+    data: &[u8],
+    eof: bool,
+) -> std::io::Result<u64> {
+    let mut batch = Vec::with_capacity(ENTRY_BATCH.min(data.len() + 64));
+    let mut written = 0u64;
     let mut rest = data;
     while !rest.is_empty() {
         let (line, tag, next) = match rest.iter().position(|&b| b == b'\n') {
             Some(i) => (&rest[..i], "F", &rest[i + 1..]),
             None => (rest, if eof { "F" } else { "P" }, &rest[rest.len()..]),
         };
-        out.extend_from_slice(ts.as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(stream.as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(tag.as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(line);
-        out.push(b'\n');
+        batch.extend_from_slice(ts.as_bytes());
+        batch.push(b' ');
+        batch.extend_from_slice(stream.as_bytes());
+        batch.push(b' ');
+        batch.extend_from_slice(tag.as_bytes());
+        batch.push(b' ');
+        batch.extend_from_slice(line);
+        batch.push(b'\n');
         rest = next;
+        if batch.len() >= ENTRY_BATCH {
+            w.write_all(&batch)?;
+            written += batch.len() as u64;
+            batch.clear();
+        }
     }
-    out
+    w.write_all(&batch)?;
+    Ok(written + batch.len() as u64)
 }
 
 /// Now in RFC 3339 with nanoseconds, UTC.
@@ -190,17 +220,20 @@ impl LogSink {
         let (Some(file), Some(path)) = (&mut self.file, &self.path) else {
             return Ok(());
         };
-        let bytes = entries(&timestamp(), stream, data, eof);
-        if let Err(source) = file.write_all(&bytes) {
-            // Best effort: a file that cannot even be cut back is reported anyway.
-            let _ = file.set_len(self.len);
-            return Err(LogError::File {
-                path: path.clone(),
-                source,
-            });
+        match write_entries(file, &timestamp(), stream, data, eof) {
+            Ok(n) => {
+                self.len += n;
+                Ok(())
+            }
+            Err(source) => {
+                // Best effort: a file that cannot even be cut back is reported anyway.
+                let _ = file.set_len(self.len);
+                Err(LogError::File {
+                    path: path.clone(),
+                    source,
+                })
+            }
         }
-        self.len += bytes.len() as u64;
-        Ok(())
     }
 
     /// Flushes what was written to the disk.
@@ -244,6 +277,7 @@ pub async fn copy(
         return Ok(());
     }
     let mut out = Persist::new(sink, record_path, id.clone());
+    let mut empty_pause = EMPTY_FIRST;
     let streams = [pb::Stream::Stdout, pb::Stream::Stderr];
     while open.iter().any(|&o| o) {
         let read = |i: usize, offset: u64| {
@@ -277,8 +311,14 @@ pub async fn copy(
                 r = err_read => r,
             }
         };
-        let resp = match result {
-            Ok(r) => r.into_inner(),
+        let asked = if i == 0 { rec.stdout } else { rec.stderr };
+        let resp = match result.map(|r| checked(r.into_inner(), asked)) {
+            Ok(Ok(r)) => r,
+            Ok(Err(why)) => {
+                tracing::warn!(container = %id, "the guest's output reply is refused: {why}");
+                tokio::time::sleep(RETRY).await;
+                continue;
+            }
             Err(s) if s.code() == Code::DeadlineExceeded => continue,
             Err(s) if s.code() == Code::NotFound => {
                 tracing::debug!(container = %id, "container gone from the guest: log copy ends");
@@ -290,6 +330,12 @@ pub async fn copy(
                 continue;
             }
         };
+        if resp.data.is_empty() && !resp.eof {
+            tokio::time::sleep(empty_pause).await;
+            empty_pause = (empty_pause * 2).min(EMPTY_MAX);
+            continue;
+        }
+        empty_pause = EMPTY_FIRST;
         let name = if i == 0 { "stdout" } else { "stderr" };
         let next = resp.offset + resp.data.len() as u64;
         if i == 0 {
@@ -310,6 +356,22 @@ pub async fn copy(
         out.store("stdout", Vec::new(), false, &mut rec).await;
     }
     Ok(())
+}
+
+/// A guest's reply to a read at `asked`, held to what was asked: at most [`CHUNK`]
+/// bytes, none from before `asked` (those are cut off: they are in the log already).
+/// A reply from past `asked` is a gap the guest reports (it dropped output) and is
+/// taken as it is.
+fn checked(mut r: pb::ReadOutputResponse, asked: u64) -> Result<pb::ReadOutputResponse, String> {
+    if r.data.len() > CHUNK as usize {
+        return Err(format!("{} bytes, {CHUNK} asked for", r.data.len()));
+    }
+    if r.offset < asked {
+        let known = usize::try_from(asked - r.offset).unwrap_or(usize::MAX);
+        r.data.drain(..known.min(r.data.len()));
+        r.offset = asked;
+    }
+    Ok(r)
 }
 
 /// The file side of a copy: appends chunks and persists the position, off the async
@@ -445,6 +507,51 @@ mod tests {
         let e = entries("T", "stdout", b"\n", false);
         assert_eq!(String::from_utf8(e).unwrap(), "T stdout F \n");
         assert!(entries("T", "stdout", b"", true).is_empty());
+    }
+
+    #[test]
+    fn entries_are_written_in_bounded_batches() {
+        /// Records the largest single write.
+        struct Largest(Vec<u8>, usize);
+        impl Write for Largest {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.1 = self.1.max(b.len());
+                self.0.extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        // Newlines only: each byte becomes a whole entry.
+        let data = vec![b'\n'; CHUNK as usize];
+        let mut w = Largest(Vec::new(), 0);
+        let n = write_entries(&mut w, "T", "stdout", &data, false).unwrap();
+        assert_eq!(n, w.0.len() as u64);
+        assert_eq!(w.0, entries("T", "stdout", &data, false));
+        assert_eq!(w.0.len(), data.len() * "T stdout F \n".len());
+        assert!(w.1 < 2 * ENTRY_BATCH, "a write of {} bytes", w.1);
+    }
+
+    #[test]
+    fn guest_replies_are_held_to_what_was_asked() {
+        let reply = |offset: u64, data: &[u8]| pb::ReadOutputResponse {
+            offset,
+            data: data.to_vec(),
+            eof: false,
+        };
+        let r = checked(reply(10, b"abc"), 10).unwrap();
+        assert_eq!((r.offset, r.data.as_slice()), (10, &b"abc"[..]));
+        // Bytes from before the asked offset are in the log already.
+        let r = checked(reply(8, b"abcde"), 10).unwrap();
+        assert_eq!((r.offset, r.data.as_slice()), (10, &b"cde"[..]));
+        let r = checked(reply(2, b"ab"), 10).unwrap();
+        assert_eq!((r.offset, r.data.len()), (10, 0));
+        // A gap the guest reports is kept.
+        assert_eq!(checked(reply(20, b"x"), 10).unwrap().offset, 20);
+        // More than asked for is refused.
+        let big = vec![0u8; CHUNK as usize + 1];
+        assert!(checked(reply(10, &big), 10).is_err());
     }
 
     #[test]

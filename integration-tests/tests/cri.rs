@@ -1537,7 +1537,11 @@ fn a_guest_that_does_not_answer_after_a_restart_is_unknown_until_it_does() {
     unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
     env.daemon.restart();
     let c = env.daemon.client();
-    assert_eq!(c.list_pods(None).len(), 1, "the pod is listed from the start");
+    assert_eq!(
+        c.list_pods(None).len(),
+        1,
+        "the pod is listed from the start"
+    );
     let start = std::time::Instant::now();
     loop {
         let s = c.status(&app).expect("ContainerStatus");
