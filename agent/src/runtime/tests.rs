@@ -1460,3 +1460,29 @@ async fn recovery_keeps_a_log_whose_position_file_is_missing() {
         "the log was cut"
     );
 }
+
+/// StopContainer while StartContainer is in flight waits for it and then stops the
+/// container, instead of finding it "created" and leaving it to run.
+#[tokio::test]
+async fn stop_container_waits_for_a_start_in_flight() {
+    let h = harness(0).await;
+    let (pod, _vm) = h.pod("race").await;
+    let id =
+        h.rt.create_container(&pod, container_config("app"))
+            .await
+            .unwrap();
+    let rt = h.rt.clone();
+    let started = id.clone();
+    let start = tokio::spawn(async move { rt.start_container(&started).await });
+    // One thread: the start runs until it waits for the guest's answer.
+    tokio::task::yield_now().await;
+    h.rt.stop_container(&id, Duration::from_secs(10))
+        .await
+        .unwrap();
+    start.await.unwrap().unwrap();
+    let info = h.rt.container(&id).unwrap();
+    assert_eq!(
+        (info.state, info.exit_code),
+        (ContainerState::Exited, 128 + libc::SIGTERM)
+    );
+}
