@@ -1571,3 +1571,88 @@ fn a_guest_that_does_not_answer_after_a_restart_is_unknown_until_it_does() {
     c.remove_pod(&pod).expect("RemovePodSandbox");
     assert_clean(&env.daemon);
 }
+
+/// A container's log on a file system that fills up: copying pauses (the error shows
+/// in verbose ContainerStatus), the container goes on, and once there is room again
+/// every line arrives, once, in order.
+#[test]
+fn a_full_log_disk_pauses_the_copy_which_resumes_without_loss() {
+    let env = env();
+    let d = &env.daemon;
+    let c = d.client();
+    c.pull(&env.image).expect("PullImage");
+    // The pod's log directory on its own small file system.
+    let logs = d.log_dir().join("tiny");
+    std::fs::create_dir_all(&logs).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=512k", "tmpfs"])
+        .arg(&logs)
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mount a tmpfs");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _unmount = Unmount(logs.clone());
+
+    let cfg = pod_config("fills", &logs);
+    let pod = c.run_pod(cfg.clone()).expect("RunPodSandbox");
+    let id = c
+        .create(
+            &pod,
+            container_config(
+                "talker",
+                &env.image,
+                "i=0; while [ $i -lt 3000 ]; do echo line-$i; i=$((i+1)); done; sleep 3600",
+            ),
+            &cfg,
+        )
+        .expect("CreateContainer");
+    // Fill the file system, then let the container talk.
+    let filler = logs.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        while f.write_all(&[b'x'; 4096]).is_ok() {}
+    }
+    c.start(&id).expect("StartContainer");
+    let start = std::time::Instant::now();
+    let error = loop {
+        let info = c.status_info(&id).expect("ContainerStatus");
+        if let Some(e) = info["logError"].as_str() {
+            break e.to_owned();
+        }
+        assert!(start.elapsed() < WAIT, "no logError: {info}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(error.contains("No space left"), "{error}");
+    assert_eq!(
+        c.status(&id).unwrap().state,
+        v1::ContainerState::ContainerRunning as i32
+    );
+
+    std::fs::remove_file(&filler).unwrap();
+    let start = std::time::Instant::now();
+    let text =
+        |d: &std::path::Path| std::fs::read_to_string(d.join("talker.log")).unwrap_or_default();
+    while !lines(&parse_log(&text(&logs)), "stdout")
+        .iter()
+        .any(|l| l == "line-2999")
+    {
+        assert!(start.elapsed() < WAIT, "the copy never resumed");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = lines(&parse_log(&text(&logs)), "stdout");
+    let want: Vec<String> = (0..3000).map(|i| format!("line-{i}")).collect();
+    assert_eq!(out, want, "every line once, in order");
+    assert!(c.status_info(&id).unwrap()["logError"].is_null());
+    c.stop(&id, 0).expect("StopContainer");
+    c.remove_pod(&pod).expect("RemovePodSandbox");
+    assert_clean(d);
+}
