@@ -36,8 +36,8 @@ const READ_POLL: Duration = Duration::from_secs(30);
 const RETRY: Duration = Duration::from_millis(500);
 /// First and longest pause after a reply with nothing in it: a guest answers a read
 /// when it has output or its poll ends, so quick empty replies are a guest misbehaving.
-const EMPTY_FIRST: Duration = Duration::from_millis(10);
-const EMPTY_MAX: Duration = Duration::from_secs(1);
+pub(crate) const EMPTY_FIRST: Duration = Duration::from_millis(10);
+pub(crate) const EMPTY_MAX: Duration = Duration::from_secs(1);
 /// Bytes asked for per read.
 const CHUNK: u32 = 256 << 10;
 /// Longest time output is copied between two fsyncs.
@@ -312,7 +312,7 @@ pub async fn copy(
             }
         };
         let asked = if i == 0 { rec.stdout } else { rec.stderr };
-        let resp = match result.map(|r| checked(r.into_inner(), asked)) {
+        let resp = match result.map(|r| checked(r.into_inner(), asked, CHUNK)) {
             Ok(Ok(r)) => r,
             Ok(Err(why)) => {
                 tracing::warn!(container = %id, "the guest's output reply is refused: {why}");
@@ -358,13 +358,17 @@ pub async fn copy(
     Ok(())
 }
 
-/// A guest's reply to a read at `asked`, held to what was asked: at most [`CHUNK`]
-/// bytes, none from before `asked` (those are cut off: they are in the log already).
-/// A reply from past `asked` is a gap the guest reports (it dropped output) and is
-/// taken as it is.
-fn checked(mut r: pb::ReadOutputResponse, asked: u64) -> Result<pb::ReadOutputResponse, String> {
-    if r.data.len() > CHUNK as usize {
-        return Err(format!("{} bytes, {CHUNK} asked for", r.data.len()));
+/// A guest's reply to a read at `asked` of at most `max` bytes, held to what was
+/// asked: no more than `max` bytes, none from before `asked` (those are cut off: the
+/// reader has them already). A reply from past `asked` is a gap the guest reports (it
+/// dropped output) and is taken as it is.
+pub(crate) fn checked(
+    mut r: pb::ReadOutputResponse,
+    asked: u64,
+    max: u32,
+) -> Result<pb::ReadOutputResponse, String> {
+    if r.data.len() > max as usize {
+        return Err(format!("{} bytes, {max} asked for", r.data.len()));
     }
     if r.offset < asked {
         let known = usize::try_from(asked - r.offset).unwrap_or(usize::MAX);
@@ -540,18 +544,18 @@ mod tests {
             data: data.to_vec(),
             eof: false,
         };
-        let r = checked(reply(10, b"abc"), 10).unwrap();
+        let r = checked(reply(10, b"abc"), 10, CHUNK).unwrap();
         assert_eq!((r.offset, r.data.as_slice()), (10, &b"abc"[..]));
         // Bytes from before the asked offset are in the log already.
-        let r = checked(reply(8, b"abcde"), 10).unwrap();
+        let r = checked(reply(8, b"abcde"), 10, CHUNK).unwrap();
         assert_eq!((r.offset, r.data.as_slice()), (10, &b"cde"[..]));
-        let r = checked(reply(2, b"ab"), 10).unwrap();
+        let r = checked(reply(2, b"ab"), 10, CHUNK).unwrap();
         assert_eq!((r.offset, r.data.len()), (10, 0));
         // A gap the guest reports is kept.
-        assert_eq!(checked(reply(20, b"x"), 10).unwrap().offset, 20);
+        assert_eq!(checked(reply(20, b"x"), 10, CHUNK).unwrap().offset, 20);
         // More than asked for is refused.
         let big = vec![0u8; CHUNK as usize + 1];
-        assert!(checked(reply(10, &big), 10).is_err());
+        assert!(checked(reply(10, &big), 10, CHUNK).is_err());
     }
 
     #[test]
