@@ -172,3 +172,55 @@ fn the_scratch_root_is_private() {
     let meta = fs::metadata(root.guard_dir()).unwrap();
     assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 0);
 }
+
+/// A registry that streams a manifest without end (chunked, no length announced) is
+/// cut off at the cap: the manifest is never read whole.
+#[tokio::test]
+async fn an_endless_manifest_is_cut_off_at_the_cap() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = sent.clone();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut req = [0u8; 4096];
+                let _ = conn.read(&mut req).await;
+                let head = "HTTP/1.1 200 OK\r\n\
+                    Content-Type: application/vnd.oci.image.manifest.v1+json\r\n\
+                    Transfer-Encoding: chunked\r\n\r\n";
+                if conn.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let chunk = format!("1000\r\n{}\r\n", " ".repeat(4096));
+                // Until the client hangs up (or far past any sane manifest).
+                for _ in 0..(1 << 18) {
+                    if conn.write_all(chunk.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    counter.fetch_add(4096, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    let state = tempfile::tempdir().unwrap();
+    let limits = ImageLimits {
+        max_manifest_bytes: 64 << 10,
+        ..ImageLimits::default()
+    };
+    let mgr = manager_with_limits(state.path(), &[addr.as_str()], limits).await;
+    let err = mgr
+        .pull(&format!("{addr}/endless:latest"), &Credentials::default())
+        .await
+        .unwrap_err();
+    assert_eq!(limit_key(&err), "max_manifest_bytes", "{err}");
+    // The client stopped reading soon after the cap (socket buffers hold a few MiB).
+    let sent = sent.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        sent < 64 << 20,
+        "{sent} bytes were sent before the pull gave up"
+    );
+    assert_empty_state(state.path());
+}

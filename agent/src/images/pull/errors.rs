@@ -105,14 +105,55 @@ impl Ctx {
         if size <= limit {
             return Ok(());
         }
-        Err(PullError::Limit {
+        Err(self.limit(what, size, limit, key))
+    }
+
+    /// `what` of (at least) `size` bytes is over `limit` (config key `key`).
+    pub(super) fn limit(&self, what: &str, size: u64, limit: u64, key: &'static str) -> PullError {
+        PullError::Limit {
             reference: self.reference.clone(),
             source: LimitExceeded {
-                what: format!("{what} of {size} bytes"),
+                what: format!("{what} of {size} bytes or more"),
                 limit,
                 key,
             },
-        })
+        }
+    }
+
+    pub(super) fn unauthorized(&self, message: String) -> PullError {
+        PullError::Unauthorized {
+            registry: self.registry.clone(),
+            message,
+        }
+    }
+
+    pub(super) fn not_found(&self, message: String) -> PullError {
+        PullError::NotFound {
+            reference: self.reference.clone(),
+            message,
+        }
+    }
+
+    pub(super) fn registry(&self, message: String) -> PullError {
+        PullError::Registry {
+            registry: self.registry.clone(),
+            message,
+        }
+    }
+
+    /// A transport error of our own HTTP requests.
+    pub(super) fn unreachable(&self, e: &reqwest::Error) -> PullError {
+        let mut message = e.to_string();
+        let mut source = std::error::Error::source(e);
+        while let Some(s) = source {
+            message.push_str(": ");
+            message.push_str(&s.to_string());
+            source = s.source();
+        }
+        PullError::Unreachable {
+            registry: self.registry.clone(),
+            message,
+        }
     }
 
     pub(super) fn parse_manifest(&self, body: &[u8]) -> Result<OciManifest, PullError> {
