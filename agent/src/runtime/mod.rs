@@ -109,7 +109,7 @@ impl Runtime {
                 recovery: Mutex::new(Vec::new()),
             }),
         };
-        recovery::recover(&rt.inner);
+        recovery::recover(&rt.inner).await;
         tokio::spawn(warm::refill(rt.inner.clone()));
         Ok(rt)
     }

@@ -5,8 +5,8 @@
 //! reason `VMExited`. Pods caught half-created are torn down.
 //!
 //! The records are read before the CRI socket is served, so every pod and container
-//! is listed from the first call on (as recorded); the VMs are then taken over in the
-//! background, all pods at once. Calls that act on a pod wait until it is taken over
+//! is listed from the first call on (as recorded), and VMs that never became pods are
+//! undone by then; the pods' VMs are taken over in the background, all at once. Calls that act on a pod wait until it is taken over
 //! (see [`Pod::settled`]). A VMM that runs but whose guest does not answer is not
 //! killed: its containers are `Unknown` (not exited) and taking it over is tried
 //! again, with growing pauses, for as long as the VMM runs.
@@ -36,10 +36,11 @@ const READOPT_MAX: Duration = Duration::from_secs(60);
 /// containers unknown until it is stopped.
 const READOPT_TRIES: u32 = 64;
 
-/// Loads every recorded pod and starts taking their VMs over in the background.
-/// Failures are logged per pod: one bad pod does not keep the daemon from serving the
-/// others.
-pub(super) fn recover(inner: &Arc<Inner>) {
+/// Loads every recorded pod and starts taking their VMs over in the background; VMs
+/// that never became pods (half-created pods, warm VMs) are undone before this
+/// returns, all at once, so that no call sees their namespaces or addresses. Failures
+/// are logged per pod: one bad pod does not keep the daemon from serving the others.
+pub(super) async fn recover(inner: &Arc<Inner>) {
     let s = &inner.settings;
     let ids = match store::pod_ids(&s.state_dir) {
         Ok(ids) => ids,
@@ -48,6 +49,7 @@ pub(super) fn recover(inner: &Arc<Inner>) {
             return;
         }
     };
+    let mut unfinished = Vec::new();
     for id in ids {
         let paths = PodPaths::new(&s.state_dir, &s.runtime_dir, &id);
         let record: PodRecord = match store::read_json(&paths.record()) {
@@ -58,15 +60,19 @@ pub(super) fn recover(inner: &Arc<Inner>) {
             }
         };
         if matches!(record.phase, PodPhase::Creating | PodPhase::Warm) {
-            let i = inner.clone();
-            let task = tokio::spawn(async move { discard_unfinished(&i, &paths, &record).await });
-            lock(&inner.recovery).push(task);
+            unfinished.push((paths, record));
             continue;
         }
         if let Err(e) = recover_pod(inner, paths, record) {
             tracing::error!(pod = %id, "cannot recover the pod's containers: {e}");
         }
     }
+    futures_util::future::join_all(
+        unfinished
+            .iter()
+            .map(|(paths, record)| discard_unfinished(inner, paths, record)),
+    )
+    .await;
 }
 
 /// Marks its pod settled when dropped, however the recovery task ends.
