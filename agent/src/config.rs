@@ -56,6 +56,16 @@
 //! # the pod's console.log. Set "" to see the whole boot.
 //! kernel_args = "quiet"
 //!
+//! [images]
+//! # Caps on what a pulled image may make vmletd read and write; a larger image is
+//! # refused (ResourceExhausted, naming the key to raise). The defaults fit real images.
+//! max_manifest_bytes = 4194304       # a manifest or index
+//! max_config_bytes = 8388608         # the image config blob
+//! max_tar_header_bytes = 1048576     # a long name or PAX record of one layer entry
+//! max_unpacked_bytes = 68719476736   # all layers of an image, uncompressed (64 GiB)
+//! max_entries = 4000000              # tar entries in all layers of an image
+//! max_inodes = 2000000               # files, directories, links and nodes they create
+//!
 //! [volumes]
 //! # Most bytes one copied volume (configMap, secret, projected token, /etc/hosts,
 //! # termination log) may hold; at most 8 MiB. Larger ones are refused.
@@ -89,7 +99,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::images::RegistriesConfig;
+use crate::images::{ImageLimits, RegistriesConfig};
 use crate::network::pod::{NetworkMode, NetworkSettings};
 
 /// The default config file.
@@ -224,6 +234,8 @@ pub struct Config {
     pub vm: VmConfig,
     /// Registries.
     pub registries: RegistriesConfig,
+    /// Image size limits.
+    pub images: ImageLimits,
     /// Container volumes.
     pub volumes: VolumesConfig,
     /// The streaming server (exec, attach, port-forward).
@@ -374,6 +386,7 @@ impl Default for Config {
             network: NetworkSettings::default(),
             vm: VmConfig::default(),
             registries: RegistriesConfig::default(),
+            images: ImageLimits::default(),
             volumes: VolumesConfig::default(),
             streaming: StreamingConfig::default(),
             security: SecurityConfig::default(),
@@ -542,6 +555,7 @@ impl Config {
             ));
         }
         self.streaming.check().map_err(ConfigError::Invalid)?;
+        self.images.check().map_err(ConfigError::Invalid)?;
         if self.vm.max_concurrent_boots == 0 {
             return bad("vm.max_concurrent_boots must be at least 1".to_owned());
         }

@@ -97,6 +97,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
 
     let mut image_config = ImageManagerConfig::new(config.state_dir.join("images"));
     image_config.registries = config.registries.clone();
+    image_config.limits = config.images;
     let images = Arc::new(ImageManager::open(image_config).await?);
     let runtime = Arc::new(
         Runtime::open(

@@ -48,8 +48,40 @@ fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> St
     }
 }
 
-/// Writes `value` as JSON to `path`, atomically.
+/// Creates `dir` (and missing parents) for root's eyes only (0700), tightening it if it
+/// existed: pod state holds disks, console output and records no other user may read.
+pub fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io("create", dir))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io("chmod", dir))
+}
+
+/// Creates `path` empty for root alone (0600) unless it exists, and makes it 0600: a
+/// file another component opens for appending keeps the mode it was created with.
+pub fn create_private_file(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io("create", path))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(io("chmod", path))
+}
+
+/// Writes `value` as JSON to `path`, atomically and durably.
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), StoreError> {
+    replace_json(path, value, true)
+}
+
+/// Writes `value` as JSON to `path`, atomically (a process killed at any point leaves
+/// the old or the new file); with `sync`, also durably (it survives a host crash).
+pub fn replace_json<T: Serialize>(path: &Path, value: &T, sync: bool) -> Result<(), StoreError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let data = serde_json::to_vec_pretty(value).map_err(|source| StoreError::Corrupt {
         path: path.to_owned(),
@@ -57,15 +89,19 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), StoreError
     })?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io("create temp file in", dir))?;
     tmp.write_all(&data).map_err(io("write", tmp.path()))?;
-    tmp.as_file().sync_all().map_err(io("fsync", path))?;
+    if sync {
+        tmp.as_file().sync_all().map_err(io("fsync", path))?;
+    }
     tmp.persist(path).map_err(|e| StoreError::Io {
         op: "rename into",
         path: path.to_owned(),
         source: e.error,
     })?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io("fsync", dir))?;
+    if sync {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io("fsync", dir))?;
+    }
     Ok(())
 }
 

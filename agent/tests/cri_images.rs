@@ -208,3 +208,39 @@ async fn image_service_over_unix_socket() {
     let _ = stop_tx.send(());
     server.await.unwrap().unwrap();
 }
+
+/// An image over the node's limits reaches PullImage as ResourceExhausted, with a
+/// message that names the limit to raise.
+#[tokio::test]
+async fn an_image_over_the_limits_is_resource_exhausted() {
+    let registry = TestRegistry::start().expect("registry must start");
+    let reference = registry
+        .push(&busybox_image().unwrap(), "busybox:limits")
+        .unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let limits = vmlet_agent::images::ImageLimits {
+        max_inodes: 3,
+        ..Default::default()
+    };
+    let manager = Arc::new(
+        common::manager_with_limits(&state.path().join("images"), &[registry.addr()], limits).await,
+    );
+    let sock = state.path().join("cri.sock");
+    let listener = UnixListener::bind(&sock).unwrap();
+    let server = tokio::spawn(
+        Server::builder()
+            .add_service(ImageServer::new(manager).into_service())
+            .serve_with_incoming(UnixListenerStream::new(listener)),
+    );
+    let mut client = connect(sock).await;
+    let err = client
+        .pull_image(PullImageRequest {
+            image: spec(&reference),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("images.max_inodes"), "{err:?}");
+    server.abort();
+}

@@ -419,6 +419,7 @@ async fn docker_hub_names_through_mirrors() {
         state_dir: state.path().to_path_buf(),
         registries: RegistriesConfig { hosts },
         scratch_dir: Some(scratch.path().to_path_buf()),
+        limits: Default::default(),
     })
     .await
     .unwrap();

@@ -9,7 +9,7 @@ use vmlet_agent::images::unpack::{Escape, UnpackError, Unpacker};
 use vmlet_test_support::LayerBuilder;
 
 fn apply(root: &Path, layer: LayerBuilder) -> Result<(), UnpackError> {
-    Unpacker::new(root).apply(&layer.finish()[..])
+    Unpacker::new(root, Default::default()).apply(&layer.finish()[..])
 }
 
 #[test]

@@ -1451,3 +1451,208 @@ fn pulls_from_a_tls_registry_need_a_trusted_ca_or_skip_tls_verify() {
         .expect("PullImage with the authority trusted");
     assert_eq!(trusted_id, id);
 }
+
+/// Durations no library can represent are refused before they reach one (a timeout of
+/// 400000000000 s made the gRPC client panic, and release builds abort on panic), the
+/// daemon lives on, and a pod's files are root's alone.
+#[test]
+fn huge_timeouts_are_refused_and_pod_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let env = env();
+    let d = &env.daemon;
+    let c = d.client();
+    c.pull(&env.image).expect("PullImage");
+    let pod_cfg = pod_config("huge", &d.log_dir());
+    let pod = c.run_pod(pod_cfg.clone()).expect("RunPodSandbox");
+    let id = run_container(
+        &c,
+        &pod,
+        &pod_cfg,
+        container_config(
+            "c",
+            &env.image,
+            "echo ready; while true; do sleep 0.2; done",
+        ),
+    );
+    wait_for_line(d, "c.log", "ready");
+
+    for timeout in [400_000_000_000, i64::MAX, -1] {
+        let e = c.stop(&id, timeout).unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{timeout}: {e}");
+        assert!(e.message().contains("timeout"), "{e}");
+        let e = c.exec(&id, &["true"], timeout).unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{timeout}: {e}");
+    }
+    // The daemon is alive and the container untouched.
+    assert_eq!(
+        c.status(&id).expect("ContainerStatus").state,
+        v1::ContainerState::ContainerRunning as i32
+    );
+    let r = c.exec(&id, &["echo", "alive"], 30).expect("ExecSync");
+    assert_eq!(String::from_utf8_lossy(&r.stdout), "alive\n");
+
+    let mode = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    let dir = d.state_dir().join("pods").join(&pod);
+    assert_eq!(mode(&d.state_dir().join("pods")), 0o700);
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&d.run_dir().join("pods").join(&pod)), 0o700);
+    for f in ["scratch.ext4", "console.log", "vmm.log", "pod.json"] {
+        assert_eq!(mode(&dir.join(f)), 0o600, "{f}");
+    }
+
+    c.stop(&id, 0).expect("StopContainer");
+    c.remove_pod(&pod).expect("RemovePodSandbox");
+    assert_clean(d);
+}
+
+/// A guest that does not answer when a restarted vmletd takes its VM over (here its
+/// VMM is stopped with SIGSTOP) is not killed and its containers are not exited: they
+/// are unknown until it answers again, and then followed as before.
+#[test]
+fn a_guest_that_does_not_answer_after_a_restart_is_unknown_until_it_does() {
+    let mut env = env();
+    let c = env.daemon.client();
+    c.pull(&env.image).expect("PullImage");
+    let cfg = pod_config("frozen", &env.daemon.log_dir());
+    let pod = c.run_pod(cfg.clone()).expect("RunPodSandbox");
+    let app = run_container(
+        &c,
+        &pod,
+        &cfg,
+        container_config("app", &env.image, "echo up; while true; do sleep 0.2; done"),
+    );
+    wait_for_line(&env.daemon, "app.log", "up");
+    drop(c);
+
+    env.daemon.signal_and_wait(libc::SIGKILL);
+    let pid = c_status_pid(&env.daemon, &pod);
+    // SAFETY: kill(2) on a VMM this test's daemon started.
+    unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+    env.daemon.restart();
+    let c = env.daemon.client();
+    assert_eq!(
+        c.list_pods(None).len(),
+        1,
+        "the pod is listed from the start"
+    );
+    let start = std::time::Instant::now();
+    loop {
+        let s = c.status(&app).expect("ContainerStatus");
+        assert_ne!(
+            s.state,
+            v1::ContainerState::ContainerExited as i32,
+            "marked exited: {s:?}"
+        );
+        if s.state == v1::ContainerState::ContainerUnknown as i32 {
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "never unknown: {s:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(env.daemon.vmm_pids().contains(&pid), "the VMM was killed");
+
+    // SAFETY: as above.
+    unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+    let start = std::time::Instant::now();
+    while c.status(&app).unwrap().state != v1::ContainerState::ContainerRunning as i32 {
+        assert!(start.elapsed() < WAIT, "never taken over again");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let r = c.exec(&app, &["echo", "back"], 30).expect("ExecSync");
+    assert_eq!(String::from_utf8_lossy(&r.stdout), "back\n");
+    c.stop(&app, 0).expect("StopContainer");
+    c.remove_pod(&pod).expect("RemovePodSandbox");
+    assert_clean(&env.daemon);
+}
+
+/// A container's log on a file system that fills up: copying pauses (the error shows
+/// in verbose ContainerStatus), the container goes on, and once there is room again
+/// every line arrives, once, in order.
+#[test]
+fn a_full_log_disk_pauses_the_copy_which_resumes_without_loss() {
+    let env = env();
+    let d = &env.daemon;
+    let c = d.client();
+    c.pull(&env.image).expect("PullImage");
+    // The pod's log directory on its own small file system.
+    let logs = d.log_dir().join("tiny");
+    std::fs::create_dir_all(&logs).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=512k", "tmpfs"])
+        .arg(&logs)
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mount a tmpfs");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _unmount = Unmount(logs.clone());
+
+    let cfg = pod_config("fills", &logs);
+    let pod = c.run_pod(cfg.clone()).expect("RunPodSandbox");
+    let id = c
+        .create(
+            &pod,
+            container_config(
+                "talker",
+                &env.image,
+                "i=0; while [ $i -lt 3000 ]; do echo line-$i; i=$((i+1)); done; sleep 3600",
+            ),
+            &cfg,
+        )
+        .expect("CreateContainer");
+    // Fill the file system, then let the container talk.
+    let filler = logs.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        while f.write_all(&[b'x'; 4096]).is_ok() {}
+    }
+    c.start(&id).expect("StartContainer");
+    let start = std::time::Instant::now();
+    let error = loop {
+        let info = c.status_info(&id).expect("ContainerStatus");
+        if let Some(e) = info["logError"].as_str() {
+            break e.to_owned();
+        }
+        assert!(start.elapsed() < WAIT, "no logError: {info}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(error.contains("No space left"), "{error}");
+    assert_eq!(
+        c.status(&id).unwrap().state,
+        v1::ContainerState::ContainerRunning as i32
+    );
+
+    std::fs::remove_file(&filler).unwrap();
+    let start = std::time::Instant::now();
+    let text =
+        |d: &std::path::Path| std::fs::read_to_string(d.join("talker.log")).unwrap_or_default();
+    while !lines(&parse_log(&text(&logs)), "stdout")
+        .iter()
+        .any(|l| l == "line-2999")
+    {
+        assert!(start.elapsed() < WAIT, "the copy never resumed");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = lines(&parse_log(&text(&logs)), "stdout");
+    let want: Vec<String> = (0..3000).map(|i| format!("line-{i}")).collect();
+    assert_eq!(out, want, "every line once, in order");
+    assert!(c.status_info(&id).unwrap()["logError"].is_null());
+    c.stop(&id, 0).expect("StopContainer");
+    c.remove_pod(&pod).expect("RemovePodSandbox");
+    assert_clean(d);
+}

@@ -28,6 +28,7 @@ fn kind(e: &ImageError) -> ErrorKind {
             | PullError::Unsupported { .. }
             | PullError::BadCredentials(_) => ErrorKind::InvalidArgument,
             PullError::Store(_) => ErrorKind::Internal,
+            PullError::Limit { .. } => ErrorKind::ResourceExhausted,
         },
         ImageError::Flatten { source, .. } => match source {
             FlattenError::Store {
@@ -40,6 +41,10 @@ fn kind(e: &ImageError) -> ErrorKind {
                 ..
             }
             | FlattenError::Decompress { .. } => ErrorKind::InvalidArgument,
+            FlattenError::Unpack {
+                source: UnpackError::Limit(_),
+                ..
+            } => ErrorKind::ResourceExhausted,
             _ => ErrorKind::Internal,
         },
         ImageError::BadConfig { .. } => ErrorKind::InvalidArgument,

@@ -4,15 +4,22 @@
 //!
 //! The scratch root and the half-written image live in temporary paths; only the finished,
 //! synced image is renamed to its final name, so a crash leaves nothing half-visible.
+//!
+//! The scratch root holds whatever the image carries, setuid-root programs and device
+//! nodes included, with the owners and modes the image gives them (the image's `./`
+//! entry may even make the root itself world-readable). So it sits one level down in a
+//! directory of root's alone (0700): no other local user can reach anything in it.
 
 use std::fs;
 use std::io::{self, BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use tempfile::TempDir;
 
 use super::digest::Digest;
+use super::limits::ImageLimits;
 use super::store::{sync_dir, ContentStore, StoreError};
 use super::unpack::{UnpackError, Unpacker};
 
@@ -130,19 +137,55 @@ fn apply_layer(
     }
 }
 
-/// Applies `layers` in order into a fresh scratch root under `tmp_dir` and returns it.
+/// A scratch root: a private (0700) directory holding the root filesystem being built.
+/// Dropping it removes both.
+#[derive(Debug)]
+pub struct ScratchRoot {
+    dir: TempDir,
+    root: PathBuf,
+}
+
+impl ScratchRoot {
+    /// Creates one under `tmp_dir`.
+    pub fn create(tmp_dir: &Path) -> Result<Self, FlattenError> {
+        let io_err = |op: &'static str, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| FlattenError::Io { op, path, source }
+        };
+        let dir = tempfile::Builder::new()
+            .prefix("rootfs-")
+            .permissions(fs::Permissions::from_mode(0o700))
+            .tempdir_in(tmp_dir)
+            .map_err(io_err("create scratch root in", tmp_dir))?;
+        // Whatever the umask: the guard directory is root's alone.
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o700))
+            .map_err(io_err("chmod", dir.path()))?;
+        let root = dir.path().join("rootfs");
+        fs::create_dir(&root).map_err(io_err("create", &root))?;
+        Ok(ScratchRoot { dir, root })
+    }
+
+    /// The root filesystem directory.
+    pub fn path(&self) -> &Path {
+        &self.root
+    }
+
+    /// The private directory around it.
+    pub fn guard_dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// Applies `layers` in order into a fresh scratch root under `tmp_dir`, within
+/// `limits`, and returns it.
 pub fn build_rootfs(
     store: &ContentStore,
     layers: &[LayerBlob],
     tmp_dir: &Path,
-) -> Result<TempDir, FlattenError> {
-    let scratch =
-        TempDir::with_prefix_in("rootfs-", tmp_dir).map_err(|source| FlattenError::Io {
-            op: "create scratch root in",
-            path: tmp_dir.to_path_buf(),
-            source,
-        })?;
-    let unpacker = Unpacker::new(scratch.path());
+    limits: &ImageLimits,
+) -> Result<ScratchRoot, FlattenError> {
+    let scratch = ScratchRoot::create(tmp_dir)?;
+    let unpacker = Unpacker::new(scratch.path(), *limits);
     for layer in layers {
         tracing::debug!(layer = %layer.digest, "applying layer");
         apply_layer(store, &unpacker, layer)?;
@@ -192,8 +235,7 @@ pub fn build_erofs(rootfs: &Path, dest: &Path) -> Result<(), FlattenError> {
         source: e.error,
     })?;
     // The block image is shared read-only by every pod.
-    fs::set_permissions(dest, std::os::unix::fs::PermissionsExt::from_mode(0o444))
-        .map_err(io_err("chmod", dest))?;
+    fs::set_permissions(dest, fs::Permissions::from_mode(0o444)).map_err(io_err("chmod", dest))?;
     drop(file);
     sync_dir(dir).map_err(io_err("sync", dir))?;
     Ok(())

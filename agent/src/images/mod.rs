@@ -19,6 +19,7 @@
 mod cri;
 pub mod digest;
 pub mod flatten;
+pub mod limits;
 mod locks;
 pub mod metadata;
 pub mod pull;
@@ -28,6 +29,7 @@ pub mod store;
 pub mod unpack;
 
 pub use digest::Digest;
+pub use limits::{ImageLimits, LimitExceeded};
 pub use metadata::{ImageConfig, ImageRecord};
 pub use pull::{Credentials, RegistriesConfig, RegistryHost};
 pub use reference::ImageRef;

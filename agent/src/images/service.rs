@@ -13,6 +13,7 @@ use tokio::sync::RwLock;
 
 use super::digest::Digest;
 use super::flatten::{self, FlattenError, LayerBlob};
+use super::limits::ImageLimits;
 use super::locks::KeyedLocks;
 use super::metadata::{ImageConfig, ImageRecord, Metadata, MetadataError};
 use super::pull::{Credentials, PullError, Puller, RegistriesConfig};
@@ -102,6 +103,8 @@ pub struct ImageManagerConfig {
     /// which dominates flattening on ext4, at the price of RAM the size of the largest
     /// image being flattened.
     pub scratch_dir: Option<PathBuf>,
+    /// Caps on manifest, config and unpacked sizes of an image.
+    pub limits: ImageLimits,
 }
 
 impl ImageManagerConfig {
@@ -111,6 +114,7 @@ impl ImageManagerConfig {
             state_dir: state_dir.into(),
             registries: RegistriesConfig::default(),
             scratch_dir: None,
+            limits: ImageLimits::default(),
         }
     }
 }
@@ -204,6 +208,7 @@ pub struct ImageManager {
     gc: RwLock<()>,
     /// One flatten per image ID at a time.
     flattening: KeyedLocks<Digest>,
+    limits: ImageLimits,
     users: Arc<Mutex<HashMap<Digest, usize>>>,
 }
 
@@ -230,7 +235,8 @@ impl ImageManager {
             erofs_dir,
             tmp_dir,
             store,
-            puller: Puller::new(config.registries),
+            puller: Puller::new(config.registries, config.limits),
+            limits: config.limits,
             metadata: Mutex::new(metadata),
             gc: RwLock::new(()),
             flattening: KeyedLocks::default(),
@@ -322,9 +328,10 @@ impl ImageManager {
                     })
                     .collect();
                 let tmp = self.tmp_dir.clone();
+                let limits = self.limits;
                 let (unpack, mkfs) = tokio::task::spawn_blocking(move || {
                     let t = Instant::now();
-                    let root = flatten::build_rootfs(&store, &layers, &tmp)?;
+                    let root = flatten::build_rootfs(&store, &layers, &tmp, &limits)?;
                     let unpacked = t.elapsed();
                     flatten::build_erofs(root.path(), &dest)?;
                     Ok::<_, FlattenError>((unpacked, t.elapsed() - unpacked))

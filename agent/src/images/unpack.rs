@@ -8,6 +8,7 @@
 //! exactly. A path that would land outside the root is an error, not a skip: such a layer
 //! is malicious or broken and the image must not be used.
 
+use std::cell::Cell;
 use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::fs::{self, OpenOptions};
@@ -21,6 +22,8 @@ use nix::sys::stat::{makedev, mknod, utimensat, Mode, SFlag, UtimensatFlags};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{fchownat, Gid, Uid};
 use tar::{Archive, EntryType};
+
+use super::limits::{count, ImageLimits, LimitExceeded, TarGuard};
 
 const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE_WHITEOUT: &str = ".wh..wh..opq";
@@ -52,6 +55,9 @@ pub enum UnpackError {
     /// The tar stream is malformed (or failed verification underneath).
     #[error("reading layer: {0}")]
     Tar(#[source] io::Error),
+    /// The image is larger than the configured limits allow.
+    #[error(transparent)]
+    Limit(#[from] LimitExceeded),
     /// A file operation failed.
     #[error("{op} {path:?}: {source}")]
     Io {
@@ -73,6 +79,14 @@ pub enum UnpackError {
 }
 
 impl UnpackError {
+    /// A read error of the layer stream: a limit the guard hit, or a broken stream.
+    fn tar(e: io::Error) -> UnpackError {
+        match LimitExceeded::from_io(&e) {
+            Some(limit) => UnpackError::Limit(limit),
+            None => UnpackError::Tar(e),
+        }
+    }
+
     fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> UnpackError + 'a {
         move |source| UnpackError::Io {
             op,
@@ -121,9 +135,15 @@ fn clean_path(raw: &Path, link: bool) -> Result<PathBuf, UnpackError> {
     Ok(out)
 }
 
-/// Applies layers onto one root and remembers nothing between layers.
+/// Applies layers onto one root; between layers it remembers only what counts against
+/// the image's [`ImageLimits`].
 pub struct Unpacker {
     root: PathBuf,
+    limits: ImageLimits,
+    /// Tar stream bytes, entries and created inodes of the image so far.
+    bytes: Cell<u64>,
+    entries: Cell<u64>,
+    inodes: Cell<u64>,
 }
 
 /// Per-layer bookkeeping.
@@ -136,19 +156,31 @@ struct LayerState {
 }
 
 impl Unpacker {
-    /// Unpacks into `root`, which must exist and is trusted (created by us).
-    pub fn new(root: &Path) -> Self {
+    /// Unpacks into `root`, which must exist and is trusted (created by us), within
+    /// `limits` for all layers applied.
+    pub fn new(root: &Path, limits: ImageLimits) -> Self {
         Self {
             root: root.to_path_buf(),
+            limits,
+            bytes: Cell::new(0),
+            entries: Cell::new(0),
+            inodes: Cell::new(0),
         }
     }
 
     /// Applies one uncompressed layer.
     pub fn apply<R: Read>(&self, layer: R) -> Result<(), UnpackError> {
-        let mut archive = Archive::new(layer);
+        let mut archive = Archive::new(TarGuard::new(layer, &self.limits, &self.bytes));
         let mut state = LayerState::default();
-        for entry in archive.entries().map_err(UnpackError::Tar)? {
-            let mut entry = entry.map_err(UnpackError::Tar)?;
+        for entry in archive.entries().map_err(UnpackError::tar)? {
+            let mut entry = entry.map_err(UnpackError::tar)?;
+            count(
+                &self.entries,
+                1,
+                self.limits.max_entries,
+                "max_entries",
+                "the image's tar entry count",
+            )?;
             self.apply_entry(&mut entry, &mut state)?;
         }
         for (path, mtime) in state.dir_times.iter().rev() {
@@ -257,6 +289,15 @@ impl Unpacker {
             }
         }
         let existing = existing.as_ref();
+        if kind != EntryType::Link {
+            count(
+                &self.inodes,
+                1,
+                self.limits.max_inodes,
+                "max_inodes",
+                "the image's file count",
+            )?;
+        }
         match kind {
             EntryType::Directory => self.make_dir(entry, dest, existing, state),
             EntryType::Regular | EntryType::Continuous => self.make_file(entry, &dest, existing),
@@ -345,7 +386,7 @@ impl Unpacker {
             .mode(0o600)
             .open(dest)
             .map_err(UnpackError::io("create", dest))?;
-        io::copy(entry, &mut file).map_err(UnpackError::Tar)?;
+        io::copy(entry, &mut file).map_err(UnpackError::tar)?;
         drop(file);
         self.set_metadata(entry, dest, false)
     }

@@ -568,6 +568,7 @@ async fn create_reserved(
         pod: pod.clone(),
         record: Mutex::new(record),
         _leases: leases,
+        log_health: sink.health(),
         sink: Arc::new(tokio::sync::Mutex::new(sink)),
         log_task: Mutex::new(None),
         exit_task: Mutex::new(None),
@@ -651,7 +652,10 @@ impl Exit {
 pub(super) fn record_exit(inner: &Inner, c: &Container, exit: Exit) -> bool {
     let changed = {
         let mut r = lock(&c.record);
-        if !matches!(r.state, ContainerState::Created | ContainerState::Running) {
+        if !matches!(
+            r.state,
+            ContainerState::Created | ContainerState::Running | ContainerState::Unknown
+        ) {
             false
         } else {
             r.state = ContainerState::Exited;
@@ -811,59 +815,108 @@ async fn signal(vm: &Vm, id: &str, signal: u32) -> Result<(), tonic::Status> {
         .map(drop)
 }
 
-/// Stops a running container: its stop signal, then SIGKILL after `timeout`. A
-/// container that is not running is left as it is.
-pub async fn stop(
-    inner: &Arc<Inner>,
-    c: &Arc<Container>,
-    timeout: Duration,
-) -> Result<(), RuntimeError> {
+/// The VM and stop signal of a container that runs, if it does.
+fn running_target(c: &Container) -> Option<(Vm, u32)> {
     let (state, stop_signal) = {
         let r = lock(&c.record);
         (r.state, r.process.stop_signal)
     };
     if state != ContainerState::Running {
+        return None;
+    }
+    running_vm(&c.pod).ok().map(|vm| (vm, stop_signal))
+}
+
+/// Sends `sig`; a process that has exited already is fine (the wait returns at once).
+async fn send(vm: &Vm, id: &str, sig: u32) -> Result<(), RuntimeError> {
+    match signal(vm, id, sig).await {
+        Ok(()) => Ok(()),
+        Err(s) if s.code() == Code::FailedPrecondition => Ok(()),
+        Err(s) => Err(RuntimeError::guest("SignalProcess")(s)),
+    }
+}
+
+/// Waits up to `timeout` for the container to exit and records the exit; returns
+/// whether it has (a container the guest no longer knows has too).
+async fn wait_exit(
+    inner: &Arc<Inner>,
+    c: &Arc<Container>,
+    vm: &Vm,
+    timeout: Duration,
+) -> Result<bool, RuntimeError> {
+    match wait_once(vm, &c.id, timeout).await {
+        Ok(s) if s.state == pb::ProcessState::Exited as i32 => {
+            copy_back(c, vm).await;
+            apply_exit(inner, c, &s);
+            Ok(true)
+        }
+        Ok(_) => Ok(false),
+        Err(s) if s.code() == Code::DeadlineExceeded => Ok(false),
+        Err(s) if s.code() == Code::NotFound => Ok(true),
+        Err(s) => Err(RuntimeError::guest("WaitProcess")(s)),
+    }
+}
+
+/// SIGKILL, and the exit it brings.
+async fn kill(inner: &Arc<Inner>, c: &Arc<Container>, vm: &Vm) -> Result<(), RuntimeError> {
+    send(vm, &c.id, libc::SIGKILL as u32).await?;
+    if wait_exit(inner, c, vm, KILL_WAIT).await? {
         return Ok(());
     }
-    let Ok(vm) = running_vm(&c.pod) else {
+    Err(RuntimeError::Timeout(format!(
+        "container {} did not exit after SIGKILL",
+        c.id
+    )))
+}
+
+/// Stops a running container: its stop signal, then SIGKILL after `timeout`. A
+/// container that is not running is left as it is. The caller holds the pod's
+/// operation lock.
+pub async fn stop(
+    inner: &Arc<Inner>,
+    c: &Arc<Container>,
+    timeout: Duration,
+) -> Result<(), RuntimeError> {
+    let Some((vm, stop_signal)) = running_target(c) else {
         return Ok(());
     };
     if !timeout.is_zero() {
-        match signal(&vm, &c.id, stop_signal).await {
-            Ok(()) => {}
-            // Already exited: the wait below returns at once.
-            Err(s) if s.code() == Code::FailedPrecondition => {}
-            Err(s) => return Err(RuntimeError::guest("SignalProcess")(s)),
-        }
-        match wait_once(&vm, &c.id, timeout).await {
-            Ok(s) if s.state == pb::ProcessState::Exited as i32 => {
-                copy_back(c, &vm).await;
-                apply_exit(inner, c, &s);
-                return Ok(());
-            }
-            Ok(_) => {}
-            Err(s) if s.code() == Code::DeadlineExceeded => {}
-            Err(s) => return Err(RuntimeError::guest("WaitProcess")(s)),
+        send(&vm, &c.id, stop_signal).await?;
+        if wait_exit(inner, c, &vm, timeout).await? {
+            return Ok(());
         }
         tracing::info!(container = %c.id, "still running {timeout:?} after signal {stop_signal}: SIGKILL");
     }
-    match signal(&vm, &c.id, libc::SIGKILL as u32).await {
-        Ok(()) => {}
-        Err(s) if s.code() == Code::FailedPrecondition => {}
-        Err(s) => return Err(RuntimeError::guest("SignalProcess")(s)),
-    }
-    match wait_once(&vm, &c.id, KILL_WAIT).await {
-        Ok(s) if s.state == pb::ProcessState::Exited as i32 => {
-            copy_back(c, &vm).await;
-            apply_exit(inner, c, &s);
-            Ok(())
+    kill(inner, c, &vm).await
+}
+
+/// StopContainer: [`stop`], holding the pod's operation lock whenever it reads the
+/// container's state or signals it, so that a concurrent StartContainer (or
+/// RemoveContainer) comes wholly before or after each step. The grace period is waited
+/// out without it: the pod's other containers are not held up for that long.
+pub async fn stop_container(
+    inner: &Arc<Inner>,
+    c: &Arc<Container>,
+    timeout: Duration,
+) -> Result<(), RuntimeError> {
+    if !timeout.is_zero() {
+        let signalled = {
+            let _op = c.pod.op.lock().await;
+            match running_target(c) {
+                None => return Ok(()),
+                Some((vm, stop_signal)) => {
+                    send(&vm, &c.id, stop_signal).await?;
+                    vm
+                }
+            }
+        };
+        if wait_exit(inner, c, &signalled, timeout).await? {
+            return Ok(());
         }
-        Ok(_) => Err(RuntimeError::Timeout(format!(
-            "container {} did not exit after SIGKILL",
-            c.id
-        ))),
-        Err(s) => Err(RuntimeError::guest("WaitProcess")(s)),
+        tracing::info!(container = %c.id, "still running {timeout:?} after its stop signal: SIGKILL");
     }
+    let _op = c.pod.op.lock().await;
+    stop(inner, c, Duration::ZERO).await
 }
 
 /// Removes a container, killing it first if it runs. Its log file stays (kubelet owns

@@ -10,6 +10,7 @@ use vmlet_proto::agent as pb;
 use super::error::RuntimeError;
 use super::state::Inner;
 use super::util::{lock, new_id};
+use crate::logs;
 use crate::sandbox::{guest, GuestClient};
 
 /// Output kept per stream (the CRI caps ExecSync output at 16 MiB); the rest is read
@@ -17,6 +18,9 @@ use crate::sandbox::{guest, GuestClient};
 const CAP: usize = 16 << 20;
 /// Deadline of one ReadOutput poll.
 const POLL: Duration = Duration::from_secs(30);
+
+/// Bytes asked for per read.
+const READ_BYTES: u32 = 1 << 20;
 
 /// Reads a process's stream to its end.
 async fn read_all(
@@ -27,6 +31,7 @@ async fn read_all(
 ) -> Result<Vec<u8>, tonic::Status> {
     let mut out = Vec::new();
     let mut offset = 0u64;
+    let mut empty_pause = logs::EMPTY_FIRST;
     loop {
         let mut c = client.clone();
         let r = c
@@ -36,16 +41,24 @@ async fn read_all(
                     exec_id: exec_id.clone(),
                     stream: stream as i32,
                     offset,
-                    max_bytes: 1 << 20,
+                    max_bytes: READ_BYTES,
                 },
                 POLL,
             ))
             .await;
         let r = match r {
-            Ok(r) => r.into_inner(),
+            Ok(r) => logs::checked(r.into_inner(), offset, READ_BYTES).map_err(|why| {
+                tonic::Status::internal(format!("the guest's output reply is refused: {why}"))
+            })?,
             Err(s) if s.code() == Code::DeadlineExceeded => continue,
             Err(s) => return Err(s),
         };
+        if r.data.is_empty() && !r.eof {
+            tokio::time::sleep(empty_pause).await;
+            empty_pause = (empty_pause * 2).min(logs::EMPTY_MAX);
+            continue;
+        }
+        empty_pause = logs::EMPTY_FIRST;
         let room = CAP.saturating_sub(out.len());
         out.extend_from_slice(&r.data[..r.data.len().min(room)]);
         offset = r.offset + r.data.len() as u64;

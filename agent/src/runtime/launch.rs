@@ -40,12 +40,8 @@ pub(super) async fn prepare(
     network: Option<NetworkConfig>,
 ) -> Result<(PodRecord, VmmCommand), RuntimeError> {
     let s = &inner.settings;
-    for dir in [paths.containers(), paths.run_dir.clone()] {
-        std::fs::create_dir_all(&dir).map_err(|source| store::StoreError::Io {
-            op: "create",
-            path: dir.clone(),
-            source,
-        })?;
+    for dir in [&paths.dir, &paths.containers(), &paths.run_dir] {
+        store::create_private_dir(dir)?;
     }
     let slots: Vec<SlotRecord> = (0..s.vm.image_slots)
         .map(|i| SlotRecord {
@@ -94,8 +90,15 @@ pub(super) async fn prepare(
         tracing::debug!(pod = %id, pid, "virtiofsd serving the pod's shared directory");
         fs.push((share::FS_TAG.to_owned(), share.socket));
     }
+    // Created 0600 up front: the VMM appends to them and the files keep the mode.
+    for log in [paths.console(), paths.vmm_log()] {
+        store::create_private_file(&log)?;
+    }
     disk::make_scratch(&paths.scratch(), s.vm.scratch_mib).await?;
     disk::make_placeholder(&paths.placeholder())?;
+    for disk in [paths.scratch(), paths.placeholder()] {
+        store::create_private_file(&disk)?;
+    }
     let mut drives = vec![("scratch".to_owned(), paths.scratch(), false)];
     drives.extend(
         slots
@@ -339,6 +342,7 @@ async fn finish(
         vm: Mutex::new(Some(vm)),
         op: tokio::sync::Mutex::new(()),
         volumes: Arc::default(),
+        settled: tokio::sync::watch::Sender::new(true),
     });
     if shared_fs {
         pod.volumes

@@ -89,11 +89,7 @@ impl Runtime {
             settings.state_dir.join("pods"),
             settings.runtime_dir.join("pods"),
         ] {
-            std::fs::create_dir_all(&dir).map_err(|source| store::StoreError::Io {
-                op: "create",
-                path: dir.clone(),
-                source,
-            })?;
+            store::create_private_dir(&dir)?;
         }
         let (events, _) = broadcast::channel(256);
         let rt = Runtime {
@@ -111,6 +107,7 @@ impl Runtime {
                 tables: Mutex::new(Tables::default()),
                 events,
                 pod_cidr: Mutex::new(String::new()),
+                recovery: Mutex::new(Vec::new()),
             }),
         };
         recovery::recover(&rt.inner).await;
@@ -127,6 +124,7 @@ impl Runtime {
         tty: bool,
         streams: vmlet_streaming::ExecStreams,
     ) -> Result<i32, RuntimeError> {
+        self.settled_container(id).await;
         stream_exec::exec(&self.inner, id, cmd, tty, streams).await
     }
 
@@ -151,7 +149,35 @@ impl Runtime {
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
+        self.settled_pod(pod_id).await;
         port_forward::forward(&self.inner, pod_id, port, stream).await
+    }
+
+    /// Waits until recovery is done with pod `id` (at once if there is no such pod).
+    async fn settled_pod(&self, id: &str) {
+        if let Ok(p) = self.inner.pod(id) {
+            p.settled().await;
+        }
+    }
+
+    /// Waits until recovery is done with container `id`'s pod.
+    async fn settled_container(&self, id: &str) {
+        if let Ok(c) = self.inner.container(id) {
+            c.pod.settled().await;
+        }
+    }
+
+    /// Waits until recovery after a restart is done with every pod, including pods
+    /// it undoes (for tests and tools; CRI calls wait only for the pods they touch).
+    pub async fn recovered(&self) {
+        let tasks = std::mem::take(&mut *lock(&self.inner.recovery));
+        for t in tasks {
+            let _ = t.await;
+        }
+        let pods: Vec<_> = lock(&self.inner.tables).pods.values().cloned().collect();
+        for p in pods {
+            p.settled().await;
+        }
     }
 
     /// Before the daemon exits: kills the warm pool's VMs (pods keep running).
@@ -222,10 +248,12 @@ impl RuntimeBackend for Runtime {
     }
 
     async fn stop_pod(&self, id: &str) -> Result<(), BackendError> {
+        self.settled_pod(id).await;
         Ok(pod::stop(&self.inner, id).await?)
     }
 
     async fn remove_pod(&self, id: &str) -> Result<(), BackendError> {
+        self.settled_pod(id).await;
         Ok(pod::remove(&self.inner, id).await?)
     }
 
@@ -243,19 +271,23 @@ impl RuntimeBackend for Runtime {
         pod_id: &str,
         config: ContainerConfig,
     ) -> Result<String, BackendError> {
+        self.settled_pod(pod_id).await;
         Ok(container::create(&self.inner, pod_id, config).await?)
     }
 
     async fn start_container(&self, id: &str) -> Result<(), BackendError> {
+        self.settled_container(id).await;
         Ok(container::start(&self.inner, id).await?)
     }
 
     async fn stop_container(&self, id: &str, timeout: Duration) -> Result<(), BackendError> {
+        self.settled_container(id).await;
         let c = self.inner.container(id)?;
-        Ok(container::stop(&self.inner, &c, timeout).await?)
+        Ok(container::stop_container(&self.inner, &c, timeout).await?)
     }
 
     async fn remove_container(&self, id: &str) -> Result<(), BackendError> {
+        self.settled_container(id).await;
         Ok(container::remove(&self.inner, id).await?)
     }
 
@@ -278,6 +310,7 @@ impl RuntimeBackend for Runtime {
         cmd: Vec<String>,
         timeout: Option<Duration>,
     ) -> Result<ExecOutput, BackendError> {
+        self.settled_container(id).await;
         Ok(exec::exec_sync(&self.inner, id, cmd, timeout).await?)
     }
 
@@ -286,6 +319,7 @@ impl RuntimeBackend for Runtime {
         id: &str,
         resources: ResourcesConfig,
     ) -> Result<(), BackendError> {
+        self.settled_container(id).await;
         Ok(resources::update(&self.inner, id, resources).await?)
     }
 
@@ -294,10 +328,12 @@ impl RuntimeBackend for Runtime {
         pod_id: &str,
         container_ids: Vec<String>,
     ) -> Result<PodUsage, BackendError> {
+        self.settled_pod(pod_id).await;
         Ok(stats::pod_usage(&self.inner, pod_id, container_ids).await?)
     }
 
     async fn reopen_log(&self, id: &str) -> Result<(), BackendError> {
+        self.settled_container(id).await;
         let c = self.inner.container(id)?;
         if lock(&c.record).state != vmlet_cri::runtime::ContainerState::Running {
             return Err(RuntimeError::Precondition(format!(

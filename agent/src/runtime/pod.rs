@@ -308,8 +308,10 @@ async fn stop_vm(inner: &Arc<Inner>, pod: &Arc<Pod>) -> Result<(), RuntimeError>
         }
     }
     lock(&pod.record).phase = PodPhase::Stopped;
-    if let Some(vm) = pod.vm() {
-        vm.stop(SHUTDOWN_GRACE).await;
+    match pod.vm() {
+        Some(vm) => vm.stop(SHUTDOWN_GRACE).await,
+        // A VMM recovery could not take over yet (its guest did not answer).
+        None => inner.vms.kill_stray(&pod.paths.control()).await,
     }
     // Its guest is gone: the shared volumes' binds and virtiofsd go too.
     launch::teardown_share(&pod.paths).await;

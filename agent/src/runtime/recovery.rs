@@ -3,6 +3,13 @@
 //! their guests asked for the containers' states; log copying resumes from the
 //! persisted offsets. A VMM that died meanwhile leaves its containers exited with
 //! reason `VMExited`. Pods caught half-created are torn down.
+//!
+//! The records are read before the CRI socket is served, so every pod and container
+//! is listed from the first call on (as recorded), and VMs that never became pods are
+//! undone by then; the pods' VMs are taken over in the background, all at once. Calls that act on a pod wait until it is taken over
+//! (see [`Pod::settled`]). A VMM that runs but whose guest does not answer is not
+//! killed: its containers are `Unknown` (not exited) and taking it over is tried
+//! again, with growing pauses, for as long as the VMM runs.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,9 +28,18 @@ use crate::store::{self, ContainerRecord, LogRecord, PodPaths, PodPhase, PodReco
 
 /// How long a re-adopted guest may take to answer.
 const ADOPT_TIMEOUT: Duration = Duration::from_secs(30);
+/// First and longest pause before a guest that did not answer is tried again.
+const READOPT_FIRST: Duration = Duration::from_secs(1);
+const READOPT_MAX: Duration = Duration::from_secs(60);
+/// Tries before giving up on a guest that does not answer (about an hour): each failed
+/// try leaves the hypervisor watching the VMM once more. The pod then stays with its
+/// containers unknown until it is stopped.
+const READOPT_TRIES: u32 = 64;
 
-/// Loads every recorded pod. Failures are logged per pod: one bad pod does not keep
-/// the daemon from serving the others.
+/// Loads every recorded pod and starts taking their VMs over in the background; VMs
+/// that never became pods (half-created pods, warm VMs) are undone before this
+/// returns, all at once, so that no call sees their namespaces or addresses. Failures
+/// are logged per pod: one bad pod does not keep the daemon from serving the others.
 pub(super) async fn recover(inner: &Arc<Inner>) {
     let s = &inner.settings;
     let ids = match store::pod_ids(&s.state_dir) {
@@ -33,6 +49,7 @@ pub(super) async fn recover(inner: &Arc<Inner>) {
             return;
         }
     };
+    let mut unfinished = Vec::new();
     for id in ids {
         let paths = PodPaths::new(&s.state_dir, &s.runtime_dir, &id);
         let record: PodRecord = match store::read_json(&paths.record()) {
@@ -43,12 +60,27 @@ pub(super) async fn recover(inner: &Arc<Inner>) {
             }
         };
         if matches!(record.phase, PodPhase::Creating | PodPhase::Warm) {
-            discard_unfinished(inner, &paths, &record).await;
+            unfinished.push((paths, record));
             continue;
         }
-        if let Err(e) = recover_pod(inner, paths, record).await {
+        if let Err(e) = recover_pod(inner, paths, record) {
             tracing::error!(pod = %id, "cannot recover the pod's containers: {e}");
         }
+    }
+    futures_util::future::join_all(
+        unfinished
+            .iter()
+            .map(|(paths, record)| discard_unfinished(inner, paths, record)),
+    )
+    .await;
+}
+
+/// Marks its pod settled when dropped, however the recovery task ends.
+struct Settle(Arc<Pod>);
+
+impl Drop for Settle {
+    fn drop(&mut self) {
+        self.0.settled.send_replace(true);
     }
 }
 
@@ -73,9 +105,9 @@ async fn discard_unfinished(inner: &Inner, paths: &PodPaths, record: &PodRecord)
     }
 }
 
-/// A recorded pod and its containers back in the tables; a ready pod's VM re-adopted
-/// and its containers reconciled with what its guest says.
-async fn recover_pod(
+/// A recorded pod and its containers back in the tables; for a ready pod, a task
+/// that re-adopts its VM and reconciles its containers with what its guest says.
+fn recover_pod(
     inner: &Arc<Inner>,
     paths: PodPaths,
     record: PodRecord,
@@ -83,24 +115,125 @@ async fn recover_pod(
     let containers = store::container_records(&paths)?;
     let ready = record.phase == PodPhase::Ready;
     let vmm_pid = record.vmm_pid;
-    let pod = enter_pod(inner, paths, record);
+    let pod = enter_pod(inner, paths, record, !ready);
     let adopted: Vec<_> = containers
         .into_iter()
         .map(|rec| enter_container(inner, &pod, rec))
         .collect();
-    if !ready {
-        return Ok(());
+    if ready {
+        let task = tokio::spawn(take_over(inner.clone(), pod, vmm_pid, adopted));
+        lock(&inner.recovery).push(task);
     }
-    let Some(vm) = adopt_vm(inner, &pod, vmm_pid).await else {
-        return Ok(());
-    };
-    resume_containers(inner, &pod, &vm, adopted).await;
-    watch_vm(inner.clone(), pod);
     Ok(())
 }
 
-/// The pod in memory and in the tables, without a VM yet.
-fn enter_pod(inner: &Inner, paths: PodPaths, record: PodRecord) -> Arc<Pod> {
+/// Takes a ready pod's VM over; the pod is settled once this knows how its VM is.
+async fn take_over(
+    inner: Arc<Inner>,
+    pod: Arc<Pod>,
+    vmm_pid: Option<u32>,
+    adopted: Vec<(Arc<Container>, LogRecord)>,
+) {
+    let settle = Settle(pod.clone());
+    let Some(pid) = vmm_pid else {
+        vmm_lost(
+            &inner,
+            &pod,
+            SandboxError::VmmExited("no pid recorded".into()),
+        )
+        .await;
+        return;
+    };
+    match adopt(&inner, &pod, pid).await {
+        Ok(vm) => resume(&inner, &pod, vm, adopted).await,
+        Err(SandboxError::GuestTimeout { timeout, last }) => {
+            tracing::warn!(pod = %pod.id, "the pod's VMM runs but its guest did not answer within {timeout:?} ({last}): its containers are unknown until it does");
+            let recorded = mark_unknown(&adopted);
+            drop(settle);
+            tokio::spawn(readopt_later(inner, pod, pid, adopted, recorded));
+        }
+        Err(e) => vmm_lost(&inner, &pod, e).await,
+    }
+}
+
+/// Sets the containers recorded running or created to `Unknown` in memory (not on
+/// disk); returns their recorded states.
+fn mark_unknown(adopted: &[(Arc<Container>, LogRecord)]) -> Vec<ContainerState> {
+    adopted
+        .iter()
+        .map(|(c, _)| {
+            let mut r = lock(&c.record);
+            let recorded = r.state;
+            if matches!(recorded, ContainerState::Running | ContainerState::Created) {
+                r.state = ContainerState::Unknown;
+            }
+            recorded
+        })
+        .collect()
+}
+
+/// Tries again, with growing pauses, to take over a VMM whose guest did not answer,
+/// for as long as the pod is ready and the VMM runs.
+async fn readopt_later(
+    inner: Arc<Inner>,
+    pod: Arc<Pod>,
+    pid: u32,
+    adopted: Vec<(Arc<Container>, LogRecord)>,
+    recorded: Vec<ContainerState>,
+) {
+    let mut pause = READOPT_FIRST;
+    for _ in 0..READOPT_TRIES {
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(READOPT_MAX);
+        if inner.pod(&pod.id).is_err() || !record_is_ready(&pod) {
+            return;
+        }
+        let vm = match adopt(&inner, &pod, pid).await {
+            Ok(vm) => vm,
+            Err(SandboxError::GuestTimeout { .. }) => continue,
+            Err(e) => {
+                let _op = pod.op.lock().await;
+                if record_is_ready(&pod) {
+                    vmm_lost(&inner, &pod, e).await;
+                }
+                return;
+            }
+        };
+        let _op = pod.op.lock().await;
+        if inner.pod(&pod.id).is_err() || !record_is_ready(&pod) {
+            // Stopped or removed meanwhile: nothing to take over.
+            vm.kill().await;
+            return;
+        }
+        tracing::info!(pod = %pod.id, "the pod's guest answers again");
+        for ((c, _), state) in adopted.iter().zip(recorded) {
+            let mut r = lock(&c.record);
+            if r.state == ContainerState::Unknown {
+                r.state = state;
+            }
+        }
+        resume(&inner, &pod, vm, adopted).await;
+        return;
+    }
+    tracing::error!(pod = %pod.id, "the pod's guest never answered again: giving up; its containers stay unknown until the pod is stopped");
+}
+
+/// The pod's VM is back: its containers reconciled and followed, the VM watched.
+async fn resume(
+    inner: &Arc<Inner>,
+    pod: &Arc<Pod>,
+    vm: Vm,
+    adopted: Vec<(Arc<Container>, LogRecord)>,
+) {
+    tracing::info!(pod = %pod.id, pid = vm.pid, "re-adopted the pod's VM");
+    *lock(&pod.vm) = Some(vm.clone());
+    resume_containers(inner, pod, &vm, adopted).await;
+    watch_vm(inner.clone(), pod.clone());
+}
+
+/// The pod in memory and in the tables, without a VM yet (`settled`: nothing more to
+/// take over).
+fn enter_pod(inner: &Inner, paths: PodPaths, record: PodRecord, settled: bool) -> Arc<Pod> {
     let metadata = record.config.metadata.clone();
     let shared_fs = record.shared_fs;
     let pod = Arc::new(Pod {
@@ -110,6 +243,7 @@ fn enter_pod(inner: &Inner, paths: PodPaths, record: PodRecord) -> Arc<Pod> {
         vm: Mutex::new(None),
         op: tokio::sync::Mutex::new(()),
         volumes: Arc::default(),
+        settled: tokio::sync::watch::Sender::new(settled),
     });
     if shared_fs {
         let share = crate::volumes::Share::new(&pod.paths.dir, &pod.paths.run_dir);
@@ -131,7 +265,13 @@ fn enter_container(
     pod: &Arc<Pod>,
     rec: ContainerRecord,
 ) -> (Arc<Container>, LogRecord) {
-    let log: LogRecord = store::read_json(&pod.paths.log(&rec.id)).unwrap_or_default();
+    let log: Option<LogRecord> = match store::read_json(&pod.paths.log(&rec.id)) {
+        Ok(log) => Some(log),
+        Err(e) => {
+            tracing::warn!(container = %rec.id, "log position lost ({e}): the log is kept as it is and copying starts over from what the guest still holds");
+            None
+        }
+    };
     let images = std::iter::once(rec.image_id.clone()).chain(
         rec.volumes
             .iter()
@@ -148,7 +288,13 @@ fn enter_container(
         })
         .collect();
     let path = (!rec.log_path.is_empty()).then(|| rec.log_path.clone().into());
-    let sink = match LogSink::open(path, log.log_len) {
+    let opened = match &log {
+        Some(log) => LogSink::open(path, log.log_len),
+        // Never cut a log whose position is unknown.
+        None => LogSink::open_as_is(path),
+    };
+    let log = log.unwrap_or_default();
+    let sink = match opened {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(container = %rec.id, "{e}");
@@ -161,6 +307,7 @@ fn enter_container(
         pod: pod.clone(),
         record: Mutex::new(rec),
         _leases: leases,
+        log_health: sink.health(),
         sink: Arc::new(tokio::sync::Mutex::new(sink)),
         log_task: Mutex::new(None),
         exit_task: Mutex::new(None),
@@ -173,47 +320,37 @@ fn enter_container(
     (c, log)
 }
 
-/// Takes over the pod's VMM. One that is gone, or whose guest does not answer (it is
-/// killed: no use keeping it), leaves the pod not ready and its containers exited.
-async fn adopt_vm(inner: &Inner, pod: &Arc<Pod>, vmm_pid: Option<u32>) -> Option<Vm> {
+/// Takes over the pod's VMM `pid`.
+async fn adopt(inner: &Inner, pod: &Pod, pid: u32) -> Result<Vm, SandboxError> {
     let paths = &pod.paths;
-    let vm = match vmm_pid {
-        Some(pid) => {
-            inner
-                .vms
-                .adopt(
-                    pid,
-                    &paths.control(),
-                    &paths.vsock(),
-                    &paths.vmm_exit(),
-                    ADOPT_TIMEOUT,
-                )
-                .await
-        }
-        None => Err(SandboxError::VmmExited("no pid recorded".into())),
-    };
-    match vm {
-        Ok(vm) => {
-            tracing::info!(pod = %pod.id, pid = vm.pid, "re-adopted the pod's VM");
-            *lock(&pod.vm) = Some(vm.clone());
-            Some(vm)
-        }
-        Err(e) => {
-            tracing::warn!(pod = %pod.id, "the pod's VM is gone: {e}");
-            inner.vms.kill_stray(&paths.control()).await;
-            let how = vmm_end(paths, crate::sandbox::VmmExit::Unknown);
-            vm_gone(
-                inner,
-                pod,
-                VM_EXITED,
-                &format!(
-                    "the pod's VM exited while vmletd was not running ({how}); \
-                     the container's exit status is unknown"
-                ),
-            );
-            None
-        }
-    }
+    inner
+        .vms
+        .adopt(
+            pid,
+            &paths.control(),
+            &paths.vsock(),
+            &paths.vmm_exit(),
+            ADOPT_TIMEOUT,
+        )
+        .await
+}
+
+/// The pod's VMM is gone (or cannot be talked to at all): the pod is not ready and
+/// its containers exited.
+async fn vmm_lost(inner: &Inner, pod: &Pod, e: SandboxError) {
+    let paths = &pod.paths;
+    tracing::warn!(pod = %pod.id, "the pod's VM is gone: {e}");
+    inner.vms.kill_stray(&paths.control()).await;
+    let how = vmm_end(paths, crate::sandbox::VmmExit::Unknown);
+    vm_gone(
+        inner,
+        pod,
+        VM_EXITED,
+        &format!(
+            "the pod's VM exited while vmletd was not running ({how}); \
+             the container's exit status is unknown"
+        ),
+    );
 }
 
 /// Reconciles the recorded containers with the guest's list, resuming log copies and

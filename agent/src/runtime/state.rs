@@ -18,7 +18,7 @@ use super::pool::WarmPool;
 use super::util::{lock, now_ns};
 use crate::config::VmConfig;
 use crate::images::{ImageLease, ImageManager};
-use crate::logs::{OutputTap, SharedSink};
+use crate::logs::{LogHealth, OutputTap, SharedSink};
 use crate::network::pod::{NetworkSettings, PodNetworks};
 use crate::sandbox::{Hypervisor, Vm};
 use crate::store::{self, ContainerRecord, PodPaths, PodPhase, PodRecord};
@@ -57,6 +57,8 @@ pub(super) struct Pod {
     pub(super) op: tokio::sync::Mutex<()>,
     /// The containers' volumes in the guest.
     pub(super) volumes: Arc<PodVolumes>,
+    /// False while recovery after a restart is still taking the pod over.
+    pub(super) settled: tokio::sync::watch::Sender<bool>,
 }
 
 /// A container in memory.
@@ -67,6 +69,8 @@ pub(super) struct Container {
     /// Its image's and its image volumes' leases.
     pub(super) _leases: Vec<ImageLease>,
     pub(super) sink: SharedSink,
+    /// The log copy's unrecovered write error, if any.
+    pub(super) log_health: LogHealth,
     pub(super) log_task: Mutex<Option<JoinHandle<()>>>,
     pub(super) exit_task: Mutex<Option<JoinHandle<()>>>,
     /// True once the log copy has ended (everything copied, or it failed).
@@ -98,6 +102,8 @@ pub(super) struct Inner {
     pub(super) tables: Mutex<Tables>,
     pub(super) events: broadcast::Sender<ContainerEvent>,
     pub(super) pod_cidr: Mutex<String>,
+    /// Recovery's background tasks (taking pods over, undoing unfinished ones).
+    pub(super) recovery: Mutex<Vec<JoinHandle<()>>>,
 }
 
 /// Lines of `vmm.log` and `console.log` that verbose PodSandboxStatus shows of a pod
@@ -159,6 +165,15 @@ impl Pod {
     }
 }
 
+impl Pod {
+    /// Waits until recovery is done with the pod (at once for every other pod).
+    pub(super) async fn settled(&self) {
+        let mut rx = self.settled.subscribe();
+        // The sender lives in the pod itself, so it cannot be dropped while waited on.
+        let _ = rx.wait_for(|s| *s).await;
+    }
+}
+
 impl Container {
     pub(super) fn save(&self) -> Result<(), RuntimeError> {
         let rec = lock(&self.record).clone();
@@ -193,6 +208,7 @@ impl Container {
                 "exitSeenAtNs": r.exit_seen_at_ns,
                 "finishedAtNs": r.finished_at_ns,
                 "logComplete": *self.log_done.borrow(),
+                "logError": *lock(&self.log_health),
             })
             .to_string(),
         }

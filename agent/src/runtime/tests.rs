@@ -96,9 +96,11 @@ async fn harness_on(hv: FakeHypervisor, edit: impl FnOnce(&mut Settings)) -> Har
 impl Harness {
     /// The same state opened again, as after a restart, with VMs from `hv`.
     async fn reopen(&self, hv: Arc<FakeHypervisor>) -> Runtime {
-        Runtime::open_with(self.settings.clone(), self.images.clone(), hv)
+        let rt = Runtime::open_with(self.settings.clone(), self.images.clone(), hv)
             .await
-            .unwrap()
+            .unwrap();
+        rt.recovered().await;
+        rt
     }
 
     fn log_dir(&self) -> String {
@@ -113,9 +115,11 @@ impl Harness {
     ) -> Runtime {
         let mut settings = self.settings.clone();
         edit(&mut settings);
-        Runtime::open_with(settings, self.images.clone(), hv)
+        let rt = Runtime::open_with(settings, self.images.clone(), hv)
             .await
-            .unwrap()
+            .unwrap();
+        rt.recovered().await;
+        rt
     }
 
     /// A pod's directory in the state directory.
@@ -902,16 +906,86 @@ async fn a_never_used_slot_is_taken_first_and_one_holding_the_image_reused_witho
 }
 
 #[tokio::test]
-async fn recovery_kills_a_vmm_whose_guest_never_answers() {
+async fn recovery_keeps_a_pod_whose_guest_does_not_answer_and_takes_it_over_later() {
     let h = harness(0).await;
     let (pod, _vm) = h.pod("mute").await;
     let c = h.running(&pod, "app").await;
+    let running = || vmlet_proto::agent::ProcessStatus {
+        state: vmlet_proto::agent::ProcessState::Running as i32,
+        ..Default::default()
+    };
     // The next daemon finds the VMM alive but its guest silent.
     let hv = Arc::new(FakeHypervisor::default());
     let mut guest = GuestState {
         silent: true,
         ..Default::default()
     };
+    guest.containers.insert(c.clone(), running());
+    hv.prepare_adoptable(&h.control(&pod), guest);
+    let rt = h.reopen(hv.clone()).await;
+    let stray = hv.vm(&pod).expect("the adopt attempt found the VMM");
+    assert!(
+        stray.running(),
+        "the VMM of the silent guest is left running"
+    );
+    assert!(hv.strays_killed.lock().unwrap().is_empty());
+    assert_eq!(rt.pod(&pod).unwrap().state, PodState::Ready);
+    let info = rt.container(&c).unwrap();
+    assert_eq!(
+        (info.state, info.exit_code),
+        (ContainerState::Unknown, 0),
+        "unknown, not exited"
+    );
+    // The guest answers again: the pod is taken over, the container followed.
+    let mut guest = GuestState::default();
+    guest.containers.insert(c.clone(), running());
+    hv.prepare_adoptable(&h.control(&pod), guest);
+    eventually("the guest is taken over", || {
+        rt.container(&c).unwrap().state == ContainerState::Running
+    })
+    .await;
+    let vm = hv.all().into_iter().last().unwrap();
+    vm.exit_container(&c, 0, "Completed");
+    eventually("the exit is followed", || {
+        rt.container(&c).unwrap().state == ContainerState::Exited
+    })
+    .await;
+    rt.remove_pod(&pod).await.unwrap();
+    assert!(h.pod_files().is_empty(), "{:?}", h.pod_files());
+}
+
+#[tokio::test]
+async fn stopping_a_pod_whose_guest_does_not_answer_kills_its_vmm() {
+    let h = harness(0).await;
+    let (pod, _vm) = h.pod("mute").await;
+    let c = h.running(&pod, "app").await;
+    let hv = Arc::new(FakeHypervisor::default());
+    hv.prepare_adoptable(
+        &h.control(&pod),
+        GuestState {
+            silent: true,
+            ..Default::default()
+        },
+    );
+    let rt = h.reopen(hv.clone()).await;
+    assert_eq!(rt.container(&c).unwrap().state, ContainerState::Unknown);
+    rt.stop_pod(&pod).await.unwrap();
+    assert!(hv.strays_killed.lock().unwrap().contains(&h.control(&pod)));
+    assert!(!hv.vm(&pod).unwrap().running());
+    assert_eq!(rt.container(&c).unwrap().state, ContainerState::Exited);
+    rt.remove_pod(&pod).await.unwrap();
+    assert!(h.pod_files().is_empty(), "{:?}", h.pod_files());
+}
+
+/// Recovery runs in the background: the runtime opens at once, and a call for a pod
+/// still being taken over waits for it.
+#[tokio::test]
+async fn calls_for_a_pod_being_recovered_wait_for_it() {
+    let h = harness(0).await;
+    let (pod, _vm) = h.pod("slow").await;
+    let c = h.running(&pod, "app").await;
+    let hv = FakeHypervisor::default();
+    let mut guest = GuestState::default();
     guest.containers.insert(
         c.clone(),
         vmlet_proto::agent::ProcessStatus {
@@ -919,20 +993,20 @@ async fn recovery_kills_a_vmm_whose_guest_never_answers() {
             ..Default::default()
         },
     );
+    // The guest's ListContainers fails: recovery keeps the recorded state.
+    guest.fail.insert("ListContainers", Code::Unavailable);
     hv.prepare_adoptable(&h.control(&pod), guest);
-    let rt = h.reopen(hv.clone()).await;
-    let stray = hv.vm(&pod).expect("the adopt attempt found the VMM");
-    assert!(!stray.running(), "the VMM of the silent guest was killed");
-    assert!(hv.strays_killed.lock().unwrap().contains(&h.control(&pod)));
-    assert_eq!(rt.pod(&pod).unwrap().state, PodState::NotReady);
-    let info = rt.container(&c).unwrap();
-    assert_eq!(
-        (info.state, info.exit_code, info.reason.as_str()),
-        (ContainerState::Exited, 255, "VMExited")
-    );
-    // The pod is removed as any other whose VM died.
-    rt.remove_pod(&pod).await.unwrap();
-    assert!(h.pod_files().is_empty(), "{:?}", h.pod_files());
+    let hv = Arc::new(hv);
+    let rt = Runtime::open_with(h.settings.clone(), h.images.clone(), hv.clone())
+        .await
+        .unwrap();
+    // Listed at once, as recorded.
+    assert!(rt.pod(&pod).is_ok());
+    assert_eq!(rt.container(&c).unwrap().state, ContainerState::Running);
+    // ExecSync waits for the VM to be taken over instead of failing.
+    let out = rt.exec_sync(&c, vec!["true".into()], None).await.unwrap();
+    assert_eq!(out.exit_code, 0);
+    assert_eq!(rt.container(&c).unwrap().state, ContainerState::Running);
 }
 
 #[tokio::test]
@@ -1350,4 +1424,65 @@ async fn an_image_volume_takes_a_slot_and_is_shared_by_the_pods_containers() {
     bad.mounts[0].readonly = false;
     let e = h.rt.create_container(&pod, bad).await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::InvalidArgument);
+}
+
+#[tokio::test]
+async fn recovery_keeps_a_log_whose_position_file_is_missing() {
+    let h = harness(0).await;
+    let (pod, _vm) = h.pod("lost-position").await;
+    let c = h.running(&pod, "app").await;
+    let log = std::path::Path::new(&h.log_dir()).join("app.log");
+    let text = "2026-01-01T00:00:00.000000000Z stdout F before the restart\n";
+    std::fs::write(&log, text).unwrap();
+    let position = h
+        .dir
+        .path()
+        .join("state/pods")
+        .join(&pod)
+        .join("containers")
+        .join(format!("{c}.log.json"));
+    std::fs::remove_file(&position).unwrap();
+
+    let hv = Arc::new(FakeHypervisor::default());
+    let mut guest = GuestState::default();
+    guest.containers.insert(
+        c.clone(),
+        vmlet_proto::agent::ProcessStatus {
+            state: vmlet_proto::agent::ProcessState::Running as i32,
+            ..Default::default()
+        },
+    );
+    hv.prepare_adoptable(&h.control(&pod), guest);
+    let rt = h.reopen(hv.clone()).await;
+    assert_eq!(rt.container(&c).unwrap().state, ContainerState::Running);
+    assert!(
+        std::fs::read_to_string(&log).unwrap().starts_with(text),
+        "the log was cut"
+    );
+}
+
+/// StopContainer while StartContainer is in flight waits for it and then stops the
+/// container, instead of finding it "created" and leaving it to run.
+#[tokio::test]
+async fn stop_container_waits_for_a_start_in_flight() {
+    let h = harness(0).await;
+    let (pod, _vm) = h.pod("race").await;
+    let id =
+        h.rt.create_container(&pod, container_config("app"))
+            .await
+            .unwrap();
+    let rt = h.rt.clone();
+    let started = id.clone();
+    let start = tokio::spawn(async move { rt.start_container(&started).await });
+    // One thread: the start runs until it waits for the guest's answer.
+    tokio::task::yield_now().await;
+    h.rt.stop_container(&id, Duration::from_secs(10))
+        .await
+        .unwrap();
+    start.await.unwrap().unwrap();
+    let info = h.rt.container(&id).unwrap();
+    assert_eq!(
+        (info.state, info.exit_code),
+        (ContainerState::Exited, 128 + libc::SIGTERM)
+    );
 }

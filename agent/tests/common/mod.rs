@@ -8,10 +8,21 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use tempfile::TempDir;
-use vmlet_agent::images::{ImageManager, ImageManagerConfig, RegistriesConfig, RegistryHost};
+use vmlet_agent::images::{
+    ImageLimits, ImageManager, ImageManagerConfig, RegistriesConfig, RegistryHost,
+};
 
 /// An image manager in a temporary state directory that talks plain HTTP to `hosts`.
 pub async fn manager(state: &Path, hosts: &[&str]) -> ImageManager {
+    manager_with_limits(state, hosts, ImageLimits::default()).await
+}
+
+/// [`manager`] with these image limits.
+pub async fn manager_with_limits(
+    state: &Path,
+    hosts: &[&str],
+    limits: ImageLimits,
+) -> ImageManager {
     let mut map = HashMap::new();
     for h in hosts {
         map.insert(
@@ -26,6 +37,7 @@ pub async fn manager(state: &Path, hosts: &[&str]) -> ImageManager {
         state_dir: state.to_path_buf(),
         registries: RegistriesConfig { hosts: map },
         scratch_dir: None,
+        limits,
     })
     .await
     .expect("open image manager")

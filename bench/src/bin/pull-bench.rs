@@ -38,6 +38,7 @@ async fn main() -> ExitCode {
         state_dir: PathBuf::from(state),
         registries: RegistriesConfig { hosts },
         scratch_dir,
+        limits: Default::default(),
     };
     let manager = match ImageManager::open(config).await {
         Ok(m) => m,

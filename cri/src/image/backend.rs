@@ -81,6 +81,8 @@ pub enum ErrorKind {
     DeadlineExceeded,
     /// The backend does not do this (yet).
     Unimplemented,
+    /// The image is larger than the node's configured limits allow.
+    ResourceExhausted,
     /// Anything else.
     Internal,
 }

@@ -20,6 +20,7 @@ pub fn status(e: BackendError) -> Status {
         ErrorKind::FailedPrecondition => Code::FailedPrecondition,
         ErrorKind::DeadlineExceeded => Code::DeadlineExceeded,
         ErrorKind::Unimplemented => Code::Unimplemented,
+        ErrorKind::ResourceExhausted => Code::ResourceExhausted,
         ErrorKind::Internal => Code::Internal,
     };
     Status::new(code, e.message)

@@ -5,6 +5,7 @@ use std::time::Duration;
 use tonic::Status;
 
 use super::backend::ExecOutput;
+use super::validate;
 use crate::proto;
 
 /// Most output kept per stream, as the CRI asks (CVE-2022-1708): the rest is dropped
@@ -16,14 +17,9 @@ pub fn request(req: &proto::ExecSyncRequest) -> Result<(Vec<String>, Option<Dura
     if req.cmd.is_empty() || req.cmd[0].is_empty() {
         return Err(Status::invalid_argument("cmd is required"));
     }
-    let timeout = match req.timeout {
-        t if t < 0 => {
-            return Err(Status::invalid_argument(format!(
-                "timeout must not be negative (got {t})"
-            )))
-        }
-        0 => None,
-        t => Some(Duration::from_secs(t as u64)),
+    let timeout = match validate::timeout_secs(req.timeout, "timeout")? {
+        t if t.is_zero() => None,
+        t => Some(t),
     };
     Ok((req.cmd.clone(), timeout))
 }
@@ -60,8 +56,13 @@ mod tests {
             (e.code(), e.message()),
             (
                 tonic::Code::InvalidArgument,
-                "timeout must not be negative (got -1)"
+                "timeout must be between 0 and 315360000 seconds (got -1)"
             )
+        );
+        r.timeout = 400_000_000_000;
+        assert_eq!(
+            request(&r).unwrap_err().code(),
+            tonic::Code::InvalidArgument
         );
         let big = response(ExecOutput {
             stdout: vec![0; OUTPUT_CAP + 5],

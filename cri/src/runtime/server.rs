@@ -7,7 +7,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
@@ -250,7 +249,7 @@ impl<B: RuntimeBackend> RuntimeService for RuntimeServer<B> {
     ) -> Reply<proto::StopContainerResponse> {
         let req = r.into_inner();
         let id = validate::id(&req.container_id, "container_id")?;
-        let timeout = Duration::from_secs(validate::non_negative(req.timeout, "timeout")?);
+        let timeout = validate::timeout_secs(req.timeout, "timeout")?;
         // Idempotent (api.proto): a container that is gone is stopped.
         idempotent(self.backend.stop_container(id, timeout).await)?;
         ok(proto::StopContainerResponse {})

@@ -19,6 +19,22 @@ pub fn non_negative(value: i64, what: &str) -> Result<u64, Status> {
         .map_err(|_| Status::invalid_argument(format!("{what} must not be negative (got {value})")))
 }
 
+/// Longest timeout a request may ask for, in seconds (ten years): far beyond any
+/// grace period, and far below what timers and gRPC deadlines can represent (a gRPC
+/// timeout header holds at most 99,999,999 hours; larger ones make client libraries
+/// panic).
+pub const MAX_TIMEOUT_SECS: i64 = 10 * 365 * 24 * 3600;
+
+/// A timeout in seconds from the caller: not negative, at most [`MAX_TIMEOUT_SECS`].
+pub fn timeout_secs(value: i64, what: &str) -> Result<Duration, Status> {
+    if !(0..=MAX_TIMEOUT_SECS).contains(&value) {
+        return Err(Status::invalid_argument(format!(
+            "{what} must be between 0 and {MAX_TIMEOUT_SECS} seconds (got {value})"
+        )));
+    }
+    Ok(Duration::from_secs(value.unsigned_abs()))
+}
+
 /// Now, as Unix nanoseconds.
 pub fn now_ns() -> i64 {
     std::time::SystemTime::now()
@@ -83,5 +99,26 @@ mod tests {
         assert_eq!(non_negative(5, "x").unwrap(), 5);
         let e = non_negative(-1, "memory_limit_in_bytes").unwrap_err();
         assert!(e.message().contains("memory_limit_in_bytes"));
+    }
+
+    #[test]
+    fn timeouts_are_range_checked() {
+        assert_eq!(timeout_secs(0, "t").unwrap(), Duration::ZERO);
+        assert_eq!(timeout_secs(30, "t").unwrap(), Duration::from_secs(30));
+        assert!(timeout_secs(MAX_TIMEOUT_SECS, "t").is_ok());
+        for bad in [
+            -1,
+            MAX_TIMEOUT_SECS + 1,
+            400_000_000_000,
+            i64::MAX,
+            i64::MIN,
+        ] {
+            let e = timeout_secs(bad, "timeout").unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{bad}");
+            assert!(e.message().contains(&bad.to_string()), "{}", e.message());
+        }
+        // Whatever passes can become a gRPC deadline without a panic.
+        let mut r = tonic::Request::new(());
+        r.set_timeout(timeout_secs(MAX_TIMEOUT_SECS, "t").unwrap());
     }
 }

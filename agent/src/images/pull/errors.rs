@@ -4,6 +4,7 @@ use oci_client::errors::{DigestError, OciDistributionError, OciErrorCode};
 use oci_client::manifest::{OciDescriptor, OciManifest};
 
 use super::blob::BlobRef;
+use crate::images::limits::LimitExceeded;
 use crate::images::store::StoreError;
 
 /// Errors of a pull.
@@ -69,6 +70,14 @@ pub enum PullError {
     /// The configured credentials are malformed.
     #[error("invalid credentials: {0}")]
     BadCredentials(String),
+    /// A manifest or config is larger than the configured limits allow.
+    #[error("{reference}: {source}")]
+    Limit {
+        /// The reference.
+        reference: String,
+        /// Which limit.
+        source: LimitExceeded,
+    },
 }
 
 /// What errors are reported against.
@@ -82,6 +91,68 @@ impl Ctx {
         PullError::Unsupported {
             reference: self.reference.clone(),
             reason,
+        }
+    }
+
+    /// Refuses `what` of `size` bytes when it is over `limit` (config key `key`).
+    pub(super) fn cap(
+        &self,
+        what: &str,
+        size: u64,
+        limit: u64,
+        key: &'static str,
+    ) -> Result<(), PullError> {
+        if size <= limit {
+            return Ok(());
+        }
+        Err(self.limit(what, size, limit, key))
+    }
+
+    /// `what` of (at least) `size` bytes is over `limit` (config key `key`).
+    pub(super) fn limit(&self, what: &str, size: u64, limit: u64, key: &'static str) -> PullError {
+        PullError::Limit {
+            reference: self.reference.clone(),
+            source: LimitExceeded {
+                what: format!("{what} of {size} bytes or more"),
+                limit,
+                key,
+            },
+        }
+    }
+
+    pub(super) fn unauthorized(&self, message: String) -> PullError {
+        PullError::Unauthorized {
+            registry: self.registry.clone(),
+            message,
+        }
+    }
+
+    pub(super) fn not_found(&self, message: String) -> PullError {
+        PullError::NotFound {
+            reference: self.reference.clone(),
+            message,
+        }
+    }
+
+    pub(super) fn registry(&self, message: String) -> PullError {
+        PullError::Registry {
+            registry: self.registry.clone(),
+            message,
+        }
+    }
+
+    /// A transport error of our own HTTP requests.
+    pub(super) fn unreachable(&self, e: &reqwest::Error) -> PullError {
+        let mut message = e.to_string();
+        let mut source = std::error::Error::source(e);
+        while let Some(s) = source {
+            message.push_str(": ");
+            message.push_str(&s.to_string());
+            source = s.source();
+        }
+        PullError::Unreachable {
+            registry: self.registry.clone(),
+            message,
         }
     }
 

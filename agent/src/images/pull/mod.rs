@@ -1,12 +1,14 @@
 //! Pulling from OCI / Docker v2 registries with `oci-client`: credentials, per-registry
 //! settings (plain HTTP, TLS verification, mirrors), manifest resolution (indexes and
-//! manifest lists to linux/amd64) and verified downloads into the content store.
+//! manifest lists to linux/amd64; manifests fetched bounded by `manifest`) and verified
+//! downloads into the content store.
 
 mod auth;
 mod blob;
 mod config;
 mod errors;
 mod identity;
+mod manifest;
 
 use std::time::Duration;
 
@@ -26,8 +28,10 @@ pub use blob::BlobRef;
 pub use config::{RegistriesConfig, RegistryHost};
 use errors::Ctx;
 pub use errors::PullError;
+use manifest::ManifestFetcher;
 
 use super::digest::Digest;
+use super::limits::ImageLimits;
 use super::reference::ImageRef;
 use super::store::{ContentStore, StoreError};
 
@@ -54,12 +58,14 @@ pub struct Fetched {
 /// Fetches images into the content store.
 pub struct Puller {
     registries: RegistriesConfig,
+    limits: ImageLimits,
 }
 
 impl Puller {
-    /// A puller with these per-registry settings.
-    pub fn new(registries: RegistriesConfig) -> Self {
-        Self { registries }
+    /// A puller with these per-registry settings, refusing manifests and configs over
+    /// `limits`.
+    pub fn new(registries: RegistriesConfig, limits: ImageLimits) -> Self {
+        Self { registries, limits }
     }
 
     /// Resolves `image` and stores its manifests, config and layers, verified. Mirrors
@@ -133,11 +139,23 @@ impl Puller {
         };
         tracing::info!(%image, registry = %host, "pulling");
         let auth = &self.registry_auth(auth, &host, image).await?;
+        let fetcher = ManifestFetcher::new(
+            &self.registries.host(&host),
+            &ctx,
+            self.limits.max_manifest_bytes,
+        )?;
         let (manifests, manifest) =
-            fetch_manifests(&client, &oref, auth, &ctx, store, image.digest()).await?;
+            fetch_manifests(&fetcher, &oref, auth, &ctx, store, image.digest()).await?;
         let top_digest = manifests.top.digest.clone();
 
         let config = ctx.blob_ref(&manifest.config)?;
+        // Refused before download: the config is read whole to parse it.
+        ctx.cap(
+            "the image config",
+            config.size,
+            self.limits.max_config_bytes,
+            "max_config_bytes",
+        )?;
         let layers = manifest
             .layers
             .iter()
@@ -146,6 +164,8 @@ impl Puller {
         if layers.is_empty() {
             return Err(ctx.unsupported("the image has no layers".into()));
         }
+        // The blob downloads authenticate with these credentials.
+        client.store_auth_if_needed(&host, auth).await;
         let downloaded =
             fetch_blobs(&client, &oref, &ctx, store, &manifest, &config, &layers).await?;
         Ok(Fetched {
@@ -201,14 +221,14 @@ impl Manifests {
 /// reference's digest) and, for an index or manifest list, the linux/amd64 image
 /// manifest it lists. Returns the manifest blobs and the image manifest.
 async fn fetch_manifests(
-    client: &Client,
+    fetcher: &ManifestFetcher,
     oref: &oci_client::Reference,
     auth: &RegistryAuth,
     ctx: &Ctx,
     store: &ContentStore,
     pinned: Option<&Digest>,
 ) -> Result<(Manifests, OciImageManifest), PullError> {
-    let (top, parsed) = fetch_manifest(client, oref, auth, ctx, store, pinned).await?;
+    let (top, parsed) = fetch_manifest(fetcher, oref, auth, ctx, store, pinned).await?;
     let index = match parsed {
         OciManifest::Image(m) => {
             let manifests = Manifests {
@@ -225,7 +245,7 @@ async fn fetch_manifests(
     let child: Digest = child.parse().map_err(|e| ctx.unsupported(format!("{e}")))?;
     let child_ref = oref.clone_with_digest(child.to_string());
     let (image, parsed) =
-        fetch_manifest(client, &child_ref, auth, ctx, store, Some(&child)).await?;
+        fetch_manifest(fetcher, &child_ref, auth, ctx, store, Some(&child)).await?;
     match parsed {
         OciManifest::Image(m) => {
             let manifests = Manifests {
@@ -241,17 +261,15 @@ async fn fetch_manifests(
 /// Fetches one manifest, checks its digest against `expected` (when known), stores it
 /// and parses it.
 async fn fetch_manifest(
-    client: &Client,
+    fetcher: &ManifestFetcher,
     oref: &oci_client::Reference,
     auth: &RegistryAuth,
     ctx: &Ctx,
     store: &ContentStore,
     expected: Option<&Digest>,
 ) -> Result<(BlobRef, OciManifest), PullError> {
-    let (body, _) = client
-        .pull_manifest_raw(oref, auth, ACCEPT)
-        .await
-        .map_err(|e| ctx.classify(e))?;
+    // Read bounded (images.max_manifest_bytes), before it is hashed, stored or parsed.
+    let body = fetcher.get(oref, auth, ACCEPT, ctx).await?;
     let actual = Digest::of(&body);
     if let Some(expected) = expected {
         if expected != &actual {
