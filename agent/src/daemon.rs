@@ -110,6 +110,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
                 network: config.network.clone(),
                 volumes: config.volumes.settings(),
                 security: config.security.settings(),
+                jail: config.jail.clone(),
             },
             images.clone(),
         )

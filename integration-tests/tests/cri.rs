@@ -673,6 +673,126 @@ fn pods_and_logs_survive_kill_9_of_vmletd() {
     assert_clean(&env.daemon);
 }
 
+/// A field of /proc/PID/status.
+fn proc_status(pid: u32, key: &str) -> String {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}:")))
+        .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
+        .trim()
+        .to_owned()
+}
+
+/// The uid a pod's VMM runs as, from its record.
+fn jail_uid(d: &Vmletd, pod: &str) -> u32 {
+    let text = std::fs::read_to_string(d.state_dir().join("pods").join(pod).join("pod.json"))
+        .expect("pod record");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["jail"]["uid"].as_u64().expect("jail uid") as u32
+}
+
+/// What the jail of pod `pod` shows of `path` (a host path), through /proc/PID/root.
+fn in_jail(d: &Vmletd, pod: &str, path: &std::path::Path) -> std::path::PathBuf {
+    let pid = c_status_pid(d, pod);
+    std::path::PathBuf::from(format!("/proc/{pid}/root")).join(path.strip_prefix("/").unwrap())
+}
+
+/// Each VMM runs jailed: its own non-root uid, no capabilities, no_new_privs, new
+/// mount and PID namespaces whose root holds its own files only (not the host's, not
+/// another pod's sockets), and keeps it across a daemon restart; a pod started after
+/// the restart gets another uid. Containers (their images reach the VM by drive
+/// swaps through the jail) run as before.
+#[test]
+fn each_vmm_runs_jailed_and_cannot_reach_other_pods() {
+    let mut env = env();
+    let c = env.daemon.client();
+    c.pull(&env.image).expect("PullImage");
+    let log_dir = env.daemon.log_dir();
+    let cfg_a = pod_config("jailed-a", &log_dir);
+    let pod_a = c.run_pod(cfg_a.clone()).expect("RunPodSandbox");
+    let pod_b = c
+        .run_pod(pod_config("jailed-b", &log_dir))
+        .expect("RunPodSandbox");
+    let ctr = run_container(
+        &c,
+        &pod_a,
+        &cfg_a,
+        container_config("jailed-echo", &env.image, "echo up; sleep 1000"),
+    );
+    wait_for_line(&env.daemon, "jailed-echo.log", "up");
+    let d = &env.daemon;
+    let (uid_a, uid_b) = (jail_uid(d, &pod_a), jail_uid(d, &pod_b));
+    assert_ne!(uid_a, uid_b);
+    for (pod, uid) in [(&pod_a, uid_a), (&pod_b, uid_b)] {
+        let pid = c_status_pid(d, pod);
+        assert_ne!(uid, 0);
+        assert_eq!(
+            proc_status(pid, "Uid"),
+            format!("{uid}\t{uid}\t{uid}\t{uid}")
+        );
+        assert_eq!(
+            proc_status(pid, "Gid"),
+            format!("{uid}\t{uid}\t{uid}\t{uid}")
+        );
+        for caps in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+            assert_eq!(proc_status(pid, caps), "0000000000000000", "{caps}");
+        }
+        assert_eq!(proc_status(pid, "NoNewPrivs"), "1");
+        // Its own PID namespace, where it is 1.
+        let nspid = proc_status(pid, "NSpid");
+        assert_eq!(nspid.split_whitespace().last(), Some("1"), "NSpid {nspid}");
+        let ns = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/mnt")).unwrap();
+        assert_ne!(ns(&pid.to_string()), ns("self"));
+        // Its root is its jail: its own files and sockets, nothing of the host's.
+        let run = d.run_dir().join("pods").join(pod);
+        assert!(in_jail(d, pod, &run.join("ctl")).exists());
+        assert!(in_jail(d, pod, &run.join("vsock")).exists());
+        assert!(in_jail(d, pod, std::path::Path::new("/dev/kvm")).exists());
+        for absent in ["/etc/passwd", "/proc/1", "/sys/kernel", "/bin/sh", "/root"] {
+            assert!(
+                !in_jail(d, pod, std::path::Path::new(absent)).exists(),
+                "{absent} in the jail of {pod}"
+            );
+        }
+        assert!(!in_jail(
+            d,
+            pod,
+            &d.state_dir().join("pods").join(pod).join("pod.json")
+        )
+        .exists());
+        // Its sockets are its uid's alone.
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(run.join("ctl")).unwrap();
+        assert_eq!((meta.uid(), meta.mode() & 0o777), (uid, 0o600));
+    }
+    // Neither pod's jail holds the other's sockets.
+    let other = |pod: &str| d.run_dir().join("pods").join(pod);
+    assert!(!in_jail(d, &pod_a, &other(&pod_b)).exists());
+    assert!(!in_jail(d, &pod_b, &other(&pod_a)).exists());
+    assert!(!in_jail(d, &pod_a, &other(&pod_b).join("ctl")).exists());
+    drop(c);
+
+    // A restart re-adopts the jailed pods; a new pod gets a uid of its own.
+    env.daemon.restart();
+    let c = env.daemon.client();
+    let d = &env.daemon;
+    assert_eq!(
+        c.pod_status(&pod_a).unwrap().status.unwrap().state,
+        v1::PodSandboxState::SandboxReady as i32
+    );
+    let r = c.exec(&ctr, &["echo", "still-here"], 30).expect("ExecSync");
+    assert_eq!(String::from_utf8_lossy(&r.stdout), "still-here\n");
+    let pod_c = c
+        .run_pod(pod_config("jailed-c", &log_dir))
+        .expect("RunPodSandbox");
+    let uid_c = jail_uid(d, &pod_c);
+    assert!(![uid_a, uid_b].contains(&uid_c), "uid {uid_c} given twice");
+    for p in [&pod_a, &pod_b, &pod_c] {
+        c.remove_pod(p).expect("RemovePodSandbox");
+    }
+    assert_clean(d);
+}
+
 /// Runs `script` in the pod's guest itself (not in a container); returns its stdout.
 fn in_guest(d: &Vmletd, pod: &str, script: &str) -> String {
     let vsock = d.run_dir().join("pods").join(pod).join("vsock");
@@ -1361,9 +1481,8 @@ fn a_failed_warm_vm_does_not_fail_the_pod() {
     // started from here on exits 1.
     d.expect_vmm_exits("exit status 1");
     std::fs::remove_file(&vmm).expect("remove the vmlet-vmm copy");
-    std::fs::write(&vmm, "#!/bin/sh\necho broken vmm >&2\nexit 1\n").expect("break vmlet-vmm");
-    std::fs::set_permissions(&vmm, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .expect("chmod");
+    // A program that exits 1 and runs in a VMM's jail (which holds no shell).
+    std::fs::copy("/bin/false", &vmm).expect("break vmlet-vmm");
     let e = c
         .run_pod(pod_config("no-luck", &d.log_dir()))
         .expect_err("RunPodSandbox with no VM to be had");

@@ -3,6 +3,7 @@
 //! and the pod's own part: CNI ADD and ConfigureGuest ([`boot`] for a fresh VM, which
 //! boots while ADD runs; [`adopt`] for a pre-booted one from the warm pool).
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -12,12 +13,13 @@ use vmlet_proto::agent as pb;
 use super::deadline::Deadline;
 use super::error::RuntimeError;
 use super::pool::WarmVm;
-use super::state::{Inner, Pod};
+use super::state::{Inner, Pod, Settings};
 use super::util::now_ns;
 use crate::network::cni::NetworkConfig;
 use crate::network::pod::{NetworkError, PodNetRecord, PodNetworks};
+use crate::sandbox::jail::{self, JailSpec};
 use crate::sandbox::{disk, guest, SandboxError, Vm, VmmCommand};
-use crate::store::{self, PodPaths, PodPhase, PodRecord, SlotRecord};
+use crate::store::{self, JailRecord, PodPaths, PodPhase, PodRecord, SlotRecord};
 use crate::volumes::share::{self, Share};
 
 /// How long a boot waited for its turn and how long it took.
@@ -66,7 +68,12 @@ pub(super) async fn prepare(
         vm_exit: None,
         network: network.map(|n| inner.network.plan(id, n)),
         shared_fs: s.vm.shared_fs_for(&config.annotations),
+        jail: None,
     };
+    if s.jail.enabled {
+        let uid = inner.uids.claim(&paths.dir)?;
+        record.jail = Some(JailRecord { uid, gid: uid });
+    }
     store::write_json(&paths.record(), &record)?;
     if let Some(net) = record.network.take() {
         let (net, result) = network_step(&inner.network, id, &config, net, |n, id, _, rec| {
@@ -102,6 +109,10 @@ pub(super) async fn prepare(
             .iter()
             .map(|sl| (sl.serial.clone(), paths.placeholder(), true)),
     );
+    let jail = match record.jail {
+        Some(j) => Some(jail_spec(s, paths, j, &fs)?),
+        None => None,
+    };
     let cmd = VmmCommand {
         binary: s.vmm.clone(),
         kernel: s.kernel.clone(),
@@ -123,8 +134,50 @@ pub(super) async fn prepare(
             .map(|n| (n.tap.clone(), n.guest_mac.clone()))
             .collect(),
         fs,
+        jail,
     };
     Ok((record, cmd))
+}
+
+/// The pod's files its jailed VMM writes or reads handed to its uid, the jail's root
+/// directory made, and the jail's spec.
+fn jail_spec(
+    s: &Settings,
+    paths: &PodPaths,
+    j: JailRecord,
+    fs: &[(String, PathBuf)],
+) -> Result<JailSpec, SandboxError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let (uid, gid) = (j.uid, j.gid);
+    jail::give(&paths.run_dir, uid, gid, 0o700)?;
+    jail::give(&paths.scratch(), uid, gid, 0o600)?;
+    jail::give(&paths.placeholder(), uid, gid, 0o600)?;
+    jail::give_new_file(&paths.console(), uid, gid)?;
+    jail::give_new_file(&paths.vmm_exit(), uid, gid)?;
+    for (_, socket) in fs {
+        jail::give(socket, uid, gid, 0o600)?;
+    }
+    let root = paths.dir.join("jail");
+    match std::fs::DirBuilder::new().mode(0o700).create(&root) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(source) => {
+            return Err(SandboxError::Io {
+                op: "create",
+                path: root,
+                source,
+            })
+        }
+    }
+    Ok(JailSpec {
+        uid,
+        gid,
+        root,
+        library_dirs: s.jail.library_dirs.clone(),
+        max_open_files: s.jail.max_open_files,
+        // The scratch disk is the largest file the VMM writes.
+        max_file_bytes: s.vm.scratch_mib.max(64).saturating_mul(1 << 20),
+    })
 }
 
 /// Starts the VMM and waits for its guest agent, once a boot permit is free, within

@@ -61,6 +61,7 @@ pub use state::Settings;
 
 use crate::images::ImageManager;
 use crate::network::pod::{NetworkMode, PodNetworks};
+use crate::sandbox::jail::uids::UidPool;
 use crate::sandbox::{Hypervisor, Processes};
 use crate::store;
 use state::{Inner, Tables};
@@ -104,6 +105,11 @@ impl Runtime {
                 ),
                 boot_estimate: deadline::BootEstimate::default(),
                 network: PodNetworks::new(settings.network.clone(), &settings.state_dir),
+                uids: UidPool::new(
+                    settings.state_dir.join("jail-uids"),
+                    settings.jail.first_uid,
+                    settings.jail.uid_count,
+                ),
                 settings,
                 vms,
                 images,

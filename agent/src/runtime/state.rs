@@ -45,6 +45,8 @@ pub struct Settings {
     pub volumes: VolumeSettings,
     /// What security contexts name.
     pub security: super::security::SecuritySettings,
+    /// How VMMs are jailed.
+    pub jail: crate::sandbox::jail::JailConfig,
 }
 
 /// A pod in memory.
@@ -91,6 +93,8 @@ pub(super) struct Inner {
     pub(super) warm: WarmPool,
     /// What a fresh boot takes, for RunPodSandbox's deadline.
     pub(super) boot_estimate: BootEstimate,
+    /// The uids of the pods' jails.
+    pub(super) uids: crate::sandbox::jail::uids::UidPool,
     pub(super) network: PodNetworks,
     pub(super) images: Arc<ImageManager>,
     pub(super) tables: Mutex<Tables>,

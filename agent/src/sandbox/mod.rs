@@ -15,6 +15,7 @@ mod error;
 pub mod fake;
 pub mod guest;
 pub mod hypervisor;
+pub mod jail;
 mod vm;
 pub mod vmm;
 

@@ -2,6 +2,7 @@
 //! again after a restart, signalling it, and its control socket. Its command line
 //! and control requests are the typed ones of `vmlet-vmm-api`.
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -56,6 +57,8 @@ pub struct VmmCommand {
     pub nets: Vec<(String, String)>,
     /// virtio-fs devices: (tag, vhost-user backend socket).
     pub fs: Vec<(String, PathBuf)>,
+    /// The jail to run in (None: as root in vmletd's namespaces).
+    pub jail: Option<super::jail::JailSpec>,
 }
 
 impl VmmCommand {
@@ -108,6 +111,7 @@ pub fn spawn(c: &VmmCommand) -> Result<tokio::process::Child, SandboxError> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(&c.log)
         .map_err(|source| SandboxError::Io {
             op: "open",
@@ -225,6 +229,62 @@ pub async fn control(socket: &Path, request: &Request) -> Result<Response, Sandb
         .unwrap_or_else(|_| Err(failed(format!("no answer within {CONTROL_TIMEOUT:?}"))))
 }
 
+/// Sends one control request with `file` attached (`SCM_RIGHTS`), as `swap_drive`
+/// takes it: a jailed VMM cannot open the host's files. Blocking: runs on the
+/// blocking pool.
+pub async fn control_with_file(
+    socket: &Path,
+    request: &Request,
+    file: std::fs::File,
+) -> Result<Response, SandboxError> {
+    use std::io::{BufRead, Write};
+    use std::os::fd::AsRawFd;
+    let failed = |socket: &Path, reason: String| SandboxError::Control {
+        socket: socket.to_owned(),
+        reason,
+    };
+    let mut line = request.encode().map_err(|source| SandboxError::Protocol {
+        socket: socket.to_owned(),
+        cmd: request.name(),
+        source,
+    })?;
+    line.push('\n');
+    let (path, req) = (socket.to_owned(), request.clone());
+    let exchange = tokio::task::spawn_blocking(move || {
+        let s = std::os::unix::net::UnixStream::connect(&path)
+            .map_err(|e| failed(&path, format!("connect: {e}")))?;
+        s.set_write_timeout(Some(CONTROL_TIMEOUT)).ok();
+        s.set_read_timeout(Some(CONTROL_TIMEOUT)).ok();
+        let fds = [file.as_raw_fd()];
+        let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
+        let iov = [std::io::IoSlice::new(line.as_bytes())];
+        let sent = nix::sys::socket::sendmsg::<()>(
+            s.as_raw_fd(),
+            &iov,
+            &cmsg,
+            nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
+            None,
+        )
+        .map_err(|e| failed(&path, format!("send: {e}")))?;
+        // The file went with the first bytes; the rest of a long line follows.
+        (&s).write_all(&line.as_bytes()[sent..])
+            .map_err(|e| failed(&path, format!("write: {e}")))?;
+        let mut reply = String::new();
+        std::io::BufReader::new(&s)
+            .read_line(&mut reply)
+            .map_err(|e| failed(&path, format!("read: {e}")))?;
+        Response::decode(&req, reply.as_bytes()).map_err(|source| SandboxError::Protocol {
+            socket: path.clone(),
+            cmd: req.name(),
+            source,
+        })
+    });
+    match exchange.await {
+        Ok(r) => r,
+        Err(e) => Err(failed(socket, format!("interrupted: {e}"))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,6 +359,7 @@ mod tests {
             netns: None,
             nets: vec![("tap0".into(), "02:00:00:00:00:02".into())],
             fs: Vec::new(),
+            jail: None,
         }
     }
 
