@@ -773,6 +773,8 @@ fn each_vmm_runs_jailed_and_cannot_reach_other_pods() {
     drop(c);
 
     // A restart re-adopts the jailed pods; a new pod gets a uid of its own.
+    let status = env.daemon.signal_and_wait(libc::SIGKILL);
+    assert!(!status.success());
     env.daemon.restart();
     let c = env.daemon.client();
     let d = &env.daemon;
