@@ -85,6 +85,16 @@
 //! # statically linked vmlet-vmm; missing ones are skipped).
 //! library_dirs = ["/lib64", "/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu"]
 //!
+//! [cgroups]
+//! # Each pod's VMM (and virtiofsd) runs in a host cgroup (v2) below the kubelet's
+//! # cgroup_parent, limited to the pod's memory (+ the VMM's overhead), CPU limit
+//! # and a pids.max. Without a v2 hierarchy offering cpu, memory and pids at
+//! # /sys/fs/cgroup (cgroup v1 or hybrid hosts), pods run without a host cgroup.
+//! enabled = true
+//! # How the kubelet names cgroups ("systemd", "cgroupfs", or "auto": systemd when
+//! # the host runs it); reported to the kubelet by RuntimeConfig.
+//! driver = "auto"
+//!
 //! [security]
 //! # Localhost seccomp profiles (CRI SecurityProfile.localhost_ref, an absolute path
 //! # the kubelet makes from its root directory) must lie below this directory.
@@ -244,6 +254,8 @@ pub struct Config {
     pub security: SecurityConfig,
     /// How VMMs are jailed.
     pub jail: crate::sandbox::jail::JailConfig,
+    /// The pods' host cgroups.
+    pub cgroups: crate::sandbox::cgroup::CgroupsConfig,
 }
 
 /// `[security]`.
@@ -392,6 +404,7 @@ impl Default for Config {
             streaming: StreamingConfig::default(),
             security: SecurityConfig::default(),
             jail: Default::default(),
+            cgroups: Default::default(),
         }
     }
 }
@@ -558,6 +571,7 @@ impl Config {
         }
         self.streaming.check().map_err(ConfigError::Invalid)?;
         self.jail.check().map_err(ConfigError::Invalid)?;
+        self.cgroups.check().map_err(ConfigError::Invalid)?;
         if self.vm.max_concurrent_boots == 0 {
             return bad("vm.max_concurrent_boots must be at least 1".to_owned());
         }

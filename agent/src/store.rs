@@ -132,6 +132,9 @@ pub struct PodRecord {
     /// The identity its VMM's jail runs as (None: not jailed).
     #[serde(default)]
     pub jail: Option<JailRecord>,
+    /// Its host cgroup (None: it has none).
+    #[serde(default)]
+    pub cgroup: Option<crate::sandbox::cgroup::PodCgroup>,
 }
 
 /// The identity a pod's VMM runs as, kept so that a restarted daemon never gives it

@@ -795,6 +795,106 @@ fn each_vmm_runs_jailed_and_cannot_reach_other_pods() {
     assert_clean(d);
 }
 
+/// Each pod's VMM runs in a host cgroup (v2) below the kubelet's cgroup_parent with
+/// the pod's limits: memory.max is the guest's RAM plus the VMM's overhead, cpu.max
+/// the pod's CPU limit, pids.max set. RemovePodSandbox removes it, and the parents
+/// vmletd made for it. RuntimeConfig reports the driver the parent was read as.
+#[test]
+fn each_pod_gets_a_host_cgroup_with_its_limits() {
+    let cg = std::path::Path::new("/sys/fs/cgroup");
+    let controllers = std::fs::read_to_string(cg.join("cgroup.controllers")).unwrap_or_default();
+    assert!(
+        ["cpu", "memory", "pids"]
+            .iter()
+            .all(|c| controllers.split_whitespace().any(|h| h == *c)),
+        "the test machine has no cgroup v2 with cpu, memory, pids: {controllers:?}"
+    );
+    let d = Vmletd::start_with(
+        &[],
+        "[network]\nmode = \"none\"\n[cgroups]\ndriver = \"cgroupfs\"\n",
+    );
+    let c = d.client();
+    let mut rt = c.runtime.clone();
+    let rc = c
+        .block_on(rt.runtime_config(v1::RuntimeConfigRequest {}))
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        rc.linux.unwrap().cgroup_driver,
+        v1::CgroupDriver::Cgroupfs as i32
+    );
+    let mut cfg = pod_config("limited", &d.log_dir());
+    cfg.linux = Some(v1::LinuxPodSandboxConfig {
+        cgroup_parent: "/kubepods-e2e/burstable/pod-limited".into(),
+        resources: Some(v1::LinuxContainerResources {
+            cpu_quota: 150_000,
+            cpu_period: 100_000,
+            memory_limit_in_bytes: 256 << 20,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let pod = c.run_pod(cfg).expect("RunPodSandbox");
+    let text = std::fs::read_to_string(d.state_dir().join("pods").join(&pod).join("pod.json"))
+        .expect("pod record");
+    let record: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mem_mib = record["mem_mib"].as_u64().unwrap();
+    let dir = cg
+        .join("kubepods-e2e/burstable/pod-limited")
+        .join(format!("vmlet-{pod}"));
+    let read = |f: &str| {
+        std::fs::read_to_string(dir.join(f))
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    let pid = c_status_pid(&d, &pod);
+    assert!(
+        read("cgroup.procs").lines().any(|l| l == pid.to_string()),
+        "VMM {pid} not in {}",
+        dir.display()
+    );
+    let max: u64 = read("memory.max").parse().unwrap();
+    assert_eq!(max, (mem_mib + 64) << 20);
+    assert_eq!(read("cpu.max"), "150000 100000");
+    assert_eq!(read("pids.max"), "512");
+    let current: u64 = read("memory.current").parse().unwrap();
+    assert!(
+        current < max,
+        "memory.current {current} >= memory.max {max}"
+    );
+    let peak = std::fs::read_to_string(dir.join("memory.peak")).unwrap_or_default();
+    let stat = read("memory.stat");
+    let anon: u64 = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("anon "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    vmlet_integration_tests::say(&format!(
+        "pod cgroup of a {mem_mib} MiB guest: memory.current {} MiB, memory.peak {} MiB, anon {} MiB",
+        current >> 20,
+        peak.trim().parse::<u64>().unwrap_or(0) >> 20,
+        anon >> 20
+    ));
+    c.remove_pod(&pod).expect("RemovePodSandbox");
+    assert!(!dir.exists(), "{} left", dir.display());
+    assert!(
+        !cg.join("kubepods-e2e").exists(),
+        "the parents vmletd made are left"
+    );
+    // A parent that is no cgroup name is refused, and leaves nothing.
+    let mut bad = pod_config("bad-parent", &d.log_dir());
+    bad.linux = Some(v1::LinuxPodSandboxConfig {
+        cgroup_parent: "/kubepods/../../etc".into(),
+        ..Default::default()
+    });
+    let e = c
+        .run_pod(bad)
+        .expect_err("RunPodSandbox with a bad cgroup_parent");
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    assert_clean(&d);
+}
+
 /// Runs `script` in the pod's guest itself (not in a container); returns its stdout.
 fn in_guest(d: &Vmletd, pod: &str, script: &str) -> String {
     let vsock = d.run_dir().join("pods").join(pod).join("vsock");

@@ -17,6 +17,7 @@ use super::state::{Inner, Pod, Settings};
 use super::util::now_ns;
 use crate::network::cni::NetworkConfig;
 use crate::network::pod::{NetworkError, PodNetRecord, PodNetworks};
+use crate::sandbox::cgroup::{self, PodCgroup};
 use crate::sandbox::jail::{self, JailSpec};
 use crate::sandbox::{disk, guest, SandboxError, Vm, VmmCommand};
 use crate::store::{self, JailRecord, PodPaths, PodPhase, PodRecord, SlotRecord};
@@ -69,12 +70,33 @@ pub(super) async fn prepare(
         network: network.map(|n| inner.network.plan(id, n)),
         shared_fs: s.vm.shared_fs_for(&config.annotations),
         jail: None,
+        cgroup: None,
     };
     if s.jail.enabled {
         let uid = inner.uids.claim(&paths.dir)?;
         record.jail = Some(JailRecord { uid, gid: uid });
     }
+    // Recorded before it is made: a daemon that dies from here on removes it.
+    let cgroup_rel = match &s.cgroups.root {
+        Some(root) => {
+            let rel = cgroup::pod_path(s.cgroups.driver, &config.cgroup_parent, id)?;
+            record.cgroup = Some(PodCgroup {
+                dir: root.join(&rel),
+                made: Vec::new(),
+            });
+            Some((root.clone(), rel))
+        }
+        None => None,
+    };
     store::write_json(&paths.record(), &record)?;
+    if let Some((root, rel)) = cgroup_rel {
+        let limits = cgroup::Limits::of_pod(size.1, config.cpu_millis);
+        let made = tokio::task::spawn_blocking(move || cgroup::create(&root, &rel, &limits))
+            .await
+            .map_err(|e| RuntimeError::Interrupted(format!("making the pod's cgroup: {e}")))??;
+        record.cgroup = Some(made);
+        store::write_json(&paths.record(), &record)?;
+    }
     if let Some(net) = record.network.take() {
         let (net, result) = network_step(&inner.network, id, &config, net, |n, id, _, rec| {
             n.prepare(id, rec)
@@ -89,8 +111,13 @@ pub(super) async fn prepare(
         let share = Share::new(&paths.dir, &paths.run_dir);
         let started = match share.prepare() {
             Ok(()) => {
+                let procs = record.cgroup.as_ref().map(PodCgroup::procs);
                 share
-                    .start_daemon(&s.vm.virtiofsd, &paths.dir.join("virtiofsd.log"))
+                    .start_daemon(
+                        &s.vm.virtiofsd,
+                        &paths.dir.join("virtiofsd.log"),
+                        procs.as_deref(),
+                    )
                     .await
             }
             Err(e) => Err(e),
@@ -135,6 +162,7 @@ pub(super) async fn prepare(
             .collect(),
         fs,
         jail,
+        cgroup: record.cgroup.as_ref().map(PodCgroup::procs),
     };
     Ok((record, cmd))
 }
@@ -411,6 +439,12 @@ pub(super) async fn teardown_share(paths: &PodPaths) {
 /// Removes what a pod left on disk; never a directory tree with something mounted
 /// below it (a shared volume's host data could be there).
 pub(super) fn remove_files(paths: &PodPaths) {
+    // The pod's cgroup goes with its files (its VMM is gone by now).
+    if let Ok(record) = store::read_json::<PodRecord>(&paths.record()) {
+        if let Some(cg) = &record.cgroup {
+            cgroup::remove(cg);
+        }
+    }
     for dir in [&paths.dir, &paths.run_dir] {
         let mounted = share::mounts_under(dir);
         if !mounted.is_empty() {

@@ -52,8 +52,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 use vmlet_cri::image::BackendError;
 use vmlet_cri::runtime::{
-    ContainerConfig, ContainerEvent, ContainerInfo, ExecOutput, Health, PodConfig, PodInfo,
-    PodUsage, ResourcesConfig, RuntimeBackend,
+    CgroupDriver, ContainerConfig, ContainerEvent, ContainerInfo, ExecOutput, Health, PodConfig,
+    PodInfo, PodUsage, ResourcesConfig, RuntimeBackend,
 };
 
 pub use error::RuntimeError;
@@ -61,6 +61,7 @@ pub use state::Settings;
 
 use crate::images::ImageManager;
 use crate::network::pod::{NetworkMode, PodNetworks};
+use crate::sandbox::cgroup::Driver;
 use crate::sandbox::jail::uids::UidPool;
 use crate::sandbox::{Hypervisor, Processes};
 use crate::store;
@@ -187,7 +188,15 @@ impl RuntimeBackend for Runtime {
             network_ready,
             network_reason,
             network_message,
-            verbose_json: serde_json::json!({ "warmPool": self.inner.warm.state() }).to_string(),
+            verbose_json: serde_json::json!({
+                "warmPool": self.inner.warm.state(),
+                "podCgroups": s.cgroups.root.is_some(),
+            })
+            .to_string(),
+            cgroup_driver: match s.cgroups.driver {
+                Driver::Systemd => CgroupDriver::Systemd,
+                Driver::Cgroupfs => CgroupDriver::Cgroupfs,
+            },
         }
     }
 

@@ -47,6 +47,8 @@ pub struct Settings {
     pub security: super::security::SecuritySettings,
     /// How VMMs are jailed.
     pub jail: crate::sandbox::jail::JailConfig,
+    /// The pods' host cgroups.
+    pub cgroups: crate::sandbox::cgroup::CgroupSettings,
 }
 
 /// A pod in memory.

@@ -51,6 +51,7 @@ fn settings(dir: &Path, warm_pool: u32) -> Settings {
         volumes: Default::default(),
         security: Default::default(),
         jail: Default::default(),
+        cgroups: Default::default(),
     }
 }
 

@@ -9,6 +9,7 @@
 //! sockets. Images reach the guest by swapping a slot's backing file through the
 //! control socket (virtio-mmio has no hotplug).
 
+pub mod cgroup;
 pub mod disk;
 mod error;
 #[cfg(test)]

@@ -209,9 +209,11 @@ impl VmControl for SocketControl {
 async fn start(cmd: &VmmCommand) -> Result<(u32, BoxFuture<'static, ExitResult>), SandboxError> {
     if let Some(spec) = cmd.jail.clone() {
         let c = cmd.clone();
-        let pid = tokio::task::spawn_blocking(move || jail::process::spawn(&c, &spec, None))
-            .await
-            .map_err(|e| SandboxError::VmmExited(format!("starting the jailed VMM: {e}")))??;
+        let pid = tokio::task::spawn_blocking(move || {
+            jail::process::spawn(&c, &spec, c.cgroup.as_deref())
+        })
+        .await
+        .map_err(|e| SandboxError::VmmExited(format!("starting the jailed VMM: {e}")))??;
         return Ok((pid, Box::pin(jail::process::wait(pid))));
     }
     let mut child = vmm::spawn(cmd)?;

@@ -59,6 +59,8 @@ pub struct VmmCommand {
     pub fs: Vec<(String, PathBuf)>,
     /// The jail to run in (None: as root in vmletd's namespaces).
     pub jail: Option<super::jail::JailSpec>,
+    /// The `cgroup.procs` of the pod's cgroup, which the VMM joins before exec.
+    pub cgroup: Option<PathBuf>,
 }
 
 impl VmmCommand {
@@ -144,6 +146,9 @@ pub fn spawn(c: &VmmCommand) -> Result<tokio::process::Child, SandboxError> {
             });
         }
     }
+    if let Some(procs) = &c.cgroup {
+        join_cgroup(&mut cmd, procs)?;
+    }
     cmd.stdin(Stdio::null())
         .stdout(log)
         .stderr(log2)
@@ -154,6 +159,34 @@ pub fn spawn(c: &VmmCommand) -> Result<tokio::process::Child, SandboxError> {
         path: c.binary.clone(),
         source,
     })
+}
+
+/// Makes the child of `cmd` join the cgroup whose `cgroup.procs` is `procs` before
+/// exec, so that nothing it does runs outside it.
+pub fn join_cgroup(cmd: &mut tokio::process::Command, procs: &Path) -> Result<(), SandboxError> {
+    let fd: std::os::fd::OwnedFd = std::fs::OpenOptions::new()
+        .write(true)
+        .open(procs)
+        .map_err(|source| SandboxError::Io {
+            op: "open",
+            path: procs.to_owned(),
+            source,
+        })?
+        .into();
+    // SAFETY: the closure runs in the forked child before exec and only makes the
+    // write system call ("0": the writing process), which is async-signal-safe; `fd`
+    // outlives the spawn.
+    unsafe {
+        cmd.pre_exec(move || {
+            use std::os::fd::AsRawFd;
+            if libc::write(fd.as_raw_fd(), b"0".as_ptr().cast(), 1) == 1 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    Ok(())
 }
 
 /// Whether `pid` is a live VMM serving `control` (its command line names the control
@@ -360,6 +393,7 @@ mod tests {
             nets: vec![("tap0".into(), "02:00:00:00:00:02".into())],
             fs: Vec::new(),
             jail: None,
+            cgroup: None,
         }
     }
 

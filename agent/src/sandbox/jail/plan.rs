@@ -294,6 +294,7 @@ mod tests {
             nets: Vec::new(),
             fs: vec![("shared".into(), h.join("run/pod/fs.sock"))],
             jail: None,
+            cgroup: None,
         };
         let root = h.join("pod/jail");
         let spec = JailSpec {
