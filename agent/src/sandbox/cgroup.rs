@@ -372,7 +372,7 @@ mod tests {
             pod_path(Driver::Systemd, "-.slice", id).unwrap(),
             Path::new("vmlet-abc123.scope")
         );
-        for bad in ["/kubepods/../etc", "kubepods/./x"] {
+        for bad in ["/kubepods/../etc", "..", "./kubepods"] {
             assert!(pod_path(Driver::Cgroupfs, bad, id).is_err(), "{bad}");
         }
         for bad in ["kubepods", "a--b.slice", "a/b.slice", "-a.slice", ".slice"] {

@@ -412,19 +412,10 @@ fn run_step(s: &Step, uid: libc::uid_t, gid: libc::gid_t) -> Result<(), i32> {
             writable,
             exec,
         } => {
+            let (s, d) = (src.as_ptr(), dst.as_ptr());
             // SAFETY: see above.
-            check(
-                unsafe {
-                    libc::mount(
-                        src.as_ptr(),
-                        dst.as_ptr(),
-                        null,
-                        libc::MS_BIND,
-                        std::ptr::null(),
-                    )
-                }
-                .into(),
-            )?;
+            let r = unsafe { libc::mount(s, d, null, libc::MS_BIND, std::ptr::null()) };
+            check(r.into())?;
             let mut flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NOSUID | libc::MS_NODEV;
             if !writable {
                 flags |= libc::MS_RDONLY;
