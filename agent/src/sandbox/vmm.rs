@@ -468,6 +468,67 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn swap_requests_carry_the_opened_file() {
+        use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+        use std::io::Write;
+        use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ctl");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let img = dir.path().join("img");
+        std::fs::write(&img, b"12345").unwrap();
+        let server = std::thread::spawn(move || {
+            let (s, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 4096];
+            let mut space = nix::cmsg_space!([RawFd; 1]);
+            let (n, fds) = {
+                let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+                let msg =
+                    recvmsg::<()>(s.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::empty())
+                        .unwrap();
+                let fds: Vec<RawFd> = msg
+                    .cmsgs()
+                    .unwrap()
+                    .flat_map(|c| match c {
+                        ControlMessageOwned::ScmRights(f) => f,
+                        _ => Vec::new(),
+                    })
+                    .collect();
+                (msg.bytes, fds)
+            };
+            assert_eq!(fds.len(), 1);
+            // SAFETY: recvmsg just gave us this descriptor.
+            let file = unsafe { std::fs::File::from_raw_fd(fds[0]) };
+            (&s).write_all(b"{\"ok\":true,\"sectors\":0}\n").unwrap();
+            (
+                String::from_utf8_lossy(&buf[..n]).into_owned(),
+                file.metadata().unwrap().len(),
+            )
+        });
+        let request = Request::SwapDrive {
+            id: "slot0".into(),
+            path: img.clone(),
+        };
+        let file = std::fs::File::open(&img).unwrap();
+        let reply = control_with_file(&path, &request, file).await.unwrap();
+        assert_eq!(
+            reply,
+            Response::SwapDrive(vmlet_vmm_api::control::SwapDriveReply { sectors: 0 })
+        );
+        let (line, len) = server.join().unwrap();
+        assert!(line.contains("swap_drive"), "{line}");
+        assert_eq!(len, 5);
+        let e = control_with_file(
+            &dir.path().join("none"),
+            &request,
+            std::fs::File::open(&img).unwrap(),
+        )
+        .await
+        .unwrap_err();
+        assert!(e.to_string().contains("connect"), "{e}");
+    }
+
+    #[tokio::test]
     async fn control_reports_refusals() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ctl");
