@@ -798,7 +798,8 @@ fn each_vmm_runs_jailed_and_cannot_reach_other_pods() {
 /// Each pod's VMM runs in a host cgroup (v2) below the kubelet's cgroup_parent with
 /// the pod's limits: memory.max is the guest's RAM plus the VMM's overhead, cpu.max
 /// the pod's CPU limit, pids.max set. RemovePodSandbox removes it, and the parents
-/// vmletd made for it. RuntimeConfig reports the driver the parent was read as.
+/// vmletd made for it. A pod that takes a warm VM gets its processes moved into its
+/// own cgroup. RuntimeConfig reports the driver the parent was read as.
 #[test]
 fn each_pod_gets_a_host_cgroup_with_its_limits() {
     let cg = std::path::Path::new("/sys/fs/cgroup");
@@ -810,7 +811,7 @@ fn each_pod_gets_a_host_cgroup_with_its_limits() {
         "the test machine has no cgroup v2 with cpu, memory, pids: {controllers:?}"
     );
     let d = Vmletd::start_with(
-        &[],
+        &["--warm-pool", "1"],
         "[network]\nmode = \"none\"\n[cgroups]\ndriver = \"cgroupfs\"\n",
     );
     let c = d.client();
@@ -876,8 +877,38 @@ fn each_pod_gets_a_host_cgroup_with_its_limits() {
         peak.trim().parse::<u64>().unwrap_or(0) >> 20,
         anon >> 20
     ));
-    c.remove_pod(&pod).expect("RemovePodSandbox");
+    // A pod of the default size takes the warm VM: its VMM moves from the warm VM's
+    // cgroup (below the default parent) into the pod's own.
+    c.wait_warm_pool_full();
+    let mut cfg = pod_config("warm-limited", &d.log_dir());
+    cfg.linux = Some(v1::LinuxPodSandboxConfig {
+        cgroup_parent: "/kubepods-e2e/besteffort/pod-warm".into(),
+        ..Default::default()
+    });
+    let warm = c.run_pod(cfg).expect("RunPodSandbox from the warm pool");
+    let warm_dir = cg
+        .join("kubepods-e2e/besteffort/pod-warm")
+        .join(format!("vmlet-{warm}"));
+    let warm_pid = c_status_pid(&d, &warm);
+    let procs = std::fs::read_to_string(warm_dir.join("cgroup.procs")).unwrap();
+    assert!(
+        procs.lines().any(|l| l == warm_pid.to_string()),
+        "warm VMM {warm_pid} not in {}: {procs:?}",
+        warm_dir.display()
+    );
+    assert!(!cg.join("vmlet").join(format!("vmlet-{warm}")).exists());
+    assert_eq!(
+        std::fs::read_to_string(warm_dir.join("cpu.max"))
+            .unwrap()
+            .trim(),
+        "max 100000"
+    );
+
+    for p in [&pod, &warm] {
+        c.remove_pod(p).expect("RemovePodSandbox");
+    }
     assert!(!dir.exists(), "{} left", dir.display());
+    assert!(!warm_dir.exists(), "{} left", warm_dir.display());
     assert!(
         !cg.join("kubepods-e2e").exists(),
         "the parents vmletd made are left"
@@ -892,7 +923,7 @@ fn each_pod_gets_a_host_cgroup_with_its_limits() {
         .run_pod(bad)
         .expect_err("RunPodSandbox with a bad cgroup_parent");
     assert_eq!(e.code(), Code::InvalidArgument, "{e}");
-    assert_clean(&d);
+    assert!(c.list_pods(None).is_empty());
 }
 
 /// Runs `script` in the pod's guest itself (not in a container); returns its stdout.

@@ -357,6 +357,7 @@ pub(super) async fn adopt(
             net.network = current;
         }
         store::write_json(&paths.record(), &record)?;
+        move_cgroup(inner, &paths, &mut record)?;
         if let Some(net) = record.network.take() {
             let (net, result) = network_step(
                 &inner.network,
@@ -378,6 +379,35 @@ pub(super) async fn adopt(
         return Err(e);
     }
     finish(&paths, record, vm, None, deadline).await
+}
+
+/// A warm VM's processes moved from the cgroup it booted in (below the default
+/// parent) to the pod's own, below the pod's `cgroup_parent` with the pod's limits;
+/// the old cgroup removed.
+fn move_cgroup(
+    inner: &Inner,
+    paths: &PodPaths,
+    record: &mut PodRecord,
+) -> Result<(), RuntimeError> {
+    let (Some(root), Some(old)) = (&inner.settings.cgroups.root, record.cgroup.clone()) else {
+        return Ok(());
+    };
+    let c = &record.config;
+    let rel = cgroup::pod_path(inner.settings.cgroups.driver, &c.cgroup_parent, &record.id)?;
+    let limits = cgroup::Limits::of_pod(record.mem_mib, c.cpu_millis);
+    if root.join(&rel) == old.dir {
+        cgroup::set_limits(&old.dir, &limits)?;
+        return Ok(());
+    }
+    let new = cgroup::create(root, &rel, &limits)?;
+    if let Err(e) = cgroup::move_processes(&old, &new) {
+        cgroup::remove(&new);
+        return Err(e.into());
+    }
+    record.cgroup = Some(new);
+    store::write_json(&paths.record(), record)?;
+    cgroup::remove(&old);
+    Ok(())
 }
 
 /// ConfigureGuest, then the pod is ready.

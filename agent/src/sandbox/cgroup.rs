@@ -294,6 +294,11 @@ fn make(root: &Path, rel: &Path, limits: &Limits, cg: &mut PodCgroup) -> Result<
             Err(e) => return Err(io("create", &dir)(e)),
         }
     }
+    set_limits(&cg.dir, limits)
+}
+
+/// Writes `limits` into the cgroup `dir`.
+pub fn set_limits(dir: &Path, limits: &Limits) -> Result<(), CgroupError> {
     for (file, value) in [
         ("memory.max", limits.memory_max.to_string()),
         ("memory.swap.max", "0".to_owned()),
@@ -303,12 +308,28 @@ fn make(root: &Path, rel: &Path, limits: &Limits, cg: &mut PodCgroup) -> Result<
         ("cpu.max", limits.cpu_max()),
         ("pids.max", limits.pids_max.to_string()),
     ] {
-        let path = cg.dir.join(file);
+        let path = dir.join(file);
         match std::fs::write(&path, value) {
             Ok(()) => {}
             // No swap accounting on this host: there is no swap to limit.
             Err(e) if file == "memory.swap.max" && e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io("write", &path)(e)),
+        }
+    }
+    Ok(())
+}
+
+/// Moves every process of `from` (with all its threads) into `to`.
+pub fn move_processes(from: &PodCgroup, to: &PodCgroup) -> Result<(), CgroupError> {
+    let procs = from.procs();
+    let pids = std::fs::read_to_string(&procs).map_err(io("read", &procs))?;
+    let dest = to.procs();
+    for pid in pids.split_whitespace() {
+        match std::fs::write(&dest, pid) {
+            Ok(()) => {}
+            // It exited meanwhile.
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+            Err(e) => return Err(io("move a process into", &dest)(e)),
         }
     }
     Ok(())
