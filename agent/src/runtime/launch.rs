@@ -82,7 +82,7 @@ pub(super) async fn prepare(
             let rel = cgroup::pod_path(s.cgroups.driver, &config.cgroup_parent, id)?;
             record.cgroup = Some(PodCgroup {
                 dir: root.join(&rel),
-                made: Vec::new(),
+                registry: cgroup_registry(s),
             });
             Some((root.clone(), rel))
         }
@@ -91,9 +91,13 @@ pub(super) async fn prepare(
     store::write_json(&paths.record(), &record)?;
     if let Some((root, rel)) = cgroup_rel {
         let limits = cgroup::Limits::of_pod(size.1, config.cpu_millis);
-        let made = tokio::task::spawn_blocking(move || cgroup::create(&root, &rel, &limits))
-            .await
-            .map_err(|e| RuntimeError::Interrupted(format!("making the pod's cgroup: {e}")))??;
+        let registry = cgroup_registry(s);
+        let made =
+            tokio::task::spawn_blocking(move || cgroup::create(&root, &rel, &limits, &registry))
+                .await
+                .map_err(|e| {
+                    RuntimeError::Interrupted(format!("making the pod's cgroup: {e}"))
+                })??;
         record.cgroup = Some(made);
         store::write_json(&paths.record(), &record)?;
     }
@@ -381,6 +385,11 @@ pub(super) async fn adopt(
     finish(&paths, record, vm, None, deadline).await
 }
 
+/// Where vmletd lists the parent cgroups it made.
+fn cgroup_registry(s: &Settings) -> PathBuf {
+    s.state_dir.join("cgroup-parents")
+}
+
 /// A warm VM's processes moved from the cgroup it booted in (below the default
 /// parent) to the pod's own, below the pod's `cgroup_parent` with the pod's limits;
 /// the old cgroup removed.
@@ -399,7 +408,7 @@ fn move_cgroup(
         cgroup::set_limits(&old.dir, &limits)?;
         return Ok(());
     }
-    let new = cgroup::create(root, &rel, &limits)?;
+    let new = cgroup::create(root, &rel, &limits, &cgroup_registry(&inner.settings))?;
     if let Err(e) = cgroup::move_processes(&old, &new) {
         cgroup::remove(&new);
         return Err(e.into());

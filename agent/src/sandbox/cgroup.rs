@@ -255,10 +255,39 @@ fn delegate(dir: &Path) -> Result<(), CgroupError> {
 pub struct PodCgroup {
     /// Its directory.
     pub dir: PathBuf,
-    /// Parent directories vmlet made for it (outermost first), removed with it when
-    /// empty.
+    /// The file listing the parent cgroups vmlet made (for this pod or another):
+    /// those are removed with the last pod in them; the kubelet's never are.
     #[serde(default)]
-    pub made: Vec<PathBuf>,
+    pub registry: PathBuf,
+}
+
+/// Serialises the changes of parent cgroups and of their registry: a parent is not
+/// removed while a pod's cgroup is being made in it.
+static PARENTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The parents the registry at `path` lists (a missing file lists none).
+fn registered(path: &Path) -> Vec<PathBuf> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(PathBuf::from)
+        .collect()
+}
+
+fn register(path: &Path, dirs: &[PathBuf]) {
+    if path.as_os_str().is_empty() {
+        return;
+    }
+    let text: String = dirs.iter().map(|d| format!("{}\n", d.display())).collect();
+    let tmp = path.with_extension("tmp");
+    let written = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        tracing::warn!(
+            "cannot record vmlet's parent cgroups in {}: {e}",
+            path.display()
+        );
+    }
 }
 
 impl PodCgroup {
@@ -268,33 +297,47 @@ impl PodCgroup {
     }
 }
 
-/// Makes the pod's cgroup `rel` below `root` (and any missing parent) with `limits`.
-/// On failure nothing made is left.
-pub fn create(root: &Path, rel: &Path, limits: &Limits) -> Result<PodCgroup, CgroupError> {
-    let mut cg = PodCgroup {
+/// Makes the pod's cgroup `rel` below `root` (and any missing parent, recorded in
+/// the registry file `registry`) with `limits`. On failure nothing made is left.
+pub fn create(
+    root: &Path,
+    rel: &Path,
+    limits: &Limits,
+    registry: &Path,
+) -> Result<PodCgroup, CgroupError> {
+    let cg = PodCgroup {
         dir: root.join(rel),
-        made: Vec::new(),
+        registry: registry.to_owned(),
     };
-    let made = make(root, rel, limits, &mut cg);
-    if let Err(e) = made {
+    let made = {
+        let _parents = PARENTS.lock().unwrap_or_else(|e| e.into_inner());
+        let mut parents = registered(registry);
+        let made = make(root, rel, &mut parents);
+        register(registry, &parents);
+        made
+    };
+    if let Err(e) = made.and_then(|()| set_limits(&cg.dir, limits)) {
         remove(&cg);
         return Err(e);
     }
     Ok(cg)
 }
 
-fn make(root: &Path, rel: &Path, limits: &Limits, cg: &mut PodCgroup) -> Result<(), CgroupError> {
+/// Makes the directories of `rel`, adding the parents it makes to `parents`.
+fn make(root: &Path, rel: &Path, parents: &mut Vec<PathBuf>) -> Result<(), CgroupError> {
     let mut dir = root.to_owned();
+    let leaf = root.join(rel);
     for c in rel.components() {
         delegate(&dir)?;
         dir.push(c);
         match std::fs::create_dir(&dir) {
-            Ok(()) => cg.made.push(dir.clone()),
+            Ok(()) if dir != leaf => parents.push(dir.clone()),
+            Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(io("create", &dir)(e)),
         }
     }
-    set_limits(&cg.dir, limits)
+    Ok(())
 }
 
 /// Writes `limits` into the cgroup `dir`.
@@ -359,10 +402,21 @@ pub fn remove(cg: &PodCgroup) {
             }
         }
     }
-    for dir in cg.made.iter().rev() {
-        if dir != &cg.dir && std::fs::remove_dir(dir).is_err() {
+    // Then the parents vmlet made, innermost first, while empty.
+    let _parents = PARENTS.lock().unwrap_or_else(|e| e.into_inner());
+    let mut parents = registered(&cg.registry);
+    let before = parents.len();
+    for dir in cg.dir.ancestors().skip(1) {
+        let Some(i) = parents.iter().position(|p| p == dir) else {
+            break;
+        };
+        if std::fs::remove_dir(dir).is_err() {
             break;
         }
+        parents.remove(i);
+    }
+    if parents.len() != before {
+        register(&cg.registry, &parents);
     }
 }
 
