@@ -81,6 +81,9 @@
 //! first_uid = 1900000000
 //! uid_count = 65536         # at most this many pods at once
 //! max_open_files = 4096     # RLIMIT_NOFILE of a VMM
+//! # A PID namespace per VMM, the VMM its init: from outside only SIGKILL and the
+//! # signals it handles (SIGTERM, SIGINT) reach it.
+//! pid_namespace = true
 //! # Shared libraries vmlet-vmm loads, bound read-only into each jail ([] for a
 //! # statically linked vmlet-vmm; missing ones are skipped).
 //! library_dirs = ["/lib64", "/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu"]

@@ -207,6 +207,7 @@ fn jail_spec(
         root,
         library_dirs: s.jail.library_dirs.clone(),
         max_open_files: s.jail.max_open_files,
+        pid_namespace: s.jail.pid_namespace,
         // The scratch disk is the largest file the VMM writes.
         max_file_bytes: s.vm.scratch_mib.max(64).saturating_mul(1 << 20),
     })

@@ -37,6 +37,10 @@ pub struct JailConfig {
     pub uid_count: u32,
     /// RLIMIT_NOFILE of a VMM.
     pub max_open_files: u64,
+    /// Each VMM in a PID namespace of its own, as its init: it sees and signals no
+    /// other process; from outside, only the signals it handles (SIGTERM, SIGINT) and
+    /// SIGKILL reach it (a fault of its own still ends it).
+    pub pid_namespace: bool,
     /// Directories of the shared libraries vmlet-vmm loads, bound read-only into each
     /// jail at the same path (a symbolic link is bound as what it points to). Missing
     /// ones are skipped; a statically linked vmlet-vmm needs none.
@@ -55,6 +59,7 @@ impl Default for JailConfig {
             first_uid: DEFAULT_FIRST_UID,
             uid_count: 65536,
             max_open_files: 4096,
+            pid_namespace: true,
             library_dirs: vec![
                 "/lib64".into(),
                 format!("/lib/{arch}-linux-gnu").into(),
@@ -111,6 +116,8 @@ pub struct JailSpec {
     pub library_dirs: Vec<PathBuf>,
     /// RLIMIT_NOFILE.
     pub max_open_files: u64,
+    /// See [`JailConfig::pid_namespace`].
+    pub pid_namespace: bool,
     /// RLIMIT_FSIZE: the largest file it may write (its scratch disk is the largest;
     /// its console and logs are bounded by the same).
     pub max_file_bytes: u64,

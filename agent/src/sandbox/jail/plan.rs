@@ -303,6 +303,7 @@ mod tests {
             root: root.clone(),
             library_dirs: vec![h.join("lib64"), h.join("no/such/lib")],
             max_open_files: 1024,
+            pid_namespace: true,
             max_file_bytes: 1 << 30,
         };
         let steps = build(&cmd, &spec, &cmd.binary).unwrap();

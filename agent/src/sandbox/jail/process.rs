@@ -190,7 +190,10 @@ pub fn spawn(
     };
     let mut stack = vec![0u8; STACK_BYTES];
     use nix::sched::CloneFlags;
-    let flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWIPC;
+    let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWIPC;
+    if spec.pid_namespace {
+        flags |= CloneFlags::CLONE_NEWPID;
+    }
     // SAFETY: the child runs `run_child` on its own copy of the address space (no
     // CLONE_VM) and `stack`; it only makes system calls on data made above (no
     // allocation, no lock) and ends in exec or _exit.
