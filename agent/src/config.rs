@@ -83,6 +83,31 @@
 //! max_sessions = 1024           # sessions on the node
 //! max_pending = 1024            # URLs handed out and not used yet
 //!
+//! [jail]
+//! # Each VMM runs jailed: its own uid/gid from this range, a mount namespace holding
+//! # only its files, new PID and IPC namespaces, no capabilities, no_new_privs. Turn
+//! # off only on hosts that cannot (the VMM then runs as root).
+//! enabled = true
+//! first_uid = 1900000000
+//! uid_count = 65536         # at most this many pods at once
+//! max_open_files = 4096     # RLIMIT_NOFILE of a VMM
+//! # A PID namespace per VMM, the VMM its init: from outside only SIGKILL and the
+//! # signals it handles (SIGTERM, SIGINT) reach it.
+//! pid_namespace = true
+//! # Shared libraries vmlet-vmm loads, bound read-only into each jail ([] for a
+//! # statically linked vmlet-vmm; missing ones are skipped).
+//! library_dirs = ["/lib64", "/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu"]
+//!
+//! [cgroups]
+//! # Each pod's VMM (and virtiofsd) runs in a host cgroup (v2) below the kubelet's
+//! # cgroup_parent, limited to the pod's memory (+ the VMM's overhead), CPU limit
+//! # and a pids.max. Without a v2 hierarchy offering cpu, memory and pids at
+//! # /sys/fs/cgroup (cgroup v1 or hybrid hosts), pods run without a host cgroup.
+//! enabled = true
+//! # How the kubelet names cgroups ("systemd", "cgroupfs", or "auto": systemd when
+//! # the host runs it); reported to the kubelet by RuntimeConfig.
+//! driver = "auto"
+//!
 //! [security]
 //! # Localhost seccomp profiles (CRI SecurityProfile.localhost_ref, an absolute path
 //! # the kubelet makes from its root directory) must lie below this directory.
@@ -242,6 +267,10 @@ pub struct Config {
     pub streaming: StreamingConfig,
     /// Containers' security contexts.
     pub security: SecurityConfig,
+    /// How VMMs are jailed.
+    pub jail: crate::sandbox::jail::JailConfig,
+    /// The pods' host cgroups.
+    pub cgroups: crate::sandbox::cgroup::CgroupsConfig,
 }
 
 /// `[security]`.
@@ -390,6 +419,8 @@ impl Default for Config {
             volumes: VolumesConfig::default(),
             streaming: StreamingConfig::default(),
             security: SecurityConfig::default(),
+            jail: Default::default(),
+            cgroups: Default::default(),
         }
     }
 }
@@ -556,6 +587,8 @@ impl Config {
         }
         self.streaming.check().map_err(ConfigError::Invalid)?;
         self.images.check().map_err(ConfigError::Invalid)?;
+        self.jail.check().map_err(ConfigError::Invalid)?;
+        self.cgroups.check().map_err(ConfigError::Invalid)?;
         if self.vm.max_concurrent_boots == 0 {
             return bad("vm.max_concurrent_boots must be at least 1".to_owned());
         }

@@ -99,6 +99,16 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     image_config.registries = config.registries.clone();
     image_config.limits = config.images;
     let images = Arc::new(ImageManager::open(image_config).await?);
+    let cgroups = config.cgroups.settings();
+    if config.cgroups.enabled && cgroups.root.is_none() {
+        tracing::warn!(
+            "no cgroup v2 hierarchy with the cpu, memory and pids controllers at {} \
+             (a cgroup v1 or hybrid host): pods' VMMs run without a host cgroup, so the \
+             host does not bound their memory, CPU or tasks; containers' limits still \
+             hold inside each VM",
+            crate::sandbox::cgroup::CGROUP_ROOT
+        );
+    }
     let runtime = Arc::new(
         Runtime::open(
             Settings {
@@ -111,6 +121,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
                 network: config.network.clone(),
                 volumes: config.volumes.settings(),
                 security: config.security.settings(),
+                jail: config.jail.clone(),
+                cgroups,
             },
             images.clone(),
         )

@@ -165,6 +165,22 @@ pub struct PodRecord {
     /// The pod has a shared file system (a virtiofsd serving `shared/`).
     #[serde(default)]
     pub shared_fs: bool,
+    /// The identity its VMM's jail runs as (None: not jailed).
+    #[serde(default)]
+    pub jail: Option<JailRecord>,
+    /// Its host cgroup (None: it has none).
+    #[serde(default)]
+    pub cgroup: Option<crate::sandbox::cgroup::PodCgroup>,
+}
+
+/// The identity a pod's VMM runs as, kept so that a restarted daemon never gives it
+/// to another pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JailRecord {
+    /// uid.
+    pub uid: u32,
+    /// gid.
+    pub gid: u32,
 }
 
 /// What the guest needs again to exec in a container.

@@ -593,7 +593,13 @@ pub struct Vmletd {
 fn base_config() -> String {
     let emulated = std::env::var("VMLET_IN_WITH_KVM").is_ok_and(|v| v == "tcg");
     let boots = if emulated { 1 } else { 4 };
-    format!("[vm]\nboot_timeout_secs = 300\nmax_concurrent_boots = {boots}\nwarm_pool = 0\n")
+    // The fault injector wraps vmlet-vmm in a shell script: a jail holds no shell.
+    let jail = if std::env::var_os(crate::fault::VMM_FAULT_ENV).is_some() {
+        "[jail]\nenabled = false\n"
+    } else {
+        ""
+    };
+    format!("[vm]\nboot_timeout_secs = 300\nmax_concurrent_boots = {boots}\nwarm_pool = 0\n{jail}")
 }
 
 /// A registry on loopback with the busybox image pushed as `tag`, and the image's

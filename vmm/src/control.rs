@@ -6,7 +6,9 @@
 //! - `status`: run state, vCPUs, memory, drives, and the protocol version
 //! - `pause`, `resume`: the vCPUs
 //! - `swap_drive`: the drive's backing file is replaced and the guest gets a
-//!   config-change interrupt
+//!   config-change interrupt. A jailed VMM cannot open the host's image files: the
+//!   client sends the file, opened, with the request (`SCM_RIGHTS`); `path` then only
+//!   names it. Without a file the VMM opens `path` itself.
 //! - `shutdown`: asks the guest to power off (a connection to its vsock port
 //!   [`GUEST_POWER_PORT`]); if it has not after `timeout_ms` (default 5000), the
 //!   VMM stops it and exits with status 2
@@ -15,7 +17,8 @@ use crate::builder::VmParts;
 use crate::uds::BindError;
 use crate::vstate::vcpu::RunState;
 use event_manager::{EventOps, Events, MutEventSubscriber};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -26,12 +29,15 @@ use vmlet_vmm_api::control::{
     DriveStatus, Request, Response, StatusReply, SwapDriveReply, VmState, PROTOCOL_VERSION,
 };
 use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 /// Guest vsock port whose connection asks the guest init to power off.
 pub const GUEST_POWER_PORT: u32 = 1023;
 /// Longest request line accepted.
 const MAX_LINE: usize = 64 * 1024;
 const DEFAULT_SHUTDOWN_MS: u64 = 5000;
+/// Most files a connection may have sent and not yet used; more are closed.
+const MAX_PENDING_FILES: usize = 4;
 const LISTENER: u32 = 0;
 
 /// Errors setting up the control socket.
@@ -64,6 +70,9 @@ pub struct Lifecycle {
 struct Conn {
     stream: UnixStream,
     buf: Vec<u8>,
+    /// Files received with the requests (`SCM_RIGHTS`), oldest first; each
+    /// `swap_drive` takes the oldest.
+    files: VecDeque<File>,
 }
 
 /// The control socket server (an event-loop subscriber).
@@ -94,14 +103,19 @@ impl ControlServer {
 
     /// Executes one request line and returns the reply line (without newline).
     pub fn handle_line(&mut self, line: &[u8]) -> String {
+        self.handle_line_with(line, &mut VecDeque::new())
+    }
+
+    /// [`Self::handle_line`], with the files the connection sent along.
+    fn handle_line_with(&mut self, line: &[u8], files: &mut VecDeque<File>) -> String {
         let reply = Request::decode(line)
             .map_err(|e| e.to_string())
-            .and_then(|req| self.execute(req))
+            .and_then(|req| self.execute(req, files))
             .and_then(|response| response.encode().map_err(|e| e.to_string()));
         reply.unwrap_or_else(|e| Response::encode_error(&e))
     }
 
-    fn execute(&mut self, req: Request) -> Result<Response, String> {
+    fn execute(&mut self, req: Request, files: &mut VecDeque<File>) -> Result<Response, String> {
         match req {
             Request::Status => Ok(Response::Status(self.status())),
             Request::Pause => {
@@ -122,7 +136,11 @@ impl ControlServer {
                     .get(&id)
                     .ok_or_else(|| format!("no drive with id {id:?}"))?;
                 let mut drive = drive.lock().unwrap_or_else(|e| e.into_inner());
-                drive.swap(&path).map_err(|e| e.to_string())?;
+                match files.pop_front() {
+                    Some(file) => drive.swap_file(file, &path),
+                    None => drive.swap(&path),
+                }
+                .map_err(|e| e.to_string())?;
                 Ok(Response::SwapDrive(SwapDriveReply {
                     sectors: drive.disk().sectors(),
                 }))
@@ -193,6 +211,7 @@ impl ControlServer {
                         Conn {
                             stream,
                             buf: Vec::new(),
+                            files: VecDeque::new(),
                         },
                     );
                 }
@@ -217,11 +236,10 @@ impl ControlServer {
     }
 
     fn serve_conn(&mut self, conn: &mut Conn) -> bool {
-        let mut chunk = [0u8; 4096];
         let open = loop {
-            match conn.stream.read(&mut chunk) {
+            match receive(conn) {
                 Ok(0) => break false,
-                Ok(n) => conn.buf.extend_from_slice(&chunk[..n]),
+                Ok(_) => {}
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break true,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(_) => break false,
@@ -229,7 +247,7 @@ impl ControlServer {
         };
         while let Some(pos) = conn.buf.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = conn.buf.drain(..=pos).collect();
-            let reply = self.handle_line(&line[..line.len() - 1]);
+            let reply = self.handle_line_with(&line[..line.len() - 1], &mut conn.files);
             let mut out = reply.into_bytes();
             out.push(b'\n');
             // Replies are small; a client that does not read them is dropped.
@@ -245,6 +263,30 @@ impl ControlServer {
         }
         open && conn.buf.len() <= MAX_LINE
     }
+}
+
+/// Reads what is there into the connection's buffer, and the files sent with it
+/// (at most [`MAX_PENDING_FILES`] kept). Returns the bytes read (0: closed).
+fn receive(conn: &mut Conn) -> std::io::Result<usize> {
+    let mut chunk = [0u8; 4096];
+    let mut fds = [-1; MAX_PENDING_FILES];
+    let mut iov = [libc::iovec {
+        iov_base: chunk.as_mut_ptr().cast(),
+        iov_len: chunk.len(),
+    }];
+    // SAFETY: the iovec points into `chunk`, which outlives the call and may hold
+    // any bytes.
+    let (n, nfds) = unsafe { conn.stream.recv_with_fds(&mut iov, &mut fds) }
+        .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
+    for &fd in fds.iter().take(nfds) {
+        // SAFETY: recvmsg just gave us this descriptor; nothing else owns it.
+        let file = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        if conn.files.len() < MAX_PENDING_FILES {
+            conn.files.push_back(file);
+        }
+    }
+    conn.buf.extend_from_slice(&chunk[..n]);
+    Ok(n)
 }
 
 /// Opens a hybrid-vsock connection to the guest's power port on a short-lived
@@ -308,6 +350,30 @@ impl Drop for ControlServer {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn files_sent_with_requests_are_kept_in_order() {
+        let (client, server) = UnixStream::pair().unwrap();
+        server.set_nonblocking(true).unwrap();
+        let mut first = tempfile::tempfile().unwrap();
+        first.write_all(b"first").unwrap();
+        let second = tempfile::tempfile().unwrap();
+        client
+            .send_with_fds(&[&b"{}\n"[..]], &[first.as_raw_fd(), second.as_raw_fd()])
+            .unwrap();
+        let mut conn = Conn {
+            stream: server,
+            buf: Vec::new(),
+            files: VecDeque::new(),
+        };
+        assert_eq!(receive(&mut conn).unwrap(), 3);
+        assert_eq!(conn.buf, b"{}\n");
+        assert_eq!(conn.files.len(), 2);
+        let got = conn.files.pop_front().unwrap();
+        assert_eq!(got.metadata().unwrap().len(), 5);
+        drop(client);
+        assert_eq!(receive(&mut conn).unwrap(), 0);
+    }
 
     #[test]
     fn busy_and_stale_sockets() {

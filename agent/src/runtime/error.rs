@@ -61,6 +61,9 @@ pub enum RuntimeError {
     /// A volume could not be made in the guest.
     #[error(transparent)]
     Volume(#[from] VolumeError),
+    /// The pod's host cgroup could not be made.
+    #[error("the pod's cgroup: {0}")]
+    Cgroup(#[from] crate::sandbox::cgroup::CgroupError),
     /// A warm VM failed the pod, and so did the fresh boot that replaced it.
     #[error("a warm VM failed ({warm}), and so did a fresh boot: {cold}")]
     WarmFallback {
@@ -118,12 +121,16 @@ impl RuntimeError {
             Self::WarmFallback { cold, .. } => cold.kind(),
             Self::Network(e) if e.is_not_ready() => ErrorKind::FailedPrecondition,
             Self::Network(NetworkError::BadBandwidth { .. }) => ErrorKind::InvalidArgument,
+            Self::Cgroup(crate::sandbox::cgroup::CgroupError::BadParent(_)) => {
+                ErrorKind::InvalidArgument
+            }
             Self::Sandbox(_)
             | Self::Volume(_)
             | Self::Store(_)
             | Self::Log(_)
             | Self::Network(_)
-            | Self::Interrupted(_) => ErrorKind::Internal,
+            | Self::Interrupted(_)
+            | Self::Cgroup(_) => ErrorKind::Internal,
         }
     }
 }

@@ -3,6 +3,7 @@
 //! and the pod's own part: CNI ADD and ConfigureGuest ([`boot`] for a fresh VM, which
 //! boots while ADD runs; [`adopt`] for a pre-booted one from the warm pool).
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -12,12 +13,14 @@ use vmlet_proto::agent as pb;
 use super::deadline::Deadline;
 use super::error::RuntimeError;
 use super::pool::WarmVm;
-use super::state::{Inner, Pod};
+use super::state::{Inner, Pod, Settings};
 use super::util::now_ns;
 use crate::network::cni::NetworkConfig;
 use crate::network::pod::{NetworkError, PodNetRecord, PodNetworks};
+use crate::sandbox::cgroup::{self, PodCgroup};
+use crate::sandbox::jail::{self, JailSpec};
 use crate::sandbox::{disk, guest, SandboxError, Vm, VmmCommand};
-use crate::store::{self, PodPaths, PodPhase, PodRecord, SlotRecord};
+use crate::store::{self, JailRecord, PodPaths, PodPhase, PodRecord, SlotRecord};
 use crate::volumes::share::{self, Share};
 
 /// How long a boot waited for its turn and how long it took.
@@ -62,8 +65,38 @@ pub(super) async fn prepare(
         vm_exit: None,
         network: network.map(|n| inner.network.plan(id, n)),
         shared_fs: s.vm.shared_fs_for(&config.annotations),
+        jail: None,
+        cgroup: None,
+    };
+    if s.jail.enabled {
+        let uid = inner.uids.claim(&paths.dir)?;
+        record.jail = Some(JailRecord { uid, gid: uid });
+    }
+    // Recorded before it is made: a daemon that dies from here on removes it.
+    let cgroup_rel = match &s.cgroups.root {
+        Some(root) => {
+            let rel = cgroup::pod_path(s.cgroups.driver, &config.cgroup_parent, id)?;
+            record.cgroup = Some(PodCgroup {
+                dir: root.join(&rel),
+                registry: cgroup_registry(s),
+            });
+            Some((root.clone(), rel))
+        }
+        None => None,
     };
     store::write_json(&paths.record(), &record)?;
+    if let Some((root, rel)) = cgroup_rel {
+        let limits = cgroup::Limits::of_pod(size.1, config.cpu_millis);
+        let registry = cgroup_registry(s);
+        let made =
+            tokio::task::spawn_blocking(move || cgroup::create(&root, &rel, &limits, &registry))
+                .await
+                .map_err(|e| {
+                    RuntimeError::Interrupted(format!("making the pod's cgroup: {e}"))
+                })??;
+        record.cgroup = Some(made);
+        store::write_json(&paths.record(), &record)?;
+    }
     if let Some(net) = record.network.take() {
         let (net, result) = network_step(&inner.network, id, &config, net, |n, id, _, rec| {
             n.prepare(id, rec)
@@ -78,8 +111,13 @@ pub(super) async fn prepare(
         let share = Share::new(&paths.dir, &paths.run_dir);
         let started = match share.prepare() {
             Ok(()) => {
+                let procs = record.cgroup.as_ref().map(PodCgroup::procs);
                 share
-                    .start_daemon(&s.vm.virtiofsd, &paths.dir.join("virtiofsd.log"))
+                    .start_daemon(
+                        &s.vm.virtiofsd,
+                        &paths.dir.join("virtiofsd.log"),
+                        procs.as_deref(),
+                    )
                     .await
             }
             Err(e) => Err(e),
@@ -105,6 +143,10 @@ pub(super) async fn prepare(
             .iter()
             .map(|sl| (sl.serial.clone(), paths.placeholder(), true)),
     );
+    let jail = match record.jail {
+        Some(j) => Some(jail_spec(s, paths, j, &fs)?),
+        None => None,
+    };
     let cmd = VmmCommand {
         binary: s.vmm.clone(),
         kernel: s.kernel.clone(),
@@ -126,8 +168,52 @@ pub(super) async fn prepare(
             .map(|n| (n.tap.clone(), n.guest_mac.clone()))
             .collect(),
         fs,
+        jail,
+        cgroup: record.cgroup.as_ref().map(PodCgroup::procs),
     };
     Ok((record, cmd))
+}
+
+/// The pod's files its jailed VMM writes or reads handed to its uid, the jail's root
+/// directory made, and the jail's spec.
+fn jail_spec(
+    s: &Settings,
+    paths: &PodPaths,
+    j: JailRecord,
+    fs: &[(String, PathBuf)],
+) -> Result<JailSpec, SandboxError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let (uid, gid) = (j.uid, j.gid);
+    jail::give(&paths.run_dir, uid, gid, 0o700)?;
+    jail::give(&paths.scratch(), uid, gid, 0o600)?;
+    jail::give(&paths.placeholder(), uid, gid, 0o600)?;
+    jail::give_new_file(&paths.console(), uid, gid)?;
+    jail::give_new_file(&paths.vmm_exit(), uid, gid)?;
+    for (_, socket) in fs {
+        jail::give(socket, uid, gid, 0o600)?;
+    }
+    let root = paths.dir.join("jail");
+    match std::fs::DirBuilder::new().mode(0o700).create(&root) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(source) => {
+            return Err(SandboxError::Io {
+                op: "create",
+                path: root,
+                source,
+            })
+        }
+    }
+    Ok(JailSpec {
+        uid,
+        gid,
+        root,
+        library_dirs: s.jail.library_dirs.clone(),
+        max_open_files: s.jail.max_open_files,
+        pid_namespace: s.jail.pid_namespace,
+        // The scratch disk is the largest file the VMM writes.
+        max_file_bytes: s.vm.scratch_mib.max(64).saturating_mul(1 << 20),
+    })
 }
 
 /// Starts the VMM and waits for its guest agent, once a boot permit is free, within
@@ -279,6 +365,7 @@ pub(super) async fn adopt(
             net.network = current;
         }
         store::write_json(&paths.record(), &record)?;
+        move_cgroup(inner, &paths, &mut record)?;
         if let Some(net) = record.network.take() {
             let (net, result) = network_step(
                 &inner.network,
@@ -300,6 +387,40 @@ pub(super) async fn adopt(
         return Err(e);
     }
     finish(&paths, record, vm, None, deadline).await
+}
+
+/// Where vmletd lists the parent cgroups it made.
+fn cgroup_registry(s: &Settings) -> PathBuf {
+    s.state_dir.join("cgroup-parents")
+}
+
+/// A warm VM's processes moved from the cgroup it booted in (below the default
+/// parent) to the pod's own, below the pod's `cgroup_parent` with the pod's limits;
+/// the old cgroup removed.
+fn move_cgroup(
+    inner: &Inner,
+    paths: &PodPaths,
+    record: &mut PodRecord,
+) -> Result<(), RuntimeError> {
+    let (Some(root), Some(old)) = (&inner.settings.cgroups.root, record.cgroup.clone()) else {
+        return Ok(());
+    };
+    let c = &record.config;
+    let rel = cgroup::pod_path(inner.settings.cgroups.driver, &c.cgroup_parent, &record.id)?;
+    let limits = cgroup::Limits::of_pod(record.mem_mib, c.cpu_millis);
+    if root.join(&rel) == old.dir {
+        cgroup::set_limits(&old.dir, &limits)?;
+        return Ok(());
+    }
+    let new = cgroup::create(root, &rel, &limits, &cgroup_registry(&inner.settings))?;
+    if let Err(e) = cgroup::move_processes(&old, &new) {
+        cgroup::remove(&new);
+        return Err(e.into());
+    }
+    record.cgroup = Some(new);
+    store::write_json(&paths.record(), record)?;
+    cgroup::remove(&old);
+    Ok(())
 }
 
 /// ConfigureGuest, then the pod is ready.
@@ -362,6 +483,12 @@ pub(super) async fn teardown_share(paths: &PodPaths) {
 /// Removes what a pod left on disk; never a directory tree with something mounted
 /// below it (a shared volume's host data could be there).
 pub(super) fn remove_files(paths: &PodPaths) {
+    // The pod's cgroup goes with its files (its VMM is gone by now).
+    if let Ok(record) = store::read_json::<PodRecord>(&paths.record()) {
+        if let Some(cg) = &record.cgroup {
+            cgroup::remove(cg);
+        }
+    }
     for dir in [&paths.dir, &paths.run_dir] {
         let mounted = share::mounts_under(dir);
         if !mounted.is_empty() {

@@ -53,8 +53,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 use vmlet_cri::image::BackendError;
 use vmlet_cri::runtime::{
-    ContainerConfig, ContainerEvent, ContainerInfo, ExecOutput, Health, PodConfig, PodInfo,
-    PodUsage, ResourcesConfig, RuntimeBackend,
+    CgroupDriver, ContainerConfig, ContainerEvent, ContainerInfo, ExecOutput, Health, PodConfig,
+    PodInfo, PodUsage, ResourcesConfig, RuntimeBackend,
 };
 
 pub use error::RuntimeError;
@@ -62,6 +62,8 @@ pub use state::Settings;
 
 use crate::images::ImageManager;
 use crate::network::pod::{NetworkMode, PodNetworks};
+use crate::sandbox::cgroup::Driver;
+use crate::sandbox::jail::uids::UidPool;
 use crate::sandbox::{Hypervisor, Processes};
 use crate::store;
 use state::{Inner, Tables};
@@ -101,6 +103,11 @@ impl Runtime {
                 ),
                 boot_estimate: deadline::BootEstimate::default(),
                 network: PodNetworks::new(settings.network.clone(), &settings.state_dir),
+                uids: UidPool::new(
+                    settings.state_dir.join("jail-uids"),
+                    settings.jail.first_uid,
+                    settings.jail.uid_count,
+                ),
                 settings,
                 vms,
                 images,
@@ -218,7 +225,15 @@ impl RuntimeBackend for Runtime {
             network_ready,
             network_reason,
             network_message,
-            verbose_json: serde_json::json!({ "warmPool": self.inner.warm.state() }).to_string(),
+            verbose_json: serde_json::json!({
+                "warmPool": self.inner.warm.state(),
+                "podCgroups": s.cgroups.root.is_some(),
+            })
+            .to_string(),
+            cgroup_driver: match s.cgroups.driver {
+                Driver::Systemd => CgroupDriver::Systemd,
+                Driver::Cgroupfs => CgroupDriver::Cgroupfs,
+            },
         }
     }
 

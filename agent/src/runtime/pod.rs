@@ -53,6 +53,10 @@ pub async fn run(
     deadline: Deadline,
 ) -> Result<String, RuntimeError> {
     let size = size(inner, &config)?;
+    // A cgroup_parent that names no cgroup fails before a warm VM is taken.
+    if inner.settings.cgroups.root.is_some() {
+        crate::sandbox::cgroup::parent_path(inner.settings.cgroups.driver, &config.cgroup_parent)?;
+    }
     let _starting = inner.warm.starting();
     // Fails before a warm VM is taken.
     let network = inner.network.current()?;

@@ -59,6 +59,12 @@ pub(super) async fn recover(inner: &Arc<Inner>) {
                 continue;
             }
         };
+        if let Some(j) = record.jail {
+            // Its claim made again if it was lost: no other pod gets this uid.
+            if let Err(e) = inner.uids.adopt(j.uid, &paths.dir) {
+                tracing::error!(pod = %id, "the pod's jail uid: {e}");
+            }
+        }
         if matches!(record.phase, PodPhase::Creating | PodPhase::Warm) {
             unfinished.push((paths, record));
             continue;

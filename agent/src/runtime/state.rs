@@ -45,6 +45,10 @@ pub struct Settings {
     pub volumes: VolumeSettings,
     /// What security contexts name.
     pub security: super::security::SecuritySettings,
+    /// How VMMs are jailed.
+    pub jail: crate::sandbox::jail::JailConfig,
+    /// The pods' host cgroups.
+    pub cgroups: crate::sandbox::cgroup::CgroupSettings,
 }
 
 /// A pod in memory.
@@ -97,6 +101,8 @@ pub(super) struct Inner {
     pub(super) warm: WarmPool,
     /// What a fresh boot takes, for RunPodSandbox's deadline.
     pub(super) boot_estimate: BootEstimate,
+    /// The uids of the pods' jails.
+    pub(super) uids: crate::sandbox::jail::uids::UidPool,
     pub(super) network: PodNetworks,
     pub(super) images: Arc<ImageManager>,
     pub(super) tables: Mutex<Tables>,

@@ -50,6 +50,8 @@ fn settings(dir: &Path, warm_pool: u32) -> Settings {
         },
         volumes: Default::default(),
         security: Default::default(),
+        jail: Default::default(),
+        cgroups: Default::default(),
     }
 }
 

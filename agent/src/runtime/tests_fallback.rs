@@ -57,6 +57,8 @@ async fn harness(warm_pool: u32, boots: u32, boot_time: Duration) -> Harness {
         },
         volumes: Default::default(),
         security: Default::default(),
+        jail: Default::default(),
+        cgroups: Default::default(),
     };
     let hv = Arc::new(FakeHypervisor::default());
     *hv.boot_time.lock().unwrap() = boot_time;

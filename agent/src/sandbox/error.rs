@@ -59,4 +59,31 @@ pub enum SandboxError {
     /// The VMM's command line cannot express the configuration.
     #[error("the VMM's command line: {0}")]
     VmmArgs(vmlet_vmm_api::ArgsError),
+    /// A step of the VMM's jail failed (in the child, before exec).
+    #[error("cannot jail the VMM: {step}: {source}")]
+    Jail {
+        /// The step.
+        step: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A path the jail would hold cannot be expressed (relative, `..`, NUL).
+    #[error("cannot jail the VMM: unusable path {0}")]
+    JailPath(PathBuf),
+    /// Every uid of the jail range is held by a pod.
+    #[error("no free uid for the VMM's jail: all of {first}..{} are in use (raise jail.uid_count)", u64::from(*.first) + u64::from(*.count))]
+    NoFreeUid {
+        /// First of the range.
+        first: u32,
+        /// Its size.
+        count: u32,
+    },
+    /// A recovered pod's uid is claimed by another pod.
+    #[error("the jail uid {uid} is also claimed by {holder}")]
+    UidTaken {
+        /// The uid.
+        uid: u32,
+        /// The pod directory that claims it.
+        holder: PathBuf,
+    },
 }

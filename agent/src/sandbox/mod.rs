@@ -9,12 +9,14 @@
 //! sockets. Images reach the guest by swapping a slot's backing file through the
 //! control socket (virtio-mmio has no hotplug).
 
+pub mod cgroup;
 pub mod disk;
 mod error;
 #[cfg(test)]
 pub mod fake;
 pub mod guest;
 pub mod hypervisor;
+pub mod jail;
 mod vm;
 pub mod vmm;
 

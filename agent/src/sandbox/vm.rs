@@ -15,6 +15,7 @@ use vmlet_vmm_api::ExitRecord;
 
 use super::error::SandboxError;
 use super::guest::{self, GuestClient};
+use super::jail;
 use super::vmm::{self, VmmCommand};
 
 /// What the runtime does to a VM it holds, besides talking to its guest.
@@ -177,7 +178,15 @@ impl VmControl for SocketControl {
                 id: id.to_owned(),
                 path: path.to_owned(),
             };
-            vmm::control(&self.socket, &request).await.map(drop)
+            // Opened here and sent: the VMM may not be able to open it (jail).
+            let file = std::fs::File::open(path).map_err(|source| SandboxError::Io {
+                op: "open",
+                path: path.to_owned(),
+                source,
+            })?;
+            vmm::control_with_file(&self.socket, &request, file)
+                .await
+                .map(drop)
         })
     }
 
@@ -195,19 +204,37 @@ impl VmControl for SocketControl {
     }
 }
 
+/// Starts the VMM of `cmd`, jailed if it says so. Returns its pid and what ends
+/// when it has exited (and has been reaped).
+async fn start(cmd: &VmmCommand) -> Result<(u32, BoxFuture<'static, ExitResult>), SandboxError> {
+    if let Some(spec) = cmd.jail.clone() {
+        let c = cmd.clone();
+        let pid = tokio::task::spawn_blocking(move || {
+            jail::process::spawn(&c, &spec, c.cgroup.as_deref())
+        })
+        .await
+        .map_err(|e| SandboxError::VmmExited(format!("starting the jailed VMM: {e}")))??;
+        return Ok((pid, Box::pin(jail::process::wait(pid))));
+    }
+    let mut child = vmm::spawn(cmd)?;
+    let Some(pid) = child.id() else {
+        return Err(SandboxError::VmmExited("exited at once".into()));
+    };
+    Ok((pid, Box::pin(async move { child.wait().await })))
+}
+
+type ExitResult = std::io::Result<std::process::ExitStatus>;
+
 impl Vm {
     /// Starts a VMM and waits for its guest agent. On failure the VMM is killed and
     /// reaped before this returns.
     pub async fn boot(cmd: &VmmCommand, timeout: Duration) -> Result<Vm, SandboxError> {
-        let mut child = vmm::spawn(cmd)?;
-        let Some(pid) = child.id() else {
-            return Err(SandboxError::VmmExited("exited at once".into()));
-        };
+        let (pid, ended) = start(cmd).await?;
         let (tx, exited) = watch::channel(None);
         let asked = Arc::new(AtomicBool::new(false));
         let asked_to_end = asked.clone();
         tokio::spawn(async move {
-            let exit = VmmExit::of(child.wait().await);
+            let exit = VmmExit::of(ended.await);
             log_exit(pid, exit, asked_to_end.load(Ordering::Relaxed));
             let _ = tx.send(Some(exit));
         });

@@ -2,6 +2,7 @@
 //! again after a restart, signalling it, and its control socket. Its command line
 //! and control requests are the typed ones of `vmlet-vmm-api`.
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -56,6 +57,10 @@ pub struct VmmCommand {
     pub nets: Vec<(String, String)>,
     /// virtio-fs devices: (tag, vhost-user backend socket).
     pub fs: Vec<(String, PathBuf)>,
+    /// The jail to run in (None: as root in vmletd's namespaces).
+    pub jail: Option<super::jail::JailSpec>,
+    /// The `cgroup.procs` of the pod's cgroup, which the VMM joins before exec.
+    pub cgroup: Option<PathBuf>,
 }
 
 impl VmmCommand {
@@ -108,6 +113,7 @@ pub fn spawn(c: &VmmCommand) -> Result<tokio::process::Child, SandboxError> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(&c.log)
         .map_err(|source| SandboxError::Io {
             op: "open",
@@ -140,6 +146,9 @@ pub fn spawn(c: &VmmCommand) -> Result<tokio::process::Child, SandboxError> {
             });
         }
     }
+    if let Some(procs) = &c.cgroup {
+        join_cgroup(&mut cmd, procs)?;
+    }
     cmd.stdin(Stdio::null())
         .stdout(log)
         .stderr(log2)
@@ -150,6 +159,34 @@ pub fn spawn(c: &VmmCommand) -> Result<tokio::process::Child, SandboxError> {
         path: c.binary.clone(),
         source,
     })
+}
+
+/// Makes the child of `cmd` join the cgroup whose `cgroup.procs` is `procs` before
+/// exec, so that nothing it does runs outside it.
+pub fn join_cgroup(cmd: &mut tokio::process::Command, procs: &Path) -> Result<(), SandboxError> {
+    let fd: std::os::fd::OwnedFd = std::fs::OpenOptions::new()
+        .write(true)
+        .open(procs)
+        .map_err(|source| SandboxError::Io {
+            op: "open",
+            path: procs.to_owned(),
+            source,
+        })?
+        .into();
+    // SAFETY: the closure runs in the forked child before exec and only makes the
+    // write system call ("0": the writing process), which is async-signal-safe; `fd`
+    // outlives the spawn.
+    unsafe {
+        cmd.pre_exec(move || {
+            use std::os::fd::AsRawFd;
+            if libc::write(fd.as_raw_fd(), b"0".as_ptr().cast(), 1) == 1 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    Ok(())
 }
 
 /// Whether `pid` is a live VMM serving `control` (its command line names the control
@@ -223,6 +260,62 @@ pub async fn control(socket: &Path, request: &Request) -> Result<Response, Sandb
     tokio::time::timeout(CONTROL_TIMEOUT, exchange)
         .await
         .unwrap_or_else(|_| Err(failed(format!("no answer within {CONTROL_TIMEOUT:?}"))))
+}
+
+/// Sends one control request with `file` attached (`SCM_RIGHTS`), as `swap_drive`
+/// takes it: a jailed VMM cannot open the host's files. Blocking: runs on the
+/// blocking pool.
+pub async fn control_with_file(
+    socket: &Path,
+    request: &Request,
+    file: std::fs::File,
+) -> Result<Response, SandboxError> {
+    use std::io::{BufRead, Write};
+    use std::os::fd::AsRawFd;
+    let failed = |socket: &Path, reason: String| SandboxError::Control {
+        socket: socket.to_owned(),
+        reason,
+    };
+    let mut line = request.encode().map_err(|source| SandboxError::Protocol {
+        socket: socket.to_owned(),
+        cmd: request.name(),
+        source,
+    })?;
+    line.push('\n');
+    let (path, req) = (socket.to_owned(), request.clone());
+    let exchange = tokio::task::spawn_blocking(move || {
+        let s = std::os::unix::net::UnixStream::connect(&path)
+            .map_err(|e| failed(&path, format!("connect: {e}")))?;
+        s.set_write_timeout(Some(CONTROL_TIMEOUT)).ok();
+        s.set_read_timeout(Some(CONTROL_TIMEOUT)).ok();
+        let fds = [file.as_raw_fd()];
+        let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
+        let iov = [std::io::IoSlice::new(line.as_bytes())];
+        let sent = nix::sys::socket::sendmsg::<()>(
+            s.as_raw_fd(),
+            &iov,
+            &cmsg,
+            nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
+            None,
+        )
+        .map_err(|e| failed(&path, format!("send: {e}")))?;
+        // The file went with the first bytes; the rest of a long line follows.
+        (&s).write_all(&line.as_bytes()[sent..])
+            .map_err(|e| failed(&path, format!("write: {e}")))?;
+        let mut reply = String::new();
+        std::io::BufReader::new(&s)
+            .read_line(&mut reply)
+            .map_err(|e| failed(&path, format!("read: {e}")))?;
+        Response::decode(&req, reply.as_bytes()).map_err(|source| SandboxError::Protocol {
+            socket: path.clone(),
+            cmd: req.name(),
+            source,
+        })
+    });
+    match exchange.await {
+        Ok(r) => r,
+        Err(e) => Err(failed(socket, format!("interrupted: {e}"))),
+    }
 }
 
 #[cfg(test)]
@@ -299,6 +392,8 @@ mod tests {
             netns: None,
             nets: vec![("tap0".into(), "02:00:00:00:00:02".into())],
             fs: Vec::new(),
+            jail: None,
+            cgroup: None,
         }
     }
 
@@ -370,6 +465,67 @@ mod tests {
             request
         );
         assert!(sent.contains("\"version\":"), "{sent}");
+    }
+
+    #[tokio::test]
+    async fn swap_requests_carry_the_opened_file() {
+        use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+        use std::io::Write;
+        use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ctl");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let img = dir.path().join("img");
+        std::fs::write(&img, b"12345").unwrap();
+        let server = std::thread::spawn(move || {
+            let (s, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 4096];
+            let mut space = nix::cmsg_space!([RawFd; 1]);
+            let (n, fds) = {
+                let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+                let msg =
+                    recvmsg::<()>(s.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::empty())
+                        .unwrap();
+                let fds: Vec<RawFd> = msg
+                    .cmsgs()
+                    .unwrap()
+                    .flat_map(|c| match c {
+                        ControlMessageOwned::ScmRights(f) => f,
+                        _ => Vec::new(),
+                    })
+                    .collect();
+                (msg.bytes, fds)
+            };
+            assert_eq!(fds.len(), 1);
+            // SAFETY: recvmsg just gave us this descriptor.
+            let file = unsafe { std::fs::File::from_raw_fd(fds[0]) };
+            (&s).write_all(b"{\"ok\":true,\"sectors\":0}\n").unwrap();
+            (
+                String::from_utf8_lossy(&buf[..n]).into_owned(),
+                file.metadata().unwrap().len(),
+            )
+        });
+        let request = Request::SwapDrive {
+            id: "slot0".into(),
+            path: img.clone(),
+        };
+        let file = std::fs::File::open(&img).unwrap();
+        let reply = control_with_file(&path, &request, file).await.unwrap();
+        assert_eq!(
+            reply,
+            Response::SwapDrive(vmlet_vmm_api::control::SwapDriveReply { sectors: 0 })
+        );
+        let (line, len) = server.join().unwrap();
+        assert!(line.contains("swap_drive"), "{line}");
+        assert_eq!(len, 5);
+        let e = control_with_file(
+            &dir.path().join("none"),
+            &request,
+            std::fs::File::open(&img).unwrap(),
+        )
+        .await
+        .unwrap_err();
+        assert!(e.to_string().contains("connect"), "{e}");
     }
 
     #[tokio::test]

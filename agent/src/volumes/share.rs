@@ -76,7 +76,12 @@ impl Share {
 
     /// Starts virtiofsd on the directory in its own process group (so that it
     /// outlives vmletd, as the VM does) and waits for its socket. Returns its pid.
-    pub async fn start_daemon(&self, binary: &Path, log: &Path) -> Result<u32, ShareError> {
+    pub async fn start_daemon(
+        &self,
+        binary: &Path,
+        log: &Path,
+        cgroup_procs: Option<&Path>,
+    ) -> Result<u32, ShareError> {
         let _ = std::fs::remove_file(&self.socket);
         let out = std::fs::OpenOptions::new()
             .create(true)
@@ -86,6 +91,10 @@ impl Share {
             .map_err(io(format!("open {}", log.display())))?;
         let err = out.try_clone().map_err(io("dup the log"))?;
         let mut cmd = tokio::process::Command::new(binary);
+        if let Some(procs) = cgroup_procs {
+            crate::sandbox::vmm::join_cgroup(&mut cmd, procs)
+                .map_err(|e| ShareError::Daemon(format!("joining the pod's cgroup: {e}")))?;
+        }
         cmd.arg(format!("--socket-path={}", self.socket.display()))
             .args(["-o", &format!("source={}", self.dir.display())])
             .args(["-o", "cache=auto", "-o", "sandbox=chroot"])

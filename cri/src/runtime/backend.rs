@@ -78,6 +78,13 @@ pub struct PodConfig {
     /// The pod's security context.
     #[serde(default)]
     pub security: PodSecurity,
+    /// The host cgroup the kubelet puts the pod in (`linux.cgroup_parent`: a path for
+    /// the cgroupfs driver, a slice for systemd's; "" for none).
+    #[serde(default)]
+    pub cgroup_parent: String,
+    /// The pod's CPU limit with its overhead, in thousandths of a CPU (None: none).
+    #[serde(default)]
+    pub cpu_millis: Option<u64>,
 }
 
 /// State of a pod.
@@ -361,6 +368,18 @@ pub struct Health {
     pub network_message: String,
     /// The backend's own state for verbose `Status` (JSON object; empty for none).
     pub verbose_json: String,
+    /// The cgroup driver the backend reads `cgroup_parent` as (`RuntimeConfig`).
+    pub cgroup_driver: CgroupDriver,
+}
+
+/// How pods' `cgroup_parent` is read, as the kubelet's cgroup driver names cgroups.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CgroupDriver {
+    /// systemd slices (the kubelet's default).
+    #[default]
+    Systemd,
+    /// cgroup file system paths.
+    Cgroupfs,
 }
 
 /// The daemon's pods and containers, as the RuntimeService sees them. Every call is

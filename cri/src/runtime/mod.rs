@@ -18,9 +18,10 @@ mod streaming;
 mod validate;
 
 pub use backend::{
-    ContainerConfig, ContainerEvent, ContainerInfo, ContainerState, ContainerUsage, DnsConfig,
-    EventKind, ExecOutput, Health, MountConfig, PodConfig, PodInfo, PodMetadata, PodState,
-    PodUsage, PortMapping, ProcessUser, Propagation, ResourcesConfig, RuntimeBackend, UserConfig,
+    CgroupDriver, ContainerConfig, ContainerEvent, ContainerInfo, ContainerState, ContainerUsage,
+    DnsConfig, EventKind, ExecOutput, Health, MountConfig, PodConfig, PodInfo, PodMetadata,
+    PodState, PodUsage, PortMapping, ProcessUser, Propagation, ResourcesConfig, RuntimeBackend,
+    UserConfig,
 };
 pub use security::{
     CapabilitiesConfig, PidNamespace, PodSecurity, SeccompProfile, SecurityConfig, ALL_CAPABILITIES,

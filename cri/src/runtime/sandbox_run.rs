@@ -95,7 +95,11 @@ pub fn pod_config(config: Option<proto::PodSandboxConfig>) -> Result<PodConfig, 
         .into_iter()
         .flatten()
         .collect();
-    let (vcpus, memory_mib) = size(linux.resources.as_ref(), linux.overhead.as_ref())?;
+    let PodSize {
+        vcpus,
+        memory_mib,
+        cpu_millis,
+    } = size(linux.resources.as_ref(), linux.overhead.as_ref())?;
     let dns = config.dns_config.unwrap_or_default();
     let hostname = hostname(config.hostname, &metadata.name)?;
     Ok(PodConfig {
@@ -119,6 +123,8 @@ pub fn pod_config(config: Option<proto::PodSandboxConfig>) -> Result<PodConfig, 
         port_mappings,
         sysctls: linux.sysctls,
         security,
+        cgroup_parent: linux.cgroup_parent,
+        cpu_millis,
     })
 }
 
@@ -167,12 +173,19 @@ fn port_mapping(m: &proto::PortMapping) -> Result<Option<PortMapping>, Status> {
     }))
 }
 
-/// vCPUs and MiB the pod's resources and overhead add up to (None where neither sets
-/// them).
+/// What the pod's resources and overhead add up to (None where neither sets it).
+struct PodSize {
+    vcpus: Option<u32>,
+    memory_mib: Option<u64>,
+    /// The CPU limit in thousandths of a CPU.
+    cpu_millis: Option<u64>,
+}
+
+/// The pod's size from its resources and overhead.
 fn size(
     resources: Option<&proto::LinuxContainerResources>,
     overhead: Option<&proto::LinuxContainerResources>,
-) -> Result<(Option<u32>, Option<u64>), Status> {
+) -> Result<PodSize, Status> {
     let mut cpu_millis: Option<u64> = None;
     let mut mem_bytes: Option<u64> = None;
     for (what, r) in [("resources", resources), ("overhead", overhead)] {
@@ -209,7 +222,11 @@ fn size(
         }
         None => None,
     };
-    Ok((vcpus, mem_bytes.map(|b| b.div_ceil(1 << 20))))
+    Ok(PodSize {
+        vcpus,
+        memory_mib: mem_bytes.map(|b| b.div_ceil(1 << 20)),
+        cpu_millis,
+    })
 }
 
 #[cfg(test)]
@@ -334,6 +351,7 @@ mod tests {
         });
         let p = pod_config(Some(c)).unwrap();
         assert_eq!(p.vcpus, Some(2));
+        assert_eq!(p.cpu_millis, Some(1500));
         assert_eq!(p.memory_mib, Some(321));
         let p = pod_config(Some(config())).unwrap();
         assert_eq!((p.vcpus, p.memory_mib), (None, None));

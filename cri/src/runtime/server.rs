@@ -543,6 +543,6 @@ impl<B: RuntimeBackend> RuntimeService for RuntimeServer<B> {
         &self,
         _r: Request<proto::RuntimeConfigRequest>,
     ) -> Reply<proto::RuntimeConfigResponse> {
-        ok(status::runtime_config())
+        ok(status::runtime_config(self.backend.health().cgroup_driver))
     }
 }

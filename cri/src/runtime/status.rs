@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use super::backend::Health;
+use super::backend::{CgroupDriver, Health};
 use crate::proto;
 
 /// Runtime name reported by `Version`.
@@ -73,12 +73,16 @@ pub fn status(h: Health, verbose: bool) -> proto::StatusResponse {
     }
 }
 
-/// The `RuntimeConfig` answer: vmletd does not use host cgroups for containers (they
-/// live in the guest), and reports the systemd driver that kubelet defaults to.
-pub fn runtime_config() -> proto::RuntimeConfigResponse {
+/// The `RuntimeConfig` answer: the cgroup driver the backend reads pods'
+/// `cgroup_parent` as (containers' own cgroups live in the guest).
+pub fn runtime_config(driver: CgroupDriver) -> proto::RuntimeConfigResponse {
+    let driver = match driver {
+        CgroupDriver::Systemd => proto::CgroupDriver::Systemd,
+        CgroupDriver::Cgroupfs => proto::CgroupDriver::Cgroupfs,
+    };
     proto::RuntimeConfigResponse {
         linux: Some(proto::LinuxRuntimeConfiguration {
-            cgroup_driver: proto::CgroupDriver::Systemd as i32,
+            cgroup_driver: driver as i32,
         }),
     }
 }

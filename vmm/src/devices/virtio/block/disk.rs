@@ -35,6 +35,25 @@ impl Disk {
             .write(!read_only)
             .open(path)
             .map_err(|e| DiskError::Open(path.to_owned(), e))?;
+        Self::from_file(file, path, read_only)
+    }
+
+    /// A file opened elsewhere (sent by the client), named `path`. A writable drive
+    /// needs a file opened for writing: the first write would fail otherwise.
+    pub fn from_file(file: File, path: &Path, read_only: bool) -> Result<Self, DiskError> {
+        if !read_only {
+            // SAFETY: F_GETFL on a descriptor we own reads its flags only.
+            let flags =
+                unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&file), libc::F_GETFL) };
+            if flags < 0 || flags & libc::O_ACCMODE != libc::O_RDWR {
+                return Err(DiskError::Open(
+                    path.to_owned(),
+                    std::io::Error::other(
+                        "the file sent for a writable drive is not open for writing",
+                    ),
+                ));
+            }
+        }
         let size = file
             .metadata()
             .map_err(|e| DiskError::Stat(path.to_owned(), e))?

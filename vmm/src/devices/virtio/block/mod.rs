@@ -73,6 +73,19 @@ impl Block {
     /// requests completed before the swap; later ones see the new file.
     pub fn swap(&mut self, path: &Path) -> Result<(), DiskError> {
         let disk = Disk::open(path, self.disk.read_only())?;
+        self.replace(disk, path);
+        Ok(())
+    }
+
+    /// [`Self::swap`] to a file opened by the client (a jailed VMM cannot open the
+    /// host's files); `path` only names it.
+    pub fn swap_file(&mut self, file: std::fs::File, path: &Path) -> Result<(), DiskError> {
+        let disk = Disk::from_file(file, path, self.disk.read_only())?;
+        self.replace(disk, path);
+        Ok(())
+    }
+
+    fn replace(&mut self, disk: Disk, path: &Path) {
         tracing::info!(
             drive = %self.id,
             path = %path.display(),
@@ -84,7 +97,6 @@ impl Block {
         if let Some(irq) = &self.irq {
             irq.trigger(INT_CONFIG);
         }
-        Ok(())
     }
 
     fn config_space(&self) -> [u8; 16] {
