@@ -1110,7 +1110,11 @@ mod streaming {
                     .expect("kubectl port-forward exited");
                 if let Some(rest) = line.strip_prefix("Forwarding from 127.0.0.1:") {
                     let (l, _) = rest.split_once(" -> ").expect("Forwarding line");
-                    break l.parse().expect("local port");
+                    let port = l.parse().expect("local port");
+                    // kubectl prints a line per connection: keep reading, or its next
+                    // write dies of SIGPIPE and the forwarding with it.
+                    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+                    break port;
                 }
             }
         });
