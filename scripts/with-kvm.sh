@@ -75,6 +75,7 @@ options (TCG machine only, except --timeout):
   --timeout SECS   kill the machine (or COMMAND) and fail after SECS (default: none)
   --tcg            use the TCG machine even on a host with hardware KVM
                    (same as VMLET_WITH_KVM=tcg; VMLET_WITH_KVM=host forbids it)
+  --print-mode     print where COMMAND would run, "host" or "tcg", and exit
   --share DIR      also share DIR writable at the same path (repeatable)
   --tmpfs DIR      also give DIR its own tmpfs inside (repeatable)
   --debug          show the guest's kernel console on stderr
@@ -115,6 +116,7 @@ opt_shares=()
 opt_tmpfs=()
 opt_console=
 opt_fault_file=
+opt_print_mode=0
 command_argv=()
 
 parse_args() {
@@ -135,6 +137,7 @@ parse_args() {
             --fault-file) opt_fault_file=${2:?--fault-file needs a value}; shift 2 ;;
             --fault-file=*) opt_fault_file=${1#*=}; shift ;;
             --tcg) opt_mode=tcg; shift ;;
+            --print-mode) opt_print_mode=1; shift ;;
             --debug) opt_debug=1; shift ;;
             -h | --help) usage; exit 0 ;;
             --) shift; break ;;
@@ -142,7 +145,7 @@ parse_args() {
             *) break ;;
         esac
     done
-    (($#)) || { usage >&2; fail "no command given"; }
+    (($#)) || ((opt_print_mode)) || { usage >&2; fail "no command given"; }
     command_argv=("$@")
     [[ $opt_mem =~ ^[0-9]+$ && $opt_mem -ge 256 ]] || fail "--mem wants MiB >= 256, got '$opt_mem'"
     [[ $opt_cpus =~ ^[0-9]+$ && $opt_cpus -ge 1 ]] || fail "--cpus wants a count >= 1, got '$opt_cpus'"
@@ -797,6 +800,14 @@ run_tcg() {
 
 main() {
     parse_args "$@"
+    if ((opt_print_mode)); then
+        case $opt_mode in
+            host) hardware_kvm || fail "VMLET_WITH_KVM=host but no hardware KVM (kvm_intel/kvm_amd and /dev/kvm)"; echo host ;;
+            auto) if hardware_kvm; then echo host; else echo tcg; fi ;;
+            tcg) echo tcg ;;
+        esac
+        exit 0
+    fi
     case $opt_mode in
         host)
             hardware_kvm || fail "VMLET_WITH_KVM=host but no hardware KVM (kvm_intel/kvm_amd and /dev/kvm)"
