@@ -383,6 +383,20 @@ impl CriClient {
         timeout: Duration,
         ready: std::sync::mpsc::Sender<()>,
     ) -> Vec<v1::ContainerEventResponse> {
+        let (_keep, never) = tokio::sync::oneshot::channel();
+        self.events_until(n, timeout, never, ready)
+    }
+
+    /// As [`CriClient::events`], but also ends 3 s after `stop` fires (or its sender
+    /// is dropped): the events already on their way are still taken, so a test can
+    /// look for an unwanted extra event without waiting out the whole `timeout`.
+    pub fn events_until(
+        &self,
+        n: usize,
+        timeout: Duration,
+        stop: tokio::sync::oneshot::Receiver<()>,
+        ready: std::sync::mpsc::Sender<()>,
+    ) -> Vec<v1::ContainerEventResponse> {
         let mut c = self.runtime.clone();
         self.block_on(async move {
             let mut stream = c
@@ -400,7 +414,14 @@ impl CriClient {
                     }
                 }
             };
-            let _ = tokio::time::timeout(timeout, collect).await;
+            let stopped = async {
+                let _ = stop.await;
+                tokio::time::sleep(Duration::from_secs(3)).await;
+            };
+            tokio::select! {
+                _ = tokio::time::timeout(timeout, collect) => {}
+                _ = stopped => {}
+            }
             out
         })
     }

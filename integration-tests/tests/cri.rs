@@ -1469,13 +1469,18 @@ fn exits_reach_container_status_promptly_with_the_whole_log() {
     let pod_cfg = pod_config("exits", &d.log_dir());
     let pod = c.run_pod(pod_cfg.clone()).expect("RunPodSandbox");
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
     let socket = d.socket.clone();
     // Created, Started and Stopped of two containers; a seventh would be a second
-    // Stopped event.
+    // Stopped event. Collected until both exits are recorded and their logs complete,
+    // then 3 s more.
     let events = std::thread::spawn(move || {
-        CriClient::connect(&socket)
-            .unwrap()
-            .events(7, Duration::from_secs(240), ready_tx)
+        CriClient::connect(&socket).unwrap().events_until(
+            7,
+            Duration::from_secs(240),
+            stop_rx,
+            ready_tx,
+        )
     });
     ready_rx.recv().expect("subscribed to events");
 
@@ -1538,6 +1543,7 @@ fn exits_reach_container_status_promptly_with_the_whole_log() {
         let want: Vec<String> = (1..=last).map(|i| i.to_string()).collect();
         assert_eq!(lines(&log_of(d, log), "stdout"), want, "{log}");
     }
+    let _ = stop_tx.send(());
     let events = events.join().unwrap();
     for id in [&chatty, &oom] {
         let stopped = events
