@@ -32,11 +32,17 @@ cargo build -j2 --workspace
 bin=$(cargo test -j2 --offline -p vmlet-integration-tests --test soak --no-run \
     --message-format=json | grep '"kind":\["test"\]' | grep -o '"executable":"[^"]*"' | cut -d'"' -f4)
 [ -x "$bin" ] || { echo "soak.sh: the soak test binary was not built" >&2; exit 1; }
+# The run takes about an hour: it runs copies, which a rebuild meanwhile cannot change.
+run=$(mktemp -d "$repo/target/soak.XXXXXX")
+trap 'rm -rf "$run"' EXIT
+cp target/debug/vmletd target/debug/vmlet-vmm "$bin" "$initramfs" "$run/"
+bin=$run/$(basename "$bin")
+initramfs=$run/$(basename "$initramfs")
 if [ "${#tests[@]}" = 0 ]; then
     mapfile -t tests < <(cd integration-tests && "$bin" --list --format terse | sed -n 's/: test$//p')
 fi
 
-export VMLET_KERNEL=$kernel VMLET_TEST_INITRAMFS=$initramfs VMLET_VMM=$repo/target/debug/vmlet-vmm
+export VMLET_KERNEL=$kernel VMLET_TEST_INITRAMFS=$initramfs VMLET_VMM=$run/vmlet-vmm
 export VMLET_SOAK_CYCLES=$cycles VMLET_SOAK_RESTARTS=$restarts VMLET_SOAK_PODS=$pods VMLET_SOAK_BURST=$burst
 echo "soak: $(date -u +%FT%TZ) $(uname -n) $(nproc) cores; cycles=$cycles restarts=$restarts pods=$pods burst=$burst"
 status=0
