@@ -154,22 +154,19 @@ fn exec_tty_follows_resize(t: Transport) {
         ws_ypixel: 0,
     };
     let pty = nix::pty::openpty(Some(&size), None).unwrap();
-    let mut c = std::process::Command::new(common::kubectl_path());
-    c.arg("--kubeconfig")
-        .arg(env.dir.path().join("kubeconfig"))
-        .args([
-            "exec",
-            "-it",
-            "p",
-            "--",
-            "sh",
-            "-c",
-            "stty size; while read x; do stty size; done",
-        ])
-        .stdin(pty.slave.try_clone().unwrap())
-        .stdout(pty.slave.try_clone().unwrap())
-        .stderr(pty.slave.try_clone().unwrap());
-    common::setup_env(&mut c, env.dir.path(), t);
+    let mut c = env.api.std_kubectl(t);
+    c.args([
+        "exec",
+        "-it",
+        "p",
+        "--",
+        "sh",
+        "-c",
+        "stty size; while read x; do stty size; done",
+    ])
+    .stdin(pty.slave.try_clone().unwrap())
+    .stdout(pty.slave.try_clone().unwrap())
+    .stderr(pty.slave.try_clone().unwrap());
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         c.pre_exec(|| {
@@ -381,7 +378,7 @@ async fn no_task_outlives_its_session(t: Transport) {
     let out = env.run(t, &["exec", "-i", "p", "--", "cat"], b"x").await;
     assert_eq!(out.stdout, b"x");
     // A client killed during a long command.
-    let pid_file = env.dir.path().join("pid");
+    let pid_file = env.dir().join("pid");
     let script = format!("echo $$ > {}; exec sleep 1000", pid_file.display());
     let mut c = env.kubectl(t);
     c.args(["exec", "p", "--", "sh", "-c", &script]);

@@ -12,11 +12,15 @@
 //!
 //! Everything fails loudly: a test that needs the registry must not pass without it.
 //!
+//! [`kubectl`] is a fake Kubernetes API server in front of a streaming server, for
+//! tests that run the real kubectl exec, attach and port-forward.
+//!
 //! Modules depend one way: `registry` uses `image`, `tls` and `token`, and all four use
-//! `error`.
+//! `error`; `kubectl` stands alone.
 
 mod error;
 mod image;
+pub mod kubectl;
 mod registry;
 mod tls;
 mod token;
