@@ -65,6 +65,10 @@ readonly E2E_LIMIT=480
 declare -A e2e_limits=(
     # Runs harness::pods_from_the_warm_pool_stay_ready a second time, with crashes.
     [harness::a_vmm_crash_in_one_boot_of_three_fails_the_test]=900
+    # Many pods, one after another or all at once.
+    [soak::pod_cycles_leave_nothing_behind_and_vmletd_memory_flat]=900
+    [soak::repeated_kill_9_of_vmletd_loses_no_pod_and_no_log_line]=900
+    [soak::a_burst_of_concurrent_run_pod_sandbox_calls_all_succeed]=900
 )
 # Retries: none on hardware KVM. In the TCG machine a test runs again (at most
 # E2E_ATTEMPTS times in all) only when with-kvm names the machine itself as the cause
