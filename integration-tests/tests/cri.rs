@@ -877,6 +877,38 @@ fn each_pod_gets_a_host_cgroup_with_its_limits() {
         peak.trim().parse::<u64>().unwrap_or(0) >> 20,
         anon >> 20
     ));
+    // PodSandboxStats: the pod's CPU and memory are its host cgroup's (what it costs
+    // the node), read between two reads of the cgroup itself.
+    let usage_ns = || {
+        read("cpu.stat")
+            .lines()
+            .find_map(|l| l.strip_prefix("usage_usec "))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap()
+            * 1000
+    };
+    let (cpu_before, mem_before) = (usage_ns(), read("memory.current").parse::<u64>().unwrap());
+    let stats = c.pod_stats(&pod).expect("PodSandboxStats");
+    let (cpu_after, mem_after) = (usage_ns(), read("memory.current").parse::<u64>().unwrap());
+    let linux = stats.linux.unwrap();
+    let cpu = linux.cpu.unwrap().usage_core_nano_seconds.unwrap().value;
+    assert!(
+        (cpu_before..=cpu_after).contains(&cpu),
+        "pod CPU {cpu} ns is not its host cgroup's ({cpu_before}..={cpu_after})"
+    );
+    let mem = linux.memory.unwrap();
+    let usage = mem.usage_bytes.unwrap().value;
+    // memory.current moves by pages while the guest runs.
+    let (lo, hi) = (mem_before.min(mem_after), mem_before.max(mem_after));
+    assert!(
+        usage + (8 << 20) >= lo && usage <= hi + (8 << 20),
+        "pod memory {usage} is not its host cgroup's ({mem_before}, {mem_after})"
+    );
+    let ws = mem.working_set_bytes.unwrap().value;
+    assert!(ws <= usage && ws > 0, "working set {ws}, usage {usage}");
+    assert!(mem.rss_bytes.unwrap().value > 0);
+    assert_eq!(mem.available_bytes.unwrap().value, max - ws);
+
     // A pod of the default size takes the warm VM: its VMM moves from the warm VM's
     // cgroup (below the default parent) into the pod's own.
     c.wait_warm_pool_full();

@@ -1,14 +1,14 @@
 //! Resource use of a pod: one `Stats` call to its guest, which measures itself (the
 //! VM is the pod) and its containers' cgroups and writable layers.
 
-use vmlet_cri::runtime::{ContainerUsage, PodUsage};
+use vmlet_cri::runtime::{ContainerUsage, HostUsage, PodUsage};
 use vmlet_proto::agent as pb;
 
 use super::container::running_vm;
 use super::error::RuntimeError;
 use super::state::Inner;
-use super::util::now_ns;
-use crate::sandbox::guest;
+use super::util::{lock, now_ns};
+use crate::sandbox::{cgroup_stats, guest};
 
 fn container_usage(c: &pb::ContainerStats, at_ns: i64) -> ContainerUsage {
     ContainerUsage {
@@ -39,6 +39,27 @@ pub fn pod_usage_from(stats: pb::StatsResponse, at_ns: i64, mountpoint: String) 
             .map(|c| (c.container_id.clone(), container_usage(c, at_ns)))
             .collect(),
         writable_layer_mountpoint: mountpoint,
+        host: None,
+    }
+}
+
+/// The pod's cost on the host from its host cgroup `dir`; none when it cannot be
+/// read (logged: the guest's own figures stand in).
+fn host_usage(dir: &std::path::Path) -> Option<HostUsage> {
+    match cgroup_stats::usage(dir) {
+        Ok(u) => Some(HostUsage {
+            cpu_usage_ns: u.cpu_usage_ns,
+            memory_usage_bytes: u.memory_bytes,
+            working_set_bytes: u.working_set_bytes,
+            rss_bytes: u.anon_bytes,
+            page_faults: u.page_faults,
+            major_page_faults: u.major_page_faults,
+            available_bytes: u.available_bytes,
+        }),
+        Err(e) => {
+            tracing::warn!("pod stats without host figures: {e}");
+            None
+        }
     }
 }
 
@@ -63,11 +84,14 @@ pub async fn pod_usage(
         .into_inner();
     // Host time, as for the containers' other times: the guest's clock is its own.
     // The writable layers are in the pod's scratch disk, a file in the state directory.
-    Ok(pod_usage_from(
+    let mut usage = pod_usage_from(
         stats,
         now_ns(),
         inner.settings.state_dir.display().to_string(),
-    ))
+    );
+    let cgroup = lock(&pod.record).cgroup.as_ref().map(|c| c.dir.clone());
+    usage.host = cgroup.as_deref().and_then(host_usage);
+    Ok(usage)
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 //! control socket (virtio-mmio has no hotplug).
 
 pub mod cgroup;
+pub mod cgroup_stats;
 pub mod disk;
 mod error;
 #[cfg(test)]

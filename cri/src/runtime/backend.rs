@@ -312,6 +312,28 @@ pub struct PodUsage {
     pub containers: HashMap<String, ContainerUsage>,
     /// The node directory whose file system holds the writable layers.
     pub writable_layer_mountpoint: String,
+    /// The pod's cost on the host (its host cgroup: VMM, guest RAM, helpers), where
+    /// it has one.
+    pub host: Option<HostUsage>,
+}
+
+/// What a pod costs the host, from its host cgroup.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HostUsage {
+    /// CPU time of all its processes (nanoseconds).
+    pub cpu_usage_ns: u64,
+    /// Memory charged to it (bytes).
+    pub memory_usage_bytes: u64,
+    /// Memory less the inactive page cache (bytes).
+    pub working_set_bytes: u64,
+    /// Anonymous memory (bytes).
+    pub rss_bytes: u64,
+    /// Page faults.
+    pub page_faults: u64,
+    /// Major page faults.
+    pub major_page_faults: u64,
+    /// Headroom below its memory limit (bytes), when it has one.
+    pub available_bytes: Option<u64>,
 }
 
 /// Output of an ExecSync.

@@ -19,9 +19,9 @@ mod validate;
 
 pub use backend::{
     CgroupDriver, ContainerConfig, ContainerEvent, ContainerInfo, ContainerState, ContainerUsage,
-    DnsConfig, EventKind, ExecOutput, Health, MountConfig, PodConfig, PodInfo, PodMetadata,
-    PodState, PodUsage, PortMapping, ProcessUser, Propagation, ResourcesConfig, RuntimeBackend,
-    UserConfig,
+    DnsConfig, EventKind, ExecOutput, Health, HostUsage, MountConfig, PodConfig, PodInfo,
+    PodMetadata, PodState, PodUsage, PortMapping, ProcessUser, Propagation, ResourcesConfig,
+    RuntimeBackend, UserConfig,
 };
 pub use security::{
     CapabilitiesConfig, PidNamespace, PodSecurity, SeccompProfile, SecurityConfig, ALL_CAPABILITIES,

@@ -154,8 +154,11 @@ impl Rates {
         cpu(u.timestamp_ns, u.cpu_usage_ns, rate)
     }
 
-    /// The CRI stats of a ready pod: its guest's CPU and memory, its containers'
-    /// task count, and `containers` (the CRI stats of its containers).
+    /// The CRI stats of a ready pod: its CPU and memory, its containers' task count,
+    /// and `containers` (the CRI stats of its containers, as the guest measures
+    /// them). The pod's CPU and memory are what it costs the host (its host cgroup:
+    /// the VMM, the guest's RAM as touched, virtiofsd), as a pod cgroup is accounted
+    /// on any node; a pod without a host cgroup reports its guest's own figures.
     pub fn pod(
         &self,
         p: &PodInfo,
@@ -164,13 +167,33 @@ impl Rates {
     ) -> proto::PodSandboxStats {
         let m = &p.config.metadata;
         let at = usage.timestamp_ns;
+        let cpu_usage_ns = usage.host.map_or(usage.cpu_usage_ns, |h| h.cpu_usage_ns);
         let rate = self.pods.observe(
             &p.id,
             Sample {
-                usage_ns: usage.cpu_usage_ns,
+                usage_ns: cpu_usage_ns,
                 at_ns: at,
             },
         );
+        let memory = match usage.host {
+            Some(h) => proto::MemoryUsage {
+                timestamp: at,
+                working_set_bytes: value(h.working_set_bytes),
+                usage_bytes: value(h.memory_usage_bytes),
+                available_bytes: h.available_bytes.and_then(value),
+                rss_bytes: value(h.rss_bytes),
+                page_faults: value(h.page_faults),
+                major_page_faults: value(h.major_page_faults),
+            },
+            None => proto::MemoryUsage {
+                timestamp: at,
+                // MemAvailable already leaves out the cache the guest can drop.
+                working_set_bytes: value(usage.memory_usage_bytes),
+                usage_bytes: value(usage.memory_usage_bytes),
+                available_bytes: value(usage.memory_available_bytes),
+                ..Default::default()
+            },
+        };
         proto::PodSandboxStats {
             attributes: Some(proto::PodSandboxAttributes {
                 id: p.id.clone(),
@@ -184,15 +207,8 @@ impl Rates {
                 annotations: p.config.annotations.clone(),
             }),
             linux: Some(proto::LinuxPodSandboxStats {
-                cpu: Some(cpu(at, usage.cpu_usage_ns, rate)),
-                memory: Some(proto::MemoryUsage {
-                    timestamp: at,
-                    // MemAvailable already leaves out the cache the guest can drop.
-                    working_set_bytes: value(usage.memory_usage_bytes),
-                    usage_bytes: value(usage.memory_usage_bytes),
-                    available_bytes: value(usage.memory_available_bytes),
-                    ..Default::default()
-                }),
+                cpu: Some(cpu(at, cpu_usage_ns, rate)),
+                memory: Some(memory),
                 // The pod's traffic is its VM's tap device's, which is not read yet.
                 network: None,
                 process: Some(proto::ProcessUsage {
@@ -209,7 +225,7 @@ impl Rates {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::backend::{ContainerConfig, PodConfig, PodState};
+    use crate::runtime::backend::{ContainerConfig, HostUsage, PodConfig, PodState};
 
     const SEC: i64 = 1_000_000_000;
 
@@ -308,6 +324,7 @@ mod tests {
                 })
                 .collect(),
             writable_layer_mountpoint: "/var/lib/vmlet".into(),
+            host: None,
         }
     }
 
@@ -413,5 +430,44 @@ mod tests {
         let s = rates.pod(&p, &u, Vec::new());
         let cpu = s.linux.unwrap().cpu.unwrap();
         assert_eq!(cpu.usage_nano_cores.unwrap().value, 1_000_000_000);
+    }
+
+    #[test]
+    fn a_pod_with_a_host_cgroup_reports_what_it_costs_the_host() {
+        let rates = Rates::default();
+        let p = PodInfo {
+            id: "p1".into(),
+            config: PodConfig::default(),
+            state: PodState::Ready,
+            created_at_ns: 0,
+            verbose_json: String::new(),
+            ips: Vec::new(),
+        };
+        let mut u = usage(&["c1"], 1_000, SEC);
+        u.host = Some(HostUsage {
+            cpu_usage_ns: 7_000,
+            memory_usage_bytes: 400 << 20,
+            working_set_bytes: 350 << 20,
+            rss_bytes: 320 << 20,
+            page_faults: 9,
+            major_page_faults: 1,
+            available_bytes: None,
+        });
+        let linux = rates.pod(&p, &u, Vec::new()).linux.unwrap();
+        assert_eq!(
+            linux.cpu.unwrap().usage_core_nano_seconds.unwrap().value,
+            7_000
+        );
+        let mem = linux.memory.unwrap();
+        assert_eq!(mem.working_set_bytes.unwrap().value, 350 << 20);
+        assert_eq!(mem.usage_bytes.unwrap().value, 400 << 20);
+        assert_eq!(mem.rss_bytes.unwrap().value, 320 << 20);
+        assert_eq!(mem.major_page_faults.unwrap().value, 1);
+        assert!(mem.available_bytes.is_none());
+        // The rate follows the host's counter.
+        u.host.as_mut().unwrap().cpu_usage_ns = 500_007_000;
+        u.timestamp_ns = 2 * SEC;
+        let cpu = rates.pod(&p, &u, Vec::new()).linux.unwrap().cpu.unwrap();
+        assert_eq!(cpu.usage_nano_cores.unwrap().value, 500_000_000);
     }
 }
