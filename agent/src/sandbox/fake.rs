@@ -20,7 +20,7 @@ use tonic::{Code, Request, Response, Status};
 use vmlet_proto::agent as pb;
 use vmlet_proto::agent::agent_server::{Agent, AgentServer};
 
-use super::{GuestClient, Hypervisor, SandboxError, Vm, VmControl, VmmCommand, VmmExit};
+use super::{Hypervisor, SandboxError, Vm, VmControl, VmmCommand, VmmExit};
 
 /// What one fake VM's guest knows and how it misbehaves.
 #[derive(Debug, Default)]
@@ -151,7 +151,8 @@ impl FakeHypervisor {
             .unwrap_or_default())
     }
 
-    async fn start(&self, control: &Path, guest: GuestState) -> Result<Vm, SandboxError> {
+    /// A fake VM serving `control` whose guest is in `guest`'s state.
+    pub async fn start(&self, control: &Path, guest: GuestState) -> Result<Vm, SandboxError> {
         let pid = 1_000_000 + self.next_pid.fetch_add(1, Ordering::Relaxed);
         let socket = self.socket_dir()?.join(format!("agent-{pid}.sock"));
         let (exit_tx, exit_rx) = watch::channel(None);
@@ -196,7 +197,12 @@ impl FakeHypervisor {
         );
         lock(&self.vms).push(fake.clone());
         let control = Arc::new(FakeControl { vm: fake });
-        Ok(Vm::new(pid, GuestClient::new(channel), control, exit_rx))
+        Ok(Vm::new(
+            pid,
+            super::guest::client(channel),
+            control,
+            exit_rx,
+        ))
     }
 }
 
