@@ -27,7 +27,10 @@
 # status, through a fake API server as kubelet proxies them) next to containerd + runc,
 # alternating (exec_vs_containerd=), and `kubectl port-forward` throughput of 64 MiB
 # transfers next to direct connections to the pod's IP (port_forward_vs_direct=).
+# With --jail it measures what the VMM's jail and host cgroup add to a cold pod start:
+# a daemon with both next to one with neither, alternating (jail_adds_ms_p50=).
 #   scripts/bench-pod.sh --volumes [--runs N]
+#   scripts/bench-pod.sh --jail [--runs N]
 #   scripts/bench-pod.sh --security [--runs N]
 #   scripts/bench-pod.sh --streaming [--runs N] [--no-containerd] [--no-exec] [--mib N]
 set -euo pipefail

@@ -338,6 +338,10 @@ fn main() {
         security::main(&args);
         return;
     }
+    if args.iter().any(|a| a == "--jail") {
+        jail::main(&args);
+        return;
+    }
     let runs = flag_value(&args, "--runs", 10);
     let warm_pool = flag_value(&args, "--warm-pool", 1);
     let idle_pods = flag_value(&args, "--idle-pods", 5).max(1);
@@ -824,6 +828,56 @@ mod volumes {
         }
         if let Err(e) = shared_pod_figures(&c, &d, &image, &host) {
             println!("shared pod figures failed: {e}");
+        }
+    }
+}
+
+/// `--jail`: what the VMM's jail (uid, namespaces, pivot_root, dropped capabilities)
+/// and its host cgroup add to pod start: cold starts (every pod boots its own VMM)
+/// of a daemon with both next to one with neither, alternating.
+mod jail {
+    use super::*;
+
+    pub fn main(args: &[String]) {
+        let runs = flag_value(args, "--runs", 20);
+        let (registry, image) = busybox_registry("busybox:bench");
+        let net = Net::new(None);
+        let start = |extra: &str| {
+            let d = Vmletd::start_with(
+                &["--insecure-registry", registry.addr(), "--warm-pool", "0"],
+                &format!("{}{extra}", net.daemon_config()),
+            );
+            d.client().pull(&image).expect("PullImage");
+            d
+        };
+        let daemons = [
+            ("jailed", start("")),
+            (
+                "unjailed",
+                start("[jail]\nenabled = false\n[cgroups]\nenabled = false\n"),
+            ),
+        ];
+        let mut times: [Runs; 2] = [Runs::default(), Runs::default()];
+        for run in 0..runs {
+            // Each pair in the other order than the last.
+            let order: [usize; 2] = if run % 2 == 0 { [0, 1] } else { [1, 0] };
+            for i in order {
+                let (name, d) = &daemons[i];
+                match pod_start(&d.client(), &format!("{name}-{run}"), &image, &d.log_dir()) {
+                    Ok(ms) => {
+                        println!("run {run}: {name}_pod_start_ms={ms:.1}");
+                        times[i].times.push(ms);
+                    }
+                    Err(e) => {
+                        println!("run {run}: {name}_pod_start failed: {e}");
+                        times[i].failed += 1;
+                    }
+                }
+            }
+        }
+        let [jailed, unjailed] = &mut times;
+        if let (Some(j), Some(u)) = (jailed.report("jailed_"), unjailed.report("unjailed_")) {
+            println!("jail_adds_ms_p50={:.1}", j - u);
         }
     }
 }
