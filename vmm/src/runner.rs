@@ -81,8 +81,8 @@ pub fn run(config: &VmConfig) -> Result<RunEnd, RunError> {
     let filters = if config.seccomp {
         seccomp::install_violation_handler()?;
         Some((
-            seccomp::filter(ThreadKind::Vmm)?,
-            Arc::new(seccomp::filter(ThreadKind::Vcpu)?),
+            seccomp::filter(ThreadKind::Vmm, std::process::id())?,
+            Arc::new(seccomp::filter(ThreadKind::Vcpu, std::process::id())?),
         ))
     } else {
         None
