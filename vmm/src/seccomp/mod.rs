@@ -13,6 +13,8 @@
 mod names;
 mod rules;
 
+pub use rules::ThreadKind;
+
 use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, SeccompRule, TargetArch};
 use std::collections::BTreeMap;
 
@@ -125,15 +127,6 @@ const VCPU_SYSCALLS: &[i64] = &[
     libc::SYS_write,
     libc::SYS_writev,
 ];
-
-/// Which thread a filter is for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ThreadKind {
-    /// The main thread: event loop and control socket.
-    Vmm,
-    /// A vCPU thread.
-    Vcpu,
-}
 
 /// The compiled filters of one thread kind, installed together (the kernel runs
 /// every filter of a thread and takes the strictest answer).

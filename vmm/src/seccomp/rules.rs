@@ -21,8 +21,16 @@
 //!   and `FIOCLEX` (std's socket setup) on the VMM thread.
 //! - `fallocate`: punching holes (free page reporting on shared guest RAM).
 
-use super::ThreadKind;
 use seccompiler::{BackendError, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompRule};
+
+/// Which thread a filter is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ThreadKind {
+    /// The main thread: event loop and control socket.
+    Vmm,
+    /// A vCPU thread.
+    Vcpu,
+}
 
 /// `KVM_RUN` = `_IO(KVMIO, 0x80)`.
 pub const KVM_RUN: u64 = 0xae80;
