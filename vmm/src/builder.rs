@@ -7,7 +7,7 @@ use crate::config::{
     parse_mac, DriveConfig, FsConfig, NetConfig, SerialOutput, VmConfig, VsockConfig,
 };
 use crate::devices::bus::{Bus, BusDevice, BusError};
-use crate::devices::legacy::{SerialConsole, I8042};
+use crate::devices::legacy::{CappedLog, SerialConsole, I8042};
 use crate::devices::virtio::balloon::Balloon;
 use crate::devices::virtio::block::{Block, Disk, DiskError};
 use crate::devices::virtio::fs::{Fs, FsError};
@@ -503,13 +503,20 @@ fn serial_output(config: &VmConfig) -> Result<Box<dyn Write + Send>, BuildError>
     Ok(match &config.serial {
         SerialOutput::Stdout => Box::new(std::io::stdout()),
         SerialOutput::Off => Box::new(std::io::sink()),
-        SerialOutput::File(path) => Box::new(
-            std::fs::OpenOptions::new()
+        SerialOutput::File(path) => {
+            let err = |e| BuildError::SerialOutput(path.clone(), e);
+            // Not in append mode: the capped log writes at explicit offsets.
+            let file = std::fs::OpenOptions::new()
                 .create(true)
-                .append(true)
+                .write(true)
+                .truncate(false)
                 .open(path)
-                .map_err(|e| BuildError::SerialOutput(path.clone(), e))?,
-        ),
+                .map_err(err)?;
+            let limits = config.serial_log;
+            // validate() bounds the tail to MAX_SERIAL_LOG_PART, which fits a usize.
+            let tail = usize::try_from(limits.tail_bytes).unwrap_or(usize::MAX);
+            Box::new(CappedLog::new(file, limits.head_bytes, tail).map_err(err)?)
+        }
     })
 }
 

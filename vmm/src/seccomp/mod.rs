@@ -97,11 +97,11 @@ const VMM_SYSCALLS: &[i64] = &[
 ];
 
 /// Syscalls a vCPU thread may make with any arguments (ioctl, mmap & co are in
-/// `rules`): eventfd and console writes from device exits, what a virtio device does when
-/// the driver activates or resets it from a register write (touch its backend
-/// sockets, close connections; virtio-fs sends its vhost-user vring requests, with
-/// their eventfds, by sendmsg and reads the replies by recvmsg), and the runtime
-/// basics.
+/// `rules`): eventfd and console writes from device exits (the console log
+/// writes at offsets: pwrite64), what a virtio device does when the driver
+/// activates or resets it from a register write (touch its backend sockets,
+/// close connections; virtio-fs sends its vhost-user vring requests, with their
+/// eventfds, by sendmsg and reads the replies by recvmsg), and the runtime basics.
 const VCPU_SYSCALLS: &[i64] = &[
     libc::SYS_brk,
     libc::SYS_clock_gettime,
@@ -118,6 +118,7 @@ const VCPU_SYSCALLS: &[i64] = &[
     libc::SYS_getrandom,
     libc::SYS_mremap,
     libc::SYS_munmap,
+    libc::SYS_pwrite64,
     libc::SYS_read,
     libc::SYS_restart_syscall,
     libc::SYS_rt_sigprocmask,
