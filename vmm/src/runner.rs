@@ -120,6 +120,9 @@ pub fn run(config: &VmConfig) -> Result<RunEnd, RunError> {
             end = Some(RunEnd::EventLoop(e));
             break;
         }
+        if let Some(log) = &vmm.console_log {
+            log.sync_due();
+        }
         let deadline = *lifecycle
             .shutdown_deadline
             .lock()

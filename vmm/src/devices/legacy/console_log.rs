@@ -3,14 +3,16 @@
 //! overflows, output goes to the file as it comes; from then on the tail lives in
 //! a ring in memory and is rewritten behind the head, after a fixed-width line
 //! saying how many bytes were dropped, at most once per [`REWRITE_INTERVAL`] (so a
-//! flooding guest costs the host at most one tail's worth of writes a second). The
-//! file never exceeds `head` + [`MARKER_LEN`] + `tail` bytes past what it held when
+//! flooding guest costs the host at most one tail's worth of writes a second); the
+//! event loop calls [`SharedLog::sync_due`] so the last writes of a guest that went
+//! quiet reach the file within about that interval too. The file never exceeds `head` + [`MARKER_LEN`] + `tail` bytes past what it held when
 //! opened. Offsets are explicit (`pwrite`), so the file must not be in append mode.
 
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Shortest time between two rewrites of the tail.
@@ -115,6 +117,19 @@ impl CappedLog {
         self.file.write_all_at(&out, self.tail_offset())
     }
 
+    /// Rewrites the tail if it changed and the interval since the last rewrite
+    /// has passed.
+    pub fn sync_due(&mut self, now: Instant) -> std::io::Result<()> {
+        if self.dirty
+            && self
+                .last_rewrite
+                .is_none_or(|t| now.duration_since(t) >= REWRITE_INTERVAL)
+        {
+            self.rewrite(now)?;
+        }
+        Ok(())
+    }
+
     /// Brings the file up to date (the last writes may wait for the next
     /// rewrite).
     pub fn sync(&mut self) -> std::io::Result<()> {
@@ -133,6 +148,41 @@ impl Write for CappedLog {
 
     /// Nothing: the serial device flushes after every byte, and the rewrite pace
     /// is this writer's own.
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A [`CappedLog`] shared by the serial device (writing, on a vCPU thread) and
+/// the event loop (bringing the file up to date when the guest went quiet).
+#[derive(Clone)]
+pub struct SharedLog(Arc<Mutex<CappedLog>>);
+
+impl SharedLog {
+    /// Shares `log`.
+    pub fn new(log: CappedLog) -> Self {
+        SharedLog(Arc::new(Mutex::new(log)))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, CappedLog> {
+        // A writer that panicked left the log consistent: every step is complete.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// See [`CappedLog::sync_due`]; an error is logged at debug level only (the
+    /// guest's output must never stop the VMM).
+    pub fn sync_due(&self) {
+        if let Err(e) = self.lock().sync_due(Instant::now()) {
+            tracing::debug!("console log: {e}");
+        }
+    }
+}
+
+impl Write for SharedLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.lock().write(buf)
+    }
+
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
@@ -250,6 +300,24 @@ mod tests {
         let last = contents(&f);
         assert_eq!(&last[last.len() - TAIL..], &stream(180..230)[..]);
         assert!(String::from_utf8_lossy(&last).contains("00000000000000000080 bytes"));
+    }
+
+    #[test]
+    fn the_event_loop_brings_a_quiet_guests_last_bytes_to_the_file() {
+        let (f, log) = log(b"");
+        let shared = SharedLog::new(log);
+        let mut writer = shared.clone();
+        let t0 = Instant::now();
+        shared.lock().write_at(&stream(0..200), t0).unwrap();
+        // The guest's last bytes come right after a rewrite, then nothing.
+        writer.write_all(&stream(200..205)).unwrap();
+        let before = contents(&f);
+        assert_eq!(&before[before.len() - 5..], &stream(195..200)[..]);
+        shared.lock().sync_due(t0 + REWRITE_INTERVAL / 2).unwrap();
+        assert_eq!(contents(&f), before);
+        shared.lock().sync_due(t0 + REWRITE_INTERVAL).unwrap();
+        let after = contents(&f);
+        assert_eq!(&after[after.len() - TAIL..], &stream(155..205)[..]);
     }
 
     #[test]

@@ -5,6 +5,6 @@ mod console_log;
 mod i8042;
 mod serial;
 
-pub use console_log::CappedLog;
+pub use console_log::{CappedLog, SharedLog};
 pub use i8042::I8042;
 pub use serial::SerialConsole;
