@@ -55,6 +55,11 @@
 //! # serial console (each byte written there is a VM exit); errors still show in
 //! # the pod's console.log. Set "" to see the whole boot.
 //! kernel_args = "quiet"
+//! # What a pod's console.log keeps of a guest that writes to its serial console
+//! # without end: the first and the last bytes, with a line saying how many were
+//! # dropped between them.
+//! console_log_head_bytes = 1048576
+//! console_log_tail_bytes = 1048576
 //!
 //! [images]
 //! # Caps on what a pulled image may make vmletd read and write; a larger image is
@@ -185,6 +190,10 @@ pub struct VmConfig {
     pub shared_fs: SharedFs,
     /// The virtio-fs backend (vhost-user) run for each such pod.
     pub virtiofsd: PathBuf,
+    /// Bytes a pod's console.log keeps from the start of the guest's serial output.
+    pub console_log_head_bytes: u64,
+    /// Bytes a pod's console.log keeps from the end of it.
+    pub console_log_tail_bytes: u64,
 }
 
 /// Which pods get a shared file system (`vm.shared_fs`).
@@ -229,6 +238,8 @@ impl Default for VmConfig {
             free_page_reporting: true,
             shared_fs: SharedFs::Annotated,
             virtiofsd: "/usr/lib/qemu/virtiofsd".into(),
+            console_log_head_bytes: 1 << 20,
+            console_log_tail_bytes: 1 << 20,
         }
     }
 }

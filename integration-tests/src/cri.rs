@@ -604,6 +604,8 @@ pub struct Vmletd {
     args: Vec<String>,
     /// Extra configuration (TOML) before the harness's own `[vm]` table.
     config: String,
+    /// Extra keys of the `[vm]` table.
+    vm_keys: String,
 }
 
 /// Configuration a test's daemon starts from: a boot timeout for shared, emulated
@@ -611,7 +613,7 @@ pub struct Vmletd {
 /// `scripts/test.sh`, so a boot that hangs fails the test with its own error); inside the emulated TCG machine one boot at a time (nested guests
 /// booting at once crash that machine's own kernel); no warm pool (tests count VMMs
 /// and namespaces; `--warm-pool N` turns it on).
-fn base_config() -> String {
+fn base_config(vm_keys: &str) -> String {
     let emulated = std::env::var("VMLET_IN_WITH_KVM").is_ok_and(|v| v == "tcg");
     let boots = if emulated { 1 } else { 4 };
     // The fault injector wraps vmlet-vmm in a shell script: a jail holds no shell.
@@ -620,7 +622,9 @@ fn base_config() -> String {
     } else {
         ""
     };
-    format!("[vm]\nboot_timeout_secs = 300\nmax_concurrent_boots = {boots}\nwarm_pool = 0\n{jail}")
+    format!(
+        "[vm]\nboot_timeout_secs = 300\nmax_concurrent_boots = {boots}\nwarm_pool = 0\n{vm_keys}{jail}"
+    )
 }
 
 /// A registry on loopback with the busybox image pushed as `tag`, and the image's
@@ -657,6 +661,16 @@ impl Vmletd {
 
     /// Like [`Vmletd::start_with`], with `env` added to the daemon's environment.
     pub fn start_with_env(args: &[&str], config: &str, env: &[(&str, &str)]) -> Vmletd {
+        Self::launch(args, config, "", env)
+    }
+
+    /// Starts vmletd with `args` added to its flags and `vm_keys` (TOML lines) added
+    /// to its `[vm]` table, and waits for its socket.
+    pub fn start_with_vm_keys(args: &[&str], vm_keys: &str) -> Vmletd {
+        Self::launch(args, "[network]\nmode = \"none\"\n", vm_keys, &[])
+    }
+
+    fn launch(args: &[&str], config: &str, vm_keys: &str, env: &[(&str, &str)]) -> Vmletd {
         crate::require_kvm();
         let dir = tempfile::Builder::new()
             .prefix("vd")
@@ -670,6 +684,7 @@ impl Vmletd {
             dir,
             args: args.iter().map(|s| s.to_string()).collect(),
             config: config.to_owned(),
+            vm_keys: vm_keys.to_owned(),
             expected: Mutex::default(),
             env: env
                 .iter()
@@ -743,7 +758,7 @@ impl Vmletd {
         std::fs::write(
             self.dir.path().join("vmletd.toml"),
             // The test's keys first: its top-level keys must come before any table.
-            format!("{}{}", self.config, base_config()),
+            format!("{}{}", self.config, base_config(&self.vm_keys)),
         )
         .expect("write config");
         let mut child = cmd.spawn().expect("start vmletd");

@@ -1893,3 +1893,118 @@ fn a_full_log_disk_pauses_the_copy_which_resumes_without_loss() {
     c.remove_pod(&pod).expect("RemovePodSandbox");
     assert_clean(d);
 }
+
+/// A root container writing to the guest's serial console for 10 s leaves the pod's
+/// console.log capped: the first bytes (the boot) kept as they were, the last bytes
+/// kept, and one line between them saying how many were dropped.
+#[test]
+fn a_container_flooding_the_console_leaves_a_capped_console_log() {
+    // Small caps, so that the emulated machine's slow serial port overflows them.
+    const HEAD: usize = 8 << 10;
+    const TAIL: usize = 8 << 10;
+    const MARKER: &str = " bytes of console output dropped]";
+    let (registry, image) = busybox_registry("busybox:e2e");
+    let d = &Vmletd::start_with_vm_keys(
+        &["--insecure-registry", registry.addr()],
+        &format!("console_log_head_bytes = {HEAD}\nconsole_log_tail_bytes = {TAIL}\n"),
+    );
+    let c = d.client();
+    c.pull(&image).expect("PullImage");
+    let mut pod_cfg = pod_config("flood", &d.log_dir());
+    pod_cfg.linux = Some(v1::LinuxPodSandboxConfig {
+        security_context: Some(v1::LinuxSandboxSecurityContext {
+            privileged: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let pod = c.run_pod(pod_cfg.clone()).expect("RunPodSandbox");
+    let console = d.state_dir().join("pods").join(&pod).join("console.log");
+    let boot = std::fs::read(&console).expect("console.log");
+    assert!(boot.len() < HEAD, "the boot alone filled the head");
+
+    let mut cfg = container_config(
+        "flood",
+        &image,
+        // Shell builtins on one open descriptor: a process per line would be too
+        // slow to flood anything on the emulated machine.
+        "[ -c /dev/ttyS0 ] || { echo no ttyS0; exit 1; }; \
+         exec 3>/dev/ttyS0; echo FLOOD-START >&3; \
+         end=$(( $(date +%s) + 10 )); n=0; \
+         while [ $(date +%s) -lt $end ]; do \
+           i=0; \
+           while [ $i -lt 200 ]; do \
+             echo \"flood line $n ................................................\" >&3; \
+             n=$((n + 1)); i=$((i + 1)); \
+           done; \
+         done; \
+         sleep 2; echo FLOOD-END-$n >&3; echo lines $n; echo flooded; sleep 3600",
+    );
+    cfg.linux = Some(v1::LinuxContainerConfig {
+        security_context: Some(v1::LinuxContainerSecurityContext {
+            privileged: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let id = run_container(&c, &pod, &pod_cfg, cfg);
+    wait_for_line(d, "flood.log", "flooded");
+    // The last line reaches the file at the next rewrite (at most a second after it).
+    let start = std::time::Instant::now();
+    let text = loop {
+        let bytes = std::fs::read(&console).expect("console.log");
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        if text.contains("FLOOD-END-") || start.elapsed() > Duration::from_secs(10) {
+            // The head is exactly what it was, plus output up to its cap.
+            assert_eq!(&bytes[..boot.len()], &boot[..], "the boot output changed");
+            assert!(
+                bytes.len() <= HEAD + 63 + TAIL,
+                "console.log holds {} bytes",
+                bytes.len()
+            );
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let tail_start = text.find(MARKER).unwrap_or_else(|| {
+        panic!(
+            "no dropped-bytes line in {} bytes; container output {:?}; the file ends {:?}",
+            text.len(),
+            lines(&log_of(d, "flood.log"), "stdout"),
+            &text[text.len().saturating_sub(400)..]
+        )
+    });
+    let count: u64 = text[..tail_start]
+        .rsplit(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("dropped-bytes count");
+    assert!(count > 0, "nothing dropped: {count}");
+    let tail = &text[tail_start..];
+    let end_line = tail
+        .lines()
+        .find(|l| l.starts_with("FLOOD-END-"))
+        .unwrap_or_else(|| {
+            panic!(
+                "no end line in the tail: {:?}",
+                &tail[tail.len().saturating_sub(300)..]
+            )
+        });
+    let lines: u64 = end_line["FLOOD-END-".len()..]
+        .trim()
+        .parse()
+        .expect("line count");
+    // Each flood line is about 70 bytes: what was written and what was kept add up.
+    assert!(
+        lines * 60 > count,
+        "{lines} lines written, {count} bytes dropped"
+    );
+    eprintln!("flood: {lines} lines, {count} bytes dropped");
+
+    // The VM is unharmed.
+    let r = c.exec(&id, &["echo", "alive"], 30).expect("ExecSync");
+    assert_eq!(String::from_utf8_lossy(&r.stdout), "alive\n");
+    c.stop(&id, 0).expect("StopContainer");
+    c.remove_pod(&pod).expect("RemovePodSandbox");
+    assert_clean(d);
+}

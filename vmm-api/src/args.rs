@@ -131,6 +131,13 @@ impl VmConfig {
             }
         };
         args.push(valued(flag::SERIAL, serial));
+        if self.serial_log != crate::config::SerialLogLimits::default() {
+            let l = self.serial_log;
+            args.push(valued(
+                flag::SERIAL_LOG,
+                format!("head={},tail={}", l.head_bytes, l.tail_bytes),
+            ));
+        }
         if let Some(control) = &self.control_socket {
             args.push(switch(flag::CONTROL_SOCKET));
             args.push(utf8(flag::CONTROL_SOCKET, control)?.to_owned());

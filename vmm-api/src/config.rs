@@ -12,6 +12,9 @@ pub const MIN_MEM_MIB: u64 = 32;
 pub const MAX_MEM_MIB: u64 = 1 << 20;
 /// Longest drive ID (the virtio-blk serial holds 20 bytes).
 pub const MAX_DRIVE_ID_LEN: usize = 20;
+/// Largest head or tail of the serial console's log file (the tail is held in
+/// memory).
+pub const MAX_SERIAL_LOG_PART: u64 = 64 << 20;
 /// Longest virtio-fs tag (the device configuration holds 36 bytes, virtio 1.2, 5.11.4).
 pub const MAX_FS_TAG_LEN: usize = 36;
 /// Most request queues of one virtio-fs device.
@@ -95,6 +98,28 @@ pub enum SerialOutput {
     Off,
 }
 
+/// What a serial console log file keeps of a guest that writes without end: its
+/// first `head_bytes` and its last `tail_bytes`, with a line between them saying
+/// how many bytes were dropped.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SerialLogLimits {
+    /// Bytes kept from the start.
+    pub head_bytes: u64,
+    /// Bytes kept from the end.
+    pub tail_bytes: u64,
+}
+
+impl Default for SerialLogLimits {
+    /// 1 MiB each.
+    fn default() -> Self {
+        SerialLogLimits {
+            head_bytes: 1 << 20,
+            tail_bytes: 1 << 20,
+        }
+    }
+}
+
 /// Everything needed to build a VM.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -142,6 +167,9 @@ pub struct VmConfig {
     /// Serial console destination.
     #[serde(default)]
     pub serial: SerialOutput,
+    /// How much of the serial console a log file keeps.
+    #[serde(default)]
+    pub serial_log: SerialLogLimits,
     /// Control socket path.
     #[serde(default)]
     pub control_socket: Option<PathBuf>,
@@ -231,6 +259,9 @@ pub enum ConfigError {
     /// More devices than IRQ lines.
     #[error("too many devices: {0} virtio devices, at most {1}")]
     TooManyDevices(usize, usize),
+    /// A serial log limit is too large.
+    #[error("serial_log head_bytes and tail_bytes must be at most {MAX_SERIAL_LOG_PART}, got {0}")]
+    SerialLog(u64),
 }
 
 /// Parses `aa:bb:cc:dd:ee:ff`.
@@ -267,6 +298,7 @@ impl VmConfig {
             huge_pages: false,
             shared_memory: false,
             serial: SerialOutput::Stdout,
+            serial_log: SerialLogLimits::default(),
             control_socket: None,
             exit_record: None,
             seccomp: true,
@@ -331,6 +363,10 @@ impl VmConfig {
                 self.virtio_device_count(),
                 limits.max_virtio_devices,
             ));
+        }
+        let log = self.serial_log;
+        if log.head_bytes > MAX_SERIAL_LOG_PART || log.tail_bytes > MAX_SERIAL_LOG_PART {
+            return Err(ConfigError::SerialLog(log.head_bytes.max(log.tail_bytes)));
         }
         Ok(())
     }
@@ -403,6 +439,8 @@ pub mod flag {
     pub const HUGE_PAGES: &str = "huge-pages";
     /// [`super::SerialOutput`].
     pub const SERIAL: &str = "serial";
+    /// [`super::SerialLogLimits`].
+    pub const SERIAL_LOG: &str = "serial-log";
     /// [`super::VmConfig::control_socket`].
     pub const CONTROL_SOCKET: &str = "control-socket";
     /// [`super::VmConfig::exit_record`].
@@ -448,6 +486,33 @@ fn key_values(s: &str) -> impl Iterator<Item = (&str, &str)> {
     s.split(',')
         .filter(|p| !p.is_empty())
         .map(|p| p.split_once('=').unwrap_or((p, "")))
+}
+
+impl SerialLogLimits {
+    /// Parses a `--serial-log` value: `head=BYTES,tail=BYTES` (a key left out
+    /// keeps its default).
+    pub fn from_flag(s: &str) -> Result<Self, FlagError> {
+        let mut limits = SerialLogLimits::default();
+        for (k, v) in key_values(s) {
+            let (key, slot) = match k {
+                "head" => ("head", &mut limits.head_bytes),
+                "tail" => ("tail", &mut limits.tail_bytes),
+                _ => {
+                    return Err(FlagError::UnknownKey {
+                        flag: "serial-log",
+                        key: k.to_owned(),
+                        known: "head=,tail=",
+                    })
+                }
+            };
+            *slot = v.parse::<u64>().map_err(|_| FlagError::BadValue {
+                flag: "serial-log",
+                key,
+                value: v.to_owned(),
+            })?;
+        }
+        Ok(limits)
+    }
 }
 
 impl DriveConfig {

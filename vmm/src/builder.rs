@@ -7,7 +7,7 @@ use crate::config::{
     parse_mac, DriveConfig, FsConfig, NetConfig, SerialOutput, VmConfig, VsockConfig,
 };
 use crate::devices::bus::{Bus, BusDevice, BusError};
-use crate::devices::legacy::{SerialConsole, I8042};
+use crate::devices::legacy::{CappedLog, SerialConsole, SharedLog, I8042};
 use crate::devices::virtio::balloon::Balloon;
 use crate::devices::virtio::block::{Block, Disk, DiskError};
 use crate::devices::virtio::fs::{Fs, FsError};
@@ -235,6 +235,9 @@ pub struct Vmm {
     pub event_manager: EventManager<Subscriber>,
     /// The running parts.
     pub parts: Arc<VmParts>,
+    /// The serial console's log file, if it goes to one: the event loop brings it
+    /// up to date ([`SharedLog::sync_due`]).
+    pub console_log: Option<SharedLog>,
     // Kept alive for as long as the vCPUs run.
     _vm: Vm,
     _mem: GuestMemoryMmap,
@@ -422,16 +425,22 @@ fn attach_balloon_device(wiring: &mut DeviceWiring<'_>) -> Result<(), BuildError
 
 /// Attaches COM1 (interrupt through an irqfd, output per `config.serial`) to the
 /// port-I/O bus.
-fn attach_serial_device(vm: &VmFd, pio: &mut Bus, config: &VmConfig) -> Result<(), BuildError> {
+fn attach_serial_device(
+    vm: &VmFd,
+    pio: &mut Bus,
+    config: &VmConfig,
+) -> Result<Option<SharedLog>, BuildError> {
     let fail = device_error(DeviceId::Serial);
     let serial_irq = eventfd()?;
     vm.register_irqfd(&serial_irq.0, SERIAL_IRQ)
         .map_err(DeviceError::Irqfd)
         .map_err(&fail)?;
-    let serial = SerialConsole::new(serial_irq, serial_output(config)?);
+    let (out, log) = serial_output(config)?;
+    let serial = SerialConsole::new(serial_irq, out);
     pio.insert(Arc::new(Mutex::new(serial)), 0x3f8, 8)
         .map_err(DeviceError::Bus)
-        .map_err(&fail)
+        .map_err(&fail)?;
+    Ok(log)
 }
 
 /// Attaches the i8042, whose reset line ends the VM through the event loop.
@@ -499,17 +508,28 @@ fn start_vcpus(
     Ok(Vcpus::new(handles, control.clone()))
 }
 
-fn serial_output(config: &VmConfig) -> Result<Box<dyn Write + Send>, BuildError> {
+/// The serial device's output, and the log file behind it if there is one.
+type SerialSink = (Box<dyn Write + Send>, Option<SharedLog>);
+
+fn serial_output(config: &VmConfig) -> Result<SerialSink, BuildError> {
     Ok(match &config.serial {
-        SerialOutput::Stdout => Box::new(std::io::stdout()),
-        SerialOutput::Off => Box::new(std::io::sink()),
-        SerialOutput::File(path) => Box::new(
-            std::fs::OpenOptions::new()
+        SerialOutput::Stdout => (Box::new(std::io::stdout()), None),
+        SerialOutput::Off => (Box::new(std::io::sink()), None),
+        SerialOutput::File(path) => {
+            let err = |e| BuildError::SerialOutput(path.clone(), e);
+            // Not in append mode: the capped log writes at explicit offsets.
+            let file = std::fs::OpenOptions::new()
                 .create(true)
-                .append(true)
+                .write(true)
+                .truncate(false)
                 .open(path)
-                .map_err(|e| BuildError::SerialOutput(path.clone(), e))?,
-        ),
+                .map_err(err)?;
+            let limits = config.serial_log;
+            // validate() bounds the tail to MAX_SERIAL_LOG_PART, which fits a usize.
+            let tail = usize::try_from(limits.tail_bytes).unwrap_or(usize::MAX);
+            let log = SharedLog::new(CappedLog::new(file, limits.head_bytes, tail).map_err(err)?);
+            (Box::new(log.clone()), Some(log))
+        }
     })
 }
 
@@ -541,7 +561,7 @@ pub fn build(
     let control = Arc::new(VcpuControl::new().map_err(BuildError::EventFd)?);
     let mut pio = Bus::new();
     let mut mmio = Bus::new();
-    attach_serial_device(vm.fd(), &mut pio, config)?;
+    let console_log = attach_serial_device(vm.fd(), &mut pio, config)?;
     attach_i8042_device(&mut pio, &mut event_manager, &control)?;
 
     let mut cmdline = Cmdline::new(CMDLINE_MAX_SIZE).map_err(BuildError::Cmdline)?;
@@ -591,6 +611,7 @@ pub fn build(
             mem_mib: config.mem_mib,
             vcpu_count: config.vcpus,
         }),
+        console_log,
         _vm: vm,
         _mem: mem,
     })

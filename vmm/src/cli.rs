@@ -10,7 +10,9 @@
 //! `--exit-record FILE` the same line (for status 0 too) is written to FILE as the
 //! VMM's last act.
 
-use crate::config::{DriveConfig, FsConfig, NetConfig, SerialOutput, VmConfig, VsockConfig};
+use crate::config::{
+    DriveConfig, FsConfig, NetConfig, SerialLogLimits, SerialOutput, VmConfig, VsockConfig,
+};
 use clap::Parser;
 use std::path::PathBuf;
 use vmlet_vmm_api::config::flag;
@@ -72,6 +74,10 @@ pub struct Args {
     /// Serial console: `stdout`, `off` or a file path.
     #[arg(long = flag::SERIAL)]
     pub serial: Option<String>,
+    /// What a serial log file keeps: `head=BYTES,tail=BYTES` (1 MiB each by
+    /// default).
+    #[arg(long = flag::SERIAL_LOG, value_parser = SerialLogLimits::from_flag)]
+    pub serial_log: Option<SerialLogLimits>,
     /// Control socket path.
     #[arg(long = flag::CONTROL_SOCKET)]
     pub control_socket: Option<PathBuf>,
@@ -133,6 +139,9 @@ pub fn resolve(args: Args) -> Result<VmConfig, String> {
     }
     if let Some(s) = args.serial {
         config.serial = SerialOutput::from_flag(&s);
+    }
+    if let Some(l) = args.serial_log {
+        config.serial_log = l;
     }
     if args.control_socket.is_some() {
         config.control_socket = args.control_socket;
@@ -206,7 +215,7 @@ pub fn main() -> i32 {
             tracing_subscriber::EnvFilter::try_from_env("VMLET_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(crate::log_cap::stderr)
         .init();
     let args = Args::parse();
     let config = match resolve(args) {
@@ -284,6 +293,10 @@ mod tests {
             huge_pages: true,
             shared_memory: true,
             serial: SerialOutput::File("/pod/console.log".into()),
+            serial_log: SerialLogLimits {
+                head_bytes: 4096,
+                tail_bytes: 8192,
+            },
             control_socket: Some("/run/pod/ctl".into()),
             exit_record: Some("/pod/vmm-exit".into()),
             seccomp: false,

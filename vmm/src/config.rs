@@ -5,8 +5,8 @@
 use crate::arch::layout::{IOAPIC_PINS, MAX_VCPUS, VIRTIO_IRQ_BASE};
 
 pub use vmlet_vmm_api::config::{
-    parse_mac, ConfigError, DriveConfig, FsConfig, Limits, NetConfig, SerialOutput, VmConfig,
-    VsockConfig, MAX_MEM_MIB, MIN_MEM_MIB,
+    parse_mac, ConfigError, DriveConfig, FsConfig, Limits, NetConfig, SerialLogLimits,
+    SerialOutput, VmConfig, VsockConfig, MAX_MEM_MIB, MIN_MEM_MIB,
 };
 
 /// What this VMM can build: vCPUs the MP table describes, and one IOAPIC pin

@@ -14,6 +14,7 @@ pub mod control;
 pub mod devices;
 pub mod exit_record;
 pub mod image;
+pub mod log_cap;
 pub mod runner;
 pub mod seccomp;
 pub mod signals;

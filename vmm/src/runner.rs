@@ -81,8 +81,8 @@ pub fn run(config: &VmConfig) -> Result<RunEnd, RunError> {
     let filters = if config.seccomp {
         seccomp::install_violation_handler()?;
         Some((
-            seccomp::filter(ThreadKind::Vmm)?,
-            Arc::new(seccomp::filter(ThreadKind::Vcpu)?),
+            seccomp::filter(ThreadKind::Vmm, std::process::id())?,
+            Arc::new(seccomp::filter(ThreadKind::Vcpu, std::process::id())?),
         ))
     } else {
         None
@@ -119,6 +119,9 @@ pub fn run(config: &VmConfig) -> Result<RunEnd, RunError> {
         if let Err(e) = vmm.event_manager.run_with_timeout(100) {
             end = Some(RunEnd::EventLoop(e));
             break;
+        }
+        if let Some(log) = &vmm.console_log {
+            log.sync_due();
         }
         let deadline = *lifecycle
             .shutdown_deadline

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use vmlet_cri::runtime::PodConfig;
 use vmlet_proto::agent as pb;
+use vmlet_vmm_api::config::SerialLogLimits;
 
 use super::deadline::Deadline;
 use super::error::RuntimeError;
@@ -159,6 +160,10 @@ pub(super) async fn prepare(
         vsock: paths.vsock(),
         control: paths.control(),
         console: paths.console(),
+        console_limits: SerialLogLimits {
+            head_bytes: s.vm.console_log_head_bytes,
+            tail_bytes: s.vm.console_log_tail_bytes,
+        },
         log: paths.vmm_log(),
         exit_record: paths.vmm_exit(),
         netns: record.network.as_ref().map(|n| n.netns.clone()),

@@ -11,7 +11,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
 use vmlet_vmm_api::config::{
-    DriveConfig, FsConfig, NetConfig, SerialOutput, VmConfig, VsockConfig,
+    DriveConfig, FsConfig, NetConfig, SerialLogLimits, SerialOutput, VmConfig, VsockConfig,
 };
 use vmlet_vmm_api::control::{Request, Response};
 
@@ -47,6 +47,8 @@ pub struct VmmCommand {
     pub control: PathBuf,
     /// Serial console log.
     pub console: PathBuf,
+    /// What the console log keeps.
+    pub console_limits: SerialLogLimits,
     /// The VMM's own stdout/stderr.
     pub log: PathBuf,
     /// Where the VMM writes its exit record (see [`super::read_exit_record`]).
@@ -99,6 +101,7 @@ impl VmmCommand {
                 .collect(),
             free_page_reporting: self.free_page_reporting,
             serial: SerialOutput::File(self.console.clone()),
+            serial_log: self.console_limits,
             control_socket: Some(self.control.clone()),
             exit_record: Some(self.exit_record.clone()),
             ..VmConfig::new(self.kernel.clone())
@@ -387,6 +390,7 @@ mod tests {
             vsock: "/run/p/vsock".into(),
             control: "/run/p/ctl".into(),
             console: "/p/console.log".into(),
+            console_limits: SerialLogLimits::default(),
             log: "/p/vmm.log".into(),
             exit_record: "/p/vmm-exit".into(),
             netns: None,

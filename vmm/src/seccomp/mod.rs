@@ -2,7 +2,8 @@
 //! seccompiler when the VMM starts. Once the VM is built the VMM thread may only
 //! serve its event loop and the vCPU threads may only run the guest; anything
 //! else traps, reports the syscall's number and name as the process's last line
-//! on stderr, and ends the process with [`VIOLATION_EXIT`].
+//! on stderr, and ends the process with [`VIOLATION_EXIT`]. Syscalls that can
+//! do harm in some forms are allowed in the forms used only (see `rules`).
 //!
 //! virtio-fs creates its memfd (shared guest RAM), eventfds and backend connection
 //! while the VM is built, before any filter; afterwards it needs only `fallocate`
@@ -10,11 +11,11 @@
 //! `sendmsg`/`recvmsg` (vhost-user requests) on vCPU threads.
 
 mod names;
+mod rules;
 
-use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule, TargetArch,
-};
+pub use rules::ThreadKind;
+
+use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, SeccompRule, TargetArch};
 use std::collections::BTreeMap;
 
 /// Exit status after a seccomp violation (128 + SIGSYS).
@@ -34,16 +35,17 @@ pub enum SeccompError {
     Handler(vmm_sys_util::errno::Error),
 }
 
-/// Syscalls of the VMM thread: its event loop (epoll, eventfds, device files,
-/// unix sockets for vsock, vhost-user and the control socket), drive swaps (open, fstat),
-/// vCPU kicks (tgkill), and what Rust's runtime needs (memory, futex, threads).
+/// Syscalls the VMM thread may make with any arguments: its event loop (epoll,
+/// eventfds, device files, unix sockets for vsock, vhost-user and the control
+/// socket), drive swaps (fstat), removing its own sockets at exit (unlink: the
+/// jail leaves it nothing else to remove), and what Rust's runtime needs (memory,
+/// futex). The power-off helper thread runs under this filter too. Argument-checked
+/// syscalls are in `rules`.
 const VMM_SYSCALLS: &[i64] = &[
     libc::SYS_accept4,
     libc::SYS_brk,
     libc::SYS_clock_gettime,
     libc::SYS_clock_nanosleep,
-    libc::SYS_clone,
-    libc::SYS_clone3,
     libc::SYS_close,
     libc::SYS_connect,
     libc::SYS_epoll_ctl,
@@ -51,7 +53,6 @@ const VMM_SYSCALLS: &[i64] = &[
     libc::SYS_epoll_wait,
     libc::SYS_exit,
     libc::SYS_exit_group,
-    libc::SYS_fcntl,
     libc::SYS_fdatasync,
     libc::SYS_fstat,
     libc::SYS_fsync,
@@ -61,17 +62,12 @@ const VMM_SYSCALLS: &[i64] = &[
     libc::SYS_getsockopt,
     libc::SYS_gettid,
     libc::SYS_lseek,
-    libc::SYS_madvise,
-    libc::SYS_mmap,
-    libc::SYS_mprotect,
     libc::SYS_mremap,
     libc::SYS_munmap,
     libc::SYS_nanosleep,
     libc::SYS_newfstatat,
-    libc::SYS_openat,
     libc::SYS_poll,
     libc::SYS_ppoll,
-    libc::SYS_prctl,
     libc::SYS_pread64,
     libc::SYS_preadv,
     libc::SYS_pwrite64,
@@ -93,27 +89,23 @@ const VMM_SYSCALLS: &[i64] = &[
     libc::SYS_setsockopt,
     libc::SYS_shutdown,
     libc::SYS_sigaltstack,
-    libc::SYS_socket,
     libc::SYS_statx,
-    libc::SYS_tgkill,
     libc::SYS_timerfd_settime,
     libc::SYS_unlink,
-    libc::SYS_unlinkat,
     libc::SYS_write,
     libc::SYS_writev,
 ];
 
-/// Syscalls of a vCPU thread: `KVM_RUN` (and nothing else through ioctl),
-/// eventfd and console writes from device exits, what a virtio device does when
-/// the driver activates or resets it from a register write (touch its backend
-/// sockets, close connections; virtio-fs sends its vhost-user vring requests, with
-/// their eventfds, by sendmsg and reads the replies by recvmsg), and the runtime
-/// basics.
+/// Syscalls a vCPU thread may make with any arguments (ioctl, mmap & co are in
+/// `rules`): eventfd and console writes from device exits (the console log
+/// writes at offsets: pwrite64), what a virtio device does when the driver
+/// activates or resets it from a register write (touch its backend sockets,
+/// close connections; virtio-fs sends its vhost-user vring requests, with their
+/// eventfds, by sendmsg and reads the replies by recvmsg), and the runtime basics.
 const VCPU_SYSCALLS: &[i64] = &[
     libc::SYS_brk,
     libc::SYS_clock_gettime,
     libc::SYS_close,
-    libc::SYS_fcntl,
     libc::SYS_recvfrom,
     libc::SYS_recvmsg,
     libc::SYS_sendmsg,
@@ -124,11 +116,9 @@ const VCPU_SYSCALLS: &[i64] = &[
     libc::SYS_fsync,
     libc::SYS_futex,
     libc::SYS_getrandom,
-    libc::SYS_madvise,
-    libc::SYS_mmap,
-    libc::SYS_mprotect,
     libc::SYS_mremap,
     libc::SYS_munmap,
+    libc::SYS_pwrite64,
     libc::SYS_read,
     libc::SYS_restart_syscall,
     libc::SYS_rt_sigprocmask,
@@ -139,70 +129,44 @@ const VCPU_SYSCALLS: &[i64] = &[
     libc::SYS_writev,
 ];
 
-/// `KVM_RUN` = `_IO(KVMIO, 0x80)`.
-const KVM_RUN: u64 = 0xae80;
-/// `KVM_GET_REGS` = `_IOR(KVMIO, 0x81, struct kvm_regs)`: read when a vCPU fails,
-/// for the exit report.
-const KVM_GET_REGS: u64 = ior(0x81, std::mem::size_of::<kvm_bindings::kvm_regs>());
-/// `KVM_GET_SREGS` = `_IOR(KVMIO, 0x83, struct kvm_sregs)`, likewise.
-const KVM_GET_SREGS: u64 = ior(0x83, std::mem::size_of::<kvm_bindings::kvm_sregs>());
-
-/// `_IOR(KVMIO, nr, size)`.
-const fn ior(nr: u64, size: usize) -> u64 {
-    (2 << 30) | ((size as u64) << 16) | (0xae << 8) | nr
+/// The compiled filters of one thread kind, installed together (the kernel runs
+/// every filter of a thread and takes the strictest answer).
+pub struct ThreadFilter {
+    programs: Vec<BpfProgram>,
 }
 
-/// Which thread a filter is for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ThreadKind {
-    /// The main thread: event loop and control socket.
-    Vmm,
-    /// A vCPU thread.
-    Vcpu,
-}
-
-fn allow_all(calls: &[i64]) -> BTreeMap<i64, Vec<SeccompRule>> {
-    calls.iter().map(|c| (*c, Vec::new())).collect()
-}
-
-/// Compiles the filter for `kind`.
-pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
-    let mut rules = match kind {
-        ThreadKind::Vmm => allow_all(VMM_SYSCALLS),
-        ThreadKind::Vcpu => allow_all(VCPU_SYSCALLS),
+/// Compiles the filter for a thread of `kind` in process `pid` (its own
+/// threads are the only ones it may signal).
+pub fn filter(kind: ThreadKind, pid: u32) -> Result<ThreadFilter, SeccompError> {
+    let calls = match kind {
+        ThreadKind::Vmm => VMM_SYSCALLS,
+        ThreadKind::Vcpu => VCPU_SYSCALLS,
     };
-    let ioctl_is = |req: u64| -> Result<SeccompRule, SeccompError> {
-        let cond = SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, req)?;
-        Ok(SeccompRule::new(vec![cond])?)
-    };
-    let ioctls = match kind {
-        // std's `set_nonblocking` on accepted sockets uses FIONBIO.
-        ThreadKind::Vmm => vec![ioctl_is(libc::FIONBIO)?, ioctl_is(libc::FIOCLEX)?],
-        ThreadKind::Vcpu => vec![
-            ioctl_is(KVM_RUN)?,
-            ioctl_is(KVM_GET_REGS)?,
-            ioctl_is(KVM_GET_SREGS)?,
-        ],
-    };
-    rules.insert(libc::SYS_ioctl, ioctls);
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
+        calls.iter().map(|c| (*c, Vec::new())).collect();
+    rules.extend(rules::argument_rules(kind, pid)?);
+    let mut programs = Vec::new();
     if kind == ThreadKind::Vmm {
-        // Free page reporting on shared guest RAM punches holes in the memfd; no
-        // other fallocate mode (none that could grow or shrink a file).
-        let mode = SeccompCondition::new(
-            1,
-            SeccompCmpArgLen::Dword,
-            SeccompCmpOp::Eq,
-            crate::devices::virtio::balloon::PUNCH_HOLE as u64,
+        // glibc creates threads with clone3 and falls back to clone on ENOSYS;
+        // clone3's flags are out of a filter's reach. The main filter lets
+        // clone3 through, this one answers ENOSYS (the stricter answer wins).
+        rules.insert(libc::SYS_clone3, Vec::new());
+        let enosys = SeccompFilter::new(
+            BTreeMap::from([(libc::SYS_clone3, Vec::new())]),
+            SeccompAction::Allow,
+            SeccompAction::Errno(libc::ENOSYS as u32),
+            TargetArch::x86_64,
         )?;
-        rules.insert(libc::SYS_fallocate, vec![SeccompRule::new(vec![mode])?]);
+        programs.push(enosys.try_into()?);
     }
-    let filter = SeccompFilter::new(
+    let main = SeccompFilter::new(
         rules,
         SeccompAction::Trap,
         SeccompAction::Allow,
         TargetArch::x86_64,
     )?;
-    Ok(filter.try_into()?)
+    programs.push(main.try_into()?);
+    Ok(ThreadFilter { programs })
 }
 
 thread_local! {
@@ -304,186 +268,18 @@ pub fn install_violation_handler() -> Result<(), SeccompError> {
 
 /// Installs `filter` (built for `kind`) on the calling thread; threads it spawns
 /// inherit it.
-pub fn apply(kind: ThreadKind, filter: &BpfProgram) -> Result<(), SeccompError> {
+pub fn apply(kind: ThreadKind, filter: &ThreadFilter) -> Result<(), SeccompError> {
     KIND.with(|k| {
         k.set(match kind {
             ThreadKind::Vmm => b'm',
             ThreadKind::Vcpu => b'c',
         })
     });
-    seccompiler::apply_filter(filter)?;
+    for program in &filter.programs {
+        seccompiler::apply_filter(program)?;
+    }
     Ok(())
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn in_child(f: impl FnOnce() -> i32) -> libc::c_int {
-        in_child_with_stderr(f).0
-    }
-
-    /// Runs `f` in a forked child; returns its exit status and what it wrote to
-    /// stderr.
-    fn in_child_with_stderr(f: impl FnOnce() -> i32) -> (libc::c_int, String) {
-        let mut pipe = [0; 2];
-        // SAFETY: `pipe` has room for the two descriptors.
-        assert_eq!(unsafe { libc::pipe(pipe.as_mut_ptr()) }, 0);
-        // SAFETY: the child only runs async-signal-safe code (dup2, close, prctl,
-        // seccomp, raw syscalls, _exit); the filter was compiled before the fork.
-        let pid = unsafe { libc::fork() };
-        assert!(pid >= 0);
-        if pid == 0 {
-            // SAFETY: plain descriptor calls on the pipe this process owns.
-            unsafe {
-                libc::dup2(pipe[1], 2);
-                libc::close(pipe[0]);
-                libc::close(pipe[1]);
-            }
-            let code = f();
-            // SAFETY: leaving the child without running the parent's destructors.
-            unsafe { libc::_exit(code) };
-        }
-        // SAFETY: closing our copy of the write end, which we own.
-        unsafe { libc::close(pipe[1]) };
-        let mut out = Vec::new();
-        let mut chunk = [0u8; 256];
-        loop {
-            // SAFETY: reading into `chunk`, which is valid for its length.
-            let n = unsafe { libc::read(pipe[0], chunk.as_mut_ptr().cast(), chunk.len()) };
-            if n <= 0 {
-                break;
-            }
-            out.extend_from_slice(&chunk[..n as usize]);
-        }
-        // SAFETY: closing the read end, which we own.
-        unsafe { libc::close(pipe[0]) };
-        let mut status = 0;
-        // SAFETY: waiting for our own child.
-        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-        assert!(libc::WIFEXITED(status), "child status {status:#x}");
-        (
-            libc::WEXITSTATUS(status),
-            String::from_utf8_lossy(&out).into_owned(),
-        )
-    }
-
-    #[test]
-    fn forbidden_syscall_ends_the_process_with_its_name_as_last_line() {
-        install_violation_handler().unwrap();
-        for (kind, thread) in [
-            (ThreadKind::Vmm, "the VMM thread"),
-            (ThreadKind::Vcpu, "a vCPU thread"),
-        ] {
-            let prog = filter(kind).unwrap();
-            let (code, stderr) = in_child_with_stderr(|| {
-                if apply(kind, &prog).is_err() {
-                    return 1;
-                }
-                // Allowed: getpid-free path, a plain write to stderr of nothing.
-                // SAFETY: zero-length write.
-                unsafe { libc::write(2, std::ptr::null(), 0) };
-                // Forbidden for both kinds: executing a program.
-                // SAFETY: raw syscall with null arguments; the filter stops it first.
-                unsafe { libc::syscall(libc::SYS_execve, 0, 0, 0) };
-                0
-            });
-            assert_eq!(code, VIOLATION_EXIT, "{kind:?}");
-            assert_eq!(
-                stderr.lines().last(),
-                Some(
-                    format!(
-                        "vmlet-vmm: error: seccomp: forbidden syscall 59 (execve) on {thread} (exit status 159)"
-                    )
-                    .as_str()
-                ),
-                "{stderr:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn violation_line_without_allocation() {
-        let line = violation_line(-1, 0);
-        assert_eq!(
-            std::str::from_utf8(line.as_bytes()).unwrap(),
-            "vmlet-vmm: error: seccomp: forbidden syscall -1 (?) on an unfiltered thread (exit status 159)\n"
-        );
-        let line = violation_line(libc::SYS_openat, b'c');
-        assert!(std::str::from_utf8(line.as_bytes())
-            .unwrap()
-            .contains("syscall 257 (openat) on a vCPU thread"));
-    }
-
-    #[test]
-    fn kvm_ioctl_numbers() {
-        assert_eq!(KVM_GET_REGS, 0x8090_ae81);
-        assert_eq!(KVM_GET_SREGS, 0x8138_ae83);
-    }
-
-    #[test]
-    fn vcpu_filter_only_allows_kvm_run_and_register_reads() {
-        install_violation_handler().unwrap();
-        let prog = filter(ThreadKind::Vcpu).unwrap();
-        let code = in_child(|| {
-            if apply(ThreadKind::Vcpu, &prog).is_err() {
-                return 1;
-            }
-            // KVM_RUN on a bad fd is allowed through the filter and fails with EBADF.
-            // SAFETY: ioctl on an invalid fd has no effect.
-            let r = unsafe { libc::ioctl(-1, KVM_RUN as libc::c_ulong) };
-            if r != -1 {
-                return 2;
-            }
-            // So are the register reads of the exit report.
-            // SAFETY: as above.
-            let r = unsafe { libc::ioctl(-1, KVM_GET_REGS as libc::c_ulong) };
-            if r != -1 {
-                return 3;
-            }
-            // Any other ioctl request traps.
-            // SAFETY: as above.
-            unsafe { libc::ioctl(-1, 0xae01 as libc::c_ulong) };
-            0
-        });
-        assert_eq!(code, VIOLATION_EXIT);
-    }
-
-    #[test]
-    fn vmm_thread_may_only_punch_holes() {
-        install_violation_handler().unwrap();
-        let prog = filter(ThreadKind::Vmm).unwrap();
-        let code = in_child(|| {
-            if apply(ThreadKind::Vmm, &prog).is_err() {
-                return 1;
-            }
-            let mode = crate::devices::virtio::balloon::PUNCH_HOLE;
-            // SAFETY: fallocate on a bad fd has no effect.
-            if unsafe { libc::fallocate(-1, mode, 0, 4096) } != -1 {
-                return 2;
-            }
-            // Growing a file traps.
-            // SAFETY: as above.
-            unsafe { libc::fallocate(-1, 0, 0, 4096) };
-            0
-        });
-        assert_eq!(code, VIOLATION_EXIT);
-    }
-
-    #[test]
-    fn allowed_calls_pass() {
-        let prog = filter(ThreadKind::Vmm).unwrap();
-        let code = in_child(|| {
-            if apply(ThreadKind::Vmm, &prog).is_err() {
-                return 1;
-            }
-            // SAFETY: getpid and a zero-length write are harmless.
-            unsafe {
-                libc::syscall(libc::SYS_getpid);
-                libc::write(1, std::ptr::null(), 0);
-            }
-            7
-        });
-        assert_eq!(code, 7);
-    }
-}
+mod tests;

@@ -5,6 +5,7 @@
 
 use crate::arch::{cpuid, regs};
 use crate::devices::bus::Bus;
+use crate::devices::virtio::RateLimit;
 use crate::seccomp::SeccompError;
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use std::cell::Cell;
@@ -406,12 +407,17 @@ impl Vcpu {
                     VcpuExit::FailEntry(reason, cpu) => Some(VcpuFault::FailEntry { reason, cpu }),
                     VcpuExit::InternalError => Some(self.internal_error()),
                     other => {
-                        let exit = format!("{other:?}");
-                        tracing::warn!(
-                            "vCPU {}: unexpected KVM exit {exit}; {}",
-                            self.index,
-                            self.regs()
-                        );
+                        // The guest decides how often this happens.
+                        static UNEXPECTED: RateLimit = RateLimit::new();
+                        if let Some(left_out) = UNEXPECTED.check() {
+                            let exit = format!("{other:?}");
+                            tracing::warn!(
+                                "vCPU {}: unexpected KVM exit {exit}; {} ({left_out} more \
+                                 like it not logged)",
+                                self.index,
+                                self.regs()
+                            );
+                        }
                         None
                     }
                 },

@@ -288,6 +288,7 @@ mod tests {
             vsock: h.join("run/pod/vsock"),
             control: h.join("run/pod/ctl"),
             console: h.join("pod/console.log"),
+            console_limits: Default::default(),
             log: h.join("pod/vmm.log"),
             exit_record: h.join("pod/vmm-exit"),
             netns: None,

@@ -14,8 +14,8 @@
 //! queues, which the driver always sets up, are drained and otherwise ignored.
 
 use super::{
-    device_type, drain_queue, read_config_bytes, take_queues, ActivateError, Chain, IrqTrigger,
-    VirtioDevice, INT_VRING,
+    device_type, drain_queue, guest_warning, read_config_bytes, take_queues, ActivateError, Chain,
+    IrqTrigger, RateLimit, VirtioDevice, INT_VRING,
 };
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use std::os::fd::AsRawFd;
@@ -129,7 +129,13 @@ pub fn release(chain: Chain<'_>, mem: &GuestMemoryMmap) -> u64 {
         };
         match r {
             Ok(()) => dropped += len as u64,
-            Err((how, e)) => tracing::warn!("balloon: {how} of {len} bytes at {start:#x}: {e}"),
+            Err((how, e)) => {
+                static DROP_FAILED: RateLimit = RateLimit::new();
+                guest_warning(
+                    &DROP_FAILED,
+                    &format_args!("balloon: {how} of {len} bytes at {start:#x}: {e}"),
+                );
+            }
         }
     }
     dropped

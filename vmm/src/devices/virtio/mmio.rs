@@ -3,7 +3,8 @@
 //! bus; queue kicks bypass it through ioeventfds.
 
 use super::{
-    device_error, device_type, IrqTrigger, RateLimit, VirtioDevice, INT_CONFIG, VIRTIO_F_VERSION_1,
+    device_error, device_type, guest_warning, IrqTrigger, RateLimit, VirtioDevice, INT_CONFIG,
+    VIRTIO_F_VERSION_1,
 };
 use crate::devices::bus::BusDevice;
 use std::sync::{Arc, Mutex};
@@ -102,7 +103,11 @@ impl MmioTransport {
             && self.status & STATUS_FEATURES_OK == 0
             && self.driver_features & VIRTIO_F_VERSION_1 == 0
         {
-            tracing::warn!("virtio driver did not accept VIRTIO_F_VERSION_1");
+            static NO_VERSION_1: RateLimit = RateLimit::new();
+            guest_warning(
+                &NO_VERSION_1,
+                &"virtio driver did not accept VIRTIO_F_VERSION_1",
+            );
             value &= !STATUS_FEATURES_OK;
         }
         if value & STATUS_FEATURES_OK != 0 && self.status & STATUS_FEATURES_OK == 0 {

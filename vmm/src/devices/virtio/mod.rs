@@ -117,6 +117,17 @@ pub fn device_error(limit: &RateLimit, device: &str, error: &dyn std::fmt::Displ
     }
 }
 
+/// Logs a warning the guest can provoke over and over (a bad register write, a
+/// bad buffer, too many connections) at warn level, at most as often as `limit`
+/// allows: a guest must not be able to fill the VMM's log.
+pub fn guest_warning(limit: &RateLimit, what: &dyn std::fmt::Display) {
+    match limit.check() {
+        Some(0) => tracing::warn!("{what}"),
+        Some(n) => tracing::warn!("{what} ({n} more like it not logged)"),
+        None => {}
+    }
+}
+
 /// Interrupt status bit: a used ring was updated.
 pub const INT_VRING: u32 = 0x1;
 /// Interrupt status bit: the configuration space changed.

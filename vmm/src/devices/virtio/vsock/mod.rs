@@ -22,7 +22,10 @@ mod packet;
 #[cfg(test)]
 mod tests;
 
-use super::{device_type, ActivateError, IrqTrigger, VirtioDevice, INT_VRING, VIRTIO_F_VERSION_1};
+use super::{
+    device_type, guest_warning, ActivateError, IrqTrigger, RateLimit, VirtioDevice, INT_VRING,
+    VIRTIO_F_VERSION_1,
+};
 pub use error::VsockError;
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use muxer::Muxer;
@@ -150,7 +153,11 @@ fn fill_rx(a: &mut Active, muxer: &mut Muxer, buf: &mut [u8]) -> usize {
                     .write_all(&hdr.to_bytes())
                     .and_then(|()| w.write_all(data))
                 {
-                    tracing::warn!("vsock: writing a packet to guest memory: {e}");
+                    static WRITE: RateLimit = RateLimit::new();
+                    guest_warning(
+                        &WRITE,
+                        &format_args!("vsock: writing a packet to guest memory: {e}"),
+                    );
                 }
                 w.bytes_written() as u32
             }
@@ -164,7 +171,11 @@ fn fill_rx(a: &mut Active, muxer: &mut Muxer, buf: &mut [u8]) -> usize {
             }
         };
         if let Err(e) = a.rx.add_used(&a.mem, head, len) {
-            tracing::warn!("vsock: returning an RX buffer: {e}");
+            static RX_USED: RateLimit = RateLimit::new();
+            guest_warning(
+                &RX_USED,
+                &format_args!("vsock: returning an RX buffer: {e}"),
+            );
             break;
         }
         used += 1;
@@ -199,7 +210,8 @@ fn drain_tx(a: &mut Active, muxer: &mut Muxer, buf: &mut [u8]) -> (usize, bool) 
             Err(e) => tracing::debug!("vsock: bad guest TX buffer: {e}"),
         }
         if let Err(e) = a.tx.add_used(&a.mem, head, 0) {
-            tracing::warn!("vsock: returning a TX buffer: {e}");
+            static TX_USED: RateLimit = RateLimit::new();
+            guest_warning(&TX_USED, &format_args!("vsock: returning a TX buffer: {e}"));
             return (used, false);
         }
         used += 1;

@@ -15,6 +15,7 @@
 use super::connection::{ConnKey, Connection};
 use super::error::VsockError;
 use super::packet::{Header, Op, HOST_CID};
+use crate::devices::virtio::{guest_warning, RateLimit};
 use event_manager::{EventOps, Events};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::ffi::OsString;
@@ -406,7 +407,11 @@ impl Muxer {
 
     fn connect_to_host(&mut self, hdr: &Header, key: ConnKey) {
         if self.streams() >= MAX_STREAMS {
-            tracing::warn!("vsock: too many connections, refusing the guest");
+            static TOO_MANY: RateLimit = RateLimit::new();
+            guest_warning(
+                &TOO_MANY,
+                &"vsock: too many connections, refusing the guest",
+            );
             self.queue_rst(hdr, Op::Request);
             return;
         }
