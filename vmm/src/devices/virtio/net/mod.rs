@@ -4,13 +4,14 @@
 
 mod tap;
 
-pub use tap::{Tap, TapError};
+pub use tap::{Tap, TapError, VNET_HDR_LEN};
 
-use super::{device_type, drain_queue, ActivateError, IrqTrigger, VirtioDevice, INT_VRING};
+use super::{
+    device_type, drain_queue, ActivateError, Chain, IrqTrigger, VirtioDevice, INT_VRING,
+};
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use std::io::{ErrorKind, Read, Write};
 use std::sync::Arc;
-use tap::VNET_HDR_LEN;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
@@ -21,7 +22,7 @@ const TX: usize = 1;
 const QUEUE_SIZES: &[u16] = &[256, 256];
 const VIRTIO_NET_F_MAC: u64 = 1 << 5;
 /// Largest frame plus header we move (64 KiB frame, as tap allows).
-const MAX_FRAME: usize = 65562;
+pub const MAX_FRAME: usize = 65562;
 const TAP_EVENT: u32 = 2;
 
 struct Active {
@@ -111,17 +112,7 @@ impl Net {
                 break;
             };
             let head = chain.head_index();
-            let frame = &self.rx_buf[..len];
-            let written = match chain.writer(&a.mem) {
-                Ok(mut w) if w.available_bytes() >= frame.len() => match w.write_all(frame) {
-                    Ok(()) => frame.len() as u32,
-                    Err(_) => 0,
-                },
-                _ => {
-                    tracing::debug!("guest rx buffer too small for a {}-byte frame", frame.len());
-                    0
-                }
-            };
+            let written = write_rx_frame(chain, &a.mem, &self.rx_buf[..len]);
             if rxq.add_used(&a.mem, head, written).is_err() {
                 break;
             }
@@ -140,15 +131,7 @@ impl Net {
         let tap = &mut self.tap;
         let buf = &mut self.tx_buf;
         let notify = drain_queue("virtio-net", &mut a.queues[TX], &a.mem, |chain, mem| {
-            let Ok(mut reader) = chain.reader(mem) else {
-                return 0;
-            };
-            let len = reader.available_bytes();
-            if !(VNET_HDR_LEN..=MAX_FRAME).contains(&len) {
-                tracing::debug!("dropping a {len}-byte tx frame");
-                return 0;
-            }
-            if reader.read_exact(&mut buf[..len]).is_ok() {
+            if let Some(len) = read_tx_frame(chain, mem, buf) {
                 if let Err(e) = tap.write_frame(&buf[..len]) {
                     tracing::debug!("tap write: {e}");
                 }
@@ -159,6 +142,35 @@ impl Net {
             a.irq.trigger(INT_VRING);
         }
     }
+}
+
+/// Writes `frame` (virtio-net header first) into the guest receive buffer `chain`
+/// whole; returns the bytes written, 0 when it does not fit.
+pub fn write_rx_frame(chain: Chain<'_>, mem: &GuestMemoryMmap, frame: &[u8]) -> u32 {
+    match chain.writer(mem) {
+        Ok(mut w) if w.available_bytes() >= frame.len() => match w.write_all(frame) {
+            Ok(()) => frame.len() as u32,
+            Err(_) => 0,
+        },
+        _ => {
+            tracing::debug!("guest rx buffer too small for a {}-byte frame", frame.len());
+            0
+        }
+    }
+}
+
+/// Copies the frame (virtio-net header first) the guest queued in `chain` into
+/// `buf`; returns its length, or `None` when the chain cannot be read or its length
+/// is outside `VNET_HDR_LEN..=MAX_FRAME` (or `buf` is shorter).
+pub fn read_tx_frame(chain: Chain<'_>, mem: &GuestMemoryMmap, buf: &mut [u8]) -> Option<usize> {
+    let mut reader = chain.reader(mem).ok()?;
+    let len = reader.available_bytes();
+    if !(VNET_HDR_LEN..=MAX_FRAME.min(buf.len())).contains(&len) {
+        tracing::debug!("dropping a {len}-byte tx frame");
+        return None;
+    }
+    reader.read_exact(&mut buf[..len]).ok()?;
+    Some(len)
 }
 
 impl VirtioDevice for Net {
