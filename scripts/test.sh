@@ -46,6 +46,10 @@ if grep -q ' \.\.\. ignored' "$unit_log"; then
     grep ' \.\.\. ignored' "$unit_log" | sed 's/^test /    /' >&2
 fi
 
+step "fuzzing"
+# Every fuzz target from its seeds for a fixed number of inputs (scripts/fuzz.sh).
+scripts/fuzz.sh --runs "${VMLET_FUZZ_RUNS:-2000}"
+
 step "end-to-end tests on KVM"
 export VMLET_KERNEL=$kernel
 export VMLET_TEST_INITRAMFS=$initramfs
