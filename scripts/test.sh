@@ -20,6 +20,7 @@ cargo build -j2 --workspace --all-targets
 
 step "format and lints"
 cargo fmt --all -- --check
+cargo fmt --all --manifest-path fuzz/Cargo.toml -- --check
 cargo clippy -j2 --workspace --all-targets -- -D warnings
 
 step "dependency checks"

@@ -14,9 +14,11 @@ fuzz_target!(|data: &[u8]| {
     let mut rxq = queue(0, 256);
     let frames = [vec![0u8; VNET_HDR_LEN + 60], vec![0xa5u8; MAX_FRAME]];
     let mut next = frames.iter().cycle().take(2 * 16);
-    drain_queue("virtio-net", &mut rxq, &mem, |chain, mem| match next.next() {
-        Some(frame) => write_rx_frame(chain, mem, frame),
-        None => 0,
+    drain_queue("virtio-net", &mut rxq, &mem, |chain, mem| {
+        match next.next() {
+            Some(frame) => write_rx_frame(chain, mem, frame),
+            None => 0,
+        }
     });
     // Transmit: every chain of queue 1.
     let mut txq = queue(1, 256);

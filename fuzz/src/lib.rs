@@ -26,8 +26,8 @@ pub const DATA_START: u64 = 0x1000;
 
 /// Guest RAM holding `image` from address 0 (cut at `MEM_SIZE`), zero after it.
 pub fn guest_memory(image: &[u8]) -> GuestMemoryMmap {
-    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)])
-        .expect("mapping guest RAM");
+    let mem =
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).expect("mapping guest RAM");
     let n = image.len().min(MEM_SIZE);
     mem.write_slice(&image[..n], GuestAddress(0))
         .expect("writing guest RAM");

@@ -6,9 +6,7 @@ mod tap;
 
 pub use tap::{Tap, TapError, VNET_HDR_LEN};
 
-use super::{
-    device_type, drain_queue, ActivateError, Chain, IrqTrigger, VirtioDevice, INT_VRING,
-};
+use super::{device_type, drain_queue, ActivateError, Chain, IrqTrigger, VirtioDevice, INT_VRING};
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use std::io::{ErrorKind, Read, Write};
 use std::sync::Arc;
