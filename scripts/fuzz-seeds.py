@@ -110,6 +110,13 @@ def balloon():
     return {"reports": g.image()}
 
 
+def rng():
+    g = Guest()
+    g.chain(0, 0, [(DATA_START, 64, True), (DATA_START + 0x100, 0x1000, True)])
+    g.chain(0, 2, [(DATA_START + 0x2000, 16, False)])
+    return {"fill": g.image()}
+
+
 def mmio():
     def op(kind, offset, value):
         return struct.pack("<BBHI", kind, 0, offset, value)
@@ -208,7 +215,7 @@ def image_manifest():
 
 TARGETS = {
     "virtio_blk": blk, "virtio_vsock": vsock, "virtio_net": net,
-    "virtio_balloon": balloon, "virtio_mmio": mmio, "tar_unpack": tar_unpack,
+    "virtio_balloon": balloon, "virtio_rng": rng, "virtio_mmio": mmio, "tar_unpack": tar_unpack,
     "image_config": image_config, "image_manifest": image_manifest,
 }
 
