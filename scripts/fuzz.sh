@@ -38,6 +38,15 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
     exit 1
 fi
 export RUSTC_BOOTSTRAP=1
+# The build (about 2 GiB; some 15 minutes from nothing on 2 cores, most of it the
+# dependencies) is kept outside the checkout, like the guest kernel's, so later runs
+# and other checkouts rebuild only what changed. One run at a time uses it: the
+# targets' binaries have the same paths for every checkout.
+cache=${VMLET_CACHE:-/var/cache/vmlet}
+mkdir -p "$cache"
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$cache/fuzz-target}
+exec 9>"$cache/fuzz.lock"
+flock 9
 if [ ${#targets[@]} -eq 0 ]; then
     mapfile -t targets < <(cargo fuzz list --fuzz-dir fuzz)
 fi
