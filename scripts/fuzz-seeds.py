@@ -3,6 +3,7 @@
 small valid inputs each, laid out as the targets read them (fuzz/src/lib.rs for
 guest RAM). Deterministic; run again after changing a layout."""
 
+import gzip
 import io
 import json
 import os
@@ -173,8 +174,10 @@ def tar_unpack():
     ], tarfile.PAX_FORMAT)
     gnu_long = tar_layer([tar_entry("d/" + "n" * 200, data=b"gnu")], tarfile.GNU_FORMAT)
     assert len(first) // 512 < 256
+    zipped = gzip.compress(second, mtime=0)
     return {
         "two-layers": bytes([len(first) // 512]) + first + second,
+        "tar-then-gzip": bytes([len(first) // 512]) + first + zipped,
         "gnu-long-name": bytes([0]) + gnu_long,
     }
 

@@ -1,13 +1,15 @@
-//! Image layer unpacking: two tar layers (the second may white out what the
-//! first wrote) applied onto a fresh root, within tight image limits.
+//! Image layer unpacking: two layer blobs (tar, gzip or zstd, as flattening reads
+//! them; the second may white out what the first wrote) applied onto a fresh root,
+//! within tight image limits.
 //!
 //! Input: one byte B, then the first layer (B blocks of 512 bytes) and the second
 //! (the rest).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use vmlet_agent::images::flatten::apply_blob;
 use vmlet_agent::images::unpack::Unpacker;
-use vmlet_agent::images::ImageLimits;
+use vmlet_agent::images::{Digest, ImageLimits};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&blocks, rest)) = data.split_first() else {
@@ -23,7 +25,8 @@ fuzz_target!(|data: &[u8]| {
         ..ImageLimits::default()
     };
     let unpacker = Unpacker::new(root.path(), limits);
-    if unpacker.apply(first).is_ok() {
-        let _ = unpacker.apply(second);
+    let digest = Digest::of(b"");
+    if apply_blob(&unpacker, first, &digest).is_ok() {
+        let _ = apply_blob(&unpacker, second, &digest);
     }
 });
