@@ -75,7 +75,7 @@ for t in "${targets[@]}"; do
         "${limit[@]}" "${extra[@]}" -timeout=30 -rss_limit_mb=2048 -max_len=70000 \
         >"$logs/$t.log" 2>&1; then
         tail -n 60 "$logs/$t.log" >&2
-        log "$t FAILED; the input is in fuzz/artifacts/$t, the log in $logs/$t.log"
+        log "$t FAILED: see $logs/$t.log; a crashing input is saved in fuzz/artifacts/$t"
         exit 1
     fi
     log "$t: $(grep -E '^(#[0-9]+|Done)' "$logs/$t.log" | tail -n 1) ($(($(date +%s) - t0)) s)"
