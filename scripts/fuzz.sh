@@ -40,7 +40,7 @@ fi
 export RUSTC_BOOTSTRAP=1
 # The build (about 2 GiB; some 15 minutes from nothing on 2 cores, most of it the
 # dependencies) is kept outside the checkout, like the guest kernel's, so later runs
-# and other checkouts rebuild only what changed. One run at a time uses it: the
+# and other checkouts rebuild only vmlet's own crates (about 3 minutes of CPU). One run at a time uses it: the
 # targets' binaries have the same paths for every checkout.
 cache=${VMLET_CACHE:-/var/cache/vmlet}
 mkdir -p "$cache"
