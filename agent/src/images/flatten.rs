@@ -113,27 +113,40 @@ fn apply_layer(
     if !layer.verified {
         store.verify(&layer.digest, layer.size).map_err(store_err)?;
     }
+    let file = store.open_blob(&layer.digest).map_err(store_err)?;
+    apply_blob(
+        unpacker,
+        BufReader::with_capacity(1 << 18, file),
+        &layer.digest,
+    )
+}
+
+/// Applies the layer blob read from `blob` (gzip, zstd or a plain tar, told by its
+/// first bytes) onto `unpacker`'s root; errors name `layer`.
+pub fn apply_blob<R: BufRead>(
+    unpacker: &Unpacker,
+    mut blob: R,
+    layer: &Digest,
+) -> Result<(), FlattenError> {
     let decompress_err = |source| FlattenError::Decompress {
-        layer: layer.digest.clone(),
+        layer: layer.clone(),
         source,
     };
     let unpack_err = |source| FlattenError::Unpack {
-        layer: layer.digest.clone(),
+        layer: layer.clone(),
         source,
     };
-    let file = store.open_blob(&layer.digest).map_err(store_err)?;
-    let mut buf = BufReader::with_capacity(1 << 18, file);
-    let head = buf.fill_buf().map_err(decompress_err)?;
+    let head = blob.fill_buf().map_err(decompress_err)?;
     match sniff(head) {
         Compression::Gzip => {
-            let dec = flate2::bufread::MultiGzDecoder::new(buf);
+            let dec = flate2::bufread::MultiGzDecoder::new(blob);
             unpacker.apply(dec).map_err(unpack_err)
         }
         Compression::Zstd => {
-            let dec = zstd::Decoder::with_buffer(buf).map_err(decompress_err)?;
+            let dec = zstd::Decoder::with_buffer(blob).map_err(decompress_err)?;
             unpacker.apply(dec).map_err(unpack_err)
         }
-        Compression::None => unpacker.apply(buf).map_err(unpack_err),
+        Compression::None => unpacker.apply(blob).map_err(unpack_err),
     }
 }
 

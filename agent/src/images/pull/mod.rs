@@ -9,6 +9,7 @@ mod config;
 mod errors;
 mod identity;
 mod manifest;
+mod plan;
 
 use std::time::Duration;
 
@@ -29,6 +30,7 @@ pub use config::{RegistriesConfig, RegistryHost};
 use errors::Ctx;
 pub use errors::PullError;
 use manifest::ManifestFetcher;
+pub use plan::{check_manifest, ManifestPlan};
 
 use super::digest::Digest;
 use super::limits::ImageLimits;
@@ -148,22 +150,7 @@ impl Puller {
             fetch_manifests(&fetcher, &oref, auth, &ctx, store, image.digest()).await?;
         let top_digest = manifests.top.digest.clone();
 
-        let config = ctx.blob_ref(&manifest.config)?;
-        // Refused before download: the config is read whole to parse it.
-        ctx.cap(
-            "the image config",
-            config.size,
-            self.limits.max_config_bytes,
-            "max_config_bytes",
-        )?;
-        let layers = manifest
-            .layers
-            .iter()
-            .map(|l| ctx.blob_ref(l))
-            .collect::<Result<Vec<_>, _>>()?;
-        if layers.is_empty() {
-            return Err(ctx.unsupported("the image has no layers".into()));
-        }
+        let (config, layers) = plan::image_blobs(&manifest, &ctx, &self.limits)?;
         // The blob downloads authenticate with these credentials.
         client.store_auth_if_needed(&host, auth).await;
         let downloaded =
@@ -239,10 +226,7 @@ async fn fetch_manifests(
         }
         OciManifest::ImageIndex(index) => index,
     };
-    let child = linux_amd64_resolver(&index.manifests).ok_or_else(|| PullError::NoPlatform {
-        reference: ctx.reference.clone(),
-    })?;
-    let child: Digest = child.parse().map_err(|e| ctx.unsupported(format!("{e}")))?;
+    let child = plan::index_child(&index, ctx)?;
     let child_ref = oref.clone_with_digest(child.to_string());
     let (image, parsed) =
         fetch_manifest(fetcher, &child_ref, auth, ctx, store, Some(&child)).await?;

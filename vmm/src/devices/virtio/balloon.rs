@@ -96,9 +96,16 @@ pub fn release(chain: Chain<'_>, mem: &GuestMemoryMmap) -> u64 {
             continue;
         }
         // Whole pages inside the buffer only: its edges may share a page with memory
-        // in use.
-        let start = desc.addr().0.next_multiple_of(PAGE);
-        let end = (desc.addr().0 + u64::from(desc.len())) & !(PAGE - 1);
+        // in use. A buffer that wraps around the address space is no guest RAM.
+        let addr = desc.addr().0;
+        let (Some(start), Some(end)) = (
+            addr.checked_next_multiple_of(PAGE),
+            addr.checked_add(u64::from(desc.len())),
+        ) else {
+            tracing::debug!("balloon: report at {addr:#x} wraps around");
+            continue;
+        };
+        let end = end & !(PAGE - 1);
         if end <= start {
             continue;
         }
@@ -291,6 +298,22 @@ mod tests {
         mem.read_slice(&mut page, GuestAddress(FREE + 0x8_0000))
             .unwrap();
         assert!(page.iter().all(|&b| b == 0xaa), "read-only buffer dropped");
+    }
+
+    /// A report whose buffer wraps around the address space (the virtio_balloon fuzz
+    /// target's input) overflowed: a panic with overflow checks, a wrapped range
+    /// without them.
+    #[test]
+    fn reports_that_wrap_around_are_skipped() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap();
+        let q = MockSplitQueue::new(&mem, 16);
+        let chain = q
+            .build_desc_chain(&[
+                desc(0xffff_ffff_ffff_f000, 0x2000, true),
+                desc(u64::MAX - 10, 0x10, true),
+            ])
+            .unwrap();
+        assert_eq!(release(chain, &mem), 0);
     }
 
     #[test]

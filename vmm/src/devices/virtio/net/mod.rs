@@ -4,13 +4,12 @@
 
 mod tap;
 
-pub use tap::{Tap, TapError};
+pub use tap::{Tap, TapError, VNET_HDR_LEN};
 
-use super::{device_type, drain_queue, ActivateError, IrqTrigger, VirtioDevice, INT_VRING};
+use super::{device_type, drain_queue, ActivateError, Chain, IrqTrigger, VirtioDevice, INT_VRING};
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use std::io::{ErrorKind, Read, Write};
 use std::sync::Arc;
-use tap::VNET_HDR_LEN;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
@@ -21,7 +20,7 @@ const TX: usize = 1;
 const QUEUE_SIZES: &[u16] = &[256, 256];
 const VIRTIO_NET_F_MAC: u64 = 1 << 5;
 /// Largest frame plus header we move (64 KiB frame, as tap allows).
-const MAX_FRAME: usize = 65562;
+pub const MAX_FRAME: usize = 65562;
 const TAP_EVENT: u32 = 2;
 
 struct Active {
@@ -111,17 +110,7 @@ impl Net {
                 break;
             };
             let head = chain.head_index();
-            let frame = &self.rx_buf[..len];
-            let written = match chain.writer(&a.mem) {
-                Ok(mut w) if w.available_bytes() >= frame.len() => match w.write_all(frame) {
-                    Ok(()) => frame.len() as u32,
-                    Err(_) => 0,
-                },
-                _ => {
-                    tracing::debug!("guest rx buffer too small for a {}-byte frame", frame.len());
-                    0
-                }
-            };
+            let written = write_rx_frame(chain, &a.mem, &self.rx_buf[..len]);
             if rxq.add_used(&a.mem, head, written).is_err() {
                 break;
             }
@@ -140,15 +129,7 @@ impl Net {
         let tap = &mut self.tap;
         let buf = &mut self.tx_buf;
         let notify = drain_queue("virtio-net", &mut a.queues[TX], &a.mem, |chain, mem| {
-            let Ok(mut reader) = chain.reader(mem) else {
-                return 0;
-            };
-            let len = reader.available_bytes();
-            if !(VNET_HDR_LEN..=MAX_FRAME).contains(&len) {
-                tracing::debug!("dropping a {len}-byte tx frame");
-                return 0;
-            }
-            if reader.read_exact(&mut buf[..len]).is_ok() {
+            if let Some(len) = read_tx_frame(chain, mem, buf) {
                 if let Err(e) = tap.write_frame(&buf[..len]) {
                     tracing::debug!("tap write: {e}");
                 }
@@ -159,6 +140,35 @@ impl Net {
             a.irq.trigger(INT_VRING);
         }
     }
+}
+
+/// Writes `frame` (virtio-net header first) into the guest receive buffer `chain`
+/// whole; returns the bytes written, 0 when it does not fit.
+pub fn write_rx_frame(chain: Chain<'_>, mem: &GuestMemoryMmap, frame: &[u8]) -> u32 {
+    match chain.writer(mem) {
+        Ok(mut w) if w.available_bytes() >= frame.len() => match w.write_all(frame) {
+            Ok(()) => frame.len() as u32,
+            Err(_) => 0,
+        },
+        _ => {
+            tracing::debug!("guest rx buffer too small for a {}-byte frame", frame.len());
+            0
+        }
+    }
+}
+
+/// Copies the frame (virtio-net header first) the guest queued in `chain` into
+/// `buf`; returns its length, or `None` when the chain cannot be read or its length
+/// is outside `VNET_HDR_LEN..=MAX_FRAME` (or `buf` is shorter).
+pub fn read_tx_frame(chain: Chain<'_>, mem: &GuestMemoryMmap, buf: &mut [u8]) -> Option<usize> {
+    let mut reader = chain.reader(mem).ok()?;
+    let len = reader.available_bytes();
+    if !(VNET_HDR_LEN..=MAX_FRAME.min(buf.len())).contains(&len) {
+        tracing::debug!("dropping a {len}-byte tx frame");
+        return None;
+    }
+    reader.read_exact(&mut buf[..len]).ok()?;
+    Some(len)
 }
 
 impl VirtioDevice for Net {
@@ -228,5 +238,67 @@ impl MutEventSubscriber for Net {
                 tracing::error!("registering virtio-net event: {e}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
+    use virtio_queue::desc::{split::Descriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{Bytes, GuestAddress};
+
+    const BUF: u64 = 0x10_0000;
+
+    fn mem() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap()
+    }
+
+    fn desc(addr: u64, len: u32, write: bool) -> RawDescriptor {
+        let flags = if write { VRING_DESC_F_WRITE as u16 } else { 0 };
+        RawDescriptor::from(Descriptor::new(addr, len, flags, 0))
+    }
+
+    #[test]
+    fn tx_frames_are_read_across_descriptors_within_bounds() {
+        let mem = mem();
+        let frame: Vec<u8> = (0..72u8).collect();
+        mem.write_slice(&frame, GuestAddress(BUF)).unwrap();
+        let q = MockSplitQueue::new(&mem, 16);
+        let mut buf = vec![0u8; MAX_FRAME];
+        let chain = q
+            .build_desc_chain(&[desc(BUF, 12, false), desc(BUF + 12, 60, false)])
+            .unwrap();
+        assert_eq!(read_tx_frame(chain, &mem, &mut buf), Some(72));
+        assert_eq!(&buf[..72], &frame[..]);
+        // Shorter than the virtio-net header, longer than a frame, device-writable.
+        for d in [
+            desc(BUF, VNET_HDR_LEN as u32 - 1, false),
+            desc(BUF, MAX_FRAME as u32 + 1, false),
+            desc(BUF, 72, true),
+        ] {
+            let chain = q.build_desc_chain(&[d]).unwrap();
+            assert_eq!(read_tx_frame(chain, &mem, &mut buf), None);
+        }
+    }
+
+    #[test]
+    fn rx_frames_go_whole_or_not_at_all() {
+        let mem = mem();
+        let q = MockSplitQueue::new(&mem, 16);
+        let frame = vec![0x5a; 100];
+        let chain = q
+            .build_desc_chain(&[desc(BUF, 50, true), desc(BUF + 0x1000, 50, true)])
+            .unwrap();
+        assert_eq!(write_rx_frame(chain, &mem, &frame), 100);
+        let mut got = [0u8; 50];
+        mem.read_slice(&mut got, GuestAddress(BUF + 0x1000))
+            .unwrap();
+        assert_eq!(got, [0x5a; 50]);
+        let small = q.build_desc_chain(&[desc(BUF, 99, true)]).unwrap();
+        assert_eq!(write_rx_frame(small, &mem, &frame), 0);
+        let read_only = q.build_desc_chain(&[desc(BUF, 200, false)]).unwrap();
+        assert_eq!(write_rx_frame(read_only, &mem, &frame), 0);
     }
 }
