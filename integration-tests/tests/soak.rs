@@ -170,7 +170,7 @@ fn cgroup_dirs(dir: &Path) -> Vec<PathBuf> {
 #[test]
 fn pod_cycles_leave_nothing_behind_and_vmletd_memory_flat() {
     const WARM_UP: usize = 3;
-    let cycles = count("VMLET_SOAK_CYCLES", 20).max(WARM_UP + 1);
+    let cycles = count("VMLET_SOAK_CYCLES", 12).max(WARM_UP + 1);
     let (registry, image) = busybox_registry("busybox:soak");
     let net = Net::new(None);
     let d = net.daemon(&registry, &image);
@@ -229,8 +229,8 @@ fn pod_cycles_leave_nothing_behind_and_vmletd_memory_flat() {
 /// container's log counts up without a gap or a repeat.
 #[test]
 fn repeated_kill_9_of_vmletd_loses_no_pod_and_no_log_line() {
-    let restarts = count("VMLET_SOAK_RESTARTS", 4);
-    let pods = count("VMLET_SOAK_PODS", 6);
+    let restarts = count("VMLET_SOAK_RESTARTS", 3);
+    let pods = count("VMLET_SOAK_PODS", 5);
     let (registry, image) = busybox_registry("busybox:soak");
     let net = Net::new(None);
     let mut d = net.daemon(&registry, &image);
@@ -322,7 +322,7 @@ fn repeated_kill_9_of_vmletd_loses_no_pod_and_no_log_line() {
     ));
 }
 
-/// `VMLET_SOAK_BURST` RunPodSandbox calls at once (10 in the suite, 30 in
+/// `VMLET_SOAK_BURST` RunPodSandbox calls at once (8 in the suite, 30 in
 /// `scripts/soak.sh`), each with a kubelet's pod config: each one
 /// succeeds, queued behind `vm.max_concurrent_boots` (one at a time inside the emulated
 /// TCG machine: nested guests booting at once crash that machine's own kernel); every
@@ -330,7 +330,7 @@ fn repeated_kill_9_of_vmletd_loses_no_pod_and_no_log_line() {
 /// nothing is left.
 #[test]
 fn a_burst_of_concurrent_run_pod_sandbox_calls_all_succeed() {
-    let burst = count("VMLET_SOAK_BURST", 10);
+    let burst = count("VMLET_SOAK_BURST", 8);
     // The calls queue for the boots: the last one waits for all the others. A boot
     // takes up to 40 s inside a loaded emulated machine with 30 pods running.
     let deadline = Duration::from_secs((40 * burst as u64).max(300));
