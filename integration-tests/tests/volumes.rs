@@ -151,6 +151,31 @@ impl Drop for KubeletPod {
     }
 }
 
+/// A tmpfs mounted on the host for a test, unmounted when dropped.
+struct Submount(PathBuf);
+
+impl Submount {
+    fn tmpfs(at: &Path) -> Submount {
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "vmlet-e2e-submount"])
+            .arg(at)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mount a tmpfs on {}", at.display());
+        Submount(at.to_owned())
+    }
+}
+
+impl Drop for Submount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
 fn mount(host: PathBuf, container: &str, readonly: bool) -> v1::Mount {
     v1::Mount {
         container_path: container.into(),
@@ -506,6 +531,12 @@ fn host_paths_are_shared_live_through_virtio_fs() {
     std::fs::write(host.path().join("single"), "one-file").unwrap();
     // The files a non-root container writes in a hostPath are its to make.
     std::fs::set_permissions(&rw, std::fs::Permissions::from_mode(0o777)).unwrap();
+    // A host submount below the writable hostPath: a recursively read-only mount of
+    // the same path must not let a container write in it.
+    let sub = rw.join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    let _submount = Submount::tmpfs(&sub);
+    std::fs::write(sub.join("inner"), "in-a-submount").unwrap();
 
     // Without the annotation the pod has no shared file system: refused, saying how.
     let plain_cfg = pod_config("no-share", &d.log_dir());
@@ -533,6 +564,8 @@ fn host_paths_are_shared_live_through_virtio_fs() {
         cat /data-ro/config; echo
         cat /single; echo
         touch /data-ro/x 2>&1 | grep -o 'Read-only file system'
+        cat /data-rro/sub/inner; echo
+        touch /data-rro/sub/x 2>&1 | grep -o 'Read-only file system'
         echo from-the-guest > /data/note
         i=0; while [ ! -f /data/reply ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
         cat /data/reply; echo
@@ -543,6 +576,10 @@ fn host_paths_are_shared_live_through_virtio_fs() {
         mount(ro.clone(), "/data-ro", true),
         mount(rw.clone(), "/data", false),
         mount(host.path().join("single"), "/single", true),
+        v1::Mount {
+            recursive_read_only: true,
+            ..mount(rw.clone(), "/data-rro", true)
+        },
     ];
     let id = c
         .create(&pod, cfg.clone(), &pod_cfg)
@@ -553,7 +590,7 @@ fn host_paths_are_shared_live_through_virtio_fs() {
     });
     std::fs::write(rw.join("reply"), "from-the-host-again").unwrap();
     wait_for("the host's write reaches the guest", WAIT, || {
-        stdout(&d, "shared").len() >= 4
+        stdout(&d, "shared").len() >= 6
     });
     assert_eq!(
         stdout(&d, "shared"),
@@ -561,9 +598,12 @@ fn host_paths_are_shared_live_through_virtio_fs() {
             "from-the-host",
             "one-file",
             "Read-only file system",
+            "in-a-submount",
+            "Read-only file system",
             "from-the-host-again"
         ]
     );
+    assert!(!sub.join("x").exists());
     let info = c.status_info(&id).unwrap();
     assert!(
         info["mounts"]
@@ -583,8 +623,17 @@ fn host_paths_are_shared_live_through_virtio_fs() {
     let r = c.exec(&id, &["cat", "/data/later"], 60).expect("ExecSync");
     assert_eq!(String::from_utf8_lossy(&r.stdout), "after-restart");
 
-    // Removal ends virtiofsd and unbinds everything; the host's data stays.
+    // Removal ends virtiofsd and unbinds everything; the host's data stays, and so
+    // does the host's own mount below a shared path.
     c.remove_pod(&pod).expect("RemovePodSandbox");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        mounts
+            .lines()
+            .any(|l| l.split(' ').nth(4) == Some(&*sub.to_string_lossy())),
+        "the host's submount {} went with the pod",
+        sub.display()
+    );
     assert!(
         virtiofsd_pids().is_empty(),
         "virtiofsd left: {:?}",

@@ -180,7 +180,23 @@ impl Share {
             "bind {} at {}",
             host.display(),
             target.display()
-        )));
+        )))
+        // A slave of the host's mounts: new host mounts below the path still reach the
+        // share, and its unmount at teardown (recursive) cannot propagate back and
+        // unmount the host's own submounts, as it would from a shared peer.
+        .and_then(|()| {
+            mount(
+                None::<&str>,
+                &target,
+                None::<&str>,
+                MsFlags::MS_SLAVE | MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .map_err(io(format!("make {} a slave mount", target.display())))
+            .inspect_err(|_| {
+                let _ = umount2(&target, MntFlags::MNT_DETACH);
+            })
+        });
         if bound.is_err() {
             remove_placeholder(&target);
         }
