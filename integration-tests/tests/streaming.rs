@@ -186,6 +186,42 @@ fn kubectl_exec_runs_in_the_pod_over_spdy_and_websocket() {
         std::thread::sleep(Duration::from_millis(500));
     }
 
+    // A session on a container that is stopped ends with an error; a new one is
+    // refused with the runtime's reason.
+    let kubectl = tokio.block_on(async {
+        api.kubectl(Transport::WebSocket)
+            .args(["exec", "p", "--", "sleep", "4322"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    });
+    let start = Instant::now();
+    while processes(&c, &id, "sleep 4322").is_empty() {
+        assert!(start.elapsed() < KUBECTL, "the exec never started");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    c.stop(&id, 2).expect("StopContainer");
+    let out = tokio
+        .block_on(tokio::time::timeout(KUBECTL, kubectl.wait_with_output()))
+        .expect("the session outlived its container")
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "exec on a stopped container: {:?} {}",
+        out.status,
+        text(&out.stderr)
+    );
+    for t in [Transport::Spdy, Transport::WebSocket] {
+        let out = tokio.block_on(api.run(t, &["exec", "p", "--", "true"], b"", KUBECTL));
+        assert!(
+            !out.status.success() && text(&out.stderr).contains("needs a running container"),
+            "{t:?} exec into a stopped container: {:?} {}",
+            out.status,
+            text(&out.stderr)
+        );
+    }
+
     c.stop_pod(&pod).expect("StopPodSandbox");
     c.remove_pod(&pod).expect("RemovePodSandbox");
 }
