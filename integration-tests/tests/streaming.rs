@@ -203,7 +203,7 @@ fn kubectl_exec_runs_in_the_pod_over_spdy_and_websocket() {
     }
     c.stop(&id, 2).expect("StopContainer");
     let out = tokio
-        .block_on(tokio::time::timeout(KUBECTL, kubectl.wait_with_output()))
+        .block_on(async { tokio::time::timeout(KUBECTL, kubectl.wait_with_output()).await })
         .expect("the session outlived its container")
         .unwrap();
     assert!(
