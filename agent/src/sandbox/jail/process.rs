@@ -115,7 +115,8 @@ fn open_fd(path: &Path, flags: libc::c_int) -> Result<OwnedFd, SandboxError> {
 
 /// Starts `cmd` jailed as `spec` says, in the network namespace `netns` and the
 /// cgroup whose `cgroup.procs` is `cgroup_procs`. Returns the VMM's pid (in vmletd's
-/// PID namespace) once it has exec'd. Blocks until then (a few milliseconds).
+/// PID namespace) once it has exec'd. Blocks until then (a few milliseconds; a child
+/// that neither execs nor fails within [`EXEC_WAIT`] is killed, an error).
 pub fn spawn(
     cmd: &VmmCommand,
     spec: &JailSpec,
@@ -212,7 +213,25 @@ pub fn spawn(
     })?;
     drop(report_w);
     let mut report = [0u8; 8];
-    let got = read_report(&report_r, &mut report);
+    let Some(got) = read_report(&report_r, &mut report, EXEC_WAIT) else {
+        // The child is stuck before exec: it must not hold the boot (and this
+        // blocking thread) forever.
+        // SAFETY: kill(2) and waitpid(2) on our own child.
+        unsafe {
+            libc::kill(pid.as_raw(), libc::SIGKILL);
+            libc::waitpid(pid.as_raw(), std::ptr::null_mut(), 0);
+        }
+        return Err(SandboxError::Jail {
+            step: "exec of the VMM".into(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "the jailed child neither exec'd nor failed within {} s: killed",
+                    EXEC_WAIT.as_secs()
+                ),
+            ),
+        });
+    };
     if got < report.len() {
         return u32::try_from(pid.as_raw()).map_err(|_| SandboxError::VmmExited("bad pid".into()));
     }
@@ -237,10 +256,34 @@ pub fn spawn(
     })
 }
 
-/// Reads the child's report until EOF (exec closed the pipe) or a whole report.
-fn read_report(fd: &OwnedFd, buf: &mut [u8; 8]) -> usize {
+/// How long the child may take from clone to exec: a few milliseconds normally,
+/// seconds on a loaded emulated machine.
+const EXEC_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Reads the child's report until EOF (exec closed the pipe) or a whole report;
+/// `None` when neither came within `limit`.
+fn read_report(fd: &OwnedFd, buf: &mut [u8; 8], limit: std::time::Duration) -> Option<usize> {
+    let end = std::time::Instant::now() + limit;
     let mut got = 0;
     while got < buf.len() {
+        let left = end.saturating_duration_since(std::time::Instant::now());
+        let mut pfd = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = libc::c_int::try_from(left.as_millis()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: one valid pollfd.
+        match unsafe { libc::poll(&mut pfd, 1, ms) } {
+            0 => return None,
+            n if n < 0 => {
+                if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                break;
+            }
+            _ => {}
+        }
         // SAFETY: reads into the unfilled rest of `buf`.
         let n = unsafe {
             libc::read(
@@ -256,7 +299,7 @@ fn read_report(fd: &OwnedFd, buf: &mut [u8; 8]) -> usize {
             _ => break,
         }
     }
-    got
+    Some(got)
 }
 
 /// Waits until the jailed VMM `pid` (vmletd's child, not tokio's) has exited, and
@@ -590,4 +633,38 @@ fn signals() -> Result<(), i32> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn pipe() -> (OwnedFd, OwnedFd) {
+        let mut p = [-1; 2];
+        // SAFETY: `p` has room for the two descriptors.
+        assert_eq!(unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: both are fresh and ours.
+        unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) }
+    }
+
+    #[test]
+    fn a_report_an_exec_and_a_stuck_child_are_told_apart() {
+        // A failed step: a whole report.
+        let (r, w) = pipe();
+        let mut f = std::fs::File::from(w);
+        std::io::Write::write_all(&mut f, &[1, 0, 0, 0, 2, 0, 0, 0]).unwrap();
+        let mut buf = [0u8; 8];
+        assert_eq!(read_report(&r, &mut buf, Duration::from_secs(5)), Some(8));
+        assert_eq!(buf, [1, 0, 0, 0, 2, 0, 0, 0]);
+        // The exec closed the pipe: end of file, nothing read.
+        let (r, w) = pipe();
+        drop(w);
+        assert_eq!(read_report(&r, &mut buf, Duration::from_secs(5)), Some(0));
+        // A child that neither writes nor execs: given up at the limit.
+        let (r, _w) = pipe();
+        let start = std::time::Instant::now();
+        assert_eq!(read_report(&r, &mut buf, Duration::from_millis(300)), None);
+        assert!(start.elapsed() >= Duration::from_millis(300));
+    }
 }
