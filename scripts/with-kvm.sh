@@ -40,7 +40,8 @@ readonly DEFAULT_TMPFS=(/tmp /var/tmp /run /var/lib/vmlet /var/lib/containerd)
 # Exit codes of the wrapper itself (as timeout(1) and env(1) use them).
 readonly EXIT_TIMEOUT=124 EXIT_FAILURE=125
 # The TCG machine's stage 2 writes a heartbeat line to its console this often; a
-# machine whose console stayed silent for LOST_AFTER seconds before a timeout is lost.
+# machine whose console stays silent for LOST_AFTER seconds is lost (and is stopped
+# then: watch_heartbeat).
 readonly HEARTBEAT_SECS=10 LOST_AFTER=120
 # Console lines of the machine's own kernel that mean the emulation failed.
 readonly EMULATION_FAULTS='Kernel panic - not syncing|soft lockup - CPU#|stack guard page was hit'
@@ -565,6 +566,24 @@ emulation_fault() { # CONSOLE TIMED-OUT
     return 0
 }
 
+# Stops the machine of qemu (or of timeout(1) running it) PID when its console stays
+# silent for LOST_AFTER seconds before the command reported its status: the
+# heartbeat stopped, the machine is lost. It is stopped then, not at the end of
+# --timeout, and RUN-DIR/lost says why it ended.
+watch_heartbeat() { # PID RUN-DIR
+    local pid=$1 dir=$2 silent
+    while kill -0 "$pid" 2>/dev/null; do
+        sleep "$HEARTBEAT_SECS"
+        [[ -s $dir/status ]] && return 0
+        silent=$(($(date +%s) - $(stat -c %Y "$dir/console.log" 2>/dev/null || date +%s)))
+        if ((silent >= LOST_AFTER)); then
+            : >"$dir/lost"
+            pkill -KILL -P "$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+            return 0
+        fi
+    done
+}
+
 # Records a nested guest's triple fault (NESTED_TRIPLE_FAULT) in the output of a
 # command that failed, as the emulation's fault, in --fault-file.
 nested_triple_fault() { # RUN-DIR
@@ -755,9 +774,23 @@ run_tcg() {
         child_pids+=("$tail_con")
     fi
 
+    # Its own stdio: a sleep it leaves behind must not hold the caller's pipe open.
+    watch_heartbeat "$qemu_pid" "$run_dir" </dev/null >/dev/null 2>&1 &
+    local watchdog=$!
+    child_pids+=("$watchdog")
+
     wait "$qemu_pid" || qemu_rc=$?
+    kill "$watchdog" 2>/dev/null || true
     wait "$tail_out" "$tail_err" $tail_con || true
     debug "machine ran $((SECONDS - start))s, qemu exit $qemu_rc"
+
+    if [[ -f $run_dir/lost ]]; then
+        echo "$PROG: error: the TCG machine stopped answering (no heartbeat for ${LOST_AFTER}s): killed after $((SECONDS - start))s" >&2
+        emulation_fault "$run_dir/console.log" 1 || true
+        echo "    console tail:" >&2
+        { grep -av '^with-kvm heartbeat' "$run_dir/console.log" || true; } | tail -n 15 | sed 's/^/    /' >&2
+        exit "$EXIT_FAILURE"
+    fi
 
     local status
     status=$(head -c 64 "$run_dir/status" | tr -d '\r\n')
