@@ -82,16 +82,6 @@ declare -A e2e_limits=(
 # killed, a nested guest's panic, or a test that hangs in a machine that still runs
 # are failures. Every retry is printed with its cause and counted.
 readonly E2E_ATTEMPTS=3
-# In the TCG machine a nested guest runs 20-50 times slower than on hardware, and its
-# timing swings with the host's load: a test can fail on its own account there (a boot
-# that never ends, a guest that stops answering under memory pressure) and pass when run
-# again. Such a failure gets one more attempt, at most E2E_OWN_RETRIES times in one run;
-# it is printed with its test's output and listed as flaky in the summary, and a test that
-# fails twice fails the suite. On hardware KVM there is no second attempt.
-readonly E2E_OWN_RETRIES=3
-own_retries=0
-flaky=()
-e2e_mode=$(scripts/with-kvm.sh --print-mode)
 # Nested guest triple faults (with-kvm.sh's NESTED_TRIPLE_FAULT) are retried like the
 # machine's own failures, but more than this many in one run fail the suite: then
 # they are too frequent to be the emulation's noise.
@@ -122,7 +112,7 @@ problems=()
 declare -A ignored_ids=()
 
 run_e2e_test() { # BINARY ID TEST-NAME; 0 when it passed
-    local bin=$1 id=$2 name=$3 limit attempt status base cause own_failure=
+    local bin=$1 id=$2 name=$3 limit attempt status base cause
     limit=${e2e_limits[$id]:-$E2E_LIMIT}
     for ((attempt = 1; attempt <= E2E_ATTEMPTS; attempt++)); do
         base=$e2e_logs/$id.$attempt
@@ -136,7 +126,6 @@ run_e2e_test() { # BINARY ID TEST-NAME; 0 when it passed
         if [ "$status" = 0 ]; then
             # `--exact` that matches nothing passes too: the test must have run.
             if grep -q '^test result: ok\. 1 passed; 0 failed' "$base.out"; then
-                if [ -n "$own_failure" ]; then flaky+=("$id: $own_failure"); fi
                 return 0
             fi
             echo "=== $id: exit status 0 but the test did not run (no '1 passed')" >&2
@@ -144,15 +133,8 @@ run_e2e_test() { # BINARY ID TEST-NAME; 0 when it passed
         fi
         cause=$(head -n1 "$base.fault" 2>/dev/null || true)
         if [ -z "$cause" ]; then
-            if [ "$e2e_mode" != tcg ] || [ -n "$own_failure" ] || ((attempt == E2E_ATTEMPTS)) ||
-                ((own_retries >= E2E_OWN_RETRIES)); then
-                echo "=== $id failed (status $status)" >&2
-                return 1
-            fi
-            own_retries=$((own_retries + 1))
-            own_failure="attempt $attempt failed (status $status; output: $base.out)"
-            echo "=== $id failed (status $status) in the TCG machine; one more attempt ($own_retries of $E2E_OWN_RETRIES in this run)" >&2
-            continue
+            echo "=== $id failed (status $status)" >&2
+            return 1
         fi
         if ((attempt == E2E_ATTEMPTS)); then
             echo "=== $id: the emulated machine failed in all $E2E_ATTEMPTS attempts, last: $cause" >&2
@@ -217,7 +199,6 @@ fi
 echo "=== end-to-end tests ($listed listed):" >&2
 echo "$passed passed, ${#failed[@]} failed, $retried retried" >&2
 if [ "${#retries[@]}" -gt 0 ]; then printf '    retried: %s\n' "${retries[@]}" >&2; fi
-if [ "${#flaky[@]}" -gt 0 ]; then printf '    flaky (failed, then passed): %s\n' "${flaky[@]}" >&2; fi
 if [ "${#failed[@]}" -gt 0 ]; then printf '    failed: %s\n' "${failed[@]}" >&2; fi
 if [ "${#problems[@]}" -gt 0 ]; then printf '    suite: %s\n' "${problems[@]}" >&2; fi
 if [ "${#failed[@]}" -gt 0 ] || [ "${#problems[@]}" -gt 0 ]; then exit 1; fi
