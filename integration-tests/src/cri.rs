@@ -829,6 +829,14 @@ impl Vmletd {
         lock(&self.expected).exits.push(what.to_owned());
     }
 
+    /// The pid of pod `id`'s VMM, from the daemon's record of the pod.
+    pub fn vmm_pid_of(&self, id: &str) -> u32 {
+        let text = std::fs::read_to_string(self.state_dir().join("pods").join(id).join("pod.json"))
+            .expect("pod record");
+        let v: serde_json::Value = serde_json::from_str(&text).expect("pod record JSON");
+        v["vmm_pid"].as_u64().expect("vmm_pid") as u32
+    }
+
     /// Pids of the VMMs running under this daemon's runtime directory.
     pub fn vmm_pids(&self) -> Vec<u32> {
         let needle = self.run_dir().display().to_string();

@@ -1277,10 +1277,7 @@ fn stats_and_resource_updates() {
 
 /// The VMM pid of a pod, from its record.
 fn c_status_pid(d: &Vmletd, pod: &str) -> u32 {
-    let text = std::fs::read_to_string(d.state_dir().join("pods").join(pod).join("pod.json"))
-        .expect("pod record");
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    v["vmm_pid"].as_u64().expect("vmm_pid") as u32
+    d.vmm_pid_of(pod)
 }
 
 /// Ends process `pid` by `signal` as a crash would, and waits until it is gone. Rust's

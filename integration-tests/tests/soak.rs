@@ -106,14 +106,6 @@ fn rss_kib_and_fds(pid: u32) -> (u64, usize) {
     (rss, fds)
 }
 
-/// The pid of pod `id`'s VMM, from vmletd's record of the pod.
-fn vmm_pid(d: &Vmletd, id: &str) -> u32 {
-    let text = std::fs::read_to_string(d.state_dir().join("pods").join(id).join("pod.json"))
-        .expect("pod record");
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    v["vmm_pid"].as_u64().expect("vmm_pid") as u32
-}
-
 /// Everything a pod could leave on the host, none of it left: VMMs and virtiofsd
 /// processes, pod directories, mounts below the daemon's directories, host cgroups,
 /// and (through `net`) addresses, namespaces, veths and iptables rules.
@@ -379,7 +371,7 @@ fn a_burst_of_concurrent_run_pod_sandbox_calls_all_succeed() {
     for p in &ready {
         let status = c.pod_status(&p.id).unwrap();
         let info = &status.info["info"];
-        let pid = vmm_pid(&d, &p.id);
+        let pid = d.vmm_pid_of(&p.id);
         assert!(
             vmms.contains(&pid),
             "pod {} is Ready, its VMM {pid} is gone",
