@@ -267,15 +267,20 @@ fn read_report(fd: &OwnedFd, buf: &mut [u8; 8], limit: std::time::Duration) -> O
     let mut got = 0;
     while got < buf.len() {
         let left = end.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return None;
+        }
         let mut pfd = libc::pollfd {
             fd: fd.as_raw_fd(),
             events: libc::POLLIN,
             revents: 0,
         };
-        let ms = libc::c_int::try_from(left.as_millis()).unwrap_or(libc::c_int::MAX);
+        // Rounded up: poll may return at the whole millisecond before `end`, and
+        // the loop then asks again rather than giving up early.
+        let ms = libc::c_int::try_from(left.as_micros().div_ceil(1000)).unwrap_or(libc::c_int::MAX);
         // SAFETY: one valid pollfd.
         match unsafe { libc::poll(&mut pfd, 1, ms) } {
-            0 => return None,
+            0 => continue,
             n if n < 0 => {
                 if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
                     continue;
