@@ -103,6 +103,7 @@ if [ "${#e2e_bins[@]}" != "${#e2e_sources[@]}" ]; then
     exit 1
 fi
 
+e2e_started=$SECONDS
 passed=0
 failed=()
 retried=0
@@ -111,8 +112,15 @@ listed=0
 problems=()
 declare -A ignored_ids=()
 
+# Why the last run_e2e_test failed, in one line for the summary: the CI log may keep
+# only the end of the output.
+fail_reason=
+# "SECONDS ID" of every test (all attempts), for the slowest in the summary.
+durations=()
+
 run_e2e_test() { # BINARY ID TEST-NAME; 0 when it passed
     local bin=$1 id=$2 name=$3 limit attempt status base cause
+    fail_reason=
     limit=${e2e_limits[$id]:-$E2E_LIMIT}
     for ((attempt = 1; attempt <= E2E_ATTEMPTS; attempt++)); do
         base=$e2e_logs/$id.$attempt
@@ -128,16 +136,21 @@ run_e2e_test() { # BINARY ID TEST-NAME; 0 when it passed
             if grep -q '^test result: ok\. 1 passed; 0 failed' "$base.out"; then
                 return 0
             fi
-            echo "=== $id: exit status 0 but the test did not run (no '1 passed')" >&2
+            fail_reason="exit status 0 but the test did not run (no '1 passed')"
+            echo "=== $id: $fail_reason" >&2
             return 1
         fi
         cause=$(head -n1 "$base.fault" 2>/dev/null || true)
         if [ -z "$cause" ]; then
-            echo "=== $id failed (status $status)" >&2
+            # The panic's place and the first line of its message.
+            fail_reason=$(grep -m1 -A1 ' panicked at ' "$base.out" | tr '\n' ' ' | cut -c1-400 || true)
+            fail_reason="status $status${fail_reason:+: $fail_reason} (console: $base.console)"
+            echo "=== $id failed: $fail_reason" >&2
             return 1
         fi
         if ((attempt == E2E_ATTEMPTS)); then
-            echo "=== $id: the emulated machine failed in all $E2E_ATTEMPTS attempts, last: $cause" >&2
+            fail_reason="the emulated machine failed in all $E2E_ATTEMPTS attempts, last: $cause"
+            echo "=== $id: $fail_reason" >&2
             return 1
         fi
         if [[ $cause == "nested guest triple fault:"* ]]; then
@@ -176,11 +189,13 @@ for bin in "${e2e_bins[@]}"; do
             continue
         fi
         step "$id"
+        started=$SECONDS
         if run_e2e_test "$bin" "$id" "$name"; then
             passed=$((passed + 1))
         else
-            failed+=("$id")
+            failed+=("$id: $fail_reason")
         fi
+        durations+=("$((SECONDS - started)) $id")
     done
 done
 ran=$((passed + ${#failed[@]}))
@@ -196,11 +211,13 @@ if [ "$ran" != $((listed - allowed)) ]; then
     problems+=("$ran end-to-end tests ran of $listed listed ($allowed allowed to be ignored)")
 fi
 
-echo "=== end-to-end tests ($listed listed):" >&2
+echo "=== end-to-end tests ($listed listed, $(((SECONDS - e2e_started) / 60)) min):" >&2
 echo "$passed passed, ${#failed[@]} failed, $retried retried" >&2
+echo "    slowest:" >&2
+printf '%s\n' "${durations[@]}" | sort -rn | head -n 8 | sed 's/^\([0-9]*\) /      \1 s  /' >&2
 if [ "${#retries[@]}" -gt 0 ]; then printf '    retried: %s\n' "${retries[@]}" >&2; fi
 if [ "${#failed[@]}" -gt 0 ]; then printf '    failed: %s\n' "${failed[@]}" >&2; fi
 if [ "${#problems[@]}" -gt 0 ]; then printf '    suite: %s\n' "${problems[@]}" >&2; fi
 if [ "${#failed[@]}" -gt 0 ] || [ "${#problems[@]}" -gt 0 ]; then exit 1; fi
 [ "$passed" -gt 0 ] || { echo "no end-to-end test ran" >&2; exit 1; }
-step "all tests passed"
+step "all tests passed in $((SECONDS / 60)) min"
