@@ -569,14 +569,23 @@ fn drop_bounding_set() -> Result<(), i32> {
     Ok(())
 }
 
+/// Raw system calls, not glibc's wrappers: those apply the change to every thread of
+/// the process (the setxid broadcast), walking glibc's thread list under a lock. The
+/// child is a clone of multi-threaded vmletd: the list names the parent's threads and
+/// the lock may have been held by one of them at the clone, so the wrapper can wait
+/// forever. The child has a single thread; the kernel calls change just that one.
 fn switch_ids(uid: libc::uid_t, gid: libc::gid_t) -> Result<(), i32> {
     // SAFETY: `gid` lives across setgroups; the others take integers only. A root
     // process that sets all its uids to a non-zero one loses its permitted and
     // effective capabilities (no SECBIT_KEEP_CAPS).
     unsafe {
-        check(libc::setgroups(1, &gid).into())?;
-        check(libc::setresgid(gid, gid, gid).into())?;
-        check(libc::setresuid(uid, uid, uid).into())
+        check(libc::syscall(
+            libc::SYS_setgroups,
+            1usize,
+            &gid as *const libc::gid_t,
+        ))?;
+        check(libc::syscall(libc::SYS_setresgid, gid, gid, gid))?;
+        check(libc::syscall(libc::SYS_setresuid, uid, uid, uid))
     }
 }
 
@@ -651,6 +660,72 @@ mod tests {
         assert_eq!(unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
         // SAFETY: both are fresh and ours.
         unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) }
+    }
+
+    /// The child drops its ids while other threads of the parent come and go (and take
+    /// glibc's thread-list lock): it must never wait on the parent's threads.
+    #[test]
+    fn a_cloned_child_switches_ids_while_the_parent_starts_threads() {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let churn = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::spawn(|| {}).join().unwrap();
+                }
+            })
+        };
+        // SAFETY: geteuid takes no argument.
+        let root = unsafe { libc::geteuid() } == 0;
+        let mut stack = vec![0u8; STACK_BYTES];
+        for _ in 0..200 {
+            let child = Box::new(|| {
+                let code = match switch_ids(65534, 65534) {
+                    Ok(()) => 0,
+                    Err(e) => e,
+                };
+                // SAFETY: ends the child without running the parent's exit code.
+                unsafe { libc::_exit(code) }
+            });
+            // SAFETY: the child only makes system calls and ends in _exit.
+            let pid = unsafe {
+                nix::sched::clone(
+                    child,
+                    &mut stack,
+                    nix::sched::CloneFlags::empty(),
+                    Some(libc::SIGCHLD),
+                )
+            }
+            .unwrap();
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            let status = loop {
+                let mut status = 0;
+                // SAFETY: waits for our own child.
+                let r = unsafe { libc::waitpid(pid.as_raw(), &mut status, libc::WNOHANG) };
+                if r == pid.as_raw() {
+                    break status;
+                }
+                if std::time::Instant::now() > deadline {
+                    // SAFETY: kill(2) and waitpid(2) on our own child.
+                    unsafe {
+                        libc::kill(pid.as_raw(), libc::SIGKILL);
+                        libc::waitpid(pid.as_raw(), std::ptr::null_mut(), 0);
+                    }
+                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                    panic!("the cloned child hung in switch_ids");
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            };
+            assert!(libc::WIFEXITED(status), "child status {status:#x}");
+            let code = libc::WEXITSTATUS(status);
+            if root {
+                assert_eq!(code, 0, "switch_ids failed with errno {code}");
+            } else {
+                assert_eq!(code, libc::EPERM, "unprivileged switch_ids: errno {code}");
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        churn.join().unwrap();
     }
 
     #[test]
