@@ -141,6 +141,14 @@ impl CriClient {
             .collect()
     }
 
+    /// The whole Status answer: conditions, runtime handlers and features.
+    pub fn runtime_status(&self) -> v1::StatusResponse {
+        let mut c = self.runtime.clone();
+        self.block_on(c.status(req(v1::StatusRequest { verbose: false })))
+            .expect("Status")
+            .into_inner()
+    }
+
     /// vmletd's warm pool as verbose Status shows it (`target`, `ready`, `booting`, and
     /// `failed`: warm VMs that failed the pod they were handed to, which vmletd then
     /// replaced by a fresh boot).
@@ -725,6 +733,21 @@ impl Vmletd {
     /// Runtime directory.
     pub fn run_dir(&self) -> PathBuf {
         self.dir.path().join("run")
+    }
+
+    /// Runs `script` in pod `pod`'s guest itself (not in a container), through its
+    /// guest agent; returns its stdout, trimmed. Panics if the script fails.
+    pub fn in_guest(&self, pod: &str, script: &str) -> String {
+        let vsock = self.run_dir().join("pods").join(pod).join("vsock");
+        let agent = crate::agent::GuestAgent::connect(&vsock).expect("connect to the guest");
+        let r = agent.run(script);
+        assert_eq!(
+            r.exit_code,
+            0,
+            "{script}: {:?}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+        String::from_utf8_lossy(&r.stdout).trim().to_string()
     }
 
     /// Where tests put pod logs.

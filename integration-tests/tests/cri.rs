@@ -8,7 +8,6 @@
 use std::time::Duration;
 
 use tonic::Code;
-use vmlet_integration_tests::agent::GuestAgent;
 use vmlet_integration_tests::cri::{
     busybox_registry, container_config, parse_log, pod_config, v1, vmletd_binary, CriClient,
     LogEntry, Vmletd,
@@ -958,20 +957,6 @@ fn each_pod_gets_a_host_cgroup_with_its_limits() {
     assert!(c.list_pods(None).is_empty());
 }
 
-/// Runs `script` in the pod's guest itself (not in a container); returns its stdout.
-fn in_guest(d: &Vmletd, pod: &str, script: &str) -> String {
-    let vsock = d.run_dir().join("pods").join(pod).join("vsock");
-    let agent = GuestAgent::connect(&vsock).expect("connect to the guest");
-    let r = agent.run(script);
-    assert_eq!(
-        r.exit_code,
-        0,
-        "{script}: {:?}",
-        String::from_utf8_lossy(&r.stderr)
-    );
-    String::from_utf8_lossy(&r.stdout).trim().to_string()
-}
-
 fn cpu_ns(s: &v1::ContainerStats) -> u64 {
     s.cpu
         .as_ref()
@@ -1208,11 +1193,7 @@ fn stats_and_resource_updates() {
     c.update_resources(&burn, quota(10_000))
         .expect("UpdateContainerResources");
     let cgroup = |id: &str, file: &str| {
-        in_guest(
-            d,
-            &pod,
-            &format!("cat /sys/fs/cgroup/containers/{id}/{file}"),
-        )
+        d.in_guest(&pod, &format!("cat /sys/fs/cgroup/containers/{id}/{file}"))
     };
     assert_eq!(cgroup(&burn, "cpu.max"), "10000 100000");
 

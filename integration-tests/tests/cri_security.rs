@@ -22,8 +22,10 @@ const DEFAULT_CAPS: &str = "00000000a80425fb";
 const ALL_CAPS: &str = "000001ffffffffff";
 
 const PASSWD: &[u8] =
-    b"root:x:0:0:root:/root:/bin/sh\nwww-data:x:33:33:www-data:/var/www:/bin/sh\n";
-const GROUP: &[u8] = b"root:x:0:\nwww-data:x:33:\nstaff:x:50:www-data\nweb:x:1004:\n";
+    b"root:x:0:0:root:/root:/bin/sh\nwww-data:x:33:33:www-data:/var/www:/bin/sh\n\
+nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n";
+const GROUP: &[u8] =
+    b"root:x:0:\nwww-data:x:33:\nstaff:x:50:www-data\nweb:x:1004:\nnogroup:x:65534:\n";
 
 /// A registry with the busybox image, its own users and groups, pushed as `tag`
 /// with image `User` `user`.
@@ -487,4 +489,337 @@ fn security_contexts_are_enforced_in_the_guest() {
         assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
         assert!(e.message().contains("namespace_options"), "{}", e.message());
     }
+}
+
+/// A pod's directory under the kubelet's root.
+const KUBELET_POD: &str = "pods/6b1f0e2a-3c4d-4e5f-8a9b-0c1d2e3f4a5b";
+
+/// A container config with the mounts a kubelet gives every container: its pod's
+/// `etc-hosts` and the container's termination log, laid out as the kubelet lays them
+/// out under `kubelet/pods/<uid>/`.
+fn with_kubelet_mounts(mut c: v1::ContainerConfig, kubelet: &Path) -> v1::ContainerConfig {
+    let name = c.metadata.as_ref().unwrap().name.clone();
+    let pod = kubelet.join(KUBELET_POD);
+    let log_dir = pod.join("containers").join(&name);
+    std::fs::create_dir_all(&log_dir).unwrap();
+    std::fs::write(
+        pod.join("etc-hosts"),
+        "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n10.88.0.9\tro-pod\n",
+    )
+    .unwrap();
+    let log = log_dir.join("5e7a1c2d");
+    std::fs::write(&log, "").unwrap();
+    // As the kubelet leaves it: any user of the container may write it.
+    std::fs::set_permissions(&log, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    let mount = |host: &Path, container: &str| v1::Mount {
+        host_path: host.display().to_string(),
+        container_path: container.into(),
+        ..Default::default()
+    };
+    c.mounts = vec![
+        mount(&pod.join("etc-hosts"), "/etc/hosts"),
+        mount(&log, "/dev/termination-log"),
+    ];
+    c
+}
+
+/// What standard CRI clients check beyond the security context: a read-only root that
+/// still has its writable mounts, a user named from the image, network administration
+/// inside the pod's own VM (with the capability for it, not without), a group without
+/// a user refused, and the features Status reports.
+#[test]
+fn read_only_roots_user_names_and_network_administration() {
+    let registry = TestRegistry::start().unwrap();
+    let plain = image(&registry, "ro:plain", "");
+    let kubelet = tempfile::tempdir().unwrap();
+    let d = Vmletd::start_with(
+        &["--insecure-registry", registry.addr()],
+        "[network]\nmode = \"none\"\n",
+    );
+    let c = d.client();
+    c.pull(&plain).expect("PullImage");
+
+    let status = c.runtime_status();
+    let handler = status.runtime_handlers[0].features.unwrap();
+    assert!(handler.recursive_read_only_mounts, "{status:?}");
+    assert!(handler.user_namespaces, "{status:?}");
+    assert!(status.features.unwrap().supplemental_groups_policy);
+
+    let mut pod_cfg = pod_config(&format!("ro-{}", "p".repeat(64)), &d.log_dir());
+    pod_cfg.hostname.clear();
+    pod_cfg.linux = Some(v1::LinuxPodSandboxConfig {
+        security_context: Some(v1::LinuxSandboxSecurityContext {
+            privileged: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let pod = c.run_pod(pod_cfg.clone()).expect("RunPodSandbox");
+
+    // A read-only root as the restricted profile's containers ask for it, as `nobody`
+    // from the image; its mounts and /dev/shm stay writable; no network administration
+    // with the default capabilities.
+    let script = "id -u; id -g; \
+        touch /in-root 2>&1 | grep -o 'Read-only file system'; \
+        grep ' / ' /proc/mounts | cut -d' ' -f4 | cut -d, -f1; \
+        echo x > /dev/shm/x && echo shm-written; \
+        grep -c ro-pod /etc/hosts; \
+        echo from-a-read-only-root > /dev/termination-log && echo log-written; \
+        brctl addbr br-ro 2>/dev/null && echo bridge || echo no-bridge";
+    let (out, s) = run(
+        &d,
+        &pod,
+        &pod_cfg,
+        with_kubelet_mounts(
+            with_security(
+                container_config("ro", &plain, script),
+                v1::LinuxContainerSecurityContext {
+                    readonly_rootfs: true,
+                    run_as_username: "nobody".into(),
+                    ..Default::default()
+                },
+            ),
+            kubelet.path(),
+        ),
+    );
+    assert_eq!(s.exit_code, 0, "{out:?}");
+    assert_eq!(
+        out,
+        [
+            "65534",
+            "65534",
+            "Read-only file system",
+            "ro",
+            "shm-written",
+            "1",
+            "log-written",
+            "no-bridge"
+        ]
+    );
+    let u = s.user.unwrap().linux.unwrap();
+    assert_eq!((u.uid, u.gid), (65534, 65534));
+    // The termination log reached the host file the kubelet reads.
+    let log = kubelet
+        .path()
+        .join(KUBELET_POD)
+        .join("containers/ro/5e7a1c2d");
+    assert_eq!(
+        std::fs::read_to_string(log).unwrap(),
+        "from-a-read-only-root\n"
+    );
+
+    // Bridges, veth pairs and VLANs in the pod's own VM: privileged, or with
+    // NET_ADMIN alone.
+    let admin = |n: &str| {
+        format!(
+            "brctl addbr br-{n} && echo bridge; \
+             ip link add v-{n} type veth && echo veth; \
+             ip link add link v-{n} name v-{n}.5 type vlan id 5 && echo vlan; \
+             [ -e /proc/net/ip_tables_names ] && echo iptables"
+        )
+    };
+    for (n, sc) in [
+        (
+            "priv",
+            v1::LinuxContainerSecurityContext {
+                privileged: true,
+                ..Default::default()
+            },
+        ),
+        (
+            "netadmin",
+            v1::LinuxContainerSecurityContext {
+                capabilities: caps(&["NET_ADMIN"], &["ALL"], &[]),
+                ..Default::default()
+            },
+        ),
+    ] {
+        let (out, _) = run(
+            &d,
+            &pod,
+            &pod_cfg,
+            with_security(container_config(n, &plain, &admin(n)), sc),
+        );
+        assert_eq!(out, ["bridge", "veth", "vlan", "iptables"], "{n}");
+    }
+
+    // A group without a user: refused as containerd refuses it, naming both fields.
+    let e = c
+        .create(
+            &pod,
+            with_security(
+                container_config("group-only", &plain, "true"),
+                v1::LinuxContainerSecurityContext {
+                    run_as_group: Some(v1::Int64Value { value: 3000 }),
+                    ..Default::default()
+                },
+            ),
+            &pod_cfg,
+        )
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(
+        e.message().contains("run_as_group") && e.message().contains("run_as_user"),
+        "{}",
+        e.message()
+    );
+    c.stop_pod(&pod).unwrap();
+    c.remove_pod(&pod).unwrap();
+}
+
+/// The namespace options a kubelet sends for a pod with `hostUsers: false` (and
+/// repeats on its containers): its user namespace maps 65536 ids at `host_id`.
+fn userns_options(host_id: u32) -> v1::NamespaceOption {
+    let range = v1::IdMapping {
+        host_id,
+        container_id: 0,
+        length: 65536,
+    };
+    v1::NamespaceOption {
+        network: v1::NamespaceMode::Pod as i32,
+        pid: v1::NamespaceMode::Container as i32,
+        ipc: v1::NamespaceMode::Pod as i32,
+        userns_options: Some(v1::UserNamespace {
+            mode: v1::NamespaceMode::Pod as i32,
+            uids: vec![range],
+            gids: vec![range],
+        }),
+        ..Default::default()
+    }
+}
+
+/// A pod with its own user namespace (`hostUsers: false`), as the kubelet sends it:
+/// its container is root inside and the mapped uid in the guest's initial namespace,
+/// sees its image's and its emptyDir's files with their owners, and so does an exec;
+/// mappings the kernel would refuse are refused with nothing left behind.
+#[test]
+fn user_namespaced_pods() {
+    let registry = TestRegistry::start().unwrap();
+    let plain = image(&registry, "userns:plain", "");
+    // Not on a tmpfs (the emulated machine's /tmp is one), so that the emptyDir is on
+    // the pod's disk, whose file system can be idmapped.
+    let kubelet = tempfile::Builder::new()
+        .prefix("kubelet-")
+        .tempdir_in("/var/lib")
+        .unwrap();
+    let cache = kubelet
+        .path()
+        .join(KUBELET_POD)
+        .join("volumes/kubernetes.io~empty-dir/cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    let d = Vmletd::start_with(
+        &["--insecure-registry", registry.addr()],
+        "[network]\nmode = \"none\"\n",
+    );
+    let c = d.client();
+    c.pull(&plain).expect("PullImage");
+
+    let sandbox_linux = |ns: v1::NamespaceOption| {
+        Some(v1::LinuxPodSandboxConfig {
+            security_context: Some(v1::LinuxSandboxSecurityContext {
+                namespace_options: Some(ns),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    };
+    let mut pod_cfg = pod_config("userns-web-7c9d8f6b5-q2w4e", &d.log_dir());
+    pod_cfg.linux = sandbox_linux(userns_options(131_072));
+    let pod = c.run_pod(pod_cfg.clone()).expect("RunPodSandbox");
+
+    let script = "id -u; id -g; awk '{print $1, $2, $3}' /proc/self/uid_map; \
+        stat -c '%u %g' /etc/passwd /bin; \
+        echo x > /cache/f && stat -c '%u %g' /cache /cache/f; \
+        touch /in-root && stat -c '%u' /in-root; \
+        echo ready; exec sleep 12345";
+    let mut cfg = with_security(
+        container_config("userns", &plain, script),
+        v1::LinuxContainerSecurityContext {
+            namespace_options: Some(userns_options(131_072)),
+            ..Default::default()
+        },
+    );
+    cfg.mounts = vec![v1::Mount {
+        host_path: cache.display().to_string(),
+        container_path: "/cache".into(),
+        ..Default::default()
+    }];
+    let id = c.create(&pod, cfg, &pod_cfg).expect("CreateContainer");
+    c.start(&id).expect("StartContainer");
+    let start = std::time::Instant::now();
+    while !stdout(&d, "userns").contains(&"ready".to_string()) {
+        assert!(
+            start.elapsed() < WAIT,
+            "never ready: {:?}",
+            stdout(&d, "userns")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        stdout(&d, "userns"),
+        [
+            "0",
+            "0",
+            "0 131072 65536",
+            "0 0",
+            "0 0",
+            "0 0",
+            "0 0",
+            "0",
+            "ready"
+        ]
+    );
+    let u = c.status(&id).unwrap().user.unwrap().linux.unwrap();
+    assert_eq!((u.uid, u.gid), (0, 0));
+    // From the guest's initial namespace: the mapped ids.
+    let outside = d.in_guest(
+        &pod,
+        "for p in /proc/[0-9]*; do \
+           [ \"$(tr '\\0' ' ' < $p/cmdline 2>/dev/null)\" = 'sleep 12345 ' ] && \
+           awk '/^Uid|^Gid/ {print $2}' $p/status; \
+         done; true",
+    );
+    assert_eq!(outside, "131072\n131072");
+    // An exec joins the container's user namespace.
+    let r = c
+        .exec(
+            &id,
+            &["sh", "-c", "id -u; awk '{print $2}' /proc/self/uid_map"],
+            60,
+        )
+        .expect("ExecSync");
+    assert_eq!(String::from_utf8_lossy(&r.stdout), "0\n131072\n");
+    c.stop(&id, 0).unwrap();
+    c.stop_pod(&pod).unwrap();
+    c.remove_pod(&pod).unwrap();
+
+    // Overlapping ranges, an empty one, and a mode the kubelet never sends.
+    let mut overlapping = userns_options(65536);
+    if let Some(u) = overlapping.userns_options.as_mut() {
+        u.uids.push(v1::IdMapping {
+            host_id: 100_000,
+            container_id: 70_000,
+            length: 10,
+        });
+    }
+    let mut empty = userns_options(65536);
+    if let Some(u) = empty.userns_options.as_mut() {
+        u.gids[0].length = 0;
+    }
+    let mut container_mode = userns_options(65536);
+    if let Some(u) = container_mode.userns_options.as_mut() {
+        u.mode = v1::NamespaceMode::Container as i32;
+    }
+    for (ns, why) in [
+        (overlapping, "overlaps"),
+        (empty, "empty range"),
+        (container_mode, "only POD"),
+    ] {
+        let mut cfg = pod_config("userns-bad", &d.log_dir());
+        cfg.linux = sandbox_linux(ns);
+        let e = c.run_pod(cfg).unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{why}: {e:?}");
+        assert!(e.message().contains(why), "{why}: {}", e.message());
+    }
+    assert!(c.list_pods(None).is_empty());
 }

@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use tonic::Code;
-use vmlet_integration_tests::agent::GuestAgent;
 use vmlet_integration_tests::cri::{
     busybox_registry, container_config, parse_log, pod_config, v1, Vmletd,
 };
@@ -270,20 +269,6 @@ fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     }
 }
 
-/// Runs `script` in the pod's guest itself; returns its stdout.
-fn in_guest(d: &Vmletd, pod: &str, script: &str) -> String {
-    let vsock = d.run_dir().join("pods").join(pod).join("vsock");
-    let agent = GuestAgent::connect(&vsock).expect("connect to the guest");
-    let r = agent.run(script);
-    assert_eq!(
-        r.exit_code,
-        0,
-        "{script}: {:?}",
-        String::from_utf8_lossy(&r.stderr)
-    );
-    String::from_utf8_lossy(&r.stdout).trim().to_string()
-}
-
 #[test]
 fn kubelet_volumes_reach_the_containers() {
     let (registry, image) = busybox_registry("busybox:volumes");
@@ -435,7 +420,7 @@ fn kubelet_volumes_reach_the_containers() {
     }
 
     // Bad mounts: each refused by name, nothing left in the guest.
-    let volumes_before = in_guest(&d, &pod, "ls /run/vmlet/volumes | sort");
+    let volumes_before = d.in_guest(&pod, "ls /run/vmlet/volumes | sort");
     let sock_dir = tempfile::tempdir().unwrap();
     let sock = sock_dir.path().join("s.sock");
     let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
@@ -485,7 +470,7 @@ fn kubelet_volumes_reach_the_containers() {
         );
     }
     assert_eq!(
-        in_guest(&d, &pod, "ls /run/vmlet/volumes | sort"),
+        d.in_guest(&pod, "ls /run/vmlet/volumes | sort"),
         volumes_before
     );
     assert_eq!(c.list(None).len(), 2);
@@ -702,7 +687,7 @@ fn image_volumes_mount_read_only_from_image_slots() {
         ids.push(id);
     }
     // Both containers share one guest volume; it goes with the last of them.
-    let listed = in_guest(&d, &pod, "ls /run/vmlet/volumes");
+    let listed = d.in_guest(&pod, "ls /run/vmlet/volumes");
     assert_eq!(
         listed.lines().filter(|l| l.starts_with("image-")).count(),
         1,
@@ -711,7 +696,7 @@ fn image_volumes_mount_read_only_from_image_slots() {
     for id in &ids {
         c.remove(id).expect("RemoveContainer");
     }
-    let listed = in_guest(&d, &pod, "ls /run/vmlet/volumes");
+    let listed = d.in_guest(&pod, "ls /run/vmlet/volumes");
     assert!(!listed.contains("image-"), "{listed}");
     // A writable image volume is refused by name.
     let mut cfg = container_config("writer", &image, "true");

@@ -134,6 +134,24 @@ fn guest_spec(
         privileged: c.security.privileged,
         masked_paths: applied.masked_paths.clone(),
         readonly_paths: applied.readonly_paths.clone(),
+        uid_mappings: applied
+            .userns
+            .iter()
+            .flat_map(|u| u.uids.iter().map(guest_id_mapping))
+            .collect(),
+        gid_mappings: applied
+            .userns
+            .iter()
+            .flat_map(|u| u.gids.iter().map(guest_id_mapping))
+            .collect(),
+    }
+}
+
+fn guest_id_mapping(m: &vmlet_cri::runtime::IdMap) -> pb::IdMapping {
+    pb::IdMapping {
+        container_id: m.container_id,
+        host_id: m.host_id,
+        length: m.length,
     }
 }
 

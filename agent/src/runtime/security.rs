@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use vmlet_cri::runtime::{
-    CapabilitiesConfig, ContainerConfig, PodConfig, SeccompProfile, ALL_CAPABILITIES,
+    CapabilitiesConfig, ContainerConfig, PodConfig, SeccompProfile, UserNamespaceConfig,
+    ALL_CAPABILITIES,
 };
 use vmlet_proto::agent as pb;
 
@@ -70,6 +71,12 @@ pub enum SecurityError {
          of the pod sandbox)"
     )]
     PrivilegedInUnprivilegedPod,
+    /// The container's user namespace is not its pod's.
+    #[error(
+        "config.linux.security_context.namespace_options.userns_options differs from the pod \
+         sandbox's: a container runs in its pod's user namespace"
+    )]
+    UserNamespaceMismatch,
     /// A Localhost profile outside the profile root.
     #[error(
         "seccomp profile {path:?} is outside the seccomp profile root {root:?} \
@@ -167,6 +174,8 @@ pub struct Applied {
     pub masked_paths: Vec<String>,
     /// Read-only paths.
     pub readonly_paths: Vec<String>,
+    /// The pod's user namespace.
+    pub userns: Option<UserNamespaceConfig>,
 }
 
 /// Resolves container `c` of pod `pod`.
@@ -176,6 +185,9 @@ pub fn apply(
     settings: &SecuritySettings,
 ) -> Result<Applied, SecurityError> {
     let s = &c.security;
+    if s.userns.is_some() && s.userns != pod.security.userns {
+        return Err(SecurityError::UserNamespaceMismatch);
+    }
     if s.privileged {
         if !pod.security.privileged {
             return Err(SecurityError::PrivilegedInUnprivilegedPod);
@@ -206,6 +218,7 @@ pub fn apply(
         masked_paths: or_default(&s.masked_paths, &DEFAULT_MASKED_PATHS),
         readonly_paths: or_default(&s.readonly_paths, &DEFAULT_READONLY_PATHS),
         caps,
+        userns: pod.security.userns.clone(),
     })
 }
 
@@ -397,6 +410,40 @@ mod tests {
         let a = apply(&c, &pod, &settings).unwrap();
         assert_eq!(a.caps.bounding.len(), 41);
         assert!(a.seccomp_filter.is_empty() && a.masked_paths.is_empty());
+    }
+
+    #[test]
+    fn containers_run_in_their_pods_user_namespace() {
+        use vmlet_cri::runtime::IdMap;
+        let ns = |host_id| UserNamespaceConfig {
+            uids: vec![IdMap {
+                container_id: 0,
+                host_id,
+                length: 65536,
+            }],
+            gids: vec![IdMap {
+                container_id: 0,
+                host_id,
+                length: 65536,
+            }],
+        };
+        let settings = SecuritySettings {
+            seccomp_profile_root: PathBuf::from("/nonexistent"),
+        };
+        let mut pod = PodConfig::default();
+        pod.security.userns = Some(ns(65536));
+        // The kubelet repeats the pod's options on the container, or sends none.
+        let mut c = ContainerConfig::default();
+        assert_eq!(apply(&c, &pod, &settings).unwrap().userns, Some(ns(65536)));
+        c.security.userns = Some(ns(65536));
+        assert_eq!(apply(&c, &pod, &settings).unwrap().userns, Some(ns(65536)));
+        c.security.userns = Some(ns(131_072));
+        assert!(matches!(
+            apply(&c, &pod, &settings),
+            Err(SecurityError::UserNamespaceMismatch)
+        ));
+        pod.security.userns = None;
+        assert!(apply(&c, &pod, &settings).is_err());
     }
 
     #[test]

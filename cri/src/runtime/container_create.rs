@@ -51,6 +51,15 @@ pub fn container_config(config: Option<proto::ContainerConfig>) -> Result<Contai
         "config.linux.resources",
     )?;
     let sc = linux.security_context.unwrap_or_default();
+    // As containerd: a group alone would leave the image's user with a group it did
+    // not ask for.
+    if sc.run_as_group.is_some() && sc.run_as_user.is_none() && sc.run_as_username.is_empty() {
+        return Err(Status::invalid_argument(format!(
+            "config.linux.security_context.run_as_group ({}) is set without run_as_user or \
+             run_as_username: set the user too",
+            sc.run_as_group.as_ref().map_or(0, |g| g.value)
+        )));
+    }
     let security = security::container_security(&sc)?;
     Ok(ContainerConfig {
         name: metadata.name,
@@ -237,6 +246,32 @@ mod tests {
             assert_eq!(e.code(), tonic::Code::InvalidArgument, "{host} {ctr}");
             assert!(e.message().contains(ctr), "{}", e.message());
         }
+    }
+
+    #[test]
+    fn a_group_needs_a_user() {
+        let with = |user: Option<i64>, name: &str| {
+            let mut c = config();
+            c.linux = Some(proto::LinuxContainerConfig {
+                security_context: Some(proto::LinuxContainerSecurityContext {
+                    run_as_group: Some(proto::Int64Value { value: 3000 }),
+                    run_as_user: user.map(|value| proto::Int64Value { value }),
+                    run_as_username: name.into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+            container_config(Some(c))
+        };
+        let e = with(None, "").unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(
+            e.message().contains("run_as_group") && e.message().contains("run_as_user"),
+            "{}",
+            e.message()
+        );
+        assert_eq!(with(Some(1000), "").unwrap().user.gid, Some(3000));
+        assert_eq!(with(None, "nobody").unwrap().user.gid, Some(3000));
     }
 
     #[test]

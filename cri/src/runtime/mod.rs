@@ -24,7 +24,8 @@ pub use backend::{
     RuntimeBackend, UserConfig,
 };
 pub use security::{
-    CapabilitiesConfig, PidNamespace, PodSecurity, SeccompProfile, SecurityConfig, ALL_CAPABILITIES,
+    CapabilitiesConfig, IdMap, PidNamespace, PodSecurity, SeccompProfile, SecurityConfig,
+    UserNamespaceConfig, ALL_CAPABILITIES,
 };
 pub use server::RuntimeServer;
 pub use status::{RUNTIME_API_VERSION, RUNTIME_NAME};

@@ -120,6 +120,9 @@ pub struct SecurityConfig {
     pub strict_supplemental_groups: bool,
     /// `namespace_options.pid`.
     pub pid_namespace: PidNamespace,
+    /// `namespace_options.userns_options` mode POD: the kubelet repeats the pod's.
+    #[serde(default)]
+    pub userns: Option<UserNamespaceConfig>,
 }
 
 /// A pod's security context, checked: what its containers are held against.
@@ -127,6 +130,103 @@ pub struct SecurityConfig {
 pub struct PodSecurity {
     /// `privileged`: containers of the pod may be privileged.
     pub privileged: bool,
+    /// `namespace_options.userns_options` mode POD (`hostUsers: false`): the user
+    /// namespace the pod's containers run in.
+    #[serde(default)]
+    pub userns: Option<UserNamespaceConfig>,
+}
+
+/// Most ranges in one id mapping list (the kernel takes up to 340 lines).
+const MAX_ID_MAPPINGS: usize = 64;
+
+/// `length` ids from `container_id` in a user namespace are `host_id`.. outside it
+/// (in the guest's initial namespace).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdMap {
+    /// First id inside.
+    pub container_id: u32,
+    /// First id outside.
+    pub host_id: u32,
+    /// How many.
+    pub length: u32,
+}
+
+/// A user namespace's mappings, checked: each list non-empty, no range empty,
+/// past the id space or overlapping another of its list on either side.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserNamespaceConfig {
+    /// uid ranges.
+    pub uids: Vec<IdMap>,
+    /// gid ranges.
+    pub gids: Vec<IdMap>,
+}
+
+/// Checks `userns_options`; `None` for the node's user namespace (mode NODE, or no
+/// options).
+fn user_namespace(
+    u: Option<&proto::UserNamespace>,
+    field: &str,
+) -> Result<Option<UserNamespaceConfig>, Status> {
+    let Some(u) = u else {
+        return Ok(None);
+    };
+    let field = format!("{field}.namespace_options.userns_options");
+    match proto::NamespaceMode::try_from(u.mode) {
+        Ok(proto::NamespaceMode::Node) => Ok(None),
+        Ok(proto::NamespaceMode::Pod) => Ok(Some(UserNamespaceConfig {
+            uids: id_maps(&u.uids, &format!("{field}.uids"))?,
+            gids: id_maps(&u.gids, &format!("{field}.gids"))?,
+        })),
+        _ => Err(Status::invalid_argument(format!(
+            "{field}.mode {}: only POD (hostUsers: false) and NODE are supported",
+            u.mode
+        ))),
+    }
+}
+
+fn id_maps(list: &[proto::IdMapping], field: &str) -> Result<Vec<IdMap>, Status> {
+    let bad = |why: String| Err(Status::invalid_argument(format!("{field}: {why}")));
+    if list.is_empty() || list.len() > MAX_ID_MAPPINGS {
+        return bad(format!(
+            "{} mappings; a user namespace takes 1 to {MAX_ID_MAPPINGS}",
+            list.len()
+        ));
+    }
+    let mut maps: Vec<IdMap> = Vec::with_capacity(list.len());
+    for m in list {
+        let map = IdMap {
+            container_id: m.container_id,
+            host_id: m.host_id,
+            length: m.length,
+        };
+        let text = format!(
+            "container {} host {} length {}",
+            m.container_id, m.host_id, m.length
+        );
+        if m.length == 0 {
+            return bad(format!("{text}: an empty range"));
+        }
+        // The last id, u32::MAX, is the kernel's "no id" and cannot be mapped.
+        let end = |start: u32| u64::from(start) + u64::from(m.length);
+        if end(m.container_id) > u64::from(u32::MAX) || end(m.host_id) > u64::from(u32::MAX) {
+            return bad(format!("{text}: ends past the last id {}", u32::MAX - 1));
+        }
+        let overlaps = |a: u32, b: u32, len_b: u32| {
+            let (a, b) = (u64::from(a), u64::from(b));
+            a < b + u64::from(len_b) && b < a + u64::from(m.length)
+        };
+        if let Some(o) = maps.iter().find(|o| {
+            overlaps(m.container_id, o.container_id, o.length)
+                || overlaps(m.host_id, o.host_id, o.length)
+        }) {
+            return bad(format!(
+                "{text} overlaps container {} host {} length {}",
+                o.container_id, o.host_id, o.length
+            ));
+        }
+        maps.push(map);
+    }
+    Ok(maps)
 }
 
 fn refuse_node_namespaces(ns: &proto::NamespaceOption, field: &str) -> Result<(), Status> {
@@ -136,14 +236,6 @@ fn refuse_node_namespaces(ns: &proto::NamespaceOption, field: &str) -> Result<()
                 "{field}.namespace_options.{what} = NODE (host {what} namespace) cannot be \
                  given to a VM: vmlet runs every pod on its own kernel; run such pods with \
                  a container runtime class instead"
-            )));
-        }
-    }
-    if let Some(u) = &ns.userns_options {
-        if u.mode != proto::NamespaceMode::Node as i32 {
-            return Err(Status::invalid_argument(format!(
-                "{field}.namespace_options.userns_options: user namespaces (hostUsers: false) \
-                 are not supported by vmlet; the pod's VM is its isolation boundary"
             )));
         }
     }
@@ -160,16 +252,25 @@ pub fn pod_security(
         return Ok(PodSecurity::default());
     };
     let field = "config.linux.security_context";
+    let mut userns = None;
     if let Some(ns) = &sc.namespace_options {
         refuse_node_namespaces(ns, field)?;
+        userns = user_namespace(ns.userns_options.as_ref(), field)?;
     }
     // The pod has no container of its own to confine, but a bad profile is still
     // the caller's mistake to hear about.
     seccomp(sc.seccomp.as_ref(), &sc.seccomp_profile_path, field)?;
     apparmor(sc.apparmor.as_ref(), "", field)?;
     supplemental_groups_policy(sc.supplemental_groups_policy, field)?;
+    if userns.is_some() && sc.privileged {
+        return Err(Status::invalid_argument(format!(
+            "{field}: a privileged pod cannot have its own user namespace \
+             (namespace_options.userns_options mode POD, hostUsers: false)"
+        )));
+    }
     Ok(PodSecurity {
         privileged: sc.privileged,
+        userns,
     })
 }
 
@@ -245,6 +346,10 @@ pub fn container_security(
             field,
         )?,
         pid_namespace,
+        userns: match &sc.namespace_options {
+            Some(ns) => user_namespace(ns.userns_options.as_ref(), field)?,
+            None => None,
+        },
     })
 }
 
@@ -500,6 +605,76 @@ mod tests {
             };
             let e = container_security(&sc).unwrap_err();
             assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+        }
+    }
+
+    #[test]
+    fn user_namespace_mappings_are_checked() {
+        let map = |container_id, host_id, length| proto::IdMapping {
+            host_id,
+            container_id,
+            length,
+        };
+        let pod = |mode: proto::NamespaceMode, uids: Vec<proto::IdMapping>, privileged| {
+            let sc = proto::LinuxSandboxSecurityContext {
+                privileged,
+                namespace_options: Some(proto::NamespaceOption {
+                    userns_options: Some(proto::UserNamespace {
+                        mode: mode as i32,
+                        gids: vec![map(0, 65536, 65536)],
+                        uids,
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            pod_security(Some(&sc))
+        };
+        use proto::NamespaceMode::{Container, Node, Pod};
+        // The kubelet's: one range of 65536 at a multiple of 65536.
+        let u = pod(Pod, vec![map(0, 65536, 65536)], false)
+            .unwrap()
+            .userns
+            .unwrap();
+        assert_eq!(
+            u.uids,
+            [IdMap {
+                container_id: 0,
+                host_id: 65536,
+                length: 65536
+            }]
+        );
+        assert_eq!(pod(Node, vec![], false).unwrap().userns, None);
+        for (mode, uids, privileged, why) in [
+            (Pod, vec![], false, "0 mappings"),
+            (Pod, vec![map(0, 65536, 0)], false, "empty range"),
+            (
+                Pod,
+                vec![map(0, u32::MAX - 10, 11)],
+                false,
+                "past the last id",
+            ),
+            (Pod, vec![map(u32::MAX, 0, 1)], false, "past the last id"),
+            (
+                Pod,
+                vec![map(0, 65536, 1000), map(999, 200_000, 10)],
+                false,
+                "overlaps",
+            ),
+            (
+                Pod,
+                vec![map(0, 65536, 1000), map(2000, 66000, 10)],
+                false,
+                "overlaps",
+            ),
+            (Pod, vec![map(0, 65536, 1); 65], false, "65 mappings"),
+            (Container, vec![map(0, 65536, 65536)], false, "only POD"),
+            (Pod, vec![map(0, 65536, 65536)], true, "privileged"),
+        ] {
+            let e = pod(mode, uids, privileged).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{why}");
+            assert!(e.message().contains(why), "{why}: {}", e.message());
+            assert!(e.message().contains("userns_options"), "{}", e.message());
         }
     }
 

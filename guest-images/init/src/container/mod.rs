@@ -26,6 +26,7 @@ pub mod seccomp;
 pub mod spec;
 pub mod stdio;
 pub mod user;
+pub mod userns;
 
 use std::collections::{HashMap, HashSet};
 use std::os::fd::OwnedFd;
@@ -41,7 +42,7 @@ use crate::pid1::{ExitStatus, Reaper};
 use cgroup::{Cgroup, CgroupError, Usage};
 use device_filter::DeviceFilterError;
 use mounts::RootPlan;
-use process::{MountNs, PidNs, SpawnError, Spawned};
+use process::{JoinUserNs, MountNs, PidNs, SpawnError, Spawned};
 use rootfs::{Drives, Rootfs, RootfsError, RUN_DIR};
 use spec::{ProcessSpec, Spec, SpecError};
 use stdio::{Chunk, IoError, ProcessIo, StdioError};
@@ -406,7 +407,8 @@ impl Manager {
         }
         let rootfs = {
             let mut t = lock(&self.table);
-            t.drives.mount_rootfs(&spec.id, &spec.rootfs)
+            t.drives
+                .mount_rootfs(&spec.id, &spec.rootfs, spec.userns.as_ref())
         };
         let rootfs = match rootfs {
             Ok(r) => r,
@@ -465,6 +467,14 @@ impl Manager {
             privileged: spec.privileged,
             masked_paths: &spec.masked_paths,
             readonly_paths: &spec.readonly_paths,
+            idmap: rootfs.userns.as_ref().map(process::borrow),
+        };
+        let userns = match (&rootfs.userns, &spec.userns) {
+            (Some(fd), Some(ns)) => Some(JoinUserNs {
+                fd: process::borrow(fd),
+                ns,
+            }),
+            _ => None,
         };
         // A target container's namespace, held open until the process has joined it.
         let target_ns = match spec.target_pid_namespace.as_str() {
@@ -488,6 +498,7 @@ impl Manager {
             p,
             pid_ns,
             MountNs::New(plan),
+            userns,
             fds,
             true,
             process::borrow(&self.own_pid_ns),
@@ -644,11 +655,28 @@ impl Manager {
         let not_running = |_| Error::State(format!("container {id:?} is not running"));
         let pid_ns = process::open_ns(main.pid, "pid").map_err(not_running)?;
         let mnt_ns = process::open_ns(main.pid, "mnt").map_err(not_running)?;
+        // The container's user namespace, if it has one (a copy of its descriptor:
+        // the container may be removed meanwhile).
+        let userns_fd =
+            match lock(&c.rootfs).as_ref().and_then(|r| r.userns.as_ref()) {
+                Some(fd) => Some(fd.try_clone().map_err(|e| {
+                    Error::State(format!("container {id:?}: its user namespace: {e}"))
+                })?),
+                None => None,
+            };
+        let userns = match (&userns_fd, &c.spec.userns) {
+            (Some(fd), Some(ns)) => Some(JoinUserNs {
+                fd: process::borrow(fd),
+                ns,
+            }),
+            _ => None,
+        };
         let (io, fds) = ProcessIo::new(p.terminal, p.open_stdin, p.size)?;
         let mut spawned = process::spawn(
             &p,
             PidNs::Join(process::borrow(&pid_ns)),
             MountNs::Join(process::borrow(&mnt_ns)),
+            userns,
             fds,
             true,
             process::borrow(&self.own_pid_ns),

@@ -4,6 +4,7 @@
 //! paths (runc's `maskPath` and `readonlyPath`, after the pivot as runc does).
 
 use std::io;
+use std::os::fd::BorrowedFd;
 use std::path::{Component, Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -31,6 +32,9 @@ pub struct RootPlan<'a> {
     pub masked_paths: &'a [PathBuf],
     /// Paths bound read-only onto themselves.
     pub readonly_paths: &'a [PathBuf],
+    /// The container's user namespace: its bind mounts are idmapped through it where
+    /// the file system allows.
+    pub idmap: Option<BorrowedFd<'a>>,
 }
 
 /// Setting up the container's mounts failed.
@@ -141,8 +145,15 @@ fn do_mount(
     }))
 }
 
-/// Binds `source` on `target` (created as a file or directory like `source`).
-fn bind(source: &Path, target: &Path, flags: MsFlags, recursive: bool) -> Result<(), MountError> {
+/// Binds `source` on `target` (created as a file or directory like `source`),
+/// idmapped through `idmap` when given and the file system allows it.
+fn bind(
+    source: &Path,
+    target: &Path,
+    flags: MsFlags,
+    recursive: bool,
+    idmap: Option<BorrowedFd<'_>>,
+) -> Result<(), MountError> {
     let is_dir = std::fs::metadata(source)
         .map_err(ctx(|| format!("bind source {}", source.display())))?
         .is_dir();
@@ -155,7 +166,14 @@ fn bind(source: &Path, target: &Path, flags: MsFlags, recursive: bool) -> Result
     if recursive {
         bind_flags |= MsFlags::MS_REC;
     }
-    do_mount(Some(source), target, None, bind_flags, None)?;
+    let idmapped = match idmap {
+        Some(userns) => super::userns::idmapped_bind(source, target, userns, recursive)
+            .map_err(ctx(|| format!("idmapped bind of {}", source.display())))?,
+        None => false,
+    };
+    if !idmapped {
+        do_mount(Some(source), target, None, bind_flags, None)?;
+    }
     let extra = flags - MsFlags::MS_BIND;
     if !extra.is_empty() {
         // Bind mounts take their flags only on a remount.
@@ -261,7 +279,7 @@ fn mount_dev(dev: &Path, shm: &Path, privileged: bool) -> Result<(), MountError>
         std::os::unix::fs::symlink(target, &path)
             .map_err(ctx(|| format!("symlink /dev/{link}")))?;
     }
-    bind(shm, &dev.join("shm"), NOSUID_NODEV_NOEXEC, false)?;
+    bind(shm, &dev.join("shm"), NOSUID_NODEV_NOEXEC, false, None)?;
     let mqueue = dev.join("mqueue");
     mkdir_p(&mqueue)?;
     do_mount(None, &mqueue, Some("mqueue"), NOSUID_NODEV_NOEXEC, None)
@@ -280,6 +298,7 @@ fn bind_etc_files(plan: &RootPlan<'_>) -> Result<(), MountError> {
             &resolve_in_root(plan.root, &dest)?,
             MsFlags::MS_RDONLY,
             false,
+            None,
         )?;
     }
     Ok(())
@@ -302,7 +321,7 @@ fn mount_requested(plan: &RootPlan<'_>) -> Result<(), MountError> {
                 }
                 None => PathBuf::from(&m.source),
             };
-            bind(&source, &target, m.flags, m.recursive)?;
+            bind(&source, &target, m.flags, m.recursive, plan.idmap)?;
         } else {
             mkdir_p(&target)?;
             do_mount(

@@ -33,7 +33,7 @@ use nix::unistd::{fork, pipe2, AccessFlags, ForkResult, Gid, Pid, Uid};
 
 use super::caps::CapSets;
 use super::mounts::{self, RootPlan};
-use super::spec::ProcessSpec;
+use super::spec::{ProcessSpec, UserNs};
 use super::stdio::{nonblocking, read_fd, write_fd, AsyncFdOwned, ChildFds};
 use super::user::{self, Identity};
 
@@ -85,6 +85,16 @@ pub enum MountNs<'a> {
     New(RootPlan<'a>),
     /// An existing one: a process joining a running container.
     Join(BorrowedFd<'a>),
+}
+
+/// A user namespace the new process joins before it takes its ids (after its mounts),
+/// with its mappings.
+#[derive(Debug, Clone, Copy)]
+pub struct JoinUserNs<'a> {
+    /// The namespace.
+    pub fd: BorrowedFd<'a>,
+    /// Its mappings.
+    pub ns: &'a UserNs,
 }
 
 /// A forked process, before it runs its program.
@@ -144,6 +154,7 @@ pub fn spawn(
     spec: &ProcessSpec,
     pid_ns: PidNs<'_>,
     mnt_ns: MountNs<'_>,
+    userns: Option<JoinUserNs<'_>>,
     fds: ChildFds,
     wait_for_go: bool,
     own_pid_ns: BorrowedFd<'_>,
@@ -162,8 +173,9 @@ pub fn spawn(
             drop(status_r);
             drop(go_w);
             // A panic must not unwind into the copy of vmlet-init's runtime in the child.
-            let run =
-                std::panic::AssertUnwindSafe(|| child(spec, &argv0, mnt_ns, fds, go_r, &status_w));
+            let run = std::panic::AssertUnwindSafe(|| {
+                child(spec, &argv0, mnt_ns, userns, fds, go_r, &status_w)
+            });
             let err = match std::panic::catch_unwind(run) {
                 Ok(Ok(never)) => match never {},
                 Ok(Err(e)) => e,
@@ -299,6 +311,7 @@ fn child(
     spec: &ProcessSpec,
     argv0: &CStr,
     mnt_ns: MountNs<'_>,
+    userns: Option<JoinUserNs<'_>>,
     fds: ChildFds,
     go: Option<OwnedFd>,
     status: &OwnedFd,
@@ -341,9 +354,23 @@ fn child(
     // The container's own /etc/passwd and /etc/group, now that its root is `/`.
     let id = user::resolve(&spec.user, Path::new("/etc")).map_err(|e| e.to_string())?;
     if let Some((socket, size)) = terminal {
-        open_terminal(&socket, size, &id)?;
+        // Owned by the process's user as vmlet-init's namespace names it.
+        let owner = match userns {
+            Some(u) => (
+                u.ns.host_uid(id.uid).unwrap_or(id.uid),
+                u.ns.host_gid(id.gid).unwrap_or(id.gid),
+            ),
+            None => (id.uid, id.gid),
+        };
+        open_terminal(&socket, size, owner)?;
     }
     set_cwd_and_limits(spec)?;
+    if let Some(u) = userns {
+        // Last of the steps that need vmlet-init's privileges: from here on the
+        // process's capabilities are the user namespace's, and its ids must be mapped.
+        setns(u.fd, CloneFlags::CLONE_NEWUSER)
+            .map_err(ctx(|| "join the container's user namespace".into()))?;
+    }
     if let (Some(filter), false) = (&spec.seccomp, spec.no_new_privileges) {
         // Installing a filter without no_new_privs takes CAP_SYS_ADMIN: before the
         // capabilities go, as runc does.
@@ -438,7 +465,7 @@ fn dup_onto(fd: &OwnedFd, target: i32) -> ChildResult {
 
 /// Opens a terminal from the container's `/dev/ptmx`, sends its master to vmlet-init
 /// and makes the slave the process's controlling terminal and fds 0, 1 and 2.
-fn open_terminal(socket: &OwnedFd, size: (u16, u16), id: &Identity) -> ChildResult {
+fn open_terminal(socket: &OwnedFd, size: (u16, u16), owner: (u32, u32)) -> ChildResult {
     use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
     let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
         .map_err(ctx(|| "open /dev/ptmx".into()))?;
@@ -454,8 +481,8 @@ fn open_terminal(socket: &OwnedFd, size: (u16, u16), id: &Identity) -> ChildResu
         .into();
     nix::unistd::fchown(
         &slave,
-        Some(Uid::from_raw(id.uid)),
-        Some(Gid::from_raw(id.gid)),
+        Some(Uid::from_raw(owner.0)),
+        Some(Gid::from_raw(owner.1)),
     )
     .map_err(ctx(|| format!("chown {name}")))?;
     super::stdio::set_winsize(slave.as_fd(), size.0, size.1)

@@ -11,15 +11,17 @@
 //! scratch/<serial>/layers/<id>/{upper,work}   a container's writable layer
 //! layers/<id>/{upper,work} the same in guest memory, without a scratch disk
 //! containers/<id>/rootfs   the container's root (the overlay mount)
+//! containers/<id>/lower    the image idmapped for the container's user namespace
 //! ```
 
 use std::collections::HashMap;
 use std::io;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
-use super::spec::RootfsSpec;
+use super::spec::{RootfsSpec, UserNs};
 
 /// vmlet-init's own directory (a tmpfs: `/run`).
 pub const RUN_DIR: &str = "/run/vmlet";
@@ -53,6 +55,25 @@ pub enum RootfsError {
     /// The image has no such subdirectory.
     #[error("the image has no directory {0}")]
     NoSubdir(PathBuf),
+    /// The container's user namespace could not be made.
+    #[error(transparent)]
+    Userns(#[from] super::userns::UsernsError),
+    /// The image could not be mounted idmapped.
+    #[error("cannot mount the image {path} idmapped for the container's user namespace: {source}")]
+    Idmap {
+        /// The image directory.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The writable layer's root could not be given the image root's owner.
+    #[error("cannot give {path} the owner of the image's root: {errno}")]
+    Chown {
+        /// The upper directory.
+        path: PathBuf,
+        /// Why.
+        errno: nix::Error,
+    },
 }
 
 /// Finds the block device whose virtio-blk serial is `serial`.
@@ -107,10 +128,15 @@ pub struct Drives {
 /// A container's mounted root file system.
 #[derive(Debug)]
 pub struct Rootfs {
-    /// The root directory (an overlay or a read-only bind mount).
+    /// The root directory (an overlay).
     pub root: PathBuf,
     /// The writable layer's upper directory, if any.
     pub upper: Option<PathBuf>,
+    /// The container's user namespace, which its processes join.
+    pub userns: Option<OwnedFd>,
+    /// The image seen through the user namespace's idmapping (the overlay's lower
+    /// layer), if the container has one.
+    idmapped_lower: Option<PathBuf>,
     layer: Option<PathBuf>,
     image_serial: String,
 }
@@ -186,7 +212,14 @@ impl Drives {
     }
 
     /// Mounts container `id`'s root file system.
-    pub fn mount_rootfs(&mut self, id: &str, spec: &RootfsSpec) -> Result<Rootfs, RootfsError> {
+    /// Mounts container `id`'s root file system, seen through `userns`'s mappings if
+    /// the container has its own user namespace.
+    pub fn mount_rootfs(
+        &mut self,
+        id: &str,
+        spec: &RootfsSpec,
+        userns: Option<&UserNs>,
+    ) -> Result<Rootfs, RootfsError> {
         let image = self.image(spec)?;
         let mut rootfs = Rootfs {
             root: Path::new(RUN_DIR)
@@ -194,10 +227,12 @@ impl Drives {
                 .join(id)
                 .join("rootfs"),
             upper: None,
+            userns: None,
+            idmapped_lower: None,
             layer: None,
             image_serial: spec.image_serial.clone(),
         };
-        let result = self.mount_layers(id, spec, &image, &mut rootfs);
+        let result = self.mount_layers(id, spec, &image, userns, &mut rootfs);
         if let Err(e) = result {
             self.unmount_rootfs(rootfs);
             return Err(e);
@@ -210,29 +245,37 @@ impl Drives {
         id: &str,
         spec: &RootfsSpec,
         image: &Path,
+        userns: Option<&UserNs>,
         rootfs: &mut Rootfs,
     ) -> Result<(), RootfsError> {
-        let lower = image.join(&spec.image_subdir);
+        let mut lower = image.join(&spec.image_subdir);
         if !lower.is_dir() {
             return Err(RootfsError::NoSubdir(spec.image_subdir.clone()));
         }
-        if spec.readonly {
-            // overlayfs needs two lower layers without an upper one: a bind mount will do.
-            do_mount("image", &lower, &rootfs.root, None, MsFlags::MS_BIND, None)?;
-            return mount(
-                None::<&str>,
-                &rootfs.root,
-                None::<&str>,
-                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-                None::<&str>,
-            )
-            .map_err(|errno| RootfsError::Mount {
-                what: "read-only root",
-                source_path: lower.display().to_string(),
-                target: rootfs.root.clone(),
-                errno,
-            });
+        if let Some(ns) = userns {
+            let fd = super::userns::create(ns)?;
+            let target = rootfs.root.with_file_name("lower");
+            mkdirs(&target)?;
+            let idmap_err = |source| RootfsError::Idmap {
+                path: lower.clone(),
+                source,
+            };
+            match super::userns::idmapped_bind(&lower, &target, fd.as_fd(), false) {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Err(idmap_err(io::Error::other(
+                        "its file system does not support idmapped mounts",
+                    )))
+                }
+                Err(e) => return Err(idmap_err(e)),
+            }
+            rootfs.idmapped_lower = Some(target.clone());
+            rootfs.userns = Some(fd);
+            lower = target;
         }
+        // A read-only root gets its writable layer too: the container's mount points
+        // (/proc, /dev, its CRI mounts) may be missing from the image and are made
+        // in it; the root is made read-only after the mounts, as runc does.
         let layer = self.layers_dir(spec.scratch_serial.as_deref())?.join(id);
         // A leftover of an earlier container with this ID must not leak into this one.
         let _ = std::fs::remove_dir_all(&layer);
@@ -241,6 +284,28 @@ impl Drives {
         let work = layer.join("work");
         mkdirs(&upper)?;
         mkdirs(&work)?;
+        if rootfs.userns.is_some() {
+            // The overlay's root takes its owner and mode from the upper directory:
+            // the image root's, as the idmapped lower layer shows them, not vmlet-init's
+            // (unmapped inside, so even the container's root could not write there).
+            use std::os::unix::fs::{MetadataExt, PermissionsExt};
+            let md = std::fs::metadata(&lower).map_err(|source| RootfsError::Dir {
+                path: lower.clone(),
+                source,
+            })?;
+            let chown_err = |errno| RootfsError::Chown {
+                path: upper.clone(),
+                errno,
+            };
+            nix::unistd::chown(
+                &upper,
+                Some(nix::unistd::Uid::from_raw(md.uid())),
+                Some(nix::unistd::Gid::from_raw(md.gid())),
+            )
+            .map_err(chown_err)?;
+            std::fs::set_permissions(&upper, std::fs::Permissions::from_mode(md.mode() & 0o7777))
+                .map_err(|e| chown_err(nix::Error::from_raw(e.raw_os_error().unwrap_or(0))))?;
+        }
         let data = format!(
             "lowerdir={},upperdir={},workdir={}",
             lower.display(),
@@ -262,12 +327,14 @@ impl Drives {
     /// Unmounts a root file system and deletes its writable layer. Best effort: what
     /// cannot be undone is reported on the console.
     pub fn unmount_rootfs(&mut self, rootfs: Rootfs) {
-        match umount2(rootfs.root.as_path(), MntFlags::MNT_DETACH) {
-            Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
-            Err(e) => crate::console::error(format_args!(
-                "cannot unmount {}: {e}",
-                rootfs.root.display()
-            )),
+        let mounts = std::iter::once(&rootfs.root).chain(rootfs.idmapped_lower.as_ref());
+        for mount in mounts {
+            match umount2(mount.as_path(), MntFlags::MNT_DETACH) {
+                Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
+                Err(e) => {
+                    crate::console::error(format_args!("cannot unmount {}: {e}", mount.display()))
+                }
+            }
         }
         if let Some(container_dir) = rootfs.root.parent() {
             let _ = std::fs::remove_dir_all(container_dir);

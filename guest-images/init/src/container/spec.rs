@@ -101,6 +101,9 @@ pub enum SpecError {
         /// The allowed range.
         range: &'static str,
     },
+    /// User namespace mappings the kernel would refuse.
+    #[error("user namespace mapping: {0}")]
+    BadIdMapping(String),
     /// A mount option that is not understood.
     #[error("mount on {destination}: {reason}")]
     BadMount {
@@ -165,7 +168,8 @@ pub struct RootfsSpec {
     pub image_subdir: PathBuf,
     /// virtio-blk serial of the pod's scratch disk; `None` for tmpfs.
     pub scratch_serial: Option<String>,
-    /// No writable layer.
+    /// A read-only root: made read-only once the container's mounts are in place (its
+    /// writable layer then only holds their mount points).
     pub readonly: bool,
 }
 
@@ -278,6 +282,115 @@ pub struct Spec {
     pub masked_paths: Vec<PathBuf>,
     /// Paths made read-only in the container (absolute, normalized).
     pub readonly_paths: Vec<PathBuf>,
+    /// The container's user namespace, if it has its own.
+    pub userns: Option<UserNs>,
+}
+
+/// Most ranges in one id mapping (vmletd sends at most 64; the kernel takes 340).
+const MAX_ID_MAPPINGS: usize = 64;
+
+/// `length` ids from `inside` in a user namespace are `outside`.. in the guest's
+/// initial one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdMap {
+    /// First id inside.
+    pub inside: u32,
+    /// First id outside.
+    pub outside: u32,
+    /// How many.
+    pub length: u32,
+}
+
+/// A user namespace's mappings, checked: both lists non-empty, no range empty, past
+/// the id space or overlapping another of its list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserNs {
+    /// uid ranges.
+    pub uids: Vec<IdMap>,
+    /// gid ranges.
+    pub gids: Vec<IdMap>,
+}
+
+fn map_text(maps: &[IdMap]) -> String {
+    maps.iter()
+        .map(|m| format!("{} {} {}\n", m.inside, m.outside, m.length))
+        .collect()
+}
+
+fn map_id(maps: &[IdMap], id: u32) -> Option<u32> {
+    maps.iter()
+        .find(|m| id >= m.inside && id - m.inside < m.length)
+        .map(|m| m.outside + (id - m.inside))
+}
+
+impl UserNs {
+    /// The text of `/proc/PID/uid_map`.
+    pub fn uid_map(&self) -> String {
+        map_text(&self.uids)
+    }
+
+    /// The text of `/proc/PID/gid_map`.
+    pub fn gid_map(&self) -> String {
+        map_text(&self.gids)
+    }
+
+    /// uid `id` inside, seen outside (`None`: unmapped).
+    pub fn host_uid(&self, id: u32) -> Option<u32> {
+        map_id(&self.uids, id)
+    }
+
+    /// gid `id` inside, seen outside (`None`: unmapped).
+    pub fn host_gid(&self, id: u32) -> Option<u32> {
+        map_id(&self.gids, id)
+    }
+}
+
+fn id_maps(what: &str, list: Vec<agent::IdMapping>) -> Result<Vec<IdMap>, SpecError> {
+    let bad = |why: String| Err(SpecError::BadIdMapping(format!("{what}: {why}")));
+    if list.is_empty() || list.len() > MAX_ID_MAPPINGS {
+        return bad(format!("{} ranges, not 1 to {MAX_ID_MAPPINGS}", list.len()));
+    }
+    let mut maps: Vec<IdMap> = Vec::with_capacity(list.len());
+    for m in list {
+        let map = IdMap {
+            inside: m.container_id,
+            outside: m.host_id,
+            length: m.length,
+        };
+        let end = |start: u32| u64::from(start) + u64::from(m.length);
+        // u32::MAX is the kernel's "no id".
+        if m.length == 0
+            || end(m.container_id) > u64::from(u32::MAX)
+            || end(m.host_id) > u64::from(u32::MAX)
+        {
+            return bad(format!("{map:?} is empty or ends past the last id"));
+        }
+        let overlap = |a: u32, b: u32, len_b: u32| {
+            let (a, b) = (u64::from(a), u64::from(b));
+            a < b + u64::from(len_b) && b < a + u64::from(m.length)
+        };
+        if let Some(o) = maps.iter().find(|o| {
+            overlap(map.inside, o.inside, o.length) || overlap(map.outside, o.outside, o.length)
+        }) {
+            return bad(format!("{map:?} overlaps {o:?}"));
+        }
+        maps.push(map);
+    }
+    Ok(maps)
+}
+
+/// Both lists empty: no user namespace of its own.
+fn user_namespace(
+    uids: Vec<agent::IdMapping>,
+    gids: Vec<agent::IdMapping>,
+) -> Result<Option<UserNs>, SpecError> {
+    if uids.is_empty() && gids.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(UserNs {
+        uids: id_maps("uid", uids)?,
+        gids: id_maps("gid", gids)?,
+    }))
 }
 
 impl Spec {
@@ -303,6 +416,7 @@ impl Spec {
             privileged: spec.privileged,
             masked_paths: container_paths("masked path", &spec.masked_paths)?,
             readonly_paths: container_paths("read-only path", &spec.readonly_paths)?,
+            userns: user_namespace(spec.uid_mappings, spec.gid_mappings)?,
             id: spec.container_id,
         })
     }
@@ -977,6 +1091,46 @@ mod tests {
         let mut s = spec();
         s.process.as_mut().unwrap().seccomp_filter = vec![0; 7];
         assert!(matches!(Spec::from_proto(s), Err(SpecError::Seccomp(_))));
+    }
+
+    #[test]
+    fn user_namespace_mappings() {
+        let m = |container_id, host_id, length| agent::IdMapping {
+            container_id,
+            host_id,
+            length,
+        };
+        let with = |uids: Vec<agent::IdMapping>, gids: Vec<agent::IdMapping>| {
+            let mut s = spec();
+            s.uid_mappings = uids;
+            s.gid_mappings = gids;
+            Spec::from_proto(s)
+        };
+        assert_eq!(with(vec![], vec![]).unwrap().userns, None);
+        let ns = with(
+            vec![m(0, 65536, 65536)],
+            vec![m(0, 65536, 1000), m(1000, 200_000, 10)],
+        )
+        .unwrap()
+        .userns
+        .unwrap();
+        assert_eq!(ns.uid_map(), "0 65536 65536\n");
+        assert_eq!(ns.gid_map(), "0 65536 1000\n1000 200000 10\n");
+        assert_eq!(ns.host_uid(0), Some(65536));
+        assert_eq!(ns.host_uid(65535), Some(131_071));
+        assert_eq!(ns.host_uid(65536), None);
+        assert_eq!(ns.host_gid(1009), Some(200_009));
+        for (uids, gids) in [
+            (vec![m(0, 65536, 65536)], vec![]),
+            (vec![m(0, 65536, 0)], vec![m(0, 65536, 1)]),
+            (vec![m(0, u32::MAX, 1)], vec![m(0, 65536, 1)]),
+            (vec![m(0, 1, 10), m(5, 100, 10)], vec![m(0, 65536, 1)]),
+            (vec![m(0, 1, 10), m(50, 5, 10)], vec![m(0, 65536, 1)]),
+            (vec![m(0, 1, 1); 65], vec![m(0, 65536, 1)]),
+        ] {
+            let e = with(uids.clone(), gids).unwrap_err();
+            assert!(matches!(e, SpecError::BadIdMapping(_)), "{uids:?}: {e}");
+        }
     }
 
     #[test]
