@@ -690,8 +690,9 @@ fn userns_options(host_id: u32) -> v1::NamespaceOption {
 
 /// A pod with its own user namespace (`hostUsers: false`), as the kubelet sends it:
 /// its container is root inside and the mapped uid in the guest's initial namespace,
-/// sees its image's and its emptyDir's files with their owners, and so does an exec;
-/// mappings the kernel would refuse are refused with nothing left behind.
+/// sees its image's, its emptyDir's and its secret's files with their owners, and so
+/// does an exec; mappings the kernel would refuse are refused with nothing left
+/// behind.
 #[test]
 fn user_namespaced_pods() {
     let registry = TestRegistry::start().unwrap();
@@ -707,6 +708,19 @@ fn user_namespaced_pods() {
         .join(KUBELET_POD)
         .join("volumes/kubernetes.io~empty-dir/cache");
     std::fs::create_dir_all(&cache).unwrap();
+    // A secret only its owner (root) may read: copied into the guest, it must stay
+    // root's inside the user namespace.
+    let creds = kubelet
+        .path()
+        .join(KUBELET_POD)
+        .join("volumes/kubernetes.io~secret/creds");
+    std::fs::create_dir_all(&creds).unwrap();
+    std::fs::write(creds.join("password"), "s3cret").unwrap();
+    std::fs::set_permissions(
+        creds.join("password"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o400),
+    )
+    .unwrap();
     let d = Vmletd::start_with(
         &["--insecure-registry", registry.addr()],
         "[network]\nmode = \"none\"\n",
@@ -731,6 +745,7 @@ fn user_namespaced_pods() {
         stat -c '%u %g' /etc/passwd /bin; \
         echo x > /cache/f && stat -c '%u %g' /cache /cache/f; \
         touch /in-root && stat -c '%u' /in-root; \
+        cat /etc/creds/password; echo; stat -c '%u %a' /etc/creds/password; \
         echo ready; exec sleep 12345";
     let mut cfg = with_security(
         container_config("userns", &plain, script),
@@ -739,11 +754,19 @@ fn user_namespaced_pods() {
             ..Default::default()
         },
     );
-    cfg.mounts = vec![v1::Mount {
-        host_path: cache.display().to_string(),
-        container_path: "/cache".into(),
-        ..Default::default()
-    }];
+    cfg.mounts = vec![
+        v1::Mount {
+            host_path: cache.display().to_string(),
+            container_path: "/cache".into(),
+            ..Default::default()
+        },
+        v1::Mount {
+            host_path: creds.display().to_string(),
+            container_path: "/etc/creds".into(),
+            readonly: true,
+            ..Default::default()
+        },
+    ];
     let id = c.create(&pod, cfg, &pod_cfg).expect("CreateContainer");
     c.start(&id).expect("StartContainer");
     let start = std::time::Instant::now();
@@ -766,6 +789,8 @@ fn user_namespaced_pods() {
             "0 0",
             "0 0",
             "0",
+            "s3cret",
+            "0 400",
             "ready"
         ]
     );

@@ -23,6 +23,7 @@ use crate::sandbox::jail::{self, JailSpec};
 use crate::sandbox::{disk, guest, SandboxError, Vm, VmmCommand};
 use crate::store::{self, JailRecord, PodPaths, PodPhase, PodRecord, SlotRecord};
 use crate::volumes::share::{self, Share};
+use crate::volumes::PodVolumes;
 
 /// How long a boot waited for its turn and how long it took.
 pub(super) struct BootTimes {
@@ -461,13 +462,14 @@ async fn finish(
         tracing::info!(pod = %record.id, ips = ?net.ips(), "pod network attached");
     }
     let shared_fs = record.shared_fs;
+    let volumes = Arc::new(PodVolumes::new(record.config.security.userns.clone()));
     let pod = Arc::new(Pod {
         id: record.id.clone(),
         paths: paths.clone(),
         record: Mutex::new(record),
         vm: Mutex::new(Some(vm)),
         op: tokio::sync::Mutex::new(()),
-        volumes: Arc::default(),
+        volumes,
         settled: tokio::sync::watch::Sender::new(true),
     });
     if shared_fs {

@@ -25,6 +25,7 @@ use super::util::lock;
 use crate::logs::{self, LogSink};
 use crate::sandbox::{guest, SandboxError, Vm};
 use crate::store::{self, ContainerRecord, LogRecord, PodPaths, PodPhase, PodRecord};
+use crate::volumes::PodVolumes;
 
 /// How long a re-adopted guest may take to answer.
 const ADOPT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -242,13 +243,14 @@ async fn resume(
 fn enter_pod(inner: &Inner, paths: PodPaths, record: PodRecord, settled: bool) -> Arc<Pod> {
     let metadata = record.config.metadata.clone();
     let shared_fs = record.shared_fs;
+    let volumes = Arc::new(PodVolumes::new(record.config.security.userns.clone()));
     let pod = Arc::new(Pod {
         id: record.id.clone(),
         paths,
         record: Mutex::new(record),
         vm: Mutex::new(None),
         op: tokio::sync::Mutex::new(()),
-        volumes: Arc::default(),
+        volumes,
         settled: tokio::sync::watch::Sender::new(settled),
     });
     if shared_fs {

@@ -18,6 +18,7 @@ use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
+use vmlet_cri::runtime::{IdMap, UserNamespaceConfig};
 use vmlet_proto::agent as pb;
 
 use super::plan::{Class, Planned, VolumeSettings, MAX_COPY_ENTRIES, TERMINATION_LOG_MAX};
@@ -106,9 +107,39 @@ pub struct PodVolumes {
     /// Wakes the watcher when the set of volumes changed.
     changed: Arc<Notify>,
     settings: Mutex<VolumeSettings>,
+    /// The pod's user namespace, if it has one.
+    userns: Option<UserNamespaceConfig>,
 }
 
 impl PodVolumes {
+    /// The volumes of a pod with user namespace `userns` (`None`: the guest's own).
+    pub fn new(userns: Option<UserNamespaceConfig>) -> PodVolumes {
+        PodVolumes {
+            userns,
+            ..Default::default()
+        }
+    }
+
+    /// A copied tree's owners as the pod's user namespace maps them outside, so
+    /// that inside they are the host's owners (root's files root's, a group's files
+    /// that group's): tmpfs, where the copies live, cannot be idmapped in the guest.
+    /// Ids the mappings leave out stay as they are.
+    fn outside(&self, mut entries: Vec<pb::VolumeEntry>) -> Vec<pb::VolumeEntry> {
+        let Some(ns) = &self.userns else {
+            return entries;
+        };
+        let map = |maps: &[IdMap], id: u32| {
+            maps.iter()
+                .find(|m| id >= m.container_id && id - m.container_id < m.length)
+                .map_or(id, |m| m.host_id + (id - m.container_id))
+        };
+        for e in &mut entries {
+            e.uid = map(&ns.uids, e.uid);
+            e.gid = map(&ns.gids, e.gid);
+        }
+        entries
+    }
+
     /// Gives the pod its shared file system.
     pub fn set_share(&self, share: Share) {
         *self.share.lock().unwrap_or_else(PoisonError::into_inner) = Some(share);
@@ -200,7 +231,7 @@ impl PodVolumes {
         match p.class {
             Class::Copied | Class::TerminationLog => {
                 let before = tree::fingerprint(&host, MAX_COPY_ENTRIES).ok();
-                let entries = read_host(p, self.max_copy_bytes())?;
+                let entries = self.outside(read_host(p, self.max_copy_bytes())?);
                 sync_guest(vm, &p.volume, entries)
                     .await
                     .map_err(guest_err("SyncVolume", p))?;
@@ -450,7 +481,7 @@ impl PodVolumes {
                 continue;
             }
             let entries = match tree::read(&host, self.max_copy_bytes(), MAX_COPY_ENTRIES) {
-                Ok(e) => e,
+                Ok(e) => self.outside(e),
                 Err(e) => {
                     tracing::warn!(pod, volume = %name, "cannot copy {}: {e}", host.display());
                     continue;
@@ -611,6 +642,34 @@ mod tests {
         std::os::unix::fs::symlink(&f, &l).unwrap();
         assert!(write_back(&l, b"x").is_err());
         assert_eq!(std::fs::read_to_string(&f).unwrap(), "new");
+    }
+
+    #[test]
+    fn copies_keep_their_owners_inside_a_user_namespace() {
+        let range = |container_id, host_id, length| IdMap {
+            container_id,
+            host_id,
+            length,
+        };
+        let v = PodVolumes::new(Some(UserNamespaceConfig {
+            uids: vec![range(0, 131_072, 65536)],
+            gids: vec![range(0, 131_072, 1000), range(2000, 300_000, 10)],
+        }));
+        let entry = |uid, gid| pb::VolumeEntry {
+            uid,
+            gid,
+            ..Default::default()
+        };
+        let ids = |e: Vec<pb::VolumeEntry>| e.iter().map(|e| (e.uid, e.gid)).collect::<Vec<_>>();
+        let entries = vec![entry(0, 0), entry(1000, 2005), entry(70_000, 1500)];
+        assert_eq!(
+            ids(v.outside(entries.clone())),
+            [(131_072, 131_072), (132_072, 300_005), (70_000, 1500)]
+        );
+        assert_eq!(
+            ids(PodVolumes::default().outside(entries.clone())),
+            ids(entries)
+        );
     }
 
     #[test]
