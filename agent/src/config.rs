@@ -157,6 +157,9 @@ pub enum ConfigError {
     /// A value makes no sense.
     #[error("invalid configuration: {0}")]
     Invalid(String),
+    /// The configuration cannot be written as TOML.
+    #[error("cannot print the configuration: {0}")]
+    Print(#[from] toml::ser::Error),
 }
 
 /// VM sizing and devices of a pod.
@@ -486,6 +489,10 @@ pub struct Args {
     /// Registry host to speak plain HTTP to (repeatable), e.g. `127.0.0.1:5000`.
     #[arg(long = "insecure-registry")]
     pub insecure_registries: Vec<String>,
+    /// Print the effective configuration (the file with the flags applied, every key)
+    /// as TOML, and exit.
+    #[arg(long)]
+    pub print_config: bool,
 }
 
 fn parse_network_mode(s: &str) -> Result<NetworkMode, String> {
@@ -497,6 +504,12 @@ fn parse_network_mode(s: &str) -> Result<NetworkMode, String> {
 }
 
 impl Config {
+    /// The configuration as TOML, every key with its value (what `--print-config`
+    /// prints; [`Self::from_toml`] reads it back to the same configuration).
+    pub fn to_toml(&self) -> Result<String, ConfigError> {
+        Ok(toml::to_string(self)?)
+    }
+
     /// Parses TOML text.
     pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
         toml::from_str(text).map_err(|source| ConfigError::Parse {
@@ -684,6 +697,31 @@ mod tests {
         assert_eq!(c.vm.mem_mib, 512);
         assert!(c.registries.hosts["h:1"].plain_http);
         assert!(c.check().is_ok());
+    }
+
+    #[test]
+    fn the_printed_configuration_reads_back_the_same() {
+        for c in [
+            Config::default(),
+            Config::from_toml(
+                "state_dir = \"/srv/vmlet\"\n[vm]\nvcpus = 2\n[network]\nmode = \"none\"\n\
+                 [streaming]\ntls_cert = \"/c.pem\"\ntls_key = \"/k.pem\"\n\
+                 [registries.hosts.\"127.0.0.1:5000\"]\nplain_http = true\n",
+                Path::new("x.toml"),
+            )
+            .unwrap(),
+        ] {
+            let text = c.to_toml().unwrap();
+            assert_eq!(
+                Config::from_toml(&text, Path::new("printed")).unwrap(),
+                c,
+                "{text}"
+            );
+            // Every section, with its keys.
+            for key in ["socket = ", "[vm]", "warm_pool = ", "[jail]", "[cgroups]"] {
+                assert!(text.contains(key), "{key} missing:\n{text}");
+            }
+        }
     }
 
     #[test]
