@@ -504,6 +504,14 @@ impl CriClient {
     }
 }
 
+/// A pod's `linux` section holding just its security context `sc`.
+pub fn sandbox_security(sc: v1::LinuxSandboxSecurityContext) -> Option<v1::LinuxPodSandboxConfig> {
+    Some(v1::LinuxPodSandboxConfig {
+        security_context: Some(sc),
+        ..Default::default()
+    })
+}
+
 /// A pod config with the given name, its logs under `log_dir`.
 pub fn pod_config(name: &str, log_dir: &Path) -> v1::PodSandboxConfig {
     v1::PodSandboxConfig {

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use tonic::Code;
 use vmlet_integration_tests::cri::{
-    busybox_registry, container_config, parse_log, pod_config, v1, vmletd_binary, CriClient,
-    LogEntry, Vmletd,
+    busybox_registry, container_config, parse_log, pod_config, sandbox_security, v1, vmletd_binary,
+    CriClient, LogEntry, Vmletd,
 };
 use vmlet_test_support::{Compression, ImageBuilder, LayerBuilder, TestRegistry};
 
@@ -1889,11 +1889,8 @@ fn a_container_flooding_the_console_leaves_a_capped_console_log() {
     let c = d.client();
     c.pull(&image).expect("PullImage");
     let mut pod_cfg = pod_config("flood", &d.log_dir());
-    pod_cfg.linux = Some(v1::LinuxPodSandboxConfig {
-        security_context: Some(v1::LinuxSandboxSecurityContext {
-            privileged: true,
-            ..Default::default()
-        }),
+    pod_cfg.linux = sandbox_security(v1::LinuxSandboxSecurityContext {
+        privileged: true,
         ..Default::default()
     });
     let pod = c.run_pod(pod_cfg.clone()).expect("RunPodSandbox");

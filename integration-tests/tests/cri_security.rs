@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use serde_json::json;
 use tonic::Code;
-use vmlet_integration_tests::cri::{container_config, parse_log, pod_config, v1, Vmletd};
+use vmlet_integration_tests::cri::{
+    container_config, parse_log, pod_config, sandbox_security, v1, Vmletd,
+};
 use vmlet_test_support::{busybox_image_with_files, TestRegistry};
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -128,11 +130,8 @@ fn security_contexts_are_enforced_in_the_guest() {
     let name = format!("sec-{}", "x".repeat(96));
     let mut pod_cfg = pod_config(&name, &d.log_dir());
     pod_cfg.hostname.clear();
-    pod_cfg.linux = Some(v1::LinuxPodSandboxConfig {
-        security_context: Some(v1::LinuxSandboxSecurityContext {
-            privileged: true,
-            ..Default::default()
-        }),
+    pod_cfg.linux = sandbox_security(v1::LinuxSandboxSecurityContext {
+        privileged: true,
         ..Default::default()
     });
     let pod = c.run_pod(pod_cfg.clone()).expect("RunPodSandbox");
@@ -478,11 +477,8 @@ fn security_contexts_are_enforced_in_the_guest() {
         },
     ] {
         let mut cfg = pod_config("hostns", &d.log_dir());
-        cfg.linux = Some(v1::LinuxPodSandboxConfig {
-            security_context: Some(v1::LinuxSandboxSecurityContext {
-                namespace_options: Some(ns),
-                ..Default::default()
-            }),
+        cfg.linux = sandbox_security(v1::LinuxSandboxSecurityContext {
+            namespace_options: Some(ns),
             ..Default::default()
         });
         let e = c.run_pod(cfg).unwrap_err();
@@ -547,11 +543,8 @@ fn read_only_roots_user_names_and_network_administration() {
 
     let mut pod_cfg = pod_config(&format!("ro-{}", "p".repeat(64)), &d.log_dir());
     pod_cfg.hostname.clear();
-    pod_cfg.linux = Some(v1::LinuxPodSandboxConfig {
-        security_context: Some(v1::LinuxSandboxSecurityContext {
-            privileged: true,
-            ..Default::default()
-        }),
+    pod_cfg.linux = sandbox_security(v1::LinuxSandboxSecurityContext {
+        privileged: true,
         ..Default::default()
     });
     let pod = c.run_pod(pod_cfg.clone()).expect("RunPodSandbox");
@@ -729,11 +722,8 @@ fn user_namespaced_pods() {
     c.pull(&plain).expect("PullImage");
 
     let sandbox_linux = |ns: v1::NamespaceOption| {
-        Some(v1::LinuxPodSandboxConfig {
-            security_context: Some(v1::LinuxSandboxSecurityContext {
-                namespace_options: Some(ns),
-                ..Default::default()
-            }),
+        sandbox_security(v1::LinuxSandboxSecurityContext {
+            namespace_options: Some(ns),
             ..Default::default()
         })
     };

@@ -18,7 +18,7 @@ use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
-use vmlet_cri::runtime::{IdMap, UserNamespaceConfig};
+use vmlet_cri::runtime::UserNamespaceConfig;
 use vmlet_proto::agent as pb;
 
 use super::plan::{Class, Planned, VolumeSettings, MAX_COPY_ENTRIES, TERMINATION_LOG_MAX};
@@ -128,14 +128,9 @@ impl PodVolumes {
         let Some(ns) = &self.userns else {
             return entries;
         };
-        let map = |maps: &[IdMap], id: u32| {
-            maps.iter()
-                .find(|m| id >= m.container_id && id - m.container_id < m.length)
-                .map_or(id, |m| m.host_id + (id - m.container_id))
-        };
         for e in &mut entries {
-            e.uid = map(&ns.uids, e.uid);
-            e.gid = map(&ns.gids, e.gid);
+            e.uid = ns.host_uid(e.uid).unwrap_or(e.uid);
+            e.gid = ns.host_gid(e.gid).unwrap_or(e.gid);
         }
         entries
     }
@@ -646,6 +641,7 @@ mod tests {
 
     #[test]
     fn copies_keep_their_owners_inside_a_user_namespace() {
+        use vmlet_cri::runtime::IdMap;
         let range = |container_id, host_id, length| IdMap {
             container_id,
             host_id,

@@ -161,6 +161,24 @@ pub struct UserNamespaceConfig {
     pub gids: Vec<IdMap>,
 }
 
+impl UserNamespaceConfig {
+    /// uid `id` inside, seen outside (`None`: unmapped).
+    pub fn host_uid(&self, id: u32) -> Option<u32> {
+        outside(&self.uids, id)
+    }
+
+    /// gid `id` inside, seen outside (`None`: unmapped).
+    pub fn host_gid(&self, id: u32) -> Option<u32> {
+        outside(&self.gids, id)
+    }
+}
+
+fn outside(maps: &[IdMap], id: u32) -> Option<u32> {
+    maps.iter()
+        .find(|m| id >= m.container_id && id - m.container_id < m.length)
+        .map(|m| m.host_id + (id - m.container_id))
+}
+
 /// Checks `userns_options`; `None` for the node's user namespace (mode NODE, or no
 /// options).
 fn user_namespace(

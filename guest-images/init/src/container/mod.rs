@@ -19,6 +19,7 @@ pub mod caps;
 pub mod cgroup;
 pub mod device_filter;
 pub mod devnodes;
+pub mod mount_attr;
 pub mod mounts;
 pub mod process;
 pub mod rootfs;
@@ -469,13 +470,7 @@ impl Manager {
             readonly_paths: &spec.readonly_paths,
             idmap: rootfs.userns.as_ref().map(process::borrow),
         };
-        let userns = match (&rootfs.userns, &spec.userns) {
-            (Some(fd), Some(ns)) => Some(JoinUserNs {
-                fd: process::borrow(fd),
-                ns,
-            }),
-            _ => None,
-        };
+        let userns = JoinUserNs::of(rootfs.userns.as_ref(), spec.userns.as_ref());
         // A target container's namespace, held open until the process has joined it.
         let target_ns = match spec.target_pid_namespace.as_str() {
             "" => None,
@@ -664,13 +659,7 @@ impl Manager {
                 })?),
                 None => None,
             };
-        let userns = match (&userns_fd, &c.spec.userns) {
-            (Some(fd), Some(ns)) => Some(JoinUserNs {
-                fd: process::borrow(fd),
-                ns,
-            }),
-            _ => None,
-        };
+        let userns = JoinUserNs::of(userns_fd.as_ref(), c.spec.userns.as_ref());
         let (io, fds) = ProcessIo::new(p.terminal, p.open_stdin, p.size)?;
         let mut spawned = process::spawn(
             &p,

@@ -10,6 +10,7 @@ use std::path::{Component, Path, PathBuf};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
 use super::devnodes::{self, DevError};
+use super::mount_attr;
 use super::spec::MountSpec;
 
 /// What a new container's mount namespace holds.
@@ -345,40 +346,11 @@ fn mount_requested(plan: &RootPlan<'_>) -> Result<(), MountError> {
 /// Makes the mount at `target` and every mount below it read-only, keeping their
 /// other flags.
 fn readonly_recursively(target: &Path) -> Result<(), MountError> {
-    /// `struct mount_attr` of mount_setattr(2), which libc does not define.
-    #[repr(C)]
-    struct MountAttr {
-        attr_set: u64,
-        attr_clr: u64,
-        propagation: u64,
-        userns_fd: u64,
-    }
-    const MOUNT_ATTR_RDONLY: u64 = 0x1;
-    let attr = MountAttr {
-        attr_set: MOUNT_ATTR_RDONLY,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: 0,
-    };
     let what = || format!("make {} read-only recursively", target.display());
     let path = std::ffi::CString::new(target.as_os_str().as_encoded_bytes())
         .map_err(|e| ctx(what)(io::Error::other(e)))?;
-    // SAFETY: `path` is a NUL-terminated string and `attr` a valid mount_attr whose
-    // size is passed; the kernel only reads both during the call.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            libc::AT_FDCWD,
-            path.as_ptr(),
-            libc::AT_RECURSIVE as libc::c_uint,
-            std::ptr::addr_of!(attr),
-            std::mem::size_of::<MountAttr>(),
-        )
-    };
-    if r != 0 {
-        return Err(ctx(what)(io::Error::last_os_error()));
-    }
-    Ok(())
+    let recursive = libc::AT_RECURSIVE as libc::c_uint;
+    mount_attr::set(libc::AT_FDCWD, &path, recursive, mount_attr::RDONLY, None).map_err(ctx(what))
 }
 
 /// Makes `root` the process's `/` (pivot_root, the old root detached), read-only if

@@ -97,6 +97,17 @@ pub struct JoinUserNs<'a> {
     pub ns: &'a UserNs,
 }
 
+impl<'a> JoinUserNs<'a> {
+    /// The namespace to join, when the container has one (its descriptor and its
+    /// mappings both present).
+    pub fn of(fd: Option<&'a OwnedFd>, ns: Option<&'a UserNs>) -> Option<JoinUserNs<'a>> {
+        Some(JoinUserNs {
+            fd: fd?.as_fd(),
+            ns: ns?,
+        })
+    }
+}
+
 /// A forked process, before it runs its program.
 #[derive(Debug)]
 pub struct Spawned {

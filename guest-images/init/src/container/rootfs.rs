@@ -288,7 +288,7 @@ impl Drives {
             // The overlay's root takes its owner and mode from the upper directory:
             // the image root's, as the idmapped lower layer shows them, not vmlet-init's
             // (unmapped inside, so even the container's root could not write there).
-            use std::os::unix::fs::{MetadataExt, PermissionsExt};
+            use std::os::unix::fs::MetadataExt;
             let md = std::fs::metadata(&lower).map_err(|source| RootfsError::Dir {
                 path: lower.clone(),
                 source,
@@ -303,8 +303,13 @@ impl Drives {
                 Some(nix::unistd::Gid::from_raw(md.gid())),
             )
             .map_err(chown_err)?;
-            std::fs::set_permissions(&upper, std::fs::Permissions::from_mode(md.mode() & 0o7777))
-                .map_err(|e| chown_err(nix::Error::from_raw(e.raw_os_error().unwrap_or(0))))?;
+            nix::sys::stat::fchmodat(
+                nix::fcntl::AT_FDCWD,
+                &upper,
+                nix::sys::stat::Mode::from_bits_truncate(md.mode() & 0o7777),
+                nix::sys::stat::FchmodatFlags::FollowSymlink,
+            )
+            .map_err(chown_err)?;
         }
         let data = format!(
             "lowerdir={},upperdir={},workdir={}",

@@ -18,6 +18,7 @@ use nix::sched::{unshare, CloneFlags};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, pipe2, ForkResult};
 
+use super::mount_attr;
 use super::spec::UserNs;
 
 /// Making a user namespace or an idmapped mount failed.
@@ -98,16 +99,6 @@ pub fn create(ns: &UserNs) -> Result<OwnedFd, UsernsError> {
     }
 }
 
-/// `struct mount_attr` of mount_setattr(2), which libc does not define.
-#[repr(C)]
-struct MountAttr {
-    attr_set: u64,
-    attr_clr: u64,
-    propagation: u64,
-    userns_fd: u64,
-}
-
-const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
 const OPEN_TREE_CLONE: libc::c_uint = 1;
 const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x0000_0004;
 
@@ -137,37 +128,26 @@ pub fn idmapped_bind(
     }
     // SAFETY: a fresh descriptor that nothing else owns.
     let tree = unsafe { OwnedFd::from_raw_fd(tree as i32) };
-    let attr = MountAttr {
-        attr_set: MOUNT_ATTR_IDMAP,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: userns.as_raw_fd() as u64,
-    };
     let mut setattr_flags = libc::AT_EMPTY_PATH as libc::c_uint;
     if recursive {
         setattr_flags |= libc::AT_RECURSIVE as libc::c_uint;
     }
-    // SAFETY: the path is an empty NUL-terminated string, `attr` a valid mount_attr
-    // whose size is passed; the kernel only reads them during the call.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            tree.as_raw_fd(),
-            c"".as_ptr(),
-            setattr_flags,
-            std::ptr::addr_of!(attr),
-            std::mem::size_of::<MountAttr>(),
-        )
-    };
-    if r != 0 {
-        let e = io::Error::last_os_error();
+    let idmapped = mount_attr::set(
+        tree.as_raw_fd(),
+        c"",
+        setattr_flags,
+        mount_attr::IDMAP,
+        Some(userns),
+    );
+    if let Err(e) = idmapped {
         // The file system (tmpfs, virtio-fs on 6.1) does not support idmapped mounts.
         if e.raw_os_error() == Some(libc::EINVAL) {
             return Ok(false);
         }
         return Err(e);
     }
-    // SAFETY: as above: an empty path on the tree's descriptor, `dst` NUL-terminated.
+    // SAFETY: an empty NUL-terminated path on the tree's descriptor and `dst`
+    // NUL-terminated; the kernel only reads them during the call.
     let r = unsafe {
         libc::syscall(
             libc::SYS_move_mount,
