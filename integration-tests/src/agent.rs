@@ -162,6 +162,7 @@ impl GuestAgent {
         exec_id: &str,
         timeout: Duration,
     ) -> Result<pb::ProcessStatus, Status> {
+        crate::watchdog::step(format!("waiting for {id}/{exec_id} to exit"));
         let mut c = self.agent.clone();
         self.call(
             timeout,
@@ -280,6 +281,7 @@ impl GuestAgent {
         let start = Instant::now();
         let mut data = Vec::new();
         let mut offset = 0;
+        crate::watchdog::step(format!("reading {stream:?} of {id}/{exec_id}"));
         while !done(&data) {
             let left = timeout.saturating_sub(start.elapsed());
             assert!(

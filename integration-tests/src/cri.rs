@@ -37,6 +37,11 @@ pub struct CriClient {
 }
 
 fn req<T>(msg: T) -> Request<T> {
+    let call = std::any::type_name::<T>();
+    crate::watchdog::step(format!(
+        "the CRI call of {}",
+        call.rsplit("::").next().unwrap_or(call)
+    ));
     let mut r = Request::new(msg);
     r.set_timeout(CALL_TIMEOUT);
     r
@@ -101,10 +106,19 @@ impl CriClient {
     /// RunPodSandbox, once: a pod whose VMM exits while it boots is an error here, in
     /// the emulated TCG machine too (see `Guest::boot`).
     pub fn run_pod(&self, config: v1::PodSandboxConfig) -> Result<String, Status> {
+        self.run_pod_with_handler(config, "")
+    }
+
+    /// RunPodSandbox with a RuntimeClass handler.
+    pub fn run_pod_with_handler(
+        &self,
+        config: v1::PodSandboxConfig,
+        handler: &str,
+    ) -> Result<String, Status> {
         let mut c = self.runtime.clone();
         self.block_on(c.run_pod_sandbox(req(v1::RunPodSandboxRequest {
             config: Some(config),
-            runtime_handler: String::new(),
+            runtime_handler: handler.into(),
         })))
         .map(|r| r.into_inner().pod_sandbox_id)
     }
@@ -622,6 +636,8 @@ pub struct Vmletd {
     config: String,
     /// Extra keys of the `[vm]` table.
     vm_keys: String,
+    /// Shows the daemon's and its pods' logs if the test passes its deadline.
+    _watched: crate::watchdog::Watched,
 }
 
 /// Configuration a test's daemon starts from: a boot timeout for shared, emulated
@@ -693,7 +709,12 @@ impl Vmletd {
             .tempdir_in("/tmp")
             .expect("tempdir");
         let socket = dir.path().join("cri.sock");
+        let _watched = crate::watchdog::watch(
+            "vmletd",
+            vec![dir.path().join("vmletd.log"), dir.path().join("pod-logs")],
+        );
         let mut d = Vmletd {
+            _watched,
             child: None,
             mirror: None,
             socket,

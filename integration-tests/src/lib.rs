@@ -17,6 +17,7 @@ pub mod fault;
 pub mod images;
 pub mod kubectl;
 pub mod net;
+pub mod watchdog;
 #[cfg(test)]
 mod with_kvm_tests;
 
@@ -172,6 +173,8 @@ pub struct Guest {
     pub vmm_log: PathBuf,
     /// Hybrid vsock socket.
     pub vsock: PathBuf,
+    /// Shows the logs if the test passes its deadline.
+    _watched: watchdog::Watched,
     /// Control socket.
     pub control: PathBuf,
 }
@@ -215,15 +218,21 @@ impl Guest {
             .stdout(log.try_clone().expect("clone the vmm.log handle"))
             .stderr(log);
         let child = cmd.spawn().expect("spawn vmlet-vmm");
+        let _watched = watchdog::watch(
+            format!("guest (VMM pid {})", child.id()),
+            vec![serial.clone(), vmm_log.clone()],
+        );
         let mut guest = Guest {
             child,
             observed: false,
+            _watched,
             dir,
             serial,
             vmm_log,
             vsock,
             control,
         };
+        watchdog::step("booting a guest: waiting for 'vmlet-init: ready' on its console");
         guest.wait_for(|log| log.contains("vmlet-init: ready"), BOOT_TIMEOUT)?;
         Ok(guest)
     }
