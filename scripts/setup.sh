@@ -2,6 +2,7 @@
 # Installs what vmlet needs to build and test on Debian 12 (run as root).
 # Idempotent: packages already present are not fetched again.
 set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
 
 packages=(
     # guest kernel build
@@ -93,26 +94,6 @@ fi
 cni_dir=/etc/cni/net.d
 if ! ls "$cni_dir"/*.conflist "$cni_dir"/*.conf "$cni_dir"/*.json >/dev/null 2>&1; then
     mkdir -p "$cni_dir"
-    cat >"$cni_dir/10-vmlet.conflist" <<'CONF'
-{
-  "cniVersion": "1.0.0",
-  "name": "vmlet",
-  "plugins": [
-    {
-      "type": "bridge",
-      "bridge": "vmlet0",
-      "isGateway": true,
-      "ipMasq": true,
-      "hairpinMode": true,
-      "ipam": {
-        "type": "host-local",
-        "ranges": [[{ "subnet": "10.88.0.0/16" }]],
-        "routes": [{ "dst": "0.0.0.0/0" }]
-      }
-    },
-    { "type": "portmap", "capabilities": { "portMappings": true } }
-  ]
-}
-CONF
+    install -m 0644 "$repo/packaging/cni/10-vmlet.conflist" "$cni_dir/10-vmlet.conflist"
     echo "setup: wrote the default pod network $cni_dir/10-vmlet.conflist" >&2
 fi

@@ -1,129 +1,9 @@
 //! vmletd's configuration: a TOML file (default `/etc/vmlet/config.toml`; a missing
 //! default file means all defaults) overridden by command-line flags.
 //!
-//! Every key, with its default:
-//!
-//! ```toml
-//! # CRI socket kubelet and crictl connect to, and its permission bits.
-//! socket = "/run/vmlet/vmlet.sock"
-//! socket_mode = 0o660
-//! # Persistent state: images, pods, containers (survives daemon restarts).
-//! state_dir = "/var/lib/vmlet"
-//! # Sockets of the running VMs (gone at reboot, as the VMs are).
-//! runtime_dir = "/run/vmlet"
-//! # Guest kernel (uncompressed vmlinux with a PVH entry) and initramfs with vmlet-init.
-//! kernel = "/usr/lib/vmlet/vmlinux"
-//! initramfs = "/usr/lib/vmlet/initramfs.cpio"
-//! # The vmlet-vmm binary ("vmlet-vmm" is looked up next to vmletd, then in PATH).
-//! vmm = "vmlet-vmm"
-//! # Log filter (tracing EnvFilter syntax; RUST_LOG wins when set).
-//! log_level = "info"
-//!
-//! [network]
-//! # "cni": every pod gets a network namespace wired by the node's CNI configuration
-//! # and carried into its VM; "none": pods have loopback only (NetworkReady is false).
-//! mode = "cni"
-//! # The lexically first .conflist/.conf/.json here is the pod network.
-//! cni_conf_dir = "/etc/cni/net.d"
-//! # Where CNI plugins are looked up, in order.
-//! cni_bin_dirs = ["/opt/cni/bin", "/usr/lib/cni"]
-//! # Where pods' network namespaces are pinned (`ip netns` looks in /run/netns).
-//! netns_dir = "/run/netns"
-//!
-//! [vm]
-//! vcpus = 1                 # vCPUs of a pod that sets no CPU limit
-//! mem_mib = 256             # MiB of a pod that sets no memory limit
-//! min_mem_mib = 128         # smallest VM; smaller requests are refused
-//! overhead_mem_mib = 64     # added to a pod's own memory limit (guest kernel + init)
-//! image_slots = 4           # spare drives for container images (distinct images per pod)
-//! scratch_mib = 4096        # sparse ext4 disk for the containers' writable layers
-//! boot_timeout_secs = 180   # how long a guest may take until vmlet-init answers
-//! max_concurrent_boots = 4  # guests booting at once; more RunPodSandbox calls queue
-//! # VMs of the default size (vcpus, mem_mib) booted ahead of need, so that a pod of
-//! # that size starts without waiting for a boot. Each costs an idle pod's memory.
-//! warm_pool = 1
-//! # The guest gives the memory it frees back to the host (virtio-balloon free page
-//! # reporting), so an idle pod holds about what it uses.
-//! free_page_reporting = true
-//! # Which pods get a shared file system (virtio-fs, one virtiofsd each) through which
-//! # hostPath, CSI and other persistent volumes reach their containers:
-//! # "annotated" (pods annotated io.vmlet.shared-fs: "true"; they boot their own VM,
-//! # not a warm one), "always" (every pod and warm VM) or "never".
-//! shared_fs = "annotated"
-//! virtiofsd = "/usr/lib/qemu/virtiofsd"
-//! # Added to the guest kernel's command line. "quiet" keeps boot messages off the
-//! # serial console (each byte written there is a VM exit); errors still show in
-//! # the pod's console.log. Set "" to see the whole boot.
-//! kernel_args = "quiet"
-//! # What a pod's console.log keeps of a guest that writes to its serial console
-//! # without end: the first and the last bytes, with a line saying how many were
-//! # dropped between them.
-//! console_log_head_bytes = 1048576
-//! console_log_tail_bytes = 1048576
-//!
-//! [images]
-//! # Caps on what a pulled image may make vmletd read and write; a larger image is
-//! # refused (ResourceExhausted, naming the key to raise). The defaults fit real images.
-//! max_manifest_bytes = 4194304       # a manifest or index
-//! max_config_bytes = 8388608         # the image config blob
-//! max_tar_header_bytes = 1048576     # a long name or PAX record of one layer entry
-//! max_unpacked_bytes = 68719476736   # all layers of an image, uncompressed (64 GiB)
-//! max_entries = 4000000              # tar entries in all layers of an image
-//! max_inodes = 2000000               # files, directories, links and nodes they create
-//!
-//! [volumes]
-//! # Most bytes one copied volume (configMap, secret, projected token, /etc/hosts,
-//! # termination log) may hold; at most 8 MiB. Larger ones are refused.
-//! max_copy_bytes = 4194304
-//!
-//! [streaming]
-//! # Where the server for kubectl exec/attach/port-forward listens; CRI Exec, Attach
-//! # and PortForward answer with URLs on it. Port 0 picks a free port.
-//! address = "127.0.0.1"
-//! port = 0
-//! # Serve HTTPS with this PEM certificate chain and PKCS#8 PEM key (both or neither).
-//! # tls_cert = "/etc/vmlet/streaming.crt"
-//! # tls_key = "/etc/vmlet/streaming.key"
-//! max_sessions_per_target = 32  # sessions per container (exec/attach) or pod (port-forward)
-//! max_sessions = 1024           # sessions on the node
-//! max_pending = 1024            # URLs handed out and not used yet
-//!
-//! [jail]
-//! # Each VMM runs jailed: its own uid/gid from this range, a mount namespace holding
-//! # only its files, new PID and IPC namespaces, no capabilities, no_new_privs. Turn
-//! # off only on hosts that cannot (the VMM then runs as root).
-//! enabled = true
-//! first_uid = 1900000000
-//! uid_count = 65536         # at most this many pods at once
-//! max_open_files = 4096     # RLIMIT_NOFILE of a VMM
-//! # A PID namespace per VMM, the VMM its init: from outside only SIGKILL and the
-//! # signals it handles (SIGTERM, SIGINT) reach it.
-//! pid_namespace = true
-//! # Shared libraries vmlet-vmm loads, bound read-only into each jail ([] for a
-//! # statically linked vmlet-vmm; missing ones are skipped).
-//! library_dirs = ["/lib64", "/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu"]
-//!
-//! [cgroups]
-//! # Each pod's VMM (and virtiofsd) runs in a host cgroup (v2) below the kubelet's
-//! # cgroup_parent, limited to the pod's memory (+ the VMM's overhead), CPU limit
-//! # and a pids.max. Without a v2 hierarchy offering cpu, memory and pids at
-//! # /sys/fs/cgroup (cgroup v1 or hybrid hosts), pods run without a host cgroup.
-//! enabled = true
-//! # How the kubelet names cgroups ("systemd", "cgroupfs", or "auto": systemd when
-//! # the host runs it); reported to the kubelet by RuntimeConfig.
-//! driver = "auto"
-//!
-//! [security]
-//! # Localhost seccomp profiles (CRI SecurityProfile.localhost_ref, an absolute path
-//! # the kubelet makes from its root directory) must lie below this directory.
-//! seccomp_profile_root = "/var/lib/kubelet/seccomp"
-//!
-//! # Per-registry settings, as in the image manager's RegistriesConfig:
-//! [registries.hosts."127.0.0.1:5000"]
-//! plain_http = true
-//! skip_tls_verify = false
-//! mirrors = []
-//! ```
+//! Every key, with its default and what it does: `packaging/config.toml`, which
+//! `scripts/install.sh` installs as the default file (a unit test keeps it equal to
+//! [`Config::default`]).
 
 use std::path::{Path, PathBuf};
 
@@ -285,6 +165,32 @@ pub struct Config {
     pub jail: crate::sandbox::jail::JailConfig,
     /// The pods' host cgroups.
     pub cgroups: crate::sandbox::cgroup::CgroupsConfig,
+    /// RuntimeClass handlers by name (`[runtimes.NAME]`).
+    pub runtimes: std::collections::BTreeMap<String, RuntimeClassConfig>,
+}
+
+/// `[runtimes.NAME]`: what a RuntimeClass handler changes of the default VM; a key
+/// left out is the top-level one (`warm_pool`: 0).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeClassConfig {
+    /// vCPUs of a pod without a CPU limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vcpus: Option<u32>,
+    /// MiB of a pod without a memory limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mem_mib: Option<u64>,
+    /// Guest kernel.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<PathBuf>,
+    /// Guest initramfs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub initramfs: Option<PathBuf>,
+    /// Guest kernel command line added.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel_args: Option<String>,
+    /// Pre-booted VMs of this handler's default size.
+    pub warm_pool: u32,
 }
 
 /// `[security]`.
@@ -435,6 +341,7 @@ impl Default for Config {
             security: SecurityConfig::default(),
             jail: Default::default(),
             cgroups: Default::default(),
+            runtimes: Default::default(),
         }
     }
 }
@@ -443,7 +350,7 @@ impl Default for Config {
 #[derive(Debug, Default, clap::Parser)]
 #[command(
     name = "vmletd",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (git ", env!("VMLET_GIT_REVISION"), ")"),
     about = "vmlet's node daemon: a CRI runtime that runs every pod as a micro-VM"
 )]
 pub struct Args {
@@ -602,6 +509,7 @@ impl Config {
                 self.vm.warm_pool
             ));
         }
+        self.check_runtimes().map_err(ConfigError::Invalid)?;
         let limit = crate::volumes::plan::MAX_COPY_BYTES_LIMIT;
         if self.volumes.max_copy_bytes > limit {
             return bad(format!(
@@ -617,16 +525,7 @@ impl Config {
             return bad("vm.max_concurrent_boots must be at least 1".to_owned());
         }
         // The kernel reads its command line as printable ASCII.
-        if let Some(c) = self
-            .vm
-            .kernel_args
-            .chars()
-            .find(|c| !(c.is_ascii_graphic() || *c == ' '))
-        {
-            return bad(format!(
-                "vm.kernel_args may hold printable ASCII and spaces only (found {c:?})"
-            ));
-        }
+        check_kernel_args("vm.kernel_args", &self.vm.kernel_args).map_err(ConfigError::Invalid)?;
         if self.socket_mode > 0o777 {
             return bad(format!(
                 "socket_mode {:o} is not a permission mode",
@@ -649,10 +548,174 @@ impl Config {
     }
 }
 
+/// The kernel reads its command line as printable ASCII.
+fn check_kernel_args(key: &str, args: &str) -> Result<(), String> {
+    match args.chars().find(|c| !(c.is_ascii_graphic() || *c == ' ')) {
+        Some(c) => Err(format!(
+            "{key} may hold printable ASCII and spaces only (found {c:?})"
+        )),
+        None => Ok(()),
+    }
+}
+
+impl Config {
+    /// Most RuntimeClass handlers: each may keep its own warm pool and refill task.
+    const MAX_RUNTIMES: usize = 32;
+
+    fn check_runtimes(&self) -> Result<(), String> {
+        if self.runtimes.len() > Self::MAX_RUNTIMES {
+            return Err(format!(
+                "at most {} [runtimes.NAME] handlers (got {})",
+                Self::MAX_RUNTIMES,
+                self.runtimes.len()
+            ));
+        }
+        let mut warm = u64::from(self.vm.warm_pool);
+        for (name, r) in &self.runtimes {
+            // As Kubernetes names them: a DNS label (RuntimeClass.handler).
+            let label = !name.is_empty()
+                && name.len() <= 63
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !name.starts_with('-')
+                && !name.ends_with('-');
+            if !label {
+                return Err(format!(
+                    "[runtimes.{name:?}]: a handler name is a DNS label (1 to 63 of a-z, 0-9 \
+                     and '-', not starting or ending with '-')"
+                ));
+            }
+            let key = |k: &str| format!("runtimes.{name}.{k}");
+            if let Some(v) = r.vcpus {
+                if v == 0 || v > 254 {
+                    return Err(format!("{} must be 1..=254 (got {v})", key("vcpus")));
+                }
+            }
+            if let Some(m) = r.mem_mib {
+                if m < self.vm.min_mem_mib {
+                    return Err(format!(
+                        "{} ({m}) is below vm.min_mem_mib ({})",
+                        key("mem_mib"),
+                        self.vm.min_mem_mib
+                    ));
+                }
+            }
+            if let Some(a) = &r.kernel_args {
+                check_kernel_args(&key("kernel_args"), a)?;
+            }
+            for (k, p) in [("kernel", &r.kernel), ("initramfs", &r.initramfs)] {
+                if p.as_ref().is_some_and(|p| !p.is_absolute()) {
+                    return Err(format!("{} must be an absolute path", key(k)));
+                }
+            }
+            warm += u64::from(r.warm_pool);
+        }
+        if warm > 64 {
+            return Err(format!(
+                "vm.warm_pool and the handlers' warm_pool add up to at most 64 (got {warm})"
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::Parser;
+
+    #[test]
+    fn runtime_handlers_are_checked() {
+        let c = Config::from_toml(
+            "[runtimes.big]\nvcpus = 2\nmem_mib = 1024\nwarm_pool = 1\n[runtimes.small]\n",
+            Path::new("t"),
+        )
+        .unwrap();
+        c.check().unwrap();
+        assert_eq!(c.runtimes["big"].vcpus, Some(2));
+        assert_eq!(c.runtimes["small"], RuntimeClassConfig::default());
+        for (toml, error) in [
+            ("[runtimes.Big]\n", "a handler name is a DNS label"),
+            (
+                "[runtimes.a]\nvcpus = 0\n",
+                "runtimes.a.vcpus must be 1..=254",
+            ),
+            (
+                "[runtimes.a]\nmem_mib = 64\n",
+                "runtimes.a.mem_mib (64) is below",
+            ),
+            (
+                "[runtimes.a]\nkernel = \"vmlinux\"\n",
+                "runtimes.a.kernel must be an absolute",
+            ),
+            (
+                "[runtimes.a]\nkernel_args = \"a\\u0007\"\n",
+                "runtimes.a.kernel_args may hold",
+            ),
+            (
+                "[runtimes.a]\nwarm_pool = 64\n",
+                "add up to at most 64 (got 65)",
+            ),
+        ] {
+            let e = Config::from_toml(toml, Path::new("t"))
+                .unwrap()
+                .check()
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(error), "{toml}: {e}");
+        }
+        assert!(Config::from_toml("[runtimes.a]\nmemory = 1\n", Path::new("t")).is_err());
+    }
+
+    /// The installed default file documents every key with its default value.
+    #[test]
+    fn the_packaged_config_file_holds_the_defaults() {
+        let text = include_str!("../../packaging/config.toml");
+        let c = Config::from_toml(text, Path::new("packaging/config.toml")).unwrap();
+        assert_eq!(c, Config::default());
+        // Every key is there: printed, the defaults hold no key the file lacks.
+        let file: toml::Table = toml::from_str(text).unwrap();
+        let all: toml::Table = toml::from_str(&Config::default().to_toml().unwrap()).unwrap();
+        fn keys(t: &toml::Table, at: &str, out: &mut Vec<String>) {
+            for (k, v) in t {
+                match v {
+                    toml::Value::Table(sub) => keys(sub, &format!("{at}{k}."), out),
+                    _ => out.push(format!("{at}{k}")),
+                }
+            }
+        }
+        let (mut in_file, mut in_defaults) = (Vec::new(), Vec::new());
+        keys(&file, "", &mut in_file);
+        keys(&all, "", &mut in_defaults);
+        let missing: Vec<_> = in_defaults
+            .iter()
+            .filter(|k| !in_file.contains(k))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "keys packaging/config.toml does not show: {missing:?}"
+        );
+    }
+
+    #[test]
+    fn the_version_names_the_git_revision() {
+        use clap::CommandFactory;
+        let v = Args::command().render_version();
+        let rev = v
+            .trim()
+            .strip_prefix(concat!("vmletd ", env!("CARGO_PKG_VERSION"), " (git "))
+            .and_then(|r| r.strip_suffix(')'))
+            .unwrap_or_else(|| panic!("{v}"));
+        // The tests run in the checkout that was built.
+        let head = std::process::Command::new("git")
+            .args(["rev-parse", "--short=12", "HEAD"])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+        assert_eq!(rev, head.as_deref().unwrap_or("unknown"), "{v}");
+    }
 
     #[test]
     fn defaults_and_overrides() {

@@ -123,6 +123,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
                 security: config.security.settings(),
                 jail: config.jail.clone(),
                 cgroups,
+                runtimes: config.runtimes.clone(),
             },
             images.clone(),
         )
@@ -135,12 +136,23 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     tracing::info!(addr = %streams.addr(), "streaming server listening");
     let listener = bind(&config.socket, config.socket_mode)?;
     tracing::info!(socket = %config.socket.display(), "serving the CRI");
+    // Ready for a service manager once the socket answers (it is bound; the server
+    // below accepts) and the pods of the last run are taken over again.
+    let recovering = runtime.as_ref().clone();
+    tokio::spawn(async move {
+        recovering.recovered().await;
+        notify(&[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status("serving the CRI"),
+        ]);
+    });
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
     let shutdown = async move {
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM: exiting; pods keep running"),
             _ = int.recv() => tracing::info!("SIGINT: exiting; pods keep running"),
         }
+        notify(&[sd_notify::NotifyState::Stopping]);
         let _ = stopping_tx.send(());
     };
     let rt = runtime.clone();
@@ -164,4 +176,12 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     rt.shutdown().await;
     let _ = std::fs::remove_file(&config.socket);
     Ok(())
+}
+
+/// Tells systemd how the daemon stands (`Type=notify`); nothing when no service
+/// manager asked (`NOTIFY_SOCKET` unset).
+fn notify(state: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(state) {
+        tracing::warn!("cannot notify the service manager: {e}");
+    }
 }

@@ -433,9 +433,20 @@ fn image_config_merges_with_the_request() {
     assert_clean(d);
 }
 
+/// A daemon with two RuntimeClass handlers: "big" (its own size and kernel
+/// arguments) and "missing" (a kernel that does not exist).
+const HANDLERS: &str = "[network]\nmode = \"none\"\n\
+    [runtimes.big]\nvcpus = 2\nmem_mib = 512\nkernel_args = \"quiet vmlet.test=big\"\n\
+    [runtimes.missing]\nkernel = \"/nonexistent/vmlinux\"\n";
+
 #[test]
 fn bad_requests_get_the_right_codes_and_leave_nothing() {
-    let env = env();
+    let (registry, image) = busybox_registry("busybox:e2e");
+    let env = Env {
+        daemon: Vmletd::start_with(&["--insecure-registry", registry.addr()], HANDLERS),
+        registry,
+        image,
+    };
     let d = &env.daemon;
     let c = d.client();
     c.pull(&env.image).expect("PullImage");
@@ -464,6 +475,33 @@ fn bad_requests_get_the_right_codes_and_leave_nothing() {
     let e = c.run_pod(sized(1 << 20)).unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().contains("MiB"), "{e}");
+    // RuntimeClass handlers: one not configured, a name no RuntimeClass can have, and
+    // one whose kernel is missing.
+    let e = c
+        .run_pod_with_handler(pod_config("h", &d.log_dir()), "gvisor")
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    assert!(
+        e.message().contains("no runtime handler \"gvisor\"")
+            && e.message().contains("\"big\", \"missing\""),
+        "{e}"
+    );
+    let e = c
+        .run_pod_with_handler(pod_config("h", &d.log_dir()), "Big_One")
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    let e = c
+        .run_pod_with_handler(pod_config("h", &d.log_dir()), "missing")
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e}");
+    assert!(e.message().contains("/nonexistent/vmlinux"), "{e}");
+    let names: Vec<String> = c
+        .runtime_status()
+        .runtime_handlers
+        .into_iter()
+        .map(|h| h.name)
+        .collect();
+    assert_eq!(names, ["", "big", "missing"]);
     // Unknown IDs.
     let unknown = "0".repeat(64);
     assert_eq!(c.pod_status(&unknown).unwrap_err().code(), Code::NotFound);
@@ -546,8 +584,23 @@ fn bad_requests_get_the_right_codes_and_leave_nothing() {
     c.remove_pod(&pod).expect("RemovePodSandbox");
     assert!(c.list(None).is_empty());
     assert_clean(d);
-    // The name is free again.
-    let pod = c.run_pod(pod_cfg).expect("RunPodSandbox after removal");
+    // The name is free again; this time the pod runs on handler "big", whose VM
+    // has its size and kernel arguments.
+    let pod = c
+        .run_pod_with_handler(pod_cfg, "big")
+        .expect("RunPodSandbox after removal, handler big");
+    let status = c.pod_status(&pod).unwrap().status.unwrap();
+    assert_eq!(status.runtime_handler, "big");
+    assert_eq!(c.list_pods(None)[0].runtime_handler, "big");
+    let guest = d.in_guest(
+        &pod,
+        "nproc; grep -o 'vmlet.test=big' /proc/cmdline; \
+         awk '/MemTotal/ { print int($2 / 1024) }' /proc/meminfo",
+    );
+    let lines: Vec<&str> = guest.lines().collect();
+    assert_eq!(lines[..2], ["2", "vmlet.test=big"], "{guest}");
+    let mem_mib: u64 = lines[2].parse().unwrap();
+    assert!((400..=512).contains(&mem_mib), "{guest}");
     c.remove_pod(&pod).expect("RemovePodSandbox");
     assert_clean(d);
 }

@@ -22,7 +22,7 @@ use vmlet_vmm_api::exit::{ExitRecord, PANIC_EXIT};
 #[derive(Parser, Debug)]
 #[command(
     name = "vmlet-vmm",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (git ", env!("VMLET_GIT_REVISION"), ")"),
     about = "vmlet's micro-VM monitor: one KVM guest per process"
 )]
 pub struct Args {

@@ -45,6 +45,17 @@ pub(super) async fn prepare(
     network: Option<NetworkConfig>,
 ) -> Result<(PodRecord, VmmCommand), RuntimeError> {
     let s = &inner.settings;
+    let handler = s.handler(&config.runtime_handler)?;
+    // Checked before anything is made: the VMM's own error would name neither.
+    for (what, file) in [("kernel", handler.kernel), ("initramfs", handler.initramfs)] {
+        if !file.exists() {
+            return Err(RuntimeError::Precondition(format!(
+                "the guest {what} {} of runtime handler {:?} does not exist",
+                file.display(),
+                config.runtime_handler
+            )));
+        }
+    }
     for dir in [&paths.dir, &paths.containers(), &paths.run_dir] {
         store::create_private_dir(dir)?;
     }
@@ -151,9 +162,9 @@ pub(super) async fn prepare(
     };
     let cmd = VmmCommand {
         binary: s.vmm.clone(),
-        kernel: s.kernel.clone(),
-        initramfs: s.initramfs.clone(),
-        kernel_args: s.vm.kernel_args.clone(),
+        kernel: handler.kernel.to_owned(),
+        initramfs: handler.initramfs.to_owned(),
+        kernel_args: handler.kernel_args.to_owned(),
         free_page_reporting: s.vm.free_page_reporting,
         vcpus: size.0,
         mem_mib: size.1,

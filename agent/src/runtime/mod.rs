@@ -29,6 +29,7 @@ mod container;
 mod deadline;
 mod error;
 mod exec;
+mod handlers;
 mod launch;
 mod pod;
 mod pool;
@@ -97,10 +98,10 @@ impl Runtime {
         let rt = Runtime {
             inner: Arc::new(Inner {
                 boots: tokio::sync::Semaphore::new(settings.vm.max_concurrent_boots as usize),
-                warm: pool::WarmPool::new(
-                    settings.vm.warm_pool as usize,
-                    (settings.vm.vcpus, settings.vm.mem_mib),
-                ),
+                warm: pool::WarmPools::new(settings.handler_names().iter().filter_map(|name| {
+                    let h = settings.handler(name).ok()?;
+                    Some(pool::WarmPool::new(name, h.warm_pool as usize, h.size))
+                })),
                 boot_estimate: deadline::BootEstimate::default(),
                 network: PodNetworks::new(settings.network.clone(), &settings.state_dir),
                 uids: UidPool::new(
@@ -118,7 +119,9 @@ impl Runtime {
             }),
         };
         recovery::recover(&rt.inner).await;
-        tokio::spawn(warm::refill(rt.inner.clone()));
+        for handler in rt.inner.settings.handler_names() {
+            tokio::spawn(warm::refill(rt.inner.clone(), handler));
+        }
         Ok(rt)
     }
 
@@ -226,10 +229,19 @@ impl RuntimeBackend for Runtime {
             network_reason,
             network_message,
             verbose_json: serde_json::json!({
-                "warmPool": self.inner.warm.state(),
+                "warmPool": self.inner.warm.of("").map(|p| p.state()),
+                "runtimeHandlers": s.runtimes.keys().map(|name| {
+                    let h = s.handler(name).ok();
+                    (name.clone(), serde_json::json!({
+                        "kernel": h.map(|h| h.kernel),
+                        "initramfs": h.map(|h| h.initramfs),
+                        "warmPool": self.inner.warm.of(name).map(|p| p.state()),
+                    }))
+                }).collect::<serde_json::Map<_, _>>(),
                 "podCgroups": s.cgroups.root.is_some(),
             })
             .to_string(),
+            runtime_handlers: s.handler_names(),
             cgroup_driver: match s.cgroups.driver {
                 Driver::Systemd => CgroupDriver::Systemd,
                 Driver::Cgroupfs => CgroupDriver::Cgroupfs,

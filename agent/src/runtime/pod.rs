@@ -24,13 +24,15 @@ const WARM_PING: Duration = Duration::from_secs(3);
 /// How long a stopping guest may take to power off.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
-/// vCPUs and MiB of a pod's VM.
+/// vCPUs and MiB of a pod's VM: its limits, else its handler's defaults (an unknown
+/// handler is refused here, before anything is made).
 fn size(inner: &Inner, c: &PodConfig) -> Result<(u32, u64), RuntimeError> {
     let vm = &inner.settings.vm;
-    let vcpus = c.vcpus.unwrap_or(vm.vcpus);
+    let default = inner.settings.handler(&c.runtime_handler)?.size;
+    let vcpus = c.vcpus.unwrap_or(default.0);
     let mem = match c.memory_mib {
         Some(m) => m.saturating_add(vm.overhead_mem_mib),
-        None => vm.mem_mib,
+        None => default.1,
     };
     if mem < vm.min_mem_mib {
         return Err(RuntimeError::Invalid(format!(
@@ -67,7 +69,7 @@ pub async fn run(
         if vm.shared_fs_for(&config.annotations) && vm.shared_fs != SharedFs::Always {
             (None, None)
         } else {
-            take_live_warm(inner, size, deadline).await
+            take_live_warm(inner, &config.runtime_handler, size, deadline).await
         };
     let mut id = match &warm {
         Some(w) => w.id.clone(),
@@ -172,7 +174,7 @@ async fn adopt_warm(
             tracing::warn!(pod = %id, "the warm VM failed ({e}): booting a fresh VM for the pod");
             warm::keep_console(inner, &paths);
             launch::undo(inner, &paths).await;
-            inner.warm.count_failure();
+            inner.warm.count_failure(&config.runtime_handler);
             Err(e)
         }
     }
@@ -184,6 +186,7 @@ async fn adopt_warm(
 /// `deadline`; none is taken once it has passed.
 async fn take_live_warm(
     inner: &Arc<Inner>,
+    handler: &str,
     size: (u32, u64),
     deadline: Deadline,
 ) -> (Option<WarmVm>, Option<RuntimeError>) {
@@ -192,14 +195,17 @@ async fn take_live_warm(
         if !deadline.allows(Duration::ZERO) {
             return (None, failed);
         }
-        let Some(w) = inner.warm.take(size, deadline.at()).await else {
+        let Some(pool) = inner.warm.of(handler) else {
+            return (None, failed);
+        };
+        let Some(w) = pool.take(size, deadline.at()).await else {
             return (None, failed);
         };
         match w.vm.ping(deadline.cap(WARM_PING)).await {
             Ok(()) => return (Some(w), failed),
             Err(e) => {
                 tracing::warn!(pod = %w.id, "a warm VM does not answer ({e}): discarding it");
-                inner.warm.count_failure();
+                pool.count_failure();
                 warm::keep_console(inner, &w.paths);
                 warm::discard(inner, w).await;
                 failed = Some(e.into());

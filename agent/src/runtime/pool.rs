@@ -1,8 +1,8 @@
-//! The warm pool's bookkeeping (`vm.warm_pool`): the booted VMs waiting for pods, the
-//! RunPodSandbox calls in progress, and who waits for the VM being booted. What fills
-//! and empties it is in `warm`.
+//! The warm pools' bookkeeping (`vm.warm_pool`, and `warm_pool` of each RuntimeClass
+//! handler): the booted VMs waiting for pods, the RunPodSandbox calls in progress, and
+//! who waits for the VM being booted. What fills and empties them is in `warm`.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
@@ -17,6 +17,8 @@ use crate::store::{PodPaths, PodRecord};
 pub(super) struct WarmVm {
     /// The pod ID it will have.
     pub id: String,
+    /// The handler whose pool it is in.
+    pub handler: String,
     pub paths: PodPaths,
     pub record: PodRecord,
     pub vm: Vm,
@@ -36,8 +38,51 @@ pub(super) struct State {
     pub(super) closed: bool,
 }
 
-/// The pool.
+/// The warm pool of each RuntimeClass handler ("" the default), made at start from
+/// the same settings that resolve a pod's handler, so each handler has one.
+pub(super) struct WarmPools(BTreeMap<String, WarmPool>);
+
+impl WarmPools {
+    pub fn new(pools: impl IntoIterator<Item = WarmPool>) -> Self {
+        WarmPools(pools.into_iter().map(|p| (p.handler.clone(), p)).collect())
+    }
+
+    /// Handler `handler`'s pool.
+    pub fn of(&self, handler: &str) -> Option<&WarmPool> {
+        self.0.get(handler)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &WarmPool> {
+        self.0.values()
+    }
+
+    /// Marks a RunPodSandbox call in progress in every pool (no refill takes CPU from
+    /// a pod starting, whatever its handler) until the guards are dropped.
+    pub fn starting(&self) -> Vec<Starting<'_>> {
+        self.iter().map(WarmPool::starting).collect()
+    }
+
+    /// Returns a VM that was taken but not used to its pool.
+    pub fn put_back(&self, w: WarmVm) {
+        match self.of(&w.handler) {
+            Some(p) => p.put_back(w),
+            // Every warm VM comes from one of these pools.
+            None => tracing::error!(pod = %w.id, handler = %w.handler, "a warm VM of no pool"),
+        }
+    }
+
+    /// Counts a failed warm VM of `handler`'s pool.
+    pub fn count_failure(&self, handler: &str) {
+        if let Some(p) = self.of(handler) {
+            p.count_failure();
+        }
+    }
+}
+
+/// The pool of one handler.
 pub(super) struct WarmPool {
+    /// The RuntimeClass handler its VMs are booted for.
+    pub(super) handler: String,
     pub(super) target: usize,
     /// Warm VMs that failed a pod (dead, silent, or a step of adoption failed).
     pub(super) failed: AtomicU64,
@@ -48,8 +93,9 @@ pub(super) struct WarmPool {
 }
 
 impl WarmPool {
-    pub fn new(target: usize, size: (u32, u64)) -> Self {
+    pub fn new(handler: &str, target: usize, size: (u32, u64)) -> Self {
         WarmPool {
+            handler: handler.to_owned(),
             target,
             failed: AtomicU64::new(0),
             size,

@@ -14,7 +14,7 @@ use vmlet_cri::runtime::{
 
 use super::deadline::BootEstimate;
 use super::error::RuntimeError;
-use super::pool::WarmPool;
+use super::pool::WarmPools;
 use super::util::{lock, now_ns};
 use crate::config::VmConfig;
 use crate::images::{ImageLease, ImageManager};
@@ -49,6 +49,8 @@ pub struct Settings {
     pub jail: crate::sandbox::jail::JailConfig,
     /// The pods' host cgroups.
     pub cgroups: crate::sandbox::cgroup::CgroupSettings,
+    /// RuntimeClass handlers other than the default.
+    pub runtimes: std::collections::BTreeMap<String, crate::config::RuntimeClassConfig>,
 }
 
 /// A pod in memory.
@@ -97,8 +99,8 @@ pub(super) struct Inner {
     pub(super) vms: Arc<dyn Hypervisor>,
     /// Permits to boot a guest (`vm.max_concurrent_boots`).
     pub(super) boots: tokio::sync::Semaphore,
-    /// Pre-booted VMs (`vm.warm_pool`).
-    pub(super) warm: WarmPool,
+    /// Pre-booted VMs (`vm.warm_pool` and each handler's `warm_pool`).
+    pub(super) warm: WarmPools,
     /// What a fresh boot takes, for RunPodSandbox's deadline.
     pub(super) boot_estimate: BootEstimate,
     /// The uids of the pods' jails.

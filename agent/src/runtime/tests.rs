@@ -31,7 +31,7 @@ struct Harness {
     dir: tempfile::TempDir,
 }
 
-fn settings(dir: &Path, warm_pool: u32) -> Settings {
+pub(super) fn settings(dir: &Path, warm_pool: u32) -> Settings {
     Settings {
         vmm: "vmlet-vmm".into(),
         kernel: dir.join("vmlinux"),
@@ -52,6 +52,7 @@ fn settings(dir: &Path, warm_pool: u32) -> Settings {
         security: Default::default(),
         jail: Default::default(),
         cgroups: Default::default(),
+        runtimes: Default::default(),
     }
 }
 
@@ -80,6 +81,10 @@ async fn harness_on(hv: FakeHypervisor, edit: impl FnOnce(&mut Settings)) -> Har
             .unwrap(),
     );
     images.add_test_image(IMAGE, Default::default());
+    // The fake VMs read neither, but a pod's handler must name files that exist.
+    for f in ["vmlinux", "initramfs"] {
+        std::fs::write(dir.path().join(f), "").unwrap();
+    }
     let mut settings = settings(dir.path(), 0);
     edit(&mut settings);
     let hv = Arc::new(hv);
@@ -581,6 +586,84 @@ async fn the_warm_pool_hands_out_live_vms_and_refills() {
     let other = h.rt.run_pod(big).await.unwrap();
     assert!(h.hv.vm(&other).is_some());
     assert_eq!(h.rt.pod(&other).unwrap().state, PodState::Ready);
+}
+
+/// A pod of a RuntimeClass handler gets that handler's kernel, arguments and size,
+/// from its own warm pool; an unknown handler is refused before anything is made.
+#[tokio::test]
+async fn a_pod_of_a_runtime_handler_gets_its_vm_and_pool() {
+    let hv = FakeHypervisor::default();
+    let h = harness_on(hv, |s| {
+        let kernel = s.kernel.with_file_name("vmlinux-big");
+        std::fs::write(&kernel, "").unwrap();
+        s.runtimes.insert(
+            "big".into(),
+            crate::config::RuntimeClassConfig {
+                vcpus: Some(2),
+                mem_mib: Some(512),
+                kernel: Some(kernel),
+                kernel_args: Some("quiet big".into()),
+                warm_pool: 1,
+                ..Default::default()
+            },
+        );
+        s.runtimes.insert(
+            "broken".into(),
+            crate::config::RuntimeClassConfig {
+                kernel: Some("/nonexistent/vmlinux".into()),
+                ..Default::default()
+            },
+        );
+    })
+    .await;
+    // Only the handler with a warm pool boots ahead.
+    eventually("big's warm VM is ready", || {
+        h.rt.health().verbose_json.contains("\"ready\":1")
+    })
+    .await;
+    let health = h.rt.health();
+    assert_eq!(health.runtime_handlers, ["", "big", "broken"]);
+    let warm = h.hv.all()[0].clone();
+    let mut config = pod_config("web", &h.log_dir());
+    config.runtime_handler = "big".into();
+    let (pod, vm) = {
+        let id = h.rt.run_pod(config).await.unwrap();
+        (id.clone(), h.hv.vm(&id).unwrap())
+    };
+    assert_eq!(vm.control, warm.control, "the pod took big's warm VM");
+    let first = h.hv.boot_commands.lock().unwrap()[0].clone();
+    assert!(first.kernel.ends_with("vmlinux-big"), "{first:?}");
+    assert_eq!((first.vcpus, first.mem_mib), (2, 512));
+    assert_eq!(first.kernel_args, "quiet big");
+    let info = h.rt.pod(&pod).unwrap();
+    assert_eq!(info.config.runtime_handler, "big");
+
+    // A default pod boots the default kernel at the default size.
+    let (_, _) = h.pod("plain").await;
+    let cmds = h.hv.boot_commands.lock().unwrap().clone();
+    let plain = cmds
+        .iter()
+        .find(|c| c.kernel == h.settings.kernel)
+        .expect("a boot of the default kernel");
+    assert_eq!(
+        (plain.vcpus, plain.mem_mib, plain.kernel_args.as_str()),
+        (1, 256, "quiet")
+    );
+
+    // Unknown handlers and missing kernels fail cleanly, leaving nothing.
+    let boots = h.hv.boot_commands.lock().unwrap().len();
+    let mut config = pod_config("gv", &h.log_dir());
+    config.runtime_handler = "gvisor".into();
+    let e = h.rt.run_pod(config).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::InvalidArgument, "{e}");
+    assert!(e.message.contains("no runtime handler \"gvisor\""), "{e}");
+    let mut config = pod_config("br", &h.log_dir());
+    config.runtime_handler = "broken".into();
+    let e = h.rt.run_pod(config).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::FailedPrecondition, "{e}");
+    assert!(e.message.contains("/nonexistent/vmlinux"), "{e}");
+    assert_eq!(h.hv.boot_commands.lock().unwrap().len(), boots);
+    assert_eq!(h.rt.pods().len(), 2);
 }
 
 #[tokio::test]

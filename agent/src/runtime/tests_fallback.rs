@@ -39,6 +39,9 @@ async fn harness(warm_pool: u32, boots: u32, boot_time: Duration) -> Harness {
             .unwrap(),
     );
     images.add_test_image(IMAGE, Default::default());
+    for f in ["vmlinux", "initramfs"] {
+        std::fs::write(dir.path().join(f), "").unwrap();
+    }
     let settings = Settings {
         vmm: "vmlet-vmm".into(),
         kernel: dir.path().join("vmlinux"),
@@ -59,6 +62,7 @@ async fn harness(warm_pool: u32, boots: u32, boot_time: Duration) -> Harness {
         security: Default::default(),
         jail: Default::default(),
         cgroups: Default::default(),
+        runtimes: Default::default(),
     };
     let hv = Arc::new(FakeHypervisor::default());
     *hv.boot_time.lock().unwrap() = boot_time;

@@ -1,7 +1,8 @@
-//! The warm pool (`vm.warm_pool`): VMs of the default size booted ahead of need, each
+//! The warm pools (`vm.warm_pool`, and `warm_pool` of each RuntimeClass handler): VMs
+//! of a handler's default size, with its kernel, booted ahead of need, each
 //! with its pod ID, record (phase Warm), network namespace and tap already made, so
 //! that RunPodSandbox of a pod that size only runs CNI ADD and ConfigureGuest (see
-//! `launch::adopt`). One task keeps the pool full, one boot at a time and only while no
+//! `launch::adopt`). One task per pool keeps it full, one boot at a time and only while no
 //! RunPodSandbox is in progress (a boot takes CPU from pods starting); a call that
 //! finds the pool empty waits for a VM that is booting only if no other call waits
 //! for it already, else it boots its own.
@@ -19,7 +20,7 @@ use vmlet_cri::runtime::PodConfig;
 use super::deadline::Deadline;
 use super::error::RuntimeError;
 use super::launch::{prepare, start_vm, undo};
-use super::pool::WarmVm;
+use super::pool::{WarmPool, WarmVm};
 use super::state::Inner;
 use super::util::{lock, new_id};
 use crate::network::cni::NetworkConfig;
@@ -34,9 +35,11 @@ const KEPT_CONSOLES: usize = 8;
 /// How long daemon exit waits for a warm VM that is booting.
 const DRAIN_WAIT: Duration = Duration::from_secs(60);
 
-/// Keeps the pool full until it is closed, booting while no pod is starting.
-pub(super) async fn refill(inner: Arc<Inner>) {
-    let pool = &inner.warm;
+/// Keeps `handler`'s pool full until it is closed, booting while no pod is starting.
+pub(super) async fn refill(inner: Arc<Inner>, handler: String) {
+    let Some(pool) = inner.warm.of(&handler) else {
+        return;
+    };
     if pool.target == 0 {
         return;
     }
@@ -70,7 +73,7 @@ pub(super) async fn refill(inner: Arc<Inner>) {
             }
         };
         lock(&pool.state).booting = true;
-        let booted = boot_one(&inner, network).await;
+        let booted = boot_one(&inner, pool, network).await;
         let failed = booted.is_err();
         let leftover = {
             let mut st = lock(&pool.state);
@@ -110,10 +113,12 @@ pub(super) async fn refill(inner: Arc<Inner>) {
 /// Hands a warm VM whose VMM dies while it waits in the pool to the refill task, which
 /// removes and replaces it.
 fn watch_idle(inner: &Arc<Inner>, w: &WarmVm) {
-    let (inner, vm, id) = (inner.clone(), w.vm.clone(), w.id.clone());
+    let (inner, vm, id, handler) = (inner.clone(), w.vm.clone(), w.id.clone(), w.handler.clone());
     tokio::spawn(async move {
         vm.wait_exit_status().await;
-        inner.warm.reap(&id);
+        if let Some(pool) = inner.warm.of(&handler) {
+            pool.reap(&id);
+        }
     });
 }
 
@@ -121,37 +126,48 @@ fn watch_idle(inner: &Arc<Inner>, w: &WarmVm) {
 /// any, which the refill task then removes (for at most `DRAIN_WAIT`: what is left
 /// then, the next daemon removes).
 pub(super) async fn drain(inner: &Inner) {
-    let pool = &inner.warm;
-    for w in pool.close() {
-        discard(inner, w).await;
-    }
-    let waited = tokio::time::timeout(DRAIN_WAIT, async {
-        loop {
-            let notified = pool.changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if !lock(&pool.state).booting {
-                return;
-            }
-            notified.await;
+    for pool in inner.warm.iter() {
+        for w in pool.close() {
+            discard(inner, w).await;
         }
-    })
-    .await;
-    if waited.is_err() {
-        tracing::warn!("a warm VM still boots; the next start removes it");
+    }
+    for pool in inner.warm.iter() {
+        let waited = tokio::time::timeout(DRAIN_WAIT, async {
+            loop {
+                let notified = pool.changed.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if !lock(&pool.state).booting {
+                    return;
+                }
+                notified.await;
+            }
+        })
+        .await;
+        if waited.is_err() {
+            tracing::warn!(handler = %pool.handler, "a warm VM still boots; the next start removes it");
+        }
     }
 }
 
-async fn boot_one(inner: &Inner, network: Option<NetworkConfig>) -> Result<WarmVm, RuntimeError> {
+async fn boot_one(
+    inner: &Inner,
+    pool: &WarmPool,
+    network: Option<NetworkConfig>,
+) -> Result<WarmVm, RuntimeError> {
     let id = new_id()?;
     let s = &inner.settings;
     let paths = PodPaths::new(&s.state_dir, &s.runtime_dir, &id);
+    let config = PodConfig {
+        runtime_handler: pool.handler.clone(),
+        ..PodConfig::default()
+    };
     let prepared = prepare(
         inner,
         &id,
         &paths,
-        PodConfig::default(),
-        inner.warm.size,
+        config,
+        pool.size,
         PodPhase::Warm,
         network,
     )
@@ -166,6 +182,7 @@ async fn boot_one(inner: &Inner, network: Option<NetworkConfig>) -> Result<WarmV
     match start_vm(inner, &cmd, Deadline::default()).await {
         (Ok(vm), _) => Ok(WarmVm {
             id,
+            handler: pool.handler.clone(),
             paths,
             record,
             vm,

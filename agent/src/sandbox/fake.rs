@@ -108,6 +108,8 @@ pub struct FakeHypervisor {
     pub boot_attempts: Mutex<Vec<tokio::time::Instant>>,
     /// The timeout each boot was given, in order.
     pub boot_timeouts: Mutex<Vec<Duration>>,
+    /// What each boot was asked to start, in order.
+    pub boot_commands: Mutex<Vec<VmmCommand>>,
     /// Stray VMMs killed, by control path.
     pub strays_killed: Mutex<Vec<PathBuf>>,
     /// Guests that [`Hypervisor::adopt`] finds running, by control socket path: what
@@ -215,6 +217,7 @@ impl Hypervisor for FakeHypervisor {
         Box::pin(async move {
             lock(&self.boot_attempts).push(tokio::time::Instant::now());
             lock(&self.boot_timeouts).push(timeout);
+            lock(&self.boot_commands).push(cmd.clone());
             let now = self.booting.fetch_add(1, Ordering::SeqCst) + 1;
             self.most_booting.fetch_max(now, Ordering::SeqCst);
             let boot_time = *lock(&self.boot_time);

@@ -85,6 +85,9 @@ pub struct PodConfig {
     /// The pod's CPU limit with its overhead, in thousandths of a CPU (None: none).
     #[serde(default)]
     pub cpu_millis: Option<u64>,
+    /// The RuntimeClass handler that runs the pod ("" is the default one).
+    #[serde(default)]
+    pub runtime_handler: String,
 }
 
 /// State of a pod.
@@ -392,6 +395,9 @@ pub struct Health {
     pub verbose_json: String,
     /// The cgroup driver the backend reads `cgroup_parent` as (`RuntimeConfig`).
     pub cgroup_driver: CgroupDriver,
+    /// The RuntimeClass handlers pods may name, the default ("") first; none listed
+    /// means the default alone.
+    pub runtime_handlers: Vec<String>,
 }
 
 /// How pods' `cgroup_parent` is read, as the kubelet's cgroup driver names cgroups.

@@ -125,6 +125,7 @@ pub fn pod_config(config: Option<proto::PodSandboxConfig>) -> Result<PodConfig, 
         security,
         cgroup_parent: linux.cgroup_parent,
         cpu_millis,
+        runtime_handler: String::new(),
     })
 }
 

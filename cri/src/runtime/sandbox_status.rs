@@ -48,7 +48,7 @@ pub fn status(p: PodInfo, verbose: bool) -> (proto::PodSandboxStatus, HashMap<St
         }),
         labels: p.config.labels,
         annotations: p.config.annotations,
-        runtime_handler: String::new(),
+        runtime_handler: p.config.runtime_handler,
         id: p.id,
     };
     (status, info)
@@ -62,7 +62,7 @@ pub fn summary(p: PodInfo) -> proto::PodSandbox {
         created_at: p.created_at_ns,
         labels: p.config.labels,
         annotations: p.config.annotations,
-        runtime_handler: String::new(),
+        runtime_handler: p.config.runtime_handler,
         id: p.id,
     }
 }

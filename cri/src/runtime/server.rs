@@ -140,13 +140,9 @@ impl<B: RuntimeBackend> RuntimeService for RuntimeServer<B> {
         // Taken when the request arrives, before any validation.
         let deadline = validate::grpc_timeout(r.metadata()).map(|t| std::time::Instant::now() + t);
         let req = r.into_inner();
-        if !req.runtime_handler.is_empty() {
-            return Err(Status::invalid_argument(format!(
-                "unknown runtime handler {:?}: vmlet has only the default one",
-                req.runtime_handler
-            )));
-        }
-        let config = sandbox_run::pod_config(req.config)?;
+        let mut config = sandbox_run::pod_config(req.config)?;
+        // The backend knows its handlers and refuses an unknown one.
+        config.runtime_handler = validate::runtime_handler(req.runtime_handler)?;
         let id = self
             .backend
             .run_pod_until(config, deadline)

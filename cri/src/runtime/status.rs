@@ -22,7 +22,11 @@ pub fn version() -> proto::VersionResponse {
 }
 
 /// The `Status` answer from the backend's health.
-pub fn status(h: Health, verbose: bool) -> proto::StatusResponse {
+pub fn status(mut h: Health, verbose: bool) -> proto::StatusResponse {
+    let handlers = match std::mem::take(&mut h.runtime_handlers) {
+        v if v.is_empty() => vec![String::new()],
+        v => v,
+    };
     let cond = |t: &str, ok: bool, reason: String, message: String| proto::RuntimeCondition {
         r#type: t.into(),
         status: ok,
@@ -63,13 +67,17 @@ pub fn status(h: Health, verbose: bool) -> proto::StatusResponse {
         // What the guest really does (each covered by an end-to-end test): `rro`
         // mounts through mount_setattr(2), user namespaces (pods with
         // `hostUsers: false`) and the Strict supplemental-groups policy.
-        runtime_handlers: vec![proto::RuntimeHandler {
-            name: String::new(),
-            features: Some(proto::RuntimeHandlerFeatures {
-                recursive_read_only_mounts: true,
-                user_namespaces: true,
-            }),
-        }],
+        // Every handler runs the same guest agent, so they share the features.
+        runtime_handlers: handlers
+            .into_iter()
+            .map(|name| proto::RuntimeHandler {
+                name,
+                features: Some(proto::RuntimeHandlerFeatures {
+                    recursive_read_only_mounts: true,
+                    user_namespaces: true,
+                }),
+            })
+            .collect(),
         features: Some(proto::RuntimeFeatures {
             supplemental_groups_policy: true,
         }),
@@ -112,6 +120,20 @@ mod tests {
         assert_eq!(version().runtime_name, "vmlet");
         let handler = s.runtime_handlers[0].features.unwrap();
         assert!(handler.recursive_read_only_mounts && handler.user_namespaces);
+        assert_eq!(s.runtime_handlers[0].name, "");
+        let named = status(
+            Health {
+                runtime_handlers: vec![String::new(), "big".into()],
+                ..Default::default()
+            },
+            false,
+        );
+        let names: Vec<_> = named
+            .runtime_handlers
+            .iter()
+            .map(|h| h.name.as_str())
+            .collect();
+        assert_eq!(names, ["", "big"]);
         assert!(s.features.unwrap().supplemental_groups_policy);
         let h = Health {
             verbose_json: "{\"warmPool\":{}}".into(),

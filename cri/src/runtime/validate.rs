@@ -35,6 +35,26 @@ pub fn timeout_secs(value: i64, what: &str) -> Result<Duration, Status> {
     Ok(Duration::from_secs(value.unsigned_abs()))
 }
 
+/// A RuntimeClass handler name as Kubernetes makes them: "" (the default) or a DNS
+/// label (at most 63 of `a-z`, `0-9` and `-`, not starting or ending with `-`).
+/// Whether the runtime has it is the backend's question.
+pub fn runtime_handler(name: String) -> Result<String, Status> {
+    let label = name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if !label {
+        let shown: String = name.chars().take(80).collect();
+        return Err(Status::invalid_argument(format!(
+            "runtime_handler {shown:?} is not a RuntimeClass handler name (a DNS label: \
+             at most 63 of a-z, 0-9 and '-')"
+        )));
+    }
+    Ok(name)
+}
+
 /// Now, as Unix nanoseconds.
 pub fn now_ns() -> i64 {
     std::time::SystemTime::now()
@@ -68,6 +88,17 @@ pub fn grpc_timeout(metadata: &MetadataMap) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runtime_handlers_are_dns_labels() {
+        for ok in ["", "vmlet", "big-vm2", &"a".repeat(63)] {
+            assert_eq!(runtime_handler(ok.to_owned()).unwrap(), ok);
+        }
+        for bad in ["Big", "-a", "a-", "a_b", "a.b", &"a".repeat(64), "é"] {
+            let e = runtime_handler(bad.to_owned()).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{bad}");
+        }
+    }
 
     #[test]
     fn grpc_timeouts_parse() {
