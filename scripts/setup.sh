@@ -15,6 +15,8 @@ packages=(
     qemu-system-common
     # networking: CNI plugins (bridge, host-local, portmap, loopback), tc, nsenter, iptables
     iproute2 iputils-ping containernetworking-plugins util-linux iptables curl
+    # the service test: vmletd under a real systemd (PID 1 of its own namespaces)
+    systemd
     # gRPC code generation
     protobuf-compiler
     # container seccomp profiles compiled to BPF (vmlet-seccomp links libseccomp)
