@@ -167,6 +167,16 @@ pub struct Config {
     pub cgroups: crate::sandbox::cgroup::CgroupsConfig,
     /// RuntimeClass handlers by name (`[runtimes.NAME]`).
     pub runtimes: std::collections::BTreeMap<String, RuntimeClassConfig>,
+    /// The Prometheus endpoint.
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`: where vmletd serves its figures for Prometheus (`GET /metrics`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Listen address (IP and port); none: no endpoint.
+    pub address: Option<std::net::SocketAddr>,
 }
 
 /// `[runtimes.NAME]`: what a RuntimeClass handler changes of the default VM; a key
@@ -342,6 +352,7 @@ impl Default for Config {
             jail: Default::default(),
             cgroups: Default::default(),
             runtimes: Default::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -808,6 +819,31 @@ mod tests {
             Config::load(&missing),
             Err(ConfigError::Read { .. })
         ));
+    }
+
+    #[test]
+    fn metrics_section() {
+        assert_eq!(Config::default().metrics.address, None);
+        let c = Config::from_toml(
+            "[metrics]\naddress = \"127.0.0.1:9464\"\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.metrics.address, Some("127.0.0.1:9464".parse().unwrap()));
+        let text = c.to_toml().unwrap();
+        assert!(
+            text.contains("[metrics]\naddress = \"127.0.0.1:9464\""),
+            "{text}"
+        );
+        assert_eq!(Config::from_toml(&text, Path::new("p")).unwrap(), c);
+        for bad in [
+            "address = \"localhost\"",
+            "address = \"127.0.0.1\"",
+            "port = 1",
+        ] {
+            let e = Config::from_toml(&format!("[metrics]\n{bad}\n"), Path::new("x.toml"));
+            assert!(e.is_err(), "{bad}");
+        }
     }
 
     #[test]

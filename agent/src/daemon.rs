@@ -1,5 +1,6 @@
 //! The daemon: logging, the image manager and runtime, the CRI services on one unix
-//! socket, and a clean exit on SIGTERM/SIGINT that leaves the pods running.
+//! socket, the metrics endpoint if configured, and a clean exit on SIGTERM/SIGINT
+//! that leaves the pods running.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -12,6 +13,9 @@ use vmlet_cri::runtime::RuntimeServer;
 
 use crate::config::Config;
 use crate::images::{ImageError, ImageManager, ImageManagerConfig};
+use crate::metrics::grpc::CallsLayer;
+use crate::metrics::server::{Endpoint, MetricsError, Source};
+use crate::metrics::Metrics;
 use crate::runtime::{Runtime, RuntimeError, Settings};
 
 /// How long calls in flight may take to finish after SIGTERM.
@@ -40,6 +44,9 @@ pub enum DaemonError {
     /// The streaming server could not start.
     #[error("streaming server: {0}")]
     Streaming(#[from] vmlet_streaming::ServerError),
+    /// The metrics endpoint could not start.
+    #[error("metrics endpoint: {0}")]
+    Metrics(#[from] MetricsError),
     /// Signal handlers could not be installed.
     #[error("signal handlers: {0}")]
     Signals(std::io::Error),
@@ -98,7 +105,12 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let mut image_config = ImageManagerConfig::new(config.state_dir.join("images"));
     image_config.registries = config.registries.clone();
     image_config.limits = config.images;
-    let images = Arc::new(ImageManager::open(image_config).await?);
+    let metrics = Arc::new(Metrics::new());
+    let images = Arc::new(
+        ImageManager::open(image_config)
+            .await?
+            .with_metrics(metrics.clone()),
+    );
     let cgroups = config.cgroups.settings();
     if config.cgroups.enabled && cgroups.root.is_none() {
         tracing::warn!(
@@ -124,6 +136,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
                 jail: config.jail.clone(),
                 cgroups,
                 runtimes: config.runtimes.clone(),
+                metrics: metrics.clone(),
             },
             images.clone(),
         )
@@ -134,6 +147,19 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         crate::streaming::Urls::start(config.streaming.server_config(), runtime.as_ref().clone())
             .await?;
     tracing::info!(addr = %streams.addr(), "streaming server listening");
+    let _endpoint = match config.metrics.address {
+        Some(addr) => {
+            let rt = runtime.clone();
+            let source: Source = Arc::new(move || {
+                let rt = rt.clone();
+                Box::pin(async move { rt.scrape().await })
+            });
+            let endpoint = Endpoint::start(addr, metrics.clone(), source).await?;
+            tracing::info!(addr = %endpoint.addr(), "metrics endpoint listening");
+            Some(endpoint)
+        }
+        None => None,
+    };
     let listener = bind(&config.socket, config.socket_mode)?;
     tracing::info!(socket = %config.socket.display(), "serving the CRI");
     // Ready for a service manager once the socket answers (it is bound; the server
@@ -157,6 +183,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     };
     let rt = runtime.clone();
     let server = tonic::transport::Server::builder()
+        .layer(CallsLayer::new(metrics))
         .add_service(
             RuntimeServer::new(runtime)
                 .with_streaming(streams)

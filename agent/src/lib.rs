@@ -6,6 +6,7 @@
 //! - [`streaming`]: the streaming server (kubectl exec, attach, port-forward) over the
 //!   runtime;
 //! - [`config`]: the TOML configuration and command-line flags;
+//! - [`metrics`]: vmletd's figures for Prometheus and the endpoint that serves them;
 //! - [`runtime`]: the pod and container controller behind the CRI RuntimeService: pods,
 //!   containers, exec, resources, stats, the warm pool of booted VMs, and re-adopting
 //!   pods after a restart;
@@ -29,6 +30,7 @@ pub mod config;
 pub mod daemon;
 pub mod images;
 pub mod logs;
+pub mod metrics;
 pub mod network;
 pub mod runtime;
 pub mod sandbox;

@@ -14,6 +14,7 @@ use common::{manager, Mounted};
 use serde_json::json;
 use vmlet_agent::images::pull::PullError;
 use vmlet_agent::images::{Credentials, ImageError};
+use vmlet_agent::metrics::Metrics;
 use vmlet_test_support::{busybox_image, Compression, ImageBuilder, LayerBuilder, TestRegistry};
 
 #[tokio::test]
@@ -22,7 +23,10 @@ async fn busybox_pull_flattens_to_erofs() {
     let image = busybox_image().unwrap();
     let reference = registry.push(&image, "busybox:1").unwrap();
     let state = tempfile::tempdir().unwrap();
-    let mgr = manager(state.path(), &[registry.addr()]).await;
+    let metrics = std::sync::Arc::new(Metrics::new());
+    let mgr = manager(state.path(), &[registry.addr()])
+        .await
+        .with_metrics(metrics.clone());
 
     let out = mgr.pull(&reference, &Credentials::default()).await.unwrap();
     let rec = &out.image;
@@ -43,6 +47,8 @@ async fn busybox_pull_flattens_to_erofs() {
     assert!(rec.config.env[0].starts_with("PATH="));
     assert!(out.flattened);
     assert_eq!(out.blobs_downloaded, 2);
+    // The config and the layer: the image's size.
+    assert_eq!(out.bytes_downloaded, rec.size);
 
     // Lookups as containerd does them.
     let hex = rec.id.hex();
@@ -80,7 +86,15 @@ async fn busybox_pull_flattens_to_erofs() {
     // A second pull reuses everything.
     let again = mgr.pull(&reference, &Credentials::default()).await.unwrap();
     assert_eq!(again.blobs_downloaded, 0);
+    assert_eq!(again.bytes_downloaded, 0);
     assert!(!again.flattened);
+    let text = metrics.encode(Default::default()).unwrap();
+    for line in [
+        "vmlet_image_pulls_total{result=\"ok\"} 2".to_owned(),
+        format!("vmlet_image_pull_bytes_total {}", rec.size),
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+    }
 }
 
 /// Three layers (gzip, zstd, plain) with whiteouts, an opaque directory, hard links,

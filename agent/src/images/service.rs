@@ -19,6 +19,7 @@ use super::metadata::{ImageConfig, ImageRecord, Metadata, MetadataError};
 use super::pull::{Credentials, PullError, Puller, RegistriesConfig};
 use super::reference::{ImageRef, ReferenceError};
 use super::store::{ContentStore, StoreError};
+use crate::metrics::Metrics;
 
 /// Errors of the image manager.
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +127,8 @@ pub struct PullOutcome {
     pub image: ImageRecord,
     /// Blobs this pull downloaded; the others were present or fetched by a concurrent pull.
     pub blobs_downloaded: usize,
+    /// Their bytes.
+    pub bytes_downloaded: u64,
     /// Whether this pull built the block image (false: it existed already).
     pub flattened: bool,
     /// Where the time went.
@@ -210,6 +213,8 @@ pub struct ImageManager {
     flattening: KeyedLocks<Digest>,
     limits: ImageLimits,
     users: Arc<Mutex<HashMap<Digest, usize>>>,
+    /// Where pulls are counted.
+    metrics: Arc<Metrics>,
 }
 
 impl ImageManager {
@@ -241,12 +246,19 @@ impl ImageManager {
             gc: RwLock::new(()),
             flattening: KeyedLocks::default(),
             users: Arc::new(Mutex::new(HashMap::new())),
+            metrics: Arc::default(),
         };
         {
             let _gc = mgr.gc.write().await;
             mgr.collect_garbage()?;
         }
         Ok(mgr)
+    }
+
+    /// The manager, counting its pulls in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// The state directory.
@@ -275,6 +287,9 @@ impl ImageManager {
             let _gc = self.gc.read().await;
             self.pull_locked(&image, creds).await
         };
+        // A failed pull counts no bytes: what it fetched is collected.
+        let bytes = result.as_ref().map_or(0, |o| o.bytes_downloaded);
+        self.metrics.image_pull(result.is_ok(), bytes);
         if result.is_err() {
             // Another pull or removal holding the lock will leave the orphans to the next
             // collection; never wait here.
@@ -349,6 +364,14 @@ impl ImageManager {
         };
 
         let size = fetched.config.size + fetched.layers.iter().map(|l| l.size).sum::<u64>();
+        let bytes_downloaded = fetched
+            .manifests
+            .iter()
+            .chain([&fetched.config])
+            .chain(&fetched.layers)
+            .filter(|b| fetched.downloaded.contains(&b.digest))
+            .map(|b| b.size)
+            .sum();
         let record = ImageRecord {
             id: id.clone(),
             repo_tags: image.repo_tag().into_iter().collect(),
@@ -380,6 +403,7 @@ impl ImageManager {
         Ok(PullOutcome {
             image: image_rec,
             blobs_downloaded: fetched.downloaded.len(),
+            bytes_downloaded,
             flattened,
             timings,
         })

@@ -16,6 +16,7 @@ use super::error::RuntimeError;
 use super::pool::WarmVm;
 use super::state::{Inner, Pod, Settings};
 use super::util::now_ns;
+use crate::metrics::Phase;
 use crate::network::cni::NetworkConfig;
 use crate::network::pod::{NetworkError, PodNetRecord, PodNetworks};
 use crate::sandbox::cgroup::{self, PodCgroup};
@@ -266,6 +267,7 @@ pub(super) async fn start_vm(
     let limit = Duration::from_secs(inner.settings.vm.boot_timeout_secs);
     let vm = inner.vms.boot(cmd, deadline.cap(limit)).await;
     let times = times(started);
+    inner.settings.metrics.boot(vm.is_ok());
     let vm = match vm {
         Ok(vm) => {
             inner.boot_estimate.record(times.booted);
@@ -353,7 +355,7 @@ pub(super) async fn boot(
         }
         (Err(e), _) => return Err(e),
     };
-    finish(paths, record, vm, Some(times), deadline).await
+    finish(inner, paths, record, vm, Some(times), deadline).await
 }
 
 /// A pod in a pre-booted VM: its record takes the pod's config, then ADD (into the
@@ -403,7 +405,7 @@ pub(super) async fn adopt(
         vm.kill().await;
         return Err(e);
     }
-    finish(&paths, record, vm, None, deadline).await
+    finish(inner, &paths, record, vm, None, deadline).await
 }
 
 /// Where vmletd lists the parent cgroups it made.
@@ -442,6 +444,7 @@ fn move_cgroup(
 
 /// ConfigureGuest, then the pod is ready.
 async fn finish(
+    inner: &Inner,
     paths: &PodPaths,
     mut record: PodRecord,
     vm: Vm,
@@ -454,21 +457,33 @@ async fn finish(
         vm.kill().await;
         return Err(e);
     }
+    let configured = configure_start.elapsed();
+    let attached = record
+        .network
+        .as_ref()
+        .map(|n| Duration::from_millis(n.attach_ms));
     tracing::info!(
         pod = %record.id,
         warm = times.is_none(),
         queue_ms = times.as_ref().map(|t| t.queued.as_millis()),
         boot_ms = times.as_ref().map(|t| t.booted.as_millis()),
-        attach_ms = record.network.as_ref().map(|n| n.attach_ms),
-        configure_ms = configure_start.elapsed().as_millis(),
+        attach_ms = attached.map(|a| a.as_millis()),
+        configure_ms = configured.as_millis(),
         "guest up"
     );
+    let mut phases = Vec::with_capacity(4);
+    if let Some(t) = &times {
+        phases.extend([(Phase::Queue, t.queued), (Phase::Boot, t.booted)]);
+    }
+    phases.extend(attached.map(|a| (Phase::Network, a)));
+    phases.push((Phase::Configure, configured));
     record.phase = PodPhase::Ready;
     record.vmm_pid = Some(vm.pid);
     if let Err(e) = store::write_json(&paths.record(), &record) {
         vm.kill().await;
         return Err(e.into());
     }
+    inner.settings.metrics.pod_started(times.is_none(), &phases);
     if let Some(net) = &record.network {
         tracing::info!(pod = %record.id, ips = ?net.ips(), "pod network attached");
     }

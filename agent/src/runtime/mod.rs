@@ -12,12 +12,13 @@
 //! - `recovery`: re-adopting pods after a restart;
 //! - `resources`: UpdateContainerResources;
 //! - `stats`: pod and container resource use, from the guest;
+//! - `figures`: what a metrics scrape reads (pods, containers, warm pools);
 //! - `spec`: image config merged with the request;
 //! - `state`: the pods and containers in memory; `util`: small helpers.
 //!
 //! Layers run one way: `mod.rs` (the [`RuntimeBackend`]) over the operations (`pod`,
-//! `container`, `exec`, `resources`, `stats`, `recovery`) over `launch` and `warm`
-//! over `pool`, `state` and `util`; nothing reaches up. VMs come from a
+//! `container`, `exec`, `resources`, `stats`, `figures`, `recovery`) over `launch`
+//! and `warm` over `pool`, `state` and `util`; nothing reaches up. VMs come from a
 //! [`Hypervisor`] (real processes, or an in-memory fake in the unit tests).
 //!
 //! Concurrency: the tables (pods, containers, reserved names) sit behind one short
@@ -29,6 +30,7 @@ mod container;
 mod deadline;
 mod error;
 mod exec;
+mod figures;
 mod handlers;
 mod launch;
 mod pod;
@@ -188,6 +190,11 @@ impl Runtime {
         for p in pods {
             p.settled().await;
         }
+    }
+
+    /// The figures a metrics scrape reads of the runtime.
+    pub async fn scrape(&self) -> crate::metrics::Scraped {
+        figures::scrape(&self.inner).await
     }
 
     /// Before the daemon exits: kills the warm pool's VMs (pods keep running).

@@ -10,6 +10,7 @@ use std::time::Instant;
 use tokio::sync::Notify;
 
 use super::util::lock;
+use crate::metrics::WarmPoolFigures;
 use crate::sandbox::Vm;
 use crate::store::{PodPaths, PodRecord};
 
@@ -148,16 +149,28 @@ impl WarmPool {
         }
     }
 
+    /// Target, VMs ready, whether one boots, failures.
+    pub fn figures(&self) -> WarmPoolFigures {
+        let st = lock(&self.state);
+        WarmPoolFigures {
+            handler: self.handler.clone(),
+            target: self.target as u64,
+            ready: st.ready.len() as u64,
+            booting: st.booting,
+            failed: self.failed.load(Ordering::Relaxed),
+        }
+    }
+
     /// What verbose `Status` shows: size, target, VMs ready, whether one boots.
     pub fn state(&self) -> serde_json::Value {
-        let st = lock(&self.state);
+        let f = self.figures();
         serde_json::json!({
             "vcpus": self.size.0,
             "memMib": self.size.1,
-            "target": self.target,
-            "ready": st.ready.len(),
-            "booting": st.booting,
-            "failed": self.failed.load(Ordering::Relaxed),
+            "target": f.target,
+            "ready": f.ready,
+            "booting": f.booting,
+            "failed": f.failed,
         })
     }
 

@@ -51,6 +51,8 @@ pub struct Settings {
     pub cgroups: crate::sandbox::cgroup::CgroupSettings,
     /// RuntimeClass handlers other than the default.
     pub runtimes: std::collections::BTreeMap<String, crate::config::RuntimeClassConfig>,
+    /// Where the runtime counts boots and pod starts.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// A pod in memory.

@@ -53,6 +53,7 @@ pub(super) fn settings(dir: &Path, warm_pool: u32) -> Settings {
         jail: Default::default(),
         cgroups: Default::default(),
         runtimes: Default::default(),
+        metrics: Default::default(),
     }
 }
 
@@ -586,6 +587,71 @@ async fn the_warm_pool_hands_out_live_vms_and_refills() {
     let other = h.rt.run_pod(big).await.unwrap();
     assert!(h.hv.vm(&other).is_some());
     assert_eq!(h.rt.pod(&other).unwrap().state, PodState::Ready);
+}
+
+/// What a metrics scrape reads matches what was done: pods and containers by state,
+/// the pool, boots, and the phases of a warm and a fresh start.
+#[tokio::test]
+async fn the_figures_count_what_the_runtime_did() {
+    let h = harness(1).await;
+    eventually("the warm VM is ready", || {
+        h.rt.health().verbose_json.contains("\"ready\":1")
+    })
+    .await;
+    let (warm, _) = h.pod("warm").await;
+    let mut big = pod_config("big", &h.log_dir());
+    big.memory_mib = Some(1024);
+    let fresh = h.rt.run_pod(big).await.unwrap();
+    h.running(&warm, "app").await;
+    h.rt.create_container(&fresh, container_config("idle"))
+        .await
+        .unwrap();
+    h.rt.stop_pod(&fresh).await.unwrap();
+    let scraped = h.rt.scrape().await;
+    assert_eq!(scraped.pods, [("ready", 1), ("notready", 1)]);
+    assert_eq!(
+        scraped.containers,
+        [
+            ("created", 0),
+            ("running", 1),
+            ("exited", 1),
+            ("unknown", 0)
+        ]
+    );
+    let pool = &scraped.warm_pools[0];
+    assert_eq!((pool.handler.as_str(), pool.target), ("", 1));
+    let text = h.settings.metrics.encode(scraped).unwrap();
+    let sample = |series: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    for (series, want) in [
+        (r#"vmlet_pod_starts_total{vm="warm"}"#, 1.0),
+        (r#"vmlet_pod_starts_total{vm="fresh"}"#, 1.0),
+        (r#"vmlet_vm_boots_total{result="failed"}"#, 0.0),
+        (
+            r#"vmlet_pod_start_phase_duration_seconds_count{vm="fresh",phase="boot"}"#,
+            1.0,
+        ),
+        (
+            r#"vmlet_pod_start_phase_duration_seconds_count{vm="fresh",phase="queue"}"#,
+            1.0,
+        ),
+        (
+            r#"vmlet_pod_start_phase_duration_seconds_count{vm="warm",phase="configure"}"#,
+            1.0,
+        ),
+        (r#"vmlet_warm_pool_target{handler=""}"#, 1.0),
+    ] {
+        assert_eq!(sample(series), Some(want), "{series} in\n{text}");
+    }
+    // The pool's first VM and the fresh pod's, at least (the refill may be booting).
+    let boots = sample(r#"vmlet_vm_boots_total{result="ok"}"#).unwrap();
+    assert!(boots >= 2.0, "{text}");
+    // A warm start has no boot of its own; no network without CNI.
+    assert!(!text.contains(r#"{vm="warm",phase="boot"}"#), "{text}");
+    assert!(!text.contains(r#"phase="network""#), "{text}");
 }
 
 /// A pod of a RuntimeClass handler gets that handler's kernel, arguments and size,

@@ -63,6 +63,7 @@ async fn harness(warm_pool: u32, boots: u32, boot_time: Duration) -> Harness {
         jail: Default::default(),
         cgroups: Default::default(),
         runtimes: Default::default(),
+        metrics: Default::default(),
     };
     let hv = Arc::new(FakeHypervisor::default());
     *hv.boot_time.lock().unwrap() = boot_time;
