@@ -6,6 +6,8 @@
 //! - `{"cmd":"pause"}`, `{"cmd":"resume"}` → `{"ok":true}`
 //! - `{"cmd":"swap_drive","id":"ID","path":"FILE"}` → `{"ok":true,"sectors":N}`
 //! - `{"cmd":"shutdown","timeout_ms":N}` → `{"ok":true}`
+//! - `{"cmd":"counters"}` → `{"ok":true,"exits":{"io_in":N,...},"block":{"ID":{...}},"net":{"net0":{...}},"vsock":{...}}`
+//!   (see [`CountersReply`]; a VMM older than this request refuses it)
 //!
 //! Errors: `{"ok":false,"error":"..."}`.
 //!
@@ -17,6 +19,7 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// The control protocol's version. Bump it with any change a peer of the other
@@ -83,6 +86,8 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         timeout_ms: Option<u64>,
     },
+    /// Report what the VMM counted since it started.
+    Counters,
 }
 
 /// The vCPUs' requested run state.
@@ -132,6 +137,69 @@ pub struct SwapDriveReply {
     pub sectors: u64,
 }
 
+/// The reply to [`Request::Counters`]: what the VMM counted since it started. Every
+/// count only grows. Fields a VMM does not report read as zero (or empty).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct CountersReply {
+    /// vCPU exits to the VMM by kind, over all vCPUs: `io_in`, `io_out`,
+    /// `mmio_read`, `mmio_write` (device register accesses), `interrupted` (a
+    /// signal, as for pause), `other`.
+    pub exits: BTreeMap<String, u64>,
+    /// Block devices by drive ID.
+    pub block: BTreeMap<String, BlockCounters>,
+    /// Network cards by name (`net0`, ... in the order they were given).
+    pub net: BTreeMap<String, NetCounters>,
+    /// The vsock device, if the VM has one.
+    pub vsock: Option<VsockCounters>,
+}
+
+/// What one block device counted.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct BlockCounters {
+    /// Queue notifications (guest kicks).
+    pub queue_notifications: u64,
+    /// Bytes read for the guest.
+    pub read_bytes: u64,
+    /// Read requests that succeeded.
+    pub read_ops: u64,
+    /// Bytes written for the guest.
+    pub write_bytes: u64,
+    /// Write requests that succeeded.
+    pub write_ops: u64,
+    /// Flush requests that succeeded.
+    pub flush_ops: u64,
+}
+
+/// What one network card counted (frames without their virtio-net header).
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct NetCounters {
+    /// Queue notifications (guest kicks) of both queues.
+    pub queue_notifications: u64,
+    /// Bytes handed to the guest.
+    pub rx_bytes: u64,
+    /// Frames handed to the guest.
+    pub rx_packets: u64,
+    /// Bytes the guest sent.
+    pub tx_bytes: u64,
+    /// Frames the guest sent.
+    pub tx_packets: u64,
+}
+
+/// What the vsock device counted.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct VsockCounters {
+    /// Queue notifications (guest kicks).
+    pub queue_notifications: u64,
+    /// Connections host clients opened to the guest.
+    pub connections_from_host: u64,
+    /// Connections the guest opened to host sockets.
+    pub connections_from_guest: u64,
+}
+
 /// A successful reply.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Response {
@@ -141,6 +209,8 @@ pub enum Response {
     Status(StatusReply),
     /// The drive was swapped.
     SwapDrive(SwapDriveReply),
+    /// The counters.
+    Counters(CountersReply),
 }
 
 fn parse_object(line: &[u8]) -> Result<Map<String, Value>, ProtocolError> {
@@ -174,6 +244,7 @@ impl Request {
             Request::Resume => "resume",
             Request::SwapDrive { .. } => "swap_drive",
             Request::Shutdown { .. } => "shutdown",
+            Request::Counters => "counters",
         }
     }
 
@@ -213,6 +284,7 @@ impl Response {
             Response::Done => Map::new(),
             Response::Status(s) => to_object(s)?,
             Response::SwapDrive(s) => to_object(s)?,
+            Response::Counters(c) => to_object(c)?,
         };
         map.insert(OK_KEY.to_owned(), Value::Bool(true));
         Ok(Value::Object(map).to_string())
@@ -255,6 +327,7 @@ impl Response {
                 Response::Status(body(map)?)
             }
             Request::SwapDrive { .. } => Response::SwapDrive(body(map)?),
+            Request::Counters => Response::Counters(body(map)?),
             Request::Pause | Request::Resume | Request::Shutdown { .. } => Response::Done,
         })
     }
@@ -277,6 +350,7 @@ mod tests {
             Request::Shutdown {
                 timeout_ms: Some(5000),
             },
+            Request::Counters,
         ]
     }
 
@@ -292,6 +366,48 @@ mod tests {
                 read_only: false,
                 sectors: 2048,
             }],
+        }
+    }
+
+    fn counters() -> CountersReply {
+        CountersReply {
+            exits: [("io_out".to_owned(), 7), ("mmio_write".to_owned(), 3)].into(),
+            block: [(
+                "scratch".to_owned(),
+                BlockCounters {
+                    queue_notifications: 4,
+                    read_bytes: 4096,
+                    read_ops: 1,
+                    ..BlockCounters::default()
+                },
+            )]
+            .into(),
+            net: [(
+                "net0".to_owned(),
+                NetCounters {
+                    tx_packets: 2,
+                    tx_bytes: 84,
+                    ..NetCounters::default()
+                },
+            )]
+            .into(),
+            vsock: Some(VsockCounters {
+                connections_from_host: 5,
+                ..VsockCounters::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn counters_of_a_newer_vmm_read_what_this_side_knows() {
+        let line = br#"{"ok":true,"exits":{"io_in":1},"block":{"d":{"read_ops":2,"discard_ops":9}},"gpu":{}}"#;
+        match Response::decode(&Request::Counters, line).unwrap() {
+            Response::Counters(c) => {
+                assert_eq!(c.exits["io_in"], 1);
+                assert_eq!(c.block["d"].read_ops, 2);
+                assert!(c.net.is_empty() && c.vsock.is_none());
+            }
+            other => panic!("{other:?}"),
         }
     }
 
@@ -325,6 +441,7 @@ mod tests {
                     timeout_ms: Some(5000),
                 },
             ),
+            (r#"{"cmd":"counters"}"#, Request::Counters),
         ];
         for (line, want) in cases {
             assert_eq!(Request::decode(line.as_bytes()).unwrap(), want, "{line}");
@@ -405,6 +522,11 @@ mod tests {
             (Request::Pause, Response::Done),
             (Request::Resume, Response::Done),
             (Request::Shutdown { timeout_ms: None }, Response::Done),
+            (Request::Counters, Response::Counters(counters())),
+            (
+                Request::Counters,
+                Response::Counters(CountersReply::default()),
+            ),
         ];
         for (request, response) in cases {
             let line = response.encode().unwrap();

@@ -6,6 +6,7 @@ use crate::arch::{mptable, pvh, regs};
 use crate::config::{
     parse_mac, DriveConfig, FsConfig, NetConfig, SerialOutput, VmConfig, VsockConfig,
 };
+use crate::counters;
 use crate::devices::bus::{Bus, BusDevice, BusError};
 use crate::devices::legacy::{CappedLog, SerialConsole, SharedLog, I8042};
 use crate::devices::virtio::balloon::Balloon;
@@ -221,6 +222,8 @@ pub struct VmParts {
     pub control: Arc<VcpuControl>,
     /// Drives by ID, for backing-file swaps.
     pub drives: HashMap<String, Arc<Mutex<Block>>>,
+    /// What the devices count, for the `counters` request.
+    pub devices: counters::Devices,
     /// The vsock host socket, used to ask the guest to power off.
     pub vsock_uds: Option<PathBuf>,
     /// Guest memory size.
@@ -348,12 +351,20 @@ impl DeviceWiring<'_> {
     }
 }
 
-/// Attaches one virtio-blk device per drive, in order; returns them by ID.
+/// The drives by ID, for swaps, and what each counts.
+type Drives = (
+    HashMap<String, Arc<Mutex<Block>>>,
+    Vec<(String, Arc<counters::Block>)>,
+);
+
+/// Attaches one virtio-blk device per drive, in order; returns them by ID, and
+/// their counts.
 fn attach_block_devices(
     wiring: &mut DeviceWiring<'_>,
     drives: &[DriveConfig],
-) -> Result<HashMap<String, Arc<Mutex<Block>>>, BuildError> {
+) -> Result<Drives, BuildError> {
     let mut attached = HashMap::new();
+    let mut counts = Vec::with_capacity(drives.len());
     for d in drives {
         let fail = device_error(DeviceId::Drive(d.id.clone()));
         let disk = Disk::open(&d.path, d.read_only)
@@ -362,33 +373,46 @@ fn attach_block_devices(
         let blk = Block::new(d.id.clone(), disk)
             .map_err(DeviceError::Create)
             .map_err(&fail)?;
+        counts.push((d.id.clone(), blk.counters()));
         let blk = Arc::new(Mutex::new(blk));
         wiring.add(blk.clone()).map_err(&fail)?;
         attached.insert(d.id.clone(), blk);
     }
-    Ok(attached)
+    Ok((attached, counts))
 }
 
-/// Attaches one virtio-net device per card, in order.
-fn attach_net_devices(wiring: &mut DeviceWiring<'_>, nets: &[NetConfig]) -> Result<(), BuildError> {
-    for n in nets {
+/// Attaches one virtio-net device per card, in order; returns their counts, as
+/// `net0`, `net1`, ...
+fn attach_net_devices(
+    wiring: &mut DeviceWiring<'_>,
+    nets: &[NetConfig],
+) -> Result<Vec<(String, Arc<counters::Net>)>, BuildError> {
+    let mut counts = Vec::with_capacity(nets.len());
+    for (i, n) in nets.iter().enumerate() {
         let fail = device_error(DeviceId::Net(n.tap.clone()));
         let mac = n.mac.as_deref().map(parse_mac).transpose()?;
         let net = Net::new(&n.tap, mac)
             .map_err(DeviceError::Net)
             .map_err(&fail)?;
+        counts.push((format!("net{i}"), net.counters()));
         wiring.add(Arc::new(Mutex::new(net))).map_err(&fail)?;
     }
-    Ok(())
+    Ok(counts)
 }
 
-/// Attaches the virtio-vsock device, served on its hybrid-vsock unix socket.
-fn attach_vsock_device(wiring: &mut DeviceWiring<'_>, v: &VsockConfig) -> Result<(), BuildError> {
+/// Attaches the virtio-vsock device, served on its hybrid-vsock unix socket;
+/// returns its counts.
+fn attach_vsock_device(
+    wiring: &mut DeviceWiring<'_>,
+    v: &VsockConfig,
+) -> Result<Arc<counters::Vsock>, BuildError> {
     let fail = device_error(DeviceId::Vsock);
     let vsock = Vsock::new(v.cid, &v.uds_path)
         .map_err(DeviceError::Vsock)
         .map_err(&fail)?;
-    wiring.add(Arc::new(Mutex::new(vsock))).map_err(&fail)
+    let counts = vsock.counters();
+    wiring.add(Arc::new(Mutex::new(vsock))).map_err(&fail)?;
+    Ok(counts)
 }
 
 /// Attaches one virtio-fs device per entry, each connected to its backend.
@@ -576,10 +600,14 @@ pub fn build(
         event_manager: &mut event_manager,
         next_slot: 0,
     };
-    let drives = attach_block_devices(&mut wiring, &config.drives)?;
-    attach_net_devices(&mut wiring, &config.net)?;
+    let (drives, block_counts) = attach_block_devices(&mut wiring, &config.drives)?;
+    let mut devices = counters::Devices {
+        block: block_counts,
+        net: attach_net_devices(&mut wiring, &config.net)?,
+        vsock: None,
+    };
     if let Some(v) = &config.vsock {
-        attach_vsock_device(&mut wiring, v)?;
+        devices.vsock = Some(attach_vsock_device(&mut wiring, v)?);
     }
     attach_fs_devices(&mut wiring, &config.fs)?;
     if config.rng {
@@ -607,6 +635,7 @@ pub fn build(
             vcpus,
             control,
             drives,
+            devices,
             vsock_uds: config.vsock.as_ref().map(|v| v.uds_path.clone()),
             mem_mib: config.mem_mib,
             vcpu_count: config.vcpus,

@@ -9,6 +9,7 @@
 //!   config-change interrupt. A jailed VMM cannot open the host's image files: the
 //!   client sends the file, opened, with the request (`SCM_RIGHTS`); `path` then only
 //!   names it. Without a file the VMM opens `path` itself.
+//! - `counters`: what the vCPUs and devices counted (`crate::counters`)
 //! - `shutdown`: asks the guest to power off (a connection to its vsock port
 //!   [`GUEST_POWER_PORT`]); if it has not after `timeout_ms` (default 5000), the
 //!   VMM stops it and exits with status 2
@@ -118,6 +119,10 @@ impl ControlServer {
     fn execute(&mut self, req: Request, files: &mut VecDeque<File>) -> Result<Response, String> {
         match req {
             Request::Status => Ok(Response::Status(self.status())),
+            Request::Counters => Ok(Response::Counters(crate::counters::reply(
+                &self.vm.control.exits,
+                &self.vm.devices,
+            ))),
             Request::Pause => {
                 self.vm
                     .vcpus

@@ -11,6 +11,7 @@ pub mod builder;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod counters;
 pub mod devices;
 pub mod exit_record;
 pub mod image;

@@ -15,7 +15,13 @@
 //! - `image_pulls_total{result}`, `image_pull_bytes_total`;
 //! - at scrape time: `pods{state}`, `containers{state}`, `warm_pool_target{handler}`,
 //!   `warm_pool_ready{handler}`, `warm_pool_booting{handler}`,
-//!   `warm_pool_failures_total{handler}`, and the `vmm_*` series of [`Scraped`].
+//!   `warm_pool_failures_total{handler}`;
+//! - at scrape time, from each ready pod's VMM (labels `pod_id`, `pod_name`,
+//!   `pod_namespace`): `vmm_up`, `vmm_exits_total{kind}`,
+//!   `vmm_queue_notifications_total{device}`, `vmm_block_{read,write}_bytes_total` and
+//!   `vmm_block_{read,write,flush}_ops_total{drive}`,
+//!   `vmm_net_{rx,tx}_{bytes,packets}_total{interface}`,
+//!   `vmm_vsock_connections_total{from}`.
 
 pub mod grpc;
 mod scraped;
@@ -29,7 +35,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
-pub use scraped::{PodIdentity, Scraped, WarmPoolFigures};
+pub use scraped::{PodIdentity, Scraped, VmmFigures, WarmPoolFigures};
 
 /// The prefix of every series.
 const PREFIX: &str = "vmlet";

@@ -620,7 +620,19 @@ async fn the_figures_count_what_the_runtime_did() {
     );
     let pool = &scraped.warm_pools[0];
     assert_eq!((pool.handler.as_str(), pool.target), ("", 1));
+    // The ready pod's VMM, asked for its counters (the fake counts its drive swaps).
+    assert_eq!(scraped.vmms.len(), 1);
+    let vmm = &scraped.vmms[0];
+    assert_eq!(
+        (vmm.pod.id.as_str(), vmm.pod.name.as_str()),
+        (warm.as_str(), "warm")
+    );
+    let counters = vmm.counters.as_ref().unwrap();
+    assert_eq!(counters.exits["mmio_write"], 1, "{counters:?}");
     let text = h.settings.metrics.encode(scraped).unwrap();
+    let scratch = format!(
+        r#"vmlet_vmm_block_read_bytes_total{{pod_id="{warm}",pod_name="warm",pod_namespace="unit",drive="scratch"}}"#
+    );
     let sample = |series: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
@@ -643,6 +655,7 @@ async fn the_figures_count_what_the_runtime_did() {
             1.0,
         ),
         (r#"vmlet_warm_pool_target{handler=""}"#, 1.0),
+        (scratch.as_str(), 0.0),
     ] {
         assert_eq!(sample(series), Some(want), "{series} in\n{text}");
     }

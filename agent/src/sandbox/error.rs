@@ -53,6 +53,16 @@ pub enum SandboxError {
         /// What went wrong.
         source: vmlet_vmm_api::ProtocolError,
     },
+    /// The VMM did not answer a control request in time.
+    #[error("the VMM (pid {pid}) did not answer {cmd} within {timeout:?}")]
+    ControlTimeout {
+        /// The VMM.
+        pid: u32,
+        /// The request.
+        cmd: &'static str,
+        /// The limit.
+        timeout: Duration,
+    },
     /// More vCPUs than the VMM takes.
     #[error("{0} vCPUs asked for, the VMM takes at most 255")]
     Vcpus(u32),

@@ -10,7 +10,7 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use nix::sys::signal::Signal;
 use tokio::sync::watch;
-use vmlet_vmm_api::control::Request;
+use vmlet_vmm_api::control::{CountersReply, Request, Response};
 use vmlet_vmm_api::ExitRecord;
 
 use super::error::SandboxError;
@@ -29,6 +29,9 @@ pub trait VmControl: Send + Sync + std::fmt::Debug + 'static {
 
     /// Asks the guest to power off within `grace` (the VMM stops it after that).
     fn shutdown(&self, grace: Duration) -> BoxFuture<'_, Result<(), SandboxError>>;
+
+    /// What the VMM counted (exits, queue notifications, disk and network I/O).
+    fn counters(&self) -> BoxFuture<'_, Result<CountersReply, SandboxError>>;
 
     /// Kills the VMM at once (SIGKILL); [`Vm`] waits for the exit.
     fn kill(&self);
@@ -198,6 +201,19 @@ impl VmControl for SocketControl {
         Box::pin(async move { vmm::control(&self.socket, &request).await.map(drop) })
     }
 
+    fn counters(&self) -> BoxFuture<'_, Result<CountersReply, SandboxError>> {
+        Box::pin(async move {
+            match vmm::control(&self.socket, &Request::Counters).await? {
+                Response::Counters(c) => Ok(c),
+                // `Response::decode` reads the reply of the request sent.
+                other => Err(SandboxError::Control {
+                    socket: self.socket.clone(),
+                    reason: format!("counters answered with {other:?}"),
+                }),
+            }
+        })
+    }
+
     fn kill(&self) {
         self.asked.store(true, Ordering::Relaxed);
         vmm::signal(self.pid, Signal::SIGKILL);
@@ -323,6 +339,19 @@ impl Vm {
             Err(_) => None,
         };
         exit.unwrap_or(VmmExit::Unknown)
+    }
+
+    /// What the VMM counted, asked over its control socket within `timeout`.
+    pub async fn counters(&self, timeout: Duration) -> Result<CountersReply, SandboxError> {
+        tokio::time::timeout(timeout, self.control.counters())
+            .await
+            .unwrap_or_else(|_| {
+                Err(SandboxError::ControlTimeout {
+                    pid: self.pid,
+                    cmd: Request::Counters.name(),
+                    timeout,
+                })
+            })
     }
 
     /// Asks the guest agent whether it is alive, waiting at most `timeout`.

@@ -217,6 +217,8 @@ pub struct VcpuControl {
     /// Set when the guest asked for a reset (i8042); a triple fault after that is
     /// the expected end of a reboot, before it a crash.
     pub reset_requested: AtomicBool,
+    /// Exits to the VMM, by kind.
+    pub exits: crate::counters::Exits,
 }
 
 impl VcpuControl {
@@ -231,6 +233,7 @@ impl VcpuControl {
             exit_evt: EventFd::new(libc::EFD_NONBLOCK)?,
             failure: Mutex::new(None),
             reset_requested: AtomicBool::new(false),
+            exits: Default::default(),
         })
     }
 
@@ -364,6 +367,8 @@ impl Vcpu {
     fn run(mut self) {
         let run_ptr: *mut u8 = &mut self.fd.get_kvm_run().immediate_exit;
         IMMEDIATE_EXIT.with(|p| p.set(run_ptr));
+        let control = self.control.clone();
+        let exits = &control.exits;
         loop {
             if !self.wait_until_runnable() {
                 break;
@@ -371,22 +376,26 @@ impl Vcpu {
             let fault = match self.fd.run() {
                 Ok(exit) => match exit {
                     VcpuExit::IoIn(port, data) => {
+                        exits.io_in.inc();
                         if !self.pio.read(u64::from(port), data) {
                             data.fill(0xff);
                         }
                         None
                     }
                     VcpuExit::IoOut(port, data) => {
+                        exits.io_out.inc();
                         self.pio.write(u64::from(port), data);
                         None
                     }
                     VcpuExit::MmioRead(addr, data) => {
+                        exits.mmio_read.inc();
                         if !self.mmio.read(addr, data) {
                             data.fill(0);
                         }
                         None
                     }
                     VcpuExit::MmioWrite(addr, data) => {
+                        exits.mmio_write.inc();
                         self.mmio.write(addr, data);
                         None
                     }
@@ -407,6 +416,7 @@ impl Vcpu {
                     VcpuExit::FailEntry(reason, cpu) => Some(VcpuFault::FailEntry { reason, cpu }),
                     VcpuExit::InternalError => Some(self.internal_error()),
                     other => {
+                        exits.other.inc();
                         // The guest decides how often this happens.
                         static UNEXPECTED: RateLimit = RateLimit::new();
                         if let Some(left_out) = UNEXPECTED.check() {
@@ -422,6 +432,7 @@ impl Vcpu {
                     }
                 },
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    exits.interrupted.inc();
                     self.fd.set_kvm_immediate_exit(0);
                     None
                 }

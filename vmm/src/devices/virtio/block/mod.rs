@@ -11,6 +11,7 @@ use super::{
     device_type, drain_queue, ActivateError, IrqTrigger, VirtioDevice, INT_CONFIG, INT_VRING,
     VIRTIO_F_VERSION_1,
 };
+use crate::counters;
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use std::path::Path;
 use std::sync::Arc;
@@ -42,6 +43,7 @@ pub struct Block {
     /// Data is copied through this between guest memory and the file.
     bounce: Vec<u8>,
     active: Option<Active>,
+    counts: Arc<counters::Block>,
 }
 
 impl Block {
@@ -55,12 +57,18 @@ impl Block {
             irq: None,
             bounce: request::bounce_buffer(),
             active: None,
+            counts: Arc::default(),
         })
     }
 
     /// The drive's ID.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// What the drive counts (notifications, bytes and requests).
+    pub fn counters(&self) -> Arc<counters::Block> {
+        self.counts.clone()
     }
 
     /// The backing disk.
@@ -114,8 +122,9 @@ impl Block {
         let disk = &mut self.disk;
         let id = &self.id;
         let bounce = &mut self.bounce;
+        let counts = &self.counts;
         if drain_queue("virtio-blk", &mut a.queue, &a.mem, |chain, mem| {
-            request::execute(chain, mem, disk, id, bounce)
+            request::execute(chain, mem, disk, id, bounce, counts)
         }) {
             a.irq.trigger(INT_VRING);
         }
@@ -165,6 +174,7 @@ impl VirtioDevice for Block {
 impl MutEventSubscriber for Block {
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
         if events.event_set().contains(EventSet::IN) {
+            self.counts.notifications.inc();
             let _ = self.queue_evts[0].read();
             self.process_queue();
         }

@@ -4,6 +4,7 @@
 //! request gets an error status, never a crash.
 
 use super::disk::{Disk, SECTOR_SIZE};
+use crate::counters;
 use crate::devices::virtio::{device_error, Chain, RateLimit};
 use std::io::{Read, Write};
 use vm_memory::GuestMemoryMmap;
@@ -117,6 +118,7 @@ pub fn execute(
     disk: &mut Disk,
     id: &str,
     buf: &mut [u8],
+    counts: &counters::Block,
 ) -> u32 {
     let (Ok(mut reader), Ok(mut writer)) = (chain.clone().reader(mem), chain.writer(mem)) else {
         return 0;
@@ -137,13 +139,28 @@ pub fn execute(
         sector_bytes.copy_from_slice(&header[8..16]);
         let sector = u64::from_le_bytes(sector_bytes);
         match kind {
-            VIRTIO_BLK_T_IN => read_into(id, disk, sector, &mut writer, data_len, buf),
+            VIRTIO_BLK_T_IN => {
+                let done = read_into(id, disk, sector, &mut writer, data_len, buf);
+                if let Outcome::Done(VIRTIO_BLK_S_OK, n) = done {
+                    counts.read_ops.inc();
+                    counts.read_bytes.add(n as u64);
+                }
+                done
+            }
             VIRTIO_BLK_T_OUT => {
                 let len = reader.available_bytes();
-                write_from(id, disk, sector, &mut reader, len, buf)
+                let done = write_from(id, disk, sector, &mut reader, len, buf);
+                if let Outcome::Done(VIRTIO_BLK_S_OK, _) = done {
+                    counts.write_ops.inc();
+                    counts.write_bytes.add(len as u64);
+                }
+                done
             }
             VIRTIO_BLK_T_FLUSH => match disk.flush() {
-                Ok(()) => Outcome::Done(VIRTIO_BLK_S_OK, 0),
+                Ok(()) => {
+                    counts.flush_ops.inc();
+                    Outcome::Done(VIRTIO_BLK_S_OK, 0)
+                }
                 Err(e) => {
                     host_io_error(id, "flush", 0, &e);
                     Outcome::Done(VIRTIO_BLK_S_IOERR, 0)
@@ -211,7 +228,14 @@ mod tests {
     fn run(mem: &GuestMemoryMmap, d: &mut Disk, descs: &[RawDescriptor]) -> u32 {
         let q = MockSplitQueue::new(mem, 16);
         let chain = q.build_desc_chain(descs).unwrap();
-        execute(chain, mem, d, "drive-id", &mut bounce_buffer())
+        execute(
+            chain,
+            mem,
+            d,
+            "drive-id",
+            &mut bounce_buffer(),
+            &counters::Block::default(),
+        )
     }
 
     fn status(mem: &GuestMemoryMmap) -> u8 {
@@ -262,6 +286,27 @@ mod tests {
         let content = std::fs::read(f.path()).unwrap();
         assert!(content[7 * 512..].iter().all(|b| *b == 0xab));
         assert_eq!(content[7 * 512 - 1], ((7 * 512 - 1) % 251) as u8);
+    }
+
+    #[test]
+    fn successful_requests_are_counted_with_their_bytes() {
+        let m = mem();
+        let (_f, mut d) = disk(8, false);
+        let counts = counters::Block::default();
+        let mut exec = |kind, sector, data: RawDescriptor| {
+            header(&m, kind, sector);
+            let q = MockSplitQueue::new(&m, 16);
+            let descs = [desc(HDR, 16, false), data, desc(STATUS, 1, true)];
+            let chain = q.build_desc_chain(&descs).unwrap();
+            execute(chain, &m, &mut d, "d", &mut bounce_buffer(), &counts);
+            status(&m)
+        };
+        assert_eq!(exec(VIRTIO_BLK_T_IN, 0, desc(DATA, 1024, true)), 0);
+        assert_eq!(exec(VIRTIO_BLK_T_OUT, 1, desc(DATA, 512, false)), 0);
+        // Past the end: refused, not counted.
+        assert_ne!(exec(VIRTIO_BLK_T_IN, 8, desc(DATA, 512, true)), 0);
+        assert_eq!((counts.read_ops.get(), counts.read_bytes.get()), (1, 1024));
+        assert_eq!((counts.write_ops.get(), counts.write_bytes.get()), (1, 512));
     }
 
     #[test]
@@ -374,7 +419,14 @@ mod tests {
         // rounds of the loop): 8 x 512 writable bytes, of which the last is the status
         // byte. 4095 data bytes are no whole sectors: the request fails, and only its
         // status byte, at the end of the eighth `b`, is written.
-        let used = execute(chain, &m, &mut d, "x", &mut bounce_buffer());
+        let used = execute(
+            chain,
+            &m,
+            &mut d,
+            "x",
+            &mut bounce_buffer(),
+            &Default::default(),
+        );
         assert_eq!(used, 1);
         assert_eq!(
             m.read_obj::<u8>(GuestAddress(DATA + 511)).unwrap(),
@@ -424,7 +476,14 @@ mod fuzz {
             let q = MockSplitQueue::new(&mem, 16);
             if let Ok(chain) = q.build_desc_chain(&raw) {
                 let writable: u64 = descs.iter().filter(|d| d.2).map(|d| u64::from(d.1)).sum();
-                let used = execute(chain, &mem, &mut disk, "fuzz", &mut bounce_buffer());
+                let used = execute(
+                    chain,
+                    &mem,
+                    &mut disk,
+                    "fuzz",
+                    &mut bounce_buffer(),
+                    &Default::default(),
+                );
                 prop_assert!(u64::from(used) <= writable);
             }
             // The backing file never grows or shrinks.

@@ -7,6 +7,7 @@ mod tap;
 pub use tap::{Tap, TapError, VNET_HDR_LEN};
 
 use super::{device_type, drain_queue, ActivateError, Chain, IrqTrigger, VirtioDevice, INT_VRING};
+use crate::counters;
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use std::io::{ErrorKind, Read, Write};
 use std::sync::Arc;
@@ -39,6 +40,7 @@ pub struct Net {
     pending_rx: Option<usize>,
     rx_buf: Vec<u8>,
     tx_buf: Vec<u8>,
+    counts: Arc<counters::Net>,
 }
 
 /// Errors creating a network card.
@@ -76,7 +78,13 @@ impl Net {
             pending_rx: None,
             rx_buf: vec![0u8; MAX_FRAME],
             tx_buf: vec![0u8; MAX_FRAME],
+            counts: Arc::default(),
         })
+    }
+
+    /// What the card counts (notifications, frames and bytes each way).
+    pub fn counters(&self) -> Arc<counters::Net> {
+        self.counts.clone()
     }
 
     /// The guest's MAC address.
@@ -114,6 +122,10 @@ impl Net {
             if rxq.add_used(&a.mem, head, written).is_err() {
                 break;
             }
+            if written > 0 {
+                self.counts.rx_packets.inc();
+                self.counts.rx_bytes.add((len - VNET_HDR_LEN) as u64);
+            }
             used = true;
         }
         if used && a.queues[RX].needs_notification(&a.mem).unwrap_or(true) {
@@ -128,10 +140,15 @@ impl Net {
         };
         let tap = &mut self.tap;
         let buf = &mut self.tx_buf;
+        let counts = &self.counts;
         let notify = drain_queue("virtio-net", &mut a.queues[TX], &a.mem, |chain, mem| {
             if let Some(len) = read_tx_frame(chain, mem, buf) {
-                if let Err(e) = tap.write_frame(&buf[..len]) {
-                    tracing::debug!("tap write: {e}");
+                match tap.write_frame(&buf[..len]) {
+                    Ok(_) => {
+                        counts.tx_packets.inc();
+                        counts.tx_bytes.add((len - VNET_HDR_LEN) as u64);
+                    }
+                    Err(e) => tracing::debug!("tap write: {e}"),
                 }
             }
             0
@@ -209,10 +226,12 @@ impl MutEventSubscriber for Net {
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
         match events.data() {
             d if d == RX as u32 => {
+                self.counts.notifications.inc();
                 let _ = self.queue_evts[RX].read();
                 self.process_rx();
             }
             d if d == TX as u32 => {
+                self.counts.notifications.inc();
                 let _ = self.queue_evts[TX].read();
                 self.process_tx();
             }

@@ -26,6 +26,7 @@ use super::{
     device_type, guest_warning, ActivateError, IrqTrigger, RateLimit, VirtioDevice, INT_VRING,
     VIRTIO_F_VERSION_1,
 };
+use crate::counters;
 pub use error::VsockError;
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use muxer::Muxer;
@@ -95,6 +96,11 @@ impl Vsock {
             muxer: Muxer::new(guest_cid, uds_path)?,
             buf: vec![0u8; MAX_PKT_DATA],
         })
+    }
+
+    /// What the device counts (notifications, connections each way).
+    pub fn counters(&self) -> Arc<counters::Vsock> {
+        self.muxer.counts.clone()
     }
 
     /// The guest's CID.
@@ -256,6 +262,7 @@ impl MutEventSubscriber for Vsock {
         let token = events.data();
         match token as usize {
             RXQ | TXQ | EVQ => {
+                self.muxer.counts.notifications.inc();
                 let _ = self.queue_evts[token as usize].read();
             }
             _ => self

@@ -15,6 +15,7 @@
 use super::connection::{ConnKey, Connection};
 use super::error::VsockError;
 use super::packet::{Header, Op, HOST_CID};
+use crate::counters;
 use crate::devices::virtio::{guest_warning, RateLimit};
 use event_manager::{EventOps, Events};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -25,6 +26,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
@@ -92,6 +94,8 @@ pub struct Muxer {
     dirty: HashSet<RawFd>,
     /// Closed streams, dropped once out of the epoll set.
     graveyard: Vec<UnixStream>,
+    /// Connections made (the device's notifications are counted there).
+    pub(super) counts: Arc<counters::Vsock>,
 }
 
 impl Muxer {
@@ -126,6 +130,7 @@ impl Muxer {
             registered: HashMap::new(),
             dirty: HashSet::new(),
             graveyard: Vec::new(),
+            counts: Arc::default(),
         };
         m.dirty.insert(m.listener.as_raw_fd());
         m.dirty.insert(m.timer.as_raw_fd());
@@ -262,6 +267,7 @@ impl Muxer {
         self.local_ports.insert(local_port);
         self.by_fd.insert(fd, key);
         self.conns.insert(key, conn);
+        self.counts.from_host.inc();
         self.touch(key);
     }
 
@@ -427,6 +433,7 @@ impl Muxer {
                 let conn = Connection::new_peer(stream, key, self.guest_cid, hdr);
                 self.by_fd.insert(conn.fd(), key);
                 self.conns.insert(key, conn);
+                self.counts.from_guest.inc();
                 self.touch(key);
             }
             Err(e) => {
