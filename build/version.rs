@@ -15,12 +15,17 @@ fn git(args: &[&str]) -> Option<String> {
 fn main() {
     let revision = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=VMLET_GIT_REVISION={revision}");
-    // Built again when HEAD moves: a commit, a checkout.
+    // Built again when HEAD moves: a commit, a checkout. A worktree has its own HEAD
+    // but keeps the branches in the common directory.
     if let Some(dir) = git(&["rev-parse", "--absolute-git-dir"]) {
-        let mut watched = vec!["HEAD".to_owned(), "packed-refs".to_owned()];
-        watched.extend(git(&["symbolic-ref", "-q", "HEAD"]));
-        for name in watched {
-            let path = Path::new(&dir).join(name);
+        let common = git(&["rev-parse", "--path-format=absolute", "--git-common-dir"])
+            .unwrap_or_else(|| dir.clone());
+        let mut watched = vec![
+            Path::new(&dir).join("HEAD"),
+            Path::new(&common).join("packed-refs"),
+        ];
+        watched.extend(git(&["symbolic-ref", "-q", "HEAD"]).map(|r| Path::new(&common).join(r)));
+        for path in watched {
             if path.exists() {
                 println!("cargo:rerun-if-changed={}", path.display());
             }

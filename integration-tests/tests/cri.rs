@@ -36,6 +36,33 @@ fn env() -> Env {
     }
 }
 
+/// A loopback address with a port free now, for a listener to come.
+fn free_local_addr() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// The body of `GET /metrics` at `addr`.
+fn scrape(addr: std::net::SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: vmlet\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_owned()
+}
+
+/// The value of the sample `series` (name and labels as printed), if present.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.split(' ').next()?.parse().ok())
+}
+
 fn log_of(d: &Vmletd, name: &str) -> Vec<LogEntry> {
     let text = std::fs::read_to_string(d.log_dir().join(name)).unwrap_or_default();
     parse_log(&text)
@@ -1029,7 +1056,17 @@ fn ids(stats: &[v1::ContainerStats]) -> Vec<String> {
 #[test]
 fn stats_and_resource_updates() {
     const MIB: u64 = 1 << 20;
-    let env = env();
+    let (registry, image) = busybox_registry("busybox:e2e");
+    let metrics = free_local_addr();
+    let daemon = Vmletd::start_with(
+        &["--insecure-registry", registry.addr()],
+        &format!("[network]\nmode = \"none\"\n[metrics]\naddress = \"{metrics}\"\n"),
+    );
+    let env = Env {
+        registry,
+        image,
+        daemon,
+    };
     let d = &env.daemon;
     let c = d.client();
     c.pull(&env.image).expect("PullImage");
@@ -1212,6 +1249,81 @@ fn stats_and_resource_updates() {
         Code::InvalidArgument
     );
     assert_eq!(c.pod_stats(&unknown).unwrap_err().code(), Code::NotFound);
+
+    // The metrics endpoint counts what the test did.
+    let text = scrape(metrics);
+    let pod_labels = format!(r#"pod_id="{pod}",pod_name="stats",pod_namespace="e2e""#);
+    let at_least = |series: &str, min: f64| {
+        let v = sample(&text, series).unwrap_or_else(|| panic!("no {series} in\n{text}"));
+        assert!(v >= min, "{series} is {v}, want at least {min}");
+    };
+    for (series, want) in [
+        (
+            r#"vmlet_cri_requests_total{method="RunPodSandbox",code="OK"}"#.to_owned(),
+            1.0,
+        ),
+        (
+            r#"vmlet_cri_requests_total{method="PullImage",code="OK"}"#.to_owned(),
+            1.0,
+        ),
+        (
+            r#"vmlet_cri_requests_total{method="CreateContainer",code="OK"}"#.to_owned(),
+            3.0,
+        ),
+        (
+            r#"vmlet_cri_requests_total{method="ContainerStats",code="NotFound"}"#.to_owned(),
+            1.0,
+        ),
+        (
+            r#"vmlet_cri_requests_total{method="ContainerStats",code="InvalidArgument"}"#
+                .to_owned(),
+            1.0,
+        ),
+        (
+            r#"vmlet_cri_requests_total{method="PodSandboxStats",code="NotFound"}"#.to_owned(),
+            1.0,
+        ),
+        (
+            r#"vmlet_cri_request_duration_seconds_count{method="RunPodSandbox"}"#.to_owned(),
+            1.0,
+        ),
+        (r#"vmlet_pods{state="ready"}"#.to_owned(), 1.0),
+        (r#"vmlet_pods{state="notready"}"#.to_owned(), 0.0),
+        (r#"vmlet_containers{state="running"}"#.to_owned(), 2.0),
+        (r#"vmlet_containers{state="exited"}"#.to_owned(), 1.0),
+        (r#"vmlet_image_pulls_total{result="ok"}"#.to_owned(), 1.0),
+        (r#"vmlet_vm_boots_total{result="failed"}"#.to_owned(), 0.0),
+        (format!("vmlet_vmm_up{{{pod_labels}}}"), 1.0),
+    ] {
+        assert_eq!(sample(&text, &series), Some(want), "{series} in\n{text}");
+    }
+    let started = sample(&text, r#"vmlet_pod_starts_total{vm="warm"}"#).unwrap_or(0.0)
+        + sample(&text, r#"vmlet_pod_starts_total{vm="fresh"}"#).unwrap_or(0.0);
+    assert_eq!(started, 1.0, "{text}");
+    at_least("vmlet_image_pull_bytes_total", 1e5);
+    at_least(r#"vmlet_vm_boots_total{result="ok"}"#, 1.0);
+    let mut short = Vec::new();
+    // The guest mounted its scratch disk and wrote to it (its journal at least: the
+    // 4 MiB file may still sit in the page cache); vmletd reached its agent over
+    // vsock; the drivers set up their devices by MMIO.
+    for (series, min) in [
+        ("vmm_block_read_bytes_total", "drive=\"scratch\"", 4096.0),
+        ("vmm_block_write_bytes_total", "drive=\"scratch\"", 4096.0),
+        ("vmm_block_write_ops_total", "drive=\"scratch\"", 1.0),
+        ("vmm_queue_notifications_total", "device=\"scratch\"", 1.0),
+        ("vmm_queue_notifications_total", "device=\"vsock\"", 1.0),
+        ("vmm_vsock_connections_total", "from=\"host\"", 1.0),
+        ("vmm_exits_total", "kind=\"mmio_write\"", 1.0),
+    ]
+    .map(|(name, label, min)| (format!("vmlet_{name}{{{pod_labels},{label}}}"), min))
+    {
+        let v = sample(&text, &series);
+        if v.is_none_or(|v| v < min) {
+            short.push(format!("{series} is {v:?}, want at least {min}"));
+        }
+    }
+    assert!(short.is_empty(), "{short:#?} in\n{text}");
+
     let memory = |bytes: i64| v1::LinuxContainerResources {
         memory_limit_in_bytes: bytes,
         ..Default::default()
