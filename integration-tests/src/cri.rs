@@ -387,6 +387,22 @@ impl CriClient {
         .map(|r| r.into_inner().stats.unwrap_or_default())
     }
 
+    /// ListMetricDescriptors and ListPodSandboxMetrics.
+    pub fn pod_metrics(&self) -> (Vec<v1::MetricDescriptor>, Vec<v1::PodSandboxMetrics>) {
+        let mut c = self.runtime.clone();
+        let d = self
+            .block_on(c.list_metric_descriptors(req(v1::ListMetricDescriptorsRequest {})))
+            .expect("ListMetricDescriptors")
+            .into_inner()
+            .descriptors;
+        let m = self
+            .block_on(c.list_pod_sandbox_metrics(req(v1::ListPodSandboxMetricsRequest {})))
+            .expect("ListPodSandboxMetrics")
+            .into_inner()
+            .pod_metrics;
+        (d, m)
+    }
+
     /// ListPodSandboxStats.
     pub fn list_pod_stats(
         &self,

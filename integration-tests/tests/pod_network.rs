@@ -85,6 +85,21 @@ fn remove_all(c: &CriClient, pods: &[&str]) {
     }
 }
 
+/// Received and sent bytes of pod `id`'s default interface, from PodSandboxStats.
+fn eth0_usage(c: &CriClient, id: &str) -> (u64, u64) {
+    let stats = c.pod_stats(id).expect("PodSandboxStats");
+    let eth0 = stats
+        .linux
+        .and_then(|l| l.network)
+        .and_then(|n| n.default_interface)
+        .expect("the pod's network figures");
+    assert_eq!(eth0.name, "eth0");
+    (
+        eth0.rx_bytes.unwrap_or_default().value,
+        eth0.tx_bytes.unwrap_or_default().value,
+    )
+}
+
 #[test]
 fn pods_reach_the_host_each_other_and_published_ports() {
     let (registry, image) = busybox_registry("busybox:e2e");
@@ -111,6 +126,7 @@ fn pods_reach_the_host_each_other_and_published_ports() {
     assert!(web_ip.starts_with("10.77.0."), "pod IP {web_ip:?}");
     assert_eq!(net.leases(), std::slice::from_ref(&web_ip));
     assert_eq!(net.namespaces().len(), 1);
+    let before = eth0_usage(&c, &web);
     serve(&c, &web, &web_cfg, &image, "hello-from-web");
 
     // The host reaches the pod at its IP, and at the published port on its own
@@ -120,6 +136,30 @@ fn pods_reach_the_host_each_other_and_published_ports() {
         fetch(&format!("http://{GATEWAY}:18080/")).trim(),
         "hello-from-web"
     );
+    // The pod's traffic, counted on the host: two requests in, two answers out.
+    let after = eth0_usage(&c, &web);
+    assert!(
+        after.0 > before.0 + 100 && after.1 > before.1 + 2 * "hello-from-web".len() as u64,
+        "eth0 rx/tx bytes before {before:?}, after {after:?}"
+    );
+    let (descriptors, pods) = c.pod_metrics();
+    let tx = pods
+        .iter()
+        .find(|p| p.pod_sandbox_id == web)
+        .and_then(|p| {
+            p.metrics
+                .iter()
+                .find(|m| m.name == "container_network_transmit_bytes_total")
+        })
+        .expect("the pod's container_network_transmit_bytes_total");
+    assert!(tx.value.unwrap().value >= after.1, "{tx:?}");
+    let keys = &descriptors
+        .iter()
+        .find(|d| d.name == tx.name)
+        .expect("its descriptor")
+        .label_keys;
+    let interface = keys.iter().position(|k| k == "interface").unwrap();
+    assert_eq!(tx.label_values[interface], "eth0");
 
     // A second pod, without DNS settings of its own: it gets the CNI result's.
     let client_cfg = pod_config("client", &d.log_dir());

@@ -1,13 +1,16 @@
 //! Resource use of a pod: one `Stats` call to its guest, which measures itself (the
 //! VM is the pod) and its containers' cgroups and writable layers.
 
-use vmlet_cri::runtime::{ContainerUsage, HostUsage, PodUsage};
+use vmlet_cri::runtime::{ContainerUsage, HostUsage, InterfaceUsage, PodUsage};
 use vmlet_proto::agent as pb;
 
 use super::container::running_vm;
 use super::error::RuntimeError;
 use super::state::Inner;
 use super::util::{lock, now_ns};
+use crate::network::counters;
+use crate::network::netns::Netns;
+use crate::network::pod::POD_IFNAME;
 use crate::sandbox::{cgroup_stats, guest};
 
 fn container_usage(c: &pb::ContainerStats, at_ns: i64) -> ContainerUsage {
@@ -40,6 +43,27 @@ pub fn pod_usage_from(stats: pb::StatsResponse, at_ns: i64, mountpoint: String) 
             .collect(),
         writable_layer_mountpoint: mountpoint,
         host: None,
+        network: Vec::new(),
+    }
+}
+
+/// The traffic of the pod's CNI interface, counted in its network namespace on the
+/// host; none for a pod without a network or when it cannot be read (logged).
+async fn network_usage(netns: Option<std::path::PathBuf>) -> Vec<InterfaceUsage> {
+    let Some(ns) = netns.as_deref().and_then(Netns::open) else {
+        return Vec::new();
+    };
+    let read = tokio::task::spawn_blocking(move || counters::read(&ns, &[POD_IFNAME])).await;
+    match read {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => {
+            tracing::warn!("pod stats without network figures: {e}");
+            Vec::new()
+        }
+        Err(e) => {
+            tracing::warn!("pod stats without network figures: {e}");
+            Vec::new()
+        }
     }
 }
 
@@ -89,8 +113,15 @@ pub async fn pod_usage(
         now_ns(),
         inner.settings.state_dir.display().to_string(),
     );
-    let cgroup = lock(&pod.record).cgroup.as_ref().map(|c| c.dir.clone());
+    let (cgroup, netns) = {
+        let r = lock(&pod.record);
+        (
+            r.cgroup.as_ref().map(|c| c.dir.clone()),
+            r.network.as_ref().map(|n| n.netns.clone()),
+        )
+    };
     usage.host = cgroup.as_deref().and_then(host_usage);
+    usage.network = network_usage(netns).await;
     Ok(usage)
 }
 

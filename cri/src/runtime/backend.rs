@@ -318,6 +318,29 @@ pub struct PodUsage {
     /// The pod's cost on the host (its host cgroup: VMM, guest RAM, helpers), where
     /// it has one.
     pub host: Option<HostUsage>,
+    /// The pod's network interfaces, counted on the host (the guest could forge its
+    /// own counts), the default one first; none for a pod without a network.
+    pub network: Vec<InterfaceUsage>,
+}
+
+/// Traffic of one of a pod's network interfaces, cumulative, as the pod sees it
+/// (received: what reached the pod).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InterfaceUsage {
+    /// The interface's name in the pod (`eth0`).
+    pub name: String,
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Packets received.
+    pub rx_packets: u64,
+    /// Receive errors.
+    pub rx_errors: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+    /// Packets sent.
+    pub tx_packets: u64,
+    /// Send errors.
+    pub tx_errors: u64,
 }
 
 /// What a pod costs the host, from its host cgroup.

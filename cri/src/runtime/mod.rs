@@ -8,6 +8,7 @@ mod container_status;
 mod container_update;
 mod events;
 mod exec;
+mod metrics;
 mod sandbox_run;
 mod sandbox_status;
 mod security;
@@ -19,9 +20,9 @@ mod validate;
 
 pub use backend::{
     CgroupDriver, ContainerConfig, ContainerEvent, ContainerInfo, ContainerState, ContainerUsage,
-    DnsConfig, EventKind, ExecOutput, Health, HostUsage, MountConfig, PodConfig, PodInfo,
-    PodMetadata, PodState, PodUsage, PortMapping, ProcessUser, Propagation, ResourcesConfig,
-    RuntimeBackend, UserConfig,
+    DnsConfig, EventKind, ExecOutput, Health, HostUsage, InterfaceUsage, MountConfig, PodConfig,
+    PodInfo, PodMetadata, PodState, PodUsage, PortMapping, ProcessUser, Propagation,
+    ResourcesConfig, RuntimeBackend, UserConfig,
 };
 pub use security::{
     CapabilitiesConfig, IdMap, PidNamespace, PodSecurity, SeccompProfile, SecurityConfig,

@@ -14,7 +14,7 @@ use super::backend::{ContainerInfo, PodState, PodUsage, RuntimeBackend};
 use super::events::EventStream;
 use super::stats::Rates;
 use super::{
-    container_create, container_status, container_update, events, exec, sandbox_run,
+    container_create, container_status, container_update, events, exec, metrics, sandbox_run,
     sandbox_status, stats, status, streaming, validate,
 };
 use crate::image::convert::status as backend_status;
@@ -522,7 +522,7 @@ impl<B: RuntimeBackend> RuntimeService for RuntimeServer<B> {
         _r: Request<proto::ListMetricDescriptorsRequest>,
     ) -> Reply<proto::ListMetricDescriptorsResponse> {
         ok(proto::ListMetricDescriptorsResponse {
-            descriptors: Vec::new(),
+            descriptors: metrics::descriptors(),
         })
     }
 
@@ -530,9 +530,22 @@ impl<B: RuntimeBackend> RuntimeService for RuntimeServer<B> {
         &self,
         _r: Request<proto::ListPodSandboxMetricsRequest>,
     ) -> Reply<proto::ListPodSandboxMetricsResponse> {
-        ok(proto::ListPodSandboxMetricsResponse {
-            pod_metrics: Vec::new(),
-        })
+        // As ListPodSandboxStats: only ready pods have a VM to measure.
+        let pods: Vec<_> = self
+            .backend
+            .pods()
+            .into_iter()
+            .filter(|p| p.state == PodState::Ready)
+            .collect();
+        let usage = self
+            .usage_of(pods.iter().map(|p| (p.id.clone(), Vec::new())).collect())
+            .await;
+        let containers = self.backend.containers();
+        let pod_metrics = pods
+            .iter()
+            .filter_map(|p| Some(metrics::pod(p, &containers, usage.get(&p.id)?)))
+            .collect();
+        ok(proto::ListPodSandboxMetricsResponse { pod_metrics })
     }
 
     async fn runtime_config(

@@ -12,7 +12,9 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
-use super::backend::{ContainerInfo, ContainerState, ContainerUsage, PodInfo, PodUsage};
+use super::backend::{
+    ContainerInfo, ContainerState, ContainerUsage, InterfaceUsage, PodInfo, PodUsage,
+};
 use super::sandbox_status::labels_match;
 use crate::proto;
 
@@ -78,6 +80,23 @@ pub struct Rates {
     pub containers: CpuRates,
     /// By pod ID.
     pub pods: CpuRates,
+}
+
+/// The pod's network figures: its first interface is the default one.
+fn network(at: i64, interfaces: &[InterfaceUsage]) -> Option<proto::NetworkUsage> {
+    let usage = |i: &InterfaceUsage| proto::NetworkInterfaceUsage {
+        name: i.name.clone(),
+        rx_bytes: value(i.rx_bytes),
+        rx_errors: value(i.rx_errors),
+        tx_bytes: value(i.tx_bytes),
+        tx_errors: value(i.tx_errors),
+    };
+    let (default, rest) = interfaces.split_first()?;
+    Some(proto::NetworkUsage {
+        timestamp: at,
+        default_interface: Some(usage(default)),
+        interfaces: rest.iter().map(usage).collect(),
+    })
 }
 
 fn value(v: u64) -> Option<proto::UInt64Value> {
@@ -209,8 +228,7 @@ impl Rates {
             linux: Some(proto::LinuxPodSandboxStats {
                 cpu: Some(cpu(at, cpu_usage_ns, rate)),
                 memory: Some(memory),
-                // The pod's traffic is its VM's tap device's, which is not read yet.
-                network: None,
+                network: network(at, &usage.network),
                 process: Some(proto::ProcessUsage {
                     timestamp: at,
                     process_count: value(usage.containers.values().map(|c| c.pids).sum()),
@@ -325,7 +343,26 @@ mod tests {
                 .collect(),
             writable_layer_mountpoint: "/var/lib/vmlet".into(),
             host: None,
+            network: Vec::new(),
         }
+    }
+
+    #[test]
+    fn the_first_interface_is_the_default() {
+        assert_eq!(network(5, &[]), None);
+        let eth = |name: &str, rx: u64| InterfaceUsage {
+            name: name.into(),
+            rx_bytes: rx,
+            tx_errors: 2,
+            ..Default::default()
+        };
+        let n = network(5, &[eth("eth0", 100), eth("net1", 7)]).unwrap();
+        assert_eq!(n.timestamp, 5);
+        let d = n.default_interface.unwrap();
+        assert_eq!((d.name.as_str(), d.rx_bytes.unwrap().value), ("eth0", 100));
+        assert_eq!(d.tx_errors.unwrap().value, 2);
+        assert_eq!(n.interfaces.len(), 1);
+        assert_eq!(n.interfaces[0].name, "net1");
     }
 
     #[test]
