@@ -583,15 +583,7 @@ impl Config {
         }
         let mut warm = u64::from(self.vm.warm_pool);
         for (name, r) in &self.runtimes {
-            // As Kubernetes names them: a DNS label (RuntimeClass.handler).
-            let label = !name.is_empty()
-                && name.len() <= 63
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !name.starts_with('-')
-                && !name.ends_with('-');
-            if !label {
+            if !vmlet_cri::runtime::is_handler_name(name) {
                 return Err(format!(
                     "[runtimes.{name:?}]: a handler name is a DNS label (1 to 63 of a-z, 0-9 \
                      and '-', not starting or ending with '-')"

@@ -31,4 +31,4 @@ pub use security::{
 pub use server::RuntimeServer;
 pub use status::{RUNTIME_API_VERSION, RUNTIME_NAME};
 pub use streaming::{AttachSession, ExecSession, PortForwardSession, StreamUrls};
-pub use validate::grpc_timeout;
+pub use validate::{grpc_timeout, is_handler_name};

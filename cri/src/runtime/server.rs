@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::backend::{ContainerInfo, PodState, PodUsage, RuntimeBackend};
+use super::backend::{ContainerInfo, PodInfo, PodState, PodUsage, RuntimeBackend};
 use super::events::EventStream;
 use super::stats::Rates;
 use super::{
@@ -57,6 +57,25 @@ impl<B: RuntimeBackend> RuntimeServer<B> {
     /// asked of their guests at the same time. A pod whose guest fails is left out
     /// with a warning, as containerd leaves out a sandbox it cannot measure: one
     /// broken VM must not hide every other pod from kubelet.
+    /// The ready pods `keep` accepts (only they have a VM to measure; containerd too
+    /// lists ready sandboxes), the usage of each read now (a pod that could not be read
+    /// has none), and every container.
+    async fn measured_pods(
+        &self,
+        keep: impl Fn(&PodInfo) -> bool,
+    ) -> (Vec<PodInfo>, HashMap<String, PodUsage>, Vec<ContainerInfo>) {
+        let pods: Vec<_> = self
+            .backend
+            .pods()
+            .into_iter()
+            .filter(|p| p.state == PodState::Ready && keep(p))
+            .collect();
+        let usage = self
+            .usage_of(pods.iter().map(|p| (p.id.clone(), Vec::new())).collect())
+            .await;
+        (pods, usage, self.backend.containers())
+    }
+
     async fn usage_of(&self, wanted: HashMap<String, Vec<String>>) -> HashMap<String, PodUsage> {
         let mut calls = tokio::task::JoinSet::new();
         for (pod_id, ids) in wanted {
@@ -452,17 +471,8 @@ impl<B: RuntimeBackend> RuntimeService for RuntimeServer<B> {
     ) -> Reply<proto::ListPodSandboxStatsResponse> {
         let filter = r.into_inner().filter.unwrap_or_default();
         self.prune_rates();
-        // Only ready pods have a VM to measure (containerd too lists ready sandboxes).
-        let pods: Vec<_> = self
-            .backend
-            .pods()
-            .into_iter()
-            .filter(|p| p.state == PodState::Ready && stats::pod_matches(p, &filter))
-            .collect();
-        let usage = self
-            .usage_of(pods.iter().map(|p| (p.id.clone(), Vec::new())).collect())
-            .await;
-        let containers = self.backend.containers();
+        let (pods, usage, containers) =
+            self.measured_pods(|p| stats::pod_matches(p, &filter)).await;
         let stats = pods
             .iter()
             .filter_map(|p| {
@@ -530,17 +540,7 @@ impl<B: RuntimeBackend> RuntimeService for RuntimeServer<B> {
         &self,
         _r: Request<proto::ListPodSandboxMetricsRequest>,
     ) -> Reply<proto::ListPodSandboxMetricsResponse> {
-        // As ListPodSandboxStats: only ready pods have a VM to measure.
-        let pods: Vec<_> = self
-            .backend
-            .pods()
-            .into_iter()
-            .filter(|p| p.state == PodState::Ready)
-            .collect();
-        let usage = self
-            .usage_of(pods.iter().map(|p| (p.id.clone(), Vec::new())).collect())
-            .await;
-        let containers = self.backend.containers();
+        let (pods, usage, containers) = self.measured_pods(|_| true).await;
         let pod_metrics = pods
             .iter()
             .filter_map(|p| Some(metrics::pod(p, &containers, usage.get(&p.id)?)))

@@ -35,17 +35,21 @@ pub fn timeout_secs(value: i64, what: &str) -> Result<Duration, Status> {
     Ok(Duration::from_secs(value.unsigned_abs()))
 }
 
-/// A RuntimeClass handler name as Kubernetes makes them: "" (the default) or a DNS
-/// label (at most 63 of `a-z`, `0-9` and `-`, not starting or ending with `-`).
-/// Whether the runtime has it is the backend's question.
-pub fn runtime_handler(name: String) -> Result<String, Status> {
-    let label = name.len() <= 63
+/// Whether `name` is a DNS label, as Kubernetes names RuntimeClass handlers: 1 to 63
+/// of `a-z`, `0-9` and `-`, not starting or ending with `-`.
+pub fn is_handler_name(name: &str) -> bool {
+    (1..=63).contains(&name.len())
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !name.starts_with('-')
-        && !name.ends_with('-');
-    if !label {
+        && !name.ends_with('-')
+}
+
+/// A RuntimeClass handler name from RunPodSandbox: "" (the default) or a DNS label.
+/// Whether the runtime has it is the backend's question.
+pub fn runtime_handler(name: String) -> Result<String, Status> {
+    if !(name.is_empty() || is_handler_name(&name)) {
         let shown: String = name.chars().take(80).collect();
         return Err(Status::invalid_argument(format!(
             "runtime_handler {shown:?} is not a RuntimeClass handler name (a DNS label: \
