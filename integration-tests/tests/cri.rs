@@ -611,14 +611,31 @@ fn bad_requests_get_the_right_codes_and_leave_nothing() {
     c.remove_pod(&pod).expect("RemovePodSandbox");
     assert!(c.list(None).is_empty());
     assert_clean(d);
-    // The name is free again; this time the pod runs on handler "big", whose VM
-    // has its size and kernel arguments.
+    // The name is free again. A pod on handler "big", shaped as a kubelet sends it
+    // (a long name, no hostname, the restricted profile's sandbox context), gets a VM
+    // with the handler's size and kernel arguments.
+    let again = c.run_pod(pod_cfg).expect("RunPodSandbox after removal");
+    c.remove_pod(&again).expect("RemovePodSandbox");
+    let mut big_cfg = pod_config(&format!("big-{}", "h".repeat(66)), &d.log_dir());
+    big_cfg.hostname.clear();
+    big_cfg.linux = sandbox_security(v1::LinuxSandboxSecurityContext {
+        run_as_user: Some(v1::Int64Value { value: 1000 }),
+        run_as_group: Some(v1::Int64Value { value: 1000 }),
+        supplemental_groups: vec![1000],
+        seccomp: Some(v1::SecurityProfile {
+            profile_type: v1::security_profile::ProfileType::RuntimeDefault as i32,
+            localhost_ref: String::new(),
+        }),
+        ..Default::default()
+    });
     let pod = c
-        .run_pod_with_handler(pod_cfg, "big")
-        .expect("RunPodSandbox after removal, handler big");
+        .run_pod_with_handler(big_cfg, "big")
+        .expect("RunPodSandbox, handler big");
     let status = c.pod_status(&pod).unwrap().status.unwrap();
     assert_eq!(status.runtime_handler, "big");
-    assert_eq!(c.list_pods(None)[0].runtime_handler, "big");
+    let listed = c.list_pods(None);
+    let listed = listed.iter().find(|p| p.id == pod).expect("the pod listed");
+    assert_eq!(listed.runtime_handler, "big");
     let guest = d.in_guest(
         &pod,
         "nproc; grep -o 'vmlet.test=big' /proc/cmdline; \
