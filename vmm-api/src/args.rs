@@ -148,6 +148,9 @@ impl VmConfig {
         if !self.seccomp {
             args.push(switch(flag::NO_SECCOMP));
         }
+        if let Some(dir) = &self.restore {
+            args.push(valued(flag::RESTORE, utf8(flag::RESTORE, dir)?));
+        }
         Ok(args)
     }
 
@@ -226,6 +229,7 @@ mod tests {
             shared_memory: true,
             seccomp: false,
             serial: SerialOutput::Off,
+            restore: Some("/t/1".into()),
             ..VmConfig::new("k".into())
         };
         assert_eq!(
@@ -239,6 +243,7 @@ mod tests {
                 "--huge-pages",
                 "--serial=off",
                 "--no-seccomp",
+                "--restore=/t/1",
             ]
         );
     }

@@ -179,6 +179,14 @@ pub struct VmConfig {
     /// Install seccomp filters (only tests and debugging turn this off).
     #[serde(default = "default_true")]
     pub seccomp: bool,
+    /// Restore the VM from the snapshot in this directory (written by the control
+    /// socket's `snapshot`) instead of booting the kernel: the kernel, initramfs and
+    /// command line are then not used. The vCPUs, memory and devices must be those
+    /// the snapshot was taken with (the backing files, taps and sockets may differ);
+    /// guest memory maps the snapshot's memory file copy-on-write, so the files must
+    /// stay unchanged while the VM runs.
+    #[serde(default)]
+    pub restore: Option<PathBuf>,
 }
 
 /// Default vCPU count.
@@ -262,6 +270,9 @@ pub enum ConfigError {
     /// A serial log limit is too large.
     #[error("serial_log head_bytes and tail_bytes must be at most {MAX_SERIAL_LOG_PART}, got {0}")]
     SerialLog(u64),
+    /// A restore asked for guest memory that other processes map.
+    #[error("a VM restored from a snapshot cannot have virtio-fs devices or shared memory (its memory is a private mapping of the snapshot)")]
+    RestoreSharedMemory,
 }
 
 /// Parses `aa:bb:cc:dd:ee:ff`.
@@ -302,6 +313,7 @@ impl VmConfig {
             control_socket: None,
             exit_record: None,
             seccomp: true,
+            restore: None,
         }
     }
 
@@ -367,6 +379,9 @@ impl VmConfig {
         let log = self.serial_log;
         if log.head_bytes > MAX_SERIAL_LOG_PART || log.tail_bytes > MAX_SERIAL_LOG_PART {
             return Err(ConfigError::SerialLog(log.head_bytes.max(log.tail_bytes)));
+        }
+        if self.restore.is_some() && self.uses_shared_memory() {
+            return Err(ConfigError::RestoreSharedMemory);
         }
         Ok(())
     }
@@ -447,6 +462,8 @@ pub mod flag {
     pub const EXIT_RECORD: &str = "exit-record";
     /// Clears [`super::VmConfig::seccomp`].
     pub const NO_SECCOMP: &str = "no-seccomp";
+    /// [`super::VmConfig::restore`].
+    pub const RESTORE: &str = "restore";
 }
 
 /// A flag value that does not parse.

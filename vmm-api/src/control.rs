@@ -8,6 +8,9 @@
 //! - `{"cmd":"shutdown","timeout_ms":N}` → `{"ok":true}`
 //! - `{"cmd":"counters"}` → `{"ok":true,"exits":{"io_in":N,...},"block":{"ID":{...}},"net":{"net0":{...}},"vsock":{...}}`
 //!   (see [`CountersReply`]; a VMM older than this request refuses it)
+//! - `{"cmd":"snapshot","dir":"DIR"}` → `{"ok":true,"memory_bytes":N,"memory_file_bytes":N,"state_bytes":N,"took_ms":N}`:
+//!   the vCPUs are paused and stay paused; the VM's state and memory are written to
+//!   two new files in DIR (which must exist), for `--restore DIR`
 //!
 //! Errors: `{"ok":false,"error":"..."}`.
 //!
@@ -88,6 +91,30 @@ pub enum Request {
     },
     /// Report what the VMM counted since it started.
     Counters,
+    /// Pause the VM (it stays paused) and write its snapshot into `dir`, an
+    /// existing directory without one (see [`SNAPSHOT_STATE_FILE`]).
+    Snapshot {
+        /// Where the snapshot files are created.
+        dir: PathBuf,
+    },
+}
+
+/// The snapshot file holding the vCPU, VM and device state (versioned, checksummed).
+pub const SNAPSHOT_STATE_FILE: &str = "state";
+/// The snapshot file holding guest memory, mapped copy-on-write by each restore.
+pub const SNAPSHOT_MEMORY_FILE: &str = "memory";
+
+/// The reply to [`Request::Snapshot`].
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+pub struct SnapshotReply {
+    /// Guest memory in bytes (the memory file's length).
+    pub memory_bytes: u64,
+    /// Bytes the memory file takes on disk (pages the guest never wrote are holes).
+    pub memory_file_bytes: u64,
+    /// The state file's length.
+    pub state_bytes: u64,
+    /// How long the snapshot took, pause included.
+    pub took_ms: u64,
 }
 
 /// The vCPUs' requested run state.
@@ -211,6 +238,8 @@ pub enum Response {
     SwapDrive(SwapDriveReply),
     /// The counters.
     Counters(CountersReply),
+    /// The snapshot was written.
+    Snapshot(SnapshotReply),
 }
 
 fn parse_object(line: &[u8]) -> Result<Map<String, Value>, ProtocolError> {
@@ -245,6 +274,7 @@ impl Request {
             Request::SwapDrive { .. } => "swap_drive",
             Request::Shutdown { .. } => "shutdown",
             Request::Counters => "counters",
+            Request::Snapshot { .. } => "snapshot",
         }
     }
 
@@ -285,6 +315,7 @@ impl Response {
             Response::Status(s) => to_object(s)?,
             Response::SwapDrive(s) => to_object(s)?,
             Response::Counters(c) => to_object(c)?,
+            Response::Snapshot(s) => to_object(s)?,
         };
         map.insert(OK_KEY.to_owned(), Value::Bool(true));
         Ok(Value::Object(map).to_string())
@@ -328,6 +359,7 @@ impl Response {
             }
             Request::SwapDrive { .. } => Response::SwapDrive(body(map)?),
             Request::Counters => Response::Counters(body(map)?),
+            Request::Snapshot { .. } => Response::Snapshot(body(map)?),
             Request::Pause | Request::Resume | Request::Shutdown { .. } => Response::Done,
         })
     }
@@ -351,6 +383,9 @@ mod tests {
                 timeout_ms: Some(5000),
             },
             Request::Counters,
+            Request::Snapshot {
+                dir: "/var/lib/vmlet/templates/t1".into(),
+            },
         ]
     }
 
@@ -442,6 +477,10 @@ mod tests {
                 },
             ),
             (r#"{"cmd":"counters"}"#, Request::Counters),
+            (
+                r#"{"cmd":"snapshot","dir":"/t"}"#,
+                Request::Snapshot { dir: "/t".into() },
+            ),
         ];
         for (line, want) in cases {
             assert_eq!(Request::decode(line.as_bytes()).unwrap(), want, "{line}");
@@ -526,6 +565,15 @@ mod tests {
             (
                 Request::Counters,
                 Response::Counters(CountersReply::default()),
+            ),
+            (
+                Request::Snapshot { dir: "/t".into() },
+                Response::Snapshot(SnapshotReply {
+                    memory_bytes: 128 << 20,
+                    memory_file_bytes: 30 << 20,
+                    state_bytes: 70_000,
+                    took_ms: 140,
+                }),
             ),
         ];
         for (request, response) in cases {

@@ -8,11 +8,11 @@ use crate::config::{
 };
 use crate::counters;
 use crate::devices::bus::{Bus, BusDevice, BusError};
-use crate::devices::legacy::{CappedLog, SerialConsole, SharedLog, I8042};
+use crate::devices::legacy::{CappedLog, SerialConsole, SerialSnapshot, SharedLog, I8042};
 use crate::devices::virtio::balloon::Balloon;
 use crate::devices::virtio::block::{Block, Disk, DiskError};
 use crate::devices::virtio::fs::{Fs, FsError};
-use crate::devices::virtio::mmio::{MmioTransport, NOTIFY_REG_OFFSET};
+use crate::devices::virtio::mmio::{MmioTransport, RestoreError, NOTIFY_REG_OFFSET};
 use crate::devices::virtio::net::{Net, NetError};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::{Vsock, VsockError};
@@ -20,8 +20,10 @@ use crate::devices::virtio::{IrqTrigger, VirtioDevice};
 use crate::devices::Trigger;
 use crate::image::MappedImage;
 use crate::seccomp::SeccompError;
+use crate::snapshot::{self, SnapshotError, VmSnapshot};
 use crate::vstate::memory::{self, MemoryError, MemoryMode};
-use crate::vstate::vcpu::{install_kick_handler, Vcpu, VcpuControl, VcpuError, Vcpus};
+use crate::vstate::vcpu::{install_kick_handler, Vcpu, VcpuControl, VcpuError, VcpuWiring, Vcpus};
+use crate::vstate::vcpu_state::msr_index_list;
 use crate::vstate::vm::{Vm, VmError};
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use kvm_ioctls::{IoEventAddress, VmFd};
@@ -31,9 +33,10 @@ use linux_loader::loader::KernelLoader;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmlet_vmm_api::control::{SNAPSHOT_MEMORY_FILE, SNAPSHOT_STATE_FILE};
 
 /// The kernel command line vmlet always passes. `reboot=k` makes a guest reboot
 /// or poweroff go through the i8042 reset, which ends the VMM.
@@ -204,6 +207,28 @@ pub enum BuildError {
     /// The serial output file cannot be opened.
     #[error("cannot open serial output {0}: {1}")]
     SerialOutput(PathBuf, std::io::Error),
+    /// The snapshot to restore cannot be read.
+    #[error("cannot restore from {0}: {1}")]
+    Snapshot(PathBuf, SnapshotError),
+    /// The snapshot was taken of another VM shape or device list.
+    #[error("cannot restore from {dir}: {reason}")]
+    SnapshotMismatch {
+        /// The snapshot.
+        dir: PathBuf,
+        /// What differs.
+        reason: String,
+    },
+    /// A device refused its saved state.
+    #[error("cannot restore {device}: {source}")]
+    Restore {
+        /// The device, as the snapshot names it.
+        device: String,
+        /// Why.
+        source: RestoreError,
+    },
+    /// The VM refused its saved state.
+    #[error("cannot restore the VM state: {0}")]
+    RestoreVm(VmError),
 }
 
 /// The error of `device` failing with `source`.
@@ -212,6 +237,23 @@ fn device_error(device: DeviceId) -> impl Fn(DeviceError) -> BuildError {
         device: device.clone(),
         source,
     }
+}
+
+/// A virtio device's transport, by the name a snapshot gives it.
+pub type NamedTransport = (String, Arc<Mutex<MmioTransport>>);
+
+/// What a snapshot reads.
+pub struct SnapshotSources {
+    /// The KVM VM.
+    pub vm: Arc<Vm>,
+    /// Guest RAM.
+    pub mem: GuestMemoryMmap,
+    /// The virtio devices, in wiring order.
+    pub devices: Vec<NamedTransport>,
+    /// COM1.
+    pub serial: Arc<Mutex<SerialConsole>>,
+    /// Whether guest RAM is shared with other processes (virtio-fs).
+    pub shared_memory: bool,
 }
 
 /// Handles on the parts of a built VM that the control socket acts on.
@@ -230,6 +272,8 @@ pub struct VmParts {
     pub mem_mib: u64,
     /// vCPU count.
     pub vcpu_count: u8,
+    /// What a snapshot reads.
+    pub snapshot: SnapshotSources,
 }
 
 /// A built, running VM and its event loop.
@@ -241,9 +285,6 @@ pub struct Vmm {
     /// The serial console's log file, if it goes to one: the event loop brings it
     /// up to date ([`SharedLog::sync_due`]).
     pub console_log: Option<SharedLog>,
-    // Kept alive for as long as the vCPUs run.
-    _vm: Vm,
-    _mem: GuestMemoryMmap,
 }
 
 fn eventfd() -> Result<Trigger, BuildError> {
@@ -308,13 +349,15 @@ struct DeviceWiring<'a> {
     cmdline: &'a mut Cmdline,
     event_manager: &'a mut EventManager<Subscriber>,
     next_slot: u64,
+    /// The transports wired so far, named.
+    devices: Vec<NamedTransport>,
 }
 
 impl DeviceWiring<'_> {
     /// Places a virtio device in the next MMIO window with the next IRQ, wires its
     /// irqfd and queue ioeventfds, announces it on the command line, and adds it
     /// to the event loop.
-    fn add<D>(&mut self, device: Arc<Mutex<D>>) -> Result<(), DeviceError>
+    fn add<D>(&mut self, name: String, device: Arc<Mutex<D>>) -> Result<(), DeviceError>
     where
         D: VirtioDevice + MutEventSubscriber + Send + 'static,
     {
@@ -338,11 +381,16 @@ impl DeviceWiring<'_> {
                     .map_err(DeviceError::Ioeventfd)?;
             }
         }
-        let transport = MmioTransport::new(device.clone(), self.mem.clone(), irq);
-        let transport: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(transport));
+        let transport = Arc::new(Mutex::new(MmioTransport::new(
+            device.clone(),
+            self.mem.clone(),
+            irq,
+        )));
+        let on_bus: Arc<Mutex<dyn BusDevice>> = transport.clone();
         self.mmio
-            .insert(transport, base, VIRTIO_MMIO_SIZE)
+            .insert(on_bus, base, VIRTIO_MMIO_SIZE)
             .map_err(DeviceError::Bus)?;
+        self.devices.push((name, transport));
         self.cmdline
             .add_virtio_mmio_device(VIRTIO_MMIO_SIZE, GuestAddress(base), gsi, None)
             .map_err(DeviceError::Cmdline)?;
@@ -375,7 +423,9 @@ fn attach_block_devices(
             .map_err(&fail)?;
         counts.push((d.id.clone(), blk.counters()));
         let blk = Arc::new(Mutex::new(blk));
-        wiring.add(blk.clone()).map_err(&fail)?;
+        wiring
+            .add(format!("drive {}", d.id), blk.clone())
+            .map_err(&fail)?;
         attached.insert(d.id.clone(), blk);
     }
     Ok((attached, counts))
@@ -395,7 +445,9 @@ fn attach_net_devices(
             .map_err(DeviceError::Net)
             .map_err(&fail)?;
         counts.push((format!("net{i}"), net.counters()));
-        wiring.add(Arc::new(Mutex::new(net))).map_err(&fail)?;
+        wiring
+            .add(format!("net{i}"), Arc::new(Mutex::new(net)))
+            .map_err(&fail)?;
     }
     Ok(counts)
 }
@@ -411,7 +463,9 @@ fn attach_vsock_device(
         .map_err(DeviceError::Vsock)
         .map_err(&fail)?;
     let counts = vsock.counters();
-    wiring.add(Arc::new(Mutex::new(vsock))).map_err(&fail)?;
+    wiring
+        .add("vsock".to_owned(), Arc::new(Mutex::new(vsock)))
+        .map_err(&fail)?;
     Ok(counts)
 }
 
@@ -428,7 +482,9 @@ fn attach_fs_devices(wiring: &mut DeviceWiring<'_>, fs: &[FsConfig]) -> Result<(
                 .event_manager
                 .add_subscriber(Arc::new(Mutex::new(watchdog)));
         }
-        wiring.add(Arc::new(Mutex::new(dev))).map_err(&fail)?;
+        wiring
+            .add(format!("fs {}", f.tag), Arc::new(Mutex::new(dev)))
+            .map_err(&fail)?;
     }
     Ok(())
 }
@@ -437,34 +493,51 @@ fn attach_fs_devices(wiring: &mut DeviceWiring<'_>, fs: &[FsConfig]) -> Result<(
 fn attach_rng_device(wiring: &mut DeviceWiring<'_>) -> Result<(), BuildError> {
     let fail = device_error(DeviceId::Rng);
     let rng = Rng::new().map_err(DeviceError::Create).map_err(&fail)?;
-    wiring.add(Arc::new(Mutex::new(rng))).map_err(&fail)
+    wiring
+        .add("rng".to_owned(), Arc::new(Mutex::new(rng)))
+        .map_err(&fail)
 }
 
 /// Attaches the virtio-balloon that takes back the memory the guest frees.
 fn attach_balloon_device(wiring: &mut DeviceWiring<'_>) -> Result<(), BuildError> {
     let fail = device_error(DeviceId::Balloon);
     let balloon = Balloon::new().map_err(DeviceError::Create).map_err(&fail)?;
-    wiring.add(Arc::new(Mutex::new(balloon))).map_err(&fail)
+    wiring
+        .add("balloon".to_owned(), Arc::new(Mutex::new(balloon)))
+        .map_err(&fail)
 }
 
-/// Attaches COM1 (interrupt through an irqfd, output per `config.serial`) to the
-/// port-I/O bus.
+/// COM1 and the log file behind it, if any.
+type Serial = (Arc<Mutex<SerialConsole>>, Option<SharedLog>);
+
+/// Attaches COM1 (interrupt through an irqfd, output per `config.serial`, in the
+/// `saved` state if restoring) to the port-I/O bus.
 fn attach_serial_device(
     vm: &VmFd,
     pio: &mut Bus,
     config: &VmConfig,
-) -> Result<Option<SharedLog>, BuildError> {
+    saved: Option<&SerialSnapshot>,
+) -> Result<Serial, BuildError> {
     let fail = device_error(DeviceId::Serial);
     let serial_irq = eventfd()?;
     vm.register_irqfd(&serial_irq.0, SERIAL_IRQ)
         .map_err(DeviceError::Irqfd)
         .map_err(&fail)?;
     let (out, log) = serial_output(config)?;
-    let serial = SerialConsole::new(serial_irq, out);
-    pio.insert(Arc::new(Mutex::new(serial)), 0x3f8, 8)
+    let serial = match saved {
+        Some(saved) => SerialConsole::restored(saved, serial_irq, out).map_err(|e| {
+            BuildError::Restore {
+                device: "serial".to_owned(),
+                source: RestoreError::Device(e),
+            }
+        })?,
+        None => SerialConsole::new(serial_irq, out),
+    };
+    let serial = Arc::new(Mutex::new(serial));
+    pio.insert(serial.clone(), 0x3f8, 8)
         .map_err(DeviceError::Bus)
         .map_err(&fail)?;
-    Ok(log)
+    Ok((serial, log))
 }
 
 /// Attaches the i8042, whose reset line ends the VM through the event loop.
@@ -504,32 +577,107 @@ fn write_boot_tables(
     Ok(())
 }
 
-/// Creates the vCPUs at the kernel's entry point and starts their threads.
+/// Where the VM starts: the kernel's entry point (the boot tables still to be
+/// written), or a snapshot.
+enum Start<'a> {
+    Boot {
+        entry: u64,
+        initrd: Option<pvh::Initrd>,
+    },
+    Restore {
+        dir: &'a PathBuf,
+        saved: &'a VmSnapshot,
+    },
+}
+
+/// Creates the vCPUs (at the kernel's entry point, or in their saved state with
+/// the VM's, in which case the VM state follows them) and starts their threads.
 fn start_vcpus(
     vm: &Vm,
     config: &VmConfig,
-    entry: u64,
-    pio: &Bus,
-    mmio: &Bus,
-    control: &Arc<VcpuControl>,
+    start: Start<'_>,
+    wiring: VcpuWiring,
     vcpu_setup: impl Fn() -> Result<(), SeccompError> + Clone + Send + 'static,
 ) -> Result<Vcpus, BuildError> {
     install_kick_handler()?;
-    let mut handles = Vec::with_capacity(config.vcpus as usize);
+    let mut vcpus = Vec::with_capacity(config.vcpus as usize);
     for i in 0..config.vcpus {
-        let vcpu = Vcpu::new(
-            vm.fd(),
-            vm.kvm(),
-            i,
-            config.vcpus,
-            entry,
-            pio.clone(),
-            mmio.clone(),
-            control.clone(),
-        )?;
+        vcpus.push(match &start {
+            Start::Boot { entry, .. } => {
+                Vcpu::new(vm.fd(), vm.kvm(), i, config.vcpus, *entry, wiring.clone())?
+            }
+            Start::Restore { saved, .. } => {
+                Vcpu::restore(vm.fd(), i, &saved.vcpu_states[usize::from(i)], wiring.clone())?
+            }
+        });
+    }
+    if let Start::Restore { saved, .. } = &start {
+        vm.restore_state(&saved.vm).map_err(BuildError::RestoreVm)?;
+    }
+    let control = wiring.control.clone();
+    let mut handles = Vec::with_capacity(vcpus.len());
+    for vcpu in vcpus {
         handles.push(vcpu.start(vcpu_setup.clone())?);
     }
-    Ok(Vcpus::new(handles, control.clone()))
+    Ok(Vcpus::new(handles, control))
+}
+
+/// Reads the snapshot in `dir` and checks it is of this VM's shape.
+fn read_snapshot(dir: &Path, config: &VmConfig) -> Result<VmSnapshot, BuildError> {
+    let saved = snapshot::read_state(&dir.join(SNAPSHOT_STATE_FILE))
+        .map_err(|e| BuildError::Snapshot(dir.to_owned(), e))?;
+    let mismatch = |reason: String| BuildError::SnapshotMismatch {
+        dir: dir.to_owned(),
+        reason,
+    };
+    if saved.vcpus != config.vcpus || saved.vcpu_states.len() != usize::from(config.vcpus) {
+        return Err(mismatch(format!(
+            "it was taken with {} vCPUs ({} saved), this VM has {}",
+            saved.vcpus,
+            saved.vcpu_states.len(),
+            config.vcpus
+        )));
+    }
+    if saved.mem_mib != config.mem_mib {
+        return Err(mismatch(format!(
+            "it was taken with {} MiB of memory, this VM has {}",
+            saved.mem_mib, config.mem_mib
+        )));
+    }
+    Ok(saved)
+}
+
+/// Puts every device of `wired` in its state in `saved`; the lists must name
+/// the same devices in the same order.
+fn restore_devices(
+    dir: &Path,
+    wired: &[NamedTransport],
+    saved: &VmSnapshot,
+) -> Result<(), BuildError> {
+    let names = |l: &mut dyn Iterator<Item = &String>| {
+        l.map(String::as_str).collect::<Vec<_>>().join(", ")
+    };
+    let configured = names(&mut wired.iter().map(|(n, _)| n));
+    let snapshotted = names(&mut saved.devices.iter().map(|d| &d.name));
+    if configured != snapshotted {
+        return Err(BuildError::SnapshotMismatch {
+            dir: dir.to_owned(),
+            reason: format!(
+                "it holds the devices [{snapshotted}], this VM is configured with [{configured}]"
+            ),
+        });
+    }
+    for ((name, transport), device) in wired.iter().zip(&saved.devices) {
+        transport
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .restore(&device.transport)
+            .map_err(|source| BuildError::Restore {
+                device: name.clone(),
+                source,
+            })?;
+    }
+    Ok(())
 }
 
 /// The serial device's output, and the log file behind it if there is one.
@@ -566,26 +714,49 @@ pub fn build(
     crate::config::validate(config)?;
     let started = std::time::Instant::now();
     let mem_size = config.mem_mib << 20;
+    let saved = match &config.restore {
+        Some(dir) => Some((dir, read_snapshot(dir, config)?)),
+        None => None,
+    };
     let vm = Vm::new()?;
     let mode = if config.uses_shared_memory() {
         MemoryMode::Shared
     } else {
         MemoryMode::Private
     };
-    let mem = memory::create(mem_size, mode, config.huge_pages)?;
+    let mem = match &saved {
+        Some((dir, s)) => snapshot::memory::restore(
+            &dir.join(SNAPSHOT_MEMORY_FILE),
+            &s.memory,
+            mem_size,
+        )
+        .map_err(|e| BuildError::Snapshot((*dir).clone(), e.into()))?,
+        None => memory::create(mem_size, mode, config.huge_pages)?,
+    };
     vm.set_memory(&mem)?;
 
-    let (entry, kernel_end) = load_kernel(config, &mem, mode)?;
-    let initrd = match &config.initramfs {
-        Some(path) => Some(load_initramfs(path, &mem, mem_size, kernel_end, mode)?),
-        None => None,
+    let start = match &saved {
+        Some((dir, saved)) => Start::Restore { dir, saved },
+        None => {
+            let (entry, kernel_end) = load_kernel(config, &mem, mode)?;
+            let initrd = match &config.initramfs {
+                Some(path) => Some(load_initramfs(path, &mem, mem_size, kernel_end, mode)?),
+                None => None,
+            };
+            Start::Boot { entry, initrd }
+        }
     };
 
     let mut event_manager = EventManager::<Subscriber>::new().map_err(BuildError::EventLoop)?;
     let control = Arc::new(VcpuControl::new().map_err(BuildError::EventFd)?);
     let mut pio = Bus::new();
     let mut mmio = Bus::new();
-    let console_log = attach_serial_device(vm.fd(), &mut pio, config)?;
+    let (serial, console_log) = attach_serial_device(
+        vm.fd(),
+        &mut pio,
+        config,
+        saved.as_ref().map(|(_, s)| &s.serial),
+    )?;
     attach_i8042_device(&mut pio, &mut event_manager, &control)?;
 
     let mut cmdline = Cmdline::new(CMDLINE_MAX_SIZE).map_err(BuildError::Cmdline)?;
@@ -599,6 +770,7 @@ pub fn build(
         cmdline: &mut cmdline,
         event_manager: &mut event_manager,
         next_slot: 0,
+        devices: Vec::new(),
     };
     let (drives, block_counts) = attach_block_devices(&mut wiring, &config.drives)?;
     let mut devices = counters::Devices {
@@ -616,16 +788,35 @@ pub fn build(
     if config.free_page_reporting {
         attach_balloon_device(&mut wiring)?;
     }
-    if !config.cmdline.is_empty() {
-        cmdline
-            .insert_str(&config.cmdline)
-            .map_err(BuildError::Cmdline)?;
+    let wired = std::mem::take(&mut wiring.devices);
+    match &start {
+        Start::Boot { initrd, .. } => {
+            if !config.cmdline.is_empty() {
+                cmdline
+                    .insert_str(&config.cmdline)
+                    .map_err(BuildError::Cmdline)?;
+            }
+            write_boot_tables(config, &mem, mem_size, &cmdline, *initrd)?;
+        }
+        Start::Restore { dir, saved } => restore_devices(dir, &wired, saved)?,
     }
-    write_boot_tables(config, &mem, mem_size, &cmdline, initrd)?;
 
-    let vcpus = start_vcpus(&vm, config, entry, &pio, &mmio, &control, vcpu_setup)?;
+    // Listed for a later snapshot of this VM (restored ones included).
+    let msr_indices = msr_index_list(vm.kvm()).map_err(|e| VcpuError::State(0, e))?;
+    let vcpu_wiring = VcpuWiring {
+        pio: pio.clone(),
+        mmio: mmio.clone(),
+        control: control.clone(),
+        msr_indices: Arc::new(msr_indices),
+    };
+    let vcpus = start_vcpus(&vm, config, start, vcpu_wiring, vcpu_setup)?;
     tracing::info!(
-        "VM built and {} vCPU(s) started in {:?}",
+        "VM {} and {} vCPU(s) started in {:?}",
+        if config.restore.is_some() {
+            "restored"
+        } else {
+            "built"
+        },
         config.vcpus,
         started.elapsed()
     );
@@ -639,10 +830,15 @@ pub fn build(
             vsock_uds: config.vsock.as_ref().map(|v| v.uds_path.clone()),
             mem_mib: config.mem_mib,
             vcpu_count: config.vcpus,
+            snapshot: SnapshotSources {
+                vm: Arc::new(vm),
+                mem,
+                devices: wired,
+                serial,
+                shared_memory: mode == MemoryMode::Shared,
+            },
         }),
         console_log,
-        _vm: vm,
-        _mem: mem,
     })
 }
 

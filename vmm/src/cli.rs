@@ -87,6 +87,10 @@ pub struct Args {
     /// Do not install seccomp filters (debugging only).
     #[arg(long = flag::NO_SECCOMP)]
     pub no_seccomp: bool,
+    /// Restore the VM from the snapshot in this directory instead of booting; the
+    /// vCPUs, memory and devices must be those it was taken with.
+    #[arg(long = flag::RESTORE)]
+    pub restore: Option<PathBuf>,
 }
 
 /// Merges the config file and the flags.
@@ -151,6 +155,9 @@ pub fn resolve(args: Args) -> Result<VmConfig, String> {
     }
     if args.no_seccomp {
         config.seccomp = false;
+    }
+    if args.restore.is_some() {
+        config.restore = args.restore;
     }
     Ok(config)
 }

@@ -10,6 +10,8 @@
 //!   client sends the file, opened, with the request (`SCM_RIGHTS`); `path` then only
 //!   names it. Without a file the VMM opens `path` itself.
 //! - `counters`: what the vCPUs and devices counted (`crate::counters`)
+//! - `snapshot`: pauses the VM and writes its snapshot (`crate::snapshot`); the VM
+//!   stays paused, to be resumed or ended
 //! - `shutdown`: asks the guest to power off (a connection to its vsock port
 //!   [`GUEST_POWER_PORT`]); if it has not after `timeout_ms` (default 5000), the
 //!   VMM stops it and exits with status 2
@@ -133,6 +135,18 @@ impl ControlServer {
             Request::Resume => {
                 self.vm.vcpus.resume();
                 Ok(Response::Done)
+            }
+            Request::Snapshot { dir } => {
+                let reply = crate::snapshot::take(&self.vm, &dir).map_err(|e| e.to_string())?;
+                tracing::info!(
+                    "snapshot in {}: {} MiB of memory ({} MiB on disk), {} bytes of state, {} ms",
+                    dir.display(),
+                    reply.memory_bytes >> 20,
+                    reply.memory_file_bytes >> 20,
+                    reply.state_bytes,
+                    reply.took_ms
+                );
+                Ok(Response::Snapshot(reply))
             }
             Request::SwapDrive { id, path } => {
                 let drive = self

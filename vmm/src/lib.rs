@@ -19,5 +19,6 @@ pub mod log_cap;
 pub mod runner;
 pub mod seccomp;
 pub mod signals;
+pub mod snapshot;
 pub mod uds;
 pub mod vstate;

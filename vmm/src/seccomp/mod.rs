@@ -56,6 +56,7 @@ const VMM_SYSCALLS: &[i64] = &[
     libc::SYS_fdatasync,
     libc::SYS_fstat,
     libc::SYS_fsync,
+    libc::SYS_ftruncate,
     libc::SYS_futex,
     libc::SYS_getpid,
     libc::SYS_getrandom,

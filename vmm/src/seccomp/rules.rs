@@ -17,8 +17,11 @@
 //! - `tgkill`: only this process's threads, only the vCPU kick (`SIGRTMIN`) and
 //!   `SIGABRT` (an abort); `kill` is not allowed at all.
 //! - `prctl`: naming a thread only.
-//! - `ioctl`: the KVM run and register-read requests on vCPU threads, `FIONBIO`
-//!   and `FIOCLEX` (std's socket setup) on the VMM thread.
+//! - `ioctl`: the KVM run and state-read requests on vCPU threads (registers for
+//!   a failure report, the whole state for a snapshot), the VM state reads of a
+//!   snapshot and `FIONBIO` and `FIOCLEX` (std's socket setup) on the VMM thread.
+//! - `openat` also creates a snapshot's files: new files only (`O_EXCL`), written.
+//! - `ftruncate`: sizing a snapshot's memory file.
 //! - `fallocate`: punching holes (free page reporting on shared guest RAM).
 
 use seccompiler::{BackendError, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompRule};
@@ -40,9 +43,38 @@ pub const KVM_GET_REGS: u64 = ior(0x81, std::mem::size_of::<kvm_bindings::kvm_re
 /// `KVM_GET_SREGS` = `_IOR(KVMIO, 0x83, struct kvm_sregs)`, likewise.
 pub const KVM_GET_SREGS: u64 = ior(0x83, std::mem::size_of::<kvm_bindings::kvm_sregs>());
 
+/// The vCPU state reads of a snapshot (`vstate::vcpu_state`).
+pub const KVM_VCPU_STATE_READS: [u64; 9] = [
+    ior(0x98, std::mem::size_of::<kvm_bindings::kvm_mp_state>()), // KVM_GET_MP_STATE
+    ior(0xa4, std::mem::size_of::<kvm_bindings::kvm_xsave>()),    // KVM_GET_XSAVE
+    ior(0xa6, std::mem::size_of::<kvm_bindings::kvm_xcrs>()),     // KVM_GET_XCRS
+    ior(0xa1, std::mem::size_of::<kvm_bindings::kvm_debugregs>()), // KVM_GET_DEBUGREGS
+    ior(0x8e, std::mem::size_of::<kvm_bindings::kvm_lapic_state>()), // KVM_GET_LAPIC
+    iowr(0x88, std::mem::size_of::<kvm_bindings::kvm_msrs>()),    // KVM_GET_MSRS
+    ior(0x9f, std::mem::size_of::<kvm_bindings::kvm_vcpu_events>()), // KVM_GET_VCPU_EVENTS
+    iowr(0x91, std::mem::size_of::<kvm_bindings::kvm_cpuid2>()),  // KVM_GET_CPUID2
+    0xaea3,                                                       // KVM_GET_TSC_KHZ
+];
+
+/// The VM state reads of a snapshot (`vstate::vm`).
+pub const KVM_VM_STATE_READS: [u64; 3] = [
+    ior(0x9f, std::mem::size_of::<kvm_bindings::kvm_pit_state2>()), // KVM_GET_PIT2
+    ior(0x7c, std::mem::size_of::<kvm_bindings::kvm_clock_data>()), // KVM_GET_CLOCK
+    iowr(0x62, std::mem::size_of::<kvm_bindings::kvm_irqchip>()),   // KVM_GET_IRQCHIP
+];
+
+/// The `openat` flags that create a snapshot file (`OpenOptions::create_new`).
+pub const SNAPSHOT_CREATE_FLAGS: u64 =
+    (libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC) as u64;
+
 /// `_IOR(KVMIO, nr, size)`.
 const fn ior(nr: u64, size: usize) -> u64 {
     (2 << 30) | ((size as u64) << 16) | (0xae << 8) | nr
+}
+
+/// `_IOWR(KVMIO, nr, size)`.
+const fn iowr(nr: u64, size: usize) -> u64 {
+    (3 << 30) | ((size as u64) << 16) | (0xae << 8) | nr
 }
 
 /// The flags glibc's `pthread_create` gives `clone` (a thread sharing memory,
@@ -117,10 +149,9 @@ pub fn argument_rules(kind: ThreadKind, pid: u32) -> Result<Vec<(i64, Rules)>, B
     ];
     match kind {
         ThreadKind::Vcpu => {
-            rules.push((
-                libc::SYS_ioctl,
-                one_of(1, &[KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS])?,
-            ));
+            let mut ioctls = vec![KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS];
+            ioctls.extend(KVM_VCPU_STATE_READS);
+            rules.push((libc::SYS_ioctl, one_of(1, &ioctls)?));
         }
         ThreadKind::Vmm => {
             let own_thread = |sig: libc::c_int| -> Result<SeccompRule, BackendError> {
@@ -136,8 +167,10 @@ pub fn argument_rules(kind: ThreadKind, pid: u32) -> Result<Vec<(i64, Rules)>, B
                 eq(0, libc::AF_UNIX as u64)?,
                 masked(1, SOCK_TYPE_MASK, libc::SOCK_STREAM as u64)?,
             ])?;
+            let mut ioctls = vec![libc::FIONBIO, libc::FIOCLEX];
+            ioctls.extend(KVM_VM_STATE_READS);
             rules.extend([
-                (libc::SYS_ioctl, one_of(1, &[libc::FIONBIO, libc::FIOCLEX])?),
+                (libc::SYS_ioctl, one_of(1, &ioctls)?),
                 (libc::SYS_socket, vec![unix_stream]),
                 (libc::SYS_clone, only(thread_clone)?),
                 (
@@ -147,6 +180,7 @@ pub fn argument_rules(kind: ThreadKind, pid: u32) -> Result<Vec<(i64, Rules)>, B
                         &[
                             (libc::O_RDONLY | libc::O_CLOEXEC) as u64,
                             (libc::O_RDWR | libc::O_CLOEXEC) as u64,
+                            SNAPSHOT_CREATE_FLAGS,
                         ],
                     )?,
                 ),
@@ -176,6 +210,14 @@ mod tests {
     fn kvm_ioctl_numbers() {
         assert_eq!(KVM_GET_REGS, 0x8090_ae81);
         assert_eq!(KVM_GET_SREGS, 0x8138_ae83);
+        // As the kernel's headers compute them (x86_64).
+        assert_eq!(KVM_VCPU_STATE_READS[0], 0x8004_ae98, "KVM_GET_MP_STATE");
+        assert_eq!(KVM_VCPU_STATE_READS[1], 0x9000_aea4, "KVM_GET_XSAVE");
+        assert_eq!(KVM_VCPU_STATE_READS[4], 0x8400_ae8e, "KVM_GET_LAPIC");
+        assert_eq!(KVM_VCPU_STATE_READS[5], 0xc008_ae88, "KVM_GET_MSRS");
+        assert_eq!(KVM_VCPU_STATE_READS[7], 0xc008_ae91, "KVM_GET_CPUID2");
+        assert_eq!(KVM_VM_STATE_READS[0], 0x8070_ae9f, "KVM_GET_PIT2");
+        assert_eq!(KVM_VM_STATE_READS[2], 0xc208_ae62, "KVM_GET_IRQCHIP");
     }
 
     #[test]

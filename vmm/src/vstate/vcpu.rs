@@ -3,6 +3,7 @@
 //! [`VcpuControl`]; a real-time signal kicks a thread out of `KVM_RUN`, and
 //! `immediate_exit` closes the race where the signal lands just before it.
 
+use super::vcpu_state::{VcpuState, VcpuStateError};
 use crate::arch::{cpuid, regs};
 use crate::devices::bus::Bus;
 use crate::devices::virtio::RateLimit;
@@ -34,6 +35,12 @@ pub enum VcpuError {
     /// vCPUs did not reach the requested state in time.
     #[error("vCPUs did not {0} within {1:?}")]
     Timeout(&'static str, Duration),
+    /// A vCPU's state could not be read or written.
+    #[error("vCPU {0}: {1}")]
+    State(u8, super::vcpu_state::VcpuStateError),
+    /// The state of a vCPU that is not paused (or no longer runs) was asked for.
+    #[error("the vCPUs must all be paused to save their state ({0})")]
+    NotPaused(String),
 }
 
 /// Requested run state of all vCPUs.
@@ -203,6 +210,10 @@ impl ExitReason {
 struct Shared {
     state: RunState,
     parked: usize,
+    /// Bumped to ask every parked vCPU for its state ([`Vcpus::save_state`]).
+    save_round: u64,
+    /// The answers of this round, by vCPU index.
+    saved: Vec<(u8, Result<VcpuState, VcpuStateError>)>,
 }
 
 /// Shared control block for all vCPU threads.
@@ -228,6 +239,8 @@ impl VcpuControl {
             shared: Mutex::new(Shared {
                 state: RunState::Running,
                 parked: 0,
+                save_round: 0,
+                saved: Vec::new(),
             }),
             changed: Condvar::new(),
             exit_evt: EventFd::new(libc::EFD_NONBLOCK)?,
@@ -303,20 +316,35 @@ pub struct Vcpu {
     pio: Bus,
     mmio: Bus,
     control: Arc<VcpuControl>,
+    /// The MSRs a snapshot saves.
+    msr_indices: Arc<Vec<u32>>,
+    /// The last [`Shared::save_round`] this vCPU answered.
+    save_round: u64,
+}
+
+/// What every vCPU of a VM shares: its buses, control block and the MSRs a
+/// snapshot saves.
+#[derive(Clone)]
+pub struct VcpuWiring {
+    /// Port I/O devices.
+    pub pio: Bus,
+    /// MMIO devices.
+    pub mmio: Bus,
+    /// Run state and exits.
+    pub control: Arc<VcpuControl>,
+    /// [`super::vcpu_state::msr_index_list`].
+    pub msr_indices: Arc<Vec<u32>>,
 }
 
 impl Vcpu {
     /// Creates vCPU `index` of `count` and sets its boot state.
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         vm: &VmFd,
         kvm: &kvm_ioctls::Kvm,
         index: u8,
         count: u8,
         entry: u64,
-        pio: Bus,
-        mmio: Bus,
-        control: Arc<VcpuControl>,
+        wiring: VcpuWiring,
     ) -> Result<Self, VcpuError> {
         let fd = vm
             .create_vcpu(u64::from(index))
@@ -332,13 +360,35 @@ impl Vcpu {
         regs::setup_sregs(&fd).map_err(|e| VcpuError::Regs(index, e))?;
         regs::setup_fpu(&fd).map_err(|e| VcpuError::Regs(index, e))?;
         regs::setup_lint(&fd).map_err(|e| VcpuError::Regs(index, e))?;
-        Ok(Vcpu {
+        Ok(Self::wired(index, fd, wiring))
+    }
+
+    /// Creates vCPU `index` in the state a snapshot saved.
+    pub fn restore(
+        vm: &VmFd,
+        index: u8,
+        state: &VcpuState,
+        wiring: VcpuWiring,
+    ) -> Result<Self, VcpuError> {
+        let fd = vm
+            .create_vcpu(u64::from(index))
+            .map_err(|e| VcpuError::Kvm(index, "KVM_CREATE_VCPU", e))?;
+        state
+            .restore(&fd)
+            .map_err(|e| VcpuError::State(index, e))?;
+        Ok(Self::wired(index, fd, wiring))
+    }
+
+    fn wired(index: u8, fd: VcpuFd, w: VcpuWiring) -> Self {
+        Vcpu {
             index,
             fd,
-            pio,
-            mmio,
-            control,
-        })
+            pio: w.pio,
+            mmio: w.mmio,
+            control: w.control,
+            msr_indices: w.msr_indices,
+            save_round: 0,
+        }
     }
 
     /// Starts the vCPU thread. `before_run` runs on the thread first (the VMM
@@ -470,9 +520,11 @@ impl Vcpu {
         }
     }
 
-    /// Parks while paused; returns false when the thread should end.
-    fn wait_until_runnable(&self) -> bool {
-        let mut shared = self.control.lock();
+    /// Parks while paused, answering state requests meanwhile; returns false when
+    /// the thread should end.
+    fn wait_until_runnable(&mut self) -> bool {
+        let control = self.control.clone();
+        let mut shared = control.lock();
         loop {
             match shared.state {
                 RunState::Running => return true,
@@ -481,6 +533,12 @@ impl Vcpu {
                     shared.parked += 1;
                     self.control.changed.notify_all();
                     while shared.state == RunState::Paused {
+                        if shared.save_round != self.save_round {
+                            self.save_round = shared.save_round;
+                            let state = VcpuState::save(&self.fd, &self.msr_indices);
+                            shared.saved.push((self.index, state));
+                            self.control.changed.notify_all();
+                        }
                         shared = self
                             .control
                             .changed
@@ -512,12 +570,15 @@ impl VcpuHandle {
 pub struct Vcpus {
     handles: Mutex<Vec<VcpuHandle>>,
     control: Arc<VcpuControl>,
+    /// How many were started.
+    count: usize,
 }
 
 impl Vcpus {
     /// Wraps started vCPUs.
     pub fn new(handles: Vec<VcpuHandle>, control: Arc<VcpuControl>) -> Self {
         Vcpus {
+            count: handles.len(),
             handles: Mutex::new(handles),
             control,
         }
@@ -556,6 +617,49 @@ impl Vcpus {
             return Err(VcpuError::Timeout("pause", timeout));
         }
         Ok(())
+    }
+
+    /// The state of every vCPU, in index order; they must all be paused.
+    pub fn save_state(&self, timeout: Duration) -> Result<Vec<VcpuState>, VcpuError> {
+        let live = self
+            .handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|h| !h.thread.is_finished())
+            .count();
+        let mut shared = self.control.lock();
+        if shared.state != RunState::Paused || shared.parked < live {
+            return Err(VcpuError::NotPaused(format!(
+                "{} of {live} parked",
+                shared.parked
+            )));
+        }
+        shared.save_round += 1;
+        shared.saved.clear();
+        self.control.changed.notify_all();
+        let (mut shared, result) = self
+            .control
+            .changed
+            .wait_timeout_while(shared, timeout, |s| s.saved.len() < live)
+            .unwrap_or_else(|e| e.into_inner());
+        if result.timed_out() {
+            return Err(VcpuError::Timeout("save their state", timeout));
+        }
+        let mut saved = std::mem::take(&mut shared.saved);
+        drop(shared);
+        if saved.len() != self.count {
+            return Err(VcpuError::NotPaused(format!(
+                "{} of {} vCPU threads still run",
+                saved.len(),
+                self.count
+            )));
+        }
+        saved.sort_by_key(|(index, _)| *index);
+        saved
+            .into_iter()
+            .map(|(index, state)| state.map_err(|e| VcpuError::State(index, e)))
+            .collect()
     }
 
     /// Lets paused vCPUs run again.

@@ -1,7 +1,10 @@
 //! The KVM VM: in-kernel IRQ chip and PIT, memory slots, irqfds and ioeventfds.
 
 use crate::arch::layout::KVM_TSS_ADDRESS;
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{
+    kvm_clock_data, kvm_irqchip, kvm_pit_config, kvm_pit_state2, kvm_userspace_memory_region,
+    KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_PIT_SPEAKER_DUMMY,
+};
 use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
@@ -30,6 +33,24 @@ const REQUIRED_CAPS: &[kvm_ioctls::Cap] = &[
     kvm_ioctls::Cap::SetTssAddr,
     kvm_ioctls::Cap::Pit2,
     kvm_ioctls::Cap::ImmediateExit,
+];
+
+/// What KVM keeps of the VM beside its vCPUs: the PIT, the kvm-clock and the
+/// interrupt controllers (both PICs and the IOAPIC).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct VmState {
+    /// The PIT.
+    pub pit: kvm_pit_state2,
+    /// The kvm-clock.
+    pub clock: kvm_clock_data,
+    /// PIC master, PIC slave, IOAPIC.
+    pub irqchips: Vec<kvm_irqchip>,
+}
+
+const IRQCHIPS: [u32; 3] = [
+    KVM_IRQCHIP_PIC_MASTER,
+    KVM_IRQCHIP_PIC_SLAVE,
+    KVM_IRQCHIP_IOAPIC,
 ];
 
 /// An open KVM VM.
@@ -76,6 +97,58 @@ impl Vm {
     /// The VM file descriptor.
     pub fn fd(&self) -> &VmFd {
         &self.fd
+    }
+
+    /// Reads the VM's state (its vCPUs paused).
+    pub fn save_state(&self) -> Result<VmState, VmError> {
+        let pit = self
+            .fd
+            .get_pit2()
+            .map_err(|e| VmError::Ioctl("KVM_GET_PIT2", e))?;
+        let clock = self
+            .fd
+            .get_clock()
+            .map_err(|e| VmError::Ioctl("KVM_GET_CLOCK", e))?;
+        let mut irqchips = Vec::with_capacity(IRQCHIPS.len());
+        for chip_id in IRQCHIPS {
+            let mut chip = kvm_irqchip {
+                chip_id,
+                ..Default::default()
+            };
+            self.fd
+                .get_irqchip(&mut chip)
+                .map_err(|e| VmError::Ioctl("KVM_GET_IRQCHIP", e))?;
+            irqchips.push(chip);
+        }
+        Ok(VmState {
+            pit,
+            clock,
+            irqchips,
+        })
+    }
+
+    /// Writes a saved state into this VM (made with [`Vm::new`]) before its
+    /// vCPUs first run. The guest's clock goes on from where it was saved.
+    pub fn restore_state(&self, state: &VmState) -> Result<(), VmError> {
+        self.fd
+            .set_pit2(&state.pit)
+            .map_err(|e| VmError::Ioctl("KVM_SET_PIT2", e))?;
+        // KVM_SET_CLOCK takes no flags but KVM_CLOCK_REALTIME, which asks it to
+        // advance the clock by the time since the snapshot: the guest's time stands
+        // still instead, and its agent sets the wall clock.
+        let clock = kvm_clock_data {
+            clock: state.clock.clock,
+            ..Default::default()
+        };
+        self.fd
+            .set_clock(&clock)
+            .map_err(|e| VmError::Ioctl("KVM_SET_CLOCK", e))?;
+        for chip in &state.irqchips {
+            self.fd
+                .set_irqchip(chip)
+                .map_err(|e| VmError::Ioctl("KVM_SET_IRQCHIP", e))?;
+        }
+        Ok(())
     }
 
     /// Registers every region of `mem` as a KVM memory slot.

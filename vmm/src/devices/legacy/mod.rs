@@ -7,4 +7,4 @@ mod serial;
 
 pub use console_log::{CappedLog, SharedLog};
 pub use i8042::I8042;
-pub use serial::SerialConsole;
+pub use serial::{SerialConsole, SerialSnapshot};

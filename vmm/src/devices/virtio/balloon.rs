@@ -115,6 +115,13 @@ pub fn release(chain: Chain<'_>, mem: &GuestMemoryMmap) -> u64 {
             continue;
         };
         let file = mem.find_region(GuestAddress(start)).and_then(|region| {
+            // Only shared RAM gives pages back by punching its file. RAM restored
+            // from a snapshot maps the snapshot's memory file privately: that file
+            // is every restored VM's, and dropping a page there returns it to the
+            // file's copy, as for anonymous memory.
+            if region.flags() & libc::MAP_SHARED == 0 {
+                return None;
+            }
             let fo = region.file_offset()?;
             let in_region = GuestAddress(start).checked_offset_from(region.start_addr())?;
             Some((fo.file().as_raw_fd(), fo.start().checked_add(in_region)?))
@@ -202,6 +209,23 @@ impl VirtioDevice for Balloon {
     fn reset(&mut self) {
         self.active = None;
         self.actual = 0;
+    }
+    fn queue_states(&self) -> Vec<virtio_queue::QueueState> {
+        self.active
+            .iter()
+            .flat_map(|a| a.queues.iter().map(|q| q.state()))
+            .collect()
+    }
+    fn save_extra(&self) -> serde_json::Value {
+        serde_json::json!({ "actual": self.actual })
+    }
+    fn restore_extra(&mut self, state: &serde_json::Value) -> Result<(), String> {
+        self.actual = state
+            .get("actual")
+            .and_then(serde_json::Value::as_u64)
+            .and_then(|a| u32::try_from(a).ok())
+            .ok_or("no balloon size (actual) in the saved state")?;
+        Ok(())
     }
 }
 

@@ -7,8 +7,9 @@ use super::{
     VIRTIO_F_VERSION_1,
 };
 use crate::devices::bus::BusDevice;
+use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueState, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 const MAGIC_VALUE: u32 = 0x7472_6976; // "virt"
@@ -25,6 +26,113 @@ const STATUS_DRIVER_OK: u32 = 4;
 const STATUS_FEATURES_OK: u32 = 8;
 const STATUS_NEEDS_RESET: u32 = 64;
 const STATUS_FAILED: u32 = 128;
+
+/// A queue as a snapshot keeps it (virtio-queue's `QueueState`, which has no
+/// serde form).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueSnapshot {
+    /// Largest size the device offers.
+    pub max_size: u16,
+    /// Next available-ring index the device reads.
+    pub next_avail: u16,
+    /// Next used-ring index the device writes.
+    pub next_used: u16,
+    /// Whether `VIRTIO_RING_F_EVENT_IDX` was negotiated.
+    pub event_idx_enabled: bool,
+    /// Size the driver chose.
+    pub size: u16,
+    /// Whether the driver made it ready.
+    pub ready: bool,
+    /// Descriptor table address.
+    pub desc_table: u64,
+    /// Available ring address.
+    pub avail_ring: u64,
+    /// Used ring address.
+    pub used_ring: u64,
+}
+
+impl From<QueueState> for QueueSnapshot {
+    fn from(q: QueueState) -> Self {
+        QueueSnapshot {
+            max_size: q.max_size,
+            next_avail: q.next_avail,
+            next_used: q.next_used,
+            event_idx_enabled: q.event_idx_enabled,
+            size: q.size,
+            ready: q.ready,
+            desc_table: q.desc_table,
+            avail_ring: q.avail_ring,
+            used_ring: q.used_ring,
+        }
+    }
+}
+
+impl From<QueueSnapshot> for QueueState {
+    fn from(q: QueueSnapshot) -> Self {
+        QueueState {
+            max_size: q.max_size,
+            next_avail: q.next_avail,
+            next_used: q.next_used,
+            event_idx_enabled: q.event_idx_enabled,
+            size: q.size,
+            ready: q.ready,
+            desc_table: q.desc_table,
+            avail_ring: q.avail_ring,
+            used_ring: q.used_ring,
+        }
+    }
+}
+
+/// A transport and its device as a snapshot keeps them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TransportState {
+    /// The device's virtio type (checked on restore).
+    pub device_type: u32,
+    /// Device status register.
+    pub status: u32,
+    /// Selected queue.
+    pub queue_select: u32,
+    /// Device feature word selected.
+    pub device_features_select: u32,
+    /// Driver feature word selected.
+    pub driver_features_select: u32,
+    /// Features the driver accepted.
+    pub driver_features: u64,
+    /// Whether the device was activated.
+    pub activated: bool,
+    /// Interrupt status not yet acknowledged.
+    pub interrupt_status: u32,
+    /// The queues as the driver configured them.
+    pub queues: Vec<QueueSnapshot>,
+    /// The activated device's own queues (where it is in each ring).
+    pub device_queues: Vec<QueueSnapshot>,
+    /// What the device keeps beyond its queues.
+    pub device: serde_json::Value,
+}
+
+/// Why a transport's saved state cannot be taken back.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// The snapshot's device at this place is another kind.
+    #[error("the snapshot holds a {saved} here, the configuration a {configured}")]
+    DeviceType {
+        /// What the snapshot holds.
+        saved: &'static str,
+        /// What the configuration asks for.
+        configured: &'static str,
+    },
+    /// A saved queue is not one this device can have.
+    #[error("queue {index}: {reason}")]
+    Queue {
+        /// The queue.
+        index: usize,
+        /// Why.
+        reason: String,
+    },
+    /// The device refused its saved state or its activation.
+    #[error("{0}")]
+    Device(String),
+}
 
 /// One virtio-mmio device window.
 pub struct MmioTransport {
@@ -154,6 +262,110 @@ impl MmioTransport {
             Ok(()) => self.activated = true,
             Err(e) => self.fail(&format!("activation failed: {e}")),
         }
+    }
+
+    /// The transport's and its device's state, for a snapshot (vCPUs paused, on
+    /// the event loop thread, so that neither the driver nor the device moves).
+    pub fn save(&self) -> TransportState {
+        let dev = self.lock_device();
+        let device_queues = if self.activated {
+            dev.queue_states().into_iter().map(Into::into).collect()
+        } else {
+            Vec::new()
+        };
+        TransportState {
+            device_type: dev.device_type(),
+            status: self.status,
+            queue_select: self.queue_select,
+            device_features_select: self.device_features_select,
+            driver_features_select: self.driver_features_select,
+            driver_features: self.driver_features,
+            activated: self.activated,
+            interrupt_status: self.irq.status(),
+            queues: self.queues.iter().map(|q| q.state().into()).collect(),
+            device_queues,
+            device: dev.save_extra(),
+        }
+    }
+
+    /// Takes back a saved state into this new transport (its device made from the
+    /// same configuration), activating the device where it was active, with its
+    /// queues where they were. The driver then gets an interrupt: one it may have
+    /// been owed when the snapshot was taken is not lost (a spurious one is
+    /// harmless).
+    pub fn restore(&mut self, state: &TransportState) -> Result<(), RestoreError> {
+        let device_type = self.lock_device().device_type();
+        if state.device_type != device_type {
+            return Err(RestoreError::DeviceType {
+                saved: device_type::name(state.device_type),
+                configured: device_type::name(device_type),
+            });
+        }
+        let queue = |index: usize, saved: &QueueSnapshot, max: u16| {
+            if saved.max_size != max {
+                return Err(RestoreError::Queue {
+                    index,
+                    reason: format!(
+                        "saved with {} entries at most, this device offers {max}",
+                        saved.max_size
+                    ),
+                });
+            }
+            Queue::try_from(QueueState::from(*saved)).map_err(|e| RestoreError::Queue {
+                index,
+                reason: e.to_string(),
+            })
+        };
+        let maxes: Vec<u16> = self.lock_device().queue_max_sizes().to_vec();
+        if state.queues.len() != maxes.len()
+            || (state.activated && state.device_queues.len() != maxes.len())
+        {
+            return Err(RestoreError::Device(format!(
+                "the snapshot holds {} queues, this device has {}",
+                state.queues.len(),
+                maxes.len()
+            )));
+        }
+        let mut queues = Vec::with_capacity(maxes.len());
+        for (i, (saved, max)) in state.queues.iter().zip(&maxes).enumerate() {
+            queues.push(queue(i, saved, *max)?);
+        }
+        let mut device_queues = Vec::with_capacity(state.device_queues.len());
+        for (i, (saved, max)) in state.device_queues.iter().zip(&maxes).enumerate() {
+            let q = queue(i, saved, *max)?;
+            if state.activated && !(q.ready() && q.is_valid(&self.mem)) {
+                return Err(RestoreError::Queue {
+                    index: i,
+                    reason: "not a valid ready queue in guest memory".to_owned(),
+                });
+            }
+            device_queues.push(q);
+        }
+        self.queues = queues;
+        self.queue_select = state.queue_select;
+        self.device_features_select = state.device_features_select;
+        self.driver_features_select = state.driver_features_select;
+        self.driver_features = state.driver_features;
+        self.status = state.status;
+        let mem = self.mem.clone();
+        let irq = self.irq.clone();
+        let mut dev = self.lock_device();
+        dev.restore_extra(&state.device)
+            .map_err(RestoreError::Device)?;
+        if state.status & STATUS_FEATURES_OK != 0 {
+            dev.set_acked_features(state.driver_features);
+        }
+        if state.activated {
+            dev.activate(mem, device_queues, irq.clone())
+                .map_err(|e| RestoreError::Device(format!("activation failed: {e}")))?;
+            dev.restored();
+        }
+        drop(dev);
+        self.activated = state.activated;
+        if state.activated || state.interrupt_status != 0 {
+            irq.trigger(state.interrupt_status | super::INT_VRING);
+        }
+        Ok(())
     }
 
     /// The device cannot go on: logged (an error naming the device, at most once per
@@ -288,7 +500,7 @@ impl BusDevice for MmioTransport {
 
 #[cfg(test)]
 mod tests {
-    use super::super::ActivateError;
+    use super::super::{ActivateError, INT_VRING};
     use super::*;
     use vm_memory::GuestAddress;
     use vmm_sys_util::eventfd::EventFd;
@@ -298,6 +510,8 @@ mod tests {
         acked: u64,
         active: bool,
         resets: u32,
+        queues: Vec<Queue>,
+        restored: bool,
     }
 
     impl VirtioDevice for Dummy {
@@ -327,11 +541,25 @@ mod tests {
         ) -> Result<(), ActivateError> {
             assert_eq!(queues.len(), 1);
             self.active = true;
+            self.queues = queues;
             Ok(())
         }
         fn reset(&mut self) {
             self.active = false;
             self.resets += 1;
+        }
+        fn queue_states(&self) -> Vec<QueueState> {
+            self.queues.iter().map(|q| q.state()).collect()
+        }
+        fn save_extra(&self) -> serde_json::Value {
+            serde_json::json!({"resets": self.resets})
+        }
+        fn restore_extra(&mut self, state: &serde_json::Value) -> Result<(), String> {
+            self.resets = state["resets"].as_u64().ok_or("no resets")? as u32;
+            Ok(())
+        }
+        fn restored(&mut self) {
+            self.restored = true;
         }
     }
 
@@ -342,6 +570,8 @@ mod tests {
             acked: 0,
             active: false,
             resets: 0,
+            queues: Vec::new(),
+            restored: false,
         }));
         let t = MmioTransport::new(dev.clone(), mem, Arc::new(IrqTrigger::new().unwrap()));
         (dev, t)
@@ -402,6 +632,75 @@ mod tests {
         w(&mut t, 0x70, 0);
         assert!(!dev.lock().unwrap().active);
         assert_eq!(r(&mut t, 0x70), 0);
+    }
+
+    fn activate(t: &mut MmioTransport) {
+        w(t, 0x70, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+        w(t, 0x24, 1);
+        w(t, 0x20, 1);
+        w(t, 0x70, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
+        w(t, 0x38, 16);
+        w(t, 0x80, 0x1000);
+        w(t, 0x90, 0x2000);
+        w(t, 0xa0, 0x3000);
+        w(t, 0x44, 1);
+        w(t, 0x70, 0xf);
+    }
+
+    #[test]
+    fn a_saved_transport_comes_back_active_where_its_device_was() {
+        let (dev, mut t) = setup();
+        activate(&mut t);
+        dev.lock().unwrap().resets = 3;
+        // The device moved on in its ring since activation.
+        dev.lock().unwrap().queues[0].set_next_avail(5);
+        dev.lock().unwrap().queues[0].set_next_used(4);
+        let state = t.save();
+        assert!(state.activated);
+        assert_eq!(state.device_queues[0].next_avail, 5);
+        assert_eq!(state.queues[0].next_avail, 0, "the transport's copy");
+        // Through the snapshot's form and back.
+        let state: TransportState =
+            serde_json::from_str(&serde_json::to_string(&state).unwrap()).unwrap();
+
+        let (dev2, mut t2) = setup();
+        t2.restore(&state).unwrap();
+        let d = dev2.lock().unwrap();
+        assert!(d.active && d.restored);
+        assert_eq!(d.resets, 3);
+        assert_eq!(d.acked, VIRTIO_F_VERSION_1);
+        assert_eq!((d.queues[0].next_avail(), d.queues[0].next_used()), (5, 4));
+        drop(d);
+        assert_eq!(r(&mut t2, 0x70), 0xf);
+        assert_eq!(r(&mut t2, 0x44), 1);
+        assert_ne!(r(&mut t2, 0x60) & INT_VRING, 0, "the driver is woken");
+        // Driver reset works as on a booted device.
+        w(&mut t2, 0x70, 0);
+        assert!(!dev2.lock().unwrap().active);
+    }
+
+    #[test]
+    fn a_saved_state_of_another_device_is_refused() {
+        let (_, mut t) = setup();
+        activate(&mut t);
+        let mut state = t.save();
+        state.device_type = 2;
+        let (dev, mut t2) = setup();
+        let e = t2.restore(&state).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "the snapshot holds a virtio-blk here, the configuration a virtio device"
+        );
+        let mut state = t.save();
+        state.device_queues[0].max_size = 256;
+        assert!(t2.restore(&state).unwrap_err().to_string().contains("queue 0"));
+        let mut state = t.save();
+        state.device_queues[0].desc_table = 0xffff_0000;
+        assert!(t2.restore(&state).is_err(), "a ring outside guest memory");
+        let mut state = t.save();
+        state.device_queues.clear();
+        assert!(t2.restore(&state).is_err());
+        assert!(!dev.lock().unwrap().active);
     }
 
     #[test]

@@ -15,7 +15,7 @@ pub mod vsock;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueState};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -225,6 +225,21 @@ pub trait VirtioDevice: Send {
     fn config_generation(&self) -> u32 {
         0
     }
+    /// The queues an activated device holds, as they stand (for a snapshot, taken
+    /// with the vCPUs paused on the thread that runs the device); empty before
+    /// activation. Every queue the device was given, in order.
+    fn queue_states(&self) -> Vec<QueueState>;
+    /// Device state beyond its queues that a snapshot keeps.
+    fn save_extra(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+    /// Takes back what [`VirtioDevice::save_extra`] saved, before activation.
+    fn restore_extra(&mut self, _state: &serde_json::Value) -> Result<(), String> {
+        Ok(())
+    }
+    /// Called once a restored device is active again: tell the driver what
+    /// changed across the snapshot (vsock: its connections are gone).
+    fn restored(&mut self) {}
 }
 
 /// Copies the part of `config` at `offset` into `data`, zero-filling the rest.

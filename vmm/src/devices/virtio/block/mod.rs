@@ -166,6 +166,9 @@ impl VirtioDevice for Block {
     fn reset(&mut self) {
         self.active = None;
     }
+    fn queue_states(&self) -> Vec<virtio_queue::QueueState> {
+        self.active.iter().map(|a| a.queue.state()).collect()
+    }
     fn config_generation(&self) -> u32 {
         self.config_generation
     }

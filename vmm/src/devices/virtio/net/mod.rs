@@ -220,6 +220,12 @@ impl VirtioDevice for Net {
         self.active = None;
         self.pending_rx = None;
     }
+    fn queue_states(&self) -> Vec<virtio_queue::QueueState> {
+        self.active
+            .iter()
+            .flat_map(|a| a.queues.iter().map(|q| q.state()))
+            .collect()
+    }
 }
 
 impl MutEventSubscriber for Net {

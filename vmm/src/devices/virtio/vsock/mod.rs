@@ -12,7 +12,9 @@
 //! one connection's state machine and flow control; `muxer` owns the host
 //! sockets and their event-loop registrations; this module is the virtio
 //! device moving packets between the muxer and the RX/TX queues. The event
-//! queue is never used (it only carries transport resets on migration).
+//! queue only carries the transport reset a VM restored from a snapshot gets:
+//! its connections lived in another VMM process, so the guest must drop them
+//! (its listening sockets stay, and take the CID the device now reports).
 
 mod connection;
 mod error;
@@ -49,8 +51,13 @@ struct Active {
     mem: GuestMemoryMmap,
     rx: Queue,
     tx: Queue,
+    ev: Queue,
     irq: Arc<IrqTrigger>,
 }
+
+/// `VIRTIO_VSOCK_EVENT_TRANSPORT_RESET` (virtio 1.2, 5.10.6.5), the event's
+/// `le32 id`.
+const EVENT_TRANSPORT_RESET: u32 = 0;
 
 /// The virtio-vsock device.
 pub struct Vsock {
@@ -246,14 +253,57 @@ impl VirtioDevice for Vsock {
         queues: Vec<Queue>,
         irq: Arc<IrqTrigger>,
     ) -> Result<(), ActivateError> {
-        let [rx, tx, _ev] = super::take_queues(queues)?;
-        self.active = Some(Active { mem, rx, tx, irq });
+        let [rx, tx, ev] = super::take_queues(queues)?;
+        self.active = Some(Active {
+            mem,
+            rx,
+            tx,
+            ev,
+            irq,
+        });
         Ok(())
     }
     fn reset(&mut self) {
         self.active = None;
         // The guest forgot its sockets; ours go with them.
         self.muxer.reset();
+    }
+    fn queue_states(&self) -> Vec<virtio_queue::QueueState> {
+        self.active
+            .iter()
+            .flat_map(|a| [a.rx.state(), a.tx.state(), a.ev.state()])
+            .collect()
+    }
+    fn restored(&mut self) {
+        let Some(a) = self.active.as_mut() else {
+            return;
+        };
+        let Some(chain) = a.ev.pop_descriptor_chain(&a.mem) else {
+            // Without an event buffer the guest keeps its dead connections until
+            // they time out; it posts them at probe, so this is a broken driver.
+            tracing::warn!("virtio-vsock: no event buffer for the transport reset");
+            return;
+        };
+        let head = chain.head_index();
+        let mut writer = match chain.writer(&a.mem) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!("virtio-vsock: bad event buffer: {e}");
+                return;
+            }
+        };
+        let written = match writer.write_all(&EVENT_TRANSPORT_RESET.to_le_bytes()) {
+            Ok(()) => 4,
+            Err(e) => {
+                tracing::warn!("virtio-vsock: writing the transport reset: {e}");
+                0
+            }
+        };
+        if let Err(e) = a.ev.add_used(&a.mem, head, written) {
+            tracing::warn!("virtio-vsock: returning the event buffer: {e}");
+            return;
+        }
+        a.irq.trigger(INT_VRING);
     }
 }
 
