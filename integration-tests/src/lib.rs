@@ -100,6 +100,8 @@ pub struct GuestConfig {
     pub shared_memory: bool,
     /// Run the VMM in this network namespace.
     pub netns: Option<String>,
+    /// Restore from the snapshot in this directory instead of booting.
+    pub restore: Option<PathBuf>,
 }
 
 impl Default for GuestConfig {
@@ -113,6 +115,7 @@ impl Default for GuestConfig {
             fs: Vec::new(),
             shared_memory: false,
             netns: None,
+            restore: None,
         }
     }
 }
@@ -153,6 +156,7 @@ impl GuestConfig {
             shared_memory: self.shared_memory,
             serial: SerialOutput::File(serial.to_owned()),
             control_socket: Some(control.to_owned()),
+            restore: self.restore.clone(),
             ..VmConfig::new(kernel())
         }
     }
@@ -232,9 +236,81 @@ impl Guest {
             vsock,
             control,
         };
-        watchdog::step("booting a guest: waiting for 'vmlet-init: ready' on its console");
-        guest.wait_for(|log| log.contains("vmlet-init: ready"), BOOT_TIMEOUT)?;
+        if cfg.restore.is_some() {
+            // A restored guest prints nothing: it was ready when it was saved.
+            watchdog::step("restoring a guest: waiting for its agent to answer");
+            guest.wait_for_agent(BOOT_TIMEOUT)?;
+        } else {
+            watchdog::step("booting a guest: waiting for 'vmlet-init: ready' on its console");
+            guest.wait_for(|log| log.contains("vmlet-init: ready"), BOOT_TIMEOUT)?;
+        }
         Ok(guest)
+    }
+
+    /// Restores a guest from the snapshot in `cfg.restore` and waits until its
+    /// agent answers; panics if it does not.
+    pub fn restore(cfg: GuestConfig) -> Guest {
+        require_kvm();
+        assert!(cfg.restore.is_some(), "Guest::restore without a snapshot");
+        match Self::try_boot(&cfg) {
+            Ok(g) => g,
+            Err(e) => panic!("guest was not restored: {e}"),
+        }
+    }
+
+    /// Starts a VMM with `cfg` without waiting for the guest, and waits for the
+    /// VMM's exit (for configurations it must refuse): its status and log.
+    pub fn refused(cfg: GuestConfig) -> (ExitStatus, String) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = cfg.vm_config(
+            &dir.path().join("serial.log"),
+            &dir.path().join("vsock.sock"),
+            &dir.path().join("control.sock"),
+        );
+        let mut cmd = match &cfg.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(vmm_binary());
+                c
+            }
+            None => Command::new(vmm_binary()),
+        };
+        let out = cmd
+            .args(config.to_args().expect("the VMM's flags"))
+            .stdin(Stdio::null())
+            .output()
+            .expect("run vmlet-vmm");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status, text)
+    }
+
+    /// Waits until the guest agent answers Health.
+    fn wait_for_agent(&mut self, timeout: Duration) -> Result<(), String> {
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!(
+                    "the VMM exited with {status} before the agent answered; its log:\n{}",
+                    tail(&self.vmm_log, 20)
+                ));
+            }
+            let last = match GuestAgent::connect(&self.vsock)
+                .and_then(|a| a.health().map_err(|e| e.to_string()))
+            {
+                Ok(_) => return Ok(()),
+                Err(e) => e,
+            };
+            if start.elapsed() > timeout {
+                return Err(format!(
+                    "the agent did not answer within {timeout:?}: {last}"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// The VMM's pid.

@@ -609,3 +609,156 @@ fn a_forbidden_syscall_ends_the_vmm_with_sigsys_and_names_it() {
         )
     );
 }
+
+/// A guest on tap `tap` (made in `ns` with host address 10.78.`n`.1/24) and its
+/// own copy of the data drive.
+fn snapshot_guest(ns: &Netns, dir: &Path, n: u8, restore: Option<&Path>) -> GuestConfig {
+    let tap = format!("vmtap{n}");
+    sh(&format!(
+        "ip -n {ns} tuntap add {tap} mode tap && \
+         ip -n {ns} addr add 10.78.{n}.1/24 dev {tap} && ip -n {ns} link set {tap} up",
+        ns = ns.0
+    ));
+    let data = dir.join(format!("data{n}.img"));
+    std::fs::write(&data, pattern(1 << 20, 5)).unwrap();
+    GuestConfig {
+        vcpus: 2,
+        drives: vec![drive("data", &data, false)],
+        net: vec![net(&tap, "02:00:00:78:00:02")],
+        netns: Some(ns.0.clone()),
+        free_page_reporting: true,
+        restore: restore.map(Path::to_owned),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_snapshot_restores_twice_into_independent_guests_whose_devices_work() {
+    let ns = Netns::new("snap");
+    let dir = tempfile::tempdir().unwrap();
+    let snap = dir.path().join("snapshot");
+    std::fs::create_dir(&snap).unwrap();
+
+    let template = Guest::boot(snapshot_guest(&ns, dir.path(), 0, None));
+    template.run_ok("echo template > /run/marker");
+    let reply = match template.request(&Request::Snapshot { dir: snap.clone() }) {
+        Ok(Response::Snapshot(r)) => r,
+        other => panic!("snapshot: {other:?}"),
+    };
+    assert_eq!(reply.memory_bytes, 256 << 20);
+    assert!(
+        reply.memory_file_bytes < reply.memory_bytes,
+        "the memory file is sparse: {reply:?}"
+    );
+    assert_eq!(status(&template).state, VmState::Paused, "it stays paused");
+    for file in ["state", "memory"] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(snap.join(file))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{file}");
+    }
+    // Never over a snapshot that restored VMs may map.
+    match template.request(&Request::Snapshot { dir: snap.clone() }) {
+        Err(ProtocolError::Refused(e)) => assert!(e.contains("exists"), "{e}"),
+        other => panic!("a second snapshot into the same directory: {other:?}"),
+    }
+    drop(template);
+
+    let a = Guest::restore(snapshot_guest(&ns, dir.path(), 1, Some(&snap)));
+    let b = Guest::restore(snapshot_guest(&ns, dir.path(), 2, Some(&snap)));
+    assert_eq!(status(&a).state, VmState::Running);
+    assert_eq!(status(&a).vcpus, 2);
+    for (g, n) in [(&a, 1), (&b, 2)] {
+        // vsock: every call here is a new connection to the restored agent.
+        assert_eq!(g.run_ok("cat /run/marker"), "template\n");
+        assert_eq!(g.run_ok("grep -c ^processor /proc/cpuinfo").trim(), "2");
+        // Both vCPUs run (the second one too was restored).
+        g.run_ok("taskset -c 1 true || (nproc; false)");
+        // Block: the restored device reads and writes its own backing file.
+        g.run_ok(&format!(
+            "echo -n restored-{n} | dd of=/dev/vda bs=512 seek=8 conv=fsync 2>/dev/null"
+        ));
+        let mut got = [0u8; 10];
+        std::fs::File::open(dir.path().join(format!("data{n}.img")))
+            .unwrap()
+            .read_exact_at(&mut got, 4096)
+            .unwrap();
+        assert_eq!(&got, format!("restored-{n}").as_bytes());
+        // Net: the restored card on its own tap.
+        g.run_ok(&format!(
+            "ip addr add 10.78.{n}.2/24 dev eth0 && ip link set eth0 up && ping -c 3 -W 10 10.78.{n}.1"
+        ));
+    }
+    // Each restored guest's memory is its own.
+    a.run_ok("echo a > /run/marker");
+    assert_eq!(b.run_ok("cat /run/marker"), "template\n");
+    assert_eq!(a.run_ok("cat /run/marker"), "a\n");
+    // Time goes on in both (their clocks run after restore).
+    a.run_ok("sleep 1");
+    poweroff(a);
+    poweroff(b);
+}
+
+#[test]
+fn damaged_or_mismatched_snapshots_are_refused_by_name() {
+    let ns = Netns::new("snapbad");
+    let dir = tempfile::tempdir().unwrap();
+    let snap = dir.path().join("snapshot");
+    std::fs::create_dir(&snap).unwrap();
+    let template = Guest::boot(snapshot_guest(&ns, dir.path(), 0, None));
+    match template.request(&Request::Snapshot { dir: snap.clone() }) {
+        Ok(Response::Snapshot(_)) => {}
+        other => panic!("snapshot: {other:?}"),
+    }
+    drop(template);
+    let refused = |cfg: GuestConfig, want: &str| {
+        let (status, log) = Guest::refused(cfg);
+        assert_eq!(status.code(), Some(1), "{log}");
+        assert!(log.contains(want), "wanted {want:?} in:\n{log}");
+    };
+
+    // Another VM shape, another device list.
+    let mut cfg = snapshot_guest(&ns, dir.path(), 1, Some(&snap));
+    cfg.mem_mib = 512;
+    refused(cfg.clone(), "taken with 256 MiB of memory, this VM has 512");
+    cfg.mem_mib = 256;
+    cfg.free_page_reporting = false;
+    refused(cfg.clone(), "it holds the devices [drive data, net0, vsock, rng, balloon], this VM is configured with [drive data, net0, vsock, rng]");
+    cfg.free_page_reporting = true;
+
+    // A truncated memory file.
+    let copy = |name: &str| {
+        let to = dir.path().join(name);
+        std::fs::create_dir(&to).unwrap();
+        for f in ["state", "memory"] {
+            sh(&format!(
+                "cp --sparse=always {} {}",
+                snap.join(f).display(),
+                to.join(f).display()
+            ));
+        }
+        to
+    };
+    let short = copy("short");
+    sh(&format!(
+        "truncate -s 100M {}",
+        short.join("memory").display()
+    ));
+    cfg.restore = Some(short);
+    refused(cfg.clone(), "truncated or not this snapshot's");
+
+    // A corrupted state file.
+    let bad = copy("bad");
+    let mut state = std::fs::read(bad.join("state")).unwrap();
+    let at = state.len() - 50;
+    state[at] ^= 0x01;
+    std::fs::write(bad.join("state"), state).unwrap();
+    cfg.restore = Some(bad);
+    refused(cfg.clone(), "corrupted");
+
+    // A missing snapshot.
+    cfg.restore = Some(dir.path().join("nothing"));
+    refused(cfg, "cannot restore from");
+}

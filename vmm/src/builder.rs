@@ -525,12 +525,12 @@ fn attach_serial_device(
         .map_err(&fail)?;
     let (out, log) = serial_output(config)?;
     let serial = match saved {
-        Some(saved) => SerialConsole::restored(saved, serial_irq, out).map_err(|e| {
-            BuildError::Restore {
+        Some(saved) => {
+            SerialConsole::restored(saved, serial_irq, out).map_err(|e| BuildError::Restore {
                 device: "serial".to_owned(),
                 source: RestoreError::Device(e),
-            }
-        })?,
+            })?
+        }
         None => SerialConsole::new(serial_irq, out),
     };
     let serial = Arc::new(Mutex::new(serial));
@@ -606,9 +606,12 @@ fn start_vcpus(
             Start::Boot { entry, .. } => {
                 Vcpu::new(vm.fd(), vm.kvm(), i, config.vcpus, *entry, wiring.clone())?
             }
-            Start::Restore { saved, .. } => {
-                Vcpu::restore(vm.fd(), i, &saved.vcpu_states[usize::from(i)], wiring.clone())?
-            }
+            Start::Restore { saved, .. } => Vcpu::restore(
+                vm.fd(),
+                i,
+                &saved.vcpu_states[usize::from(i)],
+                wiring.clone(),
+            )?,
         });
     }
     if let Start::Restore { saved, .. } = &start {
@@ -654,9 +657,8 @@ fn restore_devices(
     wired: &[NamedTransport],
     saved: &VmSnapshot,
 ) -> Result<(), BuildError> {
-    let names = |l: &mut dyn Iterator<Item = &String>| {
-        l.map(String::as_str).collect::<Vec<_>>().join(", ")
-    };
+    let names =
+        |l: &mut dyn Iterator<Item = &String>| l.map(String::as_str).collect::<Vec<_>>().join(", ");
     let configured = names(&mut wired.iter().map(|(n, _)| n));
     let snapshotted = names(&mut saved.devices.iter().map(|d| &d.name));
     if configured != snapshotted {
@@ -725,12 +727,10 @@ pub fn build(
         MemoryMode::Private
     };
     let mem = match &saved {
-        Some((dir, s)) => snapshot::memory::restore(
-            &dir.join(SNAPSHOT_MEMORY_FILE),
-            &s.memory,
-            mem_size,
-        )
-        .map_err(|e| BuildError::Snapshot((*dir).clone(), e.into()))?,
+        Some((dir, s)) => {
+            snapshot::memory::restore(&dir.join(SNAPSHOT_MEMORY_FILE), &s.memory, mem_size)
+                .map_err(|e| BuildError::Snapshot((*dir).clone(), e.into()))?
+        }
         None => memory::create(mem_size, mode, config.huge_pages)?,
     };
     vm.set_memory(&mem)?;

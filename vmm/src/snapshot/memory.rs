@@ -113,9 +113,8 @@ pub fn save(mem: &GuestMemoryMmap, path: &Path) -> Result<u64, MemoryFileError> 
     let mut written = 0u64;
     let mut buf = vec![0u8; CHUNK];
     for (region, state) in mem.iter().zip(&regions) {
-        let len = usize::try_from(region.len()).map_err(|_| {
-            MemoryFileError::Regions(format!("a region of {} bytes", region.len()))
-        })?;
+        let len = usize::try_from(region.len())
+            .map_err(|_| MemoryFileError::Regions(format!("a region of {} bytes", region.len())))?;
         let mut at = 0usize;
         while at < len {
             let n = CHUNK.min(len - at);
@@ -137,11 +136,8 @@ pub fn save(mem: &GuestMemoryMmap, path: &Path) -> Result<u64, MemoryFileError> 
                     page += PAGE;
                 }
                 let end = page.min(n);
-                file.write_all_at(
-                    &chunk[start..end],
-                    state.file_offset + (at + start) as u64,
-                )
-                .map_err(io("write"))?;
+                file.write_all_at(&chunk[start..end], state.file_offset + (at + start) as u64)
+                    .map_err(io("write"))?;
                 written += (end - start) as u64;
             }
             at += n;
@@ -172,8 +168,10 @@ pub fn check_layout(regions: &[RegionState], mem_bytes: u64) -> Result<u64, Memo
         if r.guest_addr < end_guest || r.file_offset != end_file {
             return bad(format!("region {r:?} overlaps or leaves a gap"));
         }
-        let (Some(g), Some(f)) = (r.guest_addr.checked_add(r.len), r.file_offset.checked_add(r.len))
-        else {
+        let (Some(g), Some(f)) = (
+            r.guest_addr.checked_add(r.len),
+            r.file_offset.checked_add(r.len),
+        ) else {
             return bad(format!("region {r:?} wraps around"));
         };
         end_guest = g;
@@ -247,10 +245,14 @@ mod tests {
         let path = dir.path().join("memory");
         let mem = create(64 << 20, MemoryMode::Private, false).unwrap();
         mem.write_slice(b"first page", GuestAddress(0)).unwrap();
-        mem.write_slice(b"far away", GuestAddress(40 << 20)).unwrap();
+        mem.write_slice(b"far away", GuestAddress(40 << 20))
+            .unwrap();
         let written = save(&mem, &path).unwrap();
         assert_eq!(written, 2 * PAGE as u64, "only the two pages written");
-        assert!(allocated_bytes(&path).unwrap() < 1 << 20, "the rest are holes");
+        assert!(
+            allocated_bytes(&path).unwrap() < 1 << 20,
+            "the rest are holes"
+        );
         assert!(
             save(&mem, &path).is_err(),
             "an existing snapshot is never overwritten"
@@ -291,7 +293,10 @@ mod tests {
             .set_len(16 << 20)
             .unwrap();
         let e = restore(&path, &regions, 32 << 20).unwrap_err();
-        assert!(matches!(e, MemoryFileError::Size { got, .. } if got == 16 << 20), "{e}");
+        assert!(
+            matches!(e, MemoryFileError::Size { got, .. } if got == 16 << 20),
+            "{e}"
+        );
         assert!(e.to_string().contains("truncated"), "{e}");
     }
 

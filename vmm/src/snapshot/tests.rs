@@ -64,7 +64,11 @@ fn a_state_file_reads_back_as_written() {
     assert_eq!(back.vcpu_states[0].tsc_khz, Some(2_000_000));
     assert_eq!(back.memory, snapshot().memory);
     let text = std::fs::read_to_string(&path).unwrap();
-    assert!(text.starts_with("vmlet-snapshot\n{\"format\":1,"), "{}", &text[..40]);
+    assert!(
+        text.starts_with("vmlet-snapshot\n{\"format\":1,"),
+        "{}",
+        &text[..40]
+    );
     // Never over an existing snapshot: restored VMs map its files.
     assert!(write_state(&path, &snapshot()).is_err());
     use std::os::unix::fs::PermissionsExt;

@@ -373,9 +373,7 @@ impl Vcpu {
         let fd = vm
             .create_vcpu(u64::from(index))
             .map_err(|e| VcpuError::Kvm(index, "KVM_CREATE_VCPU", e))?;
-        state
-            .restore(&fd)
-            .map_err(|e| VcpuError::State(index, e))?;
+        state.restore(&fd).map_err(|e| VcpuError::State(index, e))?;
         Ok(Self::wired(index, fd, wiring))
     }
 

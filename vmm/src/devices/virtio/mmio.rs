@@ -638,7 +638,11 @@ mod tests {
         w(t, 0x70, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
         w(t, 0x24, 1);
         w(t, 0x20, 1);
-        w(t, 0x70, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
+        w(
+            t,
+            0x70,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
+        );
         w(t, 0x38, 16);
         w(t, 0x80, 0x1000);
         w(t, 0x90, 0x2000);
@@ -693,7 +697,11 @@ mod tests {
         );
         let mut state = t.save();
         state.device_queues[0].max_size = 256;
-        assert!(t2.restore(&state).unwrap_err().to_string().contains("queue 0"));
+        assert!(t2
+            .restore(&state)
+            .unwrap_err()
+            .to_string()
+            .contains("queue 0"));
         let mut state = t.save();
         state.device_queues[0].desc_table = 0xffff_0000;
         assert!(t2.restore(&state).is_err(), "a ring outside guest memory");
