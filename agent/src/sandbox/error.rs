@@ -88,6 +88,17 @@ pub enum SandboxError {
         /// Its size.
         count: u32,
     },
+    /// The host's kernel gave no random bytes.
+    #[error("cannot get random bytes from the kernel: {0}")]
+    Random(getrandom::Error),
+    /// The guest agent refused or failed a call.
+    #[error("the guest agent's {call} failed: {status}")]
+    Guest {
+        /// The call.
+        call: &'static str,
+        /// Its status.
+        status: Box<tonic::Status>,
+    },
     /// A recovered pod's uid is claimed by another pod.
     #[error("the jail uid {uid} is also claimed by {holder}")]
     UidTaken {

@@ -42,6 +42,8 @@ pub struct GuestState {
     pub silent_reads: bool,
     /// Pod volumes by name: the entries of a copied one (empty for an empty one).
     pub volumes: BTreeMap<String, Vec<pb::VolumeEntry>>,
+    /// Every `Restored` request received, in order.
+    pub restored: Vec<pb::RestoredRequest>,
 }
 
 /// One fake VM, as the test sees it.
@@ -395,6 +397,15 @@ impl Agent for FakeAgent {
     ) -> Reply<pb::ConfigureGuestResponse> {
         self.enter("ConfigureGuest").await?;
         Ok(Response::new(pb::ConfigureGuestResponse {}))
+    }
+
+    async fn restored(&self, r: Request<pb::RestoredRequest>) -> Reply<pb::RestoredResponse> {
+        self.enter("Restored").await?;
+        lock(&self.vm.guest).restored.push(r.into_inner());
+        Ok(Response::new(pb::RestoredResponse {
+            block_devices_flushed: 3,
+            neighbours_flushed: 1,
+        }))
     }
 
     async fn create_container(

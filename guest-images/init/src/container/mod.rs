@@ -66,6 +66,13 @@ pub fn shm_dir() -> PathBuf {
     Path::new(RUN_DIR).join("shm")
 }
 
+/// The boot ID a `Restored` call gave the guest (`guest::restore`). When it exists,
+/// containers created afterwards see it at `/proc/sys/kernel/random/boot_id`; the
+/// kernel's own is the template's and cannot be changed.
+pub fn boot_id_file() -> PathBuf {
+    Path::new(RUN_DIR).join("boot_id")
+}
+
 /// A container request that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -459,11 +466,13 @@ impl Manager {
             (shared.join("hostname"), "hostname"),
         ];
         let shm = shm_dir();
+        let boot_id = boot_id_file();
         let plan = RootPlan {
             root: &rootfs.root,
             mounts: &spec.mounts,
             shm: &shm,
             etc_files: &etc_files,
+            boot_id: boot_id.is_file().then_some(boot_id.as_path()),
             readonly: spec.rootfs.readonly,
             privileged: spec.privileged,
             masked_paths: &spec.masked_paths,

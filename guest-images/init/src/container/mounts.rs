@@ -25,6 +25,10 @@ pub struct RootPlan<'a> {
     /// Host-provided files bound read-only over `/etc/<name>` when they exist and no
     /// mount in `mounts` targets them: (guest source, destination).
     pub etc_files: &'a [(PathBuf, &'a str)],
+    /// A file bound read-only over the container's
+    /// `/proc/sys/kernel/random/boot_id`: the boot ID of a guest restored from a
+    /// snapshot, which the kernel's still holds the template's.
+    pub boot_id: Option<&'a Path>,
     /// Remount the root read-only at the end.
     pub readonly: bool,
     /// Every guest device in `/dev`, `/sys` writable.
@@ -201,7 +205,7 @@ pub fn setup_root(plan: &RootPlan<'_>) -> Result<(), MountError> {
         MsFlags::MS_REC | MsFlags::MS_PRIVATE,
         None,
     )?;
-    mount_proc_sys(plan.root, plan.privileged)?;
+    mount_proc_sys(plan.root, plan.privileged, plan.boot_id)?;
     mount_dev(
         &resolve_in_root(plan.root, Path::new("/dev"))?,
         plan.shm,
@@ -224,11 +228,34 @@ const NOSUID_NODEV_NOEXEC: MsFlags = MsFlags::MS_NOSUID
     .union(MsFlags::MS_NODEV)
     .union(MsFlags::MS_NOEXEC);
 
-/// `/proc`, and `/sys` (read-only unless `privileged`).
-fn mount_proc_sys(root: &Path, privileged: bool) -> Result<(), MountError> {
+/// The boot ID's file in a `/proc`.
+const PROC_BOOT_ID: &str = "sys/kernel/random/boot_id";
+
+/// What to bind over the boot ID of the `/proc` mounted at `proc`: (source, target),
+/// if there is a recorded boot ID.
+fn boot_id_bind(proc: &Path, boot_id: Option<&Path>) -> Option<(PathBuf, PathBuf)> {
+    boot_id.map(|source| (source.to_owned(), proc.join(PROC_BOOT_ID)))
+}
+
+/// `/proc` (with the recorded boot ID over the kernel's, if there is one), and `/sys`
+/// (read-only unless `privileged`).
+fn mount_proc_sys(root: &Path, privileged: bool, boot_id: Option<&Path>) -> Result<(), MountError> {
     let proc = resolve_in_root(root, Path::new("/proc"))?;
     mkdir_p(&proc)?;
     do_mount(None, &proc, Some("proc"), NOSUID_NODEV_NOEXEC, None)?;
+    // The fresh proc has no symlinks on the way; a kernel without the file (no
+    // sysctl support) has no boot ID to hide.
+    if let Some((source, target)) = boot_id_bind(&proc, boot_id) {
+        if target.exists() {
+            bind(
+                &source,
+                &target,
+                MsFlags::MS_RDONLY | NOSUID_NODEV_NOEXEC,
+                false,
+                None,
+            )?;
+        }
+    }
     let sys = resolve_in_root(root, Path::new("/sys"))?;
     mkdir_p(&sys)?;
     let mut flags = NOSUID_NODEV_NOEXEC;
@@ -448,6 +475,18 @@ mod tests {
             resolve_in_root(root, Path::new("/loop")),
             Err(MountError::Symlinks(p)) if p == Path::new("/loop")
         ));
+    }
+
+    #[test]
+    fn the_recorded_boot_id_covers_procs() {
+        let proc = Path::new("/run/vmlet/containers/c/rootfs/proc");
+        assert_eq!(boot_id_bind(proc, None), None);
+        let (source, target) = boot_id_bind(proc, Some(Path::new("/run/vmlet/boot_id"))).unwrap();
+        assert_eq!(source, Path::new("/run/vmlet/boot_id"));
+        assert_eq!(
+            target,
+            Path::new("/run/vmlet/containers/c/rootfs/proc/sys/kernel/random/boot_id")
+        );
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! Pod-wide guest configuration the host asks for: hostname, network, DNS, sysctls,
-//! and files in the shared directory.
+//! files in the shared directory, and what a guest restored from a snapshot must
+//! renew ([`restore`]).
 
 pub mod netconf;
+pub mod restore;
 pub mod volumes;
 
 use std::io::Write;

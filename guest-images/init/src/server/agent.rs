@@ -9,7 +9,7 @@ use vmlet_proto::agent::{self as pb, agent_server::Agent};
 
 use super::status::{self, deadline};
 use crate::container::{self, Container, Manager, State};
-use crate::guest::{self, netconf, volumes};
+use crate::guest::{self, netconf, restore, volumes};
 
 /// How long a blocking call waits without a client deadline.
 const DEFAULT_WAIT: Duration = Duration::from_secs(60);
@@ -253,6 +253,35 @@ impl Agent for AgentService {
             guest::set_sysctl(&k, &v).map_err(status::config)?;
         }
         Ok(Response::new(pb::ConfigureGuestResponse {}))
+    }
+
+    async fn restored(
+        &self,
+        req: Request<pb::RestoredRequest>,
+    ) -> Result<Response<pb::RestoredResponse>, Status> {
+        let r = req.into_inner();
+        let plan =
+            restore::check(&r.entropy, r.realtime_ns, &r.boot_id).map_err(status::restore)?;
+        let done = restore::restore(&plan).await.map_err(status::restore)?;
+        let clock = if r.realtime_ns == 0 {
+            "clock kept"
+        } else {
+            "clock set"
+        };
+        let boot_id = if r.boot_id.is_empty() {
+            "boot ID kept".to_owned()
+        } else {
+            format!("boot ID {}", r.boot_id)
+        };
+        crate::console::info(format_args!(
+            "restored from a snapshot: CRNG reseeded, {clock}, {} block devices and {} \
+             neighbour entries flushed, {boot_id}",
+            done.block_devices_flushed, done.neighbours_flushed,
+        ));
+        Ok(Response::new(pb::RestoredResponse {
+            block_devices_flushed: done.block_devices_flushed,
+            neighbours_flushed: done.neighbours_flushed,
+        }))
     }
 
     async fn create_container(

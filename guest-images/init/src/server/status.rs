@@ -58,6 +58,16 @@ pub fn config(e: ConfigError) -> Status {
     Status::new(code, e.to_string())
 }
 
+/// The gRPC status for a failed `Restored` call.
+pub fn restore(e: crate::guest::restore::RestoreError) -> Status {
+    use crate::guest::restore::RestoreError as R;
+    let code = match &e {
+        R::Invalid(_) => Code::InvalidArgument,
+        R::Sys { .. } => Code::Internal,
+    };
+    Status::new(code, e.to_string())
+}
+
 fn is_bad_input(e: &crate::guest::netconf::NetconfError) -> bool {
     use crate::guest::netconf::NetconfError as N;
     matches!(
