@@ -68,6 +68,8 @@ pub struct VmConfig {
     pub warm_pool: u32,
     /// Freed guest memory goes back to the host.
     pub free_page_reporting: bool,
+    /// Pods start from a snapshot of a booted guest of their shape.
+    pub templates: bool,
     /// Which pods get a shared file system (virtio-fs) for hostPath and persistent
     /// volumes.
     pub shared_fs: SharedFs,
@@ -119,6 +121,7 @@ impl Default for VmConfig {
             max_concurrent_boots: 4,
             warm_pool: 1,
             free_page_reporting: true,
+            templates: true,
             shared_fs: SharedFs::Annotated,
             virtiofsd: "/usr/lib/qemu/virtiofsd".into(),
             console_log_head_bytes: 1 << 20,
@@ -201,6 +204,9 @@ pub struct RuntimeClassConfig {
     pub kernel_args: Option<String>,
     /// Pre-booted VMs of this handler's default size.
     pub warm_pool: u32,
+    /// Whether its pods start from templates (`vm.templates` when left out).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub templates: Option<bool>,
 }
 
 /// `[security]`.

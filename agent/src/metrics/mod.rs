@@ -56,6 +56,8 @@ pub enum Phase {
     Queue,
     /// Booting until the guest agent answers.
     Boot,
+    /// Restoring from a template until the guest agent answers and is told so.
+    Restore,
     /// CNI ADD.
     Network,
     /// ConfigureGuest (hostname, network, DNS, /etc/hosts).
@@ -67,6 +69,7 @@ impl Phase {
         match self {
             Phase::Queue => "queue",
             Phase::Boot => "boot",
+            Phase::Restore => "restore",
             Phase::Network => "network",
             Phase::Configure => "configure",
         }

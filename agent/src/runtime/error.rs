@@ -75,6 +75,9 @@ pub enum RuntimeError {
     /// The task doing the work ended without an answer (it panicked).
     #[error("{0} was interrupted")]
     Interrupted(String),
+    /// A template could not be made or read.
+    #[error("templates: {0}")]
+    Template(String),
     /// The guest refused or failed a call.
     #[error("guest {call}: {status}")]
     Guest {
@@ -130,6 +133,7 @@ impl RuntimeError {
             | Self::Log(_)
             | Self::Network(_)
             | Self::Interrupted(_)
+            | Self::Template(_)
             | Self::Cgroup(_) => ErrorKind::Internal,
         }
     }

@@ -17,6 +17,8 @@ pub(super) struct Handler<'a> {
     pub size: (u32, u64),
     /// Pre-booted VMs of that size.
     pub warm_pool: u32,
+    /// Whether its pods start from templates.
+    pub templates: bool,
 }
 
 impl Settings {
@@ -28,6 +30,7 @@ impl Settings {
             kernel_args: &self.vm.kernel_args,
             size: (self.vm.vcpus, self.vm.mem_mib),
             warm_pool: self.vm.warm_pool,
+            templates: self.vm.templates,
         };
         if name.is_empty() {
             return Ok(default);
@@ -53,6 +56,7 @@ impl Settings {
                 r.mem_mib.unwrap_or(default.size.1),
             ),
             warm_pool: r.warm_pool,
+            templates: r.templates.unwrap_or(default.templates),
         })
     }
 

@@ -15,6 +15,7 @@ use super::deadline::Deadline;
 use super::error::RuntimeError;
 use super::pool::WarmVm;
 use super::state::{Inner, Pod, Settings};
+use super::template::{Shape, Template};
 use super::util::now_ns;
 use crate::metrics::Phase;
 use crate::network::cni::NetworkConfig;
@@ -30,6 +31,8 @@ use crate::volumes::PodVolumes;
 pub(super) struct BootTimes {
     pub queued: Duration,
     pub booted: Duration,
+    /// The VM was restored from a template, not booted.
+    pub restored: bool,
 }
 
 /// Everything a VM needs before it boots: directories, the record (written first, in
@@ -188,6 +191,8 @@ pub(super) async fn prepare(
         fs,
         jail,
         cgroup: record.cgroup.as_ref().map(PodCgroup::procs),
+        restore: None,
+        snapshot_dir: None,
     };
     Ok((record, cmd))
 }
@@ -242,9 +247,11 @@ pub(super) async fn start_vm(
     deadline: Deadline,
 ) -> (Result<Vm, RuntimeError>, BootTimes) {
     let queued = Instant::now();
+    let restored = cmd.restore.is_some();
     let times = |started: Instant| BootTimes {
         queued: started - queued,
         booted: started.elapsed(),
+        restored,
     };
     let acquire = inner.boots.acquire();
     // The semaphore is never closed; without a permit the boot would just go ahead.
@@ -265,7 +272,15 @@ pub(super) async fn start_vm(
     };
     let started = Instant::now();
     let limit = Duration::from_secs(inner.settings.vm.boot_timeout_secs);
-    let vm = inner.vms.boot(cmd, deadline.cap(limit)).await;
+    let mut vm = inner.vms.boot(cmd, deadline.cap(limit)).await;
+    if let (Ok(v), true) = (&vm, restored) {
+        // Before anything else is asked of it: the guest is a copy of the template.
+        let mut client = v.client.clone();
+        if let Err(e) = guest::restored(&mut client, deadline.cap(guest::CALL)).await {
+            v.kill().await;
+            vm = Err(e);
+        }
+    }
     let times = times(started);
     inner.settings.metrics.boot(vm.is_ok());
     let vm = match vm {
@@ -283,6 +298,68 @@ pub(super) async fn start_vm(
         Err(e) => Err(e.into()),
     };
     (vm, times)
+}
+
+/// The template key of a VM of `shape`, and the template if it is made; None when
+/// its handler has templates off (or they cannot be keyed: logged).
+pub(super) fn template_of(inner: &Inner, shape: &Shape) -> Option<(String, Option<Template>)> {
+    match inner.templates.key(&inner.settings, shape) {
+        Ok(Some(key)) => {
+            let template = inner.templates.find(&key);
+            Some((key, template))
+        }
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!("a VM of {shape:?} starts without a template: {e}");
+            None
+        }
+    }
+}
+
+/// `cmd` restoring from `t`: its card gets the MAC the template's guest has.
+fn restoring(cmd: &VmmCommand, t: &Template) -> VmmCommand {
+    let mut cmd = cmd.clone();
+    cmd.restore = Some(t.dir.clone());
+    if let (Some(mac), Some(net)) = (&t.guest_mac, cmd.nets.first_mut()) {
+        net.1 = mac.clone();
+    }
+    cmd
+}
+
+/// Starts the VM of `cmd` restored from `template` if there is one, else booted. A
+/// template that fails to restore is removed (the next VM of its shape makes it
+/// again) and the VM boots instead, if the deadline allows: a template never fails
+/// a pod by itself. Returns the template restored from.
+pub(super) async fn start_or_restore(
+    inner: &Inner,
+    cmd: &VmmCommand,
+    template: Option<&(String, Option<Template>)>,
+    deadline: Deadline,
+) -> (Result<Vm, RuntimeError>, BootTimes, Option<Template>) {
+    if let Some((key, Some(t))) = template {
+        let (vm, times) = start_vm(inner, &restoring(cmd, t), deadline).await;
+        match vm {
+            Ok(vm) => return (Ok(vm), times, Some(t.clone())),
+            Err(e @ RuntimeError::Timeout(_)) => return (Err(e), times, None),
+            Err(e) => {
+                tracing::warn!(template = %key, "restoring from the template failed ({e}): booting instead");
+                inner.templates.discard(key);
+                inner.vms.kill_stray(&cmd.control).await;
+            }
+        }
+    }
+    let (vm, times) = start_vm(inner, cmd, deadline).await;
+    (vm, times, None)
+}
+
+/// The shape of a VM as templates key it.
+pub(super) fn shape(config: &PodConfig, size: (u32, u64), network: bool) -> Shape {
+    Shape {
+        handler: config.runtime_handler.clone(),
+        vcpus: size.0,
+        mem_mib: size.1,
+        network,
+    }
 }
 
 /// A pod in a fresh VM. The guest boots while the CNI plugins run: neither needs the
@@ -306,8 +383,13 @@ pub(super) async fn boot(
         network,
     )
     .await?;
+    let template = if record.shared_fs {
+        None
+    } else {
+        template_of(inner, &shape(&config, size, record.network.is_some()))
+    };
     // Boxed so that a failed ADD can drop it, which kills its VMM (`Vm::boot`).
-    let mut booting = Box::pin(start_vm(inner, &cmd, deadline));
+    let mut booting = Box::pin(start_or_restore(inner, &cmd, template.as_ref(), deadline));
     let planned = record.network.clone();
     let (networks, pod_config) = (&inner.network, &config);
     let attaching = async move {
@@ -319,7 +401,7 @@ pub(super) async fn boot(
         }
     };
     tokio::pin!(attaching);
-    let ((vm, times), attached) = tokio::select! {
+    let ((vm, times, restored_from), attached) = tokio::select! {
         b = &mut booting => (b, attaching.await),
         a = &mut attaching => {
             // A failed ADD does not wait for the guest: the boot is dropped, and the
@@ -338,7 +420,11 @@ pub(super) async fn boot(
         }
     };
     let mut failed: Option<RuntimeError> = None;
-    if let Some((net, result)) = attached {
+    if let Some((mut net, result)) = attached {
+        // ConfigureGuest finds the card by the MAC its guest has.
+        if let Some(mac) = restored_from.as_ref().and_then(|t| t.guest_mac.clone()) {
+            net.guest_mac = mac;
+        }
         record.network = Some(net);
         if let Err(e) = store::write_json(&paths.record(), &record) {
             failed = Some(e.into());
@@ -467,13 +553,19 @@ async fn finish(
         warm = times.is_none(),
         queue_ms = times.as_ref().map(|t| t.queued.as_millis()),
         boot_ms = times.as_ref().map(|t| t.booted.as_millis()),
+        restored = times.as_ref().is_some_and(|t| t.restored),
         attach_ms = attached.map(|a| a.as_millis()),
         configure_ms = configured.as_millis(),
         "guest up"
     );
     let mut phases = Vec::with_capacity(4);
     if let Some(t) = &times {
-        phases.extend([(Phase::Queue, t.queued), (Phase::Boot, t.booted)]);
+        let start = if t.restored {
+            Phase::Restore
+        } else {
+            Phase::Boot
+        };
+        phases.extend([(Phase::Queue, t.queued), (start, t.booted)]);
     }
     phases.extend(attached.map(|a| (Phase::Network, a)));
     phases.push((Phase::Configure, configured));

@@ -43,6 +43,7 @@ pub mod spec;
 mod state;
 mod stats;
 mod stream_exec;
+mod template;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
@@ -105,6 +106,7 @@ impl Runtime {
                     Some(pool::WarmPool::new(name, h.warm_pool as usize, h.size))
                 })),
                 boot_estimate: deadline::BootEstimate::default(),
+                templates: template::Templates::new(&settings.state_dir),
                 network: PodNetworks::new(settings.network.clone(), &settings.state_dir),
                 uids: UidPool::new(
                     settings.state_dir.join("jail-uids"),
@@ -120,6 +122,7 @@ impl Runtime {
                 recovery: Mutex::new(Vec::new()),
             }),
         };
+        rt.inner.templates.prune(&rt.inner.settings);
         recovery::recover(&rt.inner).await;
         for handler in rt.inner.settings.handler_names() {
             tokio::spawn(warm::refill(rt.inner.clone(), handler));

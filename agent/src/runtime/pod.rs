@@ -99,8 +99,14 @@ pub async fn run(
         return Err(e);
     }
     let paths = PodPaths::new(&inner.settings.state_dir, &inner.settings.runtime_dir, &id);
+    let spare_network = network.clone();
     match launch::boot(inner, &id, &paths, config.clone(), size, network, deadline).await {
-        Ok(pod) => Ok(ready(inner, pod, &config, size)),
+        Ok(pod) => {
+            if !lock(&pod.record).shared_fs {
+                warm::make_in_background(inner, &config.runtime_handler, size, spare_network);
+            }
+            Ok(ready(inner, pod, &config, size))
+        }
         Err(e) => {
             launch::undo(inner, &paths).await;
             lock(&inner.tables).pod_names.remove(&config.metadata);

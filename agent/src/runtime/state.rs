@@ -103,6 +103,8 @@ pub(super) struct Inner {
     pub(super) boots: tokio::sync::Semaphore,
     /// Pre-booted VMs (`vm.warm_pool` and each handler's `warm_pool`).
     pub(super) warm: WarmPools,
+    /// Snapshots pods start from (`vm.templates`).
+    pub(super) templates: super::template::Templates,
     /// What a fresh boot takes, for RunPodSandbox's deadline.
     pub(super) boot_estimate: BootEstimate,
     /// The uids of the pods' jails.

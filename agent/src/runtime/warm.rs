@@ -19,12 +19,15 @@ use vmlet_cri::runtime::PodConfig;
 
 use super::deadline::Deadline;
 use super::error::RuntimeError;
-use super::launch::{prepare, start_vm, undo};
+use super::launch::{self, prepare, undo};
 use super::pool::{WarmPool, WarmVm};
 use super::state::Inner;
+use super::template::{Making, Shape};
 use super::util::{lock, new_id};
 use crate::network::cni::NetworkConfig;
-use crate::store::{PodPaths, PodPhase};
+use crate::sandbox::Vm;
+use crate::store::{self, PodPaths, PodPhase, PodRecord};
+use std::path::Path;
 
 /// How long the refill waits while pods cannot get a network, and after a first failed
 /// boot; the wait doubles with each failure in a row, up to `RETRY_MAX`.
@@ -155,43 +158,168 @@ async fn boot_one(
     pool: &WarmPool,
     network: Option<NetworkConfig>,
 ) -> Result<WarmVm, RuntimeError> {
+    boot_spare(inner, &pool.handler, pool.size, network).await
+}
+
+/// A VM made ahead of a pod (phase Warm) of `handler` and `size`: restored from its
+/// shape's template if there is one; else booted and, with templates on, made that
+/// template on the way (snapshotted, then resumed).
+pub(super) async fn boot_spare(
+    inner: &Inner,
+    handler: &str,
+    size: (u32, u64),
+    network: Option<NetworkConfig>,
+) -> Result<WarmVm, RuntimeError> {
     let id = new_id()?;
     let s = &inner.settings;
     let paths = PodPaths::new(&s.state_dir, &s.runtime_dir, &id);
     let config = PodConfig {
-        runtime_handler: pool.handler.clone(),
+        runtime_handler: handler.to_owned(),
         ..PodConfig::default()
     };
-    let prepared = prepare(
-        inner,
-        &id,
-        &paths,
-        config,
-        pool.size,
-        PodPhase::Warm,
-        network,
-    )
-    .await;
-    let (record, cmd) = match prepared {
+    let shape = launch::shape(&config, size, network.is_some());
+    let prepared = prepare(inner, &id, &paths, config, size, PodPhase::Warm, network).await;
+    let (mut record, mut cmd) = match prepared {
         Ok(p) => p,
         Err(e) => {
             undo(inner, &paths).await;
             return Err(e);
         }
     };
-    match start_vm(inner, &cmd, Deadline::default()).await {
-        (Ok(vm), _) => Ok(WarmVm {
-            id,
-            handler: pool.handler.clone(),
-            paths,
-            record,
-            vm,
-        }),
-        (Err(e), _) => {
-            undo(inner, &paths).await;
-            Err(e)
+    let template = if record.shared_fs {
+        None
+    } else {
+        launch::template_of(inner, &shape)
+    };
+    let making = match &template {
+        Some((key, None)) => inner.templates.begin(key),
+        _ => None,
+    };
+    if making.is_some() {
+        match snapshot_dir(&paths, &record) {
+            Ok(dir) => cmd.snapshot_dir = Some(dir),
+            Err(e) => {
+                undo(inner, &paths).await;
+                return Err(e);
+            }
         }
     }
+    let (vm, _, restored_from) =
+        launch::start_or_restore(inner, &cmd, template.as_ref(), Deadline::default()).await;
+    let vm = match vm {
+        Ok(vm) => vm,
+        Err(e) => {
+            undo(inner, &paths).await;
+            return Err(e);
+        }
+    };
+    let template_mac = restored_from.and_then(|t| t.guest_mac);
+    if let (Some(mac), Some(net)) = (template_mac, record.network.as_mut()) {
+        // ConfigureGuest finds the card by the MAC its guest has.
+        net.guest_mac = mac;
+        if let Err(e) = store::write_json(&paths.record(), &record) {
+            vm.kill().await;
+            undo(inner, &paths).await;
+            return Err(e.into());
+        }
+    }
+    if let (Some(making), Some(dir)) = (&making, &cmd.snapshot_dir) {
+        let guest_mac = record
+            .network
+            .as_ref()
+            .map(|n| n.guest_mac.clone())
+            .filter(|m| !m.is_empty());
+        if let Err(e) = make_template(inner, making, &vm, dir, &shape, guest_mac).await {
+            vm.kill().await;
+            undo(inner, &paths).await;
+            return Err(e);
+        }
+    }
+    Ok(WarmVm {
+        id,
+        handler: handler.to_owned(),
+        paths,
+        record,
+        vm,
+    })
+}
+
+/// A directory the VM's (jailed) VMM may write a snapshot into.
+fn snapshot_dir(paths: &PodPaths, record: &PodRecord) -> Result<PathBuf, RuntimeError> {
+    let dir = paths.dir.join("snapshot");
+    store::create_private_dir(&dir)?;
+    if let Some(j) = &record.jail {
+        crate::sandbox::jail::give(&dir, j.uid, j.gid, 0o700)?;
+    }
+    Ok(dir)
+}
+
+/// Snapshots `vm` into `dir`, resumes it, and installs the snapshot as the template
+/// `making` claimed. A snapshot or install that fails is logged (the template is
+/// made by a later VM); a VM that cannot be resumed is an error.
+async fn make_template(
+    inner: &Inner,
+    making: &Making<'_>,
+    vm: &Vm,
+    dir: &Path,
+    shape: &Shape,
+    guest_mac: Option<String>,
+) -> Result<(), RuntimeError> {
+    let snapshot = vm.snapshot(dir).await;
+    vm.resume().await?;
+    let made = snapshot.map_err(RuntimeError::from).and_then(|reply| {
+        inner
+            .templates
+            .install(making, dir, shape, guest_mac, &reply)
+            .map(|t| (t, reply))
+    });
+    match made {
+        Ok((t, reply)) => tracing::info!(
+            template = %t.dir.display(),
+            ?shape,
+            memory_mib = reply.memory_bytes >> 20,
+            on_disk_mib = reply.memory_file_bytes >> 20,
+            snapshot_ms = reply.took_ms,
+            "template made"
+        ),
+        Err(e) => tracing::warn!(?shape, "making the template failed: {e}"),
+    }
+    Ok(())
+}
+
+/// After a pod of `shape` booted without a template although its handler has them
+/// on: makes the template in the background with a VM booted for it (and then
+/// removed), so that the next pod of that shape is restored.
+pub(super) fn make_in_background(
+    inner: &Arc<Inner>,
+    handler: &str,
+    size: (u32, u64),
+    network: Option<NetworkConfig>,
+) {
+    let shape = launch::shape(
+        &PodConfig {
+            runtime_handler: handler.to_owned(),
+            ..PodConfig::default()
+        },
+        size,
+        network.is_some(),
+    );
+    // A warm pool of this shape makes it itself.
+    let pooled = inner
+        .warm
+        .of(handler)
+        .is_some_and(|p| p.target > 0 && p.size == size);
+    match launch::template_of(inner, &shape) {
+        Some((key, None)) if !pooled && !inner.templates.is_making(&key) => {}
+        _ => return,
+    }
+    let (inner, handler) = (inner.clone(), handler.to_owned());
+    tokio::spawn(async move {
+        match boot_spare(&inner, &handler, size, network).await {
+            Ok(w) => discard(&inner, w).await,
+            Err(e) => tracing::warn!(?shape, "booting a VM to make a template failed: {e}"),
+        }
+    });
 }
 
 /// Kills a warm VM and removes what it made.

@@ -44,6 +44,8 @@ pub struct GuestState {
     pub volumes: BTreeMap<String, Vec<pb::VolumeEntry>>,
     /// Every `Restored` request received, in order.
     pub restored: Vec<pb::RestoredRequest>,
+    /// Snapshots the VMM took.
+    pub snapshots: u32,
 }
 
 /// One fake VM, as the test sees it.
@@ -324,6 +326,37 @@ impl VmControl for FakeControl {
             },
         );
         Box::pin(async move { Ok(c) })
+    }
+
+    fn snapshot<'a>(
+        &'a self,
+        dir: &'a Path,
+    ) -> BoxFuture<'a, Result<vmlet_vmm_api::control::SnapshotReply, SandboxError>> {
+        Box::pin(async move {
+            // The files a VMM writes, small: what vmletd does with them is tested.
+            let io = |source| SandboxError::Io {
+                op: "write a fake snapshot in",
+                path: dir.to_owned(),
+                source,
+            };
+            for (file, data) in [
+                ("state", &b"fake state"[..]),
+                ("memory", &b"fake memory"[..]),
+            ] {
+                std::fs::write(dir.join(file), data).map_err(io)?;
+            }
+            lock(&self.vm.guest).snapshots += 1;
+            Ok(vmlet_vmm_api::control::SnapshotReply {
+                memory_bytes: 11,
+                memory_file_bytes: 4096,
+                state_bytes: 10,
+                took_ms: 1,
+            })
+        })
+    }
+
+    fn resume(&self) -> BoxFuture<'_, Result<(), SandboxError>> {
+        Box::pin(async move { Ok(()) })
     }
 
     fn kill(&self) {

@@ -10,7 +10,10 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use nix::sys::signal::Signal;
 use tokio::sync::watch;
-use vmlet_vmm_api::control::{CountersReply, Request, Response};
+use vmlet_vmm_api::control::{CountersReply, Request, Response, SnapshotReply};
+
+/// How long a snapshot may take (it writes the guest's memory).
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(120);
 use vmlet_vmm_api::ExitRecord;
 
 use super::error::SandboxError;
@@ -32,6 +35,12 @@ pub trait VmControl: Send + Sync + std::fmt::Debug + 'static {
 
     /// What the VMM counted (exits, queue notifications, disk and network I/O).
     fn counters(&self) -> BoxFuture<'_, Result<CountersReply, SandboxError>>;
+
+    /// Pauses the VM and writes its snapshot into `dir` (the VM stays paused).
+    fn snapshot<'a>(&'a self, dir: &'a Path) -> BoxFuture<'a, Result<SnapshotReply, SandboxError>>;
+
+    /// Lets a paused VM run again.
+    fn resume(&self) -> BoxFuture<'_, Result<(), SandboxError>>;
 
     /// Kills the VMM at once (SIGKILL); [`Vm`] waits for the exit.
     fn kill(&self);
@@ -214,6 +223,25 @@ impl VmControl for SocketControl {
         })
     }
 
+    fn snapshot<'a>(&'a self, dir: &'a Path) -> BoxFuture<'a, Result<SnapshotReply, SandboxError>> {
+        Box::pin(async move {
+            let request = Request::Snapshot {
+                dir: dir.to_owned(),
+            };
+            match vmm::control_within(&self.socket, &request, SNAPSHOT_TIMEOUT).await? {
+                Response::Snapshot(r) => Ok(r),
+                other => Err(SandboxError::Control {
+                    socket: self.socket.clone(),
+                    reason: format!("snapshot answered with {other:?}"),
+                }),
+            }
+        })
+    }
+
+    fn resume(&self) -> BoxFuture<'_, Result<(), SandboxError>> {
+        Box::pin(async move { vmm::control(&self.socket, &Request::Resume).await.map(drop) })
+    }
+
     fn kill(&self) {
         self.asked.store(true, Ordering::Relaxed);
         vmm::signal(self.pid, Signal::SIGKILL);
@@ -352,6 +380,16 @@ impl Vm {
                     timeout,
                 })
             })
+    }
+
+    /// Pauses the VM and writes its snapshot into `dir`; it stays paused.
+    pub async fn snapshot(&self, dir: &Path) -> Result<SnapshotReply, SandboxError> {
+        self.control.snapshot(dir).await
+    }
+
+    /// Lets the paused VM run again.
+    pub async fn resume(&self) -> Result<(), SandboxError> {
+        self.control.resume().await
     }
 
     /// Asks the guest agent whether it is alive, waiting at most `timeout`.

@@ -63,6 +63,11 @@ pub struct VmmCommand {
     pub jail: Option<super::jail::JailSpec>,
     /// The `cgroup.procs` of the pod's cgroup, which the VMM joins before exec.
     pub cgroup: Option<PathBuf>,
+    /// Restore the guest from the template snapshot in this directory (read-only in
+    /// the jail) instead of booting it.
+    pub restore: Option<PathBuf>,
+    /// A directory the VMM may write a snapshot into (writable in the jail).
+    pub snapshot_dir: Option<PathBuf>,
 }
 
 impl VmmCommand {
@@ -104,6 +109,7 @@ impl VmmCommand {
             serial_log: self.console_limits,
             control_socket: Some(self.control.clone()),
             exit_record: Some(self.exit_record.clone()),
+            restore: self.restore.clone(),
             ..VmConfig::new(self.kernel.clone())
         })
     }
@@ -235,6 +241,15 @@ pub fn signal(pid: u32, signal: nix::sys::signal::Signal) {
 
 /// Sends one control request and returns the VMM's answer; a refusal is an error.
 pub async fn control(socket: &Path, request: &Request) -> Result<Response, SandboxError> {
+    control_within(socket, request, CONTROL_TIMEOUT).await
+}
+
+/// [`control`] for a request that may take `timeout` (a snapshot writes guest memory).
+pub async fn control_within(
+    socket: &Path,
+    request: &Request,
+    timeout: Duration,
+) -> Result<Response, SandboxError> {
     let failed = |reason: String| SandboxError::Control {
         socket: socket.to_owned(),
         reason,
@@ -260,9 +275,9 @@ pub async fn control(socket: &Path, request: &Request) -> Result<Response, Sandb
             .map_err(|e| failed(format!("read: {e}")))?;
         Response::decode(request, reply.as_bytes()).map_err(protocol)
     };
-    tokio::time::timeout(CONTROL_TIMEOUT, exchange)
+    tokio::time::timeout(timeout, exchange)
         .await
-        .unwrap_or_else(|_| Err(failed(format!("no answer within {CONTROL_TIMEOUT:?}"))))
+        .unwrap_or_else(|_| Err(failed(format!("no answer within {timeout:?}"))))
 }
 
 /// Sends one control request with `file` attached (`SCM_RIGHTS`), as `swap_drive`
@@ -398,6 +413,8 @@ mod tests {
             fs: Vec::new(),
             jail: None,
             cgroup: None,
+            restore: None,
+            snapshot_dir: None,
         }
     }
 

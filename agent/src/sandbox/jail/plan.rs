@@ -214,6 +214,13 @@ pub fn build(cmd: &VmmCommand, spec: &JailSpec, binary: &Path) -> Result<Vec<Ste
     }
     b.bind(&cmd.console, &cmd.console, true, false)?;
     b.bind(&cmd.exit_record, &cmd.exit_record, true, false)?;
+    // A template is every restored VM's: none may write it.
+    if let Some(dir) = &cmd.restore {
+        b.bind(dir, dir, false, false)?;
+    }
+    if let Some(dir) = &cmd.snapshot_dir {
+        b.bind(dir, dir, true, false)?;
+    }
     let mut socket_dirs: Vec<&Path> = [&cmd.vsock, &cmd.control]
         .into_iter()
         .chain(cmd.fs.iter().map(|(_, s)| s))
@@ -296,6 +303,8 @@ mod tests {
             fs: vec![("shared".into(), h.join("run/pod/fs.sock"))],
             jail: None,
             cgroup: None,
+            restore: None,
+            snapshot_dir: None,
         };
         let root = h.join("pod/jail");
         let spec = JailSpec {
