@@ -660,7 +660,9 @@ pub struct Vmletd {
 /// machines (300 s, as the CRI client's deadline: shorter than the machine limit of
 /// `scripts/test.sh`, so a boot that hangs fails the test with its own error); inside the emulated TCG machine one boot at a time (nested guests
 /// booting at once crash that machine's own kernel); no warm pool (tests count VMMs
-/// and namespaces; `--warm-pool N` turns it on).
+/// and namespaces; `--warm-pool N` turns it on); no templates, for the same reason
+/// and since making one boots a VM in the background (`templates = true` in
+/// `vm_keys` turns them on).
 fn base_config(vm_keys: &str) -> String {
     let emulated = std::env::var("VMLET_IN_WITH_KVM").is_ok_and(|v| v == "tcg");
     let boots = if emulated { 1 } else { 4 };
@@ -670,8 +672,13 @@ fn base_config(vm_keys: &str) -> String {
     } else {
         ""
     };
+    let templates = if vm_keys.contains("templates") {
+        ""
+    } else {
+        "templates = false\n"
+    };
     format!(
-        "[vm]\nboot_timeout_secs = 300\nmax_concurrent_boots = {boots}\nwarm_pool = 0\n{vm_keys}{jail}"
+        "[vm]\nboot_timeout_secs = 300\nmax_concurrent_boots = {boots}\nwarm_pool = 0\n{templates}{vm_keys}{jail}"
     )
 }
 

@@ -2165,3 +2165,136 @@ fn a_container_flooding_the_console_leaves_a_capped_console_log() {
     c.remove_pod(&pod).expect("RemovePodSandbox");
     assert_clean(d);
 }
+
+/// The templates the daemon has made (directories with their description).
+fn made_templates(d: &Vmletd) -> Vec<std::path::PathBuf> {
+    let mut dirs: Vec<_> = std::fs::read_dir(d.state_dir().join("templates"))
+        .map(|r| r.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    dirs.retain(|p: &std::path::PathBuf| p.join("template.json").exists());
+    dirs
+}
+
+/// The argument list of process `pid`.
+fn cmdline(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .unwrap()
+        .split(|b| *b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
+
+/// With templates on (as by default), the first pod boots and a template of its
+/// shape is made in the background; the pods after it are restored from that
+/// template: each a guest of its own (random numbers, boot ID, clock, memory), with
+/// its containers, logs and exec working, under a jailed VMM that reads the template
+/// read-only, and taken over by a restarted daemon like a booted pod.
+#[test]
+fn pods_restored_from_one_template_share_no_random_numbers() {
+    let (_registry, image) = busybox_registry("busybox:template");
+    let mut d = Vmletd::start_with_vm_keys(
+        &["--insecure-registry", _registry.addr()],
+        "templates = true\n",
+    );
+    let c = d.client();
+    c.pull(&image).expect("PullImage");
+    let log_dir = d.log_dir();
+    let first_cfg = pod_config("first", &log_dir);
+    let first = c.run_pod(first_cfg).expect("RunPodSandbox");
+    assert!(
+        !cmdline(c_status_pid(&d, &first))
+            .iter()
+            .any(|a| a.starts_with("--restore")),
+        "the first pod of a shape boots"
+    );
+    let start = std::time::Instant::now();
+    while made_templates(&d).is_empty() {
+        assert!(start.elapsed() < WAIT * 3, "no template was made");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let template = made_templates(&d).remove(0);
+    // Root's and read-only: every restored VM maps it.
+    for file in ["state", "memory"] {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let meta = std::fs::metadata(template.join(file)).unwrap();
+        assert_eq!((meta.uid(), meta.permissions().mode() & 0o777), (0, 0o444));
+    }
+
+    let mut restored = Vec::new();
+    for name in ["restored-a", "restored-b"] {
+        let cfg = pod_config(name, &log_dir);
+        let pod = c.run_pod(cfg.clone()).expect("RunPodSandbox");
+        let pid = c_status_pid(&d, &pod);
+        let restore = format!("--restore={}", template.display());
+        assert!(cmdline(pid).contains(&restore), "{:?}", cmdline(pid));
+        // The jailed VMM sees the template read-only.
+        let seen = in_jail(&d, &pod, &template.join("memory"));
+        assert!(
+            std::fs::OpenOptions::new().write(true).open(&seen).is_err(),
+            "the template is writable from the jail"
+        );
+        let ctr = run_container(
+            &c,
+            &pod,
+            &cfg,
+            container_config(
+                name,
+                &image,
+                "head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; \
+                 cat /proc/sys/kernel/random/boot_id; date +%s; sleep 3600",
+            ),
+        );
+        restored.push((pod, ctr, name));
+    }
+    let out = |name: &str| {
+        let log = format!("{name}.log");
+        let start = std::time::Instant::now();
+        loop {
+            let l = lines(&log_of(&d, &log), "stdout");
+            if l.len() >= 3 {
+                return l;
+            }
+            assert!(start.elapsed() < WAIT, "{log}: {l:?}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let (a, b) = (out("restored-a"), out("restored-b"));
+    assert_eq!(a[0].len(), 64, "{a:?}");
+    assert_ne!(
+        a[0], b[0],
+        "two pods from one template drew the same random numbers"
+    );
+    assert_ne!(a[1], b[1], "two pods from one template share a boot ID");
+    // The wall clock is the host's, not the template's.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    for clock in [&a[2], &b[2]] {
+        let t: i64 = clock.parse().unwrap();
+        assert!((now - t).abs() < 120, "guest clock {t}, host {now}");
+    }
+    // Exec, and a daemon restart takes the restored pods over.
+    drop(c);
+    d.signal_and_wait(libc::SIGKILL);
+    d.restart();
+    let c = d.client();
+    for (pod, ctr, _) in &restored {
+        let st = c.pod_status(pod).unwrap().status.unwrap().state;
+        assert_eq!(st, v1::PodSandboxState::SandboxReady as i32);
+        let r = c.exec(ctr, &["echo", "restored"], 30).expect("ExecSync");
+        assert_eq!(String::from_utf8_lossy(&r.stdout), "restored\n");
+    }
+    for (pod, _, _) in &restored {
+        c.stop_pod(pod).expect("StopPodSandbox");
+        c.remove_pod(pod).expect("RemovePodSandbox");
+    }
+    c.stop_pod(&first).expect("StopPodSandbox");
+    c.remove_pod(&first).expect("RemovePodSandbox");
+    assert_clean(&d);
+    assert_eq!(
+        made_templates(&d).len(),
+        1,
+        "the template stays for the next pods"
+    );
+}

@@ -122,7 +122,9 @@ impl Runtime {
                 recovery: Mutex::new(Vec::new()),
             }),
         };
-        rt.inner.templates.prune(&rt.inner.settings);
+        // Off the start path: keying a template may hash the kernel and VMM once.
+        let pruning = rt.inner.clone();
+        tokio::task::spawn_blocking(move || pruning.templates.prune(&pruning.settings));
         recovery::recover(&rt.inner).await;
         for handler in rt.inner.settings.handler_names() {
             tokio::spawn(warm::refill(rt.inner.clone(), handler));

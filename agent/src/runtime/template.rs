@@ -32,6 +32,17 @@ use super::util::{lock, now_ns};
 
 /// The file beside the snapshot that says what the template is.
 const META_FILE: &str = "template.json";
+/// The digests of the files templates are keyed by, kept across restarts (hashing a
+/// kernel and a VMM binary again at each start would delay it).
+const DIGESTS_FILE: &str = "digests.json";
+
+/// One entry of [`DIGESTS_FILE`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct KnownDigest {
+    path: PathBuf,
+    id: FileId,
+    sha256: String,
+}
 
 /// What a pod's VM must match to be restored from a template.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -68,7 +79,7 @@ struct Meta {
 }
 
 /// A file's identity: a new digest is computed when it changes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct FileId {
     dev: u64,
     ino: u64,
@@ -119,10 +130,52 @@ fn sha256_file(path: &Path) -> std::io::Result<String> {
 impl Templates {
     /// The templates in `<state_dir>/templates`.
     pub fn new(state_dir: &Path) -> Self {
+        let root = state_dir.join("templates");
+        let known: Vec<KnownDigest> = std::fs::read(root.join(DIGESTS_FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
         Templates {
-            root: state_dir.join("templates"),
-            digests: Mutex::new(HashMap::new()),
+            digests: Mutex::new(
+                known
+                    .into_iter()
+                    .map(|k| (k.path, (k.id, k.sha256)))
+                    .collect(),
+            ),
+            root,
             making: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Makes the templates' directory, vmletd's alone (jails reach a template by
+    /// their bind only).
+    fn ensure_root(&self) -> std::io::Result<()> {
+        std::fs::create_dir_all(&self.root)?;
+        std::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o700))
+    }
+
+    /// Writes the digests known to [`DIGESTS_FILE`]; a failure only costs a rehash.
+    fn save_digests(&self) {
+        let known: Vec<KnownDigest> = lock(&self.digests)
+            .iter()
+            .map(|(path, (id, sha256))| KnownDigest {
+                path: path.clone(),
+                id: *id,
+                sha256: sha256.clone(),
+            })
+            .collect();
+        let path = self.root.join(DIGESTS_FILE);
+        let written = self
+            .ensure_root()
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                crate::store::replace_json(&path, &known, false).map_err(|e| e.to_string())
+            });
+        if let Err(e) = written {
+            tracing::debug!(
+                "templates: cannot keep the file digests in {}: {e}",
+                path.display()
+            );
         }
     }
 
@@ -148,6 +201,7 @@ impl Templates {
         }
         let digest = sha256_file(path).map_err(io("read", path))?;
         lock(&self.digests).insert(path.to_owned(), (id, digest.clone()));
+        self.save_digests();
         Ok(digest)
     }
 
@@ -212,9 +266,7 @@ impl Templates {
         guest_mac: Option<String>,
         reply: &SnapshotReply,
     ) -> Result<Template, RuntimeError> {
-        std::fs::create_dir_all(&self.root).map_err(io("create", &self.root))?;
-        std::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o700))
-            .map_err(io("set the mode of", &self.root))?;
+        self.ensure_root().map_err(io("create", &self.root))?;
         let tmp = self
             .root
             .join(format!("{}.tmp-{}", making.key, std::process::id()));
@@ -272,9 +324,13 @@ impl Templates {
         let Ok(entries) = std::fs::read_dir(&self.root) else {
             return;
         };
+        let own = format!(".tmp-{}", std::process::id());
         for e in entries.filter_map(Result::ok) {
             let name = e.file_name().to_string_lossy().into_owned();
             let path = e.path();
+            if name == DIGESTS_FILE || name.ends_with(&own) {
+                continue;
+            }
             let stale = if name.contains(".tmp-") {
                 true
             } else {
@@ -344,6 +400,10 @@ mod tests {
         let t = Templates::new(dir.path());
         let key = t.key(&s, &shape()).unwrap().unwrap();
         assert_eq!(t.key(&s, &shape()).unwrap().unwrap(), key, "stable");
+        // Kept for the next start, which need not read the files again.
+        let again = Templates::new(dir.path());
+        assert_eq!(lock(&again.digests).len(), 3);
+        assert_eq!(again.key(&s, &shape()).unwrap().unwrap(), key);
         let bigger = Shape {
             mem_mib: 512,
             ..shape()

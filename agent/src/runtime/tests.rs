@@ -1650,3 +1650,95 @@ async fn stop_container_waits_for_a_start_in_flight() {
         (ContainerState::Exited, 128 + libc::SIGTERM)
     );
 }
+
+use super::util::lock;
+
+/// The template directories made so far.
+fn templates(h: &Harness) -> Vec<std::path::PathBuf> {
+    let Ok(entries) = std::fs::read_dir(h.dir.path().join("state/templates")) else {
+        return Vec::new();
+    };
+    let mut dirs: Vec<_> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.join("template.json").exists())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+#[tokio::test]
+async fn pods_start_from_the_template_of_their_shape() {
+    let hv = FakeHypervisor::default();
+    let h = harness_on(hv, |s| {
+        s.vm.warm_pool = 1;
+        // Any file will do as the VMM binary the templates are keyed by.
+        s.vmm = s.kernel.clone();
+    })
+    .await;
+    // The first warm VM boots and is made the template of the default shape.
+    eventually("the warm VM is ready", || {
+        h.rt.health().verbose_json.contains("\"ready\":1")
+    })
+    .await;
+    eventually("the template is made", || templates(&h).len() == 1).await;
+    let origin = h.hv.all()[0].clone();
+    assert_eq!(lock(&origin.guest).snapshots, 1);
+    let first = lock(&h.hv.boot_commands)[0].clone();
+    assert!(first.restore.is_none() && first.snapshot_dir.is_some());
+
+    // The pool refills by restoring it; the pod after the origin gets that VM, told
+    // it was restored.
+    let (_, vm) = h.pod("first").await;
+    assert_eq!(vm.control, origin.control, "the origin is a warm VM as any");
+    eventually("the pool refills", || h.hv.all().len() == 2).await;
+    let refill = lock(&h.hv.boot_commands)[1].clone();
+    assert_eq!(refill.restore.as_ref(), Some(&templates(&h)[0]));
+    let (_, restored) = h.pod("second").await;
+    assert_eq!(lock(&restored.guest).restored.len(), 1);
+    assert_eq!(lock(&restored.guest).restored[0].entropy.len(), 64);
+    assert!(lock(&origin.guest).restored.is_empty());
+
+    // A pod of another shape boots, and a VM made for its template follows it.
+    let mut big = pod_config("big", &h.log_dir());
+    big.memory_mib = Some(1024);
+    let booted = h.rt.run_pod(big.clone()).await.unwrap();
+    let cmd = |pod: &str| {
+        lock(&h.hv.boot_commands)
+            .iter()
+            .find(|c| c.control.to_string_lossy().contains(pod))
+            .cloned()
+            .unwrap()
+    };
+    assert!(cmd(&booted).restore.is_none());
+    eventually("the second template is made", || templates(&h).len() == 2).await;
+    big.metadata.name = "big2".into();
+    big.metadata.uid = "big2".into();
+    let restored = h.rt.run_pod(big).await.unwrap();
+    assert!(cmd(&restored).restore.is_some());
+    assert_eq!(lock(&h.hv.vm(&restored).unwrap().guest).restored.len(), 1);
+}
+
+#[tokio::test]
+async fn a_template_that_fails_to_restore_is_removed_and_the_pod_boots() {
+    let hv = FakeHypervisor::default();
+    let h = harness_on(hv, |s| s.vmm = s.kernel.clone()).await;
+    // No warm pool: the first pod boots, and a VM made for the template follows it.
+    let (_, _) = h.pod("first").await;
+    eventually("the template is made", || templates(&h).len() == 1).await;
+    *lock(&h.hv.fail_restore) = true;
+    let (pod, _) = h.pod("second").await;
+    assert_eq!(h.rt.pod(&pod).unwrap().state, PodState::Ready);
+    let cmds: Vec<_> = lock(&h.hv.boot_commands)
+        .iter()
+        .filter(|c| c.control.to_string_lossy().contains(&pod))
+        .cloned()
+        .collect();
+    assert_eq!(cmds.len(), 2, "a restore, then a boot");
+    assert!(cmds[0].restore.is_some() && cmds[1].restore.is_none());
+    // The bad template was removed; a new one is made in the background.
+    eventually("the template is made again", || {
+        templates(&h).len() == 1 && lock(&h.hv.boot_commands).len() == 5
+    })
+    .await;
+}

@@ -35,6 +35,8 @@ const RETRY: Duration = Duration::from_secs(5);
 const RETRY_MAX: Duration = Duration::from_secs(300);
 /// Consoles of failed warm VMs kept for diagnosis (the oldest go first).
 const KEPT_CONSOLES: usize = 8;
+/// How often a template's background boot looks whether pods still start.
+const BACKGROUND_POLL: Duration = Duration::from_millis(200);
 /// How long daemon exit waits for a warm VM that is booting.
 const DRAIN_WAIT: Duration = Duration::from_secs(60);
 
@@ -315,6 +317,10 @@ pub(super) fn make_in_background(
     }
     let (inner, handler) = (inner.clone(), handler.to_owned());
     tokio::spawn(async move {
+        // As the warm pools: no boot while a pod starts, whose CPU it would take.
+        while inner.warm.iter().any(|p| lock(&p.state).starting > 0) {
+            tokio::time::sleep(BACKGROUND_POLL).await;
+        }
         match boot_spare(&inner, &handler, size, network).await {
             Ok(w) => discard(&inner, w).await,
             Err(e) => tracing::warn!(?shape, "booting a VM to make a template failed: {e}"),

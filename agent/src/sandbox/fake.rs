@@ -103,6 +103,8 @@ pub struct FakeHypervisor {
     next_pid: AtomicU32,
     /// Boots fail with this (the VMM exits at once).
     pub fail_boot: Mutex<Option<String>>,
+    /// Restores (a VMM with `--restore`) fail as with a damaged template.
+    pub fail_restore: Mutex<bool>,
     /// How long a boot takes.
     pub boot_time: Mutex<Duration>,
     /// Boots under way now, and the most there ever were at once.
@@ -234,6 +236,9 @@ impl Hypervisor for FakeHypervisor {
                     timeout,
                     last: "the fake guest is still booting".into(),
                 });
+            }
+            if cmd.restore.is_some() && *lock(&self.fail_restore) {
+                return Err(SandboxError::VmmExited("the snapshot is corrupted".into()));
             }
             if let Some(why) = lock(&self.fail_boot).clone() {
                 return Err(SandboxError::VmmExited(why));
