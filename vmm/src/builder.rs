@@ -20,7 +20,7 @@ use crate::devices::virtio::{IrqTrigger, VirtioDevice};
 use crate::devices::Trigger;
 use crate::image::MappedImage;
 use crate::seccomp::SeccompError;
-use crate::snapshot::{self, SnapshotError, VmSnapshot};
+use crate::snapshot::{self, NamedTransport, SnapshotError, SnapshotSources, VmSnapshot};
 use crate::vstate::memory::{self, MemoryError, MemoryMode};
 use crate::vstate::vcpu::{install_kick_handler, Vcpu, VcpuControl, VcpuError, VcpuWiring, Vcpus};
 use crate::vstate::vcpu_state::msr_index_list;
@@ -237,23 +237,6 @@ fn device_error(device: DeviceId) -> impl Fn(DeviceError) -> BuildError {
         device: device.clone(),
         source,
     }
-}
-
-/// A virtio device's transport, by the name a snapshot gives it.
-pub type NamedTransport = (String, Arc<Mutex<MmioTransport>>);
-
-/// What a snapshot reads.
-pub struct SnapshotSources {
-    /// The KVM VM.
-    pub vm: Arc<Vm>,
-    /// Guest RAM.
-    pub mem: GuestMemoryMmap,
-    /// The virtio devices, in wiring order.
-    pub devices: Vec<NamedTransport>,
-    /// COM1.
-    pub serial: Arc<Mutex<SerialConsole>>,
-    /// Whether guest RAM is shared with other processes (virtio-fs).
-    pub shared_memory: bool,
 }
 
 /// Handles on the parts of a built VM that the control socket acts on.

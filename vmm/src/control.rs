@@ -137,7 +137,10 @@ impl ControlServer {
                 Ok(Response::Done)
             }
             Request::Snapshot { dir } => {
-                let reply = crate::snapshot::take(&self.vm, &dir).map_err(|e| e.to_string())?;
+                let vm = &self.vm;
+                let reply =
+                    crate::snapshot::take(&vm.vcpus, &vm.snapshot, vm.vcpu_count, vm.mem_mib, &dir)
+                        .map_err(|e| e.to_string())?;
                 tracing::info!(
                     "snapshot in {}: {} MiB of memory ({} MiB on disk), {} bytes of state, {} ms",
                     dir.display(),

@@ -15,7 +15,7 @@ use super::deadline::Deadline;
 use super::error::RuntimeError;
 use super::pool::WarmVm;
 use super::state::{Inner, Pod, Settings};
-use super::template::{Shape, Template};
+use super::template::{Inputs, Shape, Template, Templates};
 use super::util::now_ns;
 use crate::metrics::Phase;
 use crate::network::cni::NetworkConfig;
@@ -303,7 +303,7 @@ pub(super) async fn start_vm(
 /// The template key of a VM of `shape`, and the template if it is made; None when
 /// its handler has templates off (or they cannot be keyed: logged).
 pub(super) fn template_of(inner: &Inner, shape: &Shape) -> Option<(String, Option<Template>)> {
-    match inner.templates.key(&inner.settings, shape) {
+    match template_key(&inner.templates, &inner.settings, shape) {
         Ok(Some(key)) => {
             let template = inner.templates.find(&key);
             Some((key, template))
@@ -314,6 +314,28 @@ pub(super) fn template_of(inner: &Inner, shape: &Shape) -> Option<(String, Optio
             None
         }
     }
+}
+
+/// The key of `shape`'s template, None when its handler has templates off.
+pub(super) fn template_key(
+    templates: &Templates,
+    s: &Settings,
+    shape: &Shape,
+) -> Result<Option<String>, RuntimeError> {
+    let handler = s.handler(&shape.handler)?;
+    if !handler.templates {
+        return Ok(None);
+    }
+    let inputs = Inputs {
+        kernel: handler.kernel,
+        initramfs: handler.initramfs,
+        vmm: &s.vmm,
+        kernel_args: handler.kernel_args,
+        image_slots: s.vm.image_slots,
+        scratch_mib: s.vm.scratch_mib,
+        free_page_reporting: s.vm.free_page_reporting,
+    };
+    templates.key(&inputs, shape).map(Some)
 }
 
 /// `cmd` restoring from `t`: its card gets the MAC the template's guest has.

@@ -124,7 +124,14 @@ impl Runtime {
         };
         // Off the start path: keying a template may hash the kernel and VMM once.
         let pruning = rt.inner.clone();
-        tokio::task::spawn_blocking(move || pruning.templates.prune(&pruning.settings));
+        tokio::task::spawn_blocking(move || {
+            let (templates, settings) = (&pruning.templates, &pruning.settings);
+            templates.prune(|shape| {
+                launch::template_key(templates, settings, shape)
+                    .ok()
+                    .flatten()
+            })
+        });
         recovery::recover(&rt.inner).await;
         for handler in rt.inner.settings.handler_names() {
             tokio::spawn(warm::refill(rt.inner.clone(), handler));

@@ -27,7 +27,6 @@ use sha2::{Digest, Sha256};
 use vmlet_vmm_api::control::{SnapshotReply, SNAPSHOT_MEMORY_FILE, SNAPSHOT_STATE_FILE};
 
 use super::error::RuntimeError;
-use super::state::Settings;
 use super::util::{lock, now_ns};
 
 /// The file beside the snapshot that says what the template is.
@@ -55,6 +54,26 @@ pub(super) struct Shape {
     pub mem_mib: u64,
     /// Whether the VM has a network card.
     pub network: bool,
+}
+
+/// What a template's snapshot depends on beside its shape: the VM's files and
+/// devices, as the handler and the settings give them.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Inputs<'a> {
+    /// The handler's guest kernel.
+    pub kernel: &'a Path,
+    /// Its initramfs.
+    pub initramfs: &'a Path,
+    /// The VMM binary.
+    pub vmm: &'a Path,
+    /// Its kernel arguments.
+    pub kernel_args: &'a str,
+    /// Image drives per VM.
+    pub image_slots: u32,
+    /// Scratch disk size.
+    pub scratch_mib: u64,
+    /// Whether VMs have the free page reporting balloon.
+    pub free_page_reporting: bool,
 }
 
 /// A template ready to restore from.
@@ -205,28 +224,24 @@ impl Templates {
         Ok(digest)
     }
 
-    /// The key of `shape`'s template under `settings`, or None when its handler
-    /// has templates off. Reads (once per file version) the kernel, initramfs and
-    /// VMM binary: call it off the async threads.
-    pub fn key(&self, s: &Settings, shape: &Shape) -> Result<Option<String>, RuntimeError> {
-        let handler = s.handler(&shape.handler)?;
-        if !handler.templates {
-            return Ok(None);
-        }
+    /// The key of `shape`'s template made with `i`. Reads the kernel, initramfs
+    /// and VMM binary once per version of each (the digests are kept across
+    /// restarts).
+    pub fn key(&self, i: &Inputs<'_>, shape: &Shape) -> Result<String, RuntimeError> {
         let inputs = serde_json::json!({
-            "kernel": self.digest(handler.kernel)?,
-            "initramfs": self.digest(handler.initramfs)?,
-            "vmm": self.digest(&s.vmm)?,
-            "kernel_args": handler.kernel_args,
+            "kernel": self.digest(i.kernel)?,
+            "initramfs": self.digest(i.initramfs)?,
+            "vmm": self.digest(i.vmm)?,
+            "kernel_args": i.kernel_args,
             "vcpus": shape.vcpus,
             "mem_mib": shape.mem_mib,
             "network": shape.network,
-            "image_slots": s.vm.image_slots,
-            "scratch_mib": s.vm.scratch_mib,
-            "free_page_reporting": s.vm.free_page_reporting,
+            "image_slots": i.image_slots,
+            "scratch_mib": i.scratch_mib,
+            "free_page_reporting": i.free_page_reporting,
         });
         let digest = Sha256::digest(inputs.to_string().as_bytes());
-        Ok(Some(hex::encode(&digest[..12])))
+        Ok(hex::encode(&digest[..12]))
     }
 
     /// The template of `key`, if it is made.
@@ -317,10 +332,11 @@ impl Templates {
         }
     }
 
-    /// At start: removes half-made templates, and those whose key no current
-    /// shape of `keep` has (another kernel, initramfs or VMM made them). Templates
-    /// of other shapes that are still current stay.
-    pub fn prune(&self, s: &Settings) {
+    /// At start: removes half-made templates, and those whose key is not what
+    /// `key_of` gives their shape now (None: templates off, or another kernel,
+    /// initramfs or VMM made them). Templates of other shapes that are still
+    /// current stay.
+    pub fn prune(&self, key_of: impl Fn(&Shape) -> Option<String>) {
         let Ok(entries) = std::fs::read_dir(&self.root) else {
             return;
         };
@@ -338,7 +354,7 @@ impl Templates {
                     .ok()
                     .and_then(|b| serde_json::from_slice::<Meta>(&b).ok())
                 {
-                    Some(meta) => self.key(s, &meta.shape).ok().flatten().as_deref() != Some(&name),
+                    Some(meta) => key_of(&meta.shape).as_deref() != Some(&name),
                     None => true,
                 }
             };
@@ -356,15 +372,32 @@ impl Templates {
 mod tests {
     use super::*;
 
-    fn settings(dir: &Path) -> Settings {
-        let mut s = super::super::tests::settings(dir, 0);
-        for (f, data) in [("vmlinux", "k1"), ("initrd", "i1"), ("vmm", "v1")] {
-            std::fs::write(dir.join(f), data).unwrap();
+    /// The files of a handler, and the inputs naming them.
+    struct Files(tempfile::TempDir);
+
+    impl Files {
+        fn new() -> Files {
+            let dir = tempfile::tempdir().unwrap();
+            for (f, data) in [("vmlinux", "k1"), ("initrd", "i1"), ("vmm", "v1")] {
+                std::fs::write(dir.path().join(f), data).unwrap();
+            }
+            Files(dir)
         }
-        s.kernel = dir.join("vmlinux");
-        s.initramfs = dir.join("initrd");
-        s.vmm = dir.join("vmm");
-        s
+        fn path(&self, f: &str) -> PathBuf {
+            self.0.path().join(f)
+        }
+    }
+
+    fn inputs<'a>(k: &'a Path, i: &'a Path, v: &'a Path) -> Inputs<'a> {
+        Inputs {
+            kernel: k,
+            initramfs: i,
+            vmm: v,
+            kernel_args: "quiet",
+            image_slots: 4,
+            scratch_mib: 16,
+            free_page_reporting: true,
+        }
     }
 
     fn shape() -> Shape {
@@ -394,54 +427,43 @@ mod tests {
     }
 
     #[test]
-    fn keys_follow_the_kernel_the_shape_and_the_switch() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut s = settings(dir.path());
-        let t = Templates::new(dir.path());
-        let key = t.key(&s, &shape()).unwrap().unwrap();
-        assert_eq!(t.key(&s, &shape()).unwrap().unwrap(), key, "stable");
+    fn keys_follow_the_files_and_the_shape() {
+        let f = Files::new();
+        let (k, i, v) = (f.path("vmlinux"), f.path("initrd"), f.path("vmm"));
+        let t = Templates::new(f.0.path());
+        let key = t.key(&inputs(&k, &i, &v), &shape()).unwrap();
+        assert_eq!(t.key(&inputs(&k, &i, &v), &shape()).unwrap(), key, "stable");
         // Kept for the next start, which need not read the files again.
-        let again = Templates::new(dir.path());
+        let again = Templates::new(f.0.path());
         assert_eq!(lock(&again.digests).len(), 3);
-        assert_eq!(again.key(&s, &shape()).unwrap().unwrap(), key);
+        assert_eq!(again.key(&inputs(&k, &i, &v), &shape()).unwrap(), key);
         let bigger = Shape {
             mem_mib: 512,
             ..shape()
         };
-        assert_ne!(t.key(&s, &bigger).unwrap().unwrap(), key);
+        assert_ne!(t.key(&inputs(&k, &i, &v), &bigger).unwrap(), key);
+        let mut other_args = inputs(&k, &i, &v);
+        other_args.kernel_args = "";
+        assert_ne!(t.key(&other_args, &shape()).unwrap(), key);
         // A new kernel (another file version) makes a new key.
         std::thread::sleep(std::time::Duration::from_millis(10));
-        std::fs::write(dir.path().join("vmlinux"), "k2").unwrap();
-        assert_ne!(t.key(&s, &shape()).unwrap().unwrap(), key);
-        s.vm.templates = false;
-        assert_eq!(t.key(&s, &shape()).unwrap(), None);
-        // A handler may turn them off alone.
-        s.vm.templates = true;
-        s.runtimes.insert(
-            "isolated".into(),
-            crate::config::RuntimeClassConfig {
-                templates: Some(false),
-                ..Default::default()
-            },
-        );
-        let isolated = Shape {
-            handler: "isolated".into(),
-            ..shape()
-        };
-        assert_eq!(t.key(&s, &isolated).unwrap(), None);
-        assert!(t.key(&s, &shape()).unwrap().is_some());
+        std::fs::write(&k, "k2").unwrap();
+        assert_ne!(t.key(&inputs(&k, &i, &v), &shape()).unwrap(), key);
+        let missing = f.path("nothing");
+        assert!(t.key(&inputs(&missing, &i, &v), &shape()).is_err());
     }
 
     #[test]
     fn an_installed_template_is_found_read_only_and_made_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = settings(dir.path());
-        let t = Templates::new(dir.path());
-        let key = t.key(&s, &shape()).unwrap().unwrap();
+        let f = Files::new();
+        let (k, i, v) = (f.path("vmlinux"), f.path("initrd"), f.path("vmm"));
+        let t = Templates::new(f.0.path());
+        let key = t.key(&inputs(&k, &i, &v), &shape()).unwrap();
         assert!(t.find(&key).is_none());
         let making = t.begin(&key).unwrap();
         assert!(t.begin(&key).is_none(), "one maker at a time");
-        let from = snapshot_in(dir.path());
+        assert!(t.is_making(&key));
+        let from = snapshot_in(f.0.path());
         let made = t
             .install(
                 &making,
@@ -461,14 +483,15 @@ mod tests {
         assert_eq!(mode & 0o777, 0o444);
         assert!(!from.join("memory").exists(), "moved, not copied");
 
-        // Out of date after a new initramfs: pruned at start, as half-made ones.
+        // Half-made ones go at start, and those no longer current.
         std::fs::create_dir(t.root().join("abc.tmp-1")).unwrap();
-        t.prune(&s);
+        let current = |s: &Shape| t.key(&inputs(&k, &i, &v), s).ok();
+        t.prune(current);
         assert!(t.find(&key).is_some(), "a current template stays");
         assert!(!t.root().join("abc.tmp-1").exists());
         std::thread::sleep(std::time::Duration::from_millis(10));
-        std::fs::write(dir.path().join("initrd"), "i2").unwrap();
-        t.prune(&s);
+        std::fs::write(&i, "i2").unwrap();
+        t.prune(|s: &Shape| t.key(&inputs(&k, &i, &v), s).ok());
         assert!(t.find(&key).is_none());
 
         t.discard("nothing-there");

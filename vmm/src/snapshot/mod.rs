@@ -23,18 +23,19 @@
 
 pub mod memory;
 
-use crate::builder::VmParts;
-use crate::devices::legacy::SerialSnapshot;
-use crate::devices::virtio::mmio::TransportState;
-use crate::vstate::vcpu::VcpuError;
+use crate::devices::legacy::{SerialConsole, SerialSnapshot};
+use crate::devices::virtio::mmio::{MmioTransport, TransportState};
+use crate::vstate::vcpu::{VcpuError, Vcpus};
 use crate::vstate::vcpu_state::VcpuState;
-use crate::vstate::vm::{VmError, VmState};
+use crate::vstate::vm::{Vm, VmError, VmState};
 use memory::{MemoryFileError, RegionState};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::io::{BufRead, Read};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use vm_memory::GuestMemoryMmap;
 use vmlet_vmm_api::control::{SnapshotReply, SNAPSHOT_MEMORY_FILE, SNAPSHOT_STATE_FILE};
 
 /// The state file's format version. Bump it with any change to [`VmSnapshot`] or
@@ -83,6 +84,23 @@ pub enum SnapshotError {
     /// The state could not be written as JSON.
     #[error("encoding the snapshot state: {0}")]
     Encode(serde_json::Error),
+}
+
+/// A virtio device's transport, by the name a snapshot gives it.
+pub type NamedTransport = (String, Arc<Mutex<MmioTransport>>);
+
+/// What a snapshot reads.
+pub struct SnapshotSources {
+    /// The KVM VM.
+    pub vm: Arc<Vm>,
+    /// Guest RAM.
+    pub mem: GuestMemoryMmap,
+    /// The virtio devices, in wiring order.
+    pub devices: Vec<NamedTransport>,
+    /// COM1.
+    pub serial: Arc<Mutex<SerialConsole>>,
+    /// Whether guest RAM is shared with other processes (virtio-fs).
+    pub shared_memory: bool,
 }
 
 /// One virtio device in the snapshot, in the order the VM wires them.
@@ -229,18 +247,24 @@ pub fn read_state(path: &Path) -> Result<VmSnapshot, SnapshotError> {
     serde_json::from_slice(&body).map_err(|e| invalid(format!("its state does not parse: {e}")))
 }
 
-/// Pauses the VM (it stays paused) and writes its snapshot into `dir`. Files it
-/// made are removed again if it fails.
-pub fn take(parts: &VmParts, dir: &Path) -> Result<SnapshotReply, SnapshotError> {
+/// Pauses the VM of `vcpus` (it stays paused; `vcpu_count` of them, `mem_mib` of
+/// memory) and writes its snapshot into `dir`. Files it made are removed again if
+/// it fails.
+pub fn take(
+    vcpus: &Vcpus,
+    sources: &SnapshotSources,
+    vcpu_count: u8,
+    mem_mib: u64,
+    dir: &Path,
+) -> Result<SnapshotReply, SnapshotError> {
     let started = Instant::now();
-    let sources = &parts.snapshot;
     if sources.shared_memory {
         return Err(SnapshotError::Unsupported(
             "a VM with virtio-fs or shared memory cannot be snapshotted",
         ));
     }
-    parts.vcpus.pause(VCPU_TIMEOUT)?;
-    let vcpu_states = parts.vcpus.save_state(VCPU_TIMEOUT)?;
+    vcpus.pause(VCPU_TIMEOUT)?;
+    let vcpu_states = vcpus.save_state(VCPU_TIMEOUT)?;
     let vm = sources.vm.save_state()?;
     let devices = sources
         .devices
@@ -257,8 +281,8 @@ pub fn take(parts: &VmParts, dir: &Path) -> Result<SnapshotReply, SnapshotError>
         .save();
     let state = VmSnapshot {
         vmm_version: vmm_version(),
-        vcpus: parts.vcpu_count,
-        mem_mib: parts.mem_mib,
+        vcpus: vcpu_count,
+        mem_mib,
         memory: memory::layout(&sources.mem),
         vm,
         vcpu_states,
@@ -295,7 +319,7 @@ pub fn take(parts: &VmParts, dir: &Path) -> Result<SnapshotReply, SnapshotError>
         }
     };
     Ok(SnapshotReply {
-        memory_bytes: parts.mem_mib << 20,
+        memory_bytes: mem_mib << 20,
         memory_file_bytes,
         state_bytes,
         took_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
