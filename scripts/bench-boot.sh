@@ -2,10 +2,13 @@
 # Boot benchmark: the same kernel and initramfs booted 20 times with vmlet-vmm
 # and 20 times with QEMU's microvm machine, alternating (each pair in the other order
 # than the last), with the same guest command line (vmlet-vmm's; --qemu-cmdline plain
-# gives QEMU only its usual one), through the KVM entry point; then, in one booted
-# guest, 30 container starts (create call to the container's first output line) and
-# vmlet-init's own RSS. Prints per-run lines, the count of failed and timed-out boots
-# of each VMM, then machine-readable summary lines last.
+# gives QEMU only its usual one), through the KVM entry point; in the same run, 20
+# vmlet-vmm restores from a snapshot of one booted guest of the same shape, each among
+# a pair of cold boots (VMM start to the guest agent answering Health, next to the
+# vmlet-vmm cold boots' time to the same answer, and the idle VMMs' private memory);
+# then, in one booted guest, 30 container starts (create call to the container's first
+# output line) and vmlet-init's own RSS. Prints per-run lines, the count of failed and
+# timed-out boots and restores, then machine-readable summary lines last.
 #   scripts/bench-boot.sh [--runs N] [--qemu-cmdline same|plain]
 set -euo pipefail
 
