@@ -138,6 +138,18 @@ pub fn net(tap: &str, mac: &str) -> NetConfig {
 }
 
 impl GuestConfig {
+    /// The command that starts the VMM, in the configured network namespace.
+    fn vmm_command(&self) -> Command {
+        match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(vmm_binary());
+                c
+            }
+            None => Command::new(vmm_binary()),
+        }
+    }
+
     /// The VMM's whole launch configuration, with the serial console, vsock and control
     /// socket at these paths.
     fn vm_config(&self, serial: &Path, vsock: &Path, control: &Path) -> VmConfig {
@@ -204,14 +216,7 @@ impl Guest {
         let vmm_log = dir.path().join("vmm.log");
         let vsock = dir.path().join("vsock.sock");
         let control = dir.path().join("control.sock");
-        let mut cmd = match &cfg.netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]).arg(vmm_binary());
-                c
-            }
-            None => Command::new(vmm_binary()),
-        };
+        let mut cmd = cfg.vmm_command();
         let args = cfg
             .vm_config(&serial, &vsock, &control)
             .to_args()
@@ -267,14 +272,7 @@ impl Guest {
             &dir.path().join("vsock.sock"),
             &dir.path().join("control.sock"),
         );
-        let mut cmd = match &cfg.netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]).arg(vmm_binary());
-                c
-            }
-            None => Command::new(vmm_binary()),
-        };
+        let mut cmd = cfg.vmm_command();
         let out = cmd
             .args(config.to_args().expect("the VMM's flags"))
             .stdin(Stdio::null())

@@ -666,13 +666,18 @@ fn a_snapshot_restores_twice_into_independent_guests_whose_devices_work() {
     }
     drop(template);
 
-    let a = Guest::restore(snapshot_guest(&ns, dir.path(), 1, Some(&snap)));
-    let b = Guest::restore(snapshot_guest(&ns, dir.path(), 2, Some(&snap)));
-    assert_eq!(status(&a).state, VmState::Running);
-    assert_eq!(status(&a).vcpus, 2);
-    for (g, n) in [(&a, 1), (&b, 2)] {
-        // vsock: every call here is a new connection to the restored agent.
+    // One restored guest at a time: two nested guests of two vCPUs each are more than
+    // the emulated machine runs reliably (two pods restored side by side, one vCPU
+    // each, are in the CRI tests).
+    for n in [1u8, 2] {
+        let g = Guest::restore(snapshot_guest(&ns, dir.path(), n, Some(&snap)));
+        assert_eq!(status(&g).state, VmState::Running);
+        assert_eq!(status(&g).vcpus, 2);
+        // vsock: every call here is a new connection to the restored agent. The
+        // template's memory, untouched by the guest restored before.
         assert_eq!(g.run_ok("cat /run/marker"), "template\n");
+        g.run_ok(&format!("echo restored-{n} > /run/marker"));
+        assert_eq!(g.run_ok("cat /run/marker"), format!("restored-{n}\n"));
         assert_eq!(g.run_ok("grep -c ^processor /proc/cpuinfo").trim(), "2");
         // Both vCPUs run (the second one too was restored).
         g.run_ok("taskset -c 1 true || (nproc; false)");
@@ -690,15 +695,10 @@ fn a_snapshot_restores_twice_into_independent_guests_whose_devices_work() {
         g.run_ok(&format!(
             "ip addr add 10.78.{n}.2/24 dev eth0 && ip link set eth0 up && ping -c 3 -W 10 10.78.{n}.1"
         ));
+        // Time goes on (the clock runs after restore).
+        g.run_ok("sleep 1");
+        poweroff(g);
     }
-    // Each restored guest's memory is its own.
-    a.run_ok("echo a > /run/marker");
-    assert_eq!(b.run_ok("cat /run/marker"), "template\n");
-    assert_eq!(a.run_ok("cat /run/marker"), "a\n");
-    // Time goes on in both (their clocks run after restore).
-    a.run_ok("sleep 1");
-    poweroff(a);
-    poweroff(b);
 }
 
 #[test]

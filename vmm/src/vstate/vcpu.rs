@@ -595,16 +595,20 @@ impl Vcpus {
         }
     }
 
-    /// Stops the guest CPUs and waits until all are parked.
-    pub fn pause(&self, timeout: Duration) -> Result<(), VcpuError> {
-        self.set_state(RunState::Paused);
-        let live = self
-            .handles
+    /// How many vCPU threads still run (a failed one has ended).
+    fn live(&self) -> usize {
+        self.handles
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
             .filter(|h| !h.thread.is_finished())
-            .count();
+            .count()
+    }
+
+    /// Stops the guest CPUs and waits until all are parked.
+    pub fn pause(&self, timeout: Duration) -> Result<(), VcpuError> {
+        self.set_state(RunState::Paused);
+        let live = self.live();
         let shared = self.control.lock();
         let (_guard, result) = self
             .control
@@ -619,13 +623,7 @@ impl Vcpus {
 
     /// The state of every vCPU, in index order; they must all be paused.
     pub fn save_state(&self, timeout: Duration) -> Result<Vec<VcpuState>, VcpuError> {
-        let live = self
-            .handles
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .filter(|h| !h.thread.is_finished())
-            .count();
+        let live = self.live();
         let mut shared = self.control.lock();
         if shared.state != RunState::Paused || shared.parked < live {
             return Err(VcpuError::NotPaused(format!(
