@@ -29,6 +29,13 @@
 # transfers next to direct connections to the pod's IP (port_forward_vs_direct=).
 # With --jail it measures what the VMM's jail and host cgroup add to a cold pod start:
 # a daemon with both next to one with neither, alternating (jail_adds_ms_p50=).
+# With --templates it measures pods restored from templates, as vmletd starts them by
+# default (no warm pool): one pod of each shape boots and its template is made, then
+# pods of the default size and of a 512 MiB memory limit, each alternating with
+# containerd (template_pod_start_vs_containerd=, template_big_pod_start_vs_containerd=);
+# then density: idle pods restored next to idle pods booted (*_idle_pod_host_cost_kib=,
+# *_idle_pod_private_kib=, *_pods_per_gib=).
+#   scripts/bench-pod.sh --templates [--runs N] [--idle-pods N] [--no-containerd]
 #   scripts/bench-pod.sh --volumes [--runs N]
 #   scripts/bench-pod.sh --jail [--runs N]
 #   scripts/bench-pod.sh --security [--runs N]

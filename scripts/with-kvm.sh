@@ -40,7 +40,7 @@ readonly DEFAULT_TMPFS=(/tmp /var/tmp /run /var/lib/vmlet /var/lib/containerd)
 # Exit codes of the wrapper itself (as timeout(1) and env(1) use them).
 readonly EXIT_TIMEOUT=124 EXIT_FAILURE=125
 # The TCG machine's stage 2 writes a heartbeat line to its console this often; a
-# machine whose console stays silent for LOST_AFTER seconds is lost (and is stopped
+# machine whose console shows no new heartbeat for LOST_AFTER seconds is lost (and is stopped
 # then: watch_heartbeat).
 readonly HEARTBEAT_SECS=10 LOST_AFTER=120
 # Console lines of the machine's own kernel that mean the emulation failed.
@@ -541,7 +541,7 @@ cleanup() {
 
 # Names the TCG machine's own failure, if its console shows one, and records it in
 # --fault-file: the first panic, soft lockup or stack guard page of the machine's
-# kernel, or, after a timeout, a console silent for LOST_AFTER seconds (the
+# kernel, or, after a timeout, no new heartbeat line for LOST_AFTER seconds (the
 # heartbeat stopped: the machine was lost, not the command hung). Returns 1 if there
 # is none, and whenever a soft lockup names one of vmlet's own tasks (OUR_TASKS).
 emulation_fault() { # CONSOLE TIMED-OUT
@@ -555,9 +555,9 @@ emulation_fault() { # CONSOLE TIMED-OUT
     if [[ -n $cause ]]; then
         cause="the machine's kernel: $cause"
     elif [[ $timed_out == 1 ]]; then
-        silent=$(($(date +%s) - $(stat -c %Y "$console" 2>/dev/null || echo 0)))
+        silent=$(($(date +%s) - $(last_beat "$console")))
         if ((silent >= LOST_AFTER)); then
-            cause="lost machine: its console (heartbeat every ${HEARTBEAT_SECS}s) was silent for the last ${silent}s"
+            cause="lost machine: no heartbeat (one every ${HEARTBEAT_SECS}s) on its console for the last ${silent}s"
         fi
     fi
     [[ -n $cause ]] || return 1
@@ -566,17 +566,30 @@ emulation_fault() { # CONSOLE TIMED-OUT
     return 0
 }
 
-# Stops the machine of qemu (or of timeout(1) running it) PID when its console stays
-# silent for LOST_AFTER seconds before the command reported its status: the
-# heartbeat stopped, the machine is lost. It is stopped then, not at the end of
+# When CONSOLE last showed a new heartbeat line (seconds since the epoch): the
+# mtime of CONSOLE.beat, which watch_heartbeat touches on each, else (no watcher)
+# the console's own.
+last_beat() { # CONSOLE
+    stat -c %Y "$1.beat" 2>/dev/null || stat -c %Y "$1" 2>/dev/null || echo 0
+}
+
+# Stops the machine of qemu (or of timeout(1) running it) PID when its console shows
+# no new heartbeat line for LOST_AFTER seconds before the command reported its
+# status: the machine is lost. Only heartbeat lines count: a machine whose CPUs are
+# all stuck in its kernel still prints (a soft lockup repeats every ~25 s), but its
+# heartbeat, written from user space, stops. It is stopped then, not at the end of
 # --timeout, and RUN-DIR/lost says why it ended.
 watch_heartbeat() { # PID RUN-DIR
-    local pid=$1 dir=$2 silent
+    local pid=$1 dir=$2 beats seen=-1
+    touch "$dir/console.log.beat"
     while kill -0 "$pid" 2>/dev/null; do
         sleep "$HEARTBEAT_SECS"
         [[ -s $dir/status ]] && return 0
-        silent=$(($(date +%s) - $(stat -c %Y "$dir/console.log" 2>/dev/null || date +%s)))
-        if ((silent >= LOST_AFTER)); then
+        beats=$(grep -ac 'with-kvm heartbeat' "$dir/console.log" 2>/dev/null || true)
+        if [[ $beats != "$seen" ]]; then
+            seen=$beats
+            touch "$dir/console.log.beat"
+        elif (($(date +%s) - $(last_beat "$dir/console.log") >= LOST_AFTER)); then
             : >"$dir/lost"
             pkill -KILL -P "$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
             return 0

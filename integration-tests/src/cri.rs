@@ -725,6 +725,12 @@ impl Vmletd {
         Self::launch(args, "[network]\nmode = \"none\"\n", vm_keys, &[])
     }
 
+    /// Starts vmletd with `args`, `config` (as for [`Vmletd::start_with`]) and
+    /// `vm_keys` (as for [`Vmletd::start_with_vm_keys`]).
+    pub fn start_configured(args: &[&str], config: &str, vm_keys: &str) -> Vmletd {
+        Self::launch(args, config, vm_keys, &[])
+    }
+
     fn launch(args: &[&str], config: &str, vm_keys: &str, env: &[(&str, &str)]) -> Vmletd {
         crate::require_kvm();
         let dir = tempfile::Builder::new()

@@ -16,6 +16,7 @@ pub mod cri;
 pub mod fault;
 pub mod images;
 pub mod kubectl;
+pub mod kubelet;
 pub mod net;
 pub mod watchdog;
 #[cfg(test)]

@@ -80,6 +80,44 @@ fn a_quiet_machine_that_timed_out_is_lost_and_a_clean_console_is_no_fault() {
     assert_eq!(cause, "");
 }
 
+/// A machine whose kernel keeps printing (a soft lockup repeats) while its heartbeat
+/// has stopped is lost: only heartbeat lines count.
+#[test]
+fn a_console_that_prints_without_a_heartbeat_is_a_lost_machine() {
+    let dir = tempfile::tempdir().unwrap();
+    let (console, fault) = (dir.path().join("console"), dir.path().join("fault"));
+    std::fs::write(
+        &console,
+        "with-kvm heartbeat 10.0\n[ 900.1] kvm: something\n",
+    )
+    .unwrap();
+    std::fs::write(&fault, "").unwrap();
+    // The last heartbeat was seen 200 s ago (watch_heartbeat touches CONSOLE.beat).
+    let beat = dir.path().join("console.beat");
+    std::fs::write(&beat, "").unwrap();
+    let ok = Command::new("touch")
+        .arg("-d")
+        .arg("200 seconds ago")
+        .arg(&beat)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/with-kvm.sh");
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(r#"source "$1" && opt_fault_file=$2 && emulation_fault "$3" 1"#)
+        .arg("classify")
+        .arg(&script)
+        .arg(&fault)
+        .arg(&console)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let cause = std::fs::read_to_string(&fault).unwrap();
+    assert!(cause.starts_with("lost machine: no heartbeat"), "{cause}");
+}
+
 /// Runs `nested_triple_fault` on a run folder whose command printed `stdout`; returns
 /// what it wrote to the fault file.
 fn triple_fault_cause(stdout: &str) -> String {

@@ -12,6 +12,7 @@ use vmlet_integration_tests::cri::{
     busybox_registry, container_config, parse_log, pod_config, sandbox_security, v1, vmletd_binary,
     CriClient, LogEntry, Vmletd,
 };
+use vmlet_integration_tests::kubelet::{kubelet_container, kubelet_pod_config, KubeletPod};
 use vmlet_test_support::{Compression, ImageBuilder, LayerBuilder, TestRegistry};
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -2220,9 +2221,15 @@ fn pods_restored_from_one_template_share_no_random_numbers() {
         assert_eq!((meta.uid(), meta.permissions().mode() & 0o777), (0, 0o444));
     }
 
+    // The restored pods are shaped as a kubelet sends them: a Deployment pod's long
+    // name and no hostname, the restricted profile's contexts, and the host mounts
+    // of /etc/hosts, the termination log, a configMap and the service-account token.
+    let kubelet = tempfile::tempdir().unwrap();
     let mut restored = Vec::new();
-    for name in ["restored-a", "restored-b"] {
-        let cfg = pod_config(name, &log_dir);
+    for (i, name) in ["restored-a", "restored-b"].into_iter().enumerate() {
+        let uid = format!("7c1d2e3f-4a5b-4c6d-8e9f-{i:012}");
+        let kpod = KubeletPod::new(kubelet.path(), &uid);
+        let cfg = kubelet_pod_config(name, &uid, &log_dir);
         let pod = c.run_pod(cfg.clone()).expect("RunPodSandbox");
         let pid = c_status_pid(&d, &pod);
         let restore = format!("--restore={}", template.display());
@@ -2233,32 +2240,46 @@ fn pods_restored_from_one_template_share_no_random_numbers() {
             std::fs::OpenOptions::new().write(true).open(&seen).is_err(),
             "the template is writable from the jail"
         );
-        let ctr = run_container(
-            &c,
-            &pod,
-            &cfg,
-            container_config(
-                name,
-                &image,
-                "head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; \
-                 cat /proc/sys/kernel/random/boot_id; date +%s; sleep 3600",
-            ),
+        let mut app = kubelet_container(
+            &kpod,
+            "app",
+            &image,
+            "head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; \
+             cat /proc/sys/kernel/random/boot_id; date +%s; \
+             echo \"$(id -u) $(hostname) $(cat /etc/config/a) $(grep -c x2x4q /etc/hosts)\"; \
+             cat /var/run/secrets/kubernetes.io/serviceaccount/token; echo; \
+             echo restored > /dev/termination-log; cat /dev/termination-log; sleep 3600",
         );
-        restored.push((pod, ctr, name));
+        app.log_path = "app.log".into();
+        let ctr = run_container(&c, &pod, &cfg, app);
+        let log = std::path::Path::new(&cfg.log_directory).join("app.log");
+        restored.push((pod, ctr, name, log, kpod, cfg));
     }
-    let out = |name: &str| {
-        let log = format!("{name}.log");
+    let out = |log: &std::path::Path| {
         let start = std::time::Instant::now();
         loop {
-            let l = lines(&log_of(&d, &log), "stdout");
-            if l.len() >= 3 {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let l = lines(&parse_log(&text), "stdout");
+            if l.len() >= 6 {
                 return l;
             }
-            assert!(start.elapsed() < WAIT, "{log}: {l:?}");
+            assert!(start.elapsed() < WAIT, "{}: {l:?}", log.display());
             std::thread::sleep(Duration::from_millis(200));
         }
     };
-    let (a, b) = (out("restored-a"), out("restored-b"));
+    let (a, b) = (out(&restored[0].3), out(&restored[1].3));
+    for (l, (_, _, name, _, _, cfg)) in [&a, &b].into_iter().zip(&restored) {
+        // The hostname the kubelet would make of the long name: cut to 63.
+        let pod_name = &cfg.metadata.as_ref().unwrap().name;
+        assert!(pod_name.len() > 63, "{pod_name}");
+        assert_eq!(
+            l[3],
+            format!("1000 {} 1 1", &pod_name[..63]),
+            "{name}: {l:?}"
+        );
+        assert_eq!(l[4], "eyJhbGciOiJSUzI1NiJ9.e30.sig", "{name}: {l:?}");
+        assert_eq!(l[5], "restored", "{name}: {l:?}");
+    }
     assert_eq!(a[0].len(), 64, "{a:?}");
     assert_ne!(
         a[0], b[0],
@@ -2279,13 +2300,27 @@ fn pods_restored_from_one_template_share_no_random_numbers() {
     d.signal_and_wait(libc::SIGKILL);
     d.restart();
     let c = d.client();
-    for (pod, ctr, _) in &restored {
+    for (pod, ctr, ..) in &restored {
         let st = c.pod_status(pod).unwrap().status.unwrap().state;
         assert_eq!(st, v1::PodSandboxState::SandboxReady as i32);
         let r = c.exec(ctr, &["echo", "restored"], 30).expect("ExecSync");
         assert_eq!(String::from_utf8_lossy(&r.stdout), "restored\n");
     }
-    for (pod, _, _) in &restored {
+    // The termination message reaches the host file once the container has ended.
+    for (_, ctr, name, _, kpod, _) in &restored {
+        c.stop(ctr, 5).expect("StopContainer");
+        let written = || std::fs::read_to_string(kpod.termination_log("app")).unwrap();
+        let start = std::time::Instant::now();
+        while written() != "restored\n" {
+            assert!(
+                start.elapsed() < PROMPT,
+                "{name}: termination log {:?}",
+                written()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    for (pod, ..) in &restored {
         c.stop_pod(pod).expect("StopPodSandbox");
         c.remove_pod(pod).expect("RemovePodSandbox");
     }

@@ -14,141 +14,13 @@ use tonic::Code;
 use vmlet_integration_tests::cri::{
     busybox_registry, container_config, parse_log, pod_config, v1, Vmletd,
 };
+use vmlet_integration_tests::kubelet::{kubelet_container, kubelet_mounts, mount, KubeletPod};
 
 const WAIT: Duration = Duration::from_secs(120);
 /// How soon a configMap update must show in the guest: "within a few seconds",
 /// generous for the emulated machine.
 const UPDATE: Duration = Duration::from_secs(20);
 const POD_UID: &str = "2d7c5a3e-61f4-4b9e-8c1d-5e6f7a8b9c0d";
-
-/// A kubelet pod directory at `root/pods/<uid>`.
-struct KubeletPod {
-    dir: PathBuf,
-}
-
-impl KubeletPod {
-    fn new(root: &Path) -> KubeletPod {
-        let dir = root.join("pods").join(POD_UID);
-        std::fs::create_dir_all(&dir).unwrap();
-        let pod = KubeletPod { dir };
-        std::fs::write(
-            pod.dir.join("etc-hosts"),
-            "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n10.88.0.7\tweb-5d8f7c6b9-x2x4q\n",
-        )
-        .unwrap();
-        for c in ["app", "sidecar"] {
-            let d = pod.dir.join("containers").join(c);
-            std::fs::create_dir_all(&d).unwrap();
-            let f = d.join("3f2a9c1b");
-            std::fs::write(&f, "").unwrap();
-            // As the kubelet leaves it: any user of the container may write it.
-            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o666)).unwrap();
-        }
-        pod.atomic(
-            "kubernetes.io~configmap/config",
-            "..2026_12_05_10_00_00.1",
-            &[("a", "1"), ("b", "1")],
-            0o644,
-        );
-        pod.atomic(
-            "kubernetes.io~secret/creds",
-            "..2026_12_05_10_00_00.1",
-            &[("password", "s3cret")],
-            0o644,
-        );
-        pod.atomic(
-            "kubernetes.io~projected/kube-api-access-7xk2p",
-            "..2026_12_05_10_00_00.1",
-            &[
-                ("token", "eyJhbGciOiJSUzI1NiJ9.e30.sig"),
-                ("namespace", "default"),
-                ("ca.crt", "-----BEGIN CERTIFICATE-----\n"),
-            ],
-            0o644,
-        );
-        for e in ["shared", "mem"] {
-            std::fs::create_dir_all(pod.volume(&format!("kubernetes.io~empty-dir/{e}"))).unwrap();
-        }
-        // The sidecar's subPath "sub" of the emptyDir: the kubelet makes the directory
-        // in the volume and binds it under volume-subpaths/<volume>/<container>/<n>.
-        let sub = pod.volume("kubernetes.io~empty-dir/shared/sub");
-        std::fs::create_dir_all(&sub).unwrap();
-        let bound = pod.subpath("sidecar");
-        std::fs::create_dir_all(&bound).unwrap();
-        let st = std::process::Command::new("mount")
-            .arg("--bind")
-            .arg(&sub)
-            .arg(&bound)
-            .status()
-            .unwrap();
-        assert!(
-            st.success(),
-            "bind {} at {}",
-            sub.display(),
-            bound.display()
-        );
-        // medium: Memory — the kubelet backs it with a tmpfs.
-        let mem = pod.volume("kubernetes.io~empty-dir/mem");
-        let st = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
-            .arg(&mem)
-            .status()
-            .unwrap();
-        assert!(st.success(), "mount a tmpfs on {}", mem.display());
-        pod
-    }
-
-    fn volume(&self, rel: &str) -> PathBuf {
-        self.dir.join("volumes").join(rel)
-    }
-
-    /// The kubelet's bind of the emptyDir's subPath for `container`.
-    fn subpath(&self, container: &str) -> PathBuf {
-        self.dir
-            .join("volume-subpaths/shared")
-            .join(container)
-            .join("7")
-    }
-
-    /// Writes version `ts` of an atomic-writer volume the kubelet's way: the new
-    /// timestamped directory, then `..data` swapped by rename, then the old directory
-    /// removed; the key symlinks point through `..data`.
-    fn atomic(&self, rel: &str, ts: &str, keys: &[(&str, &str)], mode: u32) {
-        let v = self.volume(rel);
-        std::fs::create_dir_all(v.join(ts)).unwrap();
-        for (k, val) in keys {
-            let f = v.join(ts).join(k);
-            std::fs::write(&f, val).unwrap();
-            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(mode)).unwrap();
-        }
-        let old = std::fs::read_link(v.join("..data")).ok();
-        std::os::unix::fs::symlink(ts, v.join("..data_tmp")).unwrap();
-        std::fs::rename(v.join("..data_tmp"), v.join("..data")).unwrap();
-        for (k, _) in keys {
-            let link = v.join(k);
-            if std::fs::symlink_metadata(&link).is_err() {
-                std::os::unix::fs::symlink(format!("..data/{k}"), &link).unwrap();
-            }
-        }
-        if let Some(old) = old {
-            std::fs::remove_dir_all(v.join(old)).unwrap();
-        }
-    }
-
-    fn termination_log(&self, container: &str) -> PathBuf {
-        self.dir.join("containers").join(container).join("3f2a9c1b")
-    }
-}
-
-impl Drop for KubeletPod {
-    fn drop(&mut self) {
-        let mem = self.volume("kubernetes.io~empty-dir/mem");
-        let _ = std::process::Command::new("umount").arg(&mem).status();
-        let _ = std::process::Command::new("umount")
-            .arg(self.subpath("sidecar"))
-            .status();
-    }
-}
 
 /// A tmpfs mounted on the host for a test, unmounted when dropped.
 struct Submount(PathBuf);
@@ -173,83 +45,6 @@ impl Drop for Submount {
             .arg(&self.0)
             .status();
     }
-}
-
-fn mount(host: PathBuf, container: &str, readonly: bool) -> v1::Mount {
-    v1::Mount {
-        container_path: container.into(),
-        host_path: host.display().to_string(),
-        readonly,
-        ..Default::default()
-    }
-}
-
-/// The mounts a kubelet gives container `name` of a Deployment with a configMap, a
-/// secret, the service-account token and two emptyDirs; the sidecar also mounts the
-/// subPath "sub" of the shared emptyDir.
-fn kubelet_mounts(pod: &KubeletPod, name: &str) -> Vec<v1::Mount> {
-    let mut mounts = vec![
-        mount(
-            pod.volume("kubernetes.io~configmap/config"),
-            "/etc/config",
-            true,
-        ),
-        mount(pod.volume("kubernetes.io~secret/creds"), "/etc/creds", true),
-        mount(
-            pod.volume("kubernetes.io~projected/kube-api-access-7xk2p"),
-            "/var/run/secrets/kubernetes.io/serviceaccount",
-            true,
-        ),
-        mount(
-            pod.volume("kubernetes.io~empty-dir/shared"),
-            "/shared",
-            false,
-        ),
-        mount(pod.volume("kubernetes.io~empty-dir/mem"), "/mem", false),
-        mount(pod.dir.join("etc-hosts"), "/etc/hosts", false),
-        mount(pod.termination_log(name), "/dev/termination-log", false),
-    ];
-    if name == "sidecar" {
-        mounts.push(mount(pod.subpath(name), "/sub", false));
-    }
-    mounts
-}
-
-/// A container of the restricted Pod Security Standard, as a kubelet sends it.
-fn kubelet_container(
-    pod: &KubeletPod,
-    name: &str,
-    image: &str,
-    script: &str,
-) -> v1::ContainerConfig {
-    let mut c = container_config(name, image, script);
-    c.mounts = kubelet_mounts(pod, name);
-    c.annotations = [
-        (
-            "io.kubernetes.container.terminationMessagePath".to_string(),
-            "/dev/termination-log".to_string(),
-        ),
-        (
-            "io.kubernetes.container.terminationMessagePolicy".to_string(),
-            "File".to_string(),
-        ),
-    ]
-    .into();
-    c.linux = Some(v1::LinuxContainerConfig {
-        security_context: Some(v1::LinuxContainerSecurityContext {
-            run_as_user: Some(v1::Int64Value { value: 1000 }),
-            run_as_group: Some(v1::Int64Value { value: 3000 }),
-            supplemental_groups: vec![2000],
-            no_new_privs: true,
-            capabilities: Some(v1::Capability {
-                drop_capabilities: vec!["ALL".into()],
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
-    c
 }
 
 fn stdout(d: &Vmletd, name: &str) -> Vec<String> {
@@ -277,7 +72,7 @@ fn kubelet_volumes_reach_the_containers() {
         "[network]\nmode = \"none\"\n[volumes]\nmax_copy_bytes = 65536\n",
     );
     let kubelet = tempfile::tempdir().unwrap();
-    let kpod = KubeletPod::new(kubelet.path());
+    let kpod = KubeletPod::new(kubelet.path(), POD_UID);
     let c = d.client();
     c.pull(&image).expect("PullImage");
     let pod_cfg = pod_config("web-5d8f7c6b9-x2x4q", &d.log_dir());

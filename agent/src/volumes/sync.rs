@@ -92,6 +92,17 @@ struct Volume {
     users: BTreeSet<String>,
 }
 
+impl Volume {
+    /// Whether the sync task copies the host tree in when it changes: copied
+    /// volumes only. A termination log is copied in once, when its container is
+    /// made, and from then on holds what the container writes: copying the host's
+    /// file in again (as after a daemon restart, when nothing is known to have been
+    /// copied) would wipe the container's message before it is copied back.
+    fn kept_in_sync(&self) -> bool {
+        self.class == Class::Copied
+    }
+}
+
 #[derive(Default)]
 struct State {
     volumes: HashMap<String, Volume>,
@@ -459,9 +470,7 @@ impl PodVolumes {
             .lock()
             .volumes
             .iter()
-            .filter(|(_, v)| {
-                v.class == Class::Copied || (v.copied.is_none() && v.class == Class::TerminationLog)
-            })
+            .filter(|(_, v)| v.kept_in_sync())
             .map(|(n, v)| (n.clone(), v.host.clone(), v.copied))
             .collect();
         for (name, host, copied) in todo {
@@ -625,6 +634,21 @@ fn write_back(path: &Path, data: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_copied_volumes_are_copied_in_again() {
+        let volume = |class, copied| Volume {
+            host: PathBuf::from("/h"),
+            class,
+            copied,
+            users: BTreeSet::new(),
+        };
+        assert!(volume(Class::Copied, None).kept_in_sync());
+        assert!(volume(Class::Copied, Some(7)).kept_in_sync());
+        // Re-adopted after a restart: nothing known copied, the message must stay.
+        assert!(!volume(Class::TerminationLog, None).kept_in_sync());
+        assert!(!volume(Class::ScratchDir, None).kept_in_sync());
+    }
 
     #[test]
     fn write_back_replaces_the_content_and_never_follows_a_symlink() {

@@ -26,6 +26,7 @@
 //! Used by `scripts/bench-pod.sh` (environment as for the integration tests).
 //!
 //! Usage: pod-bench [--runs N] [--warm-pool N] [--idle-pods N] [--no-containerd]
+//!        pod-bench --templates [--runs N] [--idle-pods N] [--no-containerd]
 
 // Test-only crate (a benchmark or demo tool): a failed step panics with its message,
 // which is the tool's error report.
@@ -257,6 +258,21 @@ fn phase(
     runs: usize,
     refill: bool,
 ) -> (Runs, Runs) {
+    phase_with(label, c, log_dir, baseline, image, runs, refill, &|_, _| {})
+}
+
+/// [`phase`] with every pod's and container's configs as `shape` makes them.
+#[allow(clippy::too_many_arguments)]
+fn phase_with(
+    label: &str,
+    c: &CriClient,
+    log_dir: &Path,
+    baseline: Option<&Baseline>,
+    image: &str,
+    runs: usize,
+    refill: bool,
+    shape: Shape<'_>,
+) -> (Runs, Runs) {
     let (mut ours, mut theirs) = (Runs::default(), Runs::default());
     for run in 0..runs {
         let vmlet_first = run % 2 == 0;
@@ -269,12 +285,16 @@ fn phase(
             }
             let (who, result, into) = if vmlet {
                 let name = format!("{}bench-{run}", label.replace('_', "-"));
-                ("", pod_start(c, &name, image, log_dir), &mut ours)
+                (
+                    "",
+                    pod_start_with(c, &name, image, log_dir, shape),
+                    &mut ours,
+                )
             } else if let Some(b) = baseline {
                 let name = format!("{}ctrd-{run}", label.replace('_', "-"));
                 (
                     "containerd_",
-                    pod_start(&b.client, &name, image, &b.logs),
+                    pod_start_with(&b.client, &name, image, &b.logs, shape),
                     &mut theirs,
                 )
             } else {
@@ -336,6 +356,10 @@ fn main() {
     }
     if args.iter().any(|a| a == "--security") {
         security::main(&args);
+        return;
+    }
+    if args.iter().any(|a| a == "--templates") {
+        templates::main(&args);
         return;
     }
     if args.iter().any(|a| a == "--jail") {
@@ -1201,5 +1225,140 @@ mod streaming {
         }
         c.stop_pod(&pod).expect("StopPodSandbox");
         c.remove_pod(&pod).expect("RemovePodSandbox");
+    }
+}
+
+/// `--templates`: pods restored from templates, as vmletd starts them by default (no
+/// warm pool, templates on). One pod of each shape boots first and its template is
+/// made; then N pod starts of the default size and N of a larger one (a 512 MiB
+/// memory limit: a shape of its own), each alternating with containerd + runc
+/// (`template_pod_start_vs_containerd=`, `template_big_pod_start_vs_containerd=`).
+/// Density: `--idle-pods N` idle pods (default 10) restored, then as many booted by a
+/// daemon with templates off: the host's cost per pod (MemAvailable drop), the VMM's
+/// private memory per pod (`*_idle_pod_private_kib=`, its anonymous resident pages:
+/// what the pod alone holds; a restored VMM's untouched guest pages are the
+/// template's page cache, shared), and `*_pods_per_gib=` from the host cost.
+mod templates {
+    use super::*;
+
+    const BIG_MIB: i64 = 512;
+
+    fn big(p: &mut v1::PodSandboxConfig, _: &mut v1::ContainerConfig) {
+        p.linux = Some(v1::LinuxPodSandboxConfig {
+            resources: Some(v1::LinuxContainerResources {
+                memory_limit_in_bytes: BIG_MIB << 20,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+
+    fn template_count(d: &Vmletd) -> usize {
+        std::fs::read_dir(d.state_dir().join("templates"))
+            .map(|r| r.flatten().filter(|e| e.path().is_dir()).count())
+            .unwrap_or(0)
+    }
+
+    /// Starts one pod shaped by `shape` (it boots) and waits until vmletd has made
+    /// one more template.
+    fn prime(d: &Vmletd, image: &str, name: &str, shape: Shape<'_>) {
+        let before = template_count(d);
+        let ms = pod_start_with(&d.client(), name, image, &d.log_dir(), shape)
+            .unwrap_or_else(|e| panic!("the first pod of {name}: {e}"));
+        println!("{name}: booted in {ms:.1} ms");
+        let start = Instant::now();
+        while template_count(d) == before {
+            assert!(
+                start.elapsed() < Duration::from_secs(600),
+                "no template made for {name} in 600 s"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        println!(
+            "{name}: template made after {:.1} s",
+            start.elapsed().as_secs_f64()
+        );
+    }
+
+    /// Idle pods' figures under `prefix`: host cost, private memory and pods per GiB.
+    fn density(d: &Vmletd, image: &str, n: usize, prefix: &str) {
+        let c = d.client();
+        match idle_pods_cost(&c, &d.log_dir(), image, prefix, n) {
+            Ok((cost, pods)) => {
+                let rss = idle_rss_kib(d, &pods);
+                remove_pods(&c, &pods);
+                println!("{prefix}idle_pod_host_cost_kib={cost}");
+                if cost > 0 {
+                    println!("{prefix}pods_per_gib={:.1}", 1048576.0 / cost as f64);
+                }
+                match rss {
+                    Ok(rss) => {
+                        println!("{prefix}idle_pod_private_kib={}", rss.anon);
+                        println!("{prefix}idle_pod_rss_kib={}", rss.total);
+                        println!("{prefix}idle_pod_rss_file_kib={}", rss.file);
+                    }
+                    Err(e) => println!("{prefix}idle pod RSS failed: {e}"),
+                }
+            }
+            Err(e) => println!("{prefix}idle pods failed: {e}"),
+        }
+    }
+
+    pub fn main(args: &[String]) {
+        let runs = flag_value(args, "--runs", 10);
+        let idle_pods = flag_value(args, "--idle-pods", 10).max(1);
+        let (registry, image) = busybox_registry("busybox:bench");
+        let net = Net::new(None);
+        let baseline = if args.iter().any(|a| a == "--no-containerd") {
+            None
+        } else {
+            start_baseline(&registry, &image, &net)
+        };
+        let flags = ["--insecure-registry", registry.addr(), "--warm-pool", "0"];
+        let d = Vmletd::start_configured(&flags, &net.daemon_config(), "templates = true\n");
+        let c = d.client();
+        c.pull(&image).expect("PullImage");
+        prime(&d, &image, "prime-default", &|_, _| {});
+        prime(&d, &image, "prime-big", &big);
+
+        let (mut ours, mut theirs) = phase(
+            "template_",
+            &c,
+            &d.log_dir(),
+            baseline.as_ref(),
+            &image,
+            runs,
+            false,
+        );
+        let (mut big_ours, mut big_theirs) = phase_with(
+            "template_big_",
+            &c,
+            &d.log_dir(),
+            baseline.as_ref(),
+            &image,
+            runs,
+            false,
+            &big,
+        );
+        density(&d, &image, idle_pods, "restored_");
+        drop(c);
+        drop(d);
+        let d = Vmletd::start_with(&flags, &net.daemon_config());
+        d.client().pull(&image).expect("PullImage");
+        density(&d, &image, idle_pods, "booted_");
+
+        for (label, ours, theirs) in [
+            ("template_", &mut ours, &mut theirs),
+            ("template_big_", &mut big_ours, &mut big_theirs),
+        ] {
+            let p50 = ours.report(label);
+            if baseline.is_some() {
+                if let (Some(p50), Some(base)) =
+                    (p50, theirs.report(&format!("{label}containerd_")))
+                {
+                    println!("{label}pod_start_vs_containerd={:.3}", p50 / base);
+                }
+            }
+        }
     }
 }

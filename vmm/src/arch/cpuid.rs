@@ -1,5 +1,6 @@
 //! CPUID for a guest vCPU: KVM's supported set, with this vCPU's APIC ID and the
-//! VM's CPU count filled in so the topology matches the MP table.
+//! VM's CPU count filled in so the topology matches the MP table, and the TSC
+//! deadline timer where KVM emulates it.
 
 use kvm_bindings::CpuId;
 
@@ -8,6 +9,7 @@ const LEAF_CACHE_PARAMS: u32 = 0x4;
 const LEAF_EXT_TOPOLOGY: u32 = 0xb;
 const LEAF_AMD_SIZE_IDS: u32 = 0x8000_0008;
 const ECX_HYPERVISOR: u32 = 1 << 31;
+const ECX_TSC_DEADLINE: u32 = 1 << 24;
 const EDX_HTT: u32 = 1 << 28;
 const LEVEL_TYPE_SMT: u32 = 1;
 const LEVEL_TYPE_CORE: u32 = 2;
@@ -18,8 +20,12 @@ fn id_bits(n: u32) -> u32 {
 }
 
 /// Adjusts `cpuid` (from `KVM_GET_SUPPORTED_CPUID`) for vCPU `index` of `count`:
-/// one socket with `count` single-threaded cores.
-pub fn normalize(cpuid: &mut CpuId, index: u8, count: u8) {
+/// one socket with `count` single-threaded cores. `tsc_deadline` (KVM has
+/// `KVM_CAP_TSC_DEADLINE_TIMER`, which KVM does not show in its supported CPUID)
+/// sets the TSC deadline timer bit: with it (and ARAT, which KVM does show) Linux
+/// neither calibrates its LAPIC timer against the PIT nor uses the PIT at all, so no
+/// PIT interrupt is injected during boot.
+pub fn normalize(cpuid: &mut CpuId, index: u8, count: u8, tsc_deadline: bool) {
     let (index, count) = (u32::from(index), u32::from(count));
     for entry in cpuid.as_mut_slice().iter_mut() {
         match entry.function {
@@ -28,6 +34,9 @@ pub fn normalize(cpuid: &mut CpuId, index: u8, count: u8) {
                 // CLFLUSH line size in 8-byte units.
                 entry.ebx = (entry.ebx & !0xff00) | (8 << 8);
                 entry.ecx |= ECX_HYPERVISOR;
+                if tsc_deadline {
+                    entry.ecx |= ECX_TSC_DEADLINE;
+                }
                 if count > 1 {
                     entry.edx |= EDX_HTT;
                 } else {
@@ -86,14 +95,26 @@ mod tests {
             },
         ];
         let mut cpuid = CpuId::from_entries(&entries).unwrap();
-        normalize(&mut cpuid, 3, 4);
+        normalize(&mut cpuid, 3, 4, true);
         let e = cpuid.as_slice();
         assert_eq!(e[0].ebx >> 24, 3);
         assert_eq!((e[0].ebx >> 16) & 0xff, 4);
         assert_ne!(e[0].ecx & ECX_HYPERVISOR, 0);
+        assert_ne!(e[0].ecx & ECX_TSC_DEADLINE, 0);
         assert_eq!(e[1].edx, 3);
         assert_eq!(e[1].ebx, 4);
         assert_eq!(e[1].eax, 2);
+    }
+
+    #[test]
+    fn the_tsc_deadline_bit_follows_kvm() {
+        let entries = [kvm_cpuid_entry2 {
+            function: LEAF_FEATURES,
+            ..Default::default()
+        }];
+        let mut cpuid = CpuId::from_entries(&entries).unwrap();
+        normalize(&mut cpuid, 0, 1, false);
+        assert_eq!(cpuid.as_slice()[0].ecx & ECX_TSC_DEADLINE, 0);
     }
 
     #[test]

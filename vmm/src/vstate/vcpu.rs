@@ -352,7 +352,8 @@ impl Vcpu {
         let mut cpuid = kvm
             .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
             .map_err(|e| VcpuError::Kvm(index, "KVM_GET_SUPPORTED_CPUID", e))?;
-        cpuid::normalize(&mut cpuid, index, count);
+        let tsc_deadline = kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer);
+        cpuid::normalize(&mut cpuid, index, count, tsc_deadline);
         fd.set_cpuid2(&cpuid)
             .map_err(|e| VcpuError::Kvm(index, "KVM_SET_CPUID2", e))?;
         regs::setup_msrs(&fd).map_err(|e| VcpuError::Regs(index, e))?;
