@@ -111,7 +111,6 @@ readonly E2E_ATTEMPTS=3
 # tests on an idle machine, three in one on a loaded one (each in a test with two or
 # more VMs running at once), none on hardware KVM.
 readonly E2E_TRIPLE_FAULTS=4
-triple_faults=0
 # End-to-end tests that may be #[ignore]d, keyed "<test file>::<test name>", each with
 # the reason. Any other ignored test fails the suite.
 declare -A e2e_allowed_ignored=()
@@ -120,6 +119,15 @@ declare -A e2e_allowed_ignored=()
 # shellcheck disable=SC1091
 source "$repo/scripts/with-kvm.sh"
 e2e_mode=$("$repo/scripts/with-kvm.sh" --print-mode)
+# TCG machines run side by side, each with its own test binary: one uses about one
+# of the host's cores on average (a nested guest's vCPU and the daemon; its second
+# vCPU idles most of the time). On hardware KVM the tests run on the host itself,
+# where test binaries could meet in host-wide state: one at a time.
+if [ "$e2e_mode" = tcg ]; then
+    e2e_jobs=${VMLET_E2E_JOBS:-2}
+else
+    e2e_jobs=1
+fi
 
 e2e_logs=$repo/target/e2e-logs
 rm -rf "$e2e_logs"
@@ -140,6 +148,7 @@ retried=0
 retries=()
 listed=0
 machines=0
+triple_faults=0
 problems=()
 declare -A ignored_ids=()
 # "SECONDS ID" of every test (all attempts), for the slowest in the summary.
@@ -153,16 +162,30 @@ failure_place() { # OUTPUT-FILE
 }
 
 # Runs the tests NAMES of BINARY, one machine after another, until each passed,
-# failed, or failed in the machine E2E_ATTEMPTS times.
+# failed, or failed in the machine E2E_ATTEMPTS times. Runs beside other binaries'
+# machines: what it finds goes to $e2e_logs/STEM.results, one tab-separated line each
+# (pass ID, fail ID REASON, retry ID CAUSE, triple ID, duration ID SECONDS, machine
+# ID DIR, problem ID TEXT), and what it prints is a line per test (with the end of
+# the output of one that failed), not the machines' whole output (kept in their
+# folders).
 run_e2e_binary() { # BINARY STEM NAME...
     local bin=$1 stem=$2
     shift 2
-    local pending=("$@") next name id limit total dir status cause specs st secs inflight place
+    local pending=("$@") next name id limit total dir status cause specs st secs inflight place n=0
+    local results=$e2e_logs/$stem.results
     local -A attempts=()
+    record() { printf '%s\t%s\t%s\n' "$1" "$2" "${3:-}" >>"$results"; }
+    fail_test() { # ID REASON OUTPUT-FILE
+        record fail "$1" "$2"
+        echo "=== $1 failed: $2" >&2
+        if [ -s "${3:-}" ]; then tail -n 60 "$3" | sed 's/^/    /' >&2; fi
+    }
+    : >"$results"
     while [ "${#pending[@]}" -gt 0 ]; do
-        machines=$((machines + 1))
-        dir=$e2e_logs/$stem.$machines
+        n=$((n + 1))
+        dir=$e2e_logs/$stem.$n
         mkdir -p "$dir"
+        record machine "$stem" "$dir"
         specs=()
         total=$E2E_BOOT_LIMIT
         for name in "${pending[@]}"; do
@@ -170,11 +193,12 @@ run_e2e_binary() { # BINARY STEM NAME...
             specs+=("$name=$limit")
             total=$((total + limit + 15))
         done
-        step "machine $machines: ${#pending[@]} test(s) of $stem"
+        step "machine $stem.$n: ${#pending[@]} test(s)"
         set +e
         (cd "$repo/integration-tests" &&
             "$repo/scripts/with-kvm.sh" --timeout "$total" --console "$dir/console" \
-                --fault-file "$dir/fault" -- "$repo/scripts/e2e-batch.sh" "$dir" "$bin" "$stem" "${specs[@]}")
+                --fault-file "$dir/fault" -- "$repo/scripts/e2e-batch.sh" "$dir" "$bin" "$stem" "${specs[@]}") \
+            >"$dir/machine.log" 2>&1
         status=$?
         set -e
         next=()
@@ -187,28 +211,26 @@ run_e2e_binary() { # BINARY STEM NAME...
             attempts[$name]=${attempts[$name]:-0}
             if [ -s "$dir/$name.status" ]; then
                 read -r st secs <"$dir/$name.status"
-                durations+=("$secs $id")
+                record duration "$id" "$secs"
                 attempts[$name]=$((attempts[$name] + 1))
                 if [ "$st" = 0 ]; then
                     # `--exact` that matches nothing passes too: the test must have run.
                     if grep -q '^test result: ok\. 1 passed; 0 failed' "$dir/$name.out"; then
-                        passed=$((passed + 1))
+                        record pass "$id"
+                        echo "=== $id passed ($secs s)" >&2
                     else
-                        failed+=("$id: exit status 0 but the test did not run (no '1 passed')")
+                        fail_test "$id" "exit status 0 but the test did not run (no '1 passed')" "$dir/$name.out"
                     fi
                     continue
                 fi
+                inflight=1
                 cause=
                 if [ "$e2e_mode" = tcg ]; then
                     cause=$(grep -a -m1 -E "$NESTED_TRIPLE_FAULT" "$dir/$name.out" | tr -d '\r' | cut -c1-200 || true)
                 fi
                 if [ -n "$cause" ] && ((attempts[$name] < E2E_ATTEMPTS)); then
-                    triple_faults=$((triple_faults + 1))
-                    if ((triple_faults > E2E_TRIPLE_FAULTS)); then
-                        problems+=("more than $E2E_TRIPLE_FAULTS nested guest triple faults in one run: too many to be the emulation's")
-                    fi
-                    retried=$((retried + 1))
-                    retries+=("$id (attempt ${attempts[$name]}): nested guest triple fault: $cause")
+                    record triple "$id"
+                    record retry "$id" "attempt ${attempts[$name]}: nested guest triple fault: $cause"
                     echo "=== retrying $id: attempt ${attempts[$name]} of $E2E_ATTEMPTS ended by a nested guest's triple fault in the emulated machine: $cause" >&2
                     next+=("$name")
                     continue
@@ -219,24 +241,18 @@ run_e2e_binary() { # BINARY STEM NAME...
                     cause="status $st"
                 fi
                 place=$(failure_place "$dir/$name.out")
-                failed+=("$id: $cause${place:+: $place} (output: $dir/$name.out, console: $dir/console)")
-                echo "=== $id failed: $cause${place:+: $place}" >&2
-                inflight=1
+                fail_test "$id" "$cause${place:+: $place} (output: $dir/$name.out, console: $dir/console)" "$dir/$name.out"
             elif [ "$inflight" = 0 ]; then
-                # It ran when the machine ended without its status.
                 inflight=1
                 attempts[$name]=$((attempts[$name] + 1))
                 cause=$(head -n1 "$dir/fault" 2>/dev/null || true)
                 if [ -z "$cause" ]; then
                     place=$(failure_place "$dir/$name.out")
-                    failed+=("$id: the machine ended (with-kvm status $status) with no fault of its own named${place:+: $place} (console: $dir/console)")
-                    echo "=== $id failed: the machine ended (with-kvm status $status)" >&2
+                    fail_test "$id" "the machine ended (with-kvm status $status) with no fault of its own named${place:+: $place} (log: $dir/machine.log, console: $dir/console)" "$dir/machine.log"
                 elif ((attempts[$name] >= E2E_ATTEMPTS)); then
-                    failed+=("$id: the emulated machine failed in all $E2E_ATTEMPTS attempts, last: $cause")
-                    echo "=== $id: the emulated machine failed in all $E2E_ATTEMPTS attempts, last: $cause" >&2
+                    fail_test "$id" "the emulated machine failed in all $E2E_ATTEMPTS attempts, last: $cause (console: $dir/console)"
                 else
-                    retried=$((retried + 1))
-                    retries+=("$id (attempt ${attempts[$name]}): $cause")
+                    record retry "$id" "attempt ${attempts[$name]}: $cause"
                     echo "=== retrying $id: attempt ${attempts[$name]} of $E2E_ATTEMPTS ended by the emulated machine, not the test: $cause (console: $dir/console)" >&2
                     next+=("$name")
                 fi
@@ -246,13 +262,16 @@ run_e2e_binary() { # BINARY STEM NAME...
             fi
         done
         if [ "$status" = 0 ] && [ "${#next[@]}" -gt 0 ]; then
-            problems+=("a machine for $stem ended well but left ${#next[@]} test(s) unrun (console: $dir/console)")
+            record problem "$stem" "a machine ended well but left ${#next[@]} test(s) unrun (log: $dir/machine.log)"
             return
         fi
         pending=("${next[@]}")
     done
 }
 
+# Every binary's tests to run, and its weight (the sum of its tests' limits): the
+# heaviest start first, so that the side-by-side machines end close together.
+declare -A e2e_bin_of=() e2e_tests_of=() e2e_weight=()
 for bin in "${e2e_bins[@]}"; do
     stem=$(basename "$bin" | sed 's/-[0-9a-f]*$//')
     # `--list` names every test, `--list --ignored` the ignored ones.
@@ -263,6 +282,7 @@ for bin in "${e2e_bins[@]}"; do
     mapfile -t names < <(sed -n 's/: test$//p' <<<"$all")
     [ "${#names[@]}" -gt 0 ] || problems+=("$stem lists no tests")
     to_run=()
+    weight=0
     for name in "${names[@]}"; do
         id=$stem::$name
         if [ -n "$e2e_filter" ] && ! [[ $id =~ $e2e_filter ]]; then continue; fi
@@ -278,9 +298,45 @@ for bin in "${e2e_bins[@]}"; do
             continue
         fi
         to_run+=("$name")
+        weight=$((weight + ${e2e_limits[$id]:-$E2E_LIMIT}))
     done
-    if [ "${#to_run[@]}" -gt 0 ]; then run_e2e_binary "$bin" "$stem" "${to_run[@]}"; fi
+    if [ "${#to_run[@]}" -gt 0 ]; then
+        e2e_bin_of[$stem]=$bin
+        e2e_tests_of[$stem]=$(printf '%s\n' "${to_run[@]}")
+        e2e_weight[$stem]=$weight
+    fi
 done
+
+step "end-to-end tests: ${#e2e_bin_of[@]} binaries, $e2e_jobs machine(s) at a time"
+running=0
+while read -r _ stem; do
+    if ((running >= e2e_jobs)); then
+        wait -n || true
+        running=$((running - 1))
+    fi
+    mapfile -t names <<<"${e2e_tests_of[$stem]}"
+    run_e2e_binary "${e2e_bin_of[$stem]}" "$stem" "${names[@]}" &
+    running=$((running + 1))
+done < <(for stem in "${!e2e_weight[@]}"; do echo "${e2e_weight[$stem]} $stem"; done | sort -rn)
+wait
+
+for results in "$e2e_logs"/*.results; do
+    [ -e "$results" ] || continue
+    while IFS=$'\t' read -r kind id text; do
+        case $kind in
+            pass) passed=$((passed + 1)) ;;
+            fail) failed+=("$id: $text") ;;
+            retry) retried=$((retried + 1)); retries+=("$id ($text)") ;;
+            triple) triple_faults=$((triple_faults + 1)) ;;
+            duration) durations+=("$text $id") ;;
+            machine) machines=$((machines + 1)) ;;
+            problem) problems+=("$id: $text") ;;
+        esac
+    done <"$results"
+done
+if ((triple_faults > E2E_TRIPLE_FAULTS)); then
+    problems+=("$triple_faults nested guest triple faults in one run, more than $E2E_TRIPLE_FAULTS: too many to be the emulation's")
+fi
 ran=$((passed + ${#failed[@]}))
 allowed=0
 for id in "${!e2e_allowed_ignored[@]}"; do

@@ -49,7 +49,8 @@ readonly EMULATION_FAULTS='Kernel panic - not syncing|soft lockup - CPU#|stack g
 # [vcpu0:123]"). When that task is ours (vmlet-vmm's main thread, its vCPU threads
 # vcpuN, vmletd and its tokio worker threads, vmlet-init), the lockup may be our bug
 # (a vCPU spinning in KVM_RUN, a daemon stuck in the kernel): then the run is no
-# emulation fault and is never retried, whatever else the console shows.
+# emulation fault and is never retried, whatever else the console shows, unless the
+# whole machine stopped (its heartbeat did: see emulation_fault).
 readonly OUR_TASKS='vmlet-vmm|vcpu[0-9]+|vmletd|tokio-runtime-w|vmlet-init'
 readonly OUR_SOFT_LOCKUP="soft lockup - CPU#[0-9]+ stuck for [0-9]+s! \\[($OUR_TASKS):[0-9]+\\]"
 # A nested guest that triple-faults with no reset request ends its VMM with status 1
@@ -543,22 +544,29 @@ cleanup() {
 # --fault-file: the first panic, soft lockup or stack guard page of the machine's
 # kernel, or, after a timeout, no new heartbeat line for LOST_AFTER seconds (the
 # heartbeat stopped: the machine was lost, not the command hung). Returns 1 if there
-# is none, and whenever a soft lockup names one of vmlet's own tasks (OUR_TASKS).
+# is none, and, in a machine that still beats, whenever a soft lockup names one of
+# vmlet's own tasks (OUR_TASKS).
 emulation_fault() { # CONSOLE TIMED-OUT
-    local console=$1 timed_out=$2 cause="" silent ours
-    ours=$(grep -a -m1 -E "$OUR_SOFT_LOCKUP" "$console" 2>/dev/null | tr -d '\r' | cut -c1-200 || true)
-    if [[ -n $ours ]]; then
-        echo "$PROG: the machine's kernel saw a soft lockup in one of vmlet's tasks (not counted as the emulation's fault): $ours" >&2
-        return 1
-    fi
-    cause=$(grep -a -m1 -E "$EMULATION_FAULTS" "$console" 2>/dev/null | tr -d '\r' | cut -c1-200 || true)
-    if [[ -n $cause ]]; then
-        cause="the machine's kernel: $cause"
-    elif [[ $timed_out == 1 ]]; then
+    local console=$1 timed_out=$2 cause="" silent ours first
+    first=$(grep -a -m1 -E "$EMULATION_FAULTS" "$console" 2>/dev/null | tr -d '\r' | cut -c1-200 || true)
+    if [[ $timed_out == 1 ]]; then
         silent=$(($(date +%s) - $(last_beat "$console")))
         if ((silent >= LOST_AFTER)); then
-            cause="lost machine: no heartbeat (one every ${HEARTBEAT_SECS}s) on its console for the last ${silent}s"
+            # No CPU ran the heartbeat's user space: whatever one task does, a
+            # machine with a second CPU keeps beating, so this is the machine's
+            # (seen: one CPU stops taking interrupts while it runs a nested guest,
+            # and the other waits for it). A failure of ours that does this again
+            # fails every attempt.
+            cause="lost machine: no heartbeat (one every ${HEARTBEAT_SECS}s) on its console for the last ${silent}s${first:+; its kernel: $first}"
         fi
+    fi
+    if [[ -z $cause ]]; then
+        ours=$(grep -a -m1 -E "$OUR_SOFT_LOCKUP" "$console" 2>/dev/null | tr -d '\r' | cut -c1-200 || true)
+        if [[ -n $ours ]]; then
+            echo "$PROG: the machine's kernel saw a soft lockup in one of vmlet's tasks (not counted as the emulation's fault): $ours" >&2
+            return 1
+        fi
+        if [[ -n $first ]]; then cause="the machine's kernel: $first"; fi
     fi
     [[ -n $cause ]] || return 1
     echo "$PROG: error: the TCG machine itself failed ($cause)" >&2

@@ -118,6 +118,51 @@ fn a_console_that_prints_without_a_heartbeat_is_a_lost_machine() {
     assert!(cause.starts_with("lost machine: no heartbeat"), "{cause}");
 }
 
+/// A machine whose heartbeat stopped is lost even when the first task its kernel
+/// named is ours: with two CPUs, one task of ours cannot stop the heartbeat.
+#[test]
+fn a_lost_machine_is_the_emulations_whatever_task_locked_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let (console, fault) = (dir.path().join("console"), dir.path().join("fault"));
+    let lockup = "[ 92.7] watchdog: BUG: soft lockup - CPU#0 stuck for 49s! [vmlet-vmm:193]\n";
+    std::fs::write(&console, format!("with-kvm heartbeat 10.0\n{lockup}")).unwrap();
+    std::fs::write(&fault, "").unwrap();
+    let beat = dir.path().join("console.beat");
+    std::fs::write(&beat, "").unwrap();
+    assert!(Command::new("touch")
+        .args(["-d", "200 seconds ago"])
+        .arg(&beat)
+        .status()
+        .unwrap()
+        .success());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/with-kvm.sh");
+    let run = |timed_out: &str| {
+        std::fs::write(&fault, "").unwrap();
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg(r#"source "$1" && opt_fault_file=$2 && emulation_fault "$3" "$4""#)
+            .arg("classify")
+            .arg(&script)
+            .arg(&fault)
+            .arg(&console)
+            .arg(timed_out)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            std::fs::read_to_string(&fault).unwrap(),
+        )
+    };
+    let (is_fault, cause) = run("1");
+    assert!(is_fault);
+    assert!(
+        cause.starts_with("lost machine: no heartbeat") && cause.contains("[vmlet-vmm:193]"),
+        "{cause}"
+    );
+    // Where the machine still answered, the same lockup is ours.
+    assert_eq!(run("0"), (false, String::new()));
+}
+
 /// Runs `nested_triple_fault` on a run folder whose command printed `stdout`; returns
 /// what it wrote to the fault file.
 fn triple_fault_cause(stdout: &str) -> String {
