@@ -29,7 +29,7 @@ set -euo pipefail
 readonly PROG=with-kvm
 # Bump when the prepared artifacts change in a way the cache key cannot see.
 readonly RECIPE_VERSION=1
-readonly KERNEL_META_PACKAGE=linux-image-cloud-amd64
+readonly KERNEL_META_PACKAGE=${VMLET_WITH_KVM_KERNEL:-linux-image-cloud-amd64}
 # Loaded (with their dependencies) by the initramfs, in this order. Anything else
 # autoloads later through modprobe from the full module tree.
 readonly GUEST_MODULES=(virtio_pci virtio_console virtio_rng fuse virtiofs overlay
@@ -90,7 +90,9 @@ options (TCG machine only, except --timeout):
                    hardware KVM)
 
 environment: VMLET_CACHE (default /var/cache/vmlet) holds the prepared kernel
-and initramfs under with-kvm/<key>; VMLET_WITH_KVM=auto|tcg|host.
+and initramfs under with-kvm/<key>; VMLET_WITH_KVM=auto|tcg|host;
+VMLET_WITH_KVM_KERNEL the machine's kernel meta-package (default
+linux-image-cloud-amd64).
 exit status: COMMAND's; $EXIT_TIMEOUT on timeout; $EXIT_FAILURE if with-kvm itself fails.
 EOF
 }

@@ -8,10 +8,23 @@ use std::process::Command;
 /// Runs `emulation_fault` on a console holding `console`; returns (whether it named a
 /// fault, what it wrote to the fault file, its stderr).
 fn classify(console: &str, timed_out: bool) -> (bool, String, String) {
+    classify_beat(console, timed_out, None)
+}
+
+/// [`classify`] where the machine's last heartbeat line was seen `beat_age` ago
+/// (`touch -d` syntax; watch_heartbeat touches CONSOLE.beat on each one); None: no
+/// watcher ran.
+fn classify_beat(console: &str, timed_out: bool, beat_age: Option<&str>) -> (bool, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let (file, fault) = (dir.path().join("console"), dir.path().join("fault"));
     std::fs::write(&file, console).unwrap();
     std::fs::write(&fault, "").unwrap();
+    if let Some(age) = beat_age {
+        let beat = dir.path().join("console.beat");
+        std::fs::write(&beat, "").unwrap();
+        let touched = Command::new("touch").arg("-d").arg(age).arg(&beat).status();
+        assert!(touched.unwrap().success());
+    }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/with-kvm.sh");
     let out = Command::new("bash")
         .arg("-c")
@@ -84,37 +97,9 @@ fn a_quiet_machine_that_timed_out_is_lost_and_a_clean_console_is_no_fault() {
 /// has stopped is lost: only heartbeat lines count.
 #[test]
 fn a_console_that_prints_without_a_heartbeat_is_a_lost_machine() {
-    let dir = tempfile::tempdir().unwrap();
-    let (console, fault) = (dir.path().join("console"), dir.path().join("fault"));
-    std::fs::write(
-        &console,
-        "with-kvm heartbeat 10.0\n[ 900.1] kvm: something\n",
-    )
-    .unwrap();
-    std::fs::write(&fault, "").unwrap();
-    // The last heartbeat was seen 200 s ago (watch_heartbeat touches CONSOLE.beat).
-    let beat = dir.path().join("console.beat");
-    std::fs::write(&beat, "").unwrap();
-    let ok = Command::new("touch")
-        .arg("-d")
-        .arg("200 seconds ago")
-        .arg(&beat)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/with-kvm.sh");
-    let out = Command::new("bash")
-        .arg("-c")
-        .arg(r#"source "$1" && opt_fault_file=$2 && emulation_fault "$3" 1"#)
-        .arg("classify")
-        .arg(&script)
-        .arg(&fault)
-        .arg(&console)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let cause = std::fs::read_to_string(&fault).unwrap();
+    let console = "with-kvm heartbeat 10.0\n[ 900.1] kvm: something\n";
+    let (fault, cause, _) = classify_beat(console, true, Some("200 seconds ago"));
+    assert!(fault);
     assert!(cause.starts_with("lost machine: no heartbeat"), "{cause}");
 }
 
@@ -122,45 +107,18 @@ fn a_console_that_prints_without_a_heartbeat_is_a_lost_machine() {
 /// named is ours: with two CPUs, one task of ours cannot stop the heartbeat.
 #[test]
 fn a_lost_machine_is_the_emulations_whatever_task_locked_up() {
-    let dir = tempfile::tempdir().unwrap();
-    let (console, fault) = (dir.path().join("console"), dir.path().join("fault"));
-    let lockup = "[ 92.7] watchdog: BUG: soft lockup - CPU#0 stuck for 49s! [vmlet-vmm:193]\n";
-    std::fs::write(&console, format!("with-kvm heartbeat 10.0\n{lockup}")).unwrap();
-    std::fs::write(&fault, "").unwrap();
-    let beat = dir.path().join("console.beat");
-    std::fs::write(&beat, "").unwrap();
-    assert!(Command::new("touch")
-        .args(["-d", "200 seconds ago"])
-        .arg(&beat)
-        .status()
-        .unwrap()
-        .success());
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/with-kvm.sh");
-    let run = |timed_out: &str| {
-        std::fs::write(&fault, "").unwrap();
-        let out = Command::new("bash")
-            .arg("-c")
-            .arg(r#"source "$1" && opt_fault_file=$2 && emulation_fault "$3" "$4""#)
-            .arg("classify")
-            .arg(&script)
-            .arg(&fault)
-            .arg(&console)
-            .arg(timed_out)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            std::fs::read_to_string(&fault).unwrap(),
-        )
-    };
-    let (is_fault, cause) = run("1");
-    assert!(is_fault);
+    let console = "with-kvm heartbeat 10.0\n\
+                   [ 92.7] watchdog: BUG: soft lockup - CPU#0 stuck for 49s! [vmlet-vmm:193]\n";
+    let (fault, cause, _) = classify_beat(console, true, Some("200 seconds ago"));
+    assert!(fault);
     assert!(
         cause.starts_with("lost machine: no heartbeat") && cause.contains("[vmlet-vmm:193]"),
         "{cause}"
     );
     // Where the machine still answered, the same lockup is ours.
-    assert_eq!(run("0"), (false, String::new()));
+    let (fault, cause, _) = classify_beat(console, false, Some("200 seconds ago"));
+    assert!(!fault);
+    assert_eq!(cause, "");
 }
 
 /// Runs `nested_triple_fault` on a run folder whose command printed `stdout`; returns

@@ -247,23 +247,11 @@ struct Baseline {
 }
 
 /// N runs of vmletd (`c`, logging to `log_dir`) alternating with the baseline, each
-/// pair in the other order than the last; with `refill`, vmletd's warm pool is
-/// refilled before each run of either runtime.
-fn phase(
-    label: &str,
-    c: &CriClient,
-    log_dir: &Path,
-    baseline: Option<&Baseline>,
-    image: &str,
-    runs: usize,
-    refill: bool,
-) -> (Runs, Runs) {
-    phase_with(label, c, log_dir, baseline, image, runs, refill, &|_, _| {})
-}
-
-/// [`phase`] with every pod's and container's configs as `shape` makes them.
+/// pair in the other order than the last, every pod's and container's configs as
+/// `shape` makes them; with `refill`, vmletd's warm pool is refilled before each run
+/// of either runtime.
 #[allow(clippy::too_many_arguments)]
-fn phase_with(
+fn phase(
     label: &str,
     c: &CriClient,
     log_dir: &Path,
@@ -389,6 +377,7 @@ fn main() {
         &image,
         runs,
         warm_pool > 0,
+        &|_, _| {},
     );
     // The same without pre-booted VMs, again alternating with containerd: every pod
     // boots its own VM. The memory figures come from this daemon: no warm VM boots
@@ -405,6 +394,7 @@ fn main() {
             &image,
             runs,
             false,
+            &|_, _| {},
         );
         (Some((cold, cold_theirs)), d)
     } else {
@@ -1329,8 +1319,9 @@ mod templates {
             &image,
             runs,
             false,
+            &|_, _| {},
         );
-        let (mut big_ours, mut big_theirs) = phase_with(
+        let (mut big_ours, mut big_theirs) = phase(
             "template_big_",
             &c,
             &d.log_dir(),
