@@ -1273,7 +1273,8 @@ mod templates {
     /// Idle pods' figures under `prefix`: host cost, private memory and pods per GiB.
     fn density(d: &Vmletd, image: &str, n: usize, prefix: &str) {
         let c = d.client();
-        match idle_pods_cost(&c, &d.log_dir(), image, prefix, n) {
+        // Pod names become hostnames: no '_'.
+        match idle_pods_cost(&c, &d.log_dir(), image, &prefix.replace('_', "-"), n) {
             Ok((cost, pods)) => {
                 let rss = idle_rss_kib(d, &pods);
                 remove_pods(&c, &pods);
