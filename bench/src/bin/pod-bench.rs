@@ -303,6 +303,20 @@ fn phase(
     (ours, theirs)
 }
 
+/// The baseline, unless `--no-containerd` asks for none.
+fn baseline_unless_refused(
+    args: &[String],
+    registry: &TestRegistry,
+    image: &str,
+    net: &Net,
+) -> Option<Baseline> {
+    if args.iter().any(|a| a == "--no-containerd") {
+        None
+    } else {
+        start_baseline(registry, image, net)
+    }
+}
+
 /// containerd + runc on `net` with `image` pulled, or None (said why) where it cannot
 /// run.
 fn start_baseline(registry: &TestRegistry, image: &str, net: &Net) -> Option<Baseline> {
@@ -360,11 +374,7 @@ fn main() {
     let (registry, image) = busybox_registry("busybox:bench");
     let net = Net::new(None);
 
-    let baseline = if args.iter().any(|a| a == "--no-containerd") {
-        None
-    } else {
-        start_baseline(&registry, &image, &net)
-    };
+    let baseline = baseline_unless_refused(&args, &registry, &image, &net);
 
     println!("warm_pool={warm_pool}");
     let d = daemon(&net, &registry, &image, warm_pool);
@@ -1300,11 +1310,7 @@ mod templates {
         let idle_pods = flag_value(args, "--idle-pods", 10).max(1);
         let (registry, image) = busybox_registry("busybox:bench");
         let net = Net::new(None);
-        let baseline = if args.iter().any(|a| a == "--no-containerd") {
-            None
-        } else {
-            start_baseline(&registry, &image, &net)
-        };
+        let baseline = baseline_unless_refused(args, &registry, &image, &net);
         let flags = ["--insecure-registry", registry.addr(), "--warm-pool", "0"];
         let d = Vmletd::start_configured(&flags, &net.daemon_config(), "templates = true\n");
         let c = d.client();
@@ -1312,26 +1318,24 @@ mod templates {
         prime(&d, &image, "prime-default", &|_, _| {});
         prime(&d, &image, "prime-big", &big);
 
-        let (mut ours, mut theirs) = phase(
-            "template_",
-            &c,
-            &d.log_dir(),
-            baseline.as_ref(),
-            &image,
-            runs,
-            false,
-            &|_, _| {},
-        );
-        let (mut big_ours, mut big_theirs) = phase(
-            "template_big_",
-            &c,
-            &d.log_dir(),
-            baseline.as_ref(),
-            &image,
-            runs,
-            false,
-            &big,
-        );
+        let shapes: [(&str, Shape<'_>); 2] = [("template_", &|_, _| {}), ("template_big_", &big)];
+        let mut figures: Vec<(&str, Runs, Runs)> = shapes
+            .into_iter()
+            .map(|(label, shape)| {
+                let log_dir = d.log_dir();
+                let (ours, theirs) = phase(
+                    label,
+                    &c,
+                    &log_dir,
+                    baseline.as_ref(),
+                    &image,
+                    runs,
+                    false,
+                    shape,
+                );
+                (label, ours, theirs)
+            })
+            .collect();
         density(&d, &image, idle_pods, "restored_");
         drop(c);
         drop(d);
@@ -1339,10 +1343,7 @@ mod templates {
         d.client().pull(&image).expect("PullImage");
         density(&d, &image, idle_pods, "booted_");
 
-        for (label, ours, theirs) in [
-            ("template_", &mut ours, &mut theirs),
-            ("template_big_", &mut big_ours, &mut big_theirs),
-        ] {
+        for (label, ours, theirs) in &mut figures {
             let p50 = ours.report(label);
             if baseline.is_some() {
                 if let (Some(p50), Some(base)) =
