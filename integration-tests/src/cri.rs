@@ -587,11 +587,13 @@ pub struct LogEntry {
 }
 
 /// Parses a CRI log file, joining `P` pieces into their lines; panics on a malformed
-/// entry.
+/// entry. A last line without its newline is a write still in progress (the file is
+/// read while it is appended to, as kubelet reads it) and is left for the next read.
 pub fn parse_log(text: &str) -> Vec<LogEntry> {
     let mut out = Vec::new();
     let mut partial: Option<LogEntry> = None;
-    for raw in text.lines() {
+    let complete = text.rfind('\n').map_or("", |i| &text[..=i]);
+    for raw in complete.lines() {
         let mut parts = raw.splitn(4, ' ');
         let (Some(time), Some(stream), Some(tag)) = (parts.next(), parts.next(), parts.next())
         else {
@@ -1273,6 +1275,23 @@ fn report_failed_vmms(pods: &Path, copies: &Path, log: &Path) -> Vec<FailedVmm> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_log_read_during_a_write_ends_at_its_last_complete_line() {
+        let text = "2026-12-07T09:39:04.017067001Z stdout P a\n\
+                    2026-12-07T09:39:04.017067001Z stdout F b\n\
+                    2026-12-07T09:39:04.017067";
+        let entries = parse_log(text);
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].line, "ab");
+        assert!(parse_log("2026-12-07T09:39:04.0").is_empty());
+    }
+
+    #[test]
+    #[should_panic(expected = "malformed CRI log line")]
+    fn a_cut_line_inside_a_log_is_malformed() {
+        parse_log("2026-12-07T09:39:04.017067\n2026-12-07T09:39:04.017067001Z stdout F b\n");
+    }
 
     #[test]
     fn failed_vmm_exits_are_found_in_the_daemon_log() {
