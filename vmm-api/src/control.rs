@@ -213,6 +213,10 @@ pub struct NetCounters {
     pub tx_bytes: u64,
     /// Frames the guest sent.
     pub tx_packets: u64,
+    /// Frames the guest sent that were dropped (malformed, or refused by the tap).
+    pub tx_dropped: u64,
+    /// Frames dropped on the way in (the guest's receive buffers were unusable).
+    pub rx_dropped: u64,
 }
 
 /// What the vsock device counted.

@@ -792,7 +792,16 @@ pub fn build(
         control: control.clone(),
         msr_indices: Arc::new(msr_indices),
     };
+    let restoring = matches!(start, Start::Restore { .. });
     let vcpus = start_vcpus(&vm, config, start, vcpu_wiring, vcpu_setup)?;
+    if restoring {
+        for (_, transport) in &wired {
+            transport
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .raise_pending_interrupt();
+        }
+    }
     tracing::info!(
         "VM {} and {} vCPU(s) started in {:?}",
         if config.restore.is_some() {

@@ -79,6 +79,11 @@ pub struct Net {
     pub tx_bytes: Counter,
     /// Frames the guest sent.
     pub tx_packets: Counter,
+    /// Frames the guest sent that were dropped: malformed (a bad virtio-net header,
+    /// an offload it did not negotiate) or refused by the tap.
+    pub tx_dropped: Counter,
+    /// Frames dropped on the way in because the guest's receive buffers were unusable.
+    pub rx_dropped: Counter,
 }
 
 /// The vsock device's counts.
@@ -141,6 +146,8 @@ pub fn reply(exits: &Exits, devices: &Devices) -> CountersReply {
                 rx_packets: n.rx_packets.get(),
                 tx_bytes: n.tx_bytes.get(),
                 tx_packets: n.tx_packets.get(),
+                tx_dropped: n.tx_dropped.get(),
+                rx_dropped: n.rx_dropped.get(),
             };
             (id.clone(), counts)
         })

@@ -210,7 +210,7 @@ const BLOCK: [DeviceSeries<BlockCounters>; 5] = [
 ];
 
 /// Network card series.
-const NET: [DeviceSeries<NetCounters>; 4] = [
+const NET: [DeviceSeries<NetCounters>; 6] = [
     (
         "vmm_net_rx_bytes",
         "Bytes each network card of a pod handed to its guest.",
@@ -230,6 +230,16 @@ const NET: [DeviceSeries<NetCounters>; 4] = [
         "vmm_net_tx_packets",
         "Frames the guest of a pod sent on each network card.",
         |n| n.tx_packets,
+    ),
+    (
+        "vmm_net_tx_dropped",
+        "Frames the guest of a pod sent that its card dropped (malformed, or refused by the tap).",
+        |n| n.tx_dropped,
+    ),
+    (
+        "vmm_net_rx_dropped",
+        "Frames for the guest of a pod dropped because its receive buffers were unusable.",
+        |n| n.rx_dropped,
     ),
 ];
 

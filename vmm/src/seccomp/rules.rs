@@ -19,7 +19,9 @@
 //! - `prctl`: naming a thread only.
 //! - `ioctl`: the KVM run and state-read requests on vCPU threads (registers for
 //!   a failure report, the whole state for a snapshot), the VM state reads of a
-//!   snapshot and `FIONBIO` and `FIOCLEX` (std's socket setup) on the VMM thread.
+//!   snapshot and `FIONBIO` and `FIOCLEX` (std's socket setup) on the VMM thread;
+//!   `TUNSETOFFLOAD` on both (a network card's activation, an MMIO write on a vCPU
+//!   or a restore on the VMM thread, sets its tap's offloads to the guest's features).
 //! - `openat` also creates a snapshot's files: new files only (`O_EXCL`), written.
 //! - `ftruncate`: sizing a snapshot's memory file.
 //! - `fallocate`: punching holes (free page reporting on shared guest RAM).
@@ -35,6 +37,8 @@ pub enum ThreadKind {
     Vcpu,
 }
 
+/// `TUNSETOFFLOAD` = `_IOW('T', 208, unsigned int)`.
+pub const TUNSETOFFLOAD: u64 = crate::devices::virtio::net::TUNSETOFFLOAD;
 /// `KVM_RUN` = `_IO(KVMIO, 0x80)`.
 pub const KVM_RUN: u64 = 0xae80;
 /// `KVM_GET_REGS` = `_IOR(KVMIO, 0x81, struct kvm_regs)`: read when a vCPU fails,
@@ -149,7 +153,7 @@ pub fn argument_rules(kind: ThreadKind, pid: u32) -> Result<Vec<(i64, Rules)>, B
     ];
     match kind {
         ThreadKind::Vcpu => {
-            let mut ioctls = vec![KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS];
+            let mut ioctls = vec![KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS, TUNSETOFFLOAD];
             ioctls.extend(KVM_VCPU_STATE_READS);
             rules.push((libc::SYS_ioctl, one_of(1, &ioctls)?));
         }
@@ -167,7 +171,7 @@ pub fn argument_rules(kind: ThreadKind, pid: u32) -> Result<Vec<(i64, Rules)>, B
                 eq(0, libc::AF_UNIX as u64)?,
                 masked(1, SOCK_TYPE_MASK, libc::SOCK_STREAM as u64)?,
             ])?;
-            let mut ioctls = vec![libc::FIONBIO, libc::FIOCLEX];
+            let mut ioctls = vec![libc::FIONBIO, libc::FIOCLEX, TUNSETOFFLOAD];
             ioctls.extend(KVM_VM_STATE_READS);
             rules.extend([
                 (libc::SYS_ioctl, one_of(1, &ioctls)?),

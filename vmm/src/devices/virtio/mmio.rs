@@ -368,6 +368,14 @@ impl MmioTransport {
         Ok(())
     }
 
+    /// Raises the interrupt line again if the driver has one pending. A restore
+    /// raises its interrupt before the VM's interrupt controllers get their saved
+    /// state, which overwrites it; this is called after them, or the guest would
+    /// not look at its queues (a restored vsock would hold its transport reset).
+    pub fn raise_pending_interrupt(&self) {
+        self.irq.raise_pending();
+    }
+
     /// The device cannot go on: logged (an error naming the device, at most once per
     /// interval), and the driver told through NEEDS_RESET.
     fn fail(&mut self, why: &dyn std::fmt::Display) {
@@ -678,6 +686,10 @@ mod tests {
         assert_eq!(r(&mut t2, 0x70), 0xf);
         assert_eq!(r(&mut t2, 0x44), 1);
         assert_ne!(r(&mut t2, 0x60) & INT_VRING, 0, "the driver is woken");
+        // Raised again once the VM's interrupt controllers are restored.
+        let _ = t2.irq.eventfd().read();
+        t2.raise_pending_interrupt();
+        assert_eq!(t2.irq.eventfd().read().unwrap(), 1);
         // Driver reset works as on a booted device.
         w(&mut t2, 0x70, 0);
         assert!(!dev2.lock().unwrap().active);

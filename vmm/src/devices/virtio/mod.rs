@@ -162,6 +162,13 @@ impl IrqTrigger {
         }
     }
 
+    /// Raises the line again if any status bit is pending.
+    pub fn raise_pending(&self) {
+        if self.status() != 0 {
+            self.trigger(0);
+        }
+    }
+
     /// Current interrupt status.
     pub fn status(&self) -> u32 {
         self.status.load(Ordering::SeqCst)
@@ -272,15 +279,22 @@ pub fn drain_queue(
     use virtio_queue::QueueT;
     static USED_RING: RateLimit = RateLimit::new();
     let mut used_any = false;
-    while let Some(chain) = queue.pop_descriptor_chain(mem) {
-        let head = chain.head_index();
-        let len = handle(chain, mem);
-        if let Err(e) = queue.add_used(mem, head, len) {
-            let e = format!("returning used descriptor {head}: {e}; the queue stops");
-            device_error(&USED_RING, device, &e);
+    'drain: loop {
+        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+            let head = chain.head_index();
+            let len = handle(chain, mem);
+            if let Err(e) = queue.add_used(mem, head, len) {
+                let e = format!("returning used descriptor {head}: {e}; the queue stops");
+                device_error(&USED_RING, device, &e);
+                break 'drain;
+            }
+            used_any = true;
+        }
+        // With EVENT_IDX the driver kicks again only once past the index published
+        // here; a chain it queued before seeing it is taken now.
+        if !queue.enable_notification(mem).unwrap_or(false) {
             break;
         }
-        used_any = true;
     }
     used_any && queue.needs_notification(mem).unwrap_or(true)
 }

@@ -1,17 +1,24 @@
 //! virtio-net on a tap device, implemented in the VMM (this host has no
-//! vhost-net). No offloads are negotiated, so every frame is a plain Ethernet
-//! frame behind a 12-byte `virtio_net_hdr_v1` that the tap understands as is.
+//! vhost-net). The tap reads and writes frames behind the same 12-byte
+//! `virtio_net_hdr_v1` the guest uses, so checksum and TCP segmentation offloads
+//! pass through: the guest's features set the tap's (`header`), and each header the
+//! guest sends is checked before the tap sees it. With `MRG_RXBUF` a large received
+//! segment spans several of the guest's small receive buffers; with `EVENT_IDX` the
+//! guest kicks and is interrupted only when the other side is waiting.
 
+mod header;
 mod tap;
 
-pub use tap::{Tap, TapError, VNET_HDR_LEN};
+pub use header::BadHeader;
+pub use tap::{Tap, TapError, TUNSETOFFLOAD, VNET_HDR_LEN};
 
-use super::{device_type, drain_queue, ActivateError, Chain, IrqTrigger, VirtioDevice, INT_VRING};
+use super::{device_type, ActivateError, Chain, IrqTrigger, RateLimit, VirtioDevice, INT_VRING};
 use crate::counters;
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use std::io::{ErrorKind, Read, Write};
 use std::sync::Arc;
-use virtio_queue::{Queue, QueueT};
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
@@ -19,7 +26,6 @@ use vmm_sys_util::eventfd::EventFd;
 const RX: usize = 0;
 const TX: usize = 1;
 const QUEUE_SIZES: &[u16] = &[256, 256];
-const VIRTIO_NET_F_MAC: u64 = 1 << 5;
 /// Largest frame plus header we move (64 KiB frame, as tap allows).
 pub const MAX_FRAME: usize = 65562;
 const TAP_EVENT: u32 = 2;
@@ -36,10 +42,14 @@ pub struct Net {
     mac: [u8; 6],
     queue_evts: Vec<EventFd>,
     active: Option<Active>,
+    /// Features the guest accepted.
+    acked: u64,
     /// Length of a frame left in `rx_buf` while the guest had no receive buffer.
     pending_rx: Option<usize>,
     rx_buf: Vec<u8>,
     tx_buf: Vec<u8>,
+    /// Receive buffers taken for one frame (head, bytes written), reused.
+    rx_heads: Vec<(u16, u32)>,
     counts: Arc<counters::Net>,
 }
 
@@ -65,6 +75,16 @@ fn random_mac() -> [u8; 6] {
     mac
 }
 
+/// What became of a received frame.
+enum Rx {
+    /// Written into the buffers taken.
+    Delivered,
+    /// The guest has too few buffers posted: the frame waits, nothing was taken.
+    NoRoom,
+    /// The guest's buffers were unusable: they went back empty, the frame is gone.
+    Dropped,
+}
+
 impl Net {
     /// A card on tap `tap_name` with `mac` (random if `None`).
     pub fn new(tap_name: &str, mac: Option<[u8; 6]>) -> Result<Self, NetError> {
@@ -75,9 +95,11 @@ impl Net {
             mac: mac.unwrap_or_else(random_mac),
             queue_evts: vec![evt()?, evt()?],
             active: None,
+            acked: 0,
             pending_rx: None,
             rx_buf: vec![0u8; MAX_FRAME],
             tx_buf: vec![0u8; MAX_FRAME],
+            rx_heads: Vec::with_capacity(usize::from(QUEUE_SIZES[RX])),
             counts: Arc::default(),
         })
     }
@@ -97,6 +119,7 @@ impl Net {
         let Some(a) = self.active.as_mut() else {
             return;
         };
+        let mergeable = self.acked & header::F_MRG_RXBUF != 0;
         let mut used = false;
         loop {
             let len = match self.pending_rx.take() {
@@ -112,21 +135,36 @@ impl Net {
                 },
             };
             let rxq = &mut a.queues[RX];
-            let Some(chain) = rxq.pop_descriptor_chain(&a.mem) else {
-                // No buffer: keep the frame until the guest posts one (rx kick).
-                self.pending_rx = Some(len);
-                break;
-            };
-            let head = chain.head_index();
-            let written = write_rx_frame(chain, &a.mem, &self.rx_buf[..len]);
-            if rxq.add_used(&a.mem, head, written).is_err() {
-                break;
+            let frame = &mut self.rx_buf[..len];
+            let mut outcome = take_rx_buffers(rxq, &a.mem, frame, mergeable, &mut self.rx_heads);
+            if matches!(outcome, Rx::NoRoom) && rxq.enable_notification(&a.mem).unwrap_or(false) {
+                // Buffers came in as notifications were turned back on.
+                outcome = take_rx_buffers(rxq, &a.mem, frame, mergeable, &mut self.rx_heads);
             }
-            if written > 0 {
-                self.counts.rx_packets.inc();
-                self.counts.rx_bytes.add((len - VNET_HDR_LEN) as u64);
+            match outcome {
+                Rx::NoRoom => {
+                    // Kept until the guest posts buffers (its rx kick).
+                    self.pending_rx = Some(len);
+                    break;
+                }
+                Rx::Dropped => self.counts.rx_dropped.inc(),
+                Rx::Delivered => {
+                    self.counts.rx_packets.inc();
+                    self.counts.rx_bytes.add((len - VNET_HDR_LEN) as u64);
+                }
             }
-            used = true;
+            for &(head, written) in &self.rx_heads {
+                if let Err(e) = rxq.add_used(&a.mem, head, written) {
+                    static RX_USED: RateLimit = RateLimit::new();
+                    super::device_error(
+                        &RX_USED,
+                        "virtio-net",
+                        &format_args!("returning receive buffer {head}: {e}"),
+                    );
+                    break;
+                }
+                used = true;
+            }
         }
         if used && a.queues[RX].needs_notification(&a.mem).unwrap_or(true) {
             a.irq.trigger(INT_VRING);
@@ -141,14 +179,28 @@ impl Net {
         let tap = &mut self.tap;
         let buf = &mut self.tx_buf;
         let counts = &self.counts;
-        let notify = drain_queue("virtio-net", &mut a.queues[TX], &a.mem, |chain, mem| {
-            if let Some(len) = read_tx_frame(chain, mem, buf) {
-                match tap.write_frame(&buf[..len]) {
-                    Ok(_) => {
-                        counts.tx_packets.inc();
-                        counts.tx_bytes.add((len - VNET_HDR_LEN) as u64);
-                    }
-                    Err(e) => tracing::debug!("tap write: {e}"),
+        let acked = self.acked;
+        let notify = super::drain_queue("virtio-net", &mut a.queues[TX], &a.mem, |chain, mem| {
+            let Some(len) = read_tx_frame(chain, mem, buf) else {
+                counts.tx_dropped.inc();
+                return 0;
+            };
+            let mut hdr = [0u8; VNET_HDR_LEN];
+            hdr.copy_from_slice(&buf[..VNET_HDR_LEN]);
+            if let Err(e) = header::check_tx(&hdr, len, acked) {
+                static BAD: RateLimit = RateLimit::new();
+                super::guest_warning(&BAD, &format_args!("virtio-net: dropped a frame: {e}"));
+                counts.tx_dropped.inc();
+                return 0;
+            }
+            match tap.write_frame(&buf[..len]) {
+                Ok(_) => {
+                    counts.tx_packets.inc();
+                    counts.tx_bytes.add((len - VNET_HDR_LEN) as u64);
+                }
+                Err(e) => {
+                    counts.tx_dropped.inc();
+                    tracing::debug!("tap write: {e}");
                 }
             }
             0
@@ -157,6 +209,78 @@ impl Net {
             a.irq.trigger(INT_VRING);
         }
     }
+}
+
+/// Takes the receive buffers `frame` (virtio-net header first) needs from `rxq`
+/// and writes it into them, recording each (head, bytes written) in `heads` for the
+/// caller to return as used. Without `mergeable` the frame goes whole into one
+/// buffer; with it, into as many as it fills, their count in the header's
+/// `num_buffers`. Nothing is taken when the ring holds too few buffers.
+fn take_rx_buffers(
+    rxq: &mut Queue,
+    mem: &GuestMemoryMmap,
+    frame: &mut [u8],
+    mergeable: bool,
+    heads: &mut Vec<(u16, u32)>,
+) -> Rx {
+    heads.clear();
+    if !mergeable {
+        let Some(chain) = rxq.pop_descriptor_chain(mem) else {
+            return Rx::NoRoom;
+        };
+        frame[header::NUM_BUFFERS..VNET_HDR_LEN].copy_from_slice(&1u16.to_le_bytes());
+        let head = chain.head_index();
+        let written = write_rx_frame(chain, mem, frame);
+        heads.push((head, written));
+        return if written > 0 {
+            Rx::Delivered
+        } else {
+            Rx::Dropped
+        };
+    }
+    let mut chains = Vec::new();
+    let mut room = 0usize;
+    while room < frame.len() {
+        let Some(chain) = rxq.pop_descriptor_chain(mem) else {
+            for _ in 0..chains.len() {
+                rxq.go_to_previous_position();
+            }
+            return Rx::NoRoom;
+        };
+        // The first buffer holds the whole header (virtio 1.2, 5.1.6.3.1).
+        let min = if chains.is_empty() { VNET_HDR_LEN } else { 1 };
+        let cap = chain
+            .clone()
+            .writer(mem)
+            .map(|w| w.available_bytes())
+            .unwrap_or(0);
+        chains.push(chain);
+        if cap < min {
+            // A broken buffer: all taken so far go back empty, as does the frame.
+            heads.extend(chains.iter().map(|c| (c.head_index(), 0)));
+            return Rx::Dropped;
+        }
+        room += cap;
+    }
+    let count = chains.len() as u16; // At most the queue size.
+    frame[header::NUM_BUFFERS..VNET_HDR_LEN].copy_from_slice(&count.to_le_bytes());
+    let mut rest: &[u8] = frame;
+    for chain in chains {
+        let head = chain.head_index();
+        let written = match chain.writer(mem) {
+            Ok(mut w) => {
+                let n = w.available_bytes().min(rest.len());
+                match w.write_all(&rest[..n]) {
+                    Ok(()) => n,
+                    Err(_) => w.bytes_written(),
+                }
+            }
+            Err(_) => 0,
+        };
+        rest = &rest[written.min(rest.len())..];
+        heads.push((head, written as u32));
+    }
+    Rx::Delivered
 }
 
 /// Writes `frame` (virtio-net header first) into the guest receive buffer `chain`
@@ -196,7 +320,19 @@ impl VirtioDevice for Net {
         QUEUE_SIZES
     }
     fn avail_features(&self) -> u64 {
-        super::VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MAC
+        let offloads = if self.tap.supports_offloads() {
+            header::OFFLOADS
+        } else {
+            0
+        };
+        super::VIRTIO_F_VERSION_1
+            | header::F_MAC
+            | header::F_MRG_RXBUF
+            | (1 << VIRTIO_RING_F_EVENT_IDX)
+            | offloads
+    }
+    fn set_acked_features(&mut self, features: u64) {
+        self.acked = features;
     }
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         super::read_config_bytes(&self.mac, offset, data);
@@ -211,6 +347,14 @@ impl VirtioDevice for Net {
         irq: Arc<IrqTrigger>,
     ) -> Result<(), ActivateError> {
         let queues = super::take_queues::<2>(queues)?;
+        let offloads = header::tap_offloads(self.acked);
+        if let Err(e) = self.tap.set_offloads(offloads) {
+            // Plain frames still reach a guest that takes offloaded ones.
+            tracing::warn!(
+                "tap {}: cannot set offloads {offloads:#x}: {e}",
+                self.tap.name()
+            );
+        }
         self.active = Some(Active { mem, queues, irq });
         // Frames may have queued on the tap before the driver was ready.
         self.process_rx();
@@ -219,6 +363,10 @@ impl VirtioDevice for Net {
     fn reset(&mut self) {
         self.active = None;
         self.pending_rx = None;
+        self.acked = 0;
+        if let Err(e) = self.tap.set_offloads(0) {
+            tracing::warn!("tap {}: cannot clear offloads: {e}", self.tap.name());
+        }
     }
     fn queue_states(&self) -> Vec<virtio_queue::QueueState> {
         self.active
@@ -325,5 +473,200 @@ mod tests {
         assert_eq!(write_rx_frame(small, &mem, &frame), 0);
         let read_only = q.build_desc_chain(&[desc(BUF, 200, false)]).unwrap();
         assert_eq!(write_rx_frame(read_only, &mem, &frame), 0);
+    }
+
+    /// A queue of 16 whose ring holds one single-buffer chain per `(addr, len)`.
+    fn rx_queue<'a>(
+        mem: &'a GuestMemoryMmap,
+        bufs: &[(u64, u32)],
+    ) -> (MockSplitQueue<'a, GuestMemoryMmap>, Queue) {
+        let q = MockSplitQueue::new(mem, 16);
+        let descs: Vec<RawDescriptor> = bufs.iter().map(|&(a, l)| desc(a, l, true)).collect();
+        q.add_desc_chains(&descs, 0).unwrap();
+        let queue = q.create_queue::<Queue>().unwrap();
+        (q, queue)
+    }
+
+    fn frame(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i % 251) as u8).collect()
+    }
+
+    #[test]
+    fn a_large_frame_spans_merged_buffers_counted_in_its_header() {
+        let mem = mem();
+        let bufs = [(BUF, 100), (BUF + 0x1000, 100), (BUF + 0x2000, 100)];
+        let (_q, mut queue) = rx_queue(&mem, &bufs);
+        let mut f = frame(250);
+        let mut heads = Vec::new();
+        let got = take_rx_buffers(&mut queue, &mem, &mut f, true, &mut heads);
+        assert!(matches!(got, Rx::Delivered));
+        assert_eq!(heads, vec![(0, 100), (1, 100), (2, 50)]);
+        let mut want = frame(250);
+        want[header::NUM_BUFFERS..VNET_HDR_LEN].copy_from_slice(&3u16.to_le_bytes());
+        let mut seen = Vec::new();
+        for (&(addr, _), &(_, n)) in bufs.iter().zip(&heads) {
+            let mut part = vec![0u8; n as usize];
+            mem.read_slice(&mut part, GuestAddress(addr)).unwrap();
+            seen.extend(part);
+        }
+        assert_eq!(seen, want);
+    }
+
+    #[test]
+    fn a_frame_waits_whole_until_the_guest_posts_enough_buffers() {
+        let mem = mem();
+        let (q, mut queue) = rx_queue(&mem, &[(BUF, 100), (BUF + 0x1000, 100)]);
+        let mut f = frame(250);
+        let mut heads = Vec::new();
+        let got = take_rx_buffers(&mut queue, &mem, &mut f, true, &mut heads);
+        assert!(matches!(got, Rx::NoRoom));
+        assert!(heads.is_empty());
+        assert_eq!(queue.next_avail(), 0, "nothing taken");
+        // One more buffer: all three are used, from the first.
+        q.add_desc_chains(&[desc(BUF + 0x2000, 100, true)], 2)
+            .unwrap();
+        let got = take_rx_buffers(&mut queue, &mem, &mut f, true, &mut heads);
+        assert!(matches!(got, Rx::Delivered));
+        assert_eq!(heads, vec![(0, 100), (1, 100), (2, 50)]);
+    }
+
+    #[test]
+    fn unusable_receive_buffers_go_back_empty_with_the_frame_dropped() {
+        let mem = mem();
+        // A first buffer too small for the header; an empty one after a good one.
+        for bufs in [vec![(BUF, 11)], vec![(BUF, 100), (BUF + 0x1000, 0)]] {
+            let (_q, mut queue) = rx_queue(&mem, &bufs);
+            let mut f = frame(250);
+            let mut heads = Vec::new();
+            let got = take_rx_buffers(&mut queue, &mem, &mut f, true, &mut heads);
+            assert!(matches!(got, Rx::Dropped));
+            assert_eq!(heads.len(), bufs.len());
+            assert!(heads.iter().all(|&(_, n)| n == 0));
+        }
+    }
+
+    #[test]
+    fn without_merging_a_frame_takes_one_buffer_whole() {
+        let mem = mem();
+        let (_q, mut queue) = rx_queue(&mem, &[(BUF, 100), (BUF + 0x1000, 300)]);
+        let mut f = frame(250);
+        let mut heads = Vec::new();
+        // Too small: dropped into an empty buffer, not spread.
+        let got = take_rx_buffers(&mut queue, &mem, &mut f, false, &mut heads);
+        assert!(matches!(got, Rx::Dropped));
+        assert_eq!(heads, vec![(0, 0)]);
+        let got = take_rx_buffers(&mut queue, &mem, &mut f, false, &mut heads);
+        assert!(matches!(got, Rx::Delivered));
+        assert_eq!(heads, vec![(1, 250)]);
+        let mut n = [0u8; 2];
+        mem.read_slice(
+            &mut n,
+            GuestAddress(BUF + 0x1000 + header::NUM_BUFFERS as u64),
+        )
+        .unwrap();
+        assert_eq!(u16::from_le_bytes(n), 1);
+    }
+
+    /// `ifconfig NAME up` in the calling thread's network namespace.
+    fn link_up(name: &str) {
+        // SAFETY: a socket for the ioctls below; checked and closed here.
+        let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
+        assert!(sock >= 0);
+        // SAFETY: ifreq is plain data; zero is a valid value.
+        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
+            *d = s as libc::c_char;
+        }
+        // SAFETY: `req` names the interface and lives across both calls.
+        unsafe {
+            assert_eq!(libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut req), 0);
+            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            assert_eq!(libc::ioctl(sock, libc::SIOCSIFFLAGS, &req), 0);
+            libc::close(sock);
+        }
+    }
+
+    /// Frames the tap `name` took from its reader, from the calling thread's namespace.
+    fn frames_into(name: &str) -> u64 {
+        let dev = std::fs::read_to_string("/proc/thread-self/net/dev").unwrap();
+        let line = dev
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{name}:")))
+            .unwrap();
+        // The tap's receive side is what its reader wrote.
+        line.split(':')
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    #[test]
+    fn malformed_guest_headers_never_reach_the_tap() {
+        // A tap of its own in a network namespace of this thread alone (needs root).
+        std::thread::spawn(|| {
+            // SAFETY: unshare affects only this thread.
+            let r = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+            assert_eq!(r, 0, "unshare: {}", std::io::Error::last_os_error());
+            let mut net = Net::new("vt0", Some([2, 0, 0, 0, 0, 9])).unwrap();
+            assert!(net.tap.supports_offloads());
+            link_up("vt0");
+            let mem = mem();
+            let rx = MockSplitQueue::create(&mem, GuestAddress(0), 16);
+            let tx = MockSplitQueue::create(&mem, GuestAddress(0x1_0000), 16);
+            // The guest took checksum offload but no segmentation.
+            net.set_acked_features(
+                super::super::VIRTIO_F_VERSION_1 | header::F_CSUM | header::F_GUEST_CSUM,
+            );
+            net.activate(
+                mem.clone(),
+                vec![rx.create_queue().unwrap(), tx.create_queue().unwrap()],
+                Arc::new(IrqTrigger::new().unwrap()),
+            )
+            .unwrap();
+            // Broadcast ARP-sized frames: headers for TSO (not negotiated), an unknown
+            // flag, a checksum past the end, then a good one with a partial checksum.
+            let mut headers = Vec::new();
+            for (flags, gso, gso_size, start, offset) in [
+                (1u8, 1u8, 1448u16, 34u16, 16u16),
+                (4, 0, 0, 0, 0),
+                (1, 0, 0, 60, 0),
+                (1, 0, 0, 34, 6),
+            ] {
+                let mut h = [0u8; VNET_HDR_LEN];
+                h[0] = flags;
+                h[1] = gso;
+                h[4..6].copy_from_slice(&gso_size.to_le_bytes());
+                h[6..8].copy_from_slice(&start.to_le_bytes());
+                h[8..10].copy_from_slice(&offset.to_le_bytes());
+                headers.push(h);
+            }
+            let mut descs = Vec::new();
+            for (i, h) in headers.iter().enumerate() {
+                let at = BUF + 0x1000 * i as u64;
+                let mut f = h.to_vec();
+                f.extend([0xff; 6]);
+                f.extend([2, 0, 0, 0, 0, 9]);
+                f.extend([0x08, 0x00]);
+                f.resize(VNET_HDR_LEN + 60, 0x45);
+                mem.write_slice(&f, GuestAddress(at)).unwrap();
+                descs.push(desc(at, f.len() as u32, false));
+            }
+            tx.add_desc_chains(&descs, 0).unwrap();
+            let before = frames_into("vt0");
+            net.process_tx();
+            let c = net.counters();
+            assert_eq!((c.tx_dropped.get(), c.tx_packets.get()), (3, 1));
+            assert_eq!(
+                frames_into("vt0") - before,
+                1,
+                "only the good frame reached the tap"
+            );
+        })
+        .join()
+        .unwrap();
     }
 }

@@ -1,5 +1,5 @@
 //! A tap device opened with a virtio-net header, so frames pass between the
-//! guest's queues and the host kernel unchanged.
+//! guest's queues and the host kernel unchanged, offloads included.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -7,11 +7,21 @@ use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 
 // From <linux/if_tun.h>; the nix crate does not wrap the tun ioctls.
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
-const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+/// `TUNSETOFFLOAD`: which offloads the tap may hand to its reader.
+pub const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
 const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
 const IFF_VNET_HDR: libc::c_short = 0x4000;
+/// `TUNSETOFFLOAD` flags: what the tap may hand to its reader (partial checksums,
+/// TCP segments larger than the MTU, with ECN).
+pub const TUN_F_CSUM: u32 = 0x01;
+/// TCPv4 segmentation offload.
+pub const TUN_F_TSO4: u32 = 0x02;
+/// TCPv6 segmentation offload.
+pub const TUN_F_TSO6: u32 = 0x04;
+/// TSO with ECN.
+pub const TUN_F_TSO_ECN: u32 = 0x08;
 
 /// Size of `virtio_net_hdr_v1`, the header in front of every frame.
 pub const VNET_HDR_LEN: usize = 12;
@@ -42,11 +52,12 @@ struct IfReq {
 pub struct Tap {
     file: File,
     name: String,
+    offloads: bool,
 }
 
 impl Tap {
     /// Attaches to (or creates) tap `name`, non-blocking, with vnet headers and
-    /// no offloads.
+    /// no offloads yet (the guest's features choose them: [`Tap::set_offloads`]).
     pub fn open(name: &str) -> Result<Self, TapError> {
         if name.len() >= libc::IFNAMSIZ || name.is_empty() {
             return Err(TapError::Name(name.to_owned()));
@@ -90,19 +101,39 @@ impl Tap {
             TUNSETVNETHDRSZ,
             (&raw const hdr_len).cast(),
         )?;
-        // TUNSETOFFLOAD takes its flags by value.
-        // SAFETY: plain integer argument.
-        if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETOFFLOAD, 0 as libc::c_ulong) } < 0 {
-            return Err(TapError::Ioctl(
-                "TUNSETOFFLOAD",
-                name.to_owned(),
-                std::io::Error::last_os_error(),
-            ));
-        }
-        Ok(Tap {
+        let mut tap = Tap {
             file,
             name: name.to_owned(),
-        })
+            offloads: false,
+        };
+        // A kernel that refuses them gets a card without offloads.
+        let all = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN;
+        tap.offloads = tap.set_offloads(all).is_ok();
+        tap.set_offloads(0)
+            .map_err(|e| TapError::Ioctl("TUNSETOFFLOAD", name.to_owned(), e))?;
+        Ok(tap)
+    }
+
+    /// Whether the tap takes checksum and TCP segmentation offloads.
+    pub fn supports_offloads(&self) -> bool {
+        self.offloads
+    }
+
+    /// Sets what the tap may hand over (`TUN_F_*`).
+    pub fn set_offloads(&mut self, flags: u32) -> std::io::Result<()> {
+        // TUNSETOFFLOAD takes its flags by value.
+        // SAFETY: plain integer argument on a tap descriptor we own.
+        let r = unsafe {
+            libc::ioctl(
+                self.file.as_raw_fd(),
+                TUNSETOFFLOAD,
+                libc::c_ulong::from(flags),
+            )
+        };
+        if r < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     /// Interface name.

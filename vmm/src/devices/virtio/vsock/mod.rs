@@ -15,6 +15,9 @@
 //! queue only carries the transport reset a VM restored from a snapshot gets:
 //! its connections lived in another VMM process, so the guest must drop them
 //! (its listening sockets stay, and take the CID the device now reports).
+//! Until the guest has handled that reset, nothing reaches its RX queue: a host
+//! connection it accepted first would be reset with the old ones, and one
+//! addressed to the new CID before the guest learnt it would be refused.
 
 mod connection;
 mod error;
@@ -34,7 +37,9 @@ use event_manager::{EventOps, Events, MutEventSubscriber};
 use muxer::Muxer;
 use packet::{PacketError, HDR_LEN, MAX_PKT_DATA};
 use std::io::Write;
+use std::num::Wrapping;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
@@ -67,6 +72,10 @@ pub struct Vsock {
     muxer: Muxer,
     /// Bounce buffer for one packet's payload.
     buf: Vec<u8>,
+    /// The event queue's available index when the transport reset was sent, until
+    /// the guest handled it: Linux hands an event buffer back (the available
+    /// index moves) only after acting on the event it held.
+    reset_unhandled: Option<Wrapping<u16>>,
 }
 
 impl std::fmt::Debug for Vsock {
@@ -102,6 +111,7 @@ impl Vsock {
             active: None,
             muxer: Muxer::new(guest_cid, uds_path)?,
             buf: vec![0u8; MAX_PKT_DATA],
+            reset_unhandled: None,
         })
     }
 
@@ -120,9 +130,21 @@ impl Vsock {
         let Some(a) = self.active.as_mut() else {
             return;
         };
+        if let Some(sent_at) = self.reset_unhandled {
+            // An unreadable ring is a broken driver; holding RX would not mend it.
+            if a.ev.avail_idx(&a.mem, Ordering::Acquire).ok() != Some(sent_at) {
+                tracing::debug!("virtio-vsock: the guest handled the transport reset");
+                self.reset_unhandled = None;
+            }
+        }
+        let hold_rx = self.reset_unhandled.is_some();
         let mut progress = Progress::default();
         loop {
-            let rx = fill_rx(a, &mut self.muxer, &mut self.buf);
+            let rx = if hold_rx {
+                0
+            } else {
+                fill_rx(a, &mut self.muxer, &mut self.buf)
+            };
             let (tx, stalled) = drain_tx(a, &mut self.muxer, &mut self.buf);
             progress.rx_used |= rx > 0;
             progress.tx_used |= tx > 0;
@@ -265,6 +287,7 @@ impl VirtioDevice for Vsock {
     }
     fn reset(&mut self) {
         self.active = None;
+        self.reset_unhandled = None;
         // The guest forgot its sockets; ours go with them.
         self.muxer.reset();
     }
@@ -303,6 +326,7 @@ impl VirtioDevice for Vsock {
             tracing::warn!("virtio-vsock: returning the event buffer: {e}");
             return;
         }
+        self.reset_unhandled = a.ev.avail_idx(&a.mem, Ordering::Acquire).ok();
         a.irq.trigger(INT_VRING);
     }
 }

@@ -206,7 +206,11 @@ struct Env {
     dev: Arc<Mutex<Vsock>>,
     em: EventManager<Arc<Mutex<Vsock>>>,
     drv: Driver,
+    ev: Ring,
 }
+
+/// Where the event queue's buffers (8 bytes each) live.
+const EV_BUFS: u64 = 0x2_8000;
 
 impl Env {
     fn new() -> Env {
@@ -218,7 +222,7 @@ impl Env {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
         let (rx, rxq) = Ring::new(&mem, 0);
         let (tx, txq) = Ring::new(&mem, 0x1_0000);
-        let (_, evq) = Ring::new(&mem, 0x2_0000);
+        let (ev, evq) = Ring::new(&mem, 0x2_0000);
         let kicks = {
             let d = dev.lock().unwrap();
             d.queue_events()
@@ -252,6 +256,7 @@ impl Env {
             dev,
             em,
             drv,
+            ev,
         };
         env.pump();
         env
@@ -882,4 +887,51 @@ fn host_close_reaches_the_guest_and_data_sent_just_after_connect_is_kept() {
     env.send(&h, &[]);
     assert!(env.settle().is_empty());
     assert_eq!(env.counts(), (0, IDLE_FDS));
+}
+
+#[test]
+fn after_a_restore_host_connections_wait_until_the_guest_handled_the_reset() {
+    let mut env = Env::new();
+    // Linux posts its event buffers at probe.
+    for slot in 0..2 {
+        env.ev.push(
+            &env.drv.mem,
+            slot,
+            &[(EV_BUFS + 8 * u64::from(slot), 8)],
+            true,
+        );
+    }
+    env.drv.kick(EVQ);
+    env.pump();
+    env.dev.lock().unwrap().restored();
+    let (slot, len) = env.ev.pop_used(&env.drv.mem).expect("a transport reset");
+    assert_eq!(len, 4);
+    let id: u32 = env
+        .drv
+        .mem
+        .read_obj(GuestAddress(EV_BUFS + 8 * u64::from(slot)))
+        .unwrap();
+    assert_eq!(id, EVENT_TRANSPORT_RESET);
+
+    let mut client = UnixStream::connect(&env.path).unwrap();
+    client.write_all(b"CONNECT 1234\n").unwrap();
+    // A notification that is not the event buffer's return releases nothing.
+    env.drv.kick(RXQ);
+    assert!(
+        env.settle().is_empty(),
+        "a request before the reset was handled"
+    );
+    assert_eq!(env.counts().0, 1, "the request waits");
+
+    // The guest handled the event and gives its buffer back.
+    env.ev.push(
+        &env.drv.mem,
+        slot,
+        &[(EV_BUFS + 8 * u64::from(slot), 8)],
+        true,
+    );
+    env.drv.kick(EVQ);
+    let p = env.packets();
+    assert_eq!(p[0].0.op(), Some(Op::Request));
+    assert_eq!(p[0].0.dst_port, 1234);
 }
