@@ -103,6 +103,8 @@ pub struct GuestConfig {
     pub netns: Option<String>,
     /// Restore from the snapshot in this directory instead of booting.
     pub restore: Option<PathBuf>,
+    /// Kernel command line appended to the VMM's.
+    pub cmdline: String,
 }
 
 impl Default for GuestConfig {
@@ -117,6 +119,7 @@ impl Default for GuestConfig {
             shared_memory: false,
             netns: None,
             restore: None,
+            cmdline: String::new(),
         }
     }
 }
@@ -170,6 +173,7 @@ impl GuestConfig {
             serial: SerialOutput::File(serial.to_owned()),
             control_socket: Some(control.to_owned()),
             restore: self.restore.clone(),
+            cmdline: self.cmdline.clone(),
             ..VmConfig::new(kernel())
         }
     }

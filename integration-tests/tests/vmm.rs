@@ -15,7 +15,8 @@ use vmlet_integration_tests::agent::{req, CALL_TIMEOUT};
 use vmlet_integration_tests::{drive, net, pattern, sh, tail, FsConfig, Guest, GuestConfig, Netns};
 use vmlet_proto::agent as pb;
 use vmlet_vmm_api::control::{
-    ProtocolError, Request, Response, StatusReply, SwapDriveReply, VmState, PROTOCOL_VERSION,
+    NetCounters, ProtocolError, Request, Response, StatusReply, SwapDriveReply, VmState,
+    PROTOCOL_VERSION,
 };
 
 const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -465,6 +466,148 @@ fn network_on_a_tap_in_a_netns_answers_ping() {
     guest.run_ok("ping -c 3 -W 10 10.77.0.1");
     sh(&format!("ip netns exec {} ping -c 3 -W 10 10.77.0.2", ns.0));
     poweroff(guest);
+}
+
+/// The guest's network card's counters.
+fn net_counters(guest: &Guest) -> NetCounters {
+    match guest.request(&Request::Counters) {
+        Ok(Response::Counters(c)) => c.net.get("net0").copied().expect("net0 counters"),
+        other => panic!("counters: {other:?}"),
+    }
+}
+
+/// The output of `sh -c script`, which must succeed.
+fn sh_out(script: &str) -> String {
+    let out = Command::new("sh").args(["-c", script]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Polls `cat path` in the guest until it prints something (the end of a background
+/// job that writes it whole with `mv`).
+fn guest_file(guest: &Guest, path: &str, what: &str) -> String {
+    let start = std::time::Instant::now();
+    loop {
+        let out = guest.run_ok(&format!("cat {path} 2>/dev/null; true"));
+        if !out.trim().is_empty() {
+            return out;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(600),
+            "{what} did not finish: {}",
+            guest.run_ok("cat /tmp/*.err 2>/dev/null; true")
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Large TCP transfers each way between a tap's namespace and the guest, every byte
+/// checked: with the offloads the guest takes by default (checksums and TCP
+/// segmentation both ways: segments larger than the MTU cross the card, counted in
+/// its frames), and in a guest that turns them off (`virtio_net.csum=0 gso=0`: plain
+/// frames only). Merged receive buffers and event-index notifications are on in both.
+#[test]
+fn network_transfers_each_way_arrive_intact_with_and_without_offloads() {
+    const MIB: u64 = 1 << 20;
+    let ns = Netns::new("offl");
+    sh(&format!(
+        "ip -n {n} tuntap add vmtap0 mode tap && \
+         ip -n {n} addr add 10.78.0.1/24 dev vmtap0 && ip -n {n} link set vmtap0 up",
+        n = ns.0
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    sh(&format!(
+        "head -c {} /dev/urandom > {}",
+        256 * MIB,
+        data.display()
+    ));
+    for (cmdline, offloads, mib) in [
+        ("", true, 256),
+        ("virtio_net.csum=0 virtio_net.gso=0", false, 32),
+    ] {
+        let guest = Guest::boot(GuestConfig {
+            net: vec![net("vmtap0", "02:00:00:78:00:02")],
+            netns: Some(ns.0.clone()),
+            cmdline: cmdline.into(),
+            ..Default::default()
+        });
+        // Feature bits as the guest driver accepted them, bit 0 first.
+        let features = guest.run_ok("cat /sys/class/net/eth0/device/features");
+        let bit = |b: usize| features.as_bytes().get(b) == Some(&b'1');
+        // CSUM, GUEST_CSUM, GUEST_TSO4, HOST_TSO4; MRG_RXBUF; EVENT_IDX.
+        for b in [0, 1, 7, 11] {
+            assert_eq!(bit(b), offloads, "feature bit {b} in {features}");
+        }
+        assert!(bit(15) && bit(29), "MRG_RXBUF and EVENT_IDX in {features}");
+        guest.run_ok("ip addr add 10.78.0.2/24 dev eth0 && ip link set eth0 up");
+        let bytes = mib * MIB;
+
+        // Into the guest.
+        let want = sh_out(&format!("head -c {bytes} {} | sha256sum", data.display()));
+        guest.run_ok(
+            "(nc -l -p 5001 </dev/null | sha256sum > /tmp/in.part && mv /tmp/in.part /tmp/in.sum) \
+             >/dev/null 2>/tmp/in.err &",
+        );
+        let before = net_counters(&guest);
+        sh(&format!(
+            "ip netns exec {ns} timeout 300 sh -c \
+             'until head -c {bytes} {data} | busybox nc 10.78.0.2 5001; do sleep 0.5; done'",
+            ns = ns.0,
+            data = data.display()
+        ));
+        let got = guest_file(&guest, "/tmp/in.sum", "the guest's receive");
+        assert_eq!(
+            got.split_whitespace().next(),
+            want.split_whitespace().next()
+        );
+        let after = net_counters(&guest);
+        let frame = (after.rx_bytes - before.rx_bytes) / (after.rx_packets - before.rx_packets);
+        assert!(
+            (frame > 1514) == offloads,
+            "mean frame into the guest {frame} bytes (offloads: {offloads})"
+        );
+
+        // Out of the guest: random bytes, summed on both sides.
+        let receiver = Command::new("ip")
+            .args(["netns", "exec", &ns.0, "sh", "-c"])
+            .arg("busybox nc -l -p 5002 </dev/null | sha256sum")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let listening = format!("ip netns exec {} ss -Hltn 'sport = :5002'", ns.0);
+        while sh_out(&listening).trim().is_empty() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let before = net_counters(&guest);
+        guest.run_ok(&format!(
+            "mkfifo /tmp/p && \
+             (sha256sum < /tmp/p > /tmp/out.part && mv /tmp/out.part /tmp/out.sum) \
+               </dev/null >/dev/null 2>/tmp/sum.err & \
+             (head -c {bytes} /dev/urandom | tee /tmp/p | nc 10.78.0.1 5002) \
+               </dev/null >/dev/null 2>/tmp/out.err &"
+        ));
+        let sent = guest_file(&guest, "/tmp/out.sum", "the guest's send");
+        let received = receiver.wait_with_output().unwrap();
+        assert!(received.status.success());
+        let received = String::from_utf8_lossy(&received.stdout).into_owned();
+        assert_eq!(
+            sent.split_whitespace().next(),
+            received.split_whitespace().next()
+        );
+        let after = net_counters(&guest);
+        let frame = (after.tx_bytes - before.tx_bytes) / (after.tx_packets - before.tx_packets);
+        assert!(
+            (frame > 1514) == offloads,
+            "mean frame out of the guest {frame} bytes (offloads: {offloads})"
+        );
+        assert_eq!((after.tx_dropped, after.rx_dropped), (0, 0));
+        poweroff(guest);
+    }
 }
 
 #[test]

@@ -4,6 +4,11 @@
 //!   tc redirect, the tap and the VMM's virtio-net) against the same transfer into a
 //!   plain network namespace over a veth pair, in the same run, each received by
 //!   busybox `nc` into /dev/null: `net_gbps=`, `veth_gbps=`, `net_vs_veth=`;
+//! - the other way, busybox `nc` in the pod (or the namespace) sending zeros to the
+//!   host: `net_out_gbps=`, `veth_out_gbps=`, `net_out_vs_veth_out=`;
+//! - what each MiB cost the pod's VMM in each direction, from its counters: vCPU
+//!   exits (`exits_per_mib_in=`, `_out=`) and virtio-net queue notifications
+//!   (`net_notifications_per_mib_in=`, `_out=`), with the mean frame size each way;
 //! - the network's part of RunPodSandbox (namespace + CNI ADD + tap, as vmletd
 //!   reports it in the pod's verbose status): `pod_network_ms_p50=`,
 //!   `run_pod_ms_p50=`, `pod_network_share=`.
@@ -17,14 +22,20 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use vmlet_integration_tests::cri::{busybox_registry, container_config, pod_config};
-use vmlet_integration_tests::net::Net;
+use vmlet_integration_tests::net::{Net, GATEWAY};
+use vmlet_integration_tests::JsonLines;
+use vmlet_vmm_api::control::{CountersReply, Request, Response};
 
 const PORT: u16 = 5001;
+/// Where the host receives what pods and the namespace send.
+const OUT_PORT: u16 = 5002;
 const VETH_NS: &str = "vmlet-bench-veth";
 const VETH_HOST: &str = "10.78.0.1";
 const VETH_PEER: &str = "10.78.0.2";
@@ -72,6 +83,65 @@ fn send(addr: &str, mib: usize) -> f64 {
     (mib as f64 * 8.0 * 1024.0 * 1024.0) / start.elapsed().as_secs_f64() / 1e9
 }
 
+/// Receives one connection on `listener` to its end while `send` runs the sender:
+/// Gbit/s from the connection's accept to its end.
+fn receive(listener: &TcpListener, mib: usize, send: impl FnOnce() + Send) -> f64 {
+    std::thread::scope(|s| {
+        let sender = s.spawn(send);
+        let (mut conn, _) = listener.accept().unwrap();
+        let start = Instant::now();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut got = 0usize;
+        loop {
+            match conn.read(&mut buf).unwrap() {
+                0 => break,
+                n => got += n,
+            }
+        }
+        let secs = start.elapsed().as_secs_f64();
+        drop(conn);
+        sender.join().unwrap();
+        assert_eq!(got, mib << 20, "bytes received");
+        (mib as f64 * 8.0 * 1024.0 * 1024.0) / secs / 1e9
+    })
+}
+
+/// The VMM's counters, through its control socket.
+fn counters(control: &Path) -> CountersReply {
+    let s = UnixStream::connect(control).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let req = Request::Counters;
+    let line = JsonLines::new(s).exchange(&req.encode().unwrap());
+    match Response::decode(&req, line.as_bytes()).unwrap() {
+        Response::Counters(c) => c,
+        other => panic!("counters: {other:?}"),
+    }
+}
+
+/// What a transfer of `mib` MiB cost the VMM: (exits, net notifications) per MiB,
+/// and the mean frame size (bytes) in the direction of the transfer.
+fn cost(
+    before: &CountersReply,
+    after: &CountersReply,
+    mib: usize,
+    inbound: bool,
+) -> (f64, f64, f64) {
+    let exits = |c: &CountersReply| c.exits.values().sum::<u64>();
+    let net = |c: &CountersReply| c.net.get("net0").copied().unwrap_or_default();
+    let (b, a) = (net(before), net(after));
+    let (bytes, frames) = if inbound {
+        (a.rx_bytes - b.rx_bytes, a.rx_packets - b.rx_packets)
+    } else {
+        (a.tx_bytes - b.tx_bytes, a.tx_packets - b.tx_packets)
+    };
+    let mib = mib as f64;
+    (
+        (exits(after) - exits(before)) as f64 / mib,
+        (a.queue_notifications - b.queue_notifications) as f64 / mib,
+        bytes as f64 / frames.max(1) as f64,
+    )
+}
+
 /// A network namespace on a veth pair with the host: the baseline.
 struct Veth {
     receiver: Option<Child>,
@@ -103,6 +173,22 @@ impl Veth {
             nc.wait().unwrap();
         }
         gbps
+    }
+
+    /// One transfer from `nc` in the namespace to `listener`.
+    fn round_out(&mut self, listener: &TcpListener, mib: usize) -> f64 {
+        receive(listener, mib, || {
+            let script = format!(
+                "head -c {} /dev/zero | busybox nc {VETH_HOST} {OUT_PORT}",
+                mib << 20
+            );
+            let ok = Command::new("ip")
+                .args(["netns", "exec", VETH_NS, "busybox", "sh", "-c", &script])
+                .stdin(Stdio::null())
+                .status()
+                .unwrap();
+            assert!(ok.success(), "{script}");
+        })
     }
 }
 
@@ -162,15 +248,46 @@ fn main() {
     c.start(&id).expect("StartContainer");
 
     let mut veth = Veth::new();
+    let listener = TcpListener::bind(("0.0.0.0", OUT_PORT)).unwrap();
+    let control = d.run_dir().join("pods").join(&pod).join("ctl");
     let (mut pod_gbps, mut veth_gbps) = (Vec::new(), Vec::new());
+    let (mut out_gbps, mut veth_out_gbps) = (Vec::new(), Vec::new());
+    let (mut cost_in, mut cost_out) = (Vec::new(), Vec::new());
+    let outbound = format!("head -c {} /dev/zero | nc {GATEWAY} {OUT_PORT}", mib << 20);
     for r in 0..rounds {
+        let before = counters(&control);
         let p = send(&ip, mib);
+        let middle = counters(&control);
+        let o = receive(&listener, mib, || {
+            let r = c
+                .exec(&id, &["sh", "-c", &outbound], 600)
+                .expect("ExecSync");
+            assert_eq!(r.exit_code, 0, "{}", String::from_utf8_lossy(&r.stderr));
+        });
+        let after = counters(&control);
         let v = veth.round(mib);
-        println!("round {r}: pod_gbps={p:.3} veth_gbps={v:.3}");
+        let vo = veth.round_out(&listener, mib);
+        let (ci, co) = (
+            cost(&before, &middle, mib, true),
+            cost(&middle, &after, mib, false),
+        );
+        println!(
+            "round {r}: pod_gbps={p:.3} veth_gbps={v:.3} pod_out_gbps={o:.3} veth_out_gbps={vo:.3} \
+             in: exits/MiB={:.0} notifications/MiB={:.0} frame={:.0} B; \
+             out: exits/MiB={:.0} notifications/MiB={:.0} frame={:.0} B",
+            ci.0, ci.1, ci.2, co.0, co.1, co.2
+        );
         pod_gbps.push(p);
         veth_gbps.push(v);
+        out_gbps.push(o);
+        veth_out_gbps.push(vo);
+        cost_in.push(ci);
+        cost_out.push(co);
     }
     let (p, v) = (median(pod_gbps), median(veth_gbps));
+    let (o, vo) = (median(out_gbps), median(veth_out_gbps));
+    let pick =
+        |v: &[(f64, f64, f64)], f: fn(&(f64, f64, f64)) -> f64| median(v.iter().map(f).collect());
     c.stop_pod(&pod).expect("StopPodSandbox");
     c.remove_pod(&pod).expect("RemovePodSandbox");
 
@@ -180,4 +297,19 @@ fn main() {
     println!("veth_gbps={v:.3}");
     println!("net_gbps={p:.3}");
     println!("net_vs_veth={:.3}", p / v);
+    println!("veth_out_gbps={vo:.3}");
+    println!("net_out_gbps={o:.3}");
+    println!("net_out_vs_veth_out={:.3}", o / vo);
+    println!("exits_per_mib_in={:.0}", pick(&cost_in, |c| c.0));
+    println!("exits_per_mib_out={:.0}", pick(&cost_out, |c| c.0));
+    println!(
+        "net_notifications_per_mib_in={:.0}",
+        pick(&cost_in, |c| c.1)
+    );
+    println!(
+        "net_notifications_per_mib_out={:.0}",
+        pick(&cost_out, |c| c.1)
+    );
+    println!("mean_frame_bytes_in={:.0}", pick(&cost_in, |c| c.2));
+    println!("mean_frame_bytes_out={:.0}", pick(&cost_out, |c| c.2));
 }
