@@ -3,7 +3,10 @@
 # runs the release binary BENCH of vmlet-bench (bench/) with ARGS inside the KVM
 # entry point, with the environment the integration tests read.
 #   scripts/run-release-bench.sh BENCH [ARGS...]
-# Used by scripts/bench-pod.sh and scripts/bench-net.sh.
+# Used by scripts/bench-pod.sh and scripts/bench-net.sh. VMLET_VMM, when set, names
+# another vmlet-vmm binary to run the pods with (a build of another version, for a
+# before/after comparison); it must lie where the KVM entry point sees it (the
+# repository or the target directory).
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -16,5 +19,7 @@ kernel=$(scripts/build-guest-kernel.sh | tail -n1)
 target=${CARGO_TARGET_DIR:-$repo/target}
 cargo build -j2 --release -p vmlet-vmm -p vmlet-agent -p vmlet-bench --bins >&2
 initramfs=$(scripts/build-initramfs.sh -o "$target/vmlet-initramfs.cpio" | tail -n1)
-export VMLET_KERNEL=$kernel VMLET_TEST_INITRAMFS=$initramfs VMLET_VMM=$target/release/vmlet-vmm
+export VMLET_KERNEL=$kernel VMLET_TEST_INITRAMFS=$initramfs
+export VMLET_VMM=${VMLET_VMM:-$target/release/vmlet-vmm}
+echo "vmm=$VMLET_VMM" >&2
 scripts/with-kvm.sh --timeout 3000 -- "$target/release/$bench" "$@"

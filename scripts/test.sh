@@ -96,6 +96,8 @@ declare -A e2e_limits=(
     [soak::pod_cycles_leave_nothing_behind_and_vmletd_memory_flat]=900
     [soak::repeated_kill_9_of_vmletd_loses_no_pod_and_no_log_line]=900
     [soak::a_burst_of_concurrent_run_pod_sandbox_calls_all_succeed]=900
+    # 256 MiB each way and 32 MiB each way through emulated nested virtio-net.
+    [vmm::network_transfers_each_way_arrive_intact_with_and_without_offloads]=900
 )
 # Retries: none on hardware KVM. In the TCG machine a test runs again (at most
 # E2E_ATTEMPTS times in all) only when with-kvm names the machine itself as the cause

@@ -103,8 +103,6 @@ pub struct GuestConfig {
     pub netns: Option<String>,
     /// Restore from the snapshot in this directory instead of booting.
     pub restore: Option<PathBuf>,
-    /// Kernel command line appended to the VMM's.
-    pub cmdline: String,
 }
 
 impl Default for GuestConfig {
@@ -119,7 +117,6 @@ impl Default for GuestConfig {
             shared_memory: false,
             netns: None,
             restore: None,
-            cmdline: String::new(),
         }
     }
 }
@@ -138,6 +135,7 @@ pub fn net(tap: &str, mac: &str) -> NetConfig {
     NetConfig {
         tap: tap.to_owned(),
         mac: Some(mac.to_owned()),
+        no_offloads: false,
     }
 }
 
@@ -173,7 +171,6 @@ impl GuestConfig {
             serial: SerialOutput::File(serial.to_owned()),
             control_socket: Some(control.to_owned()),
             restore: self.restore.clone(),
-            cmdline: self.cmdline.clone(),
             ..VmConfig::new(kernel())
         }
     }
@@ -589,6 +586,34 @@ impl Netns {
             n = ns.0
         ));
         ns
+    }
+}
+
+impl Netns {
+    /// Runs `f` on a thread inside this namespace (sockets it opens live there).
+    pub fn run_in<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = Path::new("/run/netns").join(&self.0);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let ns = std::fs::File::open(&path)
+                    .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+                // SAFETY: setns on a namespace file we hold open; it moves only this
+                // thread, which ends with `f`.
+                let r = unsafe {
+                    libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET)
+                };
+                assert_eq!(
+                    r,
+                    0,
+                    "setns {}: {}",
+                    path.display(),
+                    std::io::Error::last_os_error()
+                );
+                f()
+            })
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e))
+        })
     }
 }
 

@@ -90,6 +90,9 @@ impl VmConfig {
                 value.push_str(",mac=");
                 value.push_str(listed(flag::NET, "mac", mac)?);
             }
+            if n.no_offloads {
+                value.push_str(",no-offloads");
+            }
             args.push(valued(flag::NET, value));
         }
         if let Some(v) = &self.vsock {
@@ -187,6 +190,7 @@ mod tests {
             net: vec![NetConfig {
                 tap: "tap0".into(),
                 mac: Some("02:00:00:00:00:02".into()),
+                no_offloads: true,
             }],
             vsock: Some(VsockConfig {
                 cid: 3,
@@ -213,7 +217,7 @@ mod tests {
                 "--mem-mib=256",
                 "--drive=id=scratch,path=/p/scratch.ext4",
                 "--drive=id=slot0,path=/p/empty.img,ro",
-                "--net=tap=tap0,mac=02:00:00:00:00:02",
+                "--net=tap=tap0,mac=02:00:00:00:00:02,no-offloads",
                 "--vsock=cid=3,uds=/run/p/vsock",
                 "--fs=tag=vol0,socket=/run/p/fs0.sock,num_request_queues=1,queue_size=1024",
                 "--free-page-reporting",

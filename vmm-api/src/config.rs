@@ -50,6 +50,10 @@ pub struct NetConfig {
     /// Guest MAC address, `aa:bb:cc:dd:ee:ff`.
     #[serde(default)]
     pub mac: Option<String>,
+    /// Offer the guest no checksum or segmentation offloads (every frame then
+    /// crosses the card whole and checksummed, as on a tap without them).
+    #[serde(default)]
+    pub no_offloads: bool,
 }
 
 /// The vsock device.
@@ -565,18 +569,19 @@ impl DriveConfig {
 }
 
 impl NetConfig {
-    /// Parses a `--net` value: `tap=NAME[,mac=aa:bb:cc:dd:ee:ff]`.
+    /// Parses a `--net` value: `tap=NAME[,mac=aa:bb:cc:dd:ee:ff][,no-offloads]`.
     pub fn from_flag(s: &str) -> Result<Self, FlagError> {
-        let (mut tap, mut mac) = (None, None);
+        let (mut tap, mut mac, mut no_offloads) = (None, None, false);
         for (k, v) in key_values(s) {
             match k {
                 "tap" => tap = Some(v.to_owned()),
                 "mac" => mac = Some(v.to_owned()),
+                "no-offloads" => no_offloads = true,
                 _ => {
                     return Err(FlagError::UnknownKey {
                         flag: "net",
                         key: k.to_owned(),
-                        known: "tap=,mac=",
+                        known: "tap=,mac=,no-offloads",
                     })
                 }
             }
@@ -587,6 +592,7 @@ impl NetConfig {
                 key: "tap",
             })?,
             mac,
+            no_offloads,
         })
     }
 }
@@ -722,6 +728,7 @@ mod tests {
             net: vec![NetConfig {
                 tap: "t".into(),
                 mac: None,
+                no_offloads: false,
             }],
             vsock: Some(VsockConfig {
                 cid: 3,
@@ -773,6 +780,7 @@ mod tests {
         c.net = vec![NetConfig {
             tap: "t".into(),
             mac: Some("zz:00:00:00:00:00".into()),
+            no_offloads: false,
         }];
         assert!(matches!(c.validate(&LIMITS), Err(ConfigError::Mac(_))));
         c.net.clear();
@@ -786,6 +794,7 @@ mod tests {
             .map(|i| NetConfig {
                 tap: format!("t{i}"),
                 mac: None,
+                no_offloads: false,
             })
             .collect();
         assert_eq!(

@@ -424,7 +424,7 @@ fn attach_net_devices(
     for (i, n) in nets.iter().enumerate() {
         let fail = device_error(DeviceId::Net(n.tap.clone()));
         let mac = n.mac.as_deref().map(parse_mac).transpose()?;
-        let net = Net::new(&n.tap, mac)
+        let net = Net::new(&n.tap, mac, !n.no_offloads)
             .map_err(DeviceError::Net)
             .map_err(&fail)?;
         counts.push((format!("net{i}"), net.counters()));

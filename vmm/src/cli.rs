@@ -277,10 +277,12 @@ mod tests {
                 NetConfig {
                     tap: "tap0".into(),
                     mac: Some("02:00:00:00:00:02".into()),
+                    no_offloads: false,
                 },
                 NetConfig {
                     tap: "tap1".into(),
                     mac: None,
+                    no_offloads: true,
                 },
             ],
             vsock: Some(VsockConfig {

@@ -93,6 +93,7 @@ impl VmmCommand {
                 .map(|(tap, mac)| NetConfig {
                     tap: tap.clone(),
                     mac: Some(mac.clone()),
+                    no_offloads: false,
                 })
                 .collect(),
             vsock: Some(VsockConfig {

@@ -91,6 +91,20 @@ impl Disk {
         self.file.write_all_at(buf, offset)
     }
 
+    /// Frees `len` bytes at `offset` in the file, which then read as zeros.
+    pub fn punch_hole(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+            return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
+        };
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.file);
+        let mode = crate::devices::virtio::balloon::PUNCH_HOLE;
+        // SAFETY: fallocate on a descriptor we own; no memory is passed.
+        if unsafe { libc::fallocate(fd, mode, offset, len) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// Flushes written data to stable storage.
     pub fn flush(&self) -> std::io::Result<()> {
         self.file.sync_data()

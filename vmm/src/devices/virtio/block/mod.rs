@@ -25,6 +25,12 @@ const QUEUE_SIZES: &[u16] = &[QUEUE_SIZE];
 const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << 2;
 const VIRTIO_BLK_F_RO: u64 = 1 << 5;
 const VIRTIO_BLK_F_FLUSH: u64 = 1 << 9;
+const VIRTIO_BLK_F_DISCARD: u64 = 1 << 13;
+const VIRTIO_BLK_F_WRITE_ZEROES: u64 = 1 << 14;
+/// `virtio_blk_config` up to `write_zeroes_may_unmap` and its padding.
+const CONFIG_LEN: usize = 60;
+/// Discards are aligned to 4 KiB (in sectors): smaller pieces free no file block.
+const DISCARD_ALIGNMENT_SECTORS: u32 = 8;
 
 struct Active {
     mem: GuestMemoryMmap,
@@ -107,11 +113,18 @@ impl Block {
         }
     }
 
-    fn config_space(&self) -> [u8; 16] {
-        let mut cfg = [0u8; 16];
-        cfg[..8].copy_from_slice(&self.disk.sectors().to_le_bytes());
+    fn config_space(&self) -> [u8; CONFIG_LEN] {
+        let mut cfg = [0u8; CONFIG_LEN];
+        let mut put = |at: usize, v: u32| cfg[at..at + 4].copy_from_slice(&v.to_le_bytes());
         // size_max (offset 8) left 0: unused without VIRTIO_BLK_F_SIZE_MAX.
-        cfg[12..16].copy_from_slice(&u32::from(QUEUE_SIZE - 2).to_le_bytes());
+        put(12, u32::from(QUEUE_SIZE - 2));
+        put(36, request::MAX_SEGMENT_SECTORS); // max_discard_sectors
+        put(40, request::MAX_SEGMENTS); // max_discard_seg
+        put(44, DISCARD_ALIGNMENT_SECTORS); // discard_sector_alignment
+        put(48, request::MAX_SEGMENT_SECTORS); // max_write_zeroes_sectors
+        put(52, request::MAX_SEGMENTS); // max_write_zeroes_seg
+        cfg[..8].copy_from_slice(&self.disk.sectors().to_le_bytes());
+        cfg[56] = 1; // write_zeroes_may_unmap
         cfg
     }
 
@@ -139,12 +152,16 @@ impl VirtioDevice for Block {
         QUEUE_SIZES
     }
     fn avail_features(&self) -> u64 {
-        let ro = if self.disk.read_only() {
+        let access = if self.disk.read_only() {
             VIRTIO_BLK_F_RO
         } else {
-            0
+            VIRTIO_BLK_F_DISCARD | VIRTIO_BLK_F_WRITE_ZEROES
         };
-        VIRTIO_F_VERSION_1 | VIRTIO_BLK_F_SEG_MAX | VIRTIO_BLK_F_FLUSH | ro
+        VIRTIO_F_VERSION_1
+            | VIRTIO_BLK_F_SEG_MAX
+            | VIRTIO_BLK_F_FLUSH
+            | (1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX)
+            | access
     }
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         super::read_config_bytes(&self.config_space(), offset, data);
@@ -228,5 +245,14 @@ mod tests {
         let f = tempfile::NamedTempFile::new().unwrap();
         let blk = Block::new("d".into(), Disk::open(f.path(), true).unwrap()).unwrap();
         assert_ne!(blk.avail_features() & VIRTIO_BLK_F_RO, 0);
+        assert_eq!(
+            blk.avail_features() & (VIRTIO_BLK_F_DISCARD | VIRTIO_BLK_F_WRITE_ZEROES),
+            0
+        );
+        let rw = Block::new("d".into(), Disk::open(f.path(), false).unwrap()).unwrap();
+        assert_ne!(rw.avail_features() & VIRTIO_BLK_F_DISCARD, 0);
+        let mut cfg = [0u8; 4];
+        rw.read_config(40, &mut cfg);
+        assert_eq!(u32::from_le_bytes(cfg), request::MAX_SEGMENTS);
     }
 }

@@ -16,6 +16,18 @@ const VIRTIO_BLK_T_IN: u32 = 0;
 const VIRTIO_BLK_T_OUT: u32 = 1;
 const VIRTIO_BLK_T_FLUSH: u32 = 4;
 const VIRTIO_BLK_T_GET_ID: u32 = 8;
+const VIRTIO_BLK_T_DISCARD: u32 = 11;
+const VIRTIO_BLK_T_WRITE_ZEROES: u32 = 13;
+/// `VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP`: the zeroed range may be freed.
+const FLAG_UNMAP: u32 = 1;
+/// Size of one `virtio_blk_discard_write_zeroes` segment.
+const SEGMENT_LEN: usize = 16;
+/// Segments a discard or write-zeroes request may carry (`max_discard_seg`,
+/// `max_write_zeroes_seg`).
+pub const MAX_SEGMENTS: u32 = 16;
+/// Sectors one segment may cover (`max_discard_sectors`, `max_write_zeroes_sectors`):
+/// 2 GiB.
+pub const MAX_SEGMENT_SECTORS: u32 = 1 << 22;
 const VIRTIO_BLK_S_OK: u8 = 0;
 const VIRTIO_BLK_S_IOERR: u8 = 1;
 const VIRTIO_BLK_S_UNSUPP: u8 = 2;
@@ -104,6 +116,68 @@ fn write_from(
     Outcome::Done(VIRTIO_BLK_S_OK, 0)
 }
 
+/// Frees (discard) or zeroes the ranges listed in the request's data. Every segment is
+/// checked before any is applied, so a bad request changes nothing. Zeroing punches a
+/// hole too (it reads back as zeros), or writes zeros where the file cannot have holes.
+fn discard(
+    id: &str,
+    disk: &Disk,
+    input: &mut impl Read,
+    len: usize,
+    zeroes: bool,
+    buf: &mut [u8],
+) -> Outcome {
+    if disk.read_only()
+        || len == 0
+        || !len.is_multiple_of(SEGMENT_LEN)
+        || len / SEGMENT_LEN > MAX_SEGMENTS as usize
+    {
+        return Outcome::Done(VIRTIO_BLK_S_IOERR, 0);
+    }
+    let mut ranges = [(0u64, 0u64); MAX_SEGMENTS as usize];
+    let count = len / SEGMENT_LEN;
+    for range in ranges.iter_mut().take(count) {
+        let mut seg = [0u8; SEGMENT_LEN];
+        if input.read_exact(&mut seg).is_err() {
+            return Outcome::Done(VIRTIO_BLK_S_IOERR, 0);
+        }
+        let mut sector = [0u8; 8];
+        sector.copy_from_slice(&seg[..8]);
+        let sector = u64::from_le_bytes(sector);
+        let sectors = u32::from_le_bytes([seg[8], seg[9], seg[10], seg[11]]);
+        let flags = u32::from_le_bytes([seg[12], seg[13], seg[14], seg[15]]);
+        // Unknown flags, and unmap on a discard, are unsupported (virtio 1.2, 5.2.6.2).
+        if flags & !FLAG_UNMAP != 0 || (!zeroes && flags != 0) {
+            return Outcome::Done(VIRTIO_BLK_S_UNSUPP, 0);
+        }
+        let bytes = u64::from(sectors) * SECTOR_SIZE;
+        if sectors > MAX_SEGMENT_SECTORS || !check_range(disk, sector, bytes as usize) {
+            return Outcome::Done(VIRTIO_BLK_S_IOERR, 0);
+        }
+        *range = (sector * SECTOR_SIZE, bytes);
+    }
+    for &(offset, bytes) in &ranges[..count] {
+        match disk.punch_hole(offset, bytes) {
+            Ok(()) => {}
+            // A discard is a hint: a file that cannot free space keeps its data.
+            Err(_) if !zeroes => {}
+            Err(_) => {
+                buf.fill(0);
+                let mut done = 0u64;
+                while done < bytes {
+                    let n = (bytes - done).min(buf.len() as u64) as usize;
+                    if let Err(e) = disk.write_at(&buf[..n], offset + done) {
+                        host_io_error(id, "write zeroes", offset + done, &e);
+                        return Outcome::Done(VIRTIO_BLK_S_IOERR, 0);
+                    }
+                    done += n as u64;
+                }
+            }
+        }
+    }
+    Outcome::Done(VIRTIO_BLK_S_OK, 0)
+}
+
 /// A bounce buffer for [`execute`], allocated once per drive.
 pub fn bounce_buffer() -> Vec<u8> {
     vec![0u8; CHUNK]
@@ -166,6 +240,11 @@ pub fn execute(
                     Outcome::Done(VIRTIO_BLK_S_IOERR, 0)
                 }
             },
+            VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES => {
+                let len = reader.available_bytes();
+                let zeroes = kind == VIRTIO_BLK_T_WRITE_ZEROES;
+                discard(id, disk, &mut reader, len, zeroes, buf)
+            }
             VIRTIO_BLK_T_GET_ID => {
                 let mut serial = [0u8; ID_BYTES];
                 let n = id.len().min(ID_BYTES);
@@ -240,6 +319,131 @@ mod tests {
 
     fn status(mem: &GuestMemoryMmap) -> u8 {
         mem.read_obj(GuestAddress(STATUS)).unwrap()
+    }
+
+    /// One discard or write-zeroes segment: sector, sectors, flags.
+    type Segment = (u64, u32, u32);
+
+    /// Writes `segs` as a discard or write-zeroes payload at DATA and runs the request;
+    /// returns its status.
+    fn ranges(m: &GuestMemoryMmap, d: &mut Disk, kind: u32, segs: &[Segment]) -> u8 {
+        let mut data = Vec::new();
+        for &(sector, n, flags) in segs {
+            data.extend(sector.to_le_bytes());
+            data.extend(n.to_le_bytes());
+            data.extend(flags.to_le_bytes());
+        }
+        m.write_slice(&data, GuestAddress(DATA)).unwrap();
+        header(m, kind, 0);
+        let n = run(
+            m,
+            d,
+            &[
+                desc(HDR, 16, false),
+                desc(DATA, data.len() as u32, false),
+                desc(STATUS, 1, true),
+            ],
+        );
+        assert_eq!(n, 1);
+        status(m)
+    }
+
+    #[test]
+    fn discard_and_write_zeroes_free_the_file_and_read_back_zeros() {
+        use std::os::unix::fs::MetadataExt;
+        let m = mem();
+        // 1 MiB of data, all of it allocated.
+        let (f, mut d) = disk(2048, false);
+        let blocks = || std::fs::metadata(f.path()).unwrap().blocks();
+        let full = blocks();
+        assert!(full >= 2048, "{full} blocks");
+        let status = ranges(
+            &m,
+            &mut d,
+            VIRTIO_BLK_T_DISCARD,
+            &[(0, 512, 0), (1024, 512, 0)],
+        );
+        assert_eq!(status, VIRTIO_BLK_S_OK);
+        let zeroes = ranges(
+            &m,
+            &mut d,
+            VIRTIO_BLK_T_WRITE_ZEROES,
+            &[(512, 8, FLAG_UNMAP), (600, 8, 0)],
+        );
+        assert_eq!(zeroes, VIRTIO_BLK_S_OK);
+        assert!(
+            blocks() <= full - 1024,
+            "{} of {full} blocks left",
+            blocks()
+        );
+        let content = std::fs::read(f.path()).unwrap();
+        let zero = |from: usize, sectors: usize| {
+            content[from * 512..(from + sectors) * 512]
+                .iter()
+                .all(|&b| b == 0)
+        };
+        assert!(zero(0, 512) && zero(1024, 512) && zero(512, 8) && zero(600, 8));
+        // Outside them the data stays.
+        assert_eq!(content[520 * 512], ((520 * 512) % 251) as u8);
+        assert_eq!(content[2047 * 512 + 7], ((2047 * 512 + 7) % 251) as u8);
+    }
+
+    #[test]
+    fn bad_discards_change_nothing() {
+        let m = mem();
+        let (f, mut d) = disk(64, false);
+        let before = std::fs::read(f.path()).unwrap();
+        let too_many: Vec<Segment> = (0..=MAX_SEGMENTS as u64).map(|i| (i, 1, 0)).collect();
+        let cases: [(u32, &[Segment], u8); 6] = [
+            // Unmap is a write-zeroes flag; unknown flags are unsupported.
+            (
+                VIRTIO_BLK_T_DISCARD,
+                &[(0, 8, FLAG_UNMAP)],
+                VIRTIO_BLK_S_UNSUPP,
+            ),
+            (VIRTIO_BLK_T_WRITE_ZEROES, &[(0, 8, 2)], VIRTIO_BLK_S_UNSUPP),
+            // A good segment before one past the end: neither is applied.
+            (
+                VIRTIO_BLK_T_DISCARD,
+                &[(0, 8, 0), (60, 8, 0)],
+                VIRTIO_BLK_S_IOERR,
+            ),
+            (
+                VIRTIO_BLK_T_WRITE_ZEROES,
+                &[(u64::MAX / 256, 8, 0)],
+                VIRTIO_BLK_S_IOERR,
+            ),
+            (
+                VIRTIO_BLK_T_DISCARD,
+                &[(0, MAX_SEGMENT_SECTORS + 1, 0)],
+                VIRTIO_BLK_S_IOERR,
+            ),
+            (VIRTIO_BLK_T_DISCARD, &too_many, VIRTIO_BLK_S_IOERR),
+        ];
+        for (kind, segs, want) in cases {
+            assert_eq!(ranges(&m, &mut d, kind, segs), want, "{kind} {segs:?}");
+        }
+        // A payload that is not whole segments, and none at all.
+        header(&m, VIRTIO_BLK_T_DISCARD, 0);
+        run(
+            &m,
+            &mut d,
+            &[
+                desc(HDR, 16, false),
+                desc(DATA, 15, false),
+                desc(STATUS, 1, true),
+            ],
+        );
+        assert_eq!(status(&m), VIRTIO_BLK_S_IOERR);
+        run(&m, &mut d, &[desc(HDR, 16, false), desc(STATUS, 1, true)]);
+        assert_eq!(status(&m), VIRTIO_BLK_S_IOERR);
+        // A read-only drive refuses them.
+        let mut ro = Disk::open(f.path(), true).unwrap();
+        assert_eq!(
+            ranges(&m, &mut ro, VIRTIO_BLK_T_DISCARD, &[(0, 8, 0)]),
+            VIRTIO_BLK_S_IOERR
+        );
+        assert_eq!(std::fs::read(f.path()).unwrap(), before);
     }
 
     #[test]

@@ -9,7 +9,7 @@
 mod header;
 mod tap;
 
-pub use header::BadHeader;
+pub use header::{check_tx, BadHeader, OFFLOADS};
 pub use tap::{Tap, TapError, TUNSETOFFLOAD, VNET_HDR_LEN};
 
 use super::{device_type, ActivateError, Chain, IrqTrigger, RateLimit, VirtioDevice, INT_VRING};
@@ -44,6 +44,8 @@ pub struct Net {
     active: Option<Active>,
     /// Features the guest accepted.
     acked: u64,
+    /// Offloads are offered where the tap takes them.
+    offloads: bool,
     /// Length of a frame left in `rx_buf` while the guest had no receive buffer.
     pending_rx: Option<usize>,
     rx_buf: Vec<u8>,
@@ -76,7 +78,8 @@ fn random_mac() -> [u8; 6] {
 }
 
 /// What became of a received frame.
-enum Rx {
+#[derive(Debug, PartialEq, Eq)]
+pub enum Rx {
     /// Written into the buffers taken.
     Delivered,
     /// The guest has too few buffers posted: the frame waits, nothing was taken.
@@ -86,15 +89,18 @@ enum Rx {
 }
 
 impl Net {
-    /// A card on tap `tap_name` with `mac` (random if `None`).
-    pub fn new(tap_name: &str, mac: Option<[u8; 6]>) -> Result<Self, NetError> {
+    /// A card on tap `tap_name` with `mac` (random if `None`), offering the guest
+    /// checksum and segmentation offloads if `offloads` and the tap takes them.
+    pub fn new(tap_name: &str, mac: Option<[u8; 6]>, offloads: bool) -> Result<Self, NetError> {
         let tap = Tap::open(tap_name)?;
+        let offloads = offloads && tap.supports_offloads();
         let evt = || EventFd::new(libc::EFD_NONBLOCK).map_err(NetError::EventFd);
         Ok(Net {
             tap,
             mac: mac.unwrap_or_else(random_mac),
             queue_evts: vec![evt()?, evt()?],
             active: None,
+            offloads,
             acked: 0,
             pending_rx: None,
             rx_buf: vec![0u8; MAX_FRAME],
@@ -216,7 +222,7 @@ impl Net {
 /// caller to return as used. Without `mergeable` the frame goes whole into one
 /// buffer; with it, into as many as it fills, their count in the header's
 /// `num_buffers`. Nothing is taken when the ring holds too few buffers.
-fn take_rx_buffers(
+pub fn take_rx_buffers(
     rxq: &mut Queue,
     mem: &GuestMemoryMmap,
     frame: &mut [u8],
@@ -320,11 +326,7 @@ impl VirtioDevice for Net {
         QUEUE_SIZES
     }
     fn avail_features(&self) -> u64 {
-        let offloads = if self.tap.supports_offloads() {
-            header::OFFLOADS
-        } else {
-            0
-        };
+        let offloads = if self.offloads { header::OFFLOADS } else { 0 };
         super::VIRTIO_F_VERSION_1
             | header::F_MAC
             | header::F_MRG_RXBUF
@@ -611,8 +613,9 @@ mod tests {
             // SAFETY: unshare affects only this thread.
             let r = unsafe { libc::unshare(libc::CLONE_NEWNET) };
             assert_eq!(r, 0, "unshare: {}", std::io::Error::last_os_error());
-            let mut net = Net::new("vt0", Some([2, 0, 0, 0, 0, 9])).unwrap();
-            assert!(net.tap.supports_offloads());
+            let mut net = Net::new("vt0", Some([2, 0, 0, 0, 0, 9]), true).unwrap();
+            assert!(net.offloads);
+            assert_ne!(net.avail_features() & header::F_HOST_TSO4, 0);
             link_up("vt0");
             let mem = mem();
             let rx = MockSplitQueue::create(&mem, GuestAddress(0), 16);
