@@ -280,7 +280,9 @@ pub fn drain_queue(
     static USED_RING: RateLimit = RateLimit::new();
     let mut used_any = false;
     'drain: loop {
+        let mut took = false;
         while let Some(chain) = queue.pop_descriptor_chain(mem) {
+            took = true;
             let head = chain.head_index();
             let len = handle(chain, mem);
             if let Err(e) = queue.add_used(mem, head, len) {
@@ -291,8 +293,11 @@ pub fn drain_queue(
             used_any = true;
         }
         // With EVENT_IDX the driver kicks again only once past the index published
-        // here; a chain it queued before seeing it is taken now.
-        if !queue.enable_notification(mem).unwrap_or(false) {
+        // here; a chain it queued before seeing it is taken now. A ring that shows
+        // chains but yields none (a bad available index) is not read again: that
+        // would spin.
+        let more = queue.enable_notification(mem).unwrap_or(false);
+        if !(more && took) {
             break;
         }
     }
@@ -302,6 +307,32 @@ pub fn drain_queue(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_ring_that_yields_no_chain_is_not_read_forever() {
+        use virtio_queue::QueueT;
+        use vm_memory::{Address, Bytes, GuestAddress};
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+            let q = virtio_queue::mock::MockSplitQueue::new(&mem, 16);
+            let mut queue: Queue = q.create_queue().unwrap();
+            queue.set_event_idx(true);
+            // An available index further ahead than the queue is long.
+            mem.write_obj(100u16, q.avail_addr().unchecked_add(2))
+                .unwrap();
+            let mut calls = 0;
+            drain_queue("test", &mut queue, &mem, |_, _| {
+                calls += 1;
+                0
+            });
+            done.send(calls).unwrap();
+        });
+        let calls = finished
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("drain_queue spun on a bad ring");
+        assert_eq!(calls, 0);
+    }
 
     #[test]
     fn config_reads_are_bounded() {
