@@ -6,7 +6,7 @@
 # Used by scripts/bench-pod.sh and scripts/bench-net.sh. VMLET_VMM, when set, names
 # another vmlet-vmm binary to run the pods with (a build of another version, for a
 # before/after comparison); it must lie where the KVM entry point sees it (the
-# repository or the target directory).
+# repository or the target directory). vmletd stays this build's.
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -21,5 +21,6 @@ cargo build -j2 --release -p vmlet-vmm -p vmlet-agent -p vmlet-bench --bins >&2
 initramfs=$(scripts/build-initramfs.sh -o "$target/vmlet-initramfs.cpio" | tail -n1)
 export VMLET_KERNEL=$kernel VMLET_TEST_INITRAMFS=$initramfs
 export VMLET_VMM=${VMLET_VMM:-$target/release/vmlet-vmm}
+export VMLET_VMLETD=${VMLET_VMLETD:-$target/release/vmletd}
 echo "vmm=$VMLET_VMM" >&2
 scripts/with-kvm.sh --timeout 3000 -- "$target/release/$bench" "$@"

@@ -135,6 +135,18 @@ fn cost(
         (a.tx_bytes - b.tx_bytes, a.tx_packets - b.tx_packets)
     };
     let mib = mib as f64;
+    let kinds: Vec<String> = after
+        .exits
+        .iter()
+        .map(|(k, n)| (k, n - before.exits.get(k).copied().unwrap_or(0)))
+        .filter(|(_, n)| *n > 0)
+        .map(|(k, n)| format!("{k}={:.0}", n as f64 / mib))
+        .collect();
+    println!(
+        "  exits per MiB {}: {}",
+        if inbound { "in" } else { "out" },
+        kinds.join(" ")
+    );
     (
         (exits(after) - exits(before)) as f64 / mib,
         (a.queue_notifications - b.queue_notifications) as f64 / mib,
