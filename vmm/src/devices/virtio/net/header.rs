@@ -137,19 +137,21 @@ pub fn check_tx(hdr: &[u8; LEN], frame_len: usize, acked: u64) -> Result<(), Bad
     Ok(())
 }
 
+/// A header with these fields, for tests.
+#[cfg(test)]
+pub fn hdr(flags: u8, gso: u8, gso_size: u16, start: u16, offset: u16) -> [u8; LEN] {
+    let mut h = [0u8; LEN];
+    h[0] = flags;
+    h[1] = gso;
+    h[4..6].copy_from_slice(&gso_size.to_le_bytes());
+    h[6..8].copy_from_slice(&start.to_le_bytes());
+    h[8..10].copy_from_slice(&offset.to_le_bytes());
+    h
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn hdr(flags: u8, gso: u8, gso_size: u16, start: u16, offset: u16) -> [u8; LEN] {
-        let mut h = [0u8; LEN];
-        h[0] = flags;
-        h[1] = gso;
-        h[4..6].copy_from_slice(&gso_size.to_le_bytes());
-        h[6..8].copy_from_slice(&start.to_le_bytes());
-        h[8..10].copy_from_slice(&offset.to_le_bytes());
-        h
-    }
 
     #[test]
     fn the_tap_hands_over_only_what_the_guest_takes() {

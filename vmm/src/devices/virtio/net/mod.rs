@@ -632,21 +632,12 @@ mod tests {
             .unwrap();
             // Broadcast ARP-sized frames: headers for TSO (not negotiated), an unknown
             // flag, a checksum past the end, then a good one with a partial checksum.
-            let mut headers = Vec::new();
-            for (flags, gso, gso_size, start, offset) in [
-                (1u8, 1u8, 1448u16, 34u16, 16u16),
-                (4, 0, 0, 0, 0),
-                (1, 0, 0, 60, 0),
-                (1, 0, 0, 34, 6),
-            ] {
-                let mut h = [0u8; VNET_HDR_LEN];
-                h[0] = flags;
-                h[1] = gso;
-                h[4..6].copy_from_slice(&gso_size.to_le_bytes());
-                h[6..8].copy_from_slice(&start.to_le_bytes());
-                h[8..10].copy_from_slice(&offset.to_le_bytes());
-                headers.push(h);
-            }
+            let headers = [
+                header::hdr(1, 1, 1448, 34, 16),
+                header::hdr(4, 0, 0, 0, 0),
+                header::hdr(1, 0, 0, 60, 0),
+                header::hdr(1, 0, 0, 34, 6),
+            ];
             let mut descs = Vec::new();
             for (i, h) in headers.iter().enumerate() {
                 let at = BUF + 0x1000 * i as u64;

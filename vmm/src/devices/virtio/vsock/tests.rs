@@ -294,6 +294,12 @@ impl Env {
         self.drv.kick(TXQ);
     }
 
+    /// Posts event buffer `slot` (8 bytes at `EV_BUFS`) on the event queue.
+    fn post_event_buffer(&mut self, slot: u16) {
+        let at = EV_BUFS + 8 * u64::from(slot);
+        self.ev.push(&self.drv.mem, slot, &[(at, 8)], true);
+    }
+
     fn counts(&self) -> (usize, usize) {
         let d = self.dev.lock().unwrap();
         (d.muxer.connection_count(), d.muxer.registered_count())
@@ -894,12 +900,7 @@ fn after_a_restore_host_connections_wait_until_the_guest_handled_the_reset() {
     let mut env = Env::new();
     // Linux posts its event buffers at probe.
     for slot in 0..2 {
-        env.ev.push(
-            &env.drv.mem,
-            slot,
-            &[(EV_BUFS + 8 * u64::from(slot), 8)],
-            true,
-        );
+        env.post_event_buffer(slot);
     }
     env.drv.kick(EVQ);
     env.pump();
@@ -924,12 +925,7 @@ fn after_a_restore_host_connections_wait_until_the_guest_handled_the_reset() {
     assert_eq!(env.counts().0, 1, "the request waits");
 
     // The guest handled the event and gives its buffer back.
-    env.ev.push(
-        &env.drv.mem,
-        slot,
-        &[(EV_BUFS + 8 * u64::from(slot), 8)],
-        true,
-    );
+    env.post_event_buffer(slot);
     env.drv.kick(EVQ);
     let p = env.packets();
     assert_eq!(p[0].0.op(), Some(Op::Request));
