@@ -1211,8 +1211,12 @@ mod streaming {
                         into.push(v);
                     }
                     Err(e) => println!(
-                        "run {run}: {who} failed: {e}; kubectl: {}",
-                        std::fs::read_to_string(&kubectl_log).unwrap_or_default()
+                        "run {run}: {who} failed: {e}; kubectl: {}; the VMM's log ends: {}",
+                        std::fs::read_to_string(&kubectl_log).unwrap_or_default(),
+                        vmlet_integration_tests::tail(
+                            &d.state_dir().join("pods").join(&pod).join("vmm.log"),
+                            5
+                        )
                     ),
                 }
             }
