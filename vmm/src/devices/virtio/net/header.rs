@@ -6,7 +6,7 @@
 //! what the guest negotiated: a guest that asks for an offload it did not accept, or
 //! points a checksum outside its frame, has its frame dropped and counted.
 
-use super::tap::{TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN};
+use super::tap::{TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN, VNET_HDR_LEN};
 
 /// The device checks and completes partial checksums of frames it sends.
 pub const F_CSUM: u64 = 1 << 0;
@@ -45,8 +45,6 @@ pub const OFFLOADS: u64 = F_CSUM
     | F_HOST_ECN
     | F_HOST_UFO;
 
-/// Size of `virtio_net_hdr_v1`, the header in front of every frame.
-pub const LEN: usize = super::tap::VNET_HDR_LEN;
 /// Where `num_buffers` sits in the header.
 pub const NUM_BUFFERS: usize = 10;
 
@@ -102,7 +100,7 @@ pub enum BadHeader {
 
 /// Checks the header of a frame of `frame_len` bytes (header included) the guest
 /// sends, against the features it accepted (`acked`).
-pub fn check_tx(hdr: &[u8; LEN], frame_len: usize, acked: u64) -> Result<(), BadHeader> {
+pub fn check_tx(hdr: &[u8; VNET_HDR_LEN], frame_len: usize, acked: u64) -> Result<(), BadHeader> {
     let flags = hdr[0];
     let gso = hdr[1];
     let le = |i: usize| u16::from_le_bytes([hdr[i], hdr[i + 1]]);
@@ -126,7 +124,7 @@ pub fn check_tx(hdr: &[u8; LEN], frame_len: usize, acked: u64) -> Result<(), Bad
     if kind != GSO_NONE && (gso_size == 0 || !needs_csum) {
         return Err(BadHeader::Gso);
     }
-    let len = frame_len.saturating_sub(LEN);
+    let len = frame_len.saturating_sub(VNET_HDR_LEN);
     if needs_csum && usize::from(csum_start) + usize::from(csum_offset) + 2 > len {
         return Err(BadHeader::Csum {
             start: csum_start,
@@ -139,8 +137,8 @@ pub fn check_tx(hdr: &[u8; LEN], frame_len: usize, acked: u64) -> Result<(), Bad
 
 /// A header with these fields, for tests.
 #[cfg(test)]
-pub fn hdr(flags: u8, gso: u8, gso_size: u16, start: u16, offset: u16) -> [u8; LEN] {
-    let mut h = [0u8; LEN];
+pub fn hdr(flags: u8, gso: u8, gso_size: u16, start: u16, offset: u16) -> [u8; VNET_HDR_LEN] {
+    let mut h = [0u8; VNET_HDR_LEN];
     h[0] = flags;
     h[1] = gso;
     h[4..6].copy_from_slice(&gso_size.to_le_bytes());
@@ -172,9 +170,9 @@ mod tests {
 
     #[test]
     fn plain_frames_pass_without_any_offload() {
-        assert_eq!(check_tx(&[0; LEN], 60, 0), Ok(()));
+        assert_eq!(check_tx(&[0; VNET_HDR_LEN], 60, 0), Ok(()));
         // A frame shorter than its header is the reader's to refuse, not a panic here.
-        assert_eq!(check_tx(&[0; LEN], 0, 0), Ok(()));
+        assert_eq!(check_tx(&[0; VNET_HDR_LEN], 0, 0), Ok(()));
     }
 
     #[test]
@@ -230,11 +228,19 @@ mod tests {
         );
         // The checksum's two bytes must lie in the frame.
         assert_eq!(
-            check_tx(&hdr(F_NEEDS_CSUM, 0, 0, 34, 16), LEN + 52, OFFLOADS),
+            check_tx(
+                &hdr(F_NEEDS_CSUM, 0, 0, 34, 16),
+                VNET_HDR_LEN + 52,
+                OFFLOADS
+            ),
             Ok(())
         );
         assert_eq!(
-            check_tx(&hdr(F_NEEDS_CSUM, 0, 0, 34, 16), LEN + 51, OFFLOADS),
+            check_tx(
+                &hdr(F_NEEDS_CSUM, 0, 0, 34, 16),
+                VNET_HDR_LEN + 51,
+                OFFLOADS
+            ),
             Err(BadHeader::Csum {
                 start: 34,
                 offset: 16,

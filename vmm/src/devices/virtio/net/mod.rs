@@ -244,47 +244,48 @@ pub fn take_rx_buffers(
             Rx::Dropped
         };
     }
-    let mut chains = Vec::new();
-    let mut room = 0usize;
-    while room < frame.len() {
+    // One pass: each buffer is written as it is taken, and the first one's header is
+    // written again at the end with the count. Buffers taken for a frame that then
+    // finds too few are given back unused; what was written in them is never seen.
+    let mut first = None;
+    let mut rest: &[u8] = frame;
+    while !rest.is_empty() {
         let Some(chain) = rxq.pop_descriptor_chain(mem) else {
-            for _ in 0..chains.len() {
+            for _ in 0..heads.len() {
                 rxq.go_to_previous_position();
             }
+            heads.clear();
             return Rx::NoRoom;
         };
-        // The first buffer holds the whole header (virtio 1.2, 5.1.6.3.1).
-        let min = if chains.is_empty() { VNET_HDR_LEN } else { 1 };
-        let cap = chain
-            .clone()
-            .writer(mem)
-            .map(|w| w.available_bytes())
-            .unwrap_or(0);
-        chains.push(chain);
-        if cap < min {
-            // A broken buffer: all taken so far go back empty, as does the frame.
-            heads.extend(chains.iter().map(|c| (c.head_index(), 0)));
-            return Rx::Dropped;
-        }
-        room += cap;
-    }
-    let count = chains.len() as u16; // At most the queue size.
-    frame[header::NUM_BUFFERS..VNET_HDR_LEN].copy_from_slice(&count.to_le_bytes());
-    let mut rest: &[u8] = frame;
-    for chain in chains {
         let head = chain.head_index();
-        let written = match chain.writer(mem) {
-            Ok(mut w) => {
+        // The first buffer holds the whole header (virtio 1.2, 5.1.6.3.1).
+        let min = if heads.is_empty() { VNET_HDR_LEN } else { 1 };
+        let written = match chain.clone().writer(mem) {
+            Ok(mut w) if w.available_bytes() >= min => {
                 let n = w.available_bytes().min(rest.len());
                 match w.write_all(&rest[..n]) {
                     Ok(()) => n,
                     Err(_) => w.bytes_written(),
                 }
             }
-            Err(_) => 0,
+            _ => {
+                // A broken buffer: all taken so far go back empty, as does the frame.
+                heads.iter_mut().for_each(|h| h.1 = 0);
+                heads.push((head, 0));
+                return Rx::Dropped;
+            }
         };
+        if first.is_none() {
+            first = Some(chain);
+        }
         rest = &rest[written.min(rest.len())..];
         heads.push((head, written as u32));
+    }
+    let count = heads.len() as u16; // At most the queue size.
+    frame[header::NUM_BUFFERS..VNET_HDR_LEN].copy_from_slice(&count.to_le_bytes());
+    if let Some(Ok(mut w)) = first.map(|c| c.writer(mem)) {
+        // It held the whole header the first time.
+        let _ = w.write_all(&frame[..VNET_HDR_LEN]);
     }
     Rx::Delivered
 }
