@@ -566,6 +566,8 @@ fn sha256_hex(data: impl AsRef<[u8]>) -> String {
 fn network_transfers_each_way_arrive_intact_with_and_without_offloads() {
     use std::net::{Shutdown, TcpListener, TcpStream};
     const MIB: usize = 1 << 20;
+    // Longest a transfer may make no progress.
+    const STALL: Duration = Duration::from_secs(120);
     let ns = Netns::new("offl");
     sh(&format!(
         "ip -n {n} tuntap add vmtap0 mode tap && \
@@ -614,6 +616,8 @@ fn network_transfers_each_way_arrive_intact_with_and_without_offloads() {
                     }
                 }
             };
+            // A guest that dies mid-transfer fails the test instead of hanging it.
+            s.set_write_timeout(Some(STALL)).unwrap();
             s.write_all(sent).unwrap();
             s.shutdown(Shutdown::Write).unwrap();
         });
@@ -640,7 +644,20 @@ fn network_transfers_each_way_arrive_intact_with_and_without_offloads() {
                </dev/null >/dev/null 2>/tmp/out.err &",
             mib * MIB
         ));
-        let (mut conn, _) = listener.accept().unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let start = std::time::Instant::now();
+        let mut conn = loop {
+            match listener.accept() {
+                Ok((c, _)) => break c,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    assert!(start.elapsed() < STALL, "the guest never connected");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => panic!("accept: {e}"),
+            }
+        };
+        conn.set_nonblocking(false).unwrap();
+        conn.set_read_timeout(Some(STALL)).unwrap();
         let mut received = Vec::with_capacity(mib * MIB);
         conn.read_to_end(&mut received).unwrap();
         drop(conn);
