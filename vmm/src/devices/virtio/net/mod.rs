@@ -143,8 +143,12 @@ impl Net {
             let rxq = &mut a.queues[RX];
             let frame = &mut self.rx_buf[..len];
             let mut outcome = take_rx_buffers(rxq, &a.mem, frame, mergeable, &mut self.rx_heads);
-            if matches!(outcome, Rx::NoRoom) && rxq.enable_notification(&a.mem).unwrap_or(false) {
-                // Buffers came in as notifications were turned back on.
+            // Buffers that came in as the kick was asked for are tried; a bounded
+            // number of times, since only a driver rewriting its ring keeps them coming.
+            for _ in 0..RX_RETRIES {
+                if !matches!(outcome, Rx::NoRoom) || !kick_at_next_buffer(rxq, &a.mem) {
+                    break;
+                }
                 outcome = take_rx_buffers(rxq, &a.mem, frame, mergeable, &mut self.rx_heads);
             }
             match outcome {
@@ -217,6 +221,25 @@ impl Net {
     }
 }
 
+/// Times a frame that found too few receive buffers is tried again at once.
+const RX_RETRIES: usize = 8;
+
+/// Asks the driver to kick once it posts another receive buffer, and returns whether
+/// one came in meanwhile. With `EVENT_IDX`, `enable_notification` asks for a kick at
+/// the device's own position, which stands behind the buffers a frame found too few
+/// and gave back: the driver has passed that index already and would never kick. So
+/// the request is made at the ring's available index, and the position put back.
+fn kick_at_next_buffer(rxq: &mut Queue, mem: &GuestMemoryMmap) -> bool {
+    let at = rxq.next_avail();
+    let Ok(avail) = rxq.avail_idx(mem, std::sync::atomic::Ordering::Acquire) else {
+        return false;
+    };
+    rxq.set_next_avail(avail.0);
+    let more = rxq.enable_notification(mem).unwrap_or(false);
+    rxq.set_next_avail(at);
+    more
+}
+
 /// Takes the receive buffers `frame` (virtio-net header first) needs from `rxq`
 /// and writes it into them, recording each (head, bytes written) in `heads` for the
 /// caller to return as used. Without `mergeable` the frame goes whole into one
@@ -254,8 +277,11 @@ pub fn take_rx_buffers(
             for _ in 0..heads.len() {
                 rxq.go_to_previous_position();
             }
+            // A full ring that cannot hold the frame never will: it is dropped, the
+            // buffers kept for the next.
+            let full = heads.len() >= usize::from(rxq.size());
             heads.clear();
-            return Rx::NoRoom;
+            return if full { Rx::Dropped } else { Rx::NoRoom };
         };
         let head = chain.head_index();
         // The first buffer holds the whole header (virtio 1.2, 5.1.6.3.1).
@@ -531,6 +557,49 @@ mod tests {
         let got = take_rx_buffers(&mut queue, &mem, &mut f, true, &mut heads);
         assert!(matches!(got, Rx::Delivered));
         assert_eq!(heads, vec![(0, 100), (1, 100), (2, 50)]);
+    }
+
+    #[test]
+    fn a_frame_short_of_buffers_asks_for_a_kick_at_the_guests_next_one() {
+        let mem = mem();
+        let (q, mut queue) = rx_queue(&mem, &[(BUF, 100), (BUF + 0x1000, 100)]);
+        queue.set_event_idx(true);
+        let mut f = frame(250);
+        let mut heads = Vec::new();
+        let got = take_rx_buffers(&mut queue, &mem, &mut f, true, &mut heads);
+        assert!(matches!(got, Rx::NoRoom));
+        assert!(!kick_at_next_buffer(&mut queue, &mem), "no buffer came in");
+        // `avail_event`, after the used ring's 16 elements: the driver kicks once it
+        // moves past 2, its next buffer; at 0 (where the device stands) it never would.
+        let avail_event: u16 = mem
+            .read_obj(GuestAddress(queue.used_ring() + 4 + 8 * 16))
+            .unwrap();
+        assert_eq!(avail_event, 2);
+        assert_eq!(queue.next_avail(), 0, "the position is kept");
+        // The driver's test as it posts one more (`vring_need_event`, from 2 to 3).
+        let (old, new) = (2u16, 3u16);
+        assert!(new.wrapping_sub(avail_event).wrapping_sub(1) < new.wrapping_sub(old));
+        q.add_desc_chains(&[desc(BUF + 0x2000, 100, true)], 2)
+            .unwrap();
+        let got = take_rx_buffers(&mut queue, &mem, &mut f, true, &mut heads);
+        assert!(matches!(got, Rx::Delivered));
+    }
+
+    #[test]
+    fn a_frame_larger_than_a_full_ring_is_dropped_and_the_buffers_kept() {
+        let mem = mem();
+        let bufs: Vec<(u64, u32)> = (0..16).map(|i| (BUF + i * 0x1000, 20)).collect();
+        let (_q, mut queue) = rx_queue(&mem, &bufs);
+        let mut f = frame(16 * 20 + 1);
+        let mut heads = Vec::new();
+        let got = take_rx_buffers(&mut queue, &mem, &mut f, true, &mut heads);
+        assert!(matches!(got, Rx::Dropped));
+        assert!(heads.is_empty());
+        assert_eq!(queue.next_avail(), 0);
+        let mut f = frame(16 * 20);
+        let got = take_rx_buffers(&mut queue, &mem, &mut f, true, &mut heads);
+        assert!(matches!(got, Rx::Delivered));
+        assert_eq!(heads.len(), 16);
     }
 
     #[test]
