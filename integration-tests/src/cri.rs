@@ -960,6 +960,13 @@ impl Drop for Vmletd {
             let expected = lock(&self.expected);
             failed.into_iter().filter(|f| !expected.covers(f)).collect()
         };
+        if std::thread::panicking() {
+            // The consoles vmletd kept of VMs that failed to start a pod.
+            let kept = std::fs::read_dir(self.state_dir().join("failed-vms"));
+            for e in kept.into_iter().flatten().flatten() {
+                crate::print_tail("kept console", &e.path(), 40);
+            }
+        }
         if self.child.is_some() {
             if let Ok(c) = CriClient::connect(&self.socket) {
                 for p in c.list_pods(None) {

@@ -108,6 +108,7 @@ pub async fn run(
             Ok(ready(inner, pod, &config, size))
         }
         Err(e) => {
+            warm::keep_console(inner, &paths);
             launch::undo(inner, &paths).await;
             lock(&inner.tables).pod_names.remove(&config.metadata);
             tracing::warn!(pod = %id, "pod failed to start: {e}");

@@ -759,7 +759,7 @@ async fn a_silent_warm_vm_is_replaced_by_a_fresh_boot() {
     assert!(!warm.running(), "the silent warm VM was killed");
     assert_eq!(h.rt.pod(&pod).unwrap().state, PodState::Ready);
     assert!(h.rt.health().verbose_json.contains("\"failed\":1"));
-    assert!(h.dir.path().join("state/failed-vms").is_dir());
+    assert_eq!(kept_consoles(&h), 1);
     // When the fresh boot fails too, the error names both causes.
     h.rt.remove_pod(&pod).await.unwrap();
     eventually("the warm VM is ready", || {
@@ -777,6 +777,19 @@ async fn a_silent_warm_vm_is_replaced_by_a_fresh_boot() {
         "{}",
         e.message
     );
+    // Both failed VMs' consoles are kept: the warm one's and the fresh boot's.
+    assert_eq!(kept_consoles(&h), 3);
+}
+
+/// How many consoles of failed VMs vmletd kept.
+fn kept_consoles(h: &Harness) -> usize {
+    std::fs::read_dir(h.dir.path().join("state/failed-vms"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".console.log"))
+                .count()
+        })
+        .unwrap_or(0)
 }
 
 #[tokio::test]

@@ -334,30 +334,41 @@ pub(super) async fn discard(inner: &Inner, w: WarmVm) {
     undo(inner, &w.paths).await;
 }
 
-/// Where the consoles of failed warm VMs are kept.
+/// Where the consoles of failed VMs are kept.
 pub(super) fn failed_dir(inner: &Inner) -> PathBuf {
     inner.settings.state_dir.join("failed-vms")
 }
 
-/// Keeps the console log of a warm VM that failed (`<state>/failed-vms/<id>.console.log`,
-/// the last `KEPT_CONSOLES` only), since its pod directory is removed with it.
+/// Keeps the console log of a VM that failed (`<state>/failed-vms/<id>.console.log`,
+/// the last `KEPT_CONSOLES` only), since its pod directory is removed with it. A VM
+/// that never started wrote none.
 pub(super) fn keep_console(inner: &Inner, paths: &PodPaths) {
     let dir = failed_dir(inner);
     let Some(id) = paths.dir.file_name() else {
         return;
     };
+    if !paths.console().exists() {
+        return;
+    }
     let to = dir.join(format!("{}.console.log", id.to_string_lossy()));
     let kept =
         std::fs::create_dir_all(&dir).and_then(|()| std::fs::copy(paths.console(), &to).map(drop));
+    prune(&dir, KEPT_CONSOLES);
     match kept {
-        Ok(()) => tracing::warn!(console = %to.display(), "kept the failed warm VM's console"),
+        Ok(()) => tracing::warn!(
+            console = %to.display(),
+            tail = %crate::sandbox::tail(&to, CONSOLE_TAIL_LINES),
+            "kept the failed VM's console"
+        ),
         Err(e) => tracing::warn!(
-            "cannot keep the failed warm VM's console in {}: {e}",
+            "cannot keep the failed VM's console in {}: {e}",
             dir.display()
         ),
     }
-    prune(&dir, KEPT_CONSOLES);
 }
+
+/// Console lines logged with a failed VM.
+const CONSOLE_TAIL_LINES: usize = 5;
 
 /// Removes all but the `keep` newest files of `dir`.
 fn prune(dir: &std::path::Path, keep: usize) {
