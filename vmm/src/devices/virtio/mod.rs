@@ -304,6 +304,25 @@ pub fn drain_queue(
     used_any && queue.needs_notification(mem).unwrap_or(true)
 }
 
+/// Asks the driver to kick once it posts another buffer on `queue`, and returns
+/// whether one came in meanwhile. With `EVENT_IDX`, `enable_notification` asks for a
+/// kick at the device's own position, which can stand behind buffers the driver
+/// posted long ago (a frame that found too few gave them back; the event buffer
+/// that stays with the driver until a restore): the driver has passed that index
+/// and would never kick. So the request is made at the ring's available index, and
+/// the position put back.
+pub fn kick_at_next_buffer(queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
+    use virtio_queue::QueueT;
+    let at = queue.next_avail();
+    let Ok(avail) = queue.avail_idx(mem, std::sync::atomic::Ordering::Acquire) else {
+        return false;
+    };
+    queue.set_next_avail(avail.0);
+    let more = queue.enable_notification(mem).unwrap_or(false);
+    queue.set_next_avail(at);
+    more
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -146,7 +146,7 @@ impl Net {
             // Buffers that came in as the kick was asked for are tried; a bounded
             // number of times, since only a driver rewriting its ring keeps them coming.
             for _ in 0..RX_RETRIES {
-                if !matches!(outcome, Rx::NoRoom) || !kick_at_next_buffer(rxq, &a.mem) {
+                if !matches!(outcome, Rx::NoRoom) || !super::kick_at_next_buffer(rxq, &a.mem) {
                     break;
                 }
                 outcome = take_rx_buffers(rxq, &a.mem, frame, mergeable, &mut self.rx_heads);
@@ -223,22 +223,6 @@ impl Net {
 
 /// Times a frame that found too few receive buffers is tried again at once.
 const RX_RETRIES: usize = 8;
-
-/// Asks the driver to kick once it posts another receive buffer, and returns whether
-/// one came in meanwhile. With `EVENT_IDX`, `enable_notification` asks for a kick at
-/// the device's own position, which stands behind the buffers a frame found too few
-/// and gave back: the driver has passed that index already and would never kick. So
-/// the request is made at the ring's available index, and the position put back.
-fn kick_at_next_buffer(rxq: &mut Queue, mem: &GuestMemoryMmap) -> bool {
-    let at = rxq.next_avail();
-    let Ok(avail) = rxq.avail_idx(mem, std::sync::atomic::Ordering::Acquire) else {
-        return false;
-    };
-    rxq.set_next_avail(avail.0);
-    let more = rxq.enable_notification(mem).unwrap_or(false);
-    rxq.set_next_avail(at);
-    more
-}
 
 /// Takes the receive buffers `frame` (virtio-net header first) needs from `rxq`
 /// and writes it into them, recording each (head, bytes written) in `heads` for the
@@ -568,7 +552,10 @@ mod tests {
         let mut heads = Vec::new();
         let got = take_rx_buffers(&mut queue, &mem, &mut f, true, &mut heads);
         assert!(matches!(got, Rx::NoRoom));
-        assert!(!kick_at_next_buffer(&mut queue, &mem), "no buffer came in");
+        assert!(
+            !super::super::kick_at_next_buffer(&mut queue, &mem),
+            "no buffer came in"
+        );
         // `avail_event`, after the used ring's 16 elements: the driver kicks once it
         // moves past 2, its next buffer; at 0 (where the device stands) it never would.
         let avail_event: u16 = mem

@@ -139,6 +139,7 @@ impl Vsock {
         }
         let hold_rx = self.reset_unhandled.is_some();
         let mut progress = Progress::default();
+        let mut rechecked = false;
         loop {
             let rx = if hold_rx {
                 0
@@ -150,9 +151,23 @@ impl Vsock {
             progress.tx_used |= tx > 0;
             // New guest packets may have produced answers; a stalled TX queue
             // may resume once the guest took some of them.
-            if tx == 0 && !(stalled && rx > 0) {
+            if tx > 0 || (stalled && rx > 0) {
+                rechecked = false;
+                continue;
+            }
+            // With EVENT_IDX the driver kicks only past the index published here:
+            // for its next TX packet, and for RX buffers while packets wait for
+            // them. What it queued as that was published is taken now; a ring that
+            // shows more but yields nothing (a bad available index) is not read
+            // again, which would spin.
+            let more_tx = !stalled && a.tx.enable_notification(&a.mem).unwrap_or(false);
+            let more_rx = !hold_rx
+                && self.muxer.has_rx()
+                && a.rx.enable_notification(&a.mem).unwrap_or(false);
+            if !(more_tx || more_rx) || (rechecked && rx == 0) {
                 break;
             }
+            rechecked = true;
         }
         let mut notify = false;
         if progress.rx_used {
@@ -261,7 +276,7 @@ impl VirtioDevice for Vsock {
         QUEUE_SIZES
     }
     fn avail_features(&self) -> u64 {
-        VIRTIO_F_VERSION_1
+        VIRTIO_F_VERSION_1 | (1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX)
     }
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         super::read_config_bytes(&self.guest_cid.to_le_bytes(), offset, data);
@@ -327,6 +342,8 @@ impl VirtioDevice for Vsock {
             return;
         }
         self.reset_unhandled = a.ev.avail_idx(&a.mem, Ordering::Acquire).ok();
+        // The buffer it hands back shows the reset handled: its kick is wanted.
+        super::kick_at_next_buffer(&mut a.ev, &a.mem);
         a.irq.trigger(INT_VRING);
     }
 }

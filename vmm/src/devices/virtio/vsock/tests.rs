@@ -36,6 +36,8 @@ struct Ring {
     used: u64,
     avail_idx: u16,
     used_idx: u16,
+    /// The available index at the driver's last kick.
+    kicked_at: u16,
 }
 
 impl Ring {
@@ -50,6 +52,7 @@ impl Ring {
             used: base + 0x2000,
             avail_idx: 0,
             used_idx: 0,
+            kicked_at: 0,
         };
         mem.write_slice(&[0u8; 0x3000], GuestAddress(base)).unwrap();
         let mut q = Queue::new(QUEUE_SIZE).unwrap();
@@ -107,6 +110,10 @@ struct Driver {
     mem: GuestMemoryMmap,
     rx: Ring,
     tx: Ring,
+    ev: Ring,
+    /// Whether `VIRTIO_RING_F_EVENT_IDX` was negotiated: kicks only where the
+    /// device asked for them.
+    event_idx: bool,
     kicks: Vec<EventFd>,
     tx_free: Vec<u16>,
     sent: u32,
@@ -125,8 +132,26 @@ impl Driver {
         self.rx.push(&self.mem, slot, parts, true);
     }
 
-    fn kick(&self, q: usize) {
+    /// Notifies queue `q` of what was posted since the last kick, as Linux does
+    /// (`virtqueue_kick_prepare`): with EVENT_IDX only if the new buffers passed
+    /// the device's `avail_event`.
+    fn kick(&mut self, q: usize) -> bool {
+        let ring = match q {
+            RXQ => &mut self.rx,
+            TXQ => &mut self.tx,
+            _ => &mut self.ev,
+        };
+        let (old, new) = (ring.kicked_at, ring.avail_idx);
+        ring.kicked_at = new;
+        if self.event_idx {
+            let at = GuestAddress(ring.used + 4 + 8 * u64::from(QUEUE_SIZE));
+            let event: u16 = self.mem.read_obj(at).unwrap();
+            if new.wrapping_sub(event).wrapping_sub(1) >= new.wrapping_sub(old) {
+                return false;
+            }
+        }
         self.kicks[q].write(1).unwrap();
+        true
     }
 
     /// Queues one packet on TX (without kicking); false if the ring is full.
@@ -206,7 +231,6 @@ struct Env {
     dev: Arc<Mutex<Vsock>>,
     em: EventManager<Arc<Mutex<Vsock>>>,
     drv: Driver,
-    ev: Ring,
 }
 
 /// Where the event queue's buffers (8 bytes each) live.
@@ -214,6 +238,11 @@ const EV_BUFS: u64 = 0x2_8000;
 
 impl Env {
     fn new() -> Env {
+        Env::with(false)
+    }
+
+    /// A device whose driver negotiated `VIRTIO_RING_F_EVENT_IDX` or not.
+    fn with(event_idx: bool) -> Env {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("v.sock");
         let dev = Arc::new(Mutex::new(Vsock::new(CID, &path).unwrap()));
@@ -223,6 +252,10 @@ impl Env {
         let (rx, rxq) = Ring::new(&mem, 0);
         let (tx, txq) = Ring::new(&mem, 0x1_0000);
         let (ev, evq) = Ring::new(&mem, 0x2_0000);
+        let queues = [rxq, txq, evq].map(|mut q| {
+            q.set_event_idx(event_idx);
+            q
+        });
         let kicks = {
             let d = dev.lock().unwrap();
             d.queue_events()
@@ -234,7 +267,7 @@ impl Env {
             .unwrap()
             .activate(
                 mem.clone(),
-                vec![rxq, txq, evq],
+                queues.into(),
                 Arc::new(IrqTrigger::new().unwrap()),
             )
             .unwrap();
@@ -242,6 +275,8 @@ impl Env {
             mem,
             rx,
             tx,
+            ev,
+            event_idx,
             kicks,
             tx_free: (0..SLOTS).rev().collect(),
             sent: 0,
@@ -256,7 +291,6 @@ impl Env {
             dev,
             em,
             drv,
-            ev,
         };
         env.pump();
         env
@@ -297,7 +331,7 @@ impl Env {
     /// Posts event buffer `slot` (8 bytes at `EV_BUFS`) on the event queue.
     fn post_event_buffer(&mut self, slot: u16) {
         let at = EV_BUFS + 8 * u64::from(slot);
-        self.ev.push(&self.drv.mem, slot, &[(at, 8)], true);
+        self.drv.ev.push(&self.drv.mem, slot, &[(at, 8)], true);
     }
 
     fn counts(&self) -> (usize, usize) {
@@ -473,7 +507,10 @@ fn config_space_and_activation() {
     let mut dev = Vsock::new(0x1_0203, &dir.path().join("v.sock")).unwrap();
     assert_eq!(dev.device_type(), 19);
     assert_eq!(dev.queue_max_sizes(), &[256, 256, 256]);
-    assert_eq!(dev.avail_features(), VIRTIO_F_VERSION_1);
+    assert_eq!(
+        dev.avail_features(),
+        VIRTIO_F_VERSION_1 | (1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX)
+    );
     let mut cfg = [0u8; 8];
     dev.read_config(0, &mut cfg);
     assert_eq!(u64::from_le_bytes(cfg), 0x1_0203);
@@ -528,7 +565,16 @@ fn socket_path_handling() {
 
 #[test]
 fn host_client_round_trip_of_1_mib() {
-    let mut env = Env::new();
+    host_client_round_trip_of_1_mib_with(false);
+}
+
+#[test]
+fn host_client_round_trip_of_1_mib_with_event_idx() {
+    host_client_round_trip_of_1_mib_with(true);
+}
+
+fn host_client_round_trip_of_1_mib_with(event_idx: bool) {
+    let mut env = Env::with(event_idx);
     let data = pattern(MIB, 1);
     let path = env.path.clone();
     let expect = data.clone();
@@ -598,7 +644,16 @@ fn host_client_round_trip_of_1_mib() {
 
 #[test]
 fn guest_connection_to_a_host_socket_moves_1_mib_each_way() {
-    let mut env = Env::new();
+    guest_connection_to_a_host_socket_moves_1_mib_each_way_with(false);
+}
+
+#[test]
+fn guest_connection_to_a_host_socket_moves_1_mib_each_way_with_event_idx() {
+    guest_connection_to_a_host_socket_moves_1_mib_each_way_with(true);
+}
+
+fn guest_connection_to_a_host_socket_moves_1_mib_each_way_with(event_idx: bool) {
+    let mut env = Env::with(event_idx);
     let listener = UnixListener::bind(format!("{}_5000", env.path.display())).unwrap();
     let server = std::thread::spawn(move || {
         let (mut s, _) = listener.accept().unwrap();
@@ -897,7 +952,16 @@ fn host_close_reaches_the_guest_and_data_sent_just_after_connect_is_kept() {
 
 #[test]
 fn after_a_restore_host_connections_wait_until_the_guest_handled_the_reset() {
-    let mut env = Env::new();
+    after_a_restore_host_connections_wait_until_the_guest_handled_the_reset_with(false);
+}
+
+#[test]
+fn after_a_restore_host_connections_wait_until_the_guest_handled_the_reset_with_event_idx() {
+    after_a_restore_host_connections_wait_until_the_guest_handled_the_reset_with(true);
+}
+
+fn after_a_restore_host_connections_wait_until_the_guest_handled_the_reset_with(event_idx: bool) {
+    let mut env = Env::with(event_idx);
     // Linux posts its event buffers at probe.
     for slot in 0..2 {
         env.post_event_buffer(slot);
@@ -905,7 +969,11 @@ fn after_a_restore_host_connections_wait_until_the_guest_handled_the_reset() {
     env.drv.kick(EVQ);
     env.pump();
     env.dev.lock().unwrap().restored();
-    let (slot, len) = env.ev.pop_used(&env.drv.mem).expect("a transport reset");
+    let (slot, len) = env
+        .drv
+        .ev
+        .pop_used(&env.drv.mem)
+        .expect("a transport reset");
     assert_eq!(len, 4);
     let id: u32 = env
         .drv
@@ -924,9 +992,9 @@ fn after_a_restore_host_connections_wait_until_the_guest_handled_the_reset() {
     );
     assert_eq!(env.counts().0, 1, "the request waits");
 
-    // The guest handled the event and gives its buffer back.
+    // The guest handled the event and gives its buffer back, with a kick.
     env.post_event_buffer(slot);
-    env.drv.kick(EVQ);
+    assert!(env.drv.kick(EVQ), "the device asked for no kick");
     let p = env.packets();
     assert_eq!(p[0].0.op(), Some(Op::Request));
     assert_eq!(p[0].0.dst_port, 1234);
