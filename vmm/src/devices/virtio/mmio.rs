@@ -267,7 +267,10 @@ impl MmioTransport {
     /// The transport's and its device's state, for a snapshot (vCPUs paused, on
     /// the event loop thread, so that neither the driver nor the device moves).
     pub fn save(&self) -> TransportState {
-        let dev = self.lock_device();
+        let mut dev = self.lock_device();
+        if self.activated {
+            dev.quiesce();
+        }
         let device_queues = if self.activated {
             dev.queue_states().into_iter().map(Into::into).collect()
         } else {

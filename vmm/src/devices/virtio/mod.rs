@@ -244,6 +244,10 @@ pub trait VirtioDevice: Send {
     fn restore_extra(&mut self, _state: &serde_json::Value) -> Result<(), String> {
         Ok(())
     }
+    /// Finishes what the device runs off the event loop and returns it to the
+    /// driver, so that a snapshot's queues owe the driver nothing (vCPUs paused, on
+    /// the event loop's thread).
+    fn quiesce(&mut self) {}
     /// Called once a restored device is active again: tell the driver what
     /// changed across the snapshot (vsock: its connections are gone).
     fn restored(&mut self) {}

@@ -1,27 +1,31 @@
-//! virtio-blk backed by a host file: read-only or read-write, flush, and a
-//! backing file that can be swapped while the guest runs (the guest is told
-//! through a configuration-change interrupt and re-reads the capacity).
+//! virtio-blk backed by a host file: read-only or read-write, flush, discard and
+//! write-zeroes, and a backing file that can be swapped while the guest runs (the
+//! guest is told through a configuration-change interrupt and re-reads the
+//! capacity). Requests run on the drive's worker threads (`worker`), up to a
+//! queue's worth at once; the event loop takes them from the ring and returns them.
 
 mod disk;
 mod request;
+mod worker;
 
 pub use disk::{Disk, DiskError};
 
 use super::{
-    device_type, drain_queue, ActivateError, IrqTrigger, VirtioDevice, INT_CONFIG, INT_VRING,
-    VIRTIO_F_VERSION_1,
+    device_error, device_type, ActivateError, IrqTrigger, RateLimit, VirtioDevice, INT_CONFIG,
+    INT_VRING, VIRTIO_F_VERSION_1,
 };
 use crate::counters;
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use std::path::Path;
 use std::sync::Arc;
-use virtio_queue::Queue;
+use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
 const QUEUE_SIZE: u16 = 256;
 const QUEUE_SIZES: &[u16] = &[QUEUE_SIZE];
+const VIRTIO_BLK_F_SIZE_MAX: u64 = 1 << 1;
 const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << 2;
 const VIRTIO_BLK_F_RO: u64 = 1 << 5;
 const VIRTIO_BLK_F_FLUSH: u64 = 1 << 9;
@@ -31,9 +35,28 @@ const VIRTIO_BLK_F_WRITE_ZEROES: u64 = 1 << 14;
 const CONFIG_LEN: usize = 60;
 /// Discards are aligned to 4 KiB (in sectors): smaller pieces free no file block.
 const DISCARD_ALIGNMENT_SECTORS: u32 = 8;
+/// Largest data segment (`size_max`): data goes through the bounce buffer in pieces
+/// whatever the size, so this only needs to exceed what a guest merges.
+const SIZE_MAX: u32 = 1 << 20;
+/// Worker threads per drive: requests in flight at once.
+const WORKERS: usize = 2;
+/// Requests taken from the ring and not yet returned: a driver that republishes
+/// chains without waiting for them cannot queue more than a ring's worth.
+const MAX_IN_FLIGHT: usize = QUEUE_SIZE as usize;
+/// Event tokens: the queue's notification, finished requests.
+const QUEUE_TOKEN: u32 = 0;
+const DONE_TOKEN: u32 = 1;
+
+/// One request for a worker: its chain, and the file it was taken for.
+struct Request {
+    chain: DescriptorChain<Arc<GuestMemoryMmap>>,
+    mem: Arc<GuestMemoryMmap>,
+    disk: Arc<Disk>,
+}
 
 struct Active {
-    mem: GuestMemoryMmap,
+    /// Shared with the requests in flight.
+    mem: Arc<GuestMemoryMmap>,
     queue: Queue,
     irq: Arc<IrqTrigger>,
 }
@@ -41,29 +64,44 @@ struct Active {
 /// A virtio block device.
 pub struct Block {
     id: String,
-    disk: Disk,
+    disk: Arc<Disk>,
     queue_evts: Vec<EventFd>,
     config_generation: u32,
     /// Kept across resets so a swap can always signal the driver.
     irq: Option<Arc<IrqTrigger>>,
-    /// Data is copied through this between guest memory and the file.
-    bounce: Vec<u8>,
     active: Option<Active>,
     counts: Arc<counters::Block>,
+    workers: worker::Pool<Request>,
+    /// Runs a request on the event loop when no worker thread could start.
+    run: Arc<worker::Run<Request>>,
+    /// Its bounce buffer.
+    scratch: Vec<u8>,
 }
 
 impl Block {
     /// A drive named `id` backed by `disk`.
     pub fn new(id: String, disk: Disk) -> std::io::Result<Self> {
+        let counts: Arc<counters::Block> = Arc::default();
+        let run: Arc<worker::Run<Request>> = {
+            let (id, counts) = (id.clone(), counts.clone());
+            Arc::new(move |r: Request, scratch: &mut Vec<u8>| {
+                if scratch.is_empty() {
+                    *scratch = request::bounce_buffer();
+                }
+                request::execute(r.chain, &r.mem, &r.disk, &id, scratch, &counts)
+            })
+        };
         Ok(Block {
+            workers: worker::Pool::new(format!("blk-{id}"), WORKERS, run.clone())?,
             id,
-            disk,
+            disk: Arc::new(disk),
             queue_evts: vec![EventFd::new(libc::EFD_NONBLOCK)?],
             config_generation: 0,
             irq: None,
-            bounce: request::bounce_buffer(),
             active: None,
-            counts: Arc::default(),
+            counts,
+            run,
+            scratch: Vec::new(),
         })
     }
 
@@ -100,13 +138,15 @@ impl Block {
     }
 
     fn replace(&mut self, disk: Disk, path: &Path) {
+        // Requests taken before the swap finish on the old file.
+        self.workers.wait_idle();
         tracing::info!(
             drive = %self.id,
             path = %path.display(),
             sectors = disk.sectors(),
             "swapped drive backing file"
         );
-        self.disk = disk;
+        self.disk = Arc::new(disk);
         self.config_generation = self.config_generation.wrapping_add(1);
         if let Some(irq) = &self.irq {
             irq.trigger(INT_CONFIG);
@@ -116,7 +156,7 @@ impl Block {
     fn config_space(&self) -> [u8; CONFIG_LEN] {
         let mut cfg = [0u8; CONFIG_LEN];
         let mut put = |at: usize, v: u32| cfg[at..at + 4].copy_from_slice(&v.to_le_bytes());
-        // size_max (offset 8) left 0: unused without VIRTIO_BLK_F_SIZE_MAX.
+        put(8, SIZE_MAX);
         put(12, u32::from(QUEUE_SIZE - 2));
         put(36, request::MAX_SEGMENT_SECTORS); // max_discard_sectors
         put(40, request::MAX_SEGMENTS); // max_discard_seg
@@ -128,17 +168,75 @@ impl Block {
         cfg
     }
 
+    /// Hands the requests the driver queued to the workers, up to `MAX_IN_FLIGHT`.
     fn process_queue(&mut self) {
         let Some(a) = self.active.as_mut() else {
             return;
         };
-        let disk = &mut self.disk;
-        let id = &self.id;
-        let bounce = &mut self.bounce;
-        let counts = &self.counts;
-        if drain_queue("virtio-blk", &mut a.queue, &a.mem, |chain, mem| {
-            request::execute(chain, mem, disk, id, bounce, counts)
-        }) {
+        let mut ran_here = Vec::new();
+        loop {
+            let mut took = false;
+            while self.workers.pending() < MAX_IN_FLIGHT {
+                let Some(chain) = a.queue.pop_descriptor_chain(a.mem.clone()) else {
+                    break;
+                };
+                took = true;
+                let head = chain.head_index();
+                let barrier = request::is_flush(&chain, &a.mem);
+                let r = Request {
+                    chain,
+                    mem: a.mem.clone(),
+                    disk: self.disk.clone(),
+                };
+                if let Err(r) = self.workers.submit(head, barrier, r) {
+                    ran_here.push((head, (self.run)(r, &mut self.scratch)));
+                }
+            }
+            if self.workers.pending() >= MAX_IN_FLIGHT {
+                // The next finished request takes more.
+                break;
+            }
+            // With EVENT_IDX the driver kicks again only once past the index published
+            // here; a chain it queued before seeing it is taken now. A ring that shows
+            // chains but yields none (a bad available index) is not read again.
+            let more = a.queue.enable_notification(&*a.mem).unwrap_or(false);
+            if !(more && took) {
+                break;
+            }
+        }
+        if !ran_here.is_empty() {
+            static NO_THREAD: RateLimit = RateLimit::new();
+            device_error(
+                &NO_THREAD,
+                "virtio-blk",
+                &format_args!(
+                    "drive {}: no worker thread could start; requests run on the event loop",
+                    self.id
+                ),
+            );
+            self.complete(ran_here);
+        }
+    }
+
+    /// Returns finished requests to the driver.
+    fn complete(&mut self, done: Vec<(u16, u32)>) {
+        let Some(a) = self.active.as_mut() else {
+            return;
+        };
+        let mut used = false;
+        for (head, len) in done {
+            if let Err(e) = a.queue.add_used(&*a.mem, head, len) {
+                static USED_RING: RateLimit = RateLimit::new();
+                device_error(
+                    &USED_RING,
+                    "virtio-blk",
+                    &format_args!("returning used descriptor {head}: {e}"),
+                );
+                continue;
+            }
+            used = true;
+        }
+        if used && a.queue.needs_notification(&*a.mem).unwrap_or(true) {
             a.irq.trigger(INT_VRING);
         }
     }
@@ -158,6 +256,7 @@ impl VirtioDevice for Block {
             VIRTIO_BLK_F_DISCARD | VIRTIO_BLK_F_WRITE_ZEROES
         };
         VIRTIO_F_VERSION_1
+            | VIRTIO_BLK_F_SIZE_MAX
             | VIRTIO_BLK_F_SEG_MAX
             | VIRTIO_BLK_F_FLUSH
             | (1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX)
@@ -177,11 +276,23 @@ impl VirtioDevice for Block {
     ) -> Result<(), ActivateError> {
         let [queue] = super::take_queues(queues)?;
         self.irq = Some(irq.clone());
-        self.active = Some(Active { mem, queue, irq });
+        self.active = Some(Active {
+            mem: Arc::new(mem),
+            queue,
+            irq,
+        });
         Ok(())
     }
     fn reset(&mut self) {
+        // The driver forgot its requests: none may write into its memory later.
+        self.workers.wait_idle();
+        self.workers.take_done();
         self.active = None;
+    }
+    fn quiesce(&mut self) {
+        self.workers.wait_idle();
+        let done = self.workers.take_done();
+        self.complete(done);
     }
     fn queue_states(&self) -> Vec<virtio_queue::QueueState> {
         self.active.iter().map(|a| a.queue.state()).collect()
@@ -193,16 +304,31 @@ impl VirtioDevice for Block {
 
 impl MutEventSubscriber for Block {
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
-        if events.event_set().contains(EventSet::IN) {
-            self.counts.notifications.inc();
-            let _ = self.queue_evts[0].read();
-            self.process_queue();
+        if !events.event_set().contains(EventSet::IN) {
+            return;
         }
+        match events.data() {
+            QUEUE_TOKEN => {
+                self.counts.notifications.inc();
+                let _ = self.queue_evts[0].read();
+            }
+            _ => {
+                let done = self.workers.take_done();
+                self.complete(done);
+            }
+        }
+        self.process_queue();
     }
 
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::new(&self.queue_evts[0], EventSet::IN)) {
-            tracing::error!("registering virtio-blk queue event: {e}");
+        let events = [
+            Events::with_data(&self.queue_evts[0], QUEUE_TOKEN, EventSet::IN),
+            Events::with_data(self.workers.done_event(), DONE_TOKEN, EventSet::IN),
+        ];
+        for e in events {
+            if let Err(e) = ops.add(e) {
+                tracing::error!("registering a virtio-blk event: {e}");
+            }
         }
     }
 }
@@ -211,6 +337,9 @@ impl MutEventSubscriber for Block {
 mod tests {
     use super::*;
     use std::io::Write;
+    use virtio_queue::desc::{split::Descriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{Address, Bytes, GuestAddress};
 
     #[test]
     fn swap_changes_capacity_and_signals() {
@@ -240,6 +369,98 @@ mod tests {
         assert_eq!(blk.disk().sectors(), 16);
     }
 
+    /// A request chain of descriptors `at..`: (address, length, device-writable).
+    fn chain(at: u16, parts: &[(u64, u32, bool)]) -> Vec<RawDescriptor> {
+        use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+        let last = parts.len() - 1;
+        parts
+            .iter()
+            .enumerate()
+            .map(|(i, &(addr, len, write))| {
+                let mut flags = if write { VRING_DESC_F_WRITE } else { 0 };
+                if i < last {
+                    flags |= VRING_DESC_F_NEXT;
+                }
+                let next = at + i as u16 + 1;
+                RawDescriptor::from(Descriptor::new(addr, len, flags as u16, next))
+            })
+            .collect()
+    }
+
+    /// Writes a request header (type, sector) at `addr`.
+    fn header(mem: &GuestMemoryMmap, addr: u64, kind: u32, sector: u64) {
+        let mut h = [0u8; 16];
+        h[..4].copy_from_slice(&kind.to_le_bytes());
+        h[8..].copy_from_slice(&sector.to_le_bytes());
+        mem.write_slice(&h, GuestAddress(addr)).unwrap();
+    }
+
+    #[test]
+    fn requests_finish_off_the_event_loop_and_a_snapshot_waits_for_them() {
+        const OUT: u32 = 1;
+        const FLUSH: u32 = 4;
+        let f = tempfile::NamedTempFile::new().unwrap();
+        f.as_file().set_len(64 * 1024).unwrap();
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap();
+        let q = MockSplitQueue::new(&mem, 16);
+        let used_idx = || -> u16 { mem.read_obj(q.used_addr().unchecked_add(2)).unwrap() };
+        let status = |addr: u64| -> u8 { mem.read_obj(GuestAddress(addr)).unwrap() };
+        // A 4 KiB write at sector 8, then a flush.
+        header(&mem, 0x10_0000, OUT, 8);
+        mem.write_slice(&[0xab; 4096], GuestAddress(0x20_0000))
+            .unwrap();
+        header(&mem, 0x10_0100, FLUSH, 0);
+        let mut descs = chain(
+            0,
+            &[
+                (0x10_0000, 16, false),
+                (0x20_0000, 4096, false),
+                (0x30_0000, 1, true),
+            ],
+        );
+        descs.extend(chain(3, &[(0x10_0100, 16, false), (0x30_0010, 1, true)]));
+        q.add_desc_chains(&descs, 0).unwrap();
+        let blk = Block::new("d".into(), Disk::open(f.path(), false).unwrap()).unwrap();
+        let blk = Arc::new(std::sync::Mutex::new(blk));
+        let irq = Arc::new(IrqTrigger::new().unwrap());
+        let queue = q.create_queue::<Queue>().unwrap();
+        blk.lock()
+            .unwrap()
+            .activate(mem.clone(), vec![queue], irq.clone())
+            .unwrap();
+        use event_manager::SubscriberOps;
+        let mut em = event_manager::EventManager::<Arc<std::sync::Mutex<Block>>>::new().unwrap();
+        em.add_subscriber(blk.clone());
+        blk.lock().unwrap().queue_evts[0].write(1).unwrap();
+        // The event loop hands them to the workers and returns them when they finish.
+        let start = std::time::Instant::now();
+        while used_idx() < 2 {
+            assert!(
+                start.elapsed().as_secs() < 10,
+                "the requests never finished"
+            );
+            em.run_with_timeout(100).unwrap();
+        }
+        assert_eq!((status(0x30_0000), status(0x30_0010)), (0, 0));
+        assert_eq!(irq.status() & INT_VRING, INT_VRING);
+        let on_disk = std::fs::read(f.path()).unwrap();
+        assert!(on_disk[4096..8192].iter().all(|b| *b == 0xab));
+
+        // Two more: the queue's notification is taken, and before the finished
+        // requests' event is, a snapshot's quiesce returns them.
+        header(&mem, 0x10_0200, FLUSH, 0);
+        header(&mem, 0x10_0300, FLUSH, 0);
+        let mut more = chain(5, &[(0x10_0200, 16, false), (0x30_0020, 1, true)]);
+        more.extend(chain(7, &[(0x10_0300, 16, false), (0x30_0030, 1, true)]));
+        q.add_desc_chains(&more, 5).unwrap();
+        let mut dev = blk.lock().unwrap();
+        let _ = dev.queue_evts[0].read();
+        dev.process_queue();
+        dev.quiesce();
+        assert_eq!(used_idx(), 4);
+        assert_eq!(dev.workers.pending(), 0);
+    }
+
     #[test]
     fn read_only_is_advertised() {
         let f = tempfile::NamedTempFile::new().unwrap();
@@ -254,5 +475,8 @@ mod tests {
         let mut cfg = [0u8; 4];
         rw.read_config(40, &mut cfg);
         assert_eq!(u32::from_le_bytes(cfg), request::MAX_SEGMENTS);
+        assert_ne!(rw.avail_features() & VIRTIO_BLK_F_SIZE_MAX, 0);
+        rw.read_config(8, &mut cfg);
+        assert_eq!(u32::from_le_bytes(cfg), SIZE_MAX);
     }
 }

@@ -5,8 +5,10 @@
 
 use super::disk::{Disk, SECTOR_SIZE};
 use crate::counters;
-use crate::devices::virtio::{device_error, Chain, RateLimit};
+use crate::devices::virtio::{device_error, RateLimit};
 use std::io::{Read, Write};
+use std::ops::Deref;
+use virtio_queue::DescriptorChain;
 use vm_memory::GuestMemoryMmap;
 
 /// Length of the serial number returned by `VIRTIO_BLK_T_GET_ID`.
@@ -183,13 +185,28 @@ pub fn bounce_buffer() -> Vec<u8> {
     vec![0u8; CHUNK]
 }
 
+/// Whether the request in `chain` is a flush, which must wait for the requests
+/// queued before it. Read again when it runs: a driver that rewrites the header in
+/// between only disorders its own requests.
+pub fn is_flush<M: Clone + Deref<Target = GuestMemoryMmap>>(
+    chain: &DescriptorChain<M>,
+    mem: &GuestMemoryMmap,
+) -> bool {
+    let mut kind = [0u8; 4];
+    chain
+        .clone()
+        .reader(mem)
+        .is_ok_and(|mut r| r.read_exact(&mut kind).is_ok())
+        && u32::from_le_bytes(kind) == VIRTIO_BLK_T_FLUSH
+}
+
 /// Executes the request in `chain` against `disk`, copying data through `buf`
 /// (from [`bounce_buffer`]); returns the bytes written into the chain (data plus
 /// the status byte), or 0 if the chain has no room for a status byte at all.
-pub fn execute(
-    chain: Chain<'_>,
+pub fn execute<M: Clone + Deref<Target = GuestMemoryMmap>>(
+    chain: DescriptorChain<M>,
     mem: &GuestMemoryMmap,
-    disk: &mut Disk,
+    disk: &Disk,
     id: &str,
     buf: &mut [u8],
     counts: &counters::Block,
@@ -304,7 +321,7 @@ mod tests {
         RawDescriptor::from(Descriptor::new(addr, len, flags, 0))
     }
 
-    fn run(mem: &GuestMemoryMmap, d: &mut Disk, descs: &[RawDescriptor]) -> u32 {
+    fn run(mem: &GuestMemoryMmap, d: &Disk, descs: &[RawDescriptor]) -> u32 {
         let q = MockSplitQueue::new(mem, 16);
         let chain = q.build_desc_chain(descs).unwrap();
         execute(
@@ -326,7 +343,7 @@ mod tests {
 
     /// Writes `segs` as a discard or write-zeroes payload at DATA and runs the request;
     /// returns its status.
-    fn ranges(m: &GuestMemoryMmap, d: &mut Disk, kind: u32, segs: &[Segment]) -> u8 {
+    fn ranges(m: &GuestMemoryMmap, d: &Disk, kind: u32, segs: &[Segment]) -> u8 {
         let mut data = Vec::new();
         for &(sector, n, flags) in segs {
             data.extend(sector.to_le_bytes());
@@ -353,20 +370,15 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
         let m = mem();
         // 1 MiB of data, all of it allocated.
-        let (f, mut d) = disk(2048, false);
+        let (f, d) = disk(2048, false);
         let blocks = || std::fs::metadata(f.path()).unwrap().blocks();
         let full = blocks();
         assert!(full >= 2048, "{full} blocks");
-        let status = ranges(
-            &m,
-            &mut d,
-            VIRTIO_BLK_T_DISCARD,
-            &[(0, 512, 0), (1024, 512, 0)],
-        );
+        let status = ranges(&m, &d, VIRTIO_BLK_T_DISCARD, &[(0, 512, 0), (1024, 512, 0)]);
         assert_eq!(status, VIRTIO_BLK_S_OK);
         let zeroes = ranges(
             &m,
-            &mut d,
+            &d,
             VIRTIO_BLK_T_WRITE_ZEROES,
             &[(512, 8, FLAG_UNMAP), (600, 8, 0)],
         );
@@ -391,7 +403,7 @@ mod tests {
     #[test]
     fn bad_discards_change_nothing() {
         let m = mem();
-        let (f, mut d) = disk(64, false);
+        let (f, d) = disk(64, false);
         let before = std::fs::read(f.path()).unwrap();
         let too_many: Vec<Segment> = (0..=MAX_SEGMENTS as u64).map(|i| (i, 1, 0)).collect();
         let cases: [(u32, &[Segment], u8); 6] = [
@@ -421,13 +433,13 @@ mod tests {
             (VIRTIO_BLK_T_DISCARD, &too_many, VIRTIO_BLK_S_IOERR),
         ];
         for (kind, segs, want) in cases {
-            assert_eq!(ranges(&m, &mut d, kind, segs), want, "{kind} {segs:?}");
+            assert_eq!(ranges(&m, &d, kind, segs), want, "{kind} {segs:?}");
         }
         // A payload that is not whole segments, and none at all.
         header(&m, VIRTIO_BLK_T_DISCARD, 0);
         run(
             &m,
-            &mut d,
+            &d,
             &[
                 desc(HDR, 16, false),
                 desc(DATA, 15, false),
@@ -435,12 +447,12 @@ mod tests {
             ],
         );
         assert_eq!(status(&m), VIRTIO_BLK_S_IOERR);
-        run(&m, &mut d, &[desc(HDR, 16, false), desc(STATUS, 1, true)]);
+        run(&m, &d, &[desc(HDR, 16, false), desc(STATUS, 1, true)]);
         assert_eq!(status(&m), VIRTIO_BLK_S_IOERR);
         // A read-only drive refuses them.
-        let mut ro = Disk::open(f.path(), true).unwrap();
+        let ro = Disk::open(f.path(), true).unwrap();
         assert_eq!(
-            ranges(&m, &mut ro, VIRTIO_BLK_T_DISCARD, &[(0, 8, 0)]),
+            ranges(&m, &ro, VIRTIO_BLK_T_DISCARD, &[(0, 8, 0)]),
             VIRTIO_BLK_S_IOERR
         );
         assert_eq!(std::fs::read(f.path()).unwrap(), before);
@@ -449,11 +461,11 @@ mod tests {
     #[test]
     fn read_returns_disk_content() {
         let m = mem();
-        let (_f, mut d) = disk(8, false);
+        let (_f, d) = disk(8, false);
         header(&m, VIRTIO_BLK_T_IN, 2);
         let n = run(
             &m,
-            &mut d,
+            &d,
             &[
                 desc(HDR, 16, false),
                 desc(DATA, 1024, true),
@@ -471,12 +483,12 @@ mod tests {
     #[test]
     fn write_then_flush_reaches_the_file() {
         let m = mem();
-        let (f, mut d) = disk(8, false);
+        let (f, d) = disk(8, false);
         m.write_slice(&[0xabu8; 512], GuestAddress(DATA)).unwrap();
         header(&m, VIRTIO_BLK_T_OUT, 7);
         let n = run(
             &m,
-            &mut d,
+            &d,
             &[
                 desc(HDR, 16, false),
                 desc(DATA, 512, false),
@@ -485,7 +497,7 @@ mod tests {
         );
         assert_eq!((n, status(&m)), (1, VIRTIO_BLK_S_OK));
         header(&m, VIRTIO_BLK_T_FLUSH, 0);
-        run(&m, &mut d, &[desc(HDR, 16, false), desc(STATUS, 1, true)]);
+        run(&m, &d, &[desc(HDR, 16, false), desc(STATUS, 1, true)]);
         assert_eq!(status(&m), VIRTIO_BLK_S_OK);
         let content = std::fs::read(f.path()).unwrap();
         assert!(content[7 * 512..].iter().all(|b| *b == 0xab));
@@ -495,14 +507,14 @@ mod tests {
     #[test]
     fn successful_requests_are_counted_with_their_bytes() {
         let m = mem();
-        let (_f, mut d) = disk(8, false);
+        let (_f, d) = disk(8, false);
         let counts = counters::Block::default();
-        let mut exec = |kind, sector, data: RawDescriptor| {
+        let exec = |kind, sector, data: RawDescriptor| {
             header(&m, kind, sector);
             let q = MockSplitQueue::new(&m, 16);
             let descs = [desc(HDR, 16, false), data, desc(STATUS, 1, true)];
             let chain = q.build_desc_chain(&descs).unwrap();
-            execute(chain, &m, &mut d, "d", &mut bounce_buffer(), &counts);
+            execute(chain, &m, &d, "d", &mut bounce_buffer(), &counts);
             status(&m)
         };
         assert_eq!(exec(VIRTIO_BLK_T_IN, 0, desc(DATA, 1024, true)), 0);
@@ -516,13 +528,13 @@ mod tests {
     #[test]
     fn out_of_range_and_unaligned_requests_fail_cleanly() {
         let m = mem();
-        let (_f, mut d) = disk(8, false);
+        let (_f, d) = disk(8, false);
         for (sector, len) in [(7u64, 1024u32), (8, 512), (u64::MAX / 2, 512), (0, 100)] {
             m.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
             header(&m, VIRTIO_BLK_T_IN, sector);
             run(
                 &m,
-                &mut d,
+                &d,
                 &[
                     desc(HDR, 16, false),
                     desc(DATA, len, true),
@@ -536,11 +548,11 @@ mod tests {
     #[test]
     fn read_only_disk_refuses_writes() {
         let m = mem();
-        let (f, mut d) = disk(8, true);
+        let (f, d) = disk(8, true);
         header(&m, VIRTIO_BLK_T_OUT, 0);
         run(
             &m,
-            &mut d,
+            &d,
             &[
                 desc(HDR, 16, false),
                 desc(DATA, 512, false),
@@ -554,18 +566,18 @@ mod tests {
     #[test]
     fn malformed_chains_never_panic() {
         let m = mem();
-        let (_f, mut d) = disk(8, false);
+        let (_f, d) = disk(8, false);
         header(&m, VIRTIO_BLK_T_IN, 0);
         // No writable descriptor at all: nothing can be reported.
-        assert_eq!(run(&m, &mut d, &[desc(HDR, 16, false)]), 0);
+        assert_eq!(run(&m, &d, &[desc(HDR, 16, false)]), 0);
         // Short header.
-        run(&m, &mut d, &[desc(HDR, 4, false), desc(STATUS, 1, true)]);
+        run(&m, &d, &[desc(HDR, 4, false), desc(STATUS, 1, true)]);
         assert_eq!(status(&m), VIRTIO_BLK_S_IOERR);
         // Descriptor pointing outside guest memory.
         assert_eq!(
             run(
                 &m,
-                &mut d,
+                &d,
                 &[desc(HDR, 16, false), desc(0xffff_0000, 512, true)]
             ),
             0
@@ -576,7 +588,7 @@ mod tests {
         assert_eq!(
             run(
                 &m,
-                &mut d,
+                &d,
                 &[desc(HDR, 16, false), desc(0x3f_ffff, u32::MAX, true)],
             ),
             0
@@ -584,13 +596,13 @@ mod tests {
         assert_eq!(m.read_obj::<u8>(GuestAddress(0x3f_ffff)).unwrap(), 0xff);
         // Unknown request type.
         header(&m, 99, 0);
-        run(&m, &mut d, &[desc(HDR, 16, false), desc(STATUS, 1, true)]);
+        run(&m, &d, &[desc(HDR, 16, false), desc(STATUS, 1, true)]);
         assert_eq!(status(&m), VIRTIO_BLK_S_UNSUPP);
         // GET_ID.
         header(&m, VIRTIO_BLK_T_GET_ID, 0);
         let n = run(
             &m,
-            &mut d,
+            &d,
             &[
                 desc(HDR, 16, false),
                 desc(DATA, 20, true),
@@ -606,7 +618,7 @@ mod tests {
     #[test]
     fn descriptor_loop_is_bounded() {
         let m = mem();
-        let (_f, mut d) = disk(8, false);
+        let (_f, d) = disk(8, false);
         header(&m, VIRTIO_BLK_T_IN, 0);
         let q = MockSplitQueue::new(&m, 16);
         // Two descriptors pointing at each other forever.
@@ -626,7 +638,7 @@ mod tests {
         let used = execute(
             chain,
             &m,
-            &mut d,
+            &d,
             "x",
             &mut bounce_buffer(),
             &Default::default(),
@@ -669,7 +681,7 @@ mod fuzz {
             mem.write_slice(&h, GuestAddress(descs[0].0)).ok();
             let f = tempfile::NamedTempFile::new().unwrap();
             std::fs::write(f.path(), vec![7u8; 8 * 512]).unwrap();
-            let mut disk = Disk::open(f.path(), false).unwrap();
+            let disk = Disk::open(f.path(), false).unwrap();
             let raw: Vec<RawDescriptor> = descs
                 .iter()
                 .map(|(addr, len, write)| {
@@ -683,7 +695,7 @@ mod fuzz {
                 let used = execute(
                     chain,
                     &mem,
-                    &mut disk,
+                    &disk,
                     "fuzz",
                     &mut bounce_buffer(),
                     &Default::default(),
