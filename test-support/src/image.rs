@@ -405,6 +405,23 @@ fn busybox_layer() -> Result<Vec<u8>, FixtureError> {
     Ok(layer.finish())
 }
 
+/// The busybox image with image config `config` and a second layer of programs
+/// (path, content; mode 0755), e.g. a benchmark's static binary.
+pub fn busybox_image_with_programs(
+    config: Value,
+    programs: &[(&str, &[u8])],
+) -> Result<OciImage, FixtureError> {
+    let mut layer = LayerBuilder::new();
+    for (path, content) in programs {
+        layer = layer.file(path, content, 0o755);
+    }
+    ImageBuilder::new()
+        .layer(busybox_layer()?, Compression::Gzip)
+        .layer(layer.finish(), Compression::Gzip)
+        .config(config)
+        .build()
+}
+
 /// The busybox image with image config `config` and a second layer of regular
 /// files (path, content), e.g. an `/etc/passwd` and `/etc/group` of its own.
 pub fn busybox_image_with_files(

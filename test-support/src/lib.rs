@@ -27,8 +27,8 @@ mod token;
 
 pub use error::FixtureError;
 pub use image::{
-    busybox_image, busybox_image_with, busybox_image_with_files, Compression, ImageBuilder,
-    LayerBuilder, OciImage,
+    busybox_image, busybox_image_with, busybox_image_with_files, busybox_image_with_programs,
+    Compression, ImageBuilder, LayerBuilder, OciImage,
 };
 pub use registry::TestRegistry;
 pub use tls::TestCerts;
