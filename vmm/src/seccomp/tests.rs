@@ -520,3 +520,71 @@ fn unlink_but_not_unlinkat() {
         },
     );
 }
+
+#[test]
+fn a_drive_starts_its_workers_and_serves_requests_under_the_vmm_filter() {
+    use crate::devices::virtio::block::{Block, Disk};
+    use crate::devices::virtio::{IrqTrigger, VirtioDevice};
+    use event_manager::{EventManager, SubscriberOps};
+    use std::sync::{Arc, Mutex};
+    use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use virtio_queue::desc::{split::Descriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use virtio_queue::Queue;
+    use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+
+    // Everything is made before the filter, as the VMM makes its devices.
+    let file = tempfile::NamedTempFile::new().unwrap();
+    file.as_file().set_len(64 * 1024).unwrap();
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap();
+    let q = MockSplitQueue::new(&mem, 16);
+    // A 4 KiB write at sector 0 (header, data, status), then a flush (header, status).
+    let mut hdr = [0u8; 16];
+    hdr[0] = 1;
+    mem.write_slice(&hdr, GuestAddress(0x10_0000)).unwrap();
+    hdr[0] = 4;
+    mem.write_slice(&hdr, GuestAddress(0x10_0100)).unwrap();
+    let d = |addr: u64, len: u32, flags: u32, next: u16| {
+        RawDescriptor::from(Descriptor::new(addr, len, flags as u16, next))
+    };
+    let (next, write) = (VRING_DESC_F_NEXT, VRING_DESC_F_WRITE);
+    q.add_desc_chains(
+        &[
+            d(0x10_0000, 16, next, 1),
+            d(0x20_0000, 4096, next, 2),
+            d(0x30_0000, 1, write, 0),
+            d(0x10_0100, 16, next, 4),
+            d(0x30_0010, 1, write, 0),
+        ],
+        0,
+    )
+    .unwrap();
+    let blk = Block::new("d".into(), Disk::open(file.path(), false).unwrap()).unwrap();
+    let blk = Arc::new(Mutex::new(blk));
+    blk.lock()
+        .unwrap()
+        .activate(
+            mem.clone(),
+            vec![q.create_queue::<Queue>().unwrap()],
+            Arc::new(IrqTrigger::new().unwrap()),
+        )
+        .unwrap();
+    let mut em = EventManager::<Arc<Mutex<Block>>>::new().unwrap();
+    em.add_subscriber(blk.clone());
+    let used = q.used_addr().unchecked_add(2);
+    let (code, stderr) = under(ThreadKind::Vmm, || {
+        if blk.lock().unwrap().queue_events()[0].write(1).is_err() {
+            return 2;
+        }
+        for _ in 0..100 {
+            if em.run_with_timeout(100).is_err() {
+                return 3;
+            }
+            if mem.read_obj::<u16>(used).is_ok_and(|n| n == 2) {
+                return 0;
+            }
+        }
+        4
+    });
+    assert_eq!(code, 0, "{stderr}");
+}

@@ -50,7 +50,9 @@ pub struct Pool<W: Send + 'static> {
     size: usize,
     shared: Arc<Shared<W>>,
     run: Arc<Run<W>>,
-    done: EventFd,
+    /// Shared, not duplicated: the seccomp filter the threads start under allows no
+    /// `fcntl(F_DUPFD)`.
+    done: Arc<EventFd>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -71,7 +73,7 @@ impl<W: Send + 'static> Pool<W> {
                 changed: Condvar::new(),
             }),
             run,
-            done: EventFd::new(libc::EFD_NONBLOCK)?,
+            done: Arc::new(EventFd::new(libc::EFD_NONBLOCK)?),
             threads: Vec::new(),
         })
     }
@@ -127,7 +129,7 @@ impl<W: Send + 'static> Pool<W> {
     fn start_threads(&mut self) -> std::io::Result<()> {
         while self.threads.len() < self.size {
             let (shared, run) = (self.shared.clone(), self.run.clone());
-            let done = self.done.try_clone()?;
+            let done = self.done.clone();
             let t = std::thread::Builder::new()
                 .name(self.name.clone())
                 .spawn(move || work(&shared, &*run, &done));
