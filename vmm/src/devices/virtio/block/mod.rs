@@ -2,7 +2,8 @@
 //! write-zeroes, and a backing file that can be swapped while the guest runs (the
 //! guest is told through a configuration-change interrupt and re-reads the
 //! capacity). Requests run on the drive's worker threads (`worker`), up to a
-//! queue's worth at once; the event loop takes them from the ring and returns them.
+//! queue's worth at once: the event loop takes them from the ring, and each returns
+//! itself to the driver when it finishes.
 
 mod disk;
 mod request;
@@ -17,7 +18,7 @@ use super::{
 use crate::counters;
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
@@ -43,22 +44,47 @@ const WORKERS: usize = 2;
 /// Requests taken from the ring and not yet returned: a driver that republishes
 /// chains without waiting for them cannot queue more than a ring's worth.
 const MAX_IN_FLIGHT: usize = QUEUE_SIZE as usize;
-/// Event tokens: the queue's notification, finished requests.
+/// Event tokens: the queue's notification, room in the pool again.
 const QUEUE_TOKEN: u32 = 0;
-const DONE_TOKEN: u32 = 1;
+const FREED_TOKEN: u32 = 1;
 
-/// One request for a worker: its chain, and the file it was taken for.
+/// One request for a worker: its chain, where it returns, and the file it was taken
+/// for.
 struct Request {
     chain: DescriptorChain<Arc<GuestMemoryMmap>>,
-    mem: Arc<GuestMemoryMmap>,
+    ring: Arc<Ring>,
     disk: Arc<Disk>,
 }
 
-struct Active {
-    /// Shared with the requests in flight.
+/// The activated queue, shared by the event loop (which takes requests) and the
+/// workers (which return them).
+struct Ring {
+    queue: Mutex<Queue>,
     mem: Arc<GuestMemoryMmap>,
-    queue: Queue,
     irq: Arc<IrqTrigger>,
+}
+
+impl Ring {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Returns request `head`, `len` bytes written into it, to the driver.
+    fn complete(&self, head: u16, len: u32) {
+        let mut q = self.lock();
+        if let Err(e) = q.add_used(&*self.mem, head, len) {
+            static USED_RING: RateLimit = RateLimit::new();
+            device_error(
+                &USED_RING,
+                "virtio-blk",
+                &format_args!("returning used descriptor {head}: {e}"),
+            );
+            return;
+        }
+        if q.needs_notification(&*self.mem).unwrap_or(true) {
+            self.irq.trigger(INT_VRING);
+        }
+    }
 }
 
 /// A virtio block device.
@@ -69,7 +95,7 @@ pub struct Block {
     config_generation: u32,
     /// Kept across resets so a swap can always signal the driver.
     irq: Option<Arc<IrqTrigger>>,
-    active: Option<Active>,
+    active: Option<Arc<Ring>>,
     counts: Arc<counters::Block>,
     workers: worker::Pool<Request>,
     /// Runs a request on the event loop when no worker thread could start.
@@ -88,7 +114,9 @@ impl Block {
                 if scratch.is_empty() {
                     *scratch = request::bounce_buffer();
                 }
-                request::execute(r.chain, &r.mem, &r.disk, &id, scratch, &counts)
+                let head = r.chain.head_index();
+                let len = request::execute(r.chain, &r.ring.mem, &r.disk, &id, scratch, &counts);
+                r.ring.complete(head, len);
             })
         };
         Ok(Block {
@@ -170,41 +198,42 @@ impl Block {
 
     /// Hands the requests the driver queued to the workers, up to `MAX_IN_FLIGHT`.
     fn process_queue(&mut self) {
-        let Some(a) = self.active.as_mut() else {
+        let Some(ring) = self.active.clone() else {
             return;
         };
-        let mut ran_here = Vec::new();
+        let mut ran_here = false;
         loop {
             let mut took = false;
             while self.workers.pending() < MAX_IN_FLIGHT {
-                let Some(chain) = a.queue.pop_descriptor_chain(a.mem.clone()) else {
+                let Some(chain) = ring.lock().pop_descriptor_chain(ring.mem.clone()) else {
                     break;
                 };
                 took = true;
-                let head = chain.head_index();
-                let barrier = request::is_flush(&chain, &a.mem);
+                let barrier = request::is_flush(&chain, &ring.mem);
                 let r = Request {
                     chain,
-                    mem: a.mem.clone(),
+                    ring: ring.clone(),
                     disk: self.disk.clone(),
                 };
-                if let Err(r) = self.workers.submit(head, barrier, r) {
-                    ran_here.push((head, (self.run)(r, &mut self.scratch)));
+                if let Err(r) = self.workers.submit(barrier, r) {
+                    (self.run)(r, &mut self.scratch);
+                    ran_here = true;
                 }
             }
             if self.workers.pending() >= MAX_IN_FLIGHT {
-                // The next finished request takes more.
+                // Taken up again when a request finishes.
+                self.workers.wake_on_next();
                 break;
             }
             // With EVENT_IDX the driver kicks again only once past the index published
             // here; a chain it queued before seeing it is taken now. A ring that shows
             // chains but yields none (a bad available index) is not read again.
-            let more = a.queue.enable_notification(&*a.mem).unwrap_or(false);
+            let more = ring.lock().enable_notification(&*ring.mem).unwrap_or(false);
             if !(more && took) {
                 break;
             }
         }
-        if !ran_here.is_empty() {
+        if ran_here {
             static NO_THREAD: RateLimit = RateLimit::new();
             device_error(
                 &NO_THREAD,
@@ -214,30 +243,6 @@ impl Block {
                     self.id
                 ),
             );
-            self.complete(ran_here);
-        }
-    }
-
-    /// Returns finished requests to the driver.
-    fn complete(&mut self, done: Vec<(u16, u32)>) {
-        let Some(a) = self.active.as_mut() else {
-            return;
-        };
-        let mut used = false;
-        for (head, len) in done {
-            if let Err(e) = a.queue.add_used(&*a.mem, head, len) {
-                static USED_RING: RateLimit = RateLimit::new();
-                device_error(
-                    &USED_RING,
-                    "virtio-blk",
-                    &format_args!("returning used descriptor {head}: {e}"),
-                );
-                continue;
-            }
-            used = true;
-        }
-        if used && a.queue.needs_notification(&*a.mem).unwrap_or(true) {
-            a.irq.trigger(INT_VRING);
         }
     }
 }
@@ -276,26 +281,23 @@ impl VirtioDevice for Block {
     ) -> Result<(), ActivateError> {
         let [queue] = super::take_queues(queues)?;
         self.irq = Some(irq.clone());
-        self.active = Some(Active {
+        self.active = Some(Arc::new(Ring {
+            queue: Mutex::new(queue),
             mem: Arc::new(mem),
-            queue,
             irq,
-        });
+        }));
         Ok(())
     }
     fn reset(&mut self) {
         // The driver forgot its requests: none may write into its memory later.
         self.workers.wait_idle();
-        self.workers.take_done();
         self.active = None;
     }
     fn quiesce(&mut self) {
         self.workers.wait_idle();
-        let done = self.workers.take_done();
-        self.complete(done);
     }
     fn queue_states(&self) -> Vec<virtio_queue::QueueState> {
-        self.active.iter().map(|a| a.queue.state()).collect()
+        self.active.iter().map(|r| r.lock().state()).collect()
     }
     fn config_generation(&self) -> u32 {
         self.config_generation
@@ -313,8 +315,7 @@ impl MutEventSubscriber for Block {
                 let _ = self.queue_evts[0].read();
             }
             _ => {
-                let done = self.workers.take_done();
-                self.complete(done);
+                let _ = self.workers.freed_event().read();
             }
         }
         self.process_queue();
@@ -323,7 +324,7 @@ impl MutEventSubscriber for Block {
     fn init(&mut self, ops: &mut EventOps) {
         let events = [
             Events::with_data(&self.queue_evts[0], QUEUE_TOKEN, EventSet::IN),
-            Events::with_data(self.workers.done_event(), DONE_TOKEN, EventSet::IN),
+            Events::with_data(self.workers.freed_event(), FREED_TOKEN, EventSet::IN),
         ];
         for e in events {
             if let Err(e) = ops.add(e) {
@@ -432,7 +433,7 @@ mod tests {
         let mut em = event_manager::EventManager::<Arc<std::sync::Mutex<Block>>>::new().unwrap();
         em.add_subscriber(blk.clone());
         blk.lock().unwrap().queue_evts[0].write(1).unwrap();
-        // The event loop hands them to the workers and returns them when they finish.
+        // The event loop hands them to the workers, which return them to the driver.
         let start = std::time::Instant::now();
         while used_idx() < 2 {
             assert!(
@@ -446,8 +447,8 @@ mod tests {
         let on_disk = std::fs::read(f.path()).unwrap();
         assert!(on_disk[4096..8192].iter().all(|b| *b == 0xab));
 
-        // Two more: the queue's notification is taken, and before the finished
-        // requests' event is, a snapshot's quiesce returns them.
+        // Two more, taken from the ring: a snapshot's quiesce returns once they are
+        // back with the driver.
         header(&mem, 0x10_0200, FLUSH, 0);
         header(&mem, 0x10_0300, FLUSH, 0);
         let mut more = chain(5, &[(0x10_0200, 16, false), (0x30_0020, 1, true)]);
