@@ -344,7 +344,7 @@ pub async fn copy(
                 tokio::time::sleep(RETRY).await;
                 continue;
             }
-            Err(s) if s.code() == Code::DeadlineExceeded => continue,
+            Err(s) if crate::sandbox::guest::deadline_passed(&s) => continue,
             Err(s) if s.code() == Code::NotFound => {
                 tracing::debug!(container = %id, "container gone from the guest: log copy ends");
                 break;

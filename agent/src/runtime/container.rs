@@ -761,7 +761,7 @@ pub(super) fn watch_exit(inner: Arc<Inner>, c: Arc<Container>, vm: Vm) {
                     return;
                 }
                 Ok(_) => {}
-                Err(s) if s.code() == Code::DeadlineExceeded => {}
+                Err(s) if guest::deadline_passed(&s) => {}
                 Err(s) if s.code() == Code::NotFound => return,
                 Err(s) => {
                     if !vm.running() {
@@ -869,7 +869,7 @@ async fn wait_exit(
             Ok(true)
         }
         Ok(_) => Ok(false),
-        Err(s) if s.code() == Code::DeadlineExceeded => Ok(false),
+        Err(s) if guest::deadline_passed(&s) => Ok(false),
         Err(s) if s.code() == Code::NotFound => Ok(true),
         Err(s) => Err(RuntimeError::guest("WaitProcess")(s)),
     }

@@ -3,7 +3,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tonic::Code;
 use vmlet_cri::runtime::{ContainerState, ExecOutput};
 use vmlet_proto::agent as pb;
 
@@ -50,7 +49,7 @@ async fn read_all(
             Ok(r) => logs::checked(r.into_inner(), offset, READ_BYTES).map_err(|why| {
                 tonic::Status::internal(format!("the guest's output reply is refused: {why}"))
             })?,
-            Err(s) if s.code() == Code::DeadlineExceeded => continue,
+            Err(s) if guest::deadline_passed(&s) => continue,
             Err(s) => return Err(s),
         };
         if r.data.is_empty() && !r.eof {
@@ -102,7 +101,7 @@ async fn run(client: GuestClient, id: String, exec_id: String) -> Result<ExecOut
                     exit_code: s.exit_code,
                 });
             }
-            Err(s) if s.code() == Code::DeadlineExceeded => continue,
+            Err(s) if guest::deadline_passed(&s) => continue,
             Err(s) => return Err(RuntimeError::guest("WaitProcess")(s)),
         }
     }

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
-use tonic::Code;
 use vmlet_proto::agent as pb;
 use vmlet_streaming::{ExecStreams, TerminalSize};
 
@@ -59,7 +58,7 @@ impl Proc {
                 }
                 // The pipe stayed full (the process does not read): nothing was
                 // written; try again.
-                Err(s) if s.code() == Code::DeadlineExceeded => {}
+                Err(s) if guest::deadline_passed(&s) => {}
                 Err(s) => return Err(s),
             }
         }
@@ -120,7 +119,7 @@ impl Proc {
                 .await;
             let r = match r {
                 Ok(r) => r.into_inner(),
-                Err(s) if s.code() == Code::DeadlineExceeded => continue,
+                Err(s) if guest::deadline_passed(&s) => continue,
                 Err(s) => return Err(s),
             };
             if let Some(w) = to.as_mut() {
@@ -161,7 +160,7 @@ impl Proc {
                 .await;
             match r {
                 Ok(r) => return Ok(r.into_inner().status.unwrap_or_default().exit_code),
-                Err(s) if s.code() == Code::DeadlineExceeded => continue,
+                Err(s) if guest::deadline_passed(&s) => continue,
                 Err(s) => return Err(s),
             }
         }

@@ -32,6 +32,24 @@ pub fn client(channel: Channel) -> GuestClient {
 /// Deadline of one short call.
 pub const CALL: Duration = Duration::from_secs(30);
 
+/// Whether `s` says a call's deadline passed: the guest's own answer
+/// (`DEADLINE_EXCEEDED`), or the client's timer, which fires first when the answer
+/// comes back late (a loaded node). tonic reports that as `CANCELLED`, its source
+/// `TimeoutExpired`. A waiting poll goes on after either.
+pub fn deadline_passed(s: &tonic::Status) -> bool {
+    if s.code() == tonic::Code::DeadlineExceeded {
+        return true;
+    }
+    let mut e = std::error::Error::source(s);
+    while let Some(err) = e {
+        if err.is::<tonic::TimeoutExpired>() {
+            return true;
+        }
+        e = err.source();
+    }
+    false
+}
+
 /// A request with a deadline.
 pub fn req<T>(msg: T, timeout: Duration) -> Request<T> {
     let mut r = Request::new(msg);
@@ -170,6 +188,20 @@ fn uuid_v4(mut b: [u8; 16]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_deadline_passes_on_either_side() {
+        assert!(deadline_passed(&tonic::Status::deadline_exceeded("late")));
+        // The client's timer, as tonic's channel reports it.
+        let err: Box<dyn std::error::Error + Send + Sync> = Box::new(tonic::TimeoutExpired(()));
+        let s = tonic::Status::from_error(err);
+        assert_eq!(s.code(), tonic::Code::Cancelled);
+        assert!(deadline_passed(&s), "{s:?}");
+        assert!(!deadline_passed(&tonic::Status::cancelled("by the caller")));
+        assert!(!deadline_passed(&tonic::Status::not_found(
+            "no such process"
+        )));
+    }
     use crate::sandbox::fake::{FakeHypervisor, GuestState};
 
     /// A guest whose reply is larger than [`MAX_REPLY`] gets an error, not a buffer
