@@ -21,47 +21,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
-use std::os::unix::net::UnixStream;
-use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
 use serde_json::json;
+use vmlet_bench::{arg, counters, median};
 use vmlet_integration_tests::cri::{container_config, pod_config};
 use vmlet_integration_tests::net::Net;
-use vmlet_integration_tests::JsonLines;
 use vmlet_test_support::{busybox_image_with_programs, TestRegistry};
-use vmlet_vmm_api::control::{CountersReply, Request, Response};
+use vmlet_vmm_api::control::CountersReply;
 
 const PROBE: &str = "/bin/vmlet-blk-probe";
 const PHASES: [&str; 4] = ["seq_write", "seq_read", "rand_read", "rand_write"];
-
-fn arg(args: &[String], name: &str, default: usize) -> usize {
-    match args.iter().position(|a| a == name) {
-        Some(i) => args
-            .get(i + 1)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("{name} wants a number")),
-        None => default,
-    }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-/// The VMM's counters, through its control socket.
-fn counters(control: &Path) -> CountersReply {
-    let s = UnixStream::connect(control).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let req = Request::Counters;
-    let line = JsonLines::new(s).exchange(&req.encode().unwrap());
-    match Response::decode(&req, line.as_bytes()).unwrap() {
-        Response::Counters(c) => c,
-        other => panic!("counters: {other:?}"),
-    }
-}
 
 /// (vCPU exits, virtio-blk notifications) between two readings.
 fn delta(before: &CountersReply, after: &CountersReply) -> (f64, f64) {

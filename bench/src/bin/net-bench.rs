@@ -23,15 +23,13 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::os::unix::net::UnixStream;
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use vmlet_bench::{arg, counters, median};
 use vmlet_integration_tests::cri::{busybox_registry, container_config, pod_config};
 use vmlet_integration_tests::net::{Net, GATEWAY};
-use vmlet_integration_tests::JsonLines;
-use vmlet_vmm_api::control::{CountersReply, Request, Response};
+use vmlet_vmm_api::control::CountersReply;
 
 const PORT: u16 = 5001;
 /// Where the host receives what pods and the namespace send.
@@ -39,21 +37,6 @@ const OUT_PORT: u16 = 5002;
 const VETH_NS: &str = "vmlet-bench-veth";
 const VETH_HOST: &str = "10.78.0.1";
 const VETH_PEER: &str = "10.78.0.2";
-
-fn arg(args: &[String], name: &str, default: usize) -> usize {
-    match args.iter().position(|a| a == name) {
-        Some(i) => args
-            .get(i + 1)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("{name} wants a number")),
-        None => default,
-    }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
 
 fn sh(script: &str) {
     let ok = Command::new("sh").args(["-c", script]).status().unwrap();
@@ -104,18 +87,6 @@ fn receive(listener: &TcpListener, mib: usize, send: impl FnOnce() + Send) -> f6
         assert_eq!(got, mib << 20, "bytes received");
         (mib as f64 * 8.0 * 1024.0 * 1024.0) / secs / 1e9
     })
-}
-
-/// The VMM's counters, through its control socket.
-fn counters(control: &Path) -> CountersReply {
-    let s = UnixStream::connect(control).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let req = Request::Counters;
-    let line = JsonLines::new(s).exchange(&req.encode().unwrap());
-    match Response::decode(&req, line.as_bytes()).unwrap() {
-        Response::Counters(c) => c,
-        other => panic!("counters: {other:?}"),
-    }
 }
 
 /// What a transfer of `mib` MiB cost the VMM: (exits, net notifications) per MiB,
