@@ -38,9 +38,10 @@ pub enum SeccompError {
 /// Syscalls the VMM thread may make with any arguments: its event loop (epoll,
 /// eventfds, device files, unix sockets for vsock, vhost-user and the control
 /// socket), drive swaps (fstat), removing its own sockets at exit (unlink: the
-/// jail leaves it nothing else to remove), and what Rust's runtime needs (memory,
-/// futex). The power-off helper thread runs under this filter too. Argument-checked
-/// syscalls are in `rules`.
+/// jail leaves it nothing else to remove), io_uring submissions and waits on the
+/// drives' rings (made and restricted before the filter: no `io_uring_setup`), and
+/// what Rust's runtime needs (memory, futex). The power-off helper thread runs
+/// under this filter too. Argument-checked syscalls are in `rules`.
 const VMM_SYSCALLS: &[i64] = &[
     libc::SYS_accept4,
     libc::SYS_brk,
@@ -59,6 +60,7 @@ const VMM_SYSCALLS: &[i64] = &[
     libc::SYS_ftruncate,
     libc::SYS_futex,
     libc::SYS_getpid,
+    libc::SYS_io_uring_enter,
     libc::SYS_getrandom,
     libc::SYS_getsockopt,
     libc::SYS_gettid,
@@ -101,8 +103,9 @@ const VMM_SYSCALLS: &[i64] = &[
 /// `rules`): eventfd and console writes from device exits (the console log
 /// writes at offsets: pwrite64), what a virtio device does when the driver
 /// activates or resets it from a register write (touch its backend sockets,
-/// close connections; virtio-fs sends its vhost-user vring requests, with their
-/// eventfds, by sendmsg and reads the replies by recvmsg), and the runtime basics.
+/// close connections, wait for a drive's io_uring requests; virtio-fs sends its
+/// vhost-user vring requests, with their eventfds, by sendmsg and reads the replies
+/// by recvmsg), and the runtime basics.
 const VCPU_SYSCALLS: &[i64] = &[
     libc::SYS_brk,
     libc::SYS_clock_gettime,
@@ -117,6 +120,7 @@ const VCPU_SYSCALLS: &[i64] = &[
     libc::SYS_fsync,
     libc::SYS_futex,
     libc::SYS_getrandom,
+    libc::SYS_io_uring_enter,
     libc::SYS_mremap,
     libc::SYS_munmap,
     libc::SYS_pwrite64,

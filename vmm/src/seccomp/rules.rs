@@ -25,6 +25,7 @@
 //! - `openat` also creates a snapshot's files: new files only (`O_EXCL`), written.
 //! - `ftruncate`: sizing a snapshot's memory file.
 //! - `fallocate`: punching holes (free page reporting on shared guest RAM).
+//! - `io_uring_register`: replacing a drive's file in its ring (a swap) only.
 
 use seccompiler::{BackendError, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompRule};
 
@@ -66,6 +67,9 @@ pub const KVM_VM_STATE_READS: [u64; 3] = [
     ior(0x7c, std::mem::size_of::<kvm_bindings::kvm_clock_data>()), // KVM_GET_CLOCK
     iowr(0x62, std::mem::size_of::<kvm_bindings::kvm_irqchip>()),   // KVM_GET_IRQCHIP
 ];
+
+/// `IORING_REGISTER_FILES_UPDATE`: a drive swap replaces its ring's file.
+pub const IORING_REGISTER_FILES_UPDATE: u64 = 6;
 
 /// The `openat` flags that create a snapshot file (`OpenOptions::create_new`).
 pub const SNAPSHOT_CREATE_FLAGS: u64 =
@@ -199,6 +203,10 @@ pub fn argument_rules(kind: ThreadKind, pid: u32) -> Result<Vec<(i64, Rules)>, B
                 (
                     libc::SYS_fallocate,
                     one_of(1, &[crate::devices::virtio::balloon::PUNCH_HOLE as u64])?,
+                ),
+                (
+                    libc::SYS_io_uring_register,
+                    one_of(1, &[IORING_REGISTER_FILES_UPDATE])?,
                 ),
             ]);
         }

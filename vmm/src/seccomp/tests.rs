@@ -4,6 +4,7 @@
 
 use super::rules::{KVM_GET_REGS, KVM_RUN};
 use super::*;
+use crate::devices::virtio::block::IoEngine;
 use std::os::fd::AsRawFd;
 
 /// Runs `f` in a forked child; returns its exit status and what it wrote to
@@ -523,6 +524,35 @@ fn unlink_but_not_unlinkat() {
 
 #[test]
 fn a_drive_starts_its_workers_and_serves_requests_under_the_vmm_filter() {
+    drive_serves_requests_under_the_vmm_filter(IoEngine::Workers);
+}
+
+#[test]
+fn a_drive_on_io_uring_serves_requests_and_swaps_its_file_under_the_vmm_filter() {
+    drive_serves_requests_under_the_vmm_filter(IoEngine::Uring);
+}
+
+#[test]
+fn io_uring_rings_are_made_before_the_filter_only() {
+    for kind in [ThreadKind::Vmm, ThreadKind::Vcpu] {
+        check(
+            kind,
+            "io_uring_setup",
+            // SAFETY: waiting on a descriptor that is no ring touches no memory.
+            || unsafe {
+                libc::syscall(libc::SYS_io_uring_enter, -1, 0, 0, 0, 0, 0) == -1
+                    && errno() == libc::EBADF
+            },
+            || {
+                let mut p = [0u8; 120];
+                // SAFETY: a zeroed parameter block of the right size.
+                unsafe { libc::syscall(libc::SYS_io_uring_setup, 1, p.as_mut_ptr()) };
+            },
+        );
+    }
+}
+
+fn drive_serves_requests_under_the_vmm_filter(engine: IoEngine) {
     use crate::devices::virtio::block::{Block, Disk};
     use crate::devices::virtio::{IrqTrigger, VirtioDevice};
     use event_manager::{EventManager, SubscriberOps};
@@ -559,7 +589,16 @@ fn a_drive_starts_its_workers_and_serves_requests_under_the_vmm_filter() {
         0,
     )
     .unwrap();
-    let blk = Block::new("d".into(), Disk::open(file.path(), false).unwrap()).unwrap();
+    let other = tempfile::NamedTempFile::new().unwrap();
+    other.as_file().set_len(64 * 1024).unwrap();
+    let other_file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(other.path())
+        .unwrap();
+    let disk = Disk::open(file.path(), false).unwrap();
+    let blk = Block::with_engine("d".into(), disk, engine).unwrap();
+    assert_eq!(blk.engine(), engine);
     let blk = Arc::new(Mutex::new(blk));
     blk.lock()
         .unwrap()
@@ -581,6 +620,11 @@ fn a_drive_starts_its_workers_and_serves_requests_under_the_vmm_filter() {
                 return 3;
             }
             if mem.read_obj::<u16>(used).is_ok_and(|n| n == 2) {
+                // A swap (by a file the client sent) keeps the engine.
+                let mut blk = blk.lock().unwrap();
+                if blk.swap_file(other_file, other.path()).is_err() || blk.engine() != engine {
+                    return 5;
+                }
                 return 0;
             }
         }

@@ -76,6 +76,11 @@ impl Disk {
         self.read_only
     }
 
+    /// The open file.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
     /// The backing file's path.
     pub fn path(&self) -> &Path {
         &self.path

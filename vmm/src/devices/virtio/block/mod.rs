@@ -1,12 +1,13 @@
 //! virtio-blk backed by a host file: read-only or read-write, flush, discard and
 //! write-zeroes, and a backing file that can be swapped while the guest runs (the
 //! guest is told through a configuration-change interrupt and re-reads the
-//! capacity). Requests run on the drive's worker threads (`worker`), up to a
-//! queue's worth at once: the event loop takes them from the ring, and each returns
-//! itself to the driver when it finishes.
+//! capacity). Requests run off the event loop, up to a queue's worth at once, on
+//! one of two engines ([`IoEngine`]): the drive's worker threads (`worker`), or
+//! io_uring (`uring`).
 
 mod disk;
 mod request;
+mod uring;
 mod worker;
 
 pub use disk::{Disk, DiskError};
@@ -44,9 +45,26 @@ const WORKERS: usize = 2;
 /// Requests taken from the ring and not yet returned: a driver that republishes
 /// chains without waiting for them cannot queue more than a ring's worth.
 const MAX_IN_FLIGHT: usize = QUEUE_SIZE as usize;
-/// Event tokens: the queue's notification, room in the pool again.
+/// Event tokens: the queue's notification, requests finished (room in the engine).
 const QUEUE_TOKEN: u32 = 0;
 const FREED_TOKEN: u32 = 1;
+
+/// How a drive runs its requests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum IoEngine {
+    /// Worker threads of the drive's own, copying through a bounce buffer.
+    #[default]
+    Workers,
+    /// io_uring, straight into guest memory; the worker threads where the kernel
+    /// offers no io_uring.
+    Uring,
+}
+
+/// The engine a drive runs.
+enum Engine {
+    Workers(worker::Pool<Request>),
+    Uring(Box<uring::Uring>),
+}
 
 /// One request for a worker: its chain, where it returns, and the file it was taken
 /// for.
@@ -71,17 +89,29 @@ impl Ring {
 
     /// Returns request `head`, `len` bytes written into it, to the driver.
     fn complete(&self, head: u16, len: u32) {
-        let mut q = self.lock();
-        if let Err(e) = q.add_used(&*self.mem, head, len) {
+        if self.add_used(head, len) {
+            self.notify();
+        }
+    }
+
+    /// Returns request `head` to the driver without telling it; false if the used
+    /// ring cannot take it.
+    fn add_used(&self, head: u16, len: u32) -> bool {
+        if let Err(e) = self.lock().add_used(&*self.mem, head, len) {
             static USED_RING: RateLimit = RateLimit::new();
             device_error(
                 &USED_RING,
                 "virtio-blk",
                 &format_args!("returning used descriptor {head}: {e}"),
             );
-            return;
+            return false;
         }
-        if q.needs_notification(&*self.mem).unwrap_or(true) {
+        true
+    }
+
+    /// Interrupts the driver for the requests returned, if it asked to be.
+    fn notify(&self) {
+        if self.lock().needs_notification(&*self.mem).unwrap_or(true) {
             self.irq.trigger(INT_VRING);
         }
     }
@@ -97,16 +127,24 @@ pub struct Block {
     irq: Option<Arc<IrqTrigger>>,
     active: Option<Arc<Ring>>,
     counts: Arc<counters::Block>,
-    workers: worker::Pool<Request>,
-    /// Runs a request on the event loop when no worker thread could start.
+    engine: Engine,
+    /// Signalled when requests finish (as the engine asks).
+    finished: Arc<EventFd>,
+    /// Runs a request (on a worker, or on the event loop when no worker thread could
+    /// start or io_uring cannot take it).
     run: Arc<worker::Run<Request>>,
     /// Its bounce buffer.
     scratch: Vec<u8>,
 }
 
 impl Block {
-    /// A drive named `id` backed by `disk`.
+    /// A drive named `id` backed by `disk`, on the default engine.
     pub fn new(id: String, disk: Disk) -> std::io::Result<Self> {
+        Self::with_engine(id, disk, IoEngine::default())
+    }
+
+    /// A drive named `id` backed by `disk`, running its requests on `engine`.
+    pub fn with_engine(id: String, disk: Disk, engine: IoEngine) -> std::io::Result<Self> {
         let counts: Arc<counters::Block> = Arc::default();
         let run: Arc<worker::Run<Request>> = {
             let (id, counts) = (id.clone(), counts.clone());
@@ -119,8 +157,20 @@ impl Block {
                 r.ring.complete(head, len);
             })
         };
+        let finished = Arc::new(EventFd::new(libc::EFD_NONBLOCK)?);
+        let engine = match engine {
+            IoEngine::Uring => match uring::Uring::new(&disk, u32::from(QUEUE_SIZE), &finished) {
+                Ok(u) => Engine::Uring(Box::new(u)),
+                Err(e) => {
+                    tracing::warn!(drive = %id, "{e}; the drive runs on worker threads");
+                    Engine::Workers(worker_pool(&id, &run, &finished))
+                }
+            },
+            IoEngine::Workers => Engine::Workers(worker_pool(&id, &run, &finished)),
+        };
         Ok(Block {
-            workers: worker::Pool::new(format!("blk-{id}"), WORKERS, run.clone())?,
+            engine,
+            finished,
             id,
             disk: Arc::new(disk),
             queue_evts: vec![EventFd::new(libc::EFD_NONBLOCK)?],
@@ -167,7 +217,13 @@ impl Block {
 
     fn replace(&mut self, disk: Disk, path: &Path) {
         // Requests taken before the swap finish on the old file.
-        self.workers.wait_idle();
+        self.wait_idle();
+        if let Engine::Uring(u) = &mut self.engine {
+            if let Err(e) = u.replace_file(&disk) {
+                tracing::warn!(drive = %self.id, "{e}; the drive runs on worker threads now");
+                self.engine = Engine::Workers(worker_pool(&self.id, &self.run, &self.finished));
+            }
+        }
         tracing::info!(
             drive = %self.id,
             path = %path.display(),
@@ -196,7 +252,15 @@ impl Block {
         cfg
     }
 
-    /// Hands the requests the driver queued to the workers, up to `MAX_IN_FLIGHT`.
+    /// Waits until every request taken from the ring has returned to the driver.
+    fn wait_idle(&mut self) {
+        match &mut self.engine {
+            Engine::Workers(pool) => pool.wait_idle(),
+            Engine::Uring(u) => u.wait_idle(&self.id, &self.counts),
+        }
+    }
+
+    /// Hands the requests the driver queued to the engine, up to `MAX_IN_FLIGHT`.
     fn process_queue(&mut self) {
         let Some(ring) = self.active.clone() else {
             return;
@@ -204,25 +268,29 @@ impl Block {
         let mut ran_here = false;
         loop {
             let mut took = false;
-            while self.workers.pending() < MAX_IN_FLIGHT {
+            while self.has_room() {
                 let Some(chain) = ring.lock().pop_descriptor_chain(ring.mem.clone()) else {
                     break;
                 };
                 took = true;
-                let barrier = request::is_flush(&chain, &ring.mem);
-                let r = Request {
-                    chain,
-                    ring: ring.clone(),
-                    disk: self.disk.clone(),
-                };
-                if let Err(r) = self.workers.submit(barrier, r) {
-                    (self.run)(r, &mut self.scratch);
-                    ran_here = true;
+                ran_here |= self.start(chain, &ring);
+            }
+            if let Engine::Uring(u) = &mut self.engine {
+                if let Err(e) = u.submit() {
+                    // The entries stay queued: the next completion or kick submits them.
+                    static SUBMIT: RateLimit = RateLimit::new();
+                    device_error(
+                        &SUBMIT,
+                        "virtio-blk",
+                        &format_args!("drive {}: submitting to io_uring: {e}", self.id),
+                    );
                 }
             }
-            if self.workers.pending() >= MAX_IN_FLIGHT {
+            if !self.has_room() {
                 // Taken up again when a request finishes.
-                self.workers.wake_on_next();
+                if let Engine::Workers(pool) = &self.engine {
+                    pool.wake_on_next();
+                }
                 break;
             }
             // With EVENT_IDX the driver kicks again only once past the index published
@@ -245,6 +313,76 @@ impl Block {
             );
         }
     }
+
+    /// The engine the drive runs.
+    #[cfg(test)]
+    pub(crate) fn engine(&self) -> IoEngine {
+        match self.engine {
+            Engine::Workers(_) => IoEngine::Workers,
+            Engine::Uring(_) => IoEngine::Uring,
+        }
+    }
+
+    /// Requests taken from the ring and not yet returned.
+    #[cfg(test)]
+    fn pending(&self) -> usize {
+        match &self.engine {
+            Engine::Workers(pool) => pool.pending(),
+            Engine::Uring(u) => u.pending(),
+        }
+    }
+
+    fn has_room(&self) -> bool {
+        match &self.engine {
+            Engine::Workers(pool) => pool.pending() < MAX_IN_FLIGHT,
+            Engine::Uring(u) => u.has_room(),
+        }
+    }
+
+    /// Starts the request in `chain`; true if it ran on the event loop for want of a
+    /// worker thread.
+    fn start(&mut self, chain: DescriptorChain<Arc<GuestMemoryMmap>>, ring: &Arc<Ring>) -> bool {
+        let barrier = request::is_flush(&chain, &ring.mem);
+        let r = Request {
+            chain,
+            ring: ring.clone(),
+            disk: self.disk.clone(),
+        };
+        match &mut self.engine {
+            Engine::Workers(pool) => match pool.submit(barrier, r) {
+                Ok(()) => false,
+                Err(r) => {
+                    (self.run)(r, &mut self.scratch);
+                    true
+                }
+            },
+            Engine::Uring(u) => {
+                let r = match uring::prepare(&r.chain, &ring.mem, &self.disk) {
+                    uring::Prepared::Submit(io) => match u.push(io, ring) {
+                        Ok(()) => return false,
+                        Err(_) => r,
+                    },
+                    uring::Prepared::Execute => r,
+                };
+                // Another layout or request type: run here, after what came before
+                // it if it is a flush.
+                if barrier {
+                    u.wait_idle(&self.id, &self.counts);
+                }
+                (self.run)(r, &mut self.scratch);
+                false
+            }
+        }
+    }
+}
+
+/// The worker threads of drive `id`, running requests with `run`.
+fn worker_pool(
+    id: &str,
+    run: &Arc<worker::Run<Request>>,
+    finished: &Arc<EventFd>,
+) -> worker::Pool<Request> {
+    worker::Pool::new(format!("blk-{id}"), WORKERS, run.clone(), finished.clone())
 }
 
 impl VirtioDevice for Block {
@@ -290,11 +428,11 @@ impl VirtioDevice for Block {
     }
     fn reset(&mut self) {
         // The driver forgot its requests: none may write into its memory later.
-        self.workers.wait_idle();
+        self.wait_idle();
         self.active = None;
     }
     fn quiesce(&mut self) {
-        self.workers.wait_idle();
+        self.wait_idle();
     }
     fn queue_states(&self) -> Vec<virtio_queue::QueueState> {
         self.active.iter().map(|r| r.lock().state()).collect()
@@ -315,7 +453,10 @@ impl MutEventSubscriber for Block {
                 let _ = self.queue_evts[0].read();
             }
             _ => {
-                let _ = self.workers.freed_event().read();
+                let _ = self.finished.read();
+                if let Engine::Uring(u) = &mut self.engine {
+                    u.complete(&self.id, &self.counts);
+                }
             }
         }
         self.process_queue();
@@ -324,7 +465,7 @@ impl MutEventSubscriber for Block {
     fn init(&mut self, ops: &mut EventOps) {
         let events = [
             Events::with_data(&self.queue_evts[0], QUEUE_TOKEN, EventSet::IN),
-            Events::with_data(self.workers.freed_event(), FREED_TOKEN, EventSet::IN),
+            Events::with_data(&*self.finished, FREED_TOKEN, EventSet::IN),
         ];
         for e in events {
             if let Err(e) = ops.add(e) {
@@ -398,6 +539,15 @@ mod tests {
 
     #[test]
     fn requests_finish_off_the_event_loop_and_a_snapshot_waits_for_them() {
+        finish_off_the_event_loop(IoEngine::Workers);
+    }
+
+    #[test]
+    fn requests_finish_through_io_uring_and_a_snapshot_waits_for_them() {
+        finish_off_the_event_loop(IoEngine::Uring);
+    }
+
+    fn finish_off_the_event_loop(engine: IoEngine) {
         const OUT: u32 = 1;
         const FLUSH: u32 = 4;
         let f = tempfile::NamedTempFile::new().unwrap();
@@ -421,7 +571,9 @@ mod tests {
         );
         descs.extend(chain(3, &[(0x10_0100, 16, false), (0x30_0010, 1, true)]));
         q.add_desc_chains(&descs, 0).unwrap();
-        let blk = Block::new("d".into(), Disk::open(f.path(), false).unwrap()).unwrap();
+        let blk = Block::with_engine("d".into(), Disk::open(f.path(), false).unwrap(), engine);
+        let blk = blk.unwrap();
+        assert_eq!(blk.engine(), engine, "the engine asked for");
         let blk = Arc::new(std::sync::Mutex::new(blk));
         let irq = Arc::new(IrqTrigger::new().unwrap());
         let queue = q.create_queue::<Queue>().unwrap();
@@ -459,7 +611,153 @@ mod tests {
         dev.process_queue();
         dev.quiesce();
         assert_eq!(used_idx(), 4);
-        assert_eq!(dev.workers.pending(), 0);
+        assert_eq!(dev.pending(), 0);
+    }
+
+    /// Runs the chains queued in `q` on `blk` until `n` are back with the driver.
+    fn serve(blk: Block, mem: &GuestMemoryMmap, q: &MockSplitQueue<GuestMemoryMmap>, n: u16) {
+        use event_manager::SubscriberOps;
+        let blk = Arc::new(std::sync::Mutex::new(blk));
+        let queue = q.create_queue::<Queue>().unwrap();
+        let irq = Arc::new(IrqTrigger::new().unwrap());
+        blk.lock()
+            .unwrap()
+            .activate(mem.clone(), vec![queue], irq)
+            .unwrap();
+        let mut em = event_manager::EventManager::<Arc<std::sync::Mutex<Block>>>::new().unwrap();
+        em.add_subscriber(blk.clone());
+        blk.lock().unwrap().queue_evts[0].write(1).unwrap();
+        let used = q.used_addr().unchecked_add(2);
+        let start = std::time::Instant::now();
+        while mem.read_obj::<u16>(used).unwrap() < n {
+            assert!(
+                start.elapsed().as_secs() < 10,
+                "the requests never finished"
+            );
+            em.run_with_timeout(100).unwrap();
+        }
+    }
+
+    #[test]
+    fn io_uring_serves_every_layout_and_checks_every_request() {
+        const IN: u32 = 0;
+        const OUT: u32 = 1;
+        const FLUSH: u32 = 4;
+        const GET_ID: u32 = 8;
+        let f = tempfile::NamedTempFile::new().unwrap();
+        let content: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
+        std::fs::write(f.path(), &content).unwrap();
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap();
+        let q = MockSplitQueue::new(&mem, 32);
+        let status = |i: u64| -> u8 { mem.read_obj(GuestAddress(0x30_0000 + i * 16)).unwrap() };
+        mem.write_slice(&[0xff; 16 * 8], GuestAddress(0x30_0000))
+            .unwrap();
+        let mut descs = Vec::new();
+        // 0: a read of sectors 2..10 into two buffers.
+        header(&mem, 0x10_0000, IN, 2);
+        descs.extend(chain(
+            0,
+            &[
+                (0x10_0000, 16, false),
+                (0x20_0000, 1024, true),
+                (0x20_1000, 3072, true),
+                (0x30_0000, 1, true),
+            ],
+        ));
+        // 1: a write of sector 100 with header and data in one descriptor (another
+        // layout: run synchronously).
+        header(&mem, 0x10_0100, OUT, 100);
+        mem.write_slice(&[0xcd; 512], GuestAddress(0x10_0110))
+            .unwrap();
+        descs.extend(chain(
+            4,
+            &[(0x10_0100, 16 + 512, false), (0x30_0010, 1, true)],
+        ));
+        // 2: a write of sector 8, canonical.
+        header(&mem, 0x10_0400, OUT, 8);
+        mem.write_slice(&[0xab; 512], GuestAddress(0x20_2000))
+            .unwrap();
+        descs.extend(chain(
+            6,
+            &[
+                (0x10_0400, 16, false),
+                (0x20_2000, 512, false),
+                (0x30_0020, 1, true),
+            ],
+        ));
+        // 3: a read past the end: an error.
+        header(&mem, 0x10_0500, IN, 128);
+        descs.extend(chain(
+            9,
+            &[
+                (0x10_0500, 16, false),
+                (0x20_3000, 512, true),
+                (0x30_0030, 1, true),
+            ],
+        ));
+        // 4: a read whose data buffer the device may not write: nothing is read into
+        // it (synchronously, as any layout io_uring does not take).
+        header(&mem, 0x10_0600, IN, 0);
+        descs.extend(chain(
+            12,
+            &[
+                (0x10_0600, 16, false),
+                (0x20_4000, 512, false),
+                (0x30_0040, 1, true),
+            ],
+        ));
+        // 5: the serial number (synchronous).
+        header(&mem, 0x10_0700, GET_ID, 0);
+        descs.extend(chain(
+            15,
+            &[
+                (0x10_0700, 16, false),
+                (0x20_5000, 20, true),
+                (0x30_0050, 1, true),
+            ],
+        ));
+        // 6: a flush.
+        header(&mem, 0x10_0800, FLUSH, 0);
+        descs.extend(chain(18, &[(0x10_0800, 16, false), (0x30_0060, 1, true)]));
+        q.add_desc_chains(&descs, 0).unwrap();
+        let disk = Disk::open(f.path(), false).unwrap();
+        let blk = Block::with_engine("serial-1".into(), disk, IoEngine::Uring).unwrap();
+        assert_eq!(blk.engine(), IoEngine::Uring);
+        let counts = blk.counters();
+        serve(blk, &mem, &q, 7);
+        let got: Vec<u8> = (0..7).map(status).collect();
+        assert_eq!(got, [0, 0, 0, 1, 0, 0, 0], "statuses");
+        let mut untouched = [1u8; 512];
+        mem.read_slice(&mut untouched, GuestAddress(0x20_4000))
+            .unwrap();
+        assert_eq!(untouched, [0; 512], "a device-readable buffer was written");
+        let mut read = vec![0u8; 4096];
+        mem.read_slice(&mut read[..1024], GuestAddress(0x20_0000))
+            .unwrap();
+        mem.read_slice(&mut read[1024..], GuestAddress(0x20_1000))
+            .unwrap();
+        assert_eq!(read, content[1024..5120], "the read's data");
+        let mut serial = [0u8; 8];
+        mem.read_slice(&mut serial, GuestAddress(0x20_5000))
+            .unwrap();
+        assert_eq!(&serial, b"serial-1");
+        let on_disk = std::fs::read(f.path()).unwrap();
+        assert!(on_disk[4096..4608].iter().all(|b| *b == 0xab));
+        assert!(on_disk[51200..51712].iter().all(|b| *b == 0xcd));
+        // The used lengths (in the order requests finished): data and status of the
+        // read, the status of a write.
+        let used_len = |head: u32| -> u32 {
+            (0..7u64)
+                .map(|i| q.used_addr().unchecked_add(4 + i * 8))
+                .find(|at| mem.read_obj::<u32>(*at).unwrap() == head)
+                .map(|at| mem.read_obj(at.unchecked_add(4)).unwrap())
+                .unwrap()
+        };
+        assert_eq!(used_len(0), 4097);
+        assert_eq!(used_len(6), 1);
+        assert_eq!(counts.read_bytes.get(), 4096);
+        assert_eq!(counts.write_bytes.get(), 1024);
+        assert_eq!(counts.flush_ops.get(), 1);
     }
 
     #[test]

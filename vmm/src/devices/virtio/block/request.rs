@@ -14,9 +14,9 @@ use vm_memory::GuestMemoryMmap;
 /// Length of the serial number returned by `VIRTIO_BLK_T_GET_ID`.
 pub const ID_BYTES: usize = 20;
 
-const VIRTIO_BLK_T_IN: u32 = 0;
-const VIRTIO_BLK_T_OUT: u32 = 1;
-const VIRTIO_BLK_T_FLUSH: u32 = 4;
+pub(super) const VIRTIO_BLK_T_IN: u32 = 0;
+pub(super) const VIRTIO_BLK_T_OUT: u32 = 1;
+pub(super) const VIRTIO_BLK_T_FLUSH: u32 = 4;
 const VIRTIO_BLK_T_GET_ID: u32 = 8;
 const VIRTIO_BLK_T_DISCARD: u32 = 11;
 const VIRTIO_BLK_T_WRITE_ZEROES: u32 = 13;
@@ -30,8 +30,8 @@ pub const MAX_SEGMENTS: u32 = 16;
 /// Sectors one segment may cover (`max_discard_sectors`, `max_write_zeroes_sectors`):
 /// 2 GiB.
 pub const MAX_SEGMENT_SECTORS: u32 = 1 << 22;
-const VIRTIO_BLK_S_OK: u8 = 0;
-const VIRTIO_BLK_S_IOERR: u8 = 1;
+pub(super) const VIRTIO_BLK_S_OK: u8 = 0;
+pub(super) const VIRTIO_BLK_S_IOERR: u8 = 1;
 const VIRTIO_BLK_S_UNSUPP: u8 = 2;
 /// Bounce buffer size: requests are copied through it in pieces.
 const CHUNK: usize = 128 * 1024;
@@ -42,7 +42,7 @@ enum Outcome {
     Done(u8, usize),
 }
 
-fn check_range(disk: &Disk, sector: u64, len: usize) -> bool {
+pub(super) fn check_range(disk: &Disk, sector: u64, len: usize) -> bool {
     let Some(start) = sector.checked_mul(SECTOR_SIZE) else {
         return false;
     };
@@ -56,7 +56,7 @@ fn check_range(disk: &Disk, sector: u64, len: usize) -> bool {
 static HOST_IO: RateLimit = RateLimit::new();
 
 /// Logs a host I/O error of drive `id`.
-fn host_io_error(id: &str, op: &str, offset: u64, e: &std::io::Error) {
+pub(super) fn host_io_error(id: &str, op: &str, offset: u64, e: &std::io::Error) {
     device_error(
         &HOST_IO,
         "virtio-blk",

@@ -59,9 +59,10 @@ pub struct Pool<W: Send + 'static> {
 
 impl<W: Send + 'static> Pool<W> {
     /// A pool of `size` threads named `name` (started with the first request) that
-    /// run each request with `run`.
-    pub fn new(name: String, size: usize, run: Arc<Run<W>>) -> std::io::Result<Self> {
-        Ok(Pool {
+    /// run each request with `run`, and signal `freed` as asked
+    /// ([`Pool::wake_on_next`]).
+    pub fn new(name: String, size: usize, run: Arc<Run<W>>, freed: Arc<EventFd>) -> Self {
+        Pool {
             name,
             size: size.max(1),
             shared: Arc::new(Shared {
@@ -74,12 +75,13 @@ impl<W: Send + 'static> Pool<W> {
                 changed: Condvar::new(),
             }),
             run,
-            freed: Arc::new(EventFd::new(libc::EFD_NONBLOCK)?),
+            freed,
             threads: Vec::new(),
-        })
+        }
     }
 
     /// Signalled when a request finishes after [`Pool::wake_on_next`].
+    #[cfg(test)]
     pub fn freed_event(&self) -> &EventFd {
         &self.freed
     }
@@ -203,6 +205,10 @@ mod tests {
     use super::*;
     use std::time::{Duration, Instant};
 
+    fn event() -> Arc<EventFd> {
+        Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap())
+    }
+
     /// A job: (name, how long it runs, whether it is a barrier).
     type Step = (&'static str, u64, bool);
 
@@ -215,7 +221,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(ms));
             l.lock().unwrap().push((name, start, Instant::now()));
         });
-        let mut pool = Pool::new("test".into(), threads, run).unwrap();
+        let mut pool = Pool::new("test".into(), threads, run, event());
         for &(name, ms, barrier) in steps {
             pool.submit(barrier, (name, ms)).unwrap();
         }
@@ -268,7 +274,7 @@ mod tests {
                 .unwrap();
             m.lock().unwrap().push(*n >= 2);
         });
-        let mut pool = Pool::new("test".into(), 2, run).unwrap();
+        let mut pool = Pool::new("test".into(), 2, run, event());
         pool.submit(false, ()).unwrap();
         pool.submit(false, ()).unwrap();
         pool.wait_idle();
@@ -287,7 +293,7 @@ mod tests {
             scratch.resize(16, 0);
             drop(g.lock().unwrap());
         });
-        let mut pool = Pool::new("test".into(), 1, run).unwrap();
+        let mut pool = Pool::new("test".into(), 1, run, event());
         let held = gate.lock().unwrap();
         pool.submit(false, 1).unwrap();
         pool.submit(false, 2).unwrap();
