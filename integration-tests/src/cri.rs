@@ -966,6 +966,20 @@ impl Drop for Vmletd {
             for e in kept.into_iter().flatten().flatten() {
                 crate::print_tail("kept console", &e.path(), 40);
             }
+            // And of the VMs still running: a boot the client gave up waiting for (a
+            // guest that never answered) has failed in nobody's eyes yet.
+            let pods = std::fs::read_dir(self.state_dir().join("pods"));
+            for e in pods.into_iter().flatten().flatten() {
+                let console = e.path().join("console.log");
+                if console.exists() {
+                    crate::say(&format!(
+                        "=== pod VM {} is still running",
+                        e.file_name().to_string_lossy()
+                    ));
+                    crate::print_tail("console.log", &console, 30);
+                    crate::print_tail("vmm.log", &e.path().join("vmm.log"), 30);
+                }
+            }
         }
         if self.child.is_some() {
             if let Ok(c) = CriClient::connect(&self.socket) {

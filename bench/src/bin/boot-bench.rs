@@ -37,6 +37,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use vmlet_proto::agent::{self as pb, agent_client::AgentClient};
@@ -147,6 +148,8 @@ fn vmlet_config(a: &Args, vsock: &Path) -> VmConfig {
 fn vmlet_cmd(a: &Args, cfg: &VmConfig) -> Result<Command, String> {
     let mut c = Command::new(&a.vmm);
     c.args(cfg.to_args().map_err(|e| format!("the VMM's flags: {e}"))?);
+    // For the VMM's "VM built/restored ... started in" line (`Sample::built`).
+    c.env("VMLET_LOG", "vmlet_vmm::builder=info");
     Ok(c)
 }
 
@@ -278,6 +281,13 @@ struct Sample {
     init: Option<Duration>,
     /// Process start to the agent answering Health.
     ready: Option<Duration>,
+    /// Process start to the VMM's log line saying the VM is built (or restored) and
+    /// its vCPUs started.
+    built: Option<Duration>,
+    /// Process start to the hybrid-vsock socket's appearance, and the attempts to
+    /// reach the agent.
+    socket: Option<Duration>,
+    attempts: u32,
     overhead_kib: Option<u64>,
     /// Read `IDLE` after the agent answered.
     idle_private: Option<Private>,
@@ -345,9 +355,13 @@ fn wait_for_agent(
     rt: &tokio::runtime::Runtime,
     vmm: &mut Vmm,
     vsock: &Path,
+    sample: &mut Sample,
 ) -> Result<Duration, Failure> {
     let mut last = String::from("no attempt");
     loop {
+        if sample.socket.is_none() && vsock.exists() {
+            sample.socket = Some(vmm.start.elapsed());
+        }
         if let Some(status) = vmm.exited() {
             return Err(Failure::Failed(format!(
                 "exited before the agent answered: {status} (last attempt: {last})"
@@ -357,6 +371,9 @@ fn wait_for_agent(
             return Err(Failure::TimedOut(format!(
                 "the agent did not answer within {TIMEOUT:?} (last attempt: {last})"
             )));
+        }
+        if sample.socket.is_some() {
+            sample.attempts += 1;
         }
         match rt.block_on(health(vsock)) {
             Ok(()) => return Ok(vmm.start.elapsed()),
@@ -374,7 +391,7 @@ fn start(
 ) -> Result<(Vmm, Sample), Failure> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+        .stderr(Stdio::piped());
     let start = Instant::now();
     let child: Child = cmd
         .spawn()
@@ -383,6 +400,18 @@ fn start(
     let Some(stdout) = vmm.child.stdout.take() else {
         return Err(Failure::Failed("no stdout".into()));
     };
+    let built = Arc::new(Mutex::new(None));
+    if let Some(stderr) = vmm.child.stderr.take() {
+        let built = built.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if line.contains(" started in ") {
+                    *built.lock().unwrap_or_else(|e| e.into_inner()) = Some(start.elapsed());
+                }
+            }
+        });
+    }
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut seen = false;
@@ -417,8 +446,9 @@ fn start(
         }
     }
     if let Some(vsock) = ready.vsock() {
-        sample.ready = Some(wait_for_agent(rt, &mut vmm, &vsock)?);
+        sample.ready = Some(wait_for_agent(rt, &mut vmm, &vsock, &mut sample)?);
     }
+    sample.built = *built.lock().unwrap_or_else(|e| e.into_inner());
     Ok((vmm, sample))
 }
 
@@ -557,6 +587,16 @@ fn figures(s: &Sample) -> String {
             "restore_to_ready_ms"
         };
         line.push_str(&format!(" {key}={:.1}", millis(t)));
+    }
+    let ms = |t: Option<Duration>| t.map_or("?".into(), |t| format!("{:.1}", millis(t)));
+    if s.ready.is_some() {
+        // Where the time went: the VMM's own start and build, then the guest.
+        line.push_str(&format!(
+            " socket_ms={} built_ms={} agent_attempts={}",
+            ms(s.socket),
+            ms(s.built),
+            s.attempts
+        ));
     }
     line.push_str(&format!(" overhead_rss_kib={}", kib(s.overhead_kib)));
     if s.ready.is_some() {
