@@ -284,6 +284,8 @@ struct Sample {
     /// Process start to the VMM's log line saying the VM is built (or restored) and
     /// its vCPUs started.
     built: Option<Duration>,
+    /// How long the VMM says the build (or restore) took, as it prints it.
+    build_took: Option<String>,
     /// Process start to the hybrid-vsock socket's appearance, and the attempts to
     /// reach the agent.
     socket: Option<Duration>,
@@ -406,8 +408,9 @@ fn start(
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if line.contains(" started in ") {
-                    *built.lock().unwrap_or_else(|e| e.into_inner()) = Some(start.elapsed());
+                if let Some((_, took)) = line.split_once(" started in ") {
+                    *built.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some((start.elapsed(), took.trim().to_owned()));
                 }
             }
         });
@@ -448,7 +451,8 @@ fn start(
     if let Some(vsock) = ready.vsock() {
         sample.ready = Some(wait_for_agent(rt, &mut vmm, &vsock, &mut sample)?);
     }
-    sample.built = *built.lock().unwrap_or_else(|e| e.into_inner());
+    let built = built.lock().unwrap_or_else(|e| e.into_inner()).take();
+    (sample.built, sample.build_took) = built.unzip();
     Ok((vmm, sample))
 }
 
@@ -592,9 +596,10 @@ fn figures(s: &Sample) -> String {
     if s.ready.is_some() {
         // Where the time went: the VMM's own start and build, then the guest.
         line.push_str(&format!(
-            " socket_ms={} built_ms={} agent_attempts={}",
+            " socket_ms={} built_ms={} build_took={} agent_attempts={}",
             ms(s.socket),
             ms(s.built),
+            s.build_took.as_deref().unwrap_or("?"),
             s.attempts
         ));
     }
