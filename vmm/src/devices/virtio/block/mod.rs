@@ -7,19 +7,22 @@
 
 mod disk;
 mod request;
+mod ring;
 mod uring;
 mod worker;
 
 pub use disk::{Disk, DiskError};
 
+use ring::Ring;
+
 use super::{
     device_error, device_type, ActivateError, IrqTrigger, RateLimit, VirtioDevice, INT_CONFIG,
-    INT_VRING, VIRTIO_F_VERSION_1,
+    VIRTIO_F_VERSION_1,
 };
 use crate::counters;
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
@@ -75,49 +78,6 @@ struct Request {
     chain: DescriptorChain<Arc<GuestMemoryMmap>>,
     ring: Arc<Ring>,
     disk: Arc<Disk>,
-}
-
-/// The activated queue, shared by the event loop (which takes requests) and the
-/// workers (which return them).
-struct Ring {
-    queue: Mutex<Queue>,
-    mem: Arc<GuestMemoryMmap>,
-    irq: Arc<IrqTrigger>,
-}
-
-impl Ring {
-    fn lock(&self) -> MutexGuard<'_, Queue> {
-        self.queue.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Returns request `head`, `len` bytes written into it, to the driver.
-    fn complete(&self, head: u16, len: u32) {
-        if self.add_used(head, len) {
-            self.notify();
-        }
-    }
-
-    /// Returns request `head` to the driver without telling it; false if the used
-    /// ring cannot take it.
-    fn add_used(&self, head: u16, len: u32) -> bool {
-        if let Err(e) = self.lock().add_used(&*self.mem, head, len) {
-            static USED_RING: RateLimit = RateLimit::new();
-            device_error(
-                &USED_RING,
-                "virtio-blk",
-                &format_args!("returning used descriptor {head}: {e}"),
-            );
-            return false;
-        }
-        true
-    }
-
-    /// Interrupts the driver for the requests returned, if it asked to be.
-    fn notify(&self) {
-        if self.lock().needs_notification(&*self.mem).unwrap_or(true) {
-            self.irq.trigger(INT_VRING);
-        }
-    }
 }
 
 /// A virtio block device.
@@ -481,6 +441,7 @@ impl MutEventSubscriber for Block {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::devices::virtio::INT_VRING;
     use std::io::Write;
     use virtio_queue::desc::{split::Descriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;

@@ -16,7 +16,7 @@
 
 use super::disk::{Disk, SECTOR_SIZE};
 use super::request;
-use super::Ring;
+use super::ring::Ring;
 use crate::counters;
 use io_uring::{opcode, register::Restriction, squeue, types, IoUring};
 use std::os::fd::AsRawFd;
@@ -205,10 +205,13 @@ impl Uring {
                 request::VIRTIO_BLK_S_IOERR
             };
             let written = if r.op == Op::Read && ok { r.bytes } else { 0 };
-            if r.ring.mem.write_obj(status, r.status).is_err() {
-                continue;
-            }
-            r.ring.add_used(r.head, written as u32 + 1);
+            // A status byte the device cannot write still returns the request (as
+            // `request::execute` does), with nothing written.
+            let len = match r.ring.mem.write_obj(status, r.status) {
+                Ok(()) => written as u32 + 1,
+                Err(_) => 0,
+            };
+            r.ring.add_used(r.head, len);
             if !rings.iter().any(|x| Arc::ptr_eq(x, &r.ring)) {
                 rings.push(r.ring.clone());
             }
