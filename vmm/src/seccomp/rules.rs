@@ -69,7 +69,8 @@ pub const KVM_VM_STATE_READS: [u64; 3] = [
 ];
 
 /// `IORING_REGISTER_FILES_UPDATE`: a drive swap replaces its ring's file.
-pub const IORING_REGISTER_FILES_UPDATE: u64 = 6;
+pub const IORING_REGISTER_FILES_UPDATE: u64 =
+    crate::devices::virtio::block::REGISTER_FILES_UPDATE as u64;
 
 /// The `openat` flags that create a snapshot file (`OpenOptions::create_new`).
 pub const SNAPSHOT_CREATE_FLAGS: u64 =

@@ -12,6 +12,7 @@ mod uring;
 mod worker;
 
 pub use disk::{Disk, DiskError};
+pub use uring::REGISTER_FILES_UPDATE;
 
 use ring::Ring;
 

@@ -25,8 +25,9 @@ use virtio_queue::DescriptorChain;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
-/// `IORING_REGISTER_FILES_UPDATE`: the one registration a locked ring allows.
-const REGISTER_FILES_UPDATE: u8 = 6;
+/// `IORING_REGISTER_FILES_UPDATE`: the one registration a locked ring allows (and
+/// the seccomp filter lets through).
+pub const REGISTER_FILES_UPDATE: u8 = 6;
 /// The drive's file in the ring's fixed-file table.
 const DISK: types::Fixed = types::Fixed(0);
 
