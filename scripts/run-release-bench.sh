@@ -23,4 +23,6 @@ export VMLET_KERNEL=$kernel VMLET_TEST_INITRAMFS=$initramfs
 export VMLET_VMM=${VMLET_VMM:-$target/release/vmlet-vmm}
 export VMLET_VMLETD=${VMLET_VMLETD:-$target/release/vmletd}
 echo "vmm=$VMLET_VMM" >&2
-scripts/with-kvm.sh --timeout 3000 -- "$target/release/$bench" "$@"
+# VMLET_BENCH_MEM_MIB: the emulated machine's memory (with-kvm.sh's default otherwise).
+scripts/with-kvm.sh ${VMLET_BENCH_MEM_MIB:+--mem "$VMLET_BENCH_MEM_MIB"} --timeout 3000 -- \
+    "$target/release/$bench" "$@"

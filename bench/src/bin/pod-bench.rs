@@ -26,7 +26,7 @@
 //! Used by `scripts/bench-pod.sh` (environment as for the integration tests).
 //!
 //! Usage: pod-bench [--runs N] [--warm-pool N] [--idle-pods N] [--no-containerd]
-//!        pod-bench --templates [--runs N] [--idle-pods N] [--no-containerd]
+//!        pod-bench --templates [--runs N] [--idle-pods N] [--no-containerd] [--density-only]
 
 // Test-only crate (a benchmark or demo tool): a failed step panics with its message,
 // which is the tool's error report.
@@ -1284,6 +1284,19 @@ mod templates {
         );
     }
 
+    /// `--density-only`: the density figures alone (restored, then booted), for runs
+    /// with more pods than the start-time phases could afford.
+    fn density_alone(flags: &[&str], net: &Net, image: &str, idle_pods: usize) {
+        let d = Vmletd::start_configured(flags, &net.daemon_config(), "templates = true\n");
+        d.client().pull(image).expect("PullImage");
+        prime(&d, image, "prime-default", &|_, _| {});
+        density(&d, image, idle_pods, "restored_");
+        drop(d);
+        let d = Vmletd::start_with(flags, &net.daemon_config());
+        d.client().pull(image).expect("PullImage");
+        density(&d, image, idle_pods, "booted_");
+    }
+
     /// Idle pods' figures under `prefix`: host cost, private memory and pods per GiB.
     fn density(d: &Vmletd, image: &str, n: usize, prefix: &str) {
         let c = d.client();
@@ -1312,10 +1325,15 @@ mod templates {
     pub fn main(args: &[String]) {
         let runs = flag_value(args, "--runs", 10);
         let idle_pods = flag_value(args, "--idle-pods", 10).max(1);
+        let density_only = args.iter().any(|a| a == "--density-only");
         let (registry, image) = busybox_registry("busybox:bench");
         let net = Net::new(None);
-        let baseline = baseline_unless_refused(args, &registry, &image, &net);
         let flags = ["--insecure-registry", registry.addr(), "--warm-pool", "0"];
+        if density_only {
+            density_alone(&flags, &net, &image, idle_pods);
+            return;
+        }
+        let baseline = baseline_unless_refused(args, &registry, &image, &net);
         let d = Vmletd::start_configured(&flags, &net.daemon_config(), "templates = true\n");
         let c = d.client();
         c.pull(&image).expect("PullImage");
