@@ -36,6 +36,8 @@
 # then density: idle pods restored next to idle pods booted (*_idle_pod_host_cost_kib=,
 # *_idle_pod_private_kib=, *_pods_per_gib=).
 #   scripts/bench-pod.sh --templates [--runs N] [--idle-pods N] [--no-containerd]
+#   scripts/bench-pod.sh --templates --density-only [--idle-pods N]  (density alone;
+#   VMLET_BENCH_MEM_MIB gives the emulated machine more memory for more pods)
 #   scripts/bench-pod.sh --volumes [--runs N]
 #   scripts/bench-pod.sh --jail [--runs N]
 #   scripts/bench-pod.sh --security [--runs N]
