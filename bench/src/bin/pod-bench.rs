@@ -35,6 +35,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use vmlet_bench::arg;
 
 use serde_json::json;
 use vmlet_integration_tests::cri::{
@@ -218,16 +219,6 @@ impl Runs {
     }
 }
 
-fn flag_value(args: &[String], flag: &str, default: usize) -> usize {
-    match args.iter().position(|a| a == flag) {
-        Some(i) => args
-            .get(i + 1)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("{flag} N")),
-        None => default,
-    }
-}
-
 /// vmletd on the bench network with `warm_pool` pre-booted VMs, the image pulled.
 fn daemon(net: &Net, registry: &TestRegistry, image: &str, warm_pool: usize) -> Vmletd {
     let pool = warm_pool.to_string();
@@ -368,9 +359,9 @@ fn main() {
         jail::main(&args);
         return;
     }
-    let runs = flag_value(&args, "--runs", 10);
-    let warm_pool = flag_value(&args, "--warm-pool", 1);
-    let idle_pods = flag_value(&args, "--idle-pods", 5).max(1);
+    let runs = arg(&args, "--runs", 10);
+    let warm_pool = arg(&args, "--warm-pool", 1);
+    let idle_pods = arg(&args, "--idle-pods", 5).max(1);
     let (registry, image) = busybox_registry("busybox:bench");
     let net = Net::new(None);
 
@@ -801,7 +792,7 @@ mod volumes {
     }
 
     pub fn main(args: &[String]) {
-        let runs = flag_value(args, "--runs", 10);
+        let runs = arg(args, "--runs", 10);
         let (registry, image) = busybox_registry("busybox:bench");
         let net = Net::new(None);
         let root = tempfile::tempdir().expect("tempdir");
@@ -863,7 +854,7 @@ mod jail {
     use super::*;
 
     pub fn main(args: &[String]) {
-        let runs = flag_value(args, "--runs", 20);
+        let runs = arg(args, "--runs", 20);
         let (registry, image) = busybox_registry("busybox:bench");
         let net = Net::new(None);
         let start = |extra: &str| {
@@ -948,7 +939,7 @@ mod security {
     }
 
     pub fn main(args: &[String]) {
-        let runs = flag_value(args, "--runs", 20);
+        let runs = arg(args, "--runs", 20);
         let (registry, image) = busybox_registry("busybox:bench");
         let net = Net::new(None);
         let d = daemon(&net, &registry, &image, 1);
@@ -1104,8 +1095,8 @@ mod streaming {
     }
 
     pub fn main(args: &[String]) {
-        let runs = flag_value(args, "--runs", 20);
-        let bytes = flag_value(args, "--mib", MIB) << 20;
+        let runs = arg(args, "--runs", 20);
+        let bytes = arg(args, "--mib", MIB) << 20;
         let skip_exec = args.iter().any(|a| a == "--no-exec");
         let (registry, image) = busybox_registry("busybox:bench");
         let net = Net::new(None);
@@ -1323,8 +1314,8 @@ mod templates {
     }
 
     pub fn main(args: &[String]) {
-        let runs = flag_value(args, "--runs", 10);
-        let idle_pods = flag_value(args, "--idle-pods", 10).max(1);
+        let runs = arg(args, "--runs", 10);
+        let idle_pods = arg(args, "--idle-pods", 10).max(1);
         let density_only = args.iter().any(|a| a == "--density-only");
         let (registry, image) = busybox_registry("busybox:bench");
         let net = Net::new(None);

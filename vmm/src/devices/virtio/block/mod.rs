@@ -306,14 +306,13 @@ impl Block {
     /// Starts the request in `chain`; true if it ran on the event loop for want of a
     /// worker thread.
     fn start(&mut self, chain: DescriptorChain<Arc<GuestMemoryMmap>>, ring: &Arc<Ring>) -> bool {
-        let barrier = request::is_flush(&chain, &ring.mem);
         let r = Request {
             chain,
             ring: ring.clone(),
             disk: self.disk.clone(),
         };
         match &mut self.engine {
-            Engine::Workers(pool) => match pool.submit(barrier, r) {
+            Engine::Workers(pool) => match pool.submit(request::is_flush(&r.chain, &ring.mem), r) {
                 Ok(()) => false,
                 Err(r) => {
                     (self.run)(r, &mut self.scratch);
@@ -330,7 +329,7 @@ impl Block {
                 };
                 // Another layout or request type: run here, after what came before
                 // it if it is a flush.
-                if barrier {
+                if request::is_flush(&r.chain, &ring.mem) {
                     u.wait_idle(&self.id, &self.counts);
                 }
                 (self.run)(r, &mut self.scratch);

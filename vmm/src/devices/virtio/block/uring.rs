@@ -180,15 +180,12 @@ impl Uring {
     }
 
     /// Returns every completed request to its driver; `id` names the drive in logs.
+    /// The driver is interrupted once per batch (per queue, should a batch span a
+    /// reset's old and new queue).
     pub fn complete(&mut self, id: &str, counts: &counters::Block) {
-        let mut rings: Vec<Arc<Ring>> = Vec::new();
-        // Collected first: the completion queue borrows the ring.
-        let done: Vec<(u64, i32)> = self
-            .ring
-            .completion()
-            .map(|c| (c.user_data(), c.result()))
-            .collect();
-        for (slot, res) in done {
+        let mut owed: Option<Arc<Ring>> = None;
+        for c in self.ring.completion() {
+            let slot = c.user_data();
             let Some(r) = usize::try_from(slot)
                 .ok()
                 .and_then(|s| self.slots.get_mut(s))
@@ -199,7 +196,7 @@ impl Uring {
             };
             self.free.push(slot as usize);
             self.in_flight -= 1;
-            let ok = finish(&r, res, id, counts);
+            let ok = finish(&r, c.result(), id, counts);
             let status = if ok {
                 request::VIRTIO_BLK_S_OK
             } else {
@@ -213,11 +210,16 @@ impl Uring {
                 Err(_) => 0,
             };
             r.ring.add_used(r.head, len);
-            if !rings.iter().any(|x| Arc::ptr_eq(x, &r.ring)) {
-                rings.push(r.ring.clone());
+            match &owed {
+                Some(ring) if Arc::ptr_eq(ring, &r.ring) => {}
+                _ => {
+                    if let Some(previous) = owed.replace(r.ring) {
+                        previous.notify();
+                    }
+                }
             }
         }
-        for ring in rings {
+        if let Some(ring) = owed {
             ring.notify();
         }
     }
