@@ -843,6 +843,10 @@ fn snapshot_guest(ns: &Netns, dir: &Path, n: u8, restore: Option<&Path>) -> Gues
     }
 }
 
+/// Counts the guest kernel's reseeds on a VM generation change (Linux's
+/// `add_vmfork_randomness`, driven by the `vmgenid` driver).
+const RESEEDS: &str = "dmesg | grep -c 'crng reseeded due to virtual machine fork' || true";
+
 #[test]
 fn a_snapshot_restores_twice_into_independent_guests_whose_devices_work() {
     let ns = Netns::new("snap");
@@ -852,6 +856,14 @@ fn a_snapshot_restores_twice_into_independent_guests_whose_devices_work() {
 
     let template = Guest::boot(snapshot_guest(&ns, dir.path(), 0, None));
     template.run_ok("echo template > /run/marker");
+    // The VM generation ID's driver and its event device are bound (ACPI), and a
+    // booted guest has had no generation change.
+    template.run_ok("ls /sys/bus/acpi/drivers/vmgenid/ | grep -q :");
+    template.run_ok("grep -q ACPI:Ged /proc/interrupts");
+    let acpi = template.run_ok("dmesg | grep -i -e acpi -e vmgen -e ged");
+    eprintln!("the guest kernel on ACPI:\n{acpi}");
+    assert!(!acpi.to_lowercase().contains("error"), "{acpi}");
+    assert_eq!(template.run_ok(RESEEDS).trim(), "0");
     let reply = match template.request(&Request::Snapshot { dir: snap.clone() }) {
         Ok(Response::Snapshot(r)) => r,
         other => panic!("snapshot: {other:?}"),
@@ -887,6 +899,9 @@ fn a_snapshot_restores_twice_into_independent_guests_whose_devices_work() {
         // vsock: every call here is a new connection to the restored agent. The
         // template's memory, untouched by the guest restored before.
         assert_eq!(g.run_ok("cat /run/marker"), "template\n");
+        // A new generation ID reached the guest before anything ran in it: its
+        // kernel reseeded its RNG on the generation event.
+        assert_eq!(g.run_ok(RESEEDS).trim(), "1");
         g.run_ok(&format!("echo restored-{n} > /run/marker"));
         assert_eq!(g.run_ok("cat /run/marker"), format!("restored-{n}\n"));
         assert_eq!(g.run_ok("grep -c ^processor /proc/cpuinfo").trim(), "2");

@@ -2,7 +2,7 @@
 //! vCPUs and the event loop that serves device I/O.
 
 use crate::arch::layout::*;
-use crate::arch::{mptable, pvh, regs};
+use crate::arch::{acpi, mptable, pvh, regs};
 use crate::config::{
     parse_mac, DriveConfig, FsConfig, NetConfig, SerialOutput, VmConfig, VsockConfig,
 };
@@ -39,10 +39,12 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmlet_vmm_api::control::{SNAPSHOT_MEMORY_FILE, SNAPSHOT_STATE_FILE};
 
 /// The kernel command line vmlet always passes. `reboot=k` makes a guest reboot
-/// or poweroff go through the i8042 reset, which ends the VMM.
-/// (The guest kernel has neither PCI nor modules, so no `pci=off`/`nomodules`.)
+/// or poweroff go through the i8042 reset, which ends the VMM. `acpi=noirq`
+/// leaves interrupt routing to the MP table (see [`crate::arch::acpi`]); `pci=off`
+/// spares the probe of a PCI bus the VM does not have (the kernel has PCI only
+/// for ACPI's sake). The kernel has no modules, so no `nomodules`.
 pub const BASE_CMDLINE: &str =
-    "console=ttyS0 reboot=k panic=1 8250.nr_uarts=1 tsc=reliable no_timer_check";
+    "console=ttyS0 reboot=k panic=1 8250.nr_uarts=1 tsc=reliable no_timer_check acpi=noirq pci=off";
 
 /// The event loop's subscriber type.
 pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
@@ -66,6 +68,8 @@ pub enum DeviceId {
     Rng,
     /// The virtio-balloon (free page reporting).
     Balloon,
+    /// The VM generation ID's event device (ACPI).
+    GenerationId,
 }
 
 impl std::fmt::Display for DeviceId {
@@ -79,6 +83,7 @@ impl std::fmt::Display for DeviceId {
             DeviceId::Fs(tag) => write!(f, "fs {tag}"),
             DeviceId::Rng => f.write_str("rng"),
             DeviceId::Balloon => f.write_str("balloon"),
+            DeviceId::GenerationId => f.write_str("VM generation ID"),
         }
     }
 }
@@ -147,6 +152,9 @@ pub enum BootError {
     /// The MP table.
     #[error(transparent)]
     Mptable(#[from] mptable::MptableError),
+    /// The ACPI tables or the VM generation ID.
+    #[error(transparent)]
+    Acpi(#[from] acpi::AcpiError),
     /// The boot GDT.
     #[error(transparent)]
     Gdt(#[from] regs::RegsError),
@@ -229,6 +237,12 @@ pub enum BuildError {
     /// The VM refused its saved state.
     #[error("cannot restore the VM state: {0}")]
     RestoreVm(VmError),
+    /// A restored VM's generation ID could not be renewed.
+    #[error("cannot give the restored VM a new generation ID: {0}")]
+    GenerationId(#[source] acpi::AcpiError),
+    /// The guest could not be told of its new generation ID.
+    #[error("cannot announce the restored VM's new generation ID: {0}")]
+    GenerationEvent(#[source] std::io::Error),
 }
 
 /// The error of `device` failing with `source`.
@@ -544,7 +558,18 @@ fn attach_i8042_device(
     Ok(())
 }
 
-/// Writes the command line, the PVH start info, the MP table and the boot GDT.
+/// Wires the interrupt of the generic event device that tells the guest its
+/// generation ID changed.
+fn attach_generation_event(vm: &VmFd) -> Result<Trigger, BuildError> {
+    let evt = eventfd()?;
+    vm.register_irqfd(&evt.0, VMGENID_IRQ)
+        .map_err(DeviceError::Irqfd)
+        .map_err(device_error(DeviceId::GenerationId))?;
+    Ok(evt)
+}
+
+/// Writes the command line, the PVH start info, the ACPI tables with a generation
+/// ID, the MP table and the boot GDT.
 fn write_boot_tables(
     config: &VmConfig,
     mem: &GuestMemoryMmap,
@@ -554,7 +579,8 @@ fn write_boot_tables(
 ) -> Result<(), BuildError> {
     linux_loader::loader::load_cmdline(mem, GuestAddress(CMDLINE_START), cmdline)
         .map_err(BootError::Cmdline)?;
-    pvh::configure(mem, mem_size, initrd).map_err(BootError::from)?;
+    let rsdp = acpi::setup(mem, config.vcpus).map_err(BootError::from)?;
+    pvh::configure(mem, mem_size, initrd, rsdp).map_err(BootError::from)?;
     mptable::setup(mem, config.vcpus).map_err(BootError::from)?;
     regs::write_boot_gdt(mem).map_err(BootError::from)?;
     Ok(())
@@ -741,6 +767,7 @@ pub fn build(
         saved.as_ref().map(|(_, s)| &s.serial),
     )?;
     attach_i8042_device(&mut pio, &mut event_manager, &control)?;
+    let generation_event = attach_generation_event(vm.fd())?;
 
     let mut cmdline = Cmdline::new(CMDLINE_MAX_SIZE).map_err(BuildError::Cmdline)?;
     cmdline
@@ -781,7 +808,12 @@ pub fn build(
             }
             write_boot_tables(config, &mem, mem_size, &cmdline, *initrd)?;
         }
-        Start::Restore { dir, saved } => restore_devices(dir, &wired, saved)?,
+        Start::Restore { dir, saved } => {
+            restore_devices(dir, &wired, saved)?;
+            // A copy of the template must not look like it: a new ID before any
+            // vCPU runs, announced (below) once the interrupt controller is back.
+            acpi::renew_generation_id(&mem).map_err(BuildError::GenerationId)?;
+        }
     }
 
     // Listed for a later snapshot of this VM (restored ones included).
@@ -795,6 +827,10 @@ pub fn build(
     let restoring = matches!(start, Start::Restore { .. });
     let vcpus = start_vcpus(&vm, config, start, vcpu_wiring, vcpu_setup)?;
     if restoring {
+        generation_event
+            .0
+            .write(1)
+            .map_err(BuildError::GenerationEvent)?;
         for (_, transport) in &wired {
             transport
                 .lock()

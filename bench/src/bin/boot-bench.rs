@@ -67,7 +67,7 @@ const GUEST_CID: u64 = 3;
 /// What vmlet-vmm always puts on the guest's command line (a copy of
 /// `vmlet_vmm::builder::BASE_CMDLINE`; a test below keeps them equal).
 const VMLET_BASE_CMDLINE: &str =
-    "console=ttyS0 reboot=k panic=1 8250.nr_uarts=1 tsc=reliable no_timer_check";
+    "console=ttyS0 reboot=k panic=1 8250.nr_uarts=1 tsc=reliable no_timer_check acpi=noirq pci=off";
 /// What QEMU's users pass at least.
 const PLAIN_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
 

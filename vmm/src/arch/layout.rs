@@ -5,6 +5,7 @@
 //! 0x0000_6000  PVH hvm_start_info, module list and memory map
 //! 0x0002_0000  kernel command line
 //! 0x0009_fc00  MP table (EBDA), found by the kernel's SMP scan
+//! 0x000e_0000  ACPI tables (RSDP first)       0x000f_f000  VM generation ID
 //! 0x0010_0000  high memory: the kernel ELF loads here or above
 //! ...          initramfs at the top of low RAM
 //! 0xc000_0000  32-bit MMIO gap: virtio-mmio devices, IOAPIC, LAPIC
@@ -31,6 +32,12 @@ pub const CMDLINE_MAX_SIZE: usize = 2048;
 pub const EBDA_START: u64 = 0x9fc00;
 /// End of conventional memory.
 pub const EBDA_END: u64 = 0xa0000;
+/// ACPI tables, from the RSDP (in the reserved area below 1 MiB).
+pub const ACPI_START: u64 = 0xe_0000;
+/// End of the ACPI tables' area.
+pub const ACPI_END: u64 = VMGENID_ADDR;
+/// The 16-byte VM generation ID (a page of its own, which the guest maps).
+pub const VMGENID_ADDR: u64 = 0xf_f000;
 /// Start of high memory.
 pub const HIMEM_START: u64 = 0x10_0000;
 /// Start of the 32-bit MMIO gap.
@@ -49,6 +56,9 @@ pub const APIC_START: u64 = 0xfee0_0000;
 pub const KVM_TSS_ADDRESS: u64 = 0xfffb_d000;
 /// GSI of the serial port (COM1).
 pub const SERIAL_IRQ: u32 = 4;
+/// GSI of the generic event device that announces a new VM generation ID (COM2's
+/// ISA line, which no device of ours uses).
+pub const VMGENID_IRQ: u32 = 3;
 /// First GSI handed to virtio-mmio devices.
 pub const VIRTIO_IRQ_BASE: u32 = 5;
 /// Number of IOAPIC pins (KVM's in-kernel IOAPIC).
@@ -61,6 +71,9 @@ pub const MAX_VCPUS: u8 = 32;
 const _: () = assert!(PVH_INFO_START + 56 <= PVH_MODLIST_START);
 const _: () = assert!(PVH_MODLIST_START + 32 <= PVH_MEMMAP_START);
 const _: () = assert!(PVH_MEMMAP_START + 24 * PVH_MEMMAP_MAX_ENTRIES as u64 <= CMDLINE_START);
+// The ACPI area and the generation ID lie in the reserved range below 1 MiB.
+const _: () = assert!(EBDA_END <= ACPI_START && VMGENID_ADDR + 0x1000 <= HIMEM_START);
+const _: () = assert!(VMGENID_IRQ != SERIAL_IRQ && VMGENID_IRQ < VIRTIO_IRQ_BASE);
 
 /// RAM ranges `(start, size)` for `mem_size` bytes of guest memory, split around the
 /// 32-bit MMIO gap.

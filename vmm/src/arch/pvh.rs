@@ -59,11 +59,13 @@ pub fn memmap(mem_size: u64) -> Vec<hvm_memmap_table_entry> {
     map
 }
 
-/// Writes `hvm_start_info`, the memory map and the module list into guest memory.
+/// Writes `hvm_start_info` (pointing at the ACPI RSDP at `rsdp`), the memory map
+/// and the module list into guest memory.
 pub fn configure(
     mem: &GuestMemoryMmap,
     mem_size: u64,
     initrd: Option<Initrd>,
+    rsdp: u64,
 ) -> Result<(), PvhError> {
     let map = memmap(mem_size);
     let mut start_info = hvm_start_info {
@@ -72,6 +74,7 @@ pub fn configure(
         cmdline_paddr: CMDLINE_START,
         memmap_paddr: PVH_MEMMAP_START,
         memmap_entries: map.len() as u32,
+        rsdp_paddr: rsdp,
         ..Default::default()
     };
     if initrd.is_some() {
