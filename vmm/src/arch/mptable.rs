@@ -1,7 +1,8 @@
 //! Intel MultiProcessor Specification 1.4 table.
 //!
-//! The guest kernel has no ACPI, so this table is how it finds its CPUs, the IOAPIC
-//! and the ISA interrupt routing. The format is a fixed little-endian byte layout
+//! This table is how the guest kernel finds the IOAPIC and the ISA interrupt
+//! routing (its ACPI tables route no interrupts, see [`super::acpi`]), and its CPUs
+//! when it is built without ACPI. The format is a fixed little-endian byte layout
 //! with no crate that writes it, so it is serialized here by hand.
 
 use super::layout::{APIC_START, EBDA_END, EBDA_START, IOAPIC_PINS, IOAPIC_START, MAX_VCPUS};

@@ -60,7 +60,7 @@ fn set_hostname() {
 
 /// Syncs the file systems and resets the machine. With the kernel's `reboot=k` the reset
 /// goes through the i8042 controller, which makes the VMM exit: that is power off for a
-/// guest without ACPI. Returns only if the reboot system call failed.
+/// guest whose ACPI has no sleep states. Returns only if the reboot system call failed.
 pub fn power_off() -> nix::Error {
     console::info("powering off");
     nix::unistd::sync();
