@@ -31,8 +31,8 @@ const OEM_REVISION: u32 = 1;
 const DSDT_REVISION: u8 = 6;
 /// Bytes in a VM generation ID.
 pub const VMGENID_SIZE: usize = 16;
-/// `Notify` value that tells the `vmgenid` driver to re-read the ID (ACPI's
-/// "device check" code, which Microsoft's VM generation ID spec names).
+/// `Notify` value that tells the `vmgenid` driver to re-read the ID (the first
+/// device-specific code, which Microsoft's VM generation ID spec names).
 const VMGENID_NOTIFY: u8 = 0x80;
 
 /// Errors writing the ACPI tables or the generation ID.
