@@ -31,6 +31,8 @@ const OEM_REVISION: u32 = 1;
 const DSDT_REVISION: u8 = 6;
 /// Bytes in a VM generation ID.
 pub const VMGENID_SIZE: usize = 16;
+/// Bytes in a system description table's header (signature to creator revision).
+const TABLE_HEADER_LEN: u64 = 36;
 /// `Notify` value that tells the `vmgenid` driver to re-read the ID (the first
 /// device-specific code, which Microsoft's VM generation ID spec names).
 const VMGENID_NOTIFY: u8 = 0x80;
@@ -46,7 +48,7 @@ pub enum AcpiError {
     Write(vm_memory::GuestMemoryError),
     /// The kernel gave no random bytes for a new generation ID.
     #[error("reading random bytes for the VM generation ID: {0}")]
-    Random(std::io::Error),
+    Random(getrandom::Error),
 }
 
 /// The DSDT's AML: `\_SB.VGEN`, the generation ID, and `\_SB.GED0`, whose
@@ -132,13 +134,13 @@ pub fn build(vcpus: u8) -> Result<Vec<u8>, AcpiError> {
     let madt = aml_bytes(&madt);
 
     let xsdt_addr = align8(ACPI_START + Rsdp::len() as u64);
-    let fadt_addr = align8(xsdt_addr + 36 + 2 * 8);
+    let fadt_addr = align8(xsdt_addr + TABLE_HEADER_LEN + 2 * 8);
     let madt_addr = align8(fadt_addr + acpi_tables::fadt::FADT::len() as u64);
     let dsdt_addr = align8(madt_addr + madt.len() as u64);
 
     let mut dsdt = Sdt::new(
         *b"DSDT",
-        36,
+        TABLE_HEADER_LEN as u32,
         DSDT_REVISION,
         OEM_ID,
         OEM_TABLE_ID,
@@ -185,27 +187,10 @@ pub fn setup(mem: &GuestMemoryMmap, vcpus: u8) -> Result<u64, AcpiError> {
 /// Writes a new random generation ID: the guest sees it when its generation
 /// event is raised (after a restore), or when its driver starts (at boot).
 pub fn renew_generation_id(mem: &GuestMemoryMmap) -> Result<[u8; VMGENID_SIZE], AcpiError> {
-    let id = random_id()?;
+    let mut id = [0u8; VMGENID_SIZE];
+    getrandom::fill(&mut id).map_err(AcpiError::Random)?;
     mem.write_slice(&id, GuestAddress(VMGENID_ADDR))
         .map_err(AcpiError::Write)?;
-    Ok(id)
-}
-
-fn random_id() -> Result<[u8; VMGENID_SIZE], AcpiError> {
-    let mut id = [0u8; VMGENID_SIZE];
-    let mut filled = 0;
-    while filled < id.len() {
-        // SAFETY: the pointer and length describe the unfilled tail of `id`.
-        let n = unsafe { libc::getrandom(id[filled..].as_mut_ptr().cast(), id.len() - filled, 0) };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(AcpiError::Random(e));
-        }
-        filled += n as usize;
-    }
     Ok(id)
 }
 
